@@ -1,0 +1,488 @@
+"""Training-step throughput, peak memory and MFU of a configured DINOv2 objective.
+
+What is measured: full optimizer steps exactly as ``dinolite.train.loop`` takes them (schedules applied,
+forward of student and teacher under the trainer's autocast, NaN check, backward, prototype-layer freeze,
+per-module gradient clipping, AdamW step, EMA teacher update), on synthetic multi-crop batches that are
+built before timing (random crops of the configured sizes, collated by the trainer's own collate function,
+so the iBOT masks are real block masks). The data pipeline is therefore *not* measured here
+(``benchmarks/data_throughput.py`` does that).
+
+Reported per device (one process = one device):
+
+* images/s = ``batch * timed steps / sum(step times)``; step time median and p90;
+* peak memory: CUDA ``max_memory_allocated`` over the timed steps, or the process's peak RSS on CPU;
+* model FLOPs per image from :func:`dinolite.models.info.training_flops_per_iteration` (nominal FLOPs =
+  2 x multiply-adds: student forward + backward on all crops, teacher forward on the global crops, heads
+  included), for the depth that actually runs (``--depth`` shrinks the model and its FLOPs together);
+* achieved TFLOP/s = FLOPs per image x images/s;
+* MFU against (a) a datasheet peak (``--peak-tflops``, or a known H100/H200 figure) and (b) a matmul
+  roofline measured in this process: a large square matmul ``C = A B`` in the compute dtype of the step
+  (bf16 under bf16 autocast, else fp32), ``2 n^3`` FLOPs per product. (b) is the number to trust: it
+  shares the clocks, thermal state, library versions and (on a shared CPU) the neighbours' load.
+
+Under ``torchrun`` every rank runs the same steps with FSDP2 through
+:func:`dinolite.train.sharding.shard_objective` (the trainer's code path) and rank 0 writes the report.
+
+Usage::
+
+    python benchmarks/train_throughput.py --config demo --iterations 20 --output out.json
+    python benchmarks/train_throughput.py --config vits16 --depth 2 --batch-size 4 --device cpu
+    torchrun --nproc_per_node=8 benchmarks/train_throughput.py --config vitl16 --precision bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from dinolite.config import Config, ConfigError, load_config  # noqa: E402
+from dinolite.models.info import training_flops_per_iteration  # noqa: E402
+from dinolite.train import builders  # noqa: E402
+from dinolite.train.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients  # noqa: E402
+from dinolite.train.loop import check_finite, clip_gradients, memory_gb  # noqa: E402
+from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups  # noqa: E402
+from dinolite.train.schedules import TrainingSchedules, build_schedules  # noqa: E402
+from dinolite.train.sharding import ShardingPlan, plan_sharding, shard_objective  # noqa: E402
+
+# Dense (no 2:4 sparsity) tensor-core peaks in TFLOP/s from NVIDIA's H100 / H200 datasheets, matched on
+# torch.cuda.get_device_name(). "fp32" is the non-tensor-core FP32 rate (torch's default for fp32
+# matmuls); "tf32" applies when torch.get_float32_matmul_precision() is "high" or "medium".
+# Order matters: the first substring found in the device name wins (NVL / PCIe before the plain name).
+DATASHEET_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 NVL", {"bf16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    ("H100 PCIe", {"bf16": 756.5, "tf32": 378.0, "fp32": 51.2}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200 NVL", {"bf16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+    ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM5, same die and clocks as H100 SXM
+)
+
+QUICK_DEFAULTS = {"iterations": 3, "warmup": 1, "batch_size": 4, "depth": 2, "matmul_size": 512, "distinct_batches": 2}
+FULL_DEFAULTS = {"iterations": 20, "warmup": 3, "batch_size": None, "depth": None, "matmul_size": None, "distinct_batches": 4}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/train_throughput.py",
+        description="Images/s, step time, peak memory and MFU of full DINOv2 training steps on synthetic batches.",
+    )
+    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
+    parser.add_argument("--batch-size", type=int, help="images per device (default: train.batch_size_per_gpu)")
+    parser.add_argument("--iterations", type=int, help="timed steps (default 20; 3 with --quick)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default 3; 1 with --quick)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+        help="as train.compute_precision: auto = bf16 autocast on CUDA, fp32 on CPU",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block (CUDA; eager elsewhere)")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
+    parser.add_argument(
+        "--sharding-strategy", choices=("full_shard", "shard_grad_op", "no_shard"),
+        help="FSDP2 strategy under torchrun (default: distributed.sharding_strategy of the config)",
+    )
+    parser.add_argument("--depth", type=int, help="shallow stand-in: this many blocks (FLOPs counted for it)")
+    parser.add_argument("--peak-tflops", type=float, help="datasheet peak of one device for the MFU (TFLOP/s)")
+    parser.add_argument("--matmul-size", type=int, help="n of the n x n roofline matmul (default 8192 CUDA, 1024 CPU)")
+    parser.add_argument(
+        "--threads", type=int,
+        help="torch.set_num_threads for CPU runs (default: torch's choice; 1 is faster on an oversubscribed host)",
+    )
+    parser.add_argument("--distinct-batches", type=int, help="pre-built batches cycled through (default 4)")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke setting: 3 steps, batch 4, depth <= 2")
+    parser.add_argument("--output", type=Path, help="write the JSON report here (atomically)")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. crops.local_crops_number=2")
+    args = parser.parse_args(argv)
+    defaults = QUICK_DEFAULTS if args.quick else FULL_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("iterations", "batch_size", "depth", "matmul_size", "distinct_batches", "threads"):
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            parser.error(f"--{key.replace('_', '-')}={value}: must be > 0")
+    if args.warmup < 0:
+        parser.error(f"--warmup={args.warmup}: must be >= 0")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f"--peak-tflops={args.peak_tflops}: must be > 0")
+    return args
+
+
+def benchmark_overrides(args: argparse.Namespace, preset_depth: int) -> list[str]:
+    """Config overrides implied by the command line (the user's own ``key=value`` come last and win)."""
+    overrides = [f"train.compute_precision={args.precision}", f"train.device={args.device}"]
+    if args.batch_size is not None:
+        overrides.append(f"train.batch_size_per_gpu={args.batch_size}")
+    if args.depth is not None:
+        # --quick caps the depth; an explicit --depth larger than the preset's is honoured as asked.
+        depth = min(args.depth, preset_depth) if args.quick else args.depth
+        overrides.append(f"student.depth={depth}")
+    if args.compile:
+        overrides.append("distributed.compile=true")
+    if args.activation_checkpointing:
+        overrides.append("distributed.activation_checkpointing=true")
+    if args.sharding_strategy:
+        overrides.append(f"distributed.sharding_strategy={args.sharding_strategy}")
+    return overrides + list(args.overrides)
+
+
+def preset_depth(cfg: Config) -> int:
+    from dinolite.models.vision_transformer import backbone_kwargs
+
+    return int(backbone_kwargs(cfg.student, cfg.crops.global_crops_size)["depth"])
+
+
+def synthetic_batches(cfg: Config, count: int, device: torch.device, seed: int) -> list[dict[str, Any]]:
+    """``count`` collated multi-crop batches on ``device``: N(0, 1) crops (what normalised images look
+    like), iBOT masks drawn by the trainer's collate function."""
+    generator = torch.Generator().manual_seed(seed)
+    collate = builders.build_collate_fn(cfg)
+    g, loc, n_local = cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number
+    batches = []
+    for _ in range(count):
+        samples = [
+            {
+                "global_crops": [torch.randn(3, g, g, generator=generator) for _ in range(2)],
+                "local_crops": [torch.randn(3, loc, loc, generator=generator) for _ in range(n_local)],
+            }
+            for _ in range(cfg.train.batch_size_per_gpu)
+        ]
+        batch = collate(samples, generator=generator)
+        batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    return batches
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_roofline_tflops(
+    device: torch.device, dtype: torch.dtype, size: int, min_repeats: int = 5, min_seconds: float = 0.5, seed: int = 0
+) -> dict[str, float]:
+    """Measured throughput of ``(n x n) @ (n x n)`` in ``dtype`` (``2 n^3`` FLOPs each).
+
+    Times at least ``min_repeats`` products and at least ``min_seconds`` in all (after one untimed
+    warm-up). Returns the median and the best; the median is the roofline used for MFU because step
+    times are reported as medians too.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    torch.matmul(a, b)
+    synchronize(device)
+    times: list[float] = []
+    while len(times) < min_repeats or sum(times) < min_seconds:
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    flops = 2.0 * size**3
+    return {
+        "size": size,
+        "repeats": len(times),
+        "dtype": str(dtype).replace("torch.", ""),
+        "median_tflops": flops / statistics.median(times) / 1e12,
+        "best_tflops": flops / min(times) / 1e12,
+    }
+
+
+def matmul_precision_key(autocast_dtype: Optional[torch.dtype]) -> str:
+    """Datasheet column of the step's matmuls: bf16 under autocast, else fp32 or tf32 per torch's setting."""
+    if autocast_dtype == torch.bfloat16:
+        return "bf16"
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def datasheet_peak_tflops(
+    device: torch.device, precision_key: str, override: Optional[float]
+) -> tuple[Optional[float], str]:
+    """The peak to divide by: ``override`` if given, else the datasheet figure for a known GPU, else None."""
+    if override is not None:
+        return override, "--peak-tflops"
+    if device.type != "cuda":
+        return None, f"unknown for {device.type} (pass --peak-tflops)"
+    return datasheet_peak_for_name(torch.cuda.get_device_name(device), precision_key)
+
+
+def datasheet_peak_for_name(device_name: str, precision_key: str) -> tuple[Optional[float], str]:
+    """Look ``device_name`` up in :data:`DATASHEET_PEAK_TFLOPS`: ``(TFLOP/s, source)`` or ``(None, why)``."""
+    for key, peaks in DATASHEET_PEAK_TFLOPS:
+        if key in device_name:
+            return peaks[precision_key], f"datasheet {key} {precision_key} dense"
+    return None, f"unknown GPU {device_name!r} (pass --peak-tflops)"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100] (numpy's default method)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass
+class TrainingStep:
+    """One optimizer step of the trainer (``dinolite.train.loop.train``'s loop body without data/logging)."""
+
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedules: TrainingSchedules
+    autocast_dtype: Optional[torch.dtype]
+    device: torch.device
+    clip_grad: float
+    freeze_last_layer_iters: int
+
+    def __call__(self, batch: dict[str, Any], iteration: int) -> float:
+        values = self.schedules.at(iteration)
+        apply_schedules(self.optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
+        self.optimizer.zero_grad(set_to_none=True)
+        with builders.autocast_context(self.autocast_dtype, self.device):
+            output = self.objective(batch, teacher_temp=values["teacher_temp"])
+        check_finite(output, iteration, self.device)  # also the trainer's per-step host sync
+        output.loss.backward()
+        if iteration < self.freeze_last_layer_iters:
+            zero_last_layer_gradients(self.objective.student)
+        clip_gradients(self.objective.trainable_modules(), self.clip_grad)
+        self.optimizer.step()
+        self.objective.update_teacher(values["momentum"])
+        return float(output.loss.detach())
+
+
+def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "world_size": world_size,
+    }
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, warm up, time; returns the report (every rank computes it; rank 0 writes it)."""
+    base_cfg = load_config(args.config)
+    full_depth = preset_depth(base_cfg)
+    overrides = benchmark_overrides(args, full_depth)
+    cfg = load_config(args.config, overrides)
+    builders.validate_training_config(cfg)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device)
+    try:
+        autocast_dtype = builders.autocast_dtype(cfg.train.compute_precision, device)
+        world_size = env.world_size
+
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank, as the trainer
+        objective = build_objective(cfg).to(device)
+        # The trainer shards under these same conditions, through the same function.
+        use_sharding = world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing
+        plan: Optional[ShardingPlan] = None
+        if use_sharding:
+            sharding_args = dict(
+                strategy=cfg.distributed.sharding_strategy,
+                mixed_precision=autocast_dtype is not None,
+                activation_checkpointing=cfg.distributed.activation_checkpointing,
+                compile=cfg.distributed.compile,
+            )
+            plan = plan_sharding(**sharding_args, device_type=device.type, world_size=world_size)
+            shard_objective(objective, **sharding_args)
+        objective.train()
+        groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+        optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+        epoch_length = cfg.train.iterations_per_epoch
+        global_batch = cfg.train.batch_size_per_gpu * world_size
+        schedules = build_schedules(cfg.optim, cfg.teacher, epoch_length, global_batch)
+        freeze_iters = cfg.optim.freeze_last_layer_epochs * epoch_length
+        step = TrainingStep(
+            objective, optimizer, schedules, autocast_dtype, device, cfg.optim.clip_grad, freeze_iters
+        )
+        # Seed per rank so that ranks see different images, as with a real sharded data stream.
+        batches = synthetic_batches(cfg, args.distinct_batches, device, seed=cfg.train.seed * 1009 + env.rank)
+
+        matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
+        roofline = matmul_roofline_tflops(device, autocast_dtype or torch.float32, matmul_size)
+
+        # Steady state starts after the prototype-layer freeze: that is where almost all steps of a run are.
+        start_iteration = freeze_iters
+        losses: list[float] = []
+        for i in range(args.warmup):
+            losses.append(step(batches[i % len(batches)], start_iteration + i))
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step_times: list[float] = []
+        for i in range(args.warmup, args.warmup + args.iterations):
+            t0 = time.perf_counter()
+            losses.append(step(batches[i % len(batches)], start_iteration + i))
+            synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+
+        flops = training_flops_per_iteration(cfg)
+        batch_size = cfg.train.batch_size_per_gpu
+        images_per_s = batch_size * len(step_times) / sum(step_times)
+        achieved_tflops = flops["flops_per_image"] * images_per_s / 1e12
+        precision_key = matmul_precision_key(autocast_dtype)
+        peak, peak_source = datasheet_peak_tflops(device, precision_key, args.peak_tflops)
+        median_step = statistics.median(step_times)
+        memory: dict[str, Any] = {"peak_memory_gib": memory_gb(device)}
+        if device.type == "cuda":
+            memory["peak_memory_kind"] = "cuda max_memory_allocated (timed steps)"
+            memory["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        else:
+            memory["peak_memory_kind"] = "process peak RSS (ru_maxrss, whole run)"
+        report = {
+            "benchmark": "train_throughput",
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "machine": machine_info(device, world_size),
+            "setup": {
+                "config": args.config,
+                "overrides": overrides,
+                "arch": cfg.student.arch,
+                "depth": preset_depth(cfg),
+                "preset_depth": full_depth,
+                "patch_size": cfg.student.patch_size,
+                "global_crops_size": cfg.crops.global_crops_size,
+                "local_crops_size": cfg.crops.local_crops_size,
+                "local_crops_number": cfg.crops.local_crops_number,
+                "dino_prototypes": cfg.dino.head_n_prototypes,
+                "batch_size_per_device": batch_size,
+                "global_batch_size": global_batch,
+                "precision": str(autocast_dtype or torch.float32).replace("torch.", ""),
+                "sharding": None if plan is None else {
+                    "strategy": plan.strategy,
+                    "fsdp": plan.use_fsdp,
+                    "fsdp_mixed_precision": plan.mixed_precision,
+                    "activation_checkpointing": plan.activation_checkpointing,
+                    "compile": plan.compile,
+                    "notes": list(plan.notes),
+                },
+                "compile_requested": cfg.distributed.compile,
+                "activation_checkpointing_requested": cfg.distributed.activation_checkpointing,
+                "warmup_steps": args.warmup,
+                "timed_steps": args.iterations,
+                "distinct_batches": len(batches),
+                "start_iteration": start_iteration,
+            },
+            "results": {
+                "images_per_s_per_device": images_per_s,
+                "images_per_s_total": images_per_s * world_size,
+                "step_time_s_median": median_step,
+                "step_time_s_p90": percentile(step_times, 90),
+                "step_time_s_min": min(step_times),
+                "step_time_s_max": max(step_times),
+                "step_time_s_median_slowest_rank": all_reduce_max(median_step, device),
+                **memory,
+                "flops_per_image": flops["flops_per_image"],
+                "flops_per_step_per_device": flops["flops_per_image"] * batch_size,
+                "masked_patches_per_global_crop_nominal": flops["masked_patches_per_global_crop"],
+                "masked_patches_per_global_crop_measured": statistics.mean(
+                    int(b["n_masked_patches"].item()) / (2 * batch_size) for b in batches
+                ),
+                "achieved_tflops_per_device": achieved_tflops,
+                "matmul_roofline": roofline,
+                "mfu_vs_matmul_roofline": achieved_tflops / roofline["median_tflops"],
+                "datasheet_peak_tflops": peak,
+                "datasheet_peak_source": peak_source,
+                "mfu_vs_datasheet": None if peak is None else achieved_tflops / peak,
+                "losses": losses,
+                "losses_finite": all(math.isfinite(v) for v in losses),
+            },
+        }
+        report["is_main"] = env.rank == 0
+        return report
+    finally:
+        destroy_distributed()
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    """Write ``data`` as JSON to a temporary file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_report(report: dict[str, Any]) -> str:
+    s, r, m = report["setup"], report["results"], report["machine"]
+    peak = r["datasheet_peak_tflops"]
+    sharding = s["sharding"] or {"strategy": "none (1 process)", "compile": False, "activation_checkpointing": False}
+    lines = [
+        f"{s['config']}: {s['arch']} depth {s['depth']}/{s['preset_depth']}, patch {s['patch_size']}, "
+        f"crops 2x{s['global_crops_size']} + {s['local_crops_number']}x{s['local_crops_size']}, "
+        f"batch {s['batch_size_per_device']}/device x {m['world_size']}, {s['precision']}, "
+        f"sharding {sharding['strategy']}, compile {sharding['compile']}, "
+        f"act-ckpt {sharding['activation_checkpointing']}",
+        f"device {m['device']} ({m['device_name']}), torch {m['torch']}, {m['torch_threads']} threads",
+        f"  images/s          {r['images_per_s_per_device']:10.2f} per device, {r['images_per_s_total']:.2f} total",
+        f"  step time         {r['step_time_s_median'] * 1e3:10.1f} ms median, {r['step_time_s_p90'] * 1e3:.1f} ms p90 "
+        f"({s['timed_steps']} steps after {s['warmup_steps']} warm-up)",
+        f"  peak memory       {r['peak_memory_gib']:10.2f} GiB ({r['peak_memory_kind']})",
+        f"  FLOPs / image     {r['flops_per_image'] / 1e9:10.2f} GFLOP (model FLOPs, fwd+bwd student, fwd teacher)",
+        f"  achieved          {r['achieved_tflops_per_device']:10.4f} TFLOP/s per device",
+        f"  matmul roofline   {r['matmul_roofline']['median_tflops']:10.4f} TFLOP/s "
+        f"({r['matmul_roofline']['dtype']} {r['matmul_roofline']['size']}^3, measured here)"
+        f" -> MFU {100 * r['mfu_vs_matmul_roofline']:.1f}%",
+        f"  datasheet peak    "
+        + (f"{peak:10.1f} TFLOP/s ({r['datasheet_peak_source']}) -> MFU {100 * r['mfu_vs_datasheet']:.1f}%"
+           if peak is not None else f"{'n/a':>10} ({r['datasheet_peak_source']})"),
+    ]
+    if sharding.get("notes"):
+        lines.append("  notes: " + "; ".join(sharding["notes"]))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run_benchmark(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report.pop("is_main"):
+        print(format_report(report))
+        if args.output is not None:
+            write_json_atomic(report, args.output)
+            print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

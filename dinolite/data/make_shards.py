@@ -1,0 +1,232 @@
+"""Write an image folder (or a list of image paths) as webdataset tar shards plus an index JSON.
+
+    python -m dinolite.data.make_shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
+
+Each sample is ``{key}.{jpg|png|webp|bmp}`` (the original encoded bytes, or a re-encode when
+``--max-side`` shrinks it), ``{key}.cls`` (class index, when SRC has class subfolders or the list
+gives classes) and ``{key}.json`` (source path and class name). Keys are the sample's running number,
+so they are unique. Files that PIL cannot fully decode are skipped and reported. Each shard is written
+to a hidden temp name and renamed when complete, and ``{prefix}-index.json`` is written last, so an
+interrupted run never leaves a half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from PIL import Image
+from tqdm import tqdm
+
+from dinolite.data.sources import folder_images
+
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
+INDEX_FORMAT = "dinolite-shards/1"
+
+
+def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
+    """(paths, class names per path or "", sorted class list) from a folder or a text file of paths.
+
+    A list file has one path per line, optionally followed by a TAB and a class name; relative paths
+    are relative to the list file.
+    """
+    if src.is_dir():
+        files, labels, classes = folder_images(src)
+        return files, [classes[i] if i >= 0 else "" for i in labels], classes
+    if src.is_file():
+        paths, names = [], []
+        for line_no, line in enumerate(src.read_text().splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            path, _, name = line.partition("\t")
+            path = path.strip()
+            if not os.path.isabs(path):
+                path = str(src.parent / path)
+            paths.append(path)
+            names.append(name.strip())
+        if any(names) and not all(names):
+            raise ValueError(f"{src}: either every line or no line gives a class (TAB-separated)")
+        classes = sorted(set(names)) if all(names) and names else []
+        return paths, names, classes
+    raise FileNotFoundError(f"make_shards source {str(src)!r} is neither a folder nor a list file")
+
+
+def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], str, str]:
+    """(encoded bytes, extension, error). Verifies the image decodes; re-encodes only to shrink it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+            img.load()  # full decode: catches truncated files that Image.verify() lets through
+            if fmt not in FORMAT_EXTENSIONS:
+                return None, "", f"unsupported image format {fmt or 'unknown'}"
+            ext = FORMAT_EXTENSIONS[fmt]
+            if max_side and max(img.size) > max_side:
+                scale = max_side / max(img.size)
+                size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+                resized = img.convert("RGB").resize(size, Image.BICUBIC)
+                out = io.BytesIO()
+                if ext == "png":
+                    resized.save(out, "PNG")
+                else:
+                    ext = "jpg"
+                    resized.save(out, "JPEG", quality=95)
+                data = out.getvalue()
+        return data, ext, ""
+    except Exception as exc:  # PIL raises many types for bad files; all mean "skip it"
+        return None, "", f"{type(exc).__name__}: {exc}"
+
+
+def _encode_star(args: tuple[str, Optional[int]]) -> tuple[Optional[bytes], str, str]:
+    return encode_sample(*args)
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # reproducible shards: same input, same bytes
+    archive.addfile(info, io.BytesIO(data))
+
+
+class _ShardWriter:
+    """Shards ``{prefix}-%06d.tar`` of ``shard_size`` samples, each renamed into place when complete."""
+
+    def __init__(self, out: Path, prefix: str, shard_size: int) -> None:
+        self.out, self.prefix, self.shard_size = out, prefix, shard_size
+        self.shards: list[dict] = []
+        self._archive: Optional[tarfile.TarFile] = None
+        self._count = 0
+        self.num_written = 0
+
+    def _name(self, number: int) -> str:
+        return f"{self.prefix}-{number:06d}.tar"
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        if self._archive is None:
+            name = self._name(len(self.shards))
+            self._tmp = self.out / f".{name}.tmp"
+            self._archive = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+            self._count = 0
+        for ext, data in members.items():
+            _add_member(self._archive, f"{key}.{ext}", data)
+        self._count += 1
+        self.num_written += 1
+        if self._count == self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self._archive is None:
+            return
+        self._archive.close()
+        name = self._name(len(self.shards))
+        os.replace(self._tmp, self.out / name)
+        self.shards.append({"name": name, "samples": self._count})
+        self._archive = None
+
+
+def _results(paths: Sequence[str], max_side: Optional[int], workers: int) -> Iterator[tuple[Optional[bytes], str, str]]:
+    if workers <= 1:
+        for path in paths:
+            yield encode_sample(path, max_side)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Ordered map keeps the shard layout independent of the number of workers.
+        yield from pool.map(_encode_star, ((p, max_side) for p in paths), chunksize=16)
+
+
+def make_shards(
+    src: str | Path,
+    out: str | Path,
+    shard_size: int = 1000,
+    workers: int = 1,
+    max_side: Optional[int] = None,
+    prefix: str = "shard",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write ``src`` (image folder or list file) as shards in ``out``; returns the index dict, also
+    saved as ``out/{prefix}-index.json``: shards (name, samples), num_samples, classes, skipped."""
+    src, out = Path(src), Path(out)
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be > 0, got {shard_size}")
+    if max_side is not None and max_side <= 0:
+        raise ValueError(f"max_side must be > 0, got {max_side}")
+    paths, class_names, classes = _list_source(src)
+    if not paths:
+        raise ValueError(f"make_shards source {str(src)!r} lists no image files")
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob(f"{prefix}-*.tar"))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out} already holds {len(existing)} '{prefix}-*.tar' shards; pass overwrite=True "
+                              "(--overwrite) or another prefix")
+    class_index = {name: i for i, name in enumerate(classes)}
+    root = src if src.is_dir() else src.parent
+    writer = _ShardWriter(out, prefix, shard_size)
+    skipped: list[tuple[str, str]] = []
+    results = _results(paths, max_side, workers)
+    for path, name, (data, ext, error) in tqdm(
+        zip(paths, class_names, results), total=len(paths), desc=f"shards -> {out}", unit="img", disable=not progress
+    ):
+        if data is None:
+            skipped.append((path, error))
+            continue
+        key = f"{writer.num_written:09d}"
+        members = {ext: data}
+        meta = {"path": os.path.relpath(path, root)}
+        if classes:
+            members["cls"] = str(class_index[name]).encode()
+            meta["class"] = name
+        members["json"] = json.dumps(meta).encode()
+        writer.write(key, members)
+    writer.close()
+    for stale in existing[len(writer.shards):]:
+        stale.unlink()  # left over from an earlier, larger run
+    index = {
+        "format": INDEX_FORMAT,
+        "source": str(src),
+        "prefix": prefix,
+        "shards": writer.shards,
+        "num_samples": sum(s["samples"] for s in writer.shards),
+        "classes": classes,
+        "skipped": {"count": len(skipped), "first": [f"{p}: {e}" for p, e in skipped[:10]]},
+    }
+    index_path = out / f"{prefix}-index.json"
+    tmp = index_path.with_name(f".{index_path.name}.tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, index_path)
+    return index
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
+    parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--workers", type=int, default=1, help="processes that read and verify images")
+    parser.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds PX")
+    parser.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
+          f"({len(index['classes'])} classes)")
+    if index["skipped"]["count"]:
+        print(f"skipped {index['skipped']['count']} unreadable files, first: " + "; ".join(index["skipped"]["first"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Where samples come from: shard patterns or an image folder, resolved to a list of read units.
+
+A *unit* is one tar shard (local path or ``pipe:`` command) or one image file of a folder. Units are
+what the loader permutes and splits across ranks and workers. Reading a unit yields raw samples
+(``dict`` of encoded bytes, never decoded here) in the webdataset layout: tar members ``KEY.EXT`` are
+grouped by KEY (the member path up to the first dot of its file name).
+
+We read tars with the standard library rather than through webdataset's pipeline: the loader needs
+full control of ordering, splitting and skipping for exact resume, and a plain generator over
+``tarfile`` in stream mode gives that in a few lines with no hidden state.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "image", "img")
+
+RawSample = dict  # {"__key__": str, "__url__": str, ext: bytes, ...}
+
+
+class SourceError(ValueError):
+    """A data source that cannot be used; the message names the pattern, file or folder at fault."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard, or one image file of a folder (``label`` from its class subfolder, -1 if none)."""
+
+    url: str
+    is_shard: bool
+    num_samples: Optional[int] = None  # known for files (1) and for shards listed in an index JSON
+    label: int = -1
+    key: str = ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Patterns
+# ------------------------------------------------------------------------------------------------
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def brace_expand(pattern: str) -> list[str]:
+    """Expand ``{a,b}`` lists and ``{000..012}`` numeric ranges (zero padding kept), left to right."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    range_match = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if range_match:
+        lo_txt, hi_txt = range_match.groups()
+        lo, hi = int(lo_txt), int(hi_txt)
+        if hi < lo:
+            raise SourceError(f"brace range {{{body}}} in {pattern!r} goes downwards")
+        width = len(lo_txt) if lo_txt.startswith("0") and len(lo_txt) > 1 else 0
+        choices = [str(i).zfill(width) for i in range(lo, hi + 1)]
+    else:
+        choices = body.split(",")
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [expanded for choice in choices for expanded in brace_expand(head + choice + tail)]
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _is_shard_file(path: str) -> bool:
+    return path.lower().endswith(SHARD_SUFFIXES)
+
+
+def folder_images(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """Image files under ``root`` (recursive, sorted), their labels and the class names.
+
+    When every image lies inside a subfolder, the first-level subfolder is the class (ImageFolder
+    convention); otherwise the folder is unlabelled and labels are -1.
+    """
+    files = sorted(
+        os.path.join(dirpath, name)
+        for dirpath, _, names in os.walk(root, followlinks=True)
+        for name in names
+        if _is_image_file(name)
+    )
+    relative = [os.path.relpath(f, root) for f in files]
+    if files and all(os.sep in rel for rel in relative):
+        classes = sorted({rel.split(os.sep, 1)[0] for rel in relative})
+        index = {name: i for i, name in enumerate(classes)}
+        labels = [index[rel.split(os.sep, 1)[0]] for rel in relative]
+    else:
+        classes, labels = [], [-1] * len(files)
+    return files, labels, classes
+
+
+def _shard_counts(directory: str, cache: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Samples per shard name from the index JSON files that ``make_shards`` leaves next to shards."""
+    if directory not in cache:
+        counts: dict[str, int] = {}
+        for index_path in glob.glob(os.path.join(glob.escape(directory), "*index.json")):
+            try:
+                with open(index_path) as f:
+                    index = json.load(f)
+                for shard in index.get("shards", []):
+                    counts[shard["name"]] = int(shard["samples"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours, or damaged: fall back to reading the shards
+        cache[directory] = counts
+    return cache[directory]
+
+
+def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
+    """Turn shard patterns / an image folder into read units. Errors name the pattern at fault.
+
+    Each entry may be: a ``pipe:COMMAND`` (brace-expanded, not checked until read), a shard path or
+    glob (brace-expanded), a directory holding ``*.tar`` shards, or an image folder (the only entry).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        source = [str(source)]
+    if not source:
+        raise SourceError("data source is empty: give shard patterns (e.g. 'data/shard-{000000..000009}.tar') "
+                          "or an image folder")
+    units: list[Unit] = []
+    count_cache: dict[str, dict[str, int]] = {}
+    for pattern in source:
+        pattern = str(pattern)
+        if pattern.startswith("pipe:"):
+            units.extend(Unit(url=u, is_shard=True) for u in brace_expand(pattern))
+            continue
+        if os.path.isdir(pattern):
+            shards = sorted(glob.glob(os.path.join(glob.escape(pattern), "*.tar")))
+            if shards:
+                paths = shards
+            else:
+                files, labels, _ = folder_images(Path(pattern))
+                if not files:
+                    raise SourceError(f"image folder {pattern!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                units.extend(
+                    Unit(url=f, is_shard=False, num_samples=1, label=lab, key=os.path.relpath(f, pattern))
+                    for f, lab in zip(files, labels)
+                )
+                continue
+        else:
+            paths = []
+            for expanded in brace_expand(pattern):
+                if any(ch in expanded for ch in "*?["):
+                    paths.extend(sorted(glob.glob(expanded)))
+                elif os.path.exists(expanded):
+                    paths.append(expanded)
+            if not paths:
+                raise SourceError(f"data source pattern {pattern!r} matches no file")
+        for path in paths:
+            if not (_is_shard_file(path) and os.path.isfile(path)):
+                raise SourceError(f"{path!r} (from {pattern!r}) is not a shard file ({', '.join(SHARD_SUFFIXES)})")
+            counts = _shard_counts(os.path.dirname(path), count_cache)
+            units.append(Unit(url=path, is_shard=True, num_samples=counts.get(os.path.basename(path))))
+    if not units:
+        raise SourceError(f"data source {list(source)} gives an empty shard set")
+    return units
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    directory, base = os.path.split(name)
+    stem, dot, ext = base.partition(".")
+    return os.path.join(directory, stem) if directory else stem, ext.lower() if dot else ""
+
+
+def _open_stream(url: str):
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[len("pipe:") :], shell=True, stdout=subprocess.PIPE)
+        return proc.stdout, proc
+    return open(url, "rb"), None
+
+
+def read_tar(url: str) -> Iterator[RawSample]:
+    """Samples of one tar shard in file order; members sharing a key form one sample."""
+    stream, proc = _open_stream(url)
+    completed = False
+    try:
+        current: RawSample = {}
+        with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, ext = _split_member_name(member.name)
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                if not current:
+                    current = {"__key__": key, "__url__": url}
+                extracted = archive.extractfile(member)
+                current[ext] = extracted.read() if extracted is not None else b""
+        if current:
+            yield current
+        completed = True
+    except tarfile.TarError as exc:
+        raise SourceError(f"cannot read shard {url!r}: {exc}") from exc
+    finally:
+        stream.close()
+        if proc is not None:
+            status = proc.wait()
+            # A consumer that stops early closes the pipe; only a finished read judges the command.
+            if completed and status != 0:
+                raise SourceError(f"shard command {url!r} exited with status {status}")
+
+
+def read_unit(unit: Unit) -> Iterator[RawSample]:
+    """Raw samples of a unit: a shard's samples, or the one image of a folder file."""
+    if unit.is_shard:
+        yield from read_tar(unit.url)
+        return
+    ext = os.path.splitext(unit.url)[1].lower().lstrip(".")
+    with open(unit.url, "rb") as f:
+        data = f.read()
+    sample: RawSample = {"__key__": unit.key or unit.url, "__url__": unit.url, ext: data}
+    if unit.label >= 0:
+        sample["cls"] = str(unit.label).encode()
+    yield sample
+
+
+def image_bytes(sample: RawSample) -> bytes:
+    """The encoded image of a raw sample (first of jpg/jpeg/png/webp/bmp/image)."""
+    for key in IMAGE_KEYS:
+        if key in sample:
+            return sample[key]
+    raise KeyError(f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} has no image "
+                   f"(members: {sorted(k for k in sample if not k.startswith('__'))})")
+
+
+def sample_label(sample: RawSample) -> int:
+    """The integer ``cls`` of a raw sample, -1 when it has none."""
+    raw = sample.get("cls")
+    return int(raw.decode().strip()) if raw else -1

@@ -1,0 +1,80 @@
+"""Frozen backbones for evaluation, from a training checkpoint or an exported file.
+
+``load_any_backbone(path)`` accepts
+- a training run directory (its ``latest`` checkpoint) or one ``iter_*`` checkpoint directory: the
+  backbone is rebuilt from the checkpoint's ``config.yaml`` and given the EMA teacher's weights, which
+  DINO/DINOv2 evaluate (the teacher is the better model);
+- an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), via
+  :func:`dinolite.export.load.load_backbone`.
+
+Either way the module comes back in eval mode, without gradients, with a ``.spec``
+(:class:`dinolite.export.spec.BackboneSpec`: patch size, training crop size, normalisation) that the
+CLIs use for their default transforms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REQUIRED_METHODS = ("forward_features", "get_intermediate_layers")
+
+
+class BackboneError(ValueError):
+    """A path that does not hold a usable dinolite/DINOv2 ViT backbone."""
+
+
+def load_any_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Frozen ViT backbone from a checkpoint directory (teacher weights) or an exported file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--backbone {path}: no such file or directory")
+    if path.is_dir():
+        model = _from_checkpoint(path)
+    else:
+        from dinolite.export.load import load_backbone
+
+        model = load_backbone(path, map_location="cpu")
+    missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
+    if missing:
+        raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
+    model.requires_grad_(False)
+    return model.eval().to(map_location)
+
+
+def _from_checkpoint(checkpoint: Path) -> nn.Module:
+    from dinolite.export.consolidate import consolidate_checkpoint
+    from dinolite.export.load import build_from_spec, load_state_dict_strict
+
+    exported = consolidate_checkpoint(checkpoint, model="teacher")
+    model = build_from_spec(exported.spec)
+    load_state_dict_strict(model, exported.backbone, origin=str(checkpoint))
+    model.spec = exported.spec
+    return model
+
+
+def backbone_fingerprint(path: str | Path) -> str:
+    """Identity of the weights behind ``path`` for feature-cache keys.
+
+    Files: SHA-256 of the content (a re-export to the same name changes the key). Checkpoint
+    directories: the resolved checkpoint path with size and mtime of every file in it.
+    """
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    target = path
+    latest = path / "latest"
+    if latest.exists():
+        target = latest.resolve() if latest.is_symlink() or latest.is_dir() else path / latest.read_text().strip()
+    digest.update(str(target).encode())
+    for item in sorted(p for p in Path(target).rglob("*") if p.is_file()):
+        stat = item.stat()
+        digest.update(f"{item.relative_to(target)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()

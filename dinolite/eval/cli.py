@@ -1,0 +1,152 @@
+"""What the three eval entrypoints share: options, backbone + device set-up, cached extraction, output.
+
+``eval/knn.py``, ``eval/linear.py`` and ``eval/segmentation.py`` are thin: they parse their own options,
+call :func:`setup`, then the functions of :mod:`dinolite.eval`. Under ``torchrun`` or ``srun`` the
+process group comes from :func:`dinolite.train.distributed.init_distributed`; rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from dinolite.eval.backbone import backbone_fingerprint, load_any_backbone
+from dinolite.eval.cache import FeatureCache, cache_key
+from dinolite.eval.datasets import build_labelled_dataset
+from dinolite.eval.features import ExtractedFeatures, extract_features
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone and run")
+    group.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    group.add_argument("--output", default=None, help="write results JSON here (atomically)")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per rank)")
+    group.add_argument("--num-workers", type=int, default=2, help="data loading processes per rank")
+    group.add_argument("--mixed-precision", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    group.add_argument("--cache-dir", default=None, help="reuse extracted features from this directory")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_transform_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("eval transform (defaults from the backbone's training recipe)")
+    group.add_argument("--crop-size", type=int, default=None, help="center crop (default: training global crop size)")
+    group.add_argument("--resize-size", type=int, default=None, help="shorter side before cropping (default crop*256/224)")
+    group.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: training mean)")
+    group.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: training std)")
+
+
+@dataclass
+class EvalContext:
+    backbone: nn.Module
+    backbone_path: str
+    device: torch.device
+    rank: int
+    world_size: int
+    patch_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device("cpu")
+
+
+def setup(args: argparse.Namespace) -> EvalContext:
+    """Process group (when launched distributed), device, frozen backbone and transform defaults."""
+    from dinolite.train.distributed import init_distributed
+
+    env = init_distributed(backend="auto", device=args.device)
+    device = _resolve_device(args.device, env.local_rank)
+    torch.manual_seed(args.seed)
+    backbone = load_any_backbone(args.backbone, map_location=device)
+    spec = getattr(backbone, "spec", None)
+    patch_size = int(getattr(backbone, "patch_size", getattr(spec, "patch_size", 16)))
+    crop_default = (getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224) if spec else 224
+    crop_size = getattr(args, "crop_size", None) or int(crop_default)
+    mean = tuple(getattr(args, "mean", None) or (spec.mean if spec else (0.485, 0.456, 0.406)))
+    std = tuple(getattr(args, "std", None) or (spec.std if spec else (0.229, 0.224, 0.225)))
+    return EvalContext(backbone, str(args.backbone), device, env.rank, env.world_size, patch_size, crop_size, mean, std)
+
+
+def features_for(
+    ctx: EvalContext,
+    args: argparse.Namespace,
+    *,
+    name: str,
+    source: Sequence[str],
+    transform: Callable,
+    transform_desc: dict[str, Any],
+    model_fn: Callable[[torch.Tensor], torch.Tensor],
+    kind: str,
+) -> ExtractedFeatures:
+    """Extract (or read from ``--cache-dir``) the features of one data set, on all ranks."""
+    cache = FeatureCache(args.cache_dir) if args.cache_dir else None
+    key = ""
+    if cache is not None:
+        key = cache_key(
+            backbone=backbone_fingerprint(ctx.backbone_path), source=list(source), transform=transform_desc, kind=kind
+        )
+        cached = cache.load(name, key)
+        if cached is not None:
+            if ctx.is_main:
+                print(f"[{name}] features from cache {cache.path(name, key)}")
+            return cached
+    dataset = build_labelled_dataset(source, transform, ctx.rank, ctx.world_size, option=f"--{name}")
+    extracted = extract_features(
+        model_fn,
+        dataset,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=ctx.device,
+        mixed_precision=args.mixed_precision,
+        progress=not args.no_progress,
+        desc=name,
+    )
+    if cache is not None and ctx.is_main:
+        cache.save(name, key, extracted)
+    return extracted
+
+
+def write_results(path: Optional[str], results: dict, ctx_is_main: bool = True) -> None:
+    """Atomically write ``results`` as JSON (rank 0 only)."""
+    if not path or not ctx_is_main:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text table with right-aligned columns; floats shown with 2 decimals."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(header)]
+    lines = ["  ".join(str(h).rjust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+    return "\n".join(lines)
+
+
+def finish(ctx: EvalContext) -> None:
+    from dinolite.train.distributed import destroy_distributed
+
+    destroy_distributed()

@@ -1,0 +1,144 @@
+"""Load exported backbones without dinolite's trainer (no FSDP, no optimizer, no pickle).
+
+Accepted files:
+- ``NAME.safetensors`` written by ``python -m dinolite.export`` (architecture from ``NAME.json`` or,
+  failing that, from the safetensors header metadata);
+- DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
+  ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
+  refused) and the architecture inferred from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_state_dict
+
+HEADS_SUFFIX = ".heads.safetensors"
+SPEC_METADATA_KEY = "dinolite_backbone"
+
+
+@dataclass
+class PretrainedWeights:
+    """What an export holds: the backbone, and with ``--with-heads`` the heads and centering state."""
+
+    spec: BackboneSpec
+    backbone: dict[str, torch.Tensor]
+    heads: Optional[dict[str, torch.Tensor]] = None  # "dino_head.*", "ibot_head.*", "dino_center", ...
+
+
+def spec_path_for(weights_path: str | Path) -> Path:
+    path = Path(weights_path)
+    return path.with_suffix(".json")
+
+
+def heads_path_for(weights_path: str | Path) -> Path:
+    path = Path(weights_path)
+    return path.with_name(path.stem + HEADS_SUFFIX)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ExportFormatError(f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}") from exc
+    return tensors, metadata
+
+
+def _read_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError (truncated zip), EOFError...
+        raise ExportFormatError(
+            f"{path}: cannot load with weights_only=True (truncated, or holds objects other than tensors): {exc}"
+        ) from exc
+    if isinstance(obj, dict) and "teacher" in obj and isinstance(obj["teacher"], dict):
+        # DINOv2 training checkpoints nest the teacher: keep its backbone.
+        obj = {k.removeprefix("backbone."): v for k, v in obj["teacher"].items() if k.startswith("backbone.")}
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ExportFormatError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
+    """Read an exported or DINOv2 backbone file: ``(state_dict in DINOv2 layout, architecture)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    if path.suffix == ".safetensors":
+        state_dict, metadata = _read_safetensors(path)
+        spec_file = spec_path_for(path)
+        if spec_file.is_file():
+            spec = BackboneSpec.from_json_file(spec_file)
+        elif SPEC_METADATA_KEY in metadata:
+            spec = BackboneSpec.from_mapping(json.loads(metadata[SPEC_METADATA_KEY]), origin=f"{path} (metadata)")
+        else:
+            spec = spec_from_state_dict(state_dict, origin=str(path))
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        state_dict = _read_pth(path)
+        spec = spec_from_state_dict(state_dict, origin=str(path))
+    else:
+        raise ExportFormatError(f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors or .pth")
+    return state_dict, spec
+
+
+def build_from_spec(spec: BackboneSpec) -> nn.Module:
+    from dinolite.models import DinoVisionTransformer
+
+    return DinoVisionTransformer(**spec.backbone_kwargs())
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that names every mismatching key and shape."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state_dict))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if wrong_shape:
+            parts.append("shape mismatch: " + "; ".join(wrong_shape[:10]) + (" ..." if len(wrong_shape) > 10 else ""))
+        if missing:
+            parts.append(f"missing keys: {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected[:10]}" + (" ..." if len(unexpected) > 10 else ""))
+        raise ExportFormatError(f"{origin}: weights do not fit the architecture: " + " | ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild an exported (or DINOv2 ``.pth``) backbone, frozen and in eval mode.
+
+    The returned module has ``.spec`` (:class:`BackboneSpec`: architecture, training image size,
+    normalisation mean/std, iteration) for building matching eval transforms.
+    """
+    state_dict, spec = load_backbone_state_dict(path)
+    model = build_from_spec(spec)
+    load_state_dict_strict(model, state_dict, origin=str(path))
+    model.spec = spec
+    model.requires_grad_(False)
+    return model.eval().to(map_location)
+
+
+def load_pretrained(path: str | Path) -> PretrainedWeights:
+    """Weights to start training from (``student.pretrained_weights``): backbone, plus heads if exported."""
+    state_dict, spec = load_backbone_state_dict(path)
+    heads = None
+    heads_file = heads_path_for(path)
+    if Path(path).suffix == ".safetensors" and heads_file.is_file():
+        heads, _ = _read_safetensors(heads_file)
+    return PretrainedWeights(spec=spec, backbone=state_dict, heads=heads)

@@ -1,0 +1,203 @@
+"""The architecture record that travels with every exported backbone.
+
+An export is ``NAME.safetensors`` (weights, DINOv2 key layout) plus ``NAME.json`` (this record). The
+same record is also stored in the safetensors header metadata, so a lone ``.safetensors`` file is still
+self-describing. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
+one from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+FORMAT_NAME = "dinolite-backbone"
+FORMAT_VERSION = 1
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# DINOv2 names its sizes by width; all of them use 64-dimensional heads.
+ARCH_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
+HEAD_DIM = 64
+
+
+class ExportFormatError(ValueError):
+    """An exported file that is not what it claims to be (wrong architecture, truncated, foreign)."""
+
+
+@dataclass
+class BackboneSpec:
+    """Everything needed to rebuild a backbone without dinolite's trainer."""
+
+    arch: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    img_size: int  # size the position embedding was trained for (sets its grid)
+    num_register_tokens: int = 0
+    ffn_layer: str = "mlp"
+    mlp_ratio: float = 4.0
+    layerscale: Optional[float] = 1.0e-5  # None when the blocks have no LayerScale
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+    interpolate_antialias: bool = False
+    interpolate_offset: float = 0.1
+    train_img_size: Optional[int] = None  # global crop size used in training (for eval transforms)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    iteration: Optional[int] = None
+    source: str = "teacher"  # teacher | student | dinov2 | unknown
+    dinolite_version: str = ""
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], origin: str = "spec") -> "BackboneSpec":
+        if data.get("format") != FORMAT_NAME:
+            raise ExportFormatError(f"{origin}: not a dinolite backbone record (format={data.get('format')!r})")
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise ExportFormatError(
+                f"{origin}: format_version {data['format_version']} is newer than this dinolite reads "
+                f"({FORMAT_VERSION}); upgrade dinolite"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExportFormatError(f"{origin}: unknown fields {unknown}")
+        kwargs = dict(data)
+        kwargs["mean"] = tuple(kwargs.get("mean", IMAGENET_MEAN))
+        kwargs["std"] = tuple(kwargs.get("std", IMAGENET_STD))
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ExportFormatError(f"{origin}: incomplete backbone record: {exc}") from exc
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "BackboneSpec":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExportFormatError(f"{path}: cannot read the architecture JSON: {exc}") from exc
+        return cls.from_mapping(data, origin=str(path))
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`dinolite.models.DinoVisionTransformer`."""
+        return dict(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+            proj_bias=self.proj_bias,
+            ffn_bias=self.ffn_bias,
+            init_values=self.layerscale,
+            ffn_layer=self.ffn_layer,
+            num_register_tokens=self.num_register_tokens,
+            interpolate_antialias=self.interpolate_antialias,
+            interpolate_offset=self.interpolate_offset,
+        )
+
+
+def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
+    """Record the architecture of a live :class:`DinoVisionTransformer` (``record`` adds metadata)."""
+    from dinolite import __version__
+
+    embed_dim = int(model.embed_dim)
+    first_block = model.blocks[0]
+    ffn_layer = "swiglu" if hasattr(first_block.mlp, "w12") else "mlp"
+    # Only the presence of LayerScale matters for rebuilding: the trained gammas come with the weights.
+    has_layerscale = isinstance(getattr(getattr(first_block, "ls1", None), "gamma", None), torch.Tensor)
+    patch = model.patch_embed.proj.kernel_size[0]
+    grid = int(round((model.pos_embed.shape[1] - 1) ** 0.5))
+    spec = BackboneSpec(
+        arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
+        embed_dim=embed_dim,
+        depth=len(model.blocks),
+        num_heads=int(first_block.attn.num_heads),
+        patch_size=int(patch),
+        img_size=grid * int(patch),
+        num_register_tokens=int(getattr(model, "num_register_tokens", 0)),
+        ffn_layer=ffn_layer,
+        mlp_ratio=_mlp_ratio(first_block, embed_dim, ffn_layer),
+        layerscale=1.0e-5 if has_layerscale else None,
+        qkv_bias=first_block.attn.qkv.bias is not None,
+        proj_bias=first_block.attn.proj.bias is not None,
+        ffn_bias=_ffn_bias(first_block, ffn_layer),
+        interpolate_antialias=bool(getattr(model, "interpolate_antialias", False)),
+        interpolate_offset=float(getattr(model, "interpolate_offset", 0.1)),
+        dinolite_version=__version__,
+    )
+    return dataclasses.replace(spec, **record)
+
+
+def _mlp_ratio(block: torch.nn.Module, embed_dim: int, ffn_layer: str) -> float:
+    if ffn_layer == "mlp":
+        return block.mlp.fc1.out_features / embed_dim
+    # SwiGLU stores a hidden size rounded from 2/3 of embed_dim * mlp_ratio; DINOv2 always uses ratio 4.
+    return 4.0
+
+
+def _ffn_bias(block: torch.nn.Module, ffn_layer: str) -> bool:
+    layer = block.mlp.fc1 if ffn_layer == "mlp" else block.mlp.w12
+    return layer.bias is not None
+
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> BackboneSpec:
+    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``)."""
+    required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight")
+    missing = [k for k in required if k not in state_dict]
+    if missing:
+        sample = ", ".join(list(state_dict)[:5])
+        raise ExportFormatError(
+            f"{origin}: not a DINOv2/dinolite backbone state dict: missing {missing} (found keys like: {sample})"
+        )
+    embed_dim = int(state_dict["cls_token"].shape[-1])
+    if embed_dim not in ARCH_BY_WIDTH:
+        raise ExportFormatError(
+            f"{origin}: width {embed_dim} is not a DINOv2 size, so the number of heads cannot be inferred; "
+            "load it from a dinolite export (.safetensors + .json) instead"
+        )
+    patch = int(state_dict["patch_embed.proj.weight"].shape[-1])
+    grid = int(round((state_dict["pos_embed"].shape[1] - 1) ** 0.5))
+    depth = 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=-1)
+    if depth == 0:
+        raise ExportFormatError(f"{origin}: no transformer blocks (blocks.N.*) in the state dict")
+    swiglu = "blocks.0.mlp.w12.weight" in state_dict
+    hidden = state_dict["blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
+    return BackboneSpec(
+        arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=embed_dim // HEAD_DIM,
+        patch_size=patch,
+        img_size=grid * patch,
+        num_register_tokens=int(state_dict["register_tokens"].shape[1]) if "register_tokens" in state_dict else 0,
+        ffn_layer="swiglu" if swiglu else "mlp",
+        mlp_ratio=4.0 if swiglu else hidden / embed_dim,
+        layerscale=1.0e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+        qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
+        proj_bias="blocks.0.attn.proj.bias" in state_dict,
+        ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,
+        source="dinov2",
+    )

@@ -1,0 +1,145 @@
+"""Write a backbone in one of the export formats: safetensors (+JSON), dinov2 (.pth), timm, onnx.
+
+Every file is written to a temporary name and renamed when complete, so an interrupted export never
+leaves a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
+from dinolite.export.spec import BackboneSpec
+from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
+
+FORMATS = ("safetensors", "dinov2", "timm", "onnx")
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        # Some writers create 0600 files; exports are meant to be shared like any other output.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _plain(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; exports own their memory.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+
+
+def write_safetensors(
+    state_dict: Mapping[str, torch.Tensor],
+    spec: BackboneSpec,
+    path: str | Path,
+    heads: Optional[Mapping[str, torch.Tensor]] = None,
+) -> list[Path]:
+    """``path`` (.safetensors, spec in its metadata) + ``path.json``; heads to ``*.heads.safetensors``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    metadata = {SPEC_METADATA_KEY: spec.to_json()}
+    written = [_atomic(path, lambda tmp: save_file(_plain(state_dict), str(tmp), metadata=metadata))]
+    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
+    if heads is not None:
+        written.append(_atomic(heads_path_for(path), lambda tmp: save_file(_plain(heads), str(tmp))))
+    return written
+
+
+def write_dinov2(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> list[Path]:
+    """A plain ``.pth`` state dict in the layout of DINOv2's released ``*_pretrain.pth`` files."""
+    path = Path(path)
+    return [_atomic(path, lambda tmp: torch.save(_plain(state_dict), tmp))]
+
+
+def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> list[Path]:
+    """timm layout (safetensors or .pth by suffix) + a JSON naming the ``timm.create_model`` call."""
+    import json
+
+    path = Path(path)
+    converted = to_timm_state_dict(state_dict)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        written = [_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
+    else:
+        written = [_atomic(path, lambda tmp: torch.save(_plain(converted), tmp))]
+    name, kwargs = timm_model_args(spec)
+    # Layer classes are recorded by name (timm.layers.SwiGLUPacked, torch.nn.SiLU) to stay JSON.
+    symbolic = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
+    kwargs = {k: (symbolic[k] if k in symbolic else v) for k, v in kwargs.items()}
+    record = {"timm_model": name, "timm_kwargs": kwargs, "dinolite": json.loads(spec.to_json())}
+    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n")))
+    return written
+
+
+class _FeaturesForOnnx(nn.Module):
+    """Backbone wrapper with tensor outputs: (normalised CLS, normalised patch tokens)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone.forward_features(images)
+        return out["x_norm_clstoken"], out["x_norm_patchtokens"]
+
+
+def write_onnx(
+    backbone: nn.Module, spec: BackboneSpec, path: str | Path, opset: int = 18, exporter: str = "torchscript"
+) -> list[Path]:
+    """ONNX graph with dynamic batch and image size (multiples of the patch size).
+
+    Inputs ``images (B,3,H,W)``; outputs ``cls (B,D)`` and ``patch_tokens (B,H/p*W/p,D)``.
+    ``exporter``: ``"torchscript"`` (fast, every torch >= 2.6) or ``"dynamo"`` (torch.export based,
+    needs onnxscript). The position-embedding resampling is swapped for a branch-free tensor version
+    (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
+    """
+    import copy
+
+    from dinolite.export.onnx_pos_embed import make_exportable
+
+    path = Path(path)
+    model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()
+    size = spec.train_img_size or spec.img_size
+    example = torch.randn(2, 3, size, size)
+
+    names = dict(input_names=["images"], output_names=["cls", "patch_tokens"])
+
+    def _export(tmp: Path) -> None:
+        with torch.no_grad():
+            if exporter == "dynamo":
+                patch = spec.patch_size
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                rows, cols = torch.export.Dim("rows", min=1, max=1024), torch.export.Dim("cols", min=1, max=1024)
+                torch.onnx.export(
+                    model, (example,), str(tmp), **names, dynamo=True, opset_version=opset,
+                    dynamic_shapes={"images": {0: batch, 2: patch * rows, 3: patch * cols}},
+                )  # fmt: skip
+            else:
+                dynamic_axes = {
+                    "images": {0: "batch", 2: "height", 3: "width"},
+                    "cls": {0: "batch"},
+                    "patch_tokens": {0: "batch", 1: "tokens"},
+                }
+                torch.onnx.export(
+                    model, (example,), str(tmp), **names, dynamo=False, opset_version=opset, dynamic_axes=dynamic_axes
+                )
+
+    written = [_atomic(path, _export)]
+    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
+    return written

@@ -1,0 +1,114 @@
+"""Multi-head self-attention with DINOv2's parameter layout (``qkv``, ``proj``).
+
+Attention is ``softmax(Q K^T / sqrt(d_head)) V`` (Vaswani et al., 2017). Three implementations compute
+it: xformers' ``memory_efficient_attention`` (CUDA only, when installed), PyTorch's
+``scaled_dot_product_attention`` (every device), and :func:`explicit_attention`, the plain formula used
+for attention maps and as the reference in tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
+
+
+def xformers_available() -> bool:
+    """True when the ``xformers`` package can be imported (its kernels still need CUDA tensors)."""
+    return importlib.util.find_spec("xformers") is not None
+
+
+class AttentionBackend:
+    """Chooses the attention kernel for one model and remembers whether it already warned.
+
+    ``requested``: ``"auto"`` uses xformers for CUDA tensors when installed and SDPA otherwise;
+    ``"sdpa"`` always uses SDPA; ``"xformers"`` uses xformers and falls back to SDPA (warning once per
+    model) when it is not installed or the tensors are not on CUDA. One instance is shared by all blocks
+    of a backbone, so a model warns once, not once per block.
+    """
+
+    def __init__(self, requested: str = "auto") -> None:
+        if requested not in ATTENTION_CHOICES:
+            raise ValueError(f"attention={requested!r} is not one of {', '.join(ATTENTION_CHOICES)}")
+        self.requested = requested
+        self._has_xformers = xformers_available() if requested != "sdpa" else False
+        self._warned = False
+
+    def select(self, x: Tensor) -> str:
+        """``"xformers"`` or ``"sdpa"`` for an input tensor ``x``."""
+        if self.requested == "sdpa":
+            return "sdpa"
+        usable = self._has_xformers and x.is_cuda
+        if usable:
+            return "xformers"
+        if self.requested == "xformers" and not self._warned:
+            self._warned = True
+            reason = "xformers is not installed" if not self._has_xformers else f"tensors are on {x.device.type}"
+            warnings.warn(
+                f"attention='xformers' was requested but {reason}; falling back to "
+                "torch.nn.functional.scaled_dot_product_attention",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return "sdpa"
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Plain attention on ``(B, heads, T, d)`` tensors: returns ``(softmax(QK^T/sqrt(d)) V, weights)``.
+
+    Computed in float32 for the softmax (the weights are returned for visualisation).
+    """
+    scale = q.shape[-1] ** -0.5
+    weights = torch.softmax((q.float() * scale) @ k.float().transpose(-2, -1), dim=-1)
+    return (weights @ v.float()).to(v.dtype), weights
+
+
+class Attention(nn.Module):
+    """Self-attention over ``(B, T, dim)`` tokens; keys ``qkv.{weight,bias}``, ``proj.{weight,bias}``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        backend: AttentionBackend | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.backend = backend if backend is not None else AttentionBackend("auto")
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(B, T, dim)`` -> ``(3, B, T, heads, d_head)`` for q, k, v."""
+        B, T, _ = x.shape
+        return self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self._split_heads(x).unbind(0)  # each (B, T, heads, d)
+        if self.backend.select(x) == "xformers":
+            from xformers.ops import memory_efficient_attention  # CUDA-only path, imported on use
+
+            out = memory_efficient_attention(q, k, v)  # (B, T, heads, d) layout
+        else:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            out = out.transpose(1, 2)
+        return self.proj(out.reshape(B, T, C))
+
+    def forward_explicit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Same output as :meth:`forward` through :func:`explicit_attention`, plus the ``(B, heads, T, T)``
+        attention weights."""
+        B, T, C = x.shape
+        q, k, v = (t.transpose(1, 2) for t in self._split_heads(x).unbind(0))
+        out, weights = explicit_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, T, C)), weights

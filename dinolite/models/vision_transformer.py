@@ -1,0 +1,325 @@
+"""DINOv2's Vision Transformer backbone (Oquab et al., 2023, "DINOv2: Learning Robust Visual Features
+without Supervision"; ViT: Dosovitskiy et al., 2021; registers: Darcet et al., 2024, "Vision
+Transformers Need Registers").
+
+Token sequence: ``[CLS, registers..., patches...]``. Position embeddings cover CLS and the patches of the
+trained ``img_size`` grid only; registers are inserted right after CLS *after* the position embedding is
+added, so they carry none. Where a boolean mask is given, the learnable ``mask_token`` replaces the patch
+embedding before the position embedding is added (iBOT's masked image modelling).
+
+The state dict has exactly the keys and shapes of DINOv2's released backbones (``cls_token (1,1,D)``,
+``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``, ``patch_embed.proj.*``,
+``blocks.N.*``, ``norm.*``), so those checkpoints load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dinolite.models.attention import AttentionBackend
+from dinolite.models.block import Block, LayerNorm, LayerScale
+from dinolite.models.patch_embed import PatchEmbed
+from dinolite.models.pos_embed import interpolate_pos_embed
+from dinolite.models.stochastic_depth import drop_path_rates
+
+# Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
+ARCHITECTURES: dict[str, dict[str, int]] = {
+    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit_giant2": {"embed_dim": 1536, "depth": 40, "num_heads": 24},
+}
+
+
+class DinoVisionTransformer(nn.Module):
+    """ViT backbone with DINOv2's interface: ``forward_features`` returns DINOv2's dict."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        ffn_bias: bool = True,
+        proj_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
+        init_values: float | None = None,
+        ffn_layer: str = "mlp",
+        num_register_tokens: int = 0,
+        interpolate_antialias: bool = False,
+        interpolate_offset: float = 0.1,
+        attention: str = "auto",
+    ) -> None:
+        super().__init__()
+        if depth < 1 or embed_dim < 1 or num_heads < 1:
+            raise ValueError(f"depth={depth}, embed_dim={embed_dim}, num_heads={num_heads} must all be >= 1")
+        if num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens={num_register_tokens} must be >= 0")
+        self.embed_dim = self.num_features = embed_dim
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.n_blocks = depth
+        self.num_register_tokens = num_register_tokens
+        self.interpolate_antialias = interpolate_antialias
+        self.interpolate_offset = interpolate_offset
+        self.attention_backend = AttentionBackend(attention)
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                ffn_bias=ffn_bias,
+                drop_path=rate,
+                init_values=init_values,
+                ffn_layer=ffn_layer,
+                attention_backend=self.attention_backend,
+            )
+            for rate in drop_path_rates(drop_path_rate, depth, drop_path_uniform)
+        )
+        self.norm = LayerNorm(embed_dim)
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        """DINOv2's initialisation; also re-initialises a model materialised from the meta device.
+
+        ``pos_embed``: truncated normal, std 0.02; ``cls_token`` and ``register_tokens``: normal, std
+        1e-6; ``mask_token``: zeros; every ``Linear``: truncated normal std 0.02 weights, zero biases;
+        LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's default.
+        """
+        with torch.no_grad():
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=1e-6)
+            if self.register_tokens is not None:
+                nn.init.normal_(self.register_tokens, std=1e-6)
+            nn.init.zeros_(self.mask_token)
+            self.patch_embed.proj.reset_parameters()
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, (nn.LayerNorm, LayerScale)):
+                    module.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------------
+    def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """Images ``(B, C, H, W)`` -> tokens ``(B, 1 + R + N, D)``; ``masks (B, N)`` bool picks the patches
+        replaced by ``mask_token``."""
+        B, _, H, W = x.shape
+        tokens = self.patch_embed(x)
+        if masks is not None:
+            if masks.dtype != torch.bool:
+                raise ValueError(f"masks must be a bool tensor (True = masked patch), got dtype {masks.dtype}")
+            if masks.shape != tokens.shape[:2]:
+                raise ValueError(
+                    f"masks of shape {tuple(masks.shape)} do not match the {tuple(tokens.shape[:2])} "
+                    f"(batch, patches) of images {H}x{W} with patch_size={self.patch_size}"
+                )
+            tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype).unsqueeze(0), tokens)
+        tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
+        tokens = tokens + self.interpolate_pos_encoding(tokens, H, W)
+        if self.register_tokens is not None:
+            tokens = torch.cat((tokens[:, :1], self.register_tokens.expand(B, -1, -1), tokens[:, 1:]), dim=1)
+        return tokens
+
+    def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
+        """Position embeddings for an image of ``height x width`` pixels, in ``x``'s dtype."""
+        grid = (height // self.patch_size, width // self.patch_size)
+        pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
+        return pos.to(x.dtype)
+
+    def _output_dict(self, x_prenorm: Tensor, masks: Tensor | None) -> dict[str, Any]:
+        x_norm = self.norm(x_prenorm)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, 1 : r + 1],
+            "x_norm_patchtokens": x_norm[:, r + 1 :],
+            "x_prenorm": x_prenorm,
+            "masks": masks,
+        }
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Any]:
+        """DINOv2's feature dict: ``x_norm_clstoken (B,D)``, ``x_norm_regtokens (B,R,D)``,
+        ``x_norm_patchtokens (B,N,D)``, ``x_prenorm (B,1+R+N,D)``, ``masks``."""
+        tokens = self.prepare_tokens_with_masks(x, masks)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self._output_dict(tokens, masks)
+
+    def forward_features_list(
+        self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None] | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`forward_features` for several batches of different image sizes (global and local
+        crops) in one pass over the blocks; ``masks_list`` entries may be None."""
+        if masks_list is None:
+            masks_list = [None] * len(x_list)
+        if len(masks_list) != len(x_list):
+            raise ValueError(f"got {len(x_list)} image batches but {len(masks_list)} masks")
+        tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
+        for block in self.blocks:
+            tokens = block(tokens)
+        return [self._output_dict(t, m) for t, m in zip(tokens, masks_list)]
+
+    def forward(self, x: Tensor, masks: Tensor | None = None, *, is_training: bool = False) -> Tensor | dict:
+        """The normalised CLS feature ``(B, D)``; the full dict when ``is_training``."""
+        features = self.forward_features(x, masks)
+        return features if is_training else features["x_norm_clstoken"]
+
+    # ----------------------------------------------------------------------------------------------
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | Sequence[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple:
+        """Outputs of the last ``n`` blocks (or of the block indices in ``n``), as in DINOv2.
+
+        Each output is the patch tokens ``(B, N, D)`` (``(B, D, h, w)`` when ``reshape``), paired with
+        the CLS token ``(B, D)`` when ``return_class_token``; ``norm`` applies the final LayerNorm.
+        """
+        wanted = range(self.n_blocks - n, self.n_blocks) if isinstance(n, int) else list(n)
+        for index in wanted:
+            if not 0 <= index < self.n_blocks:
+                raise ValueError(f"block index {index} out of range for a backbone of {self.n_blocks} blocks")
+        tokens = self.prepare_tokens_with_masks(x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens)
+            if i in wanted:
+                outputs.append(tokens)
+        if norm:
+            outputs = [self.norm(out) for out in outputs]
+        class_tokens = [out[:, 0] for out in outputs]
+        patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        if reshape:
+            B, _, H, W = x.shape
+            h, w = H // self.patch_size, W // self.patch_size
+            patches = [p.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
+        if return_class_token:
+            return tuple(zip(patches, class_tokens))
+        return tuple(patches)
+
+    def get_last_selfattention(self, x: Tensor) -> Tensor:
+        """Softmax attention weights ``(B, heads, T, T)`` of the last block (tokens: CLS, registers,
+        patches), computed with the explicit formula."""
+        tokens = self.prepare_tokens_with_masks(x)
+        for block in self.blocks[:-1]:
+            tokens = block(tokens)
+        last = self.blocks[-1]
+        _, weights = last.attn.forward_explicit(last.norm1(tokens))
+        return weights
+
+
+# --------------------------------------------------------------------------------------------------
+# Factories (DINOv2's names and keyword arguments)
+# --------------------------------------------------------------------------------------------------
+
+
+def _build(arch: str, patch_size: int, kwargs: dict[str, Any]) -> DinoVisionTransformer:
+    return DinoVisionTransformer(**{**ARCHITECTURES[arch], "patch_size": patch_size, **kwargs})
+
+
+def vit_tiny(patch_size: int = 16, **kwargs: Any) -> DinoVisionTransformer:
+    """192 wide, 12 deep, 3 heads (~5.5 M parameters)."""
+    return _build("vit_tiny", patch_size, kwargs)
+
+
+def vit_small(patch_size: int = 16, **kwargs: Any) -> DinoVisionTransformer:
+    """384 wide, 12 deep, 6 heads (~21 M parameters)."""
+    return _build("vit_small", patch_size, kwargs)
+
+
+def vit_base(patch_size: int = 16, **kwargs: Any) -> DinoVisionTransformer:
+    """768 wide, 12 deep, 12 heads (~86 M parameters)."""
+    return _build("vit_base", patch_size, kwargs)
+
+
+def vit_large(patch_size: int = 16, **kwargs: Any) -> DinoVisionTransformer:
+    """1024 wide, 24 deep, 16 heads (~300 M parameters)."""
+    return _build("vit_large", patch_size, kwargs)
+
+
+def vit_giant2(patch_size: int = 16, **kwargs: Any) -> DinoVisionTransformer:
+    """DINOv2's ViT-g: 1536 wide, 40 deep, 24 heads (64 per head; ~1.1 B parameters with SwiGLU)."""
+    return _build("vit_giant2", patch_size, kwargs)
+
+
+FACTORIES = {
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+    "vit_large": vit_large,
+    "vit_giant2": vit_giant2,
+}
+
+
+def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
+    """Keyword arguments of :class:`DinoVisionTransformer` for a ``StudentConfig`` (arch sizes applied).
+
+    ``layerscale`` becomes ``init_values`` (0 turns LayerScale off), ``swiglufused`` becomes ``swiglu``,
+    and ``embed_dim``/``depth``/``num_heads`` override the arch's values when set.
+    """
+    arch = student_cfg.arch
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"student.arch={arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    kwargs: dict[str, Any] = dict(ARCHITECTURES[arch])
+    for key in ("embed_dim", "depth", "num_heads"):
+        value = getattr(student_cfg, key)
+        if value is not None:
+            kwargs[key] = value
+    ffn_layer = "swiglu" if student_cfg.ffn_layer == "swiglufused" else student_cfg.ffn_layer
+    kwargs.update(
+        img_size=img_size,
+        patch_size=student_cfg.patch_size,
+        drop_path_rate=student_cfg.drop_path_rate,
+        drop_path_uniform=student_cfg.drop_path_uniform,
+        init_values=student_cfg.layerscale or None,
+        ffn_layer=ffn_layer,
+        qkv_bias=student_cfg.qkv_bias,
+        proj_bias=student_cfg.proj_bias,
+        ffn_bias=student_cfg.ffn_bias,
+        num_register_tokens=student_cfg.num_register_tokens,
+        interpolate_antialias=student_cfg.interpolate_antialias,
+        interpolate_offset=student_cfg.interpolate_offset,
+        attention=student_cfg.attention,
+    )
+    if kwargs["embed_dim"] % kwargs["num_heads"]:
+        raise ValueError(
+            f"student.embed_dim={kwargs['embed_dim']} is not divisible by student.num_heads={kwargs['num_heads']}"
+        )
+    return kwargs
+
+
+def build_backbone(cfg: Any, img_size: int | None = None) -> DinoVisionTransformer:
+    """Backbone from a ``StudentConfig`` (+ ``img_size``, default 224) or a full ``Config`` (then
+    ``cfg.student`` and, unless ``img_size`` is given, ``cfg.crops.global_crops_size``)."""
+    if hasattr(cfg, "student"):
+        student_cfg = cfg.student
+        img_size = img_size if img_size is not None else cfg.crops.global_crops_size
+    else:
+        student_cfg = cfg
+    return DinoVisionTransformer(**backbone_kwargs(student_cfg, img_size if img_size is not None else 224))

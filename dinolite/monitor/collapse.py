@@ -1,0 +1,223 @@
+"""CollapseMonitor: collapse metrics from the objective's diagnostics, gathered over all ranks.
+
+The trainer calls :meth:`CollapseMonitor.measure` on every rank at the same iterations (it holds a
+collective when ``torch.distributed`` is initialised) with the objective's detached ``diagnostics``
+(docs/interfaces.md). The monitor only reads those tensors; it never touches the model or the loss.
+
+Metric names (all plain floats, logged by the trainer):
+
+- ``collapse/{backbone,student_backbone,head}_{std,std_ratio,rankme,rankme_ratio}`` for the teacher
+  CLS feature, the student CLS feature and the teacher head logits. ``std`` is SimSiam's mean std of the
+  L2-normalised embeddings, ``std_ratio = std * sqrt(D)`` (~1 healthy, 0 collapsed, width-free),
+  ``rankme_ratio = RankMe / min(N, D)``.
+- ``collapse/teacher_entropy`` and ``collapse/teacher_mean_entropy`` (nats) with ``_norm`` versions
+  divided by ``ln K``; ``collapse/student_teacher_ce`` and ``collapse/student_teacher_kl``.
+- ``collapse/num_samples``: rows the metrics were computed on (all ranks, at most ``max_samples``).
+
+The covariance spectra (Jing et al. 2021) of the last measurement are in :attr:`last_spectra` as
+``log10`` values for a TensorBoard histogram, and are written to
+``output_dir/spectrum/spectrum_<iteration>.json`` once per ``spectrum_every`` iterations (rank 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dinolite.monitor import metrics
+
+# diagnostics key -> metric prefix, for the embedding metrics
+EMBEDDING_SOURCES: dict[str, str] = {
+    "teacher_cls": "backbone",
+    "student_cls": "student_backbone",
+    "teacher_head_logits": "head",
+}
+_EMBEDDING_STATS = ("std", "std_ratio", "rankme", "rankme_ratio")
+# Every scalar measure() can return (which ones depends on the diagnostics the objective provides).
+METRIC_NAMES: tuple[str, ...] = (
+    "collapse/num_samples",
+    *(f"collapse/{prefix}_{stat}" for prefix in EMBEDDING_SOURCES.values() for stat in _EMBEDDING_STATS),
+    "collapse/teacher_entropy",
+    "collapse/teacher_entropy_norm",
+    "collapse/teacher_mean_entropy",
+    "collapse/teacher_mean_entropy_norm",
+    "collapse/student_teacher_ce",
+    "collapse/student_teacher_kl",
+)
+# Covariance eigenvalues below this are shown at this floor on the log10 histogram (log10(0) = -inf).
+_LOG_SPECTRUM_FLOOR = 1e-12
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_rows(x: Tensor, max_rows: int) -> Tensor:
+    """Rows of ``x`` from every rank, concatenated in rank order, at most ``max_rows`` in total.
+
+    Each rank contributes at most ``ceil(max_rows / world_size)`` rows so the all-gather itself is
+    bounded. Ranks may hold different row counts (the last batch of an epoch): rows are padded to the
+    largest count for ``all_gather`` and the padding is dropped. Single process: ``x[:max_rows]``.
+    Every rank must call this at the same point (collective).
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if not _distributed():
+        return x[:max_rows]
+    world_size = dist.get_world_size()
+    local = x[: math.ceil(max_rows / world_size)].contiguous()
+    count = torch.tensor([local.shape[0]], device=local.device, dtype=torch.long)
+    counts = [torch.zeros_like(count) for _ in range(world_size)]
+    dist.all_gather(counts, count)
+    largest = int(max(c.item() for c in counts))
+    padded = local.new_zeros((largest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    rows = torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)])
+    return rows[:max_rows]
+
+
+def _atomic_write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+
+
+class CollapseMonitor:
+    """Collapse metrics every ``every`` iterations on at most ``max_samples`` rows gathered from all ranks.
+
+    Args:
+        every: measure when ``iteration % every == 0`` (see :meth:`due`); 0 disables.
+        max_samples: rows gathered over all ranks per measurement; bounds the SVD cost
+            (``max_samples * D * min(max_samples, D)``) and the memory.
+        spectrum_every: save the covariance spectra at the first measurement of every window of this
+            many iterations; 0 never saves.
+        output_dir: run directory; spectra go to ``output_dir/spectrum/``. None keeps nothing on disk.
+        student_temp: the student softmax temperature, for the student-teacher cross-entropy / KL.
+    """
+
+    def __init__(
+        self,
+        every: int,
+        max_samples: int,
+        spectrum_every: int = 0,
+        output_dir: Optional[str | Path] = None,
+        student_temp: float = 0.1,
+    ) -> None:
+        if every < 0:
+            raise ValueError(f"monitor.every must be >= 0, got {every}")
+        if max_samples < 2:
+            raise ValueError(f"monitor.max_samples must be >= 2 (a spread needs two samples), got {max_samples}")
+        if spectrum_every < 0:
+            raise ValueError(f"monitor.spectrum_every must be >= 0, got {spectrum_every}")
+        self.every = every
+        self.max_samples = max_samples
+        self.spectrum_every = spectrum_every
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.student_temp = student_temp
+        self.last_spectra: dict[str, np.ndarray] = {}
+        self._last_spectrum_window = -1
+
+    @classmethod
+    def from_config(cls, monitor_cfg, output_dir: Optional[str | Path], student_temp: float) -> "CollapseMonitor":
+        """Build from the ``monitor`` config section (a ``MonitorConfig``) and the run's student temperature."""
+        return cls(
+            every=monitor_cfg.every,
+            max_samples=monitor_cfg.max_samples,
+            spectrum_every=monitor_cfg.spectrum_every,
+            output_dir=output_dir,
+            student_temp=student_temp,
+        )
+
+    def due(self, iteration: int) -> bool:
+        """Whether :meth:`measure` should run at this iteration (same answer on every rank)."""
+        return self.every > 0 and iteration % self.every == 0
+
+    def measure(self, iteration: int, diagnostics: Mapping[str, Tensor]) -> dict[str, float]:
+        """Compute every metric the available diagnostics allow; returns ``{"collapse/<name>": float}``.
+
+        Known keys: ``teacher_cls``, ``student_cls``, ``teacher_head_logits`` (embeddings),
+        ``teacher_head_probs`` (entropies), ``student_head_logits`` (with the probs: CE / KL). Keys that are
+        absent are skipped; none at all is an error. Collective across ranks when distributed.
+        """
+        known = set(EMBEDDING_SOURCES) | {"teacher_head_probs", "student_head_logits"}
+        if not known & set(diagnostics):
+            raise ValueError(
+                f"diagnostics at iteration {iteration} hold none of the keys the monitor reads "
+                f"({', '.join(sorted(known))}); got {', '.join(sorted(diagnostics)) or 'nothing'}"
+            )
+        # Gather every tensor first, in a fixed order, so all ranks issue the same collectives.
+        gathered = {
+            key: gather_rows(diagnostics[key].detach().float(), self.max_samples)
+            for key in sorted(known)
+            if key in diagnostics
+        }
+        results: dict[str, float] = {}
+        spectra: dict[str, np.ndarray] = {}
+        num_samples = max(t.shape[0] for t in gathered.values())
+        results["collapse/num_samples"] = float(num_samples)
+        for key, prefix in EMBEDDING_SOURCES.items():
+            if key not in gathered:
+                continue
+            x = gathered[key]
+            n, d = x.shape
+            std = metrics.embedding_std(x)
+            rank = metrics.rankme(x)
+            results[f"collapse/{prefix}_std"] = std
+            results[f"collapse/{prefix}_std_ratio"] = std * math.sqrt(d)
+            results[f"collapse/{prefix}_rankme"] = rank
+            results[f"collapse/{prefix}_rankme_ratio"] = rank / min(n, d)
+            spectra[prefix] = metrics.covariance_spectrum(x).numpy()
+        probs = gathered.get("teacher_head_probs")
+        if probs is not None:
+            k = probs.shape[1]
+            h = metrics.entropy(probs)
+            h_mean = metrics.batch_mean_entropy(probs)
+            results["collapse/teacher_entropy"] = h
+            results["collapse/teacher_entropy_norm"] = metrics.normalized_entropy(h, k)
+            results["collapse/teacher_mean_entropy"] = h_mean
+            results["collapse/teacher_mean_entropy_norm"] = metrics.normalized_entropy(h_mean, k)
+            student_logits = gathered.get("student_head_logits")
+            if student_logits is not None:
+                ce, kl = metrics.cross_entropy_kl(student_logits, probs, self.student_temp)
+                results["collapse/student_teacher_ce"] = ce
+                results["collapse/student_teacher_kl"] = kl
+        self.last_spectra = {
+            f"collapse/{prefix}_log10_spectrum": np.log10(np.maximum(values, _LOG_SPECTRUM_FLOOR))
+            for prefix, values in spectra.items()
+        }
+        self._maybe_save_spectra(iteration, num_samples, spectra)
+        return results
+
+    def _maybe_save_spectra(self, iteration: int, num_samples: int, spectra: dict[str, np.ndarray]) -> None:
+        if self.output_dir is None or self.spectrum_every <= 0 or not spectra:
+            return
+        window = iteration // self.spectrum_every
+        if window <= self._last_spectrum_window:
+            return
+        self._last_spectrum_window = window
+        if _distributed() and dist.get_rank() != 0:
+            return
+        payload = {
+            "iteration": iteration,
+            "num_samples": num_samples,
+            "description": "eigenvalues of the covariance of L2-normalised embeddings, descending (Jing et al. 2021)",
+            "spectra": {prefix: values.tolist() for prefix, values in spectra.items()},
+        }
+        _atomic_write_json(self.spectrum_path(iteration), payload)
+
+    def spectrum_path(self, iteration: int) -> Path:
+        """Where the spectra of a measurement at ``iteration`` are saved."""
+        if self.output_dir is None:
+            raise ValueError("this CollapseMonitor has no output_dir")
+        return self.output_dir / "spectrum" / f"spectrum_{iteration:08d}.json"

@@ -1,0 +1,161 @@
+"""Collapse metrics on embedding matrices and teacher distributions.
+
+Pure functions: tensors in, plain floats / 1-D tensors out; nothing is kept between calls. Inputs are
+``(N, D)`` (samples x dimensions) embeddings or ``(N, K)`` probability / logit matrices. The linear
+algebra runs in float64 when the matrix is small enough (see :func:`_working_dtype`) because the log
+spectrum and RankMe care about small singular values that float32 Gram matrices blur.
+
+References
+----------
+- Chen & He 2020, "Exploring Simple Siamese Representation Learning" (SimSiam), Sec. 4.1: the
+  per-dimension std of L2-normalised outputs is about ``1/sqrt(d)`` for well spread outputs and
+  goes to 0 under complete collapse.
+- Garrido, Balestriero, Najman & LeCun 2023, "RankMe: Assessing the Downstream Performance of
+  Pretrained Self-Supervised Representations by Their Rank", Eq. 1-2 (eps = 1e-7).
+- Jing, Vincent, LeCun & Tian 2021, "Understanding Dimensional Collapse in Contrastive
+  Self-supervised Learning", Sec. 3: the singular value spectrum of the embedding covariance.
+- Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers" (DINO), Sec. 5.3:
+  sharpening alone collapses to one dimension (teacher entropy -> 0), centering alone to the uniform
+  distribution (entropy -> ln K); they watch the teacher entropy and the student-teacher KL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+import torch.nn.functional as F
+
+RANKME_EPS = 1e-7  # Garrido et al. 2023, the value they use for float32 embeddings
+# float64 up to this many matrix entries (128 MiB); above it float32 keeps memory bounded on a GPU.
+_FLOAT64_MAX_ELEMENTS = 1 << 24
+
+
+def _check_matrix(x: Tensor, name: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (samples, dims) tensor, got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one sample and one dimension, got shape {tuple(x.shape)}")
+
+
+def _working_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.numel() <= _FLOAT64_MAX_ELEMENTS else torch.float32
+
+
+def embedding_std(embeddings: Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of the L2-normalised embeddings (SimSiam).
+
+    ``z_i = x_i / ||x_i||``; ``std = (1/D) sum_d std_i(z_{i,d})`` (population std over the N samples).
+    For isotropic Gaussian embeddings ``std ~= 1/sqrt(D)``; for identical embeddings it is 0.
+    Multiply by ``sqrt(D)`` for a width-independent ratio (~1 healthy, -> 0 collapsed).
+    """
+    _check_matrix(embeddings, "embeddings")
+    z = F.normalize(embeddings.to(_working_dtype(embeddings)), dim=1)
+    return float(z.std(dim=0, unbiased=False).mean())
+
+
+def singular_values(embeddings: Tensor, center: bool = False, normalize: bool = False) -> Tensor:
+    """Singular values of the ``(N, D)`` embedding matrix, sorted descending, ``min(N, D)`` of them.
+
+    ``normalize`` L2-normalises the rows first; ``center`` subtracts the column mean. Computed from the
+    smaller Gram matrix (``X X^T`` or ``X^T X``, eigenvalues = squared singular values) so the cost is
+    ``N * D * min(N, D)`` even when D is a 65536-prototype head. Returned on the CPU, float64.
+    """
+    _check_matrix(embeddings, "embeddings")
+    x = embeddings.to(_working_dtype(embeddings))
+    if normalize:
+        x = F.normalize(x, dim=1)
+    if center:
+        x = x - x.mean(dim=0, keepdim=True)
+    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    eigenvalues = torch.linalg.eigvalsh(gram.to(torch.float64))
+    # Round-off makes zero eigenvalues slightly negative; clamp before the square root.
+    return eigenvalues.clamp_min(0.0).sqrt().flip(0).cpu()
+
+
+def covariance_spectrum(embeddings: Tensor, normalize: bool = True) -> Tensor:
+    """Singular values of the embedding covariance ``C = (1/N) sum_i (z_i - zbar)(z_i - zbar)^T`` (Jing et al.).
+
+    C is symmetric positive semi-definite, so its singular values are its eigenvalues, i.e. the squared
+    singular values of the centred matrix divided by N. Rows are L2-normalised first by default so that
+    spectra of different runs and widths share a scale (trace(C) <= 1). Sorted descending, ``min(N, D)``
+    values, float64 on the CPU. Dimensional collapse shows as a tail that drops to ~0 (``log`` -> -inf).
+    """
+    sv = singular_values(embeddings, center=True, normalize=normalize)
+    return sv.square() / embeddings.shape[0]
+
+
+def rankme(embeddings: Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe effective rank (Garrido et al. 2023, Eq. 1-2).
+
+    ``p_k = sigma_k / ||sigma||_1 + eps``, ``RankMe = exp(-sum_k p_k log p_k)`` over the ``min(N, D)``
+    singular values of the raw (uncentred, unnormalised) embedding matrix. Equal to k for k equal
+    non-zero singular values; ~1 when every embedding is the same vector; at most ``min(N, D)``;
+    0 for an all-zero matrix.
+    """
+    sv = singular_values(embeddings)
+    total = sv.sum()
+    if total <= 0:
+        return 0.0  # an all-zero matrix spans no direction at all
+    p = sv / total + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def _check_probs(probs: Tensor, name: str) -> None:
+    _check_matrix(probs, name)
+    if probs.shape[1] < 2:
+        raise ValueError(f"{name} needs at least 2 classes to have an entropy, got shape {tuple(probs.shape)}")
+
+
+def entropy(probs: Tensor) -> float:
+    """Mean per-sample entropy ``(1/N) sum_i -sum_k p_ik ln p_ik`` in nats (``0 log 0 = 0``).
+
+    0 for one-hot rows, ``ln K`` for uniform rows. With the batch-mean entropy
+    (:func:`batch_mean_entropy`) it separates the two DINO collapses: uniform collapse has both ~ln K,
+    one-hot collapse (every sample on the same prototype) has both ~0, a healthy teacher has a low
+    per-sample entropy and a high batch-mean entropy.
+    """
+    _check_probs(probs, "probs")
+    p = probs.to(torch.float64)
+    return float(-torch.special.xlogy(p, p).sum(dim=1).mean())
+
+
+def batch_mean_entropy(probs: Tensor) -> float:
+    """Entropy of the batch-mean distribution ``pbar_k = (1/N) sum_i p_ik``: ``-sum_k pbar_k ln pbar_k``.
+
+    Low when every sample puts its mass on the same few prototypes (one-hot collapse), ``ln K`` when
+    prototypes are used evenly over the batch (which DINO's centering encourages).
+    """
+    _check_probs(probs, "probs")
+    mean = probs.to(torch.float64).mean(dim=0)
+    return float(-torch.special.xlogy(mean, mean).sum())
+
+
+def cross_entropy_kl(student_logits: Tensor, teacher_probs: Tensor, student_temp: float) -> tuple[float, float]:
+    """Student-teacher cross-entropy and KL divergence, both averaged over samples, in nats.
+
+    ``s_i = softmax(student_logits_i / student_temp)``, ``CE = -(1/N) sum_i sum_k q_ik ln s_ik`` (the DINO
+    loss for one pair of crops), ``KL = CE - H(q)``. DINO (Sec. 5.3) shows KL -> 0 under either collapse:
+    the student has nothing left to learn from the teacher.
+    """
+    _check_probs(teacher_probs, "teacher_probs")
+    _check_matrix(student_logits, "student_logits")
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_probs {tuple(teacher_probs.shape)} differ in shape"
+        )
+    if student_temp <= 0:
+        raise ValueError(f"student_temp must be > 0, got {student_temp}")
+    q = teacher_probs.to(torch.float64)
+    log_s = F.log_softmax(student_logits.to(torch.float64) / student_temp, dim=1)
+    ce = -(q * log_s).sum(dim=1).mean()
+    h = -torch.special.xlogy(q, q).sum(dim=1).mean()
+    return float(ce), float(ce - h)
+
+
+def normalized_entropy(value: float, num_classes: int) -> float:
+    """An entropy divided by its maximum ``ln K``: 0 (one-hot) .. 1 (uniform), independent of K."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return value / math.log(num_classes)

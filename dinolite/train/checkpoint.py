@@ -1,0 +1,458 @@
+"""Sharded, atomic, resumable checkpoints with ``torch.distributed.checkpoint`` (DCP).
+
+Layout under a run's output directory::
+
+    checkpoints/
+      iter_00000100/            one directory per saved iteration (complete when it has this name)
+        .metadata, *.distcp     DCP: student + teacher (``model.*``), AdamW moments (``optimizer.state.*``),
+                                centering buffers (``extra.*``) - every rank writes its own shards
+        rng/rank_00000.pt       per-rank RNG states (python, numpy, torch CPU, CUDA), tensors only
+        state.json              iteration, batches consumed (data-stream position), world size
+        config.yaml             the resolved config the run used (the checkpoint is self-describing)
+      latest                    text file naming the newest complete directory, replaced last
+
+A save writes ``iter_XXXXXXXX.tmp`` and renames it once every rank has finished, then replaces ``latest``
+(temp file + rename), then deletes all but the newest ``keep_last`` directories. A crash at any point
+leaves either the previous checkpoint or the new one, never a half-written directory under a final name.
+
+Exact resume: schedules are pure functions of the iteration (only the iteration is stored), the optimizer
+moments and step counters are restored, every rank restores its own RNG streams, and the trainer restarts
+its data stream at ``batches_consumed`` (``build_train_loader(start_batch=...)``). With the same world size
+a resumed run is bitwise identical to an uninterrupted one on CPU. DCP reshards on load, so a checkpoint
+saved on N ranks loads on M (RNG streams are then left as seeded: they are per-rank).
+
+Nothing unpickles arbitrary objects: DCP gets tensors only (its byte-object path uses full pickle), side
+files are JSON or tensor dicts read with ``torch.load(weights_only=True)``. Optimizer hyper-parameters
+(param groups) are not stored: the trainer rebuilds the groups and sets lr / weight decay from the
+schedules every iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+CHECKPOINT_DIRNAME = "checkpoints"
+LATEST_POINTER = "latest"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+RNG_DIRNAME = "rng"
+FORMAT_VERSION = 1
+ITER_PREFIX = "iter_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the model; the message names the path."""
+
+
+def iteration_dirname(iteration: int) -> str:
+    return f"{ITER_PREFIX}{iteration:08d}"
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _no_single_process_warning() -> Iterator[None]:
+    """DCP warns on every call without a process group; one process is a supported mode here, not a slip."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A finished checkpoint directory: DCP metadata and the state file are both there."""
+    return (path / ".metadata").is_file() and (path / STATE_FILE).is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG states as tensors (no pickle)
+# --------------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG streams (python ``random``, numpy's global, torch CPU, current CUDA device)."""
+    version, mt_words, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    if np_name != "MT19937":
+        raise CheckpointError(f"numpy's global RNG is {np_name}; only MT19937 can be checkpointed")
+    state = {
+        "python_version": torch.tensor(version, dtype=torch.int64),
+        "python_state": torch.tensor(mt_words, dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0 if gauss is None else gauss], dtype=torch.float64),
+        "python_has_gauss": torch.tensor(gauss is not None),
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": torch.tensor(np_pos, dtype=torch.int64),
+        "numpy_has_gauss": torch.tensor(int(np_has_gauss), dtype=torch.int64),
+        "numpy_gauss": torch.tensor(np_gauss, dtype=torch.float64),
+        "torch_cpu": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    gauss = float(state["python_gauss"][0]) if bool(state["python_has_gauss"]) else None
+    random.setstate((int(state["python_version"]), tuple(int(w) for w in state["python_state"].tolist()), gauss))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            int(state["numpy_pos"]),
+            int(state["numpy_has_gauss"]),
+            float(state["numpy_gauss"]),
+        )
+    )
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["torch_cuda"])
+
+
+# --------------------------------------------------------------------------------------------------
+# State trees: tensors go to DCP, everything else to state.json
+# --------------------------------------------------------------------------------------------------
+
+MODEL_KEY = "model"
+OPTIMIZER_KEY = "optimizer"
+EXTRA_KEY = "extra"
+APP_KEY = "app"
+
+
+def _split_tree(tree: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a nested dict into (tensor leaves, JSON leaves) of the same nesting; lists are JSON leaves."""
+    tensors: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{where}.{key}"
+        if isinstance(value, Mapping):
+            tensors[key], plain[key] = _split_tree(value, name)
+        elif isinstance(value, torch.Tensor):
+            tensors[key] = value
+        else:
+            try:
+                json.dumps(value)
+            except TypeError:
+                raise CheckpointError(
+                    f"checkpoint entry {name!r} is a {type(value).__name__}: only tensors and JSON values are stored"
+                ) from None
+            plain[key] = value
+    return tensors, plain
+
+
+def _merge_trees(tensors: Mapping[str, Any], plain: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(plain)
+    for key, value in tensors.items():
+        merged[key] = _merge_trees(value, plain.get(key, {})) if isinstance(value, Mapping) else value
+    return merged
+
+
+def _module_and_optimizer(app_state: Mapping[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+    model = app_state.get(MODEL_KEY)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"app_state[{MODEL_KEY!r}] must be the objective (an nn.Module), got {type(model).__name__}")
+    optimizer = app_state.get(OPTIMIZER_KEY)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise CheckpointError(f"app_state[{OPTIMIZER_KEY!r}] must be a torch optimizer, got {type(optimizer).__name__}")
+    return model, optimizer
+
+
+def _stateful_entries(app_state: Mapping[str, Any]) -> dict[str, Any]:
+    entries = {}
+    for name, obj in app_state.items():
+        if name in (MODEL_KEY, OPTIMIZER_KEY):
+            continue
+        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
+            raise CheckpointError(f"app_state[{name!r}] ({type(obj).__name__}) has no state_dict/load_state_dict")
+        entries[name] = obj
+    return entries
+
+
+def _extra_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    getter = getattr(model, "extra_state", None)
+    extra = dict(getter()) if callable(getter) else {}
+    for key, value in extra.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"objective.extra_state()[{key!r}] is {type(value).__name__}; only tensors are saved")
+    return extra
+
+
+def _collect(app_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(DCP tree of tensors, JSON tree) for ``app_state``.
+
+    DCP tree: ``model`` (the objective's state dict: ``student.*``, ``teacher.*``, loss buffers - FSDP2
+    adds no prefixes, so ``teacher.backbone.*`` is DINOv2's layout), ``optimizer.state`` (AdamW moments
+    and step counters keyed by parameter name), ``extra`` (``objective.extra_state()``, the centering
+    buffers) and ``app.<name>`` (tensor leaves of every other Stateful entry). Its JSON leaves go to the
+    JSON tree.
+    """
+    model, optimizer = _module_and_optimizer(app_state)
+    model_sd, optim_sd = get_state_dict(model, [optimizer] if optimizer is not None else [])
+    tree: dict[str, Any] = {MODEL_KEY: model_sd, EXTRA_KEY: _extra_state(model), APP_KEY: {}}
+    _, stray = _split_tree(model_sd, MODEL_KEY)
+    if stray:
+        raise CheckpointError(f"the objective's state dict holds non-tensor entries: {sorted(stray)}")
+    if optimizer is not None:
+        tree[OPTIMIZER_KEY] = {"state": optim_sd["state"]}
+    plain: dict[str, Any] = {}
+    for name, obj in _stateful_entries(app_state).items():
+        tree[APP_KEY][name], plain[name] = _split_tree(obj.state_dict(), name)
+    return tree, plain
+
+
+def _flat_keys(tree: Mapping[str, Any], prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+# --------------------------------------------------------------------------------------------------
+# Manager
+# --------------------------------------------------------------------------------------------------
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No (complete) checkpoint where one was expected."""
+
+
+class CheckpointManager:
+    """Saves and restores an ``app_state`` under ``<root>/checkpoints``; every rank calls every method.
+
+    ``root``: the run's output directory, or its ``checkpoints`` folder itself.
+    ``app_state``: ``{"model": objective, "optimizer": optimizer, <name>: Stateful, ...}`` - the objective
+    (student + teacher, possibly FSDP2-sharded, optionally ``extra_state()/load_extra_state()``), its
+    optimizer, and any object with ``state_dict()/load_state_dict()`` whose state is a nested dict of
+    tensors and JSON values (the loop's progress counters, the watchdog's patience counters, ...).
+    ``keep_last``: number of newest checkpoints kept (0 keeps all). ``config``: a ``dinolite.config.Config``
+    written as ``config.yaml`` into every checkpoint before it is renamed into place.
+    """
+
+    def __init__(self, root: str | Path, keep_last: int = 3, config: Any | None = None) -> None:
+        if keep_last < 0:
+            raise ValueError(f"keep_last={keep_last} (train.keep_last_checkpoints) must be >= 0")
+        root = Path(root)
+        self.directory = root if root.name == CHECKPOINT_DIRNAME else root / CHECKPOINT_DIRNAME
+        self.keep_last = keep_last
+        self.config = config
+
+    # ---- discovery -------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoint directories, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [
+            p
+            for p in self.directory.iterdir()
+            if p.is_dir() and p.name.startswith(ITER_PREFIX) and p.name[len(ITER_PREFIX):].isdigit()
+        ]
+        return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name[len(ITER_PREFIX):]))
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint: the ``latest`` pointer, or a scan when the pointer is missing/stale."""
+        pointer = self.directory / LATEST_POINTER
+        if pointer.is_file():
+            candidate = self.directory / pointer.read_text().strip()
+            if is_complete_checkpoint(candidate):
+                return candidate
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    # ---- save ------------------------------------------------------------------------------------
+
+    def save(self, iteration: int, app_state: Mapping[str, Any], batches_consumed: int | None = None) -> Path:
+        """Checkpoint ``app_state`` as ``iter_<iteration>``; collective. Returns the final directory.
+
+        ``batches_consumed``: this run's data-stream position (default ``iteration``: one batch per step).
+        """
+        rank, world = _rank_world()
+        final = self.directory / iteration_dirname(iteration)
+        tmp = final.with_name(final.name + ".tmp")
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a run killed while saving
+            (tmp / RNG_DIRNAME).mkdir(parents=True)
+        _barrier()
+        tree, plain = _collect(app_state)
+        with _no_single_process_warning():
+            dcp.save(tree, checkpoint_id=str(tmp))
+        torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
+        _barrier()
+        if rank == 0:
+            info = {
+                "format": FORMAT_VERSION,
+                "iteration": int(iteration),
+                "batches_consumed": int(iteration if batches_consumed is None else batches_consumed),
+                "world_size": world,
+                "torch_version": torch.__version__,
+                "app_state": plain,
+            }
+            _write_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
+            if self.config is not None:
+                from dinolite.config import save_config
+
+                save_config(self.config, tmp / CONFIG_FILE)
+            if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)
+                stale = final.with_name(final.name + ".old")
+                shutil.rmtree(stale, ignore_errors=True)
+                os.replace(final, stale)
+                os.replace(tmp, final)
+                shutil.rmtree(stale)
+            else:
+                os.replace(tmp, final)
+            _write_atomic(self.directory / LATEST_POINTER, final.name + "\n")
+            self._prune(keep=final)
+        _barrier()
+        return final
+
+    def _prune(self, keep: Path) -> None:
+        if self.keep_last == 0:
+            return
+        existing = self.checkpoints()
+        for path in existing[: max(0, len(existing) - self.keep_last)]:
+            if path != keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    # ---- load ------------------------------------------------------------------------------------
+
+    def load(self, path: str | Path, app_state: Mapping[str, Any]) -> dict:
+        """Restore ``app_state`` in place from checkpoint directory ``path`` (collective).
+
+        Returns the checkpoint's ``state.json`` (``iteration``, ``batches_consumed``, ``world_size``).
+        """
+        return load_checkpoint(path, app_state)
+
+
+def read_checkpoint_info(path: str | Path) -> dict:
+    """The ``state.json`` of a checkpoint directory (iteration, batches_consumed, world_size, app_state)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"checkpoint directory {path} does not exist")
+    if not is_complete_checkpoint(path):
+        raise CheckpointError(f"{path} is not a complete checkpoint directory (needs .metadata and {STATE_FILE})")
+    try:
+        info = json.loads((path / STATE_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
+    for key in ("iteration", "batches_consumed", "world_size"):
+        if not isinstance(info.get(key), int):
+            raise CheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
+    return info
+
+
+def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
+    """Load model, optimizer moments, extra state, Stateful entries and this rank's RNG streams."""
+    path = Path(path)
+    info = read_checkpoint_info(path)
+    model, optimizer = _module_and_optimizer(app_state)
+    tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
+    saved_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    missing = sorted(_flat_keys(tree, "") - saved_keys)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise CheckpointError(f"{path}: the checkpoint lacks {len(missing)} entries this run needs: {shown}")
+    with _no_single_process_warning():
+        dcp.load(tree, checkpoint_id=str(path))
+    if optimizer is not None:
+        _, current = get_state_dict(model, [optimizer])
+        optim_sd = {"state": tree[OPTIMIZER_KEY]["state"], "param_groups": current["param_groups"]}
+        set_state_dict(model, [optimizer], model_state_dict=tree[MODEL_KEY], optim_state_dict=optim_sd)
+    else:
+        set_state_dict(model, [], model_state_dict=tree[MODEL_KEY], optim_state_dict={})
+    loader = getattr(model, "load_extra_state", None)
+    if tree[EXTRA_KEY] and callable(loader):
+        loader(dict(tree[EXTRA_KEY]))
+    saved_plain = info.get("app_state", {})
+    for name, obj in _stateful_entries(app_state).items():
+        obj.load_state_dict(_merge_trees(tree[APP_KEY].get(name, {}), saved_plain.get(name, {})))
+    rank, world = _rank_world()
+    rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
+    if info["world_size"] == world and rng_file.is_file():
+        restore_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Consolidation (export / eval): one process, no process group
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run's ``checkpoints/`` folder or a run's output directory."""
+    path = Path(path)
+    if is_complete_checkpoint(path):
+        return path
+    run_root = path.parent if path.name == CHECKPOINT_DIRNAME else path
+    latest = CheckpointManager(run_root).latest()
+    if latest is not None:
+        return latest
+    raise CheckpointNotFoundError(f"no complete checkpoint at {path} (expected iter_XXXXXXXX/ with .metadata and {STATE_FILE})")
+
+
+def load_consolidated_state_dict(
+    checkpoint_dir: str | Path, model: str = "teacher", part: str | None = "backbone"
+) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of ``model`` (``"teacher"``/``"student"``) ``part`` as CPU tensors.
+
+    ``part="backbone"`` gives DINOv2's key layout (``cls_token``, ``blocks.0.attn.qkv.weight``, ...);
+    ``part=None`` gives the whole model dict (``backbone.*``, ``dino_head.*``, ...). Reads DCP's metadata,
+    allocates every tensor at its global shape and loads all shards into it in this process only, so it
+    needs no process group and works for checkpoints saved on any number of ranks.
+    """
+    path = resolve_checkpoint_dir(checkpoint_dir)
+    if model == "objective":  # objective-level entries: part="extra" is extra_state(), as it returned them
+        prefix = f"{part}." if part else ""
+    else:
+        prefix = f"{MODEL_KEY}.{model}." + (f"{part}." if part else "")
+    reader = dcp.FileSystemReader(str(path))
+    metadata = reader.read_metadata()
+    tree: dict[str, torch.Tensor] = {}
+    for key, item in metadata.state_dict_metadata.items():
+        if key.startswith(prefix) and isinstance(item, TensorStorageMetadata):
+            tree[key] = torch.empty(item.size, dtype=item.properties.dtype)
+    if not tree:
+        models = sorted({k.split(".")[1] for k in metadata.state_dict_metadata if k.startswith("model.")})
+        raise CheckpointError(f"{path}: no tensors under {prefix!r}; models in this checkpoint: {', '.join(models)}")
+    kwargs: dict[str, Any] = {"storage_reader": reader}
+    if "no_dist" in inspect.signature(dcp.load).parameters:
+        kwargs["no_dist"] = True  # stay local even when called inside a distributed job
+    with _no_single_process_warning():
+        dcp.load(tree, **kwargs)
+    return {key[len(prefix):]: value for key, value in tree.items()}

@@ -1,0 +1,142 @@
+"""End-of-run kNN report: the trained teacher against raw pixels and the same network at random init.
+
+Run after training when ``evaluation.knn_at_end`` is set (the demo). All three feature sets are
+classified with the same weighted kNN (:func:`dinolite.eval.knn.knn_classify`: cosine similarity,
+k = ``evaluation.knn_k``, votes ``exp(s / 0.07)``), so the numbers are comparable:
+
+- ``raw_pixels``: the normalised image, flattened;
+- ``random_init/cls+avgpool`` and ``random_init/cls``: the backbone exactly as training started it
+  (same seed). With LayerScale's tiny initial values a random ViT's CLS output is nearly the same for
+  every image, so CLS alone sits near chance; CLS concatenated with the mean of the patch tokens is
+  the meaningful random baseline;
+- ``teacher/cls`` and ``teacher/cls+avgpool``: the trained teacher backbone from the final checkpoint.
+
+The teacher is read back from the checkpoint in a single process (no process group needed), so this
+also works after a sharded multi-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dinolite.config import Config
+
+KNN_TEMPERATURE = 0.07
+
+
+def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable[[Any], torch.Tensor]:
+    """Resize + centre crop to the training resolution, then normalise like the training crops."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(size, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def backbone_features(backbone: nn.Module, with_avgpool: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> CLS`` or ``images -> [CLS, mean of patch tokens]`` (both after the final norm)."""
+
+    @torch.no_grad()
+    def features(images: torch.Tensor) -> torch.Tensor:
+        out = backbone.forward_features(images)
+        cls = out["x_norm_clstoken"]
+        if not with_avgpool:
+            return cls
+        return torch.cat([cls, out["x_norm_patchtokens"].mean(dim=1)], dim=-1)
+
+    return features
+
+
+def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
+    """kNN train/val sources: ``evaluation.knn_train/knn_val``, or the digits folders for the demo."""
+    if cfg.evaluation.knn_train and cfg.evaluation.knn_val:
+        return list(cfg.evaluation.knn_train), list(cfg.evaluation.knn_val)
+    if list(cfg.data.source) == ["digits"]:
+        from dinolite.data.digits import prepare_digits
+
+        prepared = prepare_digits(output_dir / "data")
+        return [str(prepared["train_folder"])], [str(prepared["val_folder"])]
+    raise ValueError(
+        "evaluation.knn_at_end is set but evaluation.knn_train / evaluation.knn_val are empty "
+        f"(data.source={list(cfg.data.source)} is not [digits])"
+    )
+
+
+def load_trained_teacher(cfg: Config, checkpoint_dir: Path) -> nn.Module:
+    """The teacher backbone of a checkpoint, consolidated into one process."""
+    from dinolite.models import build_backbone
+    from dinolite.train.checkpoint import load_consolidated_state_dict
+
+    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    state = load_consolidated_state_dict(checkpoint_dir, model="teacher", part="backbone")
+    backbone.load_state_dict(state, strict=True)
+    return backbone.eval()
+
+
+def random_init_backbone(cfg: Config) -> nn.Module:
+    """The backbone as training initialised it (the loop seeds with ``train.seed`` before building)."""
+    from dinolite.models import build_backbone
+
+    torch.manual_seed(cfg.train.seed)
+    return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval()
+
+
+def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Top-1 kNN accuracy (%) of each feature set; also written to ``output_dir/knn.json``."""
+    from dinolite.data.loader import build_eval_dataset
+    from dinolite.eval.features import extract_features
+    from dinolite.eval.knn import knn_classify
+
+    device = torch.device(device)
+    train_source, val_source = eval_sources(cfg, output_dir)
+    transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
+    train_set = build_eval_dataset(train_source, transform)
+    val_set = build_eval_dataset(val_source, transform)
+    teacher = load_trained_teacher(cfg, checkpoint_dir).to(device)
+    random_net = random_init_backbone(cfg).to(device)
+    # One forward per network: the CLS-only features are the first D columns of [CLS, avgpool].
+    feature_fns: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
+        "raw_pixels": (lambda images: images.flatten(1), 0),
+        "random_init": (backbone_features(random_net, with_avgpool=True), random_net.embed_dim),
+        "teacher": (backbone_features(teacher, with_avgpool=True), teacher.embed_dim),
+    }
+    k = cfg.evaluation.knn_k
+    results: dict[str, float] = {}
+    for name, (fn, cls_dim) in feature_fns.items():
+        train = extract_features(fn, train_set, batch_size=256, device=device, progress=False, desc=name)
+        val = extract_features(fn, val_set, batch_size=256, device=device, progress=False, desc=name)
+        num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+        variants = {name: slice(None)} if not cls_dim else {f"{name}/cls": slice(0, cls_dim), f"{name}/cls+avgpool": slice(None)}
+        for label, columns in variants.items():
+            knn = knn_classify(
+                train.features[:, columns], train.labels, val.features[:, columns], val.labels, num_classes,
+                ks=(k,), temperature=KNN_TEMPERATURE,
+            )
+            results[label] = float(knn["per_k"][str(k)]["top1"])
+    _write_json_atomic(output_dir / "knn.json", {"k": k, "temperature": KNN_TEMPERATURE, "top1": results})
+    return results
+
+
+def format_report(results: dict[str, float], k: int) -> str:
+    """The table the demo prints."""
+    lines = [f"kNN top-1 on the val split (k={k}, T={KNN_TEMPERATURE}, cosine):"]
+    lines += [f"  {name:<26s} {acc:6.2f}%" for name, acc in results.items()]
+    return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)

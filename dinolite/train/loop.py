@@ -1,0 +1,305 @@
+"""The training loop: one optimizer step per batch of any :class:`SSLObjective`, with logging,
+collapse monitoring, periodic atomic checkpoints, exact resume, NaN stop and preemption.
+
+Per iteration ``i`` (0-based count of optimizer steps already taken):
+
+1. reseed torch from ``(train.seed, rank, i)`` (stochastic depth; resume needs no saved RNG state);
+2. take batch ``i`` of the data stream (the stream resumes at ``start_batch = i``);
+3. set lr / weight decay / last-layer lr from the schedules, ``loss = objective(batch, teacher_temp(i))``;
+4. stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
+5. backward; zero the prototype layers' gradients while ``i < freeze_last_layer_epochs * epoch length``;
+   clip each student module's gradient norm (global across shards); AdamW step; EMA teacher update;
+6. every ``monitor.every``: collapse metrics + watchdog; every ``log_every``: the metric line;
+   every ``checkpoint_every`` and at the end: checkpoint; if ``stop_requested()`` on any rank:
+   checkpoint and return ``"preempted"``.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from dinolite.config import Config, save_config
+from dinolite.train import builders
+from dinolite.train.distributed import DistributedEnv, all_reduce_sum, any_rank, barrier, init_distributed
+from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
+from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
+from dinolite.train.schedules import TrainingSchedules, build_schedules
+
+TRAIN_STATUSES = ("finished", "preempted", "stopped")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the message names the iteration and every loss term's value."""
+
+
+@dataclass
+class TrainResult:
+    """How a call to :func:`train` ended.
+
+    ``status``: ``finished`` (reached the last iteration), ``preempted`` (``stop_requested`` turned true:
+    a checkpoint was written, run again to continue) or ``stopped`` (the collapse watchdog stopped it;
+    ``message`` says why, the last good checkpoint is kept).
+    """
+
+    status: str
+    iteration: int
+    checkpoint_path: Optional[Path]
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+class TrainProgress:
+    """The loop's counter as a checkpoint Stateful: optimizer steps taken (= batches consumed).
+
+    Schedules are pure functions of it, so restoring it restores lr, weight decay, momentum and teacher
+    temperature exactly.
+    """
+
+    def __init__(self, iteration: int = 0) -> None:
+        self.iteration = iteration
+
+    def state_dict(self) -> dict[str, int]:
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+
+
+def seed_step(seed: int, rank: int, iteration: int) -> None:
+    """Seed torch (CPU and CUDA) for one step, so a resumed run draws the same random numbers."""
+    torch.manual_seed((seed * 1_000_003 + rank) * 1_000_003 + iteration)
+
+
+def check_finite(output: ObjectiveOutput, iteration: int, device: torch.device) -> None:
+    """Raise :class:`NonFiniteLossError` on every rank when the loss is NaN/inf on any rank."""
+    local_bad = not bool(torch.isfinite(output.loss.detach()).item())
+    if any_rank(local_bad, device):
+        values = ", ".join(f"{name}={float(v.detach()):.6g}" for name, v in output.terms.items())
+        where = "on this rank" if local_bad else "on another rank"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration} ({where}): loss={float(output.loss.detach()):.6g}, {values}; "
+            "stopping without writing a checkpoint (the last good one is kept). Try a lower optim.base_lr, "
+            "optim.clip_grad > 0 or train.compute_precision=fp32"
+        )
+
+
+def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[str, float]:
+    """Clip each student module's gradient to ``max_norm`` separately, as DINOv2 does (backbone, heads).
+
+    The norm is global across FSDP shards (:func:`dinolite.train.sharding.clip_grad_norm_`). Returns
+    the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
+    """
+    from dinolite.train.sharding import clip_grad_norm_
+
+    norms: dict[str, float] = {}
+    if max_norm <= 0:
+        return norms
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if p.grad is not None]
+        if params:
+            norms[f"grad_norm/{name}"] = float(clip_grad_norm_(params, max_norm))
+    return norms
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, process max RSS on CPU (GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train(
+    cfg: Config,
+    output_dir: str | Path | None = None,
+    env: DistributedEnv | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+    objective: SSLObjective | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``output_dir`` (default ``train.output_dir``), resuming from its ``latest``.
+
+    Args:
+        env: the distributed environment (default: :func:`init_distributed` from the config).
+        stop_requested: polled every iteration (e.g. a Slurm signal flag); true on any rank ->
+            checkpoint and return ``"preempted"``.
+        objective: an already built objective (tests, sibling objectives); default DINOv2 from ``cfg``.
+    """
+    from dinolite.monitor.collapse import CollapseMonitor
+    from dinolite.monitor.watchdog import CollapseDetected, Watchdog
+    from dinolite.train.checkpoint import CheckpointManager
+
+    builders.validate_training_config(cfg)
+    output_dir = Path(output_dir if output_dir is not None else cfg.train.output_dir)
+    env = env or init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
+    is_main = env.rank == 0
+    console = get_console_logger()
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+
+    # ---------------------------------------------------------------- model, optimizer, schedules
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    objective = objective if objective is not None else build_objective(cfg)
+    objective.to(device)
+    if env.world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing:
+        from dinolite.train.sharding import shard_objective
+
+        shard_objective(
+            objective,
+            strategy=cfg.distributed.sharding_strategy,
+            mixed_precision=builders.autocast_dtype(cfg.train.compute_precision, device) is not None,
+            activation_checkpointing=cfg.distributed.activation_checkpointing,
+            compile=cfg.distributed.compile,
+        )
+    objective.train()
+    groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
+    optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+    epoch_length = cfg.train.iterations_per_epoch
+    global_batch = cfg.train.batch_size_per_gpu * env.world_size
+    schedules: TrainingSchedules = build_schedules(cfg.optim, cfg.teacher, epoch_length, global_batch)
+    total_iterations = cfg.optim.epochs * epoch_length
+    stop_at = min(total_iterations, cfg.train.max_iterations or total_iterations)
+    freeze_last_layer_iters = cfg.optim.freeze_last_layer_epochs * epoch_length
+    precision = builders.autocast_dtype(cfg.train.compute_precision, device)
+
+    monitor = CollapseMonitor.from_config(cfg.monitor, output_dir if is_main else None, cfg.teacher.student_temp)
+    watchdog = Watchdog.from_config(cfg.monitor, console)
+    progress = TrainProgress()
+    # What a checkpoint holds (CheckpointManager's app_state): the objective (student, teacher, centering
+    # buffers via extra_state), AdamW moments, the loop's progress and the watchdog's patience counters;
+    # the manager adds per-rank RNG states and the data position (= iteration: one batch per step).
+    app_state = {"model": objective, "optimizer": optimizer, "progress": progress, "watchdog": watchdog}
+
+    # ---------------------------------------------------------------- resume
+    checkpoints = CheckpointManager(output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg)
+    last_checkpoint = checkpoints.latest()
+    if last_checkpoint is not None:
+        info = checkpoints.load(last_checkpoint, app_state)
+        if info["batches_consumed"] != progress.iteration:
+            raise RuntimeError(
+                f"{last_checkpoint}: batches_consumed={info['batches_consumed']} differs from "
+                f"iteration={progress.iteration}, but this loop takes exactly one batch per step"
+            )
+        if is_main:
+            console.info(f"resumed from {last_checkpoint} at iteration {progress.iteration}")
+
+    def save_checkpoint() -> Path:
+        return checkpoints.save(progress.iteration, app_state, batches_consumed=progress.iteration)
+
+    source = builders.resolve_train_source(cfg, output_dir, is_main, lambda: barrier(device))
+    stream = builders.build_data_stream(cfg, source, env.rank, env.world_size, start_batch=progress.iteration)
+
+    logger = MetricLogger(output_dir, enabled=is_main)
+    logger.info(
+        f"training {stop_at} iterations (epoch = {epoch_length} iterations, global batch {global_batch}, "
+        f"{env.world_size} process(es) on {device}, precision {precision or torch.float32}) -> {output_dir}"
+    )
+    window = _Window()
+    last_metrics: dict[str, float] = {}
+    status, message = "finished", ""
+    try:
+        while progress.iteration < stop_at:
+            it = progress.iteration
+            seed_step(cfg.train.seed, env.rank, it)
+            t_start = time.perf_counter()
+            batch = next(stream)
+            t_data = time.perf_counter()
+            window.skipped += int(batch.get("skipped_samples", 0))
+            batch = to_device(batch, device)
+
+            values = schedules.at(it)
+            apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
+            optimizer.zero_grad(set_to_none=True)
+            with builders.autocast_context(precision, device):
+                output = objective(batch, teacher_temp=values["teacher_temp"])
+            check_finite(output, it, device)
+            output.loss.backward()
+            if it < freeze_last_layer_iters:
+                zero_last_layer_gradients(objective.student)
+            grad_norms = clip_gradients(objective.trainable_modules(), cfg.optim.clip_grad)
+            optimizer.step()
+            objective.update_teacher(values["momentum"])
+            progress.iteration = it + 1
+            window.add(output, grad_norms, t_data - t_start, time.perf_counter() - t_start)
+
+            if monitor.due(progress.iteration):
+                collapse_metrics = monitor.measure(progress.iteration, output.diagnostics)
+                logger.log_summary(progress.iteration, collapse_metrics, "collapse")
+                watchdog.check(progress.iteration, collapse_metrics)  # may raise CollapseDetected
+            if progress.iteration % cfg.train.log_every == 0 or progress.iteration == stop_at:
+                last_metrics = window.summary(values, global_batch, device, progress.iteration, epoch_length)
+                eta = window.seconds_per_iteration() * (stop_at - progress.iteration)
+                logger.log(progress.iteration, last_metrics, stop_at, eta)
+                window = _Window()
+            if stop_requested is not None and any_rank(bool(stop_requested()), device):
+                last_checkpoint = save_checkpoint()
+                status = "preempted"
+                logger.info(f"stop requested: checkpoint {last_checkpoint} at iteration {progress.iteration}")
+                break
+            if progress.iteration % cfg.train.checkpoint_every == 0 or progress.iteration == stop_at:
+                last_checkpoint = save_checkpoint()
+    except CollapseDetected as exc:
+        status, message = "stopped", str(exc)
+        logger.info(f"collapse watchdog stopped the run: {exc}; last good checkpoint: {last_checkpoint}")
+    finally:
+        logger.close()
+    if status == "finished" and last_checkpoint is None and progress.iteration > 0:
+        last_checkpoint = save_checkpoint()
+    return TrainResult(status, progress.iteration, last_checkpoint, last_metrics, message)
+
+
+class _Window:
+    """Sums over the iterations since the last log line (losses, timings, skipped samples)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: dict[str, float] = {}
+        self.data_time = 0.0
+        self.step_time = 0.0
+        self.skipped = 0
+
+    def add(self, output: ObjectiveOutput, grad_norms: Mapping[str, float], data_time: float, step_time: float) -> None:
+        self.n += 1
+        self.data_time += data_time
+        self.step_time += step_time
+        values = {"loss": float(output.loss.detach()), **{k: float(v.detach()) for k, v in output.terms.items()}}
+        for key, value in {**values, **grad_norms}.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def seconds_per_iteration(self) -> float:
+        return self.step_time / max(self.n, 1)
+
+    def summary(
+        self, values: Mapping[str, float], global_batch: int, device: torch.device, iteration: int, epoch_length: int
+    ) -> dict[str, float]:
+        """Mean losses over the window (averaged over ranks), schedule values, throughput, memory."""
+        n = max(self.n, 1)
+        world = all_reduce_sum(1.0, device)
+        metrics = {k: all_reduce_sum(v / n, device) / world for k, v in self.sums.items()}
+        metrics.update(
+            lr=values["lr"],
+            wd=values["weight_decay"],
+            momentum=values["momentum"],
+            teacher_temp=values["teacher_temp"],
+            last_layer_lr=values["last_layer_lr"],
+            images_per_s=global_batch * self.n / max(self.step_time, 1e-9),
+            data_wait=self.data_time / max(self.step_time, 1e-9),
+            memory_gb=memory_gb(device),
+            images_seen=float(iteration * global_batch),
+            skipped_samples=all_reduce_sum(float(self.skipped), device),
+            epoch=iteration / epoch_length,
+        )
+        return metrics

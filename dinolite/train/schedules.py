@@ -1,0 +1,168 @@
+"""Per-iteration hyper-parameter schedules (lr, weight decay, teacher momentum and temperature).
+
+Every schedule is a pure function of the iteration (no state), so a resumed run gets exactly the
+values of an uninterrupted one. The shape follows DINOv2's ``CosineScheduler`` (Oquab et al. 2023;
+cosine decay from Loshchilov & Hutter 2017, "SGDR", with linear warmup as in Goyal et al. 2017).
+
+**What an "epoch" is here.** As in DINOv2 (``OFFICIAL_EPOCH_LENGTH``), an epoch is a fixed number of
+iterations, ``train.iterations_per_epoch`` (1250 by default), NOT a pass over the data set: schedules
+are laid out over ``optim.epochs * train.iterations_per_epoch`` iterations whatever the data set size,
+and one "epoch" sees ``iterations_per_epoch * global_batch_size`` images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from dinolite.config import OptimConfig, TeacherConfig
+
+
+class Schedule(Protocol):
+    """A value as a function of the (0-based) training iteration."""
+
+    def __call__(self, iteration: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Freeze, then linear warmup, then half-cosine decay, then hold.
+
+    With ``f = freeze_iters``, ``w = warmup_iters``, ``n = total_iters - f - w``::
+
+        it < f                 -> 0
+        f <= it < f + w        -> start_warmup_value + (base_value - start_warmup_value) * (it - f) / w
+        f + w <= it < total    -> final + 0.5 * (base - final) * (1 + cos(pi * (it - f - w) / n))
+        it >= total_iters      -> final_value
+
+    The warmup reaches ``base_value`` at ``it = f + w`` (the first cosine step) and the cosine reaches
+    ``final_value`` at ``total_iters``, so the curve is continuous. DINOv2 instead uses
+    ``linspace(start, base, w)`` (``base`` already at ``it = f + w - 1``) and its cosine stops one step
+    short of ``final``; values differ by at most one step's increment.
+    """
+
+    base_value: float
+    final_value: float
+    total_iters: int
+    warmup_iters: int = 0
+    start_warmup_value: float = 0.0
+    freeze_iters: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.total_iters, self.warmup_iters, self.freeze_iters) < 0:
+            raise ValueError(f"CosineSchedule: iteration counts must be >= 0, got {self}")
+        if self.freeze_iters + self.warmup_iters > self.total_iters:
+            raise ValueError(
+                f"CosineSchedule: freeze_iters ({self.freeze_iters}) + warmup_iters ({self.warmup_iters}) "
+                f"exceed total_iters ({self.total_iters})"
+            )
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"CosineSchedule: iteration must be >= 0, got {iteration}")
+        if iteration >= self.total_iters:
+            return float(self.final_value)
+        if iteration < self.freeze_iters:
+            return 0.0
+        step = iteration - self.freeze_iters
+        if step < self.warmup_iters:
+            return self.start_warmup_value + (self.base_value - self.start_warmup_value) * step / self.warmup_iters
+        step -= self.warmup_iters
+        n_cosine = self.total_iters - self.freeze_iters - self.warmup_iters
+        cosine = 0.5 * (1.0 + math.cos(math.pi * step / n_cosine))  # 1 -> 0
+        return self.final_value + (self.base_value - self.final_value) * cosine
+
+
+@dataclass(frozen=True)
+class ZeroBefore:
+    """``schedule(it)`` but 0 for ``it < zero_iters`` (DINOv2's frozen prototype layer: its lr schedule
+    is the lr schedule with the first ``freeze_last_layer_epochs`` overwritten by 0, not shifted)."""
+
+    schedule: Schedule
+    zero_iters: int
+
+    def __call__(self, iteration: int) -> float:
+        return 0.0 if iteration < self.zero_iters else self.schedule(iteration)
+
+
+@dataclass(frozen=True)
+class TrainingSchedules:
+    """The five schedules the trainer reads every iteration."""
+
+    lr: Schedule
+    weight_decay: Schedule
+    momentum: Schedule
+    teacher_temp: Schedule
+    last_layer_lr: Schedule
+
+    def at(self, iteration: int) -> dict[str, float]:
+        """All values at ``iteration`` (for the optimiser, the EMA and the logs)."""
+        return {
+            "lr": self.lr(iteration),
+            "weight_decay": self.weight_decay(iteration),
+            "momentum": self.momentum(iteration),
+            "teacher_temp": self.teacher_temp(iteration),
+            "last_layer_lr": self.last_layer_lr(iteration),
+        }
+
+
+def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> float:
+    """Peak lr for a global batch: ``sqrt_wrt_1024``: base * sqrt(B/1024) (DINOv2's rule),
+    ``linear_wrt_1024``: base * B/1024 (Goyal et al. 2017), ``none``: base."""
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
+    if scaling_rule == "sqrt_wrt_1024":
+        return base_lr * math.sqrt(global_batch_size / 1024.0)
+    if scaling_rule == "linear_wrt_1024":
+        return base_lr * global_batch_size / 1024.0
+    if scaling_rule == "none":
+        return base_lr
+    raise ValueError(
+        f"invalid value for 'optim.scaling_rule': {scaling_rule!r}; "
+        "expected one of sqrt_wrt_1024, linear_wrt_1024, none"
+    )
+
+
+def build_schedules(
+    optim_cfg: OptimConfig, teacher_cfg: TeacherConfig, iterations_per_epoch: int, global_batch_size: int
+) -> TrainingSchedules:
+    """Schedules of DINOv2's recipe from the ``optim`` and ``teacher`` config sections.
+
+    * lr: linear warmup from 0 over ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr``
+      (``min_lr`` is not scaled, as in DINOv2) at ``epochs``.
+    * weight decay: cosine ``weight_decay`` -> ``weight_decay_end`` (no warmup).
+    * teacher momentum: cosine ``momentum_teacher`` -> ``final_momentum_teacher``.
+    * teacher temperature: linear ``warmup_teacher_temp`` -> ``teacher_temp`` over
+      ``warmup_teacher_temp_epochs``, then constant.
+    * last-layer lr: the lr schedule, 0 during ``freeze_last_layer_epochs``.
+
+    ``optim_cfg`` / ``teacher_cfg`` are ``dinolite.config.OptimConfig`` / ``TeacherConfig`` (or any
+    object with the same attributes).
+    """
+    if iterations_per_epoch <= 0:
+        raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
+    total = optim_cfg.epochs * iterations_per_epoch
+    peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
+    lr = CosineSchedule(
+        base_value=peak_lr,
+        final_value=optim_cfg.min_lr,
+        total_iters=total,
+        warmup_iters=optim_cfg.warmup_epochs * iterations_per_epoch,
+        start_warmup_value=0.0,
+    )
+    temp_iters = teacher_cfg.warmup_teacher_temp_epochs * iterations_per_epoch
+    return TrainingSchedules(
+        lr=lr,
+        weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total),
+        momentum=CosineSchedule(teacher_cfg.momentum_teacher, teacher_cfg.final_momentum_teacher, total),
+        teacher_temp=CosineSchedule(
+            base_value=teacher_cfg.teacher_temp,
+            final_value=teacher_cfg.teacher_temp,
+            total_iters=temp_iters,
+            warmup_iters=temp_iters,
+            start_warmup_value=teacher_cfg.warmup_teacher_temp,
+        ),
+        last_layer_lr=ZeroBefore(lr, optim_cfg.freeze_last_layer_epochs * iterations_per_epoch),
+    )

@@ -1,0 +1,97 @@
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dinolite.data import make_shards as ms
+from dinolite.data.sources import read_tar
+from tests.data.conftest import N_CLASSES, PER_CLASS
+
+
+def _all_samples(out: Path) -> list[dict]:
+    return [s for shard in sorted(out.glob("shard-*.tar")) for s in read_tar(str(shard))]
+
+
+def test_round_trip_is_byte_identical_with_labels(image_folder, shard_dir):
+    index = json.loads((shard_dir / "shard-index.json").read_text())
+    assert index["num_samples"] == N_CLASSES * PER_CLASS
+    assert [s["samples"] for s in index["shards"]] == [4] * 6
+    assert index["classes"] == [f"class_{c}" for c in range(N_CLASSES)]
+    samples = _all_samples(shard_dir)
+    assert len({s["__key__"] for s in samples}) == len(samples) == N_CLASSES * PER_CLASS
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        original = (image_folder / meta["path"]).read_bytes()
+        ext = "png" if meta["path"].endswith(".png") else "jpg"
+        assert sample[ext] == original
+        assert int(sample["cls"]) == index["classes"].index(meta["class"]) == int(meta["path"].split("_")[1][0])
+    assert not list(shard_dir.glob(".*"))  # no temp files left
+
+
+def test_bad_files_are_skipped_and_reported(image_folder, tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    good = next(image_folder.glob("class_0/*.jpg"))
+    (src / "a" / "good.jpg").write_bytes(good.read_bytes())
+    (src / "a" / "broken.jpg").write_bytes(good.read_bytes()[:200])  # truncated
+    (src / "a" / "text.png").write_bytes(b"not an image")
+    (src / "a" / "notes.txt").write_text("ignored: not an image extension")
+    assert ms.main([str(src), str(tmp_path / "out"), "--shard-size", "2"]) == 0
+    index = json.loads((tmp_path / "out" / "shard-index.json").read_text())
+    assert index["num_samples"] == 1
+    assert index["skipped"]["count"] == 2
+    assert any("broken.jpg" in p for p in index["skipped"]["first"])
+    assert "skipped 2 unreadable files" in capsys.readouterr().out
+
+
+def test_list_file_source_and_max_side(image_folder, tmp_path):
+    files = sorted(image_folder.glob("class_1/*"))[:3]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f}\tcat{i % 2}\n" for i, f in enumerate(files)))
+    index = ms.make_shards(listing, tmp_path / "out", shard_size=10, max_side=20, progress=False)
+    assert index["classes"] == ["cat0", "cat1"]
+    samples = _all_samples(tmp_path / "out")
+    from PIL import Image
+    import io
+
+    for sample, i in zip(samples, range(3)):
+        data = sample.get("jpg") or sample.get("png")
+        assert max(Image.open(io.BytesIO(data)).size) == 20
+        assert int(sample["cls"]) == i % 2
+
+
+def test_existing_shards_need_overwrite(image_folder, shard_dir):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ms.make_shards(image_folder, shard_dir, progress=False)
+
+
+def test_interrupted_run_leaves_no_partial_shard_under_final_name(image_folder, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_add = ms._add_member
+
+    def failing_add(archive, name, data):
+        calls["n"] += 1
+        if calls["n"] == 3 * 6 + 2:  # 3 members per sample: dies inside the second shard of 4
+            raise KeyboardInterrupt
+        real_add(archive, name, data)
+
+    monkeypatch.setattr(ms, "_add_member", failing_add)
+    with pytest.raises(KeyboardInterrupt):
+        ms.make_shards(image_folder, tmp_path, shard_size=4, progress=False)
+    finals = sorted(tmp_path.glob("shard-*.tar"))
+    assert [p.name for p in finals] == ["shard-000000.tar"]
+    with tarfile.open(finals[0]) as archive:
+        assert len(archive.getnames()) == 4 * 3
+    assert not (tmp_path / "shard-index.json").exists()
+
+
+def test_workers_give_identical_shards(image_folder, shard_dir, tmp_path):
+    ms.make_shards(image_folder, tmp_path, shard_size=4, workers=2, progress=False)
+    for shard in sorted(shard_dir.glob("shard-*.tar")):
+        assert (tmp_path / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_missing_source_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ms.make_shards(tmp_path / "nowhere", tmp_path / "out", progress=False)

@@ -1,0 +1,131 @@
+"""Attention maps, PCA images, collapse report and the eval/visualize.py CLI on a tiny ViT."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinolite.eval import visualize as vis
+from dinolite.models.vision_transformer import DinoVisionTransformer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tiny_vit(registers: int = 0) -> DinoVisionTransformer:
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_register_tokens=registers, init_values=1.0
+    )
+    return model.eval()
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_attention_maps_have_one_map_per_head_that_sums_to_one(registers):
+    model = _tiny_vit(registers)
+    images = torch.randn(3, 3, 32, 48)
+    maps = vis.cls_attention_maps(model, images)
+    assert maps.shape == (3, 4, 4, 6)
+    torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(3, 4))
+    assert (maps >= 0).all()
+    # The maps are the CLS row of the last block without CLS/register columns, rescaled.
+    raw = model.get_last_selfattention(images)[:, :, 0, 1 + registers :]
+    torch.testing.assert_close(maps.reshape(3, 4, -1), raw / raw.sum(-1, keepdim=True))
+
+
+def test_attention_rejects_sizes_off_the_patch_grid():
+    with pytest.raises(ValueError, match="not a multiple of the backbone's patch size 8"):
+        vis.cls_attention_maps(_tiny_vit(), torch.randn(1, 3, 30, 32))
+
+
+def _object_on_background(b: int = 2, h: int = 8, w: int = 8, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    inside[2:6, 3:7] = True
+    background, foreground = torch.randn(d, generator=g), torch.randn(d, generator=g) * 3
+    feats = background.expand(b, h, w, d).clone()
+    feats[:, inside] = foreground
+    feats += 0.05 * torch.randn(b, h, w, d, generator=g)
+    return feats, inside
+
+
+def test_pca_foreground_threshold_finds_the_object():
+    feats, inside = _object_on_background()
+    rgb, foreground = vis.pca_rgb(feats, foreground_threshold=0.5)
+    assert rgb.shape == (2, 8, 8, 3)
+    assert torch.equal(foreground, inside.expand(2, 8, 8))
+    assert (rgb[:, ~inside] == 0).all()  # background is black
+    assert rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_pca_without_threshold_colours_every_patch_in_unit_range():
+    feats, inside = _object_on_background()
+    rgb, foreground = vis.pca_rgb(feats)
+    assert foreground.all()
+    assert rgb.min() == pytest.approx(0.0) and rgb.max() == pytest.approx(1.0)
+    # The first component separates object from background: the red channel differs between them.
+    assert abs(rgb[:, inside, 0].mean() - rgb[:, ~inside, 0].mean()) > 0.8
+
+
+def test_collapse_report_verdicts():
+    g = torch.Generator().manual_seed(1)
+    healthy = vis.collapse_report(torch.randn(300, 32, generator=g))
+    assert healthy.verdict == "healthy" and healthy.rankme_ratio > 0.8
+    assert len(healthy.spectrum) == 32
+    constant = vis.collapse_report(torch.ones(50, 32))
+    assert constant.verdict == "complete collapse"
+    rank_two = torch.randn(300, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    report = vis.collapse_report(rank_two)
+    assert report.verdict == "dimensional collapse"
+    assert report.rankme == pytest.approx(2.0, rel=0.3)
+
+
+def test_list_images_names_the_source_without_images(tmp_path):
+    (tmp_path / "a.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=f"--images {tmp_path}: no image files"):
+        vis.list_images([str(tmp_path)])
+
+
+def _write_images(folder: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        pixels = (rng.random((40, 52, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("visualize_cli", REPO / "eval" / "visualize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_writes_attention_pca_spectrum_and_report(tmp_path, capsys):
+    from dinolite.export.spec import spec_from_backbone
+    from dinolite.export.writers import write_safetensors
+
+    model = _tiny_vit()
+    weights = tmp_path / "tiny.safetensors"
+    write_safetensors(model.state_dict(), spec_from_backbone(model, train_img_size=32), weights)
+    _write_images(tmp_path / "images", 6)
+    out = tmp_path / "vis"
+    cli = _load_cli()
+    code = cli.main(
+        ["--backbone", str(weights), "--images", str(tmp_path / "images"), "--output", str(out),
+         "--max-grid-images", "3", "--foreground-threshold", "0.5", "--device", "cpu"]
+    )
+    assert code == 0
+    for name in ("attention.png", "pca.png", "spectrum.png"):
+        with Image.open(out / name) as png:
+            assert png.format == "PNG" and png.size[0] > 100 and png.size[1] > 100
+    report = json.loads((out / "collapse_report.json").read_text())
+    assert report["num_samples"] == 6 and report["dim"] == 32
+    assert report["verdict"] in ("healthy", "dimensional collapse", "complete collapse")
+    assert report["std_ratio"] == pytest.approx(report["std"] * math.sqrt(32))
+    assert "-> " in capsys.readouterr().out
+    assert not list(out.glob(".*tmp*"))

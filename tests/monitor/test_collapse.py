@@ -1,0 +1,133 @@
+"""CollapseMonitor on constructed diagnostics, spectrum files, and gathering across two gloo ranks."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dinolite.monitor import metrics
+from dinolite.monitor.collapse import METRIC_NAMES, CollapseMonitor, gather_rows
+
+
+def _diagnostics(n: int = 256, d: int = 32, k: int = 64, seed: int = 0, collapsed: bool = False) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if collapsed:
+        cls = torch.randn(1, d, generator=g).repeat(n, 1)
+        logits = torch.randn(1, k, generator=g).repeat(n, 1)
+        probs = torch.zeros(n, k)
+        probs[:, 3] = 1.0
+    else:
+        cls = torch.randn(n, d, generator=g)
+        logits = torch.randn(n, k, generator=g)
+        probs = torch.softmax(logits / 0.04, dim=1)
+    return {
+        "teacher_cls": cls,
+        "student_cls": cls + 0.01 * torch.randn(n, d, generator=g),
+        "teacher_head_logits": logits,
+        "teacher_head_probs": probs,
+        "student_head_logits": logits * 0.5,
+    }
+
+
+def test_measure_reports_every_metric_with_the_metric_functions_values():
+    monitor = CollapseMonitor(every=10, max_samples=1000, student_temp=0.1)
+    diag = _diagnostics()
+    out = monitor.measure(10, diag)
+    assert set(out) == set(METRIC_NAMES)
+    assert all(isinstance(v, float) for v in out.values())
+    assert out["collapse/num_samples"] == 256
+    assert out["collapse/backbone_std"] == pytest.approx(metrics.embedding_std(diag["teacher_cls"]))
+    assert out["collapse/backbone_std_ratio"] == pytest.approx(out["collapse/backbone_std"] * math.sqrt(32))
+    assert out["collapse/backbone_rankme"] == pytest.approx(metrics.rankme(diag["teacher_cls"]))
+    assert out["collapse/backbone_rankme_ratio"] == pytest.approx(out["collapse/backbone_rankme"] / 32)
+    assert out["collapse/head_rankme"] == pytest.approx(metrics.rankme(diag["teacher_head_logits"]))
+    assert out["collapse/teacher_entropy_norm"] == pytest.approx(metrics.entropy(diag["teacher_head_probs"]) / math.log(64))
+    ce, kl = metrics.cross_entropy_kl(diag["student_head_logits"], diag["teacher_head_probs"], 0.1)
+    assert out["collapse/student_teacher_ce"] == pytest.approx(ce)
+    assert out["collapse/student_teacher_kl"] == pytest.approx(kl)
+    assert set(monitor.last_spectra) == {
+        "collapse/backbone_log10_spectrum",
+        "collapse/student_backbone_log10_spectrum",
+        "collapse/head_log10_spectrum",
+    }
+    assert monitor.last_spectra["collapse/backbone_log10_spectrum"].shape == (32,)
+
+
+def test_healthy_and_collapsed_diagnostics_are_told_apart():
+    monitor = CollapseMonitor(every=1, max_samples=4096)
+    healthy = monitor.measure(0, _diagnostics())
+    collapsed = monitor.measure(1, _diagnostics(collapsed=True))
+    assert healthy["collapse/backbone_std_ratio"] > 0.9
+    assert collapsed["collapse/backbone_std_ratio"] < 1e-6
+    assert healthy["collapse/backbone_rankme"] > 25
+    assert collapsed["collapse/backbone_rankme"] == pytest.approx(1.0, abs=1e-3)
+    assert collapsed["collapse/teacher_mean_entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert healthy["collapse/teacher_mean_entropy_norm"] > 0.9
+
+
+def test_max_samples_bounds_the_rows_used():
+    monitor = CollapseMonitor(every=1, max_samples=100)
+    out = monitor.measure(0, _diagnostics(n=256))
+    assert out["collapse/num_samples"] == 100
+    assert out["collapse/backbone_rankme"] == pytest.approx(metrics.rankme(_diagnostics(n=256)["teacher_cls"][:100]))
+
+
+def test_partial_diagnostics_give_partial_metrics_and_none_is_an_error():
+    monitor = CollapseMonitor(every=1, max_samples=100)
+    out = monitor.measure(0, {"teacher_cls": torch.randn(20, 8)})
+    assert "collapse/backbone_rankme" in out and "collapse/teacher_entropy" not in out
+    with pytest.raises(ValueError, match="none of the keys.*teacher_cls.*got loss"):
+        monitor.measure(0, {"loss": torch.zeros(3)})
+
+
+def test_spectrum_saved_once_per_window(tmp_path):
+    monitor = CollapseMonitor(every=10, max_samples=500, spectrum_every=50, output_dir=tmp_path)
+    diag = _diagnostics()
+    for iteration in range(0, 130, 10):
+        monitor.measure(iteration, diag)
+    files = sorted(p.name for p in (tmp_path / "spectrum").iterdir())
+    assert files == ["spectrum_00000000.json", "spectrum_00000050.json", "spectrum_00000100.json"]
+    payload = json.loads((tmp_path / "spectrum" / "spectrum_00000050.json").read_text())
+    assert payload["iteration"] == 50 and payload["num_samples"] == 256
+    expected = metrics.covariance_spectrum(diag["teacher_cls"]).numpy()
+    np.testing.assert_allclose(payload["spectra"]["backbone"], expected, rtol=1e-6)
+    assert not list((tmp_path / "spectrum").glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_due_and_bad_arguments():
+    assert CollapseMonitor(every=20, max_samples=10).due(40)
+    assert not CollapseMonitor(every=20, max_samples=10).due(41)
+    assert not CollapseMonitor(every=0, max_samples=10).due(0)
+    with pytest.raises(ValueError, match="monitor.max_samples"):
+        CollapseMonitor(every=1, max_samples=1)
+
+
+def _gather_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        full = _diagnostics(n=40, seed=5)
+        # Uneven split (the last batch of an epoch can differ): rank 0 holds 24 rows, rank 1 holds 16.
+        rows = slice(0, 24) if rank == 0 else slice(24, 40)
+        local = {key: value[rows] for key, value in full.items()}
+        out = CollapseMonitor(every=1, max_samples=1000).measure(0, local)
+        bounded = gather_rows(torch.arange(40.0)[rows].unsqueeze(1), max_rows=10)
+        if rank == 0:
+            torch.save({"metrics": out, "bounded": bounded}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_gather_matches_single_process(tmp_path):
+    result_file = str(tmp_path / "result.pt")
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2, join=True)
+    result = torch.load(result_file, weights_only=False)
+    single = CollapseMonitor(every=1, max_samples=1000).measure(0, _diagnostics(n=40, seed=5))
+    assert result["metrics"].keys() == single.keys()
+    for name, value in single.items():
+        assert result["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    # max_rows=10 over 2 ranks: 5 rows from each, in rank order.
+    assert result["bounded"].squeeze(1).tolist() == [0, 1, 2, 3, 4, 24, 25, 26, 27, 28]

@@ -1,0 +1,193 @@
+"""One rank of a small multi-process training run, spawned by the scale tests (tests/train/test_*.py).
+
+Run with torchrun's variables in the environment (the tests set RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) or none for a single process:
+
+    python tests/train/scale_worker.py --out DIR --steps N [--strategy full_shard] [--checkpoint-every K]
+        [--resume] [--batch-mode global|rng] [--separate-head] [--sleep S]
+
+It trains the real DINOv2 objective (a 2-block ViT on 16x16 crops) with AdamW for ``--steps`` iterations
+on synthetic batches and writes, on rank 0, ``DIR/result.pt``: the per-step losses (averaged over ranks)
+and the full student/teacher state dicts. After each step every rank appends the step to
+``DIR/progress_rank<R>.txt`` so a test can kill it at a chosen iteration.
+
+Batches (``--batch-mode``):
+* ``global``: image ``i`` of the global batch at iteration ``t`` is drawn from a generator seeded with
+  ``(t, i)`` and rank ``r`` takes its slice, so any world size sees the same global batch (sharded vs
+  single-process comparisons). KoLeo is off here: it is computed within each rank's batch by design.
+* ``rng``: every rank draws its batch from the process-global python / numpy / torch RNGs, so an exact
+  resume needs those streams restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from dinolite.config import load_config  # noqa: E402
+from dinolite.train.checkpoint import CheckpointManager  # noqa: E402
+from dinolite.train.dinov2 import build_objective  # noqa: E402
+from dinolite.train.distributed import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.train.sharding import clip_grad_norm_, shard_objective  # noqa: E402
+
+GLOBAL_SIZE = 16
+LOCAL_SIZE = 8
+PATCH = 4
+N_LOCAL = 2
+N_TOKENS = (GLOBAL_SIZE // PATCH) ** 2
+MASKED_PER_IMAGE = 4
+
+
+def tiny_config(separate_head: bool, koleo: float):
+    return load_config(
+        "demo",
+        [
+            "student.embed_dim=32",
+            "student.depth=2",
+            "student.num_heads=2",
+            f"student.patch_size={PATCH}",
+            "student.drop_path_rate=0.0",
+            "dino.head_n_prototypes=32",
+            "dino.head_bottleneck_dim=16",
+            "dino.head_hidden_dim=32",
+            "ibot.head_n_prototypes=32",
+            "ibot.head_bottleneck_dim=16",
+            "ibot.head_hidden_dim=32",
+            f"ibot.separate_head={str(separate_head).lower()}",
+            f"dino.koleo_loss_weight={koleo}",
+            f"crops.global_crops_size={GLOBAL_SIZE}",
+            f"crops.local_crops_size={LOCAL_SIZE}",
+            f"crops.local_crops_number={N_LOCAL}",
+        ],
+    )
+
+
+def _image(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    global_crops = torch.randn(2, 3, GLOBAL_SIZE, GLOBAL_SIZE, generator=generator)
+    local_crops = torch.randn(N_LOCAL, 3, LOCAL_SIZE, LOCAL_SIZE, generator=generator)
+    masks = torch.zeros(2, N_TOKENS, dtype=torch.bool)
+    for crop in range(2):
+        masks[crop, torch.randperm(N_TOKENS, generator=generator)[:MASKED_PER_IMAGE]] = True
+    return global_crops, local_crops, masks
+
+
+def collate(images: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict:
+    """Crop-major stacking as ``dinolite.data.collate_data_and_cast`` does (all crop 0s, then crop 1s)."""
+    global_crops = torch.cat([torch.stack([img[0][c] for img in images]) for c in range(2)])
+    local_crops = torch.cat([torch.stack([img[1][c] for img in images]) for c in range(N_LOCAL)])
+    masks = torch.cat([torch.stack([img[2][c] for img in images]) for c in range(2)])
+    flat = masks.flatten()
+    weights = (1.0 / masks.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(masks).flatten()
+    return {
+        "collated_global_crops": global_crops,
+        "collated_local_crops": local_crops,
+        "collated_masks": masks,
+        "mask_indices_list": flat.nonzero().flatten(),
+        "masks_weight": weights[flat],
+        "n_masked_patches": torch.tensor([int(flat.sum())]),
+    }
+
+
+def global_batch_slice(iteration: int, global_batch: int, rank: int, world: int) -> dict:
+    per_rank = global_batch // world
+    indices = range(rank * per_rank, (rank + 1) * per_rank)
+    return collate([_image(torch.Generator().manual_seed(iteration * 100_003 + i)) for i in indices])
+
+
+def rng_batch(batch_size: int) -> dict:
+    """A batch drawn from the global RNGs (python picks a seed offset, numpy a scale, torch the pixels)."""
+    offset = random.randrange(1_000_000)
+    scale = float(np.random.uniform(0.5, 1.5))
+    images = []
+    for _ in range(batch_size):
+        g, l, m = _image(torch.Generator().manual_seed(offset + int(torch.randint(0, 1_000_000, ()).item())))
+        images.append((g * scale, l * scale, m))
+    return collate(images)
+
+
+def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in module.state_dict().items():
+        full = value.full_tensor() if hasattr(value, "full_tensor") else value
+        out[name] = full.detach().clone().cpu()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--strategy", default="full_shard")
+    parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--batch-mode", choices=("global", "rng"), default="global")
+    parser.add_argument("--separate-head", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--sleep", type=float, default=0.0, help="pause after each step (kill tests)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = init_distributed(backend="gloo", device="cpu")
+    torch.manual_seed(1234)  # same initial weights on every rank and every world size
+    random.seed(args.seed + env.rank)
+    np.random.seed(args.seed + env.rank)
+    cfg = tiny_config(args.separate_head, koleo=0.0 if args.batch_mode == "global" else 0.1)
+    objective = build_objective(cfg)
+    shard_objective(objective, args.strategy, False, args.activation_checkpointing, False)
+    objective.train()
+    optimizer = torch.optim.AdamW(objective.student.parameters(), lr=1e-3, weight_decay=0.04)
+    manager = CheckpointManager(out, keep_last=2, config=cfg)
+    app_state = {"model": objective, "optimizer": optimizer}
+    start = 0
+    if args.resume and manager.latest() is not None:
+        start = manager.load(manager.latest(), app_state)["iteration"]
+    torch.manual_seed(args.seed * 7919 + env.rank + 1) if start == 0 else None
+
+    losses = []
+    for iteration in range(start, args.steps):
+        if args.batch_mode == "global":
+            batch = global_batch_slice(iteration, args.global_batch, env.rank, env.world_size)
+        else:
+            batch = rng_batch(args.global_batch // env.world_size)
+        optimizer.zero_grad(set_to_none=True)
+        output = objective(batch, teacher_temp=0.05)
+        output.loss.backward()
+        clip_grad_norm_(objective.student.parameters(), 1.0)
+        optimizer.step()
+        objective.update_teacher(0.9)
+        losses.append(all_reduce_sum(float(output.loss.detach()), "cpu") / env.world_size)
+        done = iteration + 1
+        if args.checkpoint_every and done % args.checkpoint_every == 0:
+            manager.save(done, app_state)
+        with open(out / f"progress_rank{env.rank}.txt", "a") as handle:
+            handle.write(f"{done}\n")
+        if args.sleep:
+            time.sleep(args.sleep)
+
+    result = {
+        "losses": torch.tensor(losses, dtype=torch.float64),
+        "start": torch.tensor(start),
+        "student": full_state(objective.student),
+        "teacher": full_state(objective.teacher),
+    }
+    if env.rank == 0:
+        tmp = out / "result.pt.tmp"
+        torch.save(result, tmp)
+        os.replace(tmp, out / "result.pt")
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

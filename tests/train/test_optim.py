@@ -1,0 +1,165 @@
+"""Optimiser param groups (dinolite.train.optim): membership, multipliers, fusing, FSDP2 DTensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dinolite.models import DINOHead, DinoVisionTransformer
+from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
+
+DECAY, PATCH_MULT = 0.9, 0.2
+
+
+def _student(separate_ibot_head: bool = False) -> nn.ModuleDict:
+    backbone = DinoVisionTransformer(
+        img_size=32, patch_size=16, embed_dim=16, depth=2, num_heads=2, init_values=1e-5, num_register_tokens=1
+    )
+    dino_head = DINOHead(16, 8, hidden_dim=16, bottleneck_dim=8)
+    ibot_head = DINOHead(16, 8, hidden_dim=16, bottleneck_dim=8) if separate_ibot_head else dino_head
+    return nn.ModuleDict({"backbone": backbone, "dino_head": dino_head, "ibot_head": ibot_head})
+
+
+def _by_name(groups: list[dict]) -> dict[str, dict]:
+    table = {}
+    for group in groups:
+        for name in group["names"]:
+            assert name not in table, f"{name} is in two groups"
+            table[name] = group
+    return table
+
+
+def _expected_lr_multiplier(name: str) -> float:
+    # depth L = 2: embeddings layer 0 -> 0.9**3, block i -> 0.9**(2 - i), final norm and heads -> 1
+    if name.startswith("backbone.patch_embed."):
+        return DECAY**3 * PATCH_MULT
+    if name.split(".")[1] in ("cls_token", "pos_embed", "register_tokens", "mask_token"):
+        return DECAY**3
+    if name.startswith("backbone.blocks."):
+        return DECAY ** (2 - int(name.split(".")[2]))
+    return 1.0
+
+
+def test_every_parameter_once_with_dinov2_multipliers():
+    student = _student()
+    groups = get_param_groups(student, layerwise_decay=DECAY, patch_embed_lr_mult=PATCH_MULT)
+    table = _by_name(groups)
+    # ibot_head is dino_head: its parameters appear once, under dino_head
+    assert set(table) == {name for name, _ in student.named_parameters()}
+    assert not any(name.startswith("ibot_head.") for name in table)
+    assert sum(len(g["params"]) for g in groups) == len(list(student.parameters()))
+    for name, group in table.items():
+        assert group["lr_multiplier"] == pytest.approx(_expected_lr_multiplier(name)), name
+
+    no_decay = {name for name, g in table.items() if g["wd_multiplier"] == 0.0}
+    assert no_decay == {
+        name
+        for name in table
+        if name.endswith(".bias")
+        or "norm" in name
+        or name.endswith(".gamma")
+        or name.split(".")[-1] in ("cls_token", "pos_embed", "register_tokens", "mask_token")
+    }
+    # spot checks written out
+    assert table["backbone.blocks.0.ls1.gamma"]["wd_multiplier"] == 0.0
+    assert table["backbone.blocks.1.attn.qkv.weight"]["wd_multiplier"] == 1.0
+    assert table["backbone.blocks.1.attn.qkv.weight"]["lr_multiplier"] == pytest.approx(0.9)
+    assert table["backbone.patch_embed.proj.weight"]["lr_multiplier"] == pytest.approx(0.729 * 0.2)
+    assert table["backbone.norm.weight"]["lr_multiplier"] == 1.0
+    assert table["dino_head.mlp.0.weight"]["wd_multiplier"] == 1.0
+
+    last = {name for name, g in table.items() if g["is_last_layer"]}
+    assert last == {"dino_head.last_layer.weight"}
+    # groups are fused: one group per distinct (lr, wd, last-layer) triple, each param in one group
+    keys = [(g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in groups]
+    assert len(keys) == len(set(keys))
+    for g in groups:
+        assert [id(p) for p in g["params"]] == [id(dict(student.named_parameters())[n]) for n in g["names"]]
+
+
+def test_separate_ibot_head_and_frozen_parameters():
+    student = _student(separate_ibot_head=True)
+    student["backbone"].mask_token.requires_grad_(False)
+    table = _by_name(get_param_groups(student, DECAY, PATCH_MULT))
+    assert {n for n, g in table.items() if g["is_last_layer"]} == {
+        "dino_head.last_layer.weight",
+        "ibot_head.last_layer.weight",
+    }
+    assert "backbone.mask_token" not in table
+
+
+def test_no_layerwise_decay_gives_two_lr_multipliers():
+    groups = get_param_groups(_student(), layerwise_decay=1.0, patch_embed_lr_mult=PATCH_MULT)
+    assert {g["lr_multiplier"] for g in groups} == {1.0, PATCH_MULT}
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="optim.layerwise_decay"):
+        get_param_groups(_student(), layerwise_decay=0.0)
+    with pytest.raises(ValueError, match="optim.patch_embed_lr_mult"):
+        get_param_groups(_student(), patch_embed_lr_mult=-1.0)
+
+
+def test_apply_schedules_and_frozen_last_layer_step():
+    torch.manual_seed(0)
+    student = _student()
+    groups = get_param_groups(student, DECAY, PATCH_MULT)
+    optimizer = build_optimizer(groups, beta1=0.8, beta2=0.95)
+    assert all(g["betas"] == (0.8, 0.95) for g in optimizer.param_groups)
+    apply_schedules(optimizer, lr=1e-2, weight_decay=0.04, last_layer_lr=0.0)
+    for g in optimizer.param_groups:
+        base = 0.0 if g["is_last_layer"] else 1e-2
+        assert g["lr"] == pytest.approx(base * g["lr_multiplier"])
+        assert g["weight_decay"] == pytest.approx(0.04 * g["wd_multiplier"])
+
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    out = student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32)))
+    out.square().sum().backward()
+    optimizer.step()
+    after = dict(student.named_parameters())
+    # lr 0 on the prototypes: unchanged; the rest of the head and the blocks moved
+    assert torch.equal(after["dino_head.last_layer.weight"], before["dino_head.last_layer.weight"])
+    assert not torch.equal(after["dino_head.mlp.0.weight"], before["dino_head.mlp.0.weight"])
+    assert not torch.equal(after["backbone.blocks.0.attn.qkv.weight"], before["backbone.blocks.0.attn.qkv.weight"])
+
+
+def _fsdp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        student = _student()
+        reference = get_param_groups(student, DECAY, PATCH_MULT)
+        for block in student["backbone"].blocks:
+            fully_shard(block)
+        fully_shard(student["backbone"])
+        fully_shard(student["dino_head"])
+        sharded = get_param_groups(student, DECAY, PATCH_MULT)
+        optimizer = build_optimizer(sharded)
+        apply_schedules(optimizer, lr=1e-3, weight_decay=0.04, last_layer_lr=0.0)
+        student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32))).sum().backward()
+        optimizer.step()
+        summary = {
+            "reference": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in reference],
+            "sharded": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in sharded],
+            "types": sorted({type(p).__name__ for g in sharded for p in g["params"]}),
+        }
+        torch.save(summary, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_groups_are_identical_for_fsdp2_dtensors(tmp_path: Path):
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        summary = torch.load(tmp_path / f"rank{rank}.pt")
+        assert summary["types"] == ["DTensor"]
+        assert summary["sharded"] == summary["reference"]
