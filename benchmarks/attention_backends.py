@@ -228,7 +228,8 @@ def run_shape(
                 row["agrees"] = row["max_abs_diff"] <= TOLERANCE[dtype]
                 row["forward_tflops"] = row["forward_gflop"] / row["forward_ms"]  # GFLOP/ms = TFLOP/s
             except RuntimeError as exc:  # a pinned SDPA kernel that does not support this device/dtype/shape
-                row.update(status="skipped", reason=str(exc).strip().splitlines()[0][:300])
+                message = str(exc).strip().splitlines()[0][:300]
+                row.update(status="skipped", reason=f"not supported for {device.type} {row['dtype']}: {message}")
         rows.append(row)
     explicit = next((r for r in rows if r["backend"] == "explicit" and r["status"] == "ok"), None)
     for row in rows:

@@ -152,6 +152,9 @@ class TrainConfig:
     checkpoint_every: int = 1250
     keep_last_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda
+    # torch intra-op CPU threads per process (0: torch's default). Tiny models on a shared CPU run far
+    # faster with 1: idle-spinning OpenMP threads starve when cores are oversubscribed.
+    num_threads: int = 0
 
 
 @dataclass

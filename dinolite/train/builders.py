@@ -102,18 +102,24 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Context
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def load_pretrained_backbone(backbone: torch.nn.Module, path: str) -> None:
-    """Initialise ``backbone`` from ``student.pretrained_weights`` (a DINOv2 .pth or a dinolite export)."""
+def load_pretrained(path: str) -> Any:
+    """Read ``student.pretrained_weights``: a DINOv2 ``.pth`` or a dinolite export (with heads if exported
+    ``--with-heads``). Returns :class:`dinolite.export.load.PretrainedWeights`."""
+    from dinolite.export.load import load_pretrained as _load
+
     try:
-        from dinolite.export.load import load_backbone_state_dict
-    except ImportError as exc:  # the export area provides the loader
-        raise NotImplementedError(
-            f"student.pretrained_weights={path!r}: dinolite.export.load.load_backbone_state_dict is not available"
-        ) from exc
-    state_dict, _spec = load_backbone_state_dict(path)
-    missing, unexpected = backbone.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"student.pretrained_weights={path!r} does not match student.arch: missing keys {missing[:5]}, "
-            f"unexpected keys {unexpected[:5]}"
-        )
+        return _load(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"student.pretrained_weights={path!r}: {exc}") from exc
+
+
+def load_pretrained_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str) -> None:
+    """Strict load with a message naming the key, the mismatching keys and shapes."""
+    from dinolite.export.load import load_state_dict_strict
+
+    load_state_dict_strict(module, state_dict, origin=f"student.pretrained_weights={path!r} ({what})")
+
+
+def pretrained_part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``tensors`` under ``prefix.`` with the prefix removed."""
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}

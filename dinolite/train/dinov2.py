@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinolite.config import ConfigError
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 
 CENTERING_CHOICES = ("centering", "sinkhorn_knopp")
@@ -244,14 +245,27 @@ def build_objective(cfg: Any) -> DINOv2Objective:
     from dinolite.models import build_backbone, build_heads
 
     backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    if cfg.student.pretrained_weights:
-        from dinolite.train.builders import load_pretrained_backbone
-
-        # Before the teacher copy is taken, so both start from the pretrained weights.
-        load_pretrained_backbone(backbone, cfg.student.pretrained_weights)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
+    pretrained = None
+    if cfg.student.pretrained_weights:
+        from dinolite.train.builders import load_pretrained, load_pretrained_into, pretrained_part
+
+        # Before the teacher copy is taken, so student and teacher start from the same weights.
+        path = cfg.student.pretrained_weights
+        pretrained = load_pretrained(path)
+        load_pretrained_into(backbone, pretrained.backbone, "backbone", path)
+        if pretrained.heads is not None:  # an export made --with-heads: continue pretraining
+            load_pretrained_into(heads["dino_head"], pretrained_part(pretrained.heads, "dino_head"), "dino_head", path)
+            if cfg.ibot.separate_head:
+                ibot_state = pretrained_part(pretrained.heads, "ibot_head")
+                if not ibot_state:
+                    raise ConfigError(
+                        f"student.pretrained_weights={path!r}: ibot.separate_head=true but the export holds "
+                        "no ibot_head (it was trained with a shared head)"
+                    )
+                load_pretrained_into(heads["ibot_head"], ibot_state, "ibot_head", path)
     ibot_prototypes = cfg.ibot.head_n_prototypes if cfg.ibot.separate_head else cfg.dino.head_n_prototypes
-    return DINOv2Objective(
+    objective = DINOv2Objective(
         backbone=backbone,
         dino_head=heads["dino_head"],
         ibot_head=heads["ibot_head"] if cfg.ibot.separate_head else None,
@@ -264,3 +278,8 @@ def build_objective(cfg: Any) -> DINOv2Objective:
         centering=cfg.train.centering,
         sinkhorn_iterations=cfg.teacher.sinkhorn_iterations,
     )
+    if pretrained is not None and pretrained.heads is not None:
+        extra = pretrained_part(pretrained.heads, "extra")
+        if extra:
+            objective.load_extra_state(extra)
+    return objective

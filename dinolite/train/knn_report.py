@@ -31,18 +31,11 @@ KNN_TEMPERATURE = 0.07
 
 
 def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable[[Any], torch.Tensor]:
-    """Resize + centre crop to the training resolution, then normalise like the training crops."""
-    from torchvision.transforms import v2
+    """The evaluation entrypoints' transform (DINOv2's resize by 256/224, centre crop), so the report
+    and ``eval/knn.py`` give the same number for the same checkpoint."""
+    from dinolite.eval.transforms import build_eval_transform
 
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(size, antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
+    return build_eval_transform(size, mean=mean, std=std)
 
 
 def backbone_features(backbone: nn.Module, with_avgpool: bool) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -92,15 +92,7 @@ class MetricLogger:
         """Record ``metrics`` (numbers) at ``iteration``; prints a summary line with the ETA."""
         if not self.enabled:
             return
-        record = {"iteration": iteration, **{k: _plain(v) for k, v in metrics.items()}}
-        assert self._jsonl is not None
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key if "/" in key else f"train/{key}", value, iteration)
-            self._tb.flush()
+        record = self._write(iteration, metrics, scalar_prefix="train/")
         progress = f"it {iteration}" + (f"/{total_iterations}" if total_iterations else "")
         shown = [f"{k} {_format_value(record[k])}" for k in self.CONSOLE_KEYS if k in record]
         eta = f"eta {format_duration(eta_seconds)}" if eta_seconds is not None else ""
@@ -110,6 +102,13 @@ class MetricLogger:
         """A separate block (e.g. collapse metrics): one console line, also to JSONL/TensorBoard."""
         if not self.enabled:
             return
+        record = self._write(iteration, metrics, scalar_prefix="")
+        shown = "  ".join(f"{k.split('/')[-1]} {_format_value(v)}" for k, v in record.items() if k != "iteration")
+        self.console.info(f"it {iteration} {title}: {shown}")
+
+    def _write(self, iteration: int, metrics: Mapping[str, Any], scalar_prefix: str) -> dict[str, Any]:
+        """One JSONL record, and its finite numbers as TensorBoard scalars (keys without a ``/`` get
+        ``scalar_prefix``)."""
         record = {"iteration": iteration, **{k: _plain(v) for k, v in metrics.items()}}
         assert self._jsonl is not None
         self._jsonl.write(json.dumps(record) + "\n")
@@ -117,10 +116,17 @@ class MetricLogger:
         if self._tb is not None:
             for key, value in record.items():
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, iteration)
+                    self._tb.add_scalar(key if "/" in key else f"{scalar_prefix}{key}", value, iteration)
             self._tb.flush()
-        shown = "  ".join(f"{k.split('/')[-1]} {_format_value(v)}" for k, v in record.items() if k != "iteration")
-        self.console.info(f"it {iteration} {title}: {shown}")
+        return record
+
+    def log_histograms(self, iteration: int, histograms: Mapping[str, Any]) -> None:
+        """TensorBoard histograms (e.g. the collapse monitor's log10 singular value spectra)."""
+        if not self.enabled or self._tb is None:
+            return
+        for tag, values in histograms.items():
+            self._tb.add_histogram(tag, values, iteration)
+        self._tb.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:

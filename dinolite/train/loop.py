@@ -238,6 +238,7 @@ def train(
             if monitor.due(progress.iteration):
                 collapse_metrics = monitor.measure(progress.iteration, output.diagnostics)
                 logger.log_summary(progress.iteration, collapse_metrics, "collapse")
+                logger.log_histograms(progress.iteration, monitor.last_spectra)
                 watchdog.check(progress.iteration, collapse_metrics)  # may raise CollapseDetected
             if progress.iteration % cfg.train.log_every == 0 or progress.iteration == stop_at:
                 last_metrics = window.summary(values, global_batch, device, progress.iteration, epoch_length)

@@ -50,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     output_dir = Path(cfg.train.output_dir)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     try:
         result = train(cfg, output_dir, env)

@@ -124,12 +124,14 @@ def test_train_throughput_quick_writes_json(throughput, tmp_path: Path, restore_
 
 def test_train_throughput_gpu_options_fall_back_on_cpu(throughput, tmp_path: Path, restore_threads, capsys):
     """--compile, --activation-checkpointing and bf16 autocast on CPU: compile is skipped with a note,
-    checkpointing and bf16 run; a given --peak-tflops is used for the datasheet MFU."""
+    checkpointing and bf16 run; a given --peak-tflops is used for the datasheet MFU; trailing key=value
+    overrides reach the config."""
     out = tmp_path / "fallback.json"
     with pytest.warns(UserWarning, match="torch.compile"):
         rc = throughput.main(
             ["--config", "demo", "--quick", "--iterations", "2", "--threads", "1", "--compile",
-             "--activation-checkpointing", "--precision", "bf16", "--peak-tflops", "2.0", "--output", str(out)]
+             "--activation-checkpointing", "--precision", "bf16", "--peak-tflops", "2.0", "--output", str(out),
+             "data.source=[]"]  # synthetic batches: a config without a data source (vits16 & co.) must run
         )
     assert rc == 0
     report = json.loads(out.read_text())
@@ -143,11 +145,15 @@ def test_train_throughput_gpu_options_fall_back_on_cpu(throughput, tmp_path: Pat
     assert results["datasheet_peak_source"] == "--peak-tflops"
     assert results["mfu_vs_datasheet"] == pytest.approx(results["achieved_tflops_per_device"] / 2.0)
     assert "torch.compile is only used on CUDA" in capsys.readouterr().out
+    assert setup["overrides"][-1] == "data.source=[]"
 
 
 def test_train_throughput_bad_config_is_a_clear_error(throughput, capsys):
     assert throughput.main(["--config", "no_such_preset", "--quick"]) == 2
     assert "no_such_preset" in capsys.readouterr().err
+    # The trainer's own cross-section checks still apply: KoLeo needs 2 images per device.
+    assert throughput.main(["--config", "demo", "--quick", "--batch-size", "1"]) == 2
+    assert "train.batch_size_per_gpu=1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         throughput.parse_args(["--batch-size", "0"])
 

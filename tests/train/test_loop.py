@@ -35,6 +35,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_config(tmp_path: Path, *extra: str):
     return load_config("demo", [*TINY, f"train.output_dir={tmp_path}", *extra])
 

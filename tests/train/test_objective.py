@@ -19,6 +19,15 @@ GLOBAL, LOCAL, PATCH = 16, 8, 4
 N_TOKENS = (GLOBAL // PATCH) ** 2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_objective(weights=(1.0, 1.0, 0.1), centering="centering", separate_ibot=False, seed=0) -> DINOv2Objective:
     torch.manual_seed(seed)
     # layerscale 1.0 (not DINOv2's 1e-5) so that the tiny random network's outputs differ per image

@@ -64,7 +64,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 # ------------------------------------------------------------------------- end to end: torchrun + loop
 
 E2E_OVERRIDES = [
-    "train.max_iterations=6",
+    "train.max_iterations=12",
     "train.checkpoint_every=2",
     "train.batch_size_per_gpu=8",
     "student.depth=2",
@@ -97,6 +97,24 @@ def _torchrun(output_dir: Path, data_dir: Path):
     )  # fmt: skip
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: children first found, killed top-down in one sweep)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
+
+
 @pytest.mark.slow
 def test_torchrun_launch_local_survives_kill_9(tmp_path):
     import os
@@ -115,9 +133,13 @@ def test_torchrun_launch_local_survives_kill_9(tmp_path):
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no checkpoint at iteration 2"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # torchrun's workers may sit in their own sessions
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.communicate()
-    assert not (run_dir / "checkpoints" / "iter_00000006").exists()  # it really died before the end
+    assert not (run_dir / "checkpoints" / "iter_00000012").exists()  # it really died before the end
 
     proc = _torchrun(run_dir, reference_dir / "data")
     out, _ = proc.communicate(timeout=400)

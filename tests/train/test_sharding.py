@@ -100,13 +100,18 @@ def test_clip_grad_norm_matches_torch_for_plain_tensors():
     for p in params:
         p.grad = torch.randn_like(p) * 10
     expected = [p.grad.clone() for p in params]
-    torch_norm = torch.nn.utils.clip_grad_norm_([nn.Parameter(p.detach().clone()) for p in params], 1.0)
+    twins = [nn.Parameter(p.detach().clone()) for p in params]
+    for twin, g in zip(twins, expected):
+        twin.grad = g.clone()
+    torch_norm = torch.nn.utils.clip_grad_norm_(twins, 1.0)
     by_hand = torch.sqrt(sum((g**2).sum() for g in expected))
     norm = clip_grad_norm_(params, 1.0)
     torch.testing.assert_close(norm, by_hand)
     torch.testing.assert_close(norm, torch_norm)
     for p, g in zip(params, expected):
         torch.testing.assert_close(p.grad, g * (1.0 / (by_hand + 1e-6)))
+    for p, twin in zip(params, twins):
+        torch.testing.assert_close(p.grad, twin.grad)
     assert torch.isclose(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])), torch.tensor(1.0))
     small = [nn.Parameter(torch.ones(2))]
     small[0].grad = torch.full((2,), 0.1)

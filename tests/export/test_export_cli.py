@@ -1,0 +1,138 @@
+"""`python -m dinolite.export` on a real (tiny) training checkpoint, and training from an export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dinolite
+from dinolite.config import load_config
+from dinolite.export.__main__ import main as export_main
+from dinolite.models import build_backbone
+from dinolite.train.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
+
+pytestmark = pytest.mark.slow
+
+# DINOv2's ViT-S width (so the .pth layout is recognisable by shape) at depth 1 on 32 px digits.
+TINY_RUN = [
+    "student.arch=vit_small",
+    "student.embed_dim=384",
+    "student.num_heads=6",
+    "student.depth=1",
+    "student.patch_size=4",
+    "ibot.separate_head=true",
+    "dino.head_n_prototypes=64",
+    "ibot.head_n_prototypes=64",
+    "train.max_iterations=2",
+    "train.batch_size_per_gpu=8",
+    "train.checkpoint_every=2",
+    "crops.local_crops_number=2",
+    "data.num_workers=0",
+    "evaluation.knn_at_end=false",
+    "monitor.every=0",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from dinolite.train.run import main as train_main
+
+    out = tmp_path_factory.mktemp("run")
+    assert train_main(["--config", "demo", "--output-dir", str(out), *TINY_RUN]) == 0
+    return out
+
+
+def _features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.forward_features(images)["x_norm_patchtokens"]
+
+
+def test_safetensors_export_with_heads_equals_the_checkpoint_teacher(run_dir, tmp_path, capsys):
+    out = tmp_path / "teacher.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0
+    assert "iteration 2" in capsys.readouterr().out
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert (record["iteration"], record["source"], record["train_img_size"]) == (2, "teacher", 32)
+
+    cfg = load_config(resolve_checkpoint_dir(run_dir) / "config.yaml")
+    reference = build_backbone(cfg.student, img_size=32).eval()
+    reference.load_state_dict(load_consolidated_state_dict(run_dir, model="teacher", part="backbone"))
+    exported = dinolite.load_backbone(out)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(_features(exported, images), _features(reference, images), rtol=0, atol=0)
+
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "teacher.heads.safetensors"), "pt") as heads:
+        keys = set(heads.keys())
+    assert "dino_head.last_layer.weight" in keys and "ibot_head.last_layer.weight" in keys
+    assert {"extra.dino_loss.center", "extra.ibot_loss.center"} <= keys
+
+
+def test_student_export_differs_from_teacher(run_dir, tmp_path):
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "s.safetensors"), "--student"]) == 0
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "t.safetensors")]) == 0
+    student, teacher = dinolite.load_backbone(tmp_path / "s.safetensors"), dinolite.load_backbone(tmp_path / "t.safetensors")
+    assert student.spec.source == "student"
+    images = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(_features(student, images), _features(teacher, images))
+
+
+def test_dinov2_format_loads_as_a_released_checkpoint_would(run_dir, tmp_path):
+    out = tmp_path / "dinov2_vits4_pretrain.pth"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--format", "dinov2"]) == 0
+    state = torch.load(out, weights_only=True)
+    assert {"cls_token", "pos_embed", "mask_token", "blocks.0.attn.qkv.weight", "norm.weight"} <= set(state)
+    model = dinolite.load_backbone(out)
+    assert (model.spec.arch, model.spec.depth, model.spec.patch_size) == ("vit_small", 1, 4)
+
+
+def test_training_starts_from_an_export(run_dir, tmp_path):
+    from dinolite.train.dinov2 import build_objective
+
+    out = tmp_path / "t.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
+    exported = dinolite.load_backbone(out).state_dict()
+    cfg = load_config("demo", [*TINY_RUN, f"student.pretrained_weights={out}"])
+    objective = build_objective(cfg)
+    for which in (objective.student, objective.teacher):
+        for key, value in which["backbone"].state_dict().items():
+            torch.testing.assert_close(value, exported[key], rtol=0, atol=0)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.safetensors")]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_pretrained_weights_of_another_architecture_fail_naming_shapes(run_dir, tmp_path):
+    from dinolite.train.dinov2 import build_objective
+
+    out = tmp_path / "t.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
+    cfg = load_config("demo", [*TINY_RUN, "student.depth=2", f"student.pretrained_weights={out}"])
+    with pytest.raises(ValueError, match=r"student\.pretrained_weights.*blocks\.1"):
+        build_objective(cfg)
+
+
+def test_continue_pretraining_from_an_export_with_heads_restores_heads_and_centers(run_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from dinolite.train.dinov2 import build_objective
+
+    out = tmp_path / "t.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0
+    heads = load_file(str(tmp_path / "t.heads.safetensors"))
+    assert heads["extra.dino_loss.center"].abs().sum() > 0  # a trained centre, not the zero init
+    objective = build_objective(load_config("demo", [*TINY_RUN, f"student.pretrained_weights={out}"]))
+    for name in ("dino_head", "ibot_head"):
+        for which in (objective.student, objective.teacher):
+            for key, value in which[name].state_dict().items():
+                torch.testing.assert_close(value, heads[f"{name}.{key}"], rtol=0, atol=0)
+    torch.testing.assert_close(objective.dino_loss.center, heads["extra.dino_loss.center"], rtol=0, atol=0)
+    torch.testing.assert_close(objective.ibot_loss.center, heads["extra.ibot_loss.center"], rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match=r"pretrained_weights.*dino_head.*last_layer\.weight: file \(\d+, \d+\)"):
+        build_objective(load_config("demo", [*TINY_RUN, "dino.head_n_prototypes=128", f"student.pretrained_weights={out}"]))
