@@ -95,7 +95,7 @@ def test_dinov2_head_conversion():
 
 
 def test_build_heads_shared_and_separate():
-    cfg = load_config("demo")
+    cfg = load_config("demo", ["dino.head_n_prototypes=256"])
     heads = build_heads(cfg.dino, cfg.ibot, embed_dim=96)
     assert heads["dino_head"] is heads["ibot_head"]
     assert heads["dino_head"].last_layer.weight.shape == (256, 64)

@@ -483,7 +483,7 @@ def test_backward_reaches_every_parameter():
 
 
 def test_build_backbone_from_full_config():
-    cfg = load_config("demo")
+    cfg = load_config("demo", ["student.layerscale=1e-5"])
     model = build_backbone(cfg)
     assert (model.embed_dim, model.n_blocks, model.num_heads, model.patch_size) == (96, 4, 3, 4)
     assert model.pos_embed.shape == (1, 1 + (32 // 4) ** 2, 96)
