@@ -70,3 +70,36 @@ def prepare_digits(root: str | Path, size: int = 32, shard_size: int = 500) -> d
     tmp.write_text(json.dumps({"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED}))
     os.replace(tmp, marker)
     return result
+
+
+def prepare_digits_segmentation(root: str | Path, size: int = 32, ink_threshold: int = 64) -> Path:
+    """The digits as a semantic-segmentation set in ADE20K's layout, for ``eval/segmentation.py``.
+
+    ``root/images/{training,validation}/NNNN.png`` (the upsampled digit, RGB) and
+    ``root/annotations/{training,validation}/NNNN.png`` (one id per pixel: the digit + 1 on ink pixels,
+    brighter than ``ink_threshold``, and 0 on the background), so ADE's "0 = other, shift by one"
+    convention applies (``--reduce-zero-label``). Same stratified split as :func:`prepare_digits`.
+    Idempotent like it. Returns ``root``.
+    """
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    marker = root / "digits_segmentation.json"
+    if marker.is_file():
+        return root
+    digits = load_digits()
+    images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    labels = digits.target
+    train_idx, val_idx = _stratified_split(labels, TRAIN_SIZE, SPLIT_SEED)
+    for split, idx in (("training", train_idx), ("validation", val_idx)):
+        for sub in ("images", "annotations"):
+            (root / sub / split).mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            grey = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC)
+            grey.convert("RGB").save(root / "images" / split / f"{i:04d}.png")
+            mask = np.where(np.asarray(grey) > ink_threshold, labels[i] + 1, 0).astype(np.uint8)
+            Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{i:04d}.png")
+    tmp = marker.with_name(".digits_segmentation.json.tmp")
+    tmp.write_text(json.dumps({"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED}))
+    os.replace(tmp, marker)
+    return root

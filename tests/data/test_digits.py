@@ -28,3 +28,24 @@ def test_prepare_digits_writes_splits_and_shards_once(tmp_path):
     assert len(expand_source(out["train"])) == 3
     with pytest.raises(ValueError, match="16 px"):
         prepare_digits(tmp_path, size=32)
+
+
+@pytest.mark.slow
+def test_digits_segmentation_has_ade_layout_and_consistent_masks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from dinolite.data.digits import prepare_digits_segmentation
+
+    root = prepare_digits_segmentation(tmp_path / "seg", size=16)
+    train = sorted((root / "images" / "training").glob("*.png"))
+    val = sorted((root / "images" / "validation").glob("*.png"))
+    assert (len(train), len(val)) == (1500, 297)
+    for image_path in train[:20]:
+        mask = np.asarray(Image.open(root / "annotations" / "training" / image_path.name))
+        image = np.asarray(Image.open(image_path).convert("L"))
+        assert mask.shape == image.shape == (16, 16)
+        ids = set(np.unique(mask).tolist())
+        assert 0 in ids and len(ids) == 2  # background + the one digit of the image (id = digit + 1)
+        assert (image[mask > 0] > 64).all() and (image[mask == 0] <= 64).all()
+    assert prepare_digits_segmentation(tmp_path / "seg", size=16) == root  # idempotent
