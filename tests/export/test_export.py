@@ -190,3 +190,19 @@ def test_graph_friendly_pos_embed_resampling_equals_the_backbones(offset, antial
             expected = interpolate_pos_embed(pos_embed, (h, w), offset, antialias)
             got = resample_pos_embed(pos_embed, torch.arange(h), torch.arange(w), offset, antialias)
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_hub_entrypoints_load_local_exports(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    model = _tiny()
+    write_safetensors(model.state_dict(), spec_from_backbone(model), tmp_path / "b.safetensors")
+    hub_model = torch.hub.load(str(repo), "backbone", path=str(tmp_path / "b.safetensors"), source="local")
+    images = torch.randn(1, 3, 28, 28)
+    torch.testing.assert_close(_features(hub_model, images)[0], _features(model, images)[0], rtol=0, atol=0)
+    write_dinov2(model.state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")
+    vits14 = torch.hub.load(str(repo), "dinov2_vits14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local")
+    assert vits14.spec.arch == "vit_small"
+    with pytest.raises(ValueError, match="not a vit_large/14"):
+        torch.hub.load(str(repo), "dinov2_vitl14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local")
