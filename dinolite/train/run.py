@@ -63,7 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
         return EXIT_COLLAPSE
-    console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
+    if env.rank == 0:
+        console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
     if result.status == "finished" and cfg.evaluation.knn_at_end and env.rank == 0 and result.checkpoint_path:
         device = torch.device(env.device) if env.device else torch.device("cpu")
         results = knn_report(cfg, result.checkpoint_path, output_dir, device)
