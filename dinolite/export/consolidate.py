@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from dinolite.export.load import PretrainedWeights, build_from_spec, load_state_dict_strict
+from dinolite.export.load import PretrainedWeights, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
 
 
@@ -40,8 +40,11 @@ def consolidate_checkpoint(path: str | Path, model: str = "teacher", with_heads:
     cfg = load_config(config_file)
     backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone")
 
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    load_state_dict_strict(backbone, backbone_state, origin=str(checkpoint_dir))
+    # The architecture record comes from a weightless (meta) model checked against the saved shapes:
+    # callers build the one real backbone they need from the record (no random init of a ViT-g here).
+    with torch.device("meta"):
+        backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    check_state_dict_fits(backbone, backbone_state, origin=str(checkpoint_dir))
     spec = spec_from_backbone(
         backbone,
         train_img_size=cfg.crops.global_crops_size,
@@ -52,8 +55,6 @@ def consolidate_checkpoint(path: str | Path, model: str = "teacher", with_heads:
         interpolate_antialias=cfg.student.interpolate_antialias,
         interpolate_offset=cfg.student.interpolate_offset,
     )
-    # The record must rebuild exactly what we just loaded into.
-    load_state_dict_strict(build_from_spec(spec), backbone_state, origin=f"{checkpoint_dir} (re-built from record)")
 
     heads: Optional[dict[str, torch.Tensor]] = None
     if with_heads:

@@ -98,8 +98,10 @@ def build_from_spec(spec: BackboneSpec) -> nn.Module:
     return DinoVisionTransformer(**spec.backbone_kwargs())
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
-    """``load_state_dict(strict=True)`` with a message that names every mismatching key and shape."""
+def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
+    """Raise unless ``state_dict`` has exactly ``model``'s keys and shapes, naming every mismatch.
+
+    Reads only shapes, so ``model`` may live on the ``meta`` device."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -117,6 +119,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor]
         if unexpected:
             parts.append(f"unexpected keys: {unexpected[:10]}" + (" ..." if len(unexpected) > 10 else ""))
         raise ExportFormatError(f"{origin}: weights do not fit the architecture: " + " | ".join(parts))
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that names every mismatching key and shape."""
+    check_state_dict_fits(model, state_dict, origin)
     model.load_state_dict(state_dict, strict=True)
 
 

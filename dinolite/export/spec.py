@@ -17,15 +17,16 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from dinolite.models.vision_transformer import ARCHITECTURES
+
 FORMAT_NAME = "dinolite-backbone"
 FORMAT_VERSION = 1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# DINOv2 names its sizes by width; all of them use 64-dimensional heads.
-ARCH_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1536: "vit_giant2"}
-HEAD_DIM = 64
+# Sizes are named by width (DINOv2's convention); the factories' table is the one source of truth.
+ARCH_BY_WIDTH = {dims["embed_dim"]: arch for arch, dims in ARCHITECTURES.items()}
 
 
 class ExportFormatError(ValueError):
@@ -189,7 +190,7 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
         arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
         embed_dim=embed_dim,
         depth=depth,
-        num_heads=embed_dim // HEAD_DIM,
+        num_heads=ARCHITECTURES[ARCH_BY_WIDTH[embed_dim]]["num_heads"],
         patch_size=patch,
         img_size=grid * patch,
         num_register_tokens=int(state_dict["register_tokens"].shape[1]) if "register_tokens" in state_dict else 0,

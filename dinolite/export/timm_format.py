@@ -58,8 +58,10 @@ def timm_model_args(spec: BackboneSpec) -> tuple[str, dict[str, Any]]:
     if spec.ffn_layer == "swiglu":
         from timm.layers import SwiGLUPacked
 
+        from dinolite.models import swiglu_hidden_dim
+
         # timm's packed SwiGLU sizes fc1 as int(dim * mlp_ratio) = 2 x DINOv2's rounded hidden size;
         # the half-unit margin keeps float rounding from landing one short.
-        hidden = (int(spec.embed_dim * spec.mlp_ratio * 2 / 3) + 7) // 8 * 8
+        hidden = swiglu_hidden_dim(int(spec.embed_dim * spec.mlp_ratio))
         kwargs.update(mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, mlp_ratio=(2 * hidden + 0.5) / spec.embed_dim)
     return name, kwargs

@@ -67,17 +67,6 @@ def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
     )
 
 
-def load_trained_teacher(cfg: Config, checkpoint_dir: Path) -> nn.Module:
-    """The teacher backbone of a checkpoint, consolidated into one process."""
-    from dinolite.models import build_backbone
-    from dinolite.train.checkpoint import load_consolidated_state_dict
-
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    state = load_consolidated_state_dict(checkpoint_dir, model="teacher", part="backbone")
-    backbone.load_state_dict(state, strict=True)
-    return backbone.eval()
-
-
 def random_init_backbone(cfg: Config) -> nn.Module:
     """The backbone as training initialised it (the loop seeds with ``train.seed`` before building)."""
     from dinolite.models import build_backbone
@@ -89,6 +78,7 @@ def random_init_backbone(cfg: Config) -> nn.Module:
 def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torch.device | str = "cpu") -> dict[str, float]:
     """Top-1 kNN accuracy (%) of each feature set; also written to ``output_dir/knn.json``."""
     from dinolite.data.loader import build_eval_dataset
+    from dinolite.eval.backbone import load_any_backbone
     from dinolite.eval.features import extract_features
     from dinolite.eval.knn import knn_classify
 
@@ -97,7 +87,7 @@ def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torc
     transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
     train_set = build_eval_dataset(train_source, transform)
     val_set = build_eval_dataset(val_source, transform)
-    teacher = load_trained_teacher(cfg, checkpoint_dir).to(device)
+    teacher = load_any_backbone(checkpoint_dir, map_location=device)
     random_net = random_init_backbone(cfg).to(device)
     # One forward per network: the CLS-only features are the first D columns of [CLS, avgpool].
     feature_fns: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
