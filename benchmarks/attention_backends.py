@@ -30,12 +30,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `p
     sys.path.insert(0, str(REPO_ROOT))
 
 from dinolite.models.attention import explicit_attention  # noqa: E402
+from dinolite.io import write_json_atomic  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -284,20 +283,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write ``data`` as JSON to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     header = (f"{'model':<10} {'res':<7} {'T':>5} {'backend':<15} {'fwd ms':>9} {'fwd+bwd ms':>11} "
               f"{'fwd x':>7} {'f+b x':>7} {'max|diff|':>10} agrees")
@@ -347,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     print(format_rows(rows))
     if args.output is not None:
-        write_json_atomic(report, args.output)
+        write_json_atomic(args.output, report)
         print(f"wrote {args.output}")
     return 0
 

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -54,6 +52,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `p
     sys.path.insert(0, str(REPO_ROOT))
 
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
+from dinolite.io import write_json_atomic  # noqa: E402
 from dinolite.models.info import training_flops_per_iteration  # noqa: E402
 from dinolite.train import builders  # noqa: E402
 from dinolite.train.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
@@ -427,20 +426,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         destroy_distributed()
 
 
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write ``data`` as JSON to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_report(report: dict[str, Any]) -> str:
     s, r, m = report["setup"], report["results"], report["machine"]
     peak = r["datasheet_peak_tflops"]
@@ -480,7 +465,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if report.pop("is_main"):
         print(format_report(report))
         if args.output is not None:
-            write_json_atomic(report, args.output)
+            write_json_atomic(args.output, report)
             print(f"wrote {args.output}")
     return 0
 

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from dinolite.io import write_text_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -431,8 +432,4 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically (every run saves the config it ran with)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    write_text_atomic(path, to_yaml(cfg))

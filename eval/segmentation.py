@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dinolite.eval.cli import add_common_args, finish, format_table, setup, write_results  # noqa: E402

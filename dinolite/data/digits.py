@@ -9,7 +9,6 @@ file written last makes the call idempotent: a complete earlier output is reused
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dinolite.data.make_shards import make_shards
+from dinolite.io import write_json_atomic
 
 TRAIN_SIZE = 1500
 SPLIT_SEED = 0
@@ -66,9 +66,7 @@ def prepare_digits(root: str | Path, size: int = 32, shard_size: int = 500) -> d
             img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
             img.save(class_dir / f"{i:04d}.png")
         make_shards(folder, root / "shards", shard_size=shard_size, prefix=split, overwrite=True, progress=False)
-    tmp = marker.with_name(".digits.json.tmp")
-    tmp.write_text(json.dumps({"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED}))
-    os.replace(tmp, marker)
+    write_json_atomic(marker, {"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED})
     return result
 
 
@@ -99,7 +97,5 @@ def prepare_digits_segmentation(root: str | Path, size: int = 32, ink_threshold:
             grey.convert("RGB").save(root / "images" / split / f"{i:04d}.png")
             mask = np.where(np.asarray(grey) > ink_threshold, labels[i] + 1, 0).astype(np.uint8)
             Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{i:04d}.png")
-    tmp = marker.with_name(".digits_segmentation.json.tmp")
-    tmp.write_text(json.dumps({"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED}))
-    os.replace(tmp, marker)
+    write_json_atomic(marker, {"size": size, "train": len(train_idx), "val": len(val_idx), "seed": SPLIT_SEED})
     return root

@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dinolite.data.sources import folder_images
+from dinolite.io import write_json_atomic
 
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
 INDEX_FORMAT = "dinolite-shards/1"
@@ -200,9 +201,7 @@ def make_shards(
         "skipped": {"count": len(skipped), "first": [f"{p}: {e}" for p, e in skipped[:10]]},
     }
     index_path = out / f"{prefix}-index.json"
-    tmp = index_path.with_name(f".{index_path.name}.tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, index_path)
+    write_json_atomic(index_path, index, indent=1)
     return index
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
 from safetensors.torch import load_file, save_file
 
 from dinolite.eval.features import ExtractedFeatures
+from dinolite.io import write_atomic
 
 
 def cache_key(**parts: Any) -> str:
@@ -43,12 +43,9 @@ class FeatureCache:
     def save(self, name: str, key: str, extracted: ExtractedFeatures) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(name, key)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tensors = {
             "features": extracted.features.contiguous(),
             "labels": extracted.labels.contiguous(),
             "indices": extracted.indices.contiguous(),
         }
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))

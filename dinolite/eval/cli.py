@@ -8,10 +8,7 @@ process group comes from :func:`dinolite.train.distributed.init_distributed`; ra
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -21,6 +18,7 @@ from dinolite.eval.backbone import backbone_fingerprint, load_any_backbone
 from dinolite.eval.cache import FeatureCache, cache_key
 from dinolite.eval.datasets import build_labelled_dataset
 from dinolite.eval.features import ExtractedFeatures, extract_features
+from dinolite.io import write_json_atomic
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -129,11 +127,7 @@ def write_results(path: Optional[str], results: dict, ctx_is_main: bool = True) 
     """Atomically write ``results`` as JSON (rank 0 only)."""
     if not path or not ctx_is_main:
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(path, results)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

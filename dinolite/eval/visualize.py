@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
 from dinolite.monitor import metrics
+from dinolite.io import write_atomic, write_text_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -249,12 +249,10 @@ def _pyplot():
 
 def _save_figure(fig, path: Path) -> Path:
     """Write a figure atomically (temp + rename) and close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
 
 
 def _upsample(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -322,12 +320,6 @@ def save_spectrum_plot(report: CollapseReport, path: Path, title: str = "") -> P
     return _save_figure(fig, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,7 +370,7 @@ def visualize(
         attention_png=save_attention_grid(images[grid], attention, output_dir / "attention.png", names),
         pca_png=save_pca_grid(images[grid], rgb, output_dir / "pca.png"),
         spectrum_png=save_spectrum_plot(report, output_dir / "spectrum.png", title),
-        report_json=_atomic_write_text(output_dir / "collapse_report.json", json.dumps(report.to_dict(), indent=2) + "\n"),
+        report_json=write_text_atomic(output_dir / "collapse_report.json", json.dumps(report.to_dict(), indent=2) + "\n"),
         report=report,
     )
 

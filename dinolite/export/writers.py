@@ -6,33 +6,18 @@ leaves a truncated file under the final name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
+from dinolite.io import write_atomic
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
 from dinolite.export.spec import BackboneSpec
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
 
 FORMATS = ("safetensors", "dinov2", "timm", "onnx")
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        # Some writers create 0600 files; exports are meant to be shared like any other output.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _plain(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -53,17 +38,17 @@ def write_safetensors(
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     metadata = {SPEC_METADATA_KEY: spec.to_json()}
-    written = [_atomic(path, lambda tmp: save_file(_plain(state_dict), str(tmp), metadata=metadata))]
-    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
+    written = [write_atomic(path, lambda tmp: save_file(_plain(state_dict), str(tmp), metadata=metadata))]
+    written.append(write_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
     if heads is not None:
-        written.append(_atomic(heads_path_for(path), lambda tmp: save_file(_plain(heads), str(tmp))))
+        written.append(write_atomic(heads_path_for(path), lambda tmp: save_file(_plain(heads), str(tmp))))
     return written
 
 
 def write_dinov2(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> list[Path]:
     """A plain ``.pth`` state dict in the layout of DINOv2's released ``*_pretrain.pth`` files."""
     path = Path(path)
-    return [_atomic(path, lambda tmp: torch.save(_plain(state_dict), tmp))]
+    return [write_atomic(path, lambda tmp: torch.save(_plain(state_dict), tmp))]
 
 
 def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> list[Path]:
@@ -75,15 +60,15 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        written = [_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
+        written = [write_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
     else:
-        written = [_atomic(path, lambda tmp: torch.save(_plain(converted), tmp))]
+        written = [write_atomic(path, lambda tmp: torch.save(_plain(converted), tmp))]
     name, kwargs = timm_model_args(spec)
     # Layer classes are recorded by name (timm.layers.SwiGLUPacked, torch.nn.SiLU) to stay JSON.
     symbolic = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
     kwargs = {k: (symbolic[k] if k in symbolic else v) for k, v in kwargs.items()}
     record = {"timm_model": name, "timm_kwargs": kwargs, "dinolite": json.loads(spec.to_json())}
-    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n")))
+    written.append(write_atomic(spec_path_for(path), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n")))
     return written
 
 
@@ -140,6 +125,6 @@ def write_onnx(
                     model, (example,), str(tmp), **names, dynamo=False, opset_version=opset, dynamic_axes=dynamic_axes
                 )
 
-    written = [_atomic(path, _export)]
-    written.append(_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
+    written = [write_atomic(path, _export)]
+    written.append(write_atomic(spec_path_for(path), lambda tmp: tmp.write_text(spec.to_json() + "\n")))
     return written

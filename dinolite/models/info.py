@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import replace
 from typing import Any, Sequence
 
 import torch

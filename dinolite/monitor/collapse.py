@@ -21,9 +21,7 @@ The covariance spectra (Jing et al. 2021) of the last measurement are in :attr:`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -31,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from dinolite.io import write_json_atomic
 
 from dinolite.monitor import metrics
 
@@ -86,11 +86,6 @@ def gather_rows(x: Tensor, max_rows: int) -> Tensor:
     return rows[:max_rows]
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(path)
 
 
 class CollapseMonitor:
@@ -214,7 +209,7 @@ class CollapseMonitor:
             "description": "eigenvalues of the covariance of L2-normalised embeddings, descending (Jing et al. 2021)",
             "spectra": {prefix: values.tolist() for prefix, values in spectra.items()},
         }
-        _atomic_write_json(self.spectrum_path(iteration), payload)
+        write_json_atomic(self.spectrum_path(iteration), payload, indent=None)
 
     def spectrum_path(self, iteration: int) -> Path:
         """Where the spectra of a measurement at ``iteration`` are saved."""

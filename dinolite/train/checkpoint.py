@@ -47,6 +47,8 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dinolite.io import write_text_atomic
+
 CHECKPOINT_DIRNAME = "checkpoints"
 LATEST_POINTER = "latest"
 STATE_FILE = "state.json"
@@ -83,13 +85,6 @@ def _no_single_process_warning() -> Iterator[None]:
         yield
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -324,7 +319,7 @@ class CheckpointManager:
                 "torch_version": torch.__version__,
                 "app_state": plain,
             }
-            _write_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
+            write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
             if self.config is not None:
                 from dinolite.config import save_config
 
@@ -337,7 +332,7 @@ class CheckpointManager:
                 shutil.rmtree(stale)
             else:
                 os.replace(tmp, final)
-            _write_atomic(self.directory / LATEST_POINTER, final.name + "\n")
+            write_text_atomic(self.directory / LATEST_POINTER, final.name + "\n", fsync=True)
             self._prune(keep=final)
         _barrier()
         return final

@@ -17,8 +17,6 @@ also works after a sharded multi-process run.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +24,7 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
+from dinolite.io import write_json_atomic
 
 KNN_TEMPERATURE = 0.07
 
@@ -108,7 +107,7 @@ def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torc
                 ks=(k,), temperature=KNN_TEMPERATURE,
             )
             results[label] = float(knn["per_k"][str(k)]["top1"])
-    _write_json_atomic(output_dir / "knn.json", {"k": k, "temperature": KNN_TEMPERATURE, "top1": results})
+    write_json_atomic(output_dir / "knn.json", {"k": k, "temperature": KNN_TEMPERATURE, "top1": results})
     return results
 
 
@@ -117,9 +116,3 @@ def format_report(results: dict[str, float], k: int) -> str:
     lines = [f"kNN top-1 on the val split (k={k}, T={KNN_TEMPERATURE}, cosine):"]
     lines += [f"  {name:<26s} {acc:6.2f}%" for name, acc in results.items()]
     return "\n".join(lines)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import submitit
 from submitit.helpers import Checkpointable
 
+from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
+
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
 ATTEMPTS_FILE = "slurm_attempts.json"
 LOG_DIR_NAME = "slurm_logs"
@@ -278,11 +280,6 @@ def resolve_callable(entry: Union[str, Callable[..., Any]]) -> Callable[..., Any
     return getattr(importlib.import_module(module_name), attr)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def record_attempt(output_dir: Path, attempt: Mapping[str, Any]) -> list[dict]:
