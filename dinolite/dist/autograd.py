@@ -27,9 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from dinolite.dist.collectives import get_world_size
 
 
 class _AllGather(torch.autograd.Function):
@@ -67,13 +65,13 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
 
     Every rank must pass the same shape. One process: ``x`` itself.
     """
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return x
     return _AllGather.apply(x)
 
 
 def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
     """``sum over ranks of x`` on every rank, differentiable (see the module docstring). One process: ``x``."""
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return x
     return _AllReduceSum.apply(x)

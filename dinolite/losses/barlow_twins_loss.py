@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist.autograd import all_reduce_sum_with_grad
+from dinolite.dist import all_reduce_sum_with_grad, is_distributed
 
 
 def _global_rows(n_local: int, device: torch.device) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return n_local
     count = torch.tensor([n_local], dtype=torch.float64, device=device)
     dist.all_reduce(count)

@@ -20,15 +20,10 @@ Computed in fp32.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.dist.autograd import all_gather_with_grad
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+from dinolite.dist import all_gather_with_grad, get_rank
 
 
 def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_distributed: bool = True) -> Tensor:
@@ -45,7 +40,7 @@ def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_dis
     a = F.normalize(z_a.to(dtype), dim=1)
     b = F.normalize(z_b.to(dtype), dim=1)
     if gather_distributed:
-        keys_a, keys_b, offset = all_gather_with_grad(a), all_gather_with_grad(b), _rank() * local
+        keys_a, keys_b, offset = all_gather_with_grad(a), all_gather_with_grad(b), get_rank() * local
     else:
         keys_a, keys_b, offset = a, b, 0
     n_global = keys_a.shape[0]

@@ -22,11 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist.autograd import all_reduce_sum_with_grad
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from dinolite.dist import all_reduce_sum_with_grad, get_world_size
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -40,7 +36,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and _distributed()):
+        if not (self.training and get_world_size() > 1):
             return super().forward(x)
         if x.ndim != 2:
             raise ValueError(f"GlobalBatchNorm1d expects (N, C) inputs, got {tuple(x.shape)}")

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss, NegativeCosineLoss, cross_correlation
+from dinolite.losses import (
+    BarlowTwinsLoss,
+    DirectCLRLoss,
+    InfoNCELoss,
+    NegativeCosineLoss,
+    cross_correlation,
+)
 
 
 def _views(n=6, d=5, seed=0):
