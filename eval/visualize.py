@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 
 from dinolite.cli import make_parser, run_main  # noqa: E402
-
 from dinolite.eval.backbone import load_any_backbone  # noqa: E402
+from dinolite.eval.transforms import build_eval_transform  # noqa: E402
 from dinolite.eval.visualize import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES, dataset_cls_features, list_image_groups, visualize  # noqa: E402
 
 
@@ -62,7 +62,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
     spectrum_features = None
     if args.dataset:
-        from dinolite.eval.transforms import build_eval_transform
 
         transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
         spectrum_features = dataset_cls_features(model, args.dataset, transform, args.batch_size, device)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from dinolite.dist import rank_and_world
 from dinolite.progress import progress_bar
 
 
@@ -28,9 +29,7 @@ class ExtractedFeatures(NamedTuple):
 
 def distributed_rank_and_size() -> tuple[int, int]:
     """(rank, world_size) of the initialised default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
 def shard_for_rank(dataset: Dataset, rank: int, world_size: int) -> Dataset:
