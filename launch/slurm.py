@@ -39,30 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--config", help="training config: a preset name in configs/ or a .yaml path")
     what.add_argument("--entry", help="a Python script to run on every task instead of training (e.g. eval/knn.py)")
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
-    res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=int, default=1)
-    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job (default 8)")
-    res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
-    res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
-    res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes (default 2800)")
-    res.add_argument("--partition")
-    res.add_argument("--account")
-    res.add_argument("--qos")
-    res.add_argument("--constraint")
-    res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
-    res.add_argument("--comment")
-    res.add_argument("--job-name", default=None, help="default: dinolite-<config name>")
-    res.add_argument(
-        "--signal-delay-s",
-        type=int,
-        default=120,
-        help="USR2 is sent this many seconds before the time limit, to checkpoint (default 120)",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
-    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out (default 10)")
-    run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
+    slurm.add_slurm_arguments(parser)
+    parser.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
     return parser
 
@@ -75,42 +53,10 @@ def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _resources(args: argparse.Namespace, job_name: str) -> slurm.SlurmResources:
-    gpus = args.gpus_per_node
-    if args.tasks_per_node is not None and "--gpus-per-node" not in args.given_flags:
-        gpus = 0  # --tasks-per-node alone asks for a CPU job
-    return slurm.SlurmResources(
-        nodes=args.nodes,
-        gpus_per_node=gpus,
-        tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb,
-        time_min=args.time,
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-        exclude=args.exclude,
-        comment=args.comment,
-        job_name=job_name,
-        signal_delay_s=args.signal_delay_s,
-    )
-
-
-def _check_training_fits(cfg, resources: slurm.SlurmResources) -> None:
-    """Config choices that cannot work on the requested hardware fail here, not on the cluster."""
-    if resources.gpus_per_node == 0:
-        if cfg.distributed.backend == "nccl":
-            raise ConfigError("distributed.backend='nccl' needs GPUs, but the job asks for --gpus-per-node 0")
-        if cfg.train.device == "cuda":
-            raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(own)  # key=value may come before and after options
-    args.given_flags = {a.split("=")[0] for a in own if a.startswith("--")}
     training = args.config is not None
     if training and passthrough:
         parser.error(f"arguments after `--` ({' '.join(passthrough)}) are only for --entry/--module; "
@@ -126,8 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output_dir = Path(args.output_dir or cfg.train.output_dir).expanduser().absolute()
             cfg.train.output_dir = str(output_dir)
             job_name = args.job_name or f"dinolite-{Path(args.config).stem}"
-            resources = _resources(args, job_name)
-            _check_training_fits(cfg, resources)
+            resources = slurm.resources_from_args(args, own, job_name)
+            slurm.check_training_fits(cfg, resources)
             job = slurm.SlurmTrainingJob(config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues)
             summary = f"# resolved config ({args.config}, overrides: {' '.join(args.overrides) or 'none'})\n{to_yaml(cfg)}"
         else:
@@ -142,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 target = str(script)
             output_dir = Path(args.output_dir or "./output/slurm/%j").expanduser().absolute()
             job_name = args.job_name or f"dinolite-{Path(target).stem.split('.')[-1]}"
-            resources = _resources(args, job_name)
+            resources = slurm.resources_from_args(args, own, job_name)
             job = slurm.SlurmEntrypointJob(target=target, argv=passthrough, is_module=args.module is not None)
             kind = "python -m" if args.module else "python"
             summary = f"# every task runs: {kind} {target} {' '.join(passthrough)}".rstrip()

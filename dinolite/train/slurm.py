@@ -22,6 +22,7 @@ then resubmits the job unchanged, which is also correct because all state lives 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -40,6 +41,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import submitit
 from submitit.helpers import Checkpointable
 
+from dinolite.config import ConfigError
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
 
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
@@ -120,6 +122,70 @@ class SlurmResources:
             )
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.job_name):
             raise SlurmLaunchError(f"--job-name={self.job_name!r}: use letters, digits and _.+- only")
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Slurm options every dinolite launcher shares (``launch/slurm.py``, ``launch/lab.py --slurm``):
+    the resources group, ``--max-requeues`` and ``--dry-run``. Read back with :func:`resources_from_args`."""
+    res = parser.add_argument_group("resources")
+    res.add_argument("--nodes", type=int, default=1)
+    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job (default 8)")
+    res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
+    res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
+    res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
+    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes (default 2800)")
+    res.add_argument("--partition")
+    res.add_argument("--account")
+    res.add_argument("--qos")
+    res.add_argument("--constraint")
+    res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
+    res.add_argument("--comment")
+    res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
+    res.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 is sent this many seconds before the time limit, to checkpoint (default 120)",
+    )
+    run = parser.add_argument_group("requeue and dry run")
+    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out (default 10)")
+    run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
+
+
+def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> SlurmResources:
+    """:class:`SlurmResources` from options added by :func:`add_slurm_arguments`; ``argv`` are the
+    arguments as given (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    gpus = args.gpus_per_node
+    if args.tasks_per_node is not None and "--gpus-per-node" not in given:
+        gpus = 0
+    if args.max_requeues < 0:
+        raise SlurmLaunchError(f"--max-requeues={args.max_requeues}: must be >= 0")
+    return SlurmResources(
+        nodes=args.nodes,
+        gpus_per_node=gpus,
+        tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        time_min=args.time,
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        exclude=args.exclude,
+        comment=args.comment,
+        job_name=job_name,
+        signal_delay_s=args.signal_delay_s,
+    )
+
+
+def check_training_fits(cfg: Any, resources: SlurmResources) -> None:
+    """Config choices that cannot work on the requested hardware fail at submission, not on the cluster."""
+    if resources.gpus_per_node == 0:
+        if cfg.distributed.backend == "nccl":
+            raise ConfigError("distributed.backend='nccl' needs GPUs, but the job asks for --gpus-per-node 0")
+        if cfg.train.device == "cuda":
+            raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
 
 
 def _flag(name: str) -> str:
