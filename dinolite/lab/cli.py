@@ -90,7 +90,7 @@ def submit(plan, labels: list[str], args: argparse.Namespace, argv: list[str]) -
         print(f"# sbatch script: a {len(pending)}-task array, each {resources.world_size} task(s); logs in {log_dir}")
         print(script)
         for run in pending:
-            print(f"# array task: {run.label} ({run.spec.preset} {' '.join(run.spec.overrides)}) -> {run.run_dir}")
+            print(f"# array task: {run.label}: {' '.join([run.spec.preset, *run.spec.overrides])} -> {run.run_dir}")
         print("# dry run: nothing submitted")
         return EXIT_OK
     log_dir.mkdir(parents=True, exist_ok=True)

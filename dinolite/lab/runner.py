@@ -135,7 +135,7 @@ def run_local(plan: LabPlan, labels: Optional[list[str]] = None, report: bool = 
         if is_done(run):
             console.info(f"[lab] {run.label}: finished earlier, skipped")
             continue
-        console.info(f"[lab] {run.label}: {run.spec.preset} {' '.join(run.spec.overrides)} -> {run.run_dir}")
+        console.info(f"[lab] {run.label}: {' '.join([run.spec.preset, *run.spec.overrides])} -> {run.run_dir}")
         start = time.perf_counter()
         status, iteration, message = train_one(run, train_fn)
         if status == "preempted":
