@@ -13,12 +13,12 @@ record NAME.<ext>.json beside the weights.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
+from dinolite.cli import make_parser, run_main
 from dinolite.export.consolidate import consolidate_checkpoint
 from dinolite.export.load import build_from_spec, load_state_dict_strict
-from dinolite.cli import make_parser, run_main
 from dinolite.export.writers import (
     FORMATS,
     output_paths,
@@ -42,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.format = resolve_format(args.output, args.format)
     existing = [str(p) for p in output_paths(args.format, args.output, args.with_heads) if p.exists()]
