@@ -1,6 +1,6 @@
 """Typed, validated configuration.
 
-``load_config(name_or_path, overrides)`` merges ``configs/default.yaml`` <- preset <- dotted overrides and
+``load_config(name_or_path, overrides)`` merges ``dinolite/configs/default.yaml`` <- preset <- dotted overrides and
 validates the result against the dataclasses below. Every mistake is reported at start-up with the full
 dotted path of the key at fault: an unknown key names the nearest valid key, a wrong type names the
 expected type and the value given, and an unknown preset lists the available ones.
@@ -22,8 +22,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from dinolite.io import write_text_atomic
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The presets ship inside the package (wheels carry them); a source checkout also has a ``configs``
+# link at its root pointing here, so ``configs/demo.yaml`` paths keep working from a clone.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -228,13 +229,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def available_presets() -> list[str]:
-    """Names of the presets shipped in ``configs/`` (without ``.yaml``), ``default`` excluded."""
+    """Names of the presets shipped in ``dinolite/configs/`` (without ``.yaml``), ``default`` excluded."""
     return sorted(p.stem for p in _config_dir().glob("*.yaml") if p.stem != "default")
 
 
 def _config_dir() -> Path:
-    # Source checkouts read configs/ at the root; installed wheels carry a copy inside the package.
-    return CONFIG_DIR if CONFIG_DIR.is_dir() else PACKAGED_CONFIG_DIR
+    return CONFIG_DIR
 
 
 def _resolve_preset(name_or_path: str | Path) -> Path:
@@ -345,7 +345,7 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
 
 
 def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
-    """Load ``default.yaml`` <- preset (name in ``configs/`` or a path) <- ``key=value`` overrides.
+    """Load ``default.yaml`` <- preset (name in ``dinolite/configs/`` or a path) <- ``key=value`` overrides.
 
     Returns a validated :class:`Config`. Raises :class:`ConfigError` naming the key at fault.
     """

@@ -25,8 +25,8 @@ targets can be uniform and the trivial solution "every prediction uniform" is op
 ME-MAX is satisfied; without ME-MAX (``me_max=False``) every image can be assigned to the same
 prototype. ``log K`` only shifts the value so that a perfectly balanced ``p_bar`` scores 0.
 
-Distributed: ``p_bar`` is all-reduced with ``torch.distributed.nn.functional.all_reduce`` (autograd-aware:
-its backward sums the gradients of every rank's copy). Each rank's loss is its local ``L_ce`` plus the
+Distributed: ``p_bar`` is all-reduced with :func:`dinolite.dist.all_reduce_sum_with_grad` (its backward
+sums the gradients of every rank's copy). Each rank's loss is its local ``L_ce`` plus the
 same ``L_rme``; averaging gradients over ranks (as FSDP/DDP do) then gives exactly the gradient of the
 single-process loss on the concatenated batch (``tests/losses/test_msn_loss.py`` checks it). fp32 inside.
 """
@@ -36,22 +36,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.losses.centering import is_distributed, sinkhorn_knopp
+from dinolite.dist import all_reduce_sum, all_reduce_sum_with_grad
+from dinolite.losses.centering import sinkhorn_knopp
 
 
 def global_mean_with_grad(values: Tensor) -> Tensor:
     """Mean over the rows of ``values (N, K)`` on all ranks, differentiable through the all-reduce."""
-    row_sum = values.sum(dim=0)
-    count = torch.tensor([float(values.shape[0])], dtype=values.dtype, device=values.device)
-    if is_distributed():
-        row_sum = dist_fn.all_reduce(row_sum, op=dist.ReduceOp.SUM)
-        dist.all_reduce(count)
-    return row_sum / count.clamp(min=1.0)
+    row_sum = all_reduce_sum_with_grad(values.sum(dim=0))
+    count = all_reduce_sum(float(values.shape[0]), values.device)
+    return row_sum / max(count, 1.0)
 
 
 class MSNLoss(nn.Module):
