@@ -38,6 +38,7 @@ from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
 from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
+from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
@@ -236,6 +237,7 @@ def train(
                 zero_last_layer_gradients(objective.student)
             grad_norms = clip_gradients(objective.trainable_modules(), cfg.optim.clip_grad)
             optimizer.step()
+            check_finite_parameters(objective.trainable_modules(), it, device)  # before any checkpoint of them
             objective.update_teacher(values["momentum"])
             progress.iteration = it + 1
             window.add(output, grad_norms, t_data - t_start, time.perf_counter() - t_start)

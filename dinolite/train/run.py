@@ -22,6 +22,7 @@ from dinolite.config import ConfigError, load_config
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.train.logging import get_console_logger
+from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.loop import NonFiniteLossError, train
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     try:
         result = train(cfg, output_dir, env)
-    except (NonFiniteLossError, ConfigError) as exc:
+    except (NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
