@@ -28,7 +28,7 @@ from dinolite.eval.visualize import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES, dat
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("eval/visualize.py", description=__doc__)
-    parser.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    parser.add_argument("--backbone", "--checkpoint", dest="backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
