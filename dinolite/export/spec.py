@@ -1,8 +1,8 @@
 """The architecture record that travels with every exported backbone.
 
-An export is ``NAME.safetensors`` (weights, DINOv2 key layout) plus ``NAME.json`` (this record). The
-same record is also stored in the safetensors header metadata, so a lone ``.safetensors`` file is still
-self-describing. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
+An export is ``NAME.safetensors`` (weights, DINOv2 key layout) with this record in its header metadata
+(authoritative) and a readable copy in ``NAME.safetensors.json``; an ONNX export carries it in the
+graph's ``metadata_props`` and ``NAME.onnx.json``. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
 one from the tensor shapes.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from dinolite import __version__
 from dinolite.models.vision_transformer import ARCHITECTURES
 
 FORMAT_NAME = "dinolite-backbone"
@@ -119,7 +120,6 @@ class BackboneSpec:
 
 def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
     """Record the architecture of a live :class:`DinoVisionTransformer` (``record`` adds metadata)."""
-    from dinolite import __version__
 
     embed_dim = int(model.embed_dim)
     first_block = model.blocks[0]
