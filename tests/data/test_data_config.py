@@ -47,7 +47,7 @@ def test_builders_pass_the_data_keys_to_the_loader(monkeypatch):
         seen.update(kwargs)
         return []
 
-    monkeypatch.setattr("dinolite.data.loader.build_train_loader", fake_loader)
+    monkeypatch.setattr(builders, "build_train_loader", fake_loader)
     cfg = load_config("demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77",
                                "data.max_image_pixels=1234"])
     builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0)
