@@ -1,6 +1,6 @@
 """Write an image folder (or a list of image paths) as webdataset tar shards plus an index JSON.
 
-    python -m dinolite.data.make_shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
+    dinolite-shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
 
 Each sample is ``{key}.{jpg|png|webp|bmp}`` (the original encoded bytes, or a re-encode when
 ``--max-side`` shrinks it), ``{key}.cls`` (class index, when SRC has class subfolders or the list
@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from PIL import Image
 from tqdm import tqdm
 
+from dinolite.cli_help import DefaultsHelpFormatter
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
 
@@ -206,7 +207,7 @@ def make_shards(
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")

@@ -10,26 +10,32 @@
 - Spectrum and collapse report (Jing et al. 2021; Garrido et al. 2023): the sorted log eigenvalues of
   the covariance of L2-normalised CLS features of a set of images, with std / RankMe and a verdict.
 
-``eval/visualize.py`` is the CLI; everything here takes tensors and paths.
+The figures are drawn by :mod:`dinolite.eval.figures` (matplotlib, the ``viz`` extra); the command line
+(``dinolite-visualize``) is at the end of this file.
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
+from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.eval.backbone import load_any_backbone
+from dinolite.eval.figures import save_attention_grid, save_pca_grid, save_spectrum_plot
+from dinolite.eval.transforms import build_eval_transform
+from dinolite.io import write_text_atomic
 from dinolite.monitor import metrics
-from dinolite.io import write_atomic, write_text_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -234,95 +240,6 @@ def cls_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tens
 
 
 # --------------------------------------------------------------------------------------------------
-# Figures (matplotlib, Agg: no display needed)
-# --------------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, path: Path) -> Path:
-    """Write a figure atomically (temp + rename) and close it."""
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
-    finally:
-        _pyplot().close(fig)
-
-
-def _upsample(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(…, h, w) -> (…, H, W) nearest-neighbour, so each patch stays a visible square."""
-    lead = maps.shape[:-2]
-    up = torch.nn.functional.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]).float(), size=size, mode="nearest")
-    return up.reshape(*lead, *size).numpy()
-
-
-def save_attention_grid(images: Tensor, attention: Tensor, path: Path, names: Sequence[str] = ()) -> Path:
-    """One row per image: the image, then each head's CLS attention over it, then the head mean."""
-    plt = _pyplot()
-    b, heads = attention.shape[:2]
-    size = tuple(images.shape[-2:])
-    maps = _upsample(attention, size)  # (B, heads, H, W)
-    cols = heads + 2
-    fig, axes = plt.subplots(b, cols, figsize=(1.8 * cols, 1.8 * b), squeeze=False)
-    for i in range(b):
-        picture = images[i].permute(1, 2, 0).numpy()
-        panels = [None, *range(heads), "mean"]
-        for j, panel in enumerate(panels):
-            ax = axes[i, j]
-            ax.imshow(picture)
-            if panel is not None:
-                heat = maps[i].mean(axis=0) if panel == "mean" else maps[i, panel]
-                ax.imshow(heat, cmap="inferno", alpha=0.6)
-            if i == 0:
-                ax.set_title("image" if panel is None else ("mean" if panel == "mean" else f"head {panel}"), fontsize=8)
-            ax.axis("off")
-        if names:
-            axes[i, 0].text(0, -2, str(names[i])[-24:], fontsize=6, va="bottom")
-    return _save_figure(fig, path)
-
-
-def save_pca_grid(images: Tensor, rgb: Tensor, path: Path) -> Path:
-    """Two rows per column: the image and its PCA colours."""
-    plt = _pyplot()
-    b = images.shape[0]
-    colours = _upsample(rgb.permute(0, 3, 1, 2), tuple(images.shape[-2:])).transpose(0, 2, 3, 1)
-    fig, axes = plt.subplots(2, b, figsize=(1.8 * b, 3.6), squeeze=False)
-    for i in range(b):
-        axes[0, i].imshow(images[i].permute(1, 2, 0).numpy())
-        axes[1, i].imshow(np.clip(colours[i], 0.0, 1.0))
-        axes[0, i].axis("off")
-        axes[1, i].axis("off")
-    axes[1, 0].set_title("PCA 1-3 -> RGB", fontsize=8, loc="left")
-    return _save_figure(fig, path)
-
-
-def save_spectrum_plot(report: CollapseReport, path: Path, title: str = "") -> Path:
-    """Sorted log10 covariance eigenvalues, with std / RankMe / verdict in the title."""
-    plt = _pyplot()
-    spectrum = np.maximum(np.asarray(report.spectrum), 1e-12)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(np.arange(1, len(spectrum) + 1), np.log10(spectrum), marker=".", markersize=3)
-    ax.set_xlabel("singular value rank")
-    ax.set_ylabel("log10 singular value of covariance")
-    ax.grid(alpha=0.3)
-    ax.set_title(
-        (f"{title}\n" if title else "")
-        + f"N={report.num_samples} D={report.dim}  std*sqrt(D)={report.std_ratio:.3f}  "
-        f"RankMe={report.rankme:.1f}  -> {report.verdict}",
-        fontsize=8,
-    )
-    return _save_figure(fig, path)
-
-
-
-
-# --------------------------------------------------------------------------------------------------
 # The whole visualisation run
 # --------------------------------------------------------------------------------------------------
 
@@ -392,3 +309,76 @@ def dataset_cls_features(
         desc="spectrum",
     )
     return extracted.features
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: dinolite-visualize / python -m dinolite.eval.visualize / python eval/visualize.py
+# --------------------------------------------------------------------------------------------------
+
+CLI_DESCRIPTION = """Attention maps, PCA feature images, embedding spectrum and a collapse report for a backbone.
+
+    dinolite-visualize --backbone output/demo --images IMG_DIR_OR_FILES... --output vis/
+
+Writes attention.png (CLS self-attention of the last block, per head, over each image), pca.png (first
+three PCA components of the patch features as RGB), spectrum.png (sorted log singular values of the
+feature covariance, with the verdict) and collapse_report.json.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
+    parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
+    parser.add_argument("--max-grid-images", type=int, default=8, help="images shown in the attention / PCA grids")
+    parser.add_argument("--foreground-threshold", type=float, default=None, help="keep patches whose first PCA component (0..1) exceeds this")
+    parser.add_argument("--dataset", nargs="+", default=None, help="image folder or shards for the spectrum (default: the --images)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)")
+    parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    image_paths = list_images(args.images)
+    model = load_any_backbone(args.backbone, map_location=device)
+    spec = getattr(model, "spec", None)
+    size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
+    mean = tuple(args.mean or (spec.mean if spec else (0.485, 0.456, 0.406)))
+    std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
+    spectrum_features = None
+    if args.dataset:
+        transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
+        spectrum_features = dataset_cls_features(model, args.dataset, transform, args.batch_size, device)
+    outputs = visualize(
+        model,
+        image_paths,
+        Path(args.output),
+        size=size,
+        mean=mean,
+        std=std,
+        max_grid_images=args.max_grid_images,
+        foreground_threshold=args.foreground_threshold,
+        spectrum_features=spectrum_features,
+        batch_size=args.batch_size,
+        device=device,
+        title=Path(args.backbone).name,
+    )
+    r = outputs.report
+    print(
+        f"{r.num_samples} images, dim {r.dim}: std*sqrt(D) {r.std_ratio:.3f}, RankMe {r.rankme:.1f} "
+        f"({100 * r.rankme_ratio:.1f}% of {min(r.num_samples, r.dim)}) -> {r.verdict}"
+    )
+    for path in (outputs.attention_png, outputs.pca_png, outputs.spectrum_png, outputs.report_json):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m dinolite.export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student]``.
+"""``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student]``.
 
 Consolidates the teacher (or student) backbone of a sharded training checkpoint in one process and
 writes it in the chosen format. ``DIR`` is a run's output directory (its latest checkpoint is used) or
@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dinolite.cli_help import DefaultsHelpFormatter
 from dinolite.export.writers import FORMATS, write_dinov2, write_onnx, write_safetensors, write_timm
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
     parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")

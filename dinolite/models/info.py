@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.extras import optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -65,9 +67,10 @@ def forward_macs(model: nn.Module, inputs: tuple) -> int:
         with torch.no_grad(), warnings.catch_warnings():
             # fvcore traces with torch.jit, which recent torch flags as deprecated; the count is unaffected.
             warnings.simplefilter("ignore", FutureWarning)
-            from fvcore.nn import FlopCountAnalysis  # imported here: its import warns about torch.jit
+            # optional (the ``flops`` extra), and imported here: its import warns about torch.jit
+            fvcore_nn = optional_import("fvcore.nn", extra="flops", purpose="FLOP counting")
 
-            analysis = FlopCountAnalysis(model, inputs)
+            analysis = fvcore_nn.FlopCountAnalysis(model, inputs)
             analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return int(analysis.total())
@@ -215,9 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dinolite.config import ConfigError, load_config  # the CLI edge reads the config
 
     parser = argparse.ArgumentParser(
-        prog="python -m dinolite.models.info", description="Parameter counts and FLOPs of a configured model."
+        description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info).",
+        formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
+    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
     args = parser.parse_args(argv)
     try:

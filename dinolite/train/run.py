@@ -1,4 +1,6 @@
-"""``python launch/local.py [--config NAME] [--output-dir DIR] [key=value ...]``: train one run.
+"""Train one run: ``dinolite-train [--config NAME] [--output-dir DIR] [key=value ...]``.
+
+The same command as ``python -m dinolite.train.run`` and, from a clone, ``python launch/local.py``.
 
 One process (CPU or one GPU), or one per GPU under ``torchrun`` (the distributed environment is read
 from the variables torchrun/Slurm set). Re-running with the same output directory resumes from its
@@ -16,15 +18,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.compat import IncompatibleVersionsError, check_installed_versions
+
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="launch/local.py",
-        description="Self-supervised pretraining (DINOv2 recipe) on this machine, single process or torchrun.",
-    )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path (default: demo)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
     return parser.parse_args(argv)
@@ -41,6 +43,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parse_args(argv)
     console = get_console_logger()
+    try:
+        check_installed_versions()
+    except IncompatibleVersionsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         overrides = list(args.overrides)
         if args.output_dir is not None:
