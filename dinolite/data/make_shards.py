@@ -12,7 +12,6 @@ interrupted run never leaves a half-written file under a final name.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 from PIL import Image
 from tqdm import tqdm
 
-from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.cli import make_parser
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
 
@@ -207,7 +206,7 @@ def make_shards(
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = make_parser(description=__doc__)
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")

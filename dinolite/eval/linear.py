@@ -14,43 +14,18 @@ Per-image features use one layout for every head, so cached and online modes sha
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import itertools
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from dinolite.cli_help import DefaultsHelpFormatter
-from dinolite.eval.cli import (
-    add_common_args,
-    add_transform_args,
-    features_for,
-    finish,
-    format_table,
-    setup,
-    write_results,
-)
-from dinolite.eval.datasets import (
-    IndexFilter,
-    build_labelled_dataset,
-    check_class_folders,
-    check_labels,
-    check_source,
-)
-from dinolite.eval.features import extract_features
-from dinolite.eval.transforms import (
-    build_eval_transform,
-    build_linear_train_transform,
-    default_resize_size,
-)
+from dinolite.progress import progress_bar
 
 DINOV2_LEARNING_RATES: tuple[float, ...] = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 LR_REFERENCE_BATCH = 256
@@ -121,6 +96,7 @@ def train_grid(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     iterations: int,
     global_batch_size: int,
+    progress: bool = False,
 ) -> list[float]:
     """Train every head for ``iterations`` steps on ``(features, labels)`` batches; returns the loss curve.
 
@@ -130,7 +106,7 @@ def train_grid(
     optimizer, scheduler = build_optimizer(grid, global_batch_size, iterations)
     grid.train()
     losses = []
-    for _ in range(iterations):
+    for _ in progress_bar(range(iterations), total=iterations, desc="linear heads", enabled=progress):
         features, labels = next(batches)
         loss = sum(F.cross_entropy(logits, labels) for logits in grid(features))
         optimizer.zero_grad(set_to_none=True)
@@ -184,12 +160,34 @@ class ProbeResult:
     best: int
     losses: list[float]
 
+    def edge_warning(self) -> str | None:
+        """A warning when the best head's lr is the smallest or largest of the grid (of several lrs).
+
+        Then the accuracy may still rise beyond the grid, and the grid, not the data, chose the lr.
+        """
+        lrs = sorted({s.lr for s in self.specs})
+        best_lr = self.specs[self.best].lr
+        if len(lrs) < 2 or best_lr not in (lrs[0], lrs[-1]):
+            return None
+        side, beyond = ("largest", "larger") if best_lr == lrs[-1] else ("smallest", "smaller")
+        return (
+            f"the best learning rate {best_lr:g} is the {side} of the grid ({lrs[0]:g}..{lrs[-1]:g}): accuracy may "
+            f"still improve at {beyond} rates; extend --learning-rates"
+        )
+
+    def summary_rows(self, top: int = 5) -> list[int]:
+        """Indices of the ``top`` heads by selection top-1 (best first; ties keep grid order)."""
+        return sorted(range(len(self.specs)), key=lambda i: (-self.selection_top1[i], i))[:top]
+
     def to_json(self, selected_on: str) -> dict:
         best = self.specs[self.best]
+        warning = self.edge_warning()
         return {
             "top1": self.val_top1[self.best],
             "best": {"lr": best.lr, "n_blocks": best.n_blocks, "avgpool": best.avgpool},
             "selected_on": selected_on,
+            "best_lr_on_grid_edge": warning is not None,
+            "warnings": [warning] if warning else [],
             "grid": [
                 {**dataclasses.asdict(s), "selection_top1": sel, "val_top1": val}
                 for s, sel, val in zip(self.specs, self.selection_top1, self.val_top1)
@@ -221,6 +219,7 @@ def linear_probe_cached(
     heldout_fraction: float = 0.1,
     select_on: str = "heldout",
     seed: int = 0,
+    progress: bool = False,
 ) -> ProbeResult:
     """Train the grid on cached features; pick the best head on held-out train (or val); score on val.
 
@@ -241,7 +240,7 @@ def linear_probe_cached(
     grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(train_features.device)
     batch = min(batch_size, fit_x.shape[0])
     iterations = epochs * max(fit_x.shape[0] // batch, 1)
-    losses = train_grid(grid, cached_batches(fit_x, fit_y, batch, generator), iterations, batch * world_size)
+    losses = train_grid(grid, cached_batches(fit_x, fit_y, batch, generator), iterations, batch * world_size, progress)
     sel_x, sel_y = (train_features[held], train_labels[held]) if select_on == "heldout" else (val_features, val_labels)
     best, selection = select_best(grid, sel_x, sel_y)
     return ProbeResult(list(specs), selection, grid_top1(grid, val_features, val_labels), best, losses)
@@ -279,121 +278,9 @@ def shuffle_buffer(items: Iterator, size: int, generator: torch.Generator) -> It
         yield buffer.pop(int(torch.randint(len(buffer), (1,), generator=generator)))
 
 
-# --------------------------------------------------------------------------------------------------
-# Command line: dinolite-linear / python -m dinolite.eval.linear / python eval/linear.py
-# --------------------------------------------------------------------------------------------------
-
-CLI_DESCRIPTION = """Linear probe on frozen features: a grid of lr x {last 1, last 4 blocks' CLS} x {+/- avgpool} heads
-trained together (DINOv2 protocol), the best head chosen on held-out train (or on val).
-
-    dinolite-linear --backbone output/demo --train DATA/train --val DATA/val --output linear.json
-
---mode cached extracts features once (eval transform) and trains on them: fast, and the only mode
-under torchrun. --mode online runs the backbone on augmented images every step (random-resized crop +
-flip), one pass per batch for all heads; single process.
-"""
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
-    parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
-    parser.add_argument("--mode", choices=("cached", "online"), default="cached")
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=list(DINOV2_LEARNING_RATES))
-    parser.add_argument("--n-blocks", type=int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--probe-batch-size", type=int, default=128, help="per-rank batch of the linear heads")
-    parser.add_argument("--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)")
-    parser.add_argument("--heldout-fraction", type=float, default=0.1)
-    parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
-    add_common_args(parser)
-    add_transform_args(parser)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("train", "val"):
-        check_source(getattr(args, name), f"--{name}")
-    check_class_folders(args.train, args.val)
-    ctx = setup(args)
-    depth = int(ctx.backbone.n_blocks)
-    n_available = min(max(args.n_blocks), depth)
-    if max(args.n_blocks) > depth:
-        raise SystemExit(f"error: --n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
-    if args.mode == "online" and ctx.world_size > 1:
-        raise SystemExit("error: --mode online runs in one process; use --mode cached under torchrun/srun")
-    embed_dim = int(ctx.backbone.embed_dim)
-    specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
-    feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
-    resize = args.resize_size or default_resize_size(ctx.crop_size)
-    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
-    common = dict(transform=transform, transform_desc=desc, model_fn=feature_fn, kind=f"probe{n_available}")
-
-    val = features_for(ctx, args, name="val", source=args.val, **common)
-    if args.mode == "cached":
-        train = features_for(ctx, args, name="train", source=args.train, **common)
-        num_classes = args.num_classes or int(train.labels.max()) + 1
-        check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
-        check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-        result = linear_probe_cached(
-            train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
-            val.features.to(ctx.device), val.labels.to(ctx.device),
-            embed_dim=embed_dim, n_available=n_available, num_classes=num_classes, specs=specs,
-            epochs=args.epochs, batch_size=args.probe_batch_size, world_size=ctx.world_size,
-            heldout_fraction=args.heldout_fraction, select_on=args.select_on, seed=args.seed,
-        )
-    else:
-        result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
-
-    out = result.to_json(args.select_on)
-    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size)
-    if ctx.is_main:
-        rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"]) for g in out["grid"]]
-        print(format_table(("lr", "blocks", "avgpool", f"{args.select_on} top-1 %", "val top-1 %"), rows))
-        b = out["best"]
-        print(f"best (on {args.select_on}): lr={b['lr']} n_blocks={b['n_blocks']} avgpool={b['avgpool']} -> val top-1 {out['top1']:.2f}%")
-    write_results(args.output, out, ctx.is_main)
-    finish(ctx)
-    return 0
-
-
-def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_available) -> ProbeResult:
-    train_transform = build_linear_train_transform(ctx.crop_size, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    train_set = build_labelled_dataset(args.train, train_transform, 0, 1, option="--train")
-    fraction = args.heldout_fraction if args.select_on == "heldout" else 0.0
-    is_held = lambda idx: heldout_mask(torch.as_tensor(idx), fraction, args.seed)  # noqa: E731
-    num_classes = args.num_classes or int(val.labels.max()) + 1
-    generator = torch.Generator().manual_seed(args.seed)
-
-    def loader(epoch: int):
-        items = shuffle_buffer(iter(train_set), 1000, generator)
-        batch = []
-        for item in items:
-            batch.append(item)
-            if len(batch) == args.probe_batch_size:
-                yield torch.utils.data.default_collate(batch)
-                batch = []
-
-    if args.epoch_length is None:
-        count = sum(1 for _ in DataLoader(build_labelled_dataset(args.train, None, 0, 1, "--train"), batch_size=None))
-        args.epoch_length = max(count // args.probe_batch_size, 1)
-    torch.manual_seed(args.seed)
-    grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(ctx.device)
-    batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
-    losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size)
-    if args.select_on == "heldout":
-        held_set = IndexFilter(build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i)))
-        held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)
-        sel_x, sel_y = held.features.to(ctx.device), held.labels.to(ctx.device)
-    else:
-        sel_x, sel_y = val.features.to(ctx.device), val.labels.to(ctx.device)
-    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-    best, selection = select_best(grid, sel_x, sel_y)
-    val_top1 = grid_top1(grid, val.features.to(ctx.device), val.labels.to(ctx.device))
-    return ProbeResult(list(specs), selection, val_top1, best, losses)
-
-
 if __name__ == "__main__":
+    # `python -m dinolite.eval.linear` runs the command line, which lives in linear_cli because it imports
+    # this module (a top-level import here would be circular).
+    from dinolite.eval.linear_cli import main
+
     sys.exit(main())

@@ -12,12 +12,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dinolite.cli_help import DefaultsHelpFormatter
-from dinolite.export.writers import FORMATS, write_dinov2, write_onnx, write_safetensors, write_timm
+from dinolite.cli import make_parser
+from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.load import build_from_spec, load_state_dict_strict
+from dinolite.export.writers import (
+    FORMATS,
+    write_dinov2,
+    write_onnx,
+    write_safetensors,
+    write_timm,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = make_parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
     parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
@@ -28,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from dinolite.export.consolidate import consolidate_checkpoint
 
     if args.with_heads and args.format != "safetensors":
         print("error: --with-heads is only supported with --format safetensors", file=sys.stderr)
@@ -48,7 +55,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.format == "timm":
         written = write_timm(exported.backbone, exported.spec, output)
     else:
-        from dinolite.export.load import build_from_spec, load_state_dict_strict
 
         model = build_from_spec(exported.spec)
         load_state_dict_strict(model, exported.backbone, origin=str(args.checkpoint))

@@ -25,7 +25,6 @@ the ``meta`` device (no memory). ``python -m dinolite.models.info --config vitg1
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from typing import Any, Sequence
@@ -33,7 +32,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.cli import make_parser
+from dinolite.config import ConfigError, load_config
 from dinolite.extras import optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
@@ -67,7 +67,7 @@ def forward_macs(model: nn.Module, inputs: tuple) -> int:
         with torch.no_grad(), warnings.catch_warnings():
             # fvcore traces with torch.jit, which recent torch flags as deprecated; the count is unaffected.
             warnings.simplefilter("ignore", FutureWarning)
-            # optional (the ``flops`` extra), and imported here: its import warns about torch.jit
+            # fvcore (the ``flops`` extra) is imported here: its import warns about torch.jit.
             fvcore_nn = optional_import("fvcore.nn", extra="flops", purpose="FLOP counting")
 
             analysis = fvcore_nn.FlopCountAnalysis(model, inputs)
@@ -215,11 +215,9 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dinolite.config import ConfigError, load_config  # the CLI edge reads the config
 
-    parser = argparse.ArgumentParser(
-        description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info).",
-        formatter_class=DefaultsHelpFormatter,
+    parser = make_parser(
+        description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info)."
     )
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")

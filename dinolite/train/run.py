@@ -18,14 +18,22 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dinolite.cli_help import DefaultsHelpFormatter
+import torch
+
+from dinolite.cli import make_parser
 from dinolite.compat import IncompatibleVersionsError, check_installed_versions
+from dinolite.config import ConfigError, load_config
+from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.eval.knn_report import format_report, knn_report
+from dinolite.train.finite_check import NonFiniteStateError
+from dinolite.train.logging import get_console_logger
+from dinolite.train.loop import NonFiniteLossError, train
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = make_parser(description=__doc__)
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
@@ -33,13 +41,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import torch
 
-    from dinolite.config import ConfigError, load_config
-    from dinolite.train.distributed import destroy_distributed, init_distributed
-    from dinolite.train.knn_report import format_report, knn_report
-    from dinolite.train.logging import get_console_logger
-    from dinolite.train.loop import NonFiniteLossError, train
 
     args = parse_args(argv)
     console = get_console_logger()
@@ -62,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     try:
         result = train(cfg, output_dir, env)
-    except (NonFiniteLossError, ConfigError) as exc:
+    except (NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:

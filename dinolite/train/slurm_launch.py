@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dinolite.cli_help import DefaultsHelpFormatter
+from dinolite.cli import make_parser
 from dinolite.config import ConfigError, load_config, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 
@@ -31,9 +31,8 @@ except MissingExtraError as exc:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = make_parser(
         description=__doc__,
-        formatter_class=DefaultsHelpFormatter,
         epilog="Arguments after `--` are passed to the --entry/--module program.",
     )
     what = parser.add_mutually_exclusive_group(required=True)

@@ -93,12 +93,20 @@ def test_console_script_help_shows_every_default(script, monkeypatch, capsys):
         assert "(default: 10 20 100 200)" in _option_block(text, "--ks")
 
 
+# `python -m NAME` for each console script (the library module of an eval command runs its command line)
+DASH_M = {
+    "dinolite-train": "dinolite.train.run", "dinolite-slurm": "dinolite.train.slurm_launch",
+    "dinolite-knn": "dinolite.eval.knn", "dinolite-linear": "dinolite.eval.linear",
+    "dinolite-segmentation": "dinolite.eval.segmentation", "dinolite-visualize": "dinolite.eval.visualize",
+    "dinolite-export": "dinolite.export", "dinolite-shards": "dinolite.data.make_shards",
+    "dinolite-info": "dinolite.models.info",
+}
+
+
 @pytest.mark.parametrize("script", sorted(EXPECTED_SCRIPTS))
 def test_python_dash_m_runs_the_same_command(script, monkeypatch, capsys):
     """``python -m <module> --help`` (runpy, as the interpreter does) prints the console script's help."""
-    module_name = SCRIPTS[script].split(":")[0]
-    if module_name.endswith(".__main__"):
-        module_name = module_name[: -len(".__main__")]
+    module_name = DASH_M[script]
     expected, _ = _help_of(SCRIPTS[script], monkeypatch, capsys)
     monkeypatch.setattr(sys, "argv", [module_name, "--help"])
     for name in [m for m in sys.modules if m == module_name or m == f"{module_name}.__main__"]:
@@ -114,8 +122,8 @@ def test_clone_wrappers_run_the_package_functions():
     """launch/ and eval/ stay thin: each wrapper's main is the package's."""
     wrappers = {
         "launch/local.py": "dinolite.train.run", "launch/slurm.py": "dinolite.train.slurm_launch",
-        "eval/knn.py": "dinolite.eval.knn", "eval/linear.py": "dinolite.eval.linear",
-        "eval/segmentation.py": "dinolite.eval.segmentation", "eval/visualize.py": "dinolite.eval.visualize",
+        "eval/knn.py": "dinolite.eval.knn_cli", "eval/linear.py": "dinolite.eval.linear_cli",
+        "eval/segmentation.py": "dinolite.eval.segmentation_cli", "eval/visualize.py": "dinolite.eval.visualize_cli",
     }
     for path, module_name in wrappers.items():
         namespace = runpy.run_path(str(ROOT / path), run_name="wrapper")
@@ -152,7 +160,7 @@ def _forward_macs_of_a_linear_layer():
     ("module", "extra", "importer"),
     [
         ("submitit", "slurm", lambda: importlib.import_module("dinolite.train.slurm")),
-        ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.figures")._pyplot()),
+        ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
     ],
 )
