@@ -26,8 +26,10 @@ TORCHVISION_FOR_TORCH: dict[tuple[int, int], tuple[int, int]] = {
 }
 
 
-class IncompatibleVersionsError(RuntimeError):
-    """torch and torchvision come from different releases (or torch is outside the supported range)."""
+class IncompatibleVersionsError(ValueError):
+    """torch and torchvision come from different releases (or torch is outside the supported range).
+
+    A ``ValueError``: the entrypoints report it as one ``error:`` line (dinolite.cli.run_main)."""
 
 
 def _major_minor(version: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ Every k is reported; the headline top-1 is the one at k=20 (the DINO protocol), 
 the evaluation set.
 
 ``--train`` / ``--val``: an image folder with class subfolders, or labelled webdataset shards (``cls``).
-Launch with ``torchrun --nproc_per_node N -m dinolite.eval.knn_cli ...`` (or under ``srun``) to split extraction.
+Launch with ``torchrun --nproc_per_node N -m dinolite.eval.knn ...`` (or under ``srun``) to split extraction.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from dinolite.eval.cli import (
     write_results,
 )
 from dinolite.eval.datasets import check_class_folders, check_labels, check_source
+from dinolite.eval.few_shot import (
+    add_few_shot_args,
+    few_shot_description,
+    few_shot_indices,
+)
 from dinolite.eval.knn import DEFAULT_KS, HEADLINE_K, knn_classify
 from dinolite.eval.linear import probe_features
 from dinolite.eval.transforms import build_eval_transform, default_resize_size
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=256, help="test rows per similarity block")
     add_common_args(parser)
     add_transform_args(parser)
+    add_few_shot_args(parser)
     return parser
 
 
@@ -72,11 +78,18 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     num_classes = args.num_classes or int(train.labels.max()) + 1
     check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
     check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+    train_features, train_labels = train.features, train.labels
+    few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if few_shot is not None:
+        keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
+                                seed=args.few_shot_seed)
+        train_features, train_labels = train.features[keep], train.labels[keep]
     results = knn_classify(
-        train.features.to(ctx.device), train.labels, val.features, val.labels, num_classes,
+        train_features.to(ctx.device), train_labels, val.features, val.labels, num_classes,
         ks=args.ks, temperature=args.temperature, chunk_size=args.chunk_size, headline_k=args.headline_k,
     )
-    results.update(backbone=str(args.backbone), features=args.features, num_classes=num_classes, crop_size=ctx.crop_size)
+    results.update(backbone=str(args.backbone), features=args.features, num_classes=num_classes, crop_size=ctx.crop_size,
+                   few_shot=few_shot)
     if ctx.is_main:
         rows = [(k, v["top1"], v["top5"]) for k, v in results["per_k"].items()]
         print(f"kNN on {results['num_train']} train / {results['num_test']} val images, T={args.temperature}")

@@ -39,6 +39,11 @@ from dinolite.eval.datasets import (
     check_source,
 )
 from dinolite.eval.features import extract_features
+from dinolite.eval.few_shot import (
+    add_few_shot_args,
+    few_shot_description,
+    few_shot_indices,
+)
 from dinolite.eval.linear import (
     DINOV2_LEARNING_RATES,
     LinearHeadGrid,
@@ -75,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
     add_common_args(parser)
     add_transform_args(parser)
+    add_few_shot_args(parser)
     return parser
 
 
@@ -94,6 +100,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"--n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
     if args.mode == "online" and ctx.world_size > 1:
         raise ValueError("--mode online runs in one process; use --mode cached under torchrun/srun")
+    few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if args.mode == "online" and few_shot is not None:
+        raise ValueError("--shots/--train-fraction need --mode cached (the subset is drawn from extracted labels)")
     embed_dim = int(ctx.backbone.embed_dim)
     specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
     feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
@@ -108,6 +117,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = args.num_classes or int(train.labels.max()) + 1
         check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
         check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+        if few_shot is not None:
+            keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
+                                    seed=args.few_shot_seed)
+            train = type(train)(train.features[keep], train.labels[keep], train.indices[keep])
         result = linear_probe_cached(
             train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
             val.features.to(ctx.device), val.labels.to(ctx.device),
@@ -120,7 +133,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
 
     out = result.to_json(args.select_on)
-    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size)
+    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot)
     if ctx.is_main:
         print_summary(result, out, args.select_on, args.output)
     write_results(args.output, out, ctx.is_main)

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.transforms import build_eval_transform
 from dinolite.eval.visualize import (
@@ -31,11 +31,12 @@ from dinolite.eval.visualize import (
     list_image_groups,
     visualize,
 )
+from dinolite.extras import MissingExtraError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    parser.add_argument("--backbone", "--checkpoint", dest="backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv)
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

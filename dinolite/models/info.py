@@ -25,16 +25,16 @@ the ``meta`` device (no memory). ``python -m dinolite.models.info --config vitg1
 
 from __future__ import annotations
 
-import sys
+import argparse
 import warnings
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from dinolite.cli import make_parser
-from dinolite.config import ConfigError, load_config
-from dinolite.extras import optional_import
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.config import load_config
+from dinolite.extras import MissingExtraError, optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -215,18 +215,19 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
 
-    parser = make_parser(
-        description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info)."
-    )
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info).")
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
     summary = model_summary(cfg)
     print(format_summary(summary, training_flops_per_iteration(cfg, summary)))
     return 0

@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from dinolite.cli import make_parser
-from dinolite.compat import IncompatibleVersionsError, check_installed_versions
+from dinolite.cli import make_parser, run_main
+from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
@@ -32,24 +32,29 @@ from dinolite.train.loop import NonFiniteLossError, train
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Bad input found while training (a data source, a file) is one error: line too, with exit code 1.
+    return run_main(_main, argv, exit_code=EXIT_ERROR)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 
     args = parse_args(argv)
     console = get_console_logger()
-    try:
-        check_installed_versions()
-    except IncompatibleVersionsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
     try:
         overrides = list(args.overrides)
         if args.output_dir is not None:
