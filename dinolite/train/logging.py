@@ -59,6 +59,7 @@ class MetricLogger:
     CONSOLE_KEYS = (
         "loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp",
         "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples",
+        "damaged_shards",
     )
 
     def __init__(
