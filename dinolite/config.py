@@ -136,7 +136,15 @@ class DataConfig:
     source: list[str] = field(default_factory=list)
     num_workers: int = 10
     shuffle_buffer: int = 5000
-    decode_errors_max_fraction: float = 0.01  # above this fraction of skipped samples, stop
+    # Stop when more than this fraction of the last `decode_errors_window` samples of one data worker
+    # could not be used (undecodable, over max_image_pixels, failing augmentation); in [0, 1]:
+    # 0 stops at the first bad sample, 1 never stops. See docs/data.md.
+    decode_errors_max_fraction: float = 0.01
+    # How many recent samples (per data worker) that fraction is measured over; >= 1.
+    decode_errors_window: int = 10000
+    # Images whose header gives width * height above this are skipped before any pixel is decoded
+    # (decompression bombs); >= 1. Default: Pillow's own limit (268 MB as 8-bit RGB).
+    max_image_pixels: int = 89478485
 
 
 @dataclass
@@ -432,6 +440,24 @@ def validate(cfg: Config) -> None:
     for i, threshold in enumerate(cfg.monitor.thresholds):
         if not threshold.metric or (threshold.min is None and threshold.max is None):
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
+    validate_data(cfg.data)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Ranges of the ``data`` section's numeric keys; errors name the key, the value and the range."""
+    if not 0.0 <= data.decode_errors_max_fraction <= 1.0:
+        raise ConfigError(
+            f"invalid value for 'data.decode_errors_max_fraction': {data.decode_errors_max_fraction!r}; must be in "
+            "[0, 1] (0 stops at the first unusable sample, 1 never stops)"
+        )
+    for key in ("decode_errors_window", "max_image_pixels", "shuffle_buffer"):
+        value = getattr(data, key)
+        if value < (0 if key == "shuffle_buffer" else 1):
+            raise ConfigError(
+                f"invalid value for 'data.{key}': {value!r}; must be >= {0 if key == 'shuffle_buffer' else 1}"
+            )
+    if data.num_workers < 0:
+        raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
 
 
 def get_by_path(cfg: Any, dotted: str) -> Any:

@@ -131,7 +131,9 @@ class _ShardWriter:
         self._archive.close()
         name = self._name(len(self.shards))
         os.replace(self._tmp, self.out / name)
-        self.shards.append({"name": name, "samples": self._count})
+        # The size lets readers tell a shard damaged after this index was written (its count is then
+        # not trusted for resume arithmetic; see sources.resolve_source).
+        self.shards.append({"name": name, "samples": self._count, "bytes": (self.out / name).stat().st_size})
         self._archive = None
 
 
