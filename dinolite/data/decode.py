@@ -35,7 +35,8 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image as tv_decode_image
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 # Pillow's default Image.MAX_IMAGE_PIXELS (1024**3 / 4 / 3): images that libraries already treat as

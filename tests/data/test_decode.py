@@ -13,7 +13,12 @@ import torch
 from PIL import Image
 
 from dinolite.data import decode as decode_module
-from dinolite.data.decode import ImageTooLargeError, decode_image, image_size, scale_16_to_8
+from dinolite.data.decode import (
+    ImageTooLargeError,
+    decode_image,
+    image_size,
+    scale_16_to_8,
+)
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

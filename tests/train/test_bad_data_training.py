@@ -5,7 +5,6 @@ undecodable file and a cut shard are skipped or reported, the counts reach metri
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,9 +20,9 @@ from tests.train.test_loop import TINY
 
 
 def bad_shards(root: Path) -> list[str]:
-    a = write_shard(root / "a.tar", [(f"a{i}", png16() if i == 1 else png(7 * i)) for i in range(6)])
-    b = write_shard(root / "b.tar", [(f"b{i}", bomb_png(2000) if i == 2 else png(11 * i)) for i in range(6)])
-    c = write_shard(root / "c.tar", [(f"c{i}", b"junk" if i == 4 else png(13 * i)) for i in range(6)])
+    write_shard(root / "a.tar", [(f"a{i}", png16() if i == 1 else png(7 * i)) for i in range(6)])
+    write_shard(root / "b.tar", [(f"b{i}", bomb_png(2000) if i == 2 else png(11 * i)) for i in range(6)])
+    write_shard(root / "c.tar", [(f"c{i}", b"junk" if i == 4 else png(13 * i)) for i in range(6)])
     whole = write_shard(root / "d_whole.tar", [(f"d{i}", png(17 * i)) for i in range(6)]).read_bytes()
     (root / "d.tar").write_bytes(whole[: 512 * 12])  # cut at a header boundary after 3 samples
     return [str(root / f"{name}.tar") for name in "abcd"]
