@@ -165,6 +165,13 @@ class TrainConfig:
     # torch intra-op CPU threads per process (0: torch's default). Tiny models on a shared CPU run far
     # faster with 1: idle-spinning OpenMP threads starve when cores are oversubscribed.
     num_threads: int = 0
+    # A progress bar over the iterations when stderr is a terminal (never in log files); --no-progress.
+    progress: bool = True
+    # Experiment trackers that receive every metrics.jsonl record: wandb and/or mlflow (extras
+    # `pip install dinolite[wandb]` / `[mlflow]`). WANDB_MODE=offline works without an account.
+    loggers: list[str] = field(default_factory=list)
+    wandb_project: str = "dinolite"
+    mlflow_tracking_uri: str = ""  # empty: sqlite:///<output_dir>/mlflow.db
 
 
 @dataclass
@@ -200,6 +207,12 @@ class EvaluationConfig:
     knn_train: list[str] = field(default_factory=list)
     knn_val: list[str] = field(default_factory=list)
     knn_k: int = 20
+    # During training: kNN top-1 (k = knn_k) of the evaluated network on the knn_train/knn_val images
+    # (the digits for the demo) every N iterations, logged as eval/knn_top1 (0: off).
+    online_every: int = 0
+    online_linear: bool = False  # also a cheap linear probe on the same features (eval/linear_top1)
+    online_max_train_images: int = 2000  # bounds the cost of one online evaluation
+    online_max_val_images: int = 1000
 
 
 @dataclass
@@ -229,6 +242,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
 }
+TRACKERS = ("wandb", "mlflow")  # train.loggers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,6 +412,12 @@ def validate(cfg: Config) -> None:
         "train.log_every",
         "train.checkpoint_every",
     ]
+    for name in cfg.train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(f"invalid value in 'train.loggers': {name!r}; expected any of {', '.join(TRACKERS)}")
+    for dotted in ("evaluation.online_every", "evaluation.online_max_train_images", "evaluation.online_max_val_images"):
+        if get_by_path(cfg, dotted) < 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be >= 0")
     for dotted in positive:
         if get_by_path(cfg, dotted) <= 0:
             raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
