@@ -1,6 +1,6 @@
 """Typed, validated configuration.
 
-``load_config(name_or_path, overrides)`` merges ``configs/default.yaml`` <- preset <- dotted overrides and
+``load_config(name_or_path, overrides)`` merges ``dinolite/configs/default.yaml`` <- preset <- dotted overrides and
 validates the result against the dataclasses below. Every mistake is reported at start-up with the full
 dotted path of the key at fault: an unknown key names the nearest valid key, a wrong type names the
 expected type and the value given, and an unknown preset lists the available ones.
@@ -22,8 +22,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from dinolite.io import write_text_atomic
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The presets ship inside the package (wheels carry them); a source checkout also has a ``configs``
+# link at its root pointing here, so ``configs/demo.yaml`` paths keep working from a clone.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -135,7 +136,15 @@ class DataConfig:
     source: list[str] = field(default_factory=list)
     num_workers: int = 10
     shuffle_buffer: int = 5000
-    decode_errors_max_fraction: float = 0.01  # above this fraction of skipped samples, stop
+    # Stop when more than this fraction of the last `decode_errors_window` samples of one data worker
+    # could not be used (undecodable, over max_image_pixels, failing augmentation); in [0, 1]:
+    # 0 stops at the first bad sample, 1 never stops. See docs/data.md.
+    decode_errors_max_fraction: float = 0.01
+    # How many recent samples (per data worker) that fraction is measured over; >= 1.
+    decode_errors_window: int = 10000
+    # Images whose header gives width * height above this are skipped before any pixel is decoded
+    # (decompression bombs); >= 1. Default: Pillow's own limit (268 MB as 8-bit RGB).
+    max_image_pixels: int = 89478485
 
 
 @dataclass
@@ -156,6 +165,13 @@ class TrainConfig:
     # torch intra-op CPU threads per process (0: torch's default). Tiny models on a shared CPU run far
     # faster with 1: idle-spinning OpenMP threads starve when cores are oversubscribed.
     num_threads: int = 0
+    # A progress bar over the iterations when stderr is a terminal (never in log files); --no-progress.
+    progress: bool = True
+    # Experiment trackers that receive every metrics.jsonl record: wandb and/or mlflow (extras
+    # `pip install dinolite[wandb]` / `[mlflow]`). WANDB_MODE=offline works without an account.
+    loggers: list[str] = field(default_factory=list)
+    wandb_project: str = "dinolite"
+    mlflow_tracking_uri: str = ""  # empty: sqlite:///<output_dir>/mlflow.db
 
 
 @dataclass
@@ -191,6 +207,12 @@ class EvaluationConfig:
     knn_train: list[str] = field(default_factory=list)
     knn_val: list[str] = field(default_factory=list)
     knn_k: int = 20
+    # During training: kNN top-1 (k = knn_k) of the evaluated network on the knn_train/knn_val images
+    # (the digits for the demo) every N iterations, logged as eval/knn_top1 (0: off).
+    online_every: int = 0
+    online_linear: bool = False  # also a cheap linear probe on the same features (eval/linear_top1)
+    online_max_train_images: int = 2000  # bounds the cost of one online evaluation
+    online_max_val_images: int = 1000
 
 
 @dataclass
@@ -220,6 +242,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
 }
+TRACKERS = ("wandb", "mlflow")  # train.loggers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,13 +251,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def available_presets() -> list[str]:
-    """Names of the presets shipped in ``configs/`` (without ``.yaml``), ``default`` excluded."""
+    """Names of the presets shipped in ``dinolite/configs/`` (without ``.yaml``), ``default`` excluded."""
     return sorted(p.stem for p in _config_dir().glob("*.yaml") if p.stem != "default")
 
 
 def _config_dir() -> Path:
-    # Source checkouts read configs/ at the root; installed wheels carry a copy inside the package.
-    return CONFIG_DIR if CONFIG_DIR.is_dir() else PACKAGED_CONFIG_DIR
+    return CONFIG_DIR
 
 
 def _resolve_preset(name_or_path: str | Path) -> Path:
@@ -366,7 +388,7 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
 
 
 def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
-    """Load ``default.yaml`` <- preset (name in ``configs/`` or a path) <- ``key=value`` overrides.
+    """Load ``default.yaml`` <- preset (name in ``dinolite/configs/`` or a path) <- ``key=value`` overrides.
 
     Returns a validated :class:`Config`. Raises :class:`ConfigError` naming the key at fault.
     """
@@ -411,6 +433,12 @@ def validate(cfg: Config) -> None:
         "train.log_every",
         "train.checkpoint_every",
     ]
+    for name in cfg.train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(f"invalid value in 'train.loggers': {name!r}; expected any of {', '.join(TRACKERS)}")
+    for dotted in ("evaluation.online_every", "evaluation.online_max_train_images", "evaluation.online_max_val_images"):
+        if get_by_path(cfg, dotted) < 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be >= 0")
     for dotted in positive:
         if get_by_path(cfg, dotted) <= 0:
             raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
@@ -433,6 +461,24 @@ def validate(cfg: Config) -> None:
     for i, threshold in enumerate(cfg.monitor.thresholds):
         if not threshold.metric or (threshold.min is None and threshold.max is None):
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
+    validate_data(cfg.data)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Ranges of the ``data`` section's numeric keys; errors name the key, the value and the range."""
+    if not 0.0 <= data.decode_errors_max_fraction <= 1.0:
+        raise ConfigError(
+            f"invalid value for 'data.decode_errors_max_fraction': {data.decode_errors_max_fraction!r}; must be in "
+            "[0, 1] (0 stops at the first unusable sample, 1 never stops)"
+        )
+    for key in ("decode_errors_window", "max_image_pixels", "shuffle_buffer"):
+        value = getattr(data, key)
+        if value < (0 if key == "shuffle_buffer" else 1):
+            raise ConfigError(
+                f"invalid value for 'data.{key}': {value!r}; must be >= {0 if key == 'shuffle_buffer' else 1}"
+            )
+    if data.num_workers < 0:
+        raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
 
 
 def get_by_path(cfg: Any, dotted: str) -> Any:

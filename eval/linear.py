@@ -1,137 +1,14 @@
-"""Linear probe on frozen features: a grid of lr x {last 1, last 4 blocks' CLS} x {+/- avgpool} heads
-trained together (DINOv2 protocol), the best head chosen on held-out train (or on val).
+"""``python eval/linear.py ...`` from a clone, without installing: the same command as ``dinolite-linear``
+and ``python -m dinolite.eval.linear`` (see ``--help``; the code is in dinolite/eval/linear_cli.py)."""
 
-    python eval/linear.py --backbone output/demo --train DATA/train --val DATA/val --output linear.json
-
-``--mode cached`` (default) extracts features once (eval transform) and trains on them: fast, and the
-only mode under torchrun. ``--mode online`` runs the backbone on augmented images every step
-(random-resized crop + flip), one pass per batch for all heads; single process.
-"""
-
-from __future__ import annotations
-
-import argparse
-import functools
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from dinolite.eval.linear_cli import build_parser, main  # noqa: E402
 
-from dinolite.eval.cli import add_common_args, add_transform_args, features_for, finish, format_table, setup, write_results  # noqa: E402
-from dinolite.eval.datasets import IndexFilter, build_labelled_dataset, check_class_folders, check_labels, check_source  # noqa: E402
-from dinolite.eval.features import extract_features  # noqa: E402
-from dinolite.eval.linear import (  # noqa: E402
-    DINOV2_LEARNING_RATES, LinearHeadGrid, ProbeResult, grid_top1, head_grid, heldout_mask, linear_probe_cached,
-    online_batches, probe_features, select_best, shuffle_buffer, train_grid,
-)
-from dinolite.eval.transforms import build_eval_transform, build_linear_train_transform, default_resize_size  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
-    parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
-    parser.add_argument("--mode", choices=("cached", "online"), default="cached")
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=list(DINOV2_LEARNING_RATES))
-    parser.add_argument("--n-blocks", type=int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--probe-batch-size", type=int, default=128, help="per-rank batch of the linear heads")
-    parser.add_argument("--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)")
-    parser.add_argument("--heldout-fraction", type=float, default=0.1)
-    parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
-    add_common_args(parser)
-    add_transform_args(parser)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("train", "val"):
-        check_source(getattr(args, name), f"--{name}")
-    check_class_folders(args.train, args.val)
-    ctx = setup(args)
-    depth = int(ctx.backbone.n_blocks)
-    n_available = min(max(args.n_blocks), depth)
-    if max(args.n_blocks) > depth:
-        raise SystemExit(f"error: --n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
-    if args.mode == "online" and ctx.world_size > 1:
-        raise SystemExit("error: --mode online runs in one process; use --mode cached under torchrun/srun")
-    embed_dim = int(ctx.backbone.embed_dim)
-    specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
-    feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
-    resize = args.resize_size or default_resize_size(ctx.crop_size)
-    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
-    common = dict(transform=transform, transform_desc=desc, model_fn=feature_fn, kind=f"probe{n_available}")
-
-    val = features_for(ctx, args, name="val", source=args.val, **common)
-    if args.mode == "cached":
-        train = features_for(ctx, args, name="train", source=args.train, **common)
-        num_classes = args.num_classes or int(train.labels.max()) + 1
-        check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
-        check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-        result = linear_probe_cached(
-            train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
-            val.features.to(ctx.device), val.labels.to(ctx.device),
-            embed_dim=embed_dim, n_available=n_available, num_classes=num_classes, specs=specs,
-            epochs=args.epochs, batch_size=args.probe_batch_size, world_size=ctx.world_size,
-            heldout_fraction=args.heldout_fraction, select_on=args.select_on, seed=args.seed,
-        )
-    else:
-        result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
-
-    out = result.to_json(args.select_on)
-    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size)
-    if ctx.is_main:
-        rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"]) for g in out["grid"]]
-        print(format_table(("lr", "blocks", "avgpool", f"{args.select_on} top-1 %", "val top-1 %"), rows))
-        b = out["best"]
-        print(f"best (on {args.select_on}): lr={b['lr']} n_blocks={b['n_blocks']} avgpool={b['avgpool']} -> val top-1 {out['top1']:.2f}%")
-    write_results(args.output, out, ctx.is_main)
-    finish(ctx)
-    return 0
-
-
-def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_available) -> ProbeResult:
-    train_transform = build_linear_train_transform(ctx.crop_size, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    train_set = build_labelled_dataset(args.train, train_transform, 0, 1, option="--train")
-    fraction = args.heldout_fraction if args.select_on == "heldout" else 0.0
-    is_held = lambda idx: heldout_mask(torch.as_tensor(idx), fraction, args.seed)  # noqa: E731
-    num_classes = args.num_classes or int(val.labels.max()) + 1
-    generator = torch.Generator().manual_seed(args.seed)
-
-    def loader(epoch: int):
-        items = shuffle_buffer(iter(train_set), 1000, generator)
-        batch = []
-        for item in items:
-            batch.append(item)
-            if len(batch) == args.probe_batch_size:
-                yield torch.utils.data.default_collate(batch)
-                batch = []
-
-    if args.epoch_length is None:
-        count = sum(1 for _ in DataLoader(build_labelled_dataset(args.train, None, 0, 1, "--train"), batch_size=None))
-        args.epoch_length = max(count // args.probe_batch_size, 1)
-    torch.manual_seed(args.seed)
-    grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(ctx.device)
-    batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
-    losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size)
-    if args.select_on == "heldout":
-        held_set = IndexFilter(build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i)))
-        held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)
-        sel_x, sel_y = held.features.to(ctx.device), held.labels.to(ctx.device)
-    else:
-        sel_x, sel_y = val.features.to(ctx.device), val.labels.to(ctx.device)
-    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-    best, selection = select_best(grid, sel_x, sel_y)
-    val_top1 = grid_top1(grid, val.features.to(ctx.device), val.labels.to(ctx.device))
-    return ProbeResult(list(specs), selection, val_top1, best, losses)
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

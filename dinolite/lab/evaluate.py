@@ -31,7 +31,12 @@ from dinolite.data.loader import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import ExtractedFeatures, extract_features
 from dinolite.eval.knn import knn_classify
-from dinolite.eval.linear import DINOV2_LEARNING_RATES, head_grid, linear_probe_cached, probe_features
+from dinolite.eval.linear import (
+    DINOV2_LEARNING_RATES,
+    head_grid,
+    linear_probe_cached,
+    probe_features,
+)
 from dinolite.eval.transforms import build_eval_transform
 from dinolite.io import write_json_atomic
 from dinolite.lab.matrix import Measurements

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from matplotlib import colormaps
-from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend needed
-
+from dinolite.extras import optional_import
 from dinolite.io import write_text_atomic
 from dinolite.lab.evaluate import evaluated_spectra, random_init_baseline_path
 from dinolite.lab.matrix import LabPlan, PlannedRun
@@ -42,6 +40,7 @@ from dinolite.lab.traces import (
 from dinolite.lab.verdict import Verdict, judge
 
 REPORT_FILE = "README.md"
+_PURPOSE = "the collapse lab's report figures (launch/lab.py)"
 DPI = 72  # small PNGs: the example report is committed
 
 
@@ -78,8 +77,22 @@ def _read_json(path: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def require_matplotlib() -> None:
+    """Fail before any training when the report could not be drawn (matplotlib is the ``viz`` extra)."""
+    optional_import("matplotlib.figure", extra="viz", purpose=_PURPOSE)
+
+
+def Figure(**kwargs):  # noqa: N802 - stands for matplotlib's class
+    """A matplotlib ``Figure`` (the object API: no pyplot state, no display backend needed)."""
+    return optional_import("matplotlib.figure", extra="viz", purpose=_PURPOSE).Figure(**kwargs)
+
+
+def _colormap(name: str):
+    return optional_import("matplotlib", extra="viz", purpose=_PURPOSE).colormaps[name]
+
+
 def _colors(n: int) -> list:
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    cmap = _colormap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -134,7 +147,7 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
     for ax in axes.flat[len(with_spectra):]:
         ax.axis("off")
     for ax, (r, spectra) in zip(axes.flat, with_spectra):
-        cmap = colormaps["viridis"]
+        cmap = _colormap("viridis")
         for i, entry in enumerate(spectra):
             values = [max(v, 1e-12) for v in entry["eigenvalues"]]
             shade = cmap(i / max(len(spectra) - 1, 1))

@@ -1,7 +1,7 @@
 """Run a lab matrix: each run trains, is evaluated from its checkpoints, and leaves ``lab_result.json``.
 
 Locally the runs go one after another in this process; on Slurm they are one job array, one array
-task per run (:class:`LabArrayTask`), each trained through the same :class:`SlurmTrainingJob` as
+task per run (:class:`dinolite.lab.slurm_array.LabArrayTask`), each trained through the same :class:`SlurmTrainingJob` as
 ``launch/slurm.py`` (USR2 -> checkpoint -> requeue -> resume). Either way:
 
 - a run with a ``lab_result.json`` of the same config is finished and skipped;
@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-from submitit.helpers import Checkpointable
 
 from dinolite.config import Config, ConfigError, to_dict
+from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
 from dinolite.lab.matrix import LabPlan, PlannedRun
 from dinolite.lab.report import write_report
 from dinolite.lab.traces import read_result, read_run_config, write_result
-from dinolite.train.distributed import destroy_distributed, init_distributed
 from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, TrainResult, train
-from dinolite.train.slurm import SlurmTrainingJob
 
 FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
 # Keys that may differ between the planned config and a run folder's config without making it another run.
@@ -108,12 +103,12 @@ def train_one(run: PlannedRun, train_fn: Callable[..., TrainResult] = train) -> 
         result = train_fn(cfg, run.run_dir, env)
         return result.status, result.iteration, result.message
     except NonFiniteLossError as exc:
-        return "diverged", _iteration_of(str(exc)), str(exc)
+        return "diverged", iteration_of(str(exc)), str(exc)
     finally:
         destroy_distributed()
 
 
-def _iteration_of(message: str) -> int:
+def iteration_of(message: str) -> int:
     """The iteration named in a :class:`NonFiniteLossError` message (``... at iteration N ...``)."""
     words = message.split()
     for i, word in enumerate(words[:-1]):
@@ -144,38 +139,3 @@ def run_local(plan: LabPlan, labels: Optional[list[str]] = None, report: bool = 
         finish_run(plan, run, status, iteration, message)
         console.info(f"[lab] {run.label}: {status} at iteration {iteration} ({time.perf_counter() - start:.0f} s)")
     return write_report(plan) if report else None
-
-
-@dataclass
-class LabArrayTask(Checkpointable):
-    """One array task: train one run of the matrix (through :class:`SlurmTrainingJob`: preemption ->
-    checkpoint -> requeue -> resume), evaluate it, and write the report once every run is done.
-
-    The plan is pickled at submission, so the job trains exactly what was planned and validated, even if
-    the matrix file changes meanwhile.
-    """
-
-    plan: LabPlan
-    label: str
-    max_requeues: int = 10
-
-    def __call__(self) -> Any:
-        run = next(r for r in self.plan.runs if r.label == self.label)
-        job = SlurmTrainingJob(config=to_dict(run.config), output_dir=str(run.run_dir), max_requeues=self.max_requeues)
-        try:
-            result = job.run(os.environ)  # raises SystemExit when the job was requeued
-            status, iteration, message = result.status, result.iteration, result.message
-        except NonFiniteLossError as exc:
-            status, iteration, message = "diverged", _iteration_of(str(exc)), str(exc)
-        if int(os.environ.get("SLURM_PROCID", "0")) != 0:
-            return status
-        try:
-            finish_run(self.plan, run, status, iteration, message)
-        except Exception:  # evaluation failed: record it so the report says so, then fail the task
-            write_result(run.run_dir, {"label": run.label, "status": "failed", "iteration": iteration,
-                                       "message": traceback.format_exc(limit=3)})
-            raise
-        # Each task writes its result before looking at the others, so the last one to finish sees all.
-        if all(is_done(r) for r in self.plan.runs):
-            write_report(self.plan)
-        return status

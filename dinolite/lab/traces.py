@@ -30,8 +30,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from dinolite.config import Config, ConfigError, config_from_dict
-from dinolite.monitor.watchdog import Watchdog
 from dinolite.io import write_json_atomic
+from dinolite.monitor.watchdog import Watchdog
 
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "lab_result.json"

@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinolite.config import ConfigError
+from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from dinolite.models import build_backbone, build_heads
+from dinolite.train.builders import (
+    load_pretrained,
+    load_pretrained_into,
+    pretrained_part,
+)
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 
 CENTERING_CHOICES = ("centering", "sinkhorn_knopp")
@@ -241,14 +248,11 @@ def zero_last_layer_gradients(student: nn.Module) -> None:
 
 def build_objective(cfg: Any) -> DINOv2Objective:
     """Build the DINOv2 objective from a full :class:`~dinolite.config.Config` (student, heads, losses)."""
-    from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-    from dinolite.models import build_backbone, build_heads
 
     backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
     pretrained = None
     if cfg.student.pretrained_weights:
-        from dinolite.train.builders import load_pretrained, load_pretrained_into, pretrained_part
 
         # Before the teacher copy is taken, so student and teacher start from the same weights.
         path = cfg.student.pretrained_weights

@@ -25,14 +25,25 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from dinolite.checkpoint import CheckpointManager
 from dinolite.config import Config, save_config
+from dinolite.dist import (
+    DistributedEnv,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    init_distributed,
+)
+from dinolite.monitor.collapse import CollapseMonitor
+from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
-from dinolite.train.distributed import DistributedEnv, all_reduce_sum, any_rank, barrier, init_distributed
 from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
+from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.schedules import TrainingSchedules, build_schedules
+from dinolite.train.sharding import clip_grad_norm_, shard_objective
 
 TRAIN_STATUSES = ("finished", "preempted", "stopped")
 
@@ -98,7 +109,6 @@ def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[st
     The norm is global across FSDP shards (:func:`dinolite.train.sharding.clip_grad_norm_`). Returns
     the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
     """
-    from dinolite.train.sharding import clip_grad_norm_
 
     norms: dict[str, float] = {}
     if max_norm <= 0:
@@ -136,9 +146,6 @@ def train(
             checkpoint and return ``"preempted"``.
         objective: an already built objective (tests, sibling objectives); default DINOv2 from ``cfg``.
     """
-    from dinolite.monitor.collapse import CollapseMonitor
-    from dinolite.monitor.watchdog import CollapseDetected, Watchdog
-    from dinolite.train.checkpoint import CheckpointManager
 
     builders.validate_training_config(cfg)
     output_dir = Path(output_dir if output_dir is not None else cfg.train.output_dir)
@@ -155,7 +162,6 @@ def train(
     objective = objective if objective is not None else build_objective(cfg)
     objective.to(device)
     if env.world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing:
-        from dinolite.train.sharding import shard_objective
 
         shard_objective(
             objective,
@@ -218,6 +224,7 @@ def train(
             batch = next(stream)
             t_data = time.perf_counter()
             window.skipped += int(batch.get("skipped_samples", 0))
+            window.damaged_shards += int(batch.get("damaged_shards", 0))
             batch = to_device(batch, device)
 
             values = schedules.at(it)
@@ -231,6 +238,7 @@ def train(
                 zero_last_layer_gradients(objective.student)
             grad_norms = clip_gradients(objective.trainable_modules(), cfg.optim.clip_grad)
             optimizer.step()
+            check_finite_parameters(objective.trainable_modules(), it, device)  # before any checkpoint of them
             objective.update_teacher(values["momentum"])
             progress.iteration = it + 1
             window.add(output, grad_norms, t_data - t_start, time.perf_counter() - t_start)
@@ -263,7 +271,7 @@ def train(
 
 
 class _Window:
-    """Sums over the iterations since the last log line (losses, timings, skipped samples)."""
+    """Sums over the iterations since the last log line (losses, timings, skipped samples, damaged shards)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -271,6 +279,7 @@ class _Window:
         self.data_time = 0.0
         self.step_time = 0.0
         self.skipped = 0
+        self.damaged_shards = 0
 
     def add(self, output: ObjectiveOutput, grad_norms: Mapping[str, float], data_time: float, step_time: float) -> None:
         self.n += 1
@@ -301,6 +310,7 @@ class _Window:
             memory_gb=memory_gb(device),
             images_seen=float(iteration * global_batch),
             skipped_samples=all_reduce_sum(float(self.skipped), device),
+            damaged_shards=all_reduce_sum(float(self.damaged_shards), device),
             epoch=iteration / epoch_length,
         )
         return metrics

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dinolite.config import OptimConfig, TeacherConfig
+from dinolite.config import OptimConfig, TeacherConfig
 
 
 class Schedule(Protocol):

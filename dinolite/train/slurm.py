@@ -22,7 +22,6 @@ then resubmits the job unchanged, which is also correct because all state lives 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -38,11 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import submitit
-from submitit.helpers import Checkpointable
-
-from dinolite.config import ConfigError
+from dinolite.config import config_from_dict
+from dinolite.dist import any_rank, barrier, destroy_distributed
+from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
+
+# submitit is the ``slurm`` extra: importing this module without it names the pip install to run
+submitit = optional_import("submitit", extra="slurm", purpose="Slurm submission (dinolite-slurm)")
+Checkpointable = submitit.helpers.Checkpointable
 
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
 ATTEMPTS_FILE = "slurm_attempts.json"
@@ -124,70 +126,6 @@ class SlurmResources:
             raise SlurmLaunchError(f"--job-name={self.job_name!r}: use letters, digits and _.+- only")
 
 
-def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Slurm options every dinolite launcher shares (``launch/slurm.py``, ``launch/lab.py --slurm``):
-    the resources group, ``--max-requeues`` and ``--dry-run``. Read back with :func:`resources_from_args`."""
-    res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=int, default=1)
-    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job (default 8)")
-    res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
-    res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
-    res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes (default 2800)")
-    res.add_argument("--partition")
-    res.add_argument("--account")
-    res.add_argument("--qos")
-    res.add_argument("--constraint")
-    res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
-    res.add_argument("--comment")
-    res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
-    res.add_argument(
-        "--signal-delay-s",
-        type=int,
-        default=120,
-        help="USR2 is sent this many seconds before the time limit, to checkpoint (default 120)",
-    )
-    run = parser.add_argument_group("requeue and dry run")
-    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out (default 10)")
-    run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
-
-
-def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> SlurmResources:
-    """:class:`SlurmResources` from options added by :func:`add_slurm_arguments`; ``argv`` are the
-    arguments as given (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    gpus = args.gpus_per_node
-    if args.tasks_per_node is not None and "--gpus-per-node" not in given:
-        gpus = 0
-    if args.max_requeues < 0:
-        raise SlurmLaunchError(f"--max-requeues={args.max_requeues}: must be >= 0")
-    return SlurmResources(
-        nodes=args.nodes,
-        gpus_per_node=gpus,
-        tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb,
-        time_min=args.time,
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-        exclude=args.exclude,
-        comment=args.comment,
-        job_name=job_name,
-        signal_delay_s=args.signal_delay_s,
-    )
-
-
-def check_training_fits(cfg: Any, resources: SlurmResources) -> None:
-    """Config choices that cannot work on the requested hardware fail at submission, not on the cluster."""
-    if resources.gpus_per_node == 0:
-        if cfg.distributed.backend == "nccl":
-            raise ConfigError("distributed.backend='nccl' needs GPUs, but the job asks for --gpus-per-node 0")
-        if cfg.train.device == "cuda":
-            raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
-
-
 def _flag(name: str) -> str:
     return "--" + {"time_min": "time"}.get(name, name).replace("_", "-")
 
@@ -245,7 +183,8 @@ def render_sbatch_script(parameters: Mapping[str, Any], log_dir: Path, python: s
     Uses submitit's own script writer so the dry run cannot drift from the real submission; it needs
     no Slurm installation.
     """
-    from submitit.slurm.slurm import _make_sbatch_string  # the writer behind SlurmExecutor
+    # The writer behind SlurmExecutor (private to submitit), imported only for the dry run.
+    from submitit.slurm.slurm import _make_sbatch_string
 
     return _make_sbatch_string(command=submitit_command(log_dir, python), folder=str(log_dir), **parameters)
 
@@ -364,7 +303,7 @@ class SlurmTrainingJob(Checkpointable):
     ``config`` is the resolved config as a plain dict (validated before submission, re-validated
     here); ``output_dir`` may contain ``%j``. ``train_entry`` is ``"module:function"`` (or a callable)
     with the signature of ``dinolite.train.loop.train``; ``init_distributed`` likewise for
-    ``dinolite.train.distributed.init_distributed``. ``requeue`` puts the job back in the queue.
+    ``dinolite.dist.init_distributed``. ``requeue`` puts the job back in the queue.
     A preempted run is requeued at most ``max_requeues`` times (``SLURM_RESTART_COUNT``); after that
     the job ends with its checkpoint and the ``"preempted"`` result, and resubmitting it with the same
     output directory resumes.
@@ -374,16 +313,13 @@ class SlurmTrainingJob(Checkpointable):
     output_dir: str
     max_requeues: int = 10
     train_entry: Union[str, Callable[..., Any]] = DEFAULT_TRAIN_ENTRY
-    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.train.distributed:init_distributed"
+    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.dist:init_distributed"
     requeue: Callable[[str], None] = field(default=scontrol_requeue)
 
     def __call__(self) -> Any:
         return self.run(os.environ)
 
     def run(self, environ: Mapping[str, str]) -> Any:
-        from dinolite.config import config_from_dict
-
-        from dinolite.train import distributed
 
         task = SlurmTask.from_environ(environ)
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
@@ -407,16 +343,16 @@ class SlurmTrainingJob(Checkpointable):
                         flush=True,
                     )
                 else:
-                    self._requeue_collectively(task, env, distributed)
+                    self._requeue_collectively(task, env)
             return result
         finally:
             signal.signal(signum, previous)
-            distributed.destroy_distributed()
+            destroy_distributed()
 
-    def _requeue_collectively(self, task: SlurmTask, env: Any, distributed: types.ModuleType) -> None:
+    def _requeue_collectively(self, task: SlurmTask, env: Any) -> None:
         """Every rank has finished the checkpoint: rank 0 requeues, then every rank exits result-less."""
         device = env.device if getattr(env, "backend", "") == "nccl" else "cpu"
-        distributed.barrier(device)
+        barrier(device)
         failure = ""
         if env.rank == 0:
             try:
@@ -424,12 +360,12 @@ class SlurmTrainingJob(Checkpointable):
                 print(f"[dinolite.slurm] requeued job {task.job_id} (restart {task.restart_count + 1})", flush=True)
             except (subprocess.SubprocessError, OSError) as exc:
                 failure = f"{exc}: {getattr(exc, 'stderr', '') or ''}".strip()
-        if distributed.any_rank(bool(failure), device):
+        if any_rank(bool(failure), device):
             raise RuntimeError(
                 f"job {task.job_id} checkpointed but could not be requeued ({failure or 'failed on rank 0'}); "
                 "resubmit with the same output dir to resume"
             )
-        distributed.destroy_distributed()
+        destroy_distributed()
         # SystemExit is not an Exception: submitit writes no result file, so the job is not "done".
         raise SystemExit(REQUEUED_EXIT_CODE)
 
@@ -453,7 +389,7 @@ class SlurmEntrypointJob(Checkpointable):
     """Run a module (``python -m``) or a script on every task, e.g. ``eval/knn.py``.
 
     The entry point sets up its own process group from the Slurm variables
-    (``dinolite.train.distributed.init_distributed``). A preempted evaluation is requeued by submitit
+    (``dinolite.dist.init_distributed``). A preempted evaluation is requeued by submitit
     and starts again from the beginning (evaluations are short and write their results at the end).
     """
 

@@ -111,7 +111,7 @@ def test_interrupted_run_resumes_and_equals_the_uninterrupted_one(lab, tmp_path)
     # (The loss logged at 4 averages iterations 3-4 uninterrupted but only 4 after the resume at 3.)
     assert [it for it, _ in resumed.collapse_records()] == [2, 4, 6]
     assert resumed.collapse_records() == uninterrupted.collapse_records()
-    timing = ("images_per_s", "data_wait", "memory_gb")
+    timing = ("time", "images_per_s", "data_wait", "memory_gb")
     final = [{k: v for k, v in t.records[ITERATIONS].items() if k not in timing} for t in (resumed, uninterrupted)]
     assert final[0] == final[1] and "loss" in final[0]
 

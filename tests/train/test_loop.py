@@ -142,7 +142,7 @@ def test_resume_continues_iteration_count_and_schedules(tmp_path):
     for key in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr", "images_seen"):
         assert a[8][key] == b[8][key], key
     assert a[8]["loss"] == pytest.approx(b[8]["loss"], rel=1e-5)
-    from dinolite.train.checkpoint import load_consolidated_state_dict
+    from dinolite.checkpoint import load_consolidated_state_dict
 
     wa = load_consolidated_state_dict(full.checkpoint_path, model="teacher", part="backbone")
     wb = load_consolidated_state_dict(second.checkpoint_path, model="teacher", part="backbone")
@@ -215,9 +215,9 @@ def test_metric_logger_writes_only_when_enabled(tmp_path):
     with MetricLogger(tmp_path / "main", enabled=True, tensorboard=False, console=console) as log:
         log.log(10, {"loss": torch.tensor(1.5), "lr": 1e-4}, total_iterations=100, eta_seconds=3725)
     line = json.loads((tmp_path / "main" / "metrics.jsonl").read_text())
-    assert line == {"iteration": 10, "loss": 1.5, "lr": 1e-4}
+    assert line == {"iteration": 10, "time": line["time"], "loss": 1.5, "lr": 1e-4}  # schema: test_logging.py
     out = stream.getvalue()
-    assert "it 10/100" in out and "loss 1.5000" in out and "eta 1:02:05" in out
+    assert "it 10/100" in out and "loss 1.5" in out and "eta 1:02:05" in out
     with MetricLogger(tmp_path / "other", enabled=False) as log:
         log.log(10, {"loss": 1.0})
     assert not (tmp_path / "other").exists()
