@@ -5,7 +5,10 @@ from the variables torchrun/Slurm set). Re-running with the same output director
 ``latest`` checkpoint. With ``evaluation.knn_at_end`` (the demo) the main process then prints the kNN
 accuracy of the trained teacher next to the raw-pixel and random-init baselines.
 
-Exit codes: 0 finished or preempted (run again to continue), 1 non-finite loss or bad input,
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 write a checkpoint at the next iteration on every rank; the run then
+exits 0 with "run again to continue" (see :mod:`dinolite.train.stop_signals`).
+
+Exit codes: 0 finished or stopped by a signal (run again to continue), 1 non-finite loss or bad input,
 3 stopped by the collapse watchdog.
 """
 
@@ -18,12 +21,15 @@ from typing import Optional, Sequence
 
 import torch
 
+from dinolite.checkpoint import CheckpointError
 from dinolite.config import ConfigError, load_config
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.train.logging import get_console_logger
 from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.loop import NonFiniteLossError, train
+from dinolite.train.run_lock import RunLockError, hold_run_lock
+from dinolite.train.stop_signals import StopFlag
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
@@ -56,9 +62,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
+    flag = StopFlag()
     try:
-        result = train(cfg, output_dir, env)
-    except (NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
+        # One run per output directory (rank 0 holds the lock); SIGTERM / SIGINT / SIGUSR2: checkpoint at
+        # the next iteration and exit 0.
+        with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
+            result = train(cfg, output_dir, env, stop_requested=flag.is_set)
+    except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
@@ -66,10 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
         return EXIT_COLLAPSE
+    if result.status == "preempted":
+        if env.rank == 0:
+            print(f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
+                  f"{result.checkpoint_path}; run again to continue (the same command resumes)", file=sys.stderr)
+        return EXIT_OK
     if env.rank == 0:
         console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
     if result.status == "finished" and cfg.evaluation.knn_at_end and env.rank == 0 and result.checkpoint_path:
-        device = torch.device(env.device) if env.device else torch.device("cpu")
         results = knn_report(cfg, result.checkpoint_path, output_dir, device)
         console.info(format_report(results, cfg.evaluation.knn_k))
     return EXIT_OK
