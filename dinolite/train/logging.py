@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, TextIO
 
+from dinolite.io import write_text_atomic
+
 LOGGER_NAME = "dinolite.train"
 
 
@@ -53,6 +55,9 @@ class MetricLogger:
         enabled: False on non-main ranks: nothing is written.
         tensorboard: write TensorBoard event files (``torch.utils.tensorboard``).
         console: the logger for the one-line summary (defaults to :func:`get_console_logger`).
+        resume_iteration: the iteration a resumed run restarts from: records after it (written by the
+            interrupted run, about to be replayed) are dropped from ``metrics.jsonl`` and hidden in
+            TensorBoard (``purge_step``), so every iteration is logged once.
     """
 
     # Keys shown on the console line, in this order; everything else only goes to JSONL/TensorBoard.
@@ -67,6 +72,7 @@ class MetricLogger:
         enabled: bool = True,
         tensorboard: bool = True,
         console: Optional[logging.Logger] = None,
+        resume_iteration: Optional[int] = None,
     ) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
@@ -76,13 +82,16 @@ class MetricLogger:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_iteration is not None:
+            drop_records_after(self.output_dir / "metrics.jsonl", resume_iteration)
         # Append: a resumed run continues the same file (records carry their iteration).
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             # TensorBoard is imported only when asked for: its import is slow and pulls in protobuf.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+            purge = resume_iteration + 1 if resume_iteration is not None else None
+            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=purge)
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -142,6 +151,27 @@ class MetricLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite the JSONL file ``path`` (atomically) without records whose ``iteration`` is above
+    ``iteration``; returns how many were dropped. Unparsable lines (a write cut by a kill) go too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] > iteration:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return dropped
 
 
 def _plain(value: Any) -> Any:
