@@ -137,7 +137,15 @@ class DataConfig:
     source: list[str] = field(default_factory=list)
     num_workers: int = 10
     shuffle_buffer: int = 5000
-    decode_errors_max_fraction: float = 0.01  # above this fraction of skipped samples, stop
+    # Stop when more than this fraction of the last `decode_errors_window` samples of one data worker
+    # could not be used (undecodable, over max_image_pixels, failing augmentation); in [0, 1]:
+    # 0 stops at the first bad sample, 1 never stops. See docs/data.md.
+    decode_errors_max_fraction: float = 0.01
+    # How many recent samples (per data worker) that fraction is measured over; >= 1.
+    decode_errors_window: int = 10000
+    # Images whose header gives width * height above this are skipped before any pixel is decoded
+    # (decompression bombs); >= 1. Default: Pillow's own limit (268 MB as 8-bit RGB).
+    max_image_pixels: int = 89478485
 
 
 @dataclass
@@ -158,6 +166,13 @@ class TrainConfig:
     # torch intra-op CPU threads per process (0: torch's default). Tiny models on a shared CPU run far
     # faster with 1: idle-spinning OpenMP threads starve when cores are oversubscribed.
     num_threads: int = 0
+    # A progress bar over the iterations when stderr is a terminal (never in log files); --no-progress.
+    progress: bool = True
+    # Experiment trackers that receive every metrics.jsonl record: wandb and/or mlflow (extras
+    # `pip install dinolite[wandb]` / `[mlflow]`). WANDB_MODE=offline works without an account.
+    loggers: list[str] = field(default_factory=list)
+    wandb_project: str = "dinolite"
+    mlflow_tracking_uri: str = ""  # empty: sqlite:///<output_dir>/mlflow.db
 
 
 @dataclass
@@ -193,6 +208,12 @@ class EvaluationConfig:
     knn_train: list[str] = field(default_factory=list)
     knn_val: list[str] = field(default_factory=list)
     knn_k: int = 20
+    # During training: kNN top-1 (k = knn_k) of the evaluated network on the knn_train/knn_val images
+    # (the digits for the demo) every N iterations, logged as eval/knn_top1 (0: off).
+    online_every: int = 0
+    online_linear: bool = False  # also a cheap linear probe on the same features (eval/linear_top1)
+    online_max_train_images: int = 2000  # bounds the cost of one online evaluation
+    online_max_val_images: int = 1000
 
 
 @dataclass
@@ -222,6 +243,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
 }
+TRACKERS = ("wandb", "mlflow")  # train.loggers
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,6 +466,12 @@ def validate(cfg: Config) -> None:
         "train.log_every",
         "train.checkpoint_every",
     ]
+    for name in cfg.train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(f"invalid value in 'train.loggers': {name!r}; expected any of {', '.join(TRACKERS)}")
+    for dotted in ("evaluation.online_every", "evaluation.online_max_train_images", "evaluation.online_max_val_images"):
+        if get_by_path(cfg, dotted) < 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be >= 0")
     for dotted in positive:
         if get_by_path(cfg, dotted) <= 0:
             raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
@@ -467,6 +495,24 @@ def validate(cfg: Config) -> None:
         if not threshold.metric or (threshold.min is None and threshold.max is None):
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
     _validate_ranges(cfg)
+    validate_data(cfg.data)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Ranges of the ``data`` section's numeric keys; errors name the key, the value and the range."""
+    if not 0.0 <= data.decode_errors_max_fraction <= 1.0:
+        raise ConfigError(
+            f"invalid value for 'data.decode_errors_max_fraction': {data.decode_errors_max_fraction!r}; must be in "
+            "[0, 1] (0 stops at the first unusable sample, 1 never stops)"
+        )
+    for key in ("decode_errors_window", "max_image_pixels", "shuffle_buffer"):
+        value = getattr(data, key)
+        if value < (0 if key == "shuffle_buffer" else 1):
+            raise ConfigError(
+                f"invalid value for 'data.{key}': {value!r}; must be >= {0 if key == 'shuffle_buffer' else 1}"
+            )
+    if data.num_workers < 0:
+        raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
 
 
 # (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
@@ -494,7 +540,6 @@ RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("dino.koleo_loss_weight", 0.0, math.inf, True, False),
     ("ibot.loss_weight", 0.0, math.inf, True, False),
     ("student.drop_path_rate", 0.0, 1.0, True, False),
-    ("data.decode_errors_max_fraction", 0.0, 1.0, True, True),
     ("train.keep_last_checkpoints", 0, math.inf, True, False),
     ("evaluation.knn_k", 1, math.inf, True, False),
 )

@@ -89,6 +89,9 @@ def build_data_stream(
         world_size=world_size,
         shuffle_buffer=cfg.data.shuffle_buffer,
         start_batch=start_batch,
+        max_image_pixels=cfg.data.max_image_pixels,
+        max_skip_fraction=cfg.data.decode_errors_max_fraction,
+        skip_window=cfg.data.decode_errors_window,
     )
     return iter(loader)
 

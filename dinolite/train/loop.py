@@ -229,6 +229,7 @@ def train(
             batch = next(stream)
             t_data = time.perf_counter()
             window.skipped += int(batch.get("skipped_samples", 0))
+            window.damaged_shards += int(batch.get("damaged_shards", 0))
             batch = to_device(batch, device)
 
             values = schedules.at(it)
@@ -275,7 +276,7 @@ def train(
 
 
 class _Window:
-    """Sums over the iterations since the last log line (losses, timings, skipped samples)."""
+    """Sums over the iterations since the last log line (losses, timings, skipped samples, damaged shards)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -283,6 +284,7 @@ class _Window:
         self.data_time = 0.0
         self.step_time = 0.0
         self.skipped = 0
+        self.damaged_shards = 0
 
     def add(self, output: ObjectiveOutput, grad_norms: Mapping[str, float], data_time: float, step_time: float) -> None:
         self.n += 1
@@ -313,6 +315,7 @@ class _Window:
             memory_gb=memory_gb(device),
             images_seen=float(iteration * global_batch),
             skipped_samples=all_reduce_sum(float(self.skipped), device),
+            damaged_shards=all_reduce_sum(float(self.damaged_shards), device),
             epoch=iteration / epoch_length,
         )
         return metrics

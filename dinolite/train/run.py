@@ -1,4 +1,6 @@
-"""``python launch/local.py [--config NAME] [--output-dir DIR] [key=value ...]``: train one run.
+"""Train one run: ``dinolite-train [--config NAME] [--output-dir DIR] [key=value ...]``.
+
+The same command as ``python -m dinolite.train.run`` and, from a clone, ``python launch/local.py``.
 
 One process (CPU or one GPU), or one per GPU under ``torchrun`` (the distributed environment is read
 from the variables torchrun/Slurm set). Re-running with the same output directory resumes from its
@@ -22,11 +24,13 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.checkpoint import CheckpointError
+from dinolite.cli import make_parser, run_main
+from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
-from dinolite.train.logging import get_console_logger
 from dinolite.train.finite_check import NonFiniteStateError
+from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
 from dinolite.train.run_lock import RunLockError, hold_run_lock
 from dinolite.train.stop_signals import StopFlag
@@ -34,22 +38,29 @@ from dinolite.train.stop_signals import StopFlag
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="launch/local.py",
-        description="Self-supervised pretraining (DINOv2 recipe) on this machine, single process or torchrun.",
-    )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path (default: demo)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(description=__doc__)
+    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Bad input found while training (a data source, a file) is one error: line too, with exit code 1.
+    return run_main(_main, argv, exit_code=EXIT_ERROR)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 
     args = parse_args(argv)
     console = get_console_logger()
+    check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
     try:
         overrides = list(args.overrides)
         if args.output_dir is not None:
