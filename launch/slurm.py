@@ -119,7 +119,7 @@ def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) 
         if not hasattr(module, "build_parser") and hasattr(module, "__path__") and importlib.util.find_spec(f"{target}.__main__"):
             module = importlib.import_module(f"{target}.__main__")  # its main() runs only as __main__
     else:
-        script = Path(target)
+        script = Path(target).resolve()
         if script.parent.parent != ROOT or script.parent.name not in ("eval", "launch"):
             return
         spec = importlib.util.spec_from_file_location(f"_dinolite_entry_{script.stem}", script)
