@@ -1,4 +1,6 @@
-"""``python launch/local.py [--config NAME] [--output-dir DIR] [key=value ...]``: train one run.
+"""Train one run: ``dinolite-train [--config NAME] [--output-dir DIR] [key=value ...]``.
+
+The same command as ``python -m dinolite.train.run`` and, from a clone, ``python launch/local.py``.
 
 One process (CPU or one GPU), or one per GPU under ``torchrun`` (the distributed environment is read
 from the variables torchrun/Slurm set). Re-running with the same output directory resumes from its
@@ -19,23 +21,21 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.cli import make_parser, run_main
+from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, to_yaml
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.train.builders import validate_training_config
-from dinolite.train.logging import get_console_logger
 from dinolite.train.finite_check import NonFiniteStateError
+from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        "launch/local.py",
-        description="Self-supervised pretraining (DINOv2 recipe) on this machine, single process or torchrun.",
-    )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
+    parser = make_parser(description=__doc__)
+    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as train.progress=false)")
     parser.add_argument("--dry-run", action="store_true",
@@ -56,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     console = get_console_logger()
+    check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
     try:
         overrides = list(args.overrides)
         if args.output_dir is not None:

@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-import submitit
-from submitit.helpers import Checkpointable
-
 from dinolite.config import config_from_dict
 from dinolite.dist import any_rank, barrier, destroy_distributed
+from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
+
+# submitit is the ``slurm`` extra: importing this module without it names the pip install to run
+submitit = optional_import("submitit", extra="slurm", purpose="Slurm submission (dinolite-slurm)")
+Checkpointable = submitit.helpers.Checkpointable
 
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
 ATTEMPTS_FILE = "slurm_attempts.json"
