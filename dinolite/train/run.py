@@ -26,9 +26,10 @@ import torch
 from dinolite.checkpoint import CheckpointError
 from dinolite.cli import make_parser, run_main
 from dinolite.compat import check_installed_versions
-from dinolite.config import ConfigError, load_config
+from dinolite.config import ConfigError, load_config, to_yaml
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
+from dinolite.train.builders import validate_training_config
 from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as train.progress=false)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and print it resolved; train nothing (no GPU or data needed)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
     return parser
 
@@ -56,8 +60,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-
-
     args = parse_args(argv)
     console = get_console_logger()
     check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
@@ -65,10 +67,17 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         overrides = list(args.overrides)
         if args.output_dir is not None:
             overrides.append(f"train.output_dir={args.output_dir}")
+        if args.no_progress:
+            overrides.append("train.progress=false")
         cfg = load_config(args.config, overrides)
+        validate_training_config(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if args.dry_run:
+        print(f"# resolved config ({args.config}, overrides: {' '.join(overrides) or 'none'})\n{to_yaml(cfg)}")
+        print(f"# dry run: nothing trained; output dir {cfg.train.output_dir}")
+        return EXIT_OK
     output_dir = Path(cfg.train.output_dir)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
