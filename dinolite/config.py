@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,14 +378,62 @@ def _schema_type(dotted: str, root: type = Config) -> Any:
     return tp
 
 
+def _split_list(body: str) -> list[str]:
+    """``a, b{1..2}, 'c'`` -> items, splitting on commas outside braces/brackets/quotes (shard patterns)."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in body:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [item.strip().strip("'\"") for item in items if item.strip()]
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``key=value``; a list-typed key takes ``[p1, p2]`` with brace patterns, or one bare value."""
+    key, _, value = item.partition("=")
+    key = key.strip()
+    is_list = typing.get_origin(_unwrap_optional(_schema_type(key))) is list
+    try:
+        node = OmegaConf.from_dotlist([item])
+    except Exception as exc:  # yaml's ParserError/ScannerError are not OmegaConf errors
+        text = value.strip()
+        if is_list and text.startswith("[") and text.endswith("]"):  # [/d/shard-{000000..001281}.tar]
+            return OmegaConf.from_dotlist([]) if not text[1:-1].strip() else _list_override(key, _split_list(text[1:-1]))
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"cannot parse override {item!r}: {reason}; quote the value if it is meant as a string") from None
+    if is_list and isinstance(OmegaConf.select(node, key), str):  # data.source=/d/shard-{0..9}.tar
+        return _list_override(key, [OmegaConf.select(node, key)])
+    return node
+
+
+def _list_override(key: str, values: list[str]) -> DictConfig:
+    node = OmegaConf.create({})
+    OmegaConf.update(node, key, values, force_add=True)
+    return node
+
+
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from exc
+    merged = OmegaConf.create({})
+    for item in overrides:
+        try:
+            merged = OmegaConf.merge(merged, _parse_override(item))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}") from exc
+    return merged
 
 
 def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
@@ -396,9 +445,14 @@ def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()
     merged = _merge(schema, _read_yaml(_config_dir() / "default.yaml"), "default.yaml")
     preset_path = _resolve_preset(name_or_path)
     if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
-        merged = _merge(merged, _read_yaml(preset_path), str(preset_path))
+        preset = _read_yaml(preset_path)
+        merged = _merge(merged, preset, str(preset_path))
+        if preset_path.parent != _config_dir():  # a user's file (shipped presets are consistent)
+            _check_shared_head(preset, merged, str(preset_path))
     if overrides:
-        merged = _merge(merged, _parse_overrides(overrides), "overrides")
+        layer = _parse_overrides(overrides)
+        merged = _merge(merged, layer, "overrides")
+        _check_shared_head(layer, merged, "overrides")
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
@@ -461,6 +515,7 @@ def validate(cfg: Config) -> None:
     for i, threshold in enumerate(cfg.monitor.thresholds):
         if not threshold.metric or (threshold.min is None and threshold.max is None):
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
+    _validate_ranges(cfg)
     validate_data(cfg.data)
 
 
@@ -479,6 +534,94 @@ def validate_data(data: DataConfig) -> None:
             )
     if data.num_workers < 0:
         raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
+
+
+# (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
+RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
+    ("optim.base_lr", 0.0, math.inf, False, False),
+    ("optim.min_lr", 0.0, math.inf, True, False),
+    ("optim.weight_decay", 0.0, math.inf, True, False),
+    ("optim.weight_decay_end", 0.0, math.inf, True, False),
+    ("optim.clip_grad", 0.0, math.inf, True, False),
+    ("optim.patch_embed_lr_mult", 0.0, math.inf, True, False),
+    ("optim.layerwise_decay", 0.0, 1.0, False, True),
+    ("optim.adamw_beta1", 0.0, 1.0, True, False),
+    ("optim.adamw_beta2", 0.0, 1.0, True, False),
+    ("optim.warmup_epochs", 0, math.inf, True, False),
+    ("optim.freeze_last_layer_epochs", 0, math.inf, True, False),
+    ("teacher.momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.final_momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.center_momentum", 0.0, 1.0, True, True),
+    ("teacher.warmup_teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.student_temp", 0.0, math.inf, False, False),
+    ("teacher.warmup_teacher_temp_epochs", 0, math.inf, True, False),
+    ("ibot.mask_sample_probability", 0.0, 1.0, True, True),
+    ("dino.loss_weight", 0.0, math.inf, True, False),
+    ("dino.koleo_loss_weight", 0.0, math.inf, True, False),
+    ("ibot.loss_weight", 0.0, math.inf, True, False),
+    ("student.drop_path_rate", 0.0, 1.0, True, False),
+    ("train.keep_last_checkpoints", 0, math.inf, True, False),
+    ("evaluation.knn_k", 1, math.inf, True, False),
+)
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric ranges and cross-key constraints; each message names the key, the value and what is valid."""
+    for dotted, low, high, low_in, high_in in RANGES:
+        value = get_by_path(cfg, dotted)
+        ok_low = value >= low if low_in else value > low
+        ok_high = value <= high if high_in else value < high
+        if not (ok_low and ok_high and math.isfinite(value)):
+            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}")
+    if cfg.train.max_iterations is not None and cfg.train.max_iterations < 1:
+        raise ConfigError(
+            f"invalid value for 'train.max_iterations': {cfg.train.max_iterations}; must be >= 1, or null to run "
+            f"the whole schedule (optim.epochs x train.iterations_per_epoch = "
+            f"{cfg.optim.epochs * cfg.train.iterations_per_epoch})"
+        )
+    if cfg.optim.freeze_last_layer_epochs and cfg.optim.freeze_last_layer_epochs >= cfg.optim.epochs:
+        raise ConfigError(
+            f"invalid value for 'optim.freeze_last_layer_epochs': {cfg.optim.freeze_last_layer_epochs}; must be < "
+            f"optim.epochs={cfg.optim.epochs} (the prototypes would stay frozen for the whole run)"
+        )
+    for dotted in ("crops.global_crops_scale", "crops.local_crops_scale"):
+        low = get_by_path(cfg, dotted)[0]
+        if low <= 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)}; the low scale must be > 0")
+    grid = cfg.crops.global_crops_size // cfg.student.patch_size
+    if int(0.5 * grid * grid) < MIN_MASK_PATCHES:
+        raise ConfigError(
+            f"invalid value for 'crops.global_crops_size': {cfg.crops.global_crops_size} with student.patch_size="
+            f"{cfg.student.patch_size} gives {grid}x{grid} patches; iBOT's block masking needs at least "
+            f"{2 * MIN_MASK_PATCHES} patches per global crop (crops.global_crops_size >= "
+            f"{math.ceil(math.sqrt(2 * MIN_MASK_PATCHES)) * cfg.student.patch_size})"
+        )
+
+
+# iBOT's block masks: at least this many patches per block, at most half the patches (DINOv2's collate).
+MIN_MASK_PATCHES = 4
+SHARED_HEAD_KEYS = ("head_n_prototypes", "head_bottleneck_dim", "head_nlayers", "head_hidden_dim")
+
+
+def _check_shared_head(layer: DictConfig, merged: DictConfig, source: str) -> None:
+    """With ``ibot.separate_head=false`` iBOT uses the DINO head: an ``ibot.head_*`` that ``layer`` sets to
+    another value than ``dino.head_*`` would be silently ignored."""
+    ibot = layer.get("ibot") if isinstance(layer, DictConfig) else None
+    if not isinstance(ibot, DictConfig) or merged.ibot.separate_head:
+        return
+    for key in SHARED_HEAD_KEYS:
+        if key in ibot and merged.ibot[key] != merged.dino[key]:
+            raise ConfigError(
+                f"{source}: invalid value for 'ibot.{key}': {merged.ibot[key]}; with ibot.separate_head=false iBOT "
+                f"uses the DINO head (dino.{key}={merged.dino[key]}): set ibot.separate_head=true or drop the key"
+            )
 
 
 def get_by_path(cfg: Any, dotted: str) -> Any:

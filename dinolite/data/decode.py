@@ -133,6 +133,8 @@ def image_size(data: bytes) -> tuple[int, int]:
                 return img.size
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ValueError(f"not an image in any known format ({len(data)} bytes, starting {data[:12]!r})") from exc
     except Exception as exc:  # Pillow raises many types for unknown or damaged data
         raise ValueError(f"unrecognised image data ({len(data)} bytes): {exc}") from exc
 

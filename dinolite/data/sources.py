@@ -36,6 +36,17 @@ logger = logging.getLogger(__name__)
 class SourceError(ValueError):
     """A data source that cannot be used; the message names the pattern, file or folder at fault."""
 
+    def __str__(self) -> str:
+        text = super().__str__()
+        # A DataLoader re-raises a worker's exception with the worker's whole traceback as its message;
+        # its last line holds ours, which is what a user (and the one-line ``error:`` output) needs.
+        if text.startswith("Caught ") and "Original Traceback" in text:
+            marker = f"{type(self).__name__}: "
+            last = text.rstrip().splitlines()[-1]
+            if marker in last:
+                return last.split(marker, 1)[1] + " (raised in a DataLoader worker)"
+        return text
+
 
 @dataclass(frozen=True)
 class Unit:

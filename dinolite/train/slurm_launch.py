@@ -140,7 +140,7 @@ def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) 
             elif importlib.util.find_spec(f"{target}_cli"):
                 module = importlib.import_module(f"{target}_cli")  # `python -m dinolite.eval.knn` runs knn_cli
     else:
-        script = Path(target)
+        script = Path(target).resolve()  # a symlinked checkout (e.g. a scratch dir) is still ours
         if script.parent.parent != CHECKOUT_ROOT or script.parent.name not in ("eval", "launch"):
             return
         spec = importlib.util.spec_from_file_location(f"_dinolite_entry_{script.stem}", script)
