@@ -31,6 +31,7 @@ from dinolite.lab.matrix import LabPlan, PlannedRun
 from dinolite.lab.traces import (
     CHANNELS,
     RunTrace,
+    Series,
     WatchdogReplay,
     read_result,
     read_run_config,
@@ -58,18 +59,26 @@ class RunReport:
         return self.verdict.reproduces(self.run.spec.expect)
 
 
+def eval_rank_series(result: Optional[dict]) -> Series:
+    """RankMe of the evaluated backbone on the evaluation images at each kept checkpoint."""
+    spectra = (result or {}).get("spectra") or []
+    return Series([s["iteration"] for s in spectra], [s["rankme"] for s in spectra])
+
+
 def collect(plan: LabPlan) -> list[RunReport]:
     """Read every run of the plan back from disk and judge it."""
+    results = {run.label: read_result(run.run_dir) for run in plan.runs}
     reports = []
     for run in plan.runs:
         trace = read_trace(run.run_dir)
-        result = read_result(run.run_dir)
+        result = results[run.label]
         config = read_run_config(run.run_dir) or run.config
         diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
-        baseline_path = random_init_baseline_path(run.config, plan.output_dir / "baselines")
-        baseline = _read_json(baseline_path)
-        reports.append(RunReport(run, trace, result, judge(trace, plan.matrix.verdict, diverged_at),
-                                 replay_watchdog(config, trace), baseline))
+        reference = run.spec.reference
+        verdict = judge(trace, plan.matrix.verdict, diverged_at, eval_rank_series(result),
+                        eval_rank_series(results.get(reference)) if reference else None, reference)
+        baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
+        reports.append(RunReport(run, trace, result, verdict, replay_watchdog(config, trace), baseline))
     return reports
 
 

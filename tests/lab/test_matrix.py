@@ -59,6 +59,8 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
          r"did you mean 'teacher.center_momentum'\?"),
         ("preset: demo, overrides", "preset: demo_nosuch, overrides",
          r"runs\[1\] \(no-centering\), preset 'demo_nosuch': unknown config preset 'demo_nosuch'; available presets: "),
+        ("expect: complete collapse}", "expect: complete collapse, reference: dinoo}",
+         r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?"),
         ("measurements: {every: 10, spectra: 4}", "measurements: {every: 500}",
          r"'measurements.every' = 500 exceeds 'iterations' = 200"),
     ],
