@@ -257,6 +257,7 @@ def summary_table(reports: list[RunReport]) -> str:
 def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]]) -> str:
     m = plan.matrix
     done = sum(1 for r in reports if r.result)
+    seconds = [(r.result or {}).get(k) or 0.0 for r in reports for k in ("train_seconds", "eval_seconds")]
     reproduced = sum(1 for r in reports if r.result and r.reproduced)
     lines = [
         f"# Collapse lab: {m.name}",
@@ -265,7 +266,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "",
         f"Matrix `{plan.source.name}`: {len(reports)} runs of {m.iterations} iterations each "
         f"(data {', '.join(m.data)}; measurements every {m.measurements.every} iterations). "
-        f"{done} of {len(reports)} runs done; **{reproduced} of {done} expected findings reproduced**.",
+        f"{done} of {len(reports)} runs done; **{reproduced} of {done} expected findings reproduced**. "
+        f"Training and evaluation took {sum(seconds) / 60:.0f} minutes in total (sum over the runs done here).",
         "",
         "## Summary",
         "",
