@@ -79,7 +79,7 @@ def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, mess
                train_seconds: float | None = None) -> dict:
     """Evaluate a trained run from its checkpoints and write its ``lab_result.json``."""
     start = time.perf_counter()
-    data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements)
+    data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
     evaluation = evaluate_run(run.config, run.run_dir, data)
     random_init_baseline(run.config, data, plan.output_dir / "baselines")
     result = {
