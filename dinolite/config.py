@@ -328,6 +328,25 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
+    """Read a YAML file into the dataclass ``schema`` with this module's checks and messages.
+
+    For files other than training configs (e.g. the collapse lab's matrix files): unknown keys name the
+    full dotted path and the nearest valid key, wrong types name the expected type and the value given,
+    a missing required key (a field without a default) is named; every message starts with the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    node = _read_yaml(path)
+    _check_keys(node, schema, "", str(path))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, str(path), schema)) from exc
+
+
 def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
     _check_keys(other, Config, "", source)
     try:
@@ -336,24 +355,26 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
         raise ConfigError(_format_omegaconf_error(exc, source)) from exc
 
 
-def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type = Config) -> str:
     path = getattr(exc, "full_key", None) or "?"
-    expected = _schema_type(path)
+    expected = _schema_type(path, root)
     msg = str(exc).splitlines()[0]
     expected_txt = f", expected {_type_name(expected)}" if expected is not None else ""
     return f"{source}: invalid value for {path!r}{expected_txt}: {msg}"
 
 
-def _schema_type(dotted: str) -> Any:
+def _schema_type(dotted: str, root: type = Config) -> Any:
     """The declared type of a dotted key in the schema, or None when the path is not a plain field."""
-    cls: Any = Config
+    cls: Any = root
     tp: Any = None
     for part in dotted.split("."):
-        part = part.split("[")[0]
-        if not dataclasses.is_dataclass(cls) or part not in _field_types(cls):
+        name = part.split("[")[0]
+        if not dataclasses.is_dataclass(cls) or name not in _field_types(cls):
             return None
-        tp = _field_types(cls)[part]
+        tp = _field_types(cls)[name]
         cls = _unwrap_optional(tp)
+        if "[" in part and typing.get_origin(cls) is list:  # runs[2].label: the item's field
+            tp = cls = (typing.get_args(cls) or (Any,))[0]
     return tp
 
 
