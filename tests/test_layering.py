@@ -35,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "eval": FOUNDATION | {"checkpoint", "models", "data", "monitor", "export"},
     # The trainer composes everything below it.
     "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval"},
+    # Above the trainer, like launch/: runs matrices of trainings and reads them back (nothing imports it).
+    "lab": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "train"},
 }
 TOP_LEVEL_MODULES = {"__init__"}  # dinolite/__init__.py: the public entry points
 
