@@ -82,7 +82,8 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SLURM_OPTIONS = frozenset({
-    "--nodes", "--gpus-per-node", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--partition",
+    "--nodes", "--gpus-per-node", "--ngpus", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--timeout",
+    "--partition",
     "--account", "--qos", "--constraint", "--exclude", "--comment", "--job-name", "--signal-delay-s",
     "--max-requeues", "--dry-run",
 })  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
