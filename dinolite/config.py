@@ -562,8 +562,29 @@ RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("ibot.loss_weight", 0.0, math.inf, True, False),
     ("student.drop_path_rate", 0.0, 1.0, True, False),
     ("train.keep_last_checkpoints", 0, math.inf, True, False),
+    ("train.num_threads", 0, math.inf, True, False),
     ("evaluation.knn_k", 1, math.inf, True, False),
+    ("student.num_register_tokens", 0, math.inf, True, False),
+    ("dino.head_bottleneck_dim", 1, math.inf, True, False),
+    ("dino.head_nlayers", 1, math.inf, True, False),
+    ("dino.head_hidden_dim", 1, math.inf, True, False),
+    ("ibot.head_bottleneck_dim", 1, math.inf, True, False),
+    ("ibot.head_nlayers", 1, math.inf, True, False),
+    ("ibot.head_hidden_dim", 1, math.inf, True, False),
+    ("teacher.sinkhorn_iterations", 1, math.inf, True, False),
+    ("monitor.every", 0, math.inf, True, False),
+    ("monitor.spectrum_every", 0, math.inf, True, False),
+    ("monitor.max_samples", 1, math.inf, True, False),
+    ("crops.horizontal_flip_p", 0.0, 1.0, True, True),
+    ("crops.color_jitter_p", 0.0, 1.0, True, True),
+    ("crops.grayscale_p", 0.0, 1.0, True, True),
+    ("crops.blur_p_global1", 0.0, 1.0, True, True),
+    ("crops.blur_p_global2", 0.0, 1.0, True, True),
+    ("crops.blur_p_local", 0.0, 1.0, True, True),
+    ("crops.solarize_p_global2", 0.0, 1.0, True, True),
 )
+# Architecture overrides: each must be >= 1 when set (None takes the arch's value).
+ARCH_OVERRIDES = ("student.embed_dim", "student.depth", "student.num_heads")
 
 
 def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
@@ -580,6 +601,29 @@ def _validate_ranges(cfg: Config) -> None:
         ok_high = value <= high if high_in else value < high
         if not (ok_low and ok_high and math.isfinite(value)):
             raise ConfigError(f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}")
+    for dotted in ARCH_OVERRIDES:
+        value = get_by_path(cfg, dotted)
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid value for {dotted!r}: {value}; must be >= 1 (or null for the arch's value)")
+    student = cfg.student
+    if student.embed_dim is not None and student.num_heads is not None and student.embed_dim % student.num_heads:
+        raise ConfigError(
+            f"invalid value for 'student.embed_dim': {student.embed_dim}; must be a multiple of "
+            f"student.num_heads={student.num_heads}"
+        )
+    for dotted in ("crops.mean", "crops.std"):
+        values = get_by_path(cfg, dotted)
+        if len(values) != 3 or (dotted == "crops.std" and min(values) <= 0):
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {values}; expected 3 values (one per RGB channel)"
+                + (", each > 0" if dotted == "crops.std" else "")
+            )
+    jitter = cfg.crops.color_jitter
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ConfigError(
+            f"invalid value for 'crops.color_jitter': {jitter}; expected [brightness, contrast, saturation, hue], "
+            "each >= 0, hue <= 0.5"
+        )
     if cfg.train.max_iterations is not None and cfg.train.max_iterations < 1:
         raise ConfigError(
             f"invalid value for 'train.max_iterations': {cfg.train.max_iterations}; must be >= 1, or null to run "
