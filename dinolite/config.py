@@ -12,7 +12,6 @@ Key names follow DINOv2's ``ssl_default_config.yaml`` where DINOv2 has the key (
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from dinolite import config_aliases
 from dinolite.io import write_text_atomic
 
 # The presets ship inside the package (wheels carry them); a source checkout also has a ``configs``
@@ -159,6 +160,7 @@ class TrainConfig:
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
     centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
     compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_scaler: bool = True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
     log_every: int = 10
     checkpoint_every: int = 1250
     keep_last_checkpoints: int = 3
@@ -309,8 +311,8 @@ def _check_keys(node: Any, cls: type, path: str, source: str) -> None:
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
             valid = [f"{path}.{k}" if path else k for k in fields]
-            near = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
+            near = config_aliases.suggest(full, valid)  # DINOv2's key names first
+            hint = f"; did you mean {near}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
             raise ConfigError(f"{source}: unknown config key {full!r}{hint}")
         inner = _unwrap_optional(fields[key])
         value = node._get_node(key)
@@ -348,6 +350,10 @@ def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
 
 
 def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        other = config_aliases.translate(other, source)  # DINOv2's key names -> ours
+    except config_aliases.AliasError as exc:
+        raise ConfigError(str(exc)) from None
     _check_keys(other, Config, "", source)
     try:
         return OmegaConf.merge(base, other)

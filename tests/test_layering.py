@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "extras": set(),  # optional dependencies: the error names the pip extra to install
     "compat": set(),  # which torchvision goes with which torch
     "dist": set(),
-    "config": {"io"},
+    "config": {"io", "config_aliases"},
+    "config_aliases": set(),  # DINOv2's key names -> ours (read by config only)
     "checkpoint": FOUNDATION,
     # Building blocks: they take plain arguments and never import each other.
     "models": FOUNDATION,

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
+from dinolite.dist import resolve_device
 from dinolite.data.loader import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import ExtractedFeatures, extract_features
@@ -59,12 +60,15 @@ def kept_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 class EvalData:
-    """The evaluation images of a matrix, with their transform (built once per crop size)."""
+    """The evaluation images of a matrix and the device the networks run on (``train.device`` of the run,
+    resolved like training: the first GPU when there is one)."""
 
-    def __init__(self, train_source: list[str], val_source: list[str], measurements: Measurements) -> None:
+    def __init__(self, train_source: list[str], val_source: list[str], measurements: Measurements,
+                 device: str = "auto") -> None:
         self.train_source = list(train_source)
         self.val_source = list(val_source)
         self.measurements = measurements
+        self.device = resolve_device(device, local_rank=0)
 
     def features(self, backbone: nn.Module, cfg: Config) -> tuple[ExtractedFeatures, ExtractedFeatures, int]:
         """Probe-layout features (:func:`probe_features`) of train and val, and the block count in them."""
@@ -76,10 +80,11 @@ class EvalData:
         def fn(images: torch.Tensor) -> torch.Tensor:
             return probe_features(backbone, images, n_blocks)
 
+        backbone.to(self.device)
         train = extract_features(fn, build_eval_dataset(self.train_source, transform), batch_size=256,
-                                 progress=False, desc="lab train")
+                                 device=self.device, progress=False, desc="lab train")
         val = extract_features(fn, build_eval_dataset(self.val_source, transform), batch_size=256,
-                               progress=False, desc="lab val")
+                               device=self.device, progress=False, desc="lab val")
         return train, val, n_blocks
 
 
@@ -109,6 +114,9 @@ def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration:
     if not full:
         return out
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    # kNN and the probe run where the network ran (features come back on CPU, batch by batch)
+    train = ExtractedFeatures(*(t.to(data.device) for t in train))
+    val = ExtractedFeatures(*(t.to(data.device) for t in val))
     if m.knn:
         knn = knn_classify(_cls(train.features, n_blocks, dim), train.labels, _cls(val.features, n_blocks, dim),
                            val.labels, num_classes, ks=(m.knn_k,), temperature=KNN_TEMPERATURE)

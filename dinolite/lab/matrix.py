@@ -43,6 +43,7 @@ class LabRun:
     overrides: list[str] = field(default_factory=list)  # key=value, applied after the matrix's overrides
     expect: str = MISSING  # healthy | complete collapse | dimensional collapse
     why: str = ""  # the paper's finding this run reproduces (shown in the report)
+    reference: str = ""  # label of the run this one is compared with for dimensional collapse (Jing et al.)
 
 
 @dataclass
@@ -64,7 +65,8 @@ class VerdictRules:
     complete_std_ratio: float = 0.1  # std x sqrt(d) of the L2-normalised embedding below: constant output
     one_prototype_entropy: float = 0.1  # batch-mean teacher entropy / ln K below: one prototype for all
     uniform_entropy: float = 0.98  # per-image teacher entropy / ln K above: a flat output for every image
-    dimensional_rank_ratio: float = 0.25  # RankMe / min(N, D) below (and not complete): dimensional
+    dimensional_rank_ratio: float = 0.05  # RankMe / min(N, D) below (and not complete): dimensional
+    dimensional_reference_fraction: float = 0.5  # eval-set RankMe below this x the reference run's
     settle_fraction: float = 0.25  # the last fraction of the run a condition must hold over (>= 1 point)
 
 
@@ -181,6 +183,10 @@ def load_matrix(path: str | Path) -> LabMatrix:
         seen[run.label] = i
         if run.expect not in EXPECTED_FINDINGS:
             raise ConfigError(f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}")
+        if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
+            others = [r.label for r in matrix.runs if r.label != run.label]
+            raise ConfigError(f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
+                              f"{_hint(run.reference, others)}")
         for item in run.overrides:
             key = item.split("=", 1)[0].strip()
             if key in LAB_KEYS:

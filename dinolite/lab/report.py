@@ -31,6 +31,7 @@ from dinolite.lab.matrix import LabPlan, PlannedRun
 from dinolite.lab.traces import (
     CHANNELS,
     RunTrace,
+    Series,
     WatchdogReplay,
     read_result,
     read_run_config,
@@ -58,18 +59,26 @@ class RunReport:
         return self.verdict.reproduces(self.run.spec.expect)
 
 
+def eval_rank_series(result: Optional[dict]) -> Series:
+    """RankMe of the evaluated backbone on the evaluation images at each kept checkpoint."""
+    spectra = (result or {}).get("spectra") or []
+    return Series([s["iteration"] for s in spectra], [s["rankme"] for s in spectra])
+
+
 def collect(plan: LabPlan) -> list[RunReport]:
     """Read every run of the plan back from disk and judge it."""
+    results = {run.label: read_result(run.run_dir) for run in plan.runs}
     reports = []
     for run in plan.runs:
         trace = read_trace(run.run_dir)
-        result = read_result(run.run_dir)
+        result = results[run.label]
         config = read_run_config(run.run_dir) or run.config
         diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
-        baseline_path = random_init_baseline_path(run.config, plan.output_dir / "baselines")
-        baseline = _read_json(baseline_path)
-        reports.append(RunReport(run, trace, result, judge(trace, plan.matrix.verdict, diverged_at),
-                                 replay_watchdog(config, trace), baseline))
+        reference = run.spec.reference
+        verdict = judge(trace, plan.matrix.verdict, diverged_at, eval_rank_series(result),
+                        eval_rank_series(results.get(reference)) if reference else None, reference)
+        baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
+        reports.append(RunReport(run, trace, result, verdict, replay_watchdog(config, trace), baseline))
     return reports
 
 
@@ -248,6 +257,7 @@ def summary_table(reports: list[RunReport]) -> str:
 def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]]) -> str:
     m = plan.matrix
     done = sum(1 for r in reports if r.result)
+    seconds = [(r.result or {}).get(k) or 0.0 for r in reports for k in ("train_seconds", "eval_seconds")]
     reproduced = sum(1 for r in reports if r.result and r.reproduced)
     lines = [
         f"# Collapse lab: {m.name}",
@@ -256,7 +266,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "",
         f"Matrix `{plan.source.name}`: {len(reports)} runs of {m.iterations} iterations each "
         f"(data {', '.join(m.data)}; measurements every {m.measurements.every} iterations). "
-        f"{done} of {len(reports)} runs done; **{reproduced} of {done} expected findings reproduced**.",
+        f"{done} of {len(reports)} runs done; **{reproduced} of {done} expected findings reproduced**. "
+        f"Training and evaluation took {sum(seconds) / 60:.0f} minutes in total (sum over the runs done here).",
         "",
         "## Summary",
         "",

@@ -13,15 +13,13 @@ task per run (:class:`dinolite.lab.slurm_array.LabArrayTask`), each trained thro
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from dinolite.config import Config, ConfigError, to_dict
+from dinolite.config import ConfigError, to_dict
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
 from dinolite.lab.matrix import LabPlan, PlannedRun
@@ -35,14 +33,6 @@ FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is
 _VOLATILE_KEYS = ("train.output_dir",)
 
 
-def config_fingerprint(cfg: Config) -> str:
-    """Identity of a run's training config (output dir excluded: moving a lab keeps its runs)."""
-    flat = _flatten(to_dict(cfg))
-    for key in _VOLATILE_KEYS:
-        flat.pop(key, None)
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -54,30 +44,42 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_run_dir(run: PlannedRun) -> None:
-    """Refuse a run folder that holds another config's run (resuming it would mix two experiments)."""
+def config_differences(run: PlannedRun) -> list[str]:
+    """Keys whose value differs between the run folder's ``config.yaml`` and the planned config.
+
+    The saved config is read back through the current schema, so keys added to the schema since the run
+    was trained take their defaults and do not count as differences (a code update does not invalidate
+    finished runs); the output directory does not count either (a lab folder may be moved).
+    """
     existing = read_run_config(run.run_dir)
     if existing is None:
-        return
+        return []
     old, new = _flatten(to_dict(existing)), _flatten(to_dict(run.config))
     differ = sorted(k for k in set(old) | set(new) if k not in _VOLATILE_KEYS and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ]
+
+
+def check_run_dir(run: PlannedRun) -> None:
+    """Refuse a run folder that holds another config's run (resuming it would mix two experiments)."""
+    differ = config_differences(run)
     if differ:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:5])
         raise ConfigError(
-            f"run {run.label!r}: {run.run_dir} holds a run with a different config ({shown}"
+            f"run {run.label!r}: {run.run_dir} holds a run with a different config ({', '.join(differ[:5])}"
             f"{', ...' if len(differ) > 5 else ''}); move that folder away or give the lab another output_dir"
         )
 
 
 def is_done(run: PlannedRun) -> bool:
+    """Trained and evaluated (``lab_result.json`` in a final status) with the planned config."""
     result = read_result(run.run_dir)
-    return bool(result) and result.get("status") in FINAL_STATUSES and result.get(
-        "fingerprint") == config_fingerprint(run.config)
+    return bool(result) and result.get("status") in FINAL_STATUSES and not config_differences(run)
 
 
-def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, message: str) -> dict:
+def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, message: str,
+               train_seconds: float | None = None) -> dict:
     """Evaluate a trained run from its checkpoints and write its ``lab_result.json``."""
-    data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements)
+    start = time.perf_counter()
+    data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
     evaluation = evaluate_run(run.config, run.run_dir, data)
     random_init_baseline(run.config, data, plan.output_dir / "baselines")
     result = {
@@ -85,7 +87,8 @@ def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, mess
         "status": status,
         "iteration": iteration,
         "message": message,
-        "fingerprint": config_fingerprint(run.config),
+        "train_seconds": train_seconds,
+        "eval_seconds": round(time.perf_counter() - start, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **evaluation,
     }
@@ -136,6 +139,6 @@ def run_local(plan: LabPlan, labels: Optional[list[str]] = None, report: bool = 
         if status == "preempted":
             console.info(f"[lab] {run.label}: preempted at iteration {iteration}; run the lab again to resume")
             return None
-        finish_run(plan, run, status, iteration, message)
+        finish_run(plan, run, status, iteration, message, round(time.perf_counter() - start, 1))
         console.info(f"[lab] {run.label}: {status} at iteration {iteration} ({time.perf_counter() - start:.0f} s)")
     return write_report(plan) if report else None

@@ -11,8 +11,13 @@ The kinds, and the papers whose figures they come from:
   - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
     ``teacher_entropy / ln K > uniform_entropy``.
 - **dimensional collapse** (Jing et al. 2021): outputs differ between images but span few directions
-  (many near-zero singular values). Rule: not complete, and ``RankMe / min(N, D) <
-  dimensional_rank_ratio`` on the backbone or the projector channel.
+  (many near-zero singular values). Rules (not complete, and either):
+  - ``RankMe / min(N, D) < dimensional_rank_ratio`` on the backbone or the projector channel: an
+    absolute floor, low because a small healthy network on a 10-class data set already has a low
+    effective rank (the DINO demo's backbone: RankMe ~12 of 96 dimensions);
+  - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
+    ``reference`` run, its evaluated backbone's RankMe on the evaluation images is below
+    ``dimensional_reference_fraction`` x the reference's, at the same checkpoints.
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
 
@@ -83,11 +88,14 @@ def persistent_since(series: Series, condition: Callable[[float], bool], settle_
     return since if since is not None and since <= first_in_window else None
 
 
-def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None) -> Verdict:
+def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None,
+          eval_rank: Optional[Series] = None, reference_rank: Optional[Series] = None,
+          reference: str = "reference") -> Verdict:
     """The verdict of one run's traces under ``rules`` (see the module docstring).
 
     ``diverged_at``: the iteration at which training stopped on a non-finite loss (the loop raises
-    before logging it, so the trace alone cannot show it).
+    before logging it, so the trace alone cannot show it). ``eval_rank`` / ``reference_rank``: RankMe of
+    this run's and of its ``reference`` run's evaluated backbone at their checkpoints.
     """
     evidence = _evidence(trace)
     if diverged_at is not None:
@@ -113,6 +121,13 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
         candidates.append((DIMENSIONAL, f"low-rank {channel}", trace.channel(channel, "rankme_ratio"),
                            lambda v: v < rules.dimensional_rank_ratio,
                            f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}"))
+    if eval_rank and reference_rank:
+        ref = dict(zip(reference_rank.iterations, reference_rank.values))
+        common = [(it, v / ref[it]) for it, v in zip(eval_rank.iterations, eval_rank.values) if ref.get(it, 0) > 0]
+        ratio = Series([it for it, _ in common], [r for _, r in common])
+        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", ratio,
+                           lambda v: v < rules.dimensional_reference_fraction,
+                           f"eval RankMe < {rules.dimensional_reference_fraction:g} x {reference}'s"))
     findings = []
     for kind, mode, series, condition, rule in candidates:
         since = persistent_since(series, condition, rules.settle_fraction)

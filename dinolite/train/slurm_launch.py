@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Arguments after `--` are passed to the --entry/--module program.",
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", help="training config: a preset name (dinolite/configs/) or a .yaml path")
+    what.add_argument("--config", "--config-file", dest="config",
+                      help="training config: a preset name (dinolite/configs/) or a .yaml path (DINOv2's files too)")
     what.add_argument("--entry", help="a Python script to run on every task instead of training (e.g. eval/knn.py)")
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
     add_slurm_arguments(parser)
@@ -55,11 +56,13 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
     res = parser.add_argument_group("resources")
     res.add_argument("--nodes", type=int, default=1)
-    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job")
+    res.add_argument("--gpus-per-node", "--ngpus", dest="gpus_per_node", type=int, default=8,
+                     help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)")
     res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
     res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
     res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes")
+    res.add_argument("--time", "--timeout", dest="time", type=int, default=2800,
+                     help="wall-time limit in minutes (--timeout: DINOv2's name)")
     res.add_argument("--partition")
     res.add_argument("--account")
     res.add_argument("--qos")
@@ -79,7 +82,8 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SLURM_OPTIONS = frozenset({
-    "--nodes", "--gpus-per-node", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--partition",
+    "--nodes", "--gpus-per-node", "--ngpus", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--timeout",
+    "--partition",
     "--account", "--qos", "--constraint", "--exclude", "--comment", "--job-name", "--signal-delay-s",
     "--max-requeues", "--dry-run",
 })  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
@@ -98,7 +102,7 @@ def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name:
     line (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     gpus = args.gpus_per_node
-    if args.tasks_per_node is not None and "--gpus-per-node" not in given:
+    if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus"} & given:
         gpus = 0  # --tasks-per-node alone asks for a CPU job
     return slurm.SlurmResources(
         nodes=args.nodes,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dinolite.config import ConfigError
+from dinolite.config import ConfigError, load_config, save_config
 from dinolite.lab.matrix import load_matrix, plan_matrix
+from dinolite.lab.runner import check_run_dir, is_done
 
 ROOT = Path(__file__).resolve().parents[2]
 VALID = """\
@@ -59,6 +60,8 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
          r"did you mean 'teacher.center_momentum'\?"),
         ("preset: demo, overrides", "preset: demo_nosuch, overrides",
          r"runs\[1\] \(no-centering\), preset 'demo_nosuch': unknown config preset 'demo_nosuch'; available presets: "),
+        ("expect: complete collapse}", "expect: complete collapse, reference: dinoo}",
+         r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?"),
         ("measurements: {every: 10, spectra: 4}", "measurements: {every: 500}",
          r"'measurements.every' = 500 exceeds 'iterations' = 200"),
     ],
@@ -89,3 +92,19 @@ def test_shipped_matrices_plan(name, tmp_path):
     plan = plan_matrix(ROOT / "configs" / "lab" / name, tmp_path, prepare=False)
     assert len({r.label for r in plan.runs}) == len(plan.runs) >= 2
     assert all(r.config.train.max_iterations == plan.matrix.iterations for r in plan.runs)
+
+
+def test_a_run_folder_of_another_config_is_refused_and_nothing_is_touched(tmp_path):
+    plan = plan_matrix(write(tmp_path, VALID), prepare=False)
+    run = plan.runs[1]
+    run.run_dir.mkdir(parents=True)
+    save_config(run.config, run.run_dir / "config.yaml")
+    check_run_dir(run)  # the same config: fine (it resumes)
+    assert not is_done(run)  # trained maybe, but no lab_result.json yet
+    other = load_config("demo", ["teacher.center_momentum=0.5"])
+    save_config(other, run.run_dir / "config.yaml")
+    before = (run.run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"run 'no-centering': .* holds a run with a different config "
+                                          r"\(.*teacher.center_momentum: 0.5 -> 1.0"):
+        check_run_dir(run)
+    assert (run.run_dir / "config.yaml").read_bytes() == before

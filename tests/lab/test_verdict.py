@@ -90,11 +90,27 @@ def test_uniform_output_from_teacher_entropy():
 
 
 def test_dimensional_collapse_spread_but_low_rank():
-    series = healthy_series() | {"collapse__backbone_rankme_ratio": ramp(0.3, 0.05)}
+    series = healthy_series() | {"collapse__backbone_rankme_ratio": [0.3] * 5 + [0.02] * 15}
     verdict = judge(trace_of(**series), RULES)
-    # 0.3 -> 0.05 linearly: first below 0.25 at index 4 (0.247) -> iteration 50
-    assert verdict.kind == DIMENSIONAL and verdict.mode == "low-rank backbone" and verdict.since == 50
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "low-rank backbone" and verdict.since == 60
     assert not verdict.reproduces(COMPLETE)
+    # a small healthy network's low effective rank (the DINO demo: ~0.13-0.2) is not dimensional collapse
+    series = healthy_series() | {"collapse__backbone_rankme_ratio": flat(0.13)}
+    assert judge(trace_of(**series), RULES).kind == HEALTHY
+
+
+def test_dimensional_collapse_relative_to_a_reference_run():
+    from dinolite.lab.traces import Series
+
+    checkpoints = [50, 100, 150, 200]
+    reference = Series(checkpoints, [10.0, 20.0, 24.0, 25.0])  # e.g. SimCLR with its projector
+    fewer = Series(checkpoints, [9.0, 8.0, 6.0, 5.0])  # without: ratios 0.9, 0.4, 0.25, 0.2
+    verdict = judge(trace_of(**healthy_series()), RULES, eval_rank=fewer, reference_rank=reference,
+                    reference="simclr")
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer dimensions than simclr" and verdict.since == 100
+    assert "eval RankMe < 0.5 x simclr's" in verdict.findings[0].describe()
+    similar = Series(checkpoints, [9.0, 18.0, 20.0, 22.0])
+    assert judge(trace_of(**healthy_series()), RULES, eval_rank=similar, reference_rank=reference).kind == HEALTHY
 
 
 def test_complete_collapse_wins_over_dimensional():

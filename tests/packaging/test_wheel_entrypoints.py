@@ -83,7 +83,7 @@ def test_console_script_help_shows_every_default(script, monkeypatch, capsys):
         default = action.default
         if not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []:
             continue
-        block = _option_block(text, action.option_strings[-1])
+        block = _option_block(text, action.option_strings[0])
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         assert "default" in block.lower(), f"{script} --help: {action.option_strings[-1]} hides its default {shown!r}"
     if script == "dinolite-knn":
