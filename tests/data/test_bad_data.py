@@ -261,6 +261,14 @@ def test_cut_shard_yields_what_was_read_then_names_the_loss(tmp_path, cut):
     assert reason in message
 
 
+def test_cut_or_failing_pipe_commands_are_reported(tmp_path):
+    _, cuts = cut_copies(tmp_path)
+    with pytest.raises(DamagedShardError, match=r"'pipe:cat .*at_header_boundary.tar' is damaged after 3 samples"):
+        list(read_tar(f"pipe:cat {cuts['at_header_boundary']}"))
+    with pytest.raises(DamagedShardError, match=r"after 0 samples: .*empty file; the command exited with status 3"):
+        list(read_tar("pipe:exit 3"))
+
+
 def test_cut_gzip_shard_is_reported(tmp_path):
     _, cuts = cut_copies(tmp_path)
     with pytest.raises(DamagedShardError, match=r"gz_cut.tar.gz.* is damaged after \d samples"):
