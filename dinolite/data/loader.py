@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections import deque
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -223,6 +224,8 @@ class SkippedSampleWindow:
             raise ValueError(f"the skipped-sample window must hold >= 1 sample, got {size}")
         self.max_fraction = max_fraction
         self.size = size
+        # How many skipped samples the window tolerates; the epsilon keeps 0.29 * 100 at 29, not 28.
+        self.allowed = math.floor(max_fraction * size + 1e-9)
         self.where = where
         self.flags: deque[bool] = deque(maxlen=size)
         self.skipped = 0
@@ -235,7 +238,7 @@ class SkippedSampleWindow:
         self.skipped += skipped
         if skipped:
             self.examples.append(example)
-        if self.skipped > self.max_fraction * self.size:
+        if self.skipped > self.allowed:
             raise TooManySkippedSamplesError(
                 f"{self.skipped} of the last {len(self.flags)} samples read by {self.where} could not be used, "
                 f"more than data.decode_errors_max_fraction={self.max_fraction:g} of the window of "
