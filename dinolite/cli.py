@@ -67,12 +67,12 @@ def format_error(exc: BaseException) -> str:
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-             errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> int:
-    """Call ``main(argv)``; an input error becomes one ``error:`` line on stderr and exit code 2."""
+             errors: tuple[type[BaseException], ...] = INPUT_ERRORS, exit_code: int = EXIT_USAGE) -> int:
+    """Call ``main(argv)``; an input error becomes one ``error:`` line on stderr and ``exit_code``."""
     try:
         return main(argv)
     except errors as exc:
         if os.environ.get("DINOLITE_TRACEBACK"):
             raise
         print(format_error(exc), file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code
