@@ -120,9 +120,11 @@ def test_did_you_mean_tries_dinov2_names_first(override, suggestion):
     assert suggestion in str(info.value)
 
 
-def test_every_alias_states_its_mapping():
+def test_every_alias_states_its_mapping_here_and_in_the_docs():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "interop.md").read_text()
     for key, alias in config_aliases.ALIASES.items():
         assert len(alias.meaning) > 20, key
+        assert f"`{key}`" in docs, f"docs/interop.md does not list {key}"
 
 
 def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):

@@ -69,3 +69,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if page is not None:
         print(f"report: {page}")
     return EXIT_OK
+
+
+if __name__ == "__main__":  # python -m dinolite.lab.cli (the console script dinolite-lab runs main too)
+    sys.exit(main())
