@@ -219,6 +219,49 @@ class EvaluationConfig:
 
 
 @dataclass
+class IJEPAConfig:
+    """I-JEPA (train.method=ijepa; Assran et al. 2023). The EMA target follows teacher.momentum_teacher ->
+    teacher.final_momentum_teacher; the view is one crop of crops.global_crops_size / global_crops_scale."""
+
+    num_targets: int = 4  # target blocks per image
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])  # fraction of the patch grid
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])  # height / width
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # context block, before removing targets
+    min_keep: int = 10  # fewest context patches an image may keep
+    predictor_depth: int = 12
+    predictor_embed_dim: int = 384
+    predictor_num_heads: int = 12
+    loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's L2) | l1
+
+
+@dataclass
+class MSNConfig:
+    """MSN (train.method=msn; Assran et al. 2022). Views: crops.global_crops_* for the target and the
+    anchor, crops.local_crops_* for the focal anchors; the EMA target follows teacher.momentum_teacher."""
+
+    mask_ratio: float = 0.15  # fraction of each anchor's patches dropped (released config: patch_drop)
+    num_prototypes: int = 1024
+    hidden_dim: int = 2048  # projection head
+    output_dim: int = 256
+    use_bn: bool = True  # BatchNorm in the projection head
+    temperature: float = 0.1  # anchor softmax temperature tau
+    sharpen_temperature: float = 0.25  # target sharpening T (targets use tau * T)
+    sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
+    me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
+    me_max_weight: float = 1.0
+    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+
+
+@dataclass
+class SimMIMConfig:
+    """SimMIM (train.method=simmim; Xie et al. 2022). The view is one crop of crops.global_crops_size."""
+
+    mask_patch_size: int = 32  # pixels per mask unit, a multiple of student.patch_size
+    mask_ratio: float = 0.6
+    norm_target: bool = False  # per-patch normalised pixel targets
+
+
+@dataclass
 class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -231,6 +274,9 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    msn: MSNConfig = field(default_factory=MSNConfig)
+    simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -244,6 +290,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
+    "ijepa.loss": ("smooth_l1", "mse", "l1"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers
 

@@ -21,6 +21,7 @@ from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_fo
 from dinolite.export.onnx_pos_embed import make_exportable
 from dinolite.export.spec import BackboneSpec
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
+from dinolite.extras import optional_import
 from dinolite.io import write_atomic
 
 FORMATS = ("safetensors", "dinov2", "timm", "onnx") + FOLDER_FORMATS
@@ -147,9 +148,8 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
 
 
 def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
-    # onnx is an optional dependency (the `onnx` extra), needed only for ONNX export: imported here.
-    import onnx
-
+    # onnx is an optional dependency (the `onnx` extra), needed only for ONNX export
+    onnx = optional_import("onnx", extra="onnx", purpose="ONNX export (dinolite-export --format onnx)")
     graph = onnx.load(str(path))
     existing = {prop.key: prop for prop in graph.metadata_props}
     for key, value in metadata.items():

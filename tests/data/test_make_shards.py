@@ -56,9 +56,6 @@ def test_list_file_source_and_max_side(image_folder, tmp_path):
     index = ms.make_shards(listing, tmp_path / "out", shard_size=10, max_side=20, progress=False)
     assert index["classes"] == ["cat0", "cat1"]
     samples = _all_samples(tmp_path / "out")
-    from PIL import Image
-    import io
-
     for sample, i in zip(samples, range(3)):
         data = sample.get("jpg") or sample.get("png")
         assert max(Image.open(io.BytesIO(data)).size) == 20

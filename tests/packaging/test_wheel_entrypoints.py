@@ -163,6 +163,8 @@ def _forward_macs_of_a_linear_layer():
         ("submitit", "slurm", lambda: importlib.import_module("dinolite.train.slurm")),
         ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
+        ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
+        ("huggingface_hub", "hub", lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b")),
     ],
 )
 def test_missing_optional_dependency_names_its_extra(module, extra, importer, monkeypatch):
