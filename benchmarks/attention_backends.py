@@ -46,8 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-from dinolite.models.attention import explicit_attention  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
+from dinolite.models.attention import explicit_attention  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,10 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `p
     sys.path.insert(0, str(REPO_ROOT))
 
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
+from dinolite.dist import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
 from dinolite.models.info import training_flops_per_iteration  # noqa: E402
 from dinolite.train import builders  # noqa: E402
-from dinolite.train.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients  # noqa: E402
 from dinolite.train.loop import check_finite, clip_gradients, memory_gb  # noqa: E402
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups  # noqa: E402

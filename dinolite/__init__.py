@@ -8,6 +8,7 @@ def load_backbone(path, map_location="cpu"):
 
     Imported lazily so that ``import dinolite`` stays light and free of trainer dependencies.
     """
+    # Lazy: `import dinolite` (e.g. reading __version__) must not import torch and the models.
     from dinolite.export.load import load_backbone as _load_backbone
 
     return _load_backbone(path, map_location=map_location)

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 
 from dinolite.eval.backbone import load_any_backbone  # noqa: E402
+from dinolite.eval.transforms import build_eval_transform
 from dinolite.eval.visualize import dataset_cls_features, list_images, visualize  # noqa: E402
 
 
@@ -51,7 +52,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
     spectrum_features = None
     if args.dataset:
-        from dinolite.eval.transforms import build_eval_transform
 
         transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
         spectrum_features = dataset_cls_features(model, args.dataset, transform, args.batch_size, device)

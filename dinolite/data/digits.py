@@ -34,7 +34,7 @@ def _stratified_split(labels: np.ndarray, train_size: int, seed: int) -> tuple[n
 def prepare_digits(root: str | Path, size: int = 32, shard_size: int = 500) -> dict:
     """Write the digits data set under ``root`` (once) and return its locations:
     ``{"train": [shard pattern], "val": [shard pattern], "train_folder": str, "val_folder": str}``."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # the demo extra: only the digits demo needs scikit-learn
 
     root = Path(root)
     if size < 8:
@@ -79,7 +79,7 @@ def prepare_digits_segmentation(root: str | Path, size: int = 32, ink_threshold:
     convention applies (``--reduce-zero-label``). Same stratified split as :func:`prepare_digits`.
     Idempotent like it. Returns ``root``.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # the demo extra: only the digits demo needs scikit-learn
 
     root = Path(root)
     marker = root / "digits_segmentation.json"

@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.load import build_from_spec, load_backbone, load_state_dict_strict
+
 REQUIRED_METHODS = ("forward_features", "get_intermediate_layers")
 
 
@@ -35,7 +38,6 @@ def load_any_backbone(path: str | Path, map_location: str | torch.device = "cpu"
     if path.is_dir():
         model = _from_checkpoint(path)
     else:
-        from dinolite.export.load import load_backbone
 
         model = load_backbone(path, map_location="cpu")
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
@@ -46,8 +48,6 @@ def load_any_backbone(path: str | Path, map_location: str | torch.device = "cpu"
 
 
 def _from_checkpoint(checkpoint: Path) -> nn.Module:
-    from dinolite.export.consolidate import consolidate_checkpoint
-    from dinolite.export.load import build_from_spec, load_state_dict_strict
 
     exported = consolidate_checkpoint(checkpoint, model="teacher")
     model = build_from_spec(exported.spec)

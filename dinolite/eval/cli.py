@@ -2,7 +2,7 @@
 
 ``eval/knn.py``, ``eval/linear.py`` and ``eval/segmentation.py`` are thin: they parse their own options,
 call :func:`setup`, then the functions of :mod:`dinolite.eval`. Under ``torchrun`` or ``srun`` the
-process group comes from :func:`dinolite.train.distributed.init_distributed`; rank 0 prints and writes.
+process group comes from :func:`dinolite.dist.init_distributed`; rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.backbone import backbone_fingerprint, load_any_backbone
 from dinolite.eval.cache import FeatureCache, cache_key
 from dinolite.eval.datasets import build_labelled_dataset
@@ -69,7 +70,6 @@ def _resolve_device(choice: str, local_rank: int) -> torch.device:
 
 def setup(args: argparse.Namespace) -> EvalContext:
     """Process group (when launched distributed), device, frozen backbone and transform defaults."""
-    from dinolite.train.distributed import init_distributed
 
     env = init_distributed(backend="auto", device=args.device)
     device = _resolve_device(args.device, env.local_rank)
@@ -141,6 +141,5 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def finish(ctx: EvalContext) -> None:
-    from dinolite.train.distributed import destroy_distributed
 
     destroy_distributed()

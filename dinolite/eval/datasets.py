@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from dinolite.data.loader import build_eval_dataset
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PATTERN_CHARS = re.compile(r"[*?\[]")
 
@@ -70,7 +72,6 @@ def build_labelled_dataset(
 ) -> Dataset:
     """Checked source -> ``build_eval_dataset(source, transform, rank, world_size)``."""
     check_source(source, option)
-    from dinolite.data.loader import build_eval_dataset
 
     return build_eval_dataset(list(source), transform, rank=rank, world_size=world_size)
 

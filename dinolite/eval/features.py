@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm import tqdm
 
+from dinolite.dist import rank_and_world
+
 
 class ExtractedFeatures(NamedTuple):
     """Rows sorted by ``indices`` (the dataset index of each sample), one row per index."""
@@ -27,9 +29,7 @@ class ExtractedFeatures(NamedTuple):
 
 def distributed_rank_and_size() -> tuple[int, int]:
     """(rank, world_size) of the initialised default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
 def shard_for_rank(dataset: Dataset, rank: int, world_size: int) -> Dataset:

@@ -28,8 +28,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
-from dinolite.monitor import metrics
+from dinolite.eval.datasets import build_labelled_dataset
+from dinolite.eval.features import extract_features
 from dinolite.io import write_atomic, write_text_atomic
+from dinolite.monitor import metrics
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -239,10 +241,11 @@ def cls_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tens
 
 
 def _pyplot():
+    # matplotlib is needed for figures only; Agg must be selected before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: E402 (after the backend choice)
 
     return plt
 
@@ -379,8 +382,6 @@ def dataset_cls_features(
     model: nn.Module, source: Sequence[str], transform: Callable, batch_size: int, device: torch.device | str
 ) -> Tensor:
     """CLS features of every image of a data set (image folder or shards), via the eval pipeline."""
-    from dinolite.eval.datasets import build_labelled_dataset
-    from dinolite.eval.features import extract_features
 
     dataset = build_labelled_dataset(source, transform, rank=0, world_size=1, option="--dataset")
     extracted = extract_features(

@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dinolite.export.writers import FORMATS, write_dinov2, write_onnx, write_safetensors, write_timm
+from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.load import build_from_spec, load_state_dict_strict
+from dinolite.export.writers import (
+    FORMATS,
+    write_dinov2,
+    write_onnx,
+    write_safetensors,
+    write_timm,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from dinolite.export.consolidate import consolidate_checkpoint
 
     if args.with_heads and args.format != "safetensors":
         print("error: --with-heads is only supported with --format safetensors", file=sys.stderr)
@@ -47,7 +54,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.format == "timm":
         written = write_timm(exported.backbone, exported.spec, output)
     else:
-        from dinolite.export.load import build_from_spec, load_state_dict_strict
 
         model = build_from_spec(exported.spec)
         load_state_dict_strict(model, exported.backbone, origin=str(args.checkpoint))

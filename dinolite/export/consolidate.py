@@ -1,7 +1,7 @@
 """Turn a sharded training checkpoint into a single backbone (+ heads) ready to write.
 
 This is the one export module that reads training checkpoints, so it is the one that imports
-``dinolite.train.checkpoint``; :mod:`dinolite.export.load` never does.
+``dinolite.checkpoint``; :mod:`dinolite.export.load` never does.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from typing import Optional
 
 import torch
 
+from dinolite.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
+from dinolite.config import load_config
 from dinolite.export.load import PretrainedWeights, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
+from dinolite.models import build_backbone
 
 
 def _iteration_of(checkpoint_dir: Path) -> Optional[int]:
@@ -29,9 +32,6 @@ def consolidate_checkpoint(path: str | Path, model: str = "teacher", with_heads:
     With ``with_heads``, the DINO/iBOT heads and the centering buffers come too (keys ``dino_head.*``,
     ``ibot_head.*`` and the objective's extra state), so that training can continue from the export.
     """
-    from dinolite.config import load_config
-    from dinolite.models import build_backbone
-    from dinolite.train.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
 
     checkpoint_dir = resolve_checkpoint_dir(path)
     config_file = checkpoint_dir / "config.yaml"

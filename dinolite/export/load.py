@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_state_dict
+from dinolite.models import DinoVisionTransformer
 
 HEADS_SUFFIX = ".heads.safetensors"
 SPEC_METADATA_KEY = "dinolite_backbone"
@@ -44,7 +46,6 @@ def heads_path_for(weights_path: str | Path) -> Path:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -93,7 +94,6 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
 
 
 def build_from_spec(spec: BackboneSpec) -> nn.Module:
-    from dinolite.models import DinoVisionTransformer
 
     return DinoVisionTransformer(**spec.backbone_kwargs())
 

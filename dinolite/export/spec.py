@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from dinolite import __version__
 from dinolite.models.vision_transformer import ARCHITECTURES
 
 FORMAT_NAME = "dinolite-backbone"
@@ -119,7 +120,6 @@ class BackboneSpec:
 
 def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
     """Record the architecture of a live :class:`DinoVisionTransformer` (``record`` adds metadata)."""
-    from dinolite import __version__
 
     embed_dim = int(model.embed_dim)
     first_block = model.blocks[0]

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from dinolite.export.spec import BackboneSpec
+from dinolite.models import swiglu_hidden_dim
 
 _TIMM_SIZE = {"vit_small": "small", "vit_base": "base", "vit_large": "large", "vit_giant2": "giant"}
 
@@ -56,9 +57,8 @@ def timm_model_args(spec: BackboneSpec) -> tuple[str, dict[str, Any]]:
     if spec.num_register_tokens:
         kwargs.update(reg_tokens=spec.num_register_tokens, no_embed_class=True)
     if spec.ffn_layer == "swiglu":
-        from timm.layers import SwiGLUPacked
+        from timm.layers import SwiGLUPacked  # timm is optional: only SwiGLU exports need its class
 
-        from dinolite.models import swiglu_hidden_dim
 
         # timm's packed SwiGLU sizes fc1 as int(dim * mlp_ratio) = 2 x DINOv2's rounded hidden size;
         # the half-unit margin keeps float rounding from landing one short.

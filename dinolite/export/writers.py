@@ -6,16 +6,20 @@ leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from dinolite.io import write_atomic
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
+from dinolite.export.onnx_pos_embed import make_exportable
 from dinolite.export.spec import BackboneSpec
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
+from dinolite.io import write_atomic
 
 FORMATS = ("safetensors", "dinov2", "timm", "onnx")
 
@@ -32,7 +36,6 @@ def write_safetensors(
     heads: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> list[Path]:
     """``path`` (.safetensors, spec in its metadata) + ``path.json``; heads to ``*.heads.safetensors``."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -53,12 +56,10 @@ def write_dinov2(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> li
 
 def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> list[Path]:
     """timm layout (safetensors or .pth by suffix) + a JSON naming the ``timm.create_model`` call."""
-    import json
 
     path = Path(path)
     converted = to_timm_state_dict(state_dict)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
 
         written = [write_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
     else:
@@ -94,9 +95,7 @@ def write_onnx(
     needs onnxscript). The position-embedding resampling is swapped for a branch-free tensor version
     (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
     """
-    import copy
 
-    from dinolite.export.onnx_pos_embed import make_exportable
 
     path = Path(path)
     model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()

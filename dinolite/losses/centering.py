@@ -26,10 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def is_distributed() -> bool:
-    """True when a default process group exists (all-reduces are then over every rank)."""
-    return dist.is_available() and dist.is_initialized()
+from dinolite.dist import is_distributed
 
 
 def all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:

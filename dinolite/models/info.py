@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dinolite.config import ConfigError, load_config
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -65,7 +66,8 @@ def forward_macs(model: nn.Module, inputs: tuple) -> int:
         with torch.no_grad(), warnings.catch_warnings():
             # fvcore traces with torch.jit, which recent torch flags as deprecated; the count is unaffected.
             warnings.simplefilter("ignore", FutureWarning)
-            from fvcore.nn import FlopCountAnalysis  # imported here: its import warns about torch.jit
+            # fvcore (an optional dependency) is imported here: its import warns about torch.jit.
+            from fvcore.nn import FlopCountAnalysis
 
             analysis = FlopCountAnalysis(model, inputs)
             analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
@@ -212,7 +214,6 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dinolite.config import ConfigError, load_config  # the CLI edge reads the config
 
     parser = argparse.ArgumentParser(
         prog="python -m dinolite.models.info", description="Parameter counts and FLOPs of a configured model."

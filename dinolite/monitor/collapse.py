@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dinolite.dist import get_world_size
 from dinolite.io import write_json_atomic
-
 from dinolite.monitor import metrics
 
 # diagnostics key -> metric prefix, for the embedding metrics
@@ -57,7 +57,7 @@ _LOG_SPECTRUM_FLOOR = 1e-12
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return get_world_size() > 1
 
 
 def gather_rows(x: Tensor, max_rows: int) -> Tensor:

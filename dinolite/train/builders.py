@@ -14,6 +14,13 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from dinolite.config import Config, ConfigError
+from dinolite.data.augment import MultiCropAugmentation
+from dinolite.data.collate import collate_data_and_cast
+from dinolite.data.digits import prepare_digits
+from dinolite.data.loader import build_train_loader
+from dinolite.data.masking import MaskingGenerator
+from dinolite.export.load import load_pretrained as load_exported_weights
+from dinolite.export.load import load_state_dict_strict
 
 DIGITS_SOURCE = "digits"
 
@@ -34,7 +41,6 @@ def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: 
     """``data.source``, with ``[digits]`` replaced by shards built under ``output_dir/data`` (rank 0 builds)."""
     if list(cfg.data.source) != [DIGITS_SOURCE]:
         return list(cfg.data.source)
-    from dinolite.data.digits import prepare_digits
 
     root = output_dir / "data"
     if is_main:
@@ -45,8 +51,6 @@ def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: 
 
 def build_collate_fn(cfg: Config) -> Callable[[list[Any]], dict[str, Any]]:
     """DINOv2's collate: crops stacked crop-major, iBOT block masks on the global crops."""
-    from dinolite.data.collate import collate_data_and_cast
-    from dinolite.data.masking import MaskingGenerator
 
     grid = cfg.crops.global_crops_size // cfg.student.patch_size
     n_tokens = grid * grid
@@ -66,8 +70,6 @@ def build_data_stream(
     cfg: Config, source: list[str], rank: int, world_size: int, start_batch: int
 ) -> Iterator[dict[str, Any]]:
     """The infinite, deterministic batch stream, positioned after ``start_batch`` consumed batches."""
-    from dinolite.data.augment import MultiCropAugmentation
-    from dinolite.data.loader import build_train_loader
 
     loader = build_train_loader(
         source=source,
@@ -105,17 +107,14 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Context
 def load_pretrained(path: str) -> Any:
     """Read ``student.pretrained_weights``: a DINOv2 ``.pth`` or a dinolite export (with heads if exported
     ``--with-heads``). Returns :class:`dinolite.export.load.PretrainedWeights`."""
-    from dinolite.export.load import load_pretrained as _load
-
     try:
-        return _load(path)
+        return load_exported_weights(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"student.pretrained_weights={path!r}: {exc}") from exc
 
 
 def load_pretrained_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str) -> None:
     """Strict load with a message naming the key, the mismatching keys and shapes."""
-    from dinolite.export.load import load_state_dict_strict
 
     load_state_dict_strict(module, state_dict, origin=f"student.pretrained_weights={path!r} ({what})")
 

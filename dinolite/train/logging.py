@@ -79,6 +79,7 @@ class MetricLogger:
         # Append: a resumed run continues the same file (records carry their iteration).
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
+            # TensorBoard is imported only when asked for: its import is slow and pulls in protobuf.
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))

@@ -25,14 +25,24 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from dinolite.checkpoint import CheckpointManager
 from dinolite.config import Config, save_config
+from dinolite.dist import (
+    DistributedEnv,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    init_distributed,
+)
+from dinolite.monitor.collapse import CollapseMonitor
+from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
-from dinolite.train.distributed import DistributedEnv, all_reduce_sum, any_rank, barrier, init_distributed
 from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.schedules import TrainingSchedules, build_schedules
+from dinolite.train.sharding import clip_grad_norm_, shard_objective
 
 TRAIN_STATUSES = ("finished", "preempted", "stopped")
 
@@ -98,7 +108,6 @@ def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[st
     The norm is global across FSDP shards (:func:`dinolite.train.sharding.clip_grad_norm_`). Returns
     the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
     """
-    from dinolite.train.sharding import clip_grad_norm_
 
     norms: dict[str, float] = {}
     if max_norm <= 0:
@@ -136,9 +145,6 @@ def train(
             checkpoint and return ``"preempted"``.
         objective: an already built objective (tests, sibling objectives); default DINOv2 from ``cfg``.
     """
-    from dinolite.monitor.collapse import CollapseMonitor
-    from dinolite.monitor.watchdog import CollapseDetected, Watchdog
-    from dinolite.train.checkpoint import CheckpointManager
 
     builders.validate_training_config(cfg)
     output_dir = Path(output_dir if output_dir is not None else cfg.train.output_dir)
@@ -155,7 +161,6 @@ def train(
     objective = objective if objective is not None else build_objective(cfg)
     objective.to(device)
     if env.world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing:
-        from dinolite.train.sharding import shard_objective
 
         shard_objective(
             objective,

@@ -16,6 +16,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
+from dinolite.config import ConfigError, load_config
+from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.eval.knn_report import format_report, knn_report
+from dinolite.train.logging import get_console_logger
+from dinolite.train.loop import NonFiniteLossError, train
+
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
@@ -31,13 +39,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import torch
 
-    from dinolite.config import ConfigError, load_config
-    from dinolite.train.distributed import destroy_distributed, init_distributed
-    from dinolite.train.knn_report import format_report, knn_report
-    from dinolite.train.logging import get_console_logger
-    from dinolite.train.loop import NonFiniteLossError, train
 
     args = parse_args(argv)
     console = get_console_logger()

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dinolite.config import OptimConfig
+from dinolite.config import OptimConfig
 
 
 class Schedule(Protocol):

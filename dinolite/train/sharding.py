@@ -60,6 +60,8 @@ except ImportError:  # pragma: no cover - torch 2.6
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
+from dinolite.dist import get_world_size
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("full_shard", "shard_grad_op", "no_shard")
@@ -219,7 +221,7 @@ def shard_objective(
     """
     params = list(objective.parameters())
     device_type = params[0].device.type if params else "cpu"
-    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world_size = get_world_size()
     plan = plan_sharding(strategy, mixed_precision, activation_checkpointing, compile, device_type, world_size)
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)

@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import submitit
 from submitit.helpers import Checkpointable
 
+from dinolite.config import config_from_dict
+from dinolite.dist import any_rank, barrier, destroy_distributed
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
 
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
@@ -179,7 +181,8 @@ def render_sbatch_script(parameters: Mapping[str, Any], log_dir: Path, python: s
     Uses submitit's own script writer so the dry run cannot drift from the real submission; it needs
     no Slurm installation.
     """
-    from submitit.slurm.slurm import _make_sbatch_string  # the writer behind SlurmExecutor
+    # The writer behind SlurmExecutor (private to submitit), imported only for the dry run.
+    from submitit.slurm.slurm import _make_sbatch_string
 
     return _make_sbatch_string(command=submitit_command(log_dir, python), folder=str(log_dir), **parameters)
 
@@ -298,7 +301,7 @@ class SlurmTrainingJob(Checkpointable):
     ``config`` is the resolved config as a plain dict (validated before submission, re-validated
     here); ``output_dir`` may contain ``%j``. ``train_entry`` is ``"module:function"`` (or a callable)
     with the signature of ``dinolite.train.loop.train``; ``init_distributed`` likewise for
-    ``dinolite.train.distributed.init_distributed``. ``requeue`` puts the job back in the queue.
+    ``dinolite.dist.init_distributed``. ``requeue`` puts the job back in the queue.
     A preempted run is requeued at most ``max_requeues`` times (``SLURM_RESTART_COUNT``); after that
     the job ends with its checkpoint and the ``"preempted"`` result, and resubmitting it with the same
     output directory resumes.
@@ -308,16 +311,13 @@ class SlurmTrainingJob(Checkpointable):
     output_dir: str
     max_requeues: int = 10
     train_entry: Union[str, Callable[..., Any]] = DEFAULT_TRAIN_ENTRY
-    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.train.distributed:init_distributed"
+    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.dist:init_distributed"
     requeue: Callable[[str], None] = field(default=scontrol_requeue)
 
     def __call__(self) -> Any:
         return self.run(os.environ)
 
     def run(self, environ: Mapping[str, str]) -> Any:
-        from dinolite.config import config_from_dict
-
-        from dinolite.train import distributed
 
         task = SlurmTask.from_environ(environ)
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
@@ -341,16 +341,16 @@ class SlurmTrainingJob(Checkpointable):
                         flush=True,
                     )
                 else:
-                    self._requeue_collectively(task, env, distributed)
+                    self._requeue_collectively(task, env)
             return result
         finally:
             signal.signal(signum, previous)
-            distributed.destroy_distributed()
+            destroy_distributed()
 
-    def _requeue_collectively(self, task: SlurmTask, env: Any, distributed: types.ModuleType) -> None:
+    def _requeue_collectively(self, task: SlurmTask, env: Any) -> None:
         """Every rank has finished the checkpoint: rank 0 requeues, then every rank exits result-less."""
         device = env.device if getattr(env, "backend", "") == "nccl" else "cpu"
-        distributed.barrier(device)
+        barrier(device)
         failure = ""
         if env.rank == 0:
             try:
@@ -358,12 +358,12 @@ class SlurmTrainingJob(Checkpointable):
                 print(f"[dinolite.slurm] requeued job {task.job_id} (restart {task.restart_count + 1})", flush=True)
             except (subprocess.SubprocessError, OSError) as exc:
                 failure = f"{exc}: {getattr(exc, 'stderr', '') or ''}".strip()
-        if distributed.any_rank(bool(failure), device):
+        if any_rank(bool(failure), device):
             raise RuntimeError(
                 f"job {task.job_id} checkpointed but could not be requeued ({failure or 'failed on rank 0'}); "
                 "resubmit with the same output dir to resume"
             )
-        distributed.destroy_distributed()
+        destroy_distributed()
         # SystemExit is not an Exception: submitit writes no result file, so the job is not "done".
         raise SystemExit(REQUEUED_EXIT_CODE)
 
@@ -387,7 +387,7 @@ class SlurmEntrypointJob(Checkpointable):
     """Run a module (``python -m``) or a script on every task, e.g. ``eval/knn.py``.
 
     The entry point sets up its own process group from the Slurm variables
-    (``dinolite.train.distributed.init_distributed``). A preempted evaluation is requeued by submitit
+    (``dinolite.dist.init_distributed``). A preempted evaluation is requeued by submitit
     and starts again from the beginning (evaluations are short and write their results at the end).
     """
 

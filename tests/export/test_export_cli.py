@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import dinolite
+from dinolite.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
 from dinolite.config import load_config
 from dinolite.export.__main__ import main as export_main
 from dinolite.models import build_backbone
-from dinolite.train.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
 
 pytestmark = pytest.mark.slow
 

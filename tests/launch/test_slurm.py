@@ -102,7 +102,7 @@ def logged_iterations(output_dir: Path) -> list[int]:
 
 
 def teacher_backbone(checkpoint: str) -> dict[str, torch.Tensor]:
-    from dinolite.train.checkpoint import load_consolidated_state_dict
+    from dinolite.checkpoint import load_consolidated_state_dict
 
     return load_consolidated_state_dict(checkpoint, model="teacher", part="backbone")
 

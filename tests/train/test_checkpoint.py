@@ -8,12 +8,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-
 import scale_launch
+import torch
 from scale_worker import build_objective, global_batch_slice, tiny_config
-from dinolite.models import build_backbone, build_heads
-from dinolite.train.checkpoint import (
+
+from dinolite.checkpoint import (
     CheckpointError,
     CheckpointManager,
     capture_rng_state,
@@ -22,6 +21,7 @@ from dinolite.train.checkpoint import (
     resolve_checkpoint_dir,
     restore_rng_state,
 )
+from dinolite.models import build_backbone, build_heads
 
 
 class Counters:

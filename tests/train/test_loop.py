@@ -142,7 +142,7 @@ def test_resume_continues_iteration_count_and_schedules(tmp_path):
     for key in ("lr", "wd", "momentum", "teacher_temp", "last_layer_lr", "images_seen"):
         assert a[8][key] == b[8][key], key
     assert a[8]["loss"] == pytest.approx(b[8]["loss"], rel=1e-5)
-    from dinolite.train.checkpoint import load_consolidated_state_dict
+    from dinolite.checkpoint import load_consolidated_state_dict
 
     wa = load_consolidated_state_dict(full.checkpoint_path, model="teacher", part="backbone")
     wb = load_consolidated_state_dict(second.checkpoint_path, model="teacher", part="backbone")

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-
 import scale_launch
+import torch
 
 STEPS = 8
 ARGS = ["--steps", str(STEPS), "--checkpoint-every", "2", "--batch-mode", "rng"]
@@ -119,7 +118,7 @@ def _descendants(pid: int) -> list[int]:
 def test_torchrun_launch_local_survives_kill_9(tmp_path):
     import os
 
-    from dinolite.train.checkpoint import load_consolidated_state_dict
+    from dinolite.checkpoint import load_consolidated_state_dict
 
     reference_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     proc = _torchrun(reference_dir, tmp_path / "none")

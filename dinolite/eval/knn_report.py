@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
+from dinolite.data.digits import prepare_digits
+from dinolite.data.loader import build_eval_dataset
+from dinolite.eval.backbone import load_any_backbone
+from dinolite.eval.features import extract_features
+from dinolite.eval.knn import knn_classify
+from dinolite.eval.transforms import build_eval_transform
 from dinolite.io import write_json_atomic
+from dinolite.models import build_backbone
 
 KNN_TEMPERATURE = 0.07
 
@@ -32,7 +39,6 @@ KNN_TEMPERATURE = 0.07
 def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable[[Any], torch.Tensor]:
     """The evaluation entrypoints' transform (DINOv2's resize by 256/224, centre crop), so the report
     and ``eval/knn.py`` give the same number for the same checkpoint."""
-    from dinolite.eval.transforms import build_eval_transform
 
     return build_eval_transform(size, mean=mean, std=std)
 
@@ -56,7 +62,6 @@ def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
     if cfg.evaluation.knn_train and cfg.evaluation.knn_val:
         return list(cfg.evaluation.knn_train), list(cfg.evaluation.knn_val)
     if list(cfg.data.source) == ["digits"]:
-        from dinolite.data.digits import prepare_digits
 
         prepared = prepare_digits(output_dir / "data")
         return [str(prepared["train_folder"])], [str(prepared["val_folder"])]
@@ -68,7 +73,6 @@ def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
 
 def random_init_backbone(cfg: Config) -> nn.Module:
     """The backbone as training initialised it (the loop seeds with ``train.seed`` before building)."""
-    from dinolite.models import build_backbone
 
     torch.manual_seed(cfg.train.seed)
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval()
@@ -76,10 +80,6 @@ def random_init_backbone(cfg: Config) -> nn.Module:
 
 def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torch.device | str = "cpu") -> dict[str, float]:
     """Top-1 kNN accuracy (%) of each feature set; also written to ``output_dir/knn.json``."""
-    from dinolite.data.loader import build_eval_dataset
-    from dinolite.eval.backbone import load_any_backbone
-    from dinolite.eval.features import extract_features
-    from dinolite.eval.knn import knn_classify
 
     device = torch.device(device)
     train_source, val_source = eval_sources(cfg, output_dir)

@@ -41,12 +41,13 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dinolite.config import save_config
+from dinolite.dist import barrier, rank_and_world
 from dinolite.io import write_text_atomic
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -67,14 +68,11 @@ def iteration_dirname(iteration: int) -> str:
 
 
 def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
 
 
 @contextlib.contextmanager
@@ -321,7 +319,6 @@ class CheckpointManager:
             }
             write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
             if self.config is not None:
-                from dinolite.config import save_config
 
                 save_config(self.config, tmp / CONFIG_FILE)
             if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)

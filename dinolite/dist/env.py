@@ -30,6 +30,8 @@ from typing import Iterator, Mapping
 import torch
 import torch.distributed as dist
 
+from dinolite.dist.collectives import is_distributed
+
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")
 # Ports derived from a Slurm job id land in [SLURM_PORT_BASE, SLURM_PORT_BASE + SLURM_PORT_SPAN): above the
@@ -282,7 +284,7 @@ def init_distributed(
     env = dataclasses.replace(env, backend=chosen, device=str(torch_device))
     if env.world_size == 1:
         return env
-    if dist.is_initialized():
+    if is_distributed():
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
             raise DistributedEnvError(
                 f"a process group already exists with rank {dist.get_rank()} of {dist.get_world_size()}, "
@@ -309,7 +311,7 @@ def _url_host(addr: str) -> str:
 
 def destroy_distributed() -> None:
     """Tear down the default process group if one exists (idempotent)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
@@ -323,50 +325,3 @@ def distributed_session(
         yield env
     finally:
         destroy_distributed()
-
-
-# --------------------------------------------------------------------------------------------------
-# Collective helpers (no-ops without a process group)
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_active() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_max(value: float, device: torch.device | str = "cpu") -> float:
-    """The maximum of ``value`` over all ranks (``value`` itself without a process group).
-
-    ``device`` must be the process's CUDA device under NCCL (NCCL cannot reduce CPU tensors).
-    """
-    if not _is_active():
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
-
-
-def all_reduce_sum(value: float, device: torch.device | str = "cpu") -> float:
-    """The sum of ``value`` over all ranks (``value`` itself without a process group)."""
-    if not _is_active():
-        return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor.item())
-
-
-def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True when ``flag`` is true on at least one rank: how ranks agree to stop together."""
-    return all_reduce_max(1.0 if flag else 0.0, device) > 0.0
-
-
-def barrier(device: torch.device | str = "cpu") -> None:
-    """Wait for every rank (no-op without a process group)."""
-    if not _is_active():
-        return
-    device = torch.device(device)
-    if device.type == "cuda":
-        dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
-    else:
-        dist.barrier()
-

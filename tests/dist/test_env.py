@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dinolite.train.distributed import (
+from dinolite.dist import (
     SLURM_PORT_BASE,
     SLURM_PORT_SPAN,
     DistributedEnv,
