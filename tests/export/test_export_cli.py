@@ -90,7 +90,7 @@ def test_dinov2_format_loads_as_a_released_checkpoint_would(run_dir, tmp_path):
 
 
 def test_training_starts_from_an_export(run_dir, tmp_path):
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
@@ -108,7 +108,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_pretrained_weights_of_another_architecture_fail_naming_shapes(run_dir, tmp_path):
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
@@ -120,7 +120,7 @@ def test_pretrained_weights_of_another_architecture_fail_naming_shapes(run_dir, 
 def test_continue_pretraining_from_an_export_with_heads_restores_heads_and_centers(run_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0

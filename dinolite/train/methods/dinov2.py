@@ -294,6 +294,12 @@ def zero_last_layer_gradients(student: nn.Module) -> None:
 
 def build_objective(cfg: Config) -> DINOv2Objective:
     """Build the DINOv2 objective from a full :class:`~dinolite.config.Config` (student, heads, losses)."""
+    if cfg.dino.koleo_loss_weight > 0 and cfg.train.batch_size_per_gpu < 2:
+        raise ConfigError(
+            f"train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} with dino.koleo_loss_weight="
+            f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU (the nearest neighbour of a "
+            "lone sample does not exist); raise the batch size or set dino.koleo_loss_weight=0"
+        )
     backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
     pretrained = None
