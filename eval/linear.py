@@ -21,9 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from dinolite.cli import make_parser, run_main  # noqa: E402
 from dinolite.eval.cli import add_common_args, add_transform_args, features_for, finish, format_table, setup, write_results  # noqa: E402
 from dinolite.eval.datasets import IndexFilter, build_labelled_dataset, check_class_folders, check_labels, check_source  # noqa: E402
 from dinolite.eval.features import extract_features  # noqa: E402
+from dinolite.eval.few_shot import add_few_shot_args, few_shot_description, few_shot_indices  # noqa: E402
 from dinolite.eval.linear import (  # noqa: E402
     DINOV2_LEARNING_RATES, LinearHeadGrid, ProbeResult, grid_top1, head_grid, heldout_mask, linear_probe_cached,
     online_batches, probe_features, select_best, shuffle_buffer, train_grid,
@@ -32,7 +34,7 @@ from dinolite.eval.transforms import build_eval_transform, build_linear_train_tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser("eval/linear.py", description=__doc__)
     parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
     parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
     parser.add_argument("--mode", choices=("cached", "online"), default="cached")
@@ -46,10 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
     add_common_args(parser)
     add_transform_args(parser)
+    add_few_shot_args(parser)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("train", "val"):
         check_source(getattr(args, name), f"--{name}")
@@ -58,9 +65,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     depth = int(ctx.backbone.n_blocks)
     n_available = min(max(args.n_blocks), depth)
     if max(args.n_blocks) > depth:
-        raise SystemExit(f"error: --n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
+        raise ValueError(f"--n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
     if args.mode == "online" and ctx.world_size > 1:
-        raise SystemExit("error: --mode online runs in one process; use --mode cached under torchrun/srun")
+        raise ValueError("--mode online runs in one process; use --mode cached under torchrun/srun")
+    few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if args.mode == "online" and few_shot is not None:
+        raise ValueError("--shots/--train-fraction need --mode cached (the subset is drawn from extracted labels)")
     embed_dim = int(ctx.backbone.embed_dim)
     specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
     feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
@@ -75,26 +85,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         num_classes = args.num_classes or int(train.labels.max()) + 1
         check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
         check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+        if few_shot is not None:
+            keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
+                                    seed=args.few_shot_seed)
+            train = type(train)(train.features[keep], train.labels[keep], train.indices[keep])
         result = linear_probe_cached(
             train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
             val.features.to(ctx.device), val.labels.to(ctx.device),
             embed_dim=embed_dim, n_available=n_available, num_classes=num_classes, specs=specs,
             epochs=args.epochs, batch_size=args.probe_batch_size, world_size=ctx.world_size,
             heldout_fraction=args.heldout_fraction, select_on=args.select_on, seed=args.seed,
+            progress=ctx.is_main and not args.no_progress,
         )
     else:
         result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
 
     out = result.to_json(args.select_on)
-    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size)
+    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot)
     if ctx.is_main:
-        rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"]) for g in out["grid"]]
-        print(format_table(("lr", "blocks", "avgpool", f"{args.select_on} top-1 %", "val top-1 %"), rows))
-        b = out["best"]
-        print(f"best (on {args.select_on}): lr={b['lr']} n_blocks={b['n_blocks']} avgpool={b['avgpool']} -> val top-1 {out['top1']:.2f}%")
+        print_summary(result, out, args.select_on, args.output)
     write_results(args.output, out, ctx.is_main)
     finish(ctx)
     return 0
+
+
+def print_summary(result: ProbeResult, out: dict, select_on: str, output: Optional[str], top: int = 5) -> None:
+    """The best head and the next few of the grid (every head is in the JSON), and the edge warning."""
+    shown = result.summary_rows(top)
+    rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"])
+            for g in (out["grid"][i] for i in shown)]
+    print(f"linear probe: {len(out['grid'])} heads; the {len(shown)} best on {select_on}:")
+    print(format_table(("lr", "blocks", "avgpool", f"{select_on} top-1 %", "val top-1 %"), rows))
+    b = out["best"]
+    print(f"best (on {select_on}): lr={b['lr']:g} n_blocks={b['n_blocks']} avgpool={b['avgpool']} "
+          f"-> val top-1 {out['top1']:.2f}%" + (f"  (every head in {output})" if output else ""))
+    for warning in out["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_available) -> ProbeResult:
@@ -120,7 +146,7 @@ def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_avai
     torch.manual_seed(args.seed)
     grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(ctx.device)
     batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
-    losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size)
+    losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size, not args.no_progress)
     if args.select_on == "heldout":
         held_set = IndexFilter(build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i)))
         held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)

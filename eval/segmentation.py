@@ -16,16 +16,16 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from tqdm import tqdm  # noqa: E402
-
+from dinolite.cli import make_parser, run_main  # noqa: E402
 from dinolite.eval.cli import add_common_args, finish, format_table, setup, write_results  # noqa: E402
+from dinolite.progress import progress_bar  # noqa: E402
 from dinolite.eval.segmentation import (  # noqa: E402
     LinearSegmentationHead, SegmentationDataset, evaluate_segmentation, list_pairs, train_segmentation_head, validate_masks,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser("eval/segmentation.py", description=__doc__)
     parser.add_argument("--data", required=True, help="root with images/{training,validation} and annotations/{...}")
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--reduce-zero-label", action="store_true", help="ADE convention: 0 -> ignored, c -> c-1")
@@ -35,34 +35,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=int, default=None, help="sliding-window stride (default crop/2)")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mean", type=float, nargs=3, default=None)
-    parser.add_argument("--std", type=float, nargs=3, default=None)
+    parser.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)")
+    parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
     add_common_args(parser)
     parser.set_defaults(batch_size=8)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     train_pairs, val_pairs = list_pairs(args.data, "train"), list_pairs(args.data, "val")
     validate_masks(train_pairs + val_pairs, args.num_classes, args.reduce_zero_label)
     ctx = setup(args)
     if ctx.world_size > 1:
-        raise SystemExit("error: eval/segmentation.py runs in one process; launch it without torchrun/srun")
+        raise ValueError("eval/segmentation.py runs in one process; launch it without torchrun/srun")
     depth = int(ctx.backbone.n_blocks)
     if args.layers > depth:
-        raise SystemExit(f"error: --layers {args.layers} but the backbone has {depth} blocks")
+        raise ValueError(f"--layers {args.layers} but the backbone has {depth} blocks")
     if ctx.crop_size % ctx.patch_size:
-        raise SystemExit(f"error: --crop-size {ctx.crop_size} is not a multiple of the patch size {ctx.patch_size}")
+        raise ValueError(f"--crop-size {ctx.crop_size} is not a multiple of the patch size {ctx.patch_size}")
     stride = args.stride or max(ctx.crop_size // 2, ctx.patch_size)
     head = LinearSegmentationHead(args.layers * int(ctx.backbone.embed_dim), args.num_classes).to(ctx.device)
     train_set = SegmentationDataset(train_pairs, ctx.crop_size, ctx.mean, ctx.std, args.reduce_zero_label, train=True)
     losses = train_segmentation_head(
         ctx.backbone, head, train_set, n_layers=args.layers, iterations=args.iterations, batch_size=args.batch_size,
-        lr=args.lr, device=ctx.device, num_workers=args.num_workers, seed=args.seed,
+        lr=args.lr, device=ctx.device, num_workers=args.num_workers, seed=args.seed, progress=not args.no_progress,
     )
     val_set = SegmentationDataset(val_pairs, ctx.crop_size, ctx.mean, ctx.std, args.reduce_zero_label, train=False)
-    progress = tqdm(range(len(val_set)), desc="val", disable=args.no_progress)
+    progress = progress_bar(range(len(val_set)), total=len(val_set), desc="val", enabled=not args.no_progress)
     scores = evaluate_segmentation(
         ctx.backbone, head, val_set, num_classes=args.num_classes, n_layers=args.layers, mode=args.inference,
         crop_size=ctx.crop_size, stride=stride, device=ctx.device, progress=progress,

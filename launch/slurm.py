@@ -4,12 +4,14 @@
     python launch/slurm.py --config vitl16 --nodes 4 --gpus-per-node 8 --partition gpu
     python launch/slurm.py --config demo --gpus-per-node 0 --tasks-per-node 2 --time 30 train.max_iterations=20
     python launch/slurm.py --config vitl16 --nodes 4 --gpus-per-node 8 --dry-run
-    python launch/slurm.py --entry eval/knn.py --gpus-per-node 1 -- --checkpoint out/ ...
-    python launch/slurm.py --module dinolite.export --gpus-per-node 0 -- --checkpoint out/ --output b.st
+    python launch/slurm.py --entry eval/knn.py --gpus-per-node 1 -- --backbone out/ --train D/train --val D/val
+    python launch/slurm.py --module dinolite.export --gpus-per-node 0 -- --checkpoint out/ --output b.safetensors
 
 Training runs one task per GPU (``--gpus-per-node 0 --tasks-per-node T`` for CPU clusters), is requeued
 on preemption / time limit after a checkpoint (``--max-requeues``), and resumes from the output dir.
-Arguments after ``--`` go to the ``--entry`` / ``--module`` program.
+Arguments after ``--`` go to the ``--entry`` / ``--module`` program; for dinolite's own entrypoints
+(``eval/*.py``, ``dinolite.export``, ...) they are checked against that program's options before
+anything is submitted, so a missing ``--backbone`` fails here and not in the queue.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout: import the package next to it
     sys.path.insert(0, str(ROOT))
 
+from dinolite.cli import HelpFormatter, run_main  # noqa: E402
 from dinolite.config import ConfigError, load_config, to_dict, to_yaml  # noqa: E402
 from dinolite.train import slurm  # noqa: E402
 
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch/slurm.py",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Arguments after `--` are passed to the --entry/--module program.",
     )
     what = parser.add_mutually_exclusive_group(required=True)
@@ -41,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
     res = parser.add_argument_group("resources")
     res.add_argument("--nodes", type=int, default=1)
-    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job (default 8)")
+    res.add_argument("--gpus-per-node", type=int, default=8, help="one task per GPU; 0 for a CPU job")
     res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
     res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
     res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes (default 2800)")
+    res.add_argument("--time", type=int, default=2800, help="wall-time limit in minutes")
     res.add_argument("--partition")
     res.add_argument("--account")
     res.add_argument("--qos")
@@ -57,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--signal-delay-s",
         type=int,
         default=120,
-        help="USR2 is sent this many seconds before the time limit, to checkpoint (default 120)",
+        help="USR2 is sent this many seconds before the time limit, to checkpoint",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
-    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out (default 10)")
+    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out")
     run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
     return parser
@@ -106,7 +109,39 @@ def _check_training_fits(cfg, resources: slurm.SlurmResources) -> None:
             raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
 
 
+def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) -> None:
+    """Parse the passthrough arguments with a dinolite entrypoint's own parser (``build_parser``), so a
+    wrong or missing option fails at submission. Other programs are not imported (that would run them)."""
+    if is_module:
+        if not target.startswith("dinolite."):
+            return
+        module = importlib.import_module(target)
+        if not hasattr(module, "build_parser") and hasattr(module, "__path__") and importlib.util.find_spec(f"{target}.__main__"):
+            module = importlib.import_module(f"{target}.__main__")  # its main() runs only as __main__
+    else:
+        script = Path(target)
+        if script.parent.parent != ROOT or script.parent.name not in ("eval", "launch"):
+            return
+        spec = importlib.util.spec_from_file_location(f"_dinolite_entry_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # our own entrypoint: only definitions at top level
+    build = getattr(module, "build_parser", None)
+    if build is None:
+        return
+    program = build()
+
+    def refuse(message: str) -> None:
+        raise slurm.SlurmLaunchError(f"arguments after `--` for {target}: {message}")
+
+    program.error = refuse  # argparse would print usage and exit; we want one error: line
+    program.parse_args(list(argv))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(own)  # key=value may come before and after options
@@ -143,6 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output_dir = Path(args.output_dir or "./output/slurm/%j").expanduser().absolute()
             job_name = args.job_name or f"dinolite-{Path(target).stem.split('.')[-1]}"
             resources = _resources(args, job_name)
+            _check_program_arguments(target, passthrough, is_module=args.module is not None)
             job = slurm.SlurmEntrypointJob(target=target, argv=passthrough, is_module=args.module is not None)
             kind = "python -m" if args.module else "python"
             summary = f"# every task runs: {kind} {target} {' '.join(passthrough)}".rstrip()

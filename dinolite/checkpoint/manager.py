@@ -21,8 +21,11 @@ its data stream at ``batches_consumed`` (``build_train_loader(start_batch=...)``
 a resumed run is bitwise identical to an uninterrupted one on CPU. DCP reshards on load, so a checkpoint
 saved on N ranks loads on M (RNG streams are then left as seeded: they are per-rank).
 
-Nothing unpickles arbitrary objects: DCP gets tensors only (its byte-object path uses full pickle), side
-files are JSON or tensor dicts read with ``torch.load(weights_only=True)``. Optimizer hyper-parameters
+Nothing unpickles arbitrary objects: DCP gets tensors only (its byte-object path uses full pickle), its
+``.metadata`` pickle is read by :class:`~dinolite.checkpoint.safe_metadata.SafeFileSystemReader` (a
+restricted unpickler: DCP's own reader uses plain ``pickle.load``), shards by DCP with
+``torch.load(weights_only=True)``, side files are JSON or tensor dicts read with
+``torch.load(weights_only=True)``. Optimizer hyper-parameters
 (param groups) are not stored: the trainer rebuilds the groups and sets lr / weight decay from the
 schedules every iteration.
 """
@@ -46,6 +49,7 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from dinolite.checkpoint.safe_metadata import SafeFileSystemReader
 from dinolite.config import save_config
 from dinolite.dist import barrier, rank_and_world
 from dinolite.io import write_text_atomic
@@ -375,13 +379,14 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     info = read_checkpoint_info(path)
     model, optimizer = _module_and_optimizer(app_state)
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
-    saved_keys = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    reader = SafeFileSystemReader(str(path))
+    saved_keys = set(reader.read_metadata().state_dict_metadata)
     missing = sorted(_flat_keys(tree, "") - saved_keys)
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise CheckpointError(f"{path}: the checkpoint lacks {len(missing)} entries this run needs: {shown}")
     with _no_single_process_warning():
-        dcp.load(tree, checkpoint_id=str(path))
+        dcp.load(tree, storage_reader=reader)
     if optimizer is not None:
         _, current = get_state_dict(model, [optimizer])
         optim_sd = {"state": tree[OPTIMIZER_KEY]["state"], "param_groups": current["param_groups"]}
@@ -433,7 +438,7 @@ def load_consolidated_state_dict(
         prefix = f"{part}." if part else ""
     else:
         prefix = f"{MODEL_KEY}.{model}." + (f"{part}." if part else "")
-    reader = dcp.FileSystemReader(str(path))
+    reader = SafeFileSystemReader(str(path))
     metadata = reader.read_metadata()
     tree: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():

@@ -80,12 +80,88 @@ def random_resized_crop_params(
 
 @dataclass(frozen=True)
 class CropRecipe:
-    """Photometric probabilities of one kind of crop (global 1, global 2 or local)."""
+    """Everything that makes one kind of crop (a view): geometry and photometric probabilities.
+
+    DINOv2 has three (global 1, global 2, local) that differ only in size, scale, blur and solarisation;
+    the joint-embedding methods' views (:mod:`dinolite.data.views`) set every field per view.
+    """
 
     size: int
     scale: tuple[float, float]
     blur_p: float
     solarize_p: float
+    horizontal_flip_p: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_size: int = 9
+    solarize_threshold: int = 128
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"crop size must be >= 1 and scale (lo, hi) in (0, 1], got {self.size}, {self.scale}")
+        if len(self.color_jitter) != 4:
+            raise ValueError(f"color_jitter must be [brightness, contrast, saturation, hue], got {list(self.color_jitter)}")
+        if not 0.0 <= self.color_jitter[3] <= 0.5:
+            raise ValueError(f"hue jitter must be in [0, 0.5], got {self.color_jitter[3]}")
+        for name in ("blur_p", "solarize_p", "horizontal_flip_p", "color_jitter_p", "grayscale_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if self.blur_kernel_size % 2 != 1 or self.blur_kernel_size <= 0:
+            raise ValueError(f"blur_kernel_size must be odd and positive, got {self.blur_kernel_size}")
+
+
+def augment_crop(image: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One float crop in [0, 1] (not normalised) of a uint8 CHW image following ``recipe``.
+
+    The random draws come in a fixed order and number whatever the probabilities (crop, flip, jitter,
+    grayscale, blur, sigma, solarize), so a sample's stream stays aligned when a probability changes.
+    """
+    _, height, width = image.shape
+    top, left, h, w = random_resized_crop_params(height, width, recipe.scale, generator=generator)
+    # Geometry on uint8 (torch's fast path), photometry on float32 in [0, 1]: one conversion per
+    # crop instead of one per colour op.
+    out = TF.resized_crop(
+        image, top, left, h, w, [recipe.size, recipe.size], interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+    if _bernoulli(generator, recipe.horizontal_flip_p):
+        out = TF.horizontal_flip(out)
+    out = out.to(torch.float32).div_(255.0)
+    out = color_jitter(out, recipe.color_jitter, recipe.color_jitter_p, generator)
+    if _bernoulli(generator, recipe.grayscale_p):
+        out = TF.rgb_to_grayscale(out, num_output_channels=3)
+    do_blur = _bernoulli(generator, recipe.blur_p)
+    sigma = _uniform(generator, *recipe.blur_sigma)
+    if do_blur:
+        out = gaussian_blur(out, sigma, recipe.blur_kernel_size)
+    if _bernoulli(generator, recipe.solarize_p):
+        out = solarize(out, recipe.solarize_threshold)
+    return out
+
+
+def color_jitter(
+    img: torch.Tensor, strengths: Sequence[float], p: float, generator: Optional[torch.Generator]
+) -> torch.Tensor:
+    """ColorJitter as torchvision with probability ``p``: factors ~ U(max(0, 1-v), 1+v) (hue ~ U(-h, h)) for
+    ``strengths = (brightness, contrast, saturation, hue)``, applied in a random order."""
+    apply = _bernoulli(generator, p)
+    order = torch.randperm(4, generator=generator).tolist()
+    b, c, s, h = strengths
+    factors = [
+        _uniform(generator, max(0.0, 1 - b), 1 + b),
+        _uniform(generator, max(0.0, 1 - c), 1 + c),
+        _uniform(generator, max(0.0, 1 - s), 1 + s),
+        _uniform(generator, -h, h),
+    ]
+    if not apply:
+        return img
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, adjust_hue)
+    for i in order:
+        if strengths[i] > 0:
+            img = ops[i](img, factors[i])
+    return img
 
 
 def to_uint8_chw(img: Any) -> torch.Tensor:
@@ -152,9 +228,6 @@ class MultiCropAugmentation:
         self.local_crops_number = int(local_crops_number)
         gscale = (float(global_crops_scale[0]), float(global_crops_scale[1]))
         lscale = (float(local_crops_scale[0]), float(local_crops_scale[1]))
-        self.global1 = CropRecipe(self.global_crops_size, gscale, blur_p_global1, 0.0)
-        self.global2 = CropRecipe(self.global_crops_size, gscale, blur_p_global2, solarize_p_global2)
-        self.local = CropRecipe(self.local_crops_size, lscale, blur_p_local, 0.0)
         self.horizontal_flip_p = horizontal_flip_p
         self.color_jitter = tuple(float(v) for v in color_jitter)
         self.color_jitter_p = color_jitter_p
@@ -162,6 +235,18 @@ class MultiCropAugmentation:
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.blur_kernel_size = int(blur_kernel_size)
         self.solarize_threshold = int(solarize_threshold)
+        shared = dict(
+            horizontal_flip_p=horizontal_flip_p,
+            color_jitter=self.color_jitter,
+            color_jitter_p=color_jitter_p,
+            grayscale_p=grayscale_p,
+            blur_sigma=self.blur_sigma,
+            blur_kernel_size=self.blur_kernel_size,
+            solarize_threshold=self.solarize_threshold,
+        )
+        self.global1 = CropRecipe(self.global_crops_size, gscale, blur_p_global1, 0.0, **shared)
+        self.global2 = CropRecipe(self.global_crops_size, gscale, blur_p_global2, solarize_p_global2, **shared)
+        self.local = CropRecipe(self.local_crops_size, lscale, blur_p_local, 0.0, **shared)
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values (std > 0), got mean={list(mean)} std={list(std)}")
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -202,45 +287,7 @@ class MultiCropAugmentation:
 
     def crop(self, image: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]) -> torch.Tensor:
         """One normalised float crop of a uint8 CHW image following ``recipe``."""
-        _, height, width = image.shape
-        top, left, h, w = random_resized_crop_params(height, width, recipe.scale, generator=generator)
-        # Geometry on uint8 (torch's fast path), photometry on float32 in [0, 1]: one conversion per
-        # crop instead of one per colour op.
-        out = TF.resized_crop(
-            image, top, left, h, w, [recipe.size, recipe.size], interpolation=InterpolationMode.BICUBIC, antialias=True
-        )
-        if _bernoulli(generator, self.horizontal_flip_p):
-            out = TF.horizontal_flip(out)
-        out = out.to(torch.float32).div_(255.0)
-        out = self._color_jitter(out, generator)
-        if _bernoulli(generator, self.grayscale_p):
-            out = TF.rgb_to_grayscale(out, num_output_channels=3)
-        do_blur = _bernoulli(generator, recipe.blur_p)
-        sigma = _uniform(generator, *self.blur_sigma)
-        if do_blur:
-            out = gaussian_blur(out, sigma, self.blur_kernel_size)
-        if _bernoulli(generator, recipe.solarize_p):
-            out = solarize(out, self.solarize_threshold)
-        return (out - self._mean) / self._std
-
-    def _color_jitter(self, img: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """ColorJitter as torchvision: factors ~ U(max(0, 1-v), 1+v) (hue ~ U(-h, h)), random op order."""
-        apply = _bernoulli(generator, self.color_jitter_p)
-        order = torch.randperm(4, generator=generator).tolist()
-        b, c, s, h = self.color_jitter
-        factors = [
-            _uniform(generator, max(0.0, 1 - b), 1 + b),
-            _uniform(generator, max(0.0, 1 - c), 1 + c),
-            _uniform(generator, max(0.0, 1 - s), 1 + s),
-            _uniform(generator, -h, h),
-        ]
-        if not apply:
-            return img
-        ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, adjust_hue)
-        for i in order:
-            if self.color_jitter[i] > 0:
-                img = ops[i](img, factors[i])
-        return img
+        return (augment_crop(image, recipe, generator) - self._mean) / self._std
 
 
 # The two colour ops below replace torchvision's versions, which dominate the cost of the recipe on

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 from PIL import Image
-from tqdm import tqdm
 
+from dinolite.cli import make_parser, run_main
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
+from dinolite.progress import progress_bar
 
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
 INDEX_FORMAT = "dinolite-shards/1"
@@ -174,8 +175,8 @@ def make_shards(
     writer = _ShardWriter(out, prefix, shard_size)
     skipped: list[tuple[str, str]] = []
     results = _results(paths, max_side, workers)
-    for path, name, (data, ext, error) in tqdm(
-        zip(paths, class_names, results), total=len(paths), desc=f"shards -> {out}", unit="img", disable=not progress
+    for path, name, (data, ext, error) in progress_bar(
+        zip(paths, class_names, results), total=len(paths), desc=f"shards -> {out}", unit="img", enabled=progress
     ):
         if data is None:
             skipped.append((path, error))
@@ -206,20 +207,24 @@ def make_shards(
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
+    return run_main(_main, list(argv) if argv is not None else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--workers", type=int, default=1, help="processes that read and verify images")
     parser.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds PX")
-    parser.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    parser.add_argument("--prefix", default="shard", help="shard file name prefix")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
           f"({len(index['classes'])} classes)")
     if index["skipped"]["count"]:

@@ -2,9 +2,11 @@
 
 ``env``: detect torchrun / Slurm / single-process environments and create or destroy the process group.
 ``collectives``: rank queries and reductions that are no-ops without a process group.
+``autograd``: all-gather / all-reduce that gradients flow through (global-batch statistics of losses).
 Nothing here imports another dinolite package.
 """
 
+from dinolite.dist.autograd import all_gather_with_grad, all_reduce_sum_with_grad
 from dinolite.dist.collectives import (
     all_reduce_max,
     all_reduce_sum,
@@ -32,8 +34,10 @@ from dinolite.dist.env import (
 __all__ = [
     "DistributedEnv",
     "DistributedEnvError",
+    "all_gather_with_grad",
     "all_reduce_max",
     "all_reduce_sum",
+    "all_reduce_sum_with_grad",
     "any_rank",
     "barrier",
     "destroy_distributed",

@@ -24,7 +24,8 @@ from dinolite.io import write_json_atomic
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone and run")
-    group.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    group.add_argument("--backbone", "--checkpoint", dest="backbone", required=True,
+                       help="training run / checkpoint directory (teacher) or exported file")
     group.add_argument("--output", default=None, help="write results JSON here (atomically)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per rank)")
@@ -62,7 +63,7 @@ class EvalContext:
 
 def _resolve_device(choice: str, local_rank: int) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible")
+        raise ValueError("--device cuda: no CUDA device is visible")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
     return torch.device("cpu")

@@ -14,9 +14,9 @@ from typing import Callable, NamedTuple
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
-from tqdm import tqdm
 
 from dinolite.dist import rank_and_world
+from dinolite.progress import progress_bar
 
 
 class ExtractedFeatures(NamedTuple):
@@ -102,7 +102,14 @@ def extract_features(
         pin_memory=device.type == "cuda",
     )
     feats, labels, indices = [], [], []
-    for images, batch_labels, batch_indices in tqdm(loader, desc=desc, disable=not progress or rank != 0):
+    total = getattr(dataset, "num_samples", None)
+    if total is None and hasattr(dataset, "__len__"):
+        total = len(dataset)
+    if total is not None:  # this rank's share of the images (samples are dealt round-robin)
+        total = (total + world_size - 1 - rank) // world_size
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress and rank == 0)
+    for images, batch_labels, batch_indices in loader:
+        bar.update(images.shape[0])
         with _autocast(device, mixed_precision):
             out = model_fn(images.to(device, non_blocking=True))
         if out.ndim != 2 or out.shape[0] != images.shape[0]:
@@ -111,6 +118,7 @@ def extract_features(
         labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
         indices.append(torch.as_tensor(batch_indices, dtype=torch.long))
 
+    bar.close()
     if feats:
         local = (torch.cat(feats), torch.cat(labels), torch.cat(indices))
     else:  # a rank with no samples still takes part in the gather; its width comes from the others

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinolite.progress import progress_bar
+
 DINOV2_LEARNING_RATES: tuple[float, ...] = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 LR_REFERENCE_BATCH = 256
 HELDOUT_BUCKETS = 10_000
@@ -93,6 +95,7 @@ def train_grid(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     iterations: int,
     global_batch_size: int,
+    progress: bool = False,
 ) -> list[float]:
     """Train every head for ``iterations`` steps on ``(features, labels)`` batches; returns the loss curve.
 
@@ -102,7 +105,7 @@ def train_grid(
     optimizer, scheduler = build_optimizer(grid, global_batch_size, iterations)
     grid.train()
     losses = []
-    for _ in range(iterations):
+    for _ in progress_bar(range(iterations), total=iterations, desc="linear heads", enabled=progress):
         features, labels = next(batches)
         loss = sum(F.cross_entropy(logits, labels) for logits in grid(features))
         optimizer.zero_grad(set_to_none=True)
@@ -156,12 +159,34 @@ class ProbeResult:
     best: int
     losses: list[float]
 
+    def edge_warning(self) -> str | None:
+        """A warning when the best head's lr is the smallest or largest of the grid (of several lrs).
+
+        Then the accuracy may still rise beyond the grid, and the grid, not the data, chose the lr.
+        """
+        lrs = sorted({s.lr for s in self.specs})
+        best_lr = self.specs[self.best].lr
+        if len(lrs) < 2 or best_lr not in (lrs[0], lrs[-1]):
+            return None
+        side, beyond = ("largest", "larger") if best_lr == lrs[-1] else ("smallest", "smaller")
+        return (
+            f"the best learning rate {best_lr:g} is the {side} of the grid ({lrs[0]:g}..{lrs[-1]:g}): accuracy may "
+            f"still improve at {beyond} rates; extend --learning-rates"
+        )
+
+    def summary_rows(self, top: int = 5) -> list[int]:
+        """Indices of the ``top`` heads by selection top-1 (best first; ties keep grid order)."""
+        return sorted(range(len(self.specs)), key=lambda i: (-self.selection_top1[i], i))[:top]
+
     def to_json(self, selected_on: str) -> dict:
         best = self.specs[self.best]
+        warning = self.edge_warning()
         return {
             "top1": self.val_top1[self.best],
             "best": {"lr": best.lr, "n_blocks": best.n_blocks, "avgpool": best.avgpool},
             "selected_on": selected_on,
+            "best_lr_on_grid_edge": warning is not None,
+            "warnings": [warning] if warning else [],
             "grid": [
                 {**dataclasses.asdict(s), "selection_top1": sel, "val_top1": val}
                 for s, sel, val in zip(self.specs, self.selection_top1, self.val_top1)
@@ -193,6 +218,7 @@ def linear_probe_cached(
     heldout_fraction: float = 0.1,
     select_on: str = "heldout",
     seed: int = 0,
+    progress: bool = False,
 ) -> ProbeResult:
     """Train the grid on cached features; pick the best head on held-out train (or val); score on val.
 
@@ -213,7 +239,7 @@ def linear_probe_cached(
     grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(train_features.device)
     batch = min(batch_size, fit_x.shape[0])
     iterations = epochs * max(fit_x.shape[0] // batch, 1)
-    losses = train_grid(grid, cached_batches(fit_x, fit_y, batch, generator), iterations, batch * world_size)
+    losses = train_grid(grid, cached_batches(fit_x, fit_y, batch, generator), iterations, batch * world_size, progress)
     sel_x, sel_y = (train_features[held], train_labels[held]) if select_on == "heldout" else (val_features, val_labels)
     best, selection = select_best(grid, sel_x, sel_y)
     return ProbeResult(list(specs), selection, grid_top1(grid, val_features, val_labels), best, losses)

@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 
 from dinolite.eval.metrics import confusion_matrix, segmentation_scores
 from dinolite.eval.transforms import ToRGBTensor
+from dinolite.progress import progress_bar
 
 IGNORE_INDEX = 255
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
@@ -228,6 +229,7 @@ def train_segmentation_head(
     device: torch.device,
     num_workers: int = 0,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[float]:
     """AdamW (weight decay 1e-4) with a cosine lr to 0 on the head only; returns the loss per step."""
     generator = torch.Generator().manual_seed(seed)
@@ -238,7 +240,7 @@ def train_segmentation_head(
     head.train()
     losses = []
     batches = _endless(loader)
-    for _ in range(iterations):
+    for _ in progress_bar(range(iterations), total=iterations, desc="segmentation head", enabled=progress):
         images, masks = next(batches)
         images, masks = images.to(device), masks.to(device)
         logits = _logits(backbone, head, images, n_layers, masks.shape[-2:])

@@ -39,6 +39,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 COMPLETE_COLLAPSE_STD_RATIO = 0.05  # std * sqrt(D): ~1 for well spread features
 COMPLETE_COLLAPSE_RANKME = 1.5
 DIMENSIONAL_COLLAPSE_RANKME_RATIO = 0.05  # RankMe / min(N, D)
+# Below this many samples no verdict is given. RankMe is at least 1 and a RankMe below 2 is already
+# complete collapse, so the dimensional-collapse rule (RankMe < 5% of min(N, D)) can only fire for a
+# spectrum of two or more directions when 5% of N exceeds 2, i.e. N >= 2 / 0.05 = 40. With fewer
+# samples every non-complete spectrum would read "healthy" whatever the features are (3 images give
+# "RankMe 2.4 = 80% of 3").
+MIN_VERDICT_SAMPLES = math.ceil(2 / DIMENSIONAL_COLLAPSE_RANKME_RATIO)
+NOT_ENOUGH_SAMPLES = "no verdict"
+GRID_COLUMNS = 8  # PCA figure wraps after this many images
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,7 +56,12 @@ DIMENSIONAL_COLLAPSE_RANKME_RATIO = 0.05  # RankMe / min(N, D)
 
 def list_images(sources: Sequence[str]) -> list[Path]:
     """Image files from files, folders (searched recursively) and glob patterns, in a stable order."""
-    found: list[Path] = []
+    return [path for group in list_image_groups(sources) for path in group]
+
+
+def list_image_groups(sources: Sequence[str]) -> list[list[Path]]:
+    """The image files of each source (file, folder or glob pattern), one list per source."""
+    found: list[list[Path]] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
@@ -60,8 +73,21 @@ def list_images(sources: Sequence[str]) -> list[Path]:
         matches = [p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not matches:
             raise FileNotFoundError(f"--images {source}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found there")
-        found.extend(matches)
+        found.append(matches)
     return found
+
+
+def pick_grid_images(groups: Sequence[Sequence], limit: Optional[int]) -> list:
+    """Up to ``limit`` images (all when ``limit`` is None or 0) taken in turn from each source, so every
+    folder or file asked for appears in the grids, not just the first folder's first files."""
+    total = sum(len(g) for g in groups)
+    limit = total if not limit else min(limit, total)
+    picked: list = []
+    for rank in range(max((len(g) for g in groups), default=0)):
+        for group in groups:
+            if rank < len(group) and len(picked) < limit:
+                picked.append(group[rank])
+    return picked
 
 
 def load_images(paths: Sequence[Path], size: int) -> Tensor:
@@ -201,6 +227,8 @@ class CollapseReport:
             "rankme_ratio": self.rankme_ratio,
             "verdict": self.verdict,
             "rules": {
+                "no verdict": f"num_samples < {MIN_VERDICT_SAMPLES}: below 2 / {DIMENSIONAL_COLLAPSE_RANKME_RATIO} samples "
+                "the dimensional-collapse rule cannot fire for any spectrum of 2+ directions (RankMe >= 1)",
                 "complete collapse": f"std_ratio < {COMPLETE_COLLAPSE_STD_RATIO} or rankme < {COMPLETE_COLLAPSE_RANKME}",
                 "dimensional collapse": f"rankme_ratio < {DIMENSIONAL_COLLAPSE_RANKME_RATIO}",
                 "std_ratio": "std of L2-normalised features per dim, averaged, times sqrt(dim) (SimSiam)",
@@ -218,7 +246,9 @@ def collapse_report(features: Tensor) -> CollapseReport:
     std = metrics.embedding_std(features)
     rank = metrics.rankme(features)
     std_ratio, rank_ratio = std * math.sqrt(d), rank / min(n, d)
-    if std_ratio < COMPLETE_COLLAPSE_STD_RATIO or rank < COMPLETE_COLLAPSE_RANKME:
+    if n < MIN_VERDICT_SAMPLES:
+        verdict = NOT_ENOUGH_SAMPLES
+    elif std_ratio < COMPLETE_COLLAPSE_STD_RATIO or rank < COMPLETE_COLLAPSE_RANKME:
         verdict = "complete collapse"
     elif rank_ratio < DIMENSIONAL_COLLAPSE_RANKME_RATIO:
         verdict = "dimensional collapse"
@@ -272,7 +302,8 @@ def save_attention_grid(images: Tensor, attention: Tensor, path: Path, names: Se
     size = tuple(images.shape[-2:])
     maps = _upsample(attention, size)  # (B, heads, H, W)
     cols = heads + 2
-    fig, axes = plt.subplots(b, cols, figsize=(1.8 * cols, 1.8 * b), squeeze=False)
+    # Constrained layout reserves room for every title, so file names and head labels never overlap.
+    fig, axes = plt.subplots(b, cols, figsize=(1.8 * cols, 2.0 * b), squeeze=False, layout="constrained")
     for i in range(b):
         picture = images[i].permute(1, 2, 0).numpy()
         panels = [None, *range(heads), "mean"]
@@ -282,26 +313,36 @@ def save_attention_grid(images: Tensor, attention: Tensor, path: Path, names: Se
             if panel is not None:
                 heat = maps[i].mean(axis=0) if panel == "mean" else maps[i, panel]
                 ax.imshow(heat, cmap="inferno", alpha=0.6)
-            if i == 0:
-                ax.set_title("image" if panel is None else ("mean" if panel == "mean" else f"head {panel}"), fontsize=8)
+            if panel is None:  # every row's image is titled with its file name
+                ax.set_title(_short_name(names[i]) if names else "image", fontsize=7)
+            elif i == 0:  # head labels once, over the first row
+                ax.set_title("mean" if panel == "mean" else f"head {panel}", fontsize=7)
             ax.axis("off")
-        if names:
-            axes[i, 0].text(0, -2, str(names[i])[-24:], fontsize=6, va="bottom")
     return _save_figure(fig, path)
 
 
-def save_pca_grid(images: Tensor, rgb: Tensor, path: Path) -> Path:
-    """Two rows per column: the image and its PCA colours."""
+def _short_name(name: str, width: int = 18) -> str:
+    """A file name that fits over one panel: long names keep their start and end."""
+    name = str(name)
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}~{name[-(width // 2):]}"
+
+
+def save_pca_grid(images: Tensor, rgb: Tensor, path: Path, names: Sequence[str] = ()) -> Path:
+    """Each image above its PCA colours, ``GRID_COLUMNS`` images per band of two rows."""
     plt = _pyplot()
     b = images.shape[0]
     colours = _upsample(rgb.permute(0, 3, 1, 2), tuple(images.shape[-2:])).transpose(0, 2, 3, 1)
-    fig, axes = plt.subplots(2, b, figsize=(1.8 * b, 3.6), squeeze=False)
+    cols = min(b, GRID_COLUMNS)
+    bands = math.ceil(b / cols)
+    fig, axes = plt.subplots(2 * bands, cols, figsize=(1.8 * cols, 3.8 * bands), squeeze=False, layout="constrained")
+    fig.suptitle("each image above its first 3 PCA components as RGB", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
     for i in range(b):
-        axes[0, i].imshow(images[i].permute(1, 2, 0).numpy())
-        axes[1, i].imshow(np.clip(colours[i], 0.0, 1.0))
-        axes[0, i].axis("off")
-        axes[1, i].axis("off")
-    axes[1, 0].set_title("PCA 1-3 -> RGB", fontsize=8, loc="left")
+        top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        top.imshow(images[i].permute(1, 2, 0).numpy())
+        top.set_title(_short_name(names[i]) if names else f"image {i}", fontsize=7)
+        bottom.imshow(np.clip(colours[i], 0.0, 1.0))
     return _save_figure(fig, path)
 
 
@@ -317,7 +358,8 @@ def save_spectrum_plot(report: CollapseReport, path: Path, title: str = "") -> P
     ax.set_title(
         (f"{title}\n" if title else "")
         + f"N={report.num_samples} D={report.dim}  std*sqrt(D)={report.std_ratio:.3f}  "
-        f"RankMe={report.rankme:.1f}  -> {report.verdict}",
+        f"RankMe={report.rankme:.1f}  -> {report.verdict}"
+        + (f" (needs N >= {MIN_VERDICT_SAMPLES})" if report.verdict == NOT_ENOUGH_SAMPLES else ""),
         fontsize=8,
     )
     return _save_figure(fig, path)
@@ -337,6 +379,7 @@ class VisualizeOutputs:
     spectrum_png: Path
     report_json: Path
     report: CollapseReport
+    grid_images: int = 0  # how many images the attention / PCA figures show
 
 
 def visualize(
@@ -346,14 +389,16 @@ def visualize(
     size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    max_grid_images: int = 8,
+    max_grid_images: Optional[int] = 16,
     foreground_threshold: Optional[float] = None,
     spectrum_features: Optional[Tensor] = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
     title: str = "",
 ) -> VisualizeOutputs:
-    """Attention grid and PCA image for the first ``max_grid_images`` images; spectrum + report for all.
+    """Attention grid and PCA image for ``max_grid_images`` images taken in turn from each entry of
+    ``image_paths`` (a list of per-source lists, or one flat list; None or 0: all); the spectrum and
+    report use every image.
 
     ``spectrum_features`` (``(N, D)`` CLS features of a data set) replaces the images' own CLS features
     for the spectrum and report when given.
@@ -361,20 +406,24 @@ def visualize(
     if size % int(model.patch_size):
         raise ValueError(f"--size {size} is not a multiple of the backbone's patch size {model.patch_size}")
     output_dir = Path(output_dir)
-    images = load_images(image_paths, size)
+    groups = [list(g) for g in image_paths] if image_paths and not isinstance(image_paths[0], (str, Path)) else [list(image_paths)]
+    every = [Path(p) for g in groups for p in g]
+    starts = np.cumsum([0] + [len(g) for g in groups])
+    shown = pick_grid_images([list(range(a, a + len(g))) for a, g in zip(starts, groups)], max_grid_images)
+    images = load_images(every, size)
     inputs = normalize(images, mean, std).to(device)
-    grid = slice(0, max_grid_images)
-    attention = cls_attention_maps(model, inputs[grid]).cpu()
-    rgb, _ = pca_rgb(patch_features(model, inputs[grid]).cpu(), foreground_threshold)
+    attention = cls_attention_maps(model, inputs[shown]).cpu()
+    rgb, _ = pca_rgb(patch_features(model, inputs[shown]).cpu(), foreground_threshold)
     features = spectrum_features if spectrum_features is not None else cls_features(model, inputs, batch_size).cpu()
     report = collapse_report(features)
-    names = [p.name for p in image_paths[grid]]
+    names = [every[i].name for i in shown]
     return VisualizeOutputs(
-        attention_png=save_attention_grid(images[grid], attention, output_dir / "attention.png", names),
-        pca_png=save_pca_grid(images[grid], rgb, output_dir / "pca.png"),
+        attention_png=save_attention_grid(images[shown], attention, output_dir / "attention.png", names),
+        pca_png=save_pca_grid(images[shown], rgb, output_dir / "pca.png", names),
         spectrum_png=save_spectrum_plot(report, output_dir / "spectrum.png", title),
         report_json=write_text_atomic(output_dir / "collapse_report.json", json.dumps(report.to_dict(), indent=2) + "\n"),
         report=report,
+        grid_images=len(shown),
     )
 
 

@@ -1,21 +1,28 @@
-"""``python -m dinolite.export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student]``.
+"""``python -m dinolite.export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student] [--force]``.
 
 Consolidates the teacher (or student) backbone of a sharded training checkpoint in one process and
 writes it in the chosen format. ``DIR`` is a run's output directory (its latest checkpoint is used) or
 one checkpoint directory.
+
+The format follows the suffix of --output (.safetensors: dinolite's layout with the record in the
+header; .pth/.pt: DINOv2's layout; .onnx: ONNX); --format is needed only for timm and is checked
+against the suffix. Existing files are never overwritten without --force. Each export writes its own
+record NAME.<ext>.json beside the weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
+from dinolite.cli import make_parser, run_main
 from dinolite.export.consolidate import consolidate_checkpoint
 from dinolite.export.load import build_from_spec, load_state_dict_strict
 from dinolite.export.writers import (
     FORMATS,
+    output_paths,
+    resolve_format,
     write_dinov2,
     write_onnx,
     write_safetensors,
@@ -24,28 +31,32 @@ from dinolite.export.writers import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.export", description=__doc__.split("\n\n")[0])
+    parser = make_parser("python -m dinolite.export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
     parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
-    parser.add_argument("--format", choices=FORMATS, default="safetensors")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument("--with-heads", action="store_true", help="also write DINO/iBOT heads and centering state")
     parser.add_argument("--student", action="store_true", help="export the student instead of the teacher")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
 
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.format = resolve_format(args.output, args.format)
+    existing = [str(p) for p in output_paths(args.format, args.output, args.with_heads) if p.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"--output: {', '.join(existing)} already exist(s); pass --force to overwrite")
     if args.with_heads and args.format != "safetensors":
-        print("error: --with-heads is only supported with --format safetensors", file=sys.stderr)
-        return 2
-    try:
-        exported = consolidate_checkpoint(
-            args.checkpoint, model="student" if args.student else "teacher", with_heads=args.with_heads
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
+    exported = consolidate_checkpoint(
+        args.checkpoint, model="student" if args.student else "teacher", with_heads=args.with_heads
+    )
     output = Path(args.output)
     if args.format == "safetensors":
         written = write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)

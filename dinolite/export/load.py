@@ -1,8 +1,9 @@
 """Load exported backbones without dinolite's trainer (no FSDP, no optimizer, no pickle).
 
 Accepted files:
-- ``NAME.safetensors`` written by ``python -m dinolite.export`` (architecture from ``NAME.json`` or,
-  failing that, from the safetensors header metadata);
+- ``NAME.safetensors`` written by ``python -m dinolite.export``: the architecture record in the
+  safetensors header is authoritative (it was written with the weights, in the same file); the sidecar
+  ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
   refused) and the architecture inferred from the tensor shapes.
@@ -36,8 +37,15 @@ class PretrainedWeights:
 
 
 def spec_path_for(weights_path: str | Path) -> Path:
+    """The sidecar record of one export: ``NAME.<ext>.json``, so ``m.onnx`` and ``m.safetensors`` written
+    side by side each keep their own record (a shared ``m.json`` would belong to whichever came last)."""
     path = Path(weights_path)
-    return path.with_suffix(".json")
+    return path.with_name(path.name + ".json")
+
+
+def legacy_spec_path_for(weights_path: str | Path) -> Path:
+    """``NAME.json``: where exports before the per-export sidecar kept their record."""
+    return Path(weights_path).with_suffix(".json")
 
 
 def heads_path_for(weights_path: str | Path) -> Path:
@@ -78,11 +86,11 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
         raise FileNotFoundError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
         state_dict, metadata = _read_safetensors(path)
-        spec_file = spec_path_for(path)
-        if spec_file.is_file():
-            spec = BackboneSpec.from_json_file(spec_file)
-        elif SPEC_METADATA_KEY in metadata:
+        sidecars = [f for f in (spec_path_for(path), legacy_spec_path_for(path)) if f.is_file()]
+        if SPEC_METADATA_KEY in metadata:  # the header travels with the weights: it wins over any sidecar
             spec = BackboneSpec.from_mapping(json.loads(metadata[SPEC_METADATA_KEY]), origin=f"{path} (metadata)")
+        elif sidecars:
+            spec = BackboneSpec.from_json_file(sidecars[0])
         else:
             spec = spec_from_state_dict(state_dict, origin=str(path))
     elif path.suffix in (".pth", ".pt", ".bin"):

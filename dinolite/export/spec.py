@@ -1,8 +1,8 @@
 """The architecture record that travels with every exported backbone.
 
-An export is ``NAME.safetensors`` (weights, DINOv2 key layout) plus ``NAME.json`` (this record). The
-same record is also stored in the safetensors header metadata, so a lone ``.safetensors`` file is still
-self-describing. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
+An export is ``NAME.safetensors`` (weights, DINOv2 key layout) with this record in its header metadata
+(authoritative) and a readable copy in ``NAME.safetensors.json``; an ONNX export carries it in the
+graph's ``metadata_props`` and ``NAME.onnx.json``. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
 one from the tensor shapes.
 """
 

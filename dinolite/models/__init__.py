@@ -1,8 +1,9 @@
-"""ViT backbones and projection heads with DINOv2's interface and state-dict layout."""
+"""ViT backbones, projection heads and projector/predictor MLPs with DINOv2's interface and state-dict layout."""
 
 from dinolite.models.attention import AttentionBackend, explicit_attention, xformers_available
 from dinolite.models.ffn import swiglu_hidden_dim
 from dinolite.models.heads import DINOHead, build_heads, dinov2_head_state_dict
+from dinolite.models.projector import GlobalBatchNorm1d, ProjectionMLP
 from dinolite.models.vision_transformer import (
     ARCHITECTURES,
     DinoVisionTransformer,
@@ -20,6 +21,8 @@ __all__ = [
     "AttentionBackend",
     "DINOHead",
     "DinoVisionTransformer",
+    "GlobalBatchNorm1d",
+    "ProjectionMLP",
     "backbone_kwargs",
     "build_backbone",
     "build_heads",

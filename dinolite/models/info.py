@@ -18,14 +18,14 @@ the ``meta`` device (no memory). ``python -m dinolite.models.info --config vitg1
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from dinolite.config import ConfigError, load_config
+from dinolite.cli import make_parser, run_main
+from dinolite.config import load_config
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -179,20 +179,23 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any] | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
 
-    parser = argparse.ArgumentParser(
-        prog="python -m dinolite.models.info",
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "python -m dinolite.models.info",
         description="Parameter counts and forward FLOPs of a configured model "
         "(training FLOPs per iteration: python -m dinolite.train.summary).",
     )
     parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
     print(format_summary(model_summary(cfg)))
     return 0
 

@@ -8,8 +8,9 @@ Per iteration ``i`` (0-based count of optimizer steps already taken):
 3. :func:`run_training_step`: lr / weight decay from the generic schedules, ``loss = objective(batch, i)``;
    stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
    backward; ``objective.after_backward(i, optimizer)`` (e.g. DINO's prototype freeze); clip each
-   student module's gradient norm (global across shards); AdamW step; ``objective.after_optimizer_step(i)``
-   (e.g. the EMA teacher update);
+   student module's gradient norm (global across shards); AdamW step; stop with
+   :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became NaN/inf;
+   ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update);
 4. every ``monitor.every``: collapse metrics + watchdog; every ``log_every``: the metric line;
    every ``checkpoint_every`` and at the end: checkpoint; if ``stop_requested()`` on any rank:
    checkpoint and return ``"preempted"``.
@@ -38,6 +39,7 @@ from dinolite.dist import (
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
+from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
@@ -161,6 +163,7 @@ def run_training_step(
     objective.after_backward(iteration, optimizer)
     grad_norms = clip_gradients(objective.trainable_modules(), clip_grad)
     optimizer.step()
+    check_finite_parameters(objective.trainable_modules(), iteration, device)  # before any checkpoint of them
     objective.after_optimizer_step(iteration)
     values.update(objective.schedule_values(iteration))
     return StepResult(output, grad_norms, values)

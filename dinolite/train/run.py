@@ -18,27 +18,38 @@ from typing import Optional, Sequence
 
 import torch
 
+from dinolite.cli import make_parser, run_main
 from dinolite.config import ConfigError, load_config
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.train.logging import get_console_logger
+from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.loop import NonFiniteLossError, train
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="launch/local.py",
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        "launch/local.py",
         description="Self-supervised pretraining (DINOv2 recipe) on this machine, single process or torchrun.",
     )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path (default: demo)")
+    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Bad input found while training (a data source, a file) is one error: line too, with exit code 1.
+    return run_main(_main, argv, exit_code=EXIT_ERROR)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 
     args = parse_args(argv)
@@ -57,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     try:
         result = train(cfg, output_dir, env)
-    except (NonFiniteLossError, ConfigError) as exc:
+    except (NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:

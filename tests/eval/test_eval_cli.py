@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.export.spec import ExportFormatError, spec_from_backbone
+from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_backbone
 from dinolite.export.writers import write_safetensors
 from dinolite.models import DinoVisionTransformer
 
@@ -62,7 +63,8 @@ def test_knn_cli_writes_json_and_reuses_cache(workdir, capsys):
             "--cache-dir", str(cache), "--output", str(out)]
     assert _entrypoint("knn").main(argv) == 0
     first = json.loads(out.read_text())
-    assert set(first["per_k"]) == {"1", "5"} and first["num_train"] == 36 and first["num_test"] == 12
+    assert set(first["per_k"]) == {"1", "5", "20"} and first["num_train"] == 36 and first["num_test"] == 12
+    assert first["k"] == 20 and first["top1"] == first["per_k"]["20"]["top1"]  # the headline k, always run
     assert first["top1"] > 80.0  # colour classes are trivially separable
     assert len(list(cache.glob("*.safetensors"))) == 2
     assert _entrypoint("knn").main(argv) == 0
@@ -71,7 +73,7 @@ def test_knn_cli_writes_json_and_reuses_cache(workdir, capsys):
 
 
 @pytest.mark.slow
-def test_linear_cli_writes_grid(workdir):
+def test_linear_cli_writes_grid(workdir, capsys):
     out = workdir["tmp"] / "linear.json"
     argv = ["--backbone", str(workdir["backbone"]), "--train", str(workdir["train"]), "--val", str(workdir["val"]),
             "--learning-rates", "0.01", "1.0", "--n-blocks", "1", "2", "--epochs", "20", "--probe-batch-size", "8",
@@ -81,28 +83,46 @@ def test_linear_cli_writes_grid(workdir):
     assert len(result["grid"]) == 8
     assert result["top1"] == max(g["val_top1"] for g in result["grid"])
     assert set(result["best"]) == {"lr", "n_blocks", "avgpool"}
+    out = capsys.readouterr().out
+    assert "8 heads; the 5 best on val" in out and len(out.splitlines()) <= 10  # summary, not the grid
 
 
-def test_missing_data_folder_fails_before_loading(workdir, tmp_path):
+def test_missing_data_folder_fails_with_one_error_line(workdir, tmp_path, capsys):
     argv = ["--backbone", str(workdir["backbone"]), "--train", str(tmp_path / "nope"), "--val", str(workdir["val"])]
-    with pytest.raises(FileNotFoundError, match=r"--train: .*nope does not exist"):
-        _entrypoint("knn").main(argv)
+    assert _entrypoint("knn").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --train: ") and "nope does not exist" in err and err.count("\n") == 1
 
 
-def test_val_classes_must_match_train(workdir, tmp_path):
+def test_val_classes_must_match_train(workdir, tmp_path, capsys):
     val = _folder(tmp_path / "val", 1, 0)
     (val / "class9").mkdir()
     Image.new("RGB", (16, 16)).save(val / "class9" / "x.png")
-    with pytest.raises(ValueError, match=r"only in validation: \['class9'\]"):
-        _entrypoint("linear").main(["--backbone", str(workdir["backbone"]), "--train", str(workdir["train"]), "--val", str(val)])
+    argv = ["--backbone", str(workdir["backbone"]), "--train", str(workdir["train"]), "--val", str(val)]
+    assert _entrypoint("linear").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "only in validation: ['class9']" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["knn", "linear", "segmentation", "visualize"])
+def test_help_shows_defaults(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _entrypoint(name).main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())  # past the usage line
+    for action in _entrypoint(name).build_parser()._actions:
+        if action.option_strings and action.default is not None and action.default is not False and action.dest != "help":
+            # the default follows the option's own entry, before the next option starts
+            entry = help_text.split(action.option_strings[-1] + " ", 1)[1].split(" --", 1)[0]
+            assert f"(default: {action.default})" in entry, (action.option_strings, entry)
 
 
 def test_backbone_of_another_architecture_is_refused(tmp_path):
     # Weights of a depth-2 ViT under a record that claims depth 3.
     path = _export(tmp_path / "b.safetensors", depth=2)
-    record = json.loads(path.with_suffix(".json").read_text())
+    record = json.loads((tmp_path / "b.safetensors.json").read_text())
     record["depth"] = 3
-    path.with_suffix(".json").write_text(json.dumps(record))
+    write_safetensors(load_file(str(path)), BackboneSpec.from_mapping(record), path)  # the header is authoritative
     with pytest.raises(ExportFormatError, match="do not fit the architecture"):
         load_any_backbone(path)
 

@@ -32,7 +32,19 @@ def test_known_neighbours_give_hand_computed_predictions():
     flat = knn_classify(train, train_labels, test, torch.tensor([0]), num_classes=2, ks=(1, 3), temperature=1.0)
     assert flat["per_k"]["1"]["top1"] == 100.0
     assert flat["per_k"]["3"]["top1"] == 0.0
-    assert flat["top1"] == 100.0 and flat["best_k"] == 1
+    assert "best_k" not in flat
+
+
+def test_headline_is_k20_even_when_another_k_scores_higher():
+    # Query (1,0): one class-0 neighbour at sim 1, then 19 class-1 neighbours at sim 0.94 and 5 more
+    # class-0 ones opposite. k=1 is right (class 0); at k=20 with T=1 class 1's 19*e^0.94 beats e^1.
+    # The headline must be k=20's 0%, not the best k's 100% (no k selected on the test set).
+    train = torch.tensor([[1.0, 0.0]] + [_unit(0.94)] * 19 + [[-1.0, 0.0]] * 5)
+    labels = torch.tensor([0] + [1] * 19 + [0] * 5)
+    result = knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), torch.tensor([0]), 2, ks=(1,), temperature=1.0)
+    assert set(result["per_k"]) == {"1", "20"}  # the headline k is always evaluated
+    assert result["per_k"]["1"]["top1"] == 100.0
+    assert result["k"] == 20 and result["top1"] == 0.0 and result["top1"] == result["per_k"]["20"]["top1"]
 
 
 def test_top5_counts_label_among_five_best_classes():

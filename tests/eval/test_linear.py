@@ -4,6 +4,7 @@ import torch
 from dinolite.eval.linear import (
     HeadSpec,
     LinearHeadGrid,
+    ProbeResult,
     build_optimizer,
     head_grid,
     head_input,
@@ -96,3 +97,26 @@ def test_too_small_heldout_is_a_clear_error():
             x, y, torch.arange(5), x, y, embed_dim=D, n_available=N_BLOCKS, num_classes=3,
             specs=head_grid([0.1], [1], [False]), heldout_fraction=0.0,
         )
+
+
+def _result(lrs, best_lr, selection=None):
+    specs = head_grid(lrs, [1], [False])
+    scores = selection or [float(i) for i in range(len(specs))]
+    return ProbeResult(specs, scores, scores, [s.lr for s in specs].index(best_lr), [0.1])
+
+
+def test_edge_warning_when_best_lr_is_the_largest_or_smallest_of_the_grid():
+    largest = _result([1e-3, 1e-2, 0.1], 0.1)
+    assert "largest of the grid (0.001..0.1)" in largest.edge_warning()
+    assert "larger rates" in largest.edge_warning()
+    js = largest.to_json("heldout")
+    assert js["best_lr_on_grid_edge"] and js["warnings"] == [largest.edge_warning()]
+    assert "smallest" in _result([1e-3, 1e-2, 0.1], 1e-3).edge_warning()
+    inner = _result([1e-3, 1e-2, 0.1], 1e-2)
+    assert inner.edge_warning() is None and inner.to_json("val")["warnings"] == []
+    assert _result([0.05], 0.05).edge_warning() is None  # a one-lr grid has no edge to warn about
+
+
+def test_summary_rows_are_the_best_heads_first():
+    result = _result([1e-3, 1e-2, 0.1, 0.2], 1e-2, selection=[50.0, 90.0, 70.0, 90.0])
+    assert result.summary_rows(3) == [1, 3, 2]

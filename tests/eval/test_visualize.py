@@ -125,7 +125,53 @@ def test_cli_writes_attention_pca_spectrum_and_report(tmp_path, capsys):
             assert png.format == "PNG" and png.size[0] > 100 and png.size[1] > 100
     report = json.loads((out / "collapse_report.json").read_text())
     assert report["num_samples"] == 6 and report["dim"] == 32
-    assert report["verdict"] in ("healthy", "dimensional collapse", "complete collapse")
+    assert report["verdict"] == "no verdict" and "num_samples < 40" in report["rules"]["no verdict"]
     assert report["std_ratio"] == pytest.approx(report["std"] * math.sqrt(32))
-    assert "-> " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "figures show 3 of 6 images" in printed and "no collapse verdict: 6 samples < 40" in printed
     assert not list(out.glob(".*tmp*"))
+
+
+def test_no_verdict_below_the_minimum_sample_size():
+    g = torch.Generator().manual_seed(2)
+    few = vis.collapse_report(torch.randn(vis.MIN_VERDICT_SAMPLES - 1, 64, generator=g))
+    assert few.verdict == "no verdict" and few.rankme > 1.0  # the metrics are still reported
+    assert vis.MIN_VERDICT_SAMPLES == 40  # 2 / 0.05: the first N where RankMe 2 is below 5% of N
+    # Even a rank-2 (dimensionally collapsed) spectrum gets no verdict from 39 samples, since it reads
+    # RankMe ~2 = 5.1% of 39 (> 5%), and the "healthy" it would otherwise get would be wrong.
+    rank_two = torch.randn(39, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    assert vis.collapse_report(rank_two).verdict == "no verdict"
+    enough = torch.randn(40, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    assert vis.collapse_report(enough).verdict == "dimensional collapse"
+
+
+def test_grid_images_come_from_every_source_in_turn():
+    groups = [[f"a{i}" for i in range(10)], ["b0", "b1"], ["c0"]]
+    assert vis.pick_grid_images(groups, 6) == ["a0", "b0", "c0", "a1", "b1", "a2"]
+    assert len(vis.pick_grid_images(groups, 0)) == 13 and len(vis.pick_grid_images(groups, None)) == 13
+
+
+def test_cli_takes_every_folder_and_titles_do_not_overlap(tmp_path, capsys, monkeypatch):
+    from dinolite.export.spec import spec_from_backbone
+    from dinolite.export.writers import write_safetensors
+
+    model = _tiny_vit()
+    weights = tmp_path / "tiny.safetensors"
+    write_safetensors(model.state_dict(), spec_from_backbone(model, train_img_size=32), weights)
+    _write_images(tmp_path / "a", 12)
+    _write_images(tmp_path / "b", 3)
+    saved = {}
+    monkeypatch.setattr(vis, "_save_figure", lambda fig, path: saved.setdefault(path.name, fig) and path)
+    argv = ["--backbone", str(weights), "--images", str(tmp_path / "a"), str(tmp_path / "b"), "--output",
+            str(tmp_path / "vis"), "--max-grid-images", "0", "--device", "cpu"]
+    assert _load_cli().main(argv) == 0
+    assert "figures show 15 of 15 images from 2 source(s)" in capsys.readouterr().out
+    fig = saved["attention.png"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    assert sum(t.get_text().startswith("img_") for t in titles) == 15  # one title per image row, both folders
+    boxes = [t.get_window_extent(renderer) for t in titles]
+    overlaps = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :] if a.overlaps(b)]
+    assert not overlaps
+    assert len(saved["pca.png"].axes) == 2 * 2 * 8  # 15 images wrap into two bands of 8 columns

@@ -53,7 +53,7 @@ def test_safetensors_export_with_heads_equals_the_checkpoint_teacher(run_dir, tm
     out = tmp_path / "teacher.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0
     assert "iteration 2" in capsys.readouterr().out
-    record = json.loads(out.with_suffix(".json").read_text())
+    record = json.loads((tmp_path / "teacher.safetensors.json").read_text())
     assert (record["iteration"], record["source"], record["train_img_size"]) == (2, "teacher", 32)
 
     cfg = load_config(resolve_checkpoint_dir(run_dir) / "config.yaml")
@@ -136,3 +136,29 @@ def test_continue_pretraining_from_an_export_with_heads_restores_heads_and_cente
 
     with pytest.raises(ValueError, match=r"pretrained_weights.*dino_head.*last_layer\.weight: file \(\d+, \d+\)"):
         build_objective(load_config("demo", [*TINY_RUN, "dino.head_n_prototypes=128", f"student.pretrained_weights={out}"]))
+
+
+def test_onnx_suffix_writes_onnx_and_an_existing_export_needs_force(run_dir, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    out = tmp_path / "m.onnx"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0  # no --format: from the suffix
+    onnx.checker.check_model(onnx.load(str(out)))
+    assert (tmp_path / "m.onnx.json").is_file() and not (tmp_path / "m.safetensors").exists()
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output: ") and "pass --force" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
+    # The safetensors export of the same stem keeps its own record; the ONNX one is untouched.
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "m.safetensors"), "--student"]) == 0
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["source"] == "teacher"
+    assert dinolite.load_backbone(tmp_path / "m.safetensors").spec.source == "student"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--force"]) == 0
+
+
+def test_format_that_contradicts_the_suffix_is_refused_before_any_work(tmp_path, capsys):
+    argv = ["--checkpoint", str(tmp_path / "no-run"), "--output", str(tmp_path / "x.onnx"), "--format", "safetensors"]
+    assert export_main(argv) == 2
+    assert "--format safetensors writes .safetensors files, not '.onnx'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

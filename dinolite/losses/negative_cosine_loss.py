@@ -1,0 +1,41 @@
+"""Symmetric negative cosine similarity with a stop-gradient switch (SimSiam, BYOL).
+
+Chen & He 2021, "Exploring Simple Siamese Representation Learning" (SimSiam), Eqs. 1-3: with ``p`` the
+predictor output of one view and ``z`` the projector output of the other,
+``D(p, z) = - (p / ||p||) . (z / ||z||)`` averaged over the batch, and::
+
+    L = 1/2 * D(p_A, sg(z_B)) + 1/2 * D(p_B, sg(z_A))
+
+where ``sg`` is the stop-gradient. Without it (``stop_gradient=False``) the paper shows the
+representation collapses to a constant. Grill et al. 2020, "Bootstrap Your Own Latent" (BYOL), Eq. 2,
+uses ``|| p/||p|| - z/||z|| ||^2 = 2 - 2 cos(p, z)`` with ``z`` from an EMA target network: the same
+minimiser and the same gradient up to a factor 2. Each rank averages over its own rows (a per-sample
+loss: no cross-rank statistic). Computed in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+    """``-mean_b cos(p_b, z_b)`` for (B, D) tensors."""
+    if p.shape != z.shape or p.ndim != 2:
+        raise ValueError(f"negative_cosine: p and z must both be (B, D), got {tuple(p.shape)} and {tuple(z.shape)}")
+    dtype = torch.promote_types(p.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    return -F.cosine_similarity(p.to(dtype), z.to(dtype), dim=1).mean()
+
+
+class NegativeCosineLoss(nn.Module):
+    """``1/2 D(p_A, sg(z_B)) + 1/2 D(p_B, sg(z_A))``; ``stop_gradient=False`` lets gradients into ``z``."""
+
+    def __init__(self, stop_gradient: bool = True) -> None:
+        super().__init__()
+        self.stop_gradient = stop_gradient
+
+    def forward(self, p_a: Tensor, p_b: Tensor, z_a: Tensor, z_b: Tensor) -> Tensor:
+        if self.stop_gradient:
+            z_a, z_b = z_a.detach(), z_b.detach()
+        return 0.5 * negative_cosine(p_a, z_b) + 0.5 * negative_cosine(p_b, z_a)

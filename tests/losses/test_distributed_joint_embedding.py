@@ -1,0 +1,116 @@
+"""2 gloo processes with B rows each train exactly as 1 process with 2B rows, for every cross-rank
+statistic of the joint-embedding methods: InfoNCE's global negatives (SimCLR, DirectCLR), Barlow Twins'
+global cross-correlation, and the projector's global BatchNorm (outputs, gradients, running statistics).
+
+Each rank back-propagates its own loss and the parameter gradients are then averaged over ranks, as the
+trainer's FSDP2 gradient reduction does; that average must equal the one-process gradient.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dinolite.dist.autograd import all_gather_with_grad, all_reduce_sum_with_grad
+from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss
+from dinolite.models import ProjectionMLP
+
+WORLD = 2
+B, D_IN = 4, 6
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(WORLD * B, D_IN, generator=g, dtype=torch.float64), torch.randn(
+        WORLD * B, D_IN, generator=g, dtype=torch.float64
+    )
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    # a projector with hidden and output BatchNorm, so every global statistic is exercised
+    return ProjectionMLP(D_IN, 8, 5, num_layers=3, last_batch_norm=True, last_batch_norm_affine=True).double()
+
+
+def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One forward/backward per loss on this process's rows; parameter gradients are NOT averaged here."""
+    out: dict[str, torch.Tensor] = {}
+    losses = {
+        "info_nce": InfoNCELoss(temperature=0.3),
+        "directclr": DirectCLRLoss(d0=3, temperature=0.3),
+        "barlow_twins": BarlowTwinsLoss(lambda_offdiag=0.1),
+    }
+    for name, loss_fn in losses.items():
+        model = _model()
+        z_a, z_b = model(x_a), model(x_b)
+        loss = loss_fn(z_a, z_b)
+        loss.backward()
+        out[f"{name}/loss"] = loss.detach()
+        out[f"{name}/projection"] = z_a.detach()
+        for pname, param in model.named_parameters():
+            out[f"{name}/grad/{pname}"] = param.grad.detach().clone()
+        for bname, buf in model.named_buffers():
+            out[f"{name}/buffer/{bname}"] = buf.detach().clone()
+    return out
+
+
+def _collective_loss(x_local: torch.Tensor, x_all_gathered: torch.Tensor, x_sum: torch.Tensor, rank: int) -> torch.Tensor:
+    """A rank-dependent loss of the gathered rows and of the summed rows (so the ranks' gradients differ)."""
+    row_weights = torch.arange(x_all_gathered.numel(), dtype=torch.float64).reshape(x_all_gathered.shape) + rank
+    return (row_weights * x_all_gathered).sum() * (1 + rank) + x_sum.square().sum() * (2 + rank) + x_local.sum()
+
+
+def _collectives_grad_on_rank(x_local: torch.Tensor, rank: int) -> torch.Tensor:
+    x = x_local.clone().requires_grad_(True)
+    _collective_loss(x, all_gather_with_grad(x), all_reduce_sum_with_grad(x.sum(0)), rank).backward()
+    return x.grad
+
+
+def _collectives_reference() -> torch.Tensor:
+    """d/dx of sum over ranks r of loss_r, written out on one process holding every row."""
+    x = _data()[0].clone().requires_grad_(True)
+    total = sum(_collective_loss(x[r * B : (r + 1) * B], x, x.sum(0), r) for r in range(WORLD))
+    total.backward()
+    return x.grad
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        x_a, x_b = _data()
+        rows = slice(rank * B, (rank + 1) * B)
+        out = _step(x_a[rows], x_b[rows])
+        out["collectives/grad"] = _collectives_grad_on_rank(x_a[rows], rank)
+        for key, value in out.items():
+            if "/grad/" in key:  # what FSDP2's gradient reduction does: the mean over ranks
+                dist.all_reduce(value)
+                value /= WORLD
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process(tmp_path: Path):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    reference = _step(*_data())
+
+    for name in ("info_nce", "directclr"):
+        # each rank averages over its own anchors: the mean of the rank losses is the global loss
+        torch.testing.assert_close(sum(r[f"{name}/loss"] for r in ranks) / WORLD, reference[f"{name}/loss"])
+    # Barlow Twins: every rank computes the same global loss
+    for r in ranks:
+        torch.testing.assert_close(r["barlow_twins/loss"], reference["barlow_twins/loss"])
+    for key, value in reference.items():
+        if "/grad/" in key or "/buffer/" in key:
+            for r in ranks:  # averaged gradients and the running statistics are the same on every rank
+                torch.testing.assert_close(r[key], value, msg=lambda m, k=key: f"{k}: {m}")
+        if key.endswith("/projection"):  # global BatchNorm: rank r's outputs are rows r*B..(r+1)*B of one process
+            torch.testing.assert_close(torch.cat([r[key] for r in ranks]), value)
+    # the collectives' backward is the adjoint of all ranks' losses: rank r gets rows r of d(sum_r loss_r)/dx
+    torch.testing.assert_close(torch.cat([r["collectives/grad"] for r in ranks]), _collectives_reference())
