@@ -230,7 +230,10 @@ def train(
     app_state = {"model": objective, "optimizer": optimizer, "progress": progress, "watchdog": watchdog}
 
     # ---------------------------------------------------------------- resume
-    checkpoints = CheckpointManager(output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg)
+    # The method record (evaluated network, head names) lets eval/export read the run without the registry.
+    checkpoints = CheckpointManager(
+        output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg, method=method.record(cfg)
+    )
     last_checkpoint = checkpoints.latest()
     if last_checkpoint is not None:
         info = checkpoints.load(last_checkpoint, app_state)
