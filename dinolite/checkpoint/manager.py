@@ -388,7 +388,7 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return info
 
 
-def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str], path: Path) -> set[str]:
+def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
     """Remove from the load targets the optimizer state of parameters saved without any; return their names.
 
     AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
@@ -446,7 +446,7 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
     reader = SafeFileSystemReader(str(path))
     saved_keys = set(reader.read_metadata().state_dict_metadata)
-    stateless = _drop_stateless_parameters(tree, saved_keys, path)
+    stateless = _drop_stateless_parameters(tree, saved_keys)
     missing = sorted(_flat_keys(tree, "") - saved_keys)
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
