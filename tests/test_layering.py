@@ -14,11 +14,13 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dinolite"
 
 # package -> the dinolite packages it may import (besides itself). Anything not listed is forbidden.
-FOUNDATION = {"io", "dist", "config", "cli", "progress"}
+FOUNDATION = {"io", "dist", "config", "cli", "progress", "extras", "compat"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "cli": set(),  # error: one-liners and --help defaults for every entrypoint
     "progress": set(),  # progress bars (TTY-aware) for every long loop
+    "extras": set(),  # optional dependencies: the error names the pip extra to install
+    "compat": set(),  # which torchvision goes with which torch
     "dist": set(),
     "config": {"io"},
     "checkpoint": FOUNDATION,

@@ -5,6 +5,7 @@ weights through :func:`load_consolidated_state_dict`, and the method's evaluated
 names through :func:`method_record`, without importing the trainer.
 """
 
+from dinolite.checkpoint.errors import ArchitectureMismatchError, DamagedCheckpointError
 from dinolite.checkpoint.manager import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILE,
@@ -26,6 +27,8 @@ from dinolite.checkpoint.manager import (
 )
 
 __all__ = [
+    "ArchitectureMismatchError",
+    "DamagedCheckpointError",
     "CHECKPOINT_DIRNAME",
     "CONFIG_FILE",
     "LATEST_POINTER",

@@ -49,9 +49,19 @@ from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from dinolite.checkpoint.safe_metadata import SafeFileSystemReader
+from dinolite.checkpoint.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DamagedCheckpointError,
+)
+from dinolite.checkpoint.integrity import check_architecture, check_shard_files, describe_save_failure
+from dinolite.checkpoint.safe_metadata import (
+    CheckpointMetadataError,
+    SafeFileSystemReader,
+    UnsafeMetadataError,
+)
 from dinolite.config import save_config
-from dinolite.dist import barrier, rank_and_world
+from dinolite.dist import any_rank, barrier, is_distributed, rank_and_world
 from dinolite.io import write_text_atomic
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -61,10 +71,6 @@ CONFIG_FILE = "config.yaml"
 RNG_DIRNAME = "rng"
 FORMAT_VERSION = 1
 ITER_PREFIX = "iter_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the model; the message names the path."""
 
 
 def iteration_dirname(iteration: int) -> str:
@@ -234,23 +240,19 @@ def _collect(app_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return tree, plain
 
 
-def _flat_keys(tree: Mapping[str, Any], prefix: str) -> set[str]:
-    keys: set[str] = set()
+def _flat_tensors(tree: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+    flat: dict[str, torch.Tensor] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            keys |= _flat_keys(value, f"{prefix}{key}.")
+            flat.update(_flat_tensors(value, f"{prefix}{key}."))
         else:
-            keys.add(f"{prefix}{key}")
-    return keys
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # --------------------------------------------------------------------------------------------------
 # Manager
 # --------------------------------------------------------------------------------------------------
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No (complete) checkpoint where one was expected."""
 
 
 class CheckpointManager:
@@ -305,6 +307,33 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def load_latest_intact(self, app_state: Mapping[str, Any], warn: Any = print) -> tuple[Path, dict] | None:
+        """Load the newest checkpoint that reads back intact (collective); None when there is none at all.
+
+        A damaged one (:class:`DamagedCheckpointError`: empty/truncated metadata or shards, broken
+        state.json or RNG file) is reported through ``warn`` and the previous one is tried. Architecture
+        mismatches and refused (unsafe) metadata are raised at once: an older checkpoint cannot fix them.
+        Raises :class:`DamagedCheckpointError` when every checkpoint is damaged.
+        """
+        candidates = self.checkpoints()[::-1]
+        latest = self.latest()
+        if latest is not None and latest in candidates:  # the pointer first (it names the newest save)
+            candidates.remove(latest)
+            candidates.insert(0, latest)
+        damaged = []
+        for path in candidates:
+            try:
+                return path, load_checkpoint(path, app_state)
+            except DamagedCheckpointError as exc:
+                damaged.append(str(exc))
+                warn(f"warning: checkpoint {path} is damaged and skipped: {exc}")
+        if damaged:
+            raise DamagedCheckpointError(
+                f"no intact checkpoint in {self.directory}: {' | '.join(damaged)}. Move the damaged directories "
+                "away to start from scratch, or use a new output directory"
+            )
+        return None
+
     # ---- save ------------------------------------------------------------------------------------
 
     def save(self, iteration: int, app_state: Mapping[str, Any], batches_consumed: int | None = None) -> Path:
@@ -320,11 +349,19 @@ class CheckpointManager:
                 shutil.rmtree(tmp)  # left by a run killed while saving
             (tmp / RNG_DIRNAME).mkdir(parents=True)
         _barrier()
-        tree, plain = _collect(app_state)
-        with _no_single_process_warning():
-            dcp.save(tree, checkpoint_id=str(tmp))
-        torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
-        _barrier()
+        failure: BaseException | None = None
+        try:
+            tree, plain = _collect(app_state)
+            with _no_single_process_warning():
+                dcp.save(tree, checkpoint_id=str(tmp))
+            torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
+        except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
+            failure = exc
+        if any_rank(failure is not None, _collective_device()):  # every rank gives up together
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            message = describe_save_failure(failure, self.directory) if failure else "failed on another rank"
+            raise CheckpointError(f"iteration {iteration}: {message}") from failure
         if rank == 0:
             info = {
                 "format": FORMAT_VERSION,
@@ -380,11 +417,11 @@ def read_checkpoint_info(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a complete checkpoint directory (needs .metadata and {STATE_FILE})")
     try:
         info = json.loads((path / STATE_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
     for key in ("iteration", "batches_consumed", "world_size"):
         if not isinstance(info.get(key), int):
-            raise CheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
+            raise DamagedCheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
     return info
 
 
@@ -438,21 +475,63 @@ def checkpoint_modules(path: str | Path, network: str) -> list[str]:
     return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
 
 
+def _collective_device() -> torch.device:
+    """Where a rank-agreement all-reduce runs: the current CUDA device under NCCL, else the CPU."""
+    if is_distributed() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _read_metadata(path: Path) -> tuple[SafeFileSystemReader, Any]:
+    """The restricted reader and metadata of ``path``; unreadable metadata or shards are damage."""
+    reader = SafeFileSystemReader(str(path))
+    try:
+        metadata = reader.read_metadata()
+    except UnsafeMetadataError:
+        raise
+    except CheckpointMetadataError as exc:
+        raise DamagedCheckpointError(str(exc)) from exc
+    check_shard_files(path, metadata)
+    return reader, metadata
+
+
 def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
-    """Load model, optimizer moments, extra state, Stateful entries and this rank's RNG streams."""
+    """Load model, optimizer moments, extra state, Stateful entries and this rank's RNG streams.
+
+    Collective; when any rank finds the checkpoint damaged, every rank raises
+    :class:`DamagedCheckpointError` (so a caller can fall back to an older one on all ranks together).
+    """
     path = Path(path)
+    failure: DamagedCheckpointError | None = None
+    try:
+        info = _load_checkpoint(path, app_state)
+    except DamagedCheckpointError as exc:
+        failure = exc
+    if any_rank(failure is not None, _collective_device()):
+        raise failure or DamagedCheckpointError(f"{path}: damaged (found on another rank)")
+    return info
+
+
+def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     info = read_checkpoint_info(path)
     model, optimizer = _module_and_optimizer(app_state)
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
-    reader = SafeFileSystemReader(str(path))
-    saved_keys = set(reader.read_metadata().state_dict_metadata)
-    stateless = _drop_stateless_parameters(tree, saved_keys)
-    missing = sorted(_flat_keys(tree, "") - saved_keys)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise CheckpointError(f"{path}: the checkpoint lacks {len(missing)} entries this run needs: {shown}")
-    with _no_single_process_warning():
-        dcp.load(tree, storage_reader=reader)
+    reader, metadata = _read_metadata(path)
+    stateless = _drop_stateless_parameters(tree, set(metadata.state_dict_metadata))
+    check_architecture(path, metadata, _flat_tensors(tree, ""))
+    rank, world = _rank_world()
+    rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
+    rng_state = None
+    if info["world_size"] == world and rng_file.is_file():
+        try:
+            rng_state = torch.load(rng_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, foreign pickle: name the file
+            raise DamagedCheckpointError(f"{rng_file}: unreadable ({type(exc).__name__}: {exc})") from exc
+    try:
+        with _no_single_process_warning():
+            dcp.load(tree, storage_reader=reader)
+    except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise DamagedCheckpointError(f"{path}: the shards do not read back ({type(exc).__name__}: {exc})") from exc
     if optimizer is not None:
         _, current = get_state_dict(model, [optimizer])
         optim_sd = {"state": tree[OPTIMIZER_KEY]["state"], "param_groups": current["param_groups"]}
@@ -471,10 +550,8 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     saved_plain = info.get("app_state", {})
     for name, obj in _stateful_entries(app_state).items():
         obj.load_state_dict(_merge_trees(tree[APP_KEY].get(name, {}), saved_plain.get(name, {})))
-    rank, world = _rank_world()
-    rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
-    if info["world_size"] == world and rng_file.is_file():
-        restore_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    if rng_state is not None:
+        restore_rng_state(rng_state)
     return info
 
 
@@ -510,8 +587,7 @@ def load_consolidated_state_dict(
         prefix = f"{part}." if part else ""
     else:
         prefix = f"{MODEL_KEY}.{model}." + (f"{part}." if part else "")
-    reader = SafeFileSystemReader(str(path))
-    metadata = reader.read_metadata()
+    reader, metadata = _read_metadata(path)
     tree: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix) and isinstance(item, TensorStorageMetadata):

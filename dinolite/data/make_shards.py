@@ -1,6 +1,6 @@
 """Write an image folder (or a list of image paths) as webdataset tar shards plus an index JSON.
 
-    python -m dinolite.data.make_shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
+    dinolite-shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
 
 Each sample is ``{key}.{jpg|png|webp|bmp}`` (the original encoded bytes, or a re-encode when
 ``--max-side`` shrinks it), ``{key}.cls`` (class index, when SRC has class subfolders or the list
@@ -131,7 +131,9 @@ class _ShardWriter:
         self._archive.close()
         name = self._name(len(self.shards))
         os.replace(self._tmp, self.out / name)
-        self.shards.append({"name": name, "samples": self._count})
+        # The size lets readers tell a shard damaged after this index was written (its count is then
+        # not trusted for resume arithmetic; see sources.resolve_source).
+        self.shards.append({"name": name, "samples": self._count, "bytes": (self.out / name).stat().st_size})
         self._archive = None
 
 
@@ -211,7 +213,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
+    parser = make_parser(description=__doc__)
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")

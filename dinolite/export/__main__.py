@@ -1,4 +1,5 @@
-"""``python -m dinolite.export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--network NET] [--force]``.
+"""``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--network NET] [--force]``
+(also ``python -m dinolite.export``).
 
 Consolidates one network's backbone of a sharded training checkpoint in one process and writes it in the
 chosen format: the method's evaluated network (its EMA teacher, or the student of a method without one;
@@ -32,7 +33,7 @@ from dinolite.export.writers import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("python -m dinolite.export", description=__doc__)
+    parser = make_parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
     parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
     parser.add_argument("--format", choices=FORMATS, default=None,

@@ -7,10 +7,17 @@ Accepted files:
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
   refused) and the architecture inferred from the tensor shapes.
+
+A record (header or sidecar) is never trusted to size a model: its width, depth, patch size, position
+grid, register tokens and FFN type are checked against the tensor shapes read from the safetensors
+header (no tensor data read), then every key and shape against a model on the ``meta`` device; only
+then is a real model allocated. A 1 KB JSON asking for width 2048 fails at once, naming the JSON, the
+field and both values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +27,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_state_dict
+from dinolite.export.spec import (
+    BackboneSpec,
+    ExportFormatError,
+    check_spec_against_shapes,
+    spec_from_state_dict,
+)
 from dinolite.models import DinoVisionTransformer
 
 HEADS_SUFFIX = ".heads.safetensors"
@@ -53,8 +65,18 @@ def heads_path_for(weights_path: str | Path) -> Path:
     return path.with_name(path.stem + HEADS_SUFFIX)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata from a safetensors header; no tensor data is read."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ExportFormatError(f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}") from exc
+    return shapes, metadata
 
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -85,13 +107,24 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
-        state_dict, metadata = _read_safetensors(path)
+        # The record is checked against the header's shapes before any tensor is read or model built.
+        shapes, metadata = _read_safetensors_header(path)
         sidecars = [f for f in (spec_path_for(path), legacy_spec_path_for(path)) if f.is_file()]
+        spec: Optional[BackboneSpec] = None
         if SPEC_METADATA_KEY in metadata:  # the header travels with the weights: it wins over any sidecar
-            spec = BackboneSpec.from_mapping(json.loads(metadata[SPEC_METADATA_KEY]), origin=f"{path} (metadata)")
+            origin = f"{path} (header metadata {SPEC_METADATA_KEY!r})"
+            try:
+                record = json.loads(metadata[SPEC_METADATA_KEY])
+            except json.JSONDecodeError as exc:
+                raise ExportFormatError(f"{origin}: not valid JSON: {exc}") from exc
+            spec = BackboneSpec.from_mapping(record, origin=origin)
         elif sidecars:
+            origin = str(sidecars[0])
             spec = BackboneSpec.from_json_file(sidecars[0])
-        else:
+        if spec is not None:
+            check_spec_against_shapes(spec, shapes, spec_origin=origin, weights_origin=str(path))
+        state_dict, _ = _read_safetensors(path)
+        if spec is None:
             spec = spec_from_state_dict(state_dict, origin=str(path))
     elif path.suffix in (".pth", ".pt", ".bin"):
         state_dict = _read_pth(path)
@@ -101,9 +134,10 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
     return state_dict, spec
 
 
-def build_from_spec(spec: BackboneSpec) -> nn.Module:
-
-    return DinoVisionTransformer(**spec.backbone_kwargs())
+def build_from_spec(spec: BackboneSpec, device: str | torch.device | None = None) -> nn.Module:
+    """The backbone ``spec`` describes (``device="meta"``: shapes only, nothing allocated)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return DinoVisionTransformer(**spec.backbone_kwargs())
 
 
 def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
@@ -142,6 +176,9 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     normalisation mean/std, iteration) for building matching eval transforms.
     """
     state_dict, spec = load_backbone_state_dict(path)
+    # Every key and shape is compared on a model without storage first: a record that passed the
+    # headline checks but still disagrees (e.g. mlp_ratio) is refused before anything is allocated.
+    check_state_dict_fits(build_from_spec(spec, device="meta"), state_dict, origin=str(path))
     model = build_from_spec(spec)
     load_state_dict_strict(model, state_dict, origin=str(path))
     model.spec = spec

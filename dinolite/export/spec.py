@@ -202,3 +202,55 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,
         source="dinov2",
     )
+
+
+def check_spec_against_shapes(
+    spec: BackboneSpec, shapes: Mapping[str, tuple[int, ...]], spec_origin: str, weights_origin: str
+) -> None:
+    """Refuse a record that does not describe the tensors, from shapes alone (nothing is built).
+
+    Checks the fields that decide how much a model built from ``spec`` would allocate (width, depth,
+    patch size, position-embedding grid, register tokens, FFN type) against the tensor shapes, so a
+    small tampered or stale JSON cannot make a loader allocate a model far larger than the weights.
+    The error names the record, the field, its value and what the weights say. ``num_heads`` changes
+    no shape; it can only be checked to divide the width.
+    """
+
+    def refuse(field_name: str, claimed: Any, actual: Any, evidence: str) -> None:
+        raise ExportFormatError(
+            f"{spec_origin}: {field_name}={claimed!r} but the weights in {weights_origin} have {actual} ({evidence}); "
+            "this record does not describe these weights"
+        )
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            sample = ", ".join(list(shapes)[:5])
+            raise ExportFormatError(
+                f"{weights_origin}: not a DINOv2/dinolite backbone: no {key!r} tensor (found keys like: {sample})"
+            )
+        return tuple(shapes[key])
+
+    for name in ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "num_register_tokens"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "num_register_tokens" else 1):
+            raise ExportFormatError(f"{spec_origin}: {name}={value!r} is not a valid size")
+    cls_shape = shape("cls_token")
+    if spec.embed_dim != cls_shape[-1]:
+        refuse("embed_dim", spec.embed_dim, f"width {cls_shape[-1]}", f"cls_token shape {cls_shape}")
+    depth = len({int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key))})
+    if spec.depth != depth:
+        refuse("depth", spec.depth, f"{depth} blocks", "blocks.N.* tensors")
+    patch_shape = shape("patch_embed.proj.weight")
+    if spec.patch_size != patch_shape[-1]:
+        refuse("patch_size", spec.patch_size, f"{patch_shape[-1]}-pixel patches", f"patch_embed.proj.weight {patch_shape}")
+    tokens = shape("pos_embed")[1] - 1
+    if (spec.img_size // spec.patch_size) ** 2 != tokens:
+        refuse("img_size", spec.img_size, f"{tokens} position-embedding patches", f"pos_embed shape {shape('pos_embed')}")
+    registers = shapes["register_tokens"][1] if "register_tokens" in shapes else 0
+    if spec.num_register_tokens != registers:
+        refuse("num_register_tokens", spec.num_register_tokens, f"{registers} register tokens", "register_tokens tensor")
+    swiglu = "blocks.0.mlp.w12.weight" in shapes
+    if (spec.ffn_layer == "swiglu") != swiglu and depth:
+        refuse("ffn_layer", spec.ffn_layer, "a SwiGLU FFN" if swiglu else "an MLP FFN", "blocks.0.mlp.* tensors")
+    if spec.embed_dim % spec.num_heads:
+        raise ExportFormatError(f"{spec_origin}: num_heads={spec.num_heads} does not divide embed_dim={spec.embed_dim}")

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.config import load_config
+from dinolite.extras import MissingExtraError, optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -58,10 +59,10 @@ def forward_macs(model: nn.Module, inputs: tuple) -> int:
         with torch.no_grad(), warnings.catch_warnings():
             # fvcore traces with torch.jit, which recent torch flags as deprecated; the count is unaffected.
             warnings.simplefilter("ignore", FutureWarning)
-            # fvcore (an optional dependency) is imported here: its import warns about torch.jit.
-            from fvcore.nn import FlopCountAnalysis
+            # fvcore (the ``flops`` extra) is imported here: its import warns about torch.jit.
+            fvcore_nn = optional_import("fvcore.nn", extra="flops", purpose="FLOP counting")
 
-            analysis = FlopCountAnalysis(model, inputs)
+            analysis = fvcore_nn.FlopCountAnalysis(model, inputs)
             analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return int(analysis.total())
@@ -179,16 +180,15 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any] | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(_main, argv)
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
-        "python -m dinolite.models.info",
-        description="Parameter counts and forward FLOPs of a configured model "
-        "(training FLOPs per iteration: python -m dinolite.train.summary).",
+        description="Parameter counts and forward FLOPs of a configured model (dinolite-info, python -m "
+        "dinolite.models.info; training FLOPs per iteration: python -m dinolite.train.summary)."
     )
-    parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
+    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
     return parser
 

@@ -15,7 +15,7 @@ step the loop calls :func:`check_finite_parameters`:
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist

@@ -43,6 +43,7 @@ from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.schedules import TrainingSchedules, build_schedules
 from dinolite.train.sharding import clip_grad_norm_, shard_objective
@@ -194,7 +195,6 @@ def train(
     console = get_console_logger()
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
 
     # ---------------------------------------------------------------- model, optimizer, schedules
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -234,9 +234,12 @@ def train(
     checkpoints = CheckpointManager(
         output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg, method=method.record(cfg)
     )
-    last_checkpoint = checkpoints.latest()
-    if last_checkpoint is not None:
-        info = checkpoints.load(last_checkpoint, app_state)
+    if is_main:
+        report_config_changes(checkpoints.latest(), cfg, console.info)
+    resumed = checkpoints.load_latest_intact(app_state, warn=console.warning if is_main else lambda _: None)
+    last_checkpoint = resumed[0] if resumed is not None else None
+    if resumed is not None:
+        info = resumed[1]
         if info["batches_consumed"] != progress.iteration:
             raise RuntimeError(
                 f"{last_checkpoint}: batches_consumed={info['batches_consumed']} differs from "
@@ -244,6 +247,8 @@ def train(
             )
         if is_main:
             console.info(f"resumed from {last_checkpoint} at iteration {progress.iteration}")
+    if is_main:  # after the resume checks: a refused resume leaves the run's config.yaml as it was
+        save_config(cfg, output_dir / "config.yaml")
 
     def save_checkpoint() -> Path:
         return checkpoints.save(progress.iteration, app_state, batches_consumed=progress.iteration)
@@ -259,7 +264,7 @@ def train(
         collate_fn=method.build_collate(cfg),
     )
 
-    logger = MetricLogger(output_dir, enabled=is_main)
+    logger = MetricLogger(output_dir, enabled=is_main, resume_iteration=progress.iteration)
     logger.info(
         f"training {stop_at} iterations (epoch = {epoch_length} iterations, global batch {global_batch}, "
         f"{env.world_size} process(es) on {device}, precision {precision or torch.float32}) -> {output_dir}"
@@ -275,6 +280,7 @@ def train(
             batch = next(stream)
             t_data = time.perf_counter()
             window.skipped += int(batch.get("skipped_samples", 0))
+            window.damaged_shards += int(batch.get("damaged_shards", 0))
             batch = to_device(batch, device)
 
             step = run_training_step(
@@ -312,7 +318,7 @@ def train(
 
 
 class _Window:
-    """Sums over the iterations since the last log line (losses, timings, skipped samples)."""
+    """Sums over the iterations since the last log line (losses, timings, skipped samples, damaged shards)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -320,6 +326,7 @@ class _Window:
         self.data_time = 0.0
         self.step_time = 0.0
         self.skipped = 0
+        self.damaged_shards = 0
 
     def add(self, output: ObjectiveOutput, grad_norms: Mapping[str, float], data_time: float, step_time: float) -> None:
         self.n += 1
@@ -348,6 +355,7 @@ class _Window:
             memory_gb=memory_gb(device),
             images_seen=float(iteration * global_batch),
             skipped_samples=all_reduce_sum(float(self.skipped), device),
+            damaged_shards=all_reduce_sum(float(self.damaged_shards), device),
             epoch=iteration / epoch_length,
         )
         return metrics

@@ -214,9 +214,9 @@ def test_metric_logger_writes_only_when_enabled(tmp_path):
     with MetricLogger(tmp_path / "main", enabled=True, tensorboard=False, console=console) as log:
         log.log(10, {"loss": torch.tensor(1.5), "lr": 1e-4}, total_iterations=100, eta_seconds=3725)
     line = json.loads((tmp_path / "main" / "metrics.jsonl").read_text())
-    assert line == {"iteration": 10, "loss": 1.5, "lr": 1e-4}
+    assert line == {"iteration": 10, "time": line["time"], "loss": 1.5, "lr": 1e-4}  # schema: test_logging.py
     out = stream.getvalue()
-    assert "it 10/100" in out and "loss 1.5000" in out and "eta 1:02:05" in out
+    assert "it 10/100" in out and "loss 1.5" in out and "eta 1:02:05" in out
     with MetricLogger(tmp_path / "other", enabled=False) as log:
         log.log(10, {"loss": 1.0})
     assert not (tmp_path / "other").exists()

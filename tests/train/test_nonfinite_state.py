@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_loop import fake_stream, tiny_config
 from torch import nn
 
 from dinolite.checkpoint import CheckpointManager, load_consolidated_state_dict
 from dinolite.train import builders
 from dinolite.train.finite_check import NonFiniteStateError, check_finite_parameters
 from dinolite.train.loop import NonFiniteLossError, train
-from test_loop import fake_stream, tiny_config
 
 
 @pytest.fixture(autouse=True)
