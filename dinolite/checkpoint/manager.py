@@ -437,7 +437,7 @@ def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> se
     states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
     stateless: set[str] = set()
     for name, state in list(states.items()):
-        keys = _flat_keys(state, f"{OPTIMIZER_KEY}.state.{name}.") if isinstance(state, Mapping) else set()
+        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
         if keys and not keys & saved_keys:
             stateless.add(name)
             del states[name]
