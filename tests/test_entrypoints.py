@@ -32,6 +32,7 @@ ENTRYPOINTS = {
     "dinolite.export": lambda: importlib.import_module("dinolite.export.__main__"),
     "dinolite.data.make_shards": lambda: importlib.import_module("dinolite.data.make_shards"),
     "dinolite.models.info": lambda: importlib.import_module("dinolite.models.info"),
+    "dinolite.train.summary": lambda: importlib.import_module("dinolite.train.summary"),
 }
 
 
@@ -63,6 +64,7 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "dinolite.export": (["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")], "no complete checkpoint"),
         "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
         "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
+        "dinolite.train.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),
     }
 
 
