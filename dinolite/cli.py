@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_USAGE = 2
 
@@ -53,7 +53,7 @@ def _shows_default(action: argparse.Action) -> bool:
     return not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
 
 
-def make_parser(prog: Optional[str] = None, description: Optional[str] = None, **kwargs) -> argparse.ArgumentParser:
+def make_parser(prog: str | None = None, description: str | None = None, **kwargs) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with :class:`HelpFormatter`."""
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter, **kwargs)
 
@@ -66,13 +66,13 @@ def format_error(exc: BaseException) -> str:
     return f"error: {message or type(exc).__name__}"
 
 
-def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None,
-             errors: tuple[type[BaseException], ...] = INPUT_ERRORS) -> int:
-    """Call ``main(argv)``; an input error becomes one ``error:`` line on stderr and exit code 2."""
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
+             errors: tuple[type[BaseException], ...] = INPUT_ERRORS, exit_code: int = EXIT_USAGE) -> int:
+    """Call ``main(argv)``; an input error becomes one ``error:`` line on stderr and ``exit_code``."""
     try:
         return main(argv)
     except errors as exc:
         if os.environ.get("DINOLITE_TRACEBACK"):
             raise
         print(format_error(exc), file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code

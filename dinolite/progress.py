@@ -8,7 +8,7 @@ stdout stays parseable.
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from tqdm import tqdm
 
@@ -19,9 +19,9 @@ def interactive() -> bool:
 
 
 def progress_bar(
-    iterable: Optional[Iterable] = None,
+    iterable: Iterable | None = None,
     *,
-    total: Optional[int] = None,
+    total: int | None = None,
     desc: str = "",
     unit: str = "it",
     enabled: bool = True,

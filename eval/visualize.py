@@ -1,99 +1,14 @@
-"""Attention maps, PCA feature images, embedding spectrum and a collapse report for a backbone.
+"""``python eval/visualize.py ...`` from a clone, without installing: the same command as ``dinolite-visualize``
+and ``python -m dinolite.eval.visualize`` (see ``--help``; the code is in dinolite/eval/visualize_cli.py)."""
 
-    python eval/visualize.py --backbone output/demo --images IMG_DIR_OR_FILES... --output vis/
-
-The attention and PCA figures show up to ``--max-grid-images`` images taken in turn from every
-folder/file given (0: all); the spectrum and collapse report use every image. No collapse verdict is
-given on fewer than 40 images (the report says why). Writes ``attention.png`` (CLS self-attention of the last block, per head, over each image),
-``pca.png`` (first three PCA components of the patch features as RGB), ``spectrum.png`` (sorted log
-singular values of the feature covariance, with the verdict) and ``collapse_report.json``.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-import torch  # noqa: E402
+from dinolite.eval.visualize_cli import build_parser, main  # noqa: E402
 
-from dinolite.cli import make_parser, run_main  # noqa: E402
-from dinolite.eval.backbone import load_any_backbone  # noqa: E402
-from dinolite.eval.transforms import build_eval_transform  # noqa: E402
-from dinolite.eval.visualize import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES, dataset_cls_features, list_image_groups, visualize  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("eval/visualize.py", description=__doc__)
-    parser.add_argument("--backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
-    parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
-    parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
-    parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
-    parser.add_argument("--max-grid-images", type=int, default=16,
-                        help="images shown in the attention / PCA figures, taken in turn from each source (0: all)")
-    parser.add_argument("--foreground-threshold", type=float, default=None, help="keep patches whose first PCA component (0..1) exceeds this")
-    parser.add_argument("--dataset", nargs="+", default=None, help="image folder or shards for the spectrum (default: the --images)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)")
-    parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv)
-
-
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.max_grid_images < 0:
-        raise ValueError(f"--max-grid-images {args.max_grid_images}: must be >= 0 (0 shows every image)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    image_groups = list_image_groups(args.images)
-    model = load_any_backbone(args.backbone, map_location=device)
-    spec = getattr(model, "spec", None)
-    size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
-    mean = tuple(args.mean or (spec.mean if spec else (0.485, 0.456, 0.406)))
-    std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
-    spectrum_features = None
-    if args.dataset:
-
-        transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
-        spectrum_features = dataset_cls_features(model, args.dataset, transform, args.batch_size, device)
-    outputs = visualize(
-        model,
-        image_groups,
-        Path(args.output),
-        size=size,
-        mean=mean,
-        std=std,
-        max_grid_images=args.max_grid_images,
-        foreground_threshold=args.foreground_threshold,
-        spectrum_features=spectrum_features,
-        batch_size=args.batch_size,
-        device=device,
-        title=Path(args.backbone).name,
-    )
-    r = outputs.report
-    total = sum(len(g) for g in image_groups)
-    print(f"figures show {outputs.grid_images} of {total} images from {len(image_groups)} source(s)"
-          + ("" if outputs.grid_images == total else " (--max-grid-images 0 shows all)"))
-    print(
-        f"{r.num_samples} images, dim {r.dim}: std*sqrt(D) {r.std_ratio:.3f}, RankMe {r.rankme:.1f} "
-        f"({100 * r.rankme_ratio:.1f}% of {min(r.num_samples, r.dim)}) -> {r.verdict}"
-    )
-    if r.verdict == NOT_ENOUGH_SAMPLES:
-        print(f"no collapse verdict: {r.num_samples} samples < {MIN_VERDICT_SAMPLES}; below that the "
-              f"dimensional-collapse rule cannot fire (pass more images or --dataset)")
-    for path in (outputs.attention_png, outputs.pca_png, outputs.spectrum_png, outputs.report_json):
-        print(f"wrote {path}")
-    return 0
-
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,15 +1,17 @@
-"""Train on this machine: ``python launch/local.py [--config NAME] [--output-dir DIR] [key=value ...]``.
+"""``python launch/local.py ...`` from a clone, without installing: the same command as ``dinolite-train``
+and ``python -m dinolite.train.run`` (see ``--help``; the code is in dinolite/train/run.py).
 
-Also runs under ``torchrun --nproc_per_node=N launch/local.py ...``. See dinolite/train/run.py.
+Also runs under ``torchrun --nproc_per_node=N launch/local.py ...``.
 """
 
 import sys
 from pathlib import Path
 
-# Run from a source checkout without `pip install -e .`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dinolite.train.run import main  # noqa: E402
+
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

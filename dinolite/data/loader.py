@@ -17,8 +17,11 @@ source), endlessly:
    workers, in order). Sample ``p`` of batch ``b`` is augmented with a generator seeded by ``(seed,
    rank, b, p)`` and the batch's masks with one seeded by ``(seed, rank, b)``.
 
-A corrupt sample is still one position of the stream: it is replaced by a fresh augmentation of
-another sample of its batch, and counted in the batch's ``skipped_samples``. So batch ``b`` depends
+A sample that cannot be used (undecodable, above the pixel limit, failing augmentation) is still one
+position of the stream: it is replaced by a fresh augmentation of another sample of its batch, and
+counted in the batch's ``skipped_samples``; too many of them in a worker's recent window stop the run
+(:class:`SkippedSampleWindow`). A damaged shard (cut short, unreadable) gives the samples before the
+damage and is counted in the batch's ``damaged_shards``. So batch ``b`` depends
 only on ``(source, seed, rank, world_size, num_workers, b)``: ``start_batch=k`` resumes exactly by
 making physical worker ``i`` play logical worker ``(i + k) % W`` (the DataLoader asks worker 0 first),
 skipping the samples of its batches before ``k`` without decoding them. Whole epochs are skipped
@@ -31,17 +34,19 @@ Eval dataset (``build_eval_dataset``): every sample once, in source order, sampl
 from __future__ import annotations
 
 import inspect
-import io
 import logging
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_image as tv_decode_image
-from torchvision.transforms.v2.functional import pil_to_tensor
 
+from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from dinolite.data.skip_window import (
+    DEFAULT_MAX_SKIP_FRACTION,
+    DEFAULT_SKIP_WINDOW,
+    SkippedSampleWindow,
+)
 from dinolite.data.sources import (
     RawSample,
     SourceError,
@@ -75,21 +80,6 @@ def expand_source(source: Sequence[str] | str) -> list[str]:
     return [unit.url for unit in resolve_source(source)]
 
 
-def decode_image(data: bytes) -> torch.Tensor:
-    """Encoded image bytes -> uint8 RGB tensor (3, H, W). Raises ``ValueError`` when undecodable."""
-    if not data:
-        raise ValueError("empty image data")
-    try:
-        return tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as tv_error:
-        # torchvision has no BMP decoder (and may lack others depending on its build): try PIL.
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return pil_to_tensor(img.convert("RGB"))
-        except Exception as pil_error:  # PIL raises many types for bad data
-            raise ValueError(f"undecodable image: {tv_error}; PIL: {pil_error}") from pil_error
-
-
 def _accepts_generator(fn: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -119,11 +109,16 @@ def _known_count(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int
     return len(range(slot, total, n_slots)) if by_sample else total
 
 
-def _read_units(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int) -> Iterator[RawSample]:
+def _read_units(
+    units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int, damage: Optional[list[str]] = None
+) -> Iterator[RawSample]:
     """Raw samples of ``units`` (every ``n_slots``-th from ``slot`` when ``by_sample``).
 
-    An unreadable shard ends early and yields one ``__error__`` sample in its place, so the damage is
-    counted like a corrupt sample instead of stopping a week-long run.
+    A damaged or unreadable shard (cut short, bad header, missing file, failed ``pipe:`` command) gives
+    the samples read before the damage; the rest of it is lost. That is logged as a warning naming the
+    shard and what was lost, and appended to ``damage`` (the batches report the count as
+    ``damaged_shards``), instead of stopping a week-long run. When every slot reads every unit
+    (``by_sample``), only the slot whose turn it was reports it, so the count is per shard, not per slot.
     """
     index = 0
     for unit in units:
@@ -133,10 +128,10 @@ def _read_units(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int)
                     yield sample
                 index += 1
         except (SourceError, OSError) as exc:
-            logger.warning("skipping the rest of %s: %s", unit.url, exc)
             if not by_sample or index % n_slots == slot:
-                yield {"__key__": "", "__url__": unit.url, "__error__": str(exc)}
-            index += 1
+                logger.warning("%s", exc)
+                if damage is not None:
+                    damage.append(str(exc))
 
 
 def shuffled(stream: Iterator[Any], buffer_size: int, generator: torch.Generator) -> Iterator[Any]:
@@ -164,9 +159,12 @@ def slot_stream(
     shuffle_buffer: int,
     skip: int = 0,
     epochs: Optional[int] = None,
+    damage: Optional[list[str]] = None,
 ) -> Iterator[RawSample]:
     """Raw samples of one slot, epoch after epoch (endless when ``epochs`` is None), after dropping the
-    first ``skip`` without decoding them (whole epochs without reading when counts are known)."""
+    first ``skip`` without decoding them (whole epochs without reading when counts are known).
+    Damaged shards are reported into ``damage`` (see :func:`_read_units`)."""
+    damage = [] if damage is None else damage
     epoch, empty_epochs = 0, 0
     while epochs is None or epoch < epochs:
         mine, by_sample = _epoch_plan(units, seed, epoch, slot, n_slots)
@@ -175,7 +173,7 @@ def slot_stream(
             skip -= count
             epoch += 1
             continue
-        stream = _read_units(mine, by_sample, slot, n_slots)
+        stream = _read_units(mine, by_sample, slot, n_slots, damage)
         if shuffle_buffer > 1:
             stream = shuffled(stream, shuffle_buffer, seeded_generator(seed, _SHUFFLE, slot, epoch))
         produced = 0
@@ -183,13 +181,17 @@ def slot_stream(
             produced += 1
             if skip:
                 skip -= 1
+                if not skip:
+                    # Damage found while reading the skipped samples was reported by the batches before
+                    # the resume point; what is found from the next read on belongs to the batches after.
+                    damage.clear()
                 continue
             yield sample
         empty_epochs = 0 if produced else empty_epochs + 1
         if empty_epochs >= _MAX_EMPTY_EPOCHS:
             raise SourceError(
                 f"slot {slot}/{n_slots} read no sample in {_MAX_EMPTY_EPOCHS} epochs from {[u.url for u in mine][:5]}: "
-                "the shards are empty"
+                + (f"the shards are damaged ({damage[-1]})" if damage else "the shards are empty")
             )
         epoch += 1
 
@@ -214,6 +216,9 @@ class TrainBatches(IterableDataset):
         world_size: int,
         shuffle_buffer: int,
         start_batch: int = 0,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
+        skip_window: int = DEFAULT_SKIP_WINDOW,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -222,6 +227,8 @@ class TrainBatches(IterableDataset):
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if start_batch < 0 or seed < 0 or num_workers < 0:
             raise ValueError(f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}")
+        if max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
         self.units = list(units)
         self.transform = transform
         self.collate_fn = collate_fn
@@ -232,8 +239,12 @@ class TrainBatches(IterableDataset):
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.start_batch = start_batch
+        self.max_image_pixels = max_image_pixels
         self._transform_takes_generator = _accepts_generator(transform)
         self._collate_takes_generator = _accepts_generator(collate_fn)
+        # Per-worker state (each DataLoader worker holds its own copy of this object); reset by __iter__.
+        self._skips = SkippedSampleWindow(max_skip_fraction, skip_window, f"rank {rank}")
+        self._damage: list[str] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -243,6 +254,10 @@ class TrainBatches(IterableDataset):
             torch.set_num_threads(1)  # one core per worker: workers are the parallelism
         logical = (physical + self.start_batch) % n_workers
         batches_done = len(range(logical, self.start_batch, n_workers))
+        self._skips = SkippedSampleWindow(
+            self._skips.max_fraction, self._skips.size, f"data worker {physical} of rank {self.rank}"
+        )
+        self._damage = []
         stream = slot_stream(
             self.units,
             self.seed,
@@ -250,6 +265,7 @@ class TrainBatches(IterableDataset):
             n_slots=self.world_size * n_workers,
             shuffle_buffer=self.shuffle_buffer,
             skip=batches_done * self.batch_size,
+            damage=self._damage,
         )
         batch_index = logical + batches_done * n_workers
         while True:
@@ -257,32 +273,50 @@ class TrainBatches(IterableDataset):
             yield self.make_batch(raw, batch_index)
             batch_index += n_workers
 
-    def _augment(self, image: torch.Tensor, generator: torch.Generator) -> Any:
+    def _augment(self, image: torch.Tensor, batch_index: int, pos: int) -> Any:
+        """Augment ``image`` for position ``pos`` of batch ``batch_index`` (its own seeded generator)."""
         if self._transform_takes_generator:
+            generator = seeded_generator(self.seed, _AUGMENT, self.rank, batch_index, pos)
             return self.transform(image, generator=generator)
         return self.transform(image)
 
     def make_batch(self, raw: list[RawSample], batch_index: int) -> dict[str, Any]:
-        """Decode, augment and collate the raw samples of global batch ``batch_index``."""
+        """Decode, augment and collate the raw samples of global batch ``batch_index``.
+
+        Every per-sample failure (no image member, undecodable, above the pixel limit, a mode the
+        conversion rejects, an augmentation error) takes the same path: a warning naming the shard and
+        key, a count in ``skipped_samples``, and the position refilled with a fresh augmentation (its own
+        generator) of the next usable image of the batch. So a bad file never stops the run, and a resume
+        builds the same batch again.
+        """
         images: list[Optional[torch.Tensor]] = []
-        for sample in raw:
+        samples: list[Any] = []
+        failures: dict[int, str] = {}
+        for pos, sample in enumerate(raw):
             try:
-                if "__error__" in sample:
-                    raise ValueError(sample["__error__"])
-                images.append(decode_image(image_bytes(sample)))
-            except (ValueError, KeyError, OSError) as exc:
-                logger.warning("skipping corrupt sample %r of %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
+                image = decode_image(image_bytes(sample), self.max_image_pixels)
+                samples.append(self._augment(image, batch_index, pos))
+                images.append(image)
+            except Exception as exc:  # any per-sample failure, whatever the decoder or transform raises
+                failures[pos] = f"{sample.get('__url__')} key {sample.get('__key__')!r}: {type(exc).__name__}: {exc}"
+                logger.warning("skipping sample %s", failures[pos])
                 images.append(None)
+                samples.append(None)
+            self._skips.add(pos in failures, failures.get(pos, ""))
         good = [p for p, img in enumerate(images) if img is not None]
-        if not good:
-            urls = sorted({s.get("__url__", "?") for s in raw})
-            raise SourceError(f"every sample of batch {batch_index} is corrupt (from {urls[:5]})")
-        samples = []
-        for pos, image in enumerate(images):
-            # A corrupt sample's slot takes the next good image of the batch, with its own randomness.
-            donor = image if image is not None else images[next((p for p in good if p > pos), good[0])]
-            generator = seeded_generator(self.seed, _AUGMENT, self.rank, batch_index, pos)
-            samples.append(self._augment(donor, generator))
+        for pos in failures:
+            # The next usable image of the batch (wrapping around), augmented with this position's generator.
+            for donor in [p for p in good if p > pos] + [p for p in good if p < pos]:
+                try:
+                    samples[pos] = self._augment(images[donor], batch_index, pos)
+                    break
+                except Exception:  # this crop of the donor failed too: try the next one
+                    continue
+            else:
+                raise SourceError(
+                    f"no sample of batch {batch_index} could be used ({len(failures)} of {len(raw)} failed); "
+                    f"first failure: {next(iter(failures.values()))}"
+                )
         mask_generator = seeded_generator(self.seed, _MASK, self.rank, batch_index)
         if self._collate_takes_generator:
             batch = self.collate_fn(samples, generator=mask_generator)
@@ -290,7 +324,9 @@ class TrainBatches(IterableDataset):
             batch = self.collate_fn(samples)
         if not isinstance(batch, dict):
             raise TypeError(f"collate_fn must return a dict (to carry 'skipped_samples'), got {type(batch).__name__}")
-        batch["skipped_samples"] = len(raw) - len(good)
+        batch["skipped_samples"] = len(failures)
+        batch["damaged_shards"] = len(self._damage)
+        self._damage.clear()
         return batch
 
 
@@ -307,18 +343,26 @@ def build_train_loader(
     start_batch: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
+    skip_window: int = DEFAULT_SKIP_WINDOW,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Endless DataLoader of collated batches; batch ``b`` is the same whatever ``start_batch`` the
     iteration started from (exact resume), for fixed source, seed, rank, world_size, num_workers.
 
     ``transform(uint8 CHW image, generator=...)`` and ``collate_fn(samples, generator=...)`` receive
     seeded generators when their signature has a ``generator`` parameter. Each batch also has
-    ``"skipped_samples"``: the corrupt samples replaced in it. The source is checked here, so a
-    pattern that matches nothing fails at start-up.
+    ``"skipped_samples"`` (the unusable samples replaced in it) and ``"damaged_shards"`` (shards found
+    cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding;
+    more than ``max_skip_fraction`` skipped among a worker's last ``skip_window`` samples raises
+    :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
+    fails at start-up.
     """
     units = resolve_source(source)
     dataset = TrainBatches(
-        units, transform, collate_fn, batch_size, num_workers, seed, rank, world_size, shuffle_buffer, start_batch
+        units, transform, collate_fn, batch_size, num_workers, seed, rank, world_size, shuffle_buffer, start_batch,
+        max_image_pixels=max_image_pixels, max_skip_fraction=max_skip_fraction, skip_window=skip_window,
     )
     return DataLoader(
         dataset,
@@ -327,6 +371,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=worker_init_fn,  # the trainer passes one that ignores its stop signals
     )
 
 
@@ -339,7 +384,7 @@ class EvalDataset(IterableDataset):
     """``(image, label, index)`` for every sample once, split over ranks and DataLoader workers."""
 
     def __init__(self, units: Sequence[Unit], transform: Optional[Callable[[torch.Tensor], Any]], rank: int,
-                 world_size: int) -> None:
+                 world_size: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -347,6 +392,7 @@ class EvalDataset(IterableDataset):
         self.transform = transform
         self.rank = rank
         self.world_size = world_size
+        self.max_image_pixels = max_image_pixels
         counts = [u.num_samples for u in self.units]
         self.num_samples: Optional[int] = None if None in counts else sum(counts)  # type: ignore[arg-type]
 
@@ -358,17 +404,23 @@ class EvalDataset(IterableDataset):
         slot = self.rank * n_workers + worker
         index = 0
         for unit in self.units:
-            for sample in read_unit(unit):
-                mine = index % n_slots == slot
-                index += 1
-                if not mine:
-                    continue
-                try:
-                    image = decode_image(image_bytes(sample))
-                except (ValueError, KeyError, OSError) as exc:
-                    logger.warning("skipping corrupt sample %r of %s: %s", sample.get("__key__"), unit.url, exc)
-                    continue
-                yield (self.transform(image) if self.transform is not None else image), sample_label(sample), index - 1
+            try:
+                for sample in read_unit(unit):
+                    mine = index % n_slots == slot
+                    index += 1
+                    if not mine:
+                        continue
+                    try:
+                        image = decode_image(image_bytes(sample), self.max_image_pixels)
+                        item = self.transform(image) if self.transform is not None else image
+                    except Exception as exc:  # any per-sample failure: decoding, conversion, transform
+                        logger.warning("skipping sample %s key %r: %s: %s", unit.url, sample.get("__key__"),
+                                       type(exc).__name__, exc)
+                        continue
+                    yield item, sample_label(sample), index - 1
+            except (SourceError, OSError) as exc:  # damaged shard: its samples up to the damage were used
+                if index % n_slots == slot:  # one slot reports it
+                    logger.warning("%s", exc)
 
 
 def build_eval_dataset(
@@ -376,8 +428,11 @@ def build_eval_dataset(
     transform: Optional[Callable[[torch.Tensor], Any]],
     rank: int = 0,
     world_size: int = 1,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> EvalDataset:
     """Every sample of ``source`` exactly once (no shuffle, no resampling) as ``(image, label, index)``
     where ``index`` is the sample's position in the source; sample ``j`` goes to rank/worker slot
-    ``j % (world_size * num_workers)``. Corrupt samples are skipped with a warning."""
-    return EvalDataset(resolve_source(source), transform, rank, world_size)
+    ``j % (world_size * num_workers)``. Unusable samples (undecodable, above ``max_image_pixels``, failing
+    the transform) are skipped with a warning naming shard and key; a damaged shard gives the samples
+    before the damage and a warning."""
+    return EvalDataset(resolve_source(source), transform, rank, world_size, max_image_pixels)

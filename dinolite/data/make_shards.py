@@ -1,6 +1,6 @@
 """Write an image folder (or a list of image paths) as webdataset tar shards plus an index JSON.
 
-    python -m dinolite.data.make_shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
+    dinolite-shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
 
 Each sample is ``{key}.{jpg|png|webp|bmp}`` (the original encoded bytes, or a re-encode when
 ``--max-side`` shrinks it), ``{key}.cls`` (class index, when SRC has class subfolders or the list
@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 from PIL import Image
-from tqdm import tqdm
 
+from dinolite.cli import make_parser, run_main
+from dinolite.data.decode import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_pixel_limit,
+    pil_to_rgb_uint8,
+)
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
+from dinolite.progress import progress_bar
 
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
 INDEX_FORMAT = "dinolite-shards/1"
@@ -64,6 +70,7 @@ def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], 
     try:
         with open(path, "rb") as f:
             data = f.read()
+        check_pixel_limit(data, DEFAULT_MAX_IMAGE_PIXELS)  # a decompression bomb is skipped undecoded
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
             img.load()  # full decode: catches truncated files that Image.verify() lets through
@@ -73,7 +80,9 @@ def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], 
             if max_side and max(img.size) > max_side:
                 scale = max_side / max(img.size)
                 size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                resized = img.convert("RGB").resize(size, Image.BICUBIC)
+                # Not img.convert("RGB"): it clips 16-bit images to white; this scales them.
+                rgb = Image.fromarray(pil_to_rgb_uint8(img).permute(1, 2, 0).numpy())
+                resized = rgb.resize(size, Image.BICUBIC)
                 out = io.BytesIO()
                 if ext == "png":
                     resized.save(out, "PNG")
@@ -130,7 +139,9 @@ class _ShardWriter:
         self._archive.close()
         name = self._name(len(self.shards))
         os.replace(self._tmp, self.out / name)
-        self.shards.append({"name": name, "samples": self._count})
+        # The size lets readers tell a shard damaged after this index was written (its count is then
+        # not trusted for resume arithmetic; see sources.resolve_source).
+        self.shards.append({"name": name, "samples": self._count, "bytes": (self.out / name).stat().st_size})
         self._archive = None
 
 
@@ -174,8 +185,8 @@ def make_shards(
     writer = _ShardWriter(out, prefix, shard_size)
     skipped: list[tuple[str, str]] = []
     results = _results(paths, max_side, workers)
-    for path, name, (data, ext, error) in tqdm(
-        zip(paths, class_names, results), total=len(paths), desc=f"shards -> {out}", unit="img", disable=not progress
+    for path, name, (data, ext, error) in progress_bar(
+        zip(paths, class_names, results), total=len(paths), desc=f"shards -> {out}", unit="img", enabled=progress
     ):
         if data is None:
             skipped.append((path, error))
@@ -206,20 +217,24 @@ def make_shards(
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.data.make_shards", description=__doc__.split("\n\n")[0])
+    return run_main(_main, list(argv) if argv is not None else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(description=__doc__)
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--workers", type=int, default=1, help="processes that read and verify images")
     parser.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds PX")
-    parser.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    parser.add_argument("--prefix", default="shard", help="shard file name prefix")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
+    index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
           f"({len(index['classes'])} classes)")
     if index["skipped"]["count"]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -28,9 +30,22 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "image", "img")
 
 RawSample = dict  # {"__key__": str, "__url__": str, ext: bytes, ...}
 
+logger = logging.getLogger(__name__)
+
 
 class SourceError(ValueError):
     """A data source that cannot be used; the message names the pattern, file or folder at fault."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        # A DataLoader re-raises a worker's exception with the worker's whole traceback as its message;
+        # its last line holds ours, which is what a user (and the one-line ``error:`` output) needs.
+        if text.startswith("Caught ") and "Original Traceback" in text:
+            marker = f"{type(self).__name__}: "
+            last = text.rstrip().splitlines()[-1]
+            if marker in last:
+                return last.split(marker, 1)[1] + " (raised in a DataLoader worker)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,9 @@ class Unit:
     num_samples: Optional[int] = None  # known for files (1) and for shards listed in an index JSON
     label: int = -1
     key: str = ""
+    # What the index JSON lists, even when its byte size no longer matches the file (then
+    # ``num_samples`` is None): only used to say how many samples a damaged shard lost.
+    listed_samples: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,20 +119,37 @@ def folder_images(root: Path) -> tuple[list[str], list[int], list[str]]:
     return files, labels, classes
 
 
-def _shard_counts(directory: str, cache: dict[str, dict[str, int]]) -> dict[str, int]:
-    """Samples per shard name from the index JSON files that ``make_shards`` leaves next to shards."""
+def _shard_counts(directory: str, cache: dict[str, dict[str, tuple[int, Optional[int]]]]) -> dict[str, tuple[int, Optional[int]]]:
+    """``{shard name: (samples, bytes or None)}`` from the index JSON files ``make_shards`` leaves next to shards."""
     if directory not in cache:
-        counts: dict[str, int] = {}
+        counts: dict[str, tuple[int, Optional[int]]] = {}
         for index_path in glob.glob(os.path.join(glob.escape(directory), "*index.json")):
             try:
                 with open(index_path) as f:
                     index = json.load(f)
                 for shard in index.get("shards", []):
-                    counts[shard["name"]] = int(shard["samples"])
-            except (OSError, ValueError, KeyError, TypeError):
+                    size = shard.get("bytes")
+                    counts[shard["name"]] = (int(shard["samples"]), None if size is None else int(size))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # not ours, or damaged: fall back to reading the shards
         cache[directory] = counts
     return cache[directory]
+
+
+def _shard_unit(path: str, counts: dict[str, tuple[int, Optional[int]]]) -> Unit:
+    """A shard unit whose sample count is trusted only if its index entry's byte size (when the index
+    has one) still matches the file: a shard cut after indexing must be read, not skipped by count."""
+    listed = counts.get(os.path.basename(path))
+    if listed is None:
+        return Unit(url=path, is_shard=True)
+    samples, size = listed
+    if size is not None and os.path.getsize(path) != size:
+        logger.warning(
+            "shard %r is %d bytes but its index JSON says %d: damaged or rewritten since indexing; its sample "
+            "count (%d) is not trusted, the shard will be read", path, os.path.getsize(path), size, samples
+        )
+        return Unit(url=path, is_shard=True, listed_samples=samples)
+    return Unit(url=path, is_shard=True, num_samples=samples, listed_samples=samples)
 
 
 def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
@@ -129,7 +164,7 @@ def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
         raise SourceError("data source is empty: give shard patterns (e.g. 'data/shard-{000000..000009}.tar') "
                           "or an image folder")
     units: list[Unit] = []
-    count_cache: dict[str, dict[str, int]] = {}
+    count_cache: dict[str, dict[str, tuple[int, Optional[int]]]] = {}
     for pattern in source:
         pattern = str(pattern)
         if pattern.startswith("pipe:"):
@@ -160,8 +195,7 @@ def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
         for path in paths:
             if not (_is_shard_file(path) and os.path.isfile(path)):
                 raise SourceError(f"{path!r} (from {pattern!r}) is not a shard file ({', '.join(SHARD_SUFFIXES)})")
-            counts = _shard_counts(os.path.dirname(path), count_cache)
-            units.append(Unit(url=path, is_shard=True, num_samples=counts.get(os.path.basename(path))))
+            units.append(_shard_unit(path, _shard_counts(os.path.dirname(path), count_cache)))
     if not units:
         raise SourceError(f"data source {list(source)} gives an empty shard set")
     return units
@@ -185,29 +219,91 @@ def _open_stream(url: str):
     return open(url, "rb"), None
 
 
-def read_tar(url: str) -> Iterator[RawSample]:
-    """Samples of one tar shard in file order; members sharing a key form one sample."""
+class DamagedShardError(SourceError):
+    """A shard that ended before its end-of-archive marker (cut, or a damaged header); the samples
+    before the damage were delivered. The message names the shard, how far it got and what was lost."""
+
+    def __init__(self, url: str, samples_read: int, expected: Optional[int], reason: str) -> None:
+        if expected is not None:
+            lost = f"{max(expected - samples_read, 0)} of its {expected} samples (per its index JSON) are lost"
+        else:
+            lost = "the rest of the shard is lost (how many samples: unknown, no index JSON lists it)"
+        super().__init__(f"shard {url!r} is damaged after {samples_read} samples: {reason}; {lost}")
+        self.url = url
+        self.samples_read = samples_read
+        self.expected = expected
+
+
+def _end_recording_tarinfo(end: list[str]) -> type[tarfile.TarInfo]:
+    """A TarInfo class that records why ``tarfile`` stopped reading headers.
+
+    In stream mode ``tarfile`` ends its iteration *silently* when the file stops at a header boundary,
+    inside a header or at a damaged header (after the first member); only a zero block is a real
+    end-of-archive marker. Recording which of these happened is what tells a cut shard from a whole one.
+    """
+
+    class EndRecordingTarInfo(tarfile.TarInfo):
+        @classmethod
+        def fromtarfile(cls, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            try:
+                return super().fromtarfile(archive)
+            except tarfile.EOFHeaderError:
+                end.append("")  # a zero block: the end-of-archive marker
+                raise
+            except tarfile.EmptyHeaderError:
+                end.append(f"the file stops at byte {archive.offset} without an end-of-archive marker (cut between members)")
+                raise
+            except tarfile.TruncatedHeaderError:
+                end.append(f"the file stops inside the member header at byte {archive.offset}")
+                raise
+            except tarfile.InvalidHeaderError as exc:
+                end.append(f"damaged member header at byte {archive.offset} ({exc})")
+                raise
+
+    return EndRecordingTarInfo
+
+
+def read_tar(url: str, expected_samples: Optional[int] = None) -> Iterator[RawSample]:
+    """Samples of one tar shard in file order; members sharing a key form one sample.
+
+    A shard cut short (between members, inside a header or inside a member's data), a damaged header
+    or an unreadable compressed stream raises :class:`DamagedShardError` *after* yielding every sample
+    read before the damage (the last one with the members that were read whole). ``expected_samples``
+    (from the index JSON) lets the message say how many samples were lost.
+    """
     stream, proc = _open_stream(url)
     completed = False
+    end: list[str] = []
+    current: RawSample = {}
+    samples_read = 0
     try:
-        current: RawSample = {}
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, ext = _split_member_name(member.name)
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                if not current:
-                    current = {"__key__": key, "__url__": url}
-                extracted = archive.extractfile(member)
-                current[ext] = extracted.read() if extracted is not None else b""
-        if current:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_end_recording_tarinfo(end)) as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    key, ext = _split_member_name(member.name)
+                    if current and current["__key__"] != key:
+                        samples_read += 1
+                        yield current
+                        current = {}
+                    if not current:
+                        current = {"__key__": key, "__url__": url}
+                    extracted = archive.extractfile(member)
+                    current[ext] = extracted.read() if extracted is not None else b""
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            end.append(f"reading stopped with {type(exc).__name__}: {exc}")
+        if len(current) > 2:  # members read whole before the end or the damage
+            samples_read += 1
             yield current
+        if end and end[-1]:
+            reason = end[-1]
+            if proc is not None:
+                stream.close()  # first: a command still writing must not block our wait
+                if proc.wait() > 0:  # < 0: killed by a signal, e.g. SIGPIPE from our close
+                    reason += f"; the command exited with status {proc.returncode}"
+            raise DamagedShardError(url, samples_read, expected_samples, reason)
         completed = True
-    except tarfile.TarError as exc:
-        raise SourceError(f"cannot read shard {url!r}: {exc}") from exc
     finally:
         stream.close()
         if proc is not None:
@@ -220,7 +316,7 @@ def read_tar(url: str) -> Iterator[RawSample]:
 def read_unit(unit: Unit) -> Iterator[RawSample]:
     """Raw samples of a unit: a shard's samples, or the one image of a folder file."""
     if unit.is_shard:
-        yield from read_tar(unit.url)
+        yield from read_tar(unit.url, unit.listed_samples)
         return
     ext = os.path.splitext(unit.url)[1].lower().lstrip(".")
     with open(unit.url, "rb") as f:

@@ -15,6 +15,7 @@ however many training images there are (1M x 1024 features fit; the similarity m
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -145,3 +146,11 @@ def knn_classify(
         "num_test": int(n),
         "temperature": temperature,
     }
+
+
+if __name__ == "__main__":
+    # `python -m dinolite.eval.knn` runs the command line, which lives in knn_cli because it imports
+    # this module (a top-level import here would be circular).
+    from dinolite.eval.knn_cli import main
+
+    sys.exit(main())

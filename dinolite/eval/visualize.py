@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -30,6 +31,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from dinolite.eval.datasets import build_labelled_dataset
 from dinolite.eval.features import extract_features
+from dinolite.extras import optional_import
 from dinolite.io import write_atomic, write_text_atomic
 from dinolite.monitor import metrics
 
@@ -271,13 +273,10 @@ def cls_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tens
 
 
 def _pyplot():
-    # matplotlib is needed for figures only; Agg must be selected before pyplot is imported.
-    import matplotlib
-
+    # matplotlib (the ``viz`` extra) is needed for figures only; Agg must be selected before pyplot is imported.
+    matplotlib = optional_import("matplotlib", extra="viz", purpose="drawing figures (dinolite-visualize)")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: E402 (after the backend choice)
-
-    return plt
+    return optional_import("matplotlib.pyplot", extra="viz", purpose="drawing figures (dinolite-visualize)")
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -442,3 +441,11 @@ def dataset_cls_features(
         desc="spectrum",
     )
     return extracted.features
+
+
+if __name__ == "__main__":
+    # `python -m dinolite.eval.visualize` runs the command line, which lives in visualize_cli because it imports
+    # this module (a top-level import here would be circular).
+    from dinolite.eval.visualize_cli import main
+
+    sys.exit(main())

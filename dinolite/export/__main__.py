@@ -1,21 +1,42 @@
-"""``python -m dinolite.export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student]``.
+"""``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--network NET] [--force]``
+(also ``python -m dinolite.export``).
 
-Consolidates the teacher (or student) backbone of a sharded training checkpoint in one process and
-writes it in the chosen format. ``DIR`` is a run's output directory (its latest checkpoint is used) or
+Consolidates one network's backbone of a sharded training checkpoint in one process and writes it in the
+chosen format: the method's evaluated network (its EMA teacher, or the student of a method without one;
+the checkpoint's method record says which) unless --network teacher|student says otherwise. ``DIR`` is a run's output directory (its latest checkpoint is used) or
 one checkpoint directory.
+
+The format follows the suffix of --output (.safetensors: dinolite's layout with the record in the
+header; .pth/.pt: DINOv2's layout; .onnx: ONNX); --format is needed only for timm and is checked
+against the suffix. Existing files are never overwritten without --force. Each export writes its own
+record NAME.<ext>.json beside the weights.
+
+Folders for the HuggingFace Hub (docs/interop.md):
+
+    dinolite-export --checkpoint out/ --format timm-hub --output vits-timm        # timm local-dir:/hf-hub:
+    dinolite-export --checkpoint out/ --format transformers --output vits-hf \
+        --push-to-hub ORG/NAME                                                    # Dinov2Model.from_pretrained
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.cli import make_parser, run_main
+from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
+from dinolite.export.hub import (
+    FOLDER_FORMATS,
+    push_folder_to_hub,
+    write_timm_hub_folder,
+    write_transformers_folder,
+)
 from dinolite.export.load import build_from_spec, load_state_dict_strict
 from dinolite.export.writers import (
     FORMATS,
+    output_paths,
+    resolve_format,
     write_dinov2,
     write_onnx,
     write_safetensors,
@@ -24,28 +45,42 @@ from dinolite.export.writers import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dinolite.export", description=__doc__.split("\n\n")[0])
+    parser = make_parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
-    parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
-    parser.add_argument("--format", choices=FORMATS, default="safetensors")
-    parser.add_argument("--with-heads", action="store_true", help="also write DINO/iBOT heads and centering state")
-    parser.add_argument("--student", action="store_true", help="export the student instead of the teacher")
+    parser.add_argument("--output", required=True,
+                        help="file to write (.safetensors, .pth, .onnx), or a folder for timm-hub / transformers")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx); "
+                             "timm-hub: timm.create_model('local-dir:DIR'); transformers: Dinov2Model.from_pretrained(DIR)")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+                        help="upload the timm-hub / transformers folder to this Hugging Face model repository "
+                             "(the `hub` extra; credentials from HF_TOKEN or `huggingface-cli login`)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    parser.add_argument("--with-heads", action="store_true",
+                        help="also write the method's heads (and its extra state, e.g. DINO's centres)")
+    parser.add_argument("--network", choices=NETWORKS, default=None,
+                        help="which network (default: the method's evaluated one)")
+    parser.add_argument("--student", action="store_true", help="same as --network student")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
 
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.format = resolve_format(args.output, args.format)
+    existing = [str(p) for p in output_paths(args.format, args.output, args.with_heads) if p.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"--output: {', '.join(existing)} already exist(s); pass --force to overwrite")
+    if args.push_to_hub and args.format not in FOLDER_FORMATS:
+        raise ValueError(f"--push-to-hub uploads a folder: use --format {' or '.join(FOLDER_FORMATS)}, not {args.format}")
     if args.with_heads and args.format != "safetensors":
-        print("error: --with-heads is only supported with --format safetensors", file=sys.stderr)
-        return 2
-    try:
-        exported = consolidate_checkpoint(
-            args.checkpoint, model="student" if args.student else "teacher", with_heads=args.with_heads
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
+    network = "student" if args.student else args.network
+    exported = consolidate_checkpoint(args.checkpoint, model=network, with_heads=args.with_heads)
     output = Path(args.output)
     if args.format == "safetensors":
         written = write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)
@@ -53,6 +88,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = write_dinov2(exported.backbone, output)
     elif args.format == "timm":
         written = write_timm(exported.backbone, exported.spec, output)
+    elif args.format == "timm-hub":
+        written = write_timm_hub_folder(exported.backbone, exported.spec, output)
+    elif args.format == "transformers":
+        written = write_transformers_folder(exported.backbone, exported.spec, output)
     else:
 
         model = build_from_spec(exported.spec)
@@ -65,6 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     for path in written:
         print(f"  {path}")
+    if args.push_to_hub:
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}: {push_folder_to_hub(output, args.push_to_hub, args.private)}")
     return 0
 
 

@@ -1,16 +1,31 @@
 """Load exported backbones without dinolite's trainer (no FSDP, no optimizer, no pickle).
 
 Accepted files:
-- ``NAME.safetensors`` written by ``python -m dinolite.export`` (architecture from ``NAME.json`` or,
-  failing that, from the safetensors header metadata);
+- ``NAME.safetensors`` written by ``python -m dinolite.export``: the architecture record in the
+  safetensors header is authoritative (it was written with the weights, in the same file); the sidecar
+  ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
-  refused) and the architecture inferred from the tensor shapes.
+  refused) and the architecture inferred from the tensor shapes;
+- the same weights in timm's or transformers' key layout (their DINOv2 checkpoints, with or without
+  registers): converted to DINOv2's layout (:mod:`dinolite.export.timm_format`,
+  :mod:`dinolite.export.transformers_format`);
+- a folder in a HuggingFace layout (timm: ``config.json`` + ``model.safetensors``; transformers:
+  ``Dinov2Model``), and ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
+
+A record (header or sidecar) is never trusted to size a model: its width, depth, patch size, position
+grid, register tokens and FFN type are checked against the tensor shapes read from the safetensors
+header (no tensor data read), then every key and shape against a model on the ``meta`` device; only
+then is a real model allocated. A 1 KB JSON asking for width 2048 fails at once, naming the JSON, the
+field and both values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,7 +34,25 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_state_dict
+from dinolite.export.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    download_hub_source,
+    folder_spec_overrides,
+    is_hub_source,
+    read_folder_config,
+)
+from dinolite.export.spec import (
+    BackboneSpec,
+    ExportFormatError,
+    check_spec_against_shapes,
+    spec_from_state_dict,
+)
+from dinolite.export.timm_format import from_timm_state_dict, is_timm_layout
+from dinolite.export.transformers_format import (
+    from_transformers_state_dict,
+    is_transformers_layout,
+)
 from dinolite.models import DinoVisionTransformer
 
 HEADS_SUFFIX = ".heads.safetensors"
@@ -36,8 +69,15 @@ class PretrainedWeights:
 
 
 def spec_path_for(weights_path: str | Path) -> Path:
+    """The sidecar record of one export: ``NAME.<ext>.json``, so ``m.onnx`` and ``m.safetensors`` written
+    side by side each keep their own record (a shared ``m.json`` would belong to whichever came last)."""
     path = Path(weights_path)
-    return path.with_suffix(".json")
+    return path.with_name(path.name + ".json")
+
+
+def legacy_spec_path_for(weights_path: str | Path) -> Path:
+    """``NAME.json``: where exports before the per-export sidecar kept their record."""
+    return Path(weights_path).with_suffix(".json")
 
 
 def heads_path_for(weights_path: str | Path) -> Path:
@@ -45,8 +85,18 @@ def heads_path_for(weights_path: str | Path) -> Path:
     return path.with_name(path.stem + HEADS_SUFFIX)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata from a safetensors header; no tensor data is read."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ExportFormatError(f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}") from exc
+    return shapes, metadata
 
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -71,31 +121,110 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def to_dinov2_layout(state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """timm / transformers key layouts -> DINOv2's; DINOv2's own passes through unchanged."""
+    if is_transformers_layout(state_dict):
+        return from_transformers_state_dict(state_dict, origin)
+    if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):
+        return from_timm_state_dict(state_dict, origin)
+    return state_dict
+
+
+def _drop_neutral_extras(
+    state_dict: dict[str, torch.Tensor], spec: BackboneSpec
+) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
+    """transformers always has LayerScale and attention-output / MLP biases; a backbone exported without
+    them carries LayerScale 1 and zero biases there, which its record does not build. Drop those (they
+    change nothing); anything else (e.g. fine-tuned in transformers) stays, and the record grows to fit."""
+    out = dict(state_dict)
+    groups = {  # record field: (keys, their neutral value, the field's value when absent)
+        "layerscale": (r"^blocks\.\d+\.ls[12]\.gamma$", 1.0, None),
+        "proj_bias": (r"^blocks\.\d+\.attn\.proj\.bias$", 0.0, False),
+        "ffn_bias": (r"^blocks\.\d+\.mlp\.(fc1|fc2|w12|w3)\.bias$", 0.0, False),
+    }
+    changes: dict[str, object] = {}
+    for field_name, (pattern, neutral, absent) in groups.items():
+        if getattr(spec, field_name) != absent:
+            continue
+        keys = [k for k in out if re.match(pattern, k)]
+        if all(bool((out[k] == neutral).all()) for k in keys):
+            for k in keys:
+                del out[k]
+        else:
+            changes[field_name] = 1.0e-5 if field_name == "layerscale" else True
+    return out, dataclasses.replace(spec, **changes)
+
+
+def _load_folder(folder: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
+    """A timm or transformers hub folder: its record when dinolite wrote it, else its own config."""
+    kind, config = read_folder_config(folder)
+    weights_path = folder / WEIGHTS_NAME
+    tensors, _ = _read_safetensors(weights_path)
+    origin = str(weights_path)
+    if kind == "timm":
+        state_dict = from_timm_state_dict(tensors, origin)
+    else:
+        state_dict = from_transformers_state_dict(tensors, origin)
+    record = config.get("dinolite_backbone")
+    if record is not None:
+        record_origin = f"{folder / CONFIG_NAME} (dinolite_backbone)"
+        spec = BackboneSpec.from_mapping(record, origin=record_origin)
+        if kind == "transformers":
+            state_dict, spec = _drop_neutral_extras(state_dict, spec)
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        check_spec_against_shapes(spec, shapes, spec_origin=record_origin, weights_origin=origin)
+        return state_dict, spec
+    overrides = folder_spec_overrides(kind, config, folder)
+    spec = spec_from_state_dict(state_dict, origin=origin, num_heads=overrides.pop("num_heads", None))
+    return state_dict, dataclasses.replace(spec, source=kind, **overrides)
+
+
 def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
-    """Read an exported or DINOv2 backbone file: ``(state_dict in DINOv2 layout, architecture)``."""
+    """Read an exported, DINOv2, timm or transformers backbone (file, hub folder, or ``hf-hub:ORG/NAME``):
+    ``(state_dict in DINOv2 layout, architecture)``."""
+    if is_hub_source(path):
+        path = download_hub_source(str(path))
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
-        state_dict, metadata = _read_safetensors(path)
-        spec_file = spec_path_for(path)
-        if spec_file.is_file():
-            spec = BackboneSpec.from_json_file(spec_file)
-        elif SPEC_METADATA_KEY in metadata:
-            spec = BackboneSpec.from_mapping(json.loads(metadata[SPEC_METADATA_KEY]), origin=f"{path} (metadata)")
-        else:
+        # The record is checked against the header's shapes before any tensor is read or model built.
+        shapes, metadata = _read_safetensors_header(path)
+        sidecars = [f for f in (spec_path_for(path), legacy_spec_path_for(path)) if f.is_file()]
+        spec: Optional[BackboneSpec] = None
+        if SPEC_METADATA_KEY in metadata:  # the header travels with the weights: it wins over any sidecar
+            origin = f"{path} (header metadata {SPEC_METADATA_KEY!r})"
+            try:
+                record = json.loads(metadata[SPEC_METADATA_KEY])
+            except json.JSONDecodeError as exc:
+                raise ExportFormatError(f"{origin}: not valid JSON: {exc}") from exc
+            spec = BackboneSpec.from_mapping(record, origin=origin)
+        elif sidecars:
+            origin = str(sidecars[0])
+            spec = BackboneSpec.from_json_file(sidecars[0])
+        if spec is not None:
+            check_spec_against_shapes(spec, shapes, spec_origin=origin, weights_origin=str(path))
+        state_dict, _ = _read_safetensors(path)
+        if spec is None:
+            state_dict = to_dinov2_layout(state_dict, origin=str(path))
             spec = spec_from_state_dict(state_dict, origin=str(path))
     elif path.suffix in (".pth", ".pt", ".bin"):
-        state_dict = _read_pth(path)
+        state_dict = to_dinov2_layout(_read_pth(path), origin=str(path))
         spec = spec_from_state_dict(state_dict, origin=str(path))
     else:
-        raise ExportFormatError(f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors or .pth")
+        raise ExportFormatError(
+            f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors, .pth, a hub folder "
+            f"({CONFIG_NAME} + {WEIGHTS_NAME}) or hf-hub:ORG/NAME"
+        )
     return state_dict, spec
 
 
-def build_from_spec(spec: BackboneSpec) -> nn.Module:
-
-    return DinoVisionTransformer(**spec.backbone_kwargs())
+def build_from_spec(spec: BackboneSpec, device: str | torch.device | None = None) -> nn.Module:
+    """The backbone ``spec`` describes (``device="meta"``: shapes only, nothing allocated)."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return DinoVisionTransformer(**spec.backbone_kwargs())
 
 
 def check_state_dict_fits(model: nn.Module, state_dict: dict[str, torch.Tensor], origin: str) -> None:
@@ -134,6 +263,9 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
     normalisation mean/std, iteration) for building matching eval transforms.
     """
     state_dict, spec = load_backbone_state_dict(path)
+    # Every key and shape is compared on a model without storage first: a record that passed the
+    # headline checks but still disagrees (e.g. mlp_ratio) is refused before anything is allocated.
+    check_state_dict_fits(build_from_spec(spec, device="meta"), state_dict, origin=str(path))
     model = build_from_spec(spec)
     load_state_dict_strict(model, state_dict, origin=str(path))
     model.spec = spec
@@ -146,6 +278,6 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     state_dict, spec = load_backbone_state_dict(path)
     heads = None
     heads_file = heads_path_for(path)
-    if Path(path).suffix == ".safetensors" and heads_file.is_file():
+    if not is_hub_source(path) and Path(path).suffix == ".safetensors" and heads_file.is_file():
         heads, _ = _read_safetensors(heads_file)
     return PretrainedWeights(spec=spec, backbone=state_dict, heads=heads)

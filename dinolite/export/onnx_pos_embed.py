@@ -83,8 +83,31 @@ def resample_pos_embed(pos_embed: Tensor, rows: Tensor, cols: Tensor, offset: fl
     return torch.cat((cls_pos, patch_pos), dim=1)
 
 
+def patchify_embed(x: Tensor, weight: Tensor, bias: Tensor | None, patch: int) -> Tensor:
+    """The patch embedding (a conv with kernel = stride = ``patch``) as reshape + matmul.
+
+    ``(B, C, H, W) -> (B, (H/p)*(W/p), D)``, equal to ``conv2d(x, weight, bias, stride=p)`` flattened.
+    The first reshape asks for exactly ``H/p * p`` rows and ``W/p * p`` columns, so an image whose sides
+    are not multiples of the patch fails *inside the exported graph* (ONNX Reshape checks the element
+    count at run time). The conv would silently drop the remainder, and the backbone's Python check is
+    evaluated once by the tracer and does not survive export.
+    """
+    b, c, h, w = x.shape
+    rows, cols = h // patch, w // patch
+    patches = x.reshape(b, c, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    tokens = patches.reshape(b, rows * cols, c * patch * patch) @ weight.reshape(weight.shape[0], -1).T
+    return tokens if bias is None else tokens + bias
+
+
 def make_exportable(backbone: nn.Module) -> nn.Module:
-    """Swap ``backbone.interpolate_pos_encoding`` for the graph-friendly version (this instance only)."""
+    """Swap ``backbone.interpolate_pos_encoding`` for the graph-friendly version and the patch embedding
+    for :func:`patchify_embed` (this instance only)."""
+    embed = backbone.patch_embed
+
+    def patch_embed_forward(self: nn.Module, x: Tensor) -> Tensor:
+        return patchify_embed(x, self.proj.weight, self.proj.bias, self.patch_size)
+
+    embed.forward = types.MethodType(patch_embed_forward, embed)
 
     def interpolate_pos_encoding(self: nn.Module, x: Tensor, height: int, width: int) -> Tensor:
         patch = self.patch_size

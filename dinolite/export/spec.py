@@ -1,8 +1,8 @@
 """The architecture record that travels with every exported backbone.
 
-An export is ``NAME.safetensors`` (weights, DINOv2 key layout) plus ``NAME.json`` (this record). The
-same record is also stored in the safetensors header metadata, so a lone ``.safetensors`` file is still
-self-describing. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
+An export is ``NAME.safetensors`` (weights, DINOv2 key layout) with this record in its header metadata
+(authoritative) and a readable copy in ``NAME.safetensors.json``; an ONNX export carries it in the
+graph's ``metadata_props`` and ``NAME.onnx.json``. DINOv2's released ``.pth`` files carry no record: :func:`spec_from_state_dict` infers
 one from the tensor shapes.
 """
 
@@ -164,8 +164,12 @@ def _ffn_bias(block: torch.nn.Module, ffn_layer: str) -> bool:
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
-def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> BackboneSpec:
-    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``)."""
+def spec_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], origin: str = "state dict", num_heads: Optional[int] = None
+) -> BackboneSpec:
+    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``).
+
+    ``num_heads`` changes no shape: without it, the head count of the DINOv2 size of that width is used."""
     required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight")
     missing = [k for k in required if k not in state_dict]
     if missing:
@@ -174,7 +178,7 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
             f"{origin}: not a DINOv2/dinolite backbone state dict: missing {missing} (found keys like: {sample})"
         )
     embed_dim = int(state_dict["cls_token"].shape[-1])
-    if embed_dim not in ARCH_BY_WIDTH:
+    if embed_dim not in ARCH_BY_WIDTH and num_heads is None:
         raise ExportFormatError(
             f"{origin}: width {embed_dim} is not a DINOv2 size, so the number of heads cannot be inferred; "
             "load it from a dinolite export (.safetensors + .json) instead"
@@ -190,7 +194,7 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
         arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
         embed_dim=embed_dim,
         depth=depth,
-        num_heads=ARCHITECTURES[ARCH_BY_WIDTH[embed_dim]]["num_heads"],
+        num_heads=num_heads or ARCHITECTURES[ARCH_BY_WIDTH[embed_dim]]["num_heads"],
         patch_size=patch,
         img_size=grid * patch,
         num_register_tokens=int(state_dict["register_tokens"].shape[1]) if "register_tokens" in state_dict else 0,
@@ -202,3 +206,55 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,
         source="dinov2",
     )
+
+
+def check_spec_against_shapes(
+    spec: BackboneSpec, shapes: Mapping[str, tuple[int, ...]], spec_origin: str, weights_origin: str
+) -> None:
+    """Refuse a record that does not describe the tensors, from shapes alone (nothing is built).
+
+    Checks the fields that decide how much a model built from ``spec`` would allocate (width, depth,
+    patch size, position-embedding grid, register tokens, FFN type) against the tensor shapes, so a
+    small tampered or stale JSON cannot make a loader allocate a model far larger than the weights.
+    The error names the record, the field, its value and what the weights say. ``num_heads`` changes
+    no shape; it can only be checked to divide the width.
+    """
+
+    def refuse(field_name: str, claimed: Any, actual: Any, evidence: str) -> None:
+        raise ExportFormatError(
+            f"{spec_origin}: {field_name}={claimed!r} but the weights in {weights_origin} have {actual} ({evidence}); "
+            "this record does not describe these weights"
+        )
+
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            sample = ", ".join(list(shapes)[:5])
+            raise ExportFormatError(
+                f"{weights_origin}: not a DINOv2/dinolite backbone: no {key!r} tensor (found keys like: {sample})"
+            )
+        return tuple(shapes[key])
+
+    for name in ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "num_register_tokens"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "num_register_tokens" else 1):
+            raise ExportFormatError(f"{spec_origin}: {name}={value!r} is not a valid size")
+    cls_shape = shape("cls_token")
+    if spec.embed_dim != cls_shape[-1]:
+        refuse("embed_dim", spec.embed_dim, f"width {cls_shape[-1]}", f"cls_token shape {cls_shape}")
+    depth = len({int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key))})
+    if spec.depth != depth:
+        refuse("depth", spec.depth, f"{depth} blocks", "blocks.N.* tensors")
+    patch_shape = shape("patch_embed.proj.weight")
+    if spec.patch_size != patch_shape[-1]:
+        refuse("patch_size", spec.patch_size, f"{patch_shape[-1]}-pixel patches", f"patch_embed.proj.weight {patch_shape}")
+    tokens = shape("pos_embed")[1] - 1
+    if (spec.img_size // spec.patch_size) ** 2 != tokens:
+        refuse("img_size", spec.img_size, f"{tokens} position-embedding patches", f"pos_embed shape {shape('pos_embed')}")
+    registers = shapes["register_tokens"][1] if "register_tokens" in shapes else 0
+    if spec.num_register_tokens != registers:
+        refuse("num_register_tokens", spec.num_register_tokens, f"{registers} register tokens", "register_tokens tensor")
+    swiglu = "blocks.0.mlp.w12.weight" in shapes
+    if (spec.ffn_layer == "swiglu") != swiglu and depth:
+        refuse("ffn_layer", spec.ffn_layer, "a SwiGLU FFN" if swiglu else "an MLP FFN", "blocks.0.mlp.* tensors")
+    if spec.embed_dim % spec.num_heads:
+        raise ExportFormatError(f"{spec_origin}: num_heads={spec.num_heads} does not divide embed_dim={spec.embed_dim}")

@@ -1,22 +1,28 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
-DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL)."""
+DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
 from dinolite.losses.centering import TeacherCentering, sinkhorn_knopp, softmax_centered
 from dinolite.losses.dino_clstoken_loss import DINOLoss
 from dinolite.losses.directclr_loss import DirectCLRLoss
 from dinolite.losses.ibot_patch_loss import iBOTPatchLoss
+from dinolite.losses.ijepa_loss import IJEPALoss
 from dinolite.losses.info_nce_loss import InfoNCELoss, info_nce_loss
 from dinolite.losses.koleo_loss import KoLeoLoss, koleo_loss
+from dinolite.losses.msn_loss import MSNLoss
 from dinolite.losses.negative_cosine_loss import NegativeCosineLoss, negative_cosine
+from dinolite.losses.simmim_loss import SimMIMLoss
 
 __all__ = [
     "BarlowTwinsLoss",
     "DINOLoss",
     "DirectCLRLoss",
+    "IJEPALoss",
     "InfoNCELoss",
     "KoLeoLoss",
+    "MSNLoss",
     "NegativeCosineLoss",
+    "SimMIMLoss",
     "TeacherCentering",
     "cross_correlation",
     "iBOTPatchLoss",

@@ -123,9 +123,13 @@ class DinoVisionTransformer(nn.Module):
                     module.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------
-    def prepare_tokens_with_masks(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+    def prepare_tokens_with_masks(
+        self, x: Tensor, masks: Tensor | None = None, keep_indices: Tensor | None = None
+    ) -> Tensor:
         """Images ``(B, C, H, W)`` -> tokens ``(B, 1 + R + N, D)``; ``masks (B, N)`` bool picks the patches
-        replaced by ``mask_token``."""
+        replaced by ``mask_token``. ``keep_indices (B, K)`` long (row-major patch indices) keeps only those
+        patch tokens, after the position embedding is added: ``(B, 1 + R + K, D)`` (I-JEPA's context
+        encoder, MSN's patch dropping: the blocks then never see the dropped patches)."""
         B, _, H, W = x.shape
         tokens = self.patch_embed(x)
         if masks is not None:
@@ -139,9 +143,25 @@ class DinoVisionTransformer(nn.Module):
             tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype).unsqueeze(0), tokens)
         tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
         tokens = tokens + self.interpolate_pos_encoding(tokens, H, W)
+        if keep_indices is not None:
+            tokens = torch.cat((tokens[:, :1], self._keep_patches(tokens[:, 1:], keep_indices)), dim=1)
         if self.register_tokens is not None:
             tokens = torch.cat((tokens[:, :1], self.register_tokens.expand(B, -1, -1), tokens[:, 1:]), dim=1)
         return tokens
+
+    @staticmethod
+    def _keep_patches(patches: Tensor, keep_indices: Tensor) -> Tensor:
+        """``patches (B, N, D)`` -> ``(B, K, D)``: row ``b`` keeps ``patches[b, keep_indices[b]]``."""
+        B, N, D = patches.shape
+        if keep_indices.dtype != torch.long or keep_indices.ndim != 2 or keep_indices.shape[0] != B:
+            raise ValueError(
+                f"keep_indices must be a long tensor of shape ({B}, K), got {keep_indices.dtype} "
+                f"{tuple(keep_indices.shape)}"
+            )
+        if keep_indices.numel() and not (0 <= int(keep_indices.min()) and int(keep_indices.max()) < N):
+            raise ValueError(f"keep_indices must lie in [0, {N}) (the image's patches), got "
+                             f"[{int(keep_indices.min())}, {int(keep_indices.max())}]")
+        return torch.gather(patches, 1, keep_indices.unsqueeze(-1).expand(-1, -1, D))
 
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
         """Position embeddings for an image of ``height x width`` pixels, in ``x``'s dtype."""
@@ -149,38 +169,53 @@ class DinoVisionTransformer(nn.Module):
         pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
         return pos.to(x.dtype)
 
-    def _output_dict(self, x_prenorm: Tensor, masks: Tensor | None) -> dict[str, Any]:
+    def _output_dict(self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None) -> dict[str, Any]:
         x_norm = self.norm(x_prenorm)
         r = self.num_register_tokens
-        return {
+        out = {
             "x_norm_clstoken": x_norm[:, 0],
             "x_norm_regtokens": x_norm[:, 1 : r + 1],
             "x_norm_patchtokens": x_norm[:, r + 1 :],
             "x_prenorm": x_prenorm,
             "masks": masks,
         }
+        if keep_indices is not None:
+            out["keep_indices"] = keep_indices
+        return out
 
-    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Any]:
+    def forward_features(
+        self, x: Tensor, masks: Tensor | None = None, keep_indices: Tensor | None = None
+    ) -> dict[str, Any]:
         """DINOv2's feature dict: ``x_norm_clstoken (B,D)``, ``x_norm_regtokens (B,R,D)``,
-        ``x_norm_patchtokens (B,N,D)``, ``x_prenorm (B,1+R+N,D)``, ``masks``."""
-        tokens = self.prepare_tokens_with_masks(x, masks)
+        ``x_norm_patchtokens (B,N,D)``, ``x_prenorm (B,1+R+N,D)``, ``masks``. With ``keep_indices (B,K)``
+        only those patches are encoded (``N`` becomes ``K`` above; the dict also holds ``keep_indices``)."""
+        tokens = self.prepare_tokens_with_masks(x, masks, keep_indices)
         for block in self.blocks:
             tokens = block(tokens)
-        return self._output_dict(tokens, masks)
+        return self._output_dict(tokens, masks, keep_indices)
 
     def forward_features_list(
-        self, x_list: Sequence[Tensor], masks_list: Sequence[Tensor | None] | None = None
+        self,
+        x_list: Sequence[Tensor],
+        masks_list: Sequence[Tensor | None] | None = None,
+        keep_indices_list: Sequence[Tensor | None] | None = None,
     ) -> list[dict[str, Any]]:
         """:meth:`forward_features` for several batches of different image sizes (global and local
-        crops) in one pass over the blocks; ``masks_list`` entries may be None."""
+        crops) in one pass over the blocks; ``masks_list`` / ``keep_indices_list`` entries may be None."""
         if masks_list is None:
             masks_list = [None] * len(x_list)
-        if len(masks_list) != len(x_list):
-            raise ValueError(f"got {len(x_list)} image batches but {len(masks_list)} masks")
-        tokens = [self.prepare_tokens_with_masks(x, m) for x, m in zip(x_list, masks_list)]
+        if keep_indices_list is None:
+            keep_indices_list = [None] * len(x_list)
+        if len(masks_list) != len(x_list) or len(keep_indices_list) != len(x_list):
+            raise ValueError(
+                f"got {len(x_list)} image batches but {len(masks_list)} masks and {len(keep_indices_list)} keep_indices"
+            )
+        tokens = [
+            self.prepare_tokens_with_masks(x, m, k) for x, m, k in zip(x_list, masks_list, keep_indices_list)
+        ]
         for block in self.blocks:
             tokens = block(tokens)
-        return [self._output_dict(t, m) for t, m in zip(tokens, masks_list)]
+        return [self._output_dict(t, m, k) for t, m, k in zip(tokens, masks_list, keep_indices_list)]
 
     def forward(self, x: Tensor, masks: Tensor | None = None, *, is_training: bool = False) -> Tensor | dict:
         """The normalised CLS feature ``(B, D)``; the full dict when ``is_training``."""

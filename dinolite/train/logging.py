@@ -1,7 +1,25 @@
-"""Training metrics to the console, ``metrics.jsonl`` and TensorBoard, from one call per log step.
+"""Training metrics to the console, ``metrics.jsonl``, TensorBoard and experiment trackers.
 
 Only the main process writes (``enabled=False`` on the other ranks makes every method a no-op), so the
 caller passes the rank decision in rather than this module asking torch.distributed.
+
+``metrics.jsonl``: ONE record per iteration that logged anything (docs/logging.md, pinned by
+tests/train/test_logging.py)::
+
+    {"iteration": 30, "time": 1764600000.1, "loss": 9.1, "dino_loss": 3.2, ..., "images_seen": 1920,
+     "collapse/backbone_rankme": 41.3, ..., "eval/knn_top1": 61.2}
+
+- ``iteration`` (int) and ``time`` (float, Unix seconds when the record was written) are always there;
+- training metrics (the log-step window's means, schedule values, throughput) have no prefix;
+- every other group has one: ``grad_norm/``, ``collapse/`` (the monitor), ``eval/`` (online evaluation);
+- counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``collapse/num_samples``) are
+  integers, the rest floats.
+
+TensorBoard receives the same numbers (unprefixed training keys under ``train/``); trackers (wandb,
+MLflow; :mod:`dinolite.train.trackers`) receive each record as it is written.
+
+The console gets one compact line per log step (losses, lr, img/s, ETA) and, for the other groups, one
+short line with their key figures only; everything else is in the JSONL/TensorBoard.
 """
 
 from __future__ import annotations
@@ -10,17 +28,47 @@ import json
 import logging
 import math
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from dinolite.config import Config
+from dinolite.io import write_text_atomic
+from dinolite.progress import progress_bar
+from dinolite.train.trackers import Tracker, build_trackers
 
 LOGGER_NAME = "dinolite.train"
+# Metrics that count things: written and shown as integers.
+COUNT_KEYS = frozenset({"images_seen", "skipped_samples", "damaged_shards", "collapse/num_samples"})
+# Collapse key figures for the console: (metric, label, format); the rest goes to JSONL/TensorBoard only.
+COLLAPSE_CONSOLE = (
+    ("collapse/backbone_std_ratio", "std*sqrt(D)", "{:.2f}"),
+    ("collapse/teacher_entropy_norm", "teacher H/lnK", "{:.2f}"),
+    ("collapse/teacher_mean_entropy_norm", "batch H/lnK", "{:.2f}"),
+    ("collapse/student_teacher_kl", "KL", "{:.3f}"),
+)
+DATA_WAIT_SHOWN_ABOVE = 0.2  # show the data-loading share on the console only when it slows training
+
+
+class _TqdmAwareHandler(logging.StreamHandler):
+    """Writes through ``tqdm.write`` so a progress bar on the terminal is redrawn below the message."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise; the logging module's own policy
+            self.handleError(record)
 
 
 def get_console_logger(name: str = LOGGER_NAME, stream: TextIO = sys.stdout) -> logging.Logger:
     """A logger that prints ``time message`` lines once (no duplicate handlers on repeated calls)."""
     logger = logging.getLogger(name)
     if not any(getattr(h, "_dinolite", False) for h in logger.handlers):
-        handler = logging.StreamHandler(stream)
+        handler = _TqdmAwareHandler(stream)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         handler._dinolite = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
@@ -37,89 +85,190 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-            return f"{value:.3e}"
-        return f"{value:.4f}"
-    return str(value)
+def format_number(value: Any) -> str:
+    """Integers as they are; floats with 3 significant digits (scientific below 1e-3 or from 1e5)."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.2e}"
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def log_due(iteration: int, every: int, last: int) -> bool:
+    """Whether ``iteration`` (1-based, after the step) gets a console line: every ``every`` iterations,
+    the first one (a broken run shows at once) and the last one."""
+    return iteration == 1 or iteration % every == 0 or iteration == last
+
+
+def plain(key: str, value: Any) -> Any:
+    """Tensors and numpy scalars to Python numbers; counts to int (JSON-serialisable, one type per key)."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        value = item()
+    if key in COUNT_KEYS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def train_line(iteration: int, record: Mapping[str, Any], total: int | None, eta_seconds: float | None) -> str:
+    """``it 30/300  loss 9.12 (dino 3.2 ibot 3.1 koleo -0.02)  lr 1.0e-03  310 img/s  eta 0:01:05``."""
+    parts = [f"it {iteration}" + (f"/{total}" if total else "")]
+    if "loss" in record:
+        terms = [f"{k.removesuffix('_loss')} {format_number(v)}" for k, v in record.items()
+                 if k.endswith("_loss") and "/" not in k]
+        parts.append(f"loss {format_number(record['loss'])}" + (f" ({' '.join(terms)})" if terms else ""))
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.1e}")
+    if "images_per_s" in record:
+        parts.append(f"{record['images_per_s']:.0f} img/s")
+    if record.get("data_wait", 0.0) > DATA_WAIT_SHOWN_ABOVE:
+        parts.append(f"data wait {record['data_wait']:.0%}")
+    if record.get("skipped_samples"):
+        parts.append(f"skipped {record['skipped_samples']}")
+    if record.get("damaged_shards"):
+        parts.append(f"damaged shards {record['damaged_shards']}")
+    if record.get("memory_gb"):
+        parts.append(f"mem {record['memory_gb']:.1f} GB")
+    if eta_seconds is not None:
+        parts.append(f"eta {format_duration(eta_seconds)}")
+    return "  ".join(parts)
+
+
+def group_line(iteration: int, title: str, metrics: Mapping[str, Any]) -> str:
+    """The console line of a metric group: its key figures only."""
+    if title == "collapse":
+        shown = []
+        if "collapse/backbone_rankme" in metrics:
+            ratio = metrics.get("collapse/backbone_rankme_ratio")
+            shown.append(f"rankme {metrics['collapse/backbone_rankme']:.1f}" + (f" ({ratio:.0%} of max)" if ratio is not None else ""))
+        shown += [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in COLLAPSE_CONSOLE if key in metrics]
+    elif title == "eval":
+        shown = [f"{key.removeprefix('eval/').replace('_top1', '')} top-1 {value:.1f}%" for key, value in metrics.items()
+                 if key.endswith("_top1")]
+    else:
+        shown = [f"{key.split('/')[-1]} {format_number(value)}" for key, value in metrics.items()]
+    return f"it {iteration} {title}: " + "  ".join(shown)
 
 
 class MetricLogger:
-    """Writes one record per log step to the console, ``output_dir/metrics.jsonl`` and TensorBoard.
+    """Writes the records described in the module docstring.
 
     Args:
         output_dir: the run directory (``metrics.jsonl`` and ``tensorboard/`` go there).
         enabled: False on non-main ranks: nothing is written.
         tensorboard: write TensorBoard event files (``torch.utils.tensorboard``).
-        console: the logger for the one-line summary (defaults to :func:`get_console_logger`).
+        console: the logger for the console lines (defaults to :func:`get_console_logger`).
+        trackers: experiment trackers that receive every record.
+        resume_iteration: the iteration a resumed run restarts from: records after it (written by the
+            interrupted run, about to be replayed) are dropped from ``metrics.jsonl`` and hidden in
+            TensorBoard (``purge_step``), so every iteration is logged once there (trackers keep theirs).
     """
-
-    # Keys shown on the console line, in this order; everything else only goes to JSONL/TensorBoard.
-    CONSOLE_KEYS = (
-        "loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp",
-        "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples",
-    )
 
     def __init__(
         self,
         output_dir: str | Path,
         enabled: bool = True,
         tensorboard: bool = True,
-        console: Optional[logging.Logger] = None,
+        console: logging.Logger | None = None,
+        trackers: Sequence[Tracker] = (),
+        progress: bool = False,
+        resume_iteration: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self.console = console or get_console_logger()
-        self._jsonl: Optional[TextIO] = None
+        self.trackers = list(trackers)
+        self.progress = progress  # a progress bar over the iterations (on a terminal only); see start()
+        self._jsonl: TextIO | None = None
         self._tb: Any = None
+        self._pending: dict[str, Any] = {}
+        self._bar: Any = None
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_iteration is not None:
+            drop_records_after(self.output_dir / "metrics.jsonl", resume_iteration)
         # Append: a resumed run continues the same file (records carry their iteration).
-        self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             # TensorBoard is imported only when asked for: its import is slow and pulls in protobuf.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+            purge = resume_iteration + 1 if resume_iteration is not None else None
+            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=purge)
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, output_dir: str | Path, enabled: bool, resume_iteration: int | None = None
+    ) -> MetricLogger:
+        """TensorBoard, the trackers of ``train.loggers`` and (``train.progress``) a progress bar."""
+        trackers = build_trackers(cfg, output_dir) if enabled else []
+        return cls(output_dir, enabled=enabled, trackers=trackers, progress=cfg.train.progress,
+                   resume_iteration=resume_iteration)
+
+    def start(self, iteration: int, total: int) -> None:
+        """Begin the iteration progress bar at ``iteration`` of ``total`` (when enabled and interactive)."""
+        if self.enabled and self.progress:
+            self._bar = progress_bar(total=total, desc="train", unit="it", enabled=True)
+            self._bar.update(iteration)
+
+    def step(self, iteration: int) -> None:
+        """Advance the progress bar to ``iteration``."""
+        if self._bar is not None:
+            self._bar.update(iteration - self._bar.n)
 
     def info(self, message: str) -> None:
         if self.enabled:
             self.console.info(message)
 
-    def log(self, iteration: int, metrics: Mapping[str, Any], total_iterations: Optional[int] = None,
-            eta_seconds: Optional[float] = None) -> None:
-        """Record ``metrics`` (numbers) at ``iteration``; prints a summary line with the ETA."""
+    def log(self, iteration: int, metrics: Mapping[str, Any], total_iterations: int | None = None,
+            eta_seconds: float | None = None) -> None:
+        """Training metrics of a log step: the compact console line; the iteration's record is written."""
         if not self.enabled:
             return
-        record = self._write(iteration, metrics, scalar_prefix="train/")
-        progress = f"it {iteration}" + (f"/{total_iterations}" if total_iterations else "")
-        shown = [f"{k} {_format_value(record[k])}" for k in self.CONSOLE_KEYS if k in record]
-        eta = f"eta {format_duration(eta_seconds)}" if eta_seconds is not None else ""
-        self.console.info("  ".join(x for x in [progress, *shown, eta] if x))
+        record = self._add(iteration, metrics)
+        self.console.info(train_line(iteration, record, total_iterations, eta_seconds))
+        self.flush()
 
     def log_summary(self, iteration: int, metrics: Mapping[str, Any], title: str) -> None:
-        """A separate block (e.g. collapse metrics): one console line, also to JSONL/TensorBoard."""
+        """A group of prefixed metrics (``collapse/``, ``eval/``): one short console line of key figures;
+        joins the iteration's record (written with the training metrics, or at the next iteration)."""
         if not self.enabled:
             return
-        record = self._write(iteration, metrics, scalar_prefix="")
-        shown = "  ".join(f"{k.split('/')[-1]} {_format_value(v)}" for k, v in record.items() if k != "iteration")
-        self.console.info(f"it {iteration} {title}: {shown}")
+        self._add(iteration, metrics)
+        self.console.info(group_line(iteration, title, {k: plain(k, v) for k, v in metrics.items()}))
 
-    def _write(self, iteration: int, metrics: Mapping[str, Any], scalar_prefix: str) -> dict[str, Any]:
-        """One JSONL record, and its finite numbers as TensorBoard scalars (keys without a ``/`` get
-        ``scalar_prefix``)."""
-        record = {"iteration": iteration, **{k: _plain(v) for k, v in metrics.items()}}
+    def _add(self, iteration: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        if self._pending and self._pending["iteration"] != iteration:
+            self.flush()
+        if not self._pending:
+            self._pending = {"iteration": int(iteration)}
+        values = {k: plain(k, v) for k, v in metrics.items()}
+        self._pending.update(values)
+        return values
+
+    def flush(self) -> None:
+        """Write the pending record (JSONL line, TensorBoard scalars, trackers)."""
+        if not self.enabled or not self._pending:
+            return
+        iteration = self._pending["iteration"]
+        record = {"iteration": iteration, "time": round(time.time(), 3),
+                  **{k: v for k, v in self._pending.items() if k != "iteration"}}
+        self._pending = {}
         assert self._jsonl is not None
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        scalars = {
+            (key if "/" in key else f"train/{key}"): float(value)
+            for key, value in record.items()
+            if key not in ("iteration", "time") and isinstance(value, (int, float)) and math.isfinite(value)
+        }
         if self._tb is not None:
-            for key, value in record.items():
-                if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key if "/" in key else f"{scalar_prefix}{key}", value, iteration)
+            for tag, value in scalars.items():
+                self._tb.add_scalar(tag, value, iteration)
             self._tb.flush()
-        return record
+        for tracker in self.trackers:
+            tracker.log(scalars, iteration)
 
     def log_histograms(self, iteration: int, histograms: Mapping[str, Any]) -> None:
         """TensorBoard histograms (e.g. the collapse monitor's log10 singular value spectra)."""
@@ -130,23 +279,43 @@ class MetricLogger:
         self._tb.flush()
 
     def close(self) -> None:
+        self.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
-    def __enter__(self) -> "MetricLogger":
+    def __enter__(self) -> MetricLogger:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def _plain(value: Any) -> Any:
-    """Tensors and numpy scalars to Python numbers, so the record is JSON-serialisable."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    return value
+def drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite the JSONL file ``path`` (atomically) without records whose ``iteration`` is above
+    ``iteration``; returns how many were dropped. Unparsable lines (a write cut by a kill) go too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] > iteration:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return dropped

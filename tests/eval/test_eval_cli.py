@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.export.spec import ExportFormatError, spec_from_backbone
+from dinolite.export.spec import BackboneSpec, ExportFormatError, spec_from_backbone
 from dinolite.export.writers import write_safetensors
 from dinolite.models import DinoVisionTransformer
 
@@ -119,10 +120,10 @@ def test_help_shows_defaults(name, capsys):
 def test_backbone_of_another_architecture_is_refused(tmp_path):
     # Weights of a depth-2 ViT under a record that claims depth 3.
     path = _export(tmp_path / "b.safetensors", depth=2)
-    record = json.loads(path.with_suffix(".json").read_text())
+    record = json.loads((tmp_path / "b.safetensors.json").read_text())
     record["depth"] = 3
-    path.with_suffix(".json").write_text(json.dumps(record))
-    with pytest.raises(ExportFormatError, match="do not fit the architecture"):
+    write_safetensors(load_file(str(path)), BackboneSpec.from_mapping(record), path)  # the header is authoritative
+    with pytest.raises(ExportFormatError, match=r"depth=3 but the weights in .*b\.safetensors have 2 blocks"):
         load_any_backbone(path)
 
 

@@ -38,8 +38,8 @@ def test_safetensors_round_trip_gives_identical_features(tmp_path, registers):
     model = _tiny(num_register_tokens=registers)
     spec = spec_from_backbone(model, iteration=123, train_img_size=28)
     written = write_safetensors(model.state_dict(), spec, tmp_path / "teacher.safetensors")
-    assert [p.name for p in written] == ["teacher.safetensors", "teacher.json"]
-    record = json.loads((tmp_path / "teacher.json").read_text())
+    assert [p.name for p in written] == ["teacher.safetensors", "teacher.safetensors.json"]
+    record = json.loads((tmp_path / "teacher.safetensors.json").read_text())
     assert record["num_register_tokens"] == registers and record["iteration"] == 123
     assert record["mean"] == [0.485, 0.456, 0.406]
 
@@ -53,7 +53,7 @@ def test_safetensors_round_trip_gives_identical_features(tmp_path, registers):
 def test_spec_in_safetensors_metadata_suffices_without_json(tmp_path):
     model = _tiny(embed_dim=96, num_heads=3)  # not a DINOv2 width: shapes alone cannot give the heads
     write_safetensors(model.state_dict(), spec_from_backbone(model), tmp_path / "b.safetensors")
-    (tmp_path / "b.json").unlink()
+    (tmp_path / "b.safetensors.json").unlink()
     loaded = load_backbone(tmp_path / "b.safetensors")
     assert loaded.spec.num_heads == 3
 
@@ -78,7 +78,7 @@ def test_timm_model_gives_the_same_features(tmp_path, registers, ffn_layer):
     model = _tiny(num_register_tokens=registers, ffn_layer=ffn_layer)
     spec = spec_from_backbone(model)
     write_timm(model.state_dict(), spec, tmp_path / "timm.safetensors")
-    record = json.loads((tmp_path / "timm.json").read_text())
+    record = json.loads((tmp_path / "timm.safetensors.json").read_text())
     expected_name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
     assert record["timm_model"] == expected_name
 
@@ -116,6 +116,60 @@ def test_onnx_matches_pytorch_at_two_sizes_and_batches(tmp_path, exporter):
         assert patches.shape == (batch, (height // 14) * (width // 14), 384)
         torch.testing.assert_close(torch.from_numpy(cls), ref_cls, rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(torch.from_numpy(patches), ref_patches, rtol=1e-3, atol=1e-4)
+
+
+def test_onnx_refuses_sizes_off_the_patch_grid_and_carries_metadata(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    model = _tiny()
+    spec = spec_from_backbone(model, train_img_size=28, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    written = write_onnx(model, spec, tmp_path / "m.onnx")
+    assert [p.name for p in written] == ["m.onnx", "m.onnx.json"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    session.run(None, {"images": torch.randn(1, 3, 42, 28).numpy()})  # 3x2 patches of 14
+    for height, width in [(30, 28), (28, 43)]:  # traced at 28x28; a conv would silently floor these
+        with pytest.raises(Exception, match="(?i)reshape|shape"):
+            session.run(None, {"images": torch.randn(1, 3, height, width).numpy()})
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert props["dinolite.arch"] == spec.arch and props["dinolite.patch_size"] == "14"
+    assert json.loads(props["dinolite.mean"]) == [0.5, 0.4, 0.3] and json.loads(props["dinolite.std"]) == [0.2] * 3
+    assert json.loads(props["dinolite_backbone"]) == json.loads(spec.to_json())
+
+
+def test_patchify_embed_equals_the_conv_patch_embedding():
+    from dinolite.export.onnx_pos_embed import patchify_embed
+
+    model = _tiny()
+    images = torch.randn(2, 3, 42, 56)
+    expected = model.patch_embed(images)
+    proj = model.patch_embed.proj
+    torch.testing.assert_close(patchify_embed(images, proj.weight, proj.bias, 14), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):
+        patchify_embed(torch.randn(1, 3, 30, 28), proj.weight, proj.bias, 14)
+
+
+def test_safetensors_header_wins_over_a_sidecar(tmp_path):
+    # A stale or foreign NAME.json beside the weights (e.g. the record of another export of the same
+    # stem) must not relabel them: the header was written with the weights.
+    model = _tiny()
+    write_safetensors(model.state_dict(), spec_from_backbone(model, source="teacher"), tmp_path / "m.safetensors")
+    stale = json.loads(spec_from_backbone(model, source="student").to_json())
+    (tmp_path / "m.json").write_text(json.dumps(stale))
+    (tmp_path / "m.safetensors.json").write_text(json.dumps(stale))
+    assert load_backbone(tmp_path / "m.safetensors").spec.source == "teacher"
+
+
+def test_format_follows_the_suffix_or_is_checked_against_it():
+    from dinolite.export.writers import resolve_format
+
+    assert resolve_format("x.onnx", None) == "onnx"
+    assert resolve_format("x.safetensors", None) == "safetensors"
+    assert resolve_format("x.pth", None) == "dinov2"
+    assert resolve_format("x.safetensors", "timm") == "timm"
+    with pytest.raises(ValueError, match="--format safetensors writes .safetensors files, not '.onnx'"):
+        resolve_format("x.onnx", "safetensors")
+    with pytest.raises(ValueError, match="cannot tell the format from the suffix '.bin'"):
+        resolve_format("x.bin", None)
 
 
 def test_heads_are_written_beside_the_backbone(tmp_path):

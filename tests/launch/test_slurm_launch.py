@@ -177,7 +177,7 @@ def test_bad_request_fails_before_submission(argv, message, capsys, no_submissio
     "argv, message",
     [
         (["--config", "demo", "--module", "x"], "not allowed with argument"),
-        (["--nodes", "2"], "one of the arguments --config --entry --module is required"),
+        (["--nodes", "2"], "one of the arguments --config/--config-file --entry --module is required"),
         (["--config", "demo", "--", "--k", "3"], "only for --entry/--module"),
         (["--module", "dinolite.config", "a.b=1"], "only apply to --config"),
         (["--config", "demo", "--max-requeues", "-1"], "--max-requeues=-1"),
@@ -358,3 +358,19 @@ def test_entrypoint_job_runs_a_script_with_its_arguments(tmp_path):
     failing.write_text("import sys\nsys.exit(3)\n")
     with pytest.raises(RuntimeError, match="exited with status 3"):
         slurm.SlurmEntrypointJob(str(failing), [], is_module=False)()
+
+
+def test_documented_eval_entry_is_checked_against_the_eval_parser(capsys, monkeypatch):
+    # The README / --help example: eval/knn.py's own options after `--`, checked before submission.
+    monkeypatch.chdir(ROOT)
+    documented = ["--backbone", "out/", "--train", "D/train", "--val", "D/val"]
+    code, out, err = run_launcher(["--entry", "eval/knn.py", "--gpus-per-node", "1", "--dry-run", "--", *documented], capsys)
+    assert code == 0, err
+    assert f"every task runs: python {ROOT / 'eval' / 'knn.py'} {' '.join(documented)}" in out
+    # --checkpoint is accepted as the export CLI's name for the same thing.
+    code, _, err = run_launcher(["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/", "--train", "D", "--val", "D"], capsys)
+    assert code == 0, err
+    code, _, err = run_launcher(["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/"], capsys)
+    assert code == 2 and "the following arguments are required: --train, --val" in err
+    code, _, err = run_launcher(["--module", "dinolite.export", "--dry-run", "--", "--output", "x.onnx"], capsys)
+    assert code == 2 and "for dinolite.export" in err and "--checkpoint" in err

@@ -28,12 +28,15 @@ SMALL = [
     "joint_embedding.projector_out_dim=8",
     "joint_embedding.predictor_hidden_dim=4",
     "optim.epochs=1",
+    "optim.warmup_epochs=0",
+    "joint_embedding.projector_layers=2",
+    "joint_embedding.temperature=0.1",
     "train.iterations_per_epoch=10",
 ]
 
 
 def _cfg(*overrides: str):
-    return load_config("demo", [*SMALL, *overrides])
+    return load_config("demo_simclr", [*SMALL, *overrides])
 
 
 def _batch(n_images=6, n_local=0, seed=0):

@@ -15,7 +15,9 @@ from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_projector,
     build_student_backbone,
+    method_spec,
 )
+from dinolite.train.methods.registry import register_method
 
 
 class BarlowTwinsObjective(JointEmbeddingObjective):
@@ -36,3 +38,6 @@ def build_objective(cfg: Config) -> BarlowTwinsObjective:
     return BarlowTwinsObjective(
         backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.lambda_offdiag
     )
+
+
+METHOD = register_method(method_spec("barlow_twins", "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction", build_objective))

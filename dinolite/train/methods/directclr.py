@@ -14,7 +14,9 @@ from dinolite.losses import DirectCLRLoss
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_student_backbone,
+    method_spec,
 )
+from dinolite.train.methods.registry import register_method
 
 
 class DirectCLRObjective(JointEmbeddingObjective):
@@ -44,3 +46,6 @@ def build_objective(cfg: Config) -> DirectCLRObjective:
             "(the backbone's width)"
         )
     return DirectCLRObjective(backbone, je.directclr_d0, je.temperature)
+
+
+METHOD = register_method(method_spec("directclr", "Jing et al. 2022, Understanding Dimensional Collapse in Contrastive Self-supervised Learning (DirectCLR)", build_objective))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from dinolite.data.views import MultiViewAugmentation, blur_kernel_for, collate_
 from dinolite.models import ProjectionMLP, backbone_kwargs, build_backbone
 from dinolite.models.info import backbone_forward_macs, head_forward_macs
 from dinolite.train.ema import ema_update
+from dinolite.train.methods.registry import MethodSpec
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.schedules import CosineSchedule
 
@@ -267,3 +269,21 @@ def target_momentum_schedule(cfg: Config) -> CosineSchedule | None:
         return None
     total = cfg.optim.epochs * cfg.train.iterations_per_epoch
     return CosineSchedule(je.target_momentum, je.final_target_momentum, total)
+
+
+def method_spec(name: str, paper: str, build: Callable[[Config], SSLObjective], heads=head_names) -> MethodSpec:
+    """The registry entry of a joint-embedding method: its views and collate, FLOPs, the student as the
+    evaluated network (BYOL's target with ``--network teacher``), its heads and monitoring."""
+    return MethodSpec(
+        name=name,
+        paper=paper,
+        build_objective=build,
+        build_transform=build_views,
+        build_collate=build_collate,
+        training_flops=training_flops,
+        eval_network="student",
+        head_names=heads,
+        demo_preset=f"demo_{name}",
+        monitor_embeddings=MONITOR_EMBEDDINGS,
+        watchdog_thresholds=watchdog_thresholds(),
+    )

@@ -24,8 +24,10 @@ from dinolite.train.methods.joint_embedding import (
     build_predictor,
     build_projector,
     build_student_backbone,
+    method_spec,
     target_momentum_schedule,
 )
+from dinolite.train.methods.registry import register_method
 
 
 class SiameseObjective(JointEmbeddingObjective):
@@ -53,3 +55,10 @@ def build_objective(cfg: Config) -> SiameseObjective:
         stop_gradient=cfg.joint_embedding.stop_gradient,
         target_momentum=target_momentum_schedule(cfg),
     )
+
+
+# One objective, two registry entries: the presets differ (target stopgrad vs ema), the switches are shared.
+SIMSIAM = register_method(
+    method_spec("simsiam", "Chen & He 2021, Exploring Simple Siamese Representation Learning (SimSiam)", build_objective)
+)
+BYOL = register_method(method_spec("byol", "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)", build_objective))

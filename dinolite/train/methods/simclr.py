@@ -15,7 +15,9 @@ from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_projector,
     build_student_backbone,
+    method_spec,
 )
+from dinolite.train.methods.registry import register_method
 
 
 class SimCLRObjective(JointEmbeddingObjective):
@@ -34,3 +36,6 @@ class SimCLRObjective(JointEmbeddingObjective):
 def build_objective(cfg: Config) -> SimCLRObjective:
     backbone = build_student_backbone(cfg)
     return SimCLRObjective(backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.temperature)
+
+
+METHOD = register_method(method_spec("simclr", "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)", build_objective))

@@ -1,0 +1,204 @@
+"""Patch masks of the masked-prediction methods (I-JEPA, SimMIM, MSN), beside iBOT's block masks.
+
+Every sampler draws from a ``torch.Generator`` it is given and nothing else, so a batch's masks are a
+function of the loader's per-batch generator (seeded by ``(seed, rank, batch)``) and a resumed run draws
+exactly the masks the uninterrupted run drew. Within a batch, each sample gets its own generator,
+seeded from the batch generator in sample order (:func:`per_sample_generators`): a sample's masks do
+not depend on how many draws the samples before it needed (I-JEPA's rejection loop varies).
+
+* :class:`MultiBlockMaskGenerator` -- I-JEPA (Assran et al. 2023, "Self-Supervised Learning from Images
+  with a Joint-Embedding Predictive Architecture", Sec. 3 and Appendix C): ``num_targets`` target blocks
+  of scale ``U(0.15, 0.2)`` and aspect ``U(0.75, 1.5)`` (block size drawn once per batch, as the
+  reference collator does, so every image's targets have the same patch count), and one context block
+  of scale ``U(0.85, 1.0)``, aspect 1, with every target patch removed. Context sizes then differ per
+  image; each image keeps a random subset of ``min`` over the batch so the batch stacks (the reference
+  keeps the first ``min`` indices in raster order, which drops the bottom rows more often; a random
+  subset has no such bias).
+* :class:`SimMIMMaskGenerator` -- SimMIM (Xie et al. 2022, "SimMIM: A Simple Framework for Masked Image
+  Modeling", Sec. 3.1): exactly ``ceil(ratio * M)`` of the ``M`` mask units (squares of
+  ``mask_patch_size`` pixels, a multiple of the ViT patch) are masked, then each unit is expanded to the
+  ViT patches it covers (paper: 32 px units, ratio 0.6, 16 px patches).
+* :func:`random_keep_indices` -- MSN's patch dropping (Assran et al. 2022, "Masked Siamese Networks for
+  Label-Efficient Learning", Sec. 3: "random masking"): each anchor view keeps a uniformly random subset
+  of ``round((1 - ratio) * N)`` patches (the same count for every image, so it stacks).
+
+Indices are into the row-major patch grid (what the ViT's ``keep_indices`` path and the predictor take).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+_SEED_RANGE = 2**62
+
+
+def per_sample_generators(generator: torch.Generator | None, n: int) -> list[torch.Generator]:
+    """``n`` generators seeded from ``generator`` in order (from torch's global RNG when it is None)."""
+    seeds = torch.randint(0, _SEED_RANGE, (n,), generator=generator).tolist()
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _as_grid(size: int | Sequence[int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h <= 0 or w <= 0:
+        raise ValueError(f"patch grid must be positive, got {size}")
+    return h, w
+
+
+class MultiBlockMaskGenerator:
+    """I-JEPA multi-block masks: ``gen(batch_size, generator) -> (context_idx, target_idx)``.
+
+    ``context_idx (B, Nc)`` and ``target_idx (B, num_targets, Nt)`` are sorted long indices into the
+    ``H x W`` patch grid; target patches never appear in the context. ``min_keep`` is the least number
+    of context patches accepted for one image (placements are redrawn until it holds, up to
+    ``attempts`` times, after which an error names the settings).
+    """
+
+    def __init__(
+        self,
+        grid: int | Sequence[int],
+        num_targets: int = 4,
+        target_scale: Sequence[float] = (0.15, 0.2),
+        target_aspect: Sequence[float] = (0.75, 1.5),
+        context_scale: Sequence[float] = (0.85, 1.0),
+        context_aspect: Sequence[float] = (1.0, 1.0),
+        min_keep: int = 4,
+        attempts: int = 50,
+    ) -> None:
+        self.height, self.width = _as_grid(grid)
+        for name, (lo, hi) in (("target_scale", target_scale), ("context_scale", context_scale)):
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
+        for name, (lo, hi) in (("target_aspect", target_aspect), ("context_aspect", context_aspect)):
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"{name} must satisfy 0 < low <= high, got {(lo, hi)}")
+        if num_targets < 1:
+            raise ValueError(f"num_targets must be >= 1, got {num_targets}")
+        if not 1 <= min_keep < self.height * self.width:
+            raise ValueError(f"min_keep={min_keep} must be in [1, {self.height * self.width})")
+        self.num_targets = int(num_targets)
+        self.target_scale, self.target_aspect = tuple(target_scale), tuple(target_aspect)
+        self.context_scale, self.context_aspect = tuple(context_scale), tuple(context_aspect)
+        self.min_keep, self.attempts = int(min_keep), int(attempts)
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiBlockMaskGenerator({self.height}x{self.width}, {self.num_targets} targets scale "
+            f"{self.target_scale} aspect {self.target_aspect}, context scale {self.context_scale})"
+        )
+
+    @property
+    def num_patches(self) -> int:
+        return self.height * self.width
+
+    def block_size(self, scale: Sequence[float], aspect: Sequence[float], generator: torch.Generator) -> tuple[int, int]:
+        """(h, w) of a block covering ``U(scale)`` of the grid with aspect h/w ``U(aspect)``, inside it."""
+        area = self.num_patches * _uniform(generator, *scale)
+        ratio = _uniform(generator, *aspect)
+        h = max(1, min(self.height, round(math.sqrt(area * ratio))))
+        w = max(1, min(self.width, round(math.sqrt(area / ratio))))
+        return h, w
+
+    def _place(self, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
+        top = int(torch.randint(0, self.height - h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, self.width - w + 1, (1,), generator=generator))
+        mask = torch.zeros(self.height, self.width, dtype=torch.bool)
+        mask[top : top + h, left : left + w] = True
+        return mask
+
+    def sample_one(
+        self, target_hw: tuple[int, int], context_hw: tuple[int, int], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image: ``(context bool (H*W,), targets bool (num_targets, H*W))``."""
+        for _ in range(self.attempts):
+            targets = torch.stack([self._place(*target_hw, generator) for _ in range(self.num_targets)])
+            context = self._place(*context_hw, generator) & ~targets.any(0)
+            if int(context.sum()) >= self.min_keep:
+                return context.flatten(), targets.flatten(1)
+        raise ValueError(
+            f"I-JEPA masks: no placement of {self.num_targets} targets of {target_hw} left {self.min_keep} "
+            f"context patches of a {context_hw} block in a {self.height}x{self.width} grid after "
+            f"{self.attempts} attempts; lower num_targets or target_scale"
+        )
+
+    def __call__(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        # One target size and one context size per batch (the reference collator does the same), so
+        # all target sets have h*w patches each.
+        target_hw = self.block_size(self.target_scale, self.target_aspect, batch_gen)
+        context_hw = self.block_size(self.context_scale, self.context_aspect, batch_gen)
+        sample_gens = per_sample_generators(batch_gen, batch_size)
+        drawn = [self.sample_one(target_hw, context_hw, g) for g in sample_gens]
+        n_keep = min(int(c.sum()) for c, _ in drawn)
+        contexts, targets = [], []
+        for (context, target), g in zip(drawn, sample_gens):
+            kept = context.nonzero().flatten()
+            subset = torch.randperm(kept.numel(), generator=g)[:n_keep]
+            contexts.append(kept[subset].sort().values)
+            targets.append(torch.stack([t.nonzero().flatten() for t in target]))
+        return torch.stack(contexts), torch.stack(targets)
+
+
+class SimMIMMaskGenerator:
+    """SimMIM random masks: ``gen(generator) -> bool (H/p, W/p)`` over ViT patches (True = masked).
+
+    ``input_size`` pixels, ``mask_patch_size`` pixels per mask unit (a multiple of ``model_patch_size``),
+    exactly ``ceil(mask_ratio * units)`` units masked.
+    """
+
+    def __init__(
+        self, input_size: int = 192, mask_patch_size: int = 32, model_patch_size: int = 16, mask_ratio: float = 0.6
+    ) -> None:
+        if mask_patch_size % model_patch_size:
+            raise ValueError(
+                f"mask_patch_size={mask_patch_size} must be a multiple of the ViT patch_size={model_patch_size}"
+            )
+        if input_size % mask_patch_size:
+            raise ValueError(f"input_size={input_size} must be a multiple of mask_patch_size={mask_patch_size}")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.input_size = int(input_size)
+        self.units = input_size // mask_patch_size
+        self.scale = mask_patch_size // model_patch_size
+        self.mask_count = math.ceil(self.units * self.units * mask_ratio)
+        self.mask_ratio = mask_ratio
+
+    @property
+    def grid(self) -> int:
+        return self.units * self.scale
+
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        order = torch.randperm(self.units * self.units, generator=generator)
+        unit_mask = torch.zeros(self.units * self.units, dtype=torch.bool)
+        unit_mask[order[: self.mask_count]] = True
+        unit_mask = unit_mask.reshape(self.units, self.units)
+        return unit_mask.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1)
+
+    def batch(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B, H/p * W/p)`` masks, one per-sample generator each."""
+        return torch.stack([self(g).flatten() for g in per_sample_generators(generator, batch_size)])
+
+
+def random_keep_indices(
+    batch_size: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """MSN patch dropping: ``(B, round((1 - mask_ratio) * N))`` sorted indices of the kept patches."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    n_keep = max(1, round((1.0 - mask_ratio) * num_patches))
+    rows = [
+        torch.randperm(num_patches, generator=g)[:n_keep].sort().values
+        for g in per_sample_generators(generator, batch_size)
+    ]
+    return torch.stack(rows)

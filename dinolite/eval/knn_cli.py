@@ -1,0 +1,104 @@
+"""Weighted kNN classification on frozen CLS features (DINO protocol: k in {10,20,100,200}, T=0.07).
+
+The command line of ``dinolite-knn``; ``python -m dinolite.eval.knn`` and, from a clone,
+``python eval/knn.py`` run the same :func:`main`.
+
+    dinolite-knn --backbone output/demo --train DATA/train --val DATA/val --output knn.json
+
+Every k is reported; the headline top-1 is the one at k=20 (the DINO protocol), never the best k on
+the evaluation set.
+
+``--train`` / ``--val``: an image folder with class subfolders, or labelled webdataset shards (``cls``).
+Launch with ``torchrun --nproc_per_node N -m dinolite.eval.knn ...`` (or under ``srun``) to split extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Optional, Sequence
+
+from dinolite.cli import make_parser, run_main
+from dinolite.eval.cli import (
+    add_common_args,
+    add_transform_args,
+    features_for,
+    finish,
+    format_table,
+    setup,
+    write_results,
+)
+from dinolite.eval.datasets import check_class_folders, check_labels, check_source
+from dinolite.eval.few_shot import (
+    add_few_shot_args,
+    few_shot_description,
+    few_shot_indices,
+)
+from dinolite.eval.knn import DEFAULT_KS, HEADLINE_K, knn_classify
+from dinolite.eval.linear import probe_features
+from dinolite.eval.transforms import build_eval_transform, default_resize_size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(description=__doc__)
+    parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
+    parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="every k is reported")
+    parser.add_argument("--headline-k", type=int, default=HEADLINE_K,
+                        help="k of the headline top-1 (fixed in advance, as in DINO; always evaluated)")
+    parser.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
+    parser.add_argument("--features", choices=("cls", "cls+avgpool"), default="cls",
+                        help="cls: the DINO protocol; cls+avgpool appends the mean patch token")
+    parser.add_argument("--chunk-size", type=int, default=256, help="test rows per similarity block")
+    add_common_args(parser)
+    add_transform_args(parser)
+    add_few_shot_args(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_source(args.train, "--train")
+    check_source(args.val, "--val")
+    check_class_folders(args.train, args.val)
+    ctx = setup(args)
+    resize = args.resize_size or default_resize_size(ctx.crop_size)
+    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
+    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
+    model_fn = ctx.backbone if args.features == "cls" else functools.partial(probe_features, ctx.backbone, n_last_blocks=1)
+    common = dict(transform=transform, transform_desc=desc, model_fn=model_fn, kind=args.features)
+    train = features_for(ctx, args, name="train", source=args.train, **common)
+    val = features_for(ctx, args, name="val", source=args.val, **common)
+    num_classes = args.num_classes or int(train.labels.max()) + 1
+    check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
+    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+    train_features, train_labels = train.features, train.labels
+    few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if few_shot is not None:
+        keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
+                                seed=args.few_shot_seed)
+        train_features, train_labels = train.features[keep], train.labels[keep]
+    results = knn_classify(
+        train_features.to(ctx.device), train_labels, val.features, val.labels, num_classes,
+        ks=args.ks, temperature=args.temperature, chunk_size=args.chunk_size, headline_k=args.headline_k,
+    )
+    results.update(backbone=str(args.backbone), features=args.features, num_classes=num_classes, crop_size=ctx.crop_size,
+                   few_shot=few_shot)
+    if ctx.is_main:
+        rows = [(k, v["top1"], v["top5"]) for k, v in results["per_k"].items()]
+        print(f"kNN on {results['num_train']} train / {results['num_test']} val images, T={args.temperature}")
+        print(format_table(("k", "top-1 %", "top-5 %"), rows))
+        print(f"top-1 {results['top1']:.2f}% (k={results['k']}, the DINO protocol's fixed k; all k above)")
+    write_results(args.output, results, ctx.is_main)
+    finish(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Linear probe on frozen features: a grid of lr x {last 1, last 4 blocks' CLS} x {+/- avgpool} heads
+trained together (DINOv2 protocol), the best head chosen on held-out train (or on val).
+
+The command line of ``dinolite-linear``; ``python -m dinolite.eval.linear`` and, from a clone,
+``python eval/linear.py`` run the same :func:`main`.
+
+    dinolite-linear --backbone output/demo --train DATA/train --val DATA/val --output linear.json
+
+``--mode cached`` (default) extracts features once (eval transform) and trains on them: fast, and the
+only mode under torchrun. ``--mode online`` runs the backbone on augmented images every step
+(random-resized crop + flip), one pass per batch for all heads; single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from dinolite.cli import make_parser, run_main
+from dinolite.eval.cli import (
+    add_common_args,
+    add_transform_args,
+    features_for,
+    finish,
+    format_table,
+    setup,
+    write_results,
+)
+from dinolite.eval.datasets import (
+    IndexFilter,
+    build_labelled_dataset,
+    check_class_folders,
+    check_labels,
+    check_source,
+)
+from dinolite.eval.features import extract_features
+from dinolite.eval.few_shot import (
+    add_few_shot_args,
+    few_shot_description,
+    few_shot_indices,
+)
+from dinolite.eval.linear import (
+    DINOV2_LEARNING_RATES,
+    LinearHeadGrid,
+    ProbeResult,
+    grid_top1,
+    head_grid,
+    heldout_mask,
+    linear_probe_cached,
+    online_batches,
+    probe_features,
+    select_best,
+    shuffle_buffer,
+    train_grid,
+)
+from dinolite.eval.transforms import (
+    build_eval_transform,
+    build_linear_train_transform,
+    default_resize_size,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(description=__doc__)
+    parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
+    parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
+    parser.add_argument("--mode", choices=("cached", "online"), default="cached")
+    parser.add_argument("--learning-rates", type=float, nargs="+", default=list(DINOV2_LEARNING_RATES))
+    parser.add_argument("--n-blocks", type=int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--probe-batch-size", type=int, default=128, help="per-rank batch of the linear heads")
+    parser.add_argument("--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.1)
+    parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
+    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
+    add_common_args(parser)
+    add_transform_args(parser)
+    add_few_shot_args(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("train", "val"):
+        check_source(getattr(args, name), f"--{name}")
+    check_class_folders(args.train, args.val)
+    ctx = setup(args)
+    depth = int(ctx.backbone.n_blocks)
+    n_available = min(max(args.n_blocks), depth)
+    if max(args.n_blocks) > depth:
+        raise ValueError(f"--n-blocks {max(args.n_blocks)} but the backbone has {depth} blocks")
+    if args.mode == "online" and ctx.world_size > 1:
+        raise ValueError("--mode online runs in one process; use --mode cached under torchrun/srun")
+    few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if args.mode == "online" and few_shot is not None:
+        raise ValueError("--shots/--train-fraction need --mode cached (the subset is drawn from extracted labels)")
+    embed_dim = int(ctx.backbone.embed_dim)
+    specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
+    feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
+    resize = args.resize_size or default_resize_size(ctx.crop_size)
+    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
+    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
+    common = dict(transform=transform, transform_desc=desc, model_fn=feature_fn, kind=f"probe{n_available}")
+
+    val = features_for(ctx, args, name="val", source=args.val, **common)
+    if args.mode == "cached":
+        train = features_for(ctx, args, name="train", source=args.train, **common)
+        num_classes = args.num_classes or int(train.labels.max()) + 1
+        check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
+        check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+        if few_shot is not None:
+            keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
+                                    seed=args.few_shot_seed)
+            train = type(train)(train.features[keep], train.labels[keep], train.indices[keep])
+        result = linear_probe_cached(
+            train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
+            val.features.to(ctx.device), val.labels.to(ctx.device),
+            embed_dim=embed_dim, n_available=n_available, num_classes=num_classes, specs=specs,
+            epochs=args.epochs, batch_size=args.probe_batch_size, world_size=ctx.world_size,
+            heldout_fraction=args.heldout_fraction, select_on=args.select_on, seed=args.seed,
+            progress=ctx.is_main and not args.no_progress,
+        )
+    else:
+        result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
+
+    out = result.to_json(args.select_on)
+    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot)
+    if ctx.is_main:
+        print_summary(result, out, args.select_on, args.output)
+    write_results(args.output, out, ctx.is_main)
+    finish(ctx)
+    return 0
+
+
+def print_summary(result: ProbeResult, out: dict, select_on: str, output: Optional[str], top: int = 5) -> None:
+    """The best head and the next few of the grid (every head is in the JSON), and the edge warning."""
+    shown = result.summary_rows(top)
+    rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"])
+            for g in (out["grid"][i] for i in shown)]
+    print(f"linear probe: {len(out['grid'])} heads; the {len(shown)} best on {select_on}:")
+    print(format_table(("lr", "blocks", "avgpool", f"{select_on} top-1 %", "val top-1 %"), rows))
+    b = out["best"]
+    print(f"best (on {select_on}): lr={b['lr']:g} n_blocks={b['n_blocks']} avgpool={b['avgpool']} "
+          f"-> val top-1 {out['top1']:.2f}%" + (f"  (every head in {output})" if output else ""))
+    for warning in out["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_available) -> ProbeResult:
+    train_transform = build_linear_train_transform(ctx.crop_size, ctx.mean, ctx.std, patch_size=ctx.patch_size)
+    train_set = build_labelled_dataset(args.train, train_transform, 0, 1, option="--train")
+    fraction = args.heldout_fraction if args.select_on == "heldout" else 0.0
+    is_held = lambda idx: heldout_mask(torch.as_tensor(idx), fraction, args.seed)  # noqa: E731
+    num_classes = args.num_classes or int(val.labels.max()) + 1
+    generator = torch.Generator().manual_seed(args.seed)
+
+    def loader(epoch: int):
+        items = shuffle_buffer(iter(train_set), 1000, generator)
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == args.probe_batch_size:
+                yield torch.utils.data.default_collate(batch)
+                batch = []
+
+    if args.epoch_length is None:
+        count = sum(1 for _ in DataLoader(build_labelled_dataset(args.train, None, 0, 1, "--train"), batch_size=None))
+        args.epoch_length = max(count // args.probe_batch_size, 1)
+    torch.manual_seed(args.seed)
+    grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(ctx.device)
+    batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
+    losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size, not args.no_progress)
+    if args.select_on == "heldout":
+        held_set = IndexFilter(build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i)))
+        held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)
+        sel_x, sel_y = held.features.to(ctx.device), held.labels.to(ctx.device)
+    else:
+        sel_x, sel_y = val.features.to(ctx.device), val.labels.to(ctx.device)
+    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+    best, selection = select_best(grid, sel_x, sel_y)
+    val_top1 = grid_top1(grid, val.features.to(ctx.device), val.labels.to(ctx.device))
+    return ProbeResult(list(specs), selection, val_top1, best, losses)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Submit dinolite training (or an evaluation entry point) to Slurm through submitit.
+
+    dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --partition gpu
+    dinolite-slurm --config demo --gpus-per-node 0 --tasks-per-node 2 --time 30 train.max_iterations=20
+    dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --dry-run
+    dinolite-slurm --module dinolite.eval.knn --gpus-per-node 1 -- --backbone out/ --train D/train --val D/val
+    dinolite-slurm --module dinolite.export --gpus-per-node 0 -- --checkpoint out/ --output b.safetensors
+
+Training runs one task per GPU (``--gpus-per-node 0 --tasks-per-node T`` for CPU clusters), is requeued
+on preemption / time limit after a checkpoint (``--max-requeues``), and resumes from the output dir.
+Arguments after ``--`` go to the ``--entry`` / ``--module`` program; for dinolite's own entrypoints
+(``eval/*.py``, ``dinolite.export``, ...) they are checked against that program's options before
+anything is submitted, so a missing ``--backbone`` fails here and not in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
+from dinolite.config import ConfigError, load_config, to_dict, to_yaml
+from dinolite.extras import MissingExtraError
+
+try:  # submitit (the ``slurm`` extra) is needed to submit, not to print --help
+    from dinolite.train import slurm
+except MissingExtraError as exc:
+    slurm, _MISSING_SUBMITIT = None, exc
+
+# A source checkout's root (its eval/ and launch/ wrappers are checked like the modules they wrap).
+CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="Arguments after `--` are passed to the --entry/--module program.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", "--config-file", dest="config",
+                      help="training config: a preset name (dinolite/configs/) or a .yaml path (DINOv2's files too)")
+    what.add_argument("--entry", help="a Python script to run on every task instead of training (e.g. eval/knn.py)")
+    what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
+    add_slurm_arguments(parser)
+    parser.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
+    return parser
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Slurm options every dinolite launcher shares (``dinolite-slurm``, ``launch/lab.py --slurm``):
+    resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
+    res = parser.add_argument_group("resources")
+    res.add_argument("--nodes", type=int, default=1)
+    res.add_argument("--gpus-per-node", "--ngpus", dest="gpus_per_node", type=int, default=8,
+                     help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)")
+    res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
+    res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
+    res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
+    res.add_argument("--time", "--timeout", dest="time", type=int, default=2800,
+                     help="wall-time limit in minutes (--timeout: DINOv2's name)")
+    res.add_argument("--partition")
+    res.add_argument("--account")
+    res.add_argument("--qos")
+    res.add_argument("--constraint")
+    res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
+    res.add_argument("--comment")
+    res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
+    res.add_argument(
+        "--signal-delay-s",
+        type=int,
+        default=120,
+        help="USR2 is sent this many seconds before the time limit, to checkpoint",
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out")
+    run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
+
+
+SLURM_OPTIONS = frozenset({
+    "--nodes", "--gpus-per-node", "--ngpus", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--timeout",
+    "--partition",
+    "--account", "--qos", "--constraint", "--exclude", "--comment", "--job-name", "--signal-delay-s",
+    "--max-requeues", "--dry-run",
+})  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
+
+
+def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> "slurm.SlurmResources":
+    """The resources asked for with :func:`add_slurm_arguments`' options; ``argv`` as given on the command
+    line (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    gpus = args.gpus_per_node
+    if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus"} & given:
+        gpus = 0  # --tasks-per-node alone asks for a CPU job
+    return slurm.SlurmResources(
+        nodes=args.nodes,
+        gpus_per_node=gpus,
+        tasks_per_node=args.tasks_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        time_min=args.time,
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        exclude=args.exclude,
+        comment=args.comment,
+        job_name=job_name,
+        signal_delay_s=args.signal_delay_s,
+    )
+
+
+def check_training_fits(cfg, resources: "slurm.SlurmResources") -> None:
+    """Config choices that cannot work on the requested hardware fail here, not on the cluster."""
+    if resources.gpus_per_node == 0:
+        if cfg.distributed.backend == "nccl":
+            raise ConfigError("distributed.backend='nccl' needs GPUs, but the job asks for --gpus-per-node 0")
+        if cfg.train.device == "cuda":
+            raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
+
+
+def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) -> None:
+    """Parse the passthrough arguments with a dinolite entrypoint's own parser (``build_parser``), so a
+    wrong or missing option fails at submission. Other programs are not imported (that would run them)."""
+    if is_module:
+        if not target.startswith("dinolite."):
+            return
+        module = importlib.import_module(target)
+        if not hasattr(module, "build_parser"):
+            if hasattr(module, "__path__") and importlib.util.find_spec(f"{target}.__main__"):
+                module = importlib.import_module(f"{target}.__main__")  # its main() runs only as __main__
+            elif importlib.util.find_spec(f"{target}_cli"):
+                module = importlib.import_module(f"{target}_cli")  # `python -m dinolite.eval.knn` runs knn_cli
+    else:
+        script = Path(target).resolve()  # a symlinked checkout (e.g. a scratch dir) is still ours
+        if script.parent.parent != CHECKOUT_ROOT or script.parent.name not in ("eval", "launch"):
+            return
+        spec = importlib.util.spec_from_file_location(f"_dinolite_entry_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # our own entrypoint: only definitions at top level
+    build = getattr(module, "build_parser", None)
+    if build is None:
+        return
+    program = build()
+
+    def refuse(message: str) -> None:
+        raise slurm.SlurmLaunchError(f"arguments after `--` for {target}: {message}")
+
+    program.error = refuse  # argparse would print usage and exit; we want one error: line
+    program.parse_args(list(argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(own)  # key=value may come before and after options
+    training = args.config is not None
+    if training and passthrough:
+        parser.error(f"arguments after `--` ({' '.join(passthrough)}) are only for --entry/--module; "
+                     "pass config overrides as key=value")
+    if not training and args.overrides:
+        parser.error(f"key=value overrides {args.overrides} only apply to --config; put program arguments after `--`")
+    if args.max_requeues < 0:
+        parser.error(f"--max-requeues={args.max_requeues}: must be >= 0")
+    if slurm is None:
+        raise _MISSING_SUBMITIT
+
+    try:
+        if training:
+            cfg = load_config(args.config, args.overrides)
+            output_dir = Path(args.output_dir or cfg.train.output_dir).expanduser().absolute()
+            cfg.train.output_dir = str(output_dir)
+            job_name = args.job_name or f"dinolite-{Path(args.config).stem}"
+            resources = resources_from_args(args, own, job_name)
+            check_training_fits(cfg, resources)
+            job = slurm.SlurmTrainingJob(config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues)
+            summary = f"# resolved config ({args.config}, overrides: {' '.join(args.overrides) or 'none'})\n{to_yaml(cfg)}"
+        else:
+            target = args.module or args.entry
+            if args.module:
+                if importlib.util.find_spec(args.module) is None:
+                    raise slurm.SlurmLaunchError(f"--module {args.module!r}: no such module on this Python path")
+            else:
+                script = Path(args.entry).expanduser().absolute()
+                if not script.is_file():
+                    raise slurm.SlurmLaunchError(f"--entry {args.entry!r}: no such file ({script})")
+                target = str(script)
+            output_dir = Path(args.output_dir or "./output/slurm/%j").expanduser().absolute()
+            job_name = args.job_name or f"dinolite-{Path(target).stem.split('.')[-1]}"
+            resources = resources_from_args(args, own, job_name)
+            _check_program_arguments(target, passthrough, is_module=args.module is not None)
+            job = slurm.SlurmEntrypointJob(target=target, argv=passthrough, is_module=args.module is not None)
+            kind = "python -m" if args.module else "python"
+            summary = f"# every task runs: {kind} {target} {' '.join(passthrough)}".rstrip()
+        log_dir = slurm.log_dir_for(output_dir)
+        source_root = Path(slurm.__file__).resolve().parents[2]
+        parameters = slurm.sbatch_parameters(resources, setup=slurm.job_setup_lines(resources, source_root))
+    except (ConfigError, slurm.SlurmLaunchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.dry_run:
+        nodes = f"{resources.nodes} node" + ("s" if resources.nodes > 1 else "")
+        print(f"# sbatch script ({nodes} x {resources.ntasks_per_node} tasks = {resources.world_size} tasks; "
+              f"logs in {log_dir})")
+        print(slurm.render_sbatch_script(parameters, log_dir))
+        print(summary)
+        print(f"# dry run: nothing submitted; output dir {output_dir}")
+        return 0
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    executor = slurm.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
+    submitted = executor.submit(job)
+    print(slurm.describe_submission(submitted.job_id, log_dir, output_dir, resources.world_size), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

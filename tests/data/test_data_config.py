@@ -1,0 +1,54 @@
+"""The data section's keys: present in the schema and default.yaml, range-checked with errors naming the key,
+and passed through to the loader by the training builders."""
+
+from __future__ import annotations
+
+import pytest
+
+from dinolite.config import ConfigError, load_config
+from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS
+from dinolite.data.skip_window import DEFAULT_MAX_SKIP_FRACTION, DEFAULT_SKIP_WINDOW
+from dinolite.train import builders
+
+
+def test_defaults_agree_between_config_and_loader():
+    data = load_config("demo").data
+    assert data.decode_errors_max_fraction == DEFAULT_MAX_SKIP_FRACTION
+    assert data.decode_errors_window == DEFAULT_SKIP_WINDOW
+    assert data.max_image_pixels == DEFAULT_MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.decode_errors_max_fraction=1.5", r"'data\.decode_errors_max_fraction': 1\.5; must be in \[0, 1\]"),
+        ("data.decode_errors_max_fraction=-0.1", r"'data\.decode_errors_max_fraction': -0\.1"),
+        ("data.decode_errors_window=0", r"'data\.decode_errors_window': 0; must be >= 1"),
+        ("data.max_image_pixels=0", r"'data\.max_image_pixels': 0; must be >= 1"),
+        ("data.shuffle_buffer=-1", r"'data\.shuffle_buffer': -1; must be >= 0"),
+        ("data.num_workers=-2", r"'data\.num_workers': -2; must be >= 0"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_edge_values_are_accepted():
+    for override in ("data.decode_errors_max_fraction=0", "data.decode_errors_max_fraction=1",
+                     "data.decode_errors_window=1", "data.max_image_pixels=1"):
+        load_config("demo", [override])
+
+
+def test_builders_pass_the_data_keys_to_the_loader(monkeypatch):
+    seen = {}
+
+    def fake_loader(**kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(builders, "build_train_loader", fake_loader)
+    cfg = load_config("demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77",
+                               "data.max_image_pixels=1234"])
+    builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0)
+    assert (seen["max_skip_fraction"], seen["skip_window"], seen["max_image_pixels"]) == (0.2, 77, 1234)

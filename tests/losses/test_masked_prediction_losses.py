@@ -1,0 +1,72 @@
+"""I-JEPA and SimMIM losses against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dinolite.losses import IJEPALoss, SimMIMLoss
+from dinolite.losses.ijepa_loss import gather_tokens
+from dinolite.losses.simmim_loss import per_patch_normalise
+
+
+def test_gather_tokens_picks_rows_per_image():
+    tokens = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    idx = torch.tensor([[[0, 4], [1, 2]], [[3, 3], [0, 1]]])
+    assert gather_tokens(tokens, idx).squeeze(-1).tolist() == [[[0, 4], [1, 2]], [[8, 8], [5, 6]]]
+
+
+def test_ijepa_loss_hand_values():
+    # every target token is [0, 2] -> layer norm (mean 1, var 1) gives [-1, 1] / sqrt(1 + 1e-5)
+    tokens = torch.tensor([0.0, 2.0]).expand(1, 3, 2).clone()
+    tokens[0, 1] = torch.tensor([5.0, 5.0])  # position 1 is not a target, its value must not matter
+    idx = torch.tensor([[[0], [2]]])  # M=2 blocks of one patch
+    prediction = torch.zeros(1, 2, 1, 2)
+    scale = 1 / math.sqrt(1 + 1e-5)
+    assert float(IJEPALoss("mse")(prediction, tokens, idx)) == pytest.approx(scale**2, rel=1e-6)
+    assert float(IJEPALoss("l1")(prediction, tokens, idx)) == pytest.approx(scale, rel=1e-6)
+    assert float(IJEPALoss("smooth_l1")(prediction, tokens, idx)) == pytest.approx(0.5 * scale**2, rel=1e-6)
+    # predicting the normalised targets exactly costs nothing
+    exact = torch.tensor([-scale, scale]).expand(1, 2, 1, 2)
+    assert float(IJEPALoss()(exact, tokens, idx)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ijepa_loss_targets_carry_no_gradient_and_shapes_are_checked():
+    tokens = torch.randn(2, 6, 4, requires_grad=True)
+    idx = torch.randint(0, 6, (2, 3, 2))
+    pred = torch.randn(2, 3, 2, 4, requires_grad=True)
+    IJEPALoss()(pred, tokens, idx).backward()
+    assert tokens.grad is None and pred.grad is not None
+    with pytest.raises(ValueError, match="do not match the targets"):
+        IJEPALoss()(torch.randn(2, 3, 3, 4), tokens, idx)
+    with pytest.raises(ValueError, match="distance"):
+        IJEPALoss("cosine")
+
+
+def test_simmim_loss_hand_values():
+    image = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    mask = torch.tensor([[True, False, False, False]])  # top-left 2x2 patch: pixels 0, 1, 4, 5
+    zero = torch.zeros_like(image)
+    assert float(SimMIMLoss(patch_size=2)(zero, image, mask)) == pytest.approx((0 + 1 + 4 + 5) / 4)
+    # perfect on the masked patch, wrong everywhere else: visible pixels do not count
+    recon = torch.full_like(image, 100.0)
+    recon[..., :2, :2] = image[..., :2, :2]
+    assert float(SimMIMLoss(patch_size=2)(recon, image, mask)) == 0.0
+    # per-patch normalised target: [0, 1, 4, 5] -> mean 2.5, var 4.25
+    expected = (2.5 + 1.5 + 1.5 + 2.5) / 4 / math.sqrt(4.25 + 1e-6)
+    assert float(SimMIMLoss(patch_size=2, norm_target=True)(zero, image, mask)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_simmim_loss_averages_over_channels_and_masked_pixels():
+    image = torch.ones(2, 3, 4, 4)
+    image[1] *= 3.0
+    mask = torch.tensor([[True, True, False, False], [False, False, False, True]])
+    # image 0 contributes 8 pixels x 3 channels of error 1, image 1 4 pixels x 3 channels of error 3
+    expected = (8 * 3 * 1 + 4 * 3 * 3) / (12 * 3)
+    assert float(SimMIMLoss(2)(torch.zeros_like(image), image, mask)) == pytest.approx(expected)
+    normed = per_patch_normalise(torch.randn(2, 3, 4, 4), 2).reshape(2, 3, 2, 2, 2, 2)
+    torch.testing.assert_close(normed.mean(dim=(3, 5)), torch.zeros(2, 3, 2, 2), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="mask"):
+        SimMIMLoss(2)(image, image, mask[:, :3])

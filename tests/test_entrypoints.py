@@ -1,0 +1,79 @@
+"""Every command-line entrypoint: ``--help`` shows the defaults, bad input is one ``error:`` line.
+
+Called in process (``main(argv)``), as the console scripts and ``python -m`` do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script(relative: str):
+    spec = importlib.util.spec_from_file_location(f"entry_{Path(relative).stem}", ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENTRYPOINTS = {
+    "eval/knn.py": lambda: _script("eval/knn.py"),
+    "eval/linear.py": lambda: _script("eval/linear.py"),
+    "eval/segmentation.py": lambda: _script("eval/segmentation.py"),
+    "eval/visualize.py": lambda: _script("eval/visualize.py"),
+    "launch/local.py": lambda: importlib.import_module("dinolite.train.run"),
+    "launch/slurm.py": lambda: _script("launch/slurm.py"),
+    "launch/lab.py": lambda: _script("launch/lab.py"),
+    "dinolite.export": lambda: importlib.import_module("dinolite.export.__main__"),
+    "dinolite.data.make_shards": lambda: importlib.import_module("dinolite.data.make_shards"),
+    "dinolite.models.info": lambda: importlib.import_module("dinolite.models.info"),
+    "dinolite.train.summary": lambda: importlib.import_module("dinolite.train.summary"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_help_lists_every_default(name, capsys):
+    module = ENTRYPOINTS[name]()
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())  # past the usage line
+    # Every option with a real default shows it next to its own entry (None: unset, False: flag off).
+    for action in module.build_parser()._actions:
+        if action.option_strings and action.default is not None and action.default is not False and action.dest != "help":
+            entry = help_text.split(action.option_strings[-1] + " ", 1)[1].split(" --", 1)[0]
+            assert f"(default: {action.default})" in entry, (action.option_strings, entry)
+
+
+def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    missing = str(tmp_path / "missing")
+    return {
+        "eval/knn.py": (["--backbone", missing, "--train", missing, "--val", missing], "--train: "),
+        "eval/linear.py": (["--backbone", missing, "--train", missing, "--val", missing], "--train: "),
+        "eval/segmentation.py": (["--backbone", missing, "--data", missing, "--num-classes", "3"], missing),
+        "eval/visualize.py": (["--backbone", missing, "--images", missing, "--output", str(tmp_path / "v")], "--images"),
+        "launch/local.py": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
+        "launch/slurm.py": (["--entry", "eval/knn.py", "--dry-run", "--", "--backbone", missing],
+                            "arguments after `--` for"),
+        "launch/lab.py": (["--matrix", missing], "matrix file not found"),
+        "dinolite.export": (["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")], "no complete checkpoint"),
+        "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
+        "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
+        "dinolite.train.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_bad_input_is_one_error_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # launch/slurm.py --entry eval/knn.py is relative to the checkout
+    argv, fragment = _bad(tmp_path)[name]
+    code = ENTRYPOINTS[name]().main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert fragment in err, err

@@ -1,0 +1,88 @@
+"""A step that breaks the weights never reaches a checkpoint (issue 16, item 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_loop import fake_stream, tiny_config
+from torch import nn
+
+from dinolite.checkpoint import CheckpointManager, load_consolidated_state_dict
+from dinolite.train import builders
+from dinolite.train.finite_check import NonFiniteStateError, check_finite_parameters
+from dinolite.train.loop import NonFiniteLossError, train
+
+
+@pytest.fixture(autouse=True)
+def stand_in_data(monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
+    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
+
+
+def _all_finite(checkpoint) -> bool:
+    tensors = load_consolidated_state_dict(checkpoint, model="student", part=None)
+    tensors.update(load_consolidated_state_dict(checkpoint, model="teacher", part=None))
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+
+
+def test_huge_lr_stops_before_the_broken_step_is_checkpointed(tmp_path):
+    """The issue's recipe: before, the run stopped at iteration 2 on a NaN loss with a NaN ``latest``."""
+    cfg = tiny_config(tmp_path, "optim.base_lr=1e4", "optim.warmup_epochs=0", "train.checkpoint_every=2",
+                      "train.keep_last_checkpoints=1")
+    with pytest.raises((NonFiniteStateError, NonFiniteLossError)) as info:
+        train(cfg)
+    assert isinstance(info.value, NonFiniteStateError), f"the loss check fired first: {info.value}"
+    message = str(info.value)
+    assert "backbone weights [backbone." in message and "optimizer step of iteration" in message
+    latest = CheckpointManager(tmp_path).latest()
+    assert latest is None or _all_finite(latest)
+
+
+def test_a_good_checkpoint_stays_latest_when_a_later_step_breaks(tmp_path, monkeypatch):
+    """Iterations 0-1 are fine (checkpoint at 2), the step of iteration 2 writes a NaN: latest stays 2."""
+    cfg = tiny_config(tmp_path, "train.checkpoint_every=2", "train.keep_last_checkpoints=1")
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the step of iteration 2
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    with pytest.raises(NonFiniteStateError, match="iteration 2"):
+        train(cfg)
+    latest = CheckpointManager(tmp_path).latest()
+    assert latest is not None and latest.name == "iter_00000002" and _all_finite(latest)
+    assert not (tmp_path / "checkpoints" / "iter_00000003").exists()
+
+
+def test_check_names_module_weights_and_gradients():
+    torch.manual_seed(0)
+    modules = {"backbone": nn.Linear(4, 4), "head": nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))}
+    for module in modules.values():
+        for p in module.parameters():
+            p.grad = torch.zeros_like(p)
+    check_finite_parameters(modules, 5, torch.device("cpu"))  # all finite: no error
+    with torch.no_grad():
+        modules["head"][1].bias[0] = float("inf")
+    modules["backbone"].weight.grad[1, 2] = float("nan")
+    with pytest.raises(NonFiniteStateError) as info:
+        check_finite_parameters(modules, 5, torch.device("cpu"))
+    message = str(info.value)
+    assert "backbone gradients [backbone.weight]" in message
+    assert "head weights [head.1.bias]" in message
+    assert "backbone weights" not in message and "head gradients" not in message
+
+
+def test_huge_but_finite_values_are_not_reported():
+    """The fast path sums each tensor; a sum that overflows on finite values is confirmed element-wise."""
+    module = nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.fill_(3e38)  # finite; the float32 sum overflows to inf
+    assert not torch.isfinite(module.weight.sum())
+    check_finite_parameters({"backbone": module}, 0, torch.device("cpu"))
