@@ -39,16 +39,18 @@ N_VIEWS = 2
 MONITOR_EMBEDDINGS = {"backbone_cls": "backbone", "projector": "projector", "predictor": "predictor"}
 
 
-def watchdog_thresholds(warmup_iterations: int = 100) -> tuple[WatchdogThreshold, ...]:
+def watchdog_thresholds(embeddings: tuple[str, ...], warmup_iterations: int = 100) -> tuple[WatchdogThreshold, ...]:
     """Complete collapse for every joint-embedding method (there is no teacher entropy here).
 
-    * every projector output points the same way: SimSiam's collapse signature, the std of the
-      L2-normalised output goes to 0 (healthy runs keep ``std * sqrt(D)`` near 0.3-1);
+    * every output points the same way: SimSiam's collapse signature, the std of the L2-normalised
+      projector output (the backbone feature without a projector, DirectCLR) goes to 0; healthy runs keep
+      ``std * sqrt(D)`` (``std_ratio``) well above 0.05;
     * the backbone feature collapses to a point: RankMe of the CLS features ~1.
     Dimensional collapse (Jing et al.) lowers RankMe without reaching 1: it is measured, not alarmed.
     """
+    spread = "projector" if "projector" in embeddings else "backbone"
     return (
-        WatchdogThreshold("collapse/projector_std_ratio", min=0.05, after_iteration=warmup_iterations, patience=2),
+        WatchdogThreshold(f"collapse/{spread}_std_ratio", min=0.05, after_iteration=warmup_iterations, patience=2),
         WatchdogThreshold("collapse/backbone_rankme", min=1.5, after_iteration=warmup_iterations, patience=2),
     )
 
@@ -271,9 +273,12 @@ def target_momentum_schedule(cfg: Config) -> CosineSchedule | None:
     return CosineSchedule(je.target_momentum, je.final_target_momentum, total)
 
 
-def method_spec(name: str, paper: str, build: Callable[[Config], SSLObjective], heads=head_names) -> MethodSpec:
+def method_spec(
+    name: str, paper: str, build: Callable[[Config], SSLObjective], embeddings: tuple[str, ...] = ("backbone_cls", "projector")
+) -> MethodSpec:
     """The registry entry of a joint-embedding method: its views and collate, FLOPs, the student as the
-    evaluated network (BYOL's target with ``--network teacher``), its heads and monitoring."""
+    evaluated network (BYOL's target with ``--network teacher``), its heads and the monitored ``embeddings``
+    (keys of :data:`MONITOR_EMBEDDINGS`)."""
     return MethodSpec(
         name=name,
         paper=paper,
@@ -282,8 +287,9 @@ def method_spec(name: str, paper: str, build: Callable[[Config], SSLObjective], 
         build_collate=build_collate,
         training_flops=training_flops,
         eval_network="student",
-        head_names=heads,
+        head_names=head_names,
         demo_preset=f"demo_{name}",
-        monitor_embeddings=MONITOR_EMBEDDINGS,
-        watchdog_thresholds=watchdog_thresholds(),
+        # the embeddings the method has (a switch that removes one, e.g. predictor_layers=0, just skips its metrics)
+        monitor_embeddings={key: MONITOR_EMBEDDINGS[key] for key in embeddings},
+        watchdog_thresholds=watchdog_thresholds(embeddings),
     )
