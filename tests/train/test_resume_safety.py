@@ -133,8 +133,9 @@ def test_full_disk_cleans_the_temp_folder_and_keeps_the_last_checkpoint(tmp_path
 
 
 def test_replayed_iterations_are_logged_once(tmp_path, monkeypatch):
-    def crashing_stream(cfg, source, rank, world_size, start_batch):
-        for index, batch in enumerate(fake_stream(cfg, source, rank, world_size, start_batch), start_batch):
+    def crashing_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn):
+        stream = fake_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn)
+        for index, batch in enumerate(stream, start_batch):
             if index == 3:
                 raise RuntimeError("crash after iteration 3 was logged")
             yield batch
