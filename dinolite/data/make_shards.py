@@ -25,7 +25,11 @@ from typing import Iterable, Iterator, Optional, Sequence
 from PIL import Image
 
 from dinolite.cli import make_parser, run_main
-from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, check_pixel_limit, pil_to_rgb_uint8
+from dinolite.data.decode import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_pixel_limit,
+    pil_to_rgb_uint8,
+)
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
 from dinolite.progress import progress_bar

@@ -22,14 +22,9 @@ from PIL import Image
 
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
-from dinolite.data.loader import (
-    SkippedSampleWindow,
-    TooManySkippedSamplesError,
-    build_eval_dataset,
-    build_train_loader,
-    slot_stream,
-)
+from dinolite.data.loader import build_eval_dataset, build_train_loader, slot_stream
 from dinolite.data.masking import MaskingGenerator
+from dinolite.data.skip_window import SkippedSampleWindow, TooManySkippedSamplesError
 from dinolite.data.sources import DamagedShardError, read_tar, resolve_source
 from tests.data.test_decode import bomb_png
 
