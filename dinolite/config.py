@@ -12,7 +12,6 @@ Key names follow DINOv2's ``ssl_default_config.yaml`` where DINOv2 has the key (
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from dinolite import config_aliases
 from dinolite.io import write_text_atomic
 
 # The presets ship inside the package (wheels carry them); a source checkout also has a ``configs``
@@ -161,6 +162,7 @@ class TrainConfig:
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
     centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
     compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_scaler: bool = True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
     log_every: int = 10
     checkpoint_every: int = 1250
     keep_last_checkpoints: int = 3
@@ -221,6 +223,49 @@ class EvaluationConfig:
 
 
 @dataclass
+class IJEPAConfig:
+    """I-JEPA (train.method=ijepa; Assran et al. 2023). The EMA target follows teacher.momentum_teacher ->
+    teacher.final_momentum_teacher; the view is one crop of crops.global_crops_size / global_crops_scale."""
+
+    num_targets: int = 4  # target blocks per image
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])  # fraction of the patch grid
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])  # height / width
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # context block, before removing targets
+    min_keep: int = 10  # fewest context patches an image may keep
+    predictor_depth: int = 12
+    predictor_embed_dim: int = 384
+    predictor_num_heads: int = 12
+    loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's L2) | l1
+
+
+@dataclass
+class MSNConfig:
+    """MSN (train.method=msn; Assran et al. 2022). Views: crops.global_crops_* for the target and the
+    anchor, crops.local_crops_* for the focal anchors; the EMA target follows teacher.momentum_teacher."""
+
+    mask_ratio: float = 0.15  # fraction of each anchor's patches dropped (released config: patch_drop)
+    num_prototypes: int = 1024
+    hidden_dim: int = 2048  # projection head
+    output_dim: int = 256
+    use_bn: bool = True  # BatchNorm in the projection head
+    temperature: float = 0.1  # anchor softmax temperature tau
+    sharpen_temperature: float = 0.25  # target sharpening T (targets use tau * T)
+    sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
+    me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
+    me_max_weight: float = 1.0
+    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+
+
+@dataclass
+class SimMIMConfig:
+    """SimMIM (train.method=simmim; Xie et al. 2022). The view is one crop of crops.global_crops_size."""
+
+    mask_patch_size: int = 32  # pixels per mask unit, a multiple of student.patch_size
+    mask_ratio: float = 0.6
+    norm_target: bool = False  # per-patch normalised pixel targets
+
+
+@dataclass
 class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -233,6 +278,9 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    msn: MSNConfig = field(default_factory=MSNConfig)
+    simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -246,6 +294,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
+    "ijepa.loss": ("smooth_l1", "mse", "l1"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers
 
@@ -313,8 +362,8 @@ def _check_keys(node: Any, cls: type, path: str, source: str) -> None:
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
             valid = [f"{path}.{k}" if path else k for k in fields]
-            near = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
+            near = config_aliases.suggest(full, valid)  # DINOv2's key names first
+            hint = f"; did you mean {near}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
             raise ConfigError(f"{source}: unknown config key {full!r}{hint}")
         inner = _unwrap_optional(fields[key])
         value = node._get_node(key)
@@ -332,7 +381,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
+    """Read a YAML file into the dataclass ``schema`` with this module's checks and messages.
+
+    For files other than training configs (e.g. the collapse lab's matrix files): unknown keys name the
+    full dotted path and the nearest valid key, wrong types name the expected type and the value given,
+    a missing required key (a field without a default) is named; every message starts with the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    node = _read_yaml(path)
+    _check_keys(node, schema, "", str(path))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, str(path), schema)) from exc
+
+
 def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        other = config_aliases.translate(other, source)  # DINOv2's key names -> ours
+    except config_aliases.AliasError as exc:
+        raise ConfigError(str(exc)) from None
     _check_keys(other, Config, "", source)
     try:
         return OmegaConf.merge(base, other)
@@ -340,24 +412,26 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
         raise ConfigError(_format_omegaconf_error(exc, source)) from exc
 
 
-def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type = Config) -> str:
     path = getattr(exc, "full_key", None) or "?"
-    expected = _schema_type(path)
+    expected = _schema_type(path, root)
     msg = str(exc).splitlines()[0]
     expected_txt = f", expected {_type_name(expected)}" if expected is not None else ""
     return f"{source}: invalid value for {path!r}{expected_txt}: {msg}"
 
 
-def _schema_type(dotted: str) -> Any:
+def _schema_type(dotted: str, root: type = Config) -> Any:
     """The declared type of a dotted key in the schema, or None when the path is not a plain field."""
-    cls: Any = Config
+    cls: Any = root
     tp: Any = None
     for part in dotted.split("."):
-        part = part.split("[")[0]
-        if not dataclasses.is_dataclass(cls) or part not in _field_types(cls):
+        name = part.split("[")[0]
+        if not dataclasses.is_dataclass(cls) or name not in _field_types(cls):
             return None
-        tp = _field_types(cls)[part]
+        tp = _field_types(cls)[name]
         cls = _unwrap_optional(tp)
+        if "[" in part and typing.get_origin(cls) is list:  # runs[2].label: the item's field
+            tp = cls = (typing.get_args(cls) or (Any,))[0]
     return tp
 
 
@@ -545,8 +619,29 @@ RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("ibot.loss_weight", 0.0, math.inf, True, False),
     ("student.drop_path_rate", 0.0, 1.0, True, False),
     ("train.keep_last_checkpoints", 0, math.inf, True, False),
+    ("train.num_threads", 0, math.inf, True, False),
     ("evaluation.knn_k", 1, math.inf, True, False),
+    ("student.num_register_tokens", 0, math.inf, True, False),
+    ("dino.head_bottleneck_dim", 1, math.inf, True, False),
+    ("dino.head_nlayers", 1, math.inf, True, False),
+    ("dino.head_hidden_dim", 1, math.inf, True, False),
+    ("ibot.head_bottleneck_dim", 1, math.inf, True, False),
+    ("ibot.head_nlayers", 1, math.inf, True, False),
+    ("ibot.head_hidden_dim", 1, math.inf, True, False),
+    ("teacher.sinkhorn_iterations", 1, math.inf, True, False),
+    ("monitor.every", 0, math.inf, True, False),
+    ("monitor.spectrum_every", 0, math.inf, True, False),
+    ("monitor.max_samples", 1, math.inf, True, False),
+    ("crops.horizontal_flip_p", 0.0, 1.0, True, True),
+    ("crops.color_jitter_p", 0.0, 1.0, True, True),
+    ("crops.grayscale_p", 0.0, 1.0, True, True),
+    ("crops.blur_p_global1", 0.0, 1.0, True, True),
+    ("crops.blur_p_global2", 0.0, 1.0, True, True),
+    ("crops.blur_p_local", 0.0, 1.0, True, True),
+    ("crops.solarize_p_global2", 0.0, 1.0, True, True),
 )
+# Architecture overrides: each must be >= 1 when set (None takes the arch's value).
+ARCH_OVERRIDES = ("student.embed_dim", "student.depth", "student.num_heads")
 
 
 def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
@@ -563,6 +658,29 @@ def _validate_ranges(cfg: Config) -> None:
         ok_high = value <= high if high_in else value < high
         if not (ok_low and ok_high and math.isfinite(value)):
             raise ConfigError(f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}")
+    for dotted in ARCH_OVERRIDES:
+        value = get_by_path(cfg, dotted)
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid value for {dotted!r}: {value}; must be >= 1 (or null for the arch's value)")
+    student = cfg.student
+    if student.embed_dim is not None and student.num_heads is not None and student.embed_dim % student.num_heads:
+        raise ConfigError(
+            f"invalid value for 'student.embed_dim': {student.embed_dim}; must be a multiple of "
+            f"student.num_heads={student.num_heads}"
+        )
+    for dotted in ("crops.mean", "crops.std"):
+        values = get_by_path(cfg, dotted)
+        if len(values) != 3 or (dotted == "crops.std" and min(values) <= 0):
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {values}; expected 3 values (one per RGB channel)"
+                + (", each > 0" if dotted == "crops.std" else "")
+            )
+    jitter = cfg.crops.color_jitter
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ConfigError(
+            f"invalid value for 'crops.color_jitter': {jitter}; expected [brightness, contrast, saturation, hue], "
+            "each >= 0, hue <= 0.5"
+        )
     if cfg.train.max_iterations is not None and cfg.train.max_iterations < 1:
         raise ConfigError(
             f"invalid value for 'train.max_iterations': {cfg.train.max_iterations}; must be >= 1, or null to run "

@@ -38,6 +38,19 @@ REPO = Path(__file__).resolve().parents[1]
         ("optim.freeze_last_layer_epochs=10", "'optim.freeze_last_layer_epochs': 10; must be < optim.epochs=10"),
         ("ibot.head_n_prototypes=64", "'ibot.head_n_prototypes': 64; with ibot.separate_head=false iBOT uses the DINO head"),
         ("crops.global_crops_size=8", "'crops.global_crops_size': 8 with student.patch_size=4 gives 2x2 patches"),
+        # errors that used to come from deep code without the key
+        ("student.num_heads=5", "'student.embed_dim': 96; must be a multiple of student.num_heads=5"),
+        ("student.depth=0", "'student.depth': 0; must be >= 1 (or null for the arch's value)"),
+        ("student.num_register_tokens=-1", "'student.num_register_tokens': -1; must be >= 0"),
+        ("dino.head_nlayers=0", "'dino.head_nlayers': 0; must be >= 1"),
+        ("dino.head_bottleneck_dim=0", "'dino.head_bottleneck_dim': 0; must be >= 1"),
+        ("crops.color_jitter_p=2", "'crops.color_jitter_p': 2.0; must be in [0, 1]"),
+        ("crops.mean=[0.5]", "'crops.mean': [0.5]; expected 3 values"),
+        ("crops.std=[0,0,0]", "'crops.std': [0.0, 0.0, 0.0]; expected 3 values (one per RGB channel), each > 0"),
+        ("crops.color_jitter=[0.4,0.4,0.2,0.9]", "'crops.color_jitter': [0.4, 0.4, 0.2, 0.9]; expected [brightness"),
+        ("teacher.sinkhorn_iterations=0", "'teacher.sinkhorn_iterations': 0; must be >= 1"),
+        ("monitor.every=-1", "'monitor.every': -1; must be >= 0"),
+        ("train.num_threads=-2", "'train.num_threads': -2; must be >= 0"),
     ],
 )
 def test_bad_values_name_key_value_and_range(override, expected):

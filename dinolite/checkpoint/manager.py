@@ -36,13 +36,11 @@ import contextlib
 import inspect
 import json
 import os
-import random
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -55,6 +53,19 @@ from dinolite.checkpoint.errors import (
     DamagedCheckpointError,
 )
 from dinolite.checkpoint.integrity import check_architecture, check_shard_files, describe_save_failure
+from dinolite.checkpoint.state import (
+    APP_KEY,
+    EXTRA_KEY,
+    MODEL_KEY,
+    OPTIMIZER_KEY,
+    _collect,
+    _flat_tensors,
+    _merge_trees,
+    _module_and_optimizer,
+    _stateful_entries,
+    capture_rng_state,
+    restore_rng_state,
+)
 from dinolite.checkpoint.safe_metadata import (
     CheckpointMetadataError,
     SafeFileSystemReader,
@@ -98,156 +109,6 @@ def _no_single_process_warning() -> Iterator[None]:
 def is_complete_checkpoint(path: Path) -> bool:
     """A finished checkpoint directory: DCP metadata and the state file are both there."""
     return (path / ".metadata").is_file() and (path / STATE_FILE).is_file()
-
-
-# --------------------------------------------------------------------------------------------------
-# RNG states as tensors (no pickle)
-# --------------------------------------------------------------------------------------------------
-
-
-def capture_rng_state() -> dict[str, torch.Tensor]:
-    """This process's RNG streams (python ``random``, numpy's global, torch CPU, current CUDA device)."""
-    version, mt_words, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    if np_name != "MT19937":
-        raise CheckpointError(f"numpy's global RNG is {np_name}; only MT19937 can be checkpointed")
-    state = {
-        "python_version": torch.tensor(version, dtype=torch.int64),
-        "python_state": torch.tensor(mt_words, dtype=torch.int64),
-        "python_gauss": torch.tensor([0.0 if gauss is None else gauss], dtype=torch.float64),
-        "python_has_gauss": torch.tensor(gauss is not None),
-        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-        "numpy_pos": torch.tensor(np_pos, dtype=torch.int64),
-        "numpy_has_gauss": torch.tensor(int(np_has_gauss), dtype=torch.int64),
-        "numpy_gauss": torch.tensor(np_gauss, dtype=torch.float64),
-        "torch_cpu": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    gauss = float(state["python_gauss"][0]) if bool(state["python_has_gauss"]) else None
-    random.setstate((int(state["python_version"]), tuple(int(w) for w in state["python_state"].tolist()), gauss))
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            int(state["numpy_pos"]),
-            int(state["numpy_has_gauss"]),
-            float(state["numpy_gauss"]),
-        )
-    )
-    torch.set_rng_state(state["torch_cpu"])
-    if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["torch_cuda"])
-
-
-# --------------------------------------------------------------------------------------------------
-# State trees: tensors go to DCP, everything else to state.json
-# --------------------------------------------------------------------------------------------------
-
-METHOD_KEY = "method"
-# What a checkpoint written before the method record existed holds: every such run was DINOv2's, whose
-# evaluated network is the EMA teacher (heads are then read from the checkpoint's keys).
-LEGACY_METHOD = {"name": "dinov2", "eval_network": "teacher"}
-MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
-EXTRA_KEY = "extra"
-APP_KEY = "app"
-
-
-def _split_tree(tree: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a nested dict into (tensor leaves, JSON leaves) of the same nesting; lists are JSON leaves."""
-    tensors: dict[str, Any] = {}
-    plain: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{where}.{key}"
-        if isinstance(value, Mapping):
-            tensors[key], plain[key] = _split_tree(value, name)
-        elif isinstance(value, torch.Tensor):
-            tensors[key] = value
-        else:
-            try:
-                json.dumps(value)
-            except TypeError:
-                raise CheckpointError(
-                    f"checkpoint entry {name!r} is a {type(value).__name__}: only tensors and JSON values are stored"
-                ) from None
-            plain[key] = value
-    return tensors, plain
-
-
-def _merge_trees(tensors: Mapping[str, Any], plain: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = dict(plain)
-    for key, value in tensors.items():
-        merged[key] = _merge_trees(value, plain.get(key, {})) if isinstance(value, Mapping) else value
-    return merged
-
-
-def _module_and_optimizer(app_state: Mapping[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
-    model = app_state.get(MODEL_KEY)
-    if not isinstance(model, nn.Module):
-        raise CheckpointError(f"app_state[{MODEL_KEY!r}] must be the objective (an nn.Module), got {type(model).__name__}")
-    optimizer = app_state.get(OPTIMIZER_KEY)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise CheckpointError(f"app_state[{OPTIMIZER_KEY!r}] must be a torch optimizer, got {type(optimizer).__name__}")
-    return model, optimizer
-
-
-def _stateful_entries(app_state: Mapping[str, Any]) -> dict[str, Any]:
-    entries = {}
-    for name, obj in app_state.items():
-        if name in (MODEL_KEY, OPTIMIZER_KEY):
-            continue
-        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-            raise CheckpointError(f"app_state[{name!r}] ({type(obj).__name__}) has no state_dict/load_state_dict")
-        entries[name] = obj
-    return entries
-
-
-def _extra_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    getter = getattr(model, "extra_state", None)
-    extra = dict(getter()) if callable(getter) else {}
-    for key, value in extra.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"objective.extra_state()[{key!r}] is {type(value).__name__}; only tensors are saved")
-    return extra
-
-
-def _collect(app_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(DCP tree of tensors, JSON tree) for ``app_state``.
-
-    DCP tree: ``model`` (the objective's state dict: ``student.*``, ``teacher.*``, loss buffers - FSDP2
-    adds no prefixes, so ``teacher.backbone.*`` is DINOv2's layout), ``optimizer.state`` (AdamW moments
-    and step counters keyed by parameter name), ``extra`` (``objective.extra_state()``, the centering
-    buffers) and ``app.<name>`` (tensor leaves of every other Stateful entry). Its JSON leaves go to the
-    JSON tree.
-    """
-    model, optimizer = _module_and_optimizer(app_state)
-    model_sd, optim_sd = get_state_dict(model, [optimizer] if optimizer is not None else [])
-    tree: dict[str, Any] = {MODEL_KEY: model_sd, EXTRA_KEY: _extra_state(model), APP_KEY: {}}
-    _, stray = _split_tree(model_sd, MODEL_KEY)
-    if stray:
-        raise CheckpointError(f"the objective's state dict holds non-tensor entries: {sorted(stray)}")
-    if optimizer is not None:
-        tree[OPTIMIZER_KEY] = {"state": optim_sd["state"]}
-    plain: dict[str, Any] = {}
-    for name, obj in _stateful_entries(app_state).items():
-        tree[APP_KEY][name], plain[name] = _split_tree(obj.state_dict(), name)
-    return tree, plain
-
-
-def _flat_tensors(tree: Mapping[str, Any], prefix: str) -> dict[str, torch.Tensor]:
-    flat: dict[str, torch.Tensor] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat_tensors(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,12 +205,17 @@ class CheckpointManager:
         rank, world = _rank_world()
         final = self.directory / iteration_dirname(iteration)
         tmp = final.with_name(final.name + ".tmp")
-        if rank == 0:
-            if tmp.exists():
-                shutil.rmtree(tmp)  # left by a run killed while saving
-            (tmp / RNG_DIRNAME).mkdir(parents=True)
-        _barrier()
+        # Each phase ends with an all-reduce on "did it fail here?": every rank gives up together (no rank
+        # left waiting in a barrier), the temp folder is removed, and the message names the cause.
         failure: BaseException | None = None
+        if rank == 0:
+            try:
+                if tmp.exists():
+                    shutil.rmtree(tmp)  # left by a run killed while saving
+                (tmp / RNG_DIRNAME).mkdir(parents=True)
+            except OSError as exc:
+                failure = exc
+        self._give_up_together(failure, tmp, iteration)
         try:
             tree, plain = _collect(app_state)
             with _no_single_process_warning():
@@ -357,11 +223,7 @@ class CheckpointManager:
             torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
         except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
             failure = exc
-        if any_rank(failure is not None, _collective_device()):  # every rank gives up together
-            if rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            message = describe_save_failure(failure, self.directory) if failure else "failed on another rank"
-            raise CheckpointError(f"iteration {iteration}: {message}") from failure
+        self._give_up_together(failure, tmp, iteration)
         if rank == 0:
             info = {
                 "format": FORMAT_VERSION,
@@ -373,22 +235,35 @@ class CheckpointManager:
             }
             if self.method is not None:
                 info[METHOD_KEY] = self.method
-            write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
-            if self.config is not None:
-
-                save_config(self.config, tmp / CONFIG_FILE)
-            if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)
-                stale = final.with_name(final.name + ".old")
-                shutil.rmtree(stale, ignore_errors=True)
-                os.replace(final, stale)
-                os.replace(tmp, final)
-                shutil.rmtree(stale)
-            else:
-                os.replace(tmp, final)
-            write_text_atomic(self.directory / LATEST_POINTER, final.name + "\n", fsync=True)
-            self._prune(keep=final)
-        _barrier()
+            try:
+                self._finalize(tmp, final, info)
+            except OSError as exc:
+                failure = exc
+        self._give_up_together(failure, tmp, iteration)
         return final
+
+    def _give_up_together(self, failure: BaseException | None, tmp: Path, iteration: int) -> None:
+        if any_rank(failure is not None, _collective_device()):
+            if _rank_world()[0] == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            message = describe_save_failure(failure, self.directory) if failure else "failed on another rank"
+            raise CheckpointError(f"iteration {iteration}: {message}") from failure
+
+    def _finalize(self, tmp: Path, final: Path, info: dict) -> None:
+        """Rank 0, once every rank has written: state.json and config.yaml, rename, ``latest``, prune."""
+        write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
+        if self.config is not None:
+            save_config(self.config, tmp / CONFIG_FILE)
+        if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)
+            stale = final.with_name(final.name + ".old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale)
+        else:
+            os.replace(tmp, final)
+        write_text_atomic(self.directory / LATEST_POINTER, final.name + "\n", fsync=True)
+        self._prune(keep=final)
 
     def _prune(self, keep: Path) -> None:
         if self.keep_last == 0:
@@ -423,56 +298,6 @@ def read_checkpoint_info(path: str | Path) -> dict:
         if not isinstance(info.get(key), int):
             raise DamagedCheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
     return info
-
-
-def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
-    """Remove from the load targets the optimizer state of parameters saved without any; return their names.
-
-    AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
-    (frozen, or reached by no loss: ``ibot.separate_head=true ibot.loss_weight=0``) has no optimizer
-    state in the checkpoint, while the targets of a fresh optimizer hold state for every parameter.
-    Such a parameter must resume without state, as it was. A parameter with *some* of its state entries
-    saved is a damaged checkpoint and stays an error.
-    """
-    states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
-    stateless: set[str] = set()
-    for name, state in list(states.items()):
-        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
-        if keys and not keys & saved_keys:
-            stateless.add(name)
-            del states[name]
-    return stateless
-
-
-def _forget_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: set[str]) -> None:
-    """Delete the optimizer state of the parameters named ``names`` (fully qualified, as in the checkpoint)."""
-    if not names:
-        return
-    for name, param in model.named_parameters():
-        if name in names:
-            optimizer.state.pop(param, None)
-
-
-def method_record(path: str | Path) -> dict[str, Any]:
-    """The method a checkpoint was trained with: ``name``, ``eval_network`` and ``heads`` (the student
-    modules besides the backbone that ``--with-heads`` exports), from its ``state.json``.
-
-    ``path`` may be a run directory, its ``checkpoints/`` folder or one checkpoint. Checkpoints written
-    before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
-    """
-    checkpoint_dir = resolve_checkpoint_dir(path)
-    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
-    if "heads" not in record:
-        record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
-    return record
-
-
-def checkpoint_modules(path: str | Path, network: str) -> list[str]:
-    """The modules of ``network`` (``student``/``teacher``) saved in a checkpoint, e.g. ``["backbone", "dino_head"]``."""
-    checkpoint_dir = resolve_checkpoint_dir(path)
-    prefix = f"{MODEL_KEY}.{network}."
-    keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
-    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
 
 
 def _collective_device() -> torch.device:
@@ -510,6 +335,62 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     if any_rank(failure is not None, _collective_device()):
         raise failure or DamagedCheckpointError(f"{path}: damaged (found on another rank)")
     return info
+
+
+METHOD_KEY = "method"
+# What a checkpoint written before the method record existed holds: every such run was DINOv2's, whose
+# evaluated network is the EMA teacher (heads are then read from the checkpoint's keys).
+LEGACY_METHOD = {"name": "dinov2", "eval_network": "teacher"}
+
+
+def method_record(path: str | Path) -> dict[str, Any]:
+    """The method a checkpoint was trained with: ``name``, ``eval_network`` and ``heads`` (the student
+    modules besides the backbone that ``--with-heads`` exports), from its ``state.json``.
+
+    ``path`` may be a run directory, its ``checkpoints/`` folder or one checkpoint. Checkpoints written
+    before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
+    """
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
+    if "heads" not in record:
+        record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
+    return record
+
+
+def checkpoint_modules(path: str | Path, network: str) -> list[str]:
+    """The modules of ``network`` (``student``/``teacher``) saved in a checkpoint, e.g. ``["backbone", "dino_head"]``."""
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    prefix = f"{MODEL_KEY}.{network}."
+    keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
+    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
+
+
+def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
+    """Remove from the load targets the optimizer state of parameters saved without any; return their names.
+
+    AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
+    (frozen, or reached by no loss: ``ibot.separate_head=true ibot.loss_weight=0``) has no optimizer
+    state in the checkpoint, while the targets of a fresh optimizer hold state for every parameter.
+    Such a parameter must resume without state, as it was. A parameter with *some* of its state entries
+    saved is a damaged checkpoint and stays an error (the architecture check names the missing ones).
+    """
+    states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
+    stateless: set[str] = set()
+    for name, state in list(states.items()):
+        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
+        if keys and not keys & saved_keys:
+            stateless.add(name)
+            del states[name]
+    return stateless
+
+
+def _forget_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: set[str]) -> None:
+    """Delete the optimizer state of the parameters named ``names`` (fully qualified, as in the checkpoint)."""
+    if not names:
+        return
+    for name, param in model.named_parameters():
+        if name in names:
+            optimizer.state.pop(param, None)
 
 
 def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:

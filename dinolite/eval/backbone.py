@@ -5,7 +5,8 @@
   backbone is rebuilt from the checkpoint's ``config.yaml`` and given the weights of the method's
   evaluated network (its ``state.json`` method record: DINOv2's EMA teacher, the student of a method
   without a teacher), or of ``network="teacher"|"student"`` when asked;
-- an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), via
+- an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), a timm / transformers hub
+  folder (``config.json`` + ``model.safetensors``) or ``hf-hub:ORG/NAME``, via
   :func:`dinolite.export.load.load_backbone`.
 
 Either way the module comes back in eval mode, without gradients, with a ``.spec``
@@ -23,6 +24,12 @@ import torch
 from torch import nn
 
 from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
+from dinolite.export.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    download_hub_source,
+    is_hub_source,
+)
 from dinolite.export.load import build_from_spec, load_backbone, load_state_dict_strict
 
 REQUIRED_METHODS = ("forward_features", "get_intermediate_layers")
@@ -35,28 +42,38 @@ class BackboneError(ValueError):
 def load_any_backbone(
     path: str | Path, map_location: str | torch.device = "cpu", network: Optional[str] = None
 ) -> nn.Module:
-    """Frozen ViT backbone from a checkpoint directory or an exported file.
+    """Frozen ViT backbone from a checkpoint directory or an exported file / hub source.
 
     ``network``: ``"teacher"`` or ``"student"`` for a checkpoint (default: the method's evaluated
-    network). An exported file holds one network; asking for another one is an error.
+    network). An export holds one network; asking for another one is an error.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--backbone {path}: no such file or directory")
     if network is not None and network not in NETWORKS:
         raise BackboneError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
-    if path.is_dir():
-        model = _from_checkpoint(path, network)
+    if is_hub_source(path):
+        model = load_backbone(str(path), map_location="cpu")
     else:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"--backbone {path}: no such file or directory")
+        if path.is_dir() and not _is_hub_folder(path):
+            return _checked(_from_checkpoint(path, network), path).to(map_location)
         model = load_backbone(path, map_location="cpu")
-        source = getattr(getattr(model, "spec", None), "source", None)
-        if network is not None and source in NETWORKS and source != network:
-            raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
+    source = getattr(getattr(model, "spec", None), "source", None)
+    if network is not None and source in NETWORKS and source != network:
+        raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
+    return _checked(model, path).to(map_location)
+
+
+def _is_hub_folder(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def _checked(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
     model.requires_grad_(False)
-    return model.eval().to(map_location)
+    return model.eval()
 
 
 def _from_checkpoint(checkpoint: Path, network: Optional[str]) -> nn.Module:
@@ -71,10 +88,13 @@ def backbone_fingerprint(path: str | Path) -> str:
     """Identity of the weights behind ``path`` for feature-cache keys.
 
     Files: SHA-256 of the content (a re-export to the same name changes the key). Checkpoint
-    directories: the resolved checkpoint path with size and mtime of every file in it.
+    directories and hub folders (``hf-hub:`` sources: their snapshot folder): the resolved path with size
+    and mtime of every file in it.
     """
-    path = Path(path).resolve()
     digest = hashlib.sha256()
+    if is_hub_source(path):  # the snapshot folder's name holds the commit the revision resolved to
+        path = download_hub_source(str(path))
+    path = Path(path).resolve()
     if path.is_file():
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -17,6 +17,7 @@ from dinolite.data.digits import prepare_digits
 from dinolite.data.loader import build_train_loader
 from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
+from dinolite.train.stop_signals import ignore_stop_signals
 
 DIGITS_SOURCE = "digits"
 
@@ -75,6 +76,7 @@ def build_data_stream(
         max_image_pixels=cfg.data.max_image_pixels,
         max_skip_fraction=cfg.data.decode_errors_max_fraction,
         skip_window=cfg.data.decode_errors_window,
+        worker_init_fn=ignore_stop_signals,  # a group-wide SIGTERM/Ctrl-C must not kill the workers
     )
     return iter(loader)
 
