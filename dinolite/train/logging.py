@@ -126,8 +126,6 @@ def train_line(iteration: int, record: Mapping[str, Any], total: int | None, eta
         parts.append(f"skipped {record['skipped_samples']}")
     if record.get("damaged_shards"):
         parts.append(f"damaged shards {record['damaged_shards']}")
-    if record.get("memory_gb"):
-        parts.append(f"mem {record['memory_gb']:.1f} GB")
     if eta_seconds is not None:
         parts.append(f"eta {format_duration(eta_seconds)}")
     return "  ".join(parts)
