@@ -85,12 +85,15 @@ def format_duration(seconds: float) -> str:
 
 
 def format_number(value: Any) -> str:
-    """Integers as they are; floats with 3 significant digits (scientific below 1e-3 or from 1e5)."""
+    """Integers as they are; floats with 3 decimals below 1, 2 below 100, none above (scientific below
+    1e-3 and from 1e5), so a column of losses keeps its width from line to line."""
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         return f"{value:.2e}"
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    if abs(value) < 1:
+        return f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def log_due(iteration: int, every: int, last: int) -> bool:
