@@ -1,41 +1,109 @@
-"""torch.hub entrypoints for backbones exported by dinolite (local files; nothing is downloaded).
+"""torch.hub entrypoints: dinolite exports and DINOv2's entry names, from local weights (nothing is
+downloaded by torch.hub itself).
 
     model = torch.hub.load("/path/to/dinolite", "backbone", path="teacher.safetensors", source="local")
     model = torch.hub.load("/path/to/dinolite", "dinov2_vitl14", path="dinov2_vitl14_pretrain.pth", source="local")
+    model = torch.hub.load("/path/to/dinolite", "dinov2_vits14_reg", path="hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m", source="local")
+    model = torch.hub.load("/path/to/dinolite", "dinov2_vitb14", pretrained=False, source="local")  # random init
+
+``path`` is anything :func:`dinolite.load_backbone` reads: a dinolite export, a DINOv2 ``.pth``, timm's or
+transformers' DINOv2 weights (file or hub folder), or ``hf-hub:ORG/NAME`` (the ``hub`` extra).
 """
+
+import dataclasses
+
+from dinolite.export.load import load_backbone
+from dinolite.export.spec import BackboneSpec
+from dinolite.models import ARCHITECTURES, DinoVisionTransformer
 
 dependencies = ["torch", "safetensors"]
 
+# DINOv2's released backbones: patch 14, position grid for 518 px, LayerScale 1e-5; ViT-g uses SwiGLU.
+# The register models resample position embeddings with antialiasing and no offset (DINOv2's hubconf).
+_DINOV2_IMG_SIZE = 518
+
 
 def backbone(path: str, map_location: str = "cpu"):
-    """A frozen, eval-mode backbone from a dinolite export (``.safetensors``) or a DINOv2 ``.pth``."""
-    from dinolite.export.load import load_backbone
-
+    """A frozen, eval-mode backbone from anything :func:`dinolite.load_backbone` reads."""
     return load_backbone(path, map_location=map_location)
 
 
-def _dinov2(expected_arch: str, path: str, map_location: str):
+def _dinov2_spec(arch: str, registers: int) -> BackboneSpec:
+    dims = ARCHITECTURES[arch]
+    return BackboneSpec(
+        arch=arch, embed_dim=dims["embed_dim"], depth=dims["depth"], num_heads=dims["num_heads"], patch_size=14,
+        img_size=_DINOV2_IMG_SIZE, num_register_tokens=registers,
+        ffn_layer="swiglu" if arch == "vit_giant2" else "mlp", layerscale=1.0e-5,
+        interpolate_antialias=registers > 0, interpolate_offset=0.0 if registers else 0.1, source="dinov2",
+    )
+
+
+def _dinov2(name: str, arch: str, registers: int, path, pretrained: bool, map_location: str, weights: str):
+    if str(weights).upper() != "LVD142M":  # DINOv2's only weight set; the weights themselves come from path
+        raise ValueError(f"{name}: weights={weights!r}; DINOv2 released LVD142M only (pass the file as path=)")
+    wanted = _dinov2_spec(arch, registers)
+    if path is None:
+        if pretrained:
+            raise ValueError(
+                f"{name}: dinolite's hub entries download nothing; pass path= a local {name}_pretrain.pth "
+                "(or a dinolite export, a timm/transformers folder, hf-hub:ORG/NAME), or pretrained=False"
+            )
+        model = DinoVisionTransformer(**wanted.backbone_kwargs())
+        model.init_weights()
+        model.spec = wanted
+        return model.eval().to(map_location)
     model = backbone(path, map_location=map_location)
-    if model.spec.arch != expected_arch or model.spec.patch_size != 14:
-        raise ValueError(f"{path} holds a {model.spec.arch}/{model.spec.patch_size}, not a {expected_arch}/14")
+    got = model.spec
+    if (got.arch, got.patch_size) != (arch, 14):
+        raise ValueError(f"{path} holds a {got.arch}/{got.patch_size}, not a {arch}/14 ({name})")
+    if got.num_register_tokens != registers:
+        raise ValueError(
+            f"{path} has {got.num_register_tokens} registers but {name} has {registers}: "
+            f"use {name.removesuffix('_reg')}{'_reg' if got.num_register_tokens else ''}"
+        )
+    # DINOv2's position-embedding resampling for this entry (only matters at other image sizes)
+    model.interpolate_antialias, model.interpolate_offset = wanted.interpolate_antialias, wanted.interpolate_offset
+    model.spec = dataclasses.replace(
+        got, interpolate_antialias=wanted.interpolate_antialias, interpolate_offset=wanted.interpolate_offset
+    )
     return model
 
 
-def dinov2_vits14(path: str, map_location: str = "cpu"):
-    """DINOv2 ViT-S/14 from a local ``dinov2_vits14[_reg4]_pretrain.pth``."""
-    return _dinov2("vit_small", path, map_location)
+def dinov2_vits14(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-S/14 (``dinov2_vits14_pretrain.pth`` or the same weights in another layout)."""
+    return _dinov2("dinov2_vits14", "vit_small", 0, path, pretrained, map_location, weights)
 
 
-def dinov2_vitb14(path: str, map_location: str = "cpu"):
-    """DINOv2 ViT-B/14 from a local ``dinov2_vitb14[_reg4]_pretrain.pth``."""
-    return _dinov2("vit_base", path, map_location)
+def dinov2_vitb14(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-B/14."""
+    return _dinov2("dinov2_vitb14", "vit_base", 0, path, pretrained, map_location, weights)
 
 
-def dinov2_vitl14(path: str, map_location: str = "cpu"):
-    """DINOv2 ViT-L/14 from a local ``dinov2_vitl14[_reg4]_pretrain.pth``."""
-    return _dinov2("vit_large", path, map_location)
+def dinov2_vitl14(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-L/14."""
+    return _dinov2("dinov2_vitl14", "vit_large", 0, path, pretrained, map_location, weights)
 
 
-def dinov2_vitg14(path: str, map_location: str = "cpu"):
-    """DINOv2 ViT-g/14 from a local ``dinov2_vitg14[_reg4]_pretrain.pth``."""
-    return _dinov2("vit_giant2", path, map_location)
+def dinov2_vitg14(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-g/14 (SwiGLU)."""
+    return _dinov2("dinov2_vitg14", "vit_giant2", 0, path, pretrained, map_location, weights)
+
+
+def dinov2_vits14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-S/14 with 4 registers (``dinov2_vits14_reg4_pretrain.pth``)."""
+    return _dinov2("dinov2_vits14_reg", "vit_small", 4, path, pretrained, map_location, weights)
+
+
+def dinov2_vitb14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-B/14 with 4 registers."""
+    return _dinov2("dinov2_vitb14_reg", "vit_base", 4, path, pretrained, map_location, weights)
+
+
+def dinov2_vitl14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-L/14 with 4 registers."""
+    return _dinov2("dinov2_vitl14_reg", "vit_large", 4, path, pretrained, map_location, weights)
+
+
+def dinov2_vitg14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
+    """DINOv2 ViT-g/14 with 4 registers."""
+    return _dinov2("dinov2_vitg14_reg", "vit_giant2", 4, path, pretrained, map_location, weights)

@@ -12,7 +12,7 @@ Key names follow DINOv2's ``ssl_default_config.yaml`` where DINOv2 has the key (
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from dinolite import config_aliases
 from dinolite.io import write_text_atomic
 
 # The presets ship inside the package (wheels carry them); a source checkout also has a ``configs``
@@ -158,6 +160,7 @@ class TrainConfig:
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
     centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
     compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_scaler: bool = True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
     log_every: int = 10
     checkpoint_every: int = 1250
     keep_last_checkpoints: int = 3
@@ -216,6 +219,49 @@ class EvaluationConfig:
 
 
 @dataclass
+class IJEPAConfig:
+    """I-JEPA (train.method=ijepa; Assran et al. 2023). The EMA target follows teacher.momentum_teacher ->
+    teacher.final_momentum_teacher; the view is one crop of crops.global_crops_size / global_crops_scale."""
+
+    num_targets: int = 4  # target blocks per image
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])  # fraction of the patch grid
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])  # height / width
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # context block, before removing targets
+    min_keep: int = 10  # fewest context patches an image may keep
+    predictor_depth: int = 12
+    predictor_embed_dim: int = 384
+    predictor_num_heads: int = 12
+    loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's L2) | l1
+
+
+@dataclass
+class MSNConfig:
+    """MSN (train.method=msn; Assran et al. 2022). Views: crops.global_crops_* for the target and the
+    anchor, crops.local_crops_* for the focal anchors; the EMA target follows teacher.momentum_teacher."""
+
+    mask_ratio: float = 0.15  # fraction of each anchor's patches dropped (released config: patch_drop)
+    num_prototypes: int = 1024
+    hidden_dim: int = 2048  # projection head
+    output_dim: int = 256
+    use_bn: bool = True  # BatchNorm in the projection head
+    temperature: float = 0.1  # anchor softmax temperature tau
+    sharpen_temperature: float = 0.25  # target sharpening T (targets use tau * T)
+    sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
+    me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
+    me_max_weight: float = 1.0
+    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+
+
+@dataclass
+class SimMIMConfig:
+    """SimMIM (train.method=simmim; Xie et al. 2022). The view is one crop of crops.global_crops_size."""
+
+    mask_patch_size: int = 32  # pixels per mask unit, a multiple of student.patch_size
+    mask_ratio: float = 0.6
+    norm_target: bool = False  # per-patch normalised pixel targets
+
+
+@dataclass
 class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -228,6 +274,9 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    msn: MSNConfig = field(default_factory=MSNConfig)
+    simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -241,6 +290,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
+    "ijepa.loss": ("smooth_l1", "mse", "l1"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers
 
@@ -308,8 +358,8 @@ def _check_keys(node: Any, cls: type, path: str, source: str) -> None:
         full = f"{path}.{key}" if path else str(key)
         if key not in fields:
             valid = [f"{path}.{k}" if path else k for k in fields]
-            near = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
+            near = config_aliases.suggest(full, valid)  # DINOv2's key names first
+            hint = f"; did you mean {near}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
             raise ConfigError(f"{source}: unknown config key {full!r}{hint}")
         inner = _unwrap_optional(fields[key])
         value = node._get_node(key)
@@ -327,7 +377,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
+    """Read a YAML file into the dataclass ``schema`` with this module's checks and messages.
+
+    For files other than training configs (e.g. the collapse lab's matrix files): unknown keys name the
+    full dotted path and the nearest valid key, wrong types name the expected type and the value given,
+    a missing required key (a field without a default) is named; every message starts with the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    node = _read_yaml(path)
+    _check_keys(node, schema, "", str(path))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, str(path), schema)) from exc
+
+
 def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        other = config_aliases.translate(other, source)  # DINOv2's key names -> ours
+    except config_aliases.AliasError as exc:
+        raise ConfigError(str(exc)) from None
     _check_keys(other, Config, "", source)
     try:
         return OmegaConf.merge(base, other)
@@ -335,35 +408,85 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
         raise ConfigError(_format_omegaconf_error(exc, source)) from exc
 
 
-def _format_omegaconf_error(exc: OmegaConfBaseException, source: str) -> str:
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type = Config) -> str:
     path = getattr(exc, "full_key", None) or "?"
-    expected = _schema_type(path)
+    expected = _schema_type(path, root)
     msg = str(exc).splitlines()[0]
     expected_txt = f", expected {_type_name(expected)}" if expected is not None else ""
     return f"{source}: invalid value for {path!r}{expected_txt}: {msg}"
 
 
-def _schema_type(dotted: str) -> Any:
+def _schema_type(dotted: str, root: type = Config) -> Any:
     """The declared type of a dotted key in the schema, or None when the path is not a plain field."""
-    cls: Any = Config
+    cls: Any = root
     tp: Any = None
     for part in dotted.split("."):
-        part = part.split("[")[0]
-        if not dataclasses.is_dataclass(cls) or part not in _field_types(cls):
+        name = part.split("[")[0]
+        if not dataclasses.is_dataclass(cls) or name not in _field_types(cls):
             return None
-        tp = _field_types(cls)[part]
+        tp = _field_types(cls)[name]
         cls = _unwrap_optional(tp)
+        if "[" in part and typing.get_origin(cls) is list:  # runs[2].label: the item's field
+            tp = cls = (typing.get_args(cls) or (Any,))[0]
     return tp
+
+
+def _split_list(body: str) -> list[str]:
+    """``a, b{1..2}, 'c'`` -> items, splitting on commas outside braces/brackets/quotes (shard patterns)."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in body:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [item.strip().strip("'\"") for item in items if item.strip()]
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``key=value``; a list-typed key takes ``[p1, p2]`` with brace patterns, or one bare value."""
+    key, _, value = item.partition("=")
+    key = key.strip()
+    is_list = typing.get_origin(_unwrap_optional(_schema_type(key))) is list
+    try:
+        node = OmegaConf.from_dotlist([item])
+    except Exception as exc:  # yaml's ParserError/ScannerError are not OmegaConf errors
+        text = value.strip()
+        if is_list and text.startswith("[") and text.endswith("]"):  # [/d/shard-{000000..001281}.tar]
+            return OmegaConf.from_dotlist([]) if not text[1:-1].strip() else _list_override(key, _split_list(text[1:-1]))
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"cannot parse override {item!r}: {reason}; quote the value if it is meant as a string") from None
+    if is_list and isinstance(OmegaConf.select(node, key), str):  # data.source=/d/shard-{0..9}.tar
+        return _list_override(key, [OmegaConf.select(node, key)])
+    return node
+
+
+def _list_override(key: str, values: list[str]) -> DictConfig:
+    node = OmegaConf.create({})
+    OmegaConf.update(node, key, values, force_add=True)
+    return node
 
 
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from exc
+    merged = OmegaConf.create({})
+    for item in overrides:
+        try:
+            merged = OmegaConf.merge(merged, _parse_override(item))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}") from exc
+    return merged
 
 
 def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
@@ -375,9 +498,14 @@ def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()
     merged = _merge(schema, _read_yaml(_config_dir() / "default.yaml"), "default.yaml")
     preset_path = _resolve_preset(name_or_path)
     if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
-        merged = _merge(merged, _read_yaml(preset_path), str(preset_path))
+        preset = _read_yaml(preset_path)
+        merged = _merge(merged, preset, str(preset_path))
+        if preset_path.parent != _config_dir():  # a user's file (shipped presets are consistent)
+            _check_shared_head(preset, merged, str(preset_path))
     if overrides:
-        merged = _merge(merged, _parse_overrides(overrides), "overrides")
+        layer = _parse_overrides(overrides)
+        merged = _merge(merged, layer, "overrides")
+        _check_shared_head(layer, merged, "overrides")
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
@@ -440,6 +568,7 @@ def validate(cfg: Config) -> None:
     for i, threshold in enumerate(cfg.monitor.thresholds):
         if not threshold.metric or (threshold.min is None and threshold.max is None):
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
+    _validate_ranges(cfg)
     validate_data(cfg.data)
 
 
@@ -458,6 +587,138 @@ def validate_data(data: DataConfig) -> None:
             )
     if data.num_workers < 0:
         raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
+
+
+# (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
+RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
+    ("optim.base_lr", 0.0, math.inf, False, False),
+    ("optim.min_lr", 0.0, math.inf, True, False),
+    ("optim.weight_decay", 0.0, math.inf, True, False),
+    ("optim.weight_decay_end", 0.0, math.inf, True, False),
+    ("optim.clip_grad", 0.0, math.inf, True, False),
+    ("optim.patch_embed_lr_mult", 0.0, math.inf, True, False),
+    ("optim.layerwise_decay", 0.0, 1.0, False, True),
+    ("optim.adamw_beta1", 0.0, 1.0, True, False),
+    ("optim.adamw_beta2", 0.0, 1.0, True, False),
+    ("optim.warmup_epochs", 0, math.inf, True, False),
+    ("optim.freeze_last_layer_epochs", 0, math.inf, True, False),
+    ("teacher.momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.final_momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.center_momentum", 0.0, 1.0, True, True),
+    ("teacher.warmup_teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.student_temp", 0.0, math.inf, False, False),
+    ("teacher.warmup_teacher_temp_epochs", 0, math.inf, True, False),
+    ("ibot.mask_sample_probability", 0.0, 1.0, True, True),
+    ("dino.loss_weight", 0.0, math.inf, True, False),
+    ("dino.koleo_loss_weight", 0.0, math.inf, True, False),
+    ("ibot.loss_weight", 0.0, math.inf, True, False),
+    ("student.drop_path_rate", 0.0, 1.0, True, False),
+    ("train.keep_last_checkpoints", 0, math.inf, True, False),
+    ("train.num_threads", 0, math.inf, True, False),
+    ("evaluation.knn_k", 1, math.inf, True, False),
+    ("student.num_register_tokens", 0, math.inf, True, False),
+    ("dino.head_bottleneck_dim", 1, math.inf, True, False),
+    ("dino.head_nlayers", 1, math.inf, True, False),
+    ("dino.head_hidden_dim", 1, math.inf, True, False),
+    ("ibot.head_bottleneck_dim", 1, math.inf, True, False),
+    ("ibot.head_nlayers", 1, math.inf, True, False),
+    ("ibot.head_hidden_dim", 1, math.inf, True, False),
+    ("teacher.sinkhorn_iterations", 1, math.inf, True, False),
+    ("monitor.every", 0, math.inf, True, False),
+    ("monitor.spectrum_every", 0, math.inf, True, False),
+    ("monitor.max_samples", 1, math.inf, True, False),
+    ("crops.horizontal_flip_p", 0.0, 1.0, True, True),
+    ("crops.color_jitter_p", 0.0, 1.0, True, True),
+    ("crops.grayscale_p", 0.0, 1.0, True, True),
+    ("crops.blur_p_global1", 0.0, 1.0, True, True),
+    ("crops.blur_p_global2", 0.0, 1.0, True, True),
+    ("crops.blur_p_local", 0.0, 1.0, True, True),
+    ("crops.solarize_p_global2", 0.0, 1.0, True, True),
+)
+# Architecture overrides: each must be >= 1 when set (None takes the arch's value).
+ARCH_OVERRIDES = ("student.embed_dim", "student.depth", "student.num_heads")
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric ranges and cross-key constraints; each message names the key, the value and what is valid."""
+    for dotted, low, high, low_in, high_in in RANGES:
+        value = get_by_path(cfg, dotted)
+        ok_low = value >= low if low_in else value > low
+        ok_high = value <= high if high_in else value < high
+        if not (ok_low and ok_high and math.isfinite(value)):
+            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}")
+    for dotted in ARCH_OVERRIDES:
+        value = get_by_path(cfg, dotted)
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid value for {dotted!r}: {value}; must be >= 1 (or null for the arch's value)")
+    student = cfg.student
+    if student.embed_dim is not None and student.num_heads is not None and student.embed_dim % student.num_heads:
+        raise ConfigError(
+            f"invalid value for 'student.embed_dim': {student.embed_dim}; must be a multiple of "
+            f"student.num_heads={student.num_heads}"
+        )
+    for dotted in ("crops.mean", "crops.std"):
+        values = get_by_path(cfg, dotted)
+        if len(values) != 3 or (dotted == "crops.std" and min(values) <= 0):
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {values}; expected 3 values (one per RGB channel)"
+                + (", each > 0" if dotted == "crops.std" else "")
+            )
+    jitter = cfg.crops.color_jitter
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ConfigError(
+            f"invalid value for 'crops.color_jitter': {jitter}; expected [brightness, contrast, saturation, hue], "
+            "each >= 0, hue <= 0.5"
+        )
+    if cfg.train.max_iterations is not None and cfg.train.max_iterations < 1:
+        raise ConfigError(
+            f"invalid value for 'train.max_iterations': {cfg.train.max_iterations}; must be >= 1, or null to run "
+            f"the whole schedule (optim.epochs x train.iterations_per_epoch = "
+            f"{cfg.optim.epochs * cfg.train.iterations_per_epoch})"
+        )
+    if cfg.optim.freeze_last_layer_epochs and cfg.optim.freeze_last_layer_epochs >= cfg.optim.epochs:
+        raise ConfigError(
+            f"invalid value for 'optim.freeze_last_layer_epochs': {cfg.optim.freeze_last_layer_epochs}; must be < "
+            f"optim.epochs={cfg.optim.epochs} (the prototypes would stay frozen for the whole run)"
+        )
+    for dotted in ("crops.global_crops_scale", "crops.local_crops_scale"):
+        low = get_by_path(cfg, dotted)[0]
+        if low <= 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)}; the low scale must be > 0")
+    grid = cfg.crops.global_crops_size // cfg.student.patch_size
+    if int(0.5 * grid * grid) < MIN_MASK_PATCHES:
+        raise ConfigError(
+            f"invalid value for 'crops.global_crops_size': {cfg.crops.global_crops_size} with student.patch_size="
+            f"{cfg.student.patch_size} gives {grid}x{grid} patches; iBOT's block masking needs at least "
+            f"{2 * MIN_MASK_PATCHES} patches per global crop (crops.global_crops_size >= "
+            f"{math.ceil(math.sqrt(2 * MIN_MASK_PATCHES)) * cfg.student.patch_size})"
+        )
+
+
+# iBOT's block masks: at least this many patches per block, at most half the patches (DINOv2's collate).
+MIN_MASK_PATCHES = 4
+SHARED_HEAD_KEYS = ("head_n_prototypes", "head_bottleneck_dim", "head_nlayers", "head_hidden_dim")
+
+
+def _check_shared_head(layer: DictConfig, merged: DictConfig, source: str) -> None:
+    """With ``ibot.separate_head=false`` iBOT uses the DINO head: an ``ibot.head_*`` that ``layer`` sets to
+    another value than ``dino.head_*`` would be silently ignored."""
+    ibot = layer.get("ibot") if isinstance(layer, DictConfig) else None
+    if not isinstance(ibot, DictConfig) or merged.ibot.separate_head:
+        return
+    for key in SHARED_HEAD_KEYS:
+        if key in ibot and merged.ibot[key] != merged.dino[key]:
+            raise ConfigError(
+                f"{source}: invalid value for 'ibot.{key}': {merged.ibot[key]}; with ibot.separate_head=false iBOT "
+                f"uses the DINO head (dino.{key}={merged.dino[key]}): set ibot.separate_head=true or drop the key"
+            )
 
 
 def get_by_path(cfg: Any, dotted: str) -> Any:

@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "extras": set(),  # optional dependencies: the error names the pip extra to install
     "compat": set(),  # which torchvision goes with which torch
     "dist": set(),
-    "config": {"io"},
+    "config": {"io", "config_aliases"},
+    "config_aliases": set(),  # DINOv2's key names -> ours (read by config only)
     "checkpoint": FOUNDATION,
     # Building blocks: they take plain arguments and never import each other.
     "models": FOUNDATION,
@@ -34,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "eval": FOUNDATION | {"checkpoint", "models", "data", "monitor", "export"},
     # The trainer composes everything below it.
     "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval"},
+    # Above the trainer, like launch/: runs matrices of trainings and reads them back (nothing imports it).
+    "lab": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "train"},
 }
 TOP_LEVEL_MODULES = {"__init__"}  # dinolite/__init__.py: the public entry points
 

@@ -4,6 +4,7 @@
 weights through :func:`load_consolidated_state_dict` without importing the trainer.
 """
 
+from dinolite.checkpoint.errors import ArchitectureMismatchError, DamagedCheckpointError
 from dinolite.checkpoint.manager import (
     CHECKPOINT_DIRNAME,
     CONFIG_FILE,
@@ -23,6 +24,8 @@ from dinolite.checkpoint.manager import (
 )
 
 __all__ = [
+    "ArchitectureMismatchError",
+    "DamagedCheckpointError",
     "CHECKPOINT_DIRNAME",
     "CONFIG_FILE",
     "LATEST_POINTER",

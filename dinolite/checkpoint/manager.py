@@ -36,22 +36,42 @@ import contextlib
 import inspect
 import json
 import os
-import random
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from dinolite.checkpoint.safe_metadata import SafeFileSystemReader
+from dinolite.checkpoint.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DamagedCheckpointError,
+)
+from dinolite.checkpoint.integrity import check_architecture, check_shard_files, describe_save_failure
+from dinolite.checkpoint.state import (
+    APP_KEY,
+    EXTRA_KEY,
+    MODEL_KEY,
+    OPTIMIZER_KEY,
+    _collect,
+    _flat_tensors,
+    _merge_trees,
+    _module_and_optimizer,
+    _stateful_entries,
+    capture_rng_state,
+    restore_rng_state,
+)
+from dinolite.checkpoint.safe_metadata import (
+    CheckpointMetadataError,
+    SafeFileSystemReader,
+    UnsafeMetadataError,
+)
 from dinolite.config import save_config
-from dinolite.dist import barrier, rank_and_world
+from dinolite.dist import any_rank, barrier, is_distributed, rank_and_world
 from dinolite.io import write_text_atomic
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -61,10 +81,6 @@ CONFIG_FILE = "config.yaml"
 RNG_DIRNAME = "rng"
 FORMAT_VERSION = 1
 ITER_PREFIX = "iter_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the model; the message names the path."""
 
 
 def iteration_dirname(iteration: int) -> str:
@@ -95,158 +111,8 @@ def is_complete_checkpoint(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# RNG states as tensors (no pickle)
-# --------------------------------------------------------------------------------------------------
-
-
-def capture_rng_state() -> dict[str, torch.Tensor]:
-    """This process's RNG streams (python ``random``, numpy's global, torch CPU, current CUDA device)."""
-    version, mt_words, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    if np_name != "MT19937":
-        raise CheckpointError(f"numpy's global RNG is {np_name}; only MT19937 can be checkpointed")
-    state = {
-        "python_version": torch.tensor(version, dtype=torch.int64),
-        "python_state": torch.tensor(mt_words, dtype=torch.int64),
-        "python_gauss": torch.tensor([0.0 if gauss is None else gauss], dtype=torch.float64),
-        "python_has_gauss": torch.tensor(gauss is not None),
-        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
-        "numpy_pos": torch.tensor(np_pos, dtype=torch.int64),
-        "numpy_has_gauss": torch.tensor(int(np_has_gauss), dtype=torch.int64),
-        "numpy_gauss": torch.tensor(np_gauss, dtype=torch.float64),
-        "torch_cpu": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    gauss = float(state["python_gauss"][0]) if bool(state["python_has_gauss"]) else None
-    random.setstate((int(state["python_version"]), tuple(int(w) for w in state["python_state"].tolist()), gauss))
-    np.random.set_state(
-        (
-            "MT19937",
-            state["numpy_keys"].numpy().astype(np.uint32),
-            int(state["numpy_pos"]),
-            int(state["numpy_has_gauss"]),
-            float(state["numpy_gauss"]),
-        )
-    )
-    torch.set_rng_state(state["torch_cpu"])
-    if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["torch_cuda"])
-
-
-# --------------------------------------------------------------------------------------------------
-# State trees: tensors go to DCP, everything else to state.json
-# --------------------------------------------------------------------------------------------------
-
-MODEL_KEY = "model"
-OPTIMIZER_KEY = "optimizer"
-EXTRA_KEY = "extra"
-APP_KEY = "app"
-
-
-def _split_tree(tree: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a nested dict into (tensor leaves, JSON leaves) of the same nesting; lists are JSON leaves."""
-    tensors: dict[str, Any] = {}
-    plain: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{where}.{key}"
-        if isinstance(value, Mapping):
-            tensors[key], plain[key] = _split_tree(value, name)
-        elif isinstance(value, torch.Tensor):
-            tensors[key] = value
-        else:
-            try:
-                json.dumps(value)
-            except TypeError:
-                raise CheckpointError(
-                    f"checkpoint entry {name!r} is a {type(value).__name__}: only tensors and JSON values are stored"
-                ) from None
-            plain[key] = value
-    return tensors, plain
-
-
-def _merge_trees(tensors: Mapping[str, Any], plain: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = dict(plain)
-    for key, value in tensors.items():
-        merged[key] = _merge_trees(value, plain.get(key, {})) if isinstance(value, Mapping) else value
-    return merged
-
-
-def _module_and_optimizer(app_state: Mapping[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
-    model = app_state.get(MODEL_KEY)
-    if not isinstance(model, nn.Module):
-        raise CheckpointError(f"app_state[{MODEL_KEY!r}] must be the objective (an nn.Module), got {type(model).__name__}")
-    optimizer = app_state.get(OPTIMIZER_KEY)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise CheckpointError(f"app_state[{OPTIMIZER_KEY!r}] must be a torch optimizer, got {type(optimizer).__name__}")
-    return model, optimizer
-
-
-def _stateful_entries(app_state: Mapping[str, Any]) -> dict[str, Any]:
-    entries = {}
-    for name, obj in app_state.items():
-        if name in (MODEL_KEY, OPTIMIZER_KEY):
-            continue
-        if not (callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))):
-            raise CheckpointError(f"app_state[{name!r}] ({type(obj).__name__}) has no state_dict/load_state_dict")
-        entries[name] = obj
-    return entries
-
-
-def _extra_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    getter = getattr(model, "extra_state", None)
-    extra = dict(getter()) if callable(getter) else {}
-    for key, value in extra.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"objective.extra_state()[{key!r}] is {type(value).__name__}; only tensors are saved")
-    return extra
-
-
-def _collect(app_state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(DCP tree of tensors, JSON tree) for ``app_state``.
-
-    DCP tree: ``model`` (the objective's state dict: ``student.*``, ``teacher.*``, loss buffers - FSDP2
-    adds no prefixes, so ``teacher.backbone.*`` is DINOv2's layout), ``optimizer.state`` (AdamW moments
-    and step counters keyed by parameter name), ``extra`` (``objective.extra_state()``, the centering
-    buffers) and ``app.<name>`` (tensor leaves of every other Stateful entry). Its JSON leaves go to the
-    JSON tree.
-    """
-    model, optimizer = _module_and_optimizer(app_state)
-    model_sd, optim_sd = get_state_dict(model, [optimizer] if optimizer is not None else [])
-    tree: dict[str, Any] = {MODEL_KEY: model_sd, EXTRA_KEY: _extra_state(model), APP_KEY: {}}
-    _, stray = _split_tree(model_sd, MODEL_KEY)
-    if stray:
-        raise CheckpointError(f"the objective's state dict holds non-tensor entries: {sorted(stray)}")
-    if optimizer is not None:
-        tree[OPTIMIZER_KEY] = {"state": optim_sd["state"]}
-    plain: dict[str, Any] = {}
-    for name, obj in _stateful_entries(app_state).items():
-        tree[APP_KEY][name], plain[name] = _split_tree(obj.state_dict(), name)
-    return tree, plain
-
-
-def _flat_keys(tree: Mapping[str, Any], prefix: str) -> set[str]:
-    keys: set[str] = set()
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            keys |= _flat_keys(value, f"{prefix}{key}.")
-        else:
-            keys.add(f"{prefix}{key}")
-    return keys
-
-
-# --------------------------------------------------------------------------------------------------
 # Manager
 # --------------------------------------------------------------------------------------------------
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No (complete) checkpoint where one was expected."""
 
 
 class CheckpointManager:
@@ -292,6 +158,33 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def load_latest_intact(self, app_state: Mapping[str, Any], warn: Any = print) -> tuple[Path, dict] | None:
+        """Load the newest checkpoint that reads back intact (collective); None when there is none at all.
+
+        A damaged one (:class:`DamagedCheckpointError`: empty/truncated metadata or shards, broken
+        state.json or RNG file) is reported through ``warn`` and the previous one is tried. Architecture
+        mismatches and refused (unsafe) metadata are raised at once: an older checkpoint cannot fix them.
+        Raises :class:`DamagedCheckpointError` when every checkpoint is damaged.
+        """
+        candidates = self.checkpoints()[::-1]
+        latest = self.latest()
+        if latest is not None and latest in candidates:  # the pointer first (it names the newest save)
+            candidates.remove(latest)
+            candidates.insert(0, latest)
+        damaged = []
+        for path in candidates:
+            try:
+                return path, load_checkpoint(path, app_state)
+            except DamagedCheckpointError as exc:
+                damaged.append(str(exc))
+                warn(f"warning: checkpoint {path} is damaged and skipped: {exc}")
+        if damaged:
+            raise DamagedCheckpointError(
+                f"no intact checkpoint in {self.directory}: {' | '.join(damaged)}. Move the damaged directories "
+                "away to start from scratch, or use a new output directory"
+            )
+        return None
+
     # ---- save ------------------------------------------------------------------------------------
 
     def save(self, iteration: int, app_state: Mapping[str, Any], batches_consumed: int | None = None) -> Path:
@@ -302,16 +195,25 @@ class CheckpointManager:
         rank, world = _rank_world()
         final = self.directory / iteration_dirname(iteration)
         tmp = final.with_name(final.name + ".tmp")
+        # Each phase ends with an all-reduce on "did it fail here?": every rank gives up together (no rank
+        # left waiting in a barrier), the temp folder is removed, and the message names the cause.
+        failure: BaseException | None = None
         if rank == 0:
-            if tmp.exists():
-                shutil.rmtree(tmp)  # left by a run killed while saving
-            (tmp / RNG_DIRNAME).mkdir(parents=True)
-        _barrier()
-        tree, plain = _collect(app_state)
-        with _no_single_process_warning():
-            dcp.save(tree, checkpoint_id=str(tmp))
-        torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
-        _barrier()
+            try:
+                if tmp.exists():
+                    shutil.rmtree(tmp)  # left by a run killed while saving
+                (tmp / RNG_DIRNAME).mkdir(parents=True)
+            except OSError as exc:
+                failure = exc
+        self._give_up_together(failure, tmp, iteration)
+        try:
+            tree, plain = _collect(app_state)
+            with _no_single_process_warning():
+                dcp.save(tree, checkpoint_id=str(tmp))
+            torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
+        except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
+            failure = exc
+        self._give_up_together(failure, tmp, iteration)
         if rank == 0:
             info = {
                 "format": FORMAT_VERSION,
@@ -321,22 +223,35 @@ class CheckpointManager:
                 "torch_version": torch.__version__,
                 "app_state": plain,
             }
-            write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
-            if self.config is not None:
-
-                save_config(self.config, tmp / CONFIG_FILE)
-            if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)
-                stale = final.with_name(final.name + ".old")
-                shutil.rmtree(stale, ignore_errors=True)
-                os.replace(final, stale)
-                os.replace(tmp, final)
-                shutil.rmtree(stale)
-            else:
-                os.replace(tmp, final)
-            write_text_atomic(self.directory / LATEST_POINTER, final.name + "\n", fsync=True)
-            self._prune(keep=final)
-        _barrier()
+            try:
+                self._finalize(tmp, final, info)
+            except OSError as exc:
+                failure = exc
+        self._give_up_together(failure, tmp, iteration)
         return final
+
+    def _give_up_together(self, failure: BaseException | None, tmp: Path, iteration: int) -> None:
+        if any_rank(failure is not None, _collective_device()):
+            if _rank_world()[0] == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            message = describe_save_failure(failure, self.directory) if failure else "failed on another rank"
+            raise CheckpointError(f"iteration {iteration}: {message}") from failure
+
+    def _finalize(self, tmp: Path, final: Path, info: dict) -> None:
+        """Rank 0, once every rank has written: state.json and config.yaml, rename, ``latest``, prune."""
+        write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
+        if self.config is not None:
+            save_config(self.config, tmp / CONFIG_FILE)
+        if final.exists():  # the same iteration saved again (e.g. a preempted run resumed at once)
+            stale = final.with_name(final.name + ".old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale)
+        else:
+            os.replace(tmp, final)
+        write_text_atomic(self.directory / LATEST_POINTER, final.name + "\n", fsync=True)
+        self._prune(keep=final)
 
     def _prune(self, keep: Path) -> None:
         if self.keep_last == 0:
@@ -365,28 +280,70 @@ def read_checkpoint_info(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a complete checkpoint directory (needs .metadata and {STATE_FILE})")
     try:
         info = json.loads((path / STATE_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
     for key in ("iteration", "batches_consumed", "world_size"):
         if not isinstance(info.get(key), int):
-            raise CheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
+            raise DamagedCheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
     return info
 
 
+def _collective_device() -> torch.device:
+    """Where a rank-agreement all-reduce runs: the current CUDA device under NCCL, else the CPU."""
+    if is_distributed() and torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _read_metadata(path: Path) -> tuple[SafeFileSystemReader, Any]:
+    """The restricted reader and metadata of ``path``; unreadable metadata or shards are damage."""
+    reader = SafeFileSystemReader(str(path))
+    try:
+        metadata = reader.read_metadata()
+    except UnsafeMetadataError:
+        raise
+    except CheckpointMetadataError as exc:
+        raise DamagedCheckpointError(str(exc)) from exc
+    check_shard_files(path, metadata)
+    return reader, metadata
+
+
 def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
-    """Load model, optimizer moments, extra state, Stateful entries and this rank's RNG streams."""
+    """Load model, optimizer moments, extra state, Stateful entries and this rank's RNG streams.
+
+    Collective; when any rank finds the checkpoint damaged, every rank raises
+    :class:`DamagedCheckpointError` (so a caller can fall back to an older one on all ranks together).
+    """
     path = Path(path)
+    failure: DamagedCheckpointError | None = None
+    try:
+        info = _load_checkpoint(path, app_state)
+    except DamagedCheckpointError as exc:
+        failure = exc
+    if any_rank(failure is not None, _collective_device()):
+        raise failure or DamagedCheckpointError(f"{path}: damaged (found on another rank)")
+    return info
+
+
+def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     info = read_checkpoint_info(path)
     model, optimizer = _module_and_optimizer(app_state)
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
-    reader = SafeFileSystemReader(str(path))
-    saved_keys = set(reader.read_metadata().state_dict_metadata)
-    missing = sorted(_flat_keys(tree, "") - saved_keys)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise CheckpointError(f"{path}: the checkpoint lacks {len(missing)} entries this run needs: {shown}")
-    with _no_single_process_warning():
-        dcp.load(tree, storage_reader=reader)
+    reader, metadata = _read_metadata(path)
+    check_architecture(path, metadata, _flat_tensors(tree, ""))
+    rank, world = _rank_world()
+    rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
+    rng_state = None
+    if info["world_size"] == world and rng_file.is_file():
+        try:
+            rng_state = torch.load(rng_file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, foreign pickle: name the file
+            raise DamagedCheckpointError(f"{rng_file}: unreadable ({type(exc).__name__}: {exc})") from exc
+    try:
+        with _no_single_process_warning():
+            dcp.load(tree, storage_reader=reader)
+    except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
+        raise DamagedCheckpointError(f"{path}: the shards do not read back ({type(exc).__name__}: {exc})") from exc
     if optimizer is not None:
         _, current = get_state_dict(model, [optimizer])
         optim_sd = {"state": tree[OPTIMIZER_KEY]["state"], "param_groups": current["param_groups"]}
@@ -399,10 +356,8 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     saved_plain = info.get("app_state", {})
     for name, obj in _stateful_entries(app_state).items():
         obj.load_state_dict(_merge_trees(tree[APP_KEY].get(name, {}), saved_plain.get(name, {})))
-    rank, world = _rank_world()
-    rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
-    if info["world_size"] == world and rng_file.is_file():
-        restore_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    if rng_state is not None:
+        restore_rng_state(rng_state)
     return info
 
 
@@ -438,8 +393,7 @@ def load_consolidated_state_dict(
         prefix = f"{part}." if part else ""
     else:
         prefix = f"{MODEL_KEY}.{model}." + (f"{part}." if part else "")
-    reader = SafeFileSystemReader(str(path))
-    metadata = reader.read_metadata()
+    reader, metadata = _read_metadata(path)
     tree: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix) and isinstance(item, TensorStorageMetadata):

@@ -6,8 +6,9 @@ Order of work for one image:
    are parsed here in a few bytes; other formats through Pillow's lazy ``Image.open``, which reads the
    header only) and refuse it with :class:`ImageTooLargeError` when ``width * height`` exceeds
    ``max_pixels``, so a decompression bomb (a small file that inflates to gigabytes) never allocates;
-2. decode with torchvision (libjpeg-turbo, libpng, libwebp, giflib), asking for RGB;
-3. if torchvision cannot (BMP, TIFF, ...), decode with Pillow.
+2. decode with torchvision (libjpeg-turbo, libpng, libwebp), asking for RGB;
+3. if torchvision cannot (BMP, TIFF, animated WebP, ...), and always for GIF, decode with Pillow, which
+   decodes the first frame only (torchvision decodes every frame of a GIF: a frame bomb).
 
 Conversions to RGB uint8, the same whichever decoder ran:
 
@@ -44,6 +45,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 # JPEG start-of-frame markers (they carry the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -99,7 +101,7 @@ def _header_size(data: bytes) -> Optional[tuple[int, int]]:
             return width, height
         if data[:2] == b"\xff\xd8":
             return _jpeg_size(data)
-        if data[:6] in (b"GIF87a", b"GIF89a"):
+        if data[:6] in _GIF_SIGNATURES:
             width, height = struct.unpack("<HH", data[6:10])
             return width, height
         if data[:2] == b"BM":
@@ -133,6 +135,8 @@ def image_size(data: bytes) -> tuple[int, int]:
                 return img.size
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ValueError(f"not an image in any known format ({len(data)} bytes, starting {data[:12]!r})") from exc
     except Exception as exc:  # Pillow raises many types for unknown or damaged data
         raise ValueError(f"unrecognised image data ({len(data)} bytes): {exc}") from exc
 
@@ -188,16 +192,25 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tor
     if not data:
         raise ValueError("empty image data")
     check_pixel_limit(data, max_pixels)
+    if data[:6] in _GIF_SIGNATURES:
+        # torchvision decodes every frame of a GIF at once: a few KB of near-identical 1000x1000 frames
+        # would allocate gigabytes under a per-frame pixel limit. Pillow decodes the first frame only.
+        return _decode_with_pillow(data, "")
     try:
         decoded = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as tv_error:
-        # torchvision has no BMP or TIFF decoder (and may lack others depending on its build): try Pillow.
-        try:
-            with warnings.catch_warnings():
-                # The size was checked above against our own limit; Pillow's warning would repeat it.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as img:
-                    return pil_to_rgb_uint8(img)
-        except Exception as pil_error:  # Pillow raises many types for bad data
-            raise ValueError(f"undecodable image: {tv_error}; PIL: {pil_error}") from pil_error
+        # torchvision has no BMP or TIFF decoder, nor animated WebP (and may lack others depending on its
+        # build): try Pillow.
+        return _decode_with_pillow(data, f"{tv_error}; ")
     return _rgb_from_decoded(decoded)
+
+
+def _decode_with_pillow(data: bytes, earlier_error: str) -> torch.Tensor:
+    try:
+        with warnings.catch_warnings():
+            # The size was checked against our own limit; Pillow's warning would repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return pil_to_rgb_uint8(img)  # first frame of a multi-frame file
+    except Exception as pil_error:  # Pillow raises many types for bad data
+        raise ValueError(f"undecodable image: {earlier_error}PIL: {pil_error}") from pil_error

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections import deque
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -43,6 +42,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_image
+from dinolite.data.skip_window import (
+    DEFAULT_MAX_SKIP_FRACTION,
+    DEFAULT_SKIP_WINDOW,
+    SkippedSampleWindow,
+)
 from dinolite.data.sources import (
     RawSample,
     SourceError,
@@ -59,9 +63,6 @@ logger = logging.getLogger(__name__)
 # same (seed, slot, ...) are independent.
 _ORDER, _SHUFFLE, _AUGMENT, _MASK = 1, 2, 3, 4
 _MAX_EMPTY_EPOCHS = 3
-# Defaults of data.decode_errors_max_fraction / data.decode_errors_window (see SkippedSampleWindow).
-DEFAULT_MAX_SKIP_FRACTION = 0.01
-DEFAULT_SKIP_WINDOW = 10_000
 
 
 def derive_seed(*parts: int) -> int:
@@ -198,51 +199,6 @@ def slot_stream(
 # ------------------------------------------------------------------------------------------------
 # Training batches
 # ------------------------------------------------------------------------------------------------
-
-
-class TooManySkippedSamplesError(SourceError):
-    """More samples of a data worker's recent window were skipped than the configured fraction allows."""
-
-
-class SkippedSampleWindow:
-    """The last ``size`` samples one data worker produced, and how many of them were skipped.
-
-    :meth:`add` raises :class:`TooManySkippedSamplesError` as soon as more than ``max_fraction * size``
-    of the last ``size`` samples were skipped. The rule counts against the full window size from the
-    first sample on, so a source that is half corrupt stops after about ``2 * max_fraction * size``
-    samples instead of waiting for the window to fill, while scattered bad files (a rate well under
-    ``max_fraction``) never trip it. The window is per worker because that is where samples are decoded:
-    no communication, and corruption concentrated in some shards is seen where a run-wide average would
-    dilute it. It starts empty in each worker after a resume (skipped samples are not decoded).
-    """
-
-    def __init__(self, max_fraction: float, size: int, where: str) -> None:
-        if not 0.0 <= max_fraction <= 1.0:
-            raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
-        if size < 1:
-            raise ValueError(f"the skipped-sample window must hold >= 1 sample, got {size}")
-        self.max_fraction = max_fraction
-        self.size = size
-        self.where = where
-        self.flags: deque[bool] = deque(maxlen=size)
-        self.skipped = 0
-        self.examples: deque[str] = deque(maxlen=3)
-
-    def add(self, skipped: bool, example: str = "") -> None:
-        if len(self.flags) == self.size:
-            self.skipped -= self.flags[0]
-        self.flags.append(skipped)
-        self.skipped += skipped
-        if skipped:
-            self.examples.append(example)
-        if self.skipped > self.max_fraction * self.size:
-            raise TooManySkippedSamplesError(
-                f"{self.skipped} of the last {len(self.flags)} samples read by {self.where} could not be used, "
-                f"more than data.decode_errors_max_fraction={self.max_fraction:g} of the window of "
-                f"data.decode_errors_window={self.size} samples; latest: {'; '.join(self.examples)}. "
-                "Fix or remove the bad shards (or raise data.decode_errors_max_fraction), then run again: "
-                "the last checkpoint is intact"
-            )
 
 
 class TrainBatches(IterableDataset):
@@ -399,7 +355,7 @@ def build_train_loader(
     ``"skipped_samples"`` (the unusable samples replaced in it) and ``"damaged_shards"`` (shards found
     cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding;
     more than ``max_skip_fraction`` skipped among a worker's last ``skip_window`` samples raises
-    :class:`TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
+    :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
     fails at start-up.
     """
     units = resolve_source(source)

@@ -25,6 +25,11 @@ from typing import Iterable, Iterator, Optional, Sequence
 from PIL import Image
 
 from dinolite.cli import make_parser, run_main
+from dinolite.data.decode import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_pixel_limit,
+    pil_to_rgb_uint8,
+)
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
 from dinolite.progress import progress_bar
@@ -65,6 +70,7 @@ def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], 
     try:
         with open(path, "rb") as f:
             data = f.read()
+        check_pixel_limit(data, DEFAULT_MAX_IMAGE_PIXELS)  # a decompression bomb is skipped undecoded
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or ""
             img.load()  # full decode: catches truncated files that Image.verify() lets through
@@ -74,7 +80,9 @@ def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], 
             if max_side and max(img.size) > max_side:
                 scale = max_side / max(img.size)
                 size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-                resized = img.convert("RGB").resize(size, Image.BICUBIC)
+                # Not img.convert("RGB"): it clips 16-bit images to white; this scales them.
+                rgb = Image.fromarray(pil_to_rgb_uint8(img).permute(1, 2, 0).numpy())
+                resized = rgb.resize(size, Image.BICUBIC)
                 out = io.BytesIO()
                 if ext == "png":
                     resized.save(out, "PNG")

@@ -168,6 +168,7 @@ class SimMIMMaskGenerator:
             raise ValueError(f"input_size={input_size} must be a multiple of mask_patch_size={mask_patch_size}")
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        self.input_size = int(input_size)
         self.units = input_size // mask_patch_size
         self.scale = mask_patch_size // model_patch_size
         self.mask_count = math.ceil(self.units * self.units * mask_ratio)

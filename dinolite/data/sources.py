@@ -297,7 +297,12 @@ def read_tar(url: str, expected_samples: Optional[int] = None) -> Iterator[RawSa
             samples_read += 1
             yield current
         if end and end[-1]:
-            raise DamagedShardError(url, samples_read, expected_samples, end[-1])
+            reason = end[-1]
+            if proc is not None:
+                stream.close()  # first: a command still writing must not block our wait
+                if proc.wait() > 0:  # < 0: killed by a signal, e.g. SIGPIPE from our close
+                    reason += f"; the command exited with status {proc.returncode}"
+            raise DamagedShardError(url, samples_read, expected_samples, reason)
         completed = True
     finally:
         stream.close()

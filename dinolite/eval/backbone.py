@@ -4,7 +4,8 @@
 - a training run directory (its ``latest`` checkpoint) or one ``iter_*`` checkpoint directory: the
   backbone is rebuilt from the checkpoint's ``config.yaml`` and given the EMA teacher's weights, which
   DINO/DINOv2 evaluate (the teacher is the better model);
-- an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), via
+- an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), a timm / transformers hub
+  folder (``config.json`` + ``model.safetensors``) or ``hf-hub:ORG/NAME``, via
   :func:`dinolite.export.load.load_backbone`.
 
 Either way the module comes back in eval mode, without gradients, with a ``.spec``
@@ -21,6 +22,12 @@ import torch
 from torch import nn
 
 from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    download_hub_source,
+    is_hub_source,
+)
 from dinolite.export.load import build_from_spec, load_backbone, load_state_dict_strict
 
 REQUIRED_METHODS = ("forward_features", "get_intermediate_layers")
@@ -32,19 +39,29 @@ class BackboneError(ValueError):
 
 def load_any_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Frozen ViT backbone from a checkpoint directory (teacher weights) or an exported file."""
+    if is_hub_source(path):
+        return _checked(load_backbone(str(path), map_location="cpu"), path).to(map_location)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--backbone {path}: no such file or directory")
-    if path.is_dir():
+    if path.is_dir() and not _is_hub_folder(path):
         model = _from_checkpoint(path)
     else:
 
         model = load_backbone(path, map_location="cpu")
+    return _checked(model, path).to(map_location)
+
+
+def _is_hub_folder(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def _checked(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
     model.requires_grad_(False)
-    return model.eval().to(map_location)
+    return model.eval()
 
 
 def _from_checkpoint(checkpoint: Path) -> nn.Module:
@@ -60,10 +77,13 @@ def backbone_fingerprint(path: str | Path) -> str:
     """Identity of the weights behind ``path`` for feature-cache keys.
 
     Files: SHA-256 of the content (a re-export to the same name changes the key). Checkpoint
-    directories: the resolved checkpoint path with size and mtime of every file in it.
+    directories and hub folders (``hf-hub:`` sources: their snapshot folder): the resolved path with size
+    and mtime of every file in it.
     """
-    path = Path(path).resolve()
     digest = hashlib.sha256()
+    if is_hub_source(path):  # the snapshot folder's name holds the commit the revision resolved to
+        path = download_hub_source(str(path))
+    path = Path(path).resolve()
     if path.is_file():
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

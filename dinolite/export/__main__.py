@@ -9,6 +9,12 @@ The format follows the suffix of --output (.safetensors: dinolite's layout with 
 header; .pth/.pt: DINOv2's layout; .onnx: ONNX); --format is needed only for timm and is checked
 against the suffix. Existing files are never overwritten without --force. Each export writes its own
 record NAME.<ext>.json beside the weights.
+
+Folders for the HuggingFace Hub (docs/interop.md):
+
+    dinolite-export --checkpoint out/ --format timm-hub --output vits-timm        # timm local-dir:/hf-hub:
+    dinolite-export --checkpoint out/ --format transformers --output vits-hf \
+        --push-to-hub ORG/NAME                                                    # Dinov2Model.from_pretrained
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from pathlib import Path
 
 from dinolite.cli import make_parser, run_main
 from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.hub import (
+    FOLDER_FORMATS,
+    push_folder_to_hub,
+    write_timm_hub_folder,
+    write_transformers_folder,
+)
 from dinolite.export.load import build_from_spec, load_state_dict_strict
 from dinolite.export.writers import (
     FORMATS,
@@ -34,9 +46,15 @@ from dinolite.export.writers import (
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
-    parser.add_argument("--output", required=True, help="file to write (.safetensors, .pth, .onnx)")
+    parser.add_argument("--output", required=True,
+                        help="file to write (.safetensors, .pth, .onnx), or a folder for timm-hub / transformers")
     parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx)")
+                        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx); "
+                             "timm-hub: timm.create_model('local-dir:DIR'); transformers: Dinov2Model.from_pretrained(DIR)")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
+                        help="upload the timm-hub / transformers folder to this Hugging Face model repository "
+                             "(the `hub` extra; credentials from HF_TOKEN or `huggingface-cli login`)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
     parser.add_argument("--with-heads", action="store_true", help="also write DINO/iBOT heads and centering state")
     parser.add_argument("--student", action="store_true", help="export the student instead of the teacher")
@@ -53,6 +71,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     existing = [str(p) for p in output_paths(args.format, args.output, args.with_heads) if p.exists()]
     if existing and not args.force:
         raise FileExistsError(f"--output: {', '.join(existing)} already exist(s); pass --force to overwrite")
+    if args.push_to_hub and args.format not in FOLDER_FORMATS:
+        raise ValueError(f"--push-to-hub uploads a folder: use --format {' or '.join(FOLDER_FORMATS)}, not {args.format}")
     if args.with_heads and args.format != "safetensors":
         raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
     exported = consolidate_checkpoint(
@@ -65,6 +85,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         written = write_dinov2(exported.backbone, output)
     elif args.format == "timm":
         written = write_timm(exported.backbone, exported.spec, output)
+    elif args.format == "timm-hub":
+        written = write_timm_hub_folder(exported.backbone, exported.spec, output)
+    elif args.format == "transformers":
+        written = write_transformers_folder(exported.backbone, exported.spec, output)
     else:
 
         model = build_from_spec(exported.spec)
@@ -77,6 +101,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     for path in written:
         print(f"  {path}")
+    if args.push_to_hub:
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}: {push_folder_to_hub(output, args.push_to_hub, args.private)}")
     return 0
 
 

@@ -6,7 +6,12 @@ Accepted files:
   ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
-  refused) and the architecture inferred from the tensor shapes.
+  refused) and the architecture inferred from the tensor shapes;
+- the same weights in timm's or transformers' key layout (their DINOv2 checkpoints, with or without
+  registers): converted to DINOv2's layout (:mod:`dinolite.export.timm_format`,
+  :mod:`dinolite.export.transformers_format`);
+- a folder in a HuggingFace layout (timm: ``config.json`` + ``model.safetensors``; transformers:
+  ``Dinov2Model``), and ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
 
 A record (header or sidecar) is never trusted to size a model: its width, depth, patch size, position
 grid, register tokens and FFN type are checked against the tensor shapes read from the safetensors
@@ -18,7 +23,9 @@ field and both values.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,11 +34,24 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from dinolite.export.hub import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    download_hub_source,
+    folder_spec_overrides,
+    is_hub_source,
+    read_folder_config,
+)
 from dinolite.export.spec import (
     BackboneSpec,
     ExportFormatError,
     check_spec_against_shapes,
     spec_from_state_dict,
+)
+from dinolite.export.timm_format import from_timm_state_dict, is_timm_layout
+from dinolite.export.transformers_format import (
+    from_transformers_state_dict,
+    is_transformers_layout,
 )
 from dinolite.models import DinoVisionTransformer
 
@@ -101,9 +121,72 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def to_dinov2_layout(state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """timm / transformers key layouts -> DINOv2's; DINOv2's own passes through unchanged."""
+    if is_transformers_layout(state_dict):
+        return from_transformers_state_dict(state_dict, origin)
+    if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):
+        return from_timm_state_dict(state_dict, origin)
+    return state_dict
+
+
+def _drop_neutral_extras(
+    state_dict: dict[str, torch.Tensor], spec: BackboneSpec
+) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
+    """transformers always has LayerScale and attention-output / MLP biases; a backbone exported without
+    them carries LayerScale 1 and zero biases there, which its record does not build. Drop those (they
+    change nothing); anything else (e.g. fine-tuned in transformers) stays, and the record grows to fit."""
+    out = dict(state_dict)
+    groups = {  # record field: (keys, their neutral value, the field's value when absent)
+        "layerscale": (r"^blocks\.\d+\.ls[12]\.gamma$", 1.0, None),
+        "proj_bias": (r"^blocks\.\d+\.attn\.proj\.bias$", 0.0, False),
+        "ffn_bias": (r"^blocks\.\d+\.mlp\.(fc1|fc2|w12|w3)\.bias$", 0.0, False),
+    }
+    changes: dict[str, object] = {}
+    for field_name, (pattern, neutral, absent) in groups.items():
+        if getattr(spec, field_name) != absent:
+            continue
+        keys = [k for k in out if re.match(pattern, k)]
+        if all(bool((out[k] == neutral).all()) for k in keys):
+            for k in keys:
+                del out[k]
+        else:
+            changes[field_name] = 1.0e-5 if field_name == "layerscale" else True
+    return out, dataclasses.replace(spec, **changes)
+
+
+def _load_folder(folder: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
+    """A timm or transformers hub folder: its record when dinolite wrote it, else its own config."""
+    kind, config = read_folder_config(folder)
+    weights_path = folder / WEIGHTS_NAME
+    tensors, _ = _read_safetensors(weights_path)
+    origin = str(weights_path)
+    if kind == "timm":
+        state_dict = from_timm_state_dict(tensors, origin)
+    else:
+        state_dict = from_transformers_state_dict(tensors, origin)
+    record = config.get("dinolite_backbone")
+    if record is not None:
+        record_origin = f"{folder / CONFIG_NAME} (dinolite_backbone)"
+        spec = BackboneSpec.from_mapping(record, origin=record_origin)
+        if kind == "transformers":
+            state_dict, spec = _drop_neutral_extras(state_dict, spec)
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        check_spec_against_shapes(spec, shapes, spec_origin=record_origin, weights_origin=origin)
+        return state_dict, spec
+    overrides = folder_spec_overrides(kind, config, folder)
+    spec = spec_from_state_dict(state_dict, origin=origin, num_heads=overrides.pop("num_heads", None))
+    return state_dict, dataclasses.replace(spec, source=kind, **overrides)
+
+
 def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
-    """Read an exported or DINOv2 backbone file: ``(state_dict in DINOv2 layout, architecture)``."""
+    """Read an exported, DINOv2, timm or transformers backbone (file, hub folder, or ``hf-hub:ORG/NAME``):
+    ``(state_dict in DINOv2 layout, architecture)``."""
+    if is_hub_source(path):
+        path = download_hub_source(str(path))
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
@@ -125,12 +208,16 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
             check_spec_against_shapes(spec, shapes, spec_origin=origin, weights_origin=str(path))
         state_dict, _ = _read_safetensors(path)
         if spec is None:
+            state_dict = to_dinov2_layout(state_dict, origin=str(path))
             spec = spec_from_state_dict(state_dict, origin=str(path))
     elif path.suffix in (".pth", ".pt", ".bin"):
-        state_dict = _read_pth(path)
+        state_dict = to_dinov2_layout(_read_pth(path), origin=str(path))
         spec = spec_from_state_dict(state_dict, origin=str(path))
     else:
-        raise ExportFormatError(f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors or .pth")
+        raise ExportFormatError(
+            f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors, .pth, a hub folder "
+            f"({CONFIG_NAME} + {WEIGHTS_NAME}) or hf-hub:ORG/NAME"
+        )
     return state_dict, spec
 
 
@@ -191,6 +278,6 @@ def load_pretrained(path: str | Path) -> PretrainedWeights:
     state_dict, spec = load_backbone_state_dict(path)
     heads = None
     heads_file = heads_path_for(path)
-    if Path(path).suffix == ".safetensors" and heads_file.is_file():
+    if not is_hub_source(path) and Path(path).suffix == ".safetensors" and heads_file.is_file():
         heads, _ = _read_safetensors(heads_file)
     return PretrainedWeights(spec=spec, backbone=state_dict, heads=heads)

@@ -164,8 +164,12 @@ def _ffn_bias(block: torch.nn.Module, ffn_layer: str) -> bool:
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
-def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> BackboneSpec:
-    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``)."""
+def spec_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor], origin: str = "state dict", num_heads: Optional[int] = None
+) -> BackboneSpec:
+    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``).
+
+    ``num_heads`` changes no shape: without it, the head count of the DINOv2 size of that width is used."""
     required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight")
     missing = [k for k in required if k not in state_dict]
     if missing:
@@ -174,7 +178,7 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
             f"{origin}: not a DINOv2/dinolite backbone state dict: missing {missing} (found keys like: {sample})"
         )
     embed_dim = int(state_dict["cls_token"].shape[-1])
-    if embed_dim not in ARCH_BY_WIDTH:
+    if embed_dim not in ARCH_BY_WIDTH and num_heads is None:
         raise ExportFormatError(
             f"{origin}: width {embed_dim} is not a DINOv2 size, so the number of heads cannot be inferred; "
             "load it from a dinolite export (.safetensors + .json) instead"
@@ -190,7 +194,7 @@ def spec_from_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "
         arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
         embed_dim=embed_dim,
         depth=depth,
-        num_heads=ARCHITECTURES[ARCH_BY_WIDTH[embed_dim]]["num_heads"],
+        num_heads=num_heads or ARCHITECTURES[ARCH_BY_WIDTH[embed_dim]]["num_heads"],
         patch_size=patch,
         img_size=grid * patch,
         num_register_tokens=int(state_dict["register_tokens"].shape[1]) if "register_tokens" in state_dict else 0,

@@ -1,4 +1,5 @@
-"""Write a backbone in one of the export formats: safetensors (+JSON), dinov2 (.pth), timm, onnx.
+"""Write a backbone in one of the export formats: safetensors (+JSON), dinov2 (.pth), timm, onnx, and
+the HuggingFace folders (timm-hub, transformers; :mod:`dinolite.export.hub`).
 
 Every file is written to a temporary name and renamed when complete, so an interrupted export never
 leaves a truncated file under the final name.
@@ -15,13 +16,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from dinolite.export.hub import FOLDER_FORMATS, folder_paths
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
 from dinolite.export.onnx_pos_embed import make_exportable
 from dinolite.export.spec import BackboneSpec
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
+from dinolite.extras import optional_import
 from dinolite.io import write_atomic
 
-FORMATS = ("safetensors", "dinov2", "timm", "onnx")
+FORMATS = ("safetensors", "dinov2", "timm", "onnx") + FOLDER_FORMATS
 # File suffixes each format writes; the first is the one --format implies when the suffix is missing.
 FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
     "safetensors": (".safetensors",),
@@ -40,11 +43,16 @@ def resolve_format(output: str | Path, fmt: Optional[str]) -> str:
     A mismatch is an error rather than a silently renamed file (``x.onnx`` must hold ONNX).
     """
     suffix = Path(output).suffix.lower()
+    if fmt in FOLDER_FORMATS:
+        if suffix:
+            raise ValueError(f"--output {output}: --format {fmt} writes a folder; name it without a suffix")
+        return fmt
     if fmt is None:
         if suffix not in SUFFIX_FORMAT:
             raise ValueError(
                 f"--output {output}: cannot tell the format from the suffix {suffix or '(none)'!r}; use one of "
-                f"{sorted(SUFFIX_FORMAT)} or pass --format {{{','.join(FORMATS)}}}"
+                f"{sorted(SUFFIX_FORMAT)} or pass --format {{{','.join(FORMATS)}}} (timm-hub and transformers "
+                "write a folder)"
             )
         return SUFFIX_FORMAT[suffix]
     if fmt not in FORMAT_SUFFIXES:
@@ -58,6 +66,8 @@ def resolve_format(output: str | Path, fmt: Optional[str]) -> str:
 
 def output_paths(fmt: str, path: str | Path, with_heads: bool = False) -> list[Path]:
     """Every file an export of ``fmt`` to ``path`` writes (to refuse overwriting before writing any)."""
+    if fmt in FOLDER_FORMATS:
+        return folder_paths(fmt, path)
     path = Path(path)
     paths = [path]
     if fmt in ("safetensors", "timm", "onnx"):
@@ -138,9 +148,8 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
 
 
 def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
-    # onnx is an optional dependency (the `onnx` extra), needed only for ONNX export: imported here.
-    import onnx
-
+    # onnx is an optional dependency (the `onnx` extra), needed only for ONNX export
+    onnx = optional_import("onnx", extra="onnx", purpose="ONNX export (dinolite-export --format onnx)")
     graph = onnx.load(str(path))
     existing = {prop.key: prop for prop in graph.metadata_props}
     for key, value in metadata.items():

@@ -35,6 +35,13 @@ def validate_training_config(cfg: Config) -> None:
         )
     if not cfg.data.source:
         raise ConfigError("data.source is empty: give shard patterns, an image folder, or [digits]")
+    knn = cfg.evaluation
+    if knn.knn_at_end and not (knn.knn_train and knn.knn_val) and list(cfg.data.source) != [DIGITS_SOURCE]:
+        raise ConfigError(
+            f"invalid value for 'evaluation.knn_at_end': true, but evaluation.knn_train={list(knn.knn_train)} / "
+            f"evaluation.knn_val={list(knn.knn_val)} are not both set (only data.source=[digits] brings its own); "
+            "set both to labelled folders or shards, or evaluation.knn_at_end=false"
+        )
 
 
 def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: Callable[[], None]) -> list[str]:

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from dinolite.config import Config
+from dinolite.io import write_text_atomic
 from dinolite.progress import progress_bar
 from dinolite.train.trackers import Tracker, build_trackers
 
@@ -159,6 +160,9 @@ class MetricLogger:
         tensorboard: write TensorBoard event files (``torch.utils.tensorboard``).
         console: the logger for the console lines (defaults to :func:`get_console_logger`).
         trackers: experiment trackers that receive every record.
+        resume_iteration: the iteration a resumed run restarts from: records after it (written by the
+            interrupted run, about to be replayed) are dropped from ``metrics.jsonl`` and hidden in
+            TensorBoard (``purge_step``), so every iteration is logged once there (trackers keep theirs).
     """
 
     def __init__(
@@ -169,6 +173,7 @@ class MetricLogger:
         console: logging.Logger | None = None,
         trackers: Sequence[Tracker] = (),
         progress: bool = False,
+        resume_iteration: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
@@ -182,19 +187,25 @@ class MetricLogger:
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume_iteration is not None:
+            drop_records_after(self.output_dir / "metrics.jsonl", resume_iteration)
         # Append: a resumed run continues the same file (records carry their iteration).
         self._jsonl = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             # TensorBoard is imported only when asked for: its import is slow and pulls in protobuf.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+            purge = resume_iteration + 1 if resume_iteration is not None else None
+            self._tb = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=purge)
 
     @classmethod
-    def from_config(cls, cfg: Config, output_dir: str | Path, enabled: bool) -> MetricLogger:
+    def from_config(
+        cls, cfg: Config, output_dir: str | Path, enabled: bool, resume_iteration: int | None = None
+    ) -> MetricLogger:
         """TensorBoard, the trackers of ``train.loggers`` and (``train.progress``) a progress bar."""
         trackers = build_trackers(cfg, output_dir) if enabled else []
-        return cls(output_dir, enabled=enabled, trackers=trackers, progress=cfg.train.progress)
+        return cls(output_dir, enabled=enabled, trackers=trackers, progress=cfg.train.progress,
+                   resume_iteration=resume_iteration)
 
     def start(self, iteration: int, total: int) -> None:
         """Begin the iteration progress bar at ``iteration`` of ``total`` (when enabled and interactive)."""
@@ -288,3 +299,24 @@ class MetricLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite the JSONL file ``path`` (atomically) without records whose ``iteration`` is above
+    ``iteration``; returns how many were dropped. Unparsable lines (a write cut by a kill) go too."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int) and record["iteration"] > iteration:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return dropped

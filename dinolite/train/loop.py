@@ -41,6 +41,7 @@ from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
 from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.schedules import TrainingSchedules, build_schedules
 from dinolite.train.sharding import clip_grad_norm_, shard_objective
@@ -155,7 +156,6 @@ def train(
     console = get_console_logger()
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
 
     # ---------------------------------------------------------------- model, optimizer, schedules
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -191,9 +191,12 @@ def train(
 
     # ---------------------------------------------------------------- resume
     checkpoints = CheckpointManager(output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg)
-    last_checkpoint = checkpoints.latest()
-    if last_checkpoint is not None:
-        info = checkpoints.load(last_checkpoint, app_state)
+    if is_main:
+        report_config_changes(checkpoints.latest(), cfg, console.info)
+    resumed = checkpoints.load_latest_intact(app_state, warn=console.warning if is_main else lambda _: None)
+    last_checkpoint = resumed[0] if resumed is not None else None
+    if resumed is not None:
+        info = resumed[1]
         if info["batches_consumed"] != progress.iteration:
             raise RuntimeError(
                 f"{last_checkpoint}: batches_consumed={info['batches_consumed']} differs from "
@@ -201,6 +204,8 @@ def train(
             )
         if is_main:
             console.info(f"resumed from {last_checkpoint} at iteration {progress.iteration}")
+    if is_main:  # after the resume checks: a refused resume leaves the run's config.yaml as it was
+        save_config(cfg, output_dir / "config.yaml")
 
     def save_checkpoint() -> Path:
         return checkpoints.save(progress.iteration, app_state, batches_consumed=progress.iteration)
@@ -208,7 +213,7 @@ def train(
     source = builders.resolve_train_source(cfg, output_dir, is_main, lambda: barrier(device))
     stream = builders.build_data_stream(cfg, source, env.rank, env.world_size, start_batch=progress.iteration)
 
-    logger = MetricLogger(output_dir, enabled=is_main)
+    logger = MetricLogger(output_dir, enabled=is_main, resume_iteration=progress.iteration)
     logger.info(
         f"training {stop_at} iterations (epoch = {epoch_length} iterations, global batch {global_batch}, "
         f"{env.world_size} process(es) on {device}, precision {precision or torch.float32}) -> {output_dir}"

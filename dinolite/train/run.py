@@ -7,7 +7,10 @@ from the variables torchrun/Slurm set). Re-running with the same output director
 ``latest`` checkpoint. With ``evaluation.knn_at_end`` (the demo) the main process then prints the kNN
 accuracy of the trained teacher next to the raw-pixel and random-init baselines.
 
-Exit codes: 0 finished or preempted (run again to continue), 1 non-finite loss or bad input,
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 write a checkpoint at the next iteration on every rank; the run then
+exits 0 with "run again to continue" (see :mod:`dinolite.train.stop_signals`).
+
+Exit codes: 0 finished or stopped by a signal (run again to continue), 1 non-finite loss or bad input,
 3 stopped by the collapse watchdog.
 """
 
@@ -20,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from dinolite.checkpoint import CheckpointError, CheckpointManager
 from dinolite.cli import make_parser, run_main
 from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, to_yaml
@@ -29,15 +33,22 @@ from dinolite.train.builders import validate_training_config
 from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
+from dinolite.train.run_lock import RunLockError, hold_run_lock
+from dinolite.train.stop_signals import StopFlag
 
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
+    parser.add_argument("--config", "--config-file", dest="config", default="demo",
+                        help="preset name (dinolite/configs/) or a .yaml path; DINOv2's config files and key names "
+                             "are read too (docs/interop.md)")
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as train.progress=false)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start from iteration 0 (DINOv2's flag); refused if the output dir already holds "
+                             "checkpoints, which are never overwritten")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config and print it resolved; train nothing (no GPU or data needed)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
@@ -68,6 +79,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    existing = CheckpointManager(cfg.train.output_dir).latest() if args.no_resume else None
+    if existing is not None:
+        print(f"error: --no-resume: {cfg.train.output_dir} already holds checkpoints ({existing}); a fresh run needs "
+              "another --output-dir (nothing there is overwritten); without --no-resume the run resumes from it",
+              file=sys.stderr)
+        return EXIT_ERROR
     if args.dry_run:
         print(f"# resolved config ({args.config}, overrides: {' '.join(overrides) or 'none'})\n{to_yaml(cfg)}")
         print(f"# dry run: nothing trained; output dir {cfg.train.output_dir}")
@@ -76,9 +93,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
+    flag = StopFlag()
     try:
-        result = train(cfg, output_dir, env)
-    except (NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
+        # One run per output directory (rank 0 holds the lock); SIGTERM / SIGINT / SIGUSR2: checkpoint at
+        # the next iteration and exit 0.
+        with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
+            result = train(cfg, output_dir, env, stop_requested=flag.is_set)
+    except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
@@ -86,10 +108,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
         return EXIT_COLLAPSE
+    if result.status == "preempted":
+        if env.rank == 0:
+            print(f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
+                  f"{result.checkpoint_path}; run again to continue (the same command resumes)", file=sys.stderr)
+        return EXIT_OK
     if env.rank == 0:
         console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
     if result.status == "finished" and cfg.evaluation.knn_at_end and env.rank == 0 and result.checkpoint_path:
-        device = torch.device(env.device) if env.device else torch.device("cpu")
         results = knn_report(cfg, result.checkpoint_path, output_dir, device)
         console.info(format_report(results, cfg.evaluation.knn_k))
     return EXIT_OK

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from dinolite.config import OptimConfig, TeacherConfig
+from dinolite.config import ConfigError, OptimConfig, TeacherConfig
 
 
 class Schedule(Protocol):
@@ -144,6 +144,12 @@ def build_schedules(
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
     total = optim_cfg.epochs * iterations_per_epoch
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
+    if optim_cfg.min_lr > peak_lr:
+        raise ConfigError(
+            f"invalid value for 'optim.min_lr': {optim_cfg.min_lr}; must be <= the peak lr {peak_lr:.4g} "
+            f"(optim.base_lr={optim_cfg.base_lr} scaled by {optim_cfg.scaling_rule} for a global batch of "
+            f"{global_batch_size})"
+        )
     lr = CosineSchedule(
         base_value=peak_lr,
         final_value=optim_cfg.min_lr,

@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -41,6 +40,8 @@ from dinolite.config import config_from_dict
 from dinolite.dist import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
+from dinolite.train.run_lock import hold_run_lock
+from dinolite.train.stop_signals import StopFlag
 
 # submitit is the ``slurm`` extra: importing this module without it names the pip install to run
 submitit = optional_import("submitit", extra="slurm", purpose="Slurm submission (dinolite-slurm)")
@@ -243,24 +244,6 @@ class SlurmTask:
         )
 
 
-class StopFlag:
-    """Records that a stop signal arrived; ``flag.is_set`` is the loop's ``stop_requested``.
-
-    A signal handler must not do real work (it interrupts arbitrary code, collectives included), so
-    this only flips a boolean; the loop acts on it at the next iteration boundary.
-    """
-
-    def __init__(self) -> None:
-        self.signal_name: Optional[str] = None
-
-    def is_set(self) -> bool:
-        return self.signal_name is not None
-
-    def handle(self, signum: int, frame: Optional[types.FrameType] = None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        print(f"[dinolite.slurm] caught {self.signal_name}: checkpointing at the next iteration", flush=True)
-
-
 def preemption_signal() -> signal.Signals:
     """The signal Slurm sends before a time limit / preemption: submitit's (USR2 unless
     ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise)."""
@@ -325,13 +308,15 @@ class SlurmTrainingJob(Checkpointable):
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
         cfg = config_from_dict(self.config)
         cfg.train.output_dir = str(output_dir)
-        flag = StopFlag()
+        flag = StopFlag(prefix="[dinolite.slurm]")
         signum = preemption_signal()
         previous = signal.signal(signum, flag.handle)
         try:
             init = resolve_callable(self.init_distributed_entry)
             env = init(backend=cfg.distributed.backend, device=cfg.train.device)
-            result = resolve_callable(self.train_entry)(cfg, output_dir, env, flag.is_set)
+            collective_device = env.device if getattr(env, "backend", "") == "nccl" else "cpu"
+            with hold_run_lock(output_dir, env.rank == 0, collective_device):  # one run per output directory
+                result = resolve_callable(self.train_entry)(cfg, output_dir, env, flag.is_set)
             requeue = result.status == "preempted" and task.restart_count < self.max_requeues
             if env.rank == 0:
                 record_attempt(output_dir, _attempt_record(task, result, flag, requeue))

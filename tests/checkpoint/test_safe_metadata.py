@@ -12,6 +12,11 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
+from dinolite.checkpoint import (
+    CheckpointManager,
+    load_checkpoint,
+    load_consolidated_state_dict,
+)
 from dinolite.checkpoint.safe_metadata import (
     CheckpointMetadataError,
     UnsafeMetadataError,
@@ -19,7 +24,6 @@ from dinolite.checkpoint.safe_metadata import (
 )
 from dinolite.config import load_config
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.checkpoint import CheckpointManager, load_checkpoint, load_consolidated_state_dict
 from dinolite.train.dinov2 import build_objective
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,14 +22,9 @@ from PIL import Image
 
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
-from dinolite.data.loader import (
-    SkippedSampleWindow,
-    TooManySkippedSamplesError,
-    build_eval_dataset,
-    build_train_loader,
-    slot_stream,
-)
+from dinolite.data.loader import build_eval_dataset, build_train_loader, slot_stream
 from dinolite.data.masking import MaskingGenerator
+from dinolite.data.skip_window import SkippedSampleWindow, TooManySkippedSamplesError
 from dinolite.data.sources import DamagedShardError, read_tar, resolve_source
 from tests.data.test_decode import bomb_png
 
@@ -164,6 +159,11 @@ def test_window_counts_against_its_full_size_and_forgets_old_samples():
     assert "3 of the last 20 samples read by worker 0" in message
     assert "data.decode_errors_max_fraction=0.1" in message and "data.decode_errors_window=20" in message
     assert "s.tar key 4" in message and "s.tar key 2" in message and "key 1" not in message
+    float_edge = SkippedSampleWindow(0.29, 100, "w")  # 0.29 * 100 == 28.999999999999996 in floats
+    for i in range(29):
+        float_edge.add(True, str(i))
+    with pytest.raises(TooManySkippedSamplesError, match="30 of the last 30"):
+        float_edge.add(True, "30")
     zero = SkippedSampleWindow(0.0, 5, "w")
     with pytest.raises(TooManySkippedSamplesError):
         zero.add(True, "first")
@@ -259,6 +259,14 @@ def test_cut_shard_yields_what_was_read_then_names_the_loss(tmp_path, cut):
     reason = {"at_header_boundary": "without an end-of-archive marker", "inside_header": "inside the member header",
               "inside_member": "unexpected end of data"}[cut]
     assert reason in message
+
+
+def test_cut_or_failing_pipe_commands_are_reported(tmp_path):
+    _, cuts = cut_copies(tmp_path)
+    with pytest.raises(DamagedShardError, match=r"'pipe:cat .*at_header_boundary.tar' is damaged after 3 samples"):
+        list(read_tar(f"pipe:cat {cuts['at_header_boundary']}"))
+    with pytest.raises(DamagedShardError, match=r"after 0 samples: .*empty file; the command exited with status 3"):
+        list(read_tar("pipe:exit 3"))
 
 
 def test_cut_gzip_shard_is_reported(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from dinolite.config import ConfigError, load_config
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS
-from dinolite.data.loader import DEFAULT_MAX_SKIP_FRACTION, DEFAULT_SKIP_WINDOW
+from dinolite.data.skip_window import DEFAULT_MAX_SKIP_FRACTION, DEFAULT_SKIP_WINDOW
 from dinolite.train import builders
 
 

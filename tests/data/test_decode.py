@@ -134,7 +134,7 @@ def test_header_sizes_match_pillow_for_every_format():
         assert image_size(data) == (53, 37), name
         assert decode_module._header_size(data) in ((53, 37), None), name
     assert decode_module._header_size(cases["webp extended"]) == (53, 37)  # VP8X really parsed
-    with pytest.raises(ValueError, match="unrecognised"):
+    with pytest.raises(ValueError, match=r"not an image in any known format \(19 bytes, starting b'not an image'\)"):
         image_size(b"not an image at all")
 
 
@@ -179,3 +179,32 @@ def test_damaged_and_empty_bytes_raise_value_error():
         decode_image(png[:40])
     with pytest.raises(ValueError):
         decode_image(b"\xff\xd8garbage")
+
+
+def test_animated_gif_decodes_its_first_frame_only(monkeypatch):
+    """A 6 KB GIF of 200 near-identical 1000x1000 frames: torchvision would decode all of them (600 MB)
+    under a per-frame pixel limit; only the first frame may be decoded."""
+    frames = [Image.new("P", (1000, 1000), 0) for _ in range(200)]
+    for i, frame in enumerate(frames):
+        frame.putpixel((i, i), i % 250 + 1)
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], optimize=False)
+    data = buf.getvalue()
+    assert len(data) < 10_000 and Image.open(io.BytesIO(data)).n_frames == 200
+    first = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def must_not_decode_all_frames(*args, **kwargs):
+        raise AssertionError("torchvision decodes every frame of a GIF")
+
+    monkeypatch.setattr(decode_module, "tv_decode_image", must_not_decode_all_frames)
+    out = decode_image(data)
+    assert out.shape == (3, 1000, 1000)
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), first)
+
+
+def test_animated_webp_decodes_its_first_frame():
+    frames = [Image.new("RGB", (30, 20), (10 * i, 0, 0)) for i in range(5)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    out = decode_image(buf.getvalue())
+    assert out.shape == (3, 20, 30) and int(out[0, 0, 0]) == 0

@@ -1,12 +1,16 @@
+import io
 import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from dinolite.data import make_shards as ms
 from dinolite.data.sources import read_tar
 from tests.data.conftest import N_CLASSES, PER_CLASS
+from tests.data.test_decode import bomb_png
 
 
 def _all_samples(out: Path) -> list[dict]:
@@ -52,9 +56,6 @@ def test_list_file_source_and_max_side(image_folder, tmp_path):
     index = ms.make_shards(listing, tmp_path / "out", shard_size=10, max_side=20, progress=False)
     assert index["classes"] == ["cat0", "cat1"]
     samples = _all_samples(tmp_path / "out")
-    from PIL import Image
-    import io
-
     for sample, i in zip(samples, range(3)):
         data = sample.get("jpg") or sample.get("png")
         assert max(Image.open(io.BytesIO(data)).size) == 20
@@ -95,3 +96,22 @@ def test_workers_give_identical_shards(image_folder, shard_dir, tmp_path):
 def test_missing_source_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ms.make_shards(tmp_path / "nowhere", tmp_path / "out", progress=False)
+
+
+def test_bombs_are_skipped_undecoded_and_16_bit_images_shrink_scaled(tmp_path):
+    """make_shards --max-side re-encodes: a 16-bit PNG must keep its values (Pillow's convert('RGB')
+    clipped them to white), and a decompression bomb is skipped from its header."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 65535, 64).astype("<u2"), (48, 1))  # 64x48, dark to bright
+    Image.frombytes("I;16", (64, 48), ramp.tobytes()).save(src / "a" / "deep.png")
+    (src / "a" / "bomb.png").write_bytes(bomb_png())
+    index = ms.make_shards(src, tmp_path / "out", shard_size=10, max_side=32, progress=False)
+    assert index["num_samples"] == 1 and index["skipped"]["count"] == 1
+    assert "bomb.png: ImageTooLargeError: image of 20000x20000" in index["skipped"]["first"][0]
+    (sample,) = [s for shard in sorted((tmp_path / "out").glob("shard-*.tar")) for s in read_tar(str(shard))]
+    shrunk = np.asarray(Image.open(io.BytesIO(sample["png"])))
+    assert shrunk.shape == (24, 32, 3)
+    row = shrunk[12, :, 0].astype(int)
+    assert row[0] < 10 and row[-1] > 245 and np.all(np.diff(row) >= 0)
+    assert 100 < row[16] < 160  # mid-grey in the middle: a ramp, not the white a clipping conversion gives

@@ -162,3 +162,30 @@ def test_format_that_contradicts_the_suffix_is_refused_before_any_work(tmp_path,
     assert export_main(argv) == 2
     assert "--format safetensors writes .safetensors files, not '.onnx'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_hub_folders_from_a_checkpoint_load_back_and_push(run_dir, tmp_path, capsys, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    calls = []
+    monkeypatch.setattr(hub.HfApi, "create_repo", lambda self, **kw: calls.append(("create_repo", kw["repo_id"])))
+    monkeypatch.setattr(hub.HfApi, "upload_folder",
+                        lambda self, **kw: calls.append(("upload_folder", kw["folder_path"])) or "commit-url")
+    teacher = tmp_path / "t.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(teacher)]) == 0
+    images = torch.randn(2, 3, 32, 32)
+    expected = _features(dinolite.load_backbone(teacher), images)
+    for fmt in ("timm-hub", "transformers"):
+        folder = tmp_path / fmt
+        argv = ["--checkpoint", str(run_dir), "--format", fmt, "--output", str(folder), "--push-to-hub", f"me/{fmt}"]
+        assert export_main(argv) == 0
+        assert f"pushed to https://huggingface.co/me/{fmt}: commit-url" in capsys.readouterr().out
+        torch.testing.assert_close(_features(dinolite.load_backbone(folder), images), expected, rtol=0, atol=0)
+        assert export_main(argv) == 2  # the folder exists: --force to overwrite, as for files
+        assert "pass --force" in capsys.readouterr().err
+    assert calls == [("create_repo", "me/timm-hub"), ("upload_folder", str(tmp_path / "timm-hub")),
+                     ("create_repo", "me/transformers"), ("upload_folder", str(tmp_path / "transformers"))]
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "x.safetensors"),
+                        "--push-to-hub", "me/x"]) == 2
+    assert "--push-to-hub uploads a folder" in capsys.readouterr().err
+    assert export_main(["--checkpoint", str(run_dir), "--format", "timm-hub", "--output", str(tmp_path / "y.json")]) == 2
+    assert "writes a folder" in capsys.readouterr().err

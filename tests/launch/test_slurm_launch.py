@@ -177,7 +177,7 @@ def test_bad_request_fails_before_submission(argv, message, capsys, no_submissio
     "argv, message",
     [
         (["--config", "demo", "--module", "x"], "not allowed with argument"),
-        (["--nodes", "2"], "one of the arguments --config --entry --module is required"),
+        (["--nodes", "2"], "one of the arguments --config/--config-file --entry --module is required"),
         (["--config", "demo", "--", "--k", "3"], "only for --entry/--module"),
         (["--module", "dinolite.config", "a.b=1"], "only apply to --config"),
         (["--config", "demo", "--max-requeues", "-1"], "--max-requeues=-1"),

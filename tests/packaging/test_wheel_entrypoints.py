@@ -21,7 +21,7 @@ from dinolite import compat, extras
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_SCRIPTS = {
     "dinolite-train", "dinolite-slurm", "dinolite-knn", "dinolite-linear", "dinolite-segmentation",
-    "dinolite-visualize", "dinolite-export", "dinolite-shards", "dinolite-info",
+    "dinolite-visualize", "dinolite-export", "dinolite-shards", "dinolite-info", "dinolite-lab",
 }
 
 
@@ -83,7 +83,7 @@ def test_console_script_help_shows_every_default(script, monkeypatch, capsys):
         default = action.default
         if not action.option_strings or default in (None, False, argparse.SUPPRESS) or default == []:
             continue
-        block = _option_block(text, action.option_strings[-1])
+        block = _option_block(text, action.option_strings[0])
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         assert "default" in block.lower(), f"{script} --help: {action.option_strings[-1]} hides its default {shown!r}"
     if script == "dinolite-knn":
@@ -96,7 +96,7 @@ DASH_M = {
     "dinolite-knn": "dinolite.eval.knn", "dinolite-linear": "dinolite.eval.linear",
     "dinolite-segmentation": "dinolite.eval.segmentation", "dinolite-visualize": "dinolite.eval.visualize",
     "dinolite-export": "dinolite.export", "dinolite-shards": "dinolite.data.make_shards",
-    "dinolite-info": "dinolite.models.info",
+    "dinolite-info": "dinolite.models.info", "dinolite-lab": "dinolite.lab.cli",
 }
 
 
@@ -129,8 +129,12 @@ def test_clone_wrappers_run_the_package_functions():
 
 
 def test_presets_ship_inside_the_package():
-    assert _setup_cfg()["options.package_data"]["dinolite.configs"].split() == ["*.yaml"]
-    shipped = sorted((ROOT / "dinolite" / "configs").glob("*.yaml"))
+    patterns = [p.strip() for p in _setup_cfg()["options.package_data"]["dinolite.configs"].split(",")]
+    configs = ROOT / "dinolite" / "configs"
+    shipped = sorted(configs.rglob("*.yaml"))
+    for path in shipped:  # every preset, sub-folders included, is matched by a package_data pattern
+        relative = path.relative_to(configs)
+        assert any(relative.match(p) or (p.startswith("**/") and relative.match(p[3:])) for p in patterns), relative
     assert {p.stem for p in shipped} >= {"default", "demo", "vitl16"}
     assert (ROOT / "configs").resolve() == (ROOT / "dinolite" / "configs").resolve()  # the clone's link
 
@@ -159,6 +163,8 @@ def _forward_macs_of_a_linear_layer():
         ("submitit", "slurm", lambda: importlib.import_module("dinolite.train.slurm")),
         ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
+        ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
+        ("huggingface_hub", "hub", lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b")),
     ],
 )
 def test_missing_optional_dependency_names_its_extra(module, extra, importer, monkeypatch):

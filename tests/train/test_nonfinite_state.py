@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_loop import fake_stream, tiny_config
 from torch import nn
 
 from dinolite.checkpoint import CheckpointManager, load_consolidated_state_dict
 from dinolite.train import builders
 from dinolite.train.finite_check import NonFiniteStateError, check_finite_parameters
 from dinolite.train.loop import NonFiniteLossError, train
-from test_loop import fake_stream, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +77,12 @@ def test_check_names_module_weights_and_gradients():
     assert "backbone gradients [backbone.weight]" in message
     assert "head weights [head.1.bias]" in message
     assert "backbone weights" not in message and "head gradients" not in message
+
+
+def test_huge_but_finite_values_are_not_reported():
+    """The fast path sums each tensor; a sum that overflows on finite values is confirmed element-wise."""
+    module = nn.Linear(2, 2)
+    with torch.no_grad():
+        module.weight.fill_(3e38)  # finite; the float32 sum overflows to inf
+    assert not torch.isfinite(module.weight.sum())
+    check_finite_parameters({"backbone": module}, 0, torch.device("cpu"))

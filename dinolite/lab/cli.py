@@ -1,0 +1,75 @@
+"""``python launch/lab.py --matrix configs/lab/seeds.yaml [--slurm ...]``: run a collapse-lab matrix.
+
+Locally the runs train one after another in this process, then the report is written to
+``<output_dir>/report/README.md``. With ``--slurm`` (and the options of ``launch/slurm.py``) the runs
+that are not finished yet are submitted as one Slurm job array, one array task per run; the last task to
+finish writes the report. Run the same command again to skip finished runs and resume interrupted ones;
+``--report`` only (re)writes the report from what is on disk.
+
+Exit codes: 0 done (or submitted), 2 bad matrix file or options (one ``error:`` line naming the
+file, key and value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.extras import MissingExtraError
+from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.report import require_matplotlib, write_report
+from dinolite.lab.runner import run_local
+from dinolite.train.slurm_launch import SLURM_OPTIONS, add_slurm_arguments
+
+try:  # submitit (the ``slurm`` extra) is needed for --slurm only
+    from dinolite.lab import slurm_array
+except MissingExtraError as exc:
+    slurm_array, _MISSING_SUBMITIT = None, exc
+
+EXIT_OK = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(prog="launch/lab.py", description=__doc__)
+    parser.add_argument("--matrix", required=True, help="a matrix file, e.g. configs/lab/seeds.yaml")
+    parser.add_argument("--output-dir", help="default: the matrix's output_dir")
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these runs of the matrix")
+    parser.add_argument("--report", action="store_true", help="only write the report from the runs on disk")
+    parser.add_argument("--slurm", action="store_true", help="submit the unfinished runs as one Slurm job array")
+    parser.add_argument("--array-parallelism", type=int, default=256, help="array tasks running at once (--slurm)")
+    add_slurm_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    refused = given & (SLURM_OPTIONS | {"--array-parallelism"})
+    if not args.slurm and refused:
+        parser.error(f"{', '.join(sorted(refused))} only apply with --slurm")
+    require_matplotlib()
+    plan = plan_matrix(args.matrix, args.output_dir, prepare=not args.dry_run)
+    selected = [r.label for r in plan.select(args.only)]
+    if args.report:
+        print(f"report: {write_report(plan)}")
+        return EXIT_OK
+    if args.slurm:
+        if slurm_array is None:
+            raise _MISSING_SUBMITIT
+        return slurm_array.submit(plan, selected, args, argv)
+    page = run_local(plan, selected)
+    if page is not None:
+        print(f"report: {page}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # python -m dinolite.lab.cli (the console script dinolite-lab runs main too)
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The collapse lab's matrix file: which runs, on what data, for how long, measured how, expecting what.
+
+A matrix file (``configs/lab/*.yaml``) is read into :class:`LabMatrix` with the config module's checks
+(unknown keys name the nearest valid one, wrong types name the expected type, every message starts
+with the file), then :func:`plan_matrix` resolves every run to a full training :class:`Config`:
+
+    preset  <-  matrix ``overrides``  <-  the run's ``overrides``  <-  what the lab sets
+
+The lab sets the budget and the measurement cadence, so that every run of a matrix is measured the
+same way whatever its method: ``train.max_iterations = iterations`` and ``train.iterations_per_epoch =
+ceil(iterations / optim.epochs)`` (the preset's schedules, warm-ups included, are compressed into the
+budget rather than cut off), ``monitor.every`` / ``train.log_every`` = ``measurements.every``, one
+checkpoint per spectrum (all kept: the spectra are computed from them after training), the watchdog on
+``warn`` (a collapsed run keeps training, so its whole trace and its final kNN are in the report), and
+the shared data. A run's own overrides may not set those keys (the error says which matrix key does).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import MISSING
+
+from dinolite.config import Config, ConfigError, load_config, load_yaml_as
+from dinolite.data.digits import prepare_digits
+
+HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
+# What a run can be expected to show (the verdict logic decides between the same three).
+EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL)
+DIGITS = "digits"
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+@dataclass
+class LabRun:
+    label: str = MISSING  # names the run's folder and its row in the report: letters, digits, _.+-
+    preset: str = MISSING  # a training preset (demo, demo_simsiam, vitb16, ...) or a .yaml path
+    overrides: list[str] = field(default_factory=list)  # key=value, applied after the matrix's overrides
+    expect: str = MISSING  # healthy | complete collapse | dimensional collapse
+    why: str = ""  # the paper's finding this run reproduces (shown in the report)
+    reference: str = ""  # label of the run this one is compared with for dimensional collapse (Jing et al.)
+
+
+@dataclass
+class Measurements:
+    every: int = 10  # collapse metrics and the loss every N iterations
+    max_samples: int = 256  # embeddings per collapse measurement (the monitor gathers a batch's worth)
+    spectra: int = 4  # covariance spectra of the evaluated backbone at this many checkpoints (+ init)
+    spectrum_samples: int = 1024  # evaluation images the spectra, RankMe and std are computed on
+    knn: bool = True  # kNN top-1 of the evaluated backbone's CLS at the end (and at random init)
+    knn_k: int = 20
+    linear: bool = True  # linear probe (DINOv2's grid) at the end (and at random init)
+    linear_epochs: int = 10
+
+
+@dataclass
+class VerdictRules:
+    """Thresholds of the verdict (dinolite/lab/verdict.py explains each); defaults suit any method."""
+
+    complete_std_ratio: float = 0.1  # std x sqrt(d) of the L2-normalised embedding below: constant output
+    one_prototype_entropy: float = 0.1  # batch-mean teacher entropy / ln K below: one prototype for all
+    uniform_entropy: float = 0.98  # per-image teacher entropy / ln K above: a flat output for every image
+    dimensional_rank_ratio: float = 0.05  # RankMe / min(N, D) below (and not complete): dimensional
+    dimensional_reference_fraction: float = 0.5  # eval-set RankMe below this x the reference run's
+    settle_fraction: float = 0.25  # the last fraction of the run a condition must hold over (>= 1 point)
+
+
+@dataclass
+class LabMatrix:
+    name: str = MISSING
+    description: str = ""
+    output_dir: str = MISSING  # runs in <output_dir>/<label>/, the report in <output_dir>/report/
+    iterations: int = MISSING  # training budget of every run
+    data: list[str] = field(default_factory=lambda: [DIGITS])  # data.source of every run
+    eval_train: list[str] = field(default_factory=list)  # labelled folders/shards for kNN and linear;
+    eval_val: list[str] = field(default_factory=list)  # default for [digits]: its train/val splits
+    overrides: list[str] = field(default_factory=list)  # key=value for every run (before the run's own)
+    measurements: Measurements = field(default_factory=Measurements)
+    verdict: VerdictRules = field(default_factory=VerdictRules)
+    runs: list[LabRun] = field(default_factory=list)
+
+
+# Training keys the lab sets itself, and the matrix key that decides each.
+LAB_KEYS: dict[str, str] = {
+    "train.max_iterations": "iterations",
+    "train.iterations_per_epoch": "iterations",
+    "train.output_dir": "output_dir",
+    "train.log_every": "measurements.every",
+    "train.checkpoint_every": "measurements.spectra",
+    "train.keep_last_checkpoints": "measurements.spectra",
+    "monitor.every": "measurements.every",
+    "monitor.max_samples": "measurements.max_samples",
+    "monitor.spectrum_every": "measurements.spectra",
+    "monitor.action": "(the lab always warns: collapsed runs keep training)",
+    "data.source": "data",
+    "evaluation.knn_at_end": "measurements.knn",
+}
+
+
+@dataclass
+class PlannedRun:
+    """One run of the matrix, resolved: its training config and where it lives."""
+
+    index: int
+    spec: LabRun
+    config: Config
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+
+@dataclass
+class LabPlan:
+    matrix: LabMatrix
+    source: Path  # the matrix file
+    output_dir: Path
+    runs: list[PlannedRun]
+    eval_train: list[str]
+    eval_val: list[str]
+
+    @property
+    def report_dir(self) -> Path:
+        return self.output_dir / "report"
+
+    def select(self, labels: Optional[list[str]]) -> list[PlannedRun]:
+        """The runs named in ``labels`` (all when None); unknown labels are an error with a hint."""
+        if not labels:
+            return list(self.runs)
+        known = [r.label for r in self.runs]
+        for label in labels:
+            if label not in known:
+                raise ConfigError(f"{self.source}: no run labelled {label!r}{_hint(label, known)}")
+        return [r for r in self.runs if r.label in labels]
+
+
+def _hint(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else f"; expected one of: {', '.join(choices)}"
+
+
+def load_matrix(path: str | Path) -> LabMatrix:
+    """Read and check a matrix file (keys, types, values); raises ``ConfigError`` naming file/key/value."""
+    path = Path(path)
+    matrix: LabMatrix = load_yaml_as(path, LabMatrix, what="matrix file")
+    src = str(path)
+    if matrix.iterations < 1:
+        raise ConfigError(f"{src}: invalid value for 'iterations': {matrix.iterations}; must be >= 1")
+    m = matrix.measurements
+    for key in ("every", "max_samples", "spectrum_samples", "knn_k", "linear_epochs"):
+        if getattr(m, key) < 1:
+            raise ConfigError(f"{src}: invalid value for 'measurements.{key}': {getattr(m, key)}; must be >= 1")
+    if m.max_samples < 2:
+        raise ConfigError(f"{src}: invalid value for 'measurements.max_samples': {m.max_samples}; must be >= 2")
+    if not 0 <= m.spectra <= matrix.iterations:
+        raise ConfigError(f"{src}: invalid value for 'measurements.spectra': {m.spectra}; must be in [0, iterations]")
+    if m.every > matrix.iterations:
+        raise ConfigError(f"{src}: 'measurements.every' = {m.every} exceeds 'iterations' = {matrix.iterations}: "
+                          "no measurement would be taken")
+    if not 0 < matrix.verdict.settle_fraction <= 1:
+        raise ConfigError(f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; "
+                          "must be in (0, 1]")
+    if not matrix.runs:
+        raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
+    if bool(matrix.eval_train) != bool(matrix.eval_val):
+        raise ConfigError(f"{src}: set both 'eval_train' and 'eval_val', or neither")
+    if not matrix.eval_train and matrix.data != [DIGITS] and (m.knn or m.linear or m.spectra):
+        raise ConfigError(f"{src}: 'data' is {matrix.data}, not [digits]: give the labelled 'eval_train' and "
+                          "'eval_val' sources the kNN, linear probe and spectra are computed on")
+    seen: dict[str, int] = {}
+    for i, run in enumerate(matrix.runs):
+        where = f"{src}: runs[{i}]"
+        if not _LABEL.fullmatch(run.label):
+            raise ConfigError(f"{where}.label {run.label!r}: use letters, digits and _.+- (it names a folder)")
+        if run.label in seen:
+            raise ConfigError(f"{where}.label {run.label!r} is already the label of runs[{seen[run.label]}]")
+        seen[run.label] = i
+        if run.expect not in EXPECTED_FINDINGS:
+            raise ConfigError(f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}")
+        if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
+            others = [r.label for r in matrix.runs if r.label != run.label]
+            raise ConfigError(f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
+                              f"{_hint(run.reference, others)}")
+        for item in run.overrides:
+            key = item.split("=", 1)[0].strip()
+            if key in LAB_KEYS:
+                raise ConfigError(f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
+                                  f"{LAB_KEYS[key]}; remove it from the run")
+    for item in matrix.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in LAB_KEYS:
+            raise ConfigError(f"{src}: overrides: {key!r} is set by the lab from {LAB_KEYS[key]}; use that key")
+    return matrix
+
+
+def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]) -> list[str]:
+    """The ``key=value`` overrides the lab applies to every run (see the module docstring)."""
+    m = matrix.measurements
+    spectra = max(m.spectra, 1)
+    checkpoint_every = math.ceil(matrix.iterations / spectra)
+    return [
+        f"train.max_iterations={matrix.iterations}",
+        f"train.iterations_per_epoch={math.ceil(matrix.iterations / epochs)}",
+        f"train.output_dir={run_dir}",
+        f"train.log_every={m.every}",
+        f"train.checkpoint_every={checkpoint_every}",
+        f"train.keep_last_checkpoints={spectra + 1}",
+        f"monitor.every={m.every}",
+        f"monitor.max_samples={m.max_samples}",
+        f"monitor.spectrum_every={checkpoint_every}",
+        "monitor.action=warn",
+        "data.source=[" + ",".join(data) + "]",
+        "evaluation.knn_at_end=false",
+    ]
+
+
+def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True) -> LabPlan:
+    """Load the matrix at ``path`` and resolve every run's training config (errors name file, run, key).
+
+    ``output_dir`` replaces the matrix's ``output_dir``. With ``prepare``, ``data: [digits]`` is written
+    once under ``<output_dir>/data`` (idempotent) and shared by every run: its train shards for training,
+    its train/val image folders for evaluation. ``prepare=False`` (dry runs) writes nothing and leaves
+    ``[digits]`` to each run.
+    """
+    path = Path(path)
+    matrix = load_matrix(path)
+    out = Path(output_dir or matrix.output_dir).expanduser().absolute()
+    data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)
+    if matrix.data == [DIGITS] and prepare:
+        digits = prepare_digits(out / "data")
+        data = list(digits["train"])
+        if not eval_train:
+            eval_train, eval_val = [digits["train_folder"]], [digits["val_folder"]]
+    runs = []
+    for i, spec in enumerate(matrix.runs):
+        run_dir = out / spec.label
+        where = f"{path}: runs[{i}] ({spec.label}), preset {spec.preset!r}"
+        try:
+            own = load_config(spec.preset, [*matrix.overrides, *spec.overrides])
+            cfg = load_config(spec.preset, [*matrix.overrides, *spec.overrides,
+                                            *lab_overrides(matrix, own.optim.epochs, run_dir, data)])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        runs.append(PlannedRun(i, spec, cfg, run_dir))
+    return LabPlan(matrix, path, out, runs, eval_train, eval_val)

@@ -1,0 +1,144 @@
+"""Run a lab matrix: each run trains, is evaluated from its checkpoints, and leaves ``lab_result.json``.
+
+Locally the runs go one after another in this process; on Slurm they are one job array, one array
+task per run (:class:`dinolite.lab.slurm_array.LabArrayTask`), each trained through the same :class:`SlurmTrainingJob` as
+``launch/slurm.py`` (USR2 -> checkpoint -> requeue -> resume). Either way:
+
+- a run with a ``lab_result.json`` of the same config is finished and skipped;
+- an interrupted run resumes from its latest checkpoint (the trainer does that from its folder);
+- a run folder holding a run of a *different* config is an error naming the keys that differ (nothing
+  already written is touched);
+- whoever finishes the last run writes the report (on Slurm: the last array task to finish).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from dinolite.config import ConfigError, to_dict
+from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
+from dinolite.lab.matrix import LabPlan, PlannedRun
+from dinolite.lab.report import write_report
+from dinolite.lab.traces import read_result, read_run_config, write_result
+from dinolite.train.logging import get_console_logger
+from dinolite.train.loop import NonFiniteLossError, TrainResult, train
+
+FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
+# Keys that may differ between the planned config and a run folder's config without making it another run.
+_VOLATILE_KEYS = ("train.output_dir",)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(run: PlannedRun) -> list[str]:
+    """Keys whose value differs between the run folder's ``config.yaml`` and the planned config.
+
+    The saved config is read back through the current schema, so keys added to the schema since the run
+    was trained take their defaults and do not count as differences (a code update does not invalidate
+    finished runs); the output directory does not count either (a lab folder may be moved).
+    """
+    existing = read_run_config(run.run_dir)
+    if existing is None:
+        return []
+    old, new = _flatten(to_dict(existing)), _flatten(to_dict(run.config))
+    differ = sorted(k for k in set(old) | set(new) if k not in _VOLATILE_KEYS and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ]
+
+
+def check_run_dir(run: PlannedRun) -> None:
+    """Refuse a run folder that holds another config's run (resuming it would mix two experiments)."""
+    differ = config_differences(run)
+    if differ:
+        raise ConfigError(
+            f"run {run.label!r}: {run.run_dir} holds a run with a different config ({', '.join(differ[:5])}"
+            f"{', ...' if len(differ) > 5 else ''}); move that folder away or give the lab another output_dir"
+        )
+
+
+def is_done(run: PlannedRun) -> bool:
+    """Trained and evaluated (``lab_result.json`` in a final status) with the planned config."""
+    result = read_result(run.run_dir)
+    return bool(result) and result.get("status") in FINAL_STATUSES and not config_differences(run)
+
+
+def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, message: str,
+               train_seconds: float | None = None) -> dict:
+    """Evaluate a trained run from its checkpoints and write its ``lab_result.json``."""
+    start = time.perf_counter()
+    data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
+    evaluation = evaluate_run(run.config, run.run_dir, data)
+    random_init_baseline(run.config, data, plan.output_dir / "baselines")
+    result = {
+        "label": run.label,
+        "status": status,
+        "iteration": iteration,
+        "message": message,
+        "train_seconds": train_seconds,
+        "eval_seconds": round(time.perf_counter() - start, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **evaluation,
+    }
+    write_result(run.run_dir, result)
+    return result
+
+
+def train_one(run: PlannedRun, train_fn: Callable[..., TrainResult] = train) -> tuple[str, int, str]:
+    """Train (or resume) one run in this process; returns ``(status, iteration, message)``."""
+    cfg = run.config
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    try:
+        result = train_fn(cfg, run.run_dir, env)
+        return result.status, result.iteration, result.message
+    except NonFiniteLossError as exc:
+        return "diverged", iteration_of(str(exc)), str(exc)
+    finally:
+        destroy_distributed()
+
+
+def iteration_of(message: str) -> int:
+    """The iteration named in a :class:`NonFiniteLossError` message (``... at iteration N ...``)."""
+    words = message.split()
+    for i, word in enumerate(words[:-1]):
+        if word == "iteration":
+            digits = "".join(ch for ch in words[i + 1] if ch.isdigit())
+            if digits:
+                return int(digits)
+    return -1
+
+
+def run_local(plan: LabPlan, labels: Optional[list[str]] = None, report: bool = True,
+              train_fn: Callable[..., TrainResult] = train) -> Path | None:
+    """Every selected run, one after another in this process, then the report (unless ``report=False``)."""
+    console = get_console_logger()
+    selected = plan.select(labels)
+    for run in selected:
+        check_run_dir(run)
+    for run in selected:
+        if is_done(run):
+            console.info(f"[lab] {run.label}: finished earlier, skipped")
+            continue
+        console.info(f"[lab] {run.label}: {' '.join([run.spec.preset, *run.spec.overrides])} -> {run.run_dir}")
+        start = time.perf_counter()
+        status, iteration, message = train_one(run, train_fn)
+        if status == "preempted":
+            console.info(f"[lab] {run.label}: preempted at iteration {iteration}; run the lab again to resume")
+            return None
+        finish_run(plan, run, status, iteration, message, round(time.perf_counter() - start, 1))
+        console.info(f"[lab] {run.label}: {status} at iteration {iteration} ({time.perf_counter() - start:.0f} s)")
+    return write_report(plan) if report else None

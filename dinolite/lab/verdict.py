@@ -1,0 +1,156 @@
+"""Verdict: healthy, complete collapse or dimensional collapse, decided from a run's metric traces.
+
+The kinds, and the papers whose figures they come from:
+
+- **complete collapse**: every image gets (nearly) the same output. Seen as
+  - a constant embedding: the std of the L2-normalised embedding drops to 0 (SimSiam, Chen & He 2021,
+    Fig. 2; healthy stays near 1/sqrt(d), i.e. ``std_ratio = std * sqrt(d)`` near 1). Rule:
+    ``std_ratio < complete_std_ratio`` on the backbone or the projector channel;
+  - one prototype (DINO without centering, Caron et al. 2021): the batch-mean teacher distribution puts
+    all mass on one prototype. Rule: ``teacher_mean_entropy / ln K < one_prototype_entropy``;
+  - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
+    ``teacher_entropy / ln K > uniform_entropy``.
+- **dimensional collapse** (Jing et al. 2021): outputs differ between images but span few directions
+  (many near-zero singular values). Rules (not complete, and either):
+  - ``RankMe / min(N, D) < dimensional_rank_ratio`` on the backbone or the projector channel: an
+    absolute floor, low because a small healthy network on a 10-class data set already has a low
+    effective rank (the DINO demo's backbone: RankMe ~12 of 96 dimensions);
+  - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
+    ``reference`` run, its evaluated backbone's RankMe on the evaluation images is below
+    ``dimensional_reference_fraction`` x the reference's, at the same checkpoints.
+- **healthy**: none of the above.
+- **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
+
+A condition counts only when it *persists*: it must hold at every measurement of the last
+``settle_fraction`` of the run (at least the last one). Early training can look collapsed (LayerScale
+or a random head make every output alike at first; see docs/collapse_experiment.md), and a transient dip
+that recovers is not a collapse. ``since`` is the first iteration from which the condition held at
+every later measurement: when the run collapsed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.traces import CHANNELS, RunTrace, Series
+
+DIVERGED = "diverged"
+NO_DATA = "no data"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One condition that holds: what it is, since when, and the number that shows it."""
+
+    kind: str
+    mode: str
+    since: int
+    value: float
+    rule: str
+
+    def describe(self) -> str:
+        return f"{self.mode}: {self.rule} (last {self.value:.3g}), from iteration {self.since}"
+
+
+@dataclass
+class Verdict:
+    kind: str
+    findings: list[Finding] = field(default_factory=list)
+    evidence: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def since(self) -> Optional[int]:
+        return min((f.since for f in self.findings if f.kind == self.kind), default=None)
+
+    @property
+    def mode(self) -> str:
+        return ", ".join(f.mode for f in self.findings if f.kind == self.kind)
+
+    def reproduces(self, expected: str) -> bool:
+        return self.kind == expected
+
+
+def persistent_since(series: Series, condition: Callable[[float], bool], settle_fraction: float) -> Optional[int]:
+    """First iteration from which ``condition`` holds at every later point, provided it holds over the
+    last ``settle_fraction`` of the run (at least the last point); None otherwise."""
+    if not series:
+        return None
+    settle_from = series.iterations[-1] * (1.0 - settle_fraction)
+    first_in_window = min(it for it in series.iterations if it >= settle_from)
+    since = None
+    for it, value in zip(reversed(series.iterations), reversed(series.values)):
+        if not (math.isfinite(value) and condition(value)):
+            break
+        since = it
+    return since if since is not None and since <= first_in_window else None
+
+
+def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None,
+          eval_rank: Optional[Series] = None, reference_rank: Optional[Series] = None,
+          reference: str = "reference") -> Verdict:
+    """The verdict of one run's traces under ``rules`` (see the module docstring).
+
+    ``diverged_at``: the iteration at which training stopped on a non-finite loss (the loop raises
+    before logging it, so the trace alone cannot show it). ``eval_rank`` / ``reference_rank``: RankMe of
+    this run's and of its ``reference`` run's evaluated backbone at their checkpoints.
+    """
+    evidence = _evidence(trace)
+    if diverged_at is not None:
+        return Verdict(DIVERGED, [Finding(DIVERGED, "non-finite loss", diverged_at, math.nan, "loss is NaN/inf")],
+                       evidence)
+    loss = trace.loss()
+    bad = [it for it, v in zip(loss.iterations, loss.values) if not math.isfinite(v)]
+    if bad:
+        return Verdict(DIVERGED, [Finding(DIVERGED, "non-finite loss", bad[0], math.nan, "loss is NaN/inf")], evidence)
+    measured = any(trace.channel_prefix(c) for c in CHANNELS) or bool(trace.teacher("teacher_entropy_norm"))
+    if not measured:
+        return Verdict(NO_DATA, evidence=evidence)
+
+    candidates: list[tuple[str, str, Series, Callable[[float], bool], str]] = []
+    for channel in CHANNELS:
+        candidates.append((COMPLETE, f"constant {channel} output", trace.channel(channel, "std_ratio"),
+                           lambda v: v < rules.complete_std_ratio, f"std x sqrt(d) < {rules.complete_std_ratio:g}"))
+    candidates.append((COMPLETE, "one prototype", trace.teacher("teacher_mean_entropy_norm"),
+                       lambda v: v < rules.one_prototype_entropy, f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}"))
+    candidates.append((COMPLETE, "uniform output", trace.teacher("teacher_entropy_norm"),
+                       lambda v: v > rules.uniform_entropy, f"H(teacher)/ln K > {rules.uniform_entropy:g}"))
+    for channel in CHANNELS:
+        candidates.append((DIMENSIONAL, f"low-rank {channel}", trace.channel(channel, "rankme_ratio"),
+                           lambda v: v < rules.dimensional_rank_ratio,
+                           f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}"))
+    if eval_rank and reference_rank:
+        ref = dict(zip(reference_rank.iterations, reference_rank.values))
+        common = [(it, v / ref[it]) for it, v in zip(eval_rank.iterations, eval_rank.values) if ref.get(it, 0) > 0]
+        ratio = Series([it for it, _ in common], [r for _, r in common])
+        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", ratio,
+                           lambda v: v < rules.dimensional_reference_fraction,
+                           f"eval RankMe < {rules.dimensional_reference_fraction:g} x {reference}'s"))
+    findings = []
+    for kind, mode, series, condition, rule in candidates:
+        since = persistent_since(series, condition, rules.settle_fraction)
+        if since is not None:
+            findings.append(Finding(kind, mode, since, series.last, rule))
+    for kind in (COMPLETE, DIMENSIONAL):
+        if any(f.kind == kind for f in findings):
+            return Verdict(kind, findings, evidence)
+    return Verdict(HEALTHY, findings, evidence)
+
+
+def _evidence(trace: RunTrace) -> dict[str, float]:
+    """Last values of the comparable metrics (for the report's table and the reproduced/not line)."""
+    out: dict[str, float] = {}
+    for channel in CHANNELS:
+        for stat in ("std_ratio", "rankme", "rankme_ratio"):
+            series = trace.channel(channel, stat)
+            if series:
+                out[f"{channel}_{stat}"] = series.last
+    for name in ("teacher_entropy_norm", "teacher_mean_entropy_norm", "student_teacher_kl"):
+        series = trace.teacher(name)
+        if series:
+            out[name] = series.last
+    if trace.loss():
+        out["loss"] = trace.loss().last
+    return out

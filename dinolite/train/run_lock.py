@@ -1,0 +1,234 @@
+"""One run per output directory: an exclusive lock file taken before anything is written there.
+
+``<output_dir>/.dinolite.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local filesystems, on NFSv3+
+and on Lustre) and holds JSON: host, pid, the process's start time (``/proc/<pid>/stat``), the boot id,
+the Slurm job id and restart count, the start date and the command line. The file descriptor also holds
+an ``flock`` for the life of the run where the filesystem supports it (local, NFSv4, Lustre mounted with
+``-o flock``); it is only used as a hint in messages, never to decide anything.
+
+A lock already there is:
+
+- **live** (or cannot be checked: another host) -> start-up fails with the holder's host, pid and start
+  date, and what to do (use another ``train.output_dir``; if that run is really gone, delete the file);
+- **stale**, taken over with a warning naming the dead holder's host and pid, when provably dead:
+  same host and (no such pid, or a pid whose start time or boot id differs: the pid was reused), or the
+  same Slurm job id with a lower restart count (an earlier incarnation of this requeued job: Slurm has
+  ended it). Take-over renames the stale file away, checks that what it moved is the file it judged
+  stale, and then competes with ``O_EXCL`` again, so two runs starting at once cannot both win.
+
+Under torchrun / Slurm only rank 0 takes the lock (:func:`hold_run_lock`); all ranks agree on the result.
+Not guaranteed: a holder on another host that died without releasing (node crash) is never taken over
+automatically; filesystems without atomic exclusive create (NFSv2) give no exclusion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from dinolite.dist import any_rank
+
+LOCK_FILE = ".dinolite.lock"
+
+
+class RunLockError(RuntimeError):
+    """The output directory is in use by another run (or its lock cannot be judged); says what to do."""
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), None if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _describe(info: dict) -> str:
+    return f"host {info.get('host')}, pid {info.get('pid')}, started {info.get('started')}"
+
+
+class RunLock:
+    """The lock of one output directory; :meth:`acquire` returns a warning when it took over a stale lock."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / LOCK_FILE
+        self.info = {
+            "host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
+            "boot_id": _boot_id(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "token": uuid.uuid4().hex,
+        }
+        self._fd: int | None = None
+
+    # ---- judging a lock that is already there --------------------------------------------------
+
+    def _stale_reason(self, holder: dict) -> str | None:
+        """Why ``holder`` is provably dead, or None when it may be alive."""
+        me = self.info
+        if holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]:
+            if int(holder.get("slurm_restart_count") or 0) < me["slurm_restart_count"]:
+                return "an earlier run of this requeued Slurm job"
+        if holder.get("host") != me["host"]:
+            return None
+        if holder.get("boot_id") and me["boot_id"] and holder["boot_id"] != me["boot_id"]:
+            return "the host has rebooted since"
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or not _pid_alive(pid):
+            return "no such process"
+        start = holder.get("process_start")
+        if start is not None and _process_start(pid) not in (None, start):
+            return "that pid now belongs to another process"
+        return None
+
+    def _read_holder(self) -> dict | None:
+        for _ in range(20):  # the holder may be between O_EXCL and writing its JSON
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                return None
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                if time.time() - self.path.stat().st_mtime > 10:
+                    raise RunLockError(
+                        f"{self.path} exists but is not a dinolite lock (unreadable JSON); if no run uses "
+                        f"{self.output_dir}, delete it and start again"
+                    ) from None
+                time.sleep(0.1)
+        raise RunLockError(f"{self.path}: the lock is being written by another process for too long")
+
+    def _held_hint(self) -> str:
+        """Whether the holder's flock is held (a hint: flock may not work across hosts on this filesystem)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return ""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return " (its flock is not held, so that run has probably ended)"
+        except BlockingIOError:
+            return ""
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def _take_over(self, holder: dict) -> bool:
+        """Move a stale lock aside; False when someone else changed it in the meantime (start over)."""
+        aside = self.path.with_name(f"{LOCK_FILE}.stale.{self.info['token']}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, json.JSONDecodeError):
+            moved = None
+        if moved != holder:  # another run replaced the stale lock first: put its lock back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+
+    # ---- acquire / release -----------------------------------------------------------------------
+
+    def acquire(self) -> str | None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        warning = None
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read_holder()
+                if holder is None:
+                    continue
+                reason = self._stale_reason(holder)
+                if reason is None:
+                    raise RunLockError(
+                        f"{self.output_dir} is in use by another run ({_describe(holder)}; lock file {self.path})"
+                        f"{self._held_hint()}. Use another train.output_dir; if that run is gone (e.g. its node "
+                        f"crashed), delete {self.path} and start again"
+                    )
+                if self._take_over(holder):
+                    warning = f"took over the stale lock {self.path} of {_describe(holder)}: {reason}"
+                continue
+            os.write(fd, (json.dumps(self.info) + "\n").encode())
+            os.fsync(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:  # no flock on this filesystem (ENOLCK, EOPNOTSUPP...): O_EXCL alone
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EWOULDBLOCK):
+                    raise
+            self._fd = fd
+            return warning
+        raise RunLockError(f"{self.path}: could not take the lock (other runs keep replacing it)")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if json.loads(self.path.read_text()).get("token") == self.info["token"]:
+                self.path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass  # gone or replaced by someone who judged us dead: not ours to delete
+        os.close(self._fd)
+        self._fd = None
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def hold_run_lock(
+    output_dir: str | Path, is_main: bool, device: torch.device | str, warn: Callable[[str], None] = _warn
+) -> Iterator[None]:
+    """Rank 0 holds the output directory's lock for the block; every rank raises :class:`RunLockError`
+    when rank 0 could not take it (agreed by all-reduce, so no rank starts training alone)."""
+    lock = RunLock(output_dir) if is_main else None
+    failure: RunLockError | None = None
+    if lock is not None:
+        try:
+            warning = lock.acquire()
+            if warning:
+                warn(f"warning: {warning}")
+        except RunLockError as exc:
+            failure = exc
+    if any_rank(failure is not None, device):
+        raise failure or RunLockError(f"{output_dir}: rank 0 could not lock the output directory (see its message)")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

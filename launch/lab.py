@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Run a collapse-lab matrix: ``python launch/lab.py --matrix configs/lab/seeds.yaml [--slurm ...]``.
+
+See dinolite/lab/cli.py (and docs/collapse.md for what the report shows).
+"""
+
+import sys
+from pathlib import Path
+
+# Run from a source checkout without `pip install -e .`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dinolite.lab.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

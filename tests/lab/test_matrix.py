@@ -1,0 +1,110 @@
+"""Matrix files: what the lab sets on every run, and errors that name the file, key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dinolite.config import ConfigError, load_config, save_config
+from dinolite.lab.matrix import load_matrix, plan_matrix
+from dinolite.lab.runner import check_run_dir, is_done
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = """\
+name: t
+output_dir: {out}
+iterations: 200
+measurements: {{every: 10, spectra: 4}}
+runs:
+  - {{label: dino, preset: demo, expect: healthy}}
+  - {{label: no-centering, preset: demo, overrides: [teacher.center_momentum=1.0], expect: complete collapse}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "m.yaml"
+    path.write_text(text.format(out=tmp_path / "out"))
+    return path
+
+
+def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cadence(tmp_path):
+    plan = plan_matrix(write(tmp_path, VALID), prepare=False)
+    assert [r.label for r in plan.runs] == ["dino", "no-centering"]
+    cfg = plan.runs[1].config
+    assert cfg.optim.epochs == 10  # the demo's 10 epochs now last 20 iterations each: 200 in all
+    assert (cfg.train.iterations_per_epoch, cfg.train.max_iterations) == (20, 200)
+    assert (cfg.monitor.every, cfg.train.log_every, cfg.monitor.action) == (10, 10, "warn")
+    assert (cfg.train.checkpoint_every, cfg.train.keep_last_checkpoints, cfg.monitor.spectrum_every) == (50, 5, 50)
+    assert cfg.teacher.center_momentum == 1.0 and plan.runs[0].config.teacher.center_momentum == 0.9
+    assert Path(cfg.train.output_dir) == tmp_path / "out" / "no-centering"
+    assert plan.report_dir == tmp_path / "out" / "report"
+    assert not (tmp_path / "out").exists()  # planning without `prepare` writes nothing
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("measurements:", "measurments:", r"m.yaml: unknown config key 'measurments'; did you mean 'measurements'\?"),
+        ("every: 10", "evry: 10", r"unknown config key 'measurements.evry'; did you mean 'measurements.every'\?"),
+        ("iterations: 200", "iterations: lots", r"m.yaml: invalid value for 'iterations', expected int"),
+        ("iterations: 200", "iterations: 0", r"'iterations': 0; must be >= 1"),
+        ("expect: complete collapse", "expect: complete colapse",
+         r"runs\[1\].expect \(no-centering\): 'complete colapse' is not a finding; did you mean 'complete collapse'\?"),
+        ("label: dino,", "label: no-centering,", r"runs\[1\].label 'no-centering' is already the label of runs\[0\]"),
+        ("label: dino,", "label: 'a b',", r"runs\[0\].label 'a b': use letters"),
+        ("[teacher.center_momentum=1.0]", "[train.max_iterations=5]",
+         r"runs\[1\].overrides \(no-centering\): 'train.max_iterations' is set by the lab from the matrix's iterations"),
+        ("[teacher.center_momentum=1.0]", "[teacher.center_momentun=1.0]",
+         r"runs\[1\] \(no-centering\), preset 'demo': overrides: unknown config key 'teacher.center_momentun'; "
+         r"did you mean 'teacher.center_momentum'\?"),
+        ("preset: demo, overrides", "preset: demo_nosuch, overrides",
+         r"runs\[1\] \(no-centering\), preset 'demo_nosuch': unknown config preset 'demo_nosuch'; available presets: "),
+        ("expect: complete collapse}", "expect: complete collapse, reference: dinoo}",
+         r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?"),
+        ("measurements: {every: 10, spectra: 4}", "measurements: {every: 500}",
+         r"'measurements.every' = 500 exceeds 'iterations' = 200"),
+    ],
+)
+def test_errors_name_the_file_the_key_and_the_value(tmp_path, old, new, message):
+    template = VALID.replace("{{", "\0").replace("}}", "\1")  # keep the format braces out of the replace
+    text = template.replace(old.replace("{", "\0").replace("}", "\1"), new.replace("{", "\0").replace("}", "\1"))
+    assert text != template, old
+    path = write(tmp_path, text.replace("\0", "{{").replace("\1", "}}"))
+    with pytest.raises(ConfigError, match=message) as info:
+        plan_matrix(path, prepare=False)
+    assert str(path) in str(info.value)
+
+
+def test_missing_required_keys_and_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"matrix file not found: .*nosuch.yaml"):
+        load_matrix(tmp_path / "nosuch.yaml")
+    path = write(tmp_path, "name: t\noutput_dir: o\niterations: 10\nruns:\n  - {{preset: demo, expect: healthy}}\n")
+    with pytest.raises(ConfigError, match=r"m.yaml: .*runs\[0\].label"):
+        load_matrix(path)
+    path = write(tmp_path, "name: t\noutput_dir: o\niterations: 10\nruns: []\n")
+    with pytest.raises(ConfigError, match=r"'runs' is empty"):
+        load_matrix(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "lab").glob("*.yaml")))
+def test_shipped_matrices_plan(name, tmp_path):
+    plan = plan_matrix(ROOT / "configs" / "lab" / name, tmp_path, prepare=False)
+    assert len({r.label for r in plan.runs}) == len(plan.runs) >= 2
+    assert all(r.config.train.max_iterations == plan.matrix.iterations for r in plan.runs)
+
+
+def test_a_run_folder_of_another_config_is_refused_and_nothing_is_touched(tmp_path):
+    plan = plan_matrix(write(tmp_path, VALID), prepare=False)
+    run = plan.runs[1]
+    run.run_dir.mkdir(parents=True)
+    save_config(run.config, run.run_dir / "config.yaml")
+    check_run_dir(run)  # the same config: fine (it resumes)
+    assert not is_done(run)  # trained maybe, but no lab_result.json yet
+    other = load_config("demo", ["teacher.center_momentum=0.5"])
+    save_config(other, run.run_dir / "config.yaml")
+    before = (run.run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match=r"run 'no-centering': .* holds a run with a different config "
+                                          r"\(.*teacher.center_momentum: 0.5 -> 1.0"):
+        check_run_dir(run)
+    assert (run.run_dir / "config.yaml").read_bytes() == before

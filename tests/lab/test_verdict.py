@@ -1,0 +1,204 @@
+"""The lab's verdict logic and trace reading on constructed metric traces (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dinolite.config import WatchdogThreshold, load_config
+from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.traces import RunTrace, read_trace, replay_watchdog
+from dinolite.lab.verdict import DIVERGED, NO_DATA, judge, persistent_since
+
+ITERS = list(range(10, 210, 10))  # 20 measurements of a 200-iteration run
+RULES = VerdictRules()
+
+
+def trace_of(**series: list[float]) -> RunTrace:
+    """A trace with one collapse record and one training record per iteration of ITERS.
+
+    Keyword names are metric names with ``/`` written as ``__`` (``collapse__backbone_std_ratio``).
+    ``*_std_ratio`` values also give the ``*_std`` key the channel lookup needs.
+    """
+    records = []
+    for i, it in enumerate(ITERS):
+        collapse = {"iteration": it, "collapse/num_samples": 64.0}
+        for name, values in series.items():
+            if name == "loss":
+                continue
+            key = name.replace("__", "/")
+            collapse[key] = values[i]
+            if key.endswith("_std_ratio"):
+                collapse[key.replace("_std_ratio", "_std")] = values[i] / math.sqrt(96)
+        records.append(collapse)
+        records.append({"iteration": it, "loss": series.get("loss", [1.0] * len(ITERS))[i]})
+    return RunTrace.from_records(records)
+
+
+def flat(value: float) -> list[float]:
+    return [value] * len(ITERS)
+
+
+def ramp(start: float, end: float) -> list[float]:
+    return [start + (end - start) * i / (len(ITERS) - 1) for i in range(len(ITERS))]
+
+
+def healthy_series() -> dict[str, list[float]]:
+    # early training looks collapsed (low std, low rank), then spreads out: must not count as collapse
+    return {
+        "collapse__backbone_std_ratio": [0.05, 0.08, 0.2] + ramp(0.4, 0.8)[3:],
+        "collapse__backbone_rankme_ratio": [0.05, 0.1, 0.2] + ramp(0.4, 0.6)[3:],
+        "collapse__head_std_ratio": ramp(0.3, 0.7),
+        "collapse__head_rankme_ratio": ramp(0.3, 0.5),
+    }
+
+
+def test_healthy_run_with_collapsed_looking_start_is_healthy():
+    verdict = judge(trace_of(**healthy_series()), RULES)
+    assert verdict.kind == HEALTHY
+    assert verdict.since is None and verdict.findings == []
+    assert verdict.evidence["backbone_std_ratio"] == pytest.approx(0.8)
+    assert verdict.reproduces(HEALTHY) and not verdict.reproduces(COMPLETE)
+
+
+def test_simsiam_without_stopgrad_std_to_zero_is_complete_collapse_from_when_it_stays_low():
+    # std x sqrt(d) falls from 0.8 and stays below 0.1 from iteration 60 on (SimSiam Fig. 2)
+    std = [0.8, 0.6, 0.4, 0.2, 0.12, 0.09] + [0.01] * (len(ITERS) - 6)
+    series = healthy_series() | {"collapse__backbone_std_ratio": std, "collapse__head_std_ratio": std}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE
+    assert verdict.since == 60
+    assert verdict.mode == "constant backbone output, constant projector output"
+    assert verdict.reproduces(COMPLETE)
+
+
+def test_one_prototype_from_teacher_mean_entropy():
+    mean_entropy = [0.6, 0.3, 0.05] + [1e-6] * (len(ITERS) - 3)
+    series = healthy_series() | {"collapse__teacher_mean_entropy_norm": mean_entropy,
+                                 "collapse__teacher_entropy_norm": [1e-6] * len(ITERS)}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "one prototype" and verdict.since == 30
+
+
+def test_uniform_output_from_teacher_entropy():
+    series = healthy_series() | {"collapse__teacher_entropy_norm": ramp(0.5, 0.9)[:10] + [0.999] * 10,
+                                 "collapse__teacher_mean_entropy_norm": flat(0.999)}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "uniform output" and verdict.since == 110
+
+
+def test_dimensional_collapse_spread_but_low_rank():
+    series = healthy_series() | {"collapse__backbone_rankme_ratio": [0.3] * 5 + [0.02] * 15}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "low-rank backbone" and verdict.since == 60
+    assert not verdict.reproduces(COMPLETE)
+    # a small healthy network's low effective rank (the DINO demo: ~0.13-0.2) is not dimensional collapse
+    series = healthy_series() | {"collapse__backbone_rankme_ratio": flat(0.13)}
+    assert judge(trace_of(**series), RULES).kind == HEALTHY
+
+
+def test_dimensional_collapse_relative_to_a_reference_run():
+    from dinolite.lab.traces import Series
+
+    checkpoints = [50, 100, 150, 200]
+    reference = Series(checkpoints, [10.0, 20.0, 24.0, 25.0])  # e.g. SimCLR with its projector
+    fewer = Series(checkpoints, [9.0, 8.0, 6.0, 5.0])  # without: ratios 0.9, 0.4, 0.25, 0.2
+    verdict = judge(trace_of(**healthy_series()), RULES, eval_rank=fewer, reference_rank=reference,
+                    reference="simclr")
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer dimensions than simclr" and verdict.since == 100
+    assert "eval RankMe < 0.5 x simclr's" in verdict.findings[0].describe()
+    similar = Series(checkpoints, [9.0, 18.0, 20.0, 22.0])
+    assert judge(trace_of(**healthy_series()), RULES, eval_rank=similar, reference_rank=reference).kind == HEALTHY
+
+
+def test_complete_collapse_wins_over_dimensional():
+    series = healthy_series() | {"collapse__backbone_std_ratio": flat(0.01), "collapse__backbone_rankme_ratio": flat(0.02)}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE
+    assert {f.kind for f in verdict.findings} == {COMPLETE, DIMENSIONAL}
+
+
+def test_transient_dip_that_recovers_is_healthy():
+    std = ramp(0.6, 0.8)
+    std[8:12] = [0.05, 0.02, 0.03, 0.06]  # collapsed for a while mid-run, then recovered
+    verdict = judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES)
+    assert verdict.kind == HEALTHY
+
+
+def test_condition_must_hold_over_the_settle_window():
+    std = ramp(0.6, 0.8)
+    std[-1] = 0.01  # only the last of the 6 measurements in the last quarter (150..200)
+    assert judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
+    std[-5:] = [0.01] * 5  # 160..200: iteration 150 of the window still healthy
+    assert judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
+    std[-6:] = [0.01] * 6  # the whole last quarter
+    verdict = judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES)
+    assert verdict.kind == COMPLETE and verdict.since == 150
+
+
+def test_persistent_since_edge_cases():
+    from dinolite.lab.traces import Series
+
+    below = lambda v: v < 1  # noqa: E731
+    assert persistent_since(Series([], []), below, 0.25) is None
+    assert persistent_since(Series([100], [0.5]), below, 0.25) == 100
+    assert persistent_since(Series([10, 20], [0.5, math.nan]), below, 0.25) is None  # NaN never satisfies
+    # a window holding only the last point: the last point alone decides
+    assert persistent_since(Series([10, 100], [5.0, 0.5]), below, 0.25) == 100
+
+
+def test_thresholds_come_from_the_rules():
+    series = healthy_series() | {"collapse__backbone_std_ratio": flat(0.3)}
+    assert judge(trace_of(**series), RULES).kind == HEALTHY
+    assert judge(trace_of(**series), VerdictRules(complete_std_ratio=0.5)).kind == COMPLETE
+
+
+def test_diverged_and_no_data():
+    verdict = judge(trace_of(**healthy_series()), RULES, diverged_at=42)
+    assert verdict.kind == DIVERGED and verdict.since == 42
+    series = healthy_series() | {"loss": [1.0] * 5 + [math.nan] * 15}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == DIVERGED and verdict.since == 60
+    assert judge(RunTrace(), RULES).kind == NO_DATA
+    assert judge(RunTrace.from_records([{"iteration": 10, "loss": 2.0}]), RULES).kind == NO_DATA
+
+
+def test_channels_fall_back_per_method():
+    # a method without a teacher logs only the student backbone and a projector
+    series = {"collapse__student_backbone_std_ratio": flat(0.01), "collapse__projector_std_ratio": flat(0.7),
+              "collapse__head_std_ratio": flat(0.01)}
+    trace = trace_of(**series)
+    assert trace.channel_prefix("backbone") == "collapse/student_backbone"
+    assert trace.channel_prefix("projector") == "collapse/projector"  # preferred over DINO's head logits
+    verdict = judge(trace, RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "constant backbone output"
+
+
+def test_read_trace_merges_resumed_records_and_ignores_a_torn_last_line(tmp_path):
+    lines = [
+        {"iteration": 10, "loss": 3.0}, {"iteration": 20, "loss": 2.5},
+        {"iteration": 20, "loss": 2.0},  # resumed from iteration 10: iteration 20 logged again
+        {"iteration": 20, "collapse/num_samples": 8.0, "collapse/backbone_std": 0.1},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + '\n{"iteration": 30, "lo')
+    trace = read_trace(tmp_path)
+    assert trace.loss().iterations == [10, 20] and trace.loss().values == [3.0, 2.0]
+    assert [it for it, _ in trace.collapse_records()] == [20]
+    path.write_text('{"iteration": 10}\nnot json\n{"iteration": 20}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        read_trace(tmp_path)
+
+
+def test_watchdog_replay_fires_where_the_runs_watchdog_would():
+    cfg = load_config("demo")
+    cfg.monitor.thresholds = [WatchdogThreshold("collapse/teacher_mean_entropy", min=0.3, after_iteration=20, patience=3)]
+    values = [2.0, 1.5, 0.2, 0.1, 0.05] + [0.01] * 15  # flagged from iteration 30 on; 3rd flag at 50
+    trace = trace_of(collapse__teacher_mean_entropy=values, collapse__backbone_std_ratio=flat(0.5))
+    replay = replay_watchdog(cfg, trace)
+    assert replay.fired_at == 50
+    assert "collapse/teacher_mean_entropy" in replay.message and "below min 0.3" in replay.message
+    healthy = trace_of(collapse__teacher_mean_entropy=flat(2.0), collapse__backbone_std_ratio=flat(0.5))
+    assert replay_watchdog(cfg, healthy).fired_at is None

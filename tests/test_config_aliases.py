@@ -1,0 +1,141 @@
+"""DINOv2's config files and key names load in dinolite (dinolite/config_aliases.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dinolite import config_aliases
+from dinolite.config import ConfigError, load_config
+from dinolite.config_aliases import DINOv2KeyNotice
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "dinov2"
+
+
+def _load_quietly(name_or_path, overrides=()):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DINOv2KeyNotice)
+        return load_config(name_or_path, overrides)
+
+
+def test_vitl16_short_loads_as_dinov2_means_it():
+    with pytest.warns(DINOv2KeyNotice, match="student.block_chunks has no effect"):
+        cfg = load_config(FIXTURES / "vitl16_short.yaml")
+    assert cfg.data.source == ["ImageNet:split=TRAIN"]  # no root=: kept, the loader names it if used
+    assert cfg.train.batch_size_per_gpu == 64
+    assert (cfg.student.arch, cfg.student.patch_size, cfg.optim.base_lr) == ("vit_large", 16, 0.004)
+
+
+def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
+    from dinolite.train.run import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DINOv2KeyNotice)
+        code = main(["--config-file", str(FIXTURES / "vitl16_short.yaml"), "--no-resume", "--dry-run",
+                     "--output-dir", str(tmp_path / "run"), "train.OFFICIAL_EPOCH_LENGTH=10"])
+    out = capsys.readouterr().out
+    assert code == 0 and "# dry run: nothing trained" in out
+    resolved = yaml.safe_load(out.split("\n", 1)[1].split("# dry run")[0])
+    assert resolved["train"]["iterations_per_epoch"] == 10 and resolved["student"]["arch"] == "vit_large"
+
+
+def test_no_resume_refuses_a_directory_with_checkpoints(tmp_path, capsys):
+    from dinolite.checkpoint.manager import STATE_FILE, iteration_dirname
+    from dinolite.train.run import main
+
+    checkpoint = tmp_path / "run" / "checkpoints" / iteration_dirname(2)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / ".metadata").write_bytes(b"")
+    (checkpoint / STATE_FILE).write_text("{}")
+    assert main(["--no-resume", "--dry-run", "--output-dir", str(tmp_path / "run")]) == 1
+    assert "--no-resume" in capsys.readouterr().err and checkpoint.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("train.OFFICIAL_EPOCH_LENGTH=7", "train.iterations_per_epoch", 7),
+        ("train.num_workers=3", "data.num_workers", 3),
+        ("train.dataset_path=ImageNet:split=VAL:root=/data/in1k:extra=/data/x", "data.source", ["/data/in1k/val"]),
+        ("compute_precision.teacher.backbone.sharding_strategy=NO_SHARD", "distributed.sharding_strategy", "no_shard"),
+        ("compute_precision.student.backbone.mixed_precision.param_dtype=bf16", "train.compute_precision", "bf16"),
+        ("compute_precision.grad_scaler=false", "train.grad_scaler", False),
+        ("data.source=/shards/train-{000..009}.tar", "data.source", ["/shards/train-{000..009}.tar"]),
+    ],
+)
+def test_each_renamed_key_lands_on_ours(override, key, value):
+    cfg = _load_quietly("demo", [override])
+    section, name = key.split(".")
+    assert getattr(getattr(cfg, section), name) == value
+
+
+def test_a_string_data_source_in_a_yaml_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("data:\n  source: /shards/train-{000..009}.tar\n")
+    assert load_config(path).data.source == ["/shards/train-{000..009}.tar"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("compute_precision.student.backbone.sharding_strategy=HYBRID_SHARD", "HYBRID_SHARD"),
+        ("MODEL.WEIGHTS=/ckpt/model_0012499.rank_0.pth", "student.pretrained_weights"),
+        ("compute_precision.student.backbone.mixed_precision.param_dtype=int8", "expected one of fp16, bf16, fp32"),
+    ],
+)
+def test_keys_without_an_equivalent_fail_naming_why(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        _load_quietly("demo", [override])
+    assert override.split("=")[0] in str(info.value)
+
+
+def test_dinov2_keys_that_disagree_on_one_of_ours_fail(tmp_path):
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "compute_precision:\n"
+        "  student: {backbone: {sharding_strategy: FULL_SHARD}, dino_head: {sharding_strategy: SHARD_GRAD_OP}}\n"
+    )
+    with pytest.raises(ConfigError, match="distributed.sharding_strategy.*disagree"):
+        load_config(path)
+    path.write_text("train: {OFFICIAL_EPOCH_LENGTH: 10, iterations_per_epoch: 20}\n")
+    with pytest.raises(ConfigError, match="OFFICIAL_EPOCH_LENGTH"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("train.num_worker=3", "'data.num_workers' (DINOv2's train.num_workers)"),
+        ("train.OFFICIAL_EPOCH_LENGHT=3", "'train.iterations_per_epoch'"),
+        ("train.saveckp_frq=3", "train.saveckp_freq"),
+        ("train.sed=1", "'train.seed'"),
+    ],
+)
+def test_did_you_mean_tries_dinov2_names_first(override, suggestion):
+    with pytest.raises(ConfigError, match="did you mean") as info:
+        _load_quietly("demo", [override])
+    assert suggestion in str(info.value)
+
+
+def test_every_alias_states_its_mapping_here_and_in_the_docs():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "interop.md").read_text()
+    for key, alias in config_aliases.ALIASES.items():
+        assert len(alias.meaning) > 20, key
+        assert f"`{key}`" in docs, f"docs/interop.md does not list {key}"
+
+
+def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
+    from dinolite.train.slurm_launch import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DINOv2KeyNotice)
+        code = main(["--config-file", str(FIXTURES / "vitl16_short.yaml"), "--nodes", "2", "--ngpus", "4",
+                     "--timeout", "60", "--output-dir", str(tmp_path / "run"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "#SBATCH --time=60"):
+        assert expected in out.splitlines(), expected
+    assert "dataset_path" not in out and "- ImageNet:split=TRAIN" in out  # the resolved config is ours

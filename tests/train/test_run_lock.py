@@ -1,0 +1,115 @@
+"""One run per output directory (issue 16, item 3): a second run fails at start-up, the first is unaffected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from test_stop_signals import _launch, _logged_iteration
+
+from dinolite.train.run_lock import LOCK_FILE, RunLock, RunLockError, hold_run_lock
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(directory, **fields):
+    directory.mkdir(parents=True, exist_ok=True)
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01 00:00:00 UTC", **fields}
+    (directory / LOCK_FILE).write_text(json.dumps(info))
+    return info
+
+
+def test_second_lock_is_refused_and_release_frees_the_folder(tmp_path):
+    first = RunLock(tmp_path)
+    assert first.acquire() is None
+    holder = json.loads((tmp_path / LOCK_FILE).read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    with pytest.raises(RunLockError) as info:
+        RunLock(tmp_path).acquire()
+    message = str(info.value)
+    assert f"host {socket.gethostname()}, pid {os.getpid()}" in message and "another train.output_dir" in message
+    first.release()
+    assert not (tmp_path / LOCK_FILE).exists()
+    second = RunLock(tmp_path)
+    assert second.acquire() is None
+    second.release()
+
+
+def test_stale_lock_of_a_dead_process_on_this_host_is_taken_over_with_a_warning(tmp_path):
+    pid = _dead_pid()
+    _write_lock(tmp_path, pid=pid)
+    lock = RunLock(tmp_path)
+    warning = lock.acquire()
+    assert warning is not None and f"pid {pid}" in warning and socket.gethostname() in warning
+    assert "no such process" in warning
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["token"] == lock.info["token"]
+    lock.release()
+
+
+def test_reused_pid_and_requeued_slurm_job_are_stale(tmp_path, monkeypatch):
+    # our own (alive) pid, but recorded with another process start time: the pid was reused
+    _write_lock(tmp_path / "a", pid=os.getpid(), process_start="1")
+    warning = RunLock(tmp_path / "a").acquire()
+    assert warning and "another process" in warning
+    # an earlier run of this Slurm job on another node (requeue keeps the job id, counts restarts)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    _write_lock(tmp_path / "b", host="node-elsewhere", pid=123, slurm_job_id="77", slurm_restart_count=1)
+    warning = RunLock(tmp_path / "b").acquire()
+    assert warning and "requeued Slurm job" in warning and "node-elsewhere" in warning
+
+
+def test_lock_from_another_host_is_refused_with_instructions(tmp_path):
+    _write_lock(tmp_path, host="node-elsewhere", pid=4321)
+    with pytest.raises(RunLockError) as info:
+        RunLock(tmp_path).acquire()
+    message = str(info.value)
+    assert "host node-elsewhere, pid 4321" in message and f"delete {tmp_path / LOCK_FILE}" in message
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == "node-elsewhere"  # left alone
+
+
+def test_only_rank_0_takes_the_lock(tmp_path):
+    with hold_run_lock(tmp_path, is_main=False, device="cpu"):
+        assert not (tmp_path / LOCK_FILE).exists()
+    with hold_run_lock(tmp_path, is_main=True, device="cpu"):
+        assert (tmp_path / LOCK_FILE).exists()
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_folder_fails_at_start_up_and_the_first_is_unaffected(tmp_path):
+    run = tmp_path / "run"
+    first = _launch(run, None, extra=("train.max_iterations=100000",))
+    deadline = time.monotonic() + 400
+    while _logged_iteration(run) < 2:
+        assert first.poll() is None, first.communicate()[0][-4000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    config_before = (run / "config.yaml").read_bytes()
+    second = _launch(run, None, extra=("optim.base_lr=0.1",))
+    log, _ = second.communicate(timeout=300)
+    assert second.returncode == 1, log[-3000:]
+    assert f"is in use by another run (host {socket.gethostname()}, pid {first.pid}" in log, log[-3000:]
+    assert (run / "config.yaml").read_bytes() == config_before
+    assert first.poll() is None  # still training
+    refused_at = _logged_iteration(run)
+    while _logged_iteration(run) < refused_at + 2:
+        assert first.poll() is None, first.communicate()[0][-4000:]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and "run again to continue" in log, log[-4000:]
+    stopped_at = int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert stopped_at >= refused_at + 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"iter_{stopped_at:08d}", "latest"]
+    assert not (run / LOCK_FILE).exists()
