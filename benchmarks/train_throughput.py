@@ -1,19 +1,19 @@
-"""Training-step throughput, peak memory and MFU of a configured DINOv2 objective.
+"""Training-step throughput, peak memory and MFU of a configured method (``train.method``, DINOv2 by default).
 
-What is measured: full optimizer steps exactly as ``dinolite.train.loop`` takes them (schedules applied,
-forward of student and teacher under the trainer's autocast, NaN check, backward, prototype-layer freeze,
-per-module gradient clipping, AdamW step, EMA teacher update), on synthetic multi-crop batches that are
-built before timing (random crops of the configured sizes, collated by the trainer's own collate function,
-so the iBOT masks are real block masks). The data pipeline is therefore *not* measured here
+What is measured: full optimizer steps exactly as ``dinolite.train.loop`` takes them
+(:func:`dinolite.train.loop.run_training_step`: schedules applied, the objective's forward under the
+trainer's autocast, NaN check, backward, the method's hooks (DINOv2: prototype freeze, EMA teacher update),
+per-module gradient clipping, AdamW step), on synthetic batches that are built before timing (random
+images through the method's own view transform and collate, so e.g. iBOT masks are real block masks). The data pipeline is therefore *not* measured here
 (``benchmarks/data_throughput.py`` does that).
 
 Reported per device (one process = one device):
 
 * images/s = ``batch * timed steps / sum(step times)``; step time median and p90;
 * peak memory: CUDA ``max_memory_allocated`` over the timed steps, or the process's peak RSS on CPU;
-* model FLOPs per image from :func:`dinolite.models.info.training_flops_per_iteration` (nominal FLOPs =
-  2 x multiply-adds: student forward + backward on all crops, teacher forward on the global crops, heads
-  included), for the depth that actually runs (``--depth`` shrinks the model and its FLOPs together);
+* model FLOPs per image from the method's ``MethodSpec.training_flops`` (nominal FLOPs = 2 x
+  multiply-adds; DINOv2: student forward + backward on all crops, teacher forward on the global crops,
+  heads included), for the depth that actually runs (``--depth`` shrinks the model and its FLOPs together);
 * achieved TFLOP/s = FLOPs per image x images/s;
 * MFU against (a) a datasheet peak (``--peak-tflops``, or a known H100/H200 figure) and (b) a matmul
   roofline measured in this process: a large square matmul ``C = A B`` in the compute dtype of the step
@@ -54,11 +54,10 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `p
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
 from dinolite.dist import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
-from dinolite.models.info import training_flops_per_iteration  # noqa: E402
 from dinolite.train import builders  # noqa: E402
-from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients  # noqa: E402
-from dinolite.train.loop import check_finite, clip_gradients, memory_gb  # noqa: E402
-from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups  # noqa: E402
+from dinolite.train.loop import memory_gb, run_training_step  # noqa: E402
+from dinolite.train.methods import get_method  # noqa: E402
+from dinolite.train.optim import build_optimizer, get_param_groups  # noqa: E402
 from dinolite.train.schedules import TrainingSchedules, build_schedules  # noqa: E402
 from dinolite.train.sharding import ShardingPlan, plan_sharding, shard_objective  # noqa: E402
 
@@ -150,18 +149,16 @@ def preset_depth(cfg: Config) -> int:
 
 
 def synthetic_batches(cfg: Config, count: int, device: torch.device, seed: int) -> list[dict[str, Any]]:
-    """``count`` collated multi-crop batches on ``device``: N(0, 1) crops (what normalised images look
-    like), iBOT masks drawn by the trainer's collate function."""
+    """``count`` collated batches on ``device``: random uint8 images (one global crop size square)
+    through the method's view transform and collate (e.g. iBOT's block masks)."""
     generator = torch.Generator().manual_seed(seed)
-    collate = builders.build_collate_fn(cfg)
-    g, loc, n_local = cfg.crops.global_crops_size, cfg.crops.local_crops_size, cfg.crops.local_crops_number
+    method = get_method(cfg.train.method)
+    transform, collate = method.build_transform(cfg), method.build_collate(cfg)
+    size = cfg.crops.global_crops_size
     batches = []
     for _ in range(count):
         samples = [
-            {
-                "global_crops": [torch.randn(3, g, g, generator=generator) for _ in range(2)],
-                "local_crops": [torch.randn(3, loc, loc, generator=generator) for _ in range(n_local)],
-            }
+            transform(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator), generator=generator)
             for _ in range(cfg.train.batch_size_per_gpu)
         ]
         batch = collate(samples, generator=generator)
@@ -241,7 +238,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass
 class TrainingStep:
-    """One optimizer step of the trainer (``dinolite.train.loop.train``'s loop body without data/logging)."""
+    """One optimizer step of the trainer (``dinolite.train.loop.run_training_step``, without data/logging)."""
 
     objective: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -249,22 +246,13 @@ class TrainingStep:
     autocast_dtype: Optional[torch.dtype]
     device: torch.device
     clip_grad: float
-    freeze_last_layer_iters: int
 
     def __call__(self, batch: dict[str, Any], iteration: int) -> float:
-        values = self.schedules.at(iteration)
-        apply_schedules(self.optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
-        self.optimizer.zero_grad(set_to_none=True)
-        with builders.autocast_context(self.autocast_dtype, self.device):
-            output = self.objective(batch, teacher_temp=values["teacher_temp"])
-        check_finite(output, iteration, self.device)  # also the trainer's per-step host sync
-        output.loss.backward()
-        if iteration < self.freeze_last_layer_iters:
-            zero_last_layer_gradients(self.objective.student)
-        clip_gradients(self.objective.trainable_modules(), self.clip_grad)
-        self.optimizer.step()
-        self.objective.update_teacher(values["momentum"])
-        return float(output.loss.detach())
+        result = run_training_step(
+            self.objective, self.optimizer, self.schedules, batch, iteration, self.clip_grad,
+            self.autocast_dtype, self.device,
+        )
+        return float(result.output.loss.detach())  # also the trainer's per-step host sync
 
 
 def machine_info(device: torch.device, world_size: int) -> dict[str, Any]:
@@ -292,8 +280,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     full_depth = preset_depth(base_cfg)
     overrides = benchmark_overrides(args, full_depth)
     cfg = load_config(args.config, overrides)
-    # Batches are synthetic, so data.source is never read: validate everything else the trainer checks.
-    builders.validate_training_config(replace(cfg, data=replace(cfg.data, source=["<synthetic batches>"])))
+    # Batches are synthetic, so data.source is never read, and no end-of-run kNN report runs here:
+    # validate everything else the trainer checks.
+    builders.validate_training_config(
+        replace(
+            cfg,
+            data=replace(cfg.data, source=["<synthetic batches>"]),
+            evaluation=replace(cfg.evaluation, knn_at_end=False),
+        )
+    )
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -304,7 +299,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         world_size = env.world_size
 
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank, as the trainer
-        objective = build_objective(cfg).to(device)
+        method = get_method(cfg.train.method)
+        objective = method.build_objective(cfg).to(device)
         # The trainer shards under these same conditions, through the same function.
         use_sharding = world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing
         plan: Optional[ShardingPlan] = None
@@ -322,19 +318,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
         epoch_length = cfg.train.iterations_per_epoch
         global_batch = cfg.train.batch_size_per_gpu * world_size
-        schedules = build_schedules(cfg.optim, cfg.teacher, epoch_length, global_batch)
-        freeze_iters = cfg.optim.freeze_last_layer_epochs * epoch_length
-        step = TrainingStep(
-            objective, optimizer, schedules, autocast_dtype, device, cfg.optim.clip_grad, freeze_iters
-        )
+        schedules = build_schedules(cfg.optim, epoch_length, global_batch)
+        step = TrainingStep(objective, optimizer, schedules, autocast_dtype, device, cfg.optim.clip_grad)
         # Seed per rank so that ranks see different images, as with a real sharded data stream.
         batches = synthetic_batches(cfg, args.distinct_batches, device, seed=cfg.train.seed * 1009 + env.rank)
 
         matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
         roofline = matmul_roofline_tflops(device, autocast_dtype or torch.float32, matmul_size)
 
-        # Steady state starts after the prototype-layer freeze: that is where almost all steps of a run are.
-        start_iteration = freeze_iters
+        # Steady state starts after DINO's prototype-layer freeze: that is where almost all steps of a run are.
+        start_iteration = cfg.optim.freeze_last_layer_epochs * epoch_length
         losses: list[float] = []
         for i in range(args.warmup):
             losses.append(step(batches[i % len(batches)], start_iteration + i))
@@ -348,7 +341,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             synchronize(device)
             step_times.append(time.perf_counter() - t0)
 
-        flops = training_flops_per_iteration(cfg)
+        flops = method.training_flops(cfg)
         batch_size = cfg.train.batch_size_per_gpu
         images_per_s = batch_size * len(step_times) / sum(step_times)
         achieved_tflops = flops["flops_per_image"] * images_per_s / 1e12

@@ -151,6 +151,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    # the self-supervised method (a name registered in dinolite/train/methods, docs/methods.md)
+    method: str = "dinov2"
     batch_size_per_gpu: int = 64
     output_dir: str = "./output"
     seed: int = 0
@@ -200,7 +202,9 @@ class MonitorConfig:
     max_samples: int = 4096  # embeddings gathered across ranks per measurement, bounds the cost
     spectrum_every: int = 1000  # save the singular value spectrum every N iterations
     action: str = "warn"  # warn | stop
-    thresholds: list[WatchdogThreshold] = field(default_factory=list)
+    # apply the method's default collapse rules (MethodSpec.watchdog_thresholds, docs/methods.md)
+    method_thresholds: bool = True
+    thresholds: list[WatchdogThreshold] = field(default_factory=list)  # extra rules, after the method's
 
 
 @dataclass

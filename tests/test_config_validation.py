@@ -67,7 +67,7 @@ def test_ibot_prototypes_with_a_separate_head_are_fine():
 def test_min_lr_above_the_scaled_peak_names_both():
     cfg = load_config("demo", ["optim.min_lr=0.003"])  # base 0.004, sqrt(64/1024) -> peak 0.001
     with pytest.raises(ConfigError, match=r"'optim.min_lr': 0.003; must be <= the peak lr 0.001 "):
-        build_schedules(cfg.optim, cfg.teacher, cfg.train.iterations_per_epoch, 64)
+        build_schedules(cfg.optim, cfg.train.iterations_per_epoch, 64)
 
 
 def test_knn_at_end_without_sources_fails_at_start_up():

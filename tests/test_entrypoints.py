@@ -28,9 +28,11 @@ ENTRYPOINTS = {
     "eval/visualize.py": lambda: _script("eval/visualize.py"),
     "launch/local.py": lambda: importlib.import_module("dinolite.train.run"),
     "launch/slurm.py": lambda: _script("launch/slurm.py"),
+    "launch/lab.py": lambda: _script("launch/lab.py"),
     "dinolite.export": lambda: importlib.import_module("dinolite.export.__main__"),
     "dinolite.data.make_shards": lambda: importlib.import_module("dinolite.data.make_shards"),
     "dinolite.models.info": lambda: importlib.import_module("dinolite.models.info"),
+    "dinolite.train.summary": lambda: importlib.import_module("dinolite.train.summary"),
 }
 
 
@@ -58,9 +60,11 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "launch/local.py": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
         "launch/slurm.py": (["--entry", "eval/knn.py", "--dry-run", "--", "--backbone", missing],
                             "arguments after `--` for"),
+        "launch/lab.py": (["--matrix", missing], "matrix file not found"),
         "dinolite.export": (["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")], "no complete checkpoint"),
         "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
         "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
+        "dinolite.train.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),
     }
 
 

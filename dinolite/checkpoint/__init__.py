@@ -1,7 +1,8 @@
 """Training checkpoints below everything else: sharded DCP save/load, resume, and consolidation.
 
 ``train`` writes and resumes through :class:`CheckpointManager`; ``eval`` and ``export`` read a run's
-weights through :func:`load_consolidated_state_dict` without importing the trainer.
+weights through :func:`load_consolidated_state_dict`, and the method's evaluated network and head
+names through :func:`method_record`, without importing the trainer.
 """
 
 from dinolite.checkpoint.errors import ArchitectureMismatchError, DamagedCheckpointError
@@ -14,10 +15,12 @@ from dinolite.checkpoint.manager import (
     CheckpointManager,
     CheckpointNotFoundError,
     capture_rng_state,
+    checkpoint_modules,
     is_complete_checkpoint,
     iteration_dirname,
     load_checkpoint,
     load_consolidated_state_dict,
+    method_record,
     read_checkpoint_info,
     resolve_checkpoint_dir,
     restore_rng_state,
@@ -34,10 +37,12 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "capture_rng_state",
+    "checkpoint_modules",
     "is_complete_checkpoint",
     "iteration_dirname",
     "load_checkpoint",
     "load_consolidated_state_dict",
+    "method_record",
     "read_checkpoint_info",
     "resolve_checkpoint_dir",
     "restore_rng_state",

@@ -43,8 +43,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from dinolite.checkpoint.errors import (
     CheckpointError,
@@ -55,6 +56,8 @@ from dinolite.checkpoint.integrity import check_architecture, check_shard_files,
 from dinolite.checkpoint.state import (
     APP_KEY,
     EXTRA_KEY,
+    LEGACY_METHOD,
+    METHOD_KEY,
     MODEL_KEY,
     OPTIMIZER_KEY,
     _collect,
@@ -124,16 +127,25 @@ class CheckpointManager:
     optimizer, and any object with ``state_dict()/load_state_dict()`` whose state is a nested dict of
     tensors and JSON values (the loop's progress counters, the watchdog's patience counters, ...).
     ``keep_last``: number of newest checkpoints kept (0 keeps all). ``config``: a ``dinolite.config.Config``
-    written as ``config.yaml`` into every checkpoint before it is renamed into place.
+    written as ``config.yaml`` into every checkpoint before it is renamed into place. ``method``: the
+    method record (``MethodSpec.record(cfg)``: name, evaluated network, head names) written into
+    ``state.json`` so that eval and export read it without importing the trainer (:func:`method_record`).
     """
 
-    def __init__(self, root: str | Path, keep_last: int = 3, config: Any | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        keep_last: int = 3,
+        config: Any | None = None,
+        method: Mapping[str, Any] | None = None,
+    ) -> None:
         if keep_last < 0:
             raise ValueError(f"keep_last={keep_last} (train.keep_last_checkpoints) must be >= 0")
         root = Path(root)
         self.directory = root if root.name == CHECKPOINT_DIRNAME else root / CHECKPOINT_DIRNAME
         self.keep_last = keep_last
         self.config = config
+        self.method = dict(method) if method is not None else None
 
     # ---- discovery -------------------------------------------------------------------------------
 
@@ -223,6 +235,8 @@ class CheckpointManager:
                 "torch_version": torch.__version__,
                 "app_state": plain,
             }
+            if self.method is not None:
+                info[METHOD_KEY] = self.method
             try:
                 self._finalize(tmp, final, info)
             except OSError as exc:
@@ -288,6 +302,56 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return info
 
 
+def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
+    """Remove from the load targets the optimizer state of parameters saved without any; return their names.
+
+    AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
+    (frozen, or reached by no loss: ``ibot.separate_head=true ibot.loss_weight=0``) has no optimizer
+    state in the checkpoint, while the targets of a fresh optimizer hold state for every parameter.
+    Such a parameter must resume without state, as it was. A parameter with *some* of its state entries
+    saved is a damaged checkpoint and stays an error.
+    """
+    states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
+    stateless: set[str] = set()
+    for name, state in list(states.items()):
+        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
+        if keys and not keys & saved_keys:
+            stateless.add(name)
+            del states[name]
+    return stateless
+
+
+def _forget_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: set[str]) -> None:
+    """Delete the optimizer state of the parameters named ``names`` (fully qualified, as in the checkpoint)."""
+    if not names:
+        return
+    for name, param in model.named_parameters():
+        if name in names:
+            optimizer.state.pop(param, None)
+
+
+def method_record(path: str | Path) -> dict[str, Any]:
+    """The method a checkpoint was trained with: ``name``, ``eval_network`` and ``heads`` (the student
+    modules besides the backbone that ``--with-heads`` exports), from its ``state.json``.
+
+    ``path`` may be a run directory, its ``checkpoints/`` folder or one checkpoint. Checkpoints written
+    before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
+    """
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
+    if "heads" not in record:
+        record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
+    return record
+
+
+def checkpoint_modules(path: str | Path, network: str) -> list[str]:
+    """The modules of ``network`` (``student``/``teacher``) saved in a checkpoint, e.g. ``["backbone", "dino_head"]``."""
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    prefix = f"{MODEL_KEY}.{network}."
+    keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
+    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
+
+
 def _collective_device() -> torch.device:
     """Where a rank-agreement all-reduce runs: the current CUDA device under NCCL, else the CPU."""
     if is_distributed() and torch.distributed.get_backend() == "nccl":
@@ -330,6 +394,7 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     model, optimizer = _module_and_optimizer(app_state)
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
     reader, metadata = _read_metadata(path)
+    stateless = _drop_stateless_parameters(tree, set(metadata.state_dict_metadata))
     check_architecture(path, metadata, _flat_tensors(tree, ""))
     rank, world = _rank_world()
     rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
@@ -347,7 +412,13 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     if optimizer is not None:
         _, current = get_state_dict(model, [optimizer])
         optim_sd = {"state": tree[OPTIMIZER_KEY]["state"], "param_groups": current["param_groups"]}
-        set_state_dict(model, [optimizer], model_state_dict=tree[MODEL_KEY], optim_state_dict=optim_sd)
+        # Non-strict only for the parameters saved without optimizer state (every other entry was checked
+        # above); torch then leaves them with the state of the fresh optimizer, which is dropped after.
+        options = StateDictOptions(strict=not stateless)
+        set_state_dict(
+            model, [optimizer], model_state_dict=tree[MODEL_KEY], optim_state_dict=optim_sd, options=options
+        )
+        _forget_optimizer_state(model, optimizer, stateless)
     else:
         set_state_dict(model, [], model_state_dict=tree[MODEL_KEY], optim_state_dict={})
     loader = getattr(model, "load_extra_state", None)
@@ -379,7 +450,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 
 def load_consolidated_state_dict(
-    checkpoint_dir: str | Path, model: str = "teacher", part: str | None = "backbone"
+    checkpoint_dir: str | Path, model: str = "teacher", part: str | None = "backbone", missing_ok: bool = False
 ) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of ``model`` (``"teacher"``/``"student"``) ``part`` as CPU tensors.
 
@@ -398,6 +469,8 @@ def load_consolidated_state_dict(
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix) and isinstance(item, TensorStorageMetadata):
             tree[key] = torch.empty(item.size, dtype=item.properties.dtype)
+    if not tree and missing_ok:  # e.g. the extra state of a method that has none
+        return {}
     if not tree:
         models = sorted({k.split(".")[1] for k in metadata.state_dict_metadata if k.startswith("model.")})
         raise CheckpointError(f"{path}: no tensors under {prefix!r}; models in this checkpoint: {', '.join(models)}")

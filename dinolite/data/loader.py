@@ -346,6 +346,7 @@ def build_train_loader(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     skip_window: int = DEFAULT_SKIP_WINDOW,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Endless DataLoader of collated batches; batch ``b`` is the same whatever ``start_batch`` the
     iteration started from (exact resume), for fixed source, seed, rank, world_size, num_workers.
@@ -370,6 +371,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=worker_init_fn,  # the trainer passes one that ignores its stop signals
     )
 
 

@@ -2,8 +2,9 @@
 
 ``load_any_backbone(path)`` accepts
 - a training run directory (its ``latest`` checkpoint) or one ``iter_*`` checkpoint directory: the
-  backbone is rebuilt from the checkpoint's ``config.yaml`` and given the EMA teacher's weights, which
-  DINO/DINOv2 evaluate (the teacher is the better model);
+  backbone is rebuilt from the checkpoint's ``config.yaml`` and given the weights of the method's
+  evaluated network (its ``state.json`` method record: DINOv2's EMA teacher, the student of a method
+  without a teacher), or of ``network="teacher"|"student"`` when asked;
 - an exported backbone file (``.safetensors`` + JSON, or a DINOv2 ``.pth``), a timm / transformers hub
   folder (``config.json`` + ``model.safetensors``) or ``hf-hub:ORG/NAME``, via
   :func:`dinolite.export.load.load_backbone`.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 
-from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
 from dinolite.export.hub import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -37,26 +39,36 @@ class BackboneError(ValueError):
     """A path that does not hold a usable dinolite/DINOv2 ViT backbone."""
 
 
-def load_any_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Frozen ViT backbone from a checkpoint directory (teacher weights) or an exported file."""
+def load_any_backbone(
+    path: str | Path, map_location: str | torch.device = "cpu", network: Optional[str] = None
+) -> nn.Module:
+    """Frozen ViT backbone from a checkpoint directory, an exported file, a hub folder or ``hf-hub:``.
+
+    ``network``: ``"teacher"`` or ``"student"`` for a checkpoint (default: the method's evaluated
+    network). An exported file holds one network; asking for another one is an error.
+    """
+    if network is not None and network not in NETWORKS:
+        raise BackboneError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
     if is_hub_source(path):
-        return _checked(load_backbone(str(path), map_location="cpu"), path).to(map_location)
+        return _checked(load_backbone(str(path), map_location="cpu"), path, network).to(map_location)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--backbone {path}: no such file or directory")
     if path.is_dir() and not _is_hub_folder(path):
-        model = _from_checkpoint(path)
+        model = _from_checkpoint(path, network)
     else:
-
         model = load_backbone(path, map_location="cpu")
-    return _checked(model, path).to(map_location)
+    return _checked(model, path, network).to(map_location)
 
 
 def _is_hub_folder(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def _checked(model: nn.Module, path: str | Path) -> nn.Module:
+def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) -> nn.Module:
+    source = getattr(getattr(model, "spec", None), "source", None)
+    if network is not None and source in NETWORKS and source != network:
+        raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
@@ -64,9 +76,8 @@ def _checked(model: nn.Module, path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def _from_checkpoint(checkpoint: Path) -> nn.Module:
-
-    exported = consolidate_checkpoint(checkpoint, model="teacher")
+def _from_checkpoint(checkpoint: Path, network: Optional[str]) -> nn.Module:
+    exported = consolidate_checkpoint(checkpoint, model=network)
     model = build_from_spec(exported.spec)
     load_state_dict_strict(model, exported.backbone, origin=str(checkpoint))
     model.spec = exported.spec

@@ -25,7 +25,9 @@ from dinolite.io import write_json_atomic
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone and run")
     group.add_argument("--backbone", "--checkpoint", dest="backbone", required=True,
-                       help="training run / checkpoint directory (teacher) or exported file")
+                       help="training run / checkpoint directory, or exported file")
+    group.add_argument("--network", choices=("teacher", "student"), default=None,
+                       help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)")
     group.add_argument("--output", default=None, help="write results JSON here (atomically)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per rank)")
@@ -75,7 +77,7 @@ def setup(args: argparse.Namespace) -> EvalContext:
     env = init_distributed(backend="auto", device=args.device)
     device = _resolve_device(args.device, env.local_rank)
     torch.manual_seed(args.seed)
-    backbone = load_any_backbone(args.backbone, map_location=device)
+    backbone = load_any_backbone(args.backbone, map_location=device, network=args.network)
     spec = getattr(backbone, "spec", None)
     patch_size = int(getattr(backbone, "patch_size", getattr(spec, "patch_size", 16)))
     crop_default = (getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224) if spec else 224
@@ -101,7 +103,11 @@ def features_for(
     key = ""
     if cache is not None:
         key = cache_key(
-            backbone=backbone_fingerprint(ctx.backbone_path), source=list(source), transform=transform_desc, kind=kind
+            backbone=backbone_fingerprint(ctx.backbone_path),
+            network=getattr(getattr(ctx.backbone, "spec", None), "source", None),  # a checkpoint holds two
+            source=list(source),
+            transform=transform_desc,
+            kind=kind,
         )
         cached = cache.load(name, key)
         if cached is not None:

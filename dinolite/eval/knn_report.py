@@ -1,4 +1,4 @@
-"""End-of-run kNN report: the trained teacher against raw pixels and the same network at random init.
+"""End-of-run kNN report: the trained network against raw pixels and the same network at random init.
 
 Run after training when ``evaluation.knn_at_end`` is set (the demo). All three feature sets are
 classified with the same weighted kNN (:func:`dinolite.eval.knn.knn_classify`: cosine similarity,
@@ -9,9 +9,10 @@ k = ``evaluation.knn_k``, votes ``exp(s / 0.07)``), so the numbers are comparabl
   (same seed). With LayerScale's tiny initial values a random ViT's CLS output is nearly the same for
   every image, so CLS alone sits near chance; CLS concatenated with the mean of the patch tokens is
   the meaningful random baseline;
-- ``teacher/cls`` and ``teacher/cls+avgpool``: the trained teacher backbone from the final checkpoint.
+- ``<network>/cls`` and ``<network>/cls+avgpool``: the trained backbone from the final checkpoint, the
+  method's evaluated network (``teacher`` for DINOv2's EMA teacher, ``student`` for methods without one).
 
-The teacher is read back from the checkpoint in a single process (no process group needed), so this
+The network is read back from the checkpoint in a single process (no process group needed), so this
 also works after a sharded multi-process run.
 """
 
@@ -86,13 +87,14 @@ def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torc
     transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
     train_set = build_eval_dataset(train_source, transform, max_image_pixels=cfg.data.max_image_pixels)
     val_set = build_eval_dataset(val_source, transform, max_image_pixels=cfg.data.max_image_pixels)
-    teacher = load_any_backbone(checkpoint_dir, map_location=device)
+    # The method's evaluated network (DINOv2: the EMA teacher; the student of a method without one).
+    trained = load_any_backbone(checkpoint_dir, map_location=device)
     random_net = random_init_backbone(cfg).to(device)
     # One forward per network: the CLS-only features are the first D columns of [CLS, avgpool].
     feature_fns: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
         "raw_pixels": (lambda images: images.flatten(1), 0),
         "random_init": (backbone_features(random_net, with_avgpool=True), random_net.embed_dim),
-        "teacher": (backbone_features(teacher, with_avgpool=True), teacher.embed_dim),
+        trained.spec.source: (backbone_features(trained, with_avgpool=True), trained.embed_dim),
     }
     k = cfg.evaluation.knn_k
     results: dict[str, float] = {}

@@ -36,7 +36,9 @@ from dinolite.extras import MissingExtraError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument("--backbone", "--checkpoint", dest="backbone", required=True, help="training run / checkpoint directory (teacher) or exported file")
+    parser.add_argument("--backbone", "--checkpoint", dest="backbone", required=True, help="training run / checkpoint directory, or exported file")
+    parser.add_argument("--network", choices=("teacher", "student"), default=None,
+                        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)")
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
@@ -63,7 +65,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     image_groups = list_image_groups(args.images)
-    model = load_any_backbone(args.backbone, map_location=device)
+    model = load_any_backbone(args.backbone, map_location=device, network=args.network)
     spec = getattr(model, "spec", None)
     size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
     mean = tuple(args.mean or (spec.mean if spec else (0.485, 0.456, 0.406)))

@@ -1,8 +1,9 @@
-"""``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--student] [--force]``
+"""``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--network NET] [--force]``
 (also ``python -m dinolite.export``).
 
-Consolidates the teacher (or student) backbone of a sharded training checkpoint in one process and
-writes it in the chosen format. ``DIR`` is a run's output directory (its latest checkpoint is used) or
+Consolidates one network's backbone of a sharded training checkpoint in one process and writes it in the
+chosen format: the method's evaluated network (its EMA teacher, or the student of a method without one;
+the checkpoint's method record says which) unless --network teacher|student says otherwise. ``DIR`` is a run's output directory (its latest checkpoint is used) or
 one checkpoint directory.
 
 The format follows the suffix of --output (.safetensors: dinolite's layout with the record in the
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dinolite.cli import make_parser, run_main
-from dinolite.export.consolidate import consolidate_checkpoint
+from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
 from dinolite.export.hub import (
     FOLDER_FORMATS,
     push_folder_to_hub,
@@ -56,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the `hub` extra; credentials from HF_TOKEN or `huggingface-cli login`)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
-    parser.add_argument("--with-heads", action="store_true", help="also write DINO/iBOT heads and centering state")
-    parser.add_argument("--student", action="store_true", help="export the student instead of the teacher")
+    parser.add_argument("--with-heads", action="store_true",
+                        help="also write the method's heads (and its extra state, e.g. DINO's centres)")
+    parser.add_argument("--network", choices=NETWORKS, default=None,
+                        help="which network (default: the method's evaluated one)")
+    parser.add_argument("--student", action="store_true", help="same as --network student")
     return parser
 
 
@@ -75,9 +79,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--push-to-hub uploads a folder: use --format {' or '.join(FOLDER_FORMATS)}, not {args.format}")
     if args.with_heads and args.format != "safetensors":
         raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
-    exported = consolidate_checkpoint(
-        args.checkpoint, model="student" if args.student else "teacher", with_heads=args.with_heads
-    )
+    network = "student" if args.student else args.network
+    exported = consolidate_checkpoint(args.checkpoint, model=network, with_heads=args.with_heads)
     output = Path(args.output)
     if args.format == "safetensors":
         written = write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)

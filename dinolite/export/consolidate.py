@@ -13,11 +13,14 @@ from typing import Optional
 
 import torch
 
-from dinolite.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
+from dinolite.checkpoint import checkpoint_modules, load_consolidated_state_dict, method_record, resolve_checkpoint_dir
 from dinolite.config import load_config
 from dinolite.export.load import PretrainedWeights, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
 from dinolite.models import build_backbone
+
+
+NETWORKS = ("teacher", "student")
 
 
 def _iteration_of(checkpoint_dir: Path) -> Optional[int]:
@@ -25,19 +28,33 @@ def _iteration_of(checkpoint_dir: Path) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def consolidate_checkpoint(path: str | Path, model: str = "teacher", with_heads: bool = False) -> PretrainedWeights:
+def consolidate_checkpoint(
+    path: str | Path, model: Optional[str] = None, with_heads: bool = False
+) -> PretrainedWeights:
     """Full (unsharded) backbone state dict and architecture record of a training checkpoint.
 
     ``path`` is a run's output directory (the latest checkpoint is used) or one checkpoint directory.
-    With ``with_heads``, the DINO/iBOT heads and the centering buffers come too (keys ``dino_head.*``,
-    ``ibot_head.*`` and the objective's extra state), so that training can continue from the export.
+    ``model`` is the network, ``"teacher"`` or ``"student"``; ``None`` takes the method's default (the
+    ``eval_network`` of the checkpoint's method record, :func:`dinolite.checkpoint.method_record`).
+    With ``with_heads``, the method's heads that this network has come too (keys ``<head>.*``, e.g.
+    ``dino_head.*``), and the objective's extra state (``extra.*``: DINO's centres), so that training
+    can continue from the export.
     """
-
     checkpoint_dir = resolve_checkpoint_dir(path)
     config_file = checkpoint_dir / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.yaml; is this a dinolite training checkpoint?")
     cfg = load_config(config_file)
+    method = method_record(checkpoint_dir)
+    model = model or method["eval_network"]
+    if model not in NETWORKS:
+        raise ValueError(f"network {model!r}: expected one of {', '.join(NETWORKS)}")
+    available = checkpoint_modules(checkpoint_dir, model)
+    if "backbone" not in available:
+        raise ValueError(
+            f"{checkpoint_dir}: the {method['name']} checkpoint has no {model} backbone "
+            f"(its default network is {method['eval_network']!r})"
+        )
     backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone")
 
     # The architecture record comes from a weightless (meta) model checked against the saved shapes:
@@ -59,12 +76,13 @@ def consolidate_checkpoint(path: str | Path, model: str = "teacher", with_heads:
     heads: Optional[dict[str, torch.Tensor]] = None
     if with_heads:
         heads = {}
-        # With ibot.separate_head=false the iBOT head is the DINO head and is stored once.
-        parts = ("dino_head", "ibot_head") if cfg.ibot.separate_head else ("dino_head",)
+        # The declared heads this network has (a teacher has no predictor; a head shared by two roles,
+        # DINOv2's ibot_head with ibot.separate_head=false, is one module stored once).
+        parts = [part for part in method["heads"] if part in available]
         for part in parts:
             for key, value in load_consolidated_state_dict(checkpoint_dir, model=model, part=part).items():
                 heads[f"{part}.{key}"] = value
-        for key, value in load_consolidated_state_dict(checkpoint_dir, model="objective", part="extra").items():
-            heads[f"extra.{key}"] = value
-        spec = dataclasses.replace(spec, extra={**spec.extra, "separate_ibot_head": cfg.ibot.separate_head})
+        extra = load_consolidated_state_dict(checkpoint_dir, model="objective", part="extra", missing_ok=True)
+        heads.update({f"extra.{key}": value for key, value in extra.items()})
+        spec = dataclasses.replace(spec, extra={**spec.extra, "method": method["name"], "heads": parts})
     return PretrainedWeights(spec=spec, backbone=backbone_state, heads=heads)

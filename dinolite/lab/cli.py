@@ -1,4 +1,4 @@
-"""``python launch/lab.py --matrix configs/lab/seeds.yaml [--slurm ...]``: run a collapse-lab matrix.
+"""``python launch/lab.py --matrix seeds [--slurm ...]`` (or ``dinolite-lab``): run a collapse-lab matrix.
 
 Locally the runs train one after another in this process, then the report is written to
 ``<output_dir>/report/README.md``. With ``--slurm`` (and the options of ``launch/slurm.py``) the runs
@@ -33,7 +33,7 @@ EXIT_OK = 0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(prog="launch/lab.py", description=__doc__)
-    parser.add_argument("--matrix", required=True, help="a matrix file, e.g. configs/lab/seeds.yaml")
+    parser.add_argument("--matrix", required=True, help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, vitb16)")
     parser.add_argument("--output-dir", help="default: the matrix's output_dir")
     parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these runs of the matrix")
     parser.add_argument("--report", action="store_true", help="only write the report from the runs on disk")

@@ -17,6 +17,7 @@ images shared by every run of a matrix, so the numbers compare across methods:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -70,8 +71,12 @@ class EvalData:
         self.measurements = measurements
         self.device = resolve_device(device, local_rank=0)
 
-    def features(self, backbone: nn.Module, cfg: Config) -> tuple[ExtractedFeatures, ExtractedFeatures, int]:
-        """Probe-layout features (:func:`probe_features`) of train and val, and the block count in them."""
+    def features(self, backbone: nn.Module, cfg: Config, spectrum_only: bool = False
+                 ) -> tuple[ExtractedFeatures, Optional[ExtractedFeatures], int]:
+        """Probe-layout features (:func:`probe_features`) of train and val, and the block count in them.
+
+        ``spectrum_only``: the first ``spectrum_samples`` training images and no val (intermediate
+        checkpoints need only their spectrum)."""
         transform = build_eval_transform(cfg.crops.global_crops_size, mean=list(cfg.crops.mean),
                                          std=list(cfg.crops.std), patch_size=cfg.student.patch_size)
         n_blocks = min(4, backbone.n_blocks)
@@ -81,8 +86,13 @@ class EvalData:
             return probe_features(backbone, images, n_blocks)
 
         backbone.to(self.device)
-        train = extract_features(fn, build_eval_dataset(self.train_source, transform), batch_size=256,
-                                 device=self.device, progress=False, desc="lab train")
+        train_set = build_eval_dataset(self.train_source, transform)
+        if spectrum_only:  # decode only what the spectrum uses
+            train_set = list(itertools.islice(iter(train_set), self.measurements.spectrum_samples))
+        train = extract_features(fn, train_set, batch_size=256, device=self.device, progress=False,
+                                 desc="lab train")
+        if spectrum_only:
+            return train, None, n_blocks
         val = extract_features(fn, build_eval_dataset(self.val_source, transform), batch_size=256,
                                device=self.device, progress=False, desc="lab val")
         return train, val, n_blocks
@@ -108,10 +118,10 @@ def spectrum_entry(iteration: int, cls: torch.Tensor) -> dict:
 def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration: int, full: bool) -> dict:
     """The spectrum entry at ``iteration``; with ``full`` also kNN and linear probe (per ``measurements``)."""
     m = data.measurements
-    train, val, n_blocks = data.features(backbone, cfg)
+    train, val, n_blocks = data.features(backbone, cfg, spectrum_only=not full)
     dim = backbone.embed_dim
     out: dict = {"spectrum": spectrum_entry(iteration, _cls(train.features[: m.spectrum_samples], n_blocks, dim))}
-    if not full:
+    if val is None:
         return out
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
     # kNN and the probe run where the network ran (features come back on CPU, batch by batch)

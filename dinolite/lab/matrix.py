@@ -1,6 +1,6 @@
 """The collapse lab's matrix file: which runs, on what data, for how long, measured how, expecting what.
 
-A matrix file (``configs/lab/*.yaml``) is read into :class:`LabMatrix` with the config module's checks
+A matrix file (``dinolite/configs/lab/*.yaml``, or any path) is read into :class:`LabMatrix` with the config module's checks
 (unknown keys name the nearest valid one, wrong types name the expected type, every message starts
 with the file), then :func:`plan_matrix` resolves every run to a full training :class:`Config`:
 
@@ -26,13 +26,14 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from dinolite.config import Config, ConfigError, load_config, load_yaml_as
+from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.data.digits import prepare_digits
 
 HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
 # What a run can be expected to show (the verdict logic decides between the same three).
 EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL)
 DIGITS = "digits"
+MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the presets)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
@@ -145,9 +146,26 @@ def _hint(value: str, choices: list[str] | tuple[str, ...]) -> str:
     return f"; did you mean {near[0]!r}?" if near else f"; expected one of: {', '.join(choices)}"
 
 
+def available_matrices() -> list[str]:
+    """Names of the matrices shipped in ``dinolite/configs/lab/``."""
+    return sorted(p.stem for p in MATRIX_DIR.glob("*.yaml"))
+
+
+def resolve_matrix(name_or_path: str | Path) -> Path:
+    """A ``.yaml`` path as given, or a shipped matrix by name (``seeds`` -> dinolite/configs/lab/seeds.yaml)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = MATRIX_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"unknown matrix {str(name_or_path)!r}{_hint(str(name_or_path), available_matrices())} "
+                          "(or pass the path to a .yaml file)")
+    return candidate
+
+
 def load_matrix(path: str | Path) -> LabMatrix:
     """Read and check a matrix file (keys, types, values); raises ``ConfigError`` naming file/key/value."""
-    path = Path(path)
+    path = resolve_matrix(path)
     matrix: LabMatrix = load_yaml_as(path, LabMatrix, what="matrix file")
     src = str(path)
     if matrix.iterations < 1:
@@ -228,7 +246,7 @@ def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepa
     its train/val image folders for evaluation. ``prepare=False`` (dry runs) writes nothing and leaves
     ``[digits]`` to each run.
     """
-    path = Path(path)
+    path = resolve_matrix(path)
     matrix = load_matrix(path)
     out = Path(output_dir or matrix.output_dir).expanduser().absolute()
     data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)

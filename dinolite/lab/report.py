@@ -119,7 +119,7 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
             if s:
                 ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
         ax.axhline(1.0, color="grey", ls="--", lw=1)
-        ax.text(0.01, 1.02, "std = 1/sqrt(d)", transform=ax.get_yaxis_transform(), fontsize=7, color="grey")
+        ax.text(0.01, 0.94, "std = 1/sqrt(d)", transform=ax.get_yaxis_transform(), fontsize=7, color="grey")
         ax.set_title(f"{channel} output: std of L2-normalised embedding x sqrt(d)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(bottom=0)
@@ -163,7 +163,7 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
             ax.plot(range(1, len(values) + 1), [math.log10(v) for v in values], color=shade, lw=1.2,
                     label=f"it {entry['iteration']}" + (" (init)" if entry["iteration"] == 0 else ""))
         ax.set_title(f"{r.run.label}\n{r.verdict.kind}", fontsize=8)
-        ax.set_xlabel("singular value rank index", fontsize=8)
+        ax.set_xlabel("eigenvalue rank", fontsize=8)
         ax.tick_params(labelsize=7)
         _legend(ax)
     for row in axes:
@@ -241,7 +241,8 @@ def summary_table(reports: list[RunReport]) -> str:
         status = result.get("status", "not run")
         verdict = r.verdict.kind + (f" ({r.verdict.mode})" if r.verdict.mode else "")
         if status not in ("finished", "stopped", "diverged"):
-            verdict = f"{verdict} [run {status}]"
+            state = "not finished" if status == "not run" and r.trace.records else status
+            verdict = f"{verdict} [run {state}]"
         base = r.baseline or {}
         mark = "**yes**" if r.reproduced and status != "not run" else "no"
         lines.append(

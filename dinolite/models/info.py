@@ -1,4 +1,4 @@
-"""Model summary: parameter counts and FLOPs of the backbone, the heads and one training iteration.
+"""Model summary: parameter counts and forward FLOPs of the backbone and the heads.
 
 Counting convention: fvcore's ``FlopCountAnalysis`` counts one fused multiply-add as one "flop". This
 module reports multiply-adds as **MACs** and **FLOPs = 2 x MACs** (the convention of hardware peak
@@ -6,17 +6,9 @@ numbers, so FLOPs divided by time and by the GPU's peak gives MFU). Matrix produ
 convolution, every Linear, attention's ``QK^T`` and ``AV``) dominate; LayerNorm counts 5 per element
 (fvcore's rule) and other element-wise operations (GELU, residual adds, softmax) are not counted.
 
-Per-image training cost of one DINOv2 iteration (student forward + backward, backward ~= 2 x forward;
-teacher forward only, no backward)::
-
-    student = 3 * (2 * (G + H_dino) + n_local * (L + H_dino) + 2 * m * H_ibot)
-    teacher =      2 * (G + H_dino)                          + 2 * m * H_ibot
-
-with ``G``/``L`` the backbone cost of a global/local crop, ``H_*`` the head cost per token, and ``m`` the
-expected number of masked patches per global crop, ``mask_sample_probability * mean(mask_ratio_min_max)
-* n_patches`` (DINOv2 masks that fraction of the global crops with a ratio drawn in that range; the iBOT
-head runs on masked patches only). Stochastic depth's batch-subset trick, which skips part of the
-student's block compute when ``drop_path_rate > 0.1``, is not subtracted: these are nominal model FLOPs.
+The training cost of one iteration depends on the method (views, heads, teacher): each method's
+``MethodSpec.training_flops`` computes it from the per-crop and per-token costs here;
+``python -m dinolite.train.summary --config NAME`` prints both.
 
 Large backbones are not traced whole: every block is identical, so the backbone cost is exactly
 ``C(1) + (depth - 1) * (C(2) - C(1))`` from depth-1 and depth-2 copies, and parameters are counted on
@@ -147,39 +139,6 @@ def model_summary(cfg: Any) -> dict[str, Any]:
     }
 
 
-def training_flops_per_iteration(cfg: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Nominal FLOPs (= 2 x MACs) of one training iteration, per image and per GPU batch.
-
-    Keys: ``flops_global_crop`` / ``flops_local_crop`` (backbone forward, one crop),
-    ``flops_student_per_image`` (forward + backward), ``flops_teacher_per_image`` (forward),
-    ``flops_per_image``, ``flops_per_batch`` (``train.batch_size_per_gpu`` images),
-    ``masked_patches_per_global_crop``, plus the inputs of the formula in the module docstring.
-    """
-    s = summary if summary is not None else model_summary(cfg)
-    n_patches = (cfg.crops.global_crops_size // cfg.student.patch_size) ** 2
-    lo, hi = cfg.ibot.mask_ratio_min_max
-    masked = cfg.ibot.mask_sample_probability * (lo + hi) / 2 * n_patches if cfg.ibot.loss_weight > 0 else 0.0
-    g, loc = s["macs_global_crop"], s["macs_local_crop"]
-    h_dino, h_ibot = s["macs_dino_head_per_token"], s["macs_ibot_head_per_token"]
-    n_local = cfg.crops.local_crops_number
-    student_forward = 2 * (g + h_dino) + n_local * (loc + h_dino) + 2 * masked * h_ibot
-    teacher_forward = 2 * (g + h_dino) + 2 * masked * h_ibot
-    per_image = 2 * (3 * student_forward + teacher_forward)
-    return {
-        "flops_global_crop": 2 * g,
-        "flops_local_crop": 2 * loc,
-        "flops_dino_head_per_token": 2 * h_dino,
-        "flops_ibot_head_per_token": 2 * h_ibot,
-        "masked_patches_per_global_crop": masked,
-        "local_crops_number": n_local,
-        "flops_student_per_image": int(round(2 * 3 * student_forward)),
-        "flops_teacher_per_image": int(round(2 * teacher_forward)),
-        "flops_per_image": int(round(per_image)),
-        "batch_size_per_gpu": cfg.train.batch_size_per_gpu,
-        "flops_per_batch": int(round(per_image * cfg.train.batch_size_per_gpu)),
-    }
-
-
 def _fmt_count(n: float) -> str:
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
@@ -187,8 +146,10 @@ def _fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def format_summary(summary: dict[str, Any], train: dict[str, Any]) -> str:
-    s, t = summary, train
+def format_summary(summary: dict[str, Any], train: dict[str, Any] | None = None, method: str = "") -> str:
+    """The model summary as text; with ``train`` (a ``MethodSpec.training_flops`` dict) also the
+    per-image FLOPs of one training iteration (every ``flops_*_per_image`` key) and per GPU batch."""
+    s = summary
     lines = [
         f"{s['arch']} / patch {s['patch_size']}: embed_dim {s['embed_dim']}, depth {s['depth']}, "
         f"heads {s['num_heads']}",
@@ -203,14 +164,18 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any]) -> str:
         + f"{_fmt_count(2 * s['macs_local_crop'])}FLOPs".rjust(16),
         "  dino head per token".ljust(24) + f"{_fmt_count(s['macs_dino_head_per_token'])}MACs".rjust(14),
         "  ibot head per token".ljust(24) + f"{_fmt_count(s['macs_ibot_head_per_token'])}MACs".rjust(14),
-        f"training iteration (2 global + {t['local_crops_number']} local crops, "
-        f"{t['masked_patches_per_global_crop']:.1f} masked patches per global crop)",
-        "  student fwd+bwd / img".ljust(24) + f"{_fmt_count(t['flops_student_per_image'])}FLOPs".rjust(16),
-        "  teacher fwd / img".ljust(24) + f"{_fmt_count(t['flops_teacher_per_image'])}FLOPs".rjust(16),
-        "  total / img".ljust(24) + f"{_fmt_count(t['flops_per_image'])}FLOPs".rjust(16),
-        f"  total / batch of {t['batch_size_per_gpu']}".ljust(24)
-        + f"{_fmt_count(t['flops_per_batch'])}FLOPs".rjust(16),
     ]
+    if train is not None:
+        lines.append(f"training iteration{f' ({method})' if method else ''}")
+        for key, value in train.items():
+            if key.startswith("flops_") and key.endswith("_per_image") and key != "flops_per_image":
+                part = key[len("flops_") : -len("_per_image")].replace("_", " ")
+                lines.append(f"  {part} / img".ljust(24) + f"{_fmt_count(value)}FLOPs".rjust(16))
+        lines.append("  total / img".ljust(24) + f"{_fmt_count(train['flops_per_image'])}FLOPs".rjust(16))
+        lines.append(
+            f"  total / batch of {train.get('batch_size_per_gpu', '?')}".ljust(24)
+            + f"{_fmt_count(train['flops_per_batch'])}FLOPs".rjust(16)
+        )
     return "\n".join(lines)
 
 
@@ -219,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(description="Parameter counts and FLOPs of a configured model (dinolite-info, python -m dinolite.models.info).")
+    parser = make_parser(
+        description="Parameter counts and forward FLOPs of a configured model (dinolite-info, python -m "
+        "dinolite.models.info; training FLOPs per iteration: python -m dinolite.train.summary)."
+    )
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
     return parser
@@ -228,8 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    summary = model_summary(cfg)
-    print(format_summary(summary, training_flops_per_iteration(cfg, summary)))
+    print(format_summary(model_summary(cfg)))
     return 0
 
 

@@ -34,17 +34,15 @@ from dinolite.dist import get_world_size
 from dinolite.io import write_json_atomic
 from dinolite.monitor import metrics
 
-# diagnostics key -> metric prefix, for the embedding metrics
+# diagnostics key -> metric prefix, for the embedding metrics (DINOv2's; a method declares its own in its
+# MethodSpec.monitor_embeddings and the trainer passes them to CollapseMonitor)
 EMBEDDING_SOURCES: dict[str, str] = {
     "teacher_cls": "backbone",
     "student_cls": "student_backbone",
     "teacher_head_logits": "head",
 }
 _EMBEDDING_STATS = ("std", "std_ratio", "rankme", "rankme_ratio")
-# Every scalar measure() can return (which ones depends on the diagnostics the objective provides).
-METRIC_NAMES: tuple[str, ...] = (
-    "collapse/num_samples",
-    *(f"collapse/{prefix}_{stat}" for prefix in EMBEDDING_SOURCES.values() for stat in _EMBEDDING_STATS),
+_HEAD_METRICS = (
     "collapse/teacher_entropy",
     "collapse/teacher_entropy_norm",
     "collapse/teacher_mean_entropy",
@@ -52,6 +50,19 @@ METRIC_NAMES: tuple[str, ...] = (
     "collapse/student_teacher_ce",
     "collapse/student_teacher_kl",
 )
+
+
+def metric_names(embedding_sources: Mapping[str, str]) -> tuple[str, ...]:
+    """Every scalar ``measure()`` can return with these embedding sources (which ones it does return
+    depends on the diagnostics the objective provides)."""
+    return (
+        "collapse/num_samples",
+        *(f"collapse/{prefix}_{stat}" for prefix in embedding_sources.values() for stat in _EMBEDDING_STATS),
+        *_HEAD_METRICS,
+    )
+
+
+METRIC_NAMES: tuple[str, ...] = metric_names(EMBEDDING_SOURCES)
 # Covariance eigenvalues below this are shown at this floor on the log10 histogram (log10(0) = -inf).
 _LOG_SPECTRUM_FLOOR = 1e-12
 
@@ -99,6 +110,8 @@ class CollapseMonitor:
             many iterations; 0 never saves.
         output_dir: run directory; spectra go to ``output_dir/spectrum/``. None keeps nothing on disk.
         student_temp: the student softmax temperature, for the student-teacher cross-entropy / KL.
+        embedding_sources: diagnostics key -> metric prefix of the embeddings to measure (default
+            DINOv2's :data:`EMBEDDING_SOURCES`; the trainer passes the method's).
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class CollapseMonitor:
         spectrum_every: int = 0,
         output_dir: Optional[str | Path] = None,
         student_temp: float = 0.1,
+        embedding_sources: Optional[Mapping[str, str]] = None,
     ) -> None:
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0, got {every}")
@@ -120,18 +134,28 @@ class CollapseMonitor:
         self.spectrum_every = spectrum_every
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.student_temp = student_temp
+        self.embedding_sources = dict(EMBEDDING_SOURCES if embedding_sources is None else embedding_sources)
+        self.metric_names = metric_names(self.embedding_sources)
         self.last_spectra: dict[str, np.ndarray] = {}
         self._last_spectrum_window = -1
 
     @classmethod
-    def from_config(cls, monitor_cfg, output_dir: Optional[str | Path], student_temp: float) -> "CollapseMonitor":
-        """Build from the ``monitor`` config section (a ``MonitorConfig``) and the run's student temperature."""
+    def from_config(
+        cls,
+        monitor_cfg,
+        output_dir: Optional[str | Path],
+        student_temp: float,
+        embedding_sources: Optional[Mapping[str, str]] = None,
+    ) -> "CollapseMonitor":
+        """Build from the ``monitor`` config section (a ``MonitorConfig``), the run's student temperature
+        and the method's embedding sources."""
         return cls(
             every=monitor_cfg.every,
             max_samples=monitor_cfg.max_samples,
             spectrum_every=monitor_cfg.spectrum_every,
             output_dir=output_dir,
             student_temp=student_temp,
+            embedding_sources=embedding_sources,
         )
 
     def due(self, iteration: int) -> bool:
@@ -141,11 +165,12 @@ class CollapseMonitor:
     def measure(self, iteration: int, diagnostics: Mapping[str, Tensor]) -> dict[str, float]:
         """Compute every metric the available diagnostics allow; returns ``{"collapse/<name>": float}``.
 
-        Known keys: ``teacher_cls``, ``student_cls``, ``teacher_head_logits`` (embeddings),
-        ``teacher_head_probs`` (entropies), ``student_head_logits`` (with the probs: CE / KL). Keys that are
-        absent are skipped; none at all is an error. Collective across ranks when distributed.
+        Known keys: those of ``embedding_sources`` (DINOv2: ``teacher_cls``, ``student_cls``,
+        ``teacher_head_logits``), ``teacher_head_probs`` (entropies), ``student_head_logits`` (with the
+        probs: CE / KL). Keys that are absent are skipped; none at all is an error. Collective across
+        ranks when distributed.
         """
-        known = set(EMBEDDING_SOURCES) | {"teacher_head_probs", "student_head_logits"}
+        known = set(self.embedding_sources) | {"teacher_head_probs", "student_head_logits"}
         if not known & set(diagnostics):
             raise ValueError(
                 f"diagnostics at iteration {iteration} hold none of the keys the monitor reads "
@@ -161,7 +186,7 @@ class CollapseMonitor:
         spectra: dict[str, np.ndarray] = {}
         num_samples = max(t.shape[0] for t in gathered.values())
         results["collapse/num_samples"] = float(num_samples)
-        for key, prefix in EMBEDDING_SOURCES.items():
+        for key, prefix in self.embedding_sources.items():
             if key not in gathered:
                 continue
             x = gathered[key]

@@ -60,6 +60,8 @@ class Watchdog:
         thresholds: ``WatchdogThreshold`` values (metric, min, max, after_iteration, patience).
         action: ``warn`` (log + return alerts) or ``stop`` (raise :class:`CollapseDetected`).
         logger: where warnings go; defaults to this module's logger.
+        known_metrics: the ``collapse/...`` names a threshold may use (a typo gets a "did you mean");
+            default :data:`dinolite.monitor.collapse.METRIC_NAMES` (DINOv2's embedding sources).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Watchdog:
         thresholds: Sequence[WatchdogThreshold],
         action: str = "warn",
         logger: Optional[logging.Logger] = None,
+        known_metrics: Sequence[str] = METRIC_NAMES,
     ) -> None:
         if action not in ACTIONS:
             raise ValueError(f"monitor.action must be one of {', '.join(ACTIONS)}, got {action!r}")
@@ -77,9 +80,9 @@ class Watchdog:
                 raise ValueError(f"monitor.thresholds[{i}] ({t.metric}): set at least one of min/max")
             if t.min is not None and t.max is not None and t.min > t.max:
                 raise ValueError(f"monitor.thresholds[{i}] ({t.metric}): min {t.min} > max {t.max}")
-            if t.metric.startswith("collapse/") and t.metric not in METRIC_NAMES:
-                near = difflib.get_close_matches(t.metric, METRIC_NAMES, n=1)
-                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(METRIC_NAMES)}"
+            if t.metric.startswith("collapse/") and t.metric not in known_metrics:
+                near = difflib.get_close_matches(t.metric, known_metrics, n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(known_metrics)}"
                 raise ValueError(f"monitor.thresholds[{i}].metric {t.metric!r} is not a monitor metric; {hint}")
             if t.patience < 1:
                 raise ValueError(f"monitor.thresholds[{i}] ({t.metric}): patience must be >= 1, got {t.patience}")
@@ -89,9 +92,17 @@ class Watchdog:
         self._consecutive = [0] * len(self.thresholds)
 
     @classmethod
-    def from_config(cls, monitor_cfg, logger: Optional[logging.Logger] = None) -> "Watchdog":
-        """Build from the ``monitor`` config section (``thresholds`` and ``action``)."""
-        return cls(monitor_cfg.thresholds, monitor_cfg.action, logger)
+    def from_config(
+        cls,
+        monitor_cfg,
+        logger: Optional[logging.Logger] = None,
+        method_thresholds: Sequence[WatchdogThreshold] = (),
+        known_metrics: Sequence[str] = METRIC_NAMES,
+    ) -> "Watchdog":
+        """Build from the ``monitor`` config section: the method's default thresholds (the trainer passes
+        ``MethodSpec.watchdog_thresholds``) when ``monitor.method_thresholds``, then ``monitor.thresholds``."""
+        thresholds = [*(method_thresholds if monitor_cfg.method_thresholds else ()), *monitor_cfg.thresholds]
+        return cls(thresholds, monitor_cfg.action, logger, known_metrics)
 
     def check(self, iteration: int, metrics: Mapping[str, float]) -> list[Alert]:
         """Check the metrics of one measurement; returns the alerts (empty when all is well).

@@ -7,32 +7,24 @@ modules below ``train`` (data, models, losses), so that those never see the conf
 from __future__ import annotations
 
 import contextlib
-import functools
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
 from dinolite.config import Config, ConfigError
-from dinolite.data.augment import MultiCropAugmentation
-from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.digits import prepare_digits
 from dinolite.data.loader import build_train_loader
-from dinolite.data.masking import MaskingGenerator
 from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
+from dinolite.train.stop_signals import ignore_stop_signals
 
 DIGITS_SOURCE = "digits"
 
 
 def validate_training_config(cfg: Config) -> None:
-    """Checks that need several sections at once (the config module checks single keys)."""
-    if cfg.dino.koleo_loss_weight > 0 and cfg.train.batch_size_per_gpu < 2:
-        raise ConfigError(
-            f"train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} with dino.koleo_loss_weight="
-            f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU (the nearest neighbour of a "
-            "lone sample does not exist); raise the batch size or set dino.koleo_loss_weight=0"
-        )
+    """Checks that need several sections at once (the config module checks single keys; a method's
+    builder checks its own sections)."""
     if not cfg.data.source:
         raise ConfigError("data.source is empty: give shard patterns, an image folder, or [digits]")
     knn = cfg.evaluation
@@ -56,32 +48,24 @@ def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: 
     return list(prepare_digits(root)["train"])  # idempotent: reads back what rank 0 wrote
 
 
-def build_collate_fn(cfg: Config) -> Callable[[list[Any]], dict[str, Any]]:
-    """DINOv2's collate: crops stacked crop-major, iBOT block masks on the global crops."""
-
-    grid = cfg.crops.global_crops_size // cfg.student.patch_size
-    n_tokens = grid * grid
-    # As DINOv2: at most half of the patches in one block-mask draw.
-    mask_generator = MaskingGenerator(input_size=(grid, grid), max_num_patches=int(0.5 * n_tokens))
-    return functools.partial(
-        collate_data_and_cast,
-        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
-        mask_probability=cfg.ibot.mask_sample_probability,
-        n_tokens=n_tokens,
-        mask_generator=mask_generator,
-        dtype=torch.float32,
-    )
-
-
 def build_data_stream(
-    cfg: Config, source: list[str], rank: int, world_size: int, start_batch: int
+    cfg: Config,
+    source: list[str],
+    rank: int,
+    world_size: int,
+    start_batch: int,
+    transform: Callable[..., dict[str, Any]],
+    collate_fn: Callable[..., dict[str, Any]],
 ) -> Iterator[dict[str, Any]]:
-    """The infinite, deterministic batch stream, positioned after ``start_batch`` consumed batches."""
+    """The infinite, deterministic batch stream, positioned after ``start_batch`` consumed batches.
 
+    ``transform`` (the views of one image) and ``collate_fn`` come from the method's spec
+    (``MethodSpec.build_transform`` / ``build_collate``).
+    """
     loader = build_train_loader(
         source=source,
-        transform=MultiCropAugmentation.from_config(cfg.crops),
-        collate_fn=build_collate_fn(cfg),
+        transform=transform,
+        collate_fn=collate_fn,
         batch_size=cfg.train.batch_size_per_gpu,
         num_workers=cfg.data.num_workers,
         seed=cfg.train.seed,
@@ -92,6 +76,7 @@ def build_data_stream(
         max_image_pixels=cfg.data.max_image_pixels,
         max_skip_fraction=cfg.data.decode_errors_max_fraction,
         skip_window=cfg.data.decode_errors_window,
+        worker_init_fn=ignore_stop_signals,  # a group-wide SIGTERM/Ctrl-C must not kill the workers
     )
     return iter(loader)
 

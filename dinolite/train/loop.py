@@ -5,11 +5,13 @@ Per iteration ``i`` (0-based count of optimizer steps already taken):
 
 1. reseed torch from ``(train.seed, rank, i)`` (stochastic depth; resume needs no saved RNG state);
 2. take batch ``i`` of the data stream (the stream resumes at ``start_batch = i``);
-3. set lr / weight decay / last-layer lr from the schedules, ``loss = objective(batch, teacher_temp(i))``;
-4. stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
-5. backward; zero the prototype layers' gradients while ``i < freeze_last_layer_epochs * epoch length``;
-   clip each student module's gradient norm (global across shards); AdamW step; EMA teacher update;
-6. every ``monitor.every``: collapse metrics + watchdog; every ``log_every``: the metric line;
+3. :func:`run_training_step`: lr / weight decay from the generic schedules, ``loss = objective(batch, i)``;
+   stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
+   backward; ``objective.after_backward(i, optimizer)`` (e.g. DINO's prototype freeze); clip each
+   student module's gradient norm (global across shards); AdamW step; stop with
+   :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became NaN/inf;
+   ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update);
+4. every ``monitor.every``: collapse metrics + watchdog; every ``log_every``: the metric line;
    every ``checkpoint_every`` and at the end: checkpoint; if ``stop_requested()`` on any rank:
    checkpoint and return ``"preempted"``.
 """
@@ -37,9 +39,9 @@ from dinolite.dist import (
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
-from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
 from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
@@ -132,6 +134,42 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+@dataclass
+class StepResult:
+    """One optimizer step: the objective's output, the pre-clipping gradient norms, the schedule values."""
+
+    output: ObjectiveOutput
+    grad_norms: dict[str, float]
+    values: dict[str, float]
+
+
+def run_training_step(
+    objective: SSLObjective,
+    optimizer: torch.optim.Optimizer,
+    schedules: TrainingSchedules,
+    batch: Mapping[str, Any],
+    iteration: int,
+    clip_grad: float,
+    precision: torch.dtype | None = None,
+    device: torch.device = torch.device("cpu"),
+) -> StepResult:
+    """The generic step every method runs (the module docstring, point 3)."""
+    values = schedules.at(iteration)
+    apply_schedules(optimizer, values["lr"], values["weight_decay"])
+    optimizer.zero_grad(set_to_none=True)
+    with builders.autocast_context(precision, device):
+        output = objective(batch, iteration)
+    check_finite(output, iteration, device)
+    output.loss.backward()
+    objective.after_backward(iteration, optimizer)
+    grad_norms = clip_gradients(objective.trainable_modules(), clip_grad)
+    optimizer.step()
+    check_finite_parameters(objective.trainable_modules(), iteration, device)  # before any checkpoint of them
+    objective.after_optimizer_step(iteration)
+    values.update(objective.schedule_values(iteration))
+    return StepResult(output, grad_norms, values)
+
+
 def train(
     cfg: Config,
     output_dir: str | Path | None = None,
@@ -145,9 +183,10 @@ def train(
         env: the distributed environment (default: :func:`init_distributed` from the config).
         stop_requested: polled every iteration (e.g. a Slurm signal flag); true on any rank ->
             checkpoint and return ``"preempted"``.
-        objective: an already built objective (tests, sibling objectives); default DINOv2 from ``cfg``.
+        objective: an already built objective (tests); default ``train.method``'s from ``cfg``.
     """
 
+    method: MethodSpec = get_method(cfg.train.method)
     builders.validate_training_config(cfg)
     output_dir = Path(output_dir if output_dir is not None else cfg.train.output_dir)
     env = env or init_distributed(cfg.distributed.backend, cfg.train.device)
@@ -159,7 +198,7 @@ def train(
 
     # ---------------------------------------------------------------- model, optimizer, schedules
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    objective = objective if objective is not None else build_objective(cfg)
+    objective = objective if objective is not None else method.build_objective(cfg)
     objective.to(device)
     if env.world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing:
 
@@ -175,14 +214,15 @@ def train(
     optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
     epoch_length = cfg.train.iterations_per_epoch
     global_batch = cfg.train.batch_size_per_gpu * env.world_size
-    schedules: TrainingSchedules = build_schedules(cfg.optim, cfg.teacher, epoch_length, global_batch)
+    schedules: TrainingSchedules = build_schedules(cfg.optim, epoch_length, global_batch)
     total_iterations = cfg.optim.epochs * epoch_length
     stop_at = min(total_iterations, cfg.train.max_iterations or total_iterations)
-    freeze_last_layer_iters = cfg.optim.freeze_last_layer_epochs * epoch_length
     precision = builders.autocast_dtype(cfg.train.compute_precision, device)
 
-    monitor = CollapseMonitor.from_config(cfg.monitor, output_dir if is_main else None, cfg.teacher.student_temp)
-    watchdog = Watchdog.from_config(cfg.monitor, console)
+    monitor = CollapseMonitor.from_config(
+        cfg.monitor, output_dir if is_main else None, cfg.teacher.student_temp, method.monitor_embeddings
+    )
+    watchdog = Watchdog.from_config(cfg.monitor, console, method.watchdog_thresholds, monitor.metric_names)
     progress = TrainProgress()
     # What a checkpoint holds (CheckpointManager's app_state): the objective (student, teacher, centering
     # buffers via extra_state), AdamW moments, the loop's progress and the watchdog's patience counters;
@@ -190,7 +230,10 @@ def train(
     app_state = {"model": objective, "optimizer": optimizer, "progress": progress, "watchdog": watchdog}
 
     # ---------------------------------------------------------------- resume
-    checkpoints = CheckpointManager(output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg)
+    # The method record (evaluated network, head names) lets eval/export read the run without the registry.
+    checkpoints = CheckpointManager(
+        output_dir, keep_last=cfg.train.keep_last_checkpoints, config=cfg, method=method.record(cfg)
+    )
     if is_main:
         report_config_changes(checkpoints.latest(), cfg, console.info)
     resumed = checkpoints.load_latest_intact(app_state, warn=console.warning if is_main else lambda _: None)
@@ -211,7 +254,15 @@ def train(
         return checkpoints.save(progress.iteration, app_state, batches_consumed=progress.iteration)
 
     source = builders.resolve_train_source(cfg, output_dir, is_main, lambda: barrier(device))
-    stream = builders.build_data_stream(cfg, source, env.rank, env.world_size, start_batch=progress.iteration)
+    stream = builders.build_data_stream(
+        cfg,
+        source,
+        env.rank,
+        env.world_size,
+        start_batch=progress.iteration,
+        transform=method.build_transform(cfg),
+        collate_fn=method.build_collate(cfg),
+    )
 
     logger = MetricLogger(output_dir, enabled=is_main, resume_iteration=progress.iteration)
     logger.info(
@@ -232,21 +283,12 @@ def train(
             window.damaged_shards += int(batch.get("damaged_shards", 0))
             batch = to_device(batch, device)
 
-            values = schedules.at(it)
-            apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
-            optimizer.zero_grad(set_to_none=True)
-            with builders.autocast_context(precision, device):
-                output = objective(batch, teacher_temp=values["teacher_temp"])
-            check_finite(output, it, device)
-            output.loss.backward()
-            if it < freeze_last_layer_iters:
-                zero_last_layer_gradients(objective.student)
-            grad_norms = clip_gradients(objective.trainable_modules(), cfg.optim.clip_grad)
-            optimizer.step()
-            check_finite_parameters(objective.trainable_modules(), it, device)  # before any checkpoint of them
-            objective.update_teacher(values["momentum"])
+            step = run_training_step(
+                objective, optimizer, schedules, batch, it, cfg.optim.clip_grad, precision, device
+            )
+            output, values = step.output, step.values
             progress.iteration = it + 1
-            window.add(output, grad_norms, t_data - t_start, time.perf_counter() - t_start)
+            window.add(output, step.grad_norms, t_data - t_start, time.perf_counter() - t_start)
 
             if monitor.due(progress.iteration):
                 collapse_metrics = monitor.measure(progress.iteration, output.diagnostics)
@@ -304,12 +346,10 @@ class _Window:
         n = max(self.n, 1)
         world = all_reduce_sum(1.0, device)
         metrics = {k: all_reduce_sum(v / n, device) / world for k, v in self.sums.items()}
+        metrics.update({k: v for k, v in values.items() if k not in ("lr", "weight_decay")})
         metrics.update(
             lr=values["lr"],
             wd=values["weight_decay"],
-            momentum=values["momentum"],
-            teacher_temp=values["teacher_temp"],
-            last_layer_lr=values["last_layer_lr"],
             images_per_s=global_batch * self.n / max(self.step_time, 1e-9),
             data_wait=self.data_time / max(self.step_time, 1e-9),
             memory_gb=memory_gb(device),

@@ -1,10 +1,17 @@
 """The contract between a self-supervised objective and the training loop.
 
-The loop only knows :class:`SSLObjective`: it optimises ``objective.student``'s parameters, calls
-``forward(batch, teacher_temp)`` for the loss, then ``update_teacher(momentum)`` after the optimizer step.
-DINOv2 (:mod:`dinolite.train.dinov2`) is one implementation; SimCLR, Barlow Twins, SimSiam or I-JEPA
-can be siblings (an empty ``teacher`` and a no-op ``update_teacher`` for the ones without an EMA
-network) without any change to the loop.
+The loop knows a generic step only (see :func:`dinolite.train.loop.run_training_step`)::
+
+    output = objective(batch, iteration)          # loss, logged terms, monitor diagnostics
+    output.loss.backward()
+    objective.after_backward(iteration, optimizer) # e.g. DINO's prototype freeze
+    clip each of objective.trainable_modules(); optimizer.step()
+    objective.after_optimizer_step(iteration)      # e.g. the EMA teacher update
+
+Everything method-specific (teacher momentum and temperature, prototype freeze, centering) lives in the
+objective, whose schedules are pure functions of ``iteration`` so that a resume needs only the
+iteration. A method is registered with its objective, views, collate and the rest in
+:mod:`dinolite.train.methods` (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ class ObjectiveOutput:
 
     ``loss`` is the scalar that is back-propagated; ``terms`` holds each weighted term that sums to it
     (for logging and for the NaN check, which names them); ``diagnostics`` holds detached, local-rank
-    tensors for the collapse monitor (see docs/interfaces.md for the keys a DINO-style objective fills).
+    tensors for the collapse monitor (the keys the method's ``MethodSpec.monitor_embeddings`` names,
+    plus ``teacher_head_probs`` / ``student_head_logits`` for methods with prototype heads).
     """
 
     loss: torch.Tensor
@@ -32,21 +40,33 @@ class ObjectiveOutput:
 
 
 class SSLObjective(nn.Module, abc.ABC):
-    """A self-supervised objective: a student that is trained and an optional EMA teacher.
+    """A self-supervised objective: a student that is trained and an optional teacher/target network.
 
     Subclasses set ``self.student`` (an ``nn.ModuleDict`` that has a ``"backbone"``) and ``self.teacher``
-    (an ``nn.ModuleDict``, empty when the method has no teacher network).
+    (an ``nn.ModuleDict``, empty when the method has no teacher network). The teacher may hold a subset
+    of the student's modules (no predictor): :func:`dinolite.train.ema.ema_update` matches by name.
     """
 
     student: nn.ModuleDict
     teacher: nn.ModuleDict
 
     @abc.abstractmethod
-    def forward(self, batch: dict[str, Any], teacher_temp: float) -> ObjectiveOutput:
-        """Compute the loss on one collated batch (gradients flow into ``student`` only)."""
+    def forward(self, batch: dict[str, Any], iteration: int) -> ObjectiveOutput:
+        """Compute the loss on one collated batch at training iteration ``iteration`` (0-based)."""
 
-    def update_teacher(self, momentum: float) -> None:
-        """Move the teacher towards the student after an optimizer step (no-op without a teacher)."""
+    def after_backward(self, iteration: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called after ``loss.backward()``, before gradient clipping and the optimizer step.
+
+        May edit gradients and the optimizer's per-group ``lr`` (the loop has just set every group's lr
+        and weight decay from the generic schedules). Default: nothing.
+        """
+
+    def after_optimizer_step(self, iteration: int) -> None:
+        """Called after the optimizer step (e.g. move an EMA teacher). Default: nothing."""
+
+    def schedule_values(self, iteration: int) -> dict[str, float]:
+        """The method's own schedule values at ``iteration``, for the metric log (e.g. teacher_temp)."""
+        return {}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Non-parameter state that a resume must restore (e.g. DINO's centering buffers)."""

@@ -14,8 +14,8 @@ and ``lr_multiplier = layerwise_decay ** (L + 1 - layer_id)``, times ``patch_emb
 gammas (``.gamma``) and for the tokens and ``pos_embed``, 1 otherwise. Departure: DINOv2 applies weight
 decay to ``cls_token``/``pos_embed``/``register_tokens``/``mask_token``; we do not (as DINO, iBOT and
 most ViT recipes, since decaying learned embeddings towards 0 only fights the signal).
-The prototype layers (``last_layer`` of the heads) are flagged ``is_last_layer`` so they can follow the
-last-layer lr schedule (0 during the first epoch).
+The prototype layers (``last_layer`` of the heads) are flagged ``is_last_layer`` so that a method can
+freeze them (DINO: lr 0 during the first epoch).
 
 Membership is decided from parameter *names* only (never shapes), so it is identical for plain tensors
 and FSDP2 ``DTensor`` shards (``fully_shard`` keeps the original names).
@@ -122,10 +122,12 @@ def build_optimizer(groups: list[dict], beta1: float = 0.9, beta2: float = 0.999
     return torch.optim.AdamW(prepared, lr=0.0, betas=(beta1, beta2), weight_decay=0.0)
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, last_layer_lr: float) -> None:
-    """Set each group's ``lr = (last_layer_lr if is_last_layer else lr) * lr_multiplier`` and
-    ``weight_decay = weight_decay * wd_multiplier``."""
+def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Set each group's ``lr = lr * lr_multiplier`` and ``weight_decay = weight_decay * wd_multiplier``.
+
+    A method may then adjust groups for the step (DINO's frozen prototypes get lr 0 in its
+    ``after_backward`` hook, found by their ``is_last_layer`` flag).
+    """
     for group in optimizer.param_groups:
-        base = last_layer_lr if group.get("is_last_layer", False) else lr
-        group["lr"] = base * group.get("lr_multiplier", 1.0)
+        group["lr"] = lr * group.get("lr_multiplier", 1.0)
         group["weight_decay"] = weight_decay * group.get("wd_multiplier", 1.0)

@@ -225,6 +225,8 @@ def hold_run_lock(
                 warn(f"warning: {warning}")
         except RunLockError as exc:
             failure = exc
+        except OSError as exc:  # read-only or missing permissions: say so on every rank, do not hang them
+            failure = RunLockError(f"cannot create the lock file {lock.path}: {exc}")
     if any_rank(failure is not None, device):
         raise failure or RunLockError(f"{output_dir}: rank 0 could not lock the output directory (see its message)")
     try:

@@ -1,4 +1,4 @@
-"""Per-iteration hyper-parameter schedules (lr, weight decay, teacher momentum and temperature).
+"""Per-iteration hyper-parameter schedules: the generic lr and weight decay, and the schedule shapes.
 
 Every schedule is a pure function of the iteration (no state), so a resumed run gets exactly the
 values of an uninterrupted one. The shape follows DINOv2's ``CosineScheduler`` (Oquab et al. 2023;
@@ -8,6 +8,9 @@ cosine decay from Loshchilov & Hutter 2017, "SGDR", with linear warmup as in Goy
 iterations, ``train.iterations_per_epoch`` (1250 by default), NOT a pass over the data set: schedules
 are laid out over ``optim.epochs * train.iterations_per_epoch`` iterations whatever the data set size,
 and one "epoch" sees ``iterations_per_epoch * global_batch_size`` images.
+
+Method-specific schedules (DINO's teacher momentum and temperature, its prototype freeze) are built by
+the method from these shapes (e.g. :class:`dinolite.train.methods.dinov2.DINOv2Schedules`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from dinolite.config import ConfigError, OptimConfig, TeacherConfig
+from dinolite.config import ConfigError, OptimConfig
 
 
 class Schedule(Protocol):
@@ -75,36 +78,15 @@ class CosineSchedule:
 
 
 @dataclass(frozen=True)
-class ZeroBefore:
-    """``schedule(it)`` but 0 for ``it < zero_iters`` (DINOv2's frozen prototype layer: its lr schedule
-    is the lr schedule with the first ``freeze_last_layer_epochs`` overwritten by 0, not shifted)."""
-
-    schedule: Schedule
-    zero_iters: int
-
-    def __call__(self, iteration: int) -> float:
-        return 0.0 if iteration < self.zero_iters else self.schedule(iteration)
-
-
-@dataclass(frozen=True)
 class TrainingSchedules:
-    """The five schedules the trainer reads every iteration."""
+    """The generic schedules the trainer applies to the optimizer every iteration."""
 
     lr: Schedule
     weight_decay: Schedule
-    momentum: Schedule
-    teacher_temp: Schedule
-    last_layer_lr: Schedule
 
     def at(self, iteration: int) -> dict[str, float]:
-        """All values at ``iteration`` (for the optimiser, the EMA and the logs)."""
-        return {
-            "lr": self.lr(iteration),
-            "weight_decay": self.weight_decay(iteration),
-            "momentum": self.momentum(iteration),
-            "teacher_temp": self.teacher_temp(iteration),
-            "last_layer_lr": self.last_layer_lr(iteration),
-        }
+        """All values at ``iteration`` (for the optimiser and the logs)."""
+        return {"lr": self.lr(iteration), "weight_decay": self.weight_decay(iteration)}
 
 
 def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> float:
@@ -124,21 +106,14 @@ def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> floa
     )
 
 
-def build_schedules(
-    optim_cfg: OptimConfig, teacher_cfg: TeacherConfig, iterations_per_epoch: int, global_batch_size: int
-) -> TrainingSchedules:
-    """Schedules of DINOv2's recipe from the ``optim`` and ``teacher`` config sections.
+def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int) -> TrainingSchedules:
+    """lr and weight decay of DINOv2's recipe from the ``optim`` config section.
 
     * lr: linear warmup from 0 over ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr``
       (``min_lr`` is not scaled, as in DINOv2) at ``epochs``.
     * weight decay: cosine ``weight_decay`` -> ``weight_decay_end`` (no warmup).
-    * teacher momentum: cosine ``momentum_teacher`` -> ``final_momentum_teacher``.
-    * teacher temperature: linear ``warmup_teacher_temp`` -> ``teacher_temp`` over
-      ``warmup_teacher_temp_epochs``, then constant.
-    * last-layer lr: the lr schedule, 0 during ``freeze_last_layer_epochs``.
 
-    ``optim_cfg`` / ``teacher_cfg`` are ``dinolite.config.OptimConfig`` / ``TeacherConfig`` (or any
-    object with the same attributes).
+    ``optim_cfg`` is a ``dinolite.config.OptimConfig`` (or any object with the same attributes).
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
@@ -157,17 +132,4 @@ def build_schedules(
         warmup_iters=optim_cfg.warmup_epochs * iterations_per_epoch,
         start_warmup_value=0.0,
     )
-    temp_iters = teacher_cfg.warmup_teacher_temp_epochs * iterations_per_epoch
-    return TrainingSchedules(
-        lr=lr,
-        weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total),
-        momentum=CosineSchedule(teacher_cfg.momentum_teacher, teacher_cfg.final_momentum_teacher, total),
-        teacher_temp=CosineSchedule(
-            base_value=teacher_cfg.teacher_temp,
-            final_value=teacher_cfg.teacher_temp,
-            total_iters=temp_iters,
-            warmup_iters=temp_iters,
-            start_warmup_value=teacher_cfg.warmup_teacher_temp,
-        ),
-        last_layer_lr=ZeroBefore(lr, optim_cfg.freeze_last_layer_epochs * iterations_per_epoch),
-    )
+    return TrainingSchedules(lr=lr, weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total))

@@ -15,6 +15,7 @@ use SIGKILL (the previous checkpoint is kept; a save in progress stays a temp fo
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import types
@@ -29,13 +30,14 @@ class StopFlag:
     def __init__(self, prefix: str = "[dinolite]") -> None:
         self.signal_name: str | None = None
         self.prefix = prefix
+        self._pid = os.getpid()
 
     def is_set(self) -> bool:
         return self.signal_name is not None
 
     def handle(self, signum: int, frame: types.FrameType | None = None) -> None:
         name = signal.Signals(signum).name
-        if self.signal_name is None:
+        if self.signal_name is None and os.getpid() == self._pid:  # not in a forked child
             self.signal_name = name
             print(f"{self.prefix} caught {name}: checkpointing at the next iteration", file=sys.stderr, flush=True)
 
@@ -48,3 +50,16 @@ class StopFlag:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of the training DataLoader: its workers ignore the stop signals.
+
+    A signal sent to the whole process group (Ctrl-C in a terminal, ``kill -TERM -<pgid>``, Slurm
+    signalling every process of a step) also reaches the workers, and torch's worker SIGTERM handler
+    re-raises it: a dead worker stops the trainer with "DataLoader worker ... killed by signal" before
+    it can checkpoint. Ignoring them is safe: workers still exit when the loader shuts them down or
+    when their parent dies (torch watches it).
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

@@ -22,7 +22,7 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.models.attention import explicit_attention
-from dinolite.models.info import training_flops_per_iteration
+from dinolite.train.methods import get_method
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
@@ -58,7 +58,8 @@ def restore_threads():
 @functools.lru_cache(maxsize=None)
 def flops_of(config: str, overrides: tuple[str, ...]) -> dict:
     """The model's own FLOP counter (fvcore tracing takes seconds: computed once per configuration)."""
-    return training_flops_per_iteration(load_config(config, overrides))
+    cfg = load_config(config, overrides)
+    return get_method(cfg.train.method).training_flops(cfg)
 
 
 def run_script(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from dinolite.checkpoint.safe_metadata import (
 )
 from dinolite.config import load_config
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.train.dinov2 import build_objective
+from dinolite.train.methods.dinov2 import build_objective
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

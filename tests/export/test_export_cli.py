@@ -80,6 +80,30 @@ def test_student_export_differs_from_teacher(run_dir, tmp_path):
     assert not torch.equal(_features(student, images), _features(teacher, images))
 
 
+def test_network_choice_and_the_method_record(run_dir, tmp_path):
+    from dinolite.checkpoint import method_record
+    from dinolite.eval.backbone import BackboneError, load_any_backbone
+
+    # train wrote the method record; eval and export read it without importing the trainer
+    assert method_record(run_dir) == {"name": "dinov2", "eval_network": "teacher", "heads": ["dino_head", "ibot_head"]}
+    out = tmp_path / "s.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--network", "student"]) == 0
+    exported = dinolite.load_backbone(out)
+    assert exported.spec.source == "student"
+    student = load_consolidated_state_dict(run_dir, model="student", part="backbone")
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in student.items())
+    for network in ("teacher", "student"):
+        direct = dinolite.load_backbone(run_dir, network=network)  # a run directory works too
+        assert direct.spec.source == network
+        saved = load_consolidated_state_dict(run_dir, model=network, part="backbone")
+        assert all(torch.equal(direct.state_dict()[k], v) for k, v in saved.items())
+    assert load_any_backbone(run_dir).spec.source == "teacher"  # the method's default
+    with pytest.raises(BackboneError, match="holds the student backbone, not the teacher"):
+        load_any_backbone(out, network="teacher")
+    with pytest.raises(BackboneError, match="network 'online'"):
+        load_any_backbone(run_dir, network="online")
+
+
 def test_dinov2_format_loads_as_a_released_checkpoint_would(run_dir, tmp_path):
     out = tmp_path / "dinov2_vits4_pretrain.pth"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--format", "dinov2"]) == 0
@@ -90,7 +114,7 @@ def test_dinov2_format_loads_as_a_released_checkpoint_would(run_dir, tmp_path):
 
 
 def test_training_starts_from_an_export(run_dir, tmp_path):
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
@@ -108,7 +132,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_pretrained_weights_of_another_architecture_fail_naming_shapes(run_dir, tmp_path):
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out)]) == 0
@@ -120,7 +144,7 @@ def test_pretrained_weights_of_another_architecture_fail_naming_shapes(run_dir, 
 def test_continue_pretraining_from_an_export_with_heads_restores_heads_and_centers(run_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     out = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0

@@ -189,7 +189,7 @@ def test_transformers_dinov2_weights_load_with_identical_features(tmp_path, regi
 
 def test_timm_and_transformers_weights_serve_as_student_pretrained_weights(tmp_path):
     from dinolite.config import load_config
-    from dinolite.train.dinov2 import build_objective
+    from dinolite.train.methods.dinov2 import build_objective
 
     theirs = _timm_dinov2(registers=True)
     timm.models.save_for_hf(theirs, str(tmp_path / "timm"), safe_serialization=True)

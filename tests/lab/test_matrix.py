@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dinolite.config import ConfigError, load_config, save_config
-from dinolite.lab.matrix import load_matrix, plan_matrix
+from dinolite.lab.matrix import available_matrices, load_matrix, plan_matrix, resolve_matrix
 from dinolite.lab.runner import check_run_dir, is_done
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +76,13 @@ def test_errors_name_the_file_the_key_and_the_value(tmp_path, old, new, message)
     assert str(path) in str(info.value)
 
 
+def test_shipped_matrices_by_name():
+    assert {"seeds", "vitb16"} <= set(available_matrices())
+    assert resolve_matrix("seeds") == ROOT / "dinolite" / "configs" / "lab" / "seeds.yaml"
+    with pytest.raises(ConfigError, match=r"unknown matrix 'seds'; did you mean 'seeds'\?"):
+        resolve_matrix("seds")
+
+
 def test_missing_required_keys_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"matrix file not found: .*nosuch.yaml"):
         load_matrix(tmp_path / "nosuch.yaml")
@@ -87,9 +94,9 @@ def test_missing_required_keys_and_files(tmp_path):
         load_matrix(path)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs" / "lab").glob("*.yaml")))
+@pytest.mark.parametrize("name", available_matrices())
 def test_shipped_matrices_plan(name, tmp_path):
-    plan = plan_matrix(ROOT / "configs" / "lab" / name, tmp_path, prepare=False)
+    plan = plan_matrix(name, tmp_path, prepare=False)
     assert len({r.label for r in plan.runs}) == len(plan.runs) >= 2
     assert all(r.config.train.max_iterations == plan.matrix.iterations for r in plan.runs)
 

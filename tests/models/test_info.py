@@ -7,6 +7,8 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.models import DinoVisionTransformer, vit_large
+from dinolite.train.methods.dinov2 import training_flops
+from dinolite.train.summary import main as summary_main
 from dinolite.models.info import (
     backbone_forward_macs,
     count_parameters,
@@ -14,7 +16,6 @@ from dinolite.models.info import (
     forward_macs,
     main,
     model_summary,
-    training_flops_per_iteration,
 )
 
 
@@ -71,7 +72,7 @@ PINNED = ["dino.head_n_prototypes=256", "crops.local_crops_number=4"]
 def test_training_flops_follow_the_formula():
     cfg = load_config("demo", PINNED)
     summary = model_summary(cfg)
-    train = training_flops_per_iteration(cfg, summary)
+    train = training_flops(cfg, summary)
     g, loc = summary["macs_global_crop"], summary["macs_local_crop"]
     h = summary["macs_dino_head_per_token"]
     # head: 96 -> 256 -> 256 -> 64 (bias not counted), then 64 -> 256 prototypes
@@ -97,6 +98,15 @@ def test_separate_ibot_head_is_counted():
 def test_cli_prints_summary(capsys):
     assert main(["--config", "demo"]) == 0
     out = capsys.readouterr().out
-    assert "vit_tiny / patch 4" in out and "MMACs" in out and "total / img" in out
+    assert "vit_tiny / patch 4" in out and "MMACs" in out and "total / img" not in out
     assert main(["--config", "no_such_preset"]) == 2
     assert "unknown config preset 'no_such_preset'" in capsys.readouterr().err
+
+
+def test_training_summary_cli_adds_the_method_flops(capsys):
+    assert summary_main(["--config", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_tiny / patch 4" in out and "training iteration (dinov2)" in out
+    assert "student / img" in out and "teacher / img" in out and "total / img" in out
+    assert summary_main(["--config", "demo", "train.method=dinov3"]) == 2
+    assert "did you mean 'dinov2'" in capsys.readouterr().err

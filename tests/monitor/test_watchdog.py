@@ -7,6 +7,7 @@ import pytest
 
 from dinolite.config import WatchdogThreshold, load_config
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
+from dinolite.train.methods.dinov2 import WATCHDOG_THRESHOLDS
 
 
 def _rankme_min(**kwargs) -> WatchdogThreshold:
@@ -103,8 +104,10 @@ def test_state_dict_round_trip_keeps_patience_count():
 
 def test_default_thresholds_load_and_pass_healthy_values():
     cfg = load_config("default")
-    watchdog = Watchdog.from_config(cfg.monitor)
-    assert watchdog.thresholds, "configs/default.yaml should ship default thresholds"
+    watchdog = Watchdog.from_config(cfg.monitor, method_thresholds=WATCHDOG_THRESHOLDS)
+    assert watchdog.thresholds == list(WATCHDOG_THRESHOLDS), "monitor.method_thresholds is on by default"
+    assert Watchdog.from_config(load_config("default", ["monitor.method_thresholds=false"]).monitor,
+                                method_thresholds=WATCHDOG_THRESHOLDS).thresholds == []
     healthy = {
         "collapse/backbone_std_ratio": 0.8,
         "collapse/backbone_rankme_ratio": 0.5,

@@ -31,9 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dinolite.config import load_config
-from dinolite.train.dinov2 import build_objective, zero_last_layer_gradients
-from dinolite.train.loop import clip_gradients, seed_step
-from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
+from dinolite.train.loop import run_training_step, seed_step
+from dinolite.train.methods import get_method
+from dinolite.train.optim import build_optimizer, get_param_groups
 from dinolite.train.schedules import build_schedules
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "golden"
@@ -128,30 +128,20 @@ def compute_record(name: str) -> dict[str, torch.Tensor]:
     torch.set_num_threads(1)  # the reduction order of CPU kernels depends on the thread count
     try:
         torch.manual_seed(cfg.train.seed)
-        objective = build_objective(cfg)
+        objective = get_method(cfg.train.method).build_objective(cfg)
         objective.train()
         record: dict[str, torch.Tensor] = {
             "init.student.sha256": digest([p for _, p in objective.student.named_parameters()]),
         }
         groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
         optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
-        schedules = build_schedules(cfg.optim, cfg.teacher, cfg.train.iterations_per_epoch, case.batch_size)
-        freeze_iters = cfg.optim.freeze_last_layer_epochs * cfg.train.iterations_per_epoch
+        schedules = build_schedules(cfg.optim, cfg.train.iterations_per_epoch, case.batch_size)
         for step, iteration in enumerate((case.first_iteration, case.first_iteration + 1)):
             batch = make_batch(cfg, case.batch_size, seed=1000 + iteration)
             record[f"step{step}.batch.sha256"] = digest([v for v in batch.values() if isinstance(v, torch.Tensor)])
             seed_step(cfg.train.seed, 0, iteration)
-            # The loop's step, as loop.train runs it.
-            values = schedules.at(iteration)
-            apply_schedules(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
-            optimizer.zero_grad(set_to_none=True)
-            output = objective(batch, teacher_temp=values["teacher_temp"])
-            output.loss.backward()
-            if iteration < freeze_iters:
-                zero_last_layer_gradients(objective.student)
-            grad_norms = clip_gradients(objective.trainable_modules(), cfg.optim.clip_grad)
-            optimizer.step()
-            objective.update_teacher(values["momentum"])
+            result = run_training_step(objective, optimizer, schedules, batch, iteration, cfg.optim.clip_grad)
+            output, grad_norms = result.output, result.grad_norms
             record[f"step{step}.loss"] = output.loss.detach().clone()
             for term, value in output.terms.items():
                 record[f"step{step}.terms.{term}"] = value.detach().clone()

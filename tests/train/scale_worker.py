@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dinolite.checkpoint import CheckpointManager  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
 from dinolite.dist import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
-from dinolite.train.dinov2 import build_objective  # noqa: E402
+from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
 from dinolite.train.sharding import clip_grad_norm_, shard_objective  # noqa: E402
 
 GLOBAL_SIZE = 16
@@ -162,7 +162,7 @@ def main() -> None:
         else:
             batch = rng_batch(args.global_batch // env.world_size)
         optimizer.zero_grad(set_to_none=True)
-        output = objective(batch, teacher_temp=0.05)
+        output = objective.loss_at_temperature(batch, teacher_temp=0.05)
         output.loss.backward()
         clip_grad_norm_(objective.student.parameters(), 1.0)
         optimizer.step()

@@ -12,7 +12,7 @@ import torch
 from dinolite.config import load_config
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.loader import build_train_loader
-from dinolite.train import builders
+from dinolite.train.methods.dinov2 import build_collate
 from dinolite.train.loop import train
 from tests.data.test_bad_data import png, png16, write_shard
 from tests.data.test_decode import bomb_png
@@ -45,7 +45,7 @@ def test_training_on_bad_data_logs_the_counts_and_resumes(tmp_path):
 
     # Reference: the same stream read directly, batch by batch.
     cfg = load_config("demo", overrides)
-    loader = build_train_loader(source, MultiCropAugmentation.from_config(cfg.crops), builders.build_collate_fn(cfg),
+    loader = build_train_loader(source, MultiCropAugmentation.from_config(cfg.crops), build_collate(cfg),
                                 4, 0, cfg.train.seed, 0, 1, 0, max_image_pixels=1_000_000)
     it = iter(loader)
     expected = [next(it) for _ in range(8)]

@@ -54,7 +54,7 @@ def _train(objective, optimizer, steps: int, start: int = 0) -> list[float]:
     losses = []
     for it in range(start, start + steps):
         optimizer.zero_grad(set_to_none=True)
-        out = objective(global_batch_slice(it, 4, 0, 1), teacher_temp=0.05)
+        out = objective.loss_at_temperature(global_batch_slice(it, 4, 0, 1), teacher_temp=0.05)
         out.loss.backward()
         optimizer.step()
         objective.update_teacher(0.9)

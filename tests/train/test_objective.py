@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dinolite.config import load_config
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import DINOHead, DinoVisionTransformer
-from dinolite.train.dinov2 import DINOv2Objective, build_objective, zero_last_layer_gradients
+from dinolite.train.methods.dinov2 import DINOv2Objective, DINOv2Schedules, build_objective
 from dinolite.train.objective import SSLObjective
 
 K = 16  # prototypes
@@ -73,7 +73,7 @@ def test_is_an_ssl_objective_with_frozen_teacher():
 
 def test_teacher_gets_no_gradient():
     obj = make_objective()
-    out = obj(make_batch(), teacher_temp=0.04)
+    out = obj.loss_at_temperature(make_batch(), teacher_temp=0.04)
     out.loss.backward()
     assert all(p.grad is None for p in obj.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.student["backbone"].parameters())
@@ -111,7 +111,7 @@ def test_dino_term_matches_hand_computed_cross_view_pairs():
     expected = sum(-(t_crops[i] * F.log_softmax(s_crops[j] / student_temp, -1)).sum(-1).mean() for i, j in pairs)
     expected = expected / len(pairs)
     assert len(pairs) == 2 * (1 + N_LOCAL)
-    out = obj(batch, teacher_temp=teacher_temp)
+    out = obj.loss_at_temperature(batch, teacher_temp=teacher_temp)
     assert set(out.terms) == {"dino_loss"}
     torch.testing.assert_close(out.terms["dino_loss"], expected, rtol=1e-5, atol=1e-6)
     # centring: the centre moved towards the batch mean of the teacher logits (momentum 0.9)
@@ -141,7 +141,7 @@ def test_ibot_and_koleo_terms_match_hand_computation():
         for crop in F.normalize(s_out["x_norm_clstoken"], dim=-1).chunk(2):
             dist = torch.cdist(crop, crop) + torch.eye(B) * 1e9
             expected_koleo += -torch.log(dist.min(1).values + 1e-8).mean()
-    out = obj(batch, teacher_temp=0.07)
+    out = obj.loss_at_temperature(batch, teacher_temp=0.07)
     assert set(out.terms) == {"ibot_loss", "koleo_loss"}
     torch.testing.assert_close(out.terms["ibot_loss"], expected_ibot, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.terms["koleo_loss"], expected_koleo, rtol=1e-4, atol=1e-5)
@@ -151,8 +151,8 @@ def test_terms_are_scaled_by_config_weights_and_sum_to_loss():
     batch = make_batch()
     unit = make_objective(weights=(1.0, 1.0, 1.0), centering="sinkhorn_knopp")
     weighted = make_objective(weights=(2.0, 0.5, 0.3), centering="sinkhorn_knopp")  # same seed -> same weights
-    raw = unit(batch, teacher_temp=0.06).terms
-    out = weighted(batch, teacher_temp=0.06)
+    raw = unit.loss_at_temperature(batch, teacher_temp=0.06).terms
+    out = weighted.loss_at_temperature(batch, teacher_temp=0.06)
     for name, w in (("dino_loss", 2.0), ("ibot_loss", 0.5), ("koleo_loss", 0.3)):
         torch.testing.assert_close(out.terms[name], w * raw[name], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, sum(out.terms.values()), rtol=1e-6, atol=1e-6)
@@ -168,13 +168,13 @@ def test_teacher_sees_unmasked_global_crops_only():
         return original(x, masks=masks)
 
     obj.teacher["backbone"].forward_features = spy
-    obj(make_batch(), teacher_temp=0.04)
+    obj.loss_at_temperature(make_batch(), teacher_temp=0.04)
     assert calls == [((2 * B, 3, GLOBAL, GLOBAL), None)]
 
 
 def test_diagnostics_for_monitor():
     obj = make_objective()
-    diag = obj(make_batch(), teacher_temp=0.04).diagnostics
+    diag = obj.loss_at_temperature(make_batch(), teacher_temp=0.04).diagnostics
     assert diag["teacher_cls"].shape == (B, 24) and diag["student_cls"].shape == (B, 24)
     for key in ("teacher_head_logits", "teacher_head_probs", "student_head_logits"):
         assert diag[key].shape == (B, K) and not diag[key].requires_grad
@@ -183,7 +183,7 @@ def test_diagnostics_for_monitor():
 
 def test_extra_state_round_trip_restores_centres():
     obj = make_objective()
-    obj(make_batch(), teacher_temp=0.04)
+    obj.loss_at_temperature(make_batch(), teacher_temp=0.04)
     state = obj.extra_state()
     assert set(state) == {"dino_loss.center", "ibot_loss.center"} and state["dino_loss.center"].abs().sum() > 0
     fresh = make_objective()
@@ -194,23 +194,53 @@ def test_extra_state_round_trip_restores_centres():
 
 def test_frozen_prototypes_do_not_move_and_keep_zero_moments():
     obj = make_objective()
+    obj.schedules = DINOv2Schedules(momentum=lambda it: 0.9, teacher_temp=lambda it: 0.04, freeze_last_layer_iters=2)
     last = obj.student["dino_head"].last_layer.weight
     others = [p for n, p in obj.student.named_parameters() if "last_layer" not in n]
-    # the schedules give the last layer lr 0 while frozen (optim.apply_schedules' is_last_layer group)
-    opt = torch.optim.AdamW([{"params": others, "lr": 0.1}, {"params": [last], "lr": 0.0}], weight_decay=0.5)
+    # the loop sets every group's lr from the generic schedule; the hook zeroes the flagged group's lr
+    opt = torch.optim.AdamW(
+        [{"params": others, "lr": 0.1, "is_last_layer": False}, {"params": [last], "lr": 0.1, "is_last_layer": True}],
+        weight_decay=0.5,
+    )
     before = last.detach().clone()
     others_before = [p.detach().clone() for p in others]
-    for _ in range(2):
+    for iteration in range(2):
         opt.zero_grad()
-        obj(make_batch(), teacher_temp=0.04).loss.backward()
+        obj(make_batch(), iteration).loss.backward()
         assert last.grad.abs().sum() > 0
-        zero_last_layer_gradients(obj.student)
+        obj.after_backward(iteration, opt)
         assert torch.count_nonzero(last.grad) == 0
+        assert opt.param_groups[1]["lr"] == 0.0 and opt.param_groups[0]["lr"] == 0.1
         opt.step()
     assert torch.equal(last, before)  # no Adam step, no weight decay
     assert torch.count_nonzero(opt.state[last]["exp_avg"]) == 0
     assert torch.count_nonzero(opt.state[last]["exp_avg_sq"]) == 0
     assert any(not torch.equal(p, b) for p, b in zip(others, others_before))  # the rest did train
+    opt.zero_grad()
+    opt.param_groups[1]["lr"] = 0.1  # what the loop's apply_schedules does at every step
+    obj(make_batch(), 2).loss.backward()
+    obj.after_backward(2, opt)  # the freeze is over: gradient and lr are left alone
+    assert last.grad.abs().sum() > 0 and opt.param_groups[1]["lr"] == 0.1
+
+
+def test_forward_and_hooks_follow_the_schedules():
+    obj = make_objective()
+    obj.schedules = DINOv2Schedules(momentum=lambda it: 0.5 + it / 10, teacher_temp=lambda it: 0.04 + it / 100)
+    batch = make_batch()
+    at_3 = obj(batch, 3)
+    fresh = make_objective()
+    reference = fresh.loss_at_temperature(batch, teacher_temp=0.07)
+    assert torch.equal(at_3.loss, reference.loss)
+    assert obj.schedule_values(3) == {"momentum": 0.8, "teacher_temp": 0.07}
+    teacher_before = [p.detach().clone() for p in obj.teacher.parameters()]
+    with torch.no_grad():
+        for p in obj.student.parameters():
+            p.add_(1.0)
+    obj.after_optimizer_step(3)  # EMA with the momentum at iteration 3
+    for t_before, t, s in zip(teacher_before, obj.teacher.parameters(), obj.student.parameters()):
+        torch.testing.assert_close(t, 0.8 * t_before + 0.2 * s)
+    with pytest.raises(RuntimeError, match="without schedules"):
+        make_objective()(batch, 0)
 
 
 def test_build_objective_from_demo_config():

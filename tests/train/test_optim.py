@@ -112,11 +112,14 @@ def test_apply_schedules_and_frozen_last_layer_step():
     groups = get_param_groups(student, DECAY, PATCH_MULT)
     optimizer = build_optimizer(groups, beta1=0.8, beta2=0.95)
     assert all(g["betas"] == (0.8, 0.95) for g in optimizer.param_groups)
-    apply_schedules(optimizer, lr=1e-2, weight_decay=0.04, last_layer_lr=0.0)
+    apply_schedules(optimizer, lr=1e-2, weight_decay=0.04)
     for g in optimizer.param_groups:
-        base = 0.0 if g["is_last_layer"] else 1e-2
-        assert g["lr"] == pytest.approx(base * g["lr_multiplier"])
+        assert g["lr"] == pytest.approx(1e-2 * g["lr_multiplier"])
         assert g["weight_decay"] == pytest.approx(0.04 * g["wd_multiplier"])
+    # what DINOv2's prototype freeze (its after_backward hook) does to the flagged group
+    for g in optimizer.param_groups:
+        if g["is_last_layer"]:
+            g["lr"] = 0.0
 
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     out = student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32)))
@@ -143,7 +146,7 @@ def _fsdp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> No
         fully_shard(student["dino_head"])
         sharded = get_param_groups(student, DECAY, PATCH_MULT)
         optimizer = build_optimizer(sharded)
-        apply_schedules(optimizer, lr=1e-3, weight_decay=0.04, last_layer_lr=0.0)
+        apply_schedules(optimizer, lr=1e-3, weight_decay=0.04)
         student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32))).sum().backward()
         optimizer.step()
         summary = {

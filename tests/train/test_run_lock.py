@@ -113,3 +113,17 @@ def test_second_run_on_the_same_folder_fails_at_start_up_and_the_first_is_unaffe
     assert stopped_at >= refused_at + 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"iter_{stopped_at:08d}", "latest"]
     assert not (run / LOCK_FILE).exists()
+
+
+def test_unwritable_output_directory_is_a_lock_error(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if str(path).endswith(LOCK_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(RunLockError, match=f"cannot create the lock file {tmp_path / LOCK_FILE}: .*Permission denied"):
+        with hold_run_lock(tmp_path, is_main=True, device="cpu"):
+            pass

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from dinolite.config import OptimConfig, TeacherConfig
+from dinolite.config import OptimConfig, load_config
+from dinolite.train.methods.dinov2 import DINOv2Schedules
 from dinolite.train.schedules import CosineSchedule, TrainingSchedules, build_schedules, scaled_lr
 
 
@@ -55,10 +56,10 @@ def test_lr_scaling_rules():
 
 
 def test_build_schedules_follows_the_dinov2_recipe():
-    optim, teacher = OptimConfig(), TeacherConfig()  # defaults: DINOv2's ViT-L recipe
+    optim = OptimConfig()  # defaults: DINOv2's ViT-L recipe
     ipe = 10  # iterations per "epoch"
     total = optim.epochs * ipe
-    s = build_schedules(optim, teacher, iterations_per_epoch=ipe, global_batch_size=256)
+    s = build_schedules(optim, iterations_per_epoch=ipe, global_batch_size=256)
     assert isinstance(s, TrainingSchedules)
     peak = 0.004 * math.sqrt(256 / 1024)
     # lr: 0 at the start, peak at the end of the 10 warmup epochs, min_lr (unscaled) at the end
@@ -66,33 +67,35 @@ def test_build_schedules_follows_the_dinov2_recipe():
     assert s.lr(optim.warmup_epochs * ipe // 2) == pytest.approx(peak / 2)
     assert s.lr(optim.warmup_epochs * ipe) == pytest.approx(peak)
     assert s.lr(total) == optim.min_lr and s.lr(total + 5) == optim.min_lr
-    # weight decay 0.04 -> 0.4 and teacher momentum 0.992 -> 1 by cosine over the whole run
+    # weight decay 0.04 -> 0.4 by cosine over the whole run
     assert s.weight_decay(0) == pytest.approx(0.04) and s.weight_decay(total // 2) == pytest.approx(0.22)
     assert s.weight_decay(total) == pytest.approx(0.4)
+    assert s.at(ipe) == {"lr": s.lr(ipe), "weight_decay": s.weight_decay(ipe)}
+
+
+def test_dinov2_teacher_schedules_follow_the_recipe():
+    cfg = load_config("default", ["train.iterations_per_epoch=10"])
+    ipe, total = 10, cfg.optim.epochs * 10
+    s = DINOv2Schedules.from_config(cfg)
+    # teacher momentum 0.992 -> 1 by cosine over the whole run
     assert s.momentum(0) == pytest.approx(0.992) and s.momentum(total) == 1.0
     # teacher temperature: linear 0.04 -> 0.07 over 30 epochs, then constant
     assert s.teacher_temp(0) == pytest.approx(0.04)
     assert s.teacher_temp(15 * ipe) == pytest.approx(0.055)
     assert s.teacher_temp(30 * ipe) == pytest.approx(0.07) and s.teacher_temp(total) == pytest.approx(0.07)
-    # prototype layer frozen during the first epoch, then the lr schedule (not shifted)
-    assert [s.last_layer_lr(i) for i in range(ipe)] == [0.0] * ipe
-    assert s.last_layer_lr(ipe) == s.lr(ipe) > 0
-    assert s.at(ipe) == {
-        "lr": s.lr(ipe),
-        "weight_decay": s.weight_decay(ipe),
-        "momentum": s.momentum(ipe),
-        "teacher_temp": s.teacher_temp(ipe),
-        "last_layer_lr": s.lr(ipe),
-    }
+    # prototype layer frozen during the first epoch
+    assert s.freeze_last_layer_iters == ipe
+    no_warmup = DINOv2Schedules.from_config(
+        load_config("default", ["teacher.warmup_teacher_temp_epochs=0", "optim.freeze_last_layer_epochs=0"])
+    )
+    assert no_warmup.teacher_temp(0) == pytest.approx(0.07) and no_warmup.freeze_last_layer_iters == 0
 
 
 def test_build_schedules_without_warmups():
     optim = dataclasses.replace(
         OptimConfig(), epochs=2, warmup_epochs=0, freeze_last_layer_epochs=0, scaling_rule="none"
     )
-    teacher = dataclasses.replace(TeacherConfig(), warmup_teacher_temp_epochs=0)
-    s = build_schedules(optim, teacher, iterations_per_epoch=5, global_batch_size=8)
-    assert s.lr(0) == pytest.approx(0.004) and s.last_layer_lr(0) == pytest.approx(0.004)
-    assert s.teacher_temp(0) == pytest.approx(0.07)
+    s = build_schedules(optim, iterations_per_epoch=5, global_batch_size=8)
+    assert s.lr(0) == pytest.approx(0.004)
     with pytest.raises(ValueError, match="iterations_per_epoch"):
-        build_schedules(optim, teacher, iterations_per_epoch=0, global_batch_size=8)
+        build_schedules(optim, iterations_per_epoch=0, global_batch_size=8)

@@ -52,7 +52,7 @@ def test_plan_rejects_unknown_strategy():
 def _loss_and_grads(objective, batch):
     torch.manual_seed(0)
     objective.zero_grad(set_to_none=True)
-    loss = objective(batch, teacher_temp=0.05).loss
+    loss = objective.loss_at_temperature(batch, teacher_temp=0.05).loss
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in objective.student.named_parameters() if p.grad is not None}
 

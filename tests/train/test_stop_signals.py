@@ -37,7 +37,10 @@ def _launch(output_dir: Path, data_dir: Path | None, nproc: int = 1, extra: tupl
     if data_dir is not None:  # share the digits shards of the reference run (same content, saves time)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "data").symlink_to(data_dir, target_is_directory=True)
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a test can signal it whole, as a terminal does
+    )
 
 
 def _logged_iteration(output_dir: Path) -> int:
@@ -56,15 +59,18 @@ def reference(tmp_path_factory):
 
 
 def _interrupt_and_resume(
-    reference: Path, run: Path, signum: int, nproc: int = 1, target=None, launcher_rc: int = 0
+    reference: Path, run: Path, signum: int, nproc: int = 1, target=None, launcher_rc: int = 0,
+    extra: tuple[str, ...] = (), group: bool = False,
 ) -> str:
-    proc = _launch(run, reference / "data", nproc)
+    proc = _launch(run, reference / "data", nproc, extra)
     deadline = time.monotonic() + 400
     while _logged_iteration(run) < 3:
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no progress"
         time.sleep(0.05)
-    for pid in target(proc) if target else [proc.pid]:
+    if group:
+        os.killpg(proc.pid, signum)
+    for pid in [] if group else target(proc) if target else [proc.pid]:
         os.kill(pid, signum)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == launcher_rc, log[-4000:]
@@ -72,7 +78,7 @@ def _interrupt_and_resume(
     stopped_at = int((run / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert 3 <= stopped_at < 10, f"checkpoint at {stopped_at}"
 
-    proc = _launch(run, None, nproc)
+    proc = _launch(run, None, nproc, extra)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-4000:]
     assert f"resumed from {run / 'checkpoints' / f'iter_{stopped_at:08d}'}" in log
@@ -89,6 +95,19 @@ def _interrupt_and_resume(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR2], ids=lambda s: s.name)
 def test_local_run_checkpoints_on_signal_and_resumes_bitwise(reference, tmp_path, signum):
     _interrupt_and_resume(reference, tmp_path / "run", signum)
+
+
+@pytest.mark.slow
+def test_signal_to_the_whole_process_group_spares_the_data_workers(tmp_path):
+    """Ctrl-C in a terminal or ``kill -TERM -<pgid>`` also reaches the DataLoader workers; they ignore it
+    (torch's worker handler would re-raise SIGTERM and the dead worker would stop the run unsaved)."""
+    workers = ("data.num_workers=2",)
+    reference = tmp_path / "reference"
+    proc = _launch(reference, None, extra=workers)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-4000:]
+    log = _interrupt_and_resume(reference, tmp_path / "run", signal.SIGTERM, extra=workers, group=True)
+    assert "killed by signal" not in log
 
 
 def _workers(proc: subprocess.Popen) -> list[int]:

@@ -23,29 +23,61 @@ After each optimizer step the teacher moves as ``theta_T <- m * theta_T + (1 - m
 from __future__ import annotations
 
 import copy
+import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinolite.config import ConfigError
+from dinolite.config import Config, ConfigError, WatchdogThreshold
+from dinolite.data.augment import MultiCropAugmentation
+from dinolite.data.collate import collate_data_and_cast
+from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_backbone, build_heads
-from dinolite.train.builders import (
-    load_pretrained,
-    load_pretrained_into,
-    pretrained_part,
-)
+from dinolite.models.info import model_summary
+from dinolite.train.builders import load_pretrained, load_pretrained_into, pretrained_part
+from dinolite.train.ema import ema_update
+from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.schedules import CosineSchedule, Schedule
 
 CENTERING_CHOICES = ("centering", "sinkhorn_knopp")
 
 
-def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The shard this rank holds: a DTensor's local tensor (FSDP2), or the tensor itself."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
+@dataclass(frozen=True)
+class DINOv2Schedules:
+    """DINOv2's own schedules, pure functions of the iteration (DINOv2's ``CosineScheduler`` shapes).
+
+    * ``momentum``: teacher EMA momentum, cosine ``momentum_teacher`` -> ``final_momentum_teacher``
+      over the whole run;
+    * ``teacher_temp``: linear ``warmup_teacher_temp`` -> ``teacher_temp`` over
+      ``warmup_teacher_temp_epochs``, then constant;
+    * ``freeze_last_layer_iters``: the prototype layers get no update before this iteration.
+    """
+
+    momentum: Schedule
+    teacher_temp: Schedule
+    freeze_last_layer_iters: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "DINOv2Schedules":
+        epoch = cfg.train.iterations_per_epoch
+        total = cfg.optim.epochs * epoch
+        temp_iters = cfg.teacher.warmup_teacher_temp_epochs * epoch
+        return cls(
+            momentum=CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total),
+            teacher_temp=CosineSchedule(
+                base_value=cfg.teacher.teacher_temp,
+                final_value=cfg.teacher.teacher_temp,
+                total_iters=temp_iters,
+                warmup_iters=temp_iters,
+                start_warmup_value=cfg.teacher.warmup_teacher_temp,
+            ),
+            freeze_last_layer_iters=cfg.optim.freeze_last_layer_epochs * epoch,
+        )
 
 
 class DINOv2Objective(SSLObjective):
@@ -61,6 +93,8 @@ class DINOv2Objective(SSLObjective):
             the term's computation).
         centering: ``"centering"`` (EMA centre then softmax) or ``"sinkhorn_knopp"``.
         sinkhorn_iterations: Sinkhorn-Knopp iterations when ``centering == "sinkhorn_knopp"``.
+        schedules: teacher momentum / temperature and prototype freeze by iteration (needed by
+            ``forward(batch, iteration)`` and the hooks; :meth:`loss_at_temperature` works without).
     """
 
     def __init__(
@@ -76,6 +110,7 @@ class DINOv2Objective(SSLObjective):
         koleo_weight: float = 0.1,
         centering: str = "centering",
         sinkhorn_iterations: int = 3,
+        schedules: Optional[DINOv2Schedules] = None,
     ) -> None:
         super().__init__()
         if centering not in CENTERING_CHOICES:
@@ -98,6 +133,12 @@ class DINOv2Objective(SSLObjective):
         self.koleo_weight = float(koleo_weight)
         self.centering = centering
         self.sinkhorn_iterations = int(sinkhorn_iterations)
+        self.schedules = schedules
+
+    def _schedules(self) -> DINOv2Schedules:
+        if self.schedules is None:
+            raise RuntimeError("DINOv2Objective was built without schedules; use loss_at_temperature(batch, t)")
+        return self.schedules
 
     def train(self, mode: bool = True) -> "DINOv2Objective":
         # The teacher always runs in eval mode: DINOv2 builds it without stochastic depth.
@@ -134,7 +175,11 @@ class DINOv2Objective(SSLObjective):
         return targets
 
     # ------------------------------------------------------------------ forward
-    def forward(self, batch: dict[str, Any], teacher_temp: float) -> ObjectiveOutput:
+    def forward(self, batch: dict[str, Any], iteration: int) -> ObjectiveOutput:
+        """DINOv2 loss at ``iteration`` (the teacher temperature follows the schedule)."""
+        return self.loss_at_temperature(batch, self._schedules().teacher_temp(iteration))
+
+    def loss_at_temperature(self, batch: dict[str, Any], teacher_temp: float) -> ObjectiveOutput:
         """DINOv2 loss on a batch from ``collate_data_and_cast`` (keys in docs/interfaces.md)."""
         global_crops: torch.Tensor = batch["collated_global_crops"]
         local_crops: Optional[torch.Tensor] = batch.get("collated_local_crops")
@@ -193,24 +238,25 @@ class DINOv2Objective(SSLObjective):
         }
         return ObjectiveOutput(loss=loss, terms=terms, diagnostics=diagnostics)
 
-    # ------------------------------------------------------------------ EMA
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """``theta_T <- m * theta_T + (1 - m) * theta_S`` on the local tensors (FSDP2 shards stay local).
+    # ------------------------------------------------------------------ hooks
+    def after_backward(self, iteration: int, optimizer: torch.optim.Optimizer) -> None:
+        """The prototype freeze: no gradient and lr 0 for the last layers before ``freeze_last_layer_iters``."""
+        if iteration < self._schedules().freeze_last_layer_iters:
+            zero_last_layer_gradients(self.student)
+            for group in optimizer.param_groups:
+                if group.get("is_last_layer", False):
+                    group["lr"] = 0.0
 
-        Student and teacher are walked in the same order and their names checked, so that a sharded
-        (DTensor) pair is updated shard by shard without any communication.
-        """
-        student_params, teacher_params = [], []
-        for (s_name, s_param), (t_name, t_param) in zip(
-            self.student.named_parameters(), self.teacher.named_parameters(), strict=True
-        ):
-            if s_name != t_name:
-                raise RuntimeError(f"student/teacher parameter order differs: {s_name!r} vs {t_name!r}")
-            student_params.append(_local_tensor(s_param.detach()))
-            teacher_params.append(_local_tensor(t_param.detach()))
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1.0 - momentum)
+    def after_optimizer_step(self, iteration: int) -> None:
+        self.update_teacher(self._schedules().momentum(iteration))
+
+    def schedule_values(self, iteration: int) -> dict[str, float]:
+        schedules = self._schedules()
+        return {"momentum": schedules.momentum(iteration), "teacher_temp": schedules.teacher_temp(iteration)}
+
+    def update_teacher(self, momentum: float) -> None:
+        """``theta_T <- m * theta_T + (1 - m) * theta_S`` on local shards (:func:`dinolite.train.ema.ema_update`)."""
+        ema_update(self.teacher, self.student, momentum)
 
     # ------------------------------------------------------------------ resume
     def extra_state(self) -> dict[str, torch.Tensor]:
@@ -236,8 +282,8 @@ def zero_last_layer_gradients(student: nn.Module) -> None:
     """Zero the prototype layers' gradients while they are frozen (the first ``freeze_last_layer_epochs``).
 
     DINO (Caron et al. 2021) freezes the last layer during the first epoch by cancelling its gradients;
-    the schedules also give it lr 0 (``last_layer_lr``), which stops both the Adam step and the decoupled
-    weight decay. Zeroing (rather than DINO's ``grad = None``) keeps AdamW's moments at exactly 0 while
+    :meth:`DINOv2Objective.after_backward` also gives it lr 0, which stops both the Adam step and the
+    decoupled weight decay. Zeroing (rather than DINO's ``grad = None``) keeps AdamW's moments at exactly 0 while
     frozen, so no statistics of the frozen period leak into the first real updates, and still allocates
     their optimizer state, so a checkpoint taken during the freeze holds every parameter's state.
     """
@@ -246,14 +292,18 @@ def zero_last_layer_gradients(student: nn.Module) -> None:
             param.grad.zero_()
 
 
-def build_objective(cfg: Any) -> DINOv2Objective:
+def build_objective(cfg: Config) -> DINOv2Objective:
     """Build the DINOv2 objective from a full :class:`~dinolite.config.Config` (student, heads, losses)."""
-
+    if cfg.dino.koleo_loss_weight > 0 and cfg.train.batch_size_per_gpu < 2:
+        raise ConfigError(
+            f"train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} with dino.koleo_loss_weight="
+            f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU (the nearest neighbour of a "
+            "lone sample does not exist); raise the batch size or set dino.koleo_loss_weight=0"
+        )
     backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
     pretrained = None
     if cfg.student.pretrained_weights:
-
         # Before the teacher copy is taken, so student and teacher start from the same weights.
         path = cfg.student.pretrained_weights
         pretrained = load_pretrained(path)
@@ -281,9 +331,110 @@ def build_objective(cfg: Any) -> DINOv2Objective:
         koleo_weight=cfg.dino.koleo_loss_weight,
         centering=cfg.train.centering,
         sinkhorn_iterations=cfg.teacher.sinkhorn_iterations,
+        schedules=DINOv2Schedules.from_config(cfg),
     )
     if pretrained is not None and pretrained.heads is not None:
         extra = pretrained_part(pretrained.heads, "extra")
         if extra:
             objective.load_extra_state(extra)
     return objective
+
+
+# ------------------------------------------------------------------------------------------ views
+def build_transform(cfg: Config) -> MultiCropAugmentation:
+    """Multi-crop views: 2 global + ``crops.local_crops_number`` local crops per image."""
+    return MultiCropAugmentation.from_config(cfg.crops)
+
+
+def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
+    """DINOv2's collate: crops stacked crop-major, iBOT block masks on the global crops."""
+    grid = cfg.crops.global_crops_size // cfg.student.patch_size
+    n_tokens = grid * grid
+    # As DINOv2: at most half of the patches in one block-mask draw.
+    mask_generator = MaskingGenerator(input_size=(grid, grid), max_num_patches=int(0.5 * n_tokens))
+    return functools.partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=tuple(cfg.ibot.mask_ratio_min_max),
+        mask_probability=cfg.ibot.mask_sample_probability,
+        n_tokens=n_tokens,
+        mask_generator=mask_generator,
+        dtype=torch.float32,
+    )
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Nominal FLOPs (= 2 x MACs) of one DINOv2 training iteration, per image and per GPU batch.
+
+    With ``g``/``l`` the backbone MACs of a global/local crop, ``h_d``/``h_i`` the DINO/iBOT head MACs
+    per token, ``N`` local crops and ``m`` the expected masked patches per global crop
+    (``mask_sample_probability * mean(mask_ratio_min_max) * patches``, 0 without iBOT)::
+
+        student forward = 2 (g + h_d) + N (l + h_d) + 2 m h_i      (backward = 2 x forward)
+        teacher forward = 2 (g + h_d) + 2 m h_i
+        FLOPs per image = 2 x (3 x student forward + teacher forward)
+
+    Keys: ``flops_global_crop`` / ``flops_local_crop`` (backbone forward, one crop),
+    ``flops_student_per_image`` (forward + backward), ``flops_teacher_per_image`` (forward),
+    ``flops_per_image``, ``flops_per_batch`` (``train.batch_size_per_gpu`` images),
+    ``masked_patches_per_global_crop``, plus the inputs of the formula.
+    """
+    s = summary if summary is not None else model_summary(cfg)
+    n_patches = (cfg.crops.global_crops_size // cfg.student.patch_size) ** 2
+    lo, hi = cfg.ibot.mask_ratio_min_max
+    masked = cfg.ibot.mask_sample_probability * (lo + hi) / 2 * n_patches if cfg.ibot.loss_weight > 0 else 0.0
+    g, loc = s["macs_global_crop"], s["macs_local_crop"]
+    h_dino, h_ibot = s["macs_dino_head_per_token"], s["macs_ibot_head_per_token"]
+    n_local = cfg.crops.local_crops_number
+    student_forward = 2 * (g + h_dino) + n_local * (loc + h_dino) + 2 * masked * h_ibot
+    teacher_forward = 2 * (g + h_dino) + 2 * masked * h_ibot
+    per_image = 2 * (3 * student_forward + teacher_forward)
+    return {
+        "flops_global_crop": 2 * g,
+        "flops_local_crop": 2 * loc,
+        "flops_dino_head_per_token": 2 * h_dino,
+        "flops_ibot_head_per_token": 2 * h_ibot,
+        "masked_patches_per_global_crop": masked,
+        "local_crops_number": n_local,
+        "flops_student_per_image": int(round(2 * 3 * student_forward)),
+        "flops_teacher_per_image": int(round(2 * teacher_forward)),
+        "flops_per_image": int(round(per_image)),
+        "batch_size_per_gpu": cfg.train.batch_size_per_gpu,
+        "flops_per_batch": int(round(per_image * cfg.train.batch_size_per_gpu)),
+    }
+
+
+def head_names(cfg: Config) -> tuple[str, ...]:
+    """The student heads: the DINO head, and the iBOT head when it is a separate module."""
+    return ("dino_head", "ibot_head") if cfg.ibot.separate_head else ("dino_head",)
+
+
+# Tuned so healthy runs are never flagged (docs/readme/monitor.md): early in training a healthy run looks
+# collapsed to the backbone and uniform metrics (LayerScale 1e-5 makes every CLS feature nearly the same
+# and centering then flattens the teacher), so those two rules wait for the end of the default warm-up
+# (optim.warmup_epochs 10 x train.iterations_per_epoch 1250).
+WATCHDOG_THRESHOLDS = (
+    # one-hot collapse (e.g. no centering): the batch lands on ~1 prototype; exp(entropy) = prototypes
+    # in use. Healthy runs sit near ln K (demo, K=256: ~5.5 nats from iteration 20 on).
+    WatchdogThreshold(metric="collapse/teacher_mean_entropy", min=0.3, after_iteration=20, patience=3),
+    # uniform collapse: every teacher output is ~flat over the K prototypes (entropy / ln K -> 1)
+    WatchdogThreshold(metric="collapse/teacher_entropy_norm", max=0.995, after_iteration=12500, patience=5),
+    # complete collapse of the backbone: every CLS feature points the same way (RankMe ~1)
+    WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=12500, patience=5),
+)
+
+METHOD = register_method(
+    MethodSpec(
+        name="dinov2",
+        paper="Oquab et al. 2023, DINOv2 (DINO + iBOT + KoLeo with an EMA teacher)",
+        build_objective=build_objective,
+        build_transform=build_transform,
+        build_collate=build_collate,
+        training_flops=training_flops,
+        eval_network="teacher",
+        head_names=head_names,
+        demo_preset="demo",
+        monitor_embeddings={"teacher_cls": "backbone", "student_cls": "student_backbone", "teacher_head_logits": "head"},
+        watchdog_thresholds=WATCHDOG_THRESHOLDS,
+    )
+)

@@ -1,0 +1,46 @@
+"""The exponential moving average of a student into its teacher/target network, for every method.
+
+``theta_T <- m * theta_T + (1 - m) * theta_S`` (Tarvainen & Valpola 2017, "Mean teachers"; the momentum
+encoder of MoCo, BYOL's target network and DINO's teacher are this update).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The shard this rank holds: a DTensor's local tensor (FSDP2), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """Move every parameter the teacher has towards the student parameter of the same name.
+
+    Parameters are matched by name, so the student may hold modules the teacher lacks (a predictor,
+    a projector only the online branch has); those are ignored. A teacher parameter without a student
+    counterpart, or with another shape, is an error. The update runs on local tensors: with FSDP2,
+    student and teacher are sharded alike (``sharding.check_aligned_shards``), so each rank updates its
+    own shards without communication.
+    """
+    student_params = dict(student.named_parameters())
+    teacher_locals, student_locals = [], []
+    for name, t_param in teacher.named_parameters():
+        s_param = student_params.get(name)
+        if s_param is None:
+            raise KeyError(f"EMA update: the teacher has parameter {name!r} but the student does not")
+        t_local, s_local = _local(t_param.detach()), _local(s_param.detach())
+        if t_local.shape != s_local.shape:
+            raise RuntimeError(
+                f"EMA update: {name!r} has local shape {tuple(t_local.shape)} in the teacher and "
+                f"{tuple(s_local.shape)} in the student"
+            )
+        teacher_locals.append(t_local)
+        student_locals.append(s_local)
+    if not teacher_locals:
+        return
+    torch._foreach_mul_(teacher_locals, momentum)
+    torch._foreach_add_(teacher_locals, student_locals, alpha=1.0 - momentum)

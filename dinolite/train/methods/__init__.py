@@ -1,0 +1,12 @@
+"""Self-supervised methods, one module each, registered by name (``train.method``); see docs/methods.md.
+
+Adding a method: write ``dinolite/train/methods/<name>.py`` (objective + ``register_method(MethodSpec(...))``),
+a ``demo_<name>`` preset, and one import line below.
+"""
+
+from dinolite.train.methods.registry import MethodSpec, get_method, list_methods, register_method
+
+# One line per method: importing the module registers it.
+from dinolite.train.methods import dinov2  # noqa: E402,F401  (registers "dinov2")
+
+__all__ = ["MethodSpec", "get_method", "list_methods", "register_method"]

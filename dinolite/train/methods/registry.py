@@ -1,0 +1,97 @@
+"""The method registry: one :class:`MethodSpec` per self-supervised method, selected by ``train.method``.
+
+A spec declares, in one place, everything the trainer, the benchmarks, the monitor, evaluation and
+export need to know about a method (docs/methods.md). The loop, checkpointing, eval and export never
+branch on a method's name: they read the spec (train) or what train recorded from it in the checkpoint
+(eval/export, through ``state.json``'s ``method`` record, so that they need not import train).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from dinolite.config import Config, ConfigError, WatchdogThreshold
+
+if TYPE_CHECKING:
+    from dinolite.train.objective import SSLObjective
+
+NETWORKS = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is, for every part of dinolite.
+
+    Attributes:
+        name: the ``train.method`` value.
+        paper: one line naming the paper(s) the method follows.
+        build_objective: ``cfg -> SSLObjective`` (student, optional teacher/target, heads, losses, and
+            the method's schedules, which are pure functions of the iteration).
+        build_transform: ``cfg -> transform``; ``transform(image, generator=None) -> sample dict`` (the
+            views of one image).
+        build_collate: ``cfg -> collate``; ``collate(samples, generator=None) -> batch dict`` (what
+            ``objective(batch, iteration)`` reads).
+        training_flops: ``cfg -> dict`` with at least ``flops_per_image`` (student forward + backward
+            and teacher forward, nominal FLOPs = 2 x multiply-adds) and ``flops_per_batch``
+            (``train.batch_size_per_gpu`` images); the benchmark's MFU uses it.
+        eval_network: the network evaluated and exported by default: ``"teacher"`` (an EMA
+            teacher/target encoder) or ``"student"`` (methods without one).
+        head_names: ``cfg -> tuple`` of the student modules besides ``backbone`` that ``--with-heads``
+            exports and continued pretraining loads (e.g. ``("dino_head",)``).
+        demo_preset: the CPU demo preset (``demo`` for dinov2, ``demo_<method>`` for the others) the
+            registry-wide tests train on.
+        monitor_embeddings: objective ``diagnostics`` key -> collapse-metric prefix
+            (``collapse/<prefix>_{std,std_ratio,rankme,rankme_ratio}``).
+        watchdog_thresholds: the method's default collapse rules (used when ``monitor.method_thresholds``).
+    """
+
+    name: str
+    paper: str
+    build_objective: Callable[[Config], "SSLObjective"]
+    build_transform: Callable[[Config], Callable[..., dict[str, Any]]]
+    build_collate: Callable[[Config], Callable[..., dict[str, Any]]]
+    training_flops: Callable[[Config], dict[str, Any]]
+    eval_network: str
+    head_names: Callable[[Config], tuple[str, ...]]
+    demo_preset: str
+    monitor_embeddings: Mapping[str, str]
+    watchdog_thresholds: tuple[WatchdogThreshold, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.eval_network not in NETWORKS:
+            raise ValueError(f"method {self.name!r}: eval_network={self.eval_network!r}; expected one of {NETWORKS}")
+
+    def record(self, cfg: Config) -> dict[str, Any]:
+        """What a checkpoint stores about the method (``state.json``'s ``method``), for eval and export."""
+        return {"name": self.name, "eval_network": self.eval_network, "heads": list(self.head_names(cfg))}
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry (at import of its module); a name is registered once."""
+    if spec.name in _METHODS and _METHODS[spec.name] is not spec:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec registered as ``name``; a :class:`ConfigError` naming ``train.method`` otherwise."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        near = difflib.get_close_matches(str(name), list(_METHODS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(
+            f"invalid value for 'train.method': {name!r} is not a registered method{hint} "
+            f"(registered: {', '.join(list_methods())})"
+        ) from None

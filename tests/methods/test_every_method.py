@@ -1,0 +1,162 @@
+"""Every registered method, end to end on its CPU demo preset (shrunk): the registry's contract.
+
+Parametrized over ``list_methods()`` (as timm's tests run over ``list_models()``), so a method gets all
+of this by being registered: a few steps train; a run stopped at a random iteration and resumed is
+bitwise equal to the uninterrupted run (every tensor of the final checkpoint: student, teacher,
+optimizer state, extra state); the collapse monitor measures the method's embeddings; the evaluated
+backbone loads for kNN; and it exports to safetensors and ONNX with the same features.
+
+Batches are random uint8 images through the method's own view transform and collate (the data
+pipeline itself is tested in tests/data), so the runs take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import dinolite
+from dinolite.checkpoint import load_consolidated_state_dict, method_record
+from dinolite.config import load_config
+from dinolite.eval.backbone import load_any_backbone
+from dinolite.eval.knn import knn_classify
+from dinolite.export.__main__ import main as export_main
+from dinolite.train import builders
+from dinolite.train.loop import train
+from dinolite.train.methods import get_method, list_methods
+
+ITERATIONS = 6
+# Shrinks any preset: a 2-block ViT on 16 px crops, 4 images, monitor every 2 steps.
+SMALL = [
+    "student.embed_dim=32", "student.depth=2", "student.num_heads=2", "student.patch_size=4",
+    "student.drop_path_rate=0.1", "crops.global_crops_size=16", "crops.local_crops_size=8",
+    "train.batch_size_per_gpu=4", "train.iterations_per_epoch=2", "optim.epochs=3", "optim.warmup_epochs=1",
+    "train.log_every=2", "train.checkpoint_every=100", "monitor.every=2", "data.num_workers=0",
+    "train.device=cpu", "evaluation.knn_at_end=false",
+]
+
+
+def random_image_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn):
+    """Batch i depends only on (seed, rank, i), like build_train_loader(start_batch=...)."""
+    index = start_batch
+    size = 2 * cfg.crops.global_crops_size
+    while True:
+        g = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank * 100 + index)
+        images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(cfg.train.batch_size_per_gpu)]
+        yield collate_fn([transform(image, generator=g) for image in images], generator=g)
+        index += 1
+
+
+def method_config(name: str, run_dir: Path, *extra: str):
+    return load_config(get_method(name).demo_preset, [*SMALL, f"train.output_dir={run_dir}", *extra])
+
+
+class StopAt:
+    """``stop_requested`` that turns true once the loop has taken ``iteration`` steps (a preemption)."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration, self.calls = iteration, 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.iteration
+
+
+@pytest.fixture(scope="module", params=list_methods())
+def runs(request, tmp_path_factory):
+    """One uninterrupted run and one stopped at a random iteration then resumed, per method."""
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["random images"])
+        patch.setattr(builders, "build_data_stream", random_image_stream)
+        straight = train(method_config(name, root / "straight"))
+        stop = random.Random(zlib.crc32(name.encode())).randint(1, ITERATIONS - 1)
+        stopped = train(method_config(name, root / "resumed"), stop_requested=StopAt(stop))
+        resumed = train(method_config(name, root / "resumed"))
+    torch.set_num_threads(previous)
+    return {"name": name, "root": root, "straight": straight, "stop": stop, "stopped": stopped, "resumed": resumed}
+
+
+def test_a_few_steps_train(runs):
+    straight = runs["straight"]
+    assert straight.status == "finished" and straight.iteration == ITERATIONS
+    records = [json.loads(line) for line in (runs["root"] / "straight" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == ITERATIONS // 2 and all(torch.isfinite(torch.tensor(losses)))
+    start = method_config(runs["name"], runs["root"] / "unused")
+    torch.manual_seed(start.train.seed)
+    initial = get_method(runs["name"]).build_objective(start).student["backbone"].state_dict()
+    trained = load_consolidated_state_dict(straight.checkpoint_path, "student", "backbone")
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial), "the student did not move"
+
+
+def test_stop_at_a_random_iteration_then_resume_is_bitwise_equal(runs):
+    stopped, resumed = runs["stopped"], runs["resumed"]
+    assert stopped.status == "preempted" and stopped.iteration == runs["stop"]
+    assert resumed.status == "finished" and resumed.iteration == ITERATIONS
+    # Everything the checkpoint holds: model (student, teacher, buffers), optimizer state, extra, app.
+    a = load_consolidated_state_dict(runs["straight"].checkpoint_path, "objective", None)
+    b = load_consolidated_state_dict(resumed.checkpoint_path, "objective", None)
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"stopped at iteration {runs['stop']}: {different[:5]}"
+
+
+def test_collapse_monitor_measures_the_method_embeddings(runs):
+    records = [json.loads(line) for line in (runs["root"] / "straight" / "metrics.jsonl").read_text().splitlines()]
+    collapse = [r for r in records if "collapse/num_samples" in r]
+    assert [r["iteration"] for r in collapse] == list(range(2, ITERATIONS + 1, 2))
+    for prefix in get_method(runs["name"]).monitor_embeddings.values():
+        for stat in ("std", "std_ratio", "rankme", "rankme_ratio"):
+            value = collapse[-1][f"collapse/{prefix}_{stat}"]
+            assert value == value and value >= 0, (prefix, stat, value)  # finite-or-zero, not NaN
+
+
+def test_the_evaluated_backbone_loads_for_knn(runs):
+    spec = get_method(runs["name"])
+    run_dir = runs["root"] / "straight"
+    assert method_record(run_dir)["eval_network"] == spec.eval_network
+    backbone = load_any_backbone(run_dir)
+    assert backbone.spec.source == spec.eval_network and not backbone.training
+    # Dark and bright images with a little noise: two classes any backbone separates.
+    g = torch.Generator().manual_seed(0)
+    size = backbone.spec.train_img_size
+    labels = torch.arange(40) % 2
+    images = (labels.float() * 2 - 1).view(-1, 1, 1, 1) + 0.1 * torch.randn(40, 3, size, size, generator=g)
+    with torch.no_grad():
+        features = backbone(images)
+    assert features.shape == (40, backbone.embed_dim)
+    result = knn_classify(features[:30], labels[:30], features[30:], labels[30:], num_classes=2, ks=(5,))
+    assert result["top1"] >= 90.0, result
+
+
+def test_exports_to_safetensors_and_onnx_with_the_same_features(runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    run_dir = runs["root"] / "straight"
+    reference = load_any_backbone(run_dir)
+    out = tmp_path / "backbone.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0
+    exported = dinolite.load_backbone(out)
+    assert exported.spec.source == get_method(runs["name"]).eval_network
+    for key, value in reference.state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value), key
+    heads = get_method(runs["name"]).head_names(method_config(runs["name"], run_dir))
+    assert set(exported.spec.extra["heads"]) <= set(heads)
+
+    onnx_path = tmp_path / "backbone.onnx"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(onnx_path), "--format", "onnx"]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images = torch.randn(2, 3, reference.spec.train_img_size, reference.spec.train_img_size)
+    cls, _ = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        expected = reference.forward_features(images)["x_norm_clstoken"]
+    torch.testing.assert_close(torch.from_numpy(cls), expected, rtol=1e-3, atol=1e-4)
