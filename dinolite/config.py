@@ -161,7 +161,7 @@ class TrainConfig:
     iterations_per_epoch: int = 1250
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
     centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
-    compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (+ loss scaling) | fp32
     grad_scaler: bool = True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
     log_every: int = 10
     checkpoint_every: int = 1250
@@ -289,7 +289,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.centering": ("centering", "sinkhorn_knopp"),
-    "train.compute_precision": ("auto", "bf16", "fp32"),
+    "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),

@@ -12,8 +12,8 @@ tests/train/test_logging.py)::
 - ``iteration`` (int) and ``time`` (float, Unix seconds when the record was written) are always there;
 - training metrics (the log-step window's means, schedule values, throughput) have no prefix;
 - every other group has one: ``grad_norm/``, ``collapse/`` (the monitor), ``eval/`` (online evaluation);
-- counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``collapse/num_samples``) are
-  integers, the rest floats.
+- counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``skipped_steps``,
+  ``collapse/num_samples``) are integers, the rest floats.
 
 TensorBoard receives the same numbers (unprefixed training keys under ``train/``); trackers (wandb,
 MLflow; :mod:`dinolite.train.trackers`) receive each record as it is written.
@@ -42,7 +42,7 @@ from dinolite.train.trackers import Tracker, build_trackers
 
 LOGGER_NAME = "dinolite.train"
 # Metrics that count things: written and shown as integers.
-COUNT_KEYS = frozenset({"images_seen", "skipped_samples", "damaged_shards", "collapse/num_samples"})
+COUNT_KEYS = frozenset({"images_seen", "skipped_samples", "damaged_shards", "skipped_steps", "collapse/num_samples"})
 # Collapse key figures for the console: (metric, label, format); the rest goes to JSONL/TensorBoard only.
 COLLAPSE_CONSOLE = (
     ("collapse/backbone_std_ratio", "std*sqrt(D)", "{:.2f}"),
@@ -130,6 +130,8 @@ def train_line(iteration: int, record: Mapping[str, Any], total: int | None, eta
         parts.append(f"skipped {record['skipped_samples']}")
     if record.get("damaged_shards"):
         parts.append(f"damaged shards {record['damaged_shards']}")
+    if record.get("skipped_steps"):
+        parts.append(f"overflow steps {record['skipped_steps']}")
     if eta_seconds is not None:
         parts.append(f"eta {format_duration(eta_seconds)}")
     return "  ".join(parts)

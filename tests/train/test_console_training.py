@@ -26,8 +26,9 @@ from tests.train.test_loop import fake_stream, tiny_config
 TRAIN_KEYS = {
     "loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp", "last_layer_lr",
     "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples", "damaged_shards", "epoch",
+    "loss_scale", "skipped_steps",
 }
-COUNTS = {"images_seen", "skipped_samples", "damaged_shards", "collapse/num_samples"}
+COUNTS = {"images_seen", "skipped_samples", "damaged_shards", "skipped_steps", "collapse/num_samples"}
 
 
 @pytest.fixture(autouse=True)
