@@ -56,6 +56,8 @@ from dinolite.checkpoint.integrity import check_architecture, check_shard_files,
 from dinolite.checkpoint.state import (
     APP_KEY,
     EXTRA_KEY,
+    LEGACY_METHOD,
+    METHOD_KEY,
     MODEL_KEY,
     OPTIMIZER_KEY,
     _collect,

@@ -69,6 +69,10 @@ def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
 # State trees: tensors go to DCP, everything else to state.json
 # --------------------------------------------------------------------------------------------------
 
+METHOD_KEY = "method"
+# What a checkpoint written before the method record existed holds: every such run was DINOv2's, whose
+# evaluated network is the EMA teacher (heads are then read from the checkpoint's keys).
+LEGACY_METHOD = {"name": "dinov2", "eval_network": "teacher"}
 MODEL_KEY = "model"
 OPTIMIZER_KEY = "optimizer"
 EXTRA_KEY = "extra"

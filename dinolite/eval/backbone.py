@@ -42,33 +42,33 @@ class BackboneError(ValueError):
 def load_any_backbone(
     path: str | Path, map_location: str | torch.device = "cpu", network: Optional[str] = None
 ) -> nn.Module:
-    """Frozen ViT backbone from a checkpoint directory or an exported file / hub source.
+    """Frozen ViT backbone from a checkpoint directory, an exported file, a hub folder or ``hf-hub:``.
 
     ``network``: ``"teacher"`` or ``"student"`` for a checkpoint (default: the method's evaluated
-    network). An export holds one network; asking for another one is an error.
+    network). An exported file holds one network; asking for another one is an error.
     """
     if network is not None and network not in NETWORKS:
         raise BackboneError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
     if is_hub_source(path):
-        model = load_backbone(str(path), map_location="cpu")
+        return _checked(load_backbone(str(path), map_location="cpu"), path, network).to(map_location)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--backbone {path}: no such file or directory")
+    if path.is_dir() and not _is_hub_folder(path):
+        model = _from_checkpoint(path, network)
     else:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"--backbone {path}: no such file or directory")
-        if path.is_dir() and not _is_hub_folder(path):
-            return _checked(_from_checkpoint(path, network), path).to(map_location)
         model = load_backbone(path, map_location="cpu")
-    source = getattr(getattr(model, "spec", None), "source", None)
-    if network is not None and source in NETWORKS and source != network:
-        raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
-    return _checked(model, path).to(map_location)
+    return _checked(model, path, network).to(map_location)
 
 
 def _is_hub_folder(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def _checked(model: nn.Module, path: str | Path) -> nn.Module:
+def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) -> nn.Module:
+    source = getattr(getattr(model, "spec", None), "source", None)
+    if network is not None and source in NETWORKS and source != network:
+        raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")

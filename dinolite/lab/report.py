@@ -34,7 +34,6 @@ from dinolite.lab.traces import (
     Series,
     WatchdogReplay,
     read_result,
-    read_run_config,
     read_trace,
     replay_watchdog,
 )
@@ -72,13 +71,13 @@ def collect(plan: LabPlan) -> list[RunReport]:
     for run in plan.runs:
         trace = read_trace(run.run_dir)
         result = results[run.label]
-        config = read_run_config(run.run_dir) or run.config
         diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
         reference = run.spec.reference
         verdict = judge(trace, plan.matrix.verdict, diverged_at, eval_rank_series(result),
                         eval_rank_series(results.get(reference)) if reference else None, reference)
         baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
-        reports.append(RunReport(run, trace, result, verdict, replay_watchdog(config, trace), baseline))
+        # the current watchdog rules (the planned config's), which may be newer than the run
+        reports.append(RunReport(run, trace, result, verdict, replay_watchdog(run.config, trace), baseline))
     return reports
 
 

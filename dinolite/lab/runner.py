@@ -29,8 +29,10 @@ from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, TrainResult, train
 
 FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
-# Keys that may differ between the planned config and a run folder's config without making it another run.
-_VOLATILE_KEYS = ("train.output_dir",)
+# Keys that may differ between the planned config and a run folder's config without making it another run:
+# where the run lives, and the watchdog's rules (the lab trains with action=warn, so they never change
+# what is trained; the report replays the current rules over the run's log).
+_VOLATILE_KEYS = ("train.output_dir", "monitor.thresholds", "monitor.method_thresholds", "monitor.action")
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -49,7 +51,7 @@ def config_differences(run: PlannedRun) -> list[str]:
 
     The saved config is read back through the current schema, so keys added to the schema since the run
     was trained take their defaults and do not count as differences (a code update does not invalidate
-    finished runs); the output directory does not count either (a lab folder may be moved).
+    finished runs); neither do the output directory (a lab folder may be moved) nor the watchdog's rules.
     """
     existing = read_run_config(run.run_dir)
     if existing is None:

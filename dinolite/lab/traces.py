@@ -20,6 +20,7 @@ teacher distribution (DINO, MSN); the loss exists for every method.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -31,7 +32,9 @@ from omegaconf import OmegaConf
 
 from dinolite.config import Config, ConfigError, config_from_dict
 from dinolite.io import write_json_atomic
+from dinolite.monitor.collapse import metric_names
 from dinolite.monitor.watchdog import Watchdog
+from dinolite.train.methods import get_method
 
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "lab_result.json"
@@ -153,7 +156,8 @@ class WatchdogReplay:
 
 
 def replay_watchdog(config: Config, trace: RunTrace) -> WatchdogReplay:
-    """The run's own watchdog (its thresholds from ``config``) fed the logged measurements in order.
+    """The run's own watchdog fed the logged measurements in order: built as training builds it (the
+    method's default rules when ``monitor.method_thresholds``, then ``monitor.thresholds``).
 
     The watchdog is a pure function of the measurement sequence, so this is the verdict training gave
     (the lab trains with ``monitor.action=warn``: the first alert is where a ``stop`` run would have
@@ -162,12 +166,14 @@ def replay_watchdog(config: Config, trace: RunTrace) -> WatchdogReplay:
     silent = logging.getLogger("dinolite.lab.watchdog_replay")
     silent.addHandler(logging.NullHandler())
     silent.propagate = False
-    watchdog = Watchdog(config.monitor.thresholds, action="warn", logger=silent)
+    method = get_method(config.train.method)
+    monitor = dataclasses.replace(config.monitor, action="warn")  # alerts are collected, never raised
+    watchdog = Watchdog.from_config(monitor, silent, method.watchdog_thresholds, metric_names(method.monitor_embeddings))
     for iteration, metrics in trace.collapse_records():
         alerts = watchdog.check(iteration, metrics)
         if alerts:
             return WatchdogReplay(iteration, "; ".join(a.message() for a in alerts))
-    if not config.monitor.thresholds:
+    if not watchdog.thresholds:
         return WatchdogReplay(None, "no watchdog thresholds configured")
     return WatchdogReplay(None, "never fired")
 

@@ -34,6 +34,12 @@ def validate_training_config(cfg: Config) -> None:
             f"evaluation.knn_val={list(knn.knn_val)} are not both set (only data.source=[digits] brings its own); "
             "set both to labelled folders or shards, or evaluation.knn_at_end=false"
         )
+    if knn.online_every > 0 and not (knn.knn_train and knn.knn_val) and list(cfg.data.source) != [DIGITS_SOURCE]:
+        raise ConfigError(
+            f"invalid value for 'evaluation.online_every': {knn.online_every}, but evaluation.knn_train="
+            f"{list(knn.knn_train)} / evaluation.knn_val={list(knn.knn_val)} are not both set (only "
+            "data.source=[digits] brings its own); set both to labelled folders or shards, or evaluation.online_every=0"
+        )
 
 
 def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: Callable[[], None]) -> list[str]:
@@ -82,14 +88,17 @@ def build_data_stream(
 
 
 def autocast_dtype(compute_precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` -> bf16 on CUDA and fp32 (no autocast) on CPU; ``bf16``/``fp32`` as asked."""
+    """``auto`` -> bf16 on CUDA and fp32 (no autocast) on CPU; ``bf16``/``fp16``/``fp32`` as asked (fp16
+    trains with loss scaling, :mod:`dinolite.train.loss_scaling`)."""
     if compute_precision == "fp32":
         return None
     if compute_precision == "bf16":
         return torch.bfloat16
+    if compute_precision == "fp16":
+        return torch.float16
     if compute_precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    raise ConfigError(f"train.compute_precision: {compute_precision!r} is not one of auto, bf16, fp32")
+    raise ConfigError(f"train.compute_precision: {compute_precision!r} is not one of auto, bf16, fp16, fp32")
 
 
 def autocast_context(dtype: torch.dtype | None, device: torch.device) -> ContextManager[Any]:
