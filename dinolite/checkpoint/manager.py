@@ -302,6 +302,56 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return info
 
 
+def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
+    """Remove from the load targets the optimizer state of parameters saved without any; return their names.
+
+    AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
+    (frozen, or reached by no loss: ``ibot.separate_head=true ibot.loss_weight=0``) has no optimizer
+    state in the checkpoint, while the targets of a fresh optimizer hold state for every parameter.
+    Such a parameter must resume without state, as it was. A parameter with *some* of its state entries
+    saved is a damaged checkpoint and stays an error.
+    """
+    states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
+    stateless: set[str] = set()
+    for name, state in list(states.items()):
+        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
+        if keys and not keys & saved_keys:
+            stateless.add(name)
+            del states[name]
+    return stateless
+
+
+def _forget_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: set[str]) -> None:
+    """Delete the optimizer state of the parameters named ``names`` (fully qualified, as in the checkpoint)."""
+    if not names:
+        return
+    for name, param in model.named_parameters():
+        if name in names:
+            optimizer.state.pop(param, None)
+
+
+def method_record(path: str | Path) -> dict[str, Any]:
+    """The method a checkpoint was trained with: ``name``, ``eval_network`` and ``heads`` (the student
+    modules besides the backbone that ``--with-heads`` exports), from its ``state.json``.
+
+    ``path`` may be a run directory, its ``checkpoints/`` folder or one checkpoint. Checkpoints written
+    before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
+    """
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
+    if "heads" not in record:
+        record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
+    return record
+
+
+def checkpoint_modules(path: str | Path, network: str) -> list[str]:
+    """The modules of ``network`` (``student``/``teacher``) saved in a checkpoint, e.g. ``["backbone", "dino_head"]``."""
+    checkpoint_dir = resolve_checkpoint_dir(path)
+    prefix = f"{MODEL_KEY}.{network}."
+    keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
+    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
+
+
 def _collective_device() -> torch.device:
     """Where a rank-agreement all-reduce runs: the current CUDA device under NCCL, else the CPU."""
     if is_distributed() and torch.distributed.get_backend() == "nccl":
@@ -337,62 +387,6 @@ def load_checkpoint(path: str | Path, app_state: Mapping[str, Any]) -> dict:
     if any_rank(failure is not None, _collective_device()):
         raise failure or DamagedCheckpointError(f"{path}: damaged (found on another rank)")
     return info
-
-
-METHOD_KEY = "method"
-# What a checkpoint written before the method record existed holds: every such run was DINOv2's, whose
-# evaluated network is the EMA teacher (heads are then read from the checkpoint's keys).
-LEGACY_METHOD = {"name": "dinov2", "eval_network": "teacher"}
-
-
-def method_record(path: str | Path) -> dict[str, Any]:
-    """The method a checkpoint was trained with: ``name``, ``eval_network`` and ``heads`` (the student
-    modules besides the backbone that ``--with-heads`` exports), from its ``state.json``.
-
-    ``path`` may be a run directory, its ``checkpoints/`` folder or one checkpoint. Checkpoints written
-    before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
-    """
-    checkpoint_dir = resolve_checkpoint_dir(path)
-    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
-    if "heads" not in record:
-        record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
-    return record
-
-
-def checkpoint_modules(path: str | Path, network: str) -> list[str]:
-    """The modules of ``network`` (``student``/``teacher``) saved in a checkpoint, e.g. ``["backbone", "dino_head"]``."""
-    checkpoint_dir = resolve_checkpoint_dir(path)
-    prefix = f"{MODEL_KEY}.{network}."
-    keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
-    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
-
-
-def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
-    """Remove from the load targets the optimizer state of parameters saved without any; return their names.
-
-    AdamW creates a parameter's moments at its first gradient, so a parameter that never received one
-    (frozen, or reached by no loss: ``ibot.separate_head=true ibot.loss_weight=0``) has no optimizer
-    state in the checkpoint, while the targets of a fresh optimizer hold state for every parameter.
-    Such a parameter must resume without state, as it was. A parameter with *some* of its state entries
-    saved is a damaged checkpoint and stays an error (the architecture check names the missing ones).
-    """
-    states = tree.get(OPTIMIZER_KEY, {}).get("state", {})
-    stateless: set[str] = set()
-    for name, state in list(states.items()):
-        keys = set(_flat_tensors(state, f"{OPTIMIZER_KEY}.state.{name}.")) if isinstance(state, Mapping) else set()
-        if keys and not keys & saved_keys:
-            stateless.add(name)
-            del states[name]
-    return stateless
-
-
-def _forget_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, names: set[str]) -> None:
-    """Delete the optimizer state of the parameters named ``names`` (fully qualified, as in the checkpoint)."""
-    if not names:
-        return
-    for name, param in model.named_parameters():
-        if name in names:
-            optimizer.state.pop(param, None)
 
 
 def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
