@@ -8,5 +8,8 @@ from dinolite.train.methods.registry import MethodSpec, get_method, list_methods
 
 # One line per method: importing the module registers it.
 from dinolite.train.methods import dinov2  # noqa: E402,F401  (registers "dinov2")
+from dinolite.train.methods import ijepa  # noqa: E402,F401  (registers "ijepa")
+from dinolite.train.methods import msn  # noqa: E402,F401  (registers "msn")
+from dinolite.train.methods import simmim  # noqa: E402,F401  (registers "simmim")
 
 __all__ = ["MethodSpec", "get_method", "list_methods", "register_method"]
