@@ -54,6 +54,21 @@ def test_no_resume_refuses_a_directory_with_checkpoints(tmp_path, capsys):
     assert "--no-resume" in capsys.readouterr().err and checkpoint.is_dir()
 
 
+def test_every_key_of_dinov2_default_config_is_read():
+    source = FIXTURES / "ssl_default_keys.yaml"
+    with pytest.warns(DINOv2KeyNotice) as notices:
+        cfg = load_config(source)
+    assert cfg.train.iterations_per_epoch == 1250 and cfg.data.num_workers == 10
+    assert cfg.distributed.sharding_strategy == "shard_grad_op"
+    assert cfg.train.compute_precision == "fp16" and cfg.train.grad_scaler
+    assert cfg.data.source == ["ImageNet:split=TRAIN"]
+    # the keys accepted without effect each say so, with the reason
+    said = " ".join(str(w.message) for w in notices)
+    for key in ("train.saveckp_freq", "train.cache_dataset", "student.block_chunks", "optim.lr", "MODEL.WEIGHTS",
+                "evaluation.eval_period_iterations", "compute_precision.student.dino_head.mixed_precision.reduce_dtype"):
+        assert key in said
+
+
 @pytest.mark.parametrize(
     ("override", "key", "value"),
     [

@@ -82,14 +82,17 @@ def build_data_stream(
 
 
 def autocast_dtype(compute_precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` -> bf16 on CUDA and fp32 (no autocast) on CPU; ``bf16``/``fp32`` as asked."""
+    """``auto`` -> bf16 on CUDA and fp32 (no autocast) on CPU; ``bf16``/``fp16``/``fp32`` as asked (fp16
+    trains with loss scaling, :mod:`dinolite.train.loss_scaling`)."""
     if compute_precision == "fp32":
         return None
     if compute_precision == "bf16":
         return torch.bfloat16
+    if compute_precision == "fp16":
+        return torch.float16
     if compute_precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
-    raise ConfigError(f"train.compute_precision: {compute_precision!r} is not one of auto, bf16, fp32")
+    raise ConfigError(f"train.compute_precision: {compute_precision!r} is not one of auto, bf16, fp16, fp32")
 
 
 def autocast_context(dtype: torch.dtype | None, device: torch.device) -> ContextManager[Any]:

@@ -8,7 +8,8 @@ Per iteration ``i`` (0-based count of optimizer steps already taken):
 3. :func:`run_training_step`: lr / weight decay from the generic schedules, ``loss = objective(batch, i)``;
    stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
    backward; ``objective.after_backward(i, optimizer)`` (e.g. DINO's prototype freeze); clip each
-   student module's gradient norm (global across shards); AdamW step; stop with
+   student module's gradient norm (global across shards); AdamW step (with fp16, the loss is scaled and a
+   step whose gradients overflowed is skipped: :mod:`dinolite.train.loss_scaling`); stop with
    :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became NaN/inf;
    ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update);
 4. every ``monitor.every``: collapse metrics + watchdog; every ``log_every``: the metric line;
@@ -41,6 +42,7 @@ from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
 from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.resume_checks import report_config_changes
@@ -152,18 +154,26 @@ def run_training_step(
     clip_grad: float,
     precision: torch.dtype | None = None,
     device: torch.device = torch.device("cpu"),
+    scaler: LossScaler | None = None,
 ) -> StepResult:
-    """The generic step every method runs (the module docstring, point 3)."""
+    """The generic step every method runs (the module docstring, point 3). With an fp16 ``scaler`` the
+    loss is scaled for backward, the gradients unscaled before clipping, and a step whose gradients
+    overflowed is skipped (its gradients dropped) while the scale backs off."""
     values = schedules.at(iteration)
     apply_schedules(optimizer, values["lr"], values["weight_decay"])
     optimizer.zero_grad(set_to_none=True)
     with builders.autocast_context(precision, device):
         output = objective(batch, iteration)
     check_finite(output, iteration, device)
-    output.loss.backward()
+    scaler = scaler or LossScaler(enabled=False)
+    scaler.scale_loss(output.loss).backward()
+    scaler.unscale_(p for module in objective.trainable_modules().values() for p in module.parameters())
     objective.after_backward(iteration, optimizer)
     grad_norms = clip_gradients(objective.trainable_modules(), clip_grad)
-    optimizer.step()
+    if scaler.update(grad_norms):  # False: an fp16 overflow, seen alike by every rank (global norms)
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)  # the overflowed gradients are dropped, not checked
     check_finite_parameters(objective.trainable_modules(), iteration, device)  # before any checkpoint of them
     objective.after_optimizer_step(iteration)
     values.update(objective.schedule_values(iteration))
@@ -205,7 +215,7 @@ def train(
         shard_objective(
             objective,
             strategy=cfg.distributed.sharding_strategy,
-            mixed_precision=builders.autocast_dtype(cfg.train.compute_precision, device) is not None,
+            mixed_precision=builders.autocast_dtype(cfg.train.compute_precision, device),
             activation_checkpointing=cfg.distributed.activation_checkpointing,
             compile=cfg.distributed.compile,
         )
@@ -228,6 +238,9 @@ def train(
     # buffers via extra_state), AdamW moments, the loop's progress and the watchdog's patience counters;
     # the manager adds per-rank RNG states and the data position (= iteration: one batch per step).
     app_state = {"model": objective, "optimizer": optimizer, "progress": progress, "watchdog": watchdog}
+    scaler = LossScaler(enabled=precision == torch.float16 and cfg.train.grad_scaler)
+    if scaler.enabled:  # fp16: the loss scale is part of what an exact resume restores
+        app_state["grad_scaler"] = scaler
 
     # ---------------------------------------------------------------- resume
     # The method record (evaluated network, head names) lets eval/export read the run without the registry.
@@ -284,7 +297,7 @@ def train(
             batch = to_device(batch, device)
 
             step = run_training_step(
-                objective, optimizer, schedules, batch, it, cfg.optim.clip_grad, precision, device
+                objective, optimizer, schedules, batch, it, cfg.optim.clip_grad, precision, device, scaler
             )
             output, values = step.output, step.values
             progress.iteration = it + 1
@@ -297,6 +310,8 @@ def train(
                 watchdog.check(progress.iteration, collapse_metrics)  # may raise CollapseDetected
             if progress.iteration % cfg.train.log_every == 0 or progress.iteration == stop_at:
                 last_metrics = window.summary(values, global_batch, device, progress.iteration, epoch_length)
+                if scaler.enabled:  # fp16: the current loss scale and how many steps overflowed so far
+                    last_metrics.update(loss_scale=scaler.scale, skipped_steps=float(scaler.skipped_steps))
                 eta = window.seconds_per_iteration() * (stop_at - progress.iteration)
                 logger.log(progress.iteration, last_metrics, stop_at, eta)
                 window = _Window()

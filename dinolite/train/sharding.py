@@ -83,10 +83,11 @@ class ShardingPlan:
     use_fsdp: bool
     mesh_shape: tuple[int, ...]  # (world,) for sharded strategies, (world, 1) for no_shard, () without FSDP
     reshard_after_forward: bool
-    mixed_precision: bool  # bf16 params / fp32 reduction applied through FSDP's policy
+    mixed_precision: bool  # low-precision params / fp32 reduction applied through FSDP's policy
     activation_checkpointing: bool
     compile: bool
     notes: tuple[str, ...]  # why a request was not honoured (logged as warnings)
+    param_dtype: torch.dtype = torch.bfloat16  # FSDP's compute copy of the parameters (fp16 for fp16 training)
 
 
 def _compile_unavailable_reason(device_type: str) -> str | None:
@@ -101,7 +102,7 @@ def _compile_unavailable_reason(device_type: str) -> str | None:
 
 def plan_sharding(
     strategy: str,
-    mixed_precision: bool,
+    mixed_precision: bool | torch.dtype,
     activation_checkpointing: bool,
     compile: bool,
     device_type: str,
@@ -122,10 +123,12 @@ def plan_sharding(
         mesh_shape = (world_size, 1)
     else:
         mesh_shape = (world_size,)
-    use_mp = mixed_precision and use_fsdp and device_type == "cuda"
+    # True means bf16 (the historical flag); a dtype names the compute dtype (fp16 training passes float16)
+    param_dtype = mixed_precision if isinstance(mixed_precision, torch.dtype) else torch.bfloat16
+    use_mp = bool(mixed_precision) and use_fsdp and device_type == "cuda"
     if mixed_precision and not use_mp:
         why = "one process (no FSDP)" if not use_fsdp else f"device {device_type}"
-        notes.append(f"FSDP mixed precision (bf16 params, fp32 reduce) not applied: {why}")
+        notes.append(f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: {why}")
     compile_reason = _compile_unavailable_reason(device_type) if compile else None
     if compile_reason:
         notes.append(compile_reason)
@@ -138,6 +141,7 @@ def plan_sharding(
         activation_checkpointing=activation_checkpointing,
         compile=compile and compile_reason is None,
         notes=tuple(notes),
+        param_dtype=param_dtype,
     )
 
 
@@ -176,7 +180,7 @@ def _shard_module_dict(modules: nn.ModuleDict, plan: ShardingPlan, mesh: DeviceM
     reshard = plan.reshard_after_forward if train else True
     fsdp_kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard}
     if plan.mixed_precision:
-        fsdp_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        fsdp_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=plan.param_dtype, reduce_dtype=torch.float32)
     for name, module in _unique_named(modules):
         is_backbone = name == "backbone"
         if is_backbone:
@@ -210,7 +214,7 @@ def _unique_named(modules: nn.ModuleDict) -> list[tuple[str, nn.Module]]:
 def shard_objective(
     objective: nn.Module,
     strategy: str = "full_shard",
-    mixed_precision: bool = False,
+    mixed_precision: bool | torch.dtype = False,
     activation_checkpointing: bool = False,
     compile: bool = False,
 ) -> nn.Module:

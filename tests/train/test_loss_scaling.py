@@ -1,0 +1,103 @@
+"""fp16 loss scaling (dinolite/train/loss_scaling.py): the scaling arithmetic, and one decision for all
+ranks when FSDP2 shards the gradients (2 gloo processes, an overflow in one rank's shard only)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dinolite.train.loss_scaling import LossScaler
+from dinolite.train.sharding import clip_grad_norm_
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 4))
+
+
+def _loss(model: nn.Module) -> torch.Tensor:
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    return model(x).pow(2).mean()
+
+
+def test_unscaled_gradients_equal_unscaled_backward():
+    reference, scaled = _model(), _model()
+    _loss(reference).backward()
+    scaler = LossScaler(enabled=True, init_scale=2.0**10)
+    scaler.scale_loss(_loss(scaled)).backward()
+    scaler.unscale_(scaled.parameters())
+    for a, b in zip(scaled.parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)  # a power-of-two scale is exact
+
+
+def test_overflow_skips_and_backs_off_then_grows_after_the_interval():
+    scaler = LossScaler(enabled=True, init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
+    assert scaler.update({"backbone": math.inf, "head": 1.0}) is False
+    assert (scaler.scale, scaler.growth_tracker, scaler.skipped_steps) == (4.0, 0, 1)
+    assert scaler.update({"backbone": math.nan}) is False and scaler.scale == 2.0
+    for _ in range(2):
+        assert scaler.update({"backbone": 1.0}) is True
+    assert scaler.scale == 2.0
+    assert scaler.update({"backbone": 1.0}) is True and scaler.scale == 4.0  # third clean step: grow
+    restored = LossScaler(enabled=True)
+    restored.load_state_dict(scaler.state_dict())
+    assert restored.state_dict() == scaler.state_dict() == {"scale": 4.0, "growth_tracker": 0, "skipped_steps": 2}
+
+
+def test_disabled_scaler_changes_nothing():
+    scaler = LossScaler(enabled=False)
+    loss = torch.tensor(3.0)
+    assert scaler.scale_loss(loss) is loss
+    assert scaler.update({"backbone": math.inf}) is True  # bf16/fp32: the non-finite check is the loop's
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="backoff_factor"):
+        LossScaler(enabled=True, backoff_factor=1.5)
+
+
+def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = _model()
+        fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
+        scaler = LossScaler(enabled=True, init_scale=2.0**8, growth_interval=1)
+        results = []
+        for step in range(2):
+            model.zero_grad()
+            scaler.scale_loss(_loss(model)).backward()
+            if step == 0 and rank == 1:  # an overflow in rank 1's shard of one gradient only
+                next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+            scaler.unscale_(model.parameters())
+            norm = clip_grad_norm_(list(model.parameters()), max_norm=0.0)
+            stepped = scaler.update({"model": float(norm)})
+            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            results.append({"stepped": stepped, "scale": scaler.scale, "grads": grads})
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_gradients_give_every_rank_the_same_decision(tmp_path: Path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # step 0: the inf sits in rank 1's shard, yet both ranks skip and back off together
+    assert [r[0]["stepped"] for r in ranks] == [False, False]
+    assert [r[0]["scale"] for r in ranks] == [2.0**7, 2.0**7]
+    # step 1: clean on both; the unscaled full gradients equal one process's unscaled backward
+    assert [r[1]["stepped"] for r in ranks] == [True, True] and ranks[0][1]["scale"] == 2.0**8
+    reference = _model()
+    _loss(reference).backward()
+    for name, param in reference.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r[1]["grads"][name], param.grad, rtol=1e-6, atol=1e-7)
