@@ -266,6 +266,43 @@ class SimMIMConfig:
 
 
 @dataclass
+class ViewConfig:
+    """Photometric recipe of one view of the joint-embedding methods (SimCLR, Barlow Twins, SimSiam, BYOL,
+    DirectCLR; dinolite/data/views.py). Sizes, scales and the number of small views come from ``crops``."""
+
+    horizontal_flip_p: float = 0.5
+    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # b, c, s, h
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 1.0
+    blur_kernel_size: int = 0  # odd; 0 = 10% of the crop side (SimCLR's rule)
+    solarize_p: float = 0.0
+
+
+@dataclass
+class JointEmbeddingConfig:
+    """SimCLR, Barlow Twins, SimSiam / BYOL and DirectCLR (docs/methods_joint_embedding.md). Defaults: BYOL's."""
+
+    view1: ViewConfig = field(default_factory=ViewConfig)
+    view2: ViewConfig = field(default_factory=lambda: ViewConfig(blur_p=0.1, solarize_p=0.2))
+    local_view: ViewConfig = field(default_factory=lambda: ViewConfig(blur_p=0.5))  # crops.local_crops_number of them
+    projector_layers: int = 2  # 0 = no projector
+    projector_hidden_dim: int = 4096
+    projector_out_dim: int = 256
+    projector_last_bn: bool = False  # BatchNorm (no affine) on the projector output (SimSiam, MoCo v3)
+    predictor_layers: int = 0  # SimSiam / BYOL: 2; 0 = no predictor
+    predictor_hidden_dim: int = 4096
+    predictor_last_bn: bool = False
+    temperature: float = 0.1  # InfoNCE (SimCLR, DirectCLR)
+    directclr_d0: int = 360  # DirectCLR: the contrastive loss sees the first d0 dims of the CLS feature
+    lambda_offdiag: float = 0.005  # Barlow Twins' off-diagonal weight
+    stop_gradient: bool = True  # SimSiam / BYOL: no gradient through the target branch
+    target: str = "stopgrad"  # stopgrad (SimSiam: the target is the online network) | ema (BYOL)
+    target_momentum: float = 0.996  # EMA target: cosine from this to final_target_momentum
+    final_target_momentum: float = 1.0
+
+
+@dataclass
 class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     dino: DinoConfig = field(default_factory=DinoConfig)
@@ -278,6 +315,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    joint_embedding: JointEmbeddingConfig = field(default_factory=JointEmbeddingConfig)
     ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
     msn: MSNConfig = field(default_factory=MSNConfig)
     simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
@@ -294,6 +332,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
+    "joint_embedding.target": ("stopgrad", "ema"),
     "ijepa.loss": ("smooth_l1", "mse", "l1"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers

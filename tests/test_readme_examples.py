@@ -28,10 +28,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUN_KINDS = {"bash", "python", "bash gpu", "bash cluster", "bash setup", "bash suite"}
-TINY_TRAINING = [
-    "train.max_iterations=2", "train.log_every=1", "train.checkpoint_every=2", "evaluation.knn_at_end=false",
-    "evaluation.online_every=0", "monitor.every=1",
-]
+# Only the length shrinks: the online evaluation is still built (its sources resolved and read), and the
+# end-of-run report's sources are still validated at start-up.
+TINY_TRAINING = ["train.max_iterations=2", "train.log_every=1", "train.checkpoint_every=2", "evaluation.knn_at_end=false"]
 SETUP_STEPS = ("python3 -m venv", ". .venv/bin/activate", "source .venv/bin/activate", "pip install")
 LINKED = ("launch", "eval", "dinolite", "configs", "benchmarks", ".ci", "hubconf.py")
 

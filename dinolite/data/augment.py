@@ -235,15 +235,15 @@ class MultiCropAugmentation:
         self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.blur_kernel_size = int(blur_kernel_size)
         self.solarize_threshold = int(solarize_threshold)
-        shared = dict(
-            horizontal_flip_p=horizontal_flip_p,
-            color_jitter=self.color_jitter,
-            color_jitter_p=color_jitter_p,
-            grayscale_p=grayscale_p,
-            blur_sigma=self.blur_sigma,
-            blur_kernel_size=self.blur_kernel_size,
-            solarize_threshold=self.solarize_threshold,
-        )
+        shared = {
+            "horizontal_flip_p": horizontal_flip_p,
+            "color_jitter": self.color_jitter,
+            "color_jitter_p": color_jitter_p,
+            "grayscale_p": grayscale_p,
+            "blur_sigma": self.blur_sigma,
+            "blur_kernel_size": self.blur_kernel_size,
+            "solarize_threshold": self.solarize_threshold,
+        }
         self.global1 = CropRecipe(self.global_crops_size, gscale, blur_p_global1, 0.0, **shared)
         self.global2 = CropRecipe(self.global_crops_size, gscale, blur_p_global2, solarize_p_global2, **shared)
         self.local = CropRecipe(self.local_crops_size, lscale, blur_p_local, 0.0, **shared)

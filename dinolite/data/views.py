@@ -20,16 +20,23 @@ draws from the one ``generator`` the loader seeds per sample, so a resumed run s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from dinolite.data.augment import IMAGENET_MEAN, IMAGENET_STD, CropRecipe, augment_crop, to_uint8_chw
+from dinolite.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CropRecipe,
+    augment_crop,
+    to_uint8_chw,
+)
 
 
 def blur_kernel_for(size: int) -> int:
     """SimCLR's blur kernel: 10% of the image side, made odd (23 at 224 px, 3 at 32 px)."""
-    kernel = max(3, int(round(0.1 * size)))
+    kernel = max(3, round(0.1 * size))
     return kernel if kernel % 2 else kernel + 1
 
 
@@ -70,7 +77,7 @@ class MultiViewAugmentation:
     def __init__(
         self,
         views: Sequence[CropRecipe],
-        local_view: Optional[CropRecipe] = None,
+        local_view: CropRecipe | None = None,
         local_views_number: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -91,7 +98,7 @@ class MultiViewAugmentation:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, img: Any, generator: Optional[torch.Generator] = None) -> dict[str, list[torch.Tensor]]:
+    def __call__(self, img: Any, generator: torch.Generator | None = None) -> dict[str, list[torch.Tensor]]:
         image = to_uint8_chw(img)
         return {
             "global_crops": [self._view(image, recipe, generator) for recipe in self.views],
@@ -100,7 +107,7 @@ class MultiViewAugmentation:
             else [],
         }
 
-    def _view(self, image: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def _view(self, image: torch.Tensor, recipe: CropRecipe, generator: torch.Generator | None) -> torch.Tensor:
         return (augment_crop(image, recipe, generator) - self._mean) / self._std
 
 

@@ -235,6 +235,7 @@ def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]
         "monitor.action=warn",
         "data.source=[" + ",".join(data) + "]",
         "evaluation.knn_at_end=false",
+        "evaluation.online_every=0",  # the lab measures kNN itself, on the kept checkpoints
     ]
 
 

@@ -18,6 +18,8 @@ accelerators; this one runs on any backend (gloo included) and equals ``nn.Batch
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -89,19 +91,22 @@ class ProjectionMLP(nn.Module):
             raise ValueError(f"ProjectionMLP: widths must be >= 1, got in={in_dim} hidden={hidden_dim} out={out_dim}")
         self.in_dim = in_dim
         self.out_dim = out_dim if num_layers > 0 else in_dim
-        layers: list[nn.Module] = []
+        # Named children (``fc0``, ``norm0``, ``act0``, ...): the optimizer exempts ``*norm*`` parameters
+        # from weight decay by name, as the published recipes exempt BatchNorm.
+        layers: dict[str, nn.Module] = {}
         width = in_dim
-        for _ in range(num_layers - 1):
-            layers.append(nn.Linear(width, hidden_dim, bias=not batch_norm))
+        for i in range(num_layers - 1):
+            layers[f"fc{i}"] = nn.Linear(width, hidden_dim, bias=not batch_norm)
             if batch_norm:
-                layers.append(GlobalBatchNorm1d(hidden_dim))
-            layers.append(nn.ReLU(inplace=True))
+                layers[f"norm{i}"] = GlobalBatchNorm1d(hidden_dim)
+            layers[f"act{i}"] = nn.ReLU(inplace=True)
             width = hidden_dim
         if num_layers > 0:
-            layers.append(nn.Linear(width, out_dim, bias=not last_batch_norm))
+            last = num_layers - 1
+            layers[f"fc{last}"] = nn.Linear(width, out_dim, bias=not last_batch_norm)
             if last_batch_norm:
-                layers.append(GlobalBatchNorm1d(out_dim, affine=last_batch_norm_affine))
-        self.layers = nn.Sequential(*layers)
+                layers[f"norm{last}"] = GlobalBatchNorm1d(out_dim, affine=last_batch_norm_affine)
+        self.layers = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)

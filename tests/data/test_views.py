@@ -6,9 +6,15 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-import dinolite.data.augment as augment
+from dinolite.data import augment
 from dinolite.data.augment import CropRecipe
-from dinolite.data.views import MultiViewAugmentation, blur_kernel_for, byol_views, collate_views, simclr_views
+from dinolite.data.views import (
+    MultiViewAugmentation,
+    blur_kernel_for,
+    byol_views,
+    collate_views,
+    simclr_views,
+)
 
 
 def _image(h=40, w=48, seed=0):

@@ -1,0 +1,51 @@
+"""DirectCLR (Jing et al. 2022, "Understanding Dimensional Collapse in Contrastive Self-supervised Learning").
+
+Two views per image -> backbone CLS -> InfoNCE on its first ``joint_embedding.directclr_d0`` dimensions
+(:class:`dinolite.losses.DirectCLRLoss`), negatives from the global batch, **no projector** (the paper's
+point: the projector's job is done by a fixed sub-vector). The evaluated network is the student.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dinolite.config import Config, ConfigError
+from dinolite.losses import DirectCLRLoss
+from dinolite.train.methods.joint_embedding import (
+    JointEmbeddingObjective,
+    build_student_backbone,
+    method_spec,
+)
+from dinolite.train.methods.registry import register_method
+
+
+class DirectCLRObjective(JointEmbeddingObjective):
+    """InfoNCE on ``cls[:, :d0]`` of two views (see the module docstring)."""
+
+    loss_name = "directclr_loss"
+
+    def __init__(self, backbone, d0: int, temperature: float = 0.1) -> None:
+        super().__init__(backbone)
+        self.directclr = DirectCLRLoss(d0, temperature)
+
+    def pair_loss(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.directclr(a["cls"], b["cls"])
+
+
+def build_objective(cfg: Config) -> DirectCLRObjective:
+    je = cfg.joint_embedding
+    if je.projector_layers or je.predictor_layers:
+        raise ConfigError(
+            f"train.method=directclr trains without projector and predictor, but joint_embedding.projector_layers="
+            f"{je.projector_layers} and predictor_layers={je.predictor_layers}; set both to 0"
+        )
+    backbone = build_student_backbone(cfg)
+    if not 1 <= je.directclr_d0 <= backbone.embed_dim:
+        raise ConfigError(
+            f"invalid value for 'joint_embedding.directclr_d0': {je.directclr_d0}; must be in [1, {backbone.embed_dim}] "
+            "(the backbone's width)"
+        )
+    return DirectCLRObjective(backbone, je.directclr_d0, je.temperature)
+
+
+METHOD = register_method(method_spec("directclr", "Jing et al. 2022, Understanding Dimensional Collapse in Contrastive Self-supervised Learning (DirectCLR)", build_objective, embeddings=("backbone_cls",)))

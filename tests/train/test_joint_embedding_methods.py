@@ -1,0 +1,184 @@
+"""The joint-embedding objectives: losses composed as the papers say, switches, EMA target, multi-crop pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dinolite.config import ConfigError, load_config
+from dinolite.losses import BarlowTwinsLoss, InfoNCELoss, negative_cosine
+from dinolite.models import build_backbone
+from dinolite.models.info import forward_flops
+from dinolite.train.methods import (
+    barlow_twins,
+    directclr,
+    joint_embedding,
+    siamese,
+    simclr,
+)
+
+SMALL = [
+    "student.embed_dim=24",
+    "student.depth=1",
+    "student.num_heads=2",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "crops.local_crops_number=0",
+    "joint_embedding.projector_hidden_dim=16",
+    "joint_embedding.projector_out_dim=8",
+    "joint_embedding.predictor_hidden_dim=4",
+    "optim.epochs=1",
+    "optim.warmup_epochs=0",
+    "joint_embedding.projector_layers=2",
+    "joint_embedding.temperature=0.1",
+    "train.iterations_per_epoch=10",
+]
+
+
+def _cfg(*overrides: str):
+    return load_config("demo_simclr", [*SMALL, *overrides])
+
+
+def _batch(n_images=6, n_local=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = {"collated_global_crops": torch.randn(2 * n_images, 3, 16, 16, generator=g)}
+    batch["collated_local_crops"] = (
+        torch.randn(n_local * n_images, 3, 8, 8, generator=g) if n_local else torch.empty(0, 3, 0, 0)
+    )
+    return batch
+
+
+def _views(objective, batch):
+    global_views, local_views = objective._split(batch)
+    return objective.encode(objective.student, global_views, local_views)
+
+
+def test_simclr_is_info_nce_of_the_projections():
+    torch.manual_seed(0)
+    objective = simclr.build_objective(_cfg("joint_embedding.temperature=0.3"))
+    batch = _batch()
+    out = objective(batch, iteration=0)
+    views = _views(objective, batch)
+    expected = InfoNCELoss(0.3)(views[0]["z"], views[1]["z"])
+    torch.testing.assert_close(out.loss, expected)
+    assert set(out.diagnostics) == {"backbone_cls", "projector"} and out.diagnostics["projector"].shape == (6, 8)
+    out.loss.backward()
+    assert objective.student["backbone"].cls_token.grad.abs().sum() > 0
+
+
+def test_barlow_twins_and_directclr():
+    torch.manual_seed(0)
+    bt = barlow_twins.build_objective(_cfg("joint_embedding.lambda_offdiag=0.01"))
+    batch = _batch()
+    views = _views(bt, batch)
+    torch.testing.assert_close(bt(batch, 0).loss, BarlowTwinsLoss(0.01)(views[0]["z"], views[1]["z"]))
+    cfg = _cfg("joint_embedding.projector_layers=0", "joint_embedding.directclr_d0=5")
+    dclr = directclr.build_objective(cfg)
+    views = _views(dclr, batch)
+    torch.testing.assert_close(dclr(batch, 0).loss, InfoNCELoss(0.1)(views[0]["cls"][:, :5], views[1]["cls"][:, :5]))
+    assert list(dclr.student) == ["backbone"]
+    with pytest.raises(ConfigError, match="projector_layers"):
+        directclr.build_objective(_cfg())
+    with pytest.raises(ConfigError, match="directclr_d0"):
+        directclr.build_objective(_cfg("joint_embedding.projector_layers=0", "joint_embedding.directclr_d0=25"))
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_simsiam_loss_and_stop_gradient(stop_gradient):
+    torch.manual_seed(0)
+    cfg = _cfg("joint_embedding.predictor_layers=2", f"joint_embedding.stop_gradient={str(stop_gradient).lower()}")
+    objective = siamese.build_objective(cfg)
+    assert len(objective.teacher) == 0 and list(objective.student) == ["backbone", "projector", "predictor"]
+    batch = _batch()
+    views = _views(objective, batch)
+    expected = 0.5 * negative_cosine(views[0]["p"], views[1]["z"]) + 0.5 * negative_cosine(views[1]["p"], views[0]["z"])
+    out = objective(batch, 0)
+    torch.testing.assert_close(out.loss, expected)
+    # gradient through the target branch only without stop-gradient: the projector's last layer gets a
+    # different gradient when z also receives one
+    out.loss.backward()
+    with_switch = objective.student["projector"].layers.fc1.weight.grad.clone()
+    objective.zero_grad()
+    views = _views(objective, batch)
+    detached = 0.5 * negative_cosine(views[0]["p"], views[1]["z"].detach()) + 0.5 * negative_cosine(
+        views[1]["p"], views[0]["z"].detach()
+    )
+    detached.backward()
+    same = torch.allclose(with_switch, objective.student["projector"].layers.fc1.weight.grad)
+    assert same == stop_gradient
+
+
+def test_byol_ema_target_without_predictor():
+    torch.manual_seed(0)
+    cfg = _cfg(
+        "joint_embedding.predictor_layers=2",
+        "joint_embedding.target=ema",
+        "joint_embedding.target_momentum=0.9",
+        "joint_embedding.final_target_momentum=1.0",
+    )
+    objective = siamese.build_objective(cfg)
+    assert list(objective.teacher) == ["backbone", "projector"]
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
+    batch = _batch()
+    out = objective(batch, 0)
+    out.loss.backward()
+    # the loss compares the online prediction with the target's projection (no gradient into the target)
+    assert all(p.grad is None for p in objective.teacher.parameters())
+    with torch.no_grad():
+        for p in objective.student.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
+    student = dict(objective.student.named_parameters())
+    objective.after_optimizer_step(0)  # momentum 0.9 at iteration 0 (cosine 0.9 -> 1 over 10)
+    for name, param in objective.teacher.named_parameters():
+        torch.testing.assert_close(param, 0.9 * before[name] + 0.1 * student[name])
+    assert objective.schedule_values(0)["momentum"] == pytest.approx(0.9)
+    assert objective.schedule_values(10)["momentum"] == pytest.approx(1.0)
+
+
+def test_multicrop_pairs_every_small_view_with_both_large_views():
+    torch.manual_seed(0)
+
+    class Recording(simclr.SimCLRObjective):
+        def pair_loss(self, a, b):
+            self.pairs.append((a["cls"].shape[0], a["index"], b["index"]))
+            return super().pair_loss(a, b)
+
+        def encode(self, network, global_views, local_views):
+            outputs = super().encode(network, global_views, local_views)
+            for i, o in enumerate(outputs):
+                o["index"] = i
+            return outputs
+
+    base = simclr.build_objective(_cfg())
+    objective = Recording(base.student["backbone"], base.student["projector"])
+    objective.pairs = []
+    objective(_batch(n_local=2), 0)
+    assert [(i, j) for _, i, j in objective.pairs] == [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+
+
+def test_views_from_config_and_bad_recipe():
+    cfg = _cfg("crops.local_crops_number=2", "joint_embedding.view2.solarize_p=0.5", "joint_embedding.view1.blur_kernel_size=5")
+    views = joint_embedding.build_views(cfg)
+    assert views.views[1].solarize_p == 0.5 and views.views[0].blur_kernel_size == 5
+    assert views.views[1].blur_kernel_size == 3 and views.local_views_number == 2 and views.local_view.size == 8
+    out = views(torch.randint(0, 256, (3, 20, 20), dtype=torch.uint8), generator=torch.Generator().manual_seed(0))
+    assert [v.shape[-1] for v in out["global_crops"] + out["local_crops"]] == [16, 16, 8, 8]
+    with pytest.raises(ConfigError, match="joint_embedding.view2"):
+        joint_embedding.build_views(_cfg("joint_embedding.view2.grayscale_p=2"))
+    assert joint_embedding.head_names(_cfg("joint_embedding.predictor_layers=2")) == ("projector", "predictor")
+    assert joint_embedding.head_names(_cfg("joint_embedding.projector_layers=0")) == ()
+
+
+def test_training_flops_count_backbone_and_heads():
+    cfg = _cfg("joint_embedding.projector_layers=2", "joint_embedding.predictor_layers=2", "joint_embedding.target=ema")
+    flops = joint_embedding.training_flops(cfg)
+    backbone = build_backbone(cfg.student, img_size=16)
+    assert flops["flops_global_crop"] == forward_flops(backbone, 16)
+    # projector 24 -> 16 -> 8 and predictor 8 -> 4 -> 8: linear layers' MACs (+ BatchNorm's few)
+    linear = 24 * 16 + 16 * 8 + 8 * 4 + 4 * 8
+    assert 2 * linear <= flops["flops_heads_per_view"] <= 2 * linear * 1.2
+    # student forward + backward on 2 views, EMA target forward (no predictor) on 2 views
+    g, h = flops["flops_global_crop"] / 2, flops["flops_heads_per_view"] / 2
+    assert flops["flops_student_per_image"] == 2 * 3 * 2 * (g + h)
+    assert flops["flops_teacher_per_image"] < 2 * 2 * (g + h) and flops["flops_teacher_per_image"] > 2 * 2 * g
