@@ -6,6 +6,10 @@ The kinds, and the papers whose figures they come from:
   - a constant embedding: the std of the L2-normalised embedding drops to 0 (SimSiam, Chen & He 2021,
     Fig. 2; healthy stays near 1/sqrt(d), i.e. ``std_ratio = std * sqrt(d)`` near 1). Rule:
     ``std_ratio < complete_std_ratio`` on the backbone or the projector channel;
+  - one direction: ``RankMe < complete_rankme`` (1.5, the DINOv2 watchdog's "every CLS feature points the
+    same way") on the backbone or the projector. A projector ending in a BatchNorm without affine
+    (SimSiam's) keeps every output dimension at unit batch variance, so its std cannot fall to 0 even when
+    all outputs lie on one line; its RankMe does fall to ~1;
   - one prototype (DINO without centering, Caron et al. 2021): the batch-mean teacher distribution puts
     all mass on one prototype. Rule: ``teacher_mean_entropy / ln K < one_prototype_entropy``;
   - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
@@ -113,6 +117,9 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
     for channel in CHANNELS:
         candidates.append((COMPLETE, f"constant {channel} output", trace.channel(channel, "std_ratio"),
                            lambda v: v < rules.complete_std_ratio, f"std x sqrt(d) < {rules.complete_std_ratio:g}"))
+    for channel in CHANNELS:
+        candidates.append((COMPLETE, f"one-direction {channel}", trace.channel(channel, "rankme"),
+                           lambda v: v < rules.complete_rankme, f"RankMe < {rules.complete_rankme:g}"))
     candidates.append((COMPLETE, "one prototype", trace.teacher("teacher_mean_entropy_norm"),
                        lambda v: v < rules.one_prototype_entropy, f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}"))
     candidates.append((COMPLETE, "uniform output", trace.teacher("teacher_entropy_norm"),

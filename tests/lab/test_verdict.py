@@ -74,6 +74,19 @@ def test_simsiam_without_stopgrad_std_to_zero_is_complete_collapse_from_when_it_
     assert verdict.reproduces(COMPLETE)
 
 
+def test_outputs_on_one_line_are_complete_collapse_even_when_batchnorm_keeps_the_std_up():
+    # SimSiam without stop-gradient: a projector ending in BatchNorm (no affine) keeps std x sqrt(d) ~0.5-1,
+    # but every output lies on one line (RankMe -> 1)
+    rank = [20.0, 6.0] + [1.2] * 18
+    series = healthy_series() | {"collapse__head_std_ratio": flat(0.6), "collapse__head_rankme": rank,
+                                 "collapse__head_rankme_ratio": [r / 32 for r in rank]}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "one-direction projector" and verdict.since == 30
+    rank = [20.0, 6.0] + [2.4] * 18  # two directions (0.075 of 32): neither complete nor below the 0.05 floor
+    series |= {"collapse__head_rankme": rank, "collapse__head_rankme_ratio": [r / 32 for r in rank]}
+    assert judge(trace_of(**series), RULES).kind == HEALTHY
+
+
 def test_one_prototype_from_teacher_mean_entropy():
     mean_entropy = [0.6, 0.3, 0.05] + [1e-6] * (len(ITERS) - 3)
     series = healthy_series() | {"collapse__teacher_mean_entropy_norm": mean_entropy,
