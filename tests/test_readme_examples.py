@@ -37,7 +37,7 @@ LINKED = ("launch", "eval", "dinolite", "configs", "benchmarks", ".ci", "hubconf
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """``(info string, body)`` of every fenced block, in order."""
-    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.S | re.M)]
+    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)]
 
 
 def commands(body: str) -> list[str]:
@@ -107,7 +107,7 @@ def test_readme_examples_run(tmp_path):
             to_run = [c for command in commands(body) for c in prepare(kind, command)]
         for command in to_run:
             shell = re.sub(r"^python ", f"{shlex.quote(sys.executable)} ", command)
-            done = subprocess.run(shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+            done = subprocess.run(shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
             assert done.returncode == 0, f"README block {index} ({kind}): {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             ran.append(command)
     assert any("launch/local.py" in c for c in ran) and any("eval/knn.py" in c for c in ran)
