@@ -20,8 +20,9 @@ The kinds, and the papers whose figures they come from:
     absolute floor, low because a small healthy network on a 10-class data set already has a low
     effective rank (the DINO demo's backbone: RankMe ~12 of 96 dimensions);
   - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
-    ``reference`` run, its evaluated backbone's RankMe on the evaluation images is below
-    ``dimensional_reference_fraction`` x the reference's, at the same checkpoints.
+    ``reference`` run, its RankMe is below ``dimensional_reference_fraction`` x the reference's at the
+    same iterations: the evaluated backbone's on the evaluation images (checkpoints), or the backbone's
+    or the projector's in the training traces.
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
 
@@ -94,12 +95,13 @@ def persistent_since(series: Series, condition: Callable[[float], bool], settle_
 
 def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None,
           eval_rank: Optional[Series] = None, reference_rank: Optional[Series] = None,
-          reference: str = "reference") -> Verdict:
+          reference: str = "reference", reference_trace: Optional[RunTrace] = None) -> Verdict:
     """The verdict of one run's traces under ``rules`` (see the module docstring).
 
     ``diverged_at``: the iteration at which training stopped on a non-finite loss (the loop raises
     before logging it, so the trace alone cannot show it). ``eval_rank`` / ``reference_rank``: RankMe of
-    this run's and of its ``reference`` run's evaluated backbone at their checkpoints.
+    this run's and of its ``reference`` run's evaluated backbone at their checkpoints;
+    ``reference_trace``: the reference run's trace (its RankMe per channel, at the same iterations).
     """
     evidence = _evidence(trace)
     if diverged_at is not None:
@@ -128,13 +130,15 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
         candidates.append((DIMENSIONAL, f"low-rank {channel}", trace.channel(channel, "rankme_ratio"),
                            lambda v: v < rules.dimensional_rank_ratio,
                            f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}"))
+    fraction = rules.dimensional_reference_fraction
     if eval_rank and reference_rank:
-        ref = dict(zip(reference_rank.iterations, reference_rank.values))
-        common = [(it, v / ref[it]) for it, v in zip(eval_rank.iterations, eval_rank.values) if ref.get(it, 0) > 0]
-        ratio = Series([it for it, _ in common], [r for _, r in common])
-        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", ratio,
-                           lambda v: v < rules.dimensional_reference_fraction,
-                           f"eval RankMe < {rules.dimensional_reference_fraction:g} x {reference}'s"))
+        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", _ratio(eval_rank, reference_rank),
+                           lambda v: v < fraction, f"eval RankMe < {fraction:g} x {reference}'s"))
+    if reference_trace is not None:
+        for channel in CHANNELS:
+            ratio = _ratio(trace.channel(channel, "rankme"), reference_trace.channel(channel, "rankme"))
+            candidates.append((DIMENSIONAL, f"fewer {channel} dimensions than {reference}", ratio,
+                               lambda v: v < fraction, f"{channel} RankMe < {fraction:g} x {reference}'s"))
     findings = []
     for kind, mode, series, condition, rule in candidates:
         since = persistent_since(series, condition, rules.settle_fraction)
@@ -144,6 +148,13 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
         if any(f.kind == kind for f in findings):
             return Verdict(kind, findings, evidence)
     return Verdict(HEALTHY, findings, evidence)
+
+
+def _ratio(series: Series, reference: Series) -> Series:
+    """``series / reference`` at the iterations both have (reference values > 0)."""
+    ref = dict(zip(reference.iterations, reference.values))
+    common = [(it, v / ref[it]) for it, v in zip(series.iterations, series.values) if ref.get(it, 0) > 0]
+    return Series([it for it, _ in common], [r for _, r in common])
 
 
 def _evidence(trace: RunTrace) -> dict[str, float]:

@@ -122,6 +122,14 @@ def test_dimensional_collapse_relative_to_a_reference_run():
                     reference="simclr")
     assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer dimensions than simclr" and verdict.since == 100
     assert "eval RankMe < 0.5 x simclr's" in verdict.findings[0].describe()
+    # the same comparison on a channel of the training traces (Barlow Twins with lambda = 0: its projector)
+    rank = {"collapse__head_rankme": [15.0] * 4 + [3.0] * 16}
+    reference_trace = trace_of(**healthy_series() | {"collapse__head_rankme": flat(12.0)})
+    verdict = judge(trace_of(**healthy_series() | rank), RULES, reference="barlow-twins", reference_trace=reference_trace)
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer projector dimensions than barlow-twins"
+    assert verdict.since == 50
+    assert judge(trace_of(**healthy_series() | {"collapse__head_rankme": flat(9.0)}), RULES,
+                 reference_trace=reference_trace).kind == HEALTHY
     similar = Series(checkpoints, [9.0, 18.0, 20.0, 22.0])
     assert judge(trace_of(**healthy_series()), RULES, eval_rank=similar, reference_rank=reference).kind == HEALTHY
 
