@@ -109,8 +109,9 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Context
 
 
 def load_pretrained(path: str) -> Any:
-    """Read ``student.pretrained_weights``: a DINOv2 ``.pth`` or a dinolite export (with heads if exported
-    ``--with-heads``). Returns :class:`dinolite.export.load.PretrainedWeights`."""
+    """Read ``student.pretrained_weights``: a DINOv2 ``.pth``, a dinolite export (with heads if exported
+    ``--with-heads``), timm / transformers DINOv2 weights (file or hub folder) or ``hf-hub:ORG/NAME``.
+    Returns :class:`dinolite.export.load.PretrainedWeights`."""
     try:
         return load_exported_weights(path)
     except (OSError, ValueError) as exc:
