@@ -56,7 +56,7 @@ def measure(config: str, overrides: list[str], repeats: int, threads: int) -> di
         p.grad = torch.randn_like(p) * 1e-3
     groups = get_param_groups(student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
     optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
-    apply_schedules(optimizer, 1e-6, 0.04, 1e-6)
+    apply_schedules(optimizer, 1e-6, 0.04)
     modules = dict(student.items())
     device = torch.device("cpu")
     check_s = _median_seconds(lambda: check_finite_parameters(modules, 0, device), repeats)

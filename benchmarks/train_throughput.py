@@ -280,13 +280,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     full_depth = preset_depth(base_cfg)
     overrides = benchmark_overrides(args, full_depth)
     cfg = load_config(args.config, overrides)
-    # Batches are synthetic, so data.source is never read, and no end-of-run kNN report runs here:
+    # Batches are synthetic, so data.source is never read, and no kNN (online or end-of-run) runs here:
     # validate everything else the trainer checks.
     builders.validate_training_config(
         replace(
             cfg,
             data=replace(cfg.data, source=["<synthetic batches>"]),
-            evaluation=replace(cfg.evaluation, knn_at_end=False),
+            evaluation=replace(cfg.evaluation, knn_at_end=False, online_every=0),
         )
     )
 

@@ -58,7 +58,9 @@ class StudentConfig:
     interpolate_antialias: bool = False
     interpolate_offset: float = 0.1
     attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
-    pretrained_weights: str = ""  # a DINOv2 .pth or dinolite export: initialises student and teacher
+    # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
+    # initialises student and teacher (docs/interop.md)
+    pretrained_weights: str = ""
 
 
 @dataclass

@@ -18,6 +18,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "flops": ("fvcore",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "hub": ("huggingface_hub",),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow-skinny", "sqlalchemy", "alembic"),
     "xformers": ("xformers",),
 }
 

@@ -154,3 +154,12 @@ def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
     for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "#SBATCH --time=60"):
         assert expected in out.splitlines(), expected
     assert "dataset_path" not in out and "- ImageNet:split=TRAIN" in out  # the resolved config is ours
+
+    from dinolite.checkpoint.manager import STATE_FILE, iteration_dirname
+
+    checkpoint = tmp_path / "run" / "checkpoints" / iteration_dirname(2)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / ".metadata").write_bytes(b"")
+    (checkpoint / STATE_FILE).write_text("{}")
+    assert main(["--config", "demo", "--no-resume", "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 2
+    assert "--no-resume" in capsys.readouterr().err

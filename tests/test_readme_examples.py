@@ -28,17 +28,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUN_KINDS = {"bash", "python", "bash gpu", "bash cluster", "bash setup", "bash suite"}
-TINY_TRAINING = [
-    "train.max_iterations=2", "train.log_every=1", "train.checkpoint_every=2", "evaluation.knn_at_end=false",
-    "evaluation.online_every=0", "monitor.every=1",
-]
+# Only the length shrinks: the online evaluation is still built (its sources resolved and read), and the
+# end-of-run report's sources are still validated at start-up.
+TINY_TRAINING = ["train.max_iterations=2", "train.log_every=1", "train.checkpoint_every=2", "evaluation.knn_at_end=false"]
 SETUP_STEPS = ("python3 -m venv", ". .venv/bin/activate", "source .venv/bin/activate", "pip install")
 LINKED = ("launch", "eval", "dinolite", "configs", "benchmarks", ".ci", "hubconf.py")
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """``(info string, body)`` of every fenced block, in order."""
-    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.S | re.M)]
+    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)]
 
 
 def commands(body: str) -> list[str]:
@@ -108,7 +107,7 @@ def test_readme_examples_run(tmp_path):
             to_run = [c for command in commands(body) for c in prepare(kind, command)]
         for command in to_run:
             shell = re.sub(r"^python ", f"{shlex.quote(sys.executable)} ", command)
-            done = subprocess.run(shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+            done = subprocess.run(shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
             assert done.returncode == 0, f"README block {index} ({kind}): {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
             ran.append(command)
     assert any("launch/local.py" in c for c in ran) and any("eval/knn.py" in c for c in ran)
@@ -116,3 +115,24 @@ def test_readme_examples_run(tmp_path):
     for produced in ("output/demo/metrics.jsonl", "output/demo/eval/knn.json", "output/demo/vis/attention.png",
                      "exports/demo.safetensors", "exports/demo.onnx", "output/mine/checkpoints/latest"):
         assert (tmp_path / produced).exists(), produced
+
+
+def test_no_dead_links_to_docs():
+    """Every relative markdown link in README.md and docs/, and every `docs/....md` named in the sources
+    and configs, points to a file that exists (the old README cited docs/readme/monitor.md while it was
+    missing)."""
+    dead = []
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                dead.append(f"{page.relative_to(ROOT)} -> {target}")
+    sources = [*ROOT.glob("dinolite/**/*.py"), *ROOT.glob("dinolite/configs/*.yaml"), *ROOT.glob("eval/*.py"),
+               *ROOT.glob("launch/*.py"), *pages]
+    for path in sources:
+        for target in re.findall(r"(?<![\w/.])(docs/[\w./-]+\.md)", path.read_text()):
+            if not (ROOT / target).exists():
+                dead.append(f"{path.relative_to(ROOT)} names {target}")
+    assert not dead, "dead documentation links:\n" + "\n".join(sorted(set(dead)))

@@ -11,10 +11,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No (complete) checkpoint where one was expected."""
 
 
-class DamagedCheckpointError(CheckpointError):
+class DamagedCheckpointError(CheckpointError, ValueError):
     """A checkpoint's files are unreadable (empty or truncated metadata or shards, a broken state.json or RNG
-    file). Resume falls back to the previous intact checkpoint."""
+    file). Resume falls back to the previous intact checkpoint. Also a ``ValueError`` (bad input): the
+    command-line entry points print it as one ``error:`` line."""
 
 
-class ArchitectureMismatchError(CheckpointError):
+class ArchitectureMismatchError(CheckpointError, ValueError):
     """The checkpoint holds another architecture than the one this run builds (keys or shapes differ)."""

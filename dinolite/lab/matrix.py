@@ -64,6 +64,7 @@ class VerdictRules:
     """Thresholds of the verdict (dinolite/lab/verdict.py explains each); defaults suit any method."""
 
     complete_std_ratio: float = 0.1  # std x sqrt(d) of the L2-normalised embedding below: constant output
+    complete_rankme: float = 1.5  # RankMe below: every output on one line (the watchdog's backbone rule)
     one_prototype_entropy: float = 0.1  # batch-mean teacher entropy / ln K below: one prototype for all
     uniform_entropy: float = 0.98  # per-image teacher entropy / ln K above: a flat output for every image
     dimensional_rank_ratio: float = 0.05  # RankMe / min(N, D) below (and not complete): dimensional
@@ -235,6 +236,7 @@ def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]
         "monitor.action=warn",
         "data.source=[" + ",".join(data) + "]",
         "evaluation.knn_at_end=false",
+        "evaluation.online_every=0",  # the lab measures kNN itself, on the kept checkpoints
     ]
 
 

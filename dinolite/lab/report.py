@@ -67,14 +67,16 @@ def eval_rank_series(result: Optional[dict]) -> Series:
 def collect(plan: LabPlan) -> list[RunReport]:
     """Read every run of the plan back from disk and judge it."""
     results = {run.label: read_result(run.run_dir) for run in plan.runs}
+    traces = {run.label: read_trace(run.run_dir) for run in plan.runs}
     reports = []
     for run in plan.runs:
-        trace = read_trace(run.run_dir)
+        trace = traces[run.label]
         result = results[run.label]
         diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
         reference = run.spec.reference
         verdict = judge(trace, plan.matrix.verdict, diverged_at, eval_rank_series(result),
-                        eval_rank_series(results.get(reference)) if reference else None, reference)
+                        eval_rank_series(results.get(reference)) if reference else None, reference,
+                        traces.get(reference) if reference else None)
         baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
         # the current watchdog rules (the planned config's), which may be newer than the run
         reports.append(RunReport(run, trace, result, verdict, replay_watchdog(run.config, trace), baseline))

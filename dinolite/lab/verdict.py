@@ -6,6 +6,10 @@ The kinds, and the papers whose figures they come from:
   - a constant embedding: the std of the L2-normalised embedding drops to 0 (SimSiam, Chen & He 2021,
     Fig. 2; healthy stays near 1/sqrt(d), i.e. ``std_ratio = std * sqrt(d)`` near 1). Rule:
     ``std_ratio < complete_std_ratio`` on the backbone or the projector channel;
+  - one direction: ``RankMe < complete_rankme`` (1.5, the DINOv2 watchdog's "every CLS feature points the
+    same way") on the backbone or the projector. A projector ending in a BatchNorm without affine
+    (SimSiam's) keeps every output dimension at unit batch variance, so its std cannot fall to 0 even when
+    all outputs lie on one line; its RankMe does fall to ~1;
   - one prototype (DINO without centering, Caron et al. 2021): the batch-mean teacher distribution puts
     all mass on one prototype. Rule: ``teacher_mean_entropy / ln K < one_prototype_entropy``;
   - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
@@ -16,8 +20,9 @@ The kinds, and the papers whose figures they come from:
     absolute floor, low because a small healthy network on a 10-class data set already has a low
     effective rank (the DINO demo's backbone: RankMe ~12 of 96 dimensions);
   - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
-    ``reference`` run, its evaluated backbone's RankMe on the evaluation images is below
-    ``dimensional_reference_fraction`` x the reference's, at the same checkpoints.
+    ``reference`` run, its RankMe is below ``dimensional_reference_fraction`` x the reference's at the
+    same iterations: the evaluated backbone's on the evaluation images (checkpoints), or the backbone's
+    or the projector's in the training traces.
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
 
@@ -90,12 +95,13 @@ def persistent_since(series: Series, condition: Callable[[float], bool], settle_
 
 def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None,
           eval_rank: Optional[Series] = None, reference_rank: Optional[Series] = None,
-          reference: str = "reference") -> Verdict:
+          reference: str = "reference", reference_trace: Optional[RunTrace] = None) -> Verdict:
     """The verdict of one run's traces under ``rules`` (see the module docstring).
 
     ``diverged_at``: the iteration at which training stopped on a non-finite loss (the loop raises
     before logging it, so the trace alone cannot show it). ``eval_rank`` / ``reference_rank``: RankMe of
-    this run's and of its ``reference`` run's evaluated backbone at their checkpoints.
+    this run's and of its ``reference`` run's evaluated backbone at their checkpoints;
+    ``reference_trace``: the reference run's trace (its RankMe per channel, at the same iterations).
     """
     evidence = _evidence(trace)
     if diverged_at is not None:
@@ -113,6 +119,9 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
     for channel in CHANNELS:
         candidates.append((COMPLETE, f"constant {channel} output", trace.channel(channel, "std_ratio"),
                            lambda v: v < rules.complete_std_ratio, f"std x sqrt(d) < {rules.complete_std_ratio:g}"))
+    for channel in CHANNELS:
+        candidates.append((COMPLETE, f"one-direction {channel}", trace.channel(channel, "rankme"),
+                           lambda v: v < rules.complete_rankme, f"RankMe < {rules.complete_rankme:g}"))
     candidates.append((COMPLETE, "one prototype", trace.teacher("teacher_mean_entropy_norm"),
                        lambda v: v < rules.one_prototype_entropy, f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}"))
     candidates.append((COMPLETE, "uniform output", trace.teacher("teacher_entropy_norm"),
@@ -121,13 +130,15 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
         candidates.append((DIMENSIONAL, f"low-rank {channel}", trace.channel(channel, "rankme_ratio"),
                            lambda v: v < rules.dimensional_rank_ratio,
                            f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}"))
+    fraction = rules.dimensional_reference_fraction
     if eval_rank and reference_rank:
-        ref = dict(zip(reference_rank.iterations, reference_rank.values))
-        common = [(it, v / ref[it]) for it, v in zip(eval_rank.iterations, eval_rank.values) if ref.get(it, 0) > 0]
-        ratio = Series([it for it, _ in common], [r for _, r in common])
-        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", ratio,
-                           lambda v: v < rules.dimensional_reference_fraction,
-                           f"eval RankMe < {rules.dimensional_reference_fraction:g} x {reference}'s"))
+        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", _ratio(eval_rank, reference_rank),
+                           lambda v: v < fraction, f"eval RankMe < {fraction:g} x {reference}'s"))
+    if reference_trace is not None:
+        for channel in CHANNELS:
+            ratio = _ratio(trace.channel(channel, "rankme"), reference_trace.channel(channel, "rankme"))
+            candidates.append((DIMENSIONAL, f"fewer {channel} dimensions than {reference}", ratio,
+                               lambda v: v < fraction, f"{channel} RankMe < {fraction:g} x {reference}'s"))
     findings = []
     for kind, mode, series, condition, rule in candidates:
         since = persistent_since(series, condition, rules.settle_fraction)
@@ -137,6 +148,13 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
         if any(f.kind == kind for f in findings):
             return Verdict(kind, findings, evidence)
     return Verdict(HEALTHY, findings, evidence)
+
+
+def _ratio(series: Series, reference: Series) -> Series:
+    """``series / reference`` at the iterations both have (reference values > 0)."""
+    ref = dict(zip(reference.iterations, reference.values))
+    common = [(it, v / ref[it]) for it, v in zip(series.iterations, series.values) if ref.get(it, 0) > 0]
+    return Series([it for it, _ in common], [r for _, r in common])
 
 
 def _evidence(trace: RunTrace) -> dict[str, float]:

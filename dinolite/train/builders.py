@@ -34,6 +34,12 @@ def validate_training_config(cfg: Config) -> None:
             f"evaluation.knn_val={list(knn.knn_val)} are not both set (only data.source=[digits] brings its own); "
             "set both to labelled folders or shards, or evaluation.knn_at_end=false"
         )
+    if knn.online_every > 0 and not (knn.knn_train and knn.knn_val) and list(cfg.data.source) != [DIGITS_SOURCE]:
+        raise ConfigError(
+            f"invalid value for 'evaluation.online_every': {knn.online_every}, but evaluation.knn_train="
+            f"{list(knn.knn_train)} / evaluation.knn_val={list(knn.knn_val)} are not both set (only "
+            "data.source=[digits] brings its own); set both to labelled folders or shards, or evaluation.online_every=0"
+        )
 
 
 def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: Callable[[], None]) -> list[str]:
@@ -103,8 +109,9 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Context
 
 
 def load_pretrained(path: str) -> Any:
-    """Read ``student.pretrained_weights``: a DINOv2 ``.pth`` or a dinolite export (with heads if exported
-    ``--with-heads``). Returns :class:`dinolite.export.load.PretrainedWeights`."""
+    """Read ``student.pretrained_weights``: a DINOv2 ``.pth``, a dinolite export (with heads if exported
+    ``--with-heads``), timm / transformers DINOv2 weights (file or hub folder) or ``hf-hub:ORG/NAME``.
+    Returns :class:`dinolite.export.load.PretrainedWeights`."""
     try:
         return load_exported_weights(path)
     except (OSError, ValueError) as exc:

@@ -12,8 +12,8 @@ tests/train/test_logging.py)::
 - ``iteration`` (int) and ``time`` (float, Unix seconds when the record was written) are always there;
 - training metrics (the log-step window's means, schedule values, throughput) have no prefix;
 - every other group has one: ``grad_norm/``, ``collapse/`` (the monitor), ``eval/`` (online evaluation);
-- counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``collapse/num_samples``) are
-  integers, the rest floats.
+- counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``skipped_steps``,
+  ``collapse/num_samples``) are integers, the rest floats.
 
 TensorBoard receives the same numbers (unprefixed training keys under ``train/``); trackers (wandb,
 MLflow; :mod:`dinolite.train.trackers`) receive each record as it is written.
@@ -42,7 +42,7 @@ from dinolite.train.trackers import Tracker, build_trackers
 
 LOGGER_NAME = "dinolite.train"
 # Metrics that count things: written and shown as integers.
-COUNT_KEYS = frozenset({"images_seen", "skipped_samples", "damaged_shards", "collapse/num_samples"})
+COUNT_KEYS = frozenset({"images_seen", "skipped_samples", "damaged_shards", "skipped_steps", "collapse/num_samples"})
 # Collapse key figures for the console: (metric, label, format); the rest goes to JSONL/TensorBoard only.
 COLLAPSE_CONSOLE = (
     ("collapse/backbone_std_ratio", "std*sqrt(D)", "{:.2f}"),
@@ -86,12 +86,15 @@ def format_duration(seconds: float) -> str:
 
 
 def format_number(value: Any) -> str:
-    """Integers as they are; floats with 3 significant digits (scientific below 1e-3 or from 1e5)."""
+    """Integers as they are; floats with 3 decimals below 1, 2 below 100, none above (scientific below
+    1e-3 and from 1e5), so a column of losses keeps its width from line to line."""
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         return f"{value:.2e}"
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    if abs(value) < 1:
+        return f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def log_due(iteration: int, every: int, last: int) -> bool:
@@ -127,8 +130,8 @@ def train_line(iteration: int, record: Mapping[str, Any], total: int | None, eta
         parts.append(f"skipped {record['skipped_samples']}")
     if record.get("damaged_shards"):
         parts.append(f"damaged shards {record['damaged_shards']}")
-    if record.get("memory_gb"):
-        parts.append(f"mem {record['memory_gb']:.1f} GB")
+    if record.get("skipped_steps"):
+        parts.append(f"overflow steps {record['skipped_steps']}")
     if eta_seconds is not None:
         parts.append(f"eta {format_duration(eta_seconds)}")
     return "  ".join(parts)

@@ -37,11 +37,12 @@ from dinolite.dist import (
     barrier,
     init_distributed,
 )
+from dinolite.eval.online import OnlineEvaluator
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
 from dinolite.train.finite_check import check_finite_parameters
-from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.logging import MetricLogger, get_console_logger, log_due
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
@@ -277,7 +278,9 @@ def train(
         collate_fn=method.build_collate(cfg),
     )
 
-    logger = MetricLogger(output_dir, enabled=is_main, resume_iteration=progress.iteration)
+    logger = MetricLogger.from_config(cfg, output_dir, enabled=is_main, resume_iteration=progress.iteration)
+    online_eval = OnlineEvaluator.from_config(cfg, output_dir)  # None unless evaluation.online_every
+    logger.start(progress.iteration, stop_at)
     logger.info(
         f"training {stop_at} iterations (epoch = {epoch_length} iterations, global batch {global_batch}, "
         f"{env.world_size} process(es) on {device}, precision {precision or torch.float32}) -> {output_dir}"
@@ -308,7 +311,13 @@ def train(
                 logger.log_summary(progress.iteration, collapse_metrics, "collapse")
                 logger.log_histograms(progress.iteration, monitor.last_spectra)
                 watchdog.check(progress.iteration, collapse_metrics)  # may raise CollapseDetected
-            if progress.iteration % cfg.train.log_every == 0 or progress.iteration == stop_at:
+            if online_eval is not None and online_eval.due(progress.iteration):
+                evaluated = getattr(objective, method.eval_network)["backbone"]  # the method's evaluated network
+                eval_metrics = online_eval.evaluate(evaluated, device)
+                logger.log_summary(progress.iteration, eval_metrics, "eval")
+                watchdog.check(progress.iteration, eval_metrics)  # e.g. eval/knn_top1 thresholds
+            logger.step(progress.iteration)
+            if log_due(progress.iteration, cfg.train.log_every, stop_at):
                 last_metrics = window.summary(values, global_batch, device, progress.iteration, epoch_length)
                 if scaler.enabled:  # fp16: the current loss scale and how many steps overflowed so far
                     last_metrics.update(loss_scale=scaler.scale, skipped_steps=float(scaler.skipped_steps))

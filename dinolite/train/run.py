@@ -24,11 +24,12 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.checkpoint import CheckpointError, CheckpointManager
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, to_yaml
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
+from dinolite.extras import MissingExtraError
 from dinolite.train.builders import validate_training_config
 from dinolite.train.finite_check import NonFiniteStateError
 from dinolite.train.logging import get_console_logger
@@ -61,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # Bad input found while training (a data source, a file) is one error: line too, with exit code 1.
-    return run_main(_main, argv, exit_code=EXIT_ERROR)
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,), exit_code=EXIT_ERROR)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from dinolite.checkpoint import CheckpointManager
 from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
 from dinolite.config import ConfigError, load_config, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
     add_slurm_arguments(parser)
     parser.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="training starts at iteration 0 (DINOv2's flag): refused when the output dir already "
+                             "holds checkpoints (a requeued job still resumes from its own)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
     return parser
 
@@ -186,6 +190,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             cfg = load_config(args.config, args.overrides)
             output_dir = Path(args.output_dir or cfg.train.output_dir).expanduser().absolute()
             cfg.train.output_dir = str(output_dir)
+            existing = CheckpointManager(output_dir).latest() if args.no_resume and "%" not in str(output_dir) else None
+            if existing is not None:
+                raise ValueError(f"--no-resume: {output_dir} already holds checkpoints ({existing}); a fresh run "
+                                 "needs another --output-dir (nothing there is overwritten)")
             job_name = args.job_name or f"dinolite-{Path(args.config).stem}"
             resources = resources_from_args(args, own, job_name)
             check_training_fits(cfg, resources)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dinolite.config import Config, to_dict
+from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic
 
 RUN_IDS_FILE = "trackers.json"
@@ -60,7 +61,7 @@ def _remember_run_id(output_dir: Path, name: str, run_id: str) -> None:
 class WandbTracker:
     def __init__(self, cfg: Config, output_dir: Path) -> None:
         # wandb is an optional dependency (the `wandb` extra): imported only when train.loggers asks for it.
-        import wandb
+        wandb = optional_import("wandb", extra="wandb", purpose="train.loggers=[wandb]")
 
         self._wandb = wandb
         run_id = _run_ids(output_dir).get("wandb") or secrets.token_hex(4)  # wandb ids: [a-z0-9]
@@ -80,10 +81,11 @@ class WandbTracker:
 class MlflowTracker:
     def __init__(self, cfg: Config, output_dir: Path) -> None:
         # mlflow is an optional dependency (the `mlflow` extra): imported only when train.loggers asks for it.
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient  # optional dependency, as above
+        entities = optional_import("mlflow.entities", extra="mlflow", purpose="train.loggers=[mlflow]")
+        tracking = optional_import("mlflow.tracking", extra="mlflow", purpose="train.loggers=[mlflow]")
+        MlflowClient = tracking.MlflowClient
 
-        self._metric = Metric
+        self._metric = entities.Metric
         uri = cfg.train.mlflow_tracking_uri or f"sqlite:///{(output_dir / 'mlflow.db').absolute()}"
         self.client = MlflowClient(tracking_uri=uri)
         run_id = _run_ids(output_dir).get("mlflow")

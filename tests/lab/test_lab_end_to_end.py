@@ -63,7 +63,7 @@ def test_tiny_matrix_trains_evaluates_and_reports(lab):
         assert all(s["num_samples"] == 256 and len(s["eigenvalues"]) == 32 for s in result["spectra"])
         trace = read_trace(out / label)
         assert trace.channel("backbone", "std_ratio").iterations == [2, 4, 6]
-        assert trace.loss().iterations == [2, 4, 6]
+        assert trace.loss().iterations == [1, 2, 4, 6]  # iteration 1 is always logged
     baseline = json.loads(next((out / "baselines").glob("random_init_*.json")).read_text())
     assert baseline["spectrum"]["iteration"] == 0 and "knn" in baseline and "linear" in baseline
 

@@ -74,6 +74,19 @@ def test_simsiam_without_stopgrad_std_to_zero_is_complete_collapse_from_when_it_
     assert verdict.reproduces(COMPLETE)
 
 
+def test_outputs_on_one_line_are_complete_collapse_even_when_batchnorm_keeps_the_std_up():
+    # SimSiam without stop-gradient: a projector ending in BatchNorm (no affine) keeps std x sqrt(d) ~0.5-1,
+    # but every output lies on one line (RankMe -> 1)
+    rank = [20.0, 6.0] + [1.2] * 18
+    series = healthy_series() | {"collapse__head_std_ratio": flat(0.6), "collapse__head_rankme": rank,
+                                 "collapse__head_rankme_ratio": [r / 32 for r in rank]}
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "one-direction projector" and verdict.since == 30
+    rank = [20.0, 6.0] + [2.4] * 18  # two directions (0.075 of 32): neither complete nor below the 0.05 floor
+    series |= {"collapse__head_rankme": rank, "collapse__head_rankme_ratio": [r / 32 for r in rank]}
+    assert judge(trace_of(**series), RULES).kind == HEALTHY
+
+
 def test_one_prototype_from_teacher_mean_entropy():
     mean_entropy = [0.6, 0.3, 0.05] + [1e-6] * (len(ITERS) - 3)
     series = healthy_series() | {"collapse__teacher_mean_entropy_norm": mean_entropy,
@@ -109,6 +122,14 @@ def test_dimensional_collapse_relative_to_a_reference_run():
                     reference="simclr")
     assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer dimensions than simclr" and verdict.since == 100
     assert "eval RankMe < 0.5 x simclr's" in verdict.findings[0].describe()
+    # the same comparison on a channel of the training traces (Barlow Twins with lambda = 0: its projector)
+    rank = {"collapse__head_rankme": [15.0] * 4 + [3.0] * 16}
+    reference_trace = trace_of(**healthy_series() | {"collapse__head_rankme": flat(12.0)})
+    verdict = judge(trace_of(**healthy_series() | rank), RULES, reference="barlow-twins", reference_trace=reference_trace)
+    assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer projector dimensions than barlow-twins"
+    assert verdict.since == 50
+    assert judge(trace_of(**healthy_series() | {"collapse__head_rankme": flat(9.0)}), RULES,
+                 reference_trace=reference_trace).kind == HEALTHY
     similar = Series(checkpoints, [9.0, 18.0, 20.0, 22.0])
     assert judge(trace_of(**healthy_series()), RULES, eval_rank=similar, reference_rank=reference).kind == HEALTHY
 

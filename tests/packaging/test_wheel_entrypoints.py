@@ -165,6 +165,8 @@ def _forward_macs_of_a_linear_layer():
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
         ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
         ("huggingface_hub", "hub", lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b")),
+        ("wandb", "wandb", lambda: importlib.import_module("dinolite.train.trackers").WandbTracker(None, Path("."))),
+        ("mlflow", "mlflow", lambda: importlib.import_module("dinolite.train.trackers").MlflowTracker(None, Path("."))),
     ],
 )
 def test_missing_optional_dependency_names_its_extra(module, extra, importer, monkeypatch):

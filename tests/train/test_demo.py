@@ -39,6 +39,9 @@ def test_demo_beats_random_init_and_does_not_collapse(tmp_path: Path):
     assert last_train["iteration"] == cfg.train.max_iterations == 150
     uniform = math.log(cfg.dino.head_n_prototypes)
     assert last_train["dino_loss"] < 0.8 * uniform, (last_train["dino_loss"], uniform)
+    online = [r for r in records if "eval/knn_top1" in r]  # the demo evaluates online every 100 iterations
+    assert [r["iteration"] for r in online] == [100]
+    assert online[0]["eval/knn_top1"] > knn["random_init/cls"], (online, knn)
     last_collapse = [r for r in records if "collapse/teacher_mean_entropy_norm" in r][-1]
     # uniform head: every sample's and the batch-mean teacher distribution have entropy ln(K) (norm 1)
     assert last_collapse["collapse/teacher_mean_entropy_norm"] < 0.95, last_collapse

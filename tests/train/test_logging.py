@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from dinolite.train.logging import MetricLogger, get_console_logger, log_due
 from dinolite.train.trackers import RUN_IDS_FILE, build_trackers
 
 TRAIN = {
-    "loss": torch.tensor(9.125), "dino_loss": 3.5, "ibot_loss": 5.625, "koleo_loss": -0.0125, "lr": 1e-3,
+    "loss": torch.tensor(9.125), "dino_loss": 3.5, "ibot_loss": 5.625, "koleo_loss": -0.0124, "lr": 1e-3,
     "wd": 0.04, "momentum": 0.98, "teacher_temp": 0.02, "last_layer_lr": 0.0, "images_per_s": 312.4,
     "data_wait": 0.05, "memory_gb": 0.0, "images_seen": 1920.0, "skipped_samples": 0.0, "epoch": 1.0,
     "grad_norm/backbone": 1.25,
@@ -71,7 +72,7 @@ def test_console_is_one_compact_line_per_log_step_and_key_figures_per_group(tmp_
         "it 30 collapse: rankme 21.4 (33% of max)  std*sqrt(D) 0.49  teacher H/lnK 0.29  batch H/lnK 0.95  KL 0.470"
     )
     assert evaluation == "it 30 eval: knn top-1 61.2%  linear top-1 70.5%"
-    assert train == "it 30/300  loss 9.12 (dino 3.5 ibot 5.62 koleo -0.0125)  lr 1.0e-03  312 img/s  eta 1:02:05"
+    assert train == "it 30/300  loss 9.12 (dino 3.50 ibot 5.62 koleo -0.012)  lr 1.0e-03  312 img/s  eta 1:02:05"
     assert all(len(line) <= 120 for line in lines)  # fits a terminal line
 
 
@@ -80,7 +81,7 @@ def test_console_shows_counts_as_integers_and_problems_only_when_present(tmp_pat
     with _logger(tmp_path / "run", stream) as log:
         log.log(60, {**TRAIN, "skipped_samples": 3.0, "data_wait": 0.45, "memory_gb": 11.25})
     line = stream.getvalue()
-    assert "skipped 3 " in line and "data wait 45%" in line and "mem 11.2 GB" in line
+    assert "skipped 3\n" in line and "data wait 45%" in line and "GB" not in line  # memory: JSONL only
 
 
 def test_first_iteration_and_the_last_are_always_logged():
@@ -119,7 +120,12 @@ def test_wandb_offline_receives_every_record(tmp_path, monkeypatch):
         log.log_summary(2, {"eval/knn_top1": 55.0}, "eval")
         log.log(2, {"loss": 2.0})
     run_id = json.loads((tmp_path / RUN_IDS_FILE).read_text())["wandb"]
-    history = [json.loads(line) for line in _wandb_history(tmp_path, run_id)]
+    # wandb's service process writes the log; under load its last records land just after finish().
+    for _ in range(60):
+        history = [json.loads(line) for line in _wandb_history(tmp_path, run_id)]
+        if len(history) >= 2:
+            break
+        time.sleep(0.5)
     assert [(h["_step"], h.get("train/loss"), h.get("eval/knn_top1")) for h in history] == [(1, 3.0, None), (2, 2.0, 55.0)]
 
 

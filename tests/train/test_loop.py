@@ -89,12 +89,12 @@ def test_run_logs_saves_config_and_checkpoints(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "iter_00000008"
     assert list((tmp_path / "tensorboard").iterdir())
     train_records = [r for r in records(tmp_path) if "loss" in r]
-    assert [r["iteration"] for r in train_records] == [2, 4, 6, 8]
+    assert [r["iteration"] for r in train_records] == [1, 2, 4, 6, 8]  # iteration 1: a broken run shows at once
     first = train_records[0]
     for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp",
                 "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples", "epoch"):
         assert key in first, key
-    assert first["skipped_samples"] == 1 and first["images_seen"] == 8
+    assert first["skipped_samples"] == 1 and first["images_seen"] == 4  # iteration 1 of batch 4
     assert first["loss"] == pytest.approx(first["dino_loss"] + first["ibot_loss"] + first["koleo_loss"], rel=1e-5)
     assert 0.0 <= first["data_wait"] <= 1.0
     collapse = [r for r in records(tmp_path) if any(k.startswith("collapse/") for k in r)]
@@ -135,7 +135,7 @@ def test_resume_continues_iteration_count_and_schedules(tmp_path):
     second = train(tiny_config(split))
     assert second.status == "finished" and second.iteration == 8
     split_iters = [r["iteration"] for r in records(split) if "loss" in r]
-    assert split_iters == [2, 4, 5, 6, 8]  # 5: the end of the shortened run; no restart from 0
+    assert split_iters == [1, 2, 4, 5, 6, 8]  # 5: the end of the shortened run; no restart from 0
     a = {r["iteration"]: r for r in records(straight) if "loss" in r}
     b = {r["iteration"]: r for r in records(split) if "loss" in r}
     for key in ("lr", "wd", "momentum", "teacher_temp", "images_seen"):

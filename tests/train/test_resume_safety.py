@@ -20,6 +20,7 @@ from dinolite.checkpoint import (
     load_consolidated_state_dict,
     manager,
 )
+from dinolite.export.__main__ import main as export_main
 from dinolite.train import builders
 from dinolite.train.logging import LOGGER_NAME
 from dinolite.train.loop import train
@@ -105,12 +106,16 @@ def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path):
     assert "iter_00000002/.metadata" in str(info.value) and "iter_00000004/.metadata" in str(info.value)
 
 
-def test_consolidation_of_a_truncated_shard_names_the_file(tmp_path):
+def test_consolidation_of_a_truncated_shard_names_the_file(tmp_path, capsys):
     train(tiny_config(tmp_path, *BASE, "train.max_iterations=2"))
     shard = _shard(tmp_path / "checkpoints" / "iter_00000002")
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(DamagedCheckpointError, match=f"{shard}: truncated"):
         load_consolidated_state_dict(tmp_path)
+    capsys.readouterr()
+    assert export_main(["--checkpoint", str(tmp_path), "--output", str(tmp_path / "b.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{shard}: truncated" in err and err.count("\n") == 1
 
 
 def test_full_disk_cleans_the_temp_folder_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
