@@ -399,10 +399,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 **memory,
                 "flops_per_image": flops["flops_per_image"],
                 "flops_per_step_per_device": flops["flops_per_image"] * batch_size,
-                "masked_patches_per_global_crop_nominal": flops["masked_patches_per_global_crop"],
+                # iBOT's masked patches (None for a method without masks)
+                "masked_patches_per_global_crop_nominal": flops.get("masked_patches_per_global_crop"),
                 "masked_patches_per_global_crop_measured": statistics.mean(
                     int(b["n_masked_patches"].item()) / (2 * batch_size) for b in batches
-                ),
+                )
+                if "n_masked_patches" in batches[0]
+                else None,
                 "achieved_tflops_per_device": achieved_tflops,
                 "matmul_roofline": roofline,
                 "mfu_vs_matmul_roofline": achieved_tflops / roofline["median_tflops"],

@@ -60,7 +60,7 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "launch/local.py": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
         "launch/slurm.py": (["--entry", "eval/knn.py", "--dry-run", "--", "--backbone", missing],
                             "arguments after `--` for"),
-        "launch/lab.py": (["--matrix", missing], "matrix file not found"),
+        "launch/lab.py": (["--matrix", missing], "unknown matrix"),
         "dinolite.export": (["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")], "no complete checkpoint"),
         "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
         "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),

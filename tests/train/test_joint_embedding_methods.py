@@ -182,3 +182,14 @@ def test_training_flops_count_backbone_and_heads():
     g, h = flops["flops_global_crop"] / 2, flops["flops_heads_per_view"] / 2
     assert flops["flops_student_per_image"] == 2 * 3 * 2 * (g + h)
     assert flops["flops_teacher_per_image"] < 2 * 2 * (g + h) and flops["flops_teacher_per_image"] > 2 * 2 * g
+
+
+@pytest.mark.parametrize("method", ["simclr", "barlow_twins", "simsiam", "byol", "directclr"])
+def test_presets_load_and_name_their_method(method):
+    for preset in (f"demo_{method}", f"vitb16_{method}"):
+        cfg = load_config(preset)
+        assert cfg.train.method == method
+    vit = load_config(f"vitb16_{method}")
+    # MoCo v3's ViT recipe: AdamW lr 1.5e-4 per 256 images, frozen random patch projection, batch 4096
+    assert vit.optim.base_lr == pytest.approx(6e-4) and vit.optim.scaling_rule == "linear_wrt_1024"
+    assert vit.optim.patch_embed_lr_mult == 0.0 and vit.train.batch_size_per_gpu * 32 == 4096

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from dinolite.config import ConfigError, load_config
+from dinolite.monitor.collapse import metric_names
+from dinolite.monitor.watchdog import Watchdog
 from dinolite.train.methods import get_method
 from dinolite.train.methods.ijepa import IJEPAObjective
 from dinolite.train.methods.msn import MSNObjective
@@ -103,3 +105,20 @@ def test_bad_method_settings_name_their_section():
         get_method("simmim").build_collate(load_config("demo_simmim", ["simmim.mask_patch_size=6"]))
     with pytest.raises(ConfigError, match="msn.mask_ratio"):
         get_method("msn").build_collate(load_config("demo_msn", ["msn.mask_ratio=1.0"]))
+
+
+@pytest.mark.parametrize("run, flagged", [
+    # (batch-mean entropy / ln K, per-sample entropy / ln K) at iterations 30..120 of the digits demo runs
+    # recorded in docs/methods_masked.md
+    ({"mean": [0.39, 0.32, 0.32, 0.32], "per_sample": [0.11, 0.09, 0.06, 0.04]}, None),
+    ({"mean": [0.34, 0.22, 0.19, 0.17], "per_sample": [0.08, 0.05, 0.03, 0.03]}, "collapse/teacher_mean_entropy_norm"),
+    ({"mean": [0.99, 1.00, 1.00, 1.00], "per_sample": [0.93, 0.98, 0.98, 0.99]}, "collapse/teacher_entropy_norm"),
+])
+def test_msn_watchdog_rules_separate_the_measured_healthy_and_collapsed_runs(run, flagged):
+    spec = get_method("msn")
+    watchdog = Watchdog(list(spec.watchdog_thresholds), action="warn", known_metrics=metric_names(spec.monitor_embeddings))
+    fired = set()
+    for i, (mean, per_sample) in enumerate(zip(run["mean"], run["per_sample"])):
+        metrics = {"collapse/teacher_mean_entropy_norm": mean, "collapse/teacher_entropy_norm": per_sample}
+        fired |= {alert.metric for alert in watchdog.check(30 * (i + 1), metrics)}
+    assert fired == ({flagged} if flagged else set())
