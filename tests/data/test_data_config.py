@@ -50,5 +50,5 @@ def test_builders_pass_the_data_keys_to_the_loader(monkeypatch):
     monkeypatch.setattr(builders, "build_train_loader", fake_loader)
     cfg = load_config("demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77",
                                "data.max_image_pixels=1234"])
-    builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0)
+    builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0, transform=None, collate_fn=None)
     assert (seen["max_skip_fraction"], seen["skip_window"], seen["max_image_pixels"]) == (0.2, 77, 1234)

@@ -504,8 +504,13 @@ def test_build_backbone_from_student_config_maps_keys():
     assert [b.sample_drop_ratio for b in model.blocks] == [0.4, 0.4]  # drop_path_uniform: true
 
 
-def test_build_backbone_rejects_bad_config():
-    cfg = load_config("demo", ["student.embed_dim=100"])
+def test_bad_head_split_is_refused_at_load_and_at_build():
+    # The config refuses it at start-up, naming the key ...
+    with pytest.raises(ValueError, match="'student.embed_dim': 100; must be a multiple of student.num_heads=3"):
+        load_config("demo", ["student.embed_dim=100"])
+    # ... and the builder still refuses a config changed in code after validation.
+    cfg = load_config("demo")
+    cfg.student.embed_dim = 100
     with pytest.raises(ValueError, match="student.embed_dim=100 is not divisible by student.num_heads=3"):
         build_backbone(cfg)
 
