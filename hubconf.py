@@ -31,10 +31,18 @@ def backbone(path: str, map_location: str = "cpu"):
 def _dinov2_spec(arch: str, registers: int) -> BackboneSpec:
     dims = ARCHITECTURES[arch]
     return BackboneSpec(
-        arch=arch, embed_dim=dims["embed_dim"], depth=dims["depth"], num_heads=dims["num_heads"], patch_size=14,
-        img_size=_DINOV2_IMG_SIZE, num_register_tokens=registers,
-        ffn_layer="swiglu" if arch == "vit_giant2" else "mlp", layerscale=1.0e-5,
-        interpolate_antialias=registers > 0, interpolate_offset=0.0 if registers else 0.1, source="dinov2",
+        arch=arch,
+        embed_dim=dims["embed_dim"],
+        depth=dims["depth"],
+        num_heads=dims["num_heads"],
+        patch_size=14,
+        img_size=_DINOV2_IMG_SIZE,
+        num_register_tokens=registers,
+        ffn_layer="swiglu" if arch == "vit_giant2" else "mlp",
+        layerscale=1.0e-5,
+        interpolate_antialias=registers > 0,
+        interpolate_offset=0.0 if registers else 0.1,
+        source="dinov2",
     )
 
 

@@ -110,8 +110,12 @@ def backend_function(
     if name == "sdpa":
         return F.scaled_dot_product_attention, ""
     if name.startswith("sdpa_"):
-        kernel = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
-                  "math": "MATH"}[name[len("sdpa_"):]]
+        kernel = {
+            "flash": "FLASH_ATTENTION",
+            "efficient": "EFFICIENT_ATTENTION",
+            "cudnn": "CUDNN_ATTENTION",
+            "math": "MATH",
+        }[name[len("sdpa_") :]]
         try:
             from torch.nn.attention import SDPBackend  # noqa: F401
         except ImportError:
@@ -284,8 +288,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
-    header = (f"{'model':<10} {'res':<7} {'T':>5} {'backend':<15} {'fwd ms':>9} {'fwd+bwd ms':>11} "
-              f"{'fwd x':>7} {'f+b x':>7} {'max|diff|':>10} agrees")
+    header = (
+        f"{'model':<10} {'res':<7} {'T':>5} {'backend':<15} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+        f"{'fwd x':>7} {'f+b x':>7} {'max|diff|':>10} agrees"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lead = f"{r['model']:<10} {r['resolution']:<7} {r['tokens']:>5} {r['backend']:<15}"
@@ -323,7 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__,
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu",
             "xformers_installed": importlib.util.find_spec("xformers") is not None,
         },
         "dtype": str(dtype).replace("torch.", ""),

@@ -45,8 +45,12 @@ def pil_reference() -> callable:
     colour = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)])
 
     def geometry(size: int, scale: tuple[float, float]) -> T.Compose:
-        return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
-                          T.RandomHorizontalFlip()])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+                T.RandomHorizontalFlip(),
+            ]
+        )
 
     def blur(p: float) -> T.RandomApply:
         return T.RandomApply([T.GaussianBlur(9, sigma=(0.1, 2.0))], p=p)

@@ -73,12 +73,16 @@ def main() -> None:
     for name, images in (("JPEG 500x375", jpegs), ("PNG 500x375", pngs)):
         # The checks are timed on their own (many calls, best of repeats): an end-to-end difference of
         # two ~ms decodes is buried in the noise of a shared machine.
-        check = best_per_image(lambda data: check_pixel_limit(data, DEFAULT_MAX_IMAGE_PIXELS), images * 50, args.repeats)
+        check = best_per_image(
+            lambda data: check_pixel_limit(data, DEFAULT_MAX_IMAGE_PIXELS), images * 50, args.repeats
+        )
         decoded = [tv_only(data) for data in images]
         convert = best_per_image(_rgb_from_decoded, decoded * 50, args.repeats)
         plain = best_per_image(tv_only, images, args.repeats)
-        print(f"| {name} | {check * 1e6:.1f} | {convert * 1e6:.1f} | {plain * 1e6:.0f} | "
-              f"{(check + convert) / plain * 100:.2f}% |")
+        print(
+            f"| {name} | {check * 1e6:.1f} | {convert * 1e6:.1f} | {plain * 1e6:.0f} | "
+            f"{(check + convert) / plain * 100:.2f}% |"
+        )
     bomb = bomb_png()
     refused = best_per_image(refuse, [bomb], args.repeats)
     print(f"\nbomb: {len(bomb):,} bytes, 20000x20000 px (1.2 GB as RGB uint8) refused in {refused * 1e6:.1f} us")

@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor-depth", type=int, default=6)
     parser.add_argument("--predictor-dim", type=int, default=384)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -87,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     encoder = vision_transformer.FACTORIES[args.arch](patch_size=args.patch_size, img_size=args.img_size).to(device)
     grid = args.img_size // args.patch_size
-    predictor = IJEPAPredictor(grid, encoder.embed_dim, args.predictor_dim, args.predictor_depth,
-                               num_heads=max(1, args.predictor_dim // 64)).to(device)
+    predictor = IJEPAPredictor(
+        grid, encoder.embed_dim, args.predictor_dim, args.predictor_depth, num_heads=max(1, args.predictor_dim // 64)
+    ).to(device)
     masks = MultiBlockMaskGenerator(grid, min_keep=10)
     context_idx, target_idx = (t.to(device) for t in masks(args.batch_size, torch.Generator().manual_seed(args.seed)))
     images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
@@ -125,10 +130,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     flop_ratio = transformer_macs(1 + n_context, dim, depth) / transformer_macs(1 + n_patches, dim, depth)
     record = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": platform.platform(), "device": str(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "arch": args.arch, "img_size": args.img_size,
-        "batch_size": args.batch_size, "bf16": use_bf16, "predictor": [args.predictor_depth, args.predictor_dim],
-        "context_patches": n_context, "patches": n_patches, "targets": list(target_idx.shape[1:]),
+        "machine": platform.platform(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "arch": args.arch,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "bf16": use_bf16,
+        "predictor": [args.predictor_depth, args.predictor_dim],
+        "context_patches": n_context,
+        "patches": n_patches,
+        "targets": list(target_idx.shape[1:]),
         "seconds": results,
         "step_speedup": results["full_then_select"] / results["visible"],
         "encoder_speedup": results["encoder_only_full"] / results["encoder_only_visible"],
@@ -137,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.arch} {args.img_size}px batch {args.batch_size} on {device}: context {n_context}/{n_patches} patches")
     for name, seconds in results.items():
         print(f"  {name:<22s} {seconds * 1000:9.1f} ms")
-    print(f"  step speed-up (full -> visible): {record['step_speedup']:.2f}x; encoder alone "
-          f"{record['encoder_speedup']:.2f}x (block FLOPs ratio {flop_ratio:.2f})")
+    print(
+        f"  step speed-up (full -> visible): {record['step_speedup']:.2f}x; encoder alone "
+        f"{record['encoder_speedup']:.2f}x (block FLOPs ratio {flop_ratio:.2f})"
+    )
     if args.output:
         write_json_atomic(args.output, record)
     return 0

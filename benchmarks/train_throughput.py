@@ -74,7 +74,14 @@ DATASHEET_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 )
 
 QUICK_DEFAULTS = {"iterations": 3, "warmup": 1, "batch_size": 4, "depth": 2, "matmul_size": 512, "distinct_batches": 2}
-FULL_DEFAULTS = {"iterations": 20, "warmup": 3, "batch_size": None, "depth": None, "matmul_size": None, "distinct_batches": 4}
+FULL_DEFAULTS = {
+    "iterations": 20,
+    "warmup": 3,
+    "batch_size": None,
+    "depth": None,
+    "matmul_size": None,
+    "distinct_batches": 4,
+}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -85,23 +92,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", default="demo", help="preset name in configs/ or a .yaml path")
     parser.add_argument("--batch-size", type=int, help="images per device (default: train.batch_size_per_gpu)")
     parser.add_argument("--iterations", type=int, help="timed steps (default 20; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps first, compilation included (default 3; 1 with --quick)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
-        "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
         help="as train.compute_precision: auto = bf16 autocast on CUDA, fp32 on CPU",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile each block (CUDA; eager elsewhere)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
     parser.add_argument(
-        "--sharding-strategy", choices=("full_shard", "shard_grad_op", "no_shard"),
+        "--sharding-strategy",
+        choices=("full_shard", "shard_grad_op", "no_shard"),
         help="FSDP2 strategy under torchrun (default: distributed.sharding_strategy of the config)",
     )
     parser.add_argument("--depth", type=int, help="shallow stand-in: this many blocks (FLOPs counted for it)")
     parser.add_argument("--peak-tflops", type=float, help="datasheet peak of one device for the MFU (TFLOP/s)")
     parser.add_argument("--matmul-size", type=int, help="n of the n x n roofline matmul (default 8192 CUDA, 1024 CPU)")
     parser.add_argument(
-        "--threads", type=int,
+        "--threads",
+        type=int,
         help="torch.set_num_threads for CPU runs (default: torch's choice; 1 is faster on an oversubscribed host)",
     )
     parser.add_argument("--distinct-batches", type=int, help="pre-built batches cycled through (default 4)")
@@ -158,7 +171,9 @@ def synthetic_batches(cfg: Config, count: int, device: torch.device, seed: int) 
     batches = []
     for _ in range(count):
         samples = [
-            transform(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator), generator=generator)
+            transform(
+                torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator), generator=generator
+            )
             for _ in range(cfg.train.batch_size_per_gpu)
         ]
         batch = collate(samples, generator=generator)
@@ -249,8 +264,14 @@ class TrainingStep:
 
     def __call__(self, batch: dict[str, Any], iteration: int) -> float:
         result = run_training_step(
-            self.objective, self.optimizer, self.schedules, batch, iteration, self.clip_grad,
-            self.autocast_dtype, self.device,
+            self.objective,
+            self.optimizer,
+            self.schedules,
+            batch,
+            iteration,
+            self.clip_grad,
+            self.autocast_dtype,
+            self.device,
         )
         return float(result.output.loss.detach())  # also the trainer's per-step host sync
 
@@ -373,7 +394,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_size_per_device": batch_size,
                 "global_batch_size": global_batch,
                 "precision": str(autocast_dtype or torch.float32).replace("torch.", ""),
-                "sharding": None if plan is None else {
+                "sharding": None
+                if plan is None
+                else {
                     "strategy": plan.strategy,
                     "fsdp": plan.use_fsdp,
                     "fsdp_mixed_precision": plan.mixed_precision,
@@ -442,9 +465,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"  matmul roofline   {r['matmul_roofline']['median_tflops']:10.4f} TFLOP/s "
         f"({r['matmul_roofline']['dtype']} {r['matmul_roofline']['size']}^3, measured here)"
         f" -> MFU {100 * r['mfu_vs_matmul_roofline']:.1f}%",
-        f"  datasheet peak    "
-        + (f"{peak:10.1f} TFLOP/s ({r['datasheet_peak_source']}) -> MFU {100 * r['mfu_vs_datasheet']:.1f}%"
-           if peak is not None else f"{'n/a':>10} ({r['datasheet_peak_source']})"),
+        "  datasheet peak    "
+        + (
+            f"{peak:10.1f} TFLOP/s ({r['datasheet_peak_source']}) -> MFU {100 * r['mfu_vs_datasheet']:.1f}%"
+            if peak is not None
+            else f"{'n/a':>10} ({r['datasheet_peak_source']})"
+        ),
     ]
     if sharding.get("notes"):
         lines.append("  notes: " + "; ".join(sharding["notes"]))

@@ -66,8 +66,12 @@ def format_error(exc: BaseException) -> str:
     return f"error: {message or type(exc).__name__}"
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-             errors: tuple[type[BaseException], ...] = INPUT_ERRORS, exit_code: int = EXIT_USAGE) -> int:
+def run_main(
+    main: Callable[[Sequence[str] | None], int],
+    argv: Sequence[str] | None = None,
+    errors: tuple[type[BaseException], ...] = INPUT_ERRORS,
+    exit_code: int = EXIT_USAGE,
+) -> int:
     """Call ``main(argv)``; an input error becomes one ``error:`` line on stderr and ``exit_code``."""
     try:
         return main(argv)

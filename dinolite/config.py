@@ -164,7 +164,9 @@ class TrainConfig:
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
     centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
     compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (+ loss scaling) | fp32
-    grad_scaler: bool = True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
+    grad_scaler: bool = (
+        True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
+    )
     log_every: int = 10
     checkpoint_every: int = 1250
     keep_last_checkpoints: int = 3
@@ -507,9 +509,13 @@ def _parse_override(item: str) -> DictConfig:
     except Exception as exc:  # yaml's ParserError/ScannerError are not OmegaConf errors
         text = value.strip()
         if is_list and text.startswith("[") and text.endswith("]"):  # [/d/shard-{000000..001281}.tar]
-            return OmegaConf.from_dotlist([]) if not text[1:-1].strip() else _list_override(key, _split_list(text[1:-1]))
+            return (
+                OmegaConf.from_dotlist([]) if not text[1:-1].strip() else _list_override(key, _split_list(text[1:-1]))
+            )
         reason = " ".join(str(exc).split())
-        raise ConfigError(f"cannot parse override {item!r}: {reason}; quote the value if it is meant as a string") from None
+        raise ConfigError(
+            f"cannot parse override {item!r}: {reason}; quote the value if it is meant as a string"
+        ) from None
     if is_list and isinstance(OmegaConf.select(node, key), str):  # data.source=/d/shard-{0..9}.tar
         return _list_override(key, [OmegaConf.select(node, key)])
     return node
@@ -698,7 +704,9 @@ def _validate_ranges(cfg: Config) -> None:
         ok_low = value >= low if low_in else value > low
         ok_high = value <= high if high_in else value < high
         if not (ok_low and ok_high and math.isfinite(value)):
-            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}")
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}"
+            )
     for dotted in ARCH_OVERRIDES:
         value = get_by_path(cfg, dotted)
         if value is not None and value < 1:

@@ -89,39 +89,43 @@ def _model_weights(value: Any, key: str) -> None:
 _MODULES = "compute_precision.*.*."
 ALIASES: dict[str, Alias] = {
     # train
-    "train.OFFICIAL_EPOCH_LENGTH": Alias("train.iterations_per_epoch", "iterations per 'epoch' (schedules count in them)"),
+    "train.OFFICIAL_EPOCH_LENGTH": Alias(
+        "train.iterations_per_epoch", "iterations per 'epoch' (schedules count in them)"
+    ),
     "train.num_workers": Alias("data.num_workers", "data loading processes per GPU"),
     "train.dataset_path": Alias(
         "data.source", "the training images: ImageNet:split=S:root=R becomes the image folder R/<s>", _dataset_path
     ),
     "train.saveckp_freq": Alias(
-        None, "DINOv2's trainer does not read it (it checkpoints every 3 epochs); dinolite checkpoints every "
-        "train.checkpoint_every iterations"
+        None,
+        "DINOv2's trainer does not read it (it checkpoints every 3 epochs); dinolite checkpoints every "
+        "train.checkpoint_every iterations",
     ),
     "train.cache_dataset": Alias(None, "DINOv2's dataset-metadata cache; dinolite streams shards or folders"),
     # student / optim
     "student.block_chunks": Alias(
         None, "FSDP1 wrapping granularity in DINOv2; dinolite's FSDP2 shards every block (same computation)"
     ),
-    "optim.lr": Alias(
-        None, "overwritten at start in DINOv2 too; the lr is optim.base_lr scaled by optim.scaling_rule"
-    ),
+    "optim.lr": Alias(None, "overwritten at start in DINOv2 too; the lr is optim.base_lr scaled by optim.scaling_rule"),
     # MODEL / evaluation
     "MODEL.WEIGHTS": Alias(None, "a training checkpoint to restore (empty: none)", _model_weights),
     "evaluation.eval_period_iterations": Alias(
-        None, "DINOv2 saves a teacher for evaluation every N iterations; dinolite evaluates any checkpoint "
-        "(dinolite-knn --backbone RUN_DIR)"
+        None,
+        "DINOv2 saves a teacher for evaluation every N iterations; dinolite evaluates any checkpoint "
+        "(dinolite-knn --backbone RUN_DIR)",
     ),
     # compute_precision: one policy per module in DINOv2, one for the model in dinolite
     "compute_precision.grad_scaler": Alias(
         "train.grad_scaler", "a gradient scaler for fp16 (dinolite uses one whenever the precision is fp16)"
     ),
     _MODULES + "sharding_strategy": Alias(
-        "distributed.sharding_strategy", "FSDP sharding (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD); the same for "
-        "every module in dinolite", _sharding
+        "distributed.sharding_strategy",
+        "FSDP sharding (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD); the same for every module in dinolite",
+        _sharding,
     ),
     _MODULES + "mixed_precision.param_dtype": Alias(
-        "train.compute_precision", "the compute dtype (fp16 / bf16 / fp32); the same for every module in dinolite",
+        "train.compute_precision",
+        "the compute dtype (fp16 / bf16 / fp32); the same for every module in dinolite",
         _precision,
     ),
     _MODULES + "mixed_precision.reduce_dtype": Alias(
@@ -172,8 +176,11 @@ def translate(node: DictConfig, source: str) -> DictConfig:
             except AliasError as exc:
                 raise AliasError(f"{source}: {exc}") from None
             if alias.ours is None:
-                warnings.warn(f"{source}: DINOv2 key {key} has no effect in dinolite: {alias.meaning}",
-                              DINOv2KeyNotice, stacklevel=4)
+                warnings.warn(
+                    f"{source}: DINOv2 key {key} has no effect in dinolite: {alias.meaning}",
+                    DINOv2KeyNotice,
+                    stacklevel=4,
+                )
                 continue
             target = alias.ours
         if target in out and out[target] != new:

@@ -29,6 +29,12 @@ def progress_bar(
     """A ``tqdm`` bar over ``iterable`` (or a manual one, updated with ``.update(n)``) with ``total``;
     disabled unless ``enabled`` and stderr is a terminal (then it is a transparent pass-through)."""
     return tqdm(
-        iterable, total=total, desc=desc, unit=unit, disable=not (enabled and interactive()),
-        dynamic_ncols=True, leave=False, file=sys.stderr,
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not (enabled and interactive()),
+        dynamic_ncols=True,
+        leave=False,
+        file=sys.stderr,
     )

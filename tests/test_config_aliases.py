@@ -34,8 +34,17 @@ def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DINOv2KeyNotice)
-        code = main(["--config-file", str(FIXTURES / "vitl16_short.yaml"), "--no-resume", "--dry-run",
-                     "--output-dir", str(tmp_path / "run"), "train.OFFICIAL_EPOCH_LENGTH=10"])
+        code = main(
+            [
+                "--config-file",
+                str(FIXTURES / "vitl16_short.yaml"),
+                "--no-resume",
+                "--dry-run",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "train.OFFICIAL_EPOCH_LENGTH=10",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 0 and "# dry run: nothing trained" in out
     resolved = yaml.safe_load(out.split("\n", 1)[1].split("# dry run")[0])
@@ -64,8 +73,15 @@ def test_every_key_of_dinov2_default_config_is_read():
     assert cfg.data.source == ["ImageNet:split=TRAIN"]
     # the keys accepted without effect each say so, with the reason
     said = " ".join(str(w.message) for w in notices)
-    for key in ("train.saveckp_freq", "train.cache_dataset", "student.block_chunks", "optim.lr", "MODEL.WEIGHTS",
-                "evaluation.eval_period_iterations", "compute_precision.student.dino_head.mixed_precision.reduce_dtype"):
+    for key in (
+        "train.saveckp_freq",
+        "train.cache_dataset",
+        "student.block_chunks",
+        "optim.lr",
+        "MODEL.WEIGHTS",
+        "evaluation.eval_period_iterations",
+        "compute_precision.student.dino_head.mixed_precision.reduce_dtype",
+    ):
         assert key in said
 
 
@@ -147,11 +163,29 @@ def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DINOv2KeyNotice)
-        code = main(["--config-file", str(FIXTURES / "vitl16_short.yaml"), "--nodes", "2", "--ngpus", "4",
-                     "--timeout", "60", "--output-dir", str(tmp_path / "run"), "--dry-run"])
+        code = main(
+            [
+                "--config-file",
+                str(FIXTURES / "vitl16_short.yaml"),
+                "--nodes",
+                "2",
+                "--ngpus",
+                "4",
+                "--timeout",
+                "60",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--dry-run",
+            ]
+        )
     out = capsys.readouterr().out
     assert code == 0
-    for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "#SBATCH --time=60"):
+    for expected in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --time=60",
+    ):
         assert expected in out.splitlines(), expected
     assert "dataset_path" not in out and "- ImageNet:split=TRAIN" in out  # the resolved config is ours
 

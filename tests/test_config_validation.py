@@ -36,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
         ("crops.local_crops_scale=[0.5,0.2]", "'crops.local_crops_scale': [0.5, 0.2]; expected [low, high]"),
         ("crops.global_crops_scale=[0.3,1.5]", "expected [low, high] with 0 <= low <= high <= 1"),
         ("optim.freeze_last_layer_epochs=10", "'optim.freeze_last_layer_epochs': 10; must be < optim.epochs=10"),
-        ("ibot.head_n_prototypes=64", "'ibot.head_n_prototypes': 64; with ibot.separate_head=false iBOT uses the DINO head"),
+        (
+            "ibot.head_n_prototypes=64",
+            "'ibot.head_n_prototypes': 64; with ibot.separate_head=false iBOT uses the DINO head",
+        ),
         ("crops.global_crops_size=8", "'crops.global_crops_size': 8 with student.patch_size=4 gives 2x2 patches"),
         # errors that used to come from deep code without the key
         ("student.num_heads=5", "'student.embed_dim': 96; must be a multiple of student.num_heads=5"),
@@ -79,8 +82,11 @@ def test_knn_at_end_without_sources_fails_at_start_up():
 
 @pytest.mark.parametrize(
     "value",
-    ["[/data/in1k/shard-{000000..001281}.tar]", "/data/in1k/shard-{000000..001281}.tar",
-     "['/data/in1k/shard-{000000..001281}.tar']"],
+    [
+        "[/data/in1k/shard-{000000..001281}.tar]",
+        "/data/in1k/shard-{000000..001281}.tar",
+        "['/data/in1k/shard-{000000..001281}.tar']",
+    ],
 )
 def test_readme_shard_pattern_override_parses(value):
     cfg = load_config("demo", [f"data.source={value}"])
@@ -101,9 +107,17 @@ def test_unparsable_override_is_one_error_line(capsys, tmp_path):
 
 def test_launcher_refuses_zero_iterations_before_writing_anything(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "launch" / "local.py"), "--output-dir", str(tmp_path / "run"),
-         "train.max_iterations=0"],
-        capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
+        [
+            sys.executable,
+            str(REPO / "launch" / "local.py"),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "train.max_iterations=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
         check=False,
     )
     assert result.returncode == 1

@@ -45,7 +45,12 @@ def test_help_lists_every_default(name, capsys):
     help_text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())  # past the usage line
     # Every option with a real default shows it next to its own entry (None: unset, False: flag off).
     for action in module.build_parser()._actions:
-        if action.option_strings and action.default is not None and action.default is not False and action.dest != "help":
+        if (
+            action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.dest != "help"
+        ):
             entry = help_text.split(action.option_strings[-1] + " ", 1)[1].split(" --", 1)[0]
             assert f"(default: {action.default})" in entry, (action.option_strings, entry)
 
@@ -56,12 +61,20 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "eval/knn.py": (["--backbone", missing, "--train", missing, "--val", missing], "--train: "),
         "eval/linear.py": (["--backbone", missing, "--train", missing, "--val", missing], "--train: "),
         "eval/segmentation.py": (["--backbone", missing, "--data", missing, "--num-classes", "3"], missing),
-        "eval/visualize.py": (["--backbone", missing, "--images", missing, "--output", str(tmp_path / "v")], "--images"),
+        "eval/visualize.py": (
+            ["--backbone", missing, "--images", missing, "--output", str(tmp_path / "v")],
+            "--images",
+        ),
         "launch/local.py": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
-        "launch/slurm.py": (["--entry", "eval/knn.py", "--dry-run", "--", "--backbone", missing],
-                            "arguments after `--` for"),
+        "launch/slurm.py": (
+            ["--entry", "eval/knn.py", "--dry-run", "--", "--backbone", missing],
+            "arguments after `--` for",
+        ),
         "launch/lab.py": (["--matrix", missing], "unknown matrix"),
-        "dinolite.export": (["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")], "no complete checkpoint"),
+        "dinolite.export": (
+            ["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")],
+            "no complete checkpoint",
+        ),
         "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
         "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
         "dinolite.train.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),

@@ -30,20 +30,32 @@ README = ROOT / "README.md"
 RUN_KINDS = {"bash", "python", "bash gpu", "bash cluster", "bash setup", "bash suite"}
 # Only the length shrinks: the online evaluation is still built (its sources resolved and read), and the
 # end-of-run report's sources are still validated at start-up.
-TINY_TRAINING = ["train.max_iterations=2", "train.log_every=1", "train.checkpoint_every=2", "evaluation.knn_at_end=false"]
+TINY_TRAINING = [
+    "train.max_iterations=2",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "evaluation.knn_at_end=false",
+]
 SETUP_STEPS = ("python3 -m venv", ". .venv/bin/activate", "source .venv/bin/activate", "pip install")
 LINKED = ("launch", "eval", "dinolite", "configs", "benchmarks", ".ci", "hubconf.py")
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """``(info string, body)`` of every fenced block, in order."""
-    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)]
+    return [
+        (m.group(1).strip(), m.group(2))
+        for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
+    ]
 
 
 def commands(body: str) -> list[str]:
     """Shell commands of a block: one per line (backslash continuations joined), comments dropped."""
     joined = re.sub(r"\\\n\s*", " ", body)
-    return [line.split(" # ")[0].strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.split(" # ")[0].strip()
+        for line in joined.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def _with_dry_run(command: str) -> str:
@@ -76,9 +88,9 @@ def test_every_block_has_a_known_kind():
 
 
 def test_commands_are_prepared_by_the_convention():
-    assert prepare("bash setup", "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python launch/local.py") == [
-        f"python launch/local.py {' '.join(TINY_TRAINING)}"
-    ]
+    assert prepare(
+        "bash setup", "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python launch/local.py"
+    ) == [f"python launch/local.py {' '.join(TINY_TRAINING)}"]
     assert prepare("bash gpu", "torchrun --nproc_per_node=8 launch/local.py --config vitl16") == [
         "python launch/local.py --config vitl16 --dry-run"
     ]
@@ -107,13 +119,23 @@ def test_readme_examples_run(tmp_path):
             to_run = [c for command in commands(body) for c in prepare(kind, command)]
         for command in to_run:
             shell = re.sub(r"^python ", f"{shlex.quote(sys.executable)} ", command)
-            done = subprocess.run(shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
-            assert done.returncode == 0, f"README block {index} ({kind}): {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            done = subprocess.run(
+                shell, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False
+            )
+            assert done.returncode == 0, (
+                f"README block {index} ({kind}): {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
             ran.append(command)
     assert any("launch/local.py" in c for c in ran) and any("eval/knn.py" in c for c in ran)
     # What the journey promises exists afterwards.
-    for produced in ("output/demo/metrics.jsonl", "output/demo/eval/knn.json", "output/demo/vis/attention.png",
-                     "exports/demo.safetensors", "exports/demo.onnx", "output/mine/checkpoints/latest"):
+    for produced in (
+        "output/demo/metrics.jsonl",
+        "output/demo/eval/knn.json",
+        "output/demo/vis/attention.png",
+        "exports/demo.safetensors",
+        "exports/demo.onnx",
+        "output/mine/checkpoints/latest",
+    ):
         assert (tmp_path / produced).exists(), produced
 
 
@@ -129,8 +151,13 @@ def test_no_dead_links_to_docs():
                 continue
             if not (page.parent / target).exists():
                 dead.append(f"{page.relative_to(ROOT)} -> {target}")
-    sources = [*ROOT.glob("dinolite/**/*.py"), *ROOT.glob("dinolite/configs/*.yaml"), *ROOT.glob("eval/*.py"),
-               *ROOT.glob("launch/*.py"), *pages]
+    sources = [
+        *ROOT.glob("dinolite/**/*.py"),
+        *ROOT.glob("dinolite/configs/*.yaml"),
+        *ROOT.glob("eval/*.py"),
+        *ROOT.glob("launch/*.py"),
+        *pages,
+    ]
     for path in sources:
         for target in re.findall(r"(?<![\w/.])(docs/[\w./-]+\.md)", path.read_text()):
             if not (ROOT / target).exists():

@@ -53,6 +53,11 @@ from dinolite.checkpoint.errors import (
     DamagedCheckpointError,
 )
 from dinolite.checkpoint.integrity import check_architecture, check_shard_files, describe_save_failure
+from dinolite.checkpoint.safe_metadata import (
+    CheckpointMetadataError,
+    SafeFileSystemReader,
+    UnsafeMetadataError,
+)
 from dinolite.checkpoint.state import (
     APP_KEY,
     EXTRA_KEY,
@@ -67,11 +72,6 @@ from dinolite.checkpoint.state import (
     _stateful_entries,
     capture_rng_state,
     restore_rng_state,
-)
-from dinolite.checkpoint.safe_metadata import (
-    CheckpointMetadataError,
-    SafeFileSystemReader,
-    UnsafeMetadataError,
 )
 from dinolite.config import save_config
 from dinolite.dist import any_rank, barrier, is_distributed, rank_and_world
@@ -104,8 +104,6 @@ def _no_single_process_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
-
-
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -156,9 +154,9 @@ class CheckpointManager:
         found = [
             p
             for p in self.directory.iterdir()
-            if p.is_dir() and p.name.startswith(ITER_PREFIX) and p.name[len(ITER_PREFIX):].isdigit()
+            if p.is_dir() and p.name.startswith(ITER_PREFIX) and p.name[len(ITER_PREFIX) :].isdigit()
         ]
-        return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name[len(ITER_PREFIX):]))
+        return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name[len(ITER_PREFIX) :]))
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint: the ``latest`` pointer, or a scan when the pointer is missing/stale."""
@@ -349,7 +347,7 @@ def checkpoint_modules(path: str | Path, network: str) -> list[str]:
     checkpoint_dir = resolve_checkpoint_dir(path)
     prefix = f"{MODEL_KEY}.{network}."
     keys = SafeFileSystemReader(str(checkpoint_dir)).read_metadata().state_dict_metadata
-    return sorted({k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)})
+    return sorted({k[len(prefix) :].split(".", 1)[0] for k in keys if k.startswith(prefix)})
 
 
 def _collective_device() -> torch.device:
@@ -415,9 +413,7 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
         # Non-strict only for the parameters saved without optimizer state (every other entry was checked
         # above); torch then leaves them with the state of the fresh optimizer, which is dropped after.
         options = StateDictOptions(strict=not stateless)
-        set_state_dict(
-            model, [optimizer], model_state_dict=tree[MODEL_KEY], optim_state_dict=optim_sd, options=options
-        )
+        set_state_dict(model, [optimizer], model_state_dict=tree[MODEL_KEY], optim_state_dict=optim_sd, options=options)
         _forget_optimizer_state(model, optimizer, stateless)
     else:
         set_state_dict(model, [], model_state_dict=tree[MODEL_KEY], optim_state_dict={})
@@ -446,7 +442,9 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
     latest = CheckpointManager(run_root).latest()
     if latest is not None:
         return latest
-    raise CheckpointNotFoundError(f"no complete checkpoint at {path} (expected iter_XXXXXXXX/ with .metadata and {STATE_FILE})")
+    raise CheckpointNotFoundError(
+        f"no complete checkpoint at {path} (expected iter_XXXXXXXX/ with .metadata and {STATE_FILE})"
+    )
 
 
 def load_consolidated_state_dict(
@@ -479,4 +477,4 @@ def load_consolidated_state_dict(
         kwargs["no_dist"] = True  # stay local even when called inside a distributed job
     with _no_single_process_warning():
         dcp.load(tree, **kwargs)
-    return {key[len(prefix):]: value for key, value in tree.items()}
+    return {key[len(prefix) :]: value for key, value in tree.items()}

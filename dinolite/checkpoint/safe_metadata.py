@@ -43,14 +43,28 @@ from torch.distributed.checkpoint.metadata import (
 METADATA_FILE = ".metadata"
 _DCP_METADATA = "torch.distributed.checkpoint.metadata"
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    [(_DCP_METADATA, name) for name in (
-        "Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata", "MetadataIndex",
-        "StorageMeta", "_MEM_FORMAT_ENCODING",
-    )]
-    + [("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-       ("torch.serialization", "_get_layout")]
-    + [(module, name) for module in ("pathlib", "pathlib._local")
-       for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")]
+    [
+        (_DCP_METADATA, name)
+        for name in (
+            "Metadata",
+            "TensorStorageMetadata",
+            "TensorProperties",
+            "ChunkStorageMetadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ]
+    + [
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+    ]
+    + [
+        (module, name)
+        for module in ("pathlib", "pathlib._local")
+        for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")
+    ]
 )
 _TORCH_VALUE_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 
@@ -79,7 +93,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeMetadataError(f"{self._path}: refused a persistent id in the metadata pickle; nothing in it was run")
+        raise UnsafeMetadataError(
+            f"{self._path}: refused a persistent id in the metadata pickle; nothing in it was run"
+        )
 
 
 def read_dcp_metadata(path: str | Path) -> Metadata:

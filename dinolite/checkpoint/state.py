@@ -19,7 +19,6 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from dinolite.checkpoint.errors import CheckpointError
 
-
 # --------------------------------------------------------------------------------------------------
 # RNG states as tensors (no pickle)
 # --------------------------------------------------------------------------------------------------
@@ -110,7 +109,9 @@ def _merge_trees(tensors: Mapping[str, Any], plain: Mapping[str, Any]) -> dict[s
 def _module_and_optimizer(app_state: Mapping[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     model = app_state.get(MODEL_KEY)
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"app_state[{MODEL_KEY!r}] must be the objective (an nn.Module), got {type(model).__name__}")
+        raise CheckpointError(
+            f"app_state[{MODEL_KEY!r}] must be the objective (an nn.Module), got {type(model).__name__}"
+        )
     optimizer = app_state.get(OPTIMIZER_KEY)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise CheckpointError(f"app_state[{OPTIMIZER_KEY!r}] must be a torch optimizer, got {type(optimizer).__name__}")

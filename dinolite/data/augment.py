@@ -102,7 +102,9 @@ class CropRecipe:
         if self.size < 1 or not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
             raise ValueError(f"crop size must be >= 1 and scale (lo, hi) in (0, 1], got {self.size}, {self.scale}")
         if len(self.color_jitter) != 4:
-            raise ValueError(f"color_jitter must be [brightness, contrast, saturation, hue], got {list(self.color_jitter)}")
+            raise ValueError(
+                f"color_jitter must be [brightness, contrast, saturation, hue], got {list(self.color_jitter)}"
+            )
         if not 0.0 <= self.color_jitter[3] <= 0.5:
             raise ValueError(f"hue jitter must be in [0, 0.5], got {self.color_jitter[3]}")
         for name in ("blur_p", "solarize_p", "horizontal_flip_p", "color_jitter_p", "grayscale_p"):
@@ -293,6 +295,7 @@ class MultiCropAugmentation:
 # The two colour ops below replace torchvision's versions, which dominate the cost of the recipe on
 # CPU: its hue goes through a full RGB->HSV->RGB round trip and its blur is a dense k x k convolution.
 # Both agree with torchvision to within 2e-6 (tests/data/test_augment.py checks it).
+
 
 def solarize(img: torch.Tensor, threshold: int = 128) -> torch.Tensor:
     """Invert the pixels of a float [0,1] image that are >= ``threshold`` on the 0..255 scale (uint8

@@ -226,7 +226,9 @@ class TrainBatches(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if start_batch < 0 or seed < 0 or num_workers < 0:
-            raise ValueError(f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}")
+            raise ValueError(
+                f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}"
+            )
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
         self.units = list(units)
@@ -361,8 +363,19 @@ def build_train_loader(
     """
     units = resolve_source(source)
     dataset = TrainBatches(
-        units, transform, collate_fn, batch_size, num_workers, seed, rank, world_size, shuffle_buffer, start_batch,
-        max_image_pixels=max_image_pixels, max_skip_fraction=max_skip_fraction, skip_window=skip_window,
+        units,
+        transform,
+        collate_fn,
+        batch_size,
+        num_workers,
+        seed,
+        rank,
+        world_size,
+        shuffle_buffer,
+        start_batch,
+        max_image_pixels=max_image_pixels,
+        max_skip_fraction=max_skip_fraction,
+        skip_window=skip_window,
     )
     return DataLoader(
         dataset,
@@ -383,8 +396,14 @@ def build_train_loader(
 class EvalDataset(IterableDataset):
     """``(image, label, index)`` for every sample once, split over ranks and DataLoader workers."""
 
-    def __init__(self, units: Sequence[Unit], transform: Optional[Callable[[torch.Tensor], Any]], rank: int,
-                 world_size: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        transform: Optional[Callable[[torch.Tensor], Any]],
+        rank: int,
+        world_size: int,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -414,8 +433,13 @@ class EvalDataset(IterableDataset):
                         image = decode_image(image_bytes(sample), self.max_image_pixels)
                         item = self.transform(image) if self.transform is not None else image
                     except Exception as exc:  # any per-sample failure: decoding, conversion, transform
-                        logger.warning("skipping sample %s key %r: %s: %s", unit.url, sample.get("__key__"),
-                                       type(exc).__name__, exc)
+                        logger.warning(
+                            "skipping sample %s key %r: %s: %s",
+                            unit.url,
+                            sample.get("__key__"),
+                            type(exc).__name__,
+                            exc,
+                        )
                         continue
                     yield item, sample_label(sample), index - 1
             except (SourceError, OSError) as exc:  # damaged shard: its samples up to the damage were used

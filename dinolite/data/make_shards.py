@@ -49,7 +49,7 @@ def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
         return files, [classes[i] if i >= 0 else "" for i in labels], classes
     if src.is_file():
         paths, names = [], []
-        for line_no, line in enumerate(src.read_text().splitlines(), 1):
+        for line in src.read_text().splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
             path, _, name = line.partition("\t")
@@ -178,8 +178,10 @@ def make_shards(
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(out.glob(f"{prefix}-*.tar"))
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds {len(existing)} '{prefix}-*.tar' shards; pass overwrite=True "
-                              "(--overwrite) or another prefix")
+        raise FileExistsError(
+            f"{out} already holds {len(existing)} '{prefix}-*.tar' shards; pass overwrite=True "
+            "(--overwrite) or another prefix"
+        )
     class_index = {name: i for i, name in enumerate(classes)}
     root = src if src.is_dir() else src.parent
     writer = _ShardWriter(out, prefix, shard_size)
@@ -200,7 +202,7 @@ def make_shards(
         members["json"] = json.dumps(meta).encode()
         writer.write(key, members)
     writer.close()
-    for stale in existing[len(writer.shards):]:
+    for stale in existing[len(writer.shards) :]:
         stale.unlink()  # left over from an earlier, larger run
     index = {
         "format": INDEX_FORMAT,
@@ -235,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Optional[Sequence[str]]) -> int:
     args = build_parser().parse_args(argv)
     index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
-    print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
-          f"({len(index['classes'])} classes)")
+    print(
+        f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
+        f"({len(index['classes'])} classes)"
+    )
     if index["skipped"]["count"]:
         print(f"skipped {index['skipped']['count']} unreadable files, first: " + "; ".join(index["skipped"]["first"]))
     return 0

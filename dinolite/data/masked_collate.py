@@ -55,7 +55,9 @@ def _stack_images(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
 
 
 def collate_ijepa(
-    samples: Sequence[Mapping[str, Any]], mask_generator: MultiBlockMaskGenerator, generator: torch.Generator | None = None
+    samples: Sequence[Mapping[str, Any]],
+    mask_generator: MultiBlockMaskGenerator,
+    generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """``{"images": (B,3,H,W), "context_idx": (B,Nc), "target_idx": (B,M,Nt)}``."""
     images = _stack_images(samples)

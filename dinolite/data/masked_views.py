@@ -98,7 +98,9 @@ class MultiBlockMaskGenerator:
     def num_patches(self) -> int:
         return self.height * self.width
 
-    def block_size(self, scale: Sequence[float], aspect: Sequence[float], generator: torch.Generator) -> tuple[int, int]:
+    def block_size(
+        self, scale: Sequence[float], aspect: Sequence[float], generator: torch.Generator
+    ) -> tuple[int, int]:
         """(h, w) of a block covering ``U(scale)`` of the grid with aspect h/w ``U(aspect)``, inside it."""
         area = self.num_patches * _uniform(generator, *scale)
         ratio = _uniform(generator, *aspect)
@@ -128,9 +130,7 @@ class MultiBlockMaskGenerator:
             f"{self.attempts} attempts; lower num_targets or target_scale"
         )
 
-    def __call__(
-        self, batch_size: int, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         batch_gen = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -119,7 +119,9 @@ def folder_images(root: Path) -> tuple[list[str], list[int], list[str]]:
     return files, labels, classes
 
 
-def _shard_counts(directory: str, cache: dict[str, dict[str, tuple[int, Optional[int]]]]) -> dict[str, tuple[int, Optional[int]]]:
+def _shard_counts(
+    directory: str, cache: dict[str, dict[str, tuple[int, Optional[int]]]]
+) -> dict[str, tuple[int, Optional[int]]]:
     """``{shard name: (samples, bytes or None)}`` from the index JSON files ``make_shards`` leaves next to shards."""
     if directory not in cache:
         counts: dict[str, tuple[int, Optional[int]]] = {}
@@ -146,7 +148,11 @@ def _shard_unit(path: str, counts: dict[str, tuple[int, Optional[int]]]) -> Unit
     if size is not None and os.path.getsize(path) != size:
         logger.warning(
             "shard %r is %d bytes but its index JSON says %d: damaged or rewritten since indexing; its sample "
-            "count (%d) is not trusted, the shard will be read", path, os.path.getsize(path), size, samples
+            "count (%d) is not trusted, the shard will be read",
+            path,
+            os.path.getsize(path),
+            size,
+            samples,
         )
         return Unit(url=path, is_shard=True, listed_samples=samples)
     return Unit(url=path, is_shard=True, num_samples=samples, listed_samples=samples)
@@ -161,8 +167,9 @@ def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
     if isinstance(source, (str, os.PathLike)):
         source = [str(source)]
     if not source:
-        raise SourceError("data source is empty: give shard patterns (e.g. 'data/shard-{000000..000009}.tar') "
-                          "or an image folder")
+        raise SourceError(
+            "data source is empty: give shard patterns (e.g. 'data/shard-{000000..000009}.tar') or an image folder"
+        )
     units: list[Unit] = []
     count_cache: dict[str, dict[str, tuple[int, Optional[int]]]] = {}
     for pattern in source:
@@ -251,7 +258,9 @@ def _end_recording_tarinfo(end: list[str]) -> type[tarfile.TarInfo]:
                 end.append("")  # a zero block: the end-of-archive marker
                 raise
             except tarfile.EmptyHeaderError:
-                end.append(f"the file stops at byte {archive.offset} without an end-of-archive marker (cut between members)")
+                end.append(
+                    f"the file stops at byte {archive.offset} without an end-of-archive marker (cut between members)"
+                )
                 raise
             except tarfile.TruncatedHeaderError:
                 end.append(f"the file stops inside the member header at byte {archive.offset}")
@@ -332,8 +341,10 @@ def image_bytes(sample: RawSample) -> bytes:
     for key in IMAGE_KEYS:
         if key in sample:
             return sample[key]
-    raise KeyError(f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} has no image "
-                   f"(members: {sorted(k for k in sample if not k.startswith('__'))})")
+    raise KeyError(
+        f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} has no image "
+        f"(members: {sorted(k for k in sample if not k.startswith('__'))})"
+    )
 
 
 def sample_label(sample: RawSample) -> int:

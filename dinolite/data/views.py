@@ -43,7 +43,11 @@ def blur_kernel_for(size: int) -> int:
 def simclr_views(size: int = 224) -> tuple[CropRecipe, CropRecipe]:
     """SimCLR's two identical views (see the module docstring)."""
     view = CropRecipe(
-        size, (0.08, 1.0), blur_p=0.5, solarize_p=0.0, color_jitter=(0.8, 0.8, 0.8, 0.2),
+        size,
+        (0.08, 1.0),
+        blur_p=0.5,
+        solarize_p=0.0,
+        color_jitter=(0.8, 0.8, 0.8, 0.2),
         blur_kernel_size=blur_kernel_for(size),
     )
     return view, view
@@ -61,7 +65,11 @@ def byol_views(size: int = 224) -> tuple[CropRecipe, CropRecipe]:
 def simsiam_views(size: int = 224) -> tuple[CropRecipe, CropRecipe]:
     """SimSiam's (MoCo v2's) two identical views."""
     view = CropRecipe(
-        size, (0.2, 1.0), blur_p=0.5, solarize_p=0.0, color_jitter=(0.4, 0.4, 0.4, 0.1),
+        size,
+        (0.2, 1.0),
+        blur_p=0.5,
+        solarize_p=0.0,
+        color_jitter=(0.4, 0.4, 0.4, 0.1),
         blur_kernel_size=blur_kernel_for(size),
     )
     return view, view
@@ -85,7 +93,9 @@ class MultiViewAugmentation:
         if len(views) < 2:
             raise ValueError(f"a joint-embedding method needs at least 2 views, got {len(views)}")
         if len({v.size for v in views}) != 1:
-            raise ValueError(f"the large views must share one size (they are batched together), got {[v.size for v in views]}")
+            raise ValueError(
+                f"the large views must share one size (they are batched together), got {[v.size for v in views]}"
+            )
         if local_views_number < 0:
             raise ValueError(f"local_views_number must be >= 0, got {local_views_number}")
         if local_views_number and local_view is None:

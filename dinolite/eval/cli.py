@@ -24,10 +24,19 @@ from dinolite.io import write_json_atomic
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone and run")
-    group.add_argument("--backbone", "--checkpoint", dest="backbone", required=True,
-                       help="training run / checkpoint directory, or exported file")
-    group.add_argument("--network", choices=("teacher", "student"), default=None,
-                       help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)")
+    group.add_argument(
+        "--backbone",
+        "--checkpoint",
+        dest="backbone",
+        required=True,
+        help="training run / checkpoint directory, or exported file",
+    )
+    group.add_argument(
+        "--network",
+        choices=("teacher", "student"),
+        default=None,
+        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
+    )
     group.add_argument("--output", default=None, help="write results JSON here (atomically)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per rank)")
@@ -41,7 +50,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def add_transform_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("eval transform (defaults from the backbone's training recipe)")
     group.add_argument("--crop-size", type=int, default=None, help="center crop (default: training global crop size)")
-    group.add_argument("--resize-size", type=int, default=None, help="shorter side before cropping (default crop*256/224)")
+    group.add_argument(
+        "--resize-size", type=int, default=None, help="shorter side before cropping (default crop*256/224)"
+    )
     group.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: training mean)")
     group.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: training std)")
 

@@ -40,7 +40,9 @@ def check_source(source: Sequence[str], option: str) -> None:
         if path.is_dir():
             classes = class_folders(path)
             if not classes:
-                raise ValueError(f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE)")
+                raise ValueError(
+                    f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE)"
+                )
 
 
 def class_folders(root: Path) -> list[str]:
@@ -83,7 +85,9 @@ def check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
-        raise ValueError(f"{what}: label {bad} is outside the class count {num_classes} (labels must be 0..{num_classes - 1})")
+        raise ValueError(
+            f"{what}: label {bad} is outside the class count {num_classes} (labels must be 0..{num_classes - 1})"
+        )
 
 
 class IndexFilter(torch.utils.data.IterableDataset):
@@ -93,7 +97,9 @@ class IndexFilter(torch.utils.data.IterableDataset):
         self.dataset, self.keep = dataset, keep
 
     def __iter__(self):
-        items = self.dataset if isinstance(self.dataset, torch.utils.data.IterableDataset) else (
-            self.dataset[i] for i in range(len(self.dataset))
+        items = (
+            self.dataset
+            if isinstance(self.dataset, torch.utils.data.IterableDataset)
+            else (self.dataset[i] for i in range(len(self.dataset)))
         )
         return (item for item in items if self.keep(int(item[2])))

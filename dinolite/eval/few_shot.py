@@ -23,8 +23,12 @@ def add_few_shot_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("few-shot (label-efficient) evaluation: train on a labelled subset")
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--shots", type=int, default=None, help="labelled training images per class")
-    choice.add_argument("--train-fraction", type=float, default=None,
-                        help="fraction of each class's training images (at least one per class)")
+    choice.add_argument(
+        "--train-fraction",
+        type=float,
+        default=None,
+        help="fraction of each class's training images (at least one per class)",
+    )
     group.add_argument("--few-shot-seed", type=int, default=0, help="which subset is drawn (reproducible)")
 
 
@@ -48,7 +52,9 @@ def few_shot_indices(
     if fraction is not None and not 0.0 < fraction <= 1.0:
         raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
     if labels.shape != indices.shape or labels.ndim != 1:
-        raise ValueError(f"few-shot: labels {tuple(labels.shape)} and indices {tuple(indices.shape)} must be 1-D and match")
+        raise ValueError(
+            f"few-shot: labels {tuple(labels.shape)} and indices {tuple(indices.shape)} must be 1-D and match"
+        )
     by_index = torch.argsort(indices, stable=True)
     order = by_index[torch.randperm(len(by_index), generator=torch.Generator().manual_seed(seed))]
     chosen = []

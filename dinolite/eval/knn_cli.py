@@ -45,12 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
     parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="every k is reported")
-    parser.add_argument("--headline-k", type=int, default=HEADLINE_K,
-                        help="k of the headline top-1 (fixed in advance, as in DINO; always evaluated)")
+    parser.add_argument(
+        "--headline-k",
+        type=int,
+        default=HEADLINE_K,
+        help="k of the headline top-1 (fixed in advance, as in DINO; always evaluated)",
+    )
     parser.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
-    parser.add_argument("--features", choices=("cls", "cls+avgpool"), default="cls",
-                        help="cls: the DINO protocol; cls+avgpool appends the mean patch token")
+    parser.add_argument(
+        "--features",
+        choices=("cls", "cls+avgpool"),
+        default="cls",
+        help="cls: the DINO protocol; cls+avgpool appends the mean patch token",
+    )
     parser.add_argument("--chunk-size", type=int, default=256, help="test rows per similarity block")
     add_common_args(parser)
     add_transform_args(parser)
@@ -71,7 +79,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     resize = args.resize_size or default_resize_size(ctx.crop_size)
     transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
     desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
-    model_fn = ctx.backbone if args.features == "cls" else functools.partial(probe_features, ctx.backbone, n_last_blocks=1)
+    model_fn = (
+        ctx.backbone if args.features == "cls" else functools.partial(probe_features, ctx.backbone, n_last_blocks=1)
+    )
     common = dict(transform=transform, transform_desc=desc, model_fn=model_fn, kind=args.features)
     train = features_for(ctx, args, name="train", source=args.train, **common)
     val = features_for(ctx, args, name="val", source=args.val, **common)
@@ -81,15 +91,28 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     train_features, train_labels = train.features, train.labels
     few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
     if few_shot is not None:
-        keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
-                                seed=args.few_shot_seed)
+        keep = few_shot_indices(
+            train.labels, train.indices, shots=args.shots, fraction=args.train_fraction, seed=args.few_shot_seed
+        )
         train_features, train_labels = train.features[keep], train.labels[keep]
     results = knn_classify(
-        train_features.to(ctx.device), train_labels, val.features, val.labels, num_classes,
-        ks=args.ks, temperature=args.temperature, chunk_size=args.chunk_size, headline_k=args.headline_k,
+        train_features.to(ctx.device),
+        train_labels,
+        val.features,
+        val.labels,
+        num_classes,
+        ks=args.ks,
+        temperature=args.temperature,
+        chunk_size=args.chunk_size,
+        headline_k=args.headline_k,
     )
-    results.update(backbone=str(args.backbone), features=args.features, num_classes=num_classes, crop_size=ctx.crop_size,
-                   few_shot=few_shot)
+    results.update(
+        backbone=str(args.backbone),
+        features=args.features,
+        num_classes=num_classes,
+        crop_size=ctx.crop_size,
+        few_shot=few_shot,
+    )
     if ctx.is_main:
         rows = [(k, v["top1"], v["top5"]) for k, v in results["per_k"].items()]
         print(f"kNN on {results['num_train']} train / {results['num_test']} val images, T={args.temperature}")

@@ -63,7 +63,6 @@ def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
     if cfg.evaluation.knn_train and cfg.evaluation.knn_val:
         return list(cfg.evaluation.knn_train), list(cfg.evaluation.knn_val)
     if list(cfg.data.source) == ["digits"]:
-
         prepared = prepare_digits(output_dir / "data")
         return [str(prepared["train_folder"])], [str(prepared["val_folder"])]
     raise ValueError(
@@ -79,7 +78,9 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval()
 
 
-def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torch.device | str = "cpu") -> dict[str, float]:
+def knn_report(
+    cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """Top-1 kNN accuracy (%) of each feature set; also written to ``output_dir/knn.json``."""
 
     device = torch.device(device)
@@ -102,11 +103,20 @@ def knn_report(cfg: Config, checkpoint_dir: Path, output_dir: Path, device: torc
         train = extract_features(fn, train_set, batch_size=256, device=device, progress=False, desc=name)
         val = extract_features(fn, val_set, batch_size=256, device=device, progress=False, desc=name)
         num_classes = int(max(train.labels.max(), val.labels.max())) + 1
-        variants = {name: slice(None)} if not cls_dim else {f"{name}/cls": slice(0, cls_dim), f"{name}/cls+avgpool": slice(None)}
+        variants = (
+            {name: slice(None)}
+            if not cls_dim
+            else {f"{name}/cls": slice(0, cls_dim), f"{name}/cls+avgpool": slice(None)}
+        )
         for label, columns in variants.items():
             knn = knn_classify(
-                train.features[:, columns], train.labels, val.features[:, columns], val.labels, num_classes,
-                ks=(k,), temperature=KNN_TEMPERATURE,
+                train.features[:, columns],
+                train.labels,
+                val.features[:, columns],
+                val.labels,
+                num_classes,
+                ks=(k,),
+                temperature=KNN_TEMPERATURE,
             )
             results[label] = float(knn["per_k"][str(k)]["top1"])
     write_json_atomic(output_dir / "knn.json", {"k": k, "temperature": KNN_TEMPERATURE, "top1": results})

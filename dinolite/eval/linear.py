@@ -131,7 +131,9 @@ def cached_batches(
 
 
 @torch.no_grad()
-def grid_top1(grid: LinearHeadGrid, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 4096) -> list[float]:
+def grid_top1(
+    grid: LinearHeadGrid, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 4096
+) -> list[float]:
     """Top-1 accuracy (%) of every head."""
     correct = torch.zeros(len(grid.heads), dtype=torch.long)
     for start in range(0, features.shape[0], batch_size):
@@ -196,7 +198,9 @@ class ProbeResult:
         }
 
 
-def select_best(grid: LinearHeadGrid, selection_features: torch.Tensor, selection_labels: torch.Tensor) -> tuple[int, list[float]]:
+def select_best(
+    grid: LinearHeadGrid, selection_features: torch.Tensor, selection_labels: torch.Tensor
+) -> tuple[int, list[float]]:
     """Index of the head with the highest top-1 on the selection set (first one on ties)."""
     scores = grid_top1(grid, selection_features, selection_labels)
     return max(range(len(scores)), key=lambda i: (scores[i], -i)), scores

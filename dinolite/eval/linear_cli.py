@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-blocks", type=int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--probe-batch-size", type=int, default=128, help="per-rank batch of the linear heads")
-    parser.add_argument("--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)")
+    parser.add_argument(
+        "--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)"
+    )
     parser.add_argument("--heldout-fraction", type=float, default=0.1)
     parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
@@ -118,22 +120,35 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
         check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
         if few_shot is not None:
-            keep = few_shot_indices(train.labels, train.indices, shots=args.shots, fraction=args.train_fraction,
-                                    seed=args.few_shot_seed)
+            keep = few_shot_indices(
+                train.labels, train.indices, shots=args.shots, fraction=args.train_fraction, seed=args.few_shot_seed
+            )
             train = type(train)(train.features[keep], train.labels[keep], train.indices[keep])
         result = linear_probe_cached(
-            train.features.to(ctx.device), train.labels.to(ctx.device), train.indices,
-            val.features.to(ctx.device), val.labels.to(ctx.device),
-            embed_dim=embed_dim, n_available=n_available, num_classes=num_classes, specs=specs,
-            epochs=args.epochs, batch_size=args.probe_batch_size, world_size=ctx.world_size,
-            heldout_fraction=args.heldout_fraction, select_on=args.select_on, seed=args.seed,
+            train.features.to(ctx.device),
+            train.labels.to(ctx.device),
+            train.indices,
+            val.features.to(ctx.device),
+            val.labels.to(ctx.device),
+            embed_dim=embed_dim,
+            n_available=n_available,
+            num_classes=num_classes,
+            specs=specs,
+            epochs=args.epochs,
+            batch_size=args.probe_batch_size,
+            world_size=ctx.world_size,
+            heldout_fraction=args.heldout_fraction,
+            select_on=args.select_on,
+            seed=args.seed,
             progress=ctx.is_main and not args.no_progress,
         )
     else:
         result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
 
     out = result.to_json(args.select_on)
-    out.update(backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot)
+    out.update(
+        backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot
+    )
     if ctx.is_main:
         print_summary(result, out, args.select_on, args.output)
     write_results(args.output, out, ctx.is_main)
@@ -144,13 +159,17 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 def print_summary(result: ProbeResult, out: dict, select_on: str, output: Optional[str], top: int = 5) -> None:
     """The best head and the next few of the grid (every head is in the JSON), and the edge warning."""
     shown = result.summary_rows(top)
-    rows = [(f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"])
-            for g in (out["grid"][i] for i in shown)]
+    rows = [
+        (f"{g['lr']:g}", g["n_blocks"], g["avgpool"], g["selection_top1"], g["val_top1"])
+        for g in (out["grid"][i] for i in shown)
+    ]
     print(f"linear probe: {len(out['grid'])} heads; the {len(shown)} best on {select_on}:")
     print(format_table(("lr", "blocks", "avgpool", f"{select_on} top-1 %", "val top-1 %"), rows))
     b = out["best"]
-    print(f"best (on {select_on}): lr={b['lr']:g} n_blocks={b['n_blocks']} avgpool={b['avgpool']} "
-          f"-> val top-1 {out['top1']:.2f}%" + (f"  (every head in {output})" if output else ""))
+    print(
+        f"best (on {select_on}): lr={b['lr']:g} n_blocks={b['n_blocks']} avgpool={b['avgpool']} "
+        f"-> val top-1 {out['top1']:.2f}%" + (f"  (every head in {output})" if output else "")
+    )
     for warning in out["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -180,7 +199,9 @@ def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_avai
     batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
     losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size, not args.no_progress)
     if args.select_on == "heldout":
-        held_set = IndexFilter(build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i)))
+        held_set = IndexFilter(
+            build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i))
+        )
         held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)
         sel_x, sel_y = held.features.to(ctx.device), held.labels.to(ctx.device)
     else:

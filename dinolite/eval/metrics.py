@@ -14,7 +14,9 @@ import math
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted class."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")

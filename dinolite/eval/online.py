@@ -93,7 +93,10 @@ class OnlineEvaluator:
     @torch.no_grad()
     def _features(self, backbone: nn.Module, images: Tensor, device: torch.device) -> Tensor:
         # backbone(x) (not forward_features): a sharded root module gathers its parameters in forward.
-        chunks = [backbone(images[i : i + self.batch_size].to(device)).float().cpu() for i in range(0, len(images), self.batch_size)]
+        chunks = [
+            backbone(images[i : i + self.batch_size].to(device)).float().cpu()
+            for i in range(0, len(images), self.batch_size)
+        ]
         return torch.cat(chunks)
 
     def evaluate(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
@@ -105,8 +108,16 @@ class OnlineEvaluator:
             val = self._features(backbone, self.val_images, device)
         finally:
             backbone.train(was_training)
-        knn = knn_classify(train, self.train_labels, val, self.val_labels, self.num_classes, ks=(self.k,),
-                           temperature=KNN_TEMPERATURE, headline_k=self.k)
+        knn = knn_classify(
+            train,
+            self.train_labels,
+            val,
+            self.val_labels,
+            self.num_classes,
+            ks=(self.k,),
+            temperature=KNN_TEMPERATURE,
+            headline_k=self.k,
+        )
         results = {"eval/knn_top1": float(knn["top1"])}
         if self.linear:
             steps_per_epoch = max(int(0.9 * len(train)) // ONLINE_LINEAR_BATCH, 1)
@@ -114,9 +125,17 @@ class OnlineEvaluator:
             # fork_rng: the probe seeds its own generator; the training run's random stream is untouched.
             with torch.enable_grad(), torch.random.fork_rng(devices=[]):
                 probe = linear_probe_cached(
-                    train, self.train_labels, torch.arange(len(train)), val, self.val_labels,
-                    embed_dim=train.shape[1], n_available=1, num_classes=self.num_classes,
-                    specs=head_grid(ONLINE_LINEAR_LRS, [1], [False]), epochs=epochs, batch_size=ONLINE_LINEAR_BATCH,
+                    train,
+                    self.train_labels,
+                    torch.arange(len(train)),
+                    val,
+                    self.val_labels,
+                    embed_dim=train.shape[1],
+                    n_available=1,
+                    num_classes=self.num_classes,
+                    specs=head_grid(ONLINE_LINEAR_LRS, [1], [False]),
+                    epochs=epochs,
+                    batch_size=ONLINE_LINEAR_BATCH,
                     seed=self.seed,
                 )
             results["eval/linear_top1"] = float(probe.val_top1[probe.best])

@@ -91,7 +91,9 @@ def validate_masks(pairs: Sequence[tuple[Path, Path]], num_classes: int, reduce_
         with Image.open(image_path) as img:
             width, height = img.size
         if tuple(mask.shape) != (height, width):
-            raise ValueError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is {width}x{height}")
+            raise ValueError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is {width}x{height}"
+            )
         values = mask[mask != IGNORE_INDEX]
         if values.numel() and int(values.max()) >= num_classes:
             hint = "" if reduce_zero_label else " (ADE20K ids start at 1 with 0 = other: use --reduce-zero-label)"
@@ -159,7 +161,9 @@ class LinearSegmentationHead(nn.Module):
         return self.classifier(self.bn(features))
 
 
-def _logits(backbone: nn.Module, head: nn.Module, images: torch.Tensor, n_layers: int, size: Sequence[int]) -> torch.Tensor:
+def _logits(
+    backbone: nn.Module, head: nn.Module, images: torch.Tensor, n_layers: int, size: Sequence[int]
+) -> torch.Tensor:
     with torch.no_grad():
         features = patch_feature_map(backbone, images, n_layers)
     return F.interpolate(head(features), size=tuple(size), mode="bilinear", align_corners=False)
@@ -191,7 +195,10 @@ def predict_logits(
     if mode == "resize":
         resized = F.interpolate(image, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
         return F.interpolate(
-            _logits(backbone, head, resized, n_layers, (crop_size, crop_size)), size=tuple(out_size), mode="bilinear", align_corners=False
+            _logits(backbone, head, resized, n_layers, (crop_size, crop_size)),
+            size=tuple(out_size),
+            mode="bilinear",
+            align_corners=False,
         )
     if mode != "slide":
         raise ValueError(f"--inference must be resize or slide, got {mode!r}")
@@ -200,7 +207,9 @@ def predict_logits(
     size = (max(crop_size, round(height * scale)), max(crop_size, round(width * scale)))
     resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
     total, count = None, torch.zeros(1, 1, *size, device=image.device)
-    for top, left in itertools.product(window_starts(size[0], crop_size, stride), window_starts(size[1], crop_size, stride)):
+    for top, left in itertools.product(
+        window_starts(size[0], crop_size, stride), window_starts(size[1], crop_size, stride)
+    ):
         window = resized[..., top : top + crop_size, left : left + crop_size]
         logits = _logits(backbone, head, window, n_layers, (crop_size, crop_size))
         if total is None:
@@ -234,8 +243,14 @@ def train_segmentation_head(
 ) -> list[float]:
     """AdamW (weight decay 1e-4) with a cosine lr to 0 on the head only; returns the loss per step."""
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-                        num_workers=num_workers, generator=generator)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(dataset) > batch_size,
+        num_workers=num_workers,
+        generator=generator,
+    )
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * it / iterations)))
     head.train()
@@ -275,8 +290,14 @@ def evaluate_segmentation(
     for i in progress if progress is not None else range(len(dataset)):
         image, mask = dataset[i]
         logits = predict_logits(
-            backbone, head, image[None].to(device), n_layers=n_layers, mode=mode,
-            crop_size=crop_size, stride=stride, out_size=mask.shape[-2:],
+            backbone,
+            head,
+            image[None].to(device),
+            n_layers=n_layers,
+            mode=mode,
+            crop_size=crop_size,
+            stride=stride,
+            out_size=mask.shape[-2:],
         )
         confusion += confusion_matrix(logits.argmax(dim=1)[0].cpu(), mask, num_classes, IGNORE_INDEX)
     return segmentation_scores(confusion)

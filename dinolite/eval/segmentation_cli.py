@@ -42,11 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reduce-zero-label", action="store_true", help="ADE convention: 0 -> ignored, c -> c-1")
     parser.add_argument("--layers", type=int, choices=(1, 4), default=1, help="patch tokens of the last 1 or 4 blocks")
     parser.add_argument("--inference", choices=("resize", "slide"), default="slide")
-    parser.add_argument("--crop-size", type=int, default=None, help="training crop / window (default: training crop size)")
+    parser.add_argument(
+        "--crop-size", type=int, default=None, help="training crop / window (default: training crop size)"
+    )
     parser.add_argument("--stride", type=int, default=None, help="sliding-window stride (default crop/2)")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)")
+    parser.add_argument(
+        "--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)"
+    )
     parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
     add_common_args(parser)
     parser.set_defaults(batch_size=8)
@@ -73,18 +77,41 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     head = LinearSegmentationHead(args.layers * int(ctx.backbone.embed_dim), args.num_classes).to(ctx.device)
     train_set = SegmentationDataset(train_pairs, ctx.crop_size, ctx.mean, ctx.std, args.reduce_zero_label, train=True)
     losses = train_segmentation_head(
-        ctx.backbone, head, train_set, n_layers=args.layers, iterations=args.iterations, batch_size=args.batch_size,
-        lr=args.lr, device=ctx.device, num_workers=args.num_workers, seed=args.seed, progress=not args.no_progress,
+        ctx.backbone,
+        head,
+        train_set,
+        n_layers=args.layers,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=ctx.device,
+        num_workers=args.num_workers,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     val_set = SegmentationDataset(val_pairs, ctx.crop_size, ctx.mean, ctx.std, args.reduce_zero_label, train=False)
     progress = progress_bar(range(len(val_set)), total=len(val_set), desc="val", enabled=not args.no_progress)
     scores = evaluate_segmentation(
-        ctx.backbone, head, val_set, num_classes=args.num_classes, n_layers=args.layers, mode=args.inference,
-        crop_size=ctx.crop_size, stride=stride, device=ctx.device, progress=progress,
+        ctx.backbone,
+        head,
+        val_set,
+        num_classes=args.num_classes,
+        n_layers=args.layers,
+        mode=args.inference,
+        crop_size=ctx.crop_size,
+        stride=stride,
+        device=ctx.device,
+        progress=progress,
     )
     scores.update(
-        backbone=str(args.backbone), layers=args.layers, inference=args.inference, crop_size=ctx.crop_size,
-        iterations=args.iterations, final_loss=losses[-1], num_train=len(train_set), num_val=len(val_set),
+        backbone=str(args.backbone),
+        layers=args.layers,
+        inference=args.inference,
+        crop_size=ctx.crop_size,
+        iterations=args.iterations,
+        final_loss=losses[-1],
+        num_train=len(train_set),
+        num_val=len(val_set),
     )
     rows = [(c, "-" if v is None else v) for c, v in enumerate(scores["per_class_iou"])]
     print(format_table(("class", "IoU %"), rows))

@@ -263,7 +263,10 @@ def collapse_report(features: Tensor) -> CollapseReport:
 @torch.no_grad()
 def cls_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
     """``(B, D)`` normalised CLS features, in batches."""
-    chunks = [model.forward_features(images[i : i + batch_size])["x_norm_clstoken"].float() for i in range(0, len(images), batch_size)]
+    chunks = [
+        model.forward_features(images[i : i + batch_size])["x_norm_clstoken"].float()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(chunks)
 
 
@@ -323,7 +326,7 @@ def save_attention_grid(images: Tensor, attention: Tensor, path: Path, names: Se
 def _short_name(name: str, width: int = 18) -> str:
     """A file name that fits over one panel: long names keep their start and end."""
     name = str(name)
-    return name if len(name) <= width else f"{name[: width // 2 - 1]}~{name[-(width // 2):]}"
+    return name if len(name) <= width else f"{name[: width // 2 - 1]}~{name[-(width // 2) :]}"
 
 
 def save_pca_grid(images: Tensor, rgb: Tensor, path: Path, names: Sequence[str] = ()) -> Path:
@@ -355,15 +358,12 @@ def save_spectrum_plot(report: CollapseReport, path: Path, title: str = "") -> P
     ax.set_ylabel("log10 singular value of covariance")
     ax.grid(alpha=0.3)
     ax.set_title(
-        (f"{title}\n" if title else "")
-        + f"N={report.num_samples} D={report.dim}  std*sqrt(D)={report.std_ratio:.3f}  "
+        (f"{title}\n" if title else "") + f"N={report.num_samples} D={report.dim}  std*sqrt(D)={report.std_ratio:.3f}  "
         f"RankMe={report.rankme:.1f}  -> {report.verdict}"
         + (f" (needs N >= {MIN_VERDICT_SAMPLES})" if report.verdict == NOT_ENOUGH_SAMPLES else ""),
         fontsize=8,
     )
     return _save_figure(fig, path)
-
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +405,11 @@ def visualize(
     if size % int(model.patch_size):
         raise ValueError(f"--size {size} is not a multiple of the backbone's patch size {model.patch_size}")
     output_dir = Path(output_dir)
-    groups = [list(g) for g in image_paths] if image_paths and not isinstance(image_paths[0], (str, Path)) else [list(image_paths)]
+    groups = (
+        [list(g) for g in image_paths]
+        if image_paths and not isinstance(image_paths[0], (str, Path))
+        else [list(image_paths)]
+    )
     every = [Path(p) for g in groups for p in g]
     starts = np.cumsum([0] + [len(g) for g in groups])
     shown = pick_grid_images([list(range(a, a + len(g))) for a, g in zip(starts, groups)], max_grid_images)
@@ -420,7 +424,9 @@ def visualize(
         attention_png=save_attention_grid(images[shown], attention, output_dir / "attention.png", names),
         pca_png=save_pca_grid(images[shown], rgb, output_dir / "pca.png", names),
         spectrum_png=save_spectrum_plot(report, output_dir / "spectrum.png", title),
-        report_json=write_text_atomic(output_dir / "collapse_report.json", json.dumps(report.to_dict(), indent=2) + "\n"),
+        report_json=write_text_atomic(
+            output_dir / "collapse_report.json", json.dumps(report.to_dict(), indent=2) + "\n"
+        ),
         report=report,
         grid_images=len(shown),
     )

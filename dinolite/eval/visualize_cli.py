@@ -36,19 +36,47 @@ from dinolite.extras import MissingExtraError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument("--backbone", "--checkpoint", dest="backbone", required=True, help="training run / checkpoint directory, or exported file")
-    parser.add_argument("--network", choices=("teacher", "student"), default=None,
-                        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)")
+    parser.add_argument(
+        "--backbone",
+        "--checkpoint",
+        dest="backbone",
+        required=True,
+        help="training run / checkpoint directory, or exported file",
+    )
+    parser.add_argument(
+        "--network",
+        choices=("teacher", "student"),
+        default=None,
+        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
+    )
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
-    parser.add_argument("--size", type=int, default=None, help="square input size, a multiple of the patch size (default: training crop size)")
-    parser.add_argument("--max-grid-images", type=int, default=16,
-                        help="images shown in the attention / PCA figures, taken in turn from each source (0: all)")
-    parser.add_argument("--foreground-threshold", type=float, default=None, help="keep patches whose first PCA component (0..1) exceeds this")
-    parser.add_argument("--dataset", nargs="+", default=None, help="image folder or shards for the spectrum (default: the --images)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="square input size, a multiple of the patch size (default: training crop size)",
+    )
+    parser.add_argument(
+        "--max-grid-images",
+        type=int,
+        default=16,
+        help="images shown in the attention / PCA figures, taken in turn from each source (0: all)",
+    )
+    parser.add_argument(
+        "--foreground-threshold",
+        type=float,
+        default=None,
+        help="keep patches whose first PCA component (0..1) exceeds this",
+    )
+    parser.add_argument(
+        "--dataset", nargs="+", default=None, help="image folder or shards for the spectrum (default: the --images)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)")
+    parser.add_argument(
+        "--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)"
+    )
     parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
     return parser
 
@@ -72,7 +100,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
     spectrum_features = None
     if args.dataset:
-
         transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
         spectrum_features = dataset_cls_features(model, args.dataset, transform, args.batch_size, device)
     outputs = visualize(
@@ -91,15 +118,19 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     )
     r = outputs.report
     total = sum(len(g) for g in image_groups)
-    print(f"figures show {outputs.grid_images} of {total} images from {len(image_groups)} source(s)"
-          + ("" if outputs.grid_images == total else " (--max-grid-images 0 shows all)"))
+    print(
+        f"figures show {outputs.grid_images} of {total} images from {len(image_groups)} source(s)"
+        + ("" if outputs.grid_images == total else " (--max-grid-images 0 shows all)")
+    )
     print(
         f"{r.num_samples} images, dim {r.dim}: std*sqrt(D) {r.std_ratio:.3f}, RankMe {r.rankme:.1f} "
         f"({100 * r.rankme_ratio:.1f}% of {min(r.num_samples, r.dim)}) -> {r.verdict}"
     )
     if r.verdict == NOT_ENOUGH_SAMPLES:
-        print(f"no collapse verdict: {r.num_samples} samples < {MIN_VERDICT_SAMPLES}; below that the "
-              f"dimensional-collapse rule cannot fire (pass more images or --dataset)")
+        print(
+            f"no collapse verdict: {r.num_samples} samples < {MIN_VERDICT_SAMPLES}; below that the "
+            f"dimensional-collapse rule cannot fire (pass more images or --dataset)"
+        )
     for path in (outputs.attention_png, outputs.pca_png, outputs.spectrum_png, outputs.report_json):
         print(f"wrote {path}")
     return 0

@@ -47,20 +47,35 @@ from dinolite.export.writers import (
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="run output directory or one checkpoint directory")
-    parser.add_argument("--output", required=True,
-                        help="file to write (.safetensors, .pth, .onnx), or a folder for timm-hub / transformers")
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx); "
-                             "timm-hub: timm.create_model('local-dir:DIR'); transformers: Dinov2Model.from_pretrained(DIR)")
-    parser.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
-                        help="upload the timm-hub / transformers folder to this Hugging Face model repository "
-                             "(the `hub` extra; credentials from HF_TOKEN or `huggingface-cli login`)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="file to write (.safetensors, .pth, .onnx), or a folder for timm-hub / transformers",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="default: from the --output suffix (.safetensors, .pth/.pt -> dinov2, .onnx); "
+        "timm-hub: timm.create_model('local-dir:DIR'); transformers: Dinov2Model.from_pretrained(DIR)",
+    )
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="ORG/NAME",
+        default=None,
+        help="upload the timm-hub / transformers folder to this Hugging Face model repository "
+        "(the `hub` extra; credentials from HF_TOKEN or `huggingface-cli login`)",
+    )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
-    parser.add_argument("--with-heads", action="store_true",
-                        help="also write the method's heads (and its extra state, e.g. DINO's centres)")
-    parser.add_argument("--network", choices=NETWORKS, default=None,
-                        help="which network (default: the method's evaluated one)")
+    parser.add_argument(
+        "--with-heads",
+        action="store_true",
+        help="also write the method's heads (and its extra state, e.g. DINO's centres)",
+    )
+    parser.add_argument(
+        "--network", choices=NETWORKS, default=None, help="which network (default: the method's evaluated one)"
+    )
     parser.add_argument("--student", action="store_true", help="same as --network student")
     return parser
 
@@ -76,7 +91,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if existing and not args.force:
         raise FileExistsError(f"--output: {', '.join(existing)} already exist(s); pass --force to overwrite")
     if args.push_to_hub and args.format not in FOLDER_FORMATS:
-        raise ValueError(f"--push-to-hub uploads a folder: use --format {' or '.join(FOLDER_FORMATS)}, not {args.format}")
+        raise ValueError(
+            f"--push-to-hub uploads a folder: use --format {' or '.join(FOLDER_FORMATS)}, not {args.format}"
+        )
     if args.with_heads and args.format != "safetensors":
         raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
     network = "student" if args.student else args.network
@@ -93,7 +110,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     elif args.format == "transformers":
         written = write_transformers_folder(exported.backbone, exported.spec, output)
     else:
-
         model = build_from_spec(exported.spec)
         load_state_dict_strict(model, exported.backbone, origin=str(args.checkpoint))
         written = write_onnx(model.eval(), exported.spec, output)
@@ -105,7 +121,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(f"  {path}")
     if args.push_to_hub:
-        print(f"pushed to https://huggingface.co/{args.push_to_hub}: {push_folder_to_hub(output, args.push_to_hub, args.private)}")
+        print(
+            f"pushed to https://huggingface.co/{args.push_to_hub}: {push_folder_to_hub(output, args.push_to_hub, args.private)}"
+        )
     return 0
 
 

@@ -19,7 +19,6 @@ from dinolite.export.load import PretrainedWeights, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
 from dinolite.models import build_backbone
 
-
 NETWORKS = ("teacher", "student")
 
 

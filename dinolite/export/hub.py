@@ -80,10 +80,14 @@ def write_transformers_folder(
 
 
 def _huggingface_hub():
-    return optional_import("huggingface_hub", extra="hub", purpose="the Hugging Face Hub (hf-hub: sources, --push-to-hub)")
+    return optional_import(
+        "huggingface_hub", extra="hub", purpose="the Hugging Face Hub (hf-hub: sources, --push-to-hub)"
+    )
 
 
-def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_message: Optional[str] = None) -> str:
+def push_folder_to_hub(
+    folder: str | Path, repo_id: str, private: bool = False, commit_message: Optional[str] = None
+) -> str:
     """Create ``repo_id`` (a model repository) if needed and upload ``folder``; returns the commit URL.
 
     Credentials come from huggingface_hub (``HF_TOKEN`` or ``huggingface-cli login``).
@@ -92,7 +96,9 @@ def push_folder_to_hub(folder: str | Path, repo_id: str, private: bool = False, 
     api = hub.HfApi()
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="model",
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
         commit_message=commit_message or "Upload a dinolite backbone",
     )
     return str(getattr(info, "commit_url", info))
@@ -104,7 +110,7 @@ def is_hub_source(source: str | Path) -> bool:
 
 def download_hub_source(source: str) -> Path:
     """``hf-hub:ORG/NAME[@REVISION]`` -> the local snapshot folder (config + safetensors weights only)."""
-    repo = source[len(HF_HUB_PREFIX):]
+    repo = source[len(HF_HUB_PREFIX) :]
     repo_id, _, revision = repo.partition("@")
     if not repo_id or repo_id.count("/") != 1:
         raise ValueError(f"{source!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")

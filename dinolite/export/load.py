@@ -92,7 +92,9 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], di
             metadata = handle.metadata() or {}
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ExportFormatError(f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}") from exc
+        raise ExportFormatError(
+            f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}"
+        ) from exc
     return shapes, metadata
 
 
@@ -102,7 +104,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ExportFormatError(f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}") from exc
+        raise ExportFormatError(
+            f"{path}: cannot read as safetensors (truncated or not a safetensors file): {exc}"
+        ) from exc
     return tensors, metadata
 
 

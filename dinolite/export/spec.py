@@ -246,13 +246,19 @@ def check_spec_against_shapes(
         refuse("depth", spec.depth, f"{depth} blocks", "blocks.N.* tensors")
     patch_shape = shape("patch_embed.proj.weight")
     if spec.patch_size != patch_shape[-1]:
-        refuse("patch_size", spec.patch_size, f"{patch_shape[-1]}-pixel patches", f"patch_embed.proj.weight {patch_shape}")
+        refuse(
+            "patch_size", spec.patch_size, f"{patch_shape[-1]}-pixel patches", f"patch_embed.proj.weight {patch_shape}"
+        )
     tokens = shape("pos_embed")[1] - 1
     if (spec.img_size // spec.patch_size) ** 2 != tokens:
-        refuse("img_size", spec.img_size, f"{tokens} position-embedding patches", f"pos_embed shape {shape('pos_embed')}")
+        refuse(
+            "img_size", spec.img_size, f"{tokens} position-embedding patches", f"pos_embed shape {shape('pos_embed')}"
+        )
     registers = shapes["register_tokens"][1] if "register_tokens" in shapes else 0
     if spec.num_register_tokens != registers:
-        refuse("num_register_tokens", spec.num_register_tokens, f"{registers} register tokens", "register_tokens tensor")
+        refuse(
+            "num_register_tokens", spec.num_register_tokens, f"{registers} register tokens", "register_tokens tensor"
+        )
     swiglu = "blocks.0.mlp.w12.weight" in shapes
     if (spec.ffn_layer == "swiglu") != swiglu and depth:
         refuse("ffn_layer", spec.ffn_layer, "a SwiGLU FFN" if swiglu else "an MLP FFN", "blocks.0.mlp.* tensors")

@@ -95,13 +95,17 @@ def to_transformers_state_dict(state_dict: Mapping[str, torch.Tensor], spec: Bac
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def from_transformers_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> dict[str, torch.Tensor]:
+def from_transformers_state_dict(
+    state_dict: Mapping[str, torch.Tensor], origin: str = "state dict"
+) -> dict[str, torch.Tensor]:
     """transformers' layout -> DINOv2's (a ``dinov2.`` prefix of task models is dropped, heads refused)."""
     sd = dict(state_dict)
     if any(k.startswith("dinov2.") for k in sd):
         heads = sorted(k for k in sd if not k.startswith("dinov2."))
         if heads:
-            raise ExportFormatError(f"{origin}: a task model with head weights {heads[:4]}; pass the backbone (Dinov2Model)")
+            raise ExportFormatError(
+                f"{origin}: a task model with head weights {heads[:4]}; pass the backbone (Dinov2Model)"
+            )
         sd = {k.removeprefix("dinov2."): v for k, v in sd.items()}
     top = {theirs: ours for ours, theirs in _TOP_NAMES.items()}
     block = {theirs: ours for ours, theirs in _BLOCK_NAMES.items()}

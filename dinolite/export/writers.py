@@ -134,7 +134,6 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
     path = Path(path)
     converted = to_timm_state_dict(state_dict)
     if path.suffix == ".safetensors":
-
         written = [write_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
     else:
         written = [write_atomic(path, lambda tmp: torch.save(_plain(converted), tmp))]
@@ -183,7 +182,6 @@ def write_onnx(
     needs onnxscript). The position-embedding resampling is swapped for a branch-free tensor version
     (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
     """
-
 
     path = Path(path)
     model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()

@@ -33,7 +33,9 @@ EXIT_OK = 0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(prog="launch/lab.py", description=__doc__)
-    parser.add_argument("--matrix", required=True, help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, vitb16)")
+    parser.add_argument(
+        "--matrix", required=True, help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, vitb16)"
+    )
     parser.add_argument("--output-dir", help="default: the matrix's output_dir")
     parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these runs of the matrix")
     parser.add_argument("--report", action="store_true", help="only write the report from the runs on disk")

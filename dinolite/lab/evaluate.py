@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
-from dinolite.dist import resolve_device
 from dinolite.data.loader import build_eval_dataset
+from dinolite.dist import resolve_device
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import ExtractedFeatures, extract_features
 from dinolite.eval.knn import knn_classify
@@ -64,21 +64,27 @@ class EvalData:
     """The evaluation images of a matrix and the device the networks run on (``train.device`` of the run,
     resolved like training: the first GPU when there is one)."""
 
-    def __init__(self, train_source: list[str], val_source: list[str], measurements: Measurements,
-                 device: str = "auto") -> None:
+    def __init__(
+        self, train_source: list[str], val_source: list[str], measurements: Measurements, device: str = "auto"
+    ) -> None:
         self.train_source = list(train_source)
         self.val_source = list(val_source)
         self.measurements = measurements
         self.device = resolve_device(device, local_rank=0)
 
-    def features(self, backbone: nn.Module, cfg: Config, spectrum_only: bool = False
-                 ) -> tuple[ExtractedFeatures, Optional[ExtractedFeatures], int]:
+    def features(
+        self, backbone: nn.Module, cfg: Config, spectrum_only: bool = False
+    ) -> tuple[ExtractedFeatures, Optional[ExtractedFeatures], int]:
         """Probe-layout features (:func:`probe_features`) of train and val, and the block count in them.
 
         ``spectrum_only``: the first ``spectrum_samples`` training images and no val (intermediate
         checkpoints need only their spectrum)."""
-        transform = build_eval_transform(cfg.crops.global_crops_size, mean=list(cfg.crops.mean),
-                                         std=list(cfg.crops.std), patch_size=cfg.student.patch_size)
+        transform = build_eval_transform(
+            cfg.crops.global_crops_size,
+            mean=list(cfg.crops.mean),
+            std=list(cfg.crops.std),
+            patch_size=cfg.student.patch_size,
+        )
         n_blocks = min(4, backbone.n_blocks)
 
         @torch.no_grad()
@@ -89,12 +95,17 @@ class EvalData:
         train_set = build_eval_dataset(self.train_source, transform)
         if spectrum_only:  # decode only what the spectrum uses
             train_set = list(itertools.islice(iter(train_set), self.measurements.spectrum_samples))
-        train = extract_features(fn, train_set, batch_size=256, device=self.device, progress=False,
-                                 desc="lab train")
+        train = extract_features(fn, train_set, batch_size=256, device=self.device, progress=False, desc="lab train")
         if spectrum_only:
             return train, None, n_blocks
-        val = extract_features(fn, build_eval_dataset(self.val_source, transform), batch_size=256,
-                               device=self.device, progress=False, desc="lab val")
+        val = extract_features(
+            fn,
+            build_eval_dataset(self.val_source, transform),
+            batch_size=256,
+            device=self.device,
+            progress=False,
+            desc="lab val",
+        )
         return train, val, n_blocks
 
 
@@ -128,21 +139,40 @@ def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration:
     train = ExtractedFeatures(*(t.to(data.device) for t in train))
     val = ExtractedFeatures(*(t.to(data.device) for t in val))
     if m.knn:
-        knn = knn_classify(_cls(train.features, n_blocks, dim), train.labels, _cls(val.features, n_blocks, dim),
-                           val.labels, num_classes, ks=(m.knn_k,), temperature=KNN_TEMPERATURE)
+        knn = knn_classify(
+            _cls(train.features, n_blocks, dim),
+            train.labels,
+            _cls(val.features, n_blocks, dim),
+            val.labels,
+            num_classes,
+            ks=(m.knn_k,),
+            temperature=KNN_TEMPERATURE,
+        )
         out["knn"] = {"top1": knn["top1"], "k": m.knn_k, "features": "cls"}
     if m.linear:
         specs = head_grid(DINOV2_LEARNING_RATES, sorted({1, n_blocks}), (False, True))
-        probe = linear_probe_cached(train.features, train.labels, train.indices, val.features, val.labels,
-                                    embed_dim=dim, n_available=n_blocks, num_classes=num_classes, specs=specs,
-                                    epochs=m.linear_epochs, seed=cfg.train.seed)
+        probe = linear_probe_cached(
+            train.features,
+            train.labels,
+            train.indices,
+            val.features,
+            val.labels,
+            embed_dim=dim,
+            n_available=n_blocks,
+            num_classes=num_classes,
+            specs=specs,
+            epochs=m.linear_epochs,
+            seed=cfg.train.seed,
+        )
         summary = probe.to_json("heldout")
         out["linear"] = {"top1": summary["top1"], "best": summary["best"]}
     out["chance"] = 100.0 / num_classes
     return out
 
 
-def evaluate_run(cfg: Config, run_dir: Path, data: EvalData, load: Callable[[Path], nn.Module] = load_any_backbone) -> dict:
+def evaluate_run(
+    cfg: Config, run_dir: Path, data: EvalData, load: Callable[[Path], nn.Module] = load_any_backbone
+) -> dict:
     """Spectra at every kept checkpoint, kNN and linear probe at the last; ``{}`` without checkpoints."""
     checkpoints = kept_checkpoints(run_dir)
     if not checkpoints:
@@ -166,8 +196,17 @@ def random_init_backbone(cfg: Config) -> nn.Module:
 
 def random_init_baseline_path(cfg: Config, cache_dir: Path) -> Path:
     """Where the random-init baseline of ``cfg``'s architecture (and eval transform, seed) is cached."""
-    key = json.dumps({"student": vars(cfg.student), "size": cfg.crops.global_crops_size, "seed": cfg.train.seed,
-                      "mean": list(cfg.crops.mean), "std": list(cfg.crops.std)}, sort_keys=True, default=str)
+    key = json.dumps(
+        {
+            "student": vars(cfg.student),
+            "size": cfg.crops.global_crops_size,
+            "seed": cfg.train.seed,
+            "mean": list(cfg.crops.mean),
+            "std": list(cfg.crops.std),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return Path(cache_dir) / f"random_init_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 

@@ -159,8 +159,10 @@ def resolve_matrix(name_or_path: str | Path) -> Path:
         return path
     candidate = MATRIX_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        raise ConfigError(f"unknown matrix {str(name_or_path)!r}{_hint(str(name_or_path), available_matrices())} "
-                          "(or pass the path to a .yaml file)")
+        raise ConfigError(
+            f"unknown matrix {str(name_or_path)!r}{_hint(str(name_or_path), available_matrices())} "
+            "(or pass the path to a .yaml file)"
+        )
     return candidate
 
 
@@ -180,18 +182,23 @@ def load_matrix(path: str | Path) -> LabMatrix:
     if not 0 <= m.spectra <= matrix.iterations:
         raise ConfigError(f"{src}: invalid value for 'measurements.spectra': {m.spectra}; must be in [0, iterations]")
     if m.every > matrix.iterations:
-        raise ConfigError(f"{src}: 'measurements.every' = {m.every} exceeds 'iterations' = {matrix.iterations}: "
-                          "no measurement would be taken")
+        raise ConfigError(
+            f"{src}: 'measurements.every' = {m.every} exceeds 'iterations' = {matrix.iterations}: "
+            "no measurement would be taken"
+        )
     if not 0 < matrix.verdict.settle_fraction <= 1:
-        raise ConfigError(f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; "
-                          "must be in (0, 1]")
+        raise ConfigError(
+            f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; must be in (0, 1]"
+        )
     if not matrix.runs:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
         raise ConfigError(f"{src}: set both 'eval_train' and 'eval_val', or neither")
     if not matrix.eval_train and matrix.data != [DIGITS] and (m.knn or m.linear or m.spectra):
-        raise ConfigError(f"{src}: 'data' is {matrix.data}, not [digits]: give the labelled 'eval_train' and "
-                          "'eval_val' sources the kNN, linear probe and spectra are computed on")
+        raise ConfigError(
+            f"{src}: 'data' is {matrix.data}, not [digits]: give the labelled 'eval_train' and "
+            "'eval_val' sources the kNN, linear probe and spectra are computed on"
+        )
     seen: dict[str, int] = {}
     for i, run in enumerate(matrix.runs):
         where = f"{src}: runs[{i}]"
@@ -201,16 +208,22 @@ def load_matrix(path: str | Path) -> LabMatrix:
             raise ConfigError(f"{where}.label {run.label!r} is already the label of runs[{seen[run.label]}]")
         seen[run.label] = i
         if run.expect not in EXPECTED_FINDINGS:
-            raise ConfigError(f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}")
+            raise ConfigError(
+                f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}"
+            )
         if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
             others = [r.label for r in matrix.runs if r.label != run.label]
-            raise ConfigError(f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
-                              f"{_hint(run.reference, others)}")
+            raise ConfigError(
+                f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
+                f"{_hint(run.reference, others)}"
+            )
         for item in run.overrides:
             key = item.split("=", 1)[0].strip()
             if key in LAB_KEYS:
-                raise ConfigError(f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
-                                  f"{LAB_KEYS[key]}; remove it from the run")
+                raise ConfigError(
+                    f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
+                    f"{LAB_KEYS[key]}; remove it from the run"
+                )
     for item in matrix.overrides:
         key = item.split("=", 1)[0].strip()
         if key in LAB_KEYS:
@@ -263,8 +276,10 @@ def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepa
         where = f"{path}: runs[{i}] ({spec.label}), preset {spec.preset!r}"
         try:
             own = load_config(spec.preset, [*matrix.overrides, *spec.overrides])
-            cfg = load_config(spec.preset, [*matrix.overrides, *spec.overrides,
-                                            *lab_overrides(matrix, own.optim.epochs, run_dir, data)])
+            cfg = load_config(
+                spec.preset,
+                [*matrix.overrides, *spec.overrides, *lab_overrides(matrix, own.optim.epochs, run_dir, data)],
+            )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         runs.append(PlannedRun(i, spec, cfg, run_dir))

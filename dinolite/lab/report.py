@@ -74,9 +74,15 @@ def collect(plan: LabPlan) -> list[RunReport]:
         result = results[run.label]
         diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
         reference = run.spec.reference
-        verdict = judge(trace, plan.matrix.verdict, diverged_at, eval_rank_series(result),
-                        eval_rank_series(results.get(reference)) if reference else None, reference,
-                        traces.get(reference) if reference else None)
+        verdict = judge(
+            trace,
+            plan.matrix.verdict,
+            diverged_at,
+            eval_rank_series(result),
+            eval_rank_series(results.get(reference)) if reference else None,
+            reference,
+            traces.get(reference) if reference else None,
+        )
         baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
         # the current watchdog rules (the planned config's), which may be newer than the run
         reports.append(RunReport(run, trace, result, verdict, replay_watchdog(run.config, trace), baseline))
@@ -154,15 +160,20 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
     rows = math.ceil(len(with_spectra) / cols)
     fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
-    for ax in axes.flat[len(with_spectra):]:
+    for ax in axes.flat[len(with_spectra) :]:
         ax.axis("off")
     for ax, (r, spectra) in zip(axes.flat, with_spectra):
         cmap = _colormap("viridis")
         for i, entry in enumerate(spectra):
             values = [max(v, 1e-12) for v in entry["eigenvalues"]]
             shade = cmap(i / max(len(spectra) - 1, 1))
-            ax.plot(range(1, len(values) + 1), [math.log10(v) for v in values], color=shade, lw=1.2,
-                    label=f"it {entry['iteration']}" + (" (init)" if entry["iteration"] == 0 else ""))
+            ax.plot(
+                range(1, len(values) + 1),
+                [math.log10(v) for v in values],
+                color=shade,
+                lw=1.2,
+                label=f"it {entry['iteration']}" + (" (init)" if entry["iteration"] == 0 else ""),
+            )
         ax.set_title(f"{r.run.label}\n{r.verdict.kind}", fontsize=8)
         ax.set_xlabel("eigenvalue rank", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -175,9 +186,11 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
 
 
 def plot_teacher(reports: list[RunReport], path: Path) -> bool:
-    panels = [("teacher_entropy_norm", "H(teacher) / ln K (per image)"),
-              ("teacher_mean_entropy_norm", "H(batch-mean teacher) / ln K"),
-              ("student_teacher_kl", "KL(teacher || student) (nats)")]
+    panels = [
+        ("teacher_entropy_norm", "H(teacher) / ln K (per image)"),
+        ("teacher_mean_entropy_norm", "H(batch-mean teacher) / ln K"),
+        ("student_teacher_kl", "KL(teacher || student) (nats)"),
+    ]
     if not any(r.trace.teacher(name) for r in reports for name, _ in panels):
         return False
     fig = Figure(figsize=(13, 3.4))
@@ -221,9 +234,13 @@ def _pct(value: Optional[float]) -> str:
 def _evidence_text(r: RunReport) -> str:
     parts = [f.describe() for f in r.verdict.findings]
     ev = r.verdict.evidence
-    for key, label in (("backbone_std_ratio", "backbone std*sqrt(d)"), ("projector_std_ratio", "projector std*sqrt(d)"),
-                       ("backbone_rankme_ratio", "backbone RankMe ratio"), ("teacher_mean_entropy_norm", "H(mean)/lnK"),
-                       ("teacher_entropy_norm", "H/lnK")):
+    for key, label in (
+        ("backbone_std_ratio", "backbone std*sqrt(d)"),
+        ("projector_std_ratio", "projector std*sqrt(d)"),
+        ("backbone_rankme_ratio", "backbone RankMe ratio"),
+        ("teacher_mean_entropy_norm", "H(mean)/lnK"),
+        ("teacher_entropy_norm", "H/lnK"),
+    ):
         if key in ev:
             parts.append(f"{label} {ev[key]:.3g}")
     spectra = (r.result or {}).get("spectra") or []
@@ -234,8 +251,10 @@ def _evidence_text(r: RunReport) -> str:
 
 
 def summary_table(reports: list[RunReport]) -> str:
-    head = ("| run | expected | verdict | since it. | watchdog fired | kNN top-1 | linear top-1 | "
-            "random init kNN / linear | reproduced | numbers |")
+    head = (
+        "| run | expected | verdict | since it. | watchdog fired | kNN top-1 | linear top-1 | "
+        "random init kNN / linear | reproduced | numbers |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in reports:
         result = r.result or {}
@@ -278,15 +297,18 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS; linear: DINOv2's linear-probe grid; "
         "both on the final checkpoint. Verdict rules and thresholds: `dinolite/lab/verdict.py` and the matrix's "
         "`verdict:` section; the watchdog column replays each run's own `monitor.thresholds` over its log.".format(
-            k=m.measurements.knn_k),
+            k=m.measurements.knn_k
+        ),
         "",
         "## Runs",
         "",
     ]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
-        lines.append(f"- `{r.run.label}`: `{r.run.spec.preset}` {overrides}. Expected: {r.run.spec.expect}. "
-                     f"{r.run.spec.why.strip()} Watchdog: {r.watchdog.message}.")
+        lines.append(
+            f"- `{r.run.label}`: `{r.run.spec.preset}` {overrides}. Expected: {r.run.spec.expect}. "
+            f"{r.run.spec.why.strip()} Watchdog: {r.watchdog.message}."
+        )
     lines += ["", "## Figures", ""]
     for filename, caption in figures:
         lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]

@@ -77,8 +77,9 @@ def is_done(run: PlannedRun) -> bool:
     return bool(result) and result.get("status") in FINAL_STATUSES and not config_differences(run)
 
 
-def finish_run(plan: LabPlan, run: PlannedRun, status: str, iteration: int, message: str,
-               train_seconds: float | None = None) -> dict:
+def finish_run(
+    plan: LabPlan, run: PlannedRun, status: str, iteration: int, message: str, train_seconds: float | None = None
+) -> dict:
     """Evaluate a trained run from its checkpoints and write its ``lab_result.json``."""
     start = time.perf_counter()
     data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
@@ -124,8 +125,9 @@ def iteration_of(message: str) -> int:
     return -1
 
 
-def run_local(plan: LabPlan, labels: Optional[list[str]] = None, report: bool = True,
-              train_fn: Callable[..., TrainResult] = train) -> Path | None:
+def run_local(
+    plan: LabPlan, labels: Optional[list[str]] = None, report: bool = True, train_fn: Callable[..., TrainResult] = train
+) -> Path | None:
     """Every selected run, one after another in this process, then the report (unless ``report=False``)."""
     console = get_console_logger()
     selected = plan.select(labels)

@@ -40,7 +40,9 @@ class LabArrayTask(slurm.Checkpointable):
 
     def __call__(self) -> Any:
         run = next(r for r in self.plan.runs if r.label == self.label)
-        job = slurm.SlurmTrainingJob(config=to_dict(run.config), output_dir=str(run.run_dir), max_requeues=self.max_requeues)
+        job = slurm.SlurmTrainingJob(
+            config=to_dict(run.config), output_dir=str(run.run_dir), max_requeues=self.max_requeues
+        )
         try:
             result = job.run(os.environ)  # raises SystemExit when the job was requeued
             status, iteration, message = result.status, result.iteration, result.message
@@ -51,8 +53,15 @@ class LabArrayTask(slurm.Checkpointable):
         try:
             finish_run(self.plan, run, status, iteration, message)
         except Exception:  # evaluation failed: record it so the report says so, then fail the task
-            write_result(run.run_dir, {"label": run.label, "status": "failed", "iteration": iteration,
-                                       "message": traceback.format_exc(limit=3)})
+            write_result(
+                run.run_dir,
+                {
+                    "label": run.label,
+                    "status": "failed",
+                    "iteration": iteration,
+                    "message": traceback.format_exc(limit=3),
+                },
+            )
             raise
         # Each task writes its result before looking at the others, so the last one to finish sees all.
         if all(is_done(r) for r in self.plan.runs):

@@ -107,8 +107,11 @@ class RunTrace:
 
     def collapse_records(self) -> list[tuple[int, dict[str, float]]]:
         """The monitor's measurements, in iteration order (what the watchdog saw)."""
-        return [(it, {k: v for k, v in r.items() if k.startswith("collapse/")})
-                for it, r in self.records.items() if COLLAPSE_RECORD_KEY in r]
+        return [
+            (it, {k: v for k, v in r.items() if k.startswith("collapse/")})
+            for it, r in self.records.items()
+            if COLLAPSE_RECORD_KEY in r
+        ]
 
     @property
     def last_iteration(self) -> int:
@@ -168,7 +171,9 @@ def replay_watchdog(config: Config, trace: RunTrace) -> WatchdogReplay:
     silent.propagate = False
     method = get_method(config.train.method)
     monitor = dataclasses.replace(config.monitor, action="warn")  # alerts are collected, never raised
-    watchdog = Watchdog.from_config(monitor, silent, method.watchdog_thresholds, metric_names(method.monitor_embeddings))
+    watchdog = Watchdog.from_config(
+        monitor, silent, method.watchdog_thresholds, metric_names(method.monitor_embeddings)
+    )
     for iteration, metrics in trace.collapse_records():
         alerts = watchdog.check(iteration, metrics)
         if alerts:

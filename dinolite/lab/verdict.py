@@ -93,9 +93,15 @@ def persistent_since(series: Series, condition: Callable[[float], bool], settle_
     return since if since is not None and since <= first_in_window else None
 
 
-def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = None,
-          eval_rank: Optional[Series] = None, reference_rank: Optional[Series] = None,
-          reference: str = "reference", reference_trace: Optional[RunTrace] = None) -> Verdict:
+def judge(
+    trace: RunTrace,
+    rules: VerdictRules,
+    diverged_at: Optional[int] = None,
+    eval_rank: Optional[Series] = None,
+    reference_rank: Optional[Series] = None,
+    reference: str = "reference",
+    reference_trace: Optional[RunTrace] = None,
+) -> Verdict:
     """The verdict of one run's traces under ``rules`` (see the module docstring).
 
     ``diverged_at``: the iteration at which training stopped on a non-finite loss (the loop raises
@@ -105,8 +111,9 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
     """
     evidence = _evidence(trace)
     if diverged_at is not None:
-        return Verdict(DIVERGED, [Finding(DIVERGED, "non-finite loss", diverged_at, math.nan, "loss is NaN/inf")],
-                       evidence)
+        return Verdict(
+            DIVERGED, [Finding(DIVERGED, "non-finite loss", diverged_at, math.nan, "loss is NaN/inf")], evidence
+        )
     loss = trace.loss()
     bad = [it for it, v in zip(loss.iterations, loss.values) if not math.isfinite(v)]
     if bad:
@@ -117,28 +124,76 @@ def judge(trace: RunTrace, rules: VerdictRules, diverged_at: Optional[int] = Non
 
     candidates: list[tuple[str, str, Series, Callable[[float], bool], str]] = []
     for channel in CHANNELS:
-        candidates.append((COMPLETE, f"constant {channel} output", trace.channel(channel, "std_ratio"),
-                           lambda v: v < rules.complete_std_ratio, f"std x sqrt(d) < {rules.complete_std_ratio:g}"))
+        candidates.append(
+            (
+                COMPLETE,
+                f"constant {channel} output",
+                trace.channel(channel, "std_ratio"),
+                lambda v: v < rules.complete_std_ratio,
+                f"std x sqrt(d) < {rules.complete_std_ratio:g}",
+            )
+        )
     for channel in CHANNELS:
-        candidates.append((COMPLETE, f"one-direction {channel}", trace.channel(channel, "rankme"),
-                           lambda v: v < rules.complete_rankme, f"RankMe < {rules.complete_rankme:g}"))
-    candidates.append((COMPLETE, "one prototype", trace.teacher("teacher_mean_entropy_norm"),
-                       lambda v: v < rules.one_prototype_entropy, f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}"))
-    candidates.append((COMPLETE, "uniform output", trace.teacher("teacher_entropy_norm"),
-                       lambda v: v > rules.uniform_entropy, f"H(teacher)/ln K > {rules.uniform_entropy:g}"))
+        candidates.append(
+            (
+                COMPLETE,
+                f"one-direction {channel}",
+                trace.channel(channel, "rankme"),
+                lambda v: v < rules.complete_rankme,
+                f"RankMe < {rules.complete_rankme:g}",
+            )
+        )
+    candidates.append(
+        (
+            COMPLETE,
+            "one prototype",
+            trace.teacher("teacher_mean_entropy_norm"),
+            lambda v: v < rules.one_prototype_entropy,
+            f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}",
+        )
+    )
+    candidates.append(
+        (
+            COMPLETE,
+            "uniform output",
+            trace.teacher("teacher_entropy_norm"),
+            lambda v: v > rules.uniform_entropy,
+            f"H(teacher)/ln K > {rules.uniform_entropy:g}",
+        )
+    )
     for channel in CHANNELS:
-        candidates.append((DIMENSIONAL, f"low-rank {channel}", trace.channel(channel, "rankme_ratio"),
-                           lambda v: v < rules.dimensional_rank_ratio,
-                           f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}"))
+        candidates.append(
+            (
+                DIMENSIONAL,
+                f"low-rank {channel}",
+                trace.channel(channel, "rankme_ratio"),
+                lambda v: v < rules.dimensional_rank_ratio,
+                f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}",
+            )
+        )
     fraction = rules.dimensional_reference_fraction
     if eval_rank and reference_rank:
-        candidates.append((DIMENSIONAL, f"fewer dimensions than {reference}", _ratio(eval_rank, reference_rank),
-                           lambda v: v < fraction, f"eval RankMe < {fraction:g} x {reference}'s"))
+        candidates.append(
+            (
+                DIMENSIONAL,
+                f"fewer dimensions than {reference}",
+                _ratio(eval_rank, reference_rank),
+                lambda v: v < fraction,
+                f"eval RankMe < {fraction:g} x {reference}'s",
+            )
+        )
     if reference_trace is not None:
         for channel in CHANNELS:
             ratio = _ratio(trace.channel(channel, "rankme"), reference_trace.channel(channel, "rankme"))
-            candidates.append((DIMENSIONAL, f"fewer {channel} dimensions than {reference}", ratio,
-                               lambda v: v < fraction, f"{channel} RankMe < {fraction:g} x {reference}'s"))
+            candidates.append(
+                (
+                    DIMENSIONAL,
+                    f"fewer {channel} dimensions than {reference}",
+                    ratio,
+                    lambda v: v < fraction,
+                    f"{channel} RankMe < {fraction:g} x {reference}'s",
+                )
+            )
     findings = []
     for kind, mode, series, condition, rule in candidates:
         since = persistent_since(series, condition, rules.settle_fraction)

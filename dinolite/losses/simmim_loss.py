@@ -40,7 +40,9 @@ class SimMIMLoss(nn.Module):
 
     def forward(self, reconstruction: Tensor, images: Tensor, mask: Tensor) -> Tensor:
         if reconstruction.shape != images.shape:
-            raise ValueError(f"SimMIMLoss: reconstruction {tuple(reconstruction.shape)} != images {tuple(images.shape)}")
+            raise ValueError(
+                f"SimMIMLoss: reconstruction {tuple(reconstruction.shape)} != images {tuple(images.shape)}"
+            )
         B, C, H, W = images.shape
         p = self.patch_size
         if H % p or W % p or mask.shape != (B, (H // p) * (W // p)):

@@ -48,7 +48,11 @@ class AttentionBackend:
             return "xformers"
         if self.requested == "xformers" and not self._warned:
             self._warned = True
-            reason = "xformers is not installed (pip install 'dinolite[xformers]')" if not self._has_xformers else f"tensors are on {x.device.type}"
+            reason = (
+                "xformers is not installed (pip install 'dinolite[xformers]')"
+                if not self._has_xformers
+                else f"tensors are on {x.device.type}"
+            )
             warnings.warn(
                 f"attention='xformers' was requested but {reason}; falling back to "
                 "torch.nn.functional.scaled_dot_product_attention",

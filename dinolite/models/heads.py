@@ -52,8 +52,12 @@ class DINOHead(nn.Module):
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"nlayers={nlayers} must be >= 1")
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim),
-                            ("bottleneck_dim", bottleneck_dim)):
+        for name, value in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+        ):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
         self.in_dim, self.out_dim, self.bottleneck_dim = in_dim, out_dim, bottleneck_dim

@@ -158,9 +158,11 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any] | None = None,
         f"  heads (dino+ibot)     {s['params_heads']:>15,}  ({_fmt_count(s['params_heads'])})",
         f"  total (student)       {s['params_total']:>15,}  ({_fmt_count(s['params_total'])})",
         "forward, one crop, backbone (MACs = multiply-adds; FLOPs = 2 x MACs)",
-        f"  global {s['global_crop_size']}px".ljust(24) + f"{_fmt_count(s['macs_global_crop'])}MACs".rjust(14)
+        f"  global {s['global_crop_size']}px".ljust(24)
+        + f"{_fmt_count(s['macs_global_crop'])}MACs".rjust(14)
         + f"{_fmt_count(2 * s['macs_global_crop'])}FLOPs".rjust(16),
-        f"  local {s['local_crop_size']}px".ljust(24) + f"{_fmt_count(s['macs_local_crop'])}MACs".rjust(14)
+        f"  local {s['local_crop_size']}px".ljust(24)
+        + f"{_fmt_count(s['macs_local_crop'])}MACs".rjust(14)
         + f"{_fmt_count(2 * s['macs_local_crop'])}FLOPs".rjust(16),
         "  dino head per token".ljust(24) + f"{_fmt_count(s['macs_dino_head_per_token'])}MACs".rjust(14),
         "  ibot head per token".ljust(24) + f"{_fmt_count(s['macs_ibot_head_per_token'])}MACs".rjust(14),

@@ -42,8 +42,12 @@ class MSNProjectionHead(nn.Module):
         super().__init__()
         norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
         self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), norm(), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), norm(), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim),
+            norm(),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            norm(),
+            nn.GELU(),
             nn.Linear(hidden_dim, out_dim),
         )
         self.out_dim = out_dim

@@ -159,8 +159,10 @@ class DinoVisionTransformer(nn.Module):
                 f"{tuple(keep_indices.shape)}"
             )
         if keep_indices.numel() and not (0 <= int(keep_indices.min()) and int(keep_indices.max()) < N):
-            raise ValueError(f"keep_indices must lie in [0, {N}) (the image's patches), got "
-                             f"[{int(keep_indices.min())}, {int(keep_indices.max())}]")
+            raise ValueError(
+                f"keep_indices must lie in [0, {N}) (the image's patches), got "
+                f"[{int(keep_indices.min())}, {int(keep_indices.max())}]"
+            )
         return torch.gather(patches, 1, keep_indices.unsqueeze(-1).expand(-1, -1, D))
 
     def interpolate_pos_encoding(self, x: Tensor, height: int, width: int) -> Tensor:
@@ -169,7 +171,9 @@ class DinoVisionTransformer(nn.Module):
         pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
         return pos.to(x.dtype)
 
-    def _output_dict(self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None) -> dict[str, Any]:
+    def _output_dict(
+        self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None
+    ) -> dict[str, Any]:
         x_norm = self.norm(x_prenorm)
         r = self.num_register_tokens
         out = {
@@ -210,9 +214,7 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(
                 f"got {len(x_list)} image batches but {len(masks_list)} masks and {len(keep_indices_list)} keep_indices"
             )
-        tokens = [
-            self.prepare_tokens_with_masks(x, m, k) for x, m, k in zip(x_list, masks_list, keep_indices_list)
-        ]
+        tokens = [self.prepare_tokens_with_masks(x, m, k) for x, m, k in zip(x_list, masks_list, keep_indices_list)]
         for block in self.blocks:
             tokens = block(tokens)
         return [self._output_dict(t, m, k) for t, m, k in zip(tokens, masks_list, keep_indices_list)]

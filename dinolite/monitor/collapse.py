@@ -97,8 +97,6 @@ def gather_rows(x: Tensor, max_rows: int) -> Tensor:
     return rows[:max_rows]
 
 
-
-
 class CollapseMonitor:
     """Collapse metrics every ``every`` iterations on at most ``max_samples`` rows gathered from all ranks.
 

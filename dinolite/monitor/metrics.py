@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 RANKME_EPS = 1e-7  # Garrido et al. 2023, the value they use for float32 embeddings
 # float64 up to this many matrix entries (128 MiB); above it float32 keeps memory bounded on a GPU.

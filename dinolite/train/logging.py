@@ -117,8 +117,11 @@ def train_line(iteration: int, record: Mapping[str, Any], total: int | None, eta
     """``it 30/300  loss 9.12 (dino 3.2 ibot 3.1 koleo -0.02)  lr 1.0e-03  310 img/s  eta 0:01:05``."""
     parts = [f"it {iteration}" + (f"/{total}" if total else "")]
     if "loss" in record:
-        terms = [f"{k.removesuffix('_loss')} {format_number(v)}" for k, v in record.items()
-                 if k.endswith("_loss") and "/" not in k]
+        terms = [
+            f"{k.removesuffix('_loss')} {format_number(v)}"
+            for k, v in record.items()
+            if k.endswith("_loss") and "/" not in k
+        ]
         parts.append(f"loss {format_number(record['loss'])}" + (f" ({' '.join(terms)})" if terms else ""))
     if "lr" in record:
         parts.append(f"lr {record['lr']:.1e}")
@@ -143,11 +146,17 @@ def group_line(iteration: int, title: str, metrics: Mapping[str, Any]) -> str:
         shown = []
         if "collapse/backbone_rankme" in metrics:
             ratio = metrics.get("collapse/backbone_rankme_ratio")
-            shown.append(f"rankme {metrics['collapse/backbone_rankme']:.1f}" + (f" ({ratio:.0%} of max)" if ratio is not None else ""))
+            shown.append(
+                f"rankme {metrics['collapse/backbone_rankme']:.1f}"
+                + (f" ({ratio:.0%} of max)" if ratio is not None else "")
+            )
         shown += [f"{label} {fmt.format(metrics[key])}" for key, label, fmt in COLLAPSE_CONSOLE if key in metrics]
     elif title == "eval":
-        shown = [f"{key.removeprefix('eval/').replace('_top1', '')} top-1 {value:.1f}%" for key, value in metrics.items()
-                 if key.endswith("_top1")]
+        shown = [
+            f"{key.removeprefix('eval/').replace('_top1', '')} top-1 {value:.1f}%"
+            for key, value in metrics.items()
+            if key.endswith("_top1")
+        ]
     else:
         shown = [f"{key.split('/')[-1]} {format_number(value)}" for key, value in metrics.items()]
     return f"it {iteration} {title}: " + "  ".join(shown)
@@ -206,8 +215,13 @@ class MetricLogger:
     ) -> MetricLogger:
         """TensorBoard, the trackers of ``train.loggers`` and (``train.progress``) a progress bar."""
         trackers = build_trackers(cfg, output_dir) if enabled else []
-        return cls(output_dir, enabled=enabled, trackers=trackers, progress=cfg.train.progress,
-                   resume_iteration=resume_iteration)
+        return cls(
+            output_dir,
+            enabled=enabled,
+            trackers=trackers,
+            progress=cfg.train.progress,
+            resume_iteration=resume_iteration,
+        )
 
     def start(self, iteration: int, total: int) -> None:
         """Begin the iteration progress bar at ``iteration`` of ``total`` (when enabled and interactive)."""
@@ -224,8 +238,13 @@ class MetricLogger:
         if self.enabled:
             self.console.info(message)
 
-    def log(self, iteration: int, metrics: Mapping[str, Any], total_iterations: int | None = None,
-            eta_seconds: float | None = None) -> None:
+    def log(
+        self,
+        iteration: int,
+        metrics: Mapping[str, Any],
+        total_iterations: int | None = None,
+        eta_seconds: float | None = None,
+    ) -> None:
         """Training metrics of a log step: the compact console line; the iteration's record is written."""
         if not self.enabled:
             return
@@ -255,8 +274,11 @@ class MetricLogger:
         if not self.enabled or not self._pending:
             return
         iteration = self._pending["iteration"]
-        record = {"iteration": iteration, "time": round(time.time(), 3),
-                  **{k: v for k, v in self._pending.items() if k != "iteration"}}
+        record = {
+            "iteration": iteration,
+            "time": round(time.time(), 3),
+            **{k: v for k, v in self._pending.items() if k != "iteration"},
+        }
         self._pending = {}
         assert self._jsonl is not None
         self._jsonl.write(json.dumps(record) + "\n")

@@ -46,8 +46,8 @@ from dinolite.train.logging import MetricLogger, get_console_logger, log_due
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
-from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
+from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.schedules import TrainingSchedules, build_schedules
 from dinolite.train.sharding import clip_grad_norm_, shard_objective
 
@@ -212,7 +212,6 @@ def train(
     objective = objective if objective is not None else method.build_objective(cfg)
     objective.to(device)
     if env.world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing:
-
         shard_objective(
             objective,
             strategy=cfg.distributed.sharding_strategy,

@@ -52,12 +52,7 @@ def _layer_id(backbone_name: str, depth: int) -> int:
 
 def _no_weight_decay(name: str) -> bool:
     leaf = name.rsplit(".", 1)[-1]
-    return (
-        name.endswith(".bias")
-        or "norm" in name
-        or leaf == "gamma"
-        or leaf in _TOKEN_NAMES
-    )
+    return name.endswith(".bias") or "norm" in name or leaf == "gamma" or leaf in _TOKEN_NAMES
 
 
 def get_param_groups(
@@ -79,7 +74,7 @@ def get_param_groups(
         raise ValueError(f"invalid value for 'optim.patch_embed_lr_mult': {patch_embed_lr_mult}; must be >= 0")
     prefix = backbone_key + "."
     named = [(name, p) for name, p in student.named_parameters() if p.requires_grad]  # de-duplicated by torch
-    depth = _backbone_depth(name[len(prefix):] for name, _ in named if name.startswith(prefix))
+    depth = _backbone_depth(name[len(prefix) :] for name, _ in named if name.startswith(prefix))
 
     fused: dict[tuple[float, float, bool], dict] = {}
     seen: set[int] = set()
@@ -88,7 +83,7 @@ def get_param_groups(
             continue
         seen.add(id(param))
         if name.startswith(prefix):
-            inner = name[len(prefix):]
+            inner = name[len(prefix) :]
             lr_mult = layerwise_decay ** (depth + 1 - _layer_id(inner, depth))
             if inner.startswith("patch_embed."):
                 lr_mult *= patch_embed_lr_mult

@@ -49,6 +49,8 @@ def report_config_changes(checkpoint: Path | None, cfg: Config, log: Callable[[s
         return []
     changes = config_changes(saved, cfg)
     if changes:
-        log(f"resuming with a config that differs from the one {checkpoint.name} was written with "
-            f"({len(changes)} change(s)): " + "; ".join(changes))
+        log(
+            f"resuming with a config that differs from the one {checkpoint.name} was written with "
+            f"({len(changes)} change(s)): " + "; ".join(changes)
+        )
     return changes

@@ -42,16 +42,27 @@ EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument("--config", "--config-file", dest="config", default="demo",
-                        help="preset name (dinolite/configs/) or a .yaml path; DINOv2's config files and key names "
-                             "are read too (docs/interop.md)")
+    parser.add_argument(
+        "--config",
+        "--config-file",
+        dest="config",
+        default="demo",
+        help="preset name (dinolite/configs/) or a .yaml path; DINOv2's config files and key names "
+        "are read too (docs/interop.md)",
+    )
     parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as train.progress=false)")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="start from iteration 0 (DINOv2's flag); refused if the output dir already holds "
-                             "checkpoints, which are never overwritten")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate the config and print it resolved; train nothing (no GPU or data needed)")
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start from iteration 0 (DINOv2's flag); refused if the output dir already holds "
+        "checkpoints, which are never overwritten",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and print it resolved; train nothing (no GPU or data needed)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
     return parser
 
@@ -82,9 +93,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     existing = CheckpointManager(cfg.train.output_dir).latest() if args.no_resume else None
     if existing is not None:
-        print(f"error: --no-resume: {cfg.train.output_dir} already holds checkpoints ({existing}); a fresh run needs "
-              "another --output-dir (nothing there is overwritten); without --no-resume the run resumes from it",
-              file=sys.stderr)
+        print(
+            f"error: --no-resume: {cfg.train.output_dir} already holds checkpoints ({existing}); a fresh run needs "
+            "another --output-dir (nothing there is overwritten); without --no-resume the run resumes from it",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     if args.dry_run:
         print(f"# resolved config ({args.config}, overrides: {' '.join(overrides) or 'none'})\n{to_yaml(cfg)}")
@@ -111,8 +124,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_COLLAPSE
     if result.status == "preempted":
         if env.rank == 0:
-            print(f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
-                  f"{result.checkpoint_path}; run again to continue (the same command resumes)", file=sys.stderr)
+            print(
+                f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
+                f"{result.checkpoint_path}; run again to continue (the same command resumes)",
+                file=sys.stderr,
+            )
         return EXIT_OK
     if env.rank == 0:
         console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")

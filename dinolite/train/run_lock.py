@@ -82,10 +82,15 @@ class RunLock:
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / LOCK_FILE
         self.info = {
-            "host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-            "boot_id": _boot_id(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "process_start": _process_start(os.getpid()),
+            "boot_id": _boot_id(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "token": uuid.uuid4().hex,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv),
+            "token": uuid.uuid4().hex,
         }
         self._fd: int | None = None
 
@@ -179,7 +184,7 @@ class RunLock:
                         f"{self.output_dir} is in use by another run ({_describe(holder)}; lock file {self.path})"
                         f"{self._held_hint()}. Use another train.output_dir; if that run is gone (e.g. its node "
                         f"crashed), delete {self.path} and start again"
-                    )
+                    ) from None
                 if self._take_over(holder):
                     warning = f"took over the stale lock {self.path} of {_describe(holder)}: {reason}"
                 continue

@@ -132,4 +132,6 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
         warmup_iters=optim_cfg.warmup_epochs * iterations_per_epoch,
         start_warmup_value=0.0,
     )
-    return TrainingSchedules(lr=lr, weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total))
+    return TrainingSchedules(
+        lr=lr, weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total)
+    )

@@ -128,7 +128,9 @@ def plan_sharding(
     use_mp = bool(mixed_precision) and use_fsdp and device_type == "cuda"
     if mixed_precision and not use_mp:
         why = "one process (no FSDP)" if not use_fsdp else f"device {device_type}"
-        notes.append(f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: {why}")
+        notes.append(
+            f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: {why}"
+        )
     compile_reason = _compile_unavailable_reason(device_type) if compile else None
     if compile_reason:
         notes.append(compile_reason)

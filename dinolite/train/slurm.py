@@ -268,8 +268,6 @@ def resolve_callable(entry: Union[str, Callable[..., Any]]) -> Callable[..., Any
     return getattr(importlib.import_module(module_name), attr)
 
 
-
-
 def record_attempt(output_dir: Path, attempt: Mapping[str, Any]) -> list[dict]:
     """Append one run of the job (a first start or a requeue) to ``<output_dir>/slurm_attempts.json``."""
     path = output_dir / ATTEMPTS_FILE
@@ -454,7 +452,9 @@ def wait_for_job(
     info = query_job(job_id)
     while not until(info):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Slurm job {job_id} still {info.state} (restarts={info.restarts}) after {timeout_s:.0f} s")
+            raise TimeoutError(
+                f"Slurm job {job_id} still {info.state} (restarts={info.restarts}) after {timeout_s:.0f} s"
+            )
         time.sleep(poll_s)
         info = query_job(job_id)
     return info
@@ -475,4 +475,3 @@ def describe_submission(job_id: str, log_dir: Path, output_dir: Path, num_tasks:
         f"  state:           scontrol show job {job_id}",
     ]
     return "\n".join(lines)
-

@@ -42,15 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Arguments after `--` are passed to the --entry/--module program.",
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", "--config-file", dest="config",
-                      help="training config: a preset name (dinolite/configs/) or a .yaml path (DINOv2's files too)")
+    what.add_argument(
+        "--config",
+        "--config-file",
+        dest="config",
+        help="training config: a preset name (dinolite/configs/) or a .yaml path (DINOv2's files too)",
+    )
     what.add_argument("--entry", help="a Python script to run on every task instead of training (e.g. eval/knn.py)")
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
     add_slurm_arguments(parser)
     parser.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
-    parser.add_argument("--no-resume", action="store_true",
-                        help="training starts at iteration 0 (DINOv2's flag): refused when the output dir already "
-                             "holds checkpoints (a requeued job still resumes from its own)")
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="training starts at iteration 0 (DINOv2's flag): refused when the output dir already "
+        "holds checkpoints (a requeued job still resumes from its own)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
     return parser
 
@@ -60,13 +67,25 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
     res = parser.add_argument_group("resources")
     res.add_argument("--nodes", type=int, default=1)
-    res.add_argument("--gpus-per-node", "--ngpus", dest="gpus_per_node", type=int, default=8,
-                     help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)")
+    res.add_argument(
+        "--gpus-per-node",
+        "--ngpus",
+        dest="gpus_per_node",
+        type=int,
+        default=8,
+        help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)",
+    )
     res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
     res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
     res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument("--time", "--timeout", dest="time", type=int, default=2800,
-                     help="wall-time limit in minutes (--timeout: DINOv2's name)")
+    res.add_argument(
+        "--time",
+        "--timeout",
+        dest="time",
+        type=int,
+        default=2800,
+        help="wall-time limit in minutes (--timeout: DINOv2's name)",
+    )
     res.add_argument("--partition")
     res.add_argument("--account")
     res.add_argument("--qos")
@@ -82,15 +101,33 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out")
-    run.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing"
+    )
 
 
-SLURM_OPTIONS = frozenset({
-    "--nodes", "--gpus-per-node", "--ngpus", "--tasks-per-node", "--cpus-per-task", "--mem-gb", "--time", "--timeout",
-    "--partition",
-    "--account", "--qos", "--constraint", "--exclude", "--comment", "--job-name", "--signal-delay-s",
-    "--max-requeues", "--dry-run",
-})  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
+SLURM_OPTIONS = frozenset(
+    {
+        "--nodes",
+        "--gpus-per-node",
+        "--ngpus",
+        "--tasks-per-node",
+        "--cpus-per-task",
+        "--mem-gb",
+        "--time",
+        "--timeout",
+        "--partition",
+        "--account",
+        "--qos",
+        "--constraint",
+        "--exclude",
+        "--comment",
+        "--job-name",
+        "--signal-delay-s",
+        "--max-requeues",
+        "--dry-run",
+    }
+)  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
 
 
 def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -176,8 +213,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_intermixed_args(own)  # key=value may come before and after options
     training = args.config is not None
     if training and passthrough:
-        parser.error(f"arguments after `--` ({' '.join(passthrough)}) are only for --entry/--module; "
-                     "pass config overrides as key=value")
+        parser.error(
+            f"arguments after `--` ({' '.join(passthrough)}) are only for --entry/--module; "
+            "pass config overrides as key=value"
+        )
     if not training and args.overrides:
         parser.error(f"key=value overrides {args.overrides} only apply to --config; put program arguments after `--`")
     if args.max_requeues < 0:
@@ -192,13 +231,19 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             cfg.train.output_dir = str(output_dir)
             existing = CheckpointManager(output_dir).latest() if args.no_resume and "%" not in str(output_dir) else None
             if existing is not None:
-                raise ValueError(f"--no-resume: {output_dir} already holds checkpoints ({existing}); a fresh run "
-                                 "needs another --output-dir (nothing there is overwritten)")
+                raise ValueError(
+                    f"--no-resume: {output_dir} already holds checkpoints ({existing}); a fresh run "
+                    "needs another --output-dir (nothing there is overwritten)"
+                )
             job_name = args.job_name or f"dinolite-{Path(args.config).stem}"
             resources = resources_from_args(args, own, job_name)
             check_training_fits(cfg, resources)
-            job = slurm.SlurmTrainingJob(config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues)
-            summary = f"# resolved config ({args.config}, overrides: {' '.join(args.overrides) or 'none'})\n{to_yaml(cfg)}"
+            job = slurm.SlurmTrainingJob(
+                config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues
+            )
+            summary = (
+                f"# resolved config ({args.config}, overrides: {' '.join(args.overrides) or 'none'})\n{to_yaml(cfg)}"
+            )
         else:
             target = args.module or args.entry
             if args.module:
@@ -225,8 +270,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.dry_run:
         nodes = f"{resources.nodes} node" + ("s" if resources.nodes > 1 else "")
-        print(f"# sbatch script ({nodes} x {resources.ntasks_per_node} tasks = {resources.world_size} tasks; "
-              f"logs in {log_dir})")
+        print(
+            f"# sbatch script ({nodes} x {resources.ntasks_per_node} tasks = {resources.world_size} tasks; "
+            f"logs in {log_dir})"
+        )
         print(slurm.render_sbatch_script(parameters, log_dir))
         print(summary)
         print(f"# dry run: nothing submitted; output dir {output_dir}")

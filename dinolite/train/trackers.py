@@ -66,8 +66,13 @@ class WandbTracker:
         self._wandb = wandb
         run_id = _run_ids(output_dir).get("wandb") or secrets.token_hex(4)  # wandb ids: [a-z0-9]
         self.run = wandb.init(
-            project=cfg.train.wandb_project, dir=str(output_dir), config=to_dict(cfg), id=run_id,
-            name=output_dir.name, resume="allow", reinit="finish_previous",
+            project=cfg.train.wandb_project,
+            dir=str(output_dir),
+            config=to_dict(cfg),
+            id=run_id,
+            name=output_dir.name,
+            resume="allow",
+            reinit="finish_previous",
         )
         _remember_run_id(output_dir, "wandb", run_id)
 
@@ -91,8 +96,13 @@ class MlflowTracker:
         run_id = _run_ids(output_dir).get("mlflow")
         if run_id is None:
             experiment = self.client.get_experiment_by_name(cfg.train.wandb_project)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                cfg.train.wandb_project, artifact_location=(output_dir / "mlartifacts").absolute().as_uri())
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment(
+                    cfg.train.wandb_project, artifact_location=(output_dir / "mlartifacts").absolute().as_uri()
+                )
+            )
             run_id = self.client.create_run(experiment_id, run_name=output_dir.name).info.run_id
             for key, value in flatten(to_dict(cfg)).items():
                 self.client.log_param(run_id, key, str(value)[:MLFLOW_PARAM_MAX_CHARS])

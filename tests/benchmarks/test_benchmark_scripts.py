@@ -130,9 +130,24 @@ def test_train_throughput_gpu_options_fall_back_on_cpu(throughput, tmp_path: Pat
     out = tmp_path / "fallback.json"
     with pytest.warns(UserWarning, match="torch.compile"):
         rc = throughput.main(
-            ["--config", "demo", "--quick", "--iterations", "2", "--threads", "1", "--compile",
-             "--activation-checkpointing", "--precision", "bf16", "--peak-tflops", "2.0", "--output", str(out),
-             "data.source=[]"]  # synthetic batches: a config without a data source (vits16 & co.) must run
+            [
+                "--config",
+                "demo",
+                "--quick",
+                "--iterations",
+                "2",
+                "--threads",
+                "1",
+                "--compile",
+                "--activation-checkpointing",
+                "--precision",
+                "bf16",
+                "--peak-tflops",
+                "2.0",
+                "--output",
+                str(out),
+                "data.source=[]",
+            ]  # synthetic batches: a config without a data source (vits16 & co.) must run
         )
     assert rc == 0
     report = json.loads(out.read_text())
@@ -169,9 +184,23 @@ def _free_port() -> int:
 def test_train_throughput_under_torchrun_uses_fsdp2(tmp_path: Path):
     out = tmp_path / "fsdp.json"
     run_script(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "benchmarks/train_throughput.py", "--config", "demo", "--quick", "--threads", "1",
-         "--sharding-strategy", "full_shard", "--output", str(out)]
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "benchmarks/train_throughput.py",
+            "--config",
+            "demo",
+            "--quick",
+            "--threads",
+            "1",
+            "--sharding-strategy",
+            "full_shard",
+            "--output",
+            str(out),
+        ]
     )
     report = json.loads(out.read_text())
     check_throughput_report(report, world_size=2)
@@ -212,7 +241,13 @@ def test_attention_quick_writes_json(attention, tmp_path: Path, restore_threads,
     assert report["benchmark"] == "attention_backends" and report["dtype"] == "float32"
     rows = report["rows"]
     assert [r["backend"] for r in rows] == [
-        "explicit", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "xformers"
+        "explicit",
+        "sdpa",
+        "sdpa_flash",
+        "sdpa_efficient",
+        "sdpa_cudnn",
+        "sdpa_math",
+        "xformers",
     ]
     by_backend = {r["backend"]: r for r in rows}
     for row in rows:
@@ -221,7 +256,9 @@ def test_attention_quick_writes_json(attention, tmp_path: Path, restore_threads,
         if row["status"] == "ok":
             assert row["forward_ms"] > 0 and row["fwd_bwd_ms"] > 0
             assert row["agrees"] and row["max_abs_diff"] < 1e-4
-            assert row["forward_ratio_vs_explicit"] == pytest.approx(row["forward_ms"] / by_backend["explicit"]["forward_ms"])
+            assert row["forward_ratio_vs_explicit"] == pytest.approx(
+                row["forward_ms"] / by_backend["explicit"]["forward_ms"]
+            )
         else:
             assert row["status"] == "skipped" and row["reason"]
     assert by_backend["explicit"]["status"] == by_backend["sdpa"]["status"] == "ok"

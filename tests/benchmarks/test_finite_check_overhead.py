@@ -15,7 +15,10 @@ def test_quick_run_writes_a_consistent_report(tmp_path):
     out = tmp_path / "finite.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "finite_check_overhead.py"), "--quick", "--output", str(out)],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())

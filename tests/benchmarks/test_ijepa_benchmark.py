@@ -14,8 +14,24 @@ def test_ijepa_benchmark_writes_its_record(tmp_path: Path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "ijepa.json"
-    argv = ["--arch", "vit_tiny", "--img-size", "64", "--batch-size", "2", "--predictor-depth", "1",
-            "--predictor-dim", "64", "--repeats", "1", "--warmup", "0", "--output", str(out)]
+    argv = [
+        "--arch",
+        "vit_tiny",
+        "--img-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--predictor-depth",
+        "1",
+        "--predictor-dim",
+        "64",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--output",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     record = json.loads(out.read_text())
     assert record["patches"] == 16 and 0 < record["context_patches"] < 16

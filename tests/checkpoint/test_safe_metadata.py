@@ -28,10 +28,18 @@ from dinolite.train.methods.dinov2 import build_objective
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
-    "student.embed_dim=32", "student.depth=2", "student.num_heads=2", "student.patch_size=4",
-    "dino.head_n_prototypes=32", "dino.head_bottleneck_dim=16", "dino.head_hidden_dim=32",
-    "ibot.head_n_prototypes=32", "ibot.head_bottleneck_dim=16", "ibot.head_hidden_dim=32",
-    "crops.global_crops_size=16", "crops.local_crops_size=8",
+    "student.embed_dim=32",
+    "student.depth=2",
+    "student.num_heads=2",
+    "student.patch_size=4",
+    "dino.head_n_prototypes=32",
+    "dino.head_bottleneck_dim=16",
+    "dino.head_hidden_dim=32",
+    "ibot.head_n_prototypes=32",
+    "ibot.head_bottleneck_dim=16",
+    "ibot.head_hidden_dim=32",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
 ]
 
 
@@ -99,8 +107,19 @@ def test_every_dcp_load_refuses_the_tampered_metadata_and_runs_nothing(run_dir, 
 
     # export CLI in a fresh process: one-line error naming the file and the global, non-zero exit, no marker
     result = subprocess.run(
-        [sys.executable, "-m", "dinolite.export", "--checkpoint", str(run), "--output", str(tmp_path / "b.safetensors")],
-        cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
+        [
+            sys.executable,
+            "-m",
+            "dinolite.export",
+            "--checkpoint",
+            str(run),
+            "--output",
+            str(tmp_path / "b.safetensors"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": ""},
     )
     assert result.returncode != 0, result.stderr
     assert result.stderr.startswith("error: ") and "refused to load global builtins.eval" in result.stderr

@@ -31,7 +31,9 @@ def test_generator_makes_it_reproducible_and_inputs_agree():
     a = aug(img, generator=torch.Generator().manual_seed(7))
     b = aug(Image.fromarray(img.permute(1, 2, 0).numpy()), generator=torch.Generator().manual_seed(7))
     c = aug(img, generator=torch.Generator().manual_seed(8))
-    assert all(torch.equal(x, y) for x, y in zip(a["global_crops"] + a["local_crops"], b["global_crops"] + b["local_crops"]))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a["global_crops"] + a["local_crops"], b["global_crops"] + b["local_crops"])
+    )
     assert not torch.equal(a["global_crops"][0], c["global_crops"][0])
     gray = aug(img[:1], generator=torch.Generator().manual_seed(7))  # 1-channel input becomes RGB
     assert gray["global_crops"][0].shape == (3, 32, 32)

@@ -54,8 +54,13 @@ def write_shard(path: Path, samples: list[tuple[str, bytes]], compress: bool = F
 
 
 def collate():
-    return partial(collate_data_and_cast, mask_ratio_tuple=(0.1, 0.5), mask_probability=0.5, n_tokens=16,
-                   mask_generator=MaskingGenerator((4, 4)))
+    return partial(
+        collate_data_and_cast,
+        mask_ratio_tuple=(0.1, 0.5),
+        mask_probability=0.5,
+        n_tokens=16,
+        mask_generator=MaskingGenerator((4, 4)),
+    )
 
 
 def augment():
@@ -104,19 +109,23 @@ def test_every_per_sample_failure_is_skipped_counted_and_named(tmp_path, caplog)
     samples[5] = ("bomb", bomb_png(3000))  # above the limit set below
     samples[9] = ("odd_width", png(90, size=(21, 16)))  # the augmentation raises on it
     shard = write_shard(tmp_path / "bad.tar", samples)
-    make = partial(build_train_loader, [str(shard)], FailsOnWidth(21), collate(), 4, 0, 0, 0, 1, 0,
-                   max_image_pixels=1_000_000)
+    make = partial(
+        build_train_loader, [str(shard)], FailsOnWidth(21), collate(), 4, 0, 0, 0, 1, 0, max_image_pixels=1_000_000
+    )
     with caplog.at_level(logging.WARNING, logger="dinolite.data.loader"):
         batches = take(make(), 3)
     assert [b["skipped_samples"] for b in batches] == [1, 1, 1]
     assert [b["collated_global_crops"].shape[0] for b in batches] == [8, 8, 8]
     log = caplog.text
-    for key, reason in (("undecodable", "ValueError"), ("bomb", "3000x3000 = 9,000,000 pixels"),
-                        ("odd_width", "cannot augment")):
+    for key, reason in (
+        ("undecodable", "ValueError"),
+        ("bomb", "3000x3000 = 9,000,000 pixels"),
+        ("odd_width", "cannot augment"),
+    ):
         assert f"bad.tar key '{key}'" in log and reason in log
     # A resume that starts on each of these batches builds them again, identically.
     for start in range(3):
-        assert same_batches(batches[start:start + 1], take(make(start_batch=start), 1))
+        assert same_batches(batches[start : start + 1], take(make(start_batch=start), 1))
 
 
 def test_a_skipped_position_takes_the_next_good_image_with_its_own_randomness(tmp_path):
@@ -176,8 +185,9 @@ def test_half_corrupt_source_stops_with_fraction_window_and_examples(tmp_path):
     """The issue's failure: at 50% corrupt samples the run trained silently on duplicates."""
     samples = [(f"k{i}", b"junk" if i % 2 else png(i)) for i in range(200)]
     shard = write_shard(tmp_path / "half.tar", samples)
-    loader = build_train_loader([str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0,
-                                max_skip_fraction=0.05, skip_window=100)
+    loader = build_train_loader(
+        [str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=100
+    )
     with pytest.raises(TooManySkippedSamplesError) as info:
         take(loader, 25)
     message = str(info.value)
@@ -189,16 +199,18 @@ def test_half_corrupt_source_stops_with_fraction_window_and_examples(tmp_path):
 def test_scattered_bad_samples_below_the_fraction_never_stop(tmp_path):
     samples = [(f"k{i}", b"junk" if i % 25 == 0 else png(i % 256)) for i in range(200)]  # 4%
     shard = write_shard(tmp_path / "scattered.tar", samples)
-    loader = build_train_loader([str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0,
-                                max_skip_fraction=0.05, skip_window=100)
+    loader = build_train_loader(
+        [str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=100
+    )
     assert sum(b["skipped_samples"] for b in take(loader, 50)) == 16  # two epochs, 8 bad each
 
 
 def test_window_is_enforced_inside_dataloader_workers(tmp_path):
     samples = [(f"k{i}", b"junk" if i % 2 else png(i)) for i in range(64)]
     shard = write_shard(tmp_path / "half.tar", samples)
-    loader = build_train_loader([str(shard)], augment(), collate(), 4, 1, 0, 0, 1, 0,
-                                max_skip_fraction=0.05, skip_window=40)
+    loader = build_train_loader(
+        [str(shard)], augment(), collate(), 4, 1, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=40
+    )
     with pytest.raises(TooManySkippedSamplesError) as info:
         take(loader, 16)
     # One readable message (the worker's traceback stripped), as the CLI's one-line error: prints it.
@@ -256,8 +268,11 @@ def test_cut_shard_yields_what_was_read_then_names_the_loss(tmp_path, cut):
     assert all("png" in s and "cls" in s for s in got)
     message = str(info.value)
     assert f"{cut}.tar" in message and "after 3 samples" in message and "3 of its 6 samples" in message
-    reason = {"at_header_boundary": "without an end-of-archive marker", "inside_header": "inside the member header",
-              "inside_member": "unexpected end of data"}[cut]
+    reason = {
+        "at_header_boundary": "without an end-of-archive marker",
+        "inside_header": "inside the member header",
+        "inside_member": "unexpected end of data",
+    }[cut]
     assert reason in message
 
 

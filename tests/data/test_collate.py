@@ -19,7 +19,12 @@ def _samples(batch):
 def test_collate_outputs():
     B, n_tokens = 4, 64
     out = collate_data_and_cast(
-        _samples(B), (0.1, 0.5), 0.5, n_tokens, MaskingGenerator((8, 8)), dtype=torch.float16,
+        _samples(B),
+        (0.1, 0.5),
+        0.5,
+        n_tokens,
+        MaskingGenerator((8, 8)),
+        dtype=torch.float16,
         generator=torch.Generator().manual_seed(0),
     )
     g, l = out["collated_global_crops"], out["collated_local_crops"]

@@ -35,8 +35,12 @@ def test_out_of_range_values_name_the_key(override, message):
 
 
 def test_edge_values_are_accepted():
-    for override in ("data.decode_errors_max_fraction=0", "data.decode_errors_max_fraction=1",
-                     "data.decode_errors_window=1", "data.max_image_pixels=1"):
+    for override in (
+        "data.decode_errors_max_fraction=0",
+        "data.decode_errors_max_fraction=1",
+        "data.decode_errors_window=1",
+        "data.max_image_pixels=1",
+    ):
         load_config("demo", [override])
 
 
@@ -48,7 +52,8 @@ def test_builders_pass_the_data_keys_to_the_loader(monkeypatch):
         return []
 
     monkeypatch.setattr(builders, "build_train_loader", fake_loader)
-    cfg = load_config("demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77",
-                               "data.max_image_pixels=1234"])
+    cfg = load_config(
+        "demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77", "data.max_image_pixels=1234"]
+    )
     builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0, transform=None, collate_fn=None)
     assert (seen["max_skip_fraction"], seen["skip_window"], seen["max_image_pixels"]) == (0.2, 77, 1234)

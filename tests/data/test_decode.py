@@ -89,8 +89,17 @@ def test_16_and_32_bit_tiff_take_the_pillow_path_and_are_scaled():
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("P", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("1", "PNG"), ("L", "PNG"), ("RGBA", "WEBP"), ("P", "GIF"),
-     ("RGB", "BMP"), ("L", "BMP")],
+    [
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("1", "PNG"),
+        ("L", "PNG"),
+        ("RGBA", "WEBP"),
+        ("P", "GIF"),
+        ("RGB", "BMP"),
+        ("L", "BMP"),
+    ],
 )
 def test_8_bit_modes_match_pillow_rgb_conversion(mode, fmt):
     """Lossless formats: the pixels must equal Pillow's own RGB conversion (alpha dropped, palette looked up,

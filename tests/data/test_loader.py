@@ -102,7 +102,7 @@ def test_two_ranks_two_workers_cover_every_sample_once_per_epoch(shard_dir, n_sh
         assert len(seen) == len(set(seen)) == 4 * n_shards
     # the epochs differ in order
     assert _keys(slot_stream(units, 5, 0, 4, 3, epochs=1)) != _keys(
-        list(slot_stream(units, 5, 0, 4, 3, epochs=2))[len(list(slot_stream(units, 5, 0, 4, 3, epochs=1))):]
+        list(slot_stream(units, 5, 0, 4, 3, epochs=2))[len(list(slot_stream(units, 5, 0, 4, 3, epochs=1))) :]
     )
 
 

@@ -110,7 +110,9 @@ def test_bombs_are_skipped_undecoded_and_16_bit_images_shrink_scaled(tmp_path):
     assert index["num_samples"] == 1 and index["skipped"]["count"] == 1
     assert "bomb.png: ImageTooLargeError: image of 20000x20000" in index["skipped"]["first"][0]
     # Each shard's size is indexed, so a shard cut later is recognised (and read, not skipped by count).
-    assert [s["bytes"] for s in index["shards"]] == [(tmp_path / "out" / s["name"]).stat().st_size for s in index["shards"]]
+    assert [s["bytes"] for s in index["shards"]] == [
+        (tmp_path / "out" / s["name"]).stat().st_size for s in index["shards"]
+    ]
     (sample,) = [s for shard in sorted((tmp_path / "out").glob("shard-*.tar")) for s in read_tar(str(shard))]
     shrunk = np.asarray(Image.open(io.BytesIO(sample["png"])))
     assert shrunk.shape == (24, 32, 3)

@@ -26,8 +26,13 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def test_single_view_is_normalised_and_reproducible():
-    aug = SingleViewAugmentation(CropRecipe(32, (0.3, 1.0), blur_p=0.0, solarize_p=0.0, color_jitter_p=0.0,
-                                            grayscale_p=0.0, horizontal_flip_p=0.0), mean=(0.5,) * 3, std=(0.5,) * 3)
+    aug = SingleViewAugmentation(
+        CropRecipe(
+            32, (0.3, 1.0), blur_p=0.0, solarize_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, horizontal_flip_p=0.0
+        ),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
     img = _images(1)[0]
     a, b = aug(img, _gen(1))["image"], aug(img, _gen(1))["image"]
     assert a.shape == (3, 32, 32) and torch.equal(a, b)

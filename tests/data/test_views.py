@@ -36,7 +36,10 @@ def test_views_shapes_reproducible_and_multicrop():
     assert [v.shape for v in out["global_crops"]] == [(3, 32, 32)] * 2
     assert [v.shape for v in out["local_crops"]] == [(3, 16, 16)] * 3
     again = aug(_image(), generator=torch.Generator().manual_seed(3))
-    assert all(torch.equal(x, y) for x, y in zip(out["global_crops"] + out["local_crops"], again["global_crops"] + again["local_crops"]))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(out["global_crops"] + out["local_crops"], again["global_crops"] + again["local_crops"])
+    )
     other = aug(_image(), generator=torch.Generator().manual_seed(4))
     assert not torch.equal(out["global_crops"][0], other["global_crops"][0])
     assert not torch.equal(out["global_crops"][0], out["global_crops"][1])

@@ -58,9 +58,26 @@ def workdir(tmp_path_factory):
 @pytest.mark.slow
 def test_knn_cli_writes_json_and_reuses_cache(workdir, capsys):
     out, cache = workdir["tmp"] / "knn.json", workdir["tmp"] / "cache"
-    argv = ["--backbone", str(workdir["backbone"]), "--train", str(workdir["train"]), "--val", str(workdir["val"]),
-            "--ks", "1", "5", "--features", "cls+avgpool", "--num-workers", "0", "--no-progress",
-            "--cache-dir", str(cache), "--output", str(out)]
+    argv = [
+        "--backbone",
+        str(workdir["backbone"]),
+        "--train",
+        str(workdir["train"]),
+        "--val",
+        str(workdir["val"]),
+        "--ks",
+        "1",
+        "5",
+        "--features",
+        "cls+avgpool",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--cache-dir",
+        str(cache),
+        "--output",
+        str(out),
+    ]
     assert _entrypoint("knn").main(argv) == 0
     first = json.loads(out.read_text())
     assert set(first["per_k"]) == {"1", "5", "20"} and first["num_train"] == 36 and first["num_test"] == 12
@@ -75,9 +92,31 @@ def test_knn_cli_writes_json_and_reuses_cache(workdir, capsys):
 @pytest.mark.slow
 def test_linear_cli_writes_grid(workdir, capsys):
     out = workdir["tmp"] / "linear.json"
-    argv = ["--backbone", str(workdir["backbone"]), "--train", str(workdir["train"]), "--val", str(workdir["val"]),
-            "--learning-rates", "0.01", "1.0", "--n-blocks", "1", "2", "--epochs", "20", "--probe-batch-size", "8",
-            "--select-on", "val", "--num-workers", "0", "--no-progress", "--output", str(out)]
+    argv = [
+        "--backbone",
+        str(workdir["backbone"]),
+        "--train",
+        str(workdir["train"]),
+        "--val",
+        str(workdir["val"]),
+        "--learning-rates",
+        "0.01",
+        "1.0",
+        "--n-blocks",
+        "1",
+        "2",
+        "--epochs",
+        "20",
+        "--probe-batch-size",
+        "8",
+        "--select-on",
+        "val",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     assert _entrypoint("linear").main(argv) == 0
     result = json.loads(out.read_text())
     assert len(result["grid"]) == 8
@@ -111,7 +150,12 @@ def test_help_shows_defaults(name, capsys):
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())  # past the usage line
     for action in _entrypoint(name).build_parser()._actions:
-        if action.option_strings and action.default is not None and action.default is not False and action.dest != "help":
+        if (
+            action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.dest != "help"
+        ):
             # the default follows the option's own entry, before the next option starts
             entry = help_text.split(action.option_strings[-1] + " ", 1)[1].split(" --", 1)[0]
             assert f"(default: {action.default})" in entry, (action.option_strings, entry)

@@ -55,21 +55,50 @@ def test_few_shot_arguments_are_validated():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fewshot")
-    return {"backbone": _export(tmp / "tiny.safetensors"), "train": _folder(tmp / "train", 8, 0),
-            "val": _folder(tmp / "val", 3, 1), "tmp": tmp}
+    return {
+        "backbone": _export(tmp / "tiny.safetensors"),
+        "train": _folder(tmp / "train", 8, 0),
+        "val": _folder(tmp / "val", 3, 1),
+        "tmp": tmp,
+    }
 
 
 def test_knn_and_linear_clis_train_on_the_few_shot_subset(data, capsys):
-    common = ["--backbone", str(data["backbone"]), "--train", str(data["train"]), "--val", str(data["val"]),
-              "--num-workers", "0", "--no-progress", "--shots", "2", "--few-shot-seed", "1"]
+    common = [
+        "--backbone",
+        str(data["backbone"]),
+        "--train",
+        str(data["train"]),
+        "--val",
+        str(data["val"]),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--shots",
+        "2",
+        "--few-shot-seed",
+        "1",
+    ]
     out = data["tmp"] / "knn.json"
     assert _entrypoint("knn").main(common + ["--ks", "1", "--output", str(out)]) == 0
     knn = json.loads(out.read_text())
     assert knn["num_train"] == 6 and knn["few_shot"] == {"shots": 2, "train_fraction": None, "seed": 1}
     assert knn["top1"] > 80.0  # colour classes: two examples each suffice
     out = data["tmp"] / "linear.json"
-    argv = common + ["--learning-rates", "1.0", "--n-blocks", "1", "--epochs", "30", "--probe-batch-size", "6",
-                     "--select-on", "val", "--output", str(out)]
+    argv = common + [
+        "--learning-rates",
+        "1.0",
+        "--n-blocks",
+        "1",
+        "--epochs",
+        "30",
+        "--probe-batch-size",
+        "6",
+        "--select-on",
+        "val",
+        "--output",
+        str(out),
+    ]
     assert _entrypoint("linear").main(argv) == 0
     linear = json.loads(out.read_text())
     assert linear["few_shot"]["shots"] == 2 and linear["top1"] > 80.0

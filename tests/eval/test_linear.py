@@ -63,8 +63,17 @@ def test_probe_learns_separable_task_and_picks_best_head():
     val_x, val_y = _separable_features(200, seed=1)
     specs = head_grid([1e-6, 0.05], [1, 4], [False, True])
     result = linear_probe_cached(
-        train_x, train_y, torch.arange(600), val_x, val_y,
-        embed_dim=D, n_available=N_BLOCKS, num_classes=3, specs=specs, epochs=5, batch_size=64,
+        train_x,
+        train_y,
+        torch.arange(600),
+        val_x,
+        val_y,
+        embed_dim=D,
+        n_available=N_BLOCKS,
+        num_classes=3,
+        specs=specs,
+        epochs=5,
+        batch_size=64,
     )
     best = result.specs[result.best]
     # Only heads that see the avgpool slice can beat chance; a 1e-6 lr cannot move the weights.
@@ -82,9 +91,18 @@ def test_probe_learns_separable_task_and_picks_best_head():
 def test_selecting_on_val_uses_every_training_sample():
     train_x, train_y = _separable_features(100, seed=0)
     result = linear_probe_cached(
-        train_x, train_y, torch.arange(100), train_x[:10], train_y[:10],
-        embed_dim=D, n_available=N_BLOCKS, num_classes=3, specs=head_grid([0.05], [4], [True]),
-        epochs=1, batch_size=10, select_on="val",
+        train_x,
+        train_y,
+        torch.arange(100),
+        train_x[:10],
+        train_y[:10],
+        embed_dim=D,
+        n_available=N_BLOCKS,
+        num_classes=3,
+        specs=head_grid([0.05], [4], [True]),
+        epochs=1,
+        batch_size=10,
+        select_on="val",
     )
     assert len(result.losses) == 10  # 100 samples / batch 10, no held-out removed
     assert result.selection_top1 == result.val_top1
@@ -94,8 +112,16 @@ def test_too_small_heldout_is_a_clear_error():
     x, y = _separable_features(5, seed=0)
     with pytest.raises(ValueError, match="held-out samples"):
         linear_probe_cached(
-            x, y, torch.arange(5), x, y, embed_dim=D, n_available=N_BLOCKS, num_classes=3,
-            specs=head_grid([0.1], [1], [False]), heldout_fraction=0.0,
+            x,
+            y,
+            torch.arange(5),
+            x,
+            y,
+            embed_dim=D,
+            n_available=N_BLOCKS,
+            num_classes=3,
+            specs=head_grid([0.1], [1], [False]),
+            heldout_fraction=0.0,
         )
 
 

@@ -33,7 +33,9 @@ def test_knn_equals_the_protocol_on_the_backbones_cls_features_and_leaves_the_ru
     assert backbone.training  # mode restored
     assert torch.equal(torch.get_rng_state(), rng_before)  # the probe does not move the training RNG
     with torch.no_grad():
-        reference = knn_classify(backbone.eval()(train[0]), train[1], backbone(val[0]), val[1], 3, ks=(5,), headline_k=5)
+        reference = knn_classify(
+            backbone.eval()(train[0]), train[1], backbone(val[0]), val[1], 3, ks=(5,), headline_k=5
+        )
     assert results["eval/knn_top1"] == pytest.approx(reference["top1"])
     assert results["eval/knn_top1"] > 90.0 and results["eval/linear_top1"] > 90.0
     assert set(results) == {"eval/knn_top1", "eval/linear_top1"}

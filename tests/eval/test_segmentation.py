@@ -63,7 +63,9 @@ def test_sliding_window_on_uniform_head_matches_resize():
     head.classifier.bias.data = torch.tensor([1.0, 2.0, 3.0])
     image = torch.randn(1, 3, 40, 56)
     for mode in ("resize", "slide"):
-        logits = predict_logits(backbone, head, image, n_layers=1, mode=mode, crop_size=32, stride=16, out_size=(40, 56))
+        logits = predict_logits(
+            backbone, head, image, n_layers=1, mode=mode, crop_size=32, stride=16, out_size=(40, 56)
+        )
         assert logits.shape == (1, 3, 40, 56)
         torch.testing.assert_close(logits, torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1).expand_as(logits))
 
@@ -83,13 +85,26 @@ def test_head_recovers_patch_colour_classes(tmp_path, n_layers, mode, val_size):
     head = LinearSegmentationHead(32 * n_layers, 3)
     torch.manual_seed(0)
     losses = train_segmentation_head(
-        backbone, head, SegmentationDataset(train_pairs, 32, MEAN, STD, False, train=True),
-        n_layers=n_layers, iterations=60, batch_size=8, lr=1e-2, device=torch.device("cpu"),
+        backbone,
+        head,
+        SegmentationDataset(train_pairs, 32, MEAN, STD, False, train=True),
+        n_layers=n_layers,
+        iterations=60,
+        batch_size=8,
+        lr=1e-2,
+        device=torch.device("cpu"),
     )
     assert losses[-1] < 0.5 * losses[0]
     scores = evaluate_segmentation(
-        backbone, head, SegmentationDataset(val_pairs, 32, MEAN, STD, False, train=False),
-        num_classes=3, n_layers=n_layers, mode=mode, crop_size=32, stride=16, device=torch.device("cpu"),
+        backbone,
+        head,
+        SegmentationDataset(val_pairs, 32, MEAN, STD, False, train=False),
+        num_classes=3,
+        n_layers=n_layers,
+        mode=mode,
+        crop_size=32,
+        stride=16,
+        device=torch.device("cpu"),
     )
     assert scores["mIoU"] > 90.0, scores
     assert scores["pixel_acc"] > 95.0

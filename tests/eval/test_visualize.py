@@ -116,8 +116,20 @@ def test_cli_writes_attention_pca_spectrum_and_report(tmp_path, capsys):
     out = tmp_path / "vis"
     cli = _load_cli()
     code = cli.main(
-        ["--backbone", str(weights), "--images", str(tmp_path / "images"), "--output", str(out),
-         "--max-grid-images", "3", "--foreground-threshold", "0.5", "--device", "cpu"]
+        [
+            "--backbone",
+            str(weights),
+            "--images",
+            str(tmp_path / "images"),
+            "--output",
+            str(out),
+            "--max-grid-images",
+            "3",
+            "--foreground-threshold",
+            "0.5",
+            "--device",
+            "cpu",
+        ]
     )
     assert code == 0
     for name in ("attention.png", "pca.png", "spectrum.png"):
@@ -162,8 +174,19 @@ def test_cli_takes_every_folder_and_titles_do_not_overlap(tmp_path, capsys, monk
     _write_images(tmp_path / "b", 3)
     saved = {}
     monkeypatch.setattr(vis, "_save_figure", lambda fig, path: saved.setdefault(path.name, fig) and path)
-    argv = ["--backbone", str(weights), "--images", str(tmp_path / "a"), str(tmp_path / "b"), "--output",
-            str(tmp_path / "vis"), "--max-grid-images", "0", "--device", "cpu"]
+    argv = [
+        "--backbone",
+        str(weights),
+        "--images",
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--output",
+        str(tmp_path / "vis"),
+        "--max-grid-images",
+        "0",
+        "--device",
+        "cpu",
+    ]
     assert _load_cli().main(argv) == 0
     assert "figures show 15 of 15 images from 2 source(s)" in capsys.readouterr().out
     fig = saved["attention.png"]

@@ -97,9 +97,7 @@ def test_timm_model_gives_the_same_features(tmp_path, registers, ffn_layer):
     torch.testing.assert_close(tokens[:, 1 + registers :], patches, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
 def test_onnx_matches_pytorch_at_two_sizes_and_batches(tmp_path, exporter):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -189,7 +187,9 @@ def test_other_architecture_names_mismatching_keys_and_shapes(tmp_path):
     state["blocks.1.attn.qkv.weight"] = torch.zeros(10, 384)
     del state["norm.bias"]
     write_safetensors(state, spec, tmp_path / "bad.safetensors")
-    with pytest.raises(ExportFormatError, match=r"blocks\.1\.attn\.qkv\.weight: file \(10, 384\).*missing keys: \['norm\.bias'\]"):
+    with pytest.raises(
+        ExportFormatError, match=r"blocks\.1\.attn\.qkv\.weight: file \(10, 384\).*missing keys: \['norm\.bias'\]"
+    ):
         load_backbone(tmp_path / "bad.safetensors")
 
 
@@ -256,7 +256,9 @@ def test_torch_hub_entrypoints_load_local_exports(tmp_path):
     images = torch.randn(1, 3, 28, 28)
     torch.testing.assert_close(_features(hub_model, images)[0], _features(model, images)[0], rtol=0, atol=0)
     write_dinov2(model.state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")
-    vits14 = torch.hub.load(str(repo), "dinov2_vits14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local")
+    vits14 = torch.hub.load(
+        str(repo), "dinov2_vits14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local"
+    )
     assert vits14.spec.arch == "vit_small"
     with pytest.raises(ValueError, match="not a vit_large/14"):
         torch.hub.load(str(repo), "dinov2_vitl14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local")

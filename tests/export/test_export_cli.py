@@ -74,7 +74,10 @@ def test_safetensors_export_with_heads_equals_the_checkpoint_teacher(run_dir, tm
 def test_student_export_differs_from_teacher(run_dir, tmp_path):
     assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "s.safetensors"), "--student"]) == 0
     assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "t.safetensors")]) == 0
-    student, teacher = dinolite.load_backbone(tmp_path / "s.safetensors"), dinolite.load_backbone(tmp_path / "t.safetensors")
+    student, teacher = (
+        dinolite.load_backbone(tmp_path / "s.safetensors"),
+        dinolite.load_backbone(tmp_path / "t.safetensors"),
+    )
     assert student.spec.source == "student"
     images = torch.randn(2, 3, 32, 32)
     assert not torch.equal(_features(student, images), _features(teacher, images))
@@ -159,7 +162,9 @@ def test_continue_pretraining_from_an_export_with_heads_restores_heads_and_cente
     torch.testing.assert_close(objective.ibot_loss.center, heads["extra.ibot_loss.center"], rtol=0, atol=0)
 
     with pytest.raises(ValueError, match=r"pretrained_weights.*dino_head.*last_layer\.weight: file \(\d+, \d+\)"):
-        build_objective(load_config("demo", [*TINY_RUN, "dino.head_n_prototypes=128", f"student.pretrained_weights={out}"]))
+        build_objective(
+            load_config("demo", [*TINY_RUN, "dino.head_n_prototypes=128", f"student.pretrained_weights={out}"])
+        )
 
 
 def test_onnx_suffix_writes_onnx_and_an_existing_export_needs_force(run_dir, tmp_path, capsys):
@@ -192,8 +197,11 @@ def test_hub_folders_from_a_checkpoint_load_back_and_push(run_dir, tmp_path, cap
     hub = pytest.importorskip("huggingface_hub")
     calls = []
     monkeypatch.setattr(hub.HfApi, "create_repo", lambda self, **kw: calls.append(("create_repo", kw["repo_id"])))
-    monkeypatch.setattr(hub.HfApi, "upload_folder",
-                        lambda self, **kw: calls.append(("upload_folder", kw["folder_path"])) or "commit-url")
+    monkeypatch.setattr(
+        hub.HfApi,
+        "upload_folder",
+        lambda self, **kw: calls.append(("upload_folder", kw["folder_path"])) or "commit-url",
+    )
     teacher = tmp_path / "t.safetensors"
     assert export_main(["--checkpoint", str(run_dir), "--output", str(teacher)]) == 0
     images = torch.randn(2, 3, 32, 32)
@@ -206,10 +214,20 @@ def test_hub_folders_from_a_checkpoint_load_back_and_push(run_dir, tmp_path, cap
         torch.testing.assert_close(_features(dinolite.load_backbone(folder), images), expected, rtol=0, atol=0)
         assert export_main(argv) == 2  # the folder exists: --force to overwrite, as for files
         assert "pass --force" in capsys.readouterr().err
-    assert calls == [("create_repo", "me/timm-hub"), ("upload_folder", str(tmp_path / "timm-hub")),
-                     ("create_repo", "me/transformers"), ("upload_folder", str(tmp_path / "transformers"))]
-    assert export_main(["--checkpoint", str(run_dir), "--output", str(tmp_path / "x.safetensors"),
-                        "--push-to-hub", "me/x"]) == 2
+    assert calls == [
+        ("create_repo", "me/timm-hub"),
+        ("upload_folder", str(tmp_path / "timm-hub")),
+        ("create_repo", "me/transformers"),
+        ("upload_folder", str(tmp_path / "transformers")),
+    ]
+    assert (
+        export_main(
+            ["--checkpoint", str(run_dir), "--output", str(tmp_path / "x.safetensors"), "--push-to-hub", "me/x"]
+        )
+        == 2
+    )
     assert "--push-to-hub uploads a folder" in capsys.readouterr().err
-    assert export_main(["--checkpoint", str(run_dir), "--format", "timm-hub", "--output", str(tmp_path / "y.json")]) == 2
+    assert (
+        export_main(["--checkpoint", str(run_dir), "--format", "timm-hub", "--output", str(tmp_path / "y.json")]) == 2
+    )
     assert "writes a folder" in capsys.readouterr().err

@@ -5,7 +5,6 @@ DINOv2 checkpoints (with and without registers) load into dinolite with identica
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -68,14 +67,16 @@ def test_timm_hub_folder_loads_with_local_dir_and_the_training_preprocessing(tmp
     theirs = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
     config = timm.data.resolve_data_config(model=theirs)
     assert config["input_size"] == (3, size, size) and config["interpolation"] == "bicubic"
-    assert tuple(config["mean"]) == MEAN and tuple(config["std"]) == STD and config["crop_pct"] == pytest.approx(224 / 256)
+    assert (
+        tuple(config["mean"]) == MEAN and tuple(config["std"]) == STD and config["crop_pct"] == pytest.approx(224 / 256)
+    )
 
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         tokens = theirs.forward_features(images)
     cls, regs, patches = _ours(model, images)
     torch.testing.assert_close(tokens[:, 0], cls, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(tokens[:, 1 + regs.shape[1]:], patches, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tokens[:, 1 + regs.shape[1] :], patches, rtol=1e-4, atol=1e-5)
 
     back = load_backbone(tmp_path / "hub")  # and dinolite reads its own folder back exactly
     assert back.spec == spec
@@ -110,7 +111,7 @@ def test_transformers_folder_from_pretrained_gives_the_same_features(tmp_path, n
         hidden = theirs(pixel_values=images).last_hidden_state
     cls, regs, patches = _ours(model, images)
     torch.testing.assert_close(hidden[:, 0], cls, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(hidden[:, 1 + regs.shape[1]:], patches, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hidden[:, 1 + regs.shape[1] :], patches, rtol=1e-4, atol=1e-5)
 
     back = load_backbone(tmp_path / "hf")  # the padding (LayerScale 1, zero biases) is dropped again
     assert back.spec == spec
@@ -160,11 +161,14 @@ def test_timm_dinov2_weights_load_with_identical_features(tmp_path, registers):
 
 
 def _transformers_dinov2(registers: bool, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
-    common = dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, image_size=42, patch_size=14,
-                  layerscale_value=0.5)
+    common = dict(
+        hidden_size=384, num_hidden_layers=2, num_attention_heads=6, image_size=42, patch_size=14, layerscale_value=0.5
+    )
     torch.manual_seed(2)
     if registers:
-        model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **common))
+        model = transformers.Dinov2WithRegistersModel(
+            transformers.Dinov2WithRegistersConfig(num_register_tokens=4, **common)
+        )
     else:
         model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
     folder = tmp_path / "transformers"
@@ -194,10 +198,19 @@ def test_timm_and_transformers_weights_serve_as_student_pretrained_weights(tmp_p
     theirs = _timm_dinov2(registers=True)
     timm.models.save_for_hf(theirs, str(tmp_path / "timm"), safe_serialization=True)
     _, hf_folder = _transformers_dinov2(registers=True, tmp_path=tmp_path)
-    arch = ["student.arch=vit_small", "student.embed_dim=384", "student.num_heads=6", "student.layerscale=1e-5",
-            "student.patch_size=14", "student.depth=2", "student.num_register_tokens=4",
-            "crops.global_crops_size=42", "crops.local_crops_size=14", "dino.head_n_prototypes=16",
-            "ibot.head_n_prototypes=16"]
+    arch = [
+        "student.arch=vit_small",
+        "student.embed_dim=384",
+        "student.num_heads=6",
+        "student.layerscale=1e-5",
+        "student.patch_size=14",
+        "student.depth=2",
+        "student.num_register_tokens=4",
+        "crops.global_crops_size=42",
+        "crops.local_crops_size=14",
+        "dino.head_n_prototypes=16",
+        "ibot.head_n_prototypes=16",
+    ]
     for source in (tmp_path / "timm", hf_folder):
         expected = load_pretrained(source).backbone
         assert "mask_token" in expected  # absent from timm's layout: DINOv2's zero init
@@ -266,4 +279,8 @@ def test_torch_hub_dinov2_names_take_local_files_folders_and_registers(tmp_path)
     with pytest.raises(ValueError, match="path="):  # DINOv2's call without weights: nothing to download here
         torch.hub.load(str(repo), "dinov2_vits14", source="local")
     random_init = torch.hub.load(str(repo), "dinov2_vits14_reg", pretrained=False, source="local")
-    assert (random_init.spec.img_size, random_init.spec.num_register_tokens, random_init.interpolate_offset) == (518, 4, 0.0)
+    assert (random_init.spec.img_size, random_init.spec.num_register_tokens, random_init.interpolate_offset) == (
+        518,
+        4,
+        0.0,
+    )

@@ -85,7 +85,9 @@ def test_every_size_field_is_checked_against_the_shapes(tmp_path, no_real_model,
 
 def test_a_field_only_the_full_shape_check_sees_is_refused_on_meta(tmp_path, no_real_model):
     _, weights = export_without_header_record(tmp_path, {"mlp_ratio": 1000.0})
-    with pytest.raises(ExportFormatError, match=r"blocks\.0\.mlp\.fc1\.weight: file \(256, 64\) vs model \(64000, 64\)"):
+    with pytest.raises(
+        ExportFormatError, match=r"blocks\.0\.mlp\.fc1\.weight: file \(256, 64\) vs model \(64000, 64\)"
+    ):
         load_backbone(weights)
     assert no_real_model and all(device == "meta" for device, _, _ in no_real_model)
 
@@ -96,7 +98,9 @@ def test_tampered_header_record_is_checked_too(tmp_path, no_real_model):
     record["embed_dim"] = 2048
     weights = tmp_path / "h.safetensors"
     save_file(model.state_dict(), str(weights), metadata={SPEC_METADATA_KEY: json.dumps(record)})
-    with pytest.raises(ExportFormatError, match=rf"h\.safetensors \(header metadata '{SPEC_METADATA_KEY}'\): embed_dim=2048"):
+    with pytest.raises(
+        ExportFormatError, match=rf"h\.safetensors \(header metadata '{SPEC_METADATA_KEY}'\): embed_dim=2048"
+    ):
         load_pretrained(weights)  # the training path (student.pretrained_weights) reads the same record
     save_file(model.state_dict(), str(weights), metadata={SPEC_METADATA_KEY: "{not json"})
     with pytest.raises(ExportFormatError, match="not valid JSON"):

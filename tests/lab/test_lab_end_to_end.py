@@ -99,6 +99,7 @@ def test_interrupted_run_resumes_and_equals_the_uninterrupted_one(lab, tmp_path)
         def stop_after_three() -> bool:
             calls["n"] += 1
             return calls["n"] >= 3
+
         return train(cfg, output_dir, env, stop_requested=stop_after_three)
 
     assert run_local(plan, ["dino"], train_fn=interrupted_train) is None  # preempted: no report yet
@@ -118,9 +119,24 @@ def test_interrupted_run_resumes_and_equals_the_uninterrupted_one(lab, tmp_path)
 
 def test_slurm_dry_run_prints_one_array_for_the_unfinished_runs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "lab.py"), "--matrix", str(tiny_matrix(tmp_path)), "--slurm",
-         "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "15", "--dry-run"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "lab.py"),
+            "--matrix",
+            str(tiny_matrix(tmp_path)),
+            "--slurm",
+            "--gpus-per-node",
+            "0",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "15",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --array=0-1%2" in proc.stdout  # 2 runs: an array of 2, both may run at once

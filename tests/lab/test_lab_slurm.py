@@ -24,15 +24,35 @@ JOB_TIMEOUT_S = 600
 
 def launch(matrix: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "lab.py"), "--matrix", str(matrix), "--slurm", "--gpus-per-node", "0",
-         "--cpus-per-task", "1", "--time", "15", "--job-name", "dinolite-ci-lab", "--max-requeues", "1"],
-        capture_output=True, text=True, timeout=180, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "lab.py"),
+            "--matrix",
+            str(matrix),
+            "--slurm",
+            "--gpus-per-node",
+            "0",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "15",
+            "--job-name",
+            "dinolite-ci-lab",
+            "--max-requeues",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
     )
 
 
 def logs(log_dir: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])
-                     for p in sorted(log_dir.glob("*_log.*")))
+    return "\n".join(
+        f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])
+        for p in sorted(log_dir.glob("*_log.*"))
+    )
 
 
 def test_matrix_runs_as_a_job_array_and_the_last_task_writes_the_report(tmp_path):
@@ -48,7 +68,7 @@ def test_matrix_runs_as_a_job_array_and_the_last_task_writes_the_report(tmp_path
             info = slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
         except TimeoutError:
             subprocess.run(["scancel", job_id.split("_")[0]], timeout=30)
-            raise AssertionError(f"array task {job_id} did not finish\n{logs(out / slurm.LOG_DIR_NAME)}")
+            raise AssertionError(f"array task {job_id} did not finish\n{logs(out / slurm.LOG_DIR_NAME)}") from None
         assert info.state == "COMPLETED", f"{job_id}: {info.state}\n{logs(out / slurm.LOG_DIR_NAME)}"
     for label in jobs.values():
         result = read_result(out / label)

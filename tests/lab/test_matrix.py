@@ -49,21 +49,39 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
         ("every: 10", "evry: 10", r"unknown config key 'measurements.evry'; did you mean 'measurements.every'\?"),
         ("iterations: 200", "iterations: lots", r"m.yaml: invalid value for 'iterations', expected int"),
         ("iterations: 200", "iterations: 0", r"'iterations': 0; must be >= 1"),
-        ("expect: complete collapse", "expect: complete colapse",
-         r"runs\[1\].expect \(no-centering\): 'complete colapse' is not a finding; did you mean 'complete collapse'\?"),
+        (
+            "expect: complete collapse",
+            "expect: complete colapse",
+            r"runs\[1\].expect \(no-centering\): 'complete colapse' is not a finding; did you mean 'complete collapse'\?",
+        ),
         ("label: dino,", "label: no-centering,", r"runs\[1\].label 'no-centering' is already the label of runs\[0\]"),
         ("label: dino,", "label: 'a b',", r"runs\[0\].label 'a b': use letters"),
-        ("[teacher.center_momentum=1.0]", "[train.max_iterations=5]",
-         r"runs\[1\].overrides \(no-centering\): 'train.max_iterations' is set by the lab from the matrix's iterations"),
-        ("[teacher.center_momentum=1.0]", "[teacher.center_momentun=1.0]",
-         r"runs\[1\] \(no-centering\), preset 'demo': overrides: unknown config key 'teacher.center_momentun'; "
-         r"did you mean 'teacher.center_momentum'\?"),
-        ("preset: demo, overrides", "preset: demo_nosuch, overrides",
-         r"runs\[1\] \(no-centering\), preset 'demo_nosuch': unknown config preset 'demo_nosuch'; available presets: "),
-        ("expect: complete collapse}", "expect: complete collapse, reference: dinoo}",
-         r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?"),
-        ("measurements: {every: 10, spectra: 4}", "measurements: {every: 500}",
-         r"'measurements.every' = 500 exceeds 'iterations' = 200"),
+        (
+            "[teacher.center_momentum=1.0]",
+            "[train.max_iterations=5]",
+            r"runs\[1\].overrides \(no-centering\): 'train.max_iterations' is set by the lab from the matrix's iterations",
+        ),
+        (
+            "[teacher.center_momentum=1.0]",
+            "[teacher.center_momentun=1.0]",
+            r"runs\[1\] \(no-centering\), preset 'demo': overrides: unknown config key 'teacher.center_momentun'; "
+            r"did you mean 'teacher.center_momentum'\?",
+        ),
+        (
+            "preset: demo, overrides",
+            "preset: demo_nosuch, overrides",
+            r"runs\[1\] \(no-centering\), preset 'demo_nosuch': unknown config preset 'demo_nosuch'; available presets: ",
+        ),
+        (
+            "expect: complete collapse}",
+            "expect: complete collapse, reference: dinoo}",
+            r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?",
+        ),
+        (
+            "measurements: {every: 10, spectra: 4}",
+            "measurements: {every: 500}",
+            r"'measurements.every' = 500 exceeds 'iterations' = 200",
+        ),
     ],
 )
 def test_errors_name_the_file_the_key_and_the_value(tmp_path, old, new, message):
@@ -111,7 +129,10 @@ def test_a_run_folder_of_another_config_is_refused_and_nothing_is_touched(tmp_pa
     other = load_config("demo", ["teacher.center_momentum=0.5"])
     save_config(other, run.run_dir / "config.yaml")
     before = (run.run_dir / "config.yaml").read_bytes()
-    with pytest.raises(ConfigError, match=r"run 'no-centering': .* holds a run with a different config "
-                                          r"\(.*teacher.center_momentum: 0.5 -> 1.0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run 'no-centering': .* holds a run with a different config "
+        r"\(.*teacher.center_momentum: 0.5 -> 1.0",
+    ):
         check_run_dir(run)
     assert (run.run_dir / "config.yaml").read_bytes() == before

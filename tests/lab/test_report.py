@@ -33,17 +33,48 @@ def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float
     save_config(config, run_dir / "config.yaml")
     with open(run_dir / "metrics.jsonl", "w") as f:
         for it in ITERS:
-            f.write(json.dumps({"iteration": it, "loss": 3.0, "collapse/num_samples": 64,
-                                "collapse/backbone_std": 0.07, "collapse/backbone_std_ratio": 0.7,
-                                "collapse/backbone_rankme": 12.0, "collapse/backbone_rankme_ratio": 0.19,
-                                "collapse/teacher_entropy_norm": 0.5, "collapse/teacher_entropy": 1.7,
-                                "collapse/teacher_mean_entropy_norm": mean_entropy / 3.47,
-                                "collapse/teacher_mean_entropy": mean_entropy}) + "\n")
-    spectra = [{"iteration": it, "num_samples": 1024, "eigenvalues": [1.0 / (i + 1) ** 2 for i in range(96)],
-                "rankme": rank, "rankme_ratio": rank / 96, "std_ratio": 0.7} for it, rank in zip((50, 100), eval_ranks)]
-    (run_dir / "lab_result.json").write_text(json.dumps({
-        "status": "finished", "iteration": 100, "knn": {"top1": 61.0}, "linear": {"top1": 64.5},
-        "spectra": spectra, "train_seconds": 60.0, "eval_seconds": 6.0}))
+            f.write(
+                json.dumps(
+                    {
+                        "iteration": it,
+                        "loss": 3.0,
+                        "collapse/num_samples": 64,
+                        "collapse/backbone_std": 0.07,
+                        "collapse/backbone_std_ratio": 0.7,
+                        "collapse/backbone_rankme": 12.0,
+                        "collapse/backbone_rankme_ratio": 0.19,
+                        "collapse/teacher_entropy_norm": 0.5,
+                        "collapse/teacher_entropy": 1.7,
+                        "collapse/teacher_mean_entropy_norm": mean_entropy / 3.47,
+                        "collapse/teacher_mean_entropy": mean_entropy,
+                    }
+                )
+                + "\n"
+            )
+    spectra = [
+        {
+            "iteration": it,
+            "num_samples": 1024,
+            "eigenvalues": [1.0 / (i + 1) ** 2 for i in range(96)],
+            "rankme": rank,
+            "rankme_ratio": rank / 96,
+            "std_ratio": 0.7,
+        }
+        for it, rank in zip((50, 100), eval_ranks)
+    ]
+    (run_dir / "lab_result.json").write_text(
+        json.dumps(
+            {
+                "status": "finished",
+                "iteration": 100,
+                "knn": {"top1": 61.0},
+                "linear": {"top1": 64.5},
+                "spectra": spectra,
+                "train_seconds": 60.0,
+                "eval_seconds": 6.0,
+            }
+        )
+    )
 
 
 def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
@@ -54,16 +85,20 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
     write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
     write_run(runs["one-prototype"].run_dir, runs["one-prototype"].config, 1e-6, [12.0, 13.0])
     write_run(runs["few-dims"].run_dir, runs["few-dims"].config, 3.0, [5.0, 4.0])  # 0.42, 0.29 of base
-    write_run(runs["expected-collapse-but-healthy"].run_dir, runs["expected-collapse-but-healthy"].config, 3.0,
-              [12.0, 14.0])
+    write_run(
+        runs["expected-collapse-but-healthy"].run_dir, runs["expected-collapse-but-healthy"].config, 3.0, [12.0, 14.0]
+    )
 
     reports = {r.run.label: r for r in collect(plan)}
     assert reports["one-prototype"].watchdog.fired_at == 40  # demo rule: H(mean) < 0.3 from it. 20 (20, 30, 40)
     assert reports["base"].watchdog.fired_at is None
 
     page = write_report(plan).read_text()
-    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
-            for line in page.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
+        for line in page.splitlines()
+        if line.startswith("| `")
+    }
     assert rows["base"][:5] == ["healthy", "healthy", "-", "no", "61.0"]
     assert rows["base"][7] == "**yes**"
     assert rows["one-prototype"][:4] == ["complete collapse", "complete collapse (one prototype)", "10", "40"]

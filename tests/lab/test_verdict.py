@@ -78,8 +78,11 @@ def test_outputs_on_one_line_are_complete_collapse_even_when_batchnorm_keeps_the
     # SimSiam without stop-gradient: a projector ending in BatchNorm (no affine) keeps std x sqrt(d) ~0.5-1,
     # but every output lies on one line (RankMe -> 1)
     rank = [20.0, 6.0] + [1.2] * 18
-    series = healthy_series() | {"collapse__head_std_ratio": flat(0.6), "collapse__head_rankme": rank,
-                                 "collapse__head_rankme_ratio": [r / 32 for r in rank]}
+    series = healthy_series() | {
+        "collapse__head_std_ratio": flat(0.6),
+        "collapse__head_rankme": rank,
+        "collapse__head_rankme_ratio": [r / 32 for r in rank],
+    }
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == COMPLETE and verdict.mode == "one-direction projector" and verdict.since == 30
     rank = [20.0, 6.0] + [2.4] * 18  # two directions (0.075 of 32): neither complete nor below the 0.05 floor
@@ -89,15 +92,19 @@ def test_outputs_on_one_line_are_complete_collapse_even_when_batchnorm_keeps_the
 
 def test_one_prototype_from_teacher_mean_entropy():
     mean_entropy = [0.6, 0.3, 0.05] + [1e-6] * (len(ITERS) - 3)
-    series = healthy_series() | {"collapse__teacher_mean_entropy_norm": mean_entropy,
-                                 "collapse__teacher_entropy_norm": [1e-6] * len(ITERS)}
+    series = healthy_series() | {
+        "collapse__teacher_mean_entropy_norm": mean_entropy,
+        "collapse__teacher_entropy_norm": [1e-6] * len(ITERS),
+    }
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == COMPLETE and verdict.mode == "one prototype" and verdict.since == 30
 
 
 def test_uniform_output_from_teacher_entropy():
-    series = healthy_series() | {"collapse__teacher_entropy_norm": ramp(0.5, 0.9)[:10] + [0.999] * 10,
-                                 "collapse__teacher_mean_entropy_norm": flat(0.999)}
+    series = healthy_series() | {
+        "collapse__teacher_entropy_norm": ramp(0.5, 0.9)[:10] + [0.999] * 10,
+        "collapse__teacher_mean_entropy_norm": flat(0.999),
+    }
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == COMPLETE and verdict.mode == "uniform output" and verdict.since == 110
 
@@ -118,24 +125,32 @@ def test_dimensional_collapse_relative_to_a_reference_run():
     checkpoints = [50, 100, 150, 200]
     reference = Series(checkpoints, [10.0, 20.0, 24.0, 25.0])  # e.g. SimCLR with its projector
     fewer = Series(checkpoints, [9.0, 8.0, 6.0, 5.0])  # without: ratios 0.9, 0.4, 0.25, 0.2
-    verdict = judge(trace_of(**healthy_series()), RULES, eval_rank=fewer, reference_rank=reference,
-                    reference="simclr")
+    verdict = judge(trace_of(**healthy_series()), RULES, eval_rank=fewer, reference_rank=reference, reference="simclr")
     assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer dimensions than simclr" and verdict.since == 100
     assert "eval RankMe < 0.5 x simclr's" in verdict.findings[0].describe()
     # the same comparison on a channel of the training traces (Barlow Twins with lambda = 0: its projector)
     rank = {"collapse__head_rankme": [15.0] * 4 + [3.0] * 16}
     reference_trace = trace_of(**healthy_series() | {"collapse__head_rankme": flat(12.0)})
-    verdict = judge(trace_of(**healthy_series() | rank), RULES, reference="barlow-twins", reference_trace=reference_trace)
+    verdict = judge(
+        trace_of(**healthy_series() | rank), RULES, reference="barlow-twins", reference_trace=reference_trace
+    )
     assert verdict.kind == DIMENSIONAL and verdict.mode == "fewer projector dimensions than barlow-twins"
     assert verdict.since == 50
-    assert judge(trace_of(**healthy_series() | {"collapse__head_rankme": flat(9.0)}), RULES,
-                 reference_trace=reference_trace).kind == HEALTHY
+    assert (
+        judge(
+            trace_of(**healthy_series() | {"collapse__head_rankme": flat(9.0)}), RULES, reference_trace=reference_trace
+        ).kind
+        == HEALTHY
+    )
     similar = Series(checkpoints, [9.0, 18.0, 20.0, 22.0])
     assert judge(trace_of(**healthy_series()), RULES, eval_rank=similar, reference_rank=reference).kind == HEALTHY
 
 
 def test_complete_collapse_wins_over_dimensional():
-    series = healthy_series() | {"collapse__backbone_std_ratio": flat(0.01), "collapse__backbone_rankme_ratio": flat(0.02)}
+    series = healthy_series() | {
+        "collapse__backbone_std_ratio": flat(0.01),
+        "collapse__backbone_rankme_ratio": flat(0.02),
+    }
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == COMPLETE
     assert {f.kind for f in verdict.findings} == {COMPLETE, DIMENSIONAL}
@@ -188,8 +203,11 @@ def test_diverged_and_no_data():
 
 def test_channels_fall_back_per_method():
     # a method without a teacher logs only the student backbone and a projector
-    series = {"collapse__student_backbone_std_ratio": flat(0.01), "collapse__projector_std_ratio": flat(0.7),
-              "collapse__head_std_ratio": flat(0.01)}
+    series = {
+        "collapse__student_backbone_std_ratio": flat(0.01),
+        "collapse__projector_std_ratio": flat(0.7),
+        "collapse__head_std_ratio": flat(0.01),
+    }
     trace = trace_of(**series)
     assert trace.channel_prefix("backbone") == "collapse/student_backbone"
     assert trace.channel_prefix("projector") == "collapse/projector"  # preferred over DINO's head logits
@@ -199,7 +217,8 @@ def test_channels_fall_back_per_method():
 
 def test_read_trace_merges_resumed_records_and_ignores_a_torn_last_line(tmp_path):
     lines = [
-        {"iteration": 10, "loss": 3.0}, {"iteration": 20, "loss": 2.5},
+        {"iteration": 10, "loss": 3.0},
+        {"iteration": 20, "loss": 2.5},
         {"iteration": 20, "loss": 2.0},  # resumed from iteration 10: iteration 20 logged again
         {"iteration": 20, "collapse/num_samples": 8.0, "collapse/backbone_std": 0.1},
     ]
@@ -215,7 +234,9 @@ def test_read_trace_merges_resumed_records_and_ignores_a_torn_last_line(tmp_path
 
 def test_watchdog_replay_fires_where_the_runs_watchdog_would():
     cfg = load_config("demo")
-    cfg.monitor.thresholds = [WatchdogThreshold("collapse/teacher_mean_entropy", min=0.3, after_iteration=20, patience=3)]
+    cfg.monitor.thresholds = [
+        WatchdogThreshold("collapse/teacher_mean_entropy", min=0.3, after_iteration=20, patience=3)
+    ]
     values = [2.0, 1.5, 0.2, 0.1, 0.05] + [0.01] * 15  # flagged from iteration 30 on; 3rd flag at 50
     trace = trace_of(collapse__teacher_mean_entropy=values, collapse__backbone_std_ratio=flat(0.5))
     replay = replay_watchdog(cfg, trace)

@@ -42,7 +42,7 @@ JOB_TIMEOUT_S = 480  # generous: CI machines are shared; an idle 2-core box need
 
 def _slurm_unreachable_reason() -> str | None:
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
-        return "no Slurm here: sbatch/scontrol not on PATH (CI starts one with `eval \"$(.ci/slurm/start.sh)\"`)"
+        return 'no Slurm here: sbatch/scontrol not on PATH (CI starts one with `eval "$(.ci/slurm/start.sh)"`)'
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
         nodes = subprocess.run(["sinfo", "-h", "-o", "%t %c"], capture_output=True, text=True, timeout=20)
@@ -62,10 +62,31 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(_REASON is
 
 def submit(output_dir: Path, job_name: str) -> str:
     proc = subprocess.run(
-        [sys.executable, str(LAUNCHER), "--config", "demo", "--gpus-per-node", "0", "--tasks-per-node", "2",
-         "--cpus-per-task", "1", "--time", "15", "--job-name", job_name, "--max-requeues", "2",
-         "--output-dir", str(output_dir), *OVERRIDES],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--config",
+            "demo",
+            "--gpus-per-node",
+            "0",
+            "--tasks-per-node",
+            "2",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "15",
+            "--job-name",
+            job_name,
+            "--max-requeues",
+            "2",
+            "--output-dir",
+            str(output_dir),
+            *OVERRIDES,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"submitted job (\d+) \(2 tasks\)", proc.stdout)
@@ -87,7 +108,7 @@ def wait_finished(job_id: str, output_dir: Path) -> slurm.SlurmJobInfo:
         return slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
     except TimeoutError:
         subprocess.run(["scancel", job_id], timeout=30)
-        raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s\n{logs(output_dir, job_id)}")
+        raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s\n{logs(output_dir, job_id)}") from None
 
 
 def attempts(output_dir: Path) -> list[dict]:
@@ -126,9 +147,12 @@ def test_demo_two_task_job_trains_to_a_checkpoint(uninterrupted):
     weights = teacher_backbone(str(checkpoint))
     assert "cls_token" in weights and all(torch.isfinite(t).all() for t in weights.values())
     assert logged_iterations(uninterrupted) == list(range(1, ITERATIONS + 1))
-    assert "2 process(es)" in (uninterrupted / slurm.LOG_DIR_NAME).joinpath(
-        next(p.name for p in (uninterrupted / slurm.LOG_DIR_NAME).glob("*_0_log.out"))
-    ).read_text()
+    assert (
+        "2 process(es)"
+        in (uninterrupted / slurm.LOG_DIR_NAME)
+        .joinpath(next(p.name for p in (uninterrupted / slurm.LOG_DIR_NAME).glob("*_0_log.out")))
+        .read_text()
+    )
 
 
 def test_usr2_checkpoints_requeues_and_resumes_without_loss(uninterrupted, tmp_path):

@@ -50,9 +50,23 @@ def sbatch_lines(out: str) -> list[str]:
 def test_dry_run_vitl16_4_nodes_x_8_gpus_cli(tmp_path):
     """The exact command of the issue, as a user runs it: a 32-task script, nothing submitted."""
     proc = subprocess.run(
-        [sys.executable, str(LAUNCHER), "--config", "vitl16", "--nodes", "4", "--gpus-per-node", "8", "--dry-run",
-         "--output-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        [
+            sys.executable,
+            str(LAUNCHER),
+            "--config",
+            "vitl16",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--dry-run",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     flags = set(sbatch_lines(proc.stdout))
@@ -79,19 +93,51 @@ def test_dry_run_vitl16_4_nodes_x_8_gpus_cli(tmp_path):
 
 def test_dry_run_cpu_tasks(capsys, tmp_path):
     code, out, _ = run_launcher(
-        ["--config", "demo", "--nodes", "2", "--tasks-per-node", "3", "--time", "30", "--partition", "cpu",
-         "--account", "proj", "--qos", "low", "--constraint", "skylake", "--exclude", "n[01-02]",
-         "--comment", "ssl run", "--mem-gb", "16", "--output-dir", str(tmp_path / "o"), "--dry-run",
-         "optim.base_lr=0.002"],
+        [
+            "--config",
+            "demo",
+            "--nodes",
+            "2",
+            "--tasks-per-node",
+            "3",
+            "--time",
+            "30",
+            "--partition",
+            "cpu",
+            "--account",
+            "proj",
+            "--qos",
+            "low",
+            "--constraint",
+            "skylake",
+            "--exclude",
+            "n[01-02]",
+            "--comment",
+            "ssl run",
+            "--mem-gb",
+            "16",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--dry-run",
+            "optim.base_lr=0.002",
+        ],
         capsys,
     )
     assert code == 0
     flags = set(sbatch_lines(out))
     assert not any("gpus" in f for f in flags), "--tasks-per-node alone is a CPU job"
     for expected in (
-        "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=3", "#SBATCH --cpus-per-task=1", "#SBATCH --time=30",
-        "#SBATCH --partition=cpu", "#SBATCH --account=proj", "#SBATCH --qos=low", "#SBATCH --constraint=skylake",
-        "#SBATCH --exclude='n[01-02]'", "#SBATCH --comment='ssl run'", "#SBATCH --mem=16GB",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=3",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --time=30",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --qos=low",
+        "#SBATCH --constraint=skylake",
+        "#SBATCH --exclude='n[01-02]'",
+        "#SBATCH --comment='ssl run'",
+        "#SBATCH --mem=16GB",
     ):
         assert expected in flags, expected
     assert "export OMP_NUM_THREADS=1" in out
@@ -111,8 +157,19 @@ def test_overrides_may_come_between_options(capsys):
 
 def test_output_dir_with_job_id_puts_logs_next_to_it(capsys, tmp_path):
     code, out, _ = run_launcher(
-        ["--config", "demo", "--gpus-per-node", "0", "--tasks-per-node", "2", "--time", "10",
-         "--output-dir", str(tmp_path / "runs" / "%j"), "--dry-run"],
+        [
+            "--config",
+            "demo",
+            "--gpus-per-node",
+            "0",
+            "--tasks-per-node",
+            "2",
+            "--time",
+            "10",
+            "--output-dir",
+            str(tmp_path / "runs" / "%j"),
+            "--dry-run",
+        ],
         capsys,
     )
     assert code == 0
@@ -237,8 +294,12 @@ class StandInTrainer:
 
 def slurm_environ(job_id: str = "4242", restarts: int = 0) -> dict[str, str]:
     return {
-        "SLURM_JOB_ID": job_id, "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0",
-        "SLURM_JOB_NODELIST": "localhost", "SLURM_RESTART_COUNT": str(restarts),
+        "SLURM_JOB_ID": job_id,
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_LOCALID": "0",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_RESTART_COUNT": str(restarts),
     }
 
 
@@ -309,7 +370,9 @@ def test_requeue_budget_exhausted_ends_with_the_checkpoint(tmp_path, slurm_env):
 
 def test_failed_requeue_is_an_error_naming_the_job(tmp_path, slurm_env):
     def broken_requeue(job_id: str) -> None:
-        raise subprocess.CalledProcessError(1, ["scontrol", "requeue", job_id], stderr="Requested operation is disabled")
+        raise subprocess.CalledProcessError(
+            1, ["scontrol", "requeue", job_id], stderr="Requested operation is disabled"
+        )
 
     trainer = StandInTrainer(total=10, signal_at=1)
     job = make_job(tmp_path, trainer, [])
@@ -339,8 +402,10 @@ def test_task_and_scontrol_parsing():
     assert slurm.SlurmTask.from_environ({"SLURM_JOB_ID": "9"}).restart_count == 0
     with pytest.raises(RuntimeError, match="SLURM_JOB_ID is not set"):
         slurm.SlurmTask.from_environ({})
-    line = ("JobId=12 JobName=dinolite-demo UserId=root(0) JobState=PENDING Reason=BeginTime Requeue=1 "
-            "Restarts=1 BatchFlag=1 ExitCode=0:0 RunTime=00:00:00")
+    line = (
+        "JobId=12 JobName=dinolite-demo UserId=root(0) JobState=PENDING Reason=BeginTime Requeue=1 "
+        "Restarts=1 BatchFlag=1 ExitCode=0:0 RunTime=00:00:00"
+    )
     info = slurm.parse_scontrol_job(line)
     assert (info.job_id, info.state, info.restarts, info.exit_code, info.finished) == ("12", "PENDING", 1, "0:0", False)
     assert slurm.parse_scontrol_job(line.replace("PENDING", "COMPLETED")).finished
@@ -364,11 +429,15 @@ def test_documented_eval_entry_is_checked_against_the_eval_parser(capsys, monkey
     # The README / --help example: eval/knn.py's own options after `--`, checked before submission.
     monkeypatch.chdir(ROOT)
     documented = ["--backbone", "out/", "--train", "D/train", "--val", "D/val"]
-    code, out, err = run_launcher(["--entry", "eval/knn.py", "--gpus-per-node", "1", "--dry-run", "--", *documented], capsys)
+    code, out, err = run_launcher(
+        ["--entry", "eval/knn.py", "--gpus-per-node", "1", "--dry-run", "--", *documented], capsys
+    )
     assert code == 0, err
     assert f"every task runs: python {ROOT / 'eval' / 'knn.py'} {' '.join(documented)}" in out
     # --checkpoint is accepted as the export CLI's name for the same thing.
-    code, _, err = run_launcher(["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/", "--train", "D", "--val", "D"], capsys)
+    code, _, err = run_launcher(
+        ["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/", "--train", "D", "--val", "D"], capsys
+    )
     assert code == 0, err
     code, _, err = run_launcher(["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/"], capsys)
     assert code == 2 and "the following arguments are required: --train, --val" in err

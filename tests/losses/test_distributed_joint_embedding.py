@@ -59,7 +59,9 @@ def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _collective_loss(x_local: torch.Tensor, x_all_gathered: torch.Tensor, x_sum: torch.Tensor, rank: int) -> torch.Tensor:
+def _collective_loss(
+    x_local: torch.Tensor, x_all_gathered: torch.Tensor, x_sum: torch.Tensor, rank: int
+) -> torch.Tensor:
     """A rank-dependent loss of the gathered rows and of the summed rows (so the ranks' gradients differ)."""
     row_weights = torch.arange(x_all_gathered.numel(), dtype=torch.float64).reshape(x_all_gathered.shape) + rank
     return (row_weights * x_all_gathered).sum() * (1 + rank) + x_sum.square().sum() * (2 + rank) + x_local.sum()

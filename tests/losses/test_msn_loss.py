@@ -43,7 +43,11 @@ def test_msn_hand_values():
 
 def test_msn_matches_reference_with_several_views():
     g = torch.Generator().manual_seed(0)
-    anchor, target, protos = torch.randn(12, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(16, 8, generator=g)
+    anchor, target, protos = (
+        torch.randn(12, 8, generator=g),
+        torch.randn(4, 8, generator=g),
+        torch.randn(16, 8, generator=g),
+    )
     anchor.requires_grad_(True)
     out = MSNLoss(temperature=0.1, sharpen_temperature=0.25, me_max_weight=1.0)(anchor, target, protos)
     ce, rme = _reference(anchor, target, protos, 0.1, 0.25, 1.0)
@@ -56,7 +60,11 @@ def test_msn_matches_reference_with_several_views():
 
 def test_msn_switches():
     g = torch.Generator().manual_seed(1)
-    anchor, target, protos = torch.randn(6, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g)
+    anchor, target, protos = (
+        torch.randn(6, 4, generator=g),
+        torch.randn(3, 4, generator=g),
+        torch.randn(5, 4, generator=g),
+    )
     no_sharpen = MSNLoss(temperature=0.1, sharpen=False)(anchor, target, protos)
     ce, _ = _reference(anchor, target, protos, 0.1, 1.0, 1.0)
     torch.testing.assert_close(no_sharpen["cross_entropy"], ce)
@@ -105,8 +113,10 @@ def _run(anchor_vbd, target, protos):
     out = MSNLoss(temperature=0.1, sharpen_temperature=0.25)(anchor, target, prototypes)
     anchor_grad, proto_grad = torch.autograd.grad(out["loss"], [anchor, prototypes])
     return {
-        "ce": out["cross_entropy"].detach(), "me_max": out["me_max"].detach(),
-        "anchor_grad": anchor_grad.reshape(VIEWS, -1, D), "proto_grad": proto_grad,
+        "ce": out["cross_entropy"].detach(),
+        "me_max": out["me_max"].detach(),
+        "anchor_grad": anchor_grad.reshape(VIEWS, -1, D),
+        "proto_grad": proto_grad,
     }
 
 

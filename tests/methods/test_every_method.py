@@ -33,11 +33,23 @@ from dinolite.train.methods import get_method, list_methods
 ITERATIONS = 6
 # Shrinks any preset: a 2-block ViT on 16 px crops, 4 images, monitor every 2 steps.
 SMALL = [
-    "student.embed_dim=32", "student.depth=2", "student.num_heads=2", "student.patch_size=4",
-    "student.drop_path_rate=0.1", "crops.global_crops_size=16", "crops.local_crops_size=8",
-    "train.batch_size_per_gpu=4", "train.iterations_per_epoch=2", "optim.epochs=3", "optim.warmup_epochs=1",
-    "train.log_every=2", "train.checkpoint_every=100", "monitor.every=2", "data.num_workers=0",
-    "train.device=cpu", "evaluation.knn_at_end=false",
+    "student.embed_dim=32",
+    "student.depth=2",
+    "student.num_heads=2",
+    "student.patch_size=4",
+    "student.drop_path_rate=0.1",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "train.batch_size_per_gpu=4",
+    "train.iterations_per_epoch=2",
+    "optim.epochs=3",
+    "optim.warmup_epochs=1",
+    "train.log_every=2",
+    "train.checkpoint_every=100",
+    "monitor.every=2",
+    "data.num_workers=0",
+    "train.device=cpu",
+    "evaluation.knn_at_end=false",
 ]
 
 
@@ -47,7 +59,10 @@ def random_image_stream(cfg, source, rank, world_size, start_batch, transform, c
     size = 2 * cfg.crops.global_crops_size
     while True:
         g = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank * 100 + index)
-        images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(cfg.train.batch_size_per_gpu)]
+        images = [
+            torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+            for _ in range(cfg.train.batch_size_per_gpu)
+        ]
         yield collate_fn([transform(image, generator=g) for image in images], generator=g)
         index += 1
 

@@ -15,9 +15,12 @@ def test_layout_and_shapes():
     head = DINOHead(32, 100, hidden_dim=64, bottleneck_dim=16, nlayers=3)
     shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
     assert shapes == {
-        "mlp.0.weight": (64, 32), "mlp.0.bias": (64,),
-        "mlp.2.weight": (64, 64), "mlp.2.bias": (64,),
-        "mlp.4.weight": (16, 64), "mlp.4.bias": (16,),
+        "mlp.0.weight": (64, 32),
+        "mlp.0.bias": (64,),
+        "mlp.2.weight": (64, 64),
+        "mlp.2.bias": (64,),
+        "mlp.4.weight": (16, 64),
+        "mlp.4.bias": (16,),
         "last_layer.weight": (100, 16),
     }
     assert [type(m) for m in head.mlp] == [nn.Linear, nn.GELU, nn.Linear, nn.GELU, nn.Linear]

@@ -7,8 +7,6 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.models import DinoVisionTransformer, vit_large
-from dinolite.train.methods.dinov2 import training_flops
-from dinolite.train.summary import main as summary_main
 from dinolite.models.info import (
     backbone_forward_macs,
     count_parameters,
@@ -17,6 +15,8 @@ from dinolite.models.info import (
     main,
     model_summary,
 )
+from dinolite.train.methods.dinov2 import training_flops
+from dinolite.train.summary import main as summary_main
 
 
 def analytic_vit_macs(img: int, patch: int, dim: int, depth: int, mlp_hidden: int, in_chans: int = 3) -> int:

@@ -55,7 +55,13 @@ def test_layouts_of_the_published_heads():
 def test_batch_norm_parameters_are_named_norm():
     # the optimizer exempts "*norm*" parameters from weight decay by name
     names = [n for n, _ in ProjectionMLP(4, 8, 4, num_layers=2).named_parameters()]
-    assert names == ["layers.fc0.weight", "layers.norm0.weight", "layers.norm0.bias", "layers.fc1.weight", "layers.fc1.bias"]
+    assert names == [
+        "layers.fc0.weight",
+        "layers.norm0.weight",
+        "layers.norm0.bias",
+        "layers.fc1.weight",
+        "layers.fc1.bias",
+    ]
 
 
 def test_zero_layers_is_the_identity():

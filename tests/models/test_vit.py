@@ -27,8 +27,13 @@ from dinolite.models.block import Block
 from dinolite.models.pos_embed import interpolate_pos_embed
 from dinolite.models.stochastic_depth import DropPath, drop_add_residual_stochastic_depth, drop_path_rates
 
-FACTORIES = {"vit_tiny": vit_tiny, "vit_small": vit_small, "vit_base": vit_base, "vit_large": vit_large,
-             "vit_giant2": vit_giant2}
+FACTORIES = {
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+    "vit_large": vit_large,
+    "vit_giant2": vit_giant2,
+}
 
 
 def tiny(**kwargs) -> DinoVisionTransformer:
@@ -120,8 +125,9 @@ def test_bad_inputs_raise_clear_errors():
 # ------------------------------------------------------------------------------------------------
 
 
-def dinov2_layout(dim: int, depth: int, n_patches: int, patch: int, registers: int, ffn: str,
-                  layerscale: bool) -> dict[str, tuple[int, ...]]:
+def dinov2_layout(
+    dim: int, depth: int, n_patches: int, patch: int, registers: int, ffn: str, layerscale: bool
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a released DINOv2 backbone, written from the published layout."""
     spec: dict[str, tuple[int, ...]] = {
         "cls_token": (1, 1, dim),
@@ -136,22 +142,40 @@ def dinov2_layout(dim: int, depth: int, n_patches: int, patch: int, registers: i
         spec["register_tokens"] = (1, registers, dim)
     for i in range(depth):
         b = f"blocks.{i}."
-        spec.update({
-            b + "norm1.weight": (dim,), b + "norm1.bias": (dim,),
-            b + "attn.qkv.weight": (3 * dim, dim), b + "attn.qkv.bias": (3 * dim,),
-            b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
-            b + "norm2.weight": (dim,), b + "norm2.bias": (dim,),
-        })
+        spec.update(
+            {
+                b + "norm1.weight": (dim,),
+                b + "norm1.bias": (dim,),
+                b + "attn.qkv.weight": (3 * dim, dim),
+                b + "attn.qkv.bias": (3 * dim,),
+                b + "attn.proj.weight": (dim, dim),
+                b + "attn.proj.bias": (dim,),
+                b + "norm2.weight": (dim,),
+                b + "norm2.bias": (dim,),
+            }
+        )
         if layerscale:
             spec[b + "ls1.gamma"] = (dim,)
             spec[b + "ls2.gamma"] = (dim,)
         if ffn == "mlp":
-            spec.update({b + "mlp.fc1.weight": (4 * dim, dim), b + "mlp.fc1.bias": (4 * dim,),
-                         b + "mlp.fc2.weight": (dim, 4 * dim), b + "mlp.fc2.bias": (dim,)})
+            spec.update(
+                {
+                    b + "mlp.fc1.weight": (4 * dim, dim),
+                    b + "mlp.fc1.bias": (4 * dim,),
+                    b + "mlp.fc2.weight": (dim, 4 * dim),
+                    b + "mlp.fc2.bias": (dim,),
+                }
+            )
         else:
             h = swiglu_hidden_dim(4 * dim)
-            spec.update({b + "mlp.w12.weight": (2 * h, dim), b + "mlp.w12.bias": (2 * h,),
-                         b + "mlp.w3.weight": (dim, h), b + "mlp.w3.bias": (dim,)})
+            spec.update(
+                {
+                    b + "mlp.w12.weight": (2 * h, dim),
+                    b + "mlp.w12.bias": (2 * h,),
+                    b + "mlp.w3.weight": (dim, h),
+                    b + "mlp.w3.bias": (dim,),
+                }
+            )
     return spec
 
 
@@ -183,8 +207,9 @@ def test_dinov2_vits14_state_dict_loads_strictly(registers):
 
 
 def test_state_dict_layout_swiglu_and_no_layerscale():
-    model = DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=48, depth=2, num_heads=4,
-                                  ffn_layer="swiglu", init_values=None)
+    model = DinoVisionTransformer(
+        img_size=28, patch_size=14, embed_dim=48, depth=2, num_heads=4, ffn_layer="swiglu", init_values=None
+    )
     spec = dinov2_layout(48, 2, 4, 14, 0, "swiglu", layerscale=False)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == spec
     assert not any(".ls1." in k or ".ls2." in k for k in model.state_dict())
@@ -197,8 +222,9 @@ def test_state_dict_layout_swiglu_and_no_layerscale():
 
 def test_dinov2_initialisation():
     torch.manual_seed(0)
-    model = DinoVisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3,
-                                  init_values=1e-5, num_register_tokens=4)
+    model = DinoVisionTransformer(
+        img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, init_values=1e-5, num_register_tokens=4
+    )
     assert abs(model.pos_embed.std().item() - 0.02) < 0.002
     assert model.cls_token.abs().max().item() < 1e-5
     assert model.register_tokens.abs().max().item() < 1e-5 and model.register_tokens.abs().max().item() > 0
@@ -491,8 +517,16 @@ def test_build_backbone_from_full_config():
 
 
 def test_build_backbone_from_student_config_maps_keys():
-    cfg = load_config("vitl14", ["student.depth=2", "student.layerscale=0", "student.num_register_tokens=4",
-                                 "student.ffn_layer=swiglufused", "student.attention=sdpa"])
+    cfg = load_config(
+        "vitl14",
+        [
+            "student.depth=2",
+            "student.layerscale=0",
+            "student.num_register_tokens=4",
+            "student.ffn_layer=swiglufused",
+            "student.attention=sdpa",
+        ],
+    )
     with torch.device("meta"):
         model = build_backbone(cfg.student, img_size=98)
     assert model.embed_dim == 1024 and model.n_blocks == 2 and model.patch_size == 14

@@ -45,7 +45,9 @@ def test_measure_reports_every_metric_with_the_metric_functions_values():
     assert out["collapse/backbone_rankme"] == pytest.approx(metrics.rankme(diag["teacher_cls"]))
     assert out["collapse/backbone_rankme_ratio"] == pytest.approx(out["collapse/backbone_rankme"] / 32)
     assert out["collapse/head_rankme"] == pytest.approx(metrics.rankme(diag["teacher_head_logits"]))
-    assert out["collapse/teacher_entropy_norm"] == pytest.approx(metrics.entropy(diag["teacher_head_probs"]) / math.log(64))
+    assert out["collapse/teacher_entropy_norm"] == pytest.approx(
+        metrics.entropy(diag["teacher_head_probs"]) / math.log(64)
+    )
     ce, kl = metrics.cross_entropy_kl(diag["student_head_logits"], diag["teacher_head_probs"], 0.1)
     assert out["collapse/student_teacher_ce"] == pytest.approx(ce)
     assert out["collapse/student_teacher_kl"] == pytest.approx(kl)

@@ -15,13 +15,29 @@ import pytest
 pytest.importorskip("sklearn")
 
 TINY = [
-    "student.embed_dim=32", "student.depth=2", "student.num_heads=2", "student.patch_size=4",
-    "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-    "dino.head_n_prototypes=64", "dino.head_bottleneck_dim=32", "dino.head_hidden_dim=64",
-    "ibot.head_n_prototypes=64", "ibot.head_bottleneck_dim=32", "ibot.head_hidden_dim=64",
-    "train.batch_size_per_gpu=8", "train.iterations_per_epoch=10", "optim.epochs=10", "optim.warmup_epochs=1",
-    "train.checkpoint_every=10", "train.device=cpu", "data.num_workers=0", "evaluation.knn_at_end=false",
-    "monitor.every=2", "monitor.action=stop",
+    "student.embed_dim=32",
+    "student.depth=2",
+    "student.num_heads=2",
+    "student.patch_size=4",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "crops.local_crops_number=2",
+    "dino.head_n_prototypes=64",
+    "dino.head_bottleneck_dim=32",
+    "dino.head_hidden_dim=64",
+    "ibot.head_n_prototypes=64",
+    "ibot.head_bottleneck_dim=32",
+    "ibot.head_hidden_dim=64",
+    "train.batch_size_per_gpu=8",
+    "train.iterations_per_epoch=10",
+    "optim.epochs=10",
+    "optim.warmup_epochs=1",
+    "train.checkpoint_every=10",
+    "train.device=cpu",
+    "data.num_workers=0",
+    "evaluation.knn_at_end=false",
+    "monitor.every=2",
+    "monitor.action=stop",
 ]
 NO_CENTERING = ["teacher.center_momentum=1.0", "teacher.momentum_teacher=0.0", "teacher.final_momentum_teacher=0.0"]
 ITERATIONS = 26

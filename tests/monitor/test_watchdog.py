@@ -78,7 +78,9 @@ def test_absent_metric_is_skipped_and_keeps_the_count():
 
 
 def test_unknown_monitor_metric_is_named_with_the_nearest():
-    with pytest.raises(ValueError, match=r"thresholds\[0\].metric 'collapse/backbone_rankmee'.*'collapse/backbone_rankme'"):
+    with pytest.raises(
+        ValueError, match=r"thresholds\[0\].metric 'collapse/backbone_rankmee'.*'collapse/backbone_rankme'"
+    ):
         Watchdog([WatchdogThreshold(metric="collapse/backbone_rankmee", min=1.0)])
     # Other metric families (e.g. the trainer's losses) are not the monitor's to police.
     Watchdog([WatchdogThreshold(metric="loss/total", max=100.0)])
@@ -106,8 +108,12 @@ def test_default_thresholds_load_and_pass_healthy_values():
     cfg = load_config("default")
     watchdog = Watchdog.from_config(cfg.monitor, method_thresholds=WATCHDOG_THRESHOLDS)
     assert watchdog.thresholds == list(WATCHDOG_THRESHOLDS), "monitor.method_thresholds is on by default"
-    assert Watchdog.from_config(load_config("default", ["monitor.method_thresholds=false"]).monitor,
-                                method_thresholds=WATCHDOG_THRESHOLDS).thresholds == []
+    assert (
+        Watchdog.from_config(
+            load_config("default", ["monitor.method_thresholds=false"]).monitor, method_thresholds=WATCHDOG_THRESHOLDS
+        ).thresholds
+        == []
+    )
     healthy = {
         "collapse/backbone_std_ratio": 0.8,
         "collapse/backbone_rankme_ratio": 0.5,

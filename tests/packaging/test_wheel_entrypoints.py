@@ -20,8 +20,16 @@ from dinolite import compat, extras
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_SCRIPTS = {
-    "dinolite-train", "dinolite-slurm", "dinolite-knn", "dinolite-linear", "dinolite-segmentation",
-    "dinolite-visualize", "dinolite-export", "dinolite-shards", "dinolite-info", "dinolite-lab",
+    "dinolite-train",
+    "dinolite-slurm",
+    "dinolite-knn",
+    "dinolite-linear",
+    "dinolite-segmentation",
+    "dinolite-visualize",
+    "dinolite-export",
+    "dinolite-shards",
+    "dinolite-info",
+    "dinolite-lab",
 }
 
 
@@ -61,10 +69,15 @@ def _option_block(help_text: str, option: str) -> str:
     """The lines of ``--help`` that describe ``option`` (its line up to the next option or section)."""
     lines = help_text.splitlines()
     first = lines.index("options:")  # skip the description, which may mention options too
-    start = next(i for i, line in enumerate(lines) if i > first and line.startswith("  ") and (
-        line.strip().startswith(option + " ") or line.strip() == option or line.strip().startswith(option + ",")))
+    start = next(
+        i
+        for i, line in enumerate(lines)
+        if i > first
+        and line.startswith("  ")
+        and (line.strip().startswith(option + " ") or line.strip() == option or line.strip().startswith(option + ","))
+    )
     block = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("    ") or line.strip().startswith("-"):
             break
         block.append(line)
@@ -92,11 +105,16 @@ def test_console_script_help_shows_every_default(script, monkeypatch, capsys):
 
 # `python -m NAME` for each console script (the library module of an eval command runs its command line)
 DASH_M = {
-    "dinolite-train": "dinolite.train.run", "dinolite-slurm": "dinolite.train.slurm_launch",
-    "dinolite-knn": "dinolite.eval.knn", "dinolite-linear": "dinolite.eval.linear",
-    "dinolite-segmentation": "dinolite.eval.segmentation", "dinolite-visualize": "dinolite.eval.visualize",
-    "dinolite-export": "dinolite.export", "dinolite-shards": "dinolite.data.make_shards",
-    "dinolite-info": "dinolite.models.info", "dinolite-lab": "dinolite.lab.cli",
+    "dinolite-train": "dinolite.train.run",
+    "dinolite-slurm": "dinolite.train.slurm_launch",
+    "dinolite-knn": "dinolite.eval.knn",
+    "dinolite-linear": "dinolite.eval.linear",
+    "dinolite-segmentation": "dinolite.eval.segmentation",
+    "dinolite-visualize": "dinolite.eval.visualize",
+    "dinolite-export": "dinolite.export",
+    "dinolite-shards": "dinolite.data.make_shards",
+    "dinolite-info": "dinolite.models.info",
+    "dinolite-lab": "dinolite.lab.cli",
 }
 
 
@@ -118,9 +136,12 @@ def test_python_dash_m_runs_the_same_command(script, monkeypatch, capsys):
 def test_clone_wrappers_run_the_package_functions():
     """launch/ and eval/ stay thin: each wrapper's main is the package's."""
     wrappers = {
-        "launch/local.py": "dinolite.train.run", "launch/slurm.py": "dinolite.train.slurm_launch",
-        "eval/knn.py": "dinolite.eval.knn_cli", "eval/linear.py": "dinolite.eval.linear_cli",
-        "eval/segmentation.py": "dinolite.eval.segmentation_cli", "eval/visualize.py": "dinolite.eval.visualize_cli",
+        "launch/local.py": "dinolite.train.run",
+        "launch/slurm.py": "dinolite.train.slurm_launch",
+        "eval/knn.py": "dinolite.eval.knn_cli",
+        "eval/linear.py": "dinolite.eval.linear_cli",
+        "eval/segmentation.py": "dinolite.eval.segmentation_cli",
+        "eval/visualize.py": "dinolite.eval.visualize_cli",
     }
     for path, module_name in wrappers.items():
         namespace = runpy.run_path(str(ROOT / path), run_name="wrapper")
@@ -164,7 +185,11 @@ def _forward_macs_of_a_linear_layer():
         ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
         ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
-        ("huggingface_hub", "hub", lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b")),
+        (
+            "huggingface_hub",
+            "hub",
+            lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b"),
+        ),
         ("wandb", "wandb", lambda: importlib.import_module("dinolite.train.trackers").WandbTracker(None, Path("."))),
         ("mlflow", "mlflow", lambda: importlib.import_module("dinolite.train.trackers").MlflowTracker(None, Path("."))),
     ],
@@ -180,8 +205,9 @@ def test_missing_optional_dependency_names_its_extra(module, extra, importer, mo
 def test_slurm_launcher_help_needs_no_submitit_but_submitting_does(monkeypatch, capsys):
     launch = importlib.import_module("dinolite.train.slurm_launch")
     monkeypatch.setattr(launch, "slurm", None)
-    monkeypatch.setattr(launch, "_MISSING_SUBMITIT", extras.MissingExtraError("needs pip install 'dinolite[slurm]'"),
-                        raising=False)
+    monkeypatch.setattr(
+        launch, "_MISSING_SUBMITIT", extras.MissingExtraError("needs pip install 'dinolite[slurm]'"), raising=False
+    )
     assert launch.main(["--config", "demo", "--dry-run"]) == 2
     assert "dinolite[slurm]" in capsys.readouterr().err
 

@@ -56,9 +56,13 @@ CASES = {
     "vits16": GoldenCase(
         "vits16",
         (
-            "crops.global_crops_size=64", "crops.local_crops_size=32", "crops.local_crops_number=2",
-            "dino.head_n_prototypes=256", "ibot.head_n_prototypes=256",
-            "train.iterations_per_epoch=10", "train.device=cpu",
+            "crops.global_crops_size=64",
+            "crops.local_crops_size=32",
+            "crops.local_crops_number=2",
+            "dino.head_n_prototypes=256",
+            "ibot.head_n_prototypes=256",
+            "train.iterations_per_epoch=10",
+            "train.device=cpu",
         ),
         batch_size=4,
         first_iteration=9,

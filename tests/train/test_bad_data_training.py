@@ -12,8 +12,8 @@ import torch
 from dinolite.config import load_config
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.loader import build_train_loader
-from dinolite.train.methods.dinov2 import build_collate
 from dinolite.train.loop import train
+from dinolite.train.methods.dinov2 import build_collate
 from tests.data.test_bad_data import png, png16, write_shard
 from tests.data.test_decode import bomb_png
 from tests.train.test_loop import TINY
@@ -35,9 +35,16 @@ def records(run_dir: Path) -> list[dict]:
 def test_training_on_bad_data_logs_the_counts_and_resumes(tmp_path):
     torch.set_num_threads(1)
     source = bad_shards(tmp_path)
-    overrides = [*TINY, f"data.source=[{','.join(source)}]", "data.shuffle_buffer=0", "data.max_image_pixels=1000000",
-                 "train.log_every=4", "train.checkpoint_every=4", "evaluation.knn_at_end=false",
-                 "evaluation.online_every=0"]
+    overrides = [
+        *TINY,
+        f"data.source=[{','.join(source)}]",
+        "data.shuffle_buffer=0",
+        "data.max_image_pixels=1000000",
+        "train.log_every=4",
+        "train.checkpoint_every=4",
+        "evaluation.knn_at_end=false",
+        "evaluation.online_every=0",
+    ]
     run = tmp_path / "run"
     first = train(load_config("demo", [*overrides, f"train.output_dir={run}", "train.max_iterations=4"]))
     assert first.status == "finished" and first.iteration == 4
@@ -46,8 +53,18 @@ def test_training_on_bad_data_logs_the_counts_and_resumes(tmp_path):
 
     # Reference: the same stream read directly, batch by batch.
     cfg = load_config("demo", overrides)
-    loader = build_train_loader(source, MultiCropAugmentation.from_config(cfg.crops), build_collate(cfg),
-                                4, 0, cfg.train.seed, 0, 1, 0, max_image_pixels=1_000_000)
+    loader = build_train_loader(
+        source,
+        MultiCropAugmentation.from_config(cfg.crops),
+        build_collate(cfg),
+        4,
+        0,
+        cfg.train.seed,
+        0,
+        1,
+        0,
+        max_image_pixels=1_000_000,
+    )
     it = iter(loader)
     expected = [next(it) for _ in range(8)]
     logged = [r for r in records(run) if "loss" in r]

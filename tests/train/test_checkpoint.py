@@ -115,7 +115,9 @@ def test_layout_pointer_pruning_and_atomicity(tmp_path):
     # every DCP entry is a tensor: no pickled param groups
     meta = torch.distributed.checkpoint.FileSystemReader(str(manager.latest())).read_metadata()
     assert not [k for k, v in meta.state_dict_metadata.items() if type(v).__name__ == "BytesStorageMetadata"]
-    assert any(k.startswith("optimizer.state.student.backbone.") and k.endswith("exp_avg") for k in meta.state_dict_metadata)
+    assert any(
+        k.startswith("optimizer.state.student.backbone.") and k.endswith("exp_avg") for k in meta.state_dict_metadata
+    )
 
 
 def test_rng_state_round_trip_is_weights_only(tmp_path):
@@ -145,8 +147,13 @@ def test_errors_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match="ibot_head"):
         manager.load(path, {"model": other, "optimizer": torch.optim.AdamW(other.student.parameters())})
     with pytest.raises(CheckpointError, match="only tensors and JSON"):
-        manager.save(2, {"model": objective, "bad": type("S", (), {"state_dict": lambda s: {"x": object()},
-                                                                  "load_state_dict": lambda s, d: None})()})
+        manager.save(
+            2,
+            {
+                "model": objective,
+                "bad": type("S", (), {"state_dict": lambda s: {"x": object()}, "load_state_dict": lambda s, d: None})(),
+            },
+        )
 
 
 def test_consolidated_state_dict_has_dinov2_keys(tmp_path):
@@ -193,7 +200,7 @@ def test_saved_on_two_ranks_resumes_on_one_and_two(tmp_path):
     for key in reference["teacher"]:
         assert torch.equal(on_two["teacher"][key], reference["teacher"][key]), key
         torch.testing.assert_close(on_one["teacher"][key], reference["teacher"][key], rtol=1e-5, atol=1e-6)
-    assert set(sharded_teacher) == {k[len("backbone."):] for k in reference["teacher"] if k.startswith("backbone.")}
+    assert set(sharded_teacher) == {k[len("backbone.") :] for k in reference["teacher"] if k.startswith("backbone.")}
 
 
 @pytest.mark.slow

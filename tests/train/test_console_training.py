@@ -24,9 +24,24 @@ from tests.train.test_loop import fake_stream, tiny_config
 # Every key a DINOv2 training record may hold (docs/logging.md); `grad_norm/...` and the collapse metrics
 # are groups, checked by prefix.
 TRAIN_KEYS = {
-    "loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp", "last_layer_lr",
-    "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples", "damaged_shards", "epoch",
-    "loss_scale", "skipped_steps",
+    "loss",
+    "dino_loss",
+    "ibot_loss",
+    "koleo_loss",
+    "lr",
+    "wd",
+    "momentum",
+    "teacher_temp",
+    "last_layer_lr",
+    "images_per_s",
+    "data_wait",
+    "memory_gb",
+    "images_seen",
+    "skipped_samples",
+    "damaged_shards",
+    "epoch",
+    "loss_scale",
+    "skipped_steps",
 }
 COUNTS = {"images_seen", "skipped_samples", "damaged_shards", "skipped_steps", "collapse/num_samples"}
 
@@ -58,8 +73,12 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 def _online(folders, every: int = 4) -> list[str]:
     train_dir, val_dir = folders
-    return [f"evaluation.knn_train=[{train_dir}]", f"evaluation.knn_val=[{val_dir}]",
-            f"evaluation.online_every={every}", "evaluation.knn_k=3"]
+    return [
+        f"evaluation.knn_train=[{train_dir}]",
+        f"evaluation.knn_val=[{val_dir}]",
+        f"evaluation.online_every={every}",
+        "evaluation.knn_k=3",
+    ]
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -117,8 +136,7 @@ def test_online_evaluation_leaves_training_bitwise_unchanged(tmp_path, folders):
 
 
 def test_watchdog_can_stop_on_online_knn(tmp_path, folders):
-    threshold = ("monitor.thresholds=[{metric: eval/knn_top1, min: 101.0, max: null, after_iteration: 0, "
-                 "patience: 1}]")
+    threshold = "monitor.thresholds=[{metric: eval/knn_top1, min: 101.0, max: null, after_iteration: 0, patience: 1}]"
     result = train(tiny_config(tmp_path, "monitor.action=stop", threshold, *_online(folders, every=4)))
     assert result.status == "stopped" and result.iteration == 4
     assert "eval/knn_top1" in result.message and "below min 101" in result.message
@@ -127,8 +145,11 @@ def test_watchdog_can_stop_on_online_knn(tmp_path, folders):
 def test_online_evaluation_without_labelled_images_fails_at_start_up(tmp_path):
     from dinolite.config import ConfigError, load_config
 
-    cfg = load_config("demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false", "evaluation.online_every=50"])
+    cfg = load_config(
+        "demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false", "evaluation.online_every=50"]
+    )
     with pytest.raises(ConfigError, match=r"'evaluation.online_every': 50, but evaluation.knn_train=\[\]"):
         builders.validate_training_config(cfg)
-    builders.validate_training_config(load_config("demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false",
-                                                           "evaluation.online_every=0"]))
+    builders.validate_training_config(
+        load_config("demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false", "evaluation.online_every=0"])
+    )

@@ -29,7 +29,11 @@ def test_demo_beats_random_init_and_does_not_collapse(tmp_path: Path):
     cfg = load_config(tmp_path / "config.yaml")
     knn = json.loads((tmp_path / "knn.json").read_text())["top1"]
     assert set(knn) == {
-        "raw_pixels", "random_init/cls", "random_init/cls+avgpool", "teacher/cls", "teacher/cls+avgpool",
+        "raw_pixels",
+        "random_init/cls",
+        "random_init/cls+avgpool",
+        "teacher/cls",
+        "teacher/cls+avgpool",
     }
     assert knn["teacher/cls+avgpool"] >= knn["random_init/cls+avgpool"] + 10.0, knn
     assert knn["teacher/cls"] >= knn["random_init/cls+avgpool"] + 5.0, knn

@@ -19,7 +19,9 @@ def student_with_predictor() -> nn.ModuleDict:
 def test_teacher_moves_towards_student_by_name_and_predictor_is_ignored():
     student = student_with_predictor()
     # The teacher lacks the predictor and lists its modules in another order than the student.
-    teacher = nn.ModuleDict({"projector": copy.deepcopy(student["projector"]), "backbone": copy.deepcopy(student["backbone"])})
+    teacher = nn.ModuleDict(
+        {"projector": copy.deepcopy(student["projector"]), "backbone": copy.deepcopy(student["backbone"])}
+    )
     with torch.no_grad():
         for p in teacher.parameters():
             p.mul_(-1.0)

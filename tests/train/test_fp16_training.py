@@ -37,8 +37,11 @@ def initial_scale(monkeypatch):
 
     def use(exponent: float) -> None:
         original = loss_scaling.LossScaler.__init__
-        monkeypatch.setattr(loss_scaling.LossScaler, "__init__",
-                            lambda self, enabled, **kw: original(self, enabled, **{**kw, "init_scale": 2.0**exponent}))
+        monkeypatch.setattr(
+            loss_scaling.LossScaler,
+            "__init__",
+            lambda self, enabled, **kw: original(self, enabled, **{**kw, "init_scale": 2.0**exponent}),
+        )
 
     return use
 
@@ -57,8 +60,12 @@ def test_fp16_backs_off_from_the_default_scale_then_trains(tmp_path):
 def test_an_overflow_skips_the_step_and_halves_the_scale(tmp_path, initial_scale):
     initial_scale(120)  # a scale no fp16 gradient survives: every step overflows until it has come down
     run = tmp_path / "run"
-    assert train_main(["--config", "demo", "--output-dir", str(run), *TINY, "train.max_iterations=2",
-                       "optim.warmup_epochs=0"]) == 0
+    assert (
+        train_main(
+            ["--config", "demo", "--output-dir", str(run), *TINY, "train.max_iterations=2", "optim.warmup_epochs=0"]
+        )
+        == 0
+    )
     records = _records(run)
     assert [r["loss_scale"] for r in records] == [2.0**119, 2.0**118]
     assert [r["skipped_steps"] for r in records] == [1, 2]

@@ -29,7 +29,8 @@ def test_dinov2_step_matches_the_recorded_one(name):
     if not same_environment:
         warnings.warn(
             f"golden step {name!r} was recorded on {recorded_env}, this is {environment()}: comparing the "
-            "stored tensors within rtol 1e-5 and skipping the digests of the large ones"
+            "stored tensors within rtol 1e-5 and skipping the digests of the large ones",
+            stacklevel=2,
         )
     for key in sorted(expected):
         if same_environment:

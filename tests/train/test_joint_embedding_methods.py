@@ -158,7 +158,9 @@ def test_multicrop_pairs_every_small_view_with_both_large_views():
 
 
 def test_views_from_config_and_bad_recipe():
-    cfg = _cfg("crops.local_crops_number=2", "joint_embedding.view2.solarize_p=0.5", "joint_embedding.view1.blur_kernel_size=5")
+    cfg = _cfg(
+        "crops.local_crops_number=2", "joint_embedding.view2.solarize_p=0.5", "joint_embedding.view1.blur_kernel_size=5"
+    )
     views = joint_embedding.build_views(cfg)
     assert views.views[1].solarize_p == 0.5 and views.views[0].blur_kernel_size == 5
     assert views.views[1].blur_kernel_size == 3 and views.local_views_number == 2 and views.local_view.size == 8

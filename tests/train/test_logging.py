@@ -16,16 +16,36 @@ from dinolite.train.logging import MetricLogger, get_console_logger, log_due
 from dinolite.train.trackers import RUN_IDS_FILE, build_trackers
 
 TRAIN = {
-    "loss": torch.tensor(9.125), "dino_loss": 3.5, "ibot_loss": 5.625, "koleo_loss": -0.0124, "lr": 1e-3,
-    "wd": 0.04, "momentum": 0.98, "teacher_temp": 0.02, "last_layer_lr": 0.0, "images_per_s": 312.4,
-    "data_wait": 0.05, "memory_gb": 0.0, "images_seen": 1920.0, "skipped_samples": 0.0, "epoch": 1.0,
+    "loss": torch.tensor(9.125),
+    "dino_loss": 3.5,
+    "ibot_loss": 5.625,
+    "koleo_loss": -0.0124,
+    "lr": 1e-3,
+    "wd": 0.04,
+    "momentum": 0.98,
+    "teacher_temp": 0.02,
+    "last_layer_lr": 0.0,
+    "images_per_s": 312.4,
+    "data_wait": 0.05,
+    "memory_gb": 0.0,
+    "images_seen": 1920.0,
+    "skipped_samples": 0.0,
+    "epoch": 1.0,
     "grad_norm/backbone": 1.25,
 }
 COLLAPSE = {
-    "collapse/num_samples": 64.0, "collapse/backbone_std": 0.05, "collapse/backbone_std_ratio": 0.49,
-    "collapse/backbone_rankme": 21.4, "collapse/backbone_rankme_ratio": 0.334, "collapse/head_rankme": 12.0,
-    "collapse/teacher_entropy": 1.0, "collapse/teacher_entropy_norm": 0.29, "collapse/teacher_mean_entropy": 3.3,
-    "collapse/teacher_mean_entropy_norm": 0.95, "collapse/student_teacher_ce": 1.4, "collapse/student_teacher_kl": 0.47,
+    "collapse/num_samples": 64.0,
+    "collapse/backbone_std": 0.05,
+    "collapse/backbone_std_ratio": 0.49,
+    "collapse/backbone_rankme": 21.4,
+    "collapse/backbone_rankme_ratio": 0.334,
+    "collapse/head_rankme": 12.0,
+    "collapse/teacher_entropy": 1.0,
+    "collapse/teacher_entropy_norm": 0.29,
+    "collapse/teacher_mean_entropy": 3.3,
+    "collapse/teacher_mean_entropy_norm": 0.95,
+    "collapse/student_teacher_ce": 1.4,
+    "collapse/student_teacher_kl": 0.47,
 }
 
 
@@ -99,7 +119,9 @@ def test_disabled_logger_writes_nothing(tmp_path):
 def test_tensorboard_gets_the_same_numbers(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with MetricLogger(tmp_path, enabled=True, tensorboard=True, console=get_console_logger("dinolite.test_tb", io.StringIO())) as log:
+    with MetricLogger(
+        tmp_path, enabled=True, tensorboard=True, console=get_console_logger("dinolite.test_tb", io.StringIO())
+    ) as log:
         log.log_summary(30, {"eval/knn_top1": 61.25}, "eval")
         log.log(30, {"loss": 2.5, "images_seen": 64.0})
     events = EventAccumulator(str(tmp_path / "tensorboard"))
@@ -126,7 +148,10 @@ def test_wandb_offline_receives_every_record(tmp_path, monkeypatch):
         if len(history) >= 2:
             break
         time.sleep(0.5)
-    assert [(h["_step"], h.get("train/loss"), h.get("eval/knn_top1")) for h in history] == [(1, 3.0, None), (2, 2.0, 55.0)]
+    assert [(h["_step"], h.get("train/loss"), h.get("eval/knn_top1")) for h in history] == [
+        (1, 3.0, None),
+        (2, 2.0, 55.0),
+    ]
 
 
 def _wandb_history(root, run_id) -> list[str]:

@@ -17,19 +17,35 @@ from dinolite.config import ConfigError, load_config
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
 from dinolite.train import builders
-from dinolite.train.methods.dinov2 import DINOv2Schedules, build_objective
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
+from dinolite.train.methods.dinov2 import DINOv2Schedules, build_objective
 
 TINY = [
-    "student.embed_dim=16", "student.depth=1", "student.num_heads=2", "student.patch_size=4",
+    "student.embed_dim=16",
+    "student.depth=1",
+    "student.num_heads=2",
+    "student.patch_size=4",
     "student.layerscale=0.1",
-    "dino.head_n_prototypes=32", "dino.head_hidden_dim=32", "dino.head_bottleneck_dim=8",
-    "ibot.head_n_prototypes=32", "ibot.head_hidden_dim=32", "ibot.head_bottleneck_dim=8",
-    "crops.global_crops_size=16", "crops.local_crops_size=8", "crops.local_crops_number=2",
-    "train.batch_size_per_gpu=4", "train.iterations_per_epoch=4", "optim.epochs=2", "optim.warmup_epochs=1",
-    "teacher.warmup_teacher_temp_epochs=1", "optim.freeze_last_layer_epochs=1",
-    "train.log_every=2", "train.checkpoint_every=3", "monitor.every=2", "data.num_workers=0",
+    "dino.head_n_prototypes=32",
+    "dino.head_hidden_dim=32",
+    "dino.head_bottleneck_dim=8",
+    "ibot.head_n_prototypes=32",
+    "ibot.head_hidden_dim=32",
+    "ibot.head_bottleneck_dim=8",
+    "crops.global_crops_size=16",
+    "crops.local_crops_size=8",
+    "crops.local_crops_number=2",
+    "train.batch_size_per_gpu=4",
+    "train.iterations_per_epoch=4",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "teacher.warmup_teacher_temp_epochs=1",
+    "optim.freeze_last_layer_epochs=1",
+    "train.log_every=2",
+    "train.checkpoint_every=3",
+    "monitor.every=2",
+    "data.num_workers=0",
     "train.device=cpu",
 ]
 
@@ -58,7 +74,9 @@ def fake_stream(cfg, source, rank, world_size, start_batch, transform, collate_f
         samples = [
             {
                 "global_crops": [torch.randn(3, g_size, g_size, generator=g) for _ in range(2)],
-                "local_crops": [torch.randn(3, l_size, l_size, generator=g) for _ in range(cfg.crops.local_crops_number)],
+                "local_crops": [
+                    torch.randn(3, l_size, l_size, generator=g) for _ in range(cfg.crops.local_crops_number)
+                ],
             }
             for _ in range(cfg.train.batch_size_per_gpu)
         ]
@@ -91,8 +109,22 @@ def test_run_logs_saves_config_and_checkpoints(tmp_path):
     train_records = [r for r in records(tmp_path) if "loss" in r]
     assert [r["iteration"] for r in train_records] == [1, 2, 4, 6, 8]  # iteration 1: a broken run shows at once
     first = train_records[0]
-    for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "wd", "momentum", "teacher_temp",
-                "images_per_s", "data_wait", "memory_gb", "images_seen", "skipped_samples", "epoch"):
+    for key in (
+        "loss",
+        "dino_loss",
+        "ibot_loss",
+        "koleo_loss",
+        "lr",
+        "wd",
+        "momentum",
+        "teacher_temp",
+        "images_per_s",
+        "data_wait",
+        "memory_gb",
+        "images_seen",
+        "skipped_samples",
+        "epoch",
+    ):
         assert key in first, key
     assert first["skipped_samples"] == 1 and first["images_seen"] == 4  # iteration 1 of batch 4
     assert first["loss"] == pytest.approx(first["dino_loss"] + first["ibot_loss"] + first["koleo_loss"], rel=1e-5)

@@ -34,11 +34,14 @@ def _step(name: str, overrides=()):
     return cfg, spec, objective, out
 
 
-@pytest.mark.parametrize("name, cls, network, heads", [
-    ("ijepa", IJEPAObjective, "teacher", ("predictor",)),
-    ("msn", MSNObjective, "teacher", ("projector", "prototypes")),
-    ("simmim", SimMIMObjective, "student", ("decoder",)),
-])
+@pytest.mark.parametrize(
+    "name, cls, network, heads",
+    [
+        ("ijepa", IJEPAObjective, "teacher", ("predictor",)),
+        ("msn", MSNObjective, "teacher", ("projector", "prototypes")),
+        ("simmim", SimMIMObjective, "student", ("decoder",)),
+    ],
+)
 def test_one_step_trains_the_student_only(name, cls, network, heads):
     cfg, spec, objective, out = _step(name)
     assert isinstance(objective, cls) and spec.demo_preset == f"demo_{name}"
@@ -107,16 +110,24 @@ def test_bad_method_settings_name_their_section():
         get_method("msn").build_collate(load_config("demo_msn", ["msn.mask_ratio=1.0"]))
 
 
-@pytest.mark.parametrize("run, flagged", [
-    # (batch-mean entropy / ln K, per-sample entropy / ln K) at iterations 30..120 of the digits demo runs
-    # recorded in docs/methods_masked.md
-    ({"mean": [0.39, 0.32, 0.32, 0.32], "per_sample": [0.11, 0.09, 0.06, 0.04]}, None),
-    ({"mean": [0.34, 0.22, 0.19, 0.17], "per_sample": [0.08, 0.05, 0.03, 0.03]}, "collapse/teacher_mean_entropy_norm"),
-    ({"mean": [0.99, 1.00, 1.00, 1.00], "per_sample": [0.93, 0.98, 0.98, 0.99]}, "collapse/teacher_entropy_norm"),
-])
+@pytest.mark.parametrize(
+    "run, flagged",
+    [
+        # (batch-mean entropy / ln K, per-sample entropy / ln K) at iterations 30..120 of the digits demo runs
+        # recorded in docs/methods_masked.md
+        ({"mean": [0.39, 0.32, 0.32, 0.32], "per_sample": [0.11, 0.09, 0.06, 0.04]}, None),
+        (
+            {"mean": [0.34, 0.22, 0.19, 0.17], "per_sample": [0.08, 0.05, 0.03, 0.03]},
+            "collapse/teacher_mean_entropy_norm",
+        ),
+        ({"mean": [0.99, 1.00, 1.00, 1.00], "per_sample": [0.93, 0.98, 0.98, 0.99]}, "collapse/teacher_entropy_norm"),
+    ],
+)
 def test_msn_watchdog_rules_separate_the_measured_healthy_and_collapsed_runs(run, flagged):
     spec = get_method("msn")
-    watchdog = Watchdog(list(spec.watchdog_thresholds), action="warn", known_metrics=metric_names(spec.monitor_embeddings))
+    watchdog = Watchdog(
+        list(spec.watchdog_thresholds), action="warn", known_metrics=metric_names(spec.monitor_embeddings)
+    )
     fired = set()
     for i, (mean, per_sample) in enumerate(zip(run["mean"], run["per_sample"])):
         metrics = {"collapse/teacher_mean_entropy_norm": mean, "collapse/teacher_entropy_norm": per_sample}

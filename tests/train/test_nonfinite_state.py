@@ -28,8 +28,13 @@ def _all_finite(checkpoint) -> bool:
 
 def test_huge_lr_stops_before_the_broken_step_is_checkpointed(tmp_path):
     """The issue's recipe: before, the run stopped at iteration 2 on a NaN loss with a NaN ``latest``."""
-    cfg = tiny_config(tmp_path, "optim.base_lr=1e4", "optim.warmup_epochs=0", "train.checkpoint_every=2",
-                      "train.keep_last_checkpoints=1")
+    cfg = tiny_config(
+        tmp_path,
+        "optim.base_lr=1e4",
+        "optim.warmup_epochs=0",
+        "train.checkpoint_every=2",
+        "train.keep_last_checkpoints=1",
+    )
     with pytest.raises((NonFiniteStateError, NonFiniteLossError)) as info:
         train(cfg)
     assert isinstance(info.value, NonFiniteStateError), f"the loss check fired first: {info.value}"

@@ -31,12 +31,22 @@ def one_thread():
 def make_objective(weights=(1.0, 1.0, 0.1), centering="centering", separate_ibot=False, seed=0) -> DINOv2Objective:
     torch.manual_seed(seed)
     # layerscale 1.0 (not DINOv2's 1e-5) so that the tiny random network's outputs differ per image
-    backbone = DinoVisionTransformer(img_size=GLOBAL, patch_size=PATCH, embed_dim=24, depth=2, num_heads=2, init_values=1.0)
+    backbone = DinoVisionTransformer(
+        img_size=GLOBAL, patch_size=PATCH, embed_dim=24, depth=2, num_heads=2, init_values=1.0
+    )
     head = DINOHead(24, K, hidden_dim=32, bottleneck_dim=8, nlayers=3)
     ibot_head = DINOHead(24, K, hidden_dim=32, bottleneck_dim=8, nlayers=3) if separate_ibot else None
     return DINOv2Objective(
-        backbone, head, ibot_head, DINOLoss(K), iBOTPatchLoss(K), KoLeoLoss(),
-        dino_weight=weights[0], ibot_weight=weights[1], koleo_weight=weights[2], centering=centering,
+        backbone,
+        head,
+        ibot_head,
+        DINOLoss(K),
+        iBOTPatchLoss(K),
+        KoLeoLoss(),
+        dino_weight=weights[0],
+        ibot_weight=weights[1],
+        koleo_weight=weights[2],
+        centering=centering,
     )
 
 
@@ -102,7 +112,9 @@ def test_dino_term_matches_hand_computed_cross_view_pairs():
     with torch.no_grad():
         t_cls = obj.teacher["backbone"].forward_features(batch["collated_global_crops"])["x_norm_clstoken"]
         t_probs = F.softmax(obj.teacher["dino_head"](t_cls) / teacher_temp, dim=-1)  # centre is 0 at start
-        s_global = obj.student["backbone"].forward_features(batch["collated_global_crops"], masks=batch["collated_masks"])
+        s_global = obj.student["backbone"].forward_features(
+            batch["collated_global_crops"], masks=batch["collated_masks"]
+        )
         s_local = obj.student["backbone"].forward_features(batch["collated_local_crops"])
         s_logits = obj.student["dino_head"](torch.cat([s_global["x_norm_clstoken"], s_local["x_norm_clstoken"]]))
     s_crops = s_logits.chunk(2 + N_LOCAL)

@@ -187,6 +187,8 @@ def test_torch_save_failure_on_a_full_disk_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(manager.torch, "save", failing_save)
     monkeypatch.setattr(integrity.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 4096})())
-    with pytest.raises(CheckpointError, match=f"iteration 4: no space left on {tmp_path / 'checkpoints'}; 4096 bytes free"):
+    with pytest.raises(
+        CheckpointError, match=f"iteration 4: no space left on {tmp_path / 'checkpoints'}; 4096 bytes free"
+    ):
         train(tiny_config(tmp_path, *BASE, "train.max_iterations=6"))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_00000002", "latest"]

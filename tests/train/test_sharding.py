@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import scale_launch
 import torch
+from scale_worker import build_objective, global_batch_slice, tiny_config
 from torch import nn
 
-import scale_launch
-from scale_worker import build_objective, global_batch_slice, tiny_config
 from dinolite.train.sharding import (
     check_aligned_shards,
     clip_grad_norm_,

@@ -18,8 +18,14 @@ from dinolite.train.stop_signals import StopFlag
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = [
-    "train.max_iterations=10", "train.checkpoint_every=100", "train.log_every=1", "train.batch_size_per_gpu=8",
-    "student.depth=2", "monitor.every=0", "evaluation.knn_at_end=false", "data.num_workers=0",
+    "train.max_iterations=10",
+    "train.checkpoint_every=100",
+    "train.log_every=1",
+    "train.batch_size_per_gpu=8",
+    "student.depth=2",
+    "monitor.every=0",
+    "evaluation.knn_at_end=false",
+    "data.num_workers=0",
     "train.num_threads=1",
 ]
 
@@ -27,18 +33,37 @@ OVERRIDES = [
 def _launch(output_dir: Path, data_dir: Path | None, nproc: int = 1, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    script = [str(REPO / "launch" / "local.py"), "--config", "demo", "--output-dir", str(output_dir), *OVERRIDES, *extra]
+    script = [
+        str(REPO / "launch" / "local.py"),
+        "--config",
+        "demo",
+        "--output-dir",
+        str(output_dir),
+        *OVERRIDES,
+        *extra,
+    ]
     if nproc > 1:
         port = 29500 + os.getpid() % 1000
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                   f"--master_port={port}", *script]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={port}",
+            *script,
+        ]
     else:
         command = [sys.executable, *script]
     if data_dir is not None:  # share the digits shards of the reference run (same content, saves time)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "data").symlink_to(data_dir, target_is_directory=True)
     return subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # its own process group: a test can signal it whole, as a terminal does
     )
 
@@ -59,8 +84,14 @@ def reference(tmp_path_factory):
 
 
 def _interrupt_and_resume(
-    reference: Path, run: Path, signum: int, nproc: int = 1, target=None, launcher_rc: int = 0,
-    extra: tuple[str, ...] = (), group: bool = False,
+    reference: Path,
+    run: Path,
+    signum: int,
+    nproc: int = 1,
+    target=None,
+    launcher_rc: int = 0,
+    extra: tuple[str, ...] = (),
+    group: bool = False,
 ) -> str:
     proc = _launch(run, reference / "data", nproc, extra)
     deadline = time.monotonic() + 400

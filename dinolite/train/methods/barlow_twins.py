@@ -35,9 +35,13 @@ class BarlowTwinsObjective(JointEmbeddingObjective):
 
 def build_objective(cfg: Config) -> BarlowTwinsObjective:
     backbone = build_student_backbone(cfg)
-    return BarlowTwinsObjective(
-        backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.lambda_offdiag
+    return BarlowTwinsObjective(backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.lambda_offdiag)
+
+
+METHOD = register_method(
+    method_spec(
+        "barlow_twins",
+        "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+        build_objective,
     )
-
-
-METHOD = register_method(method_spec("barlow_twins", "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction", build_objective))
+)

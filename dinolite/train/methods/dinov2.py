@@ -169,7 +169,11 @@ class DINOv2Objective(SSLObjective):
         else:
             cls_logits = self.teacher["dino_head"](cls)
             patch_logits = self.teacher[self.ibot_head_name](masked_patches) if do_ibot else None
-        targets = {"cls": cls, "cls_logits": cls_logits, "cls_probs": self._center(self.dino_loss, cls_logits, teacher_temp)}
+        targets = {
+            "cls": cls,
+            "cls_logits": cls_logits,
+            "cls_probs": self._center(self.dino_loss, cls_logits, teacher_temp),
+        }
         if do_ibot:
             targets["patch_probs"] = self._center(self.ibot_loss, patch_logits, teacher_temp)
         return targets
@@ -434,7 +438,11 @@ METHOD = register_method(
         eval_network="teacher",
         head_names=head_names,
         demo_preset="demo",
-        monitor_embeddings={"teacher_cls": "backbone", "student_cls": "student_backbone", "teacher_head_logits": "head"},
+        monitor_embeddings={
+            "teacher_cls": "backbone",
+            "student_cls": "student_backbone",
+            "teacher_head_logits": "head",
+        },
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
     )
 )

@@ -48,4 +48,11 @@ def build_objective(cfg: Config) -> DirectCLRObjective:
     return DirectCLRObjective(backbone, je.directclr_d0, je.temperature)
 
 
-METHOD = register_method(method_spec("directclr", "Jing et al. 2022, Understanding Dimensional Collapse in Contrastive Self-supervised Learning (DirectCLR)", build_objective, embeddings=("backbone_cls",)))
+METHOD = register_method(
+    method_spec(
+        "directclr",
+        "Jing et al. 2022, Understanding Dimensional Collapse in Contrastive Self-supervised Learning (DirectCLR)",
+        build_objective,
+        embeddings=("backbone_cls",),
+    )
+)

@@ -87,17 +87,23 @@ def patch_grid(cfg: Config) -> int:
 
 def mask_generator(cfg: Config) -> MultiBlockMaskGenerator:
     c = cfg.ijepa
-    return checked("ijepa", lambda: MultiBlockMaskGenerator(
-        patch_grid(cfg), c.num_targets, c.target_scale, c.target_aspect, c.context_scale, min_keep=c.min_keep
-    ))
+    return checked(
+        "ijepa",
+        lambda: MultiBlockMaskGenerator(
+            patch_grid(cfg), c.num_targets, c.target_scale, c.target_aspect, c.context_scale, min_keep=c.min_keep
+        ),
+    )
 
 
 def build_objective(cfg: Config) -> IJEPAObjective:
     c = cfg.ijepa
     backbone = build_method_backbone(cfg)
-    predictor = checked("ijepa", lambda: IJEPAPredictor(
-        patch_grid(cfg), backbone.embed_dim, c.predictor_embed_dim, c.predictor_depth, c.predictor_num_heads
-    ))
+    predictor = checked(
+        "ijepa",
+        lambda: IJEPAPredictor(
+            patch_grid(cfg), backbone.embed_dim, c.predictor_embed_dim, c.predictor_depth, c.predictor_num_heads
+        ),
+    )
     total = cfg.optim.epochs * cfg.train.iterations_per_epoch
     momentum = CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total)
     return IJEPAObjective(backbone, predictor, IJEPALoss(c.loss), momentum)
@@ -106,8 +112,13 @@ def build_objective(cfg: Config) -> IJEPAObjective:
 def build_transform(cfg: Config) -> SingleViewAugmentation:
     """One random-resized crop; no flip, no colour or blur (I-JEPA's "no hand-crafted augmentations")."""
     recipe = CropRecipe(
-        cfg.crops.global_crops_size, tuple(cfg.crops.global_crops_scale), blur_p=0.0, solarize_p=0.0,
-        horizontal_flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0,
+        cfg.crops.global_crops_size,
+        tuple(cfg.crops.global_crops_scale),
+        blur_p=0.0,
+        solarize_p=0.0,
+        horizontal_flip_p=0.0,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
     )
     return SingleViewAugmentation(recipe, cfg.crops.mean, cfg.crops.std)
 
@@ -143,9 +154,13 @@ def training_flops(cfg: Config) -> dict[str, Any]:
     context_encoder = vit_macs(cfg, size, visible_patches=context)
     full_encoder = vit_macs(cfg, size)
     return flops_record(
-        context_encoder + predictor, full_encoder, cfg,
-        context_patches=context, target_patches=m * n_target,
-        flops_context_encoder=round(2 * context_encoder), flops_full_encoder=round(2 * full_encoder),
+        context_encoder + predictor,
+        full_encoder,
+        cfg,
+        context_patches=context,
+        target_patches=m * n_target,
+        flops_context_encoder=round(2 * context_encoder),
+        flops_full_encoder=round(2 * full_encoder),
         flops_predictor=round(2 * predictor),
     )
 
@@ -155,9 +170,7 @@ def head_names(cfg: Config) -> tuple[str, ...]:
 
 
 # Representation collapse of the target encoder: every image's mean patch feature points the same way.
-WATCHDOG_THRESHOLDS = (
-    WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=60, patience=3),
-)
+WATCHDOG_THRESHOLDS = (WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=60, patience=3),)
 
 METHOD = register_method(
     MethodSpec(

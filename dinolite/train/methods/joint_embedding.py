@@ -139,7 +139,9 @@ def training_flops(cfg: Config) -> dict[str, Any]:
     h_predictor = head_forward_macs(predictor, predictor.in_dim) if predictor is not None else 0
     h = h_projector + h_predictor
     student_forward = N_VIEWS * (g + h) + n_small * (local + h)
-    target_forward = N_VIEWS * (g + h_projector) + n_small * (local + h_projector) if cfg.joint_embedding.target == "ema" else 0
+    target_forward = (
+        N_VIEWS * (g + h_projector) + n_small * (local + h_projector) if cfg.joint_embedding.target == "ema" else 0
+    )
     per_image = 2 * (3 * student_forward + target_forward)
     return {
         "flops_global_crop": 2 * g,
@@ -155,7 +157,9 @@ def training_flops(cfg: Config) -> dict[str, Any]:
 def head_names(cfg: Config) -> tuple[str, ...]:
     """The student modules besides the backbone (exported ``--with-heads``)."""
     je = cfg.joint_embedding
-    return tuple(name for name, layers in (("projector", je.projector_layers), ("predictor", je.predictor_layers)) if layers)
+    return tuple(
+        name for name, layers in (("projector", je.projector_layers), ("predictor", je.predictor_layers)) if layers
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- objective
@@ -214,7 +218,9 @@ class JointEmbeddingObjective(SSLObjective):
         return list(global_views.split(n_images)), locals_
 
     @staticmethod
-    def _cls(backbone: nn.Module, global_views: list[torch.Tensor], local_views: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _cls(
+        backbone: nn.Module, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         n_images = global_views[0].shape[0]
         if local_views:
             outs = backbone.forward_features_list([torch.cat(global_views), torch.cat(local_views)], [None, None])
@@ -222,7 +228,9 @@ class JointEmbeddingObjective(SSLObjective):
             return list(cls[0].split(n_images)) + list(cls[1].split(n_images))
         return list(backbone.forward_features(torch.cat(global_views))["x_norm_clstoken"].split(n_images))
 
-    def encode(self, network: nn.ModuleDict, global_views: list[torch.Tensor], local_views: list[torch.Tensor]) -> list[dict]:
+    def encode(
+        self, network: nn.ModuleDict, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
+    ) -> list[dict]:
         """Per view: ``cls`` (backbone), ``z`` (projector output, = cls without one), ``p`` (predictor
         output, = z without one; only when ``network`` has a predictor slot)."""
         outputs = []
@@ -279,7 +287,10 @@ def target_momentum_schedule(cfg: Config) -> CosineSchedule | None:
 
 
 def method_spec(
-    name: str, paper: str, build: Callable[[Config], SSLObjective], embeddings: tuple[str, ...] = ("backbone_cls", "projector")
+    name: str,
+    paper: str,
+    build: Callable[[Config], SSLObjective],
+    embeddings: tuple[str, ...] = ("backbone_cls", "projector"),
 ) -> MethodSpec:
     """The registry entry of a joint-embedding method: its views and collate, FLOPs, the student as the
     evaluated network (BYOL's target with ``--network teacher``), its heads and the monitored ``embeddings``

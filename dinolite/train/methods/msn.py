@@ -93,10 +93,17 @@ def build_objective(cfg: Config) -> MSNObjective:
     backbone = build_method_backbone(cfg)
     projector = MSNProjectionHead(backbone.embed_dim, c.hidden_dim, c.output_dim, c.use_bn)
     prototypes = Prototypes(c.num_prototypes, c.output_dim)
-    loss = checked("msn", lambda: MSNLoss(
-        c.temperature, c.sharpen_temperature, c.me_max_weight, sharpen=c.sharpen, me_max=c.me_max,
-        use_sinkhorn=c.use_sinkhorn,
-    ))
+    loss = checked(
+        "msn",
+        lambda: MSNLoss(
+            c.temperature,
+            c.sharpen_temperature,
+            c.me_max_weight,
+            sharpen=c.sharpen,
+            me_max=c.me_max,
+            use_sinkhorn=c.use_sinkhorn,
+        ),
+    )
     total = cfg.optim.epochs * cfg.train.iterations_per_epoch
     momentum = CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total)
     return MSNObjective(backbone, projector, prototypes, loss, momentum)
@@ -110,8 +117,14 @@ def build_transform(cfg: Config) -> MultiViewAugmentation:
 
     def recipe(size: int, scale: list[float]) -> CropRecipe:
         return CropRecipe(
-            size, tuple(scale), blur_p=c.blur_p_global1, solarize_p=0.0, horizontal_flip_p=c.horizontal_flip_p,
-            color_jitter=tuple(c.color_jitter), color_jitter_p=c.color_jitter_p, grayscale_p=c.grayscale_p,
+            size,
+            tuple(scale),
+            blur_p=c.blur_p_global1,
+            solarize_p=0.0,
+            horizontal_flip_p=c.horizontal_flip_p,
+            color_jitter=tuple(c.color_jitter),
+            color_jitter_p=c.color_jitter_p,
+            grayscale_p=c.grayscale_p,
             blur_kernel_size=blur_kernel_for(size),
         )
 

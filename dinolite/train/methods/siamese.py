@@ -60,6 +60,15 @@ def build_objective(cfg: Config) -> SiameseObjective:
 ALL_EMBEDDINGS = ("backbone_cls", "projector", "predictor")
 # One objective, two registry entries: the presets differ (target stopgrad vs ema), the switches are shared.
 SIMSIAM = register_method(
-    method_spec("simsiam", "Chen & He 2021, Exploring Simple Siamese Representation Learning (SimSiam)", build_objective, embeddings=ALL_EMBEDDINGS)
+    method_spec(
+        "simsiam",
+        "Chen & He 2021, Exploring Simple Siamese Representation Learning (SimSiam)",
+        build_objective,
+        embeddings=ALL_EMBEDDINGS,
+    )
 )
-BYOL = register_method(method_spec("byol", "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)", build_objective, embeddings=ALL_EMBEDDINGS))
+BYOL = register_method(
+    method_spec(
+        "byol", "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)", build_objective, embeddings=ALL_EMBEDDINGS
+    )
+)

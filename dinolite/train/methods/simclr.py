@@ -38,4 +38,10 @@ def build_objective(cfg: Config) -> SimCLRObjective:
     return SimCLRObjective(backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.temperature)
 
 
-METHOD = register_method(method_spec("simclr", "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)", build_objective))
+METHOD = register_method(
+    method_spec(
+        "simclr",
+        "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)",
+        build_objective,
+    )
+)

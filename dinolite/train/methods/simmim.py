@@ -66,16 +66,24 @@ def build_objective(cfg: Config) -> SimMIMObjective:
 def build_transform(cfg: Config) -> SingleViewAugmentation:
     """RandomResizedCrop (``crops.global_crops_*``) + flip (``crops.horizontal_flip_p``); no colour ops."""
     recipe = CropRecipe(
-        cfg.crops.global_crops_size, tuple(cfg.crops.global_crops_scale), blur_p=0.0, solarize_p=0.0,
-        horizontal_flip_p=cfg.crops.horizontal_flip_p, color_jitter_p=0.0, grayscale_p=0.0,
+        cfg.crops.global_crops_size,
+        tuple(cfg.crops.global_crops_scale),
+        blur_p=0.0,
+        solarize_p=0.0,
+        horizontal_flip_p=cfg.crops.horizontal_flip_p,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
     )
     return SingleViewAugmentation(recipe, cfg.crops.mean, cfg.crops.std)
 
 
 def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
-    generator = checked("simmim", lambda: SimMIMMaskGenerator(
-        cfg.crops.global_crops_size, cfg.simmim.mask_patch_size, cfg.student.patch_size, cfg.simmim.mask_ratio
-    ))
+    generator = checked(
+        "simmim",
+        lambda: SimMIMMaskGenerator(
+            cfg.crops.global_crops_size, cfg.simmim.mask_patch_size, cfg.student.patch_size, cfg.simmim.mask_ratio
+        ),
+    )
     return functools.partial(collate_simmim, mask_generator=generator)
 
 
