@@ -119,7 +119,10 @@ def test_bad_method_settings_name_their_section():
         # msn.me_max=false: Sinkhorn alone keeps the batch balanced, no collapse
         ({"mean": [1.00, 1.00, 1.00, 1.00], "per_sample": [0.74, 0.82, 0.79, 0.71]}, None),
         # msn.me_max=false msn.use_sinkhorn=false: the whole batch on one prototype
-        ({"mean": [0.13, 0.00, 0.00, 0.00], "per_sample": [0.05, 0.00, 0.00, 0.00]}, "collapse/teacher_mean_entropy_norm"),
+        (
+            {"mean": [0.13, 0.00, 0.00, 0.00], "per_sample": [0.05, 0.00, 0.00, 0.00]},
+            "collapse/teacher_mean_entropy_norm",
+        ),
         # msn.sharpen=false: uniform targets
         ({"mean": [1.00, 1.00, 1.00, 1.00], "per_sample": [0.98, 1.00, 1.00, 1.00]}, "collapse/teacher_entropy_norm"),
         # the earlier preset (no Sinkhorn, EMA 0.98 -> 1, no colour jitter): healthy, without ME-MAX, unsharpened
