@@ -26,6 +26,12 @@ The kinds, and the papers whose figures they come from:
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
 
+Beside the collapse verdict, a run with a ``reference`` is **compared** with it (:func:`compare`), as Wang
+et al. 2022 ("On the Importance of Asymmetry for Siamese Representation Learning") judge each asymmetric
+design against its baseline: the final top-1 (kNN or linear, ``comparison_metric``) of the evaluated
+network is *better than*, *worse than* or *on par with* the reference's, with ``comparison_margin`` points
+as the band of "on par" (set it from the spread of the same run under another seed).
+
 A condition counts only when it *persists*: it must hold at every measurement of the last
 ``settle_fraction`` of the run (at least the last one). Early training can look collapsed (LayerScale
 or a random head make every output alike at first; see docs/collapse_experiment.md), and a transient dip
@@ -39,7 +45,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
 from dinolite.lab.traces import CHANNELS, RunTrace, Series
 
 DIVERGED = "diverged"
@@ -76,6 +82,52 @@ class Verdict:
 
     def reproduces(self, expected: str) -> bool:
         return self.kind == expected
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A run's final top-1 against its reference's: the outcome and the numbers behind it."""
+
+    outcome: str  # better than / worse than / on par with reference, or "no data"
+    metric: str  # knn | linear
+    value: Optional[float]
+    reference_value: Optional[float]
+    reference: str
+    margin: float
+
+    @property
+    def delta(self) -> Optional[float]:
+        if self.value is None or self.reference_value is None:
+            return None
+        return self.value - self.reference_value
+
+    def describe(self) -> str:
+        if self.delta is None:
+            return f"{self.metric} top-1 missing for this run or {self.reference}: no comparison"
+        return (
+            f"{self.metric} {self.value:.1f} vs {self.reference_value:.1f} for {self.reference} "
+            f"({self.delta:+.1f} points, margin {self.margin:g}): {self.outcome}"
+        )
+
+
+def _top1(result: Optional[dict], metric: str) -> Optional[float]:
+    value = ((result or {}).get(metric) or {}).get("top1")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def compare(
+    result: Optional[dict], reference_result: Optional[dict], rules: VerdictRules, reference: str
+) -> Comparison:
+    """Final ``rules.comparison_metric`` top-1 of a run (its ``lab_result.json``) against its reference's:
+    better when higher by at least ``comparison_margin`` points, worse when lower by at least that, else on
+    par; "no data" when either run lacks the number."""
+    metric, margin = rules.comparison_metric, rules.comparison_margin
+    value, ref = _top1(result, metric), _top1(reference_result, metric)
+    if value is None or ref is None:
+        return Comparison(NO_DATA, metric, value, ref, reference, margin)
+    delta = value - ref
+    outcome = BETTER if delta >= margin else WORSE if delta <= -margin else ON_PAR
+    return Comparison(outcome, metric, value, ref, reference, margin)
 
 
 def persistent_since(series: Series, condition: Callable[[float], bool], settle_fraction: float) -> Optional[int]:

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from dinolite.config import WatchdogThreshold, load_config
-from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
 from dinolite.lab.traces import RunTrace, read_trace, replay_watchdog
-from dinolite.lab.verdict import DIVERGED, NO_DATA, judge, persistent_since
+from dinolite.lab.verdict import DIVERGED, NO_DATA, compare, judge, persistent_since
 
 ITERS = list(range(10, 210, 10))  # 20 measurements of a 200-iteration run
 RULES = VerdictRules()
@@ -244,3 +244,27 @@ def test_watchdog_replay_fires_where_the_runs_watchdog_would():
     assert "collapse/teacher_mean_entropy" in replay.message and "below min 0.3" in replay.message
     healthy = trace_of(collapse__teacher_mean_entropy=flat(2.0), collapse__backbone_std_ratio=flat(0.5))
     assert replay_watchdog(cfg, healthy).fired_at is None
+
+
+@pytest.mark.parametrize(
+    "top1, expected",
+    [(64.0, BETTER), (63.5, BETTER), (63.4, ON_PAR), (60.0, ON_PAR), (59.6, ON_PAR), (59.5, WORSE), (40.0, WORSE)],
+)
+def test_comparison_with_the_reference_uses_the_margin_on_both_sides(top1, expected):
+    """Wang et al.'s asymmetry runs: better / worse when the top-1 moves by at least the margin (here 2
+    points from the reference's 61.5), on par inside it."""
+    rules = VerdictRules(comparison_metric="knn", comparison_margin=2.0)
+    comparison = compare({"knn": {"top1": top1}}, {"knn": {"top1": 61.5}}, rules, "base")
+    assert comparison.outcome == expected
+    assert comparison.delta == pytest.approx(top1 - 61.5)
+    assert comparison.describe().startswith(f"knn {top1:.1f} vs 61.5 for base ({top1 - 61.5:+.1f} points, margin 2)")
+
+
+def test_comparison_reads_the_chosen_metric_and_says_when_a_number_is_missing():
+    run, ref = {"knn": {"top1": 50.0}, "linear": {"top1": 70.0}}, {"knn": {"top1": 60.0}, "linear": {"top1": 60.0}}
+    assert compare(run, ref, VerdictRules(comparison_metric="linear"), "base").outcome == BETTER
+    assert compare(run, ref, VerdictRules(comparison_metric="knn"), "base").outcome == WORSE
+    for missing_run, missing_ref in ((None, ref), (run, None), ({"knn": {"top1": float("nan")}}, ref), ({}, ref)):
+        comparison = compare(missing_run, missing_ref, RULES, "base")
+        assert comparison.outcome == NO_DATA and comparison.delta is None
+        assert "no comparison" in comparison.describe()
