@@ -1,8 +1,8 @@
 """The lab's report: one Markdown page with PNG figures in the shapes of the papers' figures.
 
-- ``std.png``: std of the L2-normalised output over iterations, one line per run, backbone and projector
-  (SimSiam, Chen & He 2021, Fig. 2). Plotted as std x sqrt(d) so methods of different widths share an
-  axis: 1 is the isotropic level (std = 1/sqrt(d)), 0 is complete collapse.
+- ``std.png``: std of the L2-normalised output over iterations, one line per run, one panel per channel
+  (backbone, projector, predictor; SimSiam, Chen & He 2021, Fig. 2). Plotted as std x sqrt(d) so methods
+  of different widths share an axis: 1 is the isotropic level (std = 1/sqrt(d)), 0 is complete collapse.
 - ``spectra.png``: log10 eigenvalues of the embedding covariance, sorted, one panel per run side by side,
   one line per checkpoint (Jing et al. 2021, Fig. 2/4 shape): dimensional collapse is a tail that falls
   off a cliff.
@@ -126,8 +126,8 @@ def _legend(ax) -> None:
 
 
 def plot_std(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
+    axes = fig.subplots(1, len(CHANNELS), sharey=True)
     for ax, channel in zip(axes, CHANNELS):
         for color, r in zip(_colors(len(reports)), reports):
             s = r.trace.channel(channel, "std_ratio")
@@ -144,8 +144,8 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
 
 
 def plot_rankme(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
+    axes = fig.subplots(1, len(CHANNELS), sharey=True)
     for ax, channel in zip(axes, CHANNELS):
         for color, r in zip(_colors(len(reports)), reports):
             s = r.trace.channel(channel, "rankme_ratio")
@@ -273,6 +273,8 @@ def _evidence_text(r: RunReport) -> str:
     for key, label in (
         ("backbone_std_ratio", "backbone std*sqrt(d)"),
         ("projector_std_ratio", "projector std*sqrt(d)"),
+        ("predictor_std_ratio", "predictor std*sqrt(d)"),
+        ("projector_rankme", "projector RankMe"),
         ("backbone_rankme_ratio", "backbone RankMe ratio"),
         ("teacher_mean_entropy_norm", "H(mean)/lnK"),
         ("teacher_entropy_norm", "H/lnK"),
@@ -296,9 +298,8 @@ def summary_table(reports: list[RunReport]) -> str:
         result = r.result or {}
         status = result.get("status", "not run")
         verdict = r.verdict.kind + (f" ({r.verdict.mode})" if r.verdict.mode else "")
-        if r.comparison is not None and r.run.spec.expect in COMPARISONS:
-            delta = r.comparison.delta
-            verdict += f"; {r.comparison.outcome}" + (f" ({delta:+.1f})" if delta is not None else "")
+        if r.comparison is not None and r.run.spec.expect in COMPARISONS and r.comparison.delta is not None:
+            verdict += f"; {r.comparison.outcome} ({r.comparison.delta:+.1f})"
         if status not in ("finished", "stopped", "diverged"):
             state = "not finished" if status == "not run" and r.trace.records else status
             verdict = f"{verdict} [run {state}]"
