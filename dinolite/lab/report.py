@@ -125,6 +125,16 @@ def _legend(ax) -> None:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
+def _figure_legend(fig, axes) -> None:
+    """One legend for all panels, right of them (a run appears once even when several panels show it)."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
 def plot_std(reports: list[RunReport], path: Path) -> None:
     fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
     axes = fig.subplots(1, len(CHANNELS), sharey=True)
@@ -138,8 +148,8 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
         ax.set_title(f"{channel} output: std of L2-normalised embedding x sqrt(d)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(bottom=0)
-        _legend(ax)
     axes[0].set_ylabel("std x sqrt(d)")
+    _figure_legend(fig, axes)
     _save(fig, path)
 
 
@@ -154,8 +164,8 @@ def plot_rankme(reports: list[RunReport], path: Path) -> None:
         ax.set_title(f"{channel} output: RankMe / min(N, D)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(0, 1.05)
-        _legend(ax)
     axes[0].set_ylabel("effective rank ratio")
+    _figure_legend(fig, axes)
     _save(fig, path)
 
 
@@ -210,7 +220,7 @@ def plot_teacher(reports: list[RunReport], path: Path) -> bool:
                 ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
-        _legend(ax)
+    _figure_legend(fig, axes)
     _save(fig, path)
     return True
 
@@ -244,7 +254,9 @@ def plot_comparison(reports: list[RunReport], path: Path) -> bool:
         color = "tab:green" if r.reproduced else "tab:red"
         ax.barh(i, delta, color=color)
         ax.text(delta, i, f" {delta:+.1f}", va="center", ha="left" if delta >= 0 else "right", fontsize=8)
-        labels.append(f"{r.run.label}\n(expected: {r.run.spec.expect.split()[0]}; vs {r.comparison.reference})")
+        labels.append(
+            f"{r.run.label}\n(expected: {r.run.spec.expect.removesuffix(' reference').removesuffix(' than').removesuffix(' with')}; vs {r.comparison.reference})"
+        )
     ax.set_yticks(range(len(compared)), labels, fontsize=7)
     ax.axvline(0, color="black", lw=0.8)
     ax.invert_yaxis()
@@ -258,7 +270,7 @@ def plot_comparison(reports: list[RunReport], path: Path) -> bool:
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
     tmp.replace(path)  # atomic: a reader never sees half a PNG
 
 
