@@ -1,4 +1,4 @@
-"""Weighted kNN classification on frozen CLS features (DINO protocol: k in {10,20,100,200}, T=0.07).
+"""Weighted kNN classification on frozen features (DINO protocol: CLS, k in {10,20,100,200}, T=0.07).
 
 The command line of ``dinolite-knn``; ``python -m dinolite.eval.knn`` and, from a clone,
 ``python eval/knn.py`` run the same :func:`main`.
@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
 
 from dinolite.cli import make_parser, run_main
 from dinolite.eval.cli import (
@@ -39,6 +42,25 @@ from dinolite.eval.knn import DEFAULT_KS, HEADLINE_K, knn_classify
 from dinolite.eval.linear import probe_features
 from dinolite.eval.transforms import build_eval_transform, default_resize_size
 
+FEATURE_KINDS = ("cls", "avgpool", "cls+avgpool")
+
+
+def avgpool_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mean of the last block's final-norm patch tokens (no CLS, no register tokens), ``(B, D)``."""
+    (patches,) = backbone.get_intermediate_layers(images, n=1, norm=True)
+    return patches.mean(dim=1).float()
+
+
+def feature_fn(backbone: nn.Module, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> (B, F)`` features of ``kind`` (one of :data:`FEATURE_KINDS`)."""
+    if kind == "cls":
+        return backbone
+    if kind == "avgpool":
+        return functools.partial(avgpool_features, backbone)
+    if kind == "cls+avgpool":
+        return functools.partial(probe_features, backbone, n_last_blocks=1)
+    raise ValueError(f"--features {kind!r}: expected one of {', '.join(FEATURE_KINDS)}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
@@ -55,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
     parser.add_argument(
         "--features",
-        choices=("cls", "cls+avgpool"),
+        choices=FEATURE_KINDS,
         default="cls",
-        help="cls: the DINO protocol; cls+avgpool appends the mean patch token",
+        help="cls: the DINO protocol; avgpool: the mean patch token alone (I-JEPA's protocol, for methods "
+        "that train no CLS objective); cls+avgpool: both, concatenated",
     )
     parser.add_argument("--chunk-size", type=int, default=256, help="test rows per similarity block")
     add_common_args(parser)
@@ -79,10 +102,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     resize = args.resize_size or default_resize_size(ctx.crop_size)
     transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
     desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
-    model_fn = (
-        ctx.backbone if args.features == "cls" else functools.partial(probe_features, ctx.backbone, n_last_blocks=1)
+    common = dict(
+        transform=transform, transform_desc=desc, model_fn=feature_fn(ctx.backbone, args.features), kind=args.features
     )
-    common = dict(transform=transform, transform_desc=desc, model_fn=model_fn, kind=args.features)
     train = features_for(ctx, args, name="train", source=args.train, **common)
     val = features_for(ctx, args, name="val", source=args.val, **common)
     num_classes = args.num_classes or int(train.labels.max()) + 1

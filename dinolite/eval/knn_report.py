@@ -5,12 +5,17 @@ classified with the same weighted kNN (:func:`dinolite.eval.knn.knn_classify`: c
 k = ``evaluation.knn_k``, votes ``exp(s / 0.07)``), so the numbers are comparable:
 
 - ``raw_pixels``: the normalised image, flattened;
-- ``random_init/cls+avgpool`` and ``random_init/cls``: the backbone exactly as training started it
-  (same seed). With LayerScale's tiny initial values a random ViT's CLS output is nearly the same for
-  every image, so CLS alone sits near chance; CLS concatenated with the mean of the patch tokens is
-  the meaningful random baseline;
-- ``<network>/cls`` and ``<network>/cls+avgpool``: the trained backbone from the final checkpoint, the
+- ``random_init/{cls,avgpool,cls+avgpool}``: the backbone exactly as training started it (same seed).
+  With LayerScale's tiny initial values a random ViT's CLS output is nearly the same for every image,
+  so CLS alone sits near chance; CLS concatenated with the mean of the patch tokens is the meaningful
+  random baseline;
+- ``<network>/{cls,avgpool,cls+avgpool}``: the trained backbone from the final checkpoint, the
   method's evaluated network (``teacher`` for DINOv2's EMA teacher, ``student`` for methods without one).
+
+``avgpool`` is the mean of the final-norm patch tokens alone (no CLS, no register token): the feature
+of methods that train no CLS objective, e.g. I-JEPA, whose paper evaluates the average-pooled output
+of the target encoder as its global image representation (Assran et al. 2023). ``cls`` is the DINO
+protocol.
 
 The network is read back from the checkpoint in a single process (no process group needed), so this
 also works after a sharded multi-process run.
@@ -58,6 +63,15 @@ def backbone_features(backbone: nn.Module, with_avgpool: bool) -> Callable[[torc
     return features
 
 
+def feature_columns(name: str, cls_dim: int) -> dict[str, slice]:
+    """Columns of ``[CLS (cls_dim), mean patch token]`` each reported feature set reads."""
+    return {
+        f"{name}/cls": slice(0, cls_dim),
+        f"{name}/avgpool": slice(cls_dim, None),
+        f"{name}/cls+avgpool": slice(None),
+    }
+
+
 def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
     """kNN train/val sources: ``evaluation.knn_train/knn_val``, or the digits folders for the demo."""
     if cfg.evaluation.knn_train and cfg.evaluation.knn_val:
@@ -91,7 +105,7 @@ def knn_report(
     # The method's evaluated network (DINOv2: the EMA teacher; the student of a method without one).
     trained = load_any_backbone(checkpoint_dir, map_location=device)
     random_net = random_init_backbone(cfg).to(device)
-    # One forward per network: the CLS-only features are the first D columns of [CLS, avgpool].
+    # One forward per network: CLS and avgpool are the first and last D columns of [CLS, avgpool].
     feature_fns: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
         "raw_pixels": (lambda images: images.flatten(1), 0),
         "random_init": (backbone_features(random_net, with_avgpool=True), random_net.embed_dim),
@@ -103,11 +117,7 @@ def knn_report(
         train = extract_features(fn, train_set, batch_size=256, device=device, progress=False, desc=name)
         val = extract_features(fn, val_set, batch_size=256, device=device, progress=False, desc=name)
         num_classes = int(max(train.labels.max(), val.labels.max())) + 1
-        variants = (
-            {name: slice(None)}
-            if not cls_dim
-            else {f"{name}/cls": slice(0, cls_dim), f"{name}/cls+avgpool": slice(None)}
-        )
+        variants = {name: slice(None)} if not cls_dim else feature_columns(name, cls_dim)
         for label, columns in variants.items():
             knn = knn_classify(
                 train.features[:, columns],

@@ -31,8 +31,10 @@ def test_demo_beats_random_init_and_does_not_collapse(tmp_path: Path):
     assert set(knn) == {
         "raw_pixels",
         "random_init/cls",
+        "random_init/avgpool",
         "random_init/cls+avgpool",
         "teacher/cls",
+        "teacher/avgpool",
         "teacher/cls+avgpool",
     }
     assert knn["teacher/cls+avgpool"] >= knn["random_init/cls+avgpool"] + 10.0, knn
