@@ -301,6 +301,9 @@ class JointEmbeddingConfig:
     directclr_d0: int = 360  # DirectCLR: the contrastive loss sees the first d0 dims of the CLS feature
     lambda_offdiag: float = 0.005  # Barlow Twins' off-diagonal weight
     stop_gradient: bool = True  # SimSiam / BYOL: no gradient through the target branch
+    # SimSiam / BYOL: false = the asymmetric loss of Wang et al. 2022: view 0 (view1) is the source, view 1
+    # (view2) the target, local crops are sources only (docs/methods_joint_embedding.md)
+    symmetric_loss: bool = True
     target: str = "stopgrad"  # stopgrad (SimSiam: the target is the online network) | ema (BYOL)
     target_momentum: float = 0.996  # EMA target: cosine from this to final_target_momentum
     final_target_momentum: float = 1.0

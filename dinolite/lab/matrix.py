@@ -30,8 +30,14 @@ from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_y
 from dinolite.data.digits import prepare_digits
 
 HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
-# What a run can be expected to show (the verdict logic decides between the same three).
-EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL)
+# Comparisons with the run's reference (Wang et al. 2022's asymmetry experiments): its final accuracy is
+# higher, lower, or within the margin of the reference's (dinolite/lab/verdict.py: compare).
+BETTER, WORSE, ON_PAR = "better than reference", "worse than reference", "on par with reference"
+COMPARISONS = (BETTER, WORSE, ON_PAR)
+# What a run can be expected to show: a collapse verdict (the verdict logic decides between the first
+# three) or a comparison with its reference.
+EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL, *COMPARISONS)
+COMPARISON_METRICS = ("knn", "linear")
 DIGITS = "digits"
 MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the presets)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -44,7 +50,9 @@ class LabRun:
     overrides: list[str] = field(default_factory=list)  # key=value, applied after the matrix's overrides
     expect: str = MISSING  # healthy | complete collapse | dimensional collapse
     why: str = ""  # the paper's finding this run reproduces (shown in the report)
-    reference: str = ""  # label of the run this one is compared with for dimensional collapse (Jing et al.)
+    # label of the run this one is compared with: for dimensional collapse (Jing et al.), and the baseline of
+    # a "better / worse than / on par with reference" expectation (required there)
+    reference: str = ""
 
 
 @dataclass
@@ -70,6 +78,8 @@ class VerdictRules:
     dimensional_rank_ratio: float = 0.05  # RankMe / min(N, D) below (and not complete): dimensional
     dimensional_reference_fraction: float = 0.5  # eval-set RankMe below this x the reference run's
     settle_fraction: float = 0.25  # the last fraction of the run a condition must hold over (>= 1 point)
+    comparison_metric: str = "knn"  # knn | linear: the final top-1 a comparison with the reference reads
+    comparison_margin: float = 2.0  # points of top-1: |difference| below it is "on par with reference"
 
 
 @dataclass
@@ -190,6 +200,16 @@ def load_matrix(path: str | Path) -> LabMatrix:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; must be in (0, 1]"
         )
+    rules = matrix.verdict
+    if rules.comparison_metric not in COMPARISON_METRICS:
+        raise ConfigError(
+            f"{src}: invalid value for 'verdict.comparison_metric': {rules.comparison_metric!r}"
+            f"{_hint(rules.comparison_metric, COMPARISON_METRICS)}"
+        )
+    if rules.comparison_margin < 0:
+        raise ConfigError(
+            f"{src}: invalid value for 'verdict.comparison_margin': {rules.comparison_margin}; must be >= 0"
+        )
     if not matrix.runs:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
@@ -210,6 +230,15 @@ def load_matrix(path: str | Path) -> LabMatrix:
         if run.expect not in EXPECTED_FINDINGS:
             raise ConfigError(
                 f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}"
+            )
+        if run.expect in COMPARISONS and not run.reference:
+            raise ConfigError(
+                f"{where}.expect ({run.label}): {run.expect!r} compares with another run; name it in 'reference'"
+            )
+        if run.expect in COMPARISONS and getattr(m, rules.comparison_metric) is False:
+            raise ConfigError(
+                f"{where}.expect ({run.label}): {run.expect!r} reads the {rules.comparison_metric} top-1, but "
+                f"'measurements.{rules.comparison_metric}' is false"
             )
         if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
             others = [r.label for r in matrix.runs if r.label != run.label]

@@ -1,8 +1,8 @@
 """The lab's report: one Markdown page with PNG figures in the shapes of the papers' figures.
 
-- ``std.png``: std of the L2-normalised output over iterations, one line per run, backbone and projector
-  (SimSiam, Chen & He 2021, Fig. 2). Plotted as std x sqrt(d) so methods of different widths share an
-  axis: 1 is the isotropic level (std = 1/sqrt(d)), 0 is complete collapse.
+- ``std.png``: std of the L2-normalised output over iterations, one line per run, one panel per channel
+  (backbone, projector, predictor; SimSiam, Chen & He 2021, Fig. 2). Plotted as std x sqrt(d) so methods
+  of different widths share an axis: 1 is the isotropic level (std = 1/sqrt(d)), 0 is complete collapse.
 - ``spectra.png``: log10 eigenvalues of the embedding covariance, sorted, one panel per run side by side,
   one line per checkpoint (Jing et al. 2021, Fig. 2/4 shape): dimensional collapse is a tail that falls
   off a cliff.
@@ -11,6 +11,8 @@
   for methods with a teacher distribution (DINO, MSN): no centering -> one prototype, no sharpening ->
   uniform.
 - ``loss.png``: the training loss of every run.
+- ``comparison.png`` (runs expected to be better / worse than / on par with their reference, Wang et al.
+  2022's asymmetry study): each run's final top-1 minus its reference's, with the "on par" band shaded.
 - a table: expected finding, verdict (which kind, since when), the watchdog's first alert, kNN and
   linear top-1 of the evaluated network against random init, and whether the finding is reproduced,
   with the numbers behind it.
@@ -27,7 +29,7 @@ from typing import Optional
 from dinolite.extras import optional_import
 from dinolite.io import write_text_atomic
 from dinolite.lab.evaluate import evaluated_spectra, random_init_baseline_path
-from dinolite.lab.matrix import LabPlan, PlannedRun
+from dinolite.lab.matrix import COMPARISONS, LabPlan, PlannedRun
 from dinolite.lab.traces import (
     CHANNELS,
     RunTrace,
@@ -37,7 +39,7 @@ from dinolite.lab.traces import (
     read_trace,
     replay_watchdog,
 )
-from dinolite.lab.verdict import Verdict, judge
+from dinolite.lab.verdict import Comparison, Verdict, compare, judge
 
 REPORT_FILE = "README.md"
 _PURPOSE = "the collapse lab's report figures (launch/lab.py)"
@@ -52,10 +54,14 @@ class RunReport:
     verdict: Verdict
     watchdog: WatchdogReplay
     baseline: Optional[dict]
+    comparison: Optional[Comparison] = None  # against the run's reference, when it names one
 
     @property
     def reproduced(self) -> bool:
-        return self.verdict.reproduces(self.run.spec.expect)
+        expect = self.run.spec.expect
+        if expect in COMPARISONS:
+            return self.comparison is not None and self.comparison.outcome == expect
+        return self.verdict.reproduces(expect)
 
 
 def eval_rank_series(result: Optional[dict]) -> Series:
@@ -84,8 +90,10 @@ def collect(plan: LabPlan) -> list[RunReport]:
             traces.get(reference) if reference else None,
         )
         baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
+        comparison = compare(result, results.get(reference), plan.matrix.verdict, reference) if reference else None
         # the current watchdog rules (the planned config's), which may be newer than the run
-        reports.append(RunReport(run, trace, result, verdict, replay_watchdog(run.config, trace), baseline))
+        watchdog = replay_watchdog(run.config, trace)
+        reports.append(RunReport(run, trace, result, verdict, watchdog, baseline, comparison))
     return reports
 
 
@@ -117,9 +125,19 @@ def _legend(ax) -> None:
         ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
+def _figure_legend(fig, axes) -> None:
+    """One legend for all panels, right of them (a run appears once even when several panels show it)."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+
+
 def plot_std(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
+    axes = fig.subplots(1, len(CHANNELS), sharey=True)
     for ax, channel in zip(axes, CHANNELS):
         for color, r in zip(_colors(len(reports)), reports):
             s = r.trace.channel(channel, "std_ratio")
@@ -130,14 +148,14 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
         ax.set_title(f"{channel} output: std of L2-normalised embedding x sqrt(d)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(bottom=0)
-        _legend(ax)
     axes[0].set_ylabel("std x sqrt(d)")
+    _figure_legend(fig, axes)
     _save(fig, path)
 
 
 def plot_rankme(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
+    axes = fig.subplots(1, len(CHANNELS), sharey=True)
     for ax, channel in zip(axes, CHANNELS):
         for color, r in zip(_colors(len(reports)), reports):
             s = r.trace.channel(channel, "rankme_ratio")
@@ -146,8 +164,8 @@ def plot_rankme(reports: list[RunReport], path: Path) -> None:
         ax.set_title(f"{channel} output: RankMe / min(N, D)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(0, 1.05)
-        _legend(ax)
     axes[0].set_ylabel("effective rank ratio")
+    _figure_legend(fig, axes)
     _save(fig, path)
 
 
@@ -202,7 +220,7 @@ def plot_teacher(reports: list[RunReport], path: Path) -> bool:
                 ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
-        _legend(ax)
+    _figure_legend(fig, axes)
     _save(fig, path)
     return True
 
@@ -220,10 +238,39 @@ def plot_loss(reports: list[RunReport], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_comparison(reports: list[RunReport], path: Path) -> bool:
+    compared = [
+        r for r in reports if r.run.spec.expect in COMPARISONS and r.comparison and r.comparison.delta is not None
+    ]
+    if not compared:
+        return False
+    fig = Figure(figsize=(7, 0.5 * len(compared) + 1.4))
+    ax = fig.subplots()
+    margin = compared[0].comparison.margin
+    ax.axvspan(-margin, margin, color="grey", alpha=0.2, label=f"on par (+-{margin:g} points)")
+    labels = []
+    for i, r in enumerate(compared):
+        delta = r.comparison.delta
+        color = "tab:green" if r.reproduced else "tab:red"
+        ax.barh(i, delta, color=color)
+        ax.text(delta, i, f" {delta:+.1f}", va="center", ha="left" if delta >= 0 else "right", fontsize=8)
+        labels.append(
+            f"{r.run.label}\n(expected: {r.run.spec.expect.removesuffix(' reference').removesuffix(' than').removesuffix(' with')}; vs {r.comparison.reference})"
+        )
+    ax.set_yticks(range(len(compared)), labels, fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{compared[0].comparison.metric} top-1 minus the reference's (points)")
+    ax.set_title("Against the reference (green: as expected, red: not)", fontsize=9)
+    _legend(ax)
+    _save(fig, path)
+    return True
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI)
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
     tmp.replace(path)  # atomic: a reader never sees half a PNG
 
 
@@ -232,11 +279,14 @@ def _pct(value: Optional[float]) -> str:
 
 
 def _evidence_text(r: RunReport) -> str:
-    parts = [f.describe() for f in r.verdict.findings]
+    parts = [r.comparison.describe()] if r.comparison else []
+    parts += [f.describe() for f in r.verdict.findings]
     ev = r.verdict.evidence
     for key, label in (
         ("backbone_std_ratio", "backbone std*sqrt(d)"),
         ("projector_std_ratio", "projector std*sqrt(d)"),
+        ("predictor_std_ratio", "predictor std*sqrt(d)"),
+        ("projector_rankme", "projector RankMe"),
         ("backbone_rankme_ratio", "backbone RankMe ratio"),
         ("teacher_mean_entropy_norm", "H(mean)/lnK"),
         ("teacher_entropy_norm", "H/lnK"),
@@ -260,6 +310,8 @@ def summary_table(reports: list[RunReport]) -> str:
         result = r.result or {}
         status = result.get("status", "not run")
         verdict = r.verdict.kind + (f" ({r.verdict.mode})" if r.verdict.mode else "")
+        if r.comparison is not None and r.run.spec.expect in COMPARISONS and r.comparison.delta is not None:
+            verdict += f"; {r.comparison.outcome} ({r.comparison.delta:+.1f})"
         if status not in ("finished", "stopped", "diverged"):
             state = "not finished" if status == "not run" and r.trace.records else status
             verdict = f"{verdict} [run {state}]"
@@ -296,8 +348,10 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "",
         "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS; linear: DINOv2's linear-probe grid; "
         "both on the final checkpoint. Verdict rules and thresholds: `dinolite/lab/verdict.py` and the matrix's "
-        "`verdict:` section; the watchdog column replays each run's own `monitor.thresholds` over its log.".format(
-            k=m.measurements.knn_k
+        "`verdict:` section; the watchdog column replays each run's own `monitor.thresholds` over its log. "
+        "A run expected to be better / worse than / on par with its reference is judged on the final {metric} "
+        "top-1 against the reference's, with a margin of {margin:g} points.".format(
+            k=m.measurements.knn_k, metric=m.verdict.comparison_metric, margin=m.verdict.comparison_margin
         ),
         "",
         "## Runs",
@@ -331,6 +385,8 @@ def write_report(plan: LabPlan) -> Path:
         figures.append(("teacher.png", "Teacher entropy and KL (DINO's centering / sharpening)"))
     plot_loss(reports, out / "loss.png")
     figures.append(("loss.png", "Training loss"))
+    if plot_comparison(reports, out / "comparison.png"):
+        figures.append(("comparison.png", "Accuracy against the reference (Wang et al. 2022's asymmetries)"))
     page = out / REPORT_FILE
     write_text_atomic(page, render(plan, reports, figures))
     return page

@@ -5,12 +5,15 @@ records and the collapse monitor's records), its ``config.yaml``, and the lab's 
 ``lab_result.json`` (end-of-run evaluation and checkpoint spectra, :mod:`dinolite.lab.evaluate`).
 
 Comparable across methods: each method's monitor reports the embeddings it has under its own prefix;
-:data:`CHANNELS` maps them onto two channels every method has, in order of preference:
+:data:`CHANNELS` maps them onto three channels, in order of preference:
 
 - ``backbone``: the CLS embedding of the evaluated network (EMA teacher / target first, else the
-  student): ``collapse/backbone_*``, then ``collapse/student_backbone_*``;
+  student): ``collapse/backbone_*``, then ``collapse/student_backbone_*``; every method has it;
 - ``projector``: the output of the projector / head (``collapse/projector_*``, then DINO's teacher
-  head logits ``collapse/head_*``).
+  head logits ``collapse/head_*``);
+- ``predictor``: the predictor's output (SimSiam, BYOL: ``collapse/predictor_*``). Chen & He's Fig. 2
+  measures the std on the projector output ``z``; a projector ending in BatchNorm without affine keeps
+  that std up, and the std -> 0 of their figure then shows on the predictor, which has no BatchNorm after it.
 
 Each channel has ``std`` (SimSiam's std of the L2-normalised embedding), ``std_ratio`` (std x sqrt(d):
 1 for an isotropic embedding, 0 when collapsed, whatever the width), ``rankme`` and ``rankme_ratio``
@@ -41,6 +44,7 @@ RESULT_FILE = "lab_result.json"
 CHANNELS: dict[str, tuple[str, ...]] = {
     "backbone": ("collapse/backbone", "collapse/student_backbone"),
     "projector": ("collapse/projector", "collapse/head"),
+    "predictor": ("collapse/predictor",),
 }
 CHANNEL_STATS = ("std", "std_ratio", "rankme", "rankme_ratio")
 TEACHER_METRICS = {

@@ -2,29 +2,42 @@
 
 The kinds, and the papers whose figures they come from:
 
+The absolute rules read the **output** channels, the embeddings the loss acts on (the projector / head
+and the predictor), which is where the papers measure collapse (Chen & He's ``z``, Jing et al.'s embedding
+space); the backbone is an output only for a method without a head (DirectCLR, SimCLR without
+projector). The backbone of a method with a head is judged only relative to a reference run: a small ViT's
+CLS feature is strongly anisotropic even when it is good (the SimSiam demo's backbone reaches 72.7% kNN at
+``std * sqrt(d)`` 0.09 and RankMe 2.2 of 64), so absolute floors on it would call healthy runs collapsed.
+
 - **complete collapse**: every image gets (nearly) the same output. Seen as
   - a constant embedding: the std of the L2-normalised embedding drops to 0 (SimSiam, Chen & He 2021,
     Fig. 2; healthy stays near 1/sqrt(d), i.e. ``std_ratio = std * sqrt(d)`` near 1). Rule:
-    ``std_ratio < complete_std_ratio`` on the backbone or the projector channel;
+    ``std_ratio < complete_std_ratio`` on an output channel;
   - one direction: ``RankMe < complete_rankme`` (1.5, the DINOv2 watchdog's "every CLS feature points the
-    same way") on the backbone or the projector. A projector ending in a BatchNorm without affine
-    (SimSiam's) keeps every output dimension at unit batch variance, so its std cannot fall to 0 even when
-    all outputs lie on one line; its RankMe does fall to ~1;
+    same way") on an output channel. A projector ending in a BatchNorm without affine (SimSiam's) keeps
+    every output dimension at unit batch variance, so its std cannot fall to 0 even when all outputs lie
+    on one line; its RankMe does fall to ~1, and the predictor after it (no BatchNorm) shows the std -> 0 of
+    Chen & He's figure;
   - one prototype (DINO without centering, Caron et al. 2021): the batch-mean teacher distribution puts
     all mass on one prototype. Rule: ``teacher_mean_entropy / ln K < one_prototype_entropy``;
   - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
     ``teacher_entropy / ln K > uniform_entropy``.
 - **dimensional collapse** (Jing et al. 2021): outputs differ between images but span few directions
   (many near-zero singular values). Rules (not complete, and either):
-  - ``RankMe / min(N, D) < dimensional_rank_ratio`` on the backbone or the projector channel: an
-    absolute floor, low because a small healthy network on a 10-class data set already has a low
-    effective rank (the DINO demo's backbone: RankMe ~12 of 96 dimensions);
+  - ``RankMe / min(N, D) < dimensional_rank_ratio`` on an output channel: an absolute floor, low because
+    a small healthy network on a 10-class data set already has a low effective rank;
   - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
     ``reference`` run, its RankMe is below ``dimensional_reference_fraction`` x the reference's at the
-    same iterations: the evaluated backbone's on the evaluation images (checkpoints), or the backbone's
-    or the projector's in the training traces.
+    same iterations: the evaluated backbone's on the evaluation images (checkpoints), or any channel's
+    in the training traces.
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
+
+Beside the collapse verdict, a run with a ``reference`` is **compared** with it (:func:`compare`), as Wang
+et al. 2022 ("On the Importance of Asymmetry for Siamese Representation Learning") judge each asymmetric
+design against its baseline: the final top-1 (kNN or linear, ``comparison_metric``) of the evaluated
+network is *better than*, *worse than* or *on par with* the reference's, with ``comparison_margin`` points
+as the band of "on par" (set it from the spread of the same run under another seed).
 
 A condition counts only when it *persists*: it must hold at every measurement of the last
 ``settle_fraction`` of the run (at least the last one). Early training can look collapsed (LayerScale
@@ -39,7 +52,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
 from dinolite.lab.traces import CHANNELS, RunTrace, Series
 
 DIVERGED = "diverged"
@@ -76,6 +89,52 @@ class Verdict:
 
     def reproduces(self, expected: str) -> bool:
         return self.kind == expected
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A run's final top-1 against its reference's: the outcome and the numbers behind it."""
+
+    outcome: str  # better than / worse than / on par with reference, or "no data"
+    metric: str  # knn | linear
+    value: Optional[float]
+    reference_value: Optional[float]
+    reference: str
+    margin: float
+
+    @property
+    def delta(self) -> Optional[float]:
+        if self.value is None or self.reference_value is None:
+            return None
+        return self.value - self.reference_value
+
+    def describe(self) -> str:
+        if self.delta is None:
+            return f"{self.metric} top-1 missing for this run or {self.reference}: no comparison"
+        return (
+            f"{self.metric} {self.value:.1f} vs {self.reference_value:.1f} for {self.reference} "
+            f"({self.delta:+.1f} points, margin {self.margin:g}): {self.outcome}"
+        )
+
+
+def _top1(result: Optional[dict], metric: str) -> Optional[float]:
+    value = ((result or {}).get(metric) or {}).get("top1")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def compare(
+    result: Optional[dict], reference_result: Optional[dict], rules: VerdictRules, reference: str
+) -> Comparison:
+    """Final ``rules.comparison_metric`` top-1 of a run (its ``lab_result.json``) against its reference's:
+    better when higher by at least ``comparison_margin`` points, worse when lower by at least that, else on
+    par; "no data" when either run lacks the number."""
+    metric, margin = rules.comparison_metric, rules.comparison_margin
+    value, ref = _top1(result, metric), _top1(reference_result, metric)
+    if value is None or ref is None:
+        return Comparison(NO_DATA, metric, value, ref, reference, margin)
+    delta = value - ref
+    outcome = BETTER if delta >= margin else WORSE if delta <= -margin else ON_PAR
+    return Comparison(outcome, metric, value, ref, reference, margin)
 
 
 def persistent_since(series: Series, condition: Callable[[float], bool], settle_fraction: float) -> Optional[int]:
@@ -122,8 +181,9 @@ def judge(
     if not measured:
         return Verdict(NO_DATA, evidence=evidence)
 
+    outputs = output_channels(trace)
     candidates: list[tuple[str, str, Series, Callable[[float], bool], str]] = []
-    for channel in CHANNELS:
+    for channel in outputs:
         candidates.append(
             (
                 COMPLETE,
@@ -133,7 +193,7 @@ def judge(
                 f"std x sqrt(d) < {rules.complete_std_ratio:g}",
             )
         )
-    for channel in CHANNELS:
+    for channel in outputs:
         candidates.append(
             (
                 COMPLETE,
@@ -161,7 +221,7 @@ def judge(
             f"H(teacher)/ln K > {rules.uniform_entropy:g}",
         )
     )
-    for channel in CHANNELS:
+    for channel in outputs:
         candidates.append(
             (
                 DIMENSIONAL,
@@ -203,6 +263,12 @@ def judge(
         if any(f.kind == kind for f in findings):
             return Verdict(kind, findings, evidence)
     return Verdict(HEALTHY, findings, evidence)
+
+
+def output_channels(trace: RunTrace) -> list[str]:
+    """The channels the absolute rules read: the heads the run logged, or the backbone when it has none."""
+    heads = [c for c in CHANNELS if c != "backbone" and trace.channel_prefix(c)]
+    return heads or ["backbone"]
 
 
 def _ratio(series: Series, reference: Series) -> Series:

@@ -6,7 +6,10 @@ predictor output of one view and ``z`` the projector output of the other,
 
     L = 1/2 * D(p_A, sg(z_B)) + 1/2 * D(p_B, sg(z_A))
 
-where ``sg`` is the stop-gradient. Without it (``stop_gradient=False``) the paper shows the
+where ``sg`` is the stop-gradient. :meth:`NegativeCosineLoss.directed` is one term alone, ``D(p_S, sg(z_T))``:
+the asymmetric loss with a *source* view S (predictor side) and a *target* view T, which Wang et al. 2022
+("On the Importance of Asymmetry for Siamese Representation Learning") use to give the two branches
+different augmentations or crops. Without the stop-gradient (``stop_gradient=False``) the paper shows the
 representation collapses to a constant. Grill et al. 2020, "Bootstrap Your Own Latent" (BYOL), Eq. 2,
 uses ``|| p/||p|| - z/||z|| ||^2 = 2 - 2 cos(p, z)`` with ``z`` from an EMA target network: the same
 minimiser and the same gradient up to a factor 2. Each rank averages over its own rows (a per-sample
@@ -39,3 +42,7 @@ class NegativeCosineLoss(nn.Module):
         if self.stop_gradient:
             z_a, z_b = z_a.detach(), z_b.detach()
         return 0.5 * negative_cosine(p_a, z_b) + 0.5 * negative_cosine(p_b, z_a)
+
+    def directed(self, p_source: Tensor, z_target: Tensor) -> Tensor:
+        """``D(p_S, sg(z_T))``: the source view predicts the target view, not the other way round."""
+        return negative_cosine(p_source, z_target.detach() if self.stop_gradient else z_target)

@@ -78,6 +78,26 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
             r"runs\[1\].reference \(no-centering\): 'dinoo' is not another run's label; did you mean 'dino'\?",
         ),
         (
+            "expect: complete collapse}",
+            "expect: better than reference}",
+            r"runs\[1\].expect \(no-centering\): 'better than reference' compares with another run; name it in 'reference'",
+        ),
+        (
+            "measurements: {every: 10, spectra: 4}",
+            "measurements: {every: 10, spectra: 4, knn: false}\nverdict: {comparison_metric: knn}",
+            None,  # valid: no run compares
+        ),
+        (
+            "measurements: {every: 10, spectra: 4}",
+            "measurements: {every: 10, spectra: 4}\nverdict: {comparison_metric: knnn}",
+            r"invalid value for 'verdict.comparison_metric': 'knnn'; did you mean 'knn'\?",
+        ),
+        (
+            "measurements: {every: 10, spectra: 4}",
+            "measurements: {every: 10, spectra: 4}\nverdict: {comparison_margin: -1.0}",
+            r"invalid value for 'verdict.comparison_margin': -1.0; must be >= 0",
+        ),
+        (
             "measurements: {every: 10, spectra: 4}",
             "measurements: {every: 500}",
             r"'measurements.every' = 500 exceeds 'iterations' = 200",
@@ -89,9 +109,22 @@ def test_errors_name_the_file_the_key_and_the_value(tmp_path, old, new, message)
     text = template.replace(old.replace("{", "\0").replace("}", "\1"), new.replace("{", "\0").replace("}", "\1"))
     assert text != template, old
     path = write(tmp_path, text.replace("\0", "{{").replace("\1", "}}"))
+    if message is None:
+        plan_matrix(path, prepare=False)
+        return
     with pytest.raises(ConfigError, match=message) as info:
         plan_matrix(path, prepare=False)
     assert str(path) in str(info.value)
+
+
+def test_a_comparison_needs_the_metric_it_reads(tmp_path):
+    text = VALID.replace("spectra: 4}}", "spectra: 4, linear: false}}\nverdict: {{comparison_metric: linear}}")
+    text = text.replace("expect: complete collapse}}", "expect: worse than reference, reference: dino}}")
+    path = write(tmp_path, text)
+    message = r"runs\[1\].expect \(no-centering\): 'worse than reference' reads the linear top-1, but 'measurements.linear' is false"
+    with pytest.raises(ConfigError, match=message):
+        plan_matrix(path, prepare=False)
+    plan_matrix(write(tmp_path, text.replace("linear: false", "knn: false")), prepare=False)
 
 
 def test_shipped_matrices_by_name():

@@ -24,11 +24,15 @@ runs:
   - {{label: expected-collapse-but-healthy, preset: demo, overrides: [teacher.teacher_temp=0.1],
       expect: complete collapse}}
   - {{label: never-ran, preset: demo, overrides: [teacher.momentum_teacher=0.5], expect: healthy}}
+  - {{label: weak-target, preset: demo, overrides: [dino.koleo_loss_weight=0.05], expect: better than reference,
+      reference: base}}
+  - {{label: weak-source, preset: demo, overrides: [dino.koleo_loss_weight=0.2], expect: worse than reference,
+      reference: base}}
 """
 ITERS = range(10, 110, 10)
 
 
-def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float]) -> None:
+def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float], knn: float = 61.0) -> None:
     run_dir.mkdir(parents=True)
     save_config(config, run_dir / "config.yaml")
     with open(run_dir / "metrics.jsonl", "w") as f:
@@ -67,7 +71,7 @@ def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float
             {
                 "status": "finished",
                 "iteration": 100,
-                "knn": {"top1": 61.0},
+                "knn": {"top1": knn},
                 "linear": {"top1": 64.5},
                 "spectra": spectra,
                 "train_seconds": 60.0,
@@ -88,6 +92,8 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
     write_run(
         runs["expected-collapse-but-healthy"].run_dir, runs["expected-collapse-but-healthy"].config, 3.0, [12.0, 14.0]
     )
+    write_run(runs["weak-target"].run_dir, runs["weak-target"].config, 3.0, [12.0, 14.0], knn=64.0)  # +3 > margin
+    write_run(runs["weak-source"].run_dir, runs["weak-source"].config, 3.0, [12.0, 14.0], knn=60.0)  # -1: on par
 
     reports = {r.run.label: r for r in collect(plan)}
     assert reports["one-prototype"].watchdog.fired_at == 40  # demo rule: H(mean) < 0.3 from it. 20 (20, 30, 40)
@@ -108,7 +114,10 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
     assert rows["few-dims"][7] == "**yes**"
     assert rows["expected-collapse-but-healthy"][1] == "healthy" and rows["expected-collapse-but-healthy"][7] == "no"
     assert rows["never-ran"][1] == "no data [run not run]" and rows["never-ran"][7] == "no"
-    assert "4 of 5 runs done; **3 of 4 expected findings reproduced**" in page
-    assert "took 4 minutes in total" in page
-    for figure in ("std.png", "spectra.png", "rankme.png", "teacher.png", "loss.png"):
+    assert rows["weak-target"][1] == "healthy; better than reference (+3.0)" and rows["weak-target"][7] == "**yes**"
+    assert rows["weak-target"][8].startswith("knn 64.0 vs 61.0 for base (+3.0 points, margin 2): better than reference")
+    assert rows["weak-source"][1] == "healthy; on par with reference (-1.0)" and rows["weak-source"][7] == "no"
+    assert "6 of 7 runs done; **4 of 6 expected findings reproduced**" in page
+    assert "took 7 minutes in total" in page  # 6 runs x 66 s
+    for figure in ("std.png", "spectra.png", "rankme.png", "teacher.png", "loss.png", "comparison.png"):
         assert (plan.report_dir / figure).read_bytes()[:4] == b"\x89PNG"

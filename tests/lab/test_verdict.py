@@ -8,9 +8,9 @@ import math
 import pytest
 
 from dinolite.config import WatchdogThreshold, load_config
-from dinolite.lab.matrix import COMPLETE, DIMENSIONAL, HEALTHY, VerdictRules
+from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
 from dinolite.lab.traces import RunTrace, read_trace, replay_watchdog
-from dinolite.lab.verdict import DIVERGED, NO_DATA, judge, persistent_since
+from dinolite.lab.verdict import DIVERGED, NO_DATA, compare, judge, persistent_since
 
 ITERS = list(range(10, 210, 10))  # 20 measurements of a 200-iteration run
 RULES = VerdictRules()
@@ -55,6 +55,11 @@ def healthy_series() -> dict[str, list[float]]:
     }
 
 
+def backbone_only() -> dict[str, list[float]]:
+    """A method without a head (DirectCLR, SimCLR without projector): its backbone is its output."""
+    return {k: v for k, v in healthy_series().items() if "backbone" in k}
+
+
 def test_healthy_run_with_collapsed_looking_start_is_healthy():
     verdict = judge(trace_of(**healthy_series()), RULES)
     assert verdict.kind == HEALTHY
@@ -64,14 +69,35 @@ def test_healthy_run_with_collapsed_looking_start_is_healthy():
 
 
 def test_simsiam_without_stopgrad_std_to_zero_is_complete_collapse_from_when_it_stays_low():
-    # std x sqrt(d) falls from 0.8 and stays below 0.1 from iteration 60 on (SimSiam Fig. 2)
+    # std x sqrt(d) of the predictor output falls from 0.8 and stays below 0.1 from iteration 60 on (SimSiam
+    # Fig. 2); the projector ends in BatchNorm, which holds its std at ~0.6
     std = [0.8, 0.6, 0.4, 0.2, 0.12, 0.09] + [0.01] * (len(ITERS) - 6)
-    series = healthy_series() | {"collapse__backbone_std_ratio": std, "collapse__head_std_ratio": std}
+    series = healthy_series() | {"collapse__projector_std_ratio": flat(0.6), "collapse__predictor_std_ratio": std}
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == COMPLETE
     assert verdict.since == 60
-    assert verdict.mode == "constant backbone output, constant projector output"
+    assert verdict.mode == "constant predictor output"
     assert verdict.reproduces(COMPLETE)
+    # without a head the backbone is the output, and the same rule reads it
+    verdict = judge(trace_of(**backbone_only() | {"collapse__backbone_std_ratio": std}), RULES)
+    assert verdict.kind == COMPLETE and verdict.mode == "constant backbone output" and verdict.since == 60
+
+
+def test_an_anisotropic_backbone_under_healthy_heads_is_healthy():
+    """The SimSiam demo at 200 iterations (72.7% kNN): its backbone CLS has std x sqrt(d) 0.09 and RankMe
+    2.2 of 64 while its projector and predictor are spread out. With heads, the absolute rules read the
+    heads; the backbone would count only against a reference run."""
+    series = {
+        "collapse__backbone_std_ratio": [0.26, 0.10] + [0.09] * 18,
+        "collapse__backbone_rankme_ratio": [0.043] + [0.035] * 19,
+        "collapse__projector_std_ratio": flat(0.97),
+        "collapse__projector_rankme_ratio": flat(0.22),
+        "collapse__predictor_std_ratio": flat(0.95),
+        "collapse__predictor_rankme_ratio": flat(0.13),
+    }
+    verdict = judge(trace_of(**series), RULES)
+    assert verdict.kind == HEALTHY and verdict.findings == []
+    assert verdict.evidence["backbone_std_ratio"] == pytest.approx(0.09)
 
 
 def test_outputs_on_one_line_are_complete_collapse_even_when_batchnorm_keeps_the_std_up():
@@ -110,12 +136,12 @@ def test_uniform_output_from_teacher_entropy():
 
 
 def test_dimensional_collapse_spread_but_low_rank():
-    series = healthy_series() | {"collapse__backbone_rankme_ratio": [0.3] * 5 + [0.02] * 15}
+    series = backbone_only() | {"collapse__backbone_rankme_ratio": [0.3] * 5 + [0.02] * 15}
     verdict = judge(trace_of(**series), RULES)
     assert verdict.kind == DIMENSIONAL and verdict.mode == "low-rank backbone" and verdict.since == 60
     assert not verdict.reproduces(COMPLETE)
     # a small healthy network's low effective rank (the DINO demo: ~0.13-0.2) is not dimensional collapse
-    series = healthy_series() | {"collapse__backbone_rankme_ratio": flat(0.13)}
+    series = backbone_only() | {"collapse__backbone_rankme_ratio": flat(0.13)}
     assert judge(trace_of(**series), RULES).kind == HEALTHY
 
 
@@ -147,7 +173,7 @@ def test_dimensional_collapse_relative_to_a_reference_run():
 
 
 def test_complete_collapse_wins_over_dimensional():
-    series = healthy_series() | {
+    series = backbone_only() | {
         "collapse__backbone_std_ratio": flat(0.01),
         "collapse__backbone_rankme_ratio": flat(0.02),
     }
@@ -159,18 +185,18 @@ def test_complete_collapse_wins_over_dimensional():
 def test_transient_dip_that_recovers_is_healthy():
     std = ramp(0.6, 0.8)
     std[8:12] = [0.05, 0.02, 0.03, 0.06]  # collapsed for a while mid-run, then recovered
-    verdict = judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES)
+    verdict = judge(trace_of(**backbone_only() | {"collapse__backbone_std_ratio": std}), RULES)
     assert verdict.kind == HEALTHY
 
 
 def test_condition_must_hold_over_the_settle_window():
     std = ramp(0.6, 0.8)
     std[-1] = 0.01  # only the last of the 6 measurements in the last quarter (150..200)
-    assert judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
+    assert judge(trace_of(**backbone_only() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
     std[-5:] = [0.01] * 5  # 160..200: iteration 150 of the window still healthy
-    assert judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
+    assert judge(trace_of(**backbone_only() | {"collapse__backbone_std_ratio": std}), RULES).kind == HEALTHY
     std[-6:] = [0.01] * 6  # the whole last quarter
-    verdict = judge(trace_of(**healthy_series() | {"collapse__backbone_std_ratio": std}), RULES)
+    verdict = judge(trace_of(**backbone_only() | {"collapse__backbone_std_ratio": std}), RULES)
     assert verdict.kind == COMPLETE and verdict.since == 150
 
 
@@ -186,7 +212,7 @@ def test_persistent_since_edge_cases():
 
 
 def test_thresholds_come_from_the_rules():
-    series = healthy_series() | {"collapse__backbone_std_ratio": flat(0.3)}
+    series = backbone_only() | {"collapse__backbone_std_ratio": flat(0.3)}
     assert judge(trace_of(**series), RULES).kind == HEALTHY
     assert judge(trace_of(**series), VerdictRules(complete_std_ratio=0.5)).kind == COMPLETE
 
@@ -211,7 +237,10 @@ def test_channels_fall_back_per_method():
     trace = trace_of(**series)
     assert trace.channel_prefix("backbone") == "collapse/student_backbone"
     assert trace.channel_prefix("projector") == "collapse/projector"  # preferred over DINO's head logits
-    verdict = judge(trace, RULES)
+    # with a head the backbone's std is not judged on its own (see the anisotropic-backbone test) ...
+    assert judge(trace, RULES).kind == HEALTHY
+    # ... without one it is the output
+    verdict = judge(trace_of(collapse__student_backbone_std_ratio=flat(0.01)), RULES)
     assert verdict.kind == COMPLETE and verdict.mode == "constant backbone output"
 
 
@@ -244,3 +273,27 @@ def test_watchdog_replay_fires_where_the_runs_watchdog_would():
     assert "collapse/teacher_mean_entropy" in replay.message and "below min 0.3" in replay.message
     healthy = trace_of(collapse__teacher_mean_entropy=flat(2.0), collapse__backbone_std_ratio=flat(0.5))
     assert replay_watchdog(cfg, healthy).fired_at is None
+
+
+@pytest.mark.parametrize(
+    "top1, expected",
+    [(64.0, BETTER), (63.5, BETTER), (63.4, ON_PAR), (60.0, ON_PAR), (59.6, ON_PAR), (59.5, WORSE), (40.0, WORSE)],
+)
+def test_comparison_with_the_reference_uses_the_margin_on_both_sides(top1, expected):
+    """Wang et al.'s asymmetry runs: better / worse when the top-1 moves by at least the margin (here 2
+    points from the reference's 61.5), on par inside it."""
+    rules = VerdictRules(comparison_metric="knn", comparison_margin=2.0)
+    comparison = compare({"knn": {"top1": top1}}, {"knn": {"top1": 61.5}}, rules, "base")
+    assert comparison.outcome == expected
+    assert comparison.delta == pytest.approx(top1 - 61.5)
+    assert comparison.describe().startswith(f"knn {top1:.1f} vs 61.5 for base ({top1 - 61.5:+.1f} points, margin 2)")
+
+
+def test_comparison_reads_the_chosen_metric_and_says_when_a_number_is_missing():
+    run, ref = {"knn": {"top1": 50.0}, "linear": {"top1": 70.0}}, {"knn": {"top1": 60.0}, "linear": {"top1": 60.0}}
+    assert compare(run, ref, VerdictRules(comparison_metric="linear"), "base").outcome == BETTER
+    assert compare(run, ref, VerdictRules(comparison_metric="knn"), "base").outcome == WORSE
+    for missing_run, missing_ref in ((None, ref), (run, None), ({"knn": {"top1": float("nan")}}, ref), ({}, ref)):
+        comparison = compare(missing_run, missing_ref, RULES, "base")
+        assert comparison.outcome == NO_DATA and comparison.delta is None
+        assert "no comparison" in comparison.describe()

@@ -139,3 +139,16 @@ def test_negative_cosine_hand_computed_and_stop_gradient():
             zn = z_a[0] / z_a[0].norm()
             expected_grad = -0.5 * (u - (u @ zn) * zn) / z_a[0].norm()
             torch.testing.assert_close(za.grad[0], expected_grad)
+
+
+def test_negative_cosine_directed_is_one_term_with_the_target_detached():
+    p = torch.tensor([[0.0, 2.0]], requires_grad=True)
+    z = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    # -cos((0, 2), (1, 1)) = -1/sqrt 2, and no gradient reaches the target with the stop-gradient
+    loss = NegativeCosineLoss(stop_gradient=True).directed(p, z)
+    assert loss.item() == pytest.approx(-1 / math.sqrt(2), abs=1e-6)
+    loss.backward()
+    assert p.grad is not None and z.grad is None
+    z2 = z.detach().clone().requires_grad_(True)
+    NegativeCosineLoss(stop_gradient=False).directed(p.detach(), z2).backward()
+    assert z2.grad is not None and z2.grad.abs().sum() > 0

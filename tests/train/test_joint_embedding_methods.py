@@ -157,6 +157,51 @@ def test_multicrop_pairs_every_small_view_with_both_large_views():
     assert [(i, j) for _, i, j in objective.pairs] == [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
 
 
+@pytest.mark.parametrize("target", ["stopgrad", "ema"])
+def test_asymmetric_loss_source_predicts_target_and_locals_are_sources_only(target):
+    """Wang et al. 2022: with symmetric_loss=false view 0 is the source (predictor side) and view 1 the
+    target; each local crop predicts both global views and is never a target."""
+    torch.manual_seed(0)
+    cfg = _cfg(
+        "joint_embedding.predictor_layers=2",
+        "joint_embedding.symmetric_loss=false",
+        f"joint_embedding.target={target}",
+        "crops.local_crops_number=2",
+    )
+    objective = siamese.build_objective(cfg)
+    batch = _batch(n_local=2)
+    views = _views(objective, batch)
+    if target == "ema":  # the targets come from the EMA network
+        for view, t in zip(views, objective.encode(objective.teacher, *objective._split(batch))):
+            view["target_z"] = t["z"]
+    tz = [v.get("target_z", v["z"]) for v in views]
+    pairs = [(0, 1), (2, 0), (2, 1), (3, 0), (3, 1)]  # (source, target); locals are views 2 and 3
+    expected = torch.stack([negative_cosine(views[s]["p"], tz[t]) for s, t in pairs]).mean()
+    out = objective(batch, 0)
+    torch.testing.assert_close(out.loss, expected)
+    # the symmetric loss of the same networks is another number (view 1 also predicts view 0)
+    symmetric = siamese.build_objective(cfg)
+    symmetric.load_state_dict(objective.state_dict())
+    symmetric.symmetric_loss = True
+    assert not torch.allclose(symmetric(batch, 0).loss, out.loss)
+
+
+def test_asymmetric_loss_is_refused_by_methods_without_sides():
+    for module in (simclr, barlow_twins):
+        with pytest.raises(ConfigError, match="symmetric_loss=false"):
+            module.build_objective(_cfg("joint_embedding.symmetric_loss=false"))
+    with pytest.raises(ConfigError, match="symmetric_loss=false"):
+        directclr.build_objective(_cfg("joint_embedding.symmetric_loss=false", "joint_embedding.projector_layers=0"))
+
+    class SymmetricOnly(joint_embedding.JointEmbeddingObjective):
+        def pair_loss(self, a, b):
+            return negative_cosine(a["z"], b["z"])
+
+    backbone = simclr.build_objective(_cfg()).student["backbone"]
+    with pytest.raises(ConfigError, match="SymmetricOnly has no asymmetric"):
+        SymmetricOnly(backbone, symmetric_loss=False)
+
+
 def test_views_from_config_and_bad_recipe():
     cfg = _cfg(
         "crops.local_crops_number=2", "joint_embedding.view2.solarize_p=0.5", "joint_embedding.view1.blur_kernel_size=5"

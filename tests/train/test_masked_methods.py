@@ -114,7 +114,18 @@ def test_bad_method_settings_name_their_section():
     "run, flagged",
     [
         # (batch-mean entropy / ln K, per-sample entropy / ln K) at iterations 30..120 of the digits demo runs
-        # recorded in docs/methods_masked.md
+        # recorded in docs/methods_masked.md. The demo preset (Sinkhorn targets), healthy:
+        ({"mean": [1.00, 1.00, 1.00, 1.00], "per_sample": [0.72, 0.82, 0.80, 0.74]}, None),
+        # msn.me_max=false: Sinkhorn alone keeps the batch balanced, no collapse
+        ({"mean": [1.00, 1.00, 1.00, 1.00], "per_sample": [0.74, 0.82, 0.79, 0.71]}, None),
+        # msn.me_max=false msn.use_sinkhorn=false: the whole batch on one prototype
+        (
+            {"mean": [0.13, 0.00, 0.00, 0.00], "per_sample": [0.05, 0.00, 0.00, 0.00]},
+            "collapse/teacher_mean_entropy_norm",
+        ),
+        # msn.sharpen=false: uniform targets
+        ({"mean": [1.00, 1.00, 1.00, 1.00], "per_sample": [0.98, 1.00, 1.00, 1.00]}, "collapse/teacher_entropy_norm"),
+        # the earlier preset (no Sinkhorn, EMA 0.98 -> 1, no colour jitter): healthy, without ME-MAX, unsharpened
         ({"mean": [0.39, 0.32, 0.32, 0.32], "per_sample": [0.11, 0.09, 0.06, 0.04]}, None),
         (
             {"mean": [0.34, 0.22, 0.19, 0.17], "per_sample": [0.08, 0.05, 0.03, 0.03]},

@@ -16,6 +16,7 @@ from dinolite.train.methods.joint_embedding import (
     build_projector,
     build_student_backbone,
     method_spec,
+    require_symmetric_loss,
 )
 from dinolite.train.methods.registry import register_method
 
@@ -34,6 +35,7 @@ class BarlowTwinsObjective(JointEmbeddingObjective):
 
 
 def build_objective(cfg: Config) -> BarlowTwinsObjective:
+    require_symmetric_loss(cfg)
     backbone = build_student_backbone(cfg)
     return BarlowTwinsObjective(backbone, build_projector(cfg, backbone.embed_dim), cfg.joint_embedding.lambda_offdiag)
 

@@ -15,6 +15,7 @@ from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_student_backbone,
     method_spec,
+    require_symmetric_loss,
 )
 from dinolite.train.methods.registry import register_method
 
@@ -33,6 +34,7 @@ class DirectCLRObjective(JointEmbeddingObjective):
 
 
 def build_objective(cfg: Config) -> DirectCLRObjective:
+    require_symmetric_loss(cfg)
     je = cfg.joint_embedding
     if je.projector_layers or je.predictor_layers:
         raise ConfigError(

@@ -174,6 +174,10 @@ class JointEmbeddingObjective(SSLObjective):
         target_momentum: None for no target network; else a schedule ``iteration -> m`` and the target
             (``teacher``: a copy of backbone + projector, no predictor) moves as
             ``theta_T <- m theta_T + (1 - m) theta_S`` after every optimizer step (BYOL).
+        symmetric_loss: True: ``pair_loss`` over the pair of global views and every (global, local) pair.
+            False (Wang et al. 2022, asymmetric): ``directed_pair_loss(source, target)`` over (view 0 ->
+            view 1) and (local -> each global view): the local crops are sources only. Only methods that
+            implement ``directed_pair_loss`` (SimSiam, BYOL) accept it.
     """
 
     def __init__(
@@ -182,8 +186,15 @@ class JointEmbeddingObjective(SSLObjective):
         projector: nn.Module | None = None,
         predictor: nn.Module | None = None,
         target_momentum: CosineSchedule | None = None,
+        symmetric_loss: bool = True,
     ) -> None:
         super().__init__()
+        if not symmetric_loss and type(self).directed_pair_loss is JointEmbeddingObjective.directed_pair_loss:
+            raise ConfigError(
+                f"joint_embedding.symmetric_loss=false: {type(self).__name__} has no asymmetric (source -> target) "
+                "loss; only the siamese methods (simsiam, byol) take it"
+            )
+        self.symmetric_loss = symmetric_loss
         modules: dict[str, nn.Module] = {"backbone": backbone}
         if projector is not None:
             modules["projector"] = projector
@@ -244,6 +255,10 @@ class JointEmbeddingObjective(SSLObjective):
     def pair_loss(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Loss of one pair of views; ``a``/``b`` hold ``cls``, ``z``, ``p`` and (EMA target) ``target_z``."""
 
+    def directed_pair_loss(self, source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss of the ``source`` view predicting the ``target`` view alone (asymmetric methods override it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no asymmetric loss")
+
     def forward(self, batch: dict[str, Any], iteration: int) -> ObjectiveOutput:
         global_views, local_views = self._split(batch)
         views = self.encode(self.student, global_views, local_views)
@@ -251,8 +266,14 @@ class JointEmbeddingObjective(SSLObjective):
             with torch.no_grad():
                 for view, target in zip(views, self.encode(self.teacher, global_views, local_views)):
                     view["target_z"] = target["z"]
-        pairs = [(0, 1)] + [(g, l) for l in range(N_VIEWS, len(views)) for g in range(N_VIEWS)]
-        loss = torch.stack([self.pair_loss(views[i], views[j]).float() for i, j in pairs]).mean()
+        local_ids = range(N_VIEWS, len(views))
+        if self.symmetric_loss:
+            pairs = [(0, 1)] + [(g, l) for l in local_ids for g in range(N_VIEWS)]
+            losses = [self.pair_loss(views[i], views[j]) for i, j in pairs]
+        else:  # (source, target): view 0 predicts view 1, every local crop predicts each global view
+            pairs = [(0, 1)] + [(l, g) for l in local_ids for g in range(N_VIEWS)]
+            losses = [self.directed_pair_loss(views[i], views[j]) for i, j in pairs]
+        loss = torch.stack([term.float() for term in losses]).mean()
         first = views[0]
         diagnostics = {"backbone_cls": first["cls"].detach()}
         if "projector" in self.student:
@@ -274,6 +295,15 @@ class JointEmbeddingObjective(SSLObjective):
 
 def build_student_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+
+
+def require_symmetric_loss(cfg: Config) -> None:
+    """Refuse ``joint_embedding.symmetric_loss=false`` for a method whose loss has no source/target sides."""
+    if not cfg.joint_embedding.symmetric_loss:
+        raise ConfigError(
+            f"joint_embedding.symmetric_loss=false: train.method={cfg.train.method} has no asymmetric "
+            "(source -> target) loss; only simsiam and byol take it"
+        )
 
 
 def target_momentum_schedule(cfg: Config) -> CosineSchedule | None:

@@ -160,14 +160,16 @@ def head_names(cfg: Config) -> tuple[str, ...]:
 
 
 # The two collapses of the paper's ablation, seen on the target assignments p+ (teacher_head_probs);
-# measured on the digits demo (docs/methods_masked.md): healthy runs keep the batch-mean entropy above
-# 0.30 ln K and the per-sample entropy below 0.15 ln K; without ME-MAX the batch-mean entropy falls to
-# 0.19 ln K by iteration 90, without sharpening every target is ~uniform (0.93 ln K at iteration 30).
+# measured on the digits demo (docs/methods_masked.md). The demo preset (Sinkhorn-balanced targets)
+# keeps the batch-mean entropy at 1.00 ln K and the per-sample entropy between 0.57 and 0.82 ln K (its
+# peak, at iteration 60); without sharpening every target is uniform (0.98 ln K at iteration 30, then
+# 1.00), hence the max of 0.9 between the two. Without ME-MAX *and* Sinkhorn the batch falls onto one
+# prototype (batch-mean entropy 0.00 ln K from iteration 60); Sinkhorn alone keeps the batch balanced.
 WATCHDOG_THRESHOLDS = (
-    # without ME-MAX: the batch concentrates on a few prototypes
+    # without ME-MAX (and Sinkhorn): the batch concentrates on a few prototypes
     WatchdogThreshold(metric="collapse/teacher_mean_entropy_norm", min=0.25, after_iteration=60, patience=2),
     # without sharpening: every target is ~uniform over the prototypes (entropy / ln K -> 1)
-    WatchdogThreshold(metric="collapse/teacher_entropy_norm", max=0.8, after_iteration=30, patience=2),
+    WatchdogThreshold(metric="collapse/teacher_entropy_norm", max=0.9, after_iteration=30, patience=2),
 )
 
 METHOD = register_method(

@@ -9,7 +9,9 @@
 
 Switches, to provoke the collapses the papers report: ``joint_embedding.stop_gradient=false`` (SimSiam
 without stop-gradient collapses to a constant, Chen & He Fig. 2), ``joint_embedding.predictor_layers=0``
-(no predictor: collapses too, Chen & He Table 1). Both methods evaluate the online (student) backbone,
+(no predictor: collapses too, Chen & He Table 1). ``joint_embedding.symmetric_loss=false`` keeps one
+direction, view 0 (source) -> view 1 (target), and makes local crops sources only: the asymmetric setting of
+Wang et al. 2022, in which stronger augmentation or multi-crop on the source side helps. Both methods evaluate the online (student) backbone,
 as the papers do; ``--network teacher`` picks BYOL's target.
 """
 
@@ -35,13 +37,18 @@ class SiameseObjective(JointEmbeddingObjective):
 
     loss_name = "negative_cosine_loss"
 
-    def __init__(self, backbone, projector, predictor, stop_gradient: bool = True, target_momentum=None) -> None:
-        super().__init__(backbone, projector, predictor, target_momentum)
+    def __init__(
+        self, backbone, projector, predictor, stop_gradient: bool = True, target_momentum=None, symmetric_loss=True
+    ) -> None:
+        super().__init__(backbone, projector, predictor, target_momentum, symmetric_loss)
         self.negative_cosine = NegativeCosineLoss(stop_gradient)
 
     def pair_loss(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
         target_a, target_b = a.get("target_z", a["z"]), b.get("target_z", b["z"])
         return self.negative_cosine(a["p"], b["p"], target_a, target_b)
+
+    def directed_pair_loss(self, source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.negative_cosine.directed(source["p"], target.get("target_z", target["z"]))
 
 
 def build_objective(cfg: Config) -> SiameseObjective:
@@ -54,6 +61,7 @@ def build_objective(cfg: Config) -> SiameseObjective:
         build_predictor(cfg, dim),
         stop_gradient=cfg.joint_embedding.stop_gradient,
         target_momentum=target_momentum_schedule(cfg),
+        symmetric_loss=cfg.joint_embedding.symmetric_loss,
     )
 
 
