@@ -4,10 +4,11 @@ Everything is computed on the *evaluated network* (what ``load_any_backbone`` lo
 the EMA teacher / target encoder, or the student when the method has none), on labelled evaluation
 images shared by every run of a matrix, so the numbers compare across methods:
 
-- kNN top-1 (k = ``measurements.knn_k``, cosine, DINO's weighted vote) on the final CLS feature;
+- kNN top-1 (k = ``measurements.knn_k``, cosine, DINO's weighted vote) on the final CLS feature, or on
+  the mean patch token for a run with ``features: avgpool`` (methods that train no CLS objective);
 - linear probe top-1: DINOv2's grid of linear heads on frozen features (CLS of the last 1 or 4 blocks,
   with or without average-pooled patches), best head chosen on held-out training images;
-- the covariance spectrum of the L2-normalised CLS features (Jing et al. 2021) of the first
+- the covariance spectrum of the L2-normalised features (the same ``features``; Jing et al. 2021) of the first
   ``spectrum_samples`` training images, at every checkpoint the run kept (the lab keeps one per
   ``iterations / spectra``) and at random init, with its RankMe and std x sqrt(d). Unlike the monitor's
   spectra (one training batch, N may be < D) these use N >> D images, so a near-zero tail means
@@ -109,29 +110,39 @@ class EvalData:
         return train, val, n_blocks
 
 
-def _cls(features: torch.Tensor, n_blocks: int, dim: int) -> torch.Tensor:
-    """The last block's CLS columns of the probe layout ``[cls_1..cls_n, avgpool]``."""
+def feature_columns(features: torch.Tensor, n_blocks: int, dim: int, kind: str = "cls") -> torch.Tensor:
+    """``kind``'s columns of the probe layout ``[cls_1..cls_n, avgpool]``: the last block's CLS, or the
+    mean patch token."""
+    if kind == "avgpool":
+        return features[:, n_blocks * dim : (n_blocks + 1) * dim]
     return features[:, (n_blocks - 1) * dim : n_blocks * dim]
 
 
-def spectrum_entry(iteration: int, cls: torch.Tensor) -> dict:
-    """Covariance spectrum (descending eigenvalues), RankMe and std x sqrt(d) of CLS features."""
+def spectrum_entry(iteration: int, embedding: torch.Tensor) -> dict:
+    """Covariance spectrum (descending eigenvalues), RankMe and std x sqrt(d) of (N, D) features."""
     return {
         "iteration": iteration,
-        "num_samples": int(cls.shape[0]),
-        "eigenvalues": covariance_spectrum(cls).tolist(),
-        "rankme": rankme(cls),
-        "rankme_ratio": rankme(cls) / min(cls.shape),
-        "std_ratio": embedding_std(cls) * math.sqrt(cls.shape[1]),
+        "num_samples": int(embedding.shape[0]),
+        "eigenvalues": covariance_spectrum(embedding).tolist(),
+        "rankme": rankme(embedding),
+        "rankme_ratio": rankme(embedding) / min(embedding.shape),
+        "std_ratio": embedding_std(embedding) * math.sqrt(embedding.shape[1]),
     }
 
 
-def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration: int, full: bool) -> dict:
-    """The spectrum entry at ``iteration``; with ``full`` also kNN and linear probe (per ``measurements``)."""
+def measure_network(
+    backbone: nn.Module, cfg: Config, data: EvalData, iteration: int, full: bool, features: str = "cls"
+) -> dict:
+    """The spectrum entry at ``iteration``; with ``full`` also kNN and linear probe (per ``measurements``).
+    ``features`` (cls | avgpool) is what the spectrum and the kNN read; the linear grid has both."""
     m = data.measurements
     train, val, n_blocks = data.features(backbone, cfg, spectrum_only=not full)
     dim = backbone.embed_dim
-    out: dict = {"spectrum": spectrum_entry(iteration, _cls(train.features[: m.spectrum_samples], n_blocks, dim))}
+
+    def columns(x: torch.Tensor) -> torch.Tensor:
+        return feature_columns(x, n_blocks, dim, features)
+
+    out: dict = {"spectrum": spectrum_entry(iteration, columns(train.features[: m.spectrum_samples]))}
     if val is None:
         return out
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
@@ -140,15 +151,15 @@ def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration:
     val = ExtractedFeatures(*(t.to(data.device) for t in val))
     if m.knn:
         knn = knn_classify(
-            _cls(train.features, n_blocks, dim),
+            columns(train.features),
             train.labels,
-            _cls(val.features, n_blocks, dim),
+            columns(val.features),
             val.labels,
             num_classes,
             ks=(m.knn_k,),
             temperature=KNN_TEMPERATURE,
         )
-        out["knn"] = {"top1": knn["top1"], "k": m.knn_k, "features": "cls"}
+        out["knn"] = {"top1": knn["top1"], "k": m.knn_k, "features": features}
     if m.linear:
         specs = head_grid(DINOV2_LEARNING_RATES, sorted({1, n_blocks}), (False, True))
         probe = linear_probe_cached(
@@ -171,7 +182,11 @@ def measure_network(backbone: nn.Module, cfg: Config, data: EvalData, iteration:
 
 
 def evaluate_run(
-    cfg: Config, run_dir: Path, data: EvalData, load: Callable[[Path], nn.Module] = load_any_backbone
+    cfg: Config,
+    run_dir: Path,
+    data: EvalData,
+    load: Callable[[Path], nn.Module] = load_any_backbone,
+    features: str = "cls",
 ) -> dict:
     """Spectra at every kept checkpoint, kNN and linear probe at the last; ``{}`` without checkpoints."""
     checkpoints = kept_checkpoints(run_dir)
@@ -181,7 +196,7 @@ def evaluate_run(
     final: dict = {}
     for position, (iteration, path) in enumerate(checkpoints):
         last = position == len(checkpoints) - 1
-        measured = measure_network(load(path), cfg, data, iteration, full=last)
+        measured = measure_network(load(path), cfg, data, iteration, full=last, features=features)
         spectra.append(measured.pop("spectrum"))
         if last:
             final = measured
@@ -194,8 +209,9 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval().requires_grad_(False)
 
 
-def random_init_baseline_path(cfg: Config, cache_dir: Path) -> Path:
-    """Where the random-init baseline of ``cfg``'s architecture (and eval transform, seed) is cached."""
+def random_init_baseline_path(cfg: Config, cache_dir: Path, features: str = "cls") -> Path:
+    """Where the random-init baseline of ``cfg``'s architecture (and eval transform, seed, features) is
+    cached (the CLS baselines keep their earlier names)."""
     key = json.dumps(
         {
             "student": vars(cfg.student),
@@ -203,6 +219,7 @@ def random_init_baseline_path(cfg: Config, cache_dir: Path) -> Path:
             "seed": cfg.train.seed,
             "mean": list(cfg.crops.mean),
             "std": list(cfg.crops.std),
+            **({} if features == "cls" else {"features": features}),
         },
         sort_keys=True,
         default=str,
@@ -210,12 +227,12 @@ def random_init_baseline_path(cfg: Config, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"random_init_{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 
 
-def random_init_baseline(cfg: Config, data: EvalData, cache_dir: Path) -> dict:
+def random_init_baseline(cfg: Config, data: EvalData, cache_dir: Path, features: str = "cls") -> dict:
     """kNN, linear probe and spectrum of the architecture at random init, cached per architecture."""
-    path = random_init_baseline_path(cfg, cache_dir)
+    path = random_init_baseline_path(cfg, cache_dir, features)
     if path.is_file():
         return json.loads(path.read_text())
-    result = measure_network(random_init_backbone(cfg), cfg, data, 0, full=True)
+    result = measure_network(random_init_backbone(cfg), cfg, data, 0, full=True, features=features)
     write_json_atomic(path, result)
     return result
 

@@ -38,6 +38,9 @@ COMPARISONS = (BETTER, WORSE, ON_PAR)
 # three) or a comparison with its reference.
 EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL, *COMPARISONS)
 COMPARISON_METRICS = ("knn", "linear")
+# The image feature a run's kNN and spectra read: the CLS token (the DINO protocol), or the mean of the
+# final patch tokens for methods that train no CLS objective (I-JEPA's protocol; SimMIM).
+FEATURES = ("cls", "avgpool")
 DIGITS = "digits"
 MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the presets)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -53,6 +56,7 @@ class LabRun:
     # label of the run this one is compared with: for dimensional collapse (Jing et al.), and the baseline of
     # a "better / worse than / on par with reference" expectation (required there)
     reference: str = ""
+    features: str = "cls"  # cls | avgpool: what the run's kNN and covariance spectra read (FEATURES)
 
 
 @dataclass
@@ -230,6 +234,10 @@ def load_matrix(path: str | Path) -> LabMatrix:
         if run.expect not in EXPECTED_FINDINGS:
             raise ConfigError(
                 f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}"
+            )
+        if run.features not in FEATURES:
+            raise ConfigError(
+                f"{where}.features ({run.label}): {run.features!r} is not a feature set{_hint(run.features, FEATURES)}"
             )
         if run.expect in COMPARISONS and not run.reference:
             raise ConfigError(

@@ -89,7 +89,7 @@ def collect(plan: LabPlan) -> list[RunReport]:
             reference,
             traces.get(reference) if reference else None,
         )
-        baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines"))
+        baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines", run.spec.features))
         comparison = compare(result, results.get(reference), plan.matrix.verdict, reference) if reference else None
         # the current watchdog rules (the planned config's), which may be newer than the run
         watchdog = replay_watchdog(run.config, trace)
@@ -198,7 +198,11 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
         _legend(ax)
     for row in axes:
         row[0].set_ylabel("log10 eigenvalue", fontsize=8)
-    fig.suptitle("Covariance spectrum of the evaluated backbone's L2-normalised CLS (evaluation images)", fontsize=9)
+    fig.suptitle(
+        "Covariance spectrum of the evaluated backbone's L2-normalised CLS, or mean patch token for avgpool runs "
+        "(evaluation images)",
+        fontsize=9,
+    )
     _save(fig, path)
     return True
 
@@ -300,6 +304,10 @@ def _evidence_text(r: RunReport) -> str:
     return "; ".join(parts)
 
 
+def _feature_note(r: RunReport) -> str:
+    return "" if r.run.spec.features == "cls" else f" ({r.run.spec.features})"
+
+
 def summary_table(reports: list[RunReport]) -> str:
     head = (
         "| run | expected | verdict | since it. | watchdog fired | kNN top-1 | linear top-1 | "
@@ -320,7 +328,7 @@ def summary_table(reports: list[RunReport]) -> str:
         lines.append(
             f"| `{r.run.label}` | {r.run.spec.expect} | {verdict} | {r.verdict.since if r.verdict.since is not None else '-'} | "
             f"{r.watchdog.fired_at if r.watchdog.fired_at is not None else 'no'} | "
-            f"{_pct(result.get('knn', {}).get('top1'))} | {_pct(result.get('linear', {}).get('top1'))} | "
+            f"{_pct(result.get('knn', {}).get('top1'))}{_feature_note(r)} | {_pct(result.get('linear', {}).get('top1'))} | "
             f"{_pct(base.get('knn', {}).get('top1'))} / {_pct(base.get('linear', {}).get('top1'))} | {mark} | "
             f"{_evidence_text(r)} |"
         )
@@ -346,7 +354,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "",
         summary_table(reports),
         "",
-        "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS; linear: DINOv2's linear-probe grid; "
+        "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS (or its mean patch token where the "
+        "column says avgpool); linear: DINOv2's linear-probe grid; "
         "both on the final checkpoint. Verdict rules and thresholds: `dinolite/lab/verdict.py` and the matrix's "
         "`verdict:` section; the watchdog column replays each run's own `monitor.thresholds` over its log. "
         "A run expected to be better / worse than / on par with its reference is judged on the final {metric} "

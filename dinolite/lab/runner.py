@@ -83,8 +83,9 @@ def finish_run(
     """Evaluate a trained run from its checkpoints and write its ``lab_result.json``."""
     start = time.perf_counter()
     data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
-    evaluation = evaluate_run(run.config, run.run_dir, data)
-    random_init_baseline(run.config, data, plan.output_dir / "baselines")
+    features = run.spec.features
+    evaluation = evaluate_run(run.config, run.run_dir, data, features=features)
+    random_init_baseline(run.config, data, plan.output_dir / "baselines", features)
     result = {
         "label": run.label,
         "status": status,

@@ -98,6 +98,11 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
             r"invalid value for 'verdict.comparison_margin': -1.0; must be >= 0",
         ),
         (
+            "expect: complete collapse}",
+            "expect: complete collapse, features: avgpol}",
+            r"runs\[1\].features \(no-centering\): 'avgpol' is not a feature set; did you mean 'avgpool'\?",
+        ),
+        (
             "measurements: {every: 10, spectra: 4}",
             "measurements: {every: 500}",
             r"'measurements.every' = 500 exceeds 'iterations' = 200",

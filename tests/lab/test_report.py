@@ -25,7 +25,7 @@ runs:
       expect: complete collapse}}
   - {{label: never-ran, preset: demo, overrides: [teacher.momentum_teacher=0.5], expect: healthy}}
   - {{label: weak-target, preset: demo, overrides: [dino.koleo_loss_weight=0.05], expect: better than reference,
-      reference: base}}
+      reference: base, features: avgpool}}
   - {{label: weak-source, preset: demo, overrides: [dino.koleo_loss_weight=0.2], expect: worse than reference,
       reference: base}}
 """
@@ -115,6 +115,7 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
     assert rows["expected-collapse-but-healthy"][1] == "healthy" and rows["expected-collapse-but-healthy"][7] == "no"
     assert rows["never-ran"][1] == "no data [run not run]" and rows["never-ran"][7] == "no"
     assert rows["weak-target"][1] == "healthy; better than reference (+3.0)" and rows["weak-target"][7] == "**yes**"
+    assert rows["weak-target"][4] == "64.0 (avgpool)"  # the kNN column names a feature set other than CLS
     assert rows["weak-target"][8].startswith("knn 64.0 vs 61.0 for base (+3.0 points, margin 2): better than reference")
     assert rows["weak-source"][1] == "healthy; on par with reference (-1.0)" and rows["weak-source"][7] == "no"
     assert "6 of 7 runs done; **4 of 6 expected findings reproduced**" in page

@@ -1,0 +1,277 @@
+"""Loading: ``default.yaml`` <- preset <- ``key=value`` overrides, merged onto the schema and validated.
+
+Unknown keys name the nearest valid key, wrong types name the expected type and the value, an unknown
+preset lists the presets; DINOv2's key names are translated (:mod:`dinolite.config_aliases`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dinolite import config_aliases
+from dinolite.config.schema import CONFIG_DIR, Config, ConfigError
+from dinolite.config.validation import validate
+from dinolite.io import write_text_atomic
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in ``dinolite/configs/`` (without ``.yaml``), ``default`` excluded."""
+    return sorted(p.stem for p in _config_dir().glob("*.yaml") if p.stem != "default")
+
+
+def _config_dir() -> Path:
+    return CONFIG_DIR
+
+
+def _resolve_preset(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    candidate = _config_dir() / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"unknown config preset {str(name_or_path)!r}; available presets: {', '.join(available_presets())}"
+            " (or pass a path to a .yaml file)"
+        )
+    return candidate
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends: name the file
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if loaded is None:
+        return OmegaConf.create({})
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _check_keys(node: Any, cls: type, path: str, source: str) -> None:
+    """Reject keys that the schema does not know, naming the full path and the nearest valid key."""
+    if not isinstance(node, DictConfig):
+        return
+    fields = _field_types(cls)
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            valid = [f"{path}.{k}" if path else k for k in fields]
+            near = config_aliases.suggest(full, valid)  # DINOv2's key names first
+            hint = f"; did you mean {near}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{source}: unknown config key {full!r}{hint}")
+        inner = _unwrap_optional(fields[key])
+        value = node._get_node(key)
+        if dataclasses.is_dataclass(inner):
+            _check_keys(value, inner, full, source)
+        elif typing.get_origin(inner) is list:
+            (item_type,) = typing.get_args(inner) or (Any,)
+            if dataclasses.is_dataclass(item_type) and isinstance(value, ListConfig):
+                for i, item in enumerate(value):
+                    _check_keys(item, item_type, f"{full}[{i}]", source)
+
+
+def _type_name(tp: Any) -> str:
+    tp = _unwrap_optional(tp)
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
+    """Read a YAML file into the dataclass ``schema`` with this module's checks and messages.
+
+    For files other than training configs (e.g. the collapse lab's matrix files): unknown keys name the
+    full dotted path and the nearest valid key, wrong types name the expected type and the value given,
+    a missing required key (a field without a default) is named; every message starts with the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    node = _read_yaml(path)
+    _check_keys(node, schema, "", str(path))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, str(path), schema)) from exc
+
+
+def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        other = config_aliases.translate(other, source)  # DINOv2's key names -> ours
+    except config_aliases.AliasError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_keys(other, Config, "", source)
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, source)) from exc
+
+
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type = Config) -> str:
+    path = getattr(exc, "full_key", None) or "?"
+    expected = _schema_type(path, root)
+    msg = str(exc).splitlines()[0]
+    expected_txt = f", expected {_type_name(expected)}" if expected is not None else ""
+    return f"{source}: invalid value for {path!r}{expected_txt}: {msg}"
+
+
+def _schema_type(dotted: str, root: type = Config) -> Any:
+    """The declared type of a dotted key in the schema, or None when the path is not a plain field."""
+    cls: Any = root
+    tp: Any = None
+    for part in dotted.split("."):
+        name = part.split("[")[0]
+        if not dataclasses.is_dataclass(cls) or name not in _field_types(cls):
+            return None
+        tp = _field_types(cls)[name]
+        cls = _unwrap_optional(tp)
+        if "[" in part and typing.get_origin(cls) is list:  # runs[2].label: the item's field
+            tp = cls = (typing.get_args(cls) or (Any,))[0]
+    return tp
+
+
+def _split_list(body: str) -> list[str]:
+    """``a, b{1..2}, 'c'`` -> items, splitting on commas outside braces/brackets/quotes (shard patterns)."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in body:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [item.strip().strip("'\"") for item in items if item.strip()]
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``key=value``; a list-typed key takes ``[p1, p2]`` with brace patterns, or one bare value."""
+    key, _, value = item.partition("=")
+    key = key.strip()
+    is_list = typing.get_origin(_unwrap_optional(_schema_type(key))) is list
+    try:
+        node = OmegaConf.from_dotlist([item])
+    except Exception as exc:  # yaml's ParserError/ScannerError are not OmegaConf errors
+        text = value.strip()
+        if is_list and text.startswith("[") and text.endswith("]"):  # [/d/shard-{000000..001281}.tar]
+            return (
+                OmegaConf.from_dotlist([]) if not text[1:-1].strip() else _list_override(key, _split_list(text[1:-1]))
+            )
+        reason = " ".join(str(exc).split())
+        raise ConfigError(
+            f"cannot parse override {item!r}: {reason}; quote the value if it is meant as a string"
+        ) from None
+    if is_list and isinstance(OmegaConf.select(node, key), str):  # data.source=/d/shard-{0..9}.tar
+        return _list_override(key, [OmegaConf.select(node, key)])
+    return node
+
+
+def _list_override(key: str, values: list[str]) -> DictConfig:
+    node = OmegaConf.create({})
+    OmegaConf.update(node, key, values, force_add=True)
+    return node
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+    merged = OmegaConf.create({})
+    for item in overrides:
+        try:
+            merged = OmegaConf.merge(merged, _parse_override(item))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}") from exc
+    return merged
+
+
+def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
+    """Load ``default.yaml`` <- preset (name in ``dinolite/configs/`` or a path) <- ``key=value`` overrides.
+
+    Returns a validated :class:`Config`. Raises :class:`ConfigError` naming the key at fault.
+    """
+    schema = OmegaConf.structured(Config)
+    merged = _merge(schema, _read_yaml(_config_dir() / "default.yaml"), "default.yaml")
+    preset_path = _resolve_preset(name_or_path)
+    if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
+        preset = _read_yaml(preset_path)
+        merged = _merge(merged, preset, str(preset_path))
+        if preset_path.parent != _config_dir():  # a user's file (shipped presets are consistent)
+            _check_shared_head(preset, merged, str(preset_path))
+    if overrides:
+        layer = _parse_overrides(overrides)
+        merged = _merge(merged, layer, "overrides")
+        _check_shared_head(layer, merged, "overrides")
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, "config")) from exc
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a validated :class:`Config` from a plain dict (e.g. the resolved config saved by a run)."""
+    schema = OmegaConf.structured(Config)
+    cfg: Config = OmegaConf.to_object(_merge(schema, OmegaConf.create(data), "saved config"))  # type: ignore
+    validate(cfg)
+    return cfg
+
+
+SHARED_HEAD_KEYS = ("head_n_prototypes", "head_bottleneck_dim", "head_nlayers", "head_hidden_dim")
+
+
+def _check_shared_head(layer: DictConfig, merged: DictConfig, source: str) -> None:
+    """With ``ibot.separate_head=false`` iBOT uses the DINO head: an ``ibot.head_*`` that ``layer`` sets to
+    another value than ``dino.head_*`` would be silently ignored."""
+    ibot = layer.get("ibot") if isinstance(layer, DictConfig) else None
+    if not isinstance(ibot, DictConfig) or merged.ibot.separate_head:
+        return
+    for key in SHARED_HEAD_KEYS:
+        if key in ibot and merged.ibot[key] != merged.dino[key]:
+            raise ConfigError(
+                f"{source}: invalid value for 'ibot.{key}': {merged.ibot[key]}; with ibot.separate_head=false iBOT "
+                f"uses the DINO head (dino.{key}={merged.dino[key]}): set ibot.separate_head=true or drop the key"
+            )
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain-dict form of a config (JSON/YAML serialisable)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically (every run saves the config it ran with)."""
+    write_text_atomic(path, to_yaml(cfg))

@@ -1,0 +1,204 @@
+"""Checks that types alone cannot express: closed choices, numeric ranges and cross-key constraints.
+
+Every message names the dotted key, the value given and what is valid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dinolite.config.schema import CHOICES, TRACKERS, Config, ConfigError, DataConfig
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and value ranges that types alone cannot express."""
+    for dotted, allowed in CHOICES.items():
+        value = get_by_path(cfg, dotted)
+        if value not in allowed:
+            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; expected one of {', '.join(allowed)}")
+    positive = [
+        "student.patch_size",
+        "dino.head_n_prototypes",
+        "ibot.head_n_prototypes",
+        "crops.global_crops_size",
+        "crops.local_crops_size",
+        "train.batch_size_per_gpu",
+        "train.iterations_per_epoch",
+        "optim.epochs",
+        "train.log_every",
+        "train.checkpoint_every",
+    ]
+    for name in cfg.train.loggers:
+        if name not in TRACKERS:
+            raise ConfigError(f"invalid value in 'train.loggers': {name!r}; expected any of {', '.join(TRACKERS)}")
+    for dotted in ("evaluation.online_every", "evaluation.online_max_train_images", "evaluation.online_max_val_images"):
+        if get_by_path(cfg, dotted) < 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be >= 0")
+    for dotted in positive:
+        if get_by_path(cfg, dotted) <= 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
+    for dotted in ("crops.global_crops_size", "crops.local_crops_size"):
+        size = get_by_path(cfg, dotted)
+        if size % cfg.student.patch_size:
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {size} is not a multiple of student.patch_size={cfg.student.patch_size}"
+            )
+    for dotted in ("crops.global_crops_scale", "crops.local_crops_scale", "ibot.mask_ratio_min_max"):
+        lo_hi = get_by_path(cfg, dotted)
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+            raise ConfigError(f"invalid value for {dotted!r}: {lo_hi}; expected [low, high] with 0 <= low <= high <= 1")
+    if cfg.crops.local_crops_number < 0:
+        raise ConfigError(f"invalid value for 'crops.local_crops_number': {cfg.crops.local_crops_number}; must be >= 0")
+    if cfg.optim.warmup_epochs > cfg.optim.epochs:
+        raise ConfigError(
+            f"invalid value for 'optim.warmup_epochs': {cfg.optim.warmup_epochs} exceeds optim.epochs={cfg.optim.epochs}"
+        )
+    for i, threshold in enumerate(cfg.monitor.thresholds):
+        if not threshold.metric or (threshold.min is None and threshold.max is None):
+            raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
+    _validate_ranges(cfg)
+    validate_data(cfg.data)
+
+
+def validate_data(data: DataConfig) -> None:
+    """Ranges of the ``data`` section's numeric keys; errors name the key, the value and the range."""
+    if not 0.0 <= data.decode_errors_max_fraction <= 1.0:
+        raise ConfigError(
+            f"invalid value for 'data.decode_errors_max_fraction': {data.decode_errors_max_fraction!r}; must be in "
+            "[0, 1] (0 stops at the first unusable sample, 1 never stops)"
+        )
+    for key in ("decode_errors_window", "max_image_pixels", "shuffle_buffer"):
+        value = getattr(data, key)
+        if value < (0 if key == "shuffle_buffer" else 1):
+            raise ConfigError(
+                f"invalid value for 'data.{key}': {value!r}; must be >= {0 if key == 'shuffle_buffer' else 1}"
+            )
+    if data.num_workers < 0:
+        raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
+
+
+# (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
+RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
+    ("optim.base_lr", 0.0, math.inf, False, False),
+    ("optim.min_lr", 0.0, math.inf, True, False),
+    ("optim.weight_decay", 0.0, math.inf, True, False),
+    ("optim.weight_decay_end", 0.0, math.inf, True, False),
+    ("optim.clip_grad", 0.0, math.inf, True, False),
+    ("optim.patch_embed_lr_mult", 0.0, math.inf, True, False),
+    ("optim.layerwise_decay", 0.0, 1.0, False, True),
+    ("optim.adamw_beta1", 0.0, 1.0, True, False),
+    ("optim.adamw_beta2", 0.0, 1.0, True, False),
+    ("optim.warmup_epochs", 0, math.inf, True, False),
+    ("optim.freeze_last_layer_epochs", 0, math.inf, True, False),
+    ("teacher.momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.final_momentum_teacher", 0.0, 1.0, True, True),
+    ("teacher.center_momentum", 0.0, 1.0, True, True),
+    ("teacher.warmup_teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.teacher_temp", 0.0, math.inf, False, False),
+    ("teacher.student_temp", 0.0, math.inf, False, False),
+    ("teacher.warmup_teacher_temp_epochs", 0, math.inf, True, False),
+    ("ibot.mask_sample_probability", 0.0, 1.0, True, True),
+    ("dino.loss_weight", 0.0, math.inf, True, False),
+    ("dino.koleo_loss_weight", 0.0, math.inf, True, False),
+    ("ibot.loss_weight", 0.0, math.inf, True, False),
+    ("student.drop_path_rate", 0.0, 1.0, True, False),
+    ("train.keep_last_checkpoints", 0, math.inf, True, False),
+    ("train.num_threads", 0, math.inf, True, False),
+    ("evaluation.knn_k", 1, math.inf, True, False),
+    ("student.num_register_tokens", 0, math.inf, True, False),
+    ("dino.head_bottleneck_dim", 1, math.inf, True, False),
+    ("dino.head_nlayers", 1, math.inf, True, False),
+    ("dino.head_hidden_dim", 1, math.inf, True, False),
+    ("ibot.head_bottleneck_dim", 1, math.inf, True, False),
+    ("ibot.head_nlayers", 1, math.inf, True, False),
+    ("ibot.head_hidden_dim", 1, math.inf, True, False),
+    ("teacher.sinkhorn_iterations", 1, math.inf, True, False),
+    ("monitor.every", 0, math.inf, True, False),
+    ("monitor.spectrum_every", 0, math.inf, True, False),
+    ("monitor.max_samples", 1, math.inf, True, False),
+    ("crops.horizontal_flip_p", 0.0, 1.0, True, True),
+    ("crops.color_jitter_p", 0.0, 1.0, True, True),
+    ("crops.grayscale_p", 0.0, 1.0, True, True),
+    ("crops.blur_p_global1", 0.0, 1.0, True, True),
+    ("crops.blur_p_global2", 0.0, 1.0, True, True),
+    ("crops.blur_p_local", 0.0, 1.0, True, True),
+    ("crops.solarize_p_global2", 0.0, 1.0, True, True),
+)
+# Architecture overrides: each must be >= 1 when set (None takes the arch's value).
+ARCH_OVERRIDES = ("student.embed_dim", "student.depth", "student.num_heads")
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric ranges and cross-key constraints; each message names the key, the value and what is valid."""
+    for dotted, low, high, low_in, high_in in RANGES:
+        value = get_by_path(cfg, dotted)
+        ok_low = value >= low if low_in else value > low
+        ok_high = value <= high if high_in else value < high
+        if not (ok_low and ok_high and math.isfinite(value)):
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}"
+            )
+    for dotted in ARCH_OVERRIDES:
+        value = get_by_path(cfg, dotted)
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid value for {dotted!r}: {value}; must be >= 1 (or null for the arch's value)")
+    student = cfg.student
+    if student.embed_dim is not None and student.num_heads is not None and student.embed_dim % student.num_heads:
+        raise ConfigError(
+            f"invalid value for 'student.embed_dim': {student.embed_dim}; must be a multiple of "
+            f"student.num_heads={student.num_heads}"
+        )
+    for dotted in ("crops.mean", "crops.std"):
+        values = get_by_path(cfg, dotted)
+        if len(values) != 3 or (dotted == "crops.std" and min(values) <= 0):
+            raise ConfigError(
+                f"invalid value for {dotted!r}: {values}; expected 3 values (one per RGB channel)"
+                + (", each > 0" if dotted == "crops.std" else "")
+            )
+    jitter = cfg.crops.color_jitter
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ConfigError(
+            f"invalid value for 'crops.color_jitter': {jitter}; expected [brightness, contrast, saturation, hue], "
+            "each >= 0, hue <= 0.5"
+        )
+    if cfg.train.max_iterations is not None and cfg.train.max_iterations < 1:
+        raise ConfigError(
+            f"invalid value for 'train.max_iterations': {cfg.train.max_iterations}; must be >= 1, or null to run "
+            f"the whole schedule (optim.epochs x train.iterations_per_epoch = "
+            f"{cfg.optim.epochs * cfg.train.iterations_per_epoch})"
+        )
+    if cfg.optim.freeze_last_layer_epochs and cfg.optim.freeze_last_layer_epochs >= cfg.optim.epochs:
+        raise ConfigError(
+            f"invalid value for 'optim.freeze_last_layer_epochs': {cfg.optim.freeze_last_layer_epochs}; must be < "
+            f"optim.epochs={cfg.optim.epochs} (the prototypes would stay frozen for the whole run)"
+        )
+    for dotted in ("crops.global_crops_scale", "crops.local_crops_scale"):
+        low = get_by_path(cfg, dotted)[0]
+        if low <= 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)}; the low scale must be > 0")
+    grid = cfg.crops.global_crops_size // cfg.student.patch_size
+    if int(0.5 * grid * grid) < MIN_MASK_PATCHES:
+        raise ConfigError(
+            f"invalid value for 'crops.global_crops_size': {cfg.crops.global_crops_size} with student.patch_size="
+            f"{cfg.student.patch_size} gives {grid}x{grid} patches; iBOT's block masking needs at least "
+            f"{2 * MIN_MASK_PATCHES} patches per global crop (crops.global_crops_size >= "
+            f"{math.ceil(math.sqrt(2 * MIN_MASK_PATCHES)) * cfg.student.patch_size})"
+        )
+
+
+# iBOT's block masks: at least this many patches per block, at most half the patches (DINOv2's collate).
+MIN_MASK_PATCHES = 4
+
+
+def get_by_path(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
