@@ -17,8 +17,10 @@ from torch import nn
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.backbone import backbone_fingerprint, load_any_backbone
 from dinolite.eval.cache import FeatureCache, cache_key
-from dinolite.eval.datasets import build_labelled_dataset
+from dinolite.eval.datasets import build_labelled_dataset, check_class_folders, check_labels, check_source
 from dinolite.eval.features import ExtractedFeatures, extract_features
+from dinolite.eval.few_shot import few_shot_description, few_shot_indices
+from dinolite.eval.transforms import build_eval_transform, default_resize_size
 from dinolite.io import write_json_atomic
 
 
@@ -139,6 +141,39 @@ def features_for(
     if cache is not None and ctx.is_main:
         cache.save(name, key, extracted)
     return extracted
+
+
+def check_labelled_sources(args: argparse.Namespace) -> None:
+    """``--train`` and ``--val`` exist, and as image folders they hold the same class sub-folders."""
+    for name in ("train", "val"):
+        check_source(getattr(args, name), f"--{name}")
+    check_class_folders(args.train, args.val)
+
+
+def eval_transform_for(ctx: EvalContext, args: argparse.Namespace) -> tuple[Callable, dict]:
+    """The evaluation transform of ``ctx``'s backbone (``--resize-size`` or the default for its crop) and
+    its description, which keys the feature cache."""
+    resize = args.resize_size or default_resize_size(ctx.crop_size)
+    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
+    return transform, {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
+
+
+def checked_num_classes(train: ExtractedFeatures, val: ExtractedFeatures, args: argparse.Namespace) -> int:
+    """``--num-classes`` (default: the largest train label + 1), with every label of both sets in range."""
+    num_classes = args.num_classes or int(train.labels.max()) + 1
+    check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
+    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+    return num_classes
+
+
+def few_shot_subset(train: ExtractedFeatures, args: argparse.Namespace) -> ExtractedFeatures:
+    """The labelled training subset of ``--shots`` / ``--train-fraction`` (all of ``train`` without them)."""
+    if few_shot_description(args.shots, args.train_fraction, args.few_shot_seed) is None:
+        return train
+    keep = few_shot_indices(
+        train.labels, train.indices, shots=args.shots, fraction=args.train_fraction, seed=args.few_shot_seed
+    )
+    return ExtractedFeatures(train.features[keep], train.labels[keep], train.indices[keep])
 
 
 def write_results(path: Optional[str], results: dict, ctx_is_main: bool = True) -> None:

@@ -26,21 +26,22 @@ from dinolite.cli import make_parser, run_main
 from dinolite.eval.cli import (
     add_common_args,
     add_transform_args,
+    check_labelled_sources,
+    checked_num_classes,
+    eval_transform_for,
     features_for,
+    few_shot_subset,
     finish,
     format_table,
     setup,
     write_results,
 )
-from dinolite.eval.datasets import check_class_folders, check_labels, check_source
 from dinolite.eval.few_shot import (
     add_few_shot_args,
     few_shot_description,
-    few_shot_indices,
 )
 from dinolite.eval.knn import DEFAULT_KS, HEADLINE_K, knn_classify
 from dinolite.eval.linear import probe_features
-from dinolite.eval.transforms import build_eval_transform, default_resize_size
 
 FEATURE_KINDS = ("cls", "avgpool", "cls+avgpool")
 
@@ -95,31 +96,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    check_source(args.train, "--train")
-    check_source(args.val, "--val")
-    check_class_folders(args.train, args.val)
+    check_labelled_sources(args)
     ctx = setup(args)
-    resize = args.resize_size or default_resize_size(ctx.crop_size)
-    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
+    transform, desc = eval_transform_for(ctx, args)
     common = dict(
         transform=transform, transform_desc=desc, model_fn=feature_fn(ctx.backbone, args.features), kind=args.features
     )
     train = features_for(ctx, args, name="train", source=args.train, **common)
     val = features_for(ctx, args, name="val", source=args.val, **common)
-    num_classes = args.num_classes or int(train.labels.max()) + 1
-    check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
-    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-    train_features, train_labels = train.features, train.labels
+    num_classes = checked_num_classes(train, val, args)
     few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
-    if few_shot is not None:
-        keep = few_shot_indices(
-            train.labels, train.indices, shots=args.shots, fraction=args.train_fraction, seed=args.few_shot_seed
-        )
-        train_features, train_labels = train.features[keep], train.labels[keep]
+    train = few_shot_subset(train, args)
     results = knn_classify(
-        train_features.to(ctx.device),
-        train_labels,
+        train.features.to(ctx.device),
+        train.labels,
         val.features,
         val.labels,
         num_classes,

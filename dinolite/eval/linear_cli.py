@@ -25,7 +25,11 @@ from dinolite.cli import make_parser, run_main
 from dinolite.eval.cli import (
     add_common_args,
     add_transform_args,
+    check_labelled_sources,
+    checked_num_classes,
+    eval_transform_for,
     features_for,
+    few_shot_subset,
     finish,
     format_table,
     setup,
@@ -34,15 +38,12 @@ from dinolite.eval.cli import (
 from dinolite.eval.datasets import (
     IndexFilter,
     build_labelled_dataset,
-    check_class_folders,
     check_labels,
-    check_source,
 )
 from dinolite.eval.features import extract_features
 from dinolite.eval.few_shot import (
     add_few_shot_args,
     few_shot_description,
-    few_shot_indices,
 )
 from dinolite.eval.linear import (
     DINOV2_LEARNING_RATES,
@@ -59,9 +60,7 @@ from dinolite.eval.linear import (
     train_grid,
 )
 from dinolite.eval.transforms import (
-    build_eval_transform,
     build_linear_train_transform,
-    default_resize_size,
 )
 
 
@@ -92,9 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("train", "val"):
-        check_source(getattr(args, name), f"--{name}")
-    check_class_folders(args.train, args.val)
+    check_labelled_sources(args)
     ctx = setup(args)
     depth = int(ctx.backbone.n_blocks)
     n_available = min(max(args.n_blocks), depth)
@@ -108,22 +105,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     embed_dim = int(ctx.backbone.embed_dim)
     specs = head_grid(args.learning_rates, args.n_blocks, [False, True])
     feature_fn = functools.partial(probe_features, ctx.backbone, n_last_blocks=n_available)
-    resize = args.resize_size or default_resize_size(ctx.crop_size)
-    transform = build_eval_transform(ctx.crop_size, resize, ctx.mean, ctx.std, patch_size=ctx.patch_size)
-    desc = {"crop": ctx.crop_size, "resize": resize, "mean": ctx.mean, "std": ctx.std}
+    transform, desc = eval_transform_for(ctx, args)
     common = dict(transform=transform, transform_desc=desc, model_fn=feature_fn, kind=f"probe{n_available}")
 
     val = features_for(ctx, args, name="val", source=args.val, **common)
     if args.mode == "cached":
         train = features_for(ctx, args, name="train", source=args.train, **common)
-        num_classes = args.num_classes or int(train.labels.max()) + 1
-        check_labels(train.labels, num_classes, f"--train {' '.join(args.train)}")
-        check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
-        if few_shot is not None:
-            keep = few_shot_indices(
-                train.labels, train.indices, shots=args.shots, fraction=args.train_fraction, seed=args.few_shot_seed
-            )
-            train = type(train)(train.features[keep], train.labels[keep], train.indices[keep])
+        num_classes = checked_num_classes(train, val, args)
+        train = few_shot_subset(train, args)
         result = linear_probe_cached(
             train.features.to(ctx.device),
             train.labels.to(ctx.device),
