@@ -52,7 +52,7 @@ def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
 
 
 def test_no_resume_refuses_a_directory_with_checkpoints(tmp_path, capsys):
-    from dinolite.checkpoint.manager import STATE_FILE, iteration_dirname
+    from dinolite.checkpoint import STATE_FILE, iteration_dirname
     from dinolite.train.run import main
 
     checkpoint = tmp_path / "run" / "checkpoints" / iteration_dirname(2)
@@ -189,7 +189,7 @@ def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
         assert expected in out.splitlines(), expected
     assert "dataset_path" not in out and "- ImageNet:split=TRAIN" in out  # the resolved config is ours
 
-    from dinolite.checkpoint.manager import STATE_FILE, iteration_dirname
+    from dinolite.checkpoint import STATE_FILE, iteration_dirname
 
     checkpoint = tmp_path / "run" / "checkpoints" / iteration_dirname(2)
     checkpoint.mkdir(parents=True)
