@@ -440,9 +440,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             },
         }
         report["is_main"] = env.rank == 0
+        destroy_distributed(leave_together=True)
         return report
     finally:
-        destroy_distributed()
+        destroy_distributed()  # after an error (a no-op once the ranks have left together)
 
 
 def format_report(report: dict[str, Any]) -> str:

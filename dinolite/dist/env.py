@@ -309,10 +309,26 @@ def _url_host(addr: str) -> str:
     return f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
 
 
-def destroy_distributed() -> None:
-    """Tear down the default process group if one exists (idempotent)."""
-    if is_distributed():
-        dist.destroy_process_group()
+def destroy_distributed(leave_together: bool = False, timeout_s: float = 60.0) -> None:
+    """Tear down the default process group if one exists (idempotent).
+
+    ``leave_together`` is for a normal exit, where every rank gets here: the ranks meet at a barrier
+    first. A gloo rank still tearing its group down while another has already exited can abort with
+    "terminate called without an active exception" (seen in CI under torchrun). On gloo the barrier is
+    monitored: a rank that never arrives (it failed) makes it give up after ``timeout_s`` instead of
+    hanging, and the group is torn down anyway.
+    """
+    if not is_distributed():
+        return
+    if leave_together:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a rank did not arrive: its own error is the one to report, not this one
+            pass
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager

@@ -195,4 +195,4 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def finish(ctx: EvalContext) -> None:
 
-    destroy_distributed()
+    destroy_distributed(leave_together=True)

@@ -114,6 +114,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         # the next iteration and exit 0.
         with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
             result = train(cfg, output_dir, env, stop_requested=flag.is_set)
+        destroy_distributed(leave_together=True)
     except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinolite.checkpoint import CheckpointManager  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
-from dinolite.dist import all_reduce_sum, barrier, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.dist import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
 from dinolite.train.sharding import clip_grad_norm_, shard_objective  # noqa: E402
 
@@ -186,10 +186,7 @@ def main() -> None:
         tmp = out / "result.pt.tmp"
         torch.save(result, tmp)
         os.replace(tmp, out / "result.pt")
-    # Leave together: the rendezvous store lives in rank 0's process, and a rank still tearing down its
-    # gloo group when rank 0 exits can abort ("terminate called without an active exception", seen in CI).
-    barrier()
-    destroy_distributed()
+    destroy_distributed(leave_together=True)
 
 
 if __name__ == "__main__":

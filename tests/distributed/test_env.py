@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from dinolite.dist import (
-    SLURM_PORT_BASE,
-    SLURM_PORT_SPAN,
     DistributedEnv,
     DistributedEnvError,
     all_reduce_max,
@@ -24,6 +26,7 @@ from dinolite.dist import (
     resolve_backend,
     resolve_device,
 )
+from dinolite.dist.env import SLURM_PORT_BASE, SLURM_PORT_SPAN
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7", "MASTER_PORT": "29400"}
 SLURM = {
@@ -155,3 +158,27 @@ def test_one_rank_torchrun_session_in_process():
     with distributed_session(backend="gloo", device="cpu", environ=environ) as env:
         assert env.source == "torchrun" and env.world_size == 1
         assert not dist.is_initialized()
+
+
+def _leave_worker(rank: int, init_file: str, out_dir: str, rank1_leaves: bool) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    if rank == 1 and not rank1_leaves:
+        os._exit(0)  # a rank that dies without leaving (as after an error on that rank alone)
+    start = time.monotonic()
+    destroy_distributed(leave_together=True, timeout_s=3.0)
+    elapsed = time.monotonic() - start
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(f"{dist.is_initialized()} {elapsed:.3f}")
+
+
+@pytest.mark.parametrize("rank1_leaves", [True, False])
+def test_leaving_together_meets_at_a_barrier_and_never_hangs(tmp_path, rank1_leaves):
+    """Normal exit: both ranks meet, then tear down. When a rank never arrives, the other gives up after
+    the timeout and still tears its group down (no hang)."""
+    mp.spawn(_leave_worker, args=(str(tmp_path / "init"), str(tmp_path), rank1_leaves), nprocs=2, join=True)
+    initialized, elapsed = (tmp_path / "rank0.txt").read_text().split()
+    assert initialized == "False"
+    if rank1_leaves:
+        assert (tmp_path / "rank1.txt").read_text().split()[0] == "False"
+    else:
+        assert float(elapsed) < 30.0 and not (tmp_path / "rank1.txt").exists()
