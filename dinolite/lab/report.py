@@ -135,18 +135,25 @@ def _figure_legend(fig, axes) -> None:
         fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
-def plot_std(reports: list[RunReport], path: Path) -> None:
+def _channel_panels(reports: list[RunReport], stat: str, title: str):
+    """One panel per channel with every run's ``stat`` over iterations; returns ``(fig, axes)``."""
     fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
     axes = fig.subplots(1, len(CHANNELS), sharey=True)
     for ax, channel in zip(axes, CHANNELS):
         for color, r in zip(_colors(len(reports)), reports):
-            s = r.trace.channel(channel, "std_ratio")
+            s = r.trace.channel(channel, stat)
             if s:
                 ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
+        ax.set_title(f"{channel} output: {title}", fontsize=9)
+        ax.set_xlabel("iteration")
+    return fig, axes
+
+
+def plot_std(reports: list[RunReport], path: Path) -> None:
+    fig, axes = _channel_panels(reports, "std_ratio", "std of L2-normalised embedding x sqrt(d)")
+    for ax in axes:
         ax.axhline(1.0, color="grey", ls="--", lw=1)
         ax.text(0.01, 0.94, "std = 1/sqrt(d)", transform=ax.get_yaxis_transform(), fontsize=7, color="grey")
-        ax.set_title(f"{channel} output: std of L2-normalised embedding x sqrt(d)", fontsize=9)
-        ax.set_xlabel("iteration")
         ax.set_ylim(bottom=0)
     axes[0].set_ylabel("std x sqrt(d)")
     _figure_legend(fig, axes)
@@ -154,15 +161,8 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
 
 
 def plot_rankme(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
-    axes = fig.subplots(1, len(CHANNELS), sharey=True)
-    for ax, channel in zip(axes, CHANNELS):
-        for color, r in zip(_colors(len(reports)), reports):
-            s = r.trace.channel(channel, "rankme_ratio")
-            if s:
-                ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
-        ax.set_title(f"{channel} output: RankMe / min(N, D)", fontsize=9)
-        ax.set_xlabel("iteration")
+    fig, axes = _channel_panels(reports, "rankme_ratio", "RankMe / min(N, D)")
+    for ax in axes:
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("effective rank ratio")
     _figure_legend(fig, axes)
