@@ -45,6 +45,8 @@ class StudentConfig:
     interpolate_antialias: bool = False
     interpolate_offset: float = 0.1
     attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
+    # learned (DINOv2) | sincos (fixed 2-D sine-cosine table, frozen: MAE, I-JEPA)
+    pos_embed: str = "learned"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""
@@ -318,6 +320,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
+    "student.pos_embed": ("learned", "sincos"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.centering": ("centering", "sinkhorn_knopp"),

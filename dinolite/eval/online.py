@@ -8,8 +8,10 @@ TensorBoard, trackers); the collapse watchdog can use them as thresholds.
 
 - kNN: the DINO protocol (:func:`dinolite.eval.knn.knn_classify`: cosine similarity, k =
   ``evaluation.knn_k``, votes ``exp(s / 0.07)``) of the held-out ``val`` images against the labelled
-  ``train`` images, on the normalised CLS feature.
-- Linear probe (``evaluation.online_linear``): a few linear heads on the same cached CLS features
+  ``train`` images, on the method's global feature (``features``, the registry's ``eval_features``):
+  the final-norm CLS token, or the mean of the final-norm patch tokens for a method that trains no CLS
+  token (I-JEPA).
+- Linear probe (``evaluation.online_linear``): a few linear heads on the same cached features
   (:func:`dinolite.eval.linear.linear_probe_cached`, lrs ``ONLINE_LINEAR_LRS``, at least 10 epochs and
   ``ONLINE_LINEAR_MIN_STEPS`` steps, best head chosen on a held-out 10% of ``train``), so the head never
   sees ``val`` before it is scored.
@@ -39,6 +41,7 @@ from dinolite.eval.linear import head_grid, linear_probe_cached
 ONLINE_LINEAR_LRS: tuple[float, ...] = (1e-2, 1e-1, 1.0)  # before DINOv2's batch/256 scaling
 ONLINE_LINEAR_MIN_STEPS = 200  # small banks get more epochs: a few steps leave the heads at their init
 ONLINE_LINEAR_BATCH = 128
+FEATURES = ("cls", "avgpool")
 
 
 def load_labelled_images(source: Sequence[str], transform: Callable, limit: int) -> tuple[Tensor, Tensor]:
@@ -67,17 +70,22 @@ class OnlineEvaluator:
         linear: bool = False,
         batch_size: int = 256,
         seed: int = 0,
+        features: str = "cls",
     ) -> None:
         if every < 0:
             raise ValueError(f"evaluation.online_every must be >= 0 (0: off), got {every}")
+        if features not in FEATURES:
+            raise ValueError(f"online evaluation: features={features!r} is not one of {', '.join(FEATURES)}")
+        self.features = features
         self.train_images, self.train_labels = train_images, train_labels
         self.val_images, self.val_labels = val_images, val_labels
         self.num_classes = int(max(train_labels.max(), val_labels.max())) + 1
         self.every, self.k, self.linear, self.batch_size, self.seed = every, k, linear, batch_size, seed
 
     @classmethod
-    def from_config(cls, cfg: Config, output_dir: Path) -> "OnlineEvaluator | None":
-        """From ``cfg.evaluation`` (``online_every`` 0: None); sources as the end-of-run kNN report's."""
+    def from_config(cls, cfg: Config, output_dir: Path, features: str = "cls") -> "OnlineEvaluator | None":
+        """From ``cfg.evaluation`` (``online_every`` 0: None); sources as the end-of-run kNN report's;
+        ``features``: the method's ``eval_features``."""
         ev = cfg.evaluation
         if ev.online_every <= 0:
             return None
@@ -85,16 +93,29 @@ class OnlineEvaluator:
         transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
         train = load_labelled_images(train_source, transform, ev.online_max_train_images)
         val = load_labelled_images(val_source, transform, ev.online_max_val_images)
-        return cls(*train, *val, every=ev.online_every, k=ev.knn_k, linear=ev.online_linear, seed=cfg.train.seed)
+        return cls(
+            *train,
+            *val,
+            every=ev.online_every,
+            k=ev.knn_k,
+            linear=ev.online_linear,
+            seed=cfg.train.seed,
+            features=features,
+        )
 
     def due(self, iteration: int) -> bool:
         return self.every > 0 and iteration % self.every == 0
 
+    def _global_feature(self, backbone: nn.Module, images: Tensor) -> Tensor:
+        # backbone(x) (not forward_features): a sharded root module gathers its parameters in forward.
+        if self.features == "cls":
+            return backbone(images)
+        return backbone(images, is_training=True)["x_norm_patchtokens"].mean(dim=1)
+
     @torch.no_grad()
     def _features(self, backbone: nn.Module, images: Tensor, device: torch.device) -> Tensor:
-        # backbone(x) (not forward_features): a sharded root module gathers its parameters in forward.
         chunks = [
-            backbone(images[i : i + self.batch_size].to(device)).float().cpu()
+            self._global_feature(backbone, images[i : i + self.batch_size].to(device)).float().cpu()
             for i in range(0, len(images), self.batch_size)
         ]
         return torch.cat(chunks)

@@ -1,4 +1,5 @@
-"""Resampling a learned square grid of position embeddings to another patch grid (DINOv2's two modes).
+"""Position embeddings: resampling a square grid to another patch grid (DINOv2's two modes), and the
+fixed 2-D sine-cosine table of MAE / I-JEPA.
 
 The CLS position embedding is kept; the ``M x M`` patch embeddings are resampled bicubically to
 ``h x w``:
@@ -9,6 +10,9 @@ The CLS position embedding is kept; the ``M x M`` patch embeddings are resampled
   register models use this mode with antialiasing).
 
 At the trained grid (``h == w == M``) the embeddings are returned unchanged.
+
+:func:`sincos_pos_embed_2d` is the fixed table (He et al. 2022, MAE; Assran et al. 2023, I-JEPA, whose
+encoder and predictor both use it, untrained): half the channels encode the row, half the column.
 """
 
 from __future__ import annotations
@@ -47,3 +51,19 @@ def interpolate_pos_embed(
         )
     patch_pos = resized.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(pos_embed.dtype)
     return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
+    """``(grid_h * grid_w, dim)`` fixed embeddings, row-major: half the channels encode the row, half the
+    column, each as ``[sin(pos * w_i), cos(pos * w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()

@@ -23,22 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dinolite.models.block import Block, LayerNorm
-
-
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
-    """``(grid_h * grid_w, dim)`` fixed embeddings, row-major: half the channels encode the row, half the
-    column, each as ``[sin(pos * w_i), cos(pos * w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``."""
-    if dim % 4:
-        raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
-    cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos[:, None] * omega[None, :]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+from dinolite.models.pos_embed import sincos_pos_embed_2d
 
 
 def gather_rows(table: Tensor, indices: Tensor) -> Tensor:

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 from dinolite.models.attention import AttentionBackend
 from dinolite.models.block import Block, LayerNorm, LayerScale
 from dinolite.models.patch_embed import PatchEmbed
-from dinolite.models.pos_embed import interpolate_pos_embed
+from dinolite.models.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
 from dinolite.models.stochastic_depth import drop_path_rates
+
+POS_EMBED_TYPES = ("learned", "sincos")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -58,8 +60,11 @@ class DinoVisionTransformer(nn.Module):
         interpolate_antialias: bool = False,
         interpolate_offset: float = 0.1,
         attention: str = "auto",
+        pos_embed_type: str = "learned",
     ) -> None:
         super().__init__()
+        if pos_embed_type not in POS_EMBED_TYPES:
+            raise ValueError(f"pos_embed_type={pos_embed_type!r} is not one of {', '.join(POS_EMBED_TYPES)}")
         if depth < 1 or embed_dim < 1 or num_heads < 1:
             raise ValueError(f"depth={depth}, embed_dim={embed_dim}, num_heads={num_heads} must all be >= 1")
         if num_register_tokens < 0:
@@ -71,12 +76,17 @@ class DinoVisionTransformer(nn.Module):
         self.num_register_tokens = num_register_tokens
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
+        self.pos_embed_type = pos_embed_type
         self.attention_backend = AttentionBackend(attention)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        # "sincos": the table stays a parameter (the state dict keeps DINOv2's keys, exports carry the
+        # values) but is frozen, so the optimizer leaves it out and the EMA copy never moves.
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, num_patches + 1, embed_dim), requires_grad=pos_embed_type == "learned"
+        )
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
         )
@@ -103,12 +113,18 @@ class DinoVisionTransformer(nn.Module):
     def init_weights(self) -> None:
         """DINOv2's initialisation; also re-initialises a model materialised from the meta device.
 
-        ``pos_embed``: truncated normal, std 0.02; ``cls_token`` and ``register_tokens``: normal, std
+        ``pos_embed``: truncated normal, std 0.02 (``pos_embed_type="sincos"``: the fixed 2-D sine-cosine
+        table of MAE / I-JEPA, zeros at CLS); ``cls_token`` and ``register_tokens``: normal, std
         1e-6; ``mask_token``: zeros; every ``Linear``: truncated normal std 0.02 weights, zero biases;
         LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's default.
         """
         with torch.no_grad():
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            if self.pos_embed_type == "sincos":
+                side = self.patch_embed.grid_size
+                table = sincos_pos_embed_2d(self.embed_dim, side, side)
+                self.pos_embed.copy_(torch.cat([torch.zeros(1, self.embed_dim), table]).unsqueeze(0))
+            else:
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
             nn.init.normal_(self.cls_token, std=1e-6)
             if self.register_tokens is not None:
                 nn.init.normal_(self.register_tokens, std=1e-6)
@@ -343,6 +359,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         interpolate_antialias=student_cfg.interpolate_antialias,
         interpolate_offset=student_cfg.interpolate_offset,
         attention=student_cfg.attention,
+        pos_embed_type=student_cfg.pos_embed,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

@@ -278,7 +278,8 @@ def train(
     )
 
     logger = MetricLogger.from_config(cfg, output_dir, enabled=is_main, resume_iteration=progress.iteration)
-    online_eval = OnlineEvaluator.from_config(cfg, output_dir)  # None unless evaluation.online_every
+    # None unless evaluation.online_every
+    online_eval = OnlineEvaluator.from_config(cfg, output_dir, features=method.eval_features)
     logger.start(progress.iteration, stop_at)
     logger.info(
         f"training {stop_at} iterations (epoch = {epoch_length} iterations, global batch {global_batch}, "

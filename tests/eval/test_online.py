@@ -41,6 +41,22 @@ def test_knn_equals_the_protocol_on_the_backbones_cls_features_and_leaves_the_ru
     assert set(results) == {"eval/knn_top1", "eval/linear_top1"}
 
 
+def test_avgpool_reads_the_mean_of_the_final_norm_patch_tokens():
+    """A method that trains no CLS token (I-JEPA: ``eval_features="avgpool"``) is scored on its patches."""
+    train, val = _images(10, 0), _images(4, 1)
+    backbone = _backbone().eval()
+    with torch.no_grad():  # a CLS token far from the patches' mean: reading it would give another score
+        backbone.cls_token.normal_(0.0, 3.0)
+        by_hand = [backbone.forward_features(x)["x_norm_patchtokens"].mean(dim=1) for x in (train[0], val[0])]
+        cls = [backbone(x) for x in (train[0], val[0])]
+    reference = knn_classify(by_hand[0], train[1], by_hand[1], val[1], 3, ks=(5,), headline_k=5)
+    results = OnlineEvaluator(*train, *val, every=5, k=5, features="avgpool").evaluate(backbone, torch.device("cpu"))
+    assert results["eval/knn_top1"] == pytest.approx(reference["top1"])
+    assert not torch.allclose(by_hand[0], cls[0])
+    with pytest.raises(ValueError, match="features='patch'"):
+        OnlineEvaluator(*train, *val, every=5, features="patch")
+
+
 def test_schedule_and_bad_values():
     train, val = _images(2, 0), _images(1, 1)
     evaluator = OnlineEvaluator(*train, *val, every=100)

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes, SimMIMHead
-from dinolite.models.predictor import IJEPAPredictor, sincos_pos_embed_2d
+from dinolite.models.pos_embed import sincos_pos_embed_2d
+from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import DinoVisionTransformer
+from dinolite.train.optim import get_param_groups
 
 
 def _vit(**kwargs) -> DinoVisionTransformer:
@@ -108,3 +110,25 @@ def test_msn_head_and_prototypes():
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in MSNProjectionHead(48, 64, 16, use_bn=False).modules())
     prototypes = Prototypes(32, 16)
     assert prototypes().shape == (32, 16) and float(prototypes.weight.detach().abs().max()) <= 0.25
+
+
+def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_trained():
+    """I-JEPA's encoder (and MAE's) uses the fixed 2-D sine-cosine table, untrained; CLS gets zeros."""
+    model = _vit(pos_embed_type="sincos")
+    grid = model.patch_embed.grid_size
+    expected = torch.cat([torch.zeros(1, model.embed_dim), sincos_pos_embed_2d(model.embed_dim, grid, grid)])
+    assert torch.equal(model.pos_embed[0], expected)
+    assert not model.pos_embed.requires_grad
+    assert set(model.state_dict()) == set(_vit().state_dict())  # DINOv2's keys: exports and loaders unchanged
+    student = torch.nn.ModuleDict({"backbone": model})
+    names = [n for g in get_param_groups(student) for n in g["names"]]
+    assert "backbone.pos_embed" not in names and "backbone.cls_token" in names
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.forward_features(torch.randn(2, 3, 32, 32))["x_norm_patchtokens"].square().mean().backward()
+    optimizer.step()
+    assert torch.equal(model.pos_embed[0], expected)
+
+
+def test_unknown_position_embedding_type_is_refused():
+    with pytest.raises(ValueError, match="pos_embed_type='rope'"):
+        _vit(pos_embed_type="rope")

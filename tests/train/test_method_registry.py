@@ -36,4 +36,7 @@ def test_a_name_is_registered_once_and_networks_are_checked():
         register_method(dataclasses.replace(spec))
     with pytest.raises(ValueError, match="eval_network"):
         dataclasses.replace(spec, name="x", eval_network="online")
+    with pytest.raises(ValueError, match="eval_features='patches'"):
+        dataclasses.replace(spec, name="x", eval_features="patches")
+    assert spec.eval_features == "cls" and get_method("ijepa").eval_features == "avgpool"
     assert isinstance(spec, MethodSpec)

@@ -185,5 +185,6 @@ METHOD = register_method(
         demo_preset="demo_ijepa",
         monitor_embeddings={"target_features": "backbone", "context_features": "student_backbone"},
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
+        eval_features="avgpool",
     )
 )

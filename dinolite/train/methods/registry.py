@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dinolite.train.objective import SSLObjective
 
 NETWORKS = ("teacher", "student")
+EVAL_FEATURES = ("cls", "avgpool")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class MethodSpec:
         monitor_embeddings: objective ``diagnostics`` key -> collapse-metric prefix
             (``collapse/<prefix>_{std,std_ratio,rankme,rankme_ratio}``).
         watchdog_thresholds: the method's default collapse rules (used when ``monitor.method_thresholds``).
+        eval_features: the global image feature the method trains, which the online evaluation reads:
+            ``"cls"`` (the final-norm CLS token) or ``"avgpool"`` (the mean of the final-norm patch
+            tokens: I-JEPA trains no CLS token and its paper evaluates the average-pooled output).
     """
 
     name: str
@@ -58,10 +62,15 @@ class MethodSpec:
     demo_preset: str
     monitor_embeddings: Mapping[str, str]
     watchdog_thresholds: tuple[WatchdogThreshold, ...] = field(default_factory=tuple)
+    eval_features: str = "cls"
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:
             raise ValueError(f"method {self.name!r}: eval_network={self.eval_network!r}; expected one of {NETWORKS}")
+        if self.eval_features not in EVAL_FEATURES:
+            raise ValueError(
+                f"method {self.name!r}: eval_features={self.eval_features!r}; expected one of {EVAL_FEATURES}"
+            )
 
     def record(self, cfg: Config) -> dict[str, Any]:
         """What a checkpoint stores about the method (``state.json``'s ``method``), for eval and export."""
