@@ -1,4 +1,4 @@
-"""Streaming loaders: an infinite, exactly resumable training stream and a once-through eval dataset.
+"""The training loader: an infinite, exactly resumable stream of collated batches.
 
 Training stream (``build_train_loader``)
 ---------------------------------------
@@ -27,8 +27,8 @@ making physical worker ``i`` play logical worker ``(i + k) % W`` (the DataLoader
 skipping the samples of its batches before ``k`` without decoding them. Whole epochs are skipped
 without reading when the shards' sample counts are known (index JSON from ``make_shards``).
 
-Eval dataset (``build_eval_dataset``): every sample once, in source order, sample ``j`` going to slot
-``j % S`` (ranks x DataLoader workers), as ``(image, label, j)``.
+Steps 1 and 2 (the sample order of a slot) are :mod:`dinolite.data.train_stream`; the once-through
+evaluation dataset is :mod:`dinolite.data.eval_dataset`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import inspect
 import logging
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -47,32 +46,10 @@ from dinolite.data.skip_window import (
     DEFAULT_SKIP_WINDOW,
     SkippedSampleWindow,
 )
-from dinolite.data.sources import (
-    RawSample,
-    SourceError,
-    Unit,
-    image_bytes,
-    read_unit,
-    resolve_source,
-    sample_label,
-)
+from dinolite.data.sources import RawSample, SourceError, Unit, image_bytes, resolve_source
+from dinolite.data.train_stream import SEED_AUGMENT, SEED_MASK, seeded_generator, slot_stream
 
 logger = logging.getLogger(__name__)
-
-# Purposes mixed into derived seeds, so that the order, shuffle, augmentation and mask streams of the
-# same (seed, slot, ...) are independent.
-_ORDER, _SHUFFLE, _AUGMENT, _MASK = 1, 2, 3, 4
-_MAX_EMPTY_EPOCHS = 3
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that mixes all ``parts`` (non-negative ints) through numpy's SeedSequence."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 def expand_source(source: Sequence[str] | str) -> list[str]:
@@ -86,114 +63,6 @@ def _accepts_generator(fn: Callable[..., Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return "generator" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-# ------------------------------------------------------------------------------------------------
-# Sample streams
-# ------------------------------------------------------------------------------------------------
-
-
-def _epoch_plan(units: Sequence[Unit], seed: int, epoch: int, slot: int, n_slots: int) -> tuple[list[Unit], bool]:
-    """Units slot ``slot`` reads in ``epoch`` and whether it keeps every ``n_slots``-th sample only."""
-    order = torch.randperm(len(units), generator=seeded_generator(seed, _ORDER, epoch)).tolist()
-    permuted = [units[i] for i in order]
-    if len(permuted) >= n_slots:
-        return permuted[slot::n_slots], False
-    return permuted, True
-
-
-def _known_count(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int) -> Optional[int]:
-    if any(u.num_samples is None for u in units):
-        return None
-    total = sum(u.num_samples for u in units)  # type: ignore[misc]
-    return len(range(slot, total, n_slots)) if by_sample else total
-
-
-def _read_units(
-    units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int, damage: Optional[list[str]] = None
-) -> Iterator[RawSample]:
-    """Raw samples of ``units`` (every ``n_slots``-th from ``slot`` when ``by_sample``).
-
-    A damaged or unreadable shard (cut short, bad header, missing file, failed ``pipe:`` command) gives
-    the samples read before the damage; the rest of it is lost. That is logged as a warning naming the
-    shard and what was lost, and appended to ``damage`` (the batches report the count as
-    ``damaged_shards``), instead of stopping a week-long run. When every slot reads every unit
-    (``by_sample``), only the slot whose turn it was reports it, so the count is per shard, not per slot.
-    """
-    index = 0
-    for unit in units:
-        try:
-            for sample in read_unit(unit):
-                if not by_sample or index % n_slots == slot:
-                    yield sample
-                index += 1
-        except (SourceError, OSError) as exc:
-            if not by_sample or index % n_slots == slot:
-                logger.warning("%s", exc)
-                if damage is not None:
-                    damage.append(str(exc))
-
-
-def shuffled(stream: Iterator[Any], buffer_size: int, generator: torch.Generator) -> Iterator[Any]:
-    """Reservoir-style shuffle: keep ``buffer_size`` items, emit a random one per new item, then drain
-    the rest in random order."""
-    buffer: list[Any] = []
-    for item in stream:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        k = int(torch.randint(0, buffer_size, (1,), generator=generator))
-        buffer[k], item = item, buffer[k]
-        yield item
-    while buffer:
-        k = int(torch.randint(0, len(buffer), (1,), generator=generator))
-        buffer[k], buffer[-1] = buffer[-1], buffer[k]
-        yield buffer.pop()
-
-
-def slot_stream(
-    units: Sequence[Unit],
-    seed: int,
-    slot: int,
-    n_slots: int,
-    shuffle_buffer: int,
-    skip: int = 0,
-    epochs: Optional[int] = None,
-    damage: Optional[list[str]] = None,
-) -> Iterator[RawSample]:
-    """Raw samples of one slot, epoch after epoch (endless when ``epochs`` is None), after dropping the
-    first ``skip`` without decoding them (whole epochs without reading when counts are known).
-    Damaged shards are reported into ``damage`` (see :func:`_read_units`)."""
-    damage = [] if damage is None else damage
-    epoch, empty_epochs = 0, 0
-    while epochs is None or epoch < epochs:
-        mine, by_sample = _epoch_plan(units, seed, epoch, slot, n_slots)
-        count = _known_count(mine, by_sample, slot, n_slots)
-        if count and skip >= count:
-            skip -= count
-            epoch += 1
-            continue
-        stream = _read_units(mine, by_sample, slot, n_slots, damage)
-        if shuffle_buffer > 1:
-            stream = shuffled(stream, shuffle_buffer, seeded_generator(seed, _SHUFFLE, slot, epoch))
-        produced = 0
-        for sample in stream:
-            produced += 1
-            if skip:
-                skip -= 1
-                if not skip:
-                    # Damage found while reading the skipped samples was reported by the batches before
-                    # the resume point; what is found from the next read on belongs to the batches after.
-                    damage.clear()
-                continue
-            yield sample
-        empty_epochs = 0 if produced else empty_epochs + 1
-        if empty_epochs >= _MAX_EMPTY_EPOCHS:
-            raise SourceError(
-                f"slot {slot}/{n_slots} read no sample in {_MAX_EMPTY_EPOCHS} epochs from {[u.url for u in mine][:5]}: "
-                + (f"the shards are damaged ({damage[-1]})" if damage else "the shards are empty")
-            )
-        epoch += 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +147,7 @@ class TrainBatches(IterableDataset):
     def _augment(self, image: torch.Tensor, batch_index: int, pos: int) -> Any:
         """Augment ``image`` for position ``pos`` of batch ``batch_index`` (its own seeded generator)."""
         if self._transform_takes_generator:
-            generator = seeded_generator(self.seed, _AUGMENT, self.rank, batch_index, pos)
+            generator = seeded_generator(self.seed, SEED_AUGMENT, self.rank, batch_index, pos)
             return self.transform(image, generator=generator)
         return self.transform(image)
 
@@ -319,7 +188,7 @@ class TrainBatches(IterableDataset):
                     f"no sample of batch {batch_index} could be used ({len(failures)} of {len(raw)} failed); "
                     f"first failure: {next(iter(failures.values()))}"
                 )
-        mask_generator = seeded_generator(self.seed, _MASK, self.rank, batch_index)
+        mask_generator = seeded_generator(self.seed, SEED_MASK, self.rank, batch_index)
         if self._collate_takes_generator:
             batch = self.collate_fn(samples, generator=mask_generator)
         else:
@@ -386,77 +255,3 @@ def build_train_loader(
         persistent_workers=False,
         worker_init_fn=worker_init_fn,  # the trainer passes one that ignores its stop signals
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
-# ------------------------------------------------------------------------------------------------
-
-
-class EvalDataset(IterableDataset):
-    """``(image, label, index)`` for every sample once, split over ranks and DataLoader workers."""
-
-    def __init__(
-        self,
-        units: Sequence[Unit],
-        transform: Optional[Callable[[torch.Tensor], Any]],
-        rank: int,
-        world_size: int,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> None:
-        super().__init__()
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.units = list(units)
-        self.transform = transform
-        self.rank = rank
-        self.world_size = world_size
-        self.max_image_pixels = max_image_pixels
-        counts = [u.num_samples for u in self.units]
-        self.num_samples: Optional[int] = None if None in counts else sum(counts)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[tuple[Any, int, int]]:
-        info = get_worker_info()
-        n_workers = info.num_workers if info is not None else 1
-        worker = info.id if info is not None else 0
-        n_slots = self.world_size * n_workers
-        slot = self.rank * n_workers + worker
-        index = 0
-        for unit in self.units:
-            try:
-                for sample in read_unit(unit):
-                    mine = index % n_slots == slot
-                    index += 1
-                    if not mine:
-                        continue
-                    try:
-                        image = decode_image(image_bytes(sample), self.max_image_pixels)
-                        item = self.transform(image) if self.transform is not None else image
-                    except Exception as exc:  # any per-sample failure: decoding, conversion, transform
-                        logger.warning(
-                            "skipping sample %s key %r: %s: %s",
-                            unit.url,
-                            sample.get("__key__"),
-                            type(exc).__name__,
-                            exc,
-                        )
-                        continue
-                    yield item, sample_label(sample), index - 1
-            except (SourceError, OSError) as exc:  # damaged shard: its samples up to the damage were used
-                if index % n_slots == slot:  # one slot reports it
-                    logger.warning("%s", exc)
-
-
-def build_eval_dataset(
-    source: Sequence[str] | str,
-    transform: Optional[Callable[[torch.Tensor], Any]],
-    rank: int = 0,
-    world_size: int = 1,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-) -> EvalDataset:
-    """Every sample of ``source`` exactly once (no shuffle, no resampling) as ``(image, label, index)``
-    where ``index`` is the sample's position in the source; sample ``j`` goes to rank/worker slot
-    ``j % (world_size * num_workers)``. Unusable samples (undecodable, above ``max_image_pixels``, failing
-    the transform) are skipped with a warning naming shard and key; a damaged shard gives the samples
-    before the damage and a warning."""
-    return EvalDataset(resolve_source(source), transform, rank, world_size, max_image_pixels)

@@ -1,6 +1,6 @@
 """Labelled evaluation data: an image folder (one subfolder per class) or webdataset shards (``cls``).
 
-Reading is the data package's job (:func:`dinolite.data.loader.build_eval_dataset`, which yields
+Reading is the data package's job (:func:`dinolite.data.eval_dataset.build_eval_dataset`, which yields
 ``(image, label, index)`` once per sample, split across ranks); this module checks the sources first so
 that a typo fails at once with the path at fault, not after minutes of feature extraction.
 """
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PATTERN_CHARS = re.compile(r"[*?\[]")

@@ -31,7 +31,7 @@ from torch import nn
 
 from dinolite.config import Config
 from dinolite.data.digits import prepare_digits
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import extract_features
 from dinolite.eval.knn import knn_classify

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from dinolite.config import Config
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.knn import knn_classify
 from dinolite.eval.knn_report import KNN_TEMPERATURE, eval_sources, eval_transform
 from dinolite.eval.linear import head_grid, linear_probe_cached

@@ -23,14 +23,9 @@ import torch
 
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.eval.backbone import load_any_backbone
+from dinolite.eval.collapse_verdict import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES
 from dinolite.eval.transforms import build_eval_transform
-from dinolite.eval.visualize import (
-    MIN_VERDICT_SAMPLES,
-    NOT_ENOUGH_SAMPLES,
-    dataset_cls_features,
-    list_image_groups,
-    visualize,
-)
+from dinolite.eval.visualize import dataset_cls_features, list_image_groups, visualize
 from dinolite.extras import MissingExtraError
 
 

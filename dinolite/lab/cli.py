@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.extras import MissingExtraError
 from dinolite.lab.matrix import plan_matrix
-from dinolite.lab.report import require_matplotlib, write_report
+from dinolite.lab.report import write_report
+from dinolite.lab.report_figures import require_matplotlib
 from dinolite.lab.runner import run_local
 from dinolite.train.slurm_launch import SLURM_OPTIONS, add_slurm_arguments
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.dist import resolve_device
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import ExtractedFeatures, extract_features

@@ -16,266 +16,29 @@
 - a table: expected finding, verdict (which kind, since when), the watchdog's first alert, kNN and
   linear top-1 of the evaluated network against random init, and whether the finding is reproduced,
   with the numbers behind it.
+
+The runs are read back and judged by :mod:`dinolite.lab.run_reports` and the figures drawn by
+:mod:`dinolite.lab.report_figures`; this module writes the page around them.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dinolite.extras import optional_import
 from dinolite.io import write_text_atomic
-from dinolite.lab.evaluate import evaluated_spectra, random_init_baseline_path
-from dinolite.lab.matrix import COMPARISONS, LabPlan, PlannedRun
-from dinolite.lab.traces import (
-    CHANNELS,
-    RunTrace,
-    Series,
-    WatchdogReplay,
-    read_result,
-    read_trace,
-    replay_watchdog,
+from dinolite.lab.matrix import COMPARISONS, LabPlan
+from dinolite.lab.report_figures import (
+    plot_comparison,
+    plot_loss,
+    plot_rankme,
+    plot_spectra,
+    plot_std,
+    plot_teacher,
 )
-from dinolite.lab.verdict import Comparison, Verdict, compare, judge
+from dinolite.lab.run_reports import RunReport, collect
 
 REPORT_FILE = "README.md"
-_PURPOSE = "the collapse lab's report figures (launch/lab.py)"
-DPI = 72  # small PNGs: the example report is committed
-
-
-@dataclass
-class RunReport:
-    run: PlannedRun
-    trace: RunTrace
-    result: Optional[dict]
-    verdict: Verdict
-    watchdog: WatchdogReplay
-    baseline: Optional[dict]
-    comparison: Optional[Comparison] = None  # against the run's reference, when it names one
-
-    @property
-    def reproduced(self) -> bool:
-        expect = self.run.spec.expect
-        if expect in COMPARISONS:
-            return self.comparison is not None and self.comparison.outcome == expect
-        return self.verdict.reproduces(expect)
-
-
-def eval_rank_series(result: Optional[dict]) -> Series:
-    """RankMe of the evaluated backbone on the evaluation images at each kept checkpoint."""
-    spectra = (result or {}).get("spectra") or []
-    return Series([s["iteration"] for s in spectra], [s["rankme"] for s in spectra])
-
-
-def collect(plan: LabPlan) -> list[RunReport]:
-    """Read every run of the plan back from disk and judge it."""
-    results = {run.label: read_result(run.run_dir) for run in plan.runs}
-    traces = {run.label: read_trace(run.run_dir) for run in plan.runs}
-    reports = []
-    for run in plan.runs:
-        trace = traces[run.label]
-        result = results[run.label]
-        diverged_at = result["iteration"] if result and result.get("status") == "diverged" else None
-        reference = run.spec.reference
-        verdict = judge(
-            trace,
-            plan.matrix.verdict,
-            diverged_at,
-            eval_rank_series(result),
-            eval_rank_series(results.get(reference)) if reference else None,
-            reference,
-            traces.get(reference) if reference else None,
-        )
-        baseline = _read_json(random_init_baseline_path(run.config, plan.output_dir / "baselines", run.spec.features))
-        comparison = compare(result, results.get(reference), plan.matrix.verdict, reference) if reference else None
-        # the current watchdog rules (the planned config's), which may be newer than the run
-        watchdog = replay_watchdog(run.config, trace)
-        reports.append(RunReport(run, trace, result, verdict, watchdog, baseline, comparison))
-    return reports
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def require_matplotlib() -> None:
-    """Fail before any training when the report could not be drawn (matplotlib is the ``viz`` extra)."""
-    optional_import("matplotlib.figure", extra="viz", purpose=_PURPOSE)
-
-
-def Figure(**kwargs):  # noqa: N802 - stands for matplotlib's class
-    """A matplotlib ``Figure`` (the object API: no pyplot state, no display backend needed)."""
-    return optional_import("matplotlib.figure", extra="viz", purpose=_PURPOSE).Figure(**kwargs)
-
-
-def _colormap(name: str):
-    return optional_import("matplotlib", extra="viz", purpose=_PURPOSE).colormaps[name]
-
-
-def _colors(n: int) -> list:
-    cmap = _colormap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _legend(ax) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
-
-
-def _figure_legend(fig, axes) -> None:
-    """One legend for all panels, right of them (a run appears once even when several panels show it)."""
-    handles: dict[str, object] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-
-
-def _channel_panels(reports: list[RunReport], stat: str, title: str):
-    """One panel per channel with every run's ``stat`` over iterations; returns ``(fig, axes)``."""
-    fig = Figure(figsize=(4.6 * len(CHANNELS), 3.6))
-    axes = fig.subplots(1, len(CHANNELS), sharey=True)
-    for ax, channel in zip(axes, CHANNELS):
-        for color, r in zip(_colors(len(reports)), reports):
-            s = r.trace.channel(channel, stat)
-            if s:
-                ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
-        ax.set_title(f"{channel} output: {title}", fontsize=9)
-        ax.set_xlabel("iteration")
-    return fig, axes
-
-
-def plot_std(reports: list[RunReport], path: Path) -> None:
-    fig, axes = _channel_panels(reports, "std_ratio", "std of L2-normalised embedding x sqrt(d)")
-    for ax in axes:
-        ax.axhline(1.0, color="grey", ls="--", lw=1)
-        ax.text(0.01, 0.94, "std = 1/sqrt(d)", transform=ax.get_yaxis_transform(), fontsize=7, color="grey")
-        ax.set_ylim(bottom=0)
-    axes[0].set_ylabel("std x sqrt(d)")
-    _figure_legend(fig, axes)
-    _save(fig, path)
-
-
-def plot_rankme(reports: list[RunReport], path: Path) -> None:
-    fig, axes = _channel_panels(reports, "rankme_ratio", "RankMe / min(N, D)")
-    for ax in axes:
-        ax.set_ylim(0, 1.05)
-    axes[0].set_ylabel("effective rank ratio")
-    _figure_legend(fig, axes)
-    _save(fig, path)
-
-
-def plot_spectra(reports: list[RunReport], path: Path) -> bool:
-    with_spectra = [(r, evaluated_spectra(r.result, r.baseline)) for r in reports]
-    with_spectra = [(r, s) for r, s in with_spectra if s]
-    if not with_spectra:
-        return False
-    cols = min(4, len(with_spectra))
-    rows = math.ceil(len(with_spectra) / cols)
-    fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
-    axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
-    for ax in axes.flat[len(with_spectra) :]:
-        ax.axis("off")
-    for ax, (r, spectra) in zip(axes.flat, with_spectra):
-        cmap = _colormap("viridis")
-        for i, entry in enumerate(spectra):
-            values = [max(v, 1e-12) for v in entry["eigenvalues"]]
-            shade = cmap(i / max(len(spectra) - 1, 1))
-            ax.plot(
-                range(1, len(values) + 1),
-                [math.log10(v) for v in values],
-                color=shade,
-                lw=1.2,
-                label=f"it {entry['iteration']}" + (" (init)" if entry["iteration"] == 0 else ""),
-            )
-        ax.set_title(f"{r.run.label}\n{r.verdict.kind}", fontsize=8)
-        ax.set_xlabel("eigenvalue rank", fontsize=8)
-        ax.tick_params(labelsize=7)
-        _legend(ax)
-    for row in axes:
-        row[0].set_ylabel("log10 eigenvalue", fontsize=8)
-    fig.suptitle(
-        "Covariance spectrum of the evaluated backbone's L2-normalised CLS, or mean patch token for avgpool runs "
-        "(evaluation images)",
-        fontsize=9,
-    )
-    _save(fig, path)
-    return True
-
-
-def plot_teacher(reports: list[RunReport], path: Path) -> bool:
-    panels = [
-        ("teacher_entropy_norm", "H(teacher) / ln K (per image)"),
-        ("teacher_mean_entropy_norm", "H(batch-mean teacher) / ln K"),
-        ("student_teacher_kl", "KL(teacher || student) (nats)"),
-    ]
-    if not any(r.trace.teacher(name) for r in reports for name, _ in panels):
-        return False
-    fig = Figure(figsize=(13, 3.4))
-    axes = fig.subplots(1, 3)
-    for ax, (name, title) in zip(axes, panels):
-        for color, r in zip(_colors(len(reports)), reports):
-            s = r.trace.teacher(name)
-            if s:
-                ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("iteration")
-    _figure_legend(fig, axes)
-    _save(fig, path)
-    return True
-
-
-def plot_loss(reports: list[RunReport], path: Path) -> None:
-    fig = Figure(figsize=(6, 3.4))
-    ax = fig.subplots()
-    for color, r in zip(_colors(len(reports)), reports):
-        s = r.trace.loss()
-        if s:
-            ax.plot(s.iterations, s.values, color=color, label=r.run.label, lw=1.5)
-    ax.set_title("training loss (each method its own objective)", fontsize=9)
-    ax.set_xlabel("iteration")
-    _legend(ax)
-    _save(fig, path)
-
-
-def plot_comparison(reports: list[RunReport], path: Path) -> bool:
-    compared = [
-        r for r in reports if r.run.spec.expect in COMPARISONS and r.comparison and r.comparison.delta is not None
-    ]
-    if not compared:
-        return False
-    fig = Figure(figsize=(7, 0.5 * len(compared) + 1.4))
-    ax = fig.subplots()
-    margin = compared[0].comparison.margin
-    ax.axvspan(-margin, margin, color="grey", alpha=0.2, label=f"on par (+-{margin:g} points)")
-    labels = []
-    for i, r in enumerate(compared):
-        delta = r.comparison.delta
-        color = "tab:green" if r.reproduced else "tab:red"
-        ax.barh(i, delta, color=color)
-        ax.text(delta, i, f" {delta:+.1f}", va="center", ha="left" if delta >= 0 else "right", fontsize=8)
-        labels.append(
-            f"{r.run.label}\n(expected: {r.run.spec.expect.removesuffix(' reference').removesuffix(' than').removesuffix(' with')}; vs {r.comparison.reference})"
-        )
-    ax.set_yticks(range(len(compared)), labels, fontsize=7)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"{compared[0].comparison.metric} top-1 minus the reference's (points)")
-    ax.set_title("Against the reference (green: as expected, red: not)", fontsize=9)
-    _legend(ax)
-    _save(fig, path)
-    return True
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
-    tmp.replace(path)  # atomic: a reader never sees half a PNG
 
 
 def _pct(value: Optional[float]) -> str:

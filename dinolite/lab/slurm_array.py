@@ -20,7 +20,7 @@ from dinolite.lab.matrix import LabPlan
 from dinolite.lab.report import write_report
 from dinolite.lab.runner import check_run_dir, finish_run, is_done, iteration_of
 from dinolite.lab.traces import write_result
-from dinolite.train import slurm
+from dinolite.train import slurm, slurm_submit
 from dinolite.train.loop import NonFiniteLossError
 from dinolite.train.slurm_launch import check_training_fits, resources_from_args
 
@@ -72,18 +72,18 @@ class LabArrayTask(slurm.Checkpointable):
 def submit(plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: list[str]) -> int:
     """Submit the unfinished runs among ``labels`` as one job array (or print its script: ``--dry-run``)."""
     if args.array_parallelism < 1:
-        raise slurm.SlurmLaunchError(f"--array-parallelism={args.array_parallelism}: must be >= 1")
+        raise slurm_submit.SlurmLaunchError(f"--array-parallelism={args.array_parallelism}: must be >= 1")
     if args.max_requeues < 0:
-        raise slurm.SlurmLaunchError(f"--max-requeues={args.max_requeues}: must be >= 0")
+        raise slurm_submit.SlurmLaunchError(f"--max-requeues={args.max_requeues}: must be >= 0")
     resources = resources_from_args(args, argv, args.job_name or f"dinolite-lab-{plan.matrix.name}")
     runs = [r for r in plan.runs if r.label in labels]
     for run in runs:
         check_training_fits(run.config, resources)
         check_run_dir(run)
     pending = [r for r in runs if not is_done(r)]
-    log_dir = slurm.log_dir_for(plan.output_dir)
-    source_root = Path(slurm.__file__).resolve().parents[2]
-    parameters = slurm.sbatch_parameters(resources, setup=slurm.job_setup_lines(resources, source_root))
+    log_dir = slurm_submit.log_dir_for(plan.output_dir)
+    source_root = Path(slurm_submit.__file__).resolve().parents[2]
+    parameters = slurm_submit.sbatch_parameters(resources, setup=slurm_submit.job_setup_lines(resources, source_root))
     parameters["array_parallelism"] = args.array_parallelism
     skipped = [r.label for r in runs if r not in pending]
     if skipped:
@@ -92,7 +92,7 @@ def submit(plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: lis
         print(f"every run is finished; report: {write_report(plan)}")
         return 0
     if args.dry_run:
-        script = slurm.render_sbatch_script({**parameters, "map_count": len(pending)}, log_dir)
+        script = slurm_submit.render_sbatch_script({**parameters, "map_count": len(pending)}, log_dir)
         print(f"# sbatch script: a {len(pending)}-task array, each {resources.world_size} task(s); logs in {log_dir}")
         print(script)
         for run in pending:
@@ -100,7 +100,7 @@ def submit(plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: lis
         print("# dry run: nothing submitted")
         return 0
     log_dir.mkdir(parents=True, exist_ok=True)
-    executor = slurm.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
+    executor = slurm_submit.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
     with executor.batch():
         jobs = [executor.submit(LabArrayTask(plan, run.label, args.max_requeues)) for run in pending]
     for run, job in zip(pending, jobs):

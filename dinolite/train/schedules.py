@@ -10,7 +10,7 @@ are laid out over ``optim.epochs * train.iterations_per_epoch`` iterations whate
 and one "epoch" sees ``iterations_per_epoch * global_batch_size`` images.
 
 Method-specific schedules (DINO's teacher momentum and temperature, its prototype freeze) are built by
-the method from these shapes (e.g. :class:`dinolite.train.methods.dinov2.DINOv2Schedules`).
+the method from these shapes (e.g. :class:`dinolite.train.methods.dinov2_objective.DINOv2Schedules`).
 """
 
 from __future__ import annotations

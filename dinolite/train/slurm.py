@@ -1,4 +1,5 @@
-"""Running dinolite under Slurm through submitit: resources -> sbatch, the job callables, requeue.
+"""The submitit job callables that run inside a Slurm job: training with preemption -> checkpoint ->
+requeue, and any entry point (an evaluation). Submitting them is :mod:`dinolite.train.slurm_submit`.
 
 Preemption protocol (what happens on the signal Slurm sends before a time limit or a preemption)
 -----------------------------------------------------------------------------------------------
@@ -25,22 +26,21 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import runpy
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Union
 
 from dinolite.config import config_from_dict
 from dinolite.dist import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
 from dinolite.train.run_lock import hold_run_lock
+from dinolite.train.slurm_submit import ATTEMPTS_FILE, SlurmLaunchError, resolve_job_dir
 from dinolite.train.stop_signals import StopFlag
 
 # submitit is the ``slurm`` extra: importing this module without it names the pip install to run
@@ -48,178 +48,8 @@ submitit = optional_import("submitit", extra="slurm", purpose="Slurm submission 
 Checkpointable = submitit.helpers.Checkpointable
 
 DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
-ATTEMPTS_FILE = "slurm_attempts.json"
-LOG_DIR_NAME = "slurm_logs"
-CHECKPOINT_DIR_NAME = "checkpoints"
 # Exit status of a task that stopped because its job was requeued (what submitit uses: sys.exit(-1)).
 REQUEUED_EXIT_CODE = 255
-
-
-class SlurmLaunchError(ValueError):
-    """A launch request that cannot work (bad resources, unknown entry point); the message says which."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Resources -> sbatch parameters
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlurmResources:
-    """What to ask Slurm for. One task per GPU; ``gpus_per_node == 0`` means a CPU job whose task count
-    per node is ``tasks_per_node``. ``time_min`` is the wall-time limit in minutes."""
-
-    nodes: int = 1
-    gpus_per_node: int = 8
-    tasks_per_node: Optional[int] = None  # None: one per GPU (GPU jobs) or 1 (CPU jobs)
-    cpus_per_task: Optional[int] = None  # None: 10 per GPU task (DINOv2's launcher), 1 per CPU task
-    mem_gb: Optional[float] = None  # None: the partition's default
-    time_min: int = 2800
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None
-    comment: Optional[str] = None
-    job_name: str = "dinolite"
-    signal_delay_s: int = 120  # USR2 arrives this long before the time limit: room to checkpoint
-
-    @property
-    def ntasks_per_node(self) -> int:
-        if self.tasks_per_node is not None:
-            return self.tasks_per_node
-        return self.gpus_per_node if self.gpus_per_node > 0 else 1
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.ntasks_per_node
-
-    @property
-    def cpus(self) -> int:
-        if self.cpus_per_task is not None:
-            return self.cpus_per_task
-        return 10 if self.gpus_per_node > 0 else 1
-
-    def validate(self) -> None:
-        """Raise :class:`SlurmLaunchError` naming the option at fault."""
-        for name in ("nodes", "time_min", "signal_delay_s"):
-            if getattr(self, name) < 1:
-                raise SlurmLaunchError(f"{_flag(name)}={getattr(self, name)}: must be >= 1")
-        if self.gpus_per_node < 0:
-            raise SlurmLaunchError(f"--gpus-per-node={self.gpus_per_node}: must be >= 0")
-        if self.tasks_per_node is not None and self.tasks_per_node < 1:
-            raise SlurmLaunchError(f"--tasks-per-node={self.tasks_per_node}: must be >= 1")
-        if self.gpus_per_node > 0 and self.tasks_per_node not in (None, self.gpus_per_node):
-            raise SlurmLaunchError(
-                f"--tasks-per-node={self.tasks_per_node} with --gpus-per-node={self.gpus_per_node}: GPU jobs run "
-                "one task per GPU; leave --tasks-per-node out, or pass --gpus-per-node 0 for a CPU job"
-            )
-        if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise SlurmLaunchError(f"--cpus-per-task={self.cpus_per_task}: must be >= 1")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise SlurmLaunchError(f"--mem-gb={self.mem_gb}: must be > 0")
-        if self.time_min * 60 <= self.signal_delay_s:
-            raise SlurmLaunchError(
-                f"--time={self.time_min} minutes is not longer than the {self.signal_delay_s} s warning signal: "
-                "the job would be told to stop as soon as it starts"
-            )
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", self.job_name):
-            raise SlurmLaunchError(f"--job-name={self.job_name!r}: use letters, digits and _.+- only")
-
-
-def _flag(name: str) -> str:
-    return "--" + {"time_min": "time"}.get(name, name).replace("_", "-")
-
-
-def sbatch_parameters(resources: SlurmResources, setup: Sequence[str] = ()) -> dict[str, Any]:
-    """Parameters for ``submitit.SlurmExecutor.update_parameters`` (submitit's sbatch key names)."""
-    resources.validate()
-    params: dict[str, Any] = {
-        "job_name": resources.job_name,
-        "nodes": resources.nodes,
-        "ntasks_per_node": resources.ntasks_per_node,
-        "cpus_per_task": resources.cpus,
-        "time": resources.time_min,
-        "signal_delay_s": resources.signal_delay_s,
-        "stderr_to_stdout": False,
-        # Requeueable whatever the cluster's JobRequeue default is: preemption resumes through requeue.
-        "additional_parameters": {"requeue": True},
-        "setup": list(setup),
-    }
-    if resources.gpus_per_node > 0:
-        params["gpus_per_node"] = resources.gpus_per_node
-    if resources.mem_gb is not None:
-        params["mem"] = _mem_string(resources.mem_gb)
-    for name in ("partition", "account", "qos", "constraint", "exclude", "comment"):
-        value = getattr(resources, name)
-        if value:
-            params[name] = value
-    return params
-
-
-def _mem_string(mem_gb: float) -> str:
-    return f"{int(mem_gb)}GB" if float(mem_gb).is_integer() else f"{int(mem_gb * 1024)}MB"
-
-
-def job_setup_lines(resources: SlurmResources, source_root: Path) -> list[str]:
-    """Shell lines run before ``srun`` in the batch script.
-
-    ``PYTHONPATH`` puts the submitting checkout first, so the job runs the code that was submitted even
-    when the package is not installed; ``OMP_NUM_THREADS`` keeps each task to the CPUs it was given.
-    """
-    return [
-        f"export PYTHONPATH={shlex.quote(str(source_root))}${{PYTHONPATH:+:$PYTHONPATH}}",
-        f"export OMP_NUM_THREADS={resources.cpus}",
-    ]
-
-
-def submitit_command(log_dir: Path, python: str = sys.executable) -> str:
-    """The command the batch script runs under srun (what ``SlurmExecutor`` generates)."""
-    return f"{shlex.quote(python)} -u -m submitit.core._submit {shlex.quote(str(log_dir))}"
-
-
-def render_sbatch_script(parameters: Mapping[str, Any], log_dir: Path, python: str = sys.executable) -> str:
-    """The exact batch script ``SlurmExecutor`` would submit for ``parameters`` (for ``--dry-run``).
-
-    Uses submitit's own script writer so the dry run cannot drift from the real submission; it needs
-    no Slurm installation.
-    """
-    # The writer behind SlurmExecutor (private to submitit), imported only for the dry run.
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    return _make_sbatch_string(command=submitit_command(log_dir, python), folder=str(log_dir), **parameters)
-
-
-def log_dir_for(output_dir: str | Path) -> Path:
-    """Where submitit writes pickles and logs: ``<output_dir>/slurm_logs``.
-
-    When the output directory contains ``%j`` the log folder goes next to its first ``%j``-free parent
-    instead: Slurm opens the log files before the job can create a per-job directory. Log file names
-    carry the job id either way.
-    """
-    output_dir = Path(output_dir).expanduser().absolute()
-    if "%j" not in str(output_dir):
-        return output_dir / LOG_DIR_NAME
-    parts = output_dir.parts
-    first = next(i for i, part in enumerate(parts) if "%j" in part)
-    return Path(*parts[:first]) / LOG_DIR_NAME
-
-
-def resolve_job_dir(path: str | Path, job_id: str) -> Path:
-    """Replace ``%j`` by the Slurm job id (a requeued job keeps its id, hence its directory)."""
-    return Path(str(path).replace("%j", job_id))
-
-
-def make_executor(log_dir: Path, parameters: Mapping[str, Any], max_requeues: int) -> submitit.SlurmExecutor:
-    """A ``SlurmExecutor`` writing into ``log_dir``. Raises ``RuntimeError`` when ``srun`` is missing."""
-    executor = submitit.SlurmExecutor(folder=log_dir, max_num_timeout=max_requeues)
-    executor.update_parameters(**parameters)
-    return executor
-
-
-# --------------------------------------------------------------------------------------------------
-# Inside the job
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -394,84 +224,3 @@ class SlurmEntrypointJob(Checkpointable):
         finally:
             sys.argv = saved_argv
         return 0
-
-
-# --------------------------------------------------------------------------------------------------
-# Job state without an accounting database
-# --------------------------------------------------------------------------------------------------
-
-FINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-)
-
-
-@dataclass(frozen=True)
-class SlurmJobInfo:
-    job_id: str
-    state: str
-    restarts: int
-    exit_code: str
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-def parse_scontrol_job(text: str) -> SlurmJobInfo:
-    """Parse ``scontrol show job -o ID`` (one line of ``Key=Value`` pairs)."""
-    fields = dict(item.split("=", 1) for item in text.split() if "=" in item)
-    missing = [k for k in ("JobId", "JobState") if k not in fields]
-    if missing:
-        raise ValueError(f"unexpected `scontrol show job` output (no {', '.join(missing)}): {text[:200]!r}")
-    return SlurmJobInfo(
-        job_id=fields["JobId"],
-        state=fields["JobState"],
-        restarts=int(fields.get("Restarts", "0")),
-        exit_code=fields.get("ExitCode", ""),
-    )
-
-
-def query_job(job_id: str) -> SlurmJobInfo:
-    """The job's state from the controller (``scontrol``): works without ``sacct``/slurmdbd, as long
-    as the job finished less than ``MinJobAge`` seconds ago."""
-    out = subprocess.run(
-        ["scontrol", "show", "job", "-o", str(job_id)], check=True, timeout=30, capture_output=True, text=True
-    )
-    return parse_scontrol_job(out.stdout.strip())
-
-
-def wait_for_job(
-    job_id: str,
-    timeout_s: float,
-    poll_s: float = 2.0,
-    until: Callable[[SlurmJobInfo], bool] = lambda info: info.finished,
-) -> SlurmJobInfo:
-    """Poll ``scontrol`` until ``until(info)`` (default: a final state); ``TimeoutError`` after
-    ``timeout_s`` naming the last state seen. Bounded, unlike waiting on submitit's ``sacct`` watcher."""
-    deadline = time.monotonic() + timeout_s
-    info = query_job(job_id)
-    while not until(info):
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"Slurm job {job_id} still {info.state} (restarts={info.restarts}) after {timeout_s:.0f} s"
-            )
-        time.sleep(poll_s)
-        info = query_job(job_id)
-    return info
-
-
-def describe_submission(job_id: str, log_dir: Path, output_dir: Path, num_tasks: int) -> str:
-    """What the launcher prints after submitting: job id, logs, where checkpoints go."""
-    paths = submitit.core.utils.JobPaths(log_dir, job_id=job_id, task_id=0)
-    out_dir = resolve_job_dir(output_dir, job_id)
-    lines = [
-        f"submitted job {job_id} ({num_tasks} tasks)",
-        f"  stdout (task 0): {paths.stdout}",
-        f"  stderr (task 0): {paths.stderr}",
-        f"  logs of task t:  {log_dir / f'{job_id}_<t>_log.out'}",
-        f"  output dir:      {out_dir}",
-        f"  checkpoints:     {out_dir / CHECKPOINT_DIR_NAME}",
-        f"  requeue history: {out_dir / ATTEMPTS_FILE}",
-        f"  state:           scontrol show job {job_id}",
-    ]
-    return "\n".join(lines)

@@ -27,9 +27,9 @@ from dinolite.config import ConfigError, load_config, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 
 try:  # submitit (the ``slurm`` extra) is needed to submit, not to print --help
-    from dinolite.train import slurm
+    from dinolite.train import slurm, slurm_submit
 except MissingExtraError as exc:
-    slurm, _MISSING_SUBMITIT = None, exc
+    slurm, slurm_submit, _MISSING_SUBMITIT = None, None, exc
 
 # A source checkout's root (its eval/ and launch/ wrappers are checked like the modules they wrap).
 CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
@@ -138,14 +138,14 @@ def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> "slurm.SlurmResources":
+def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> "slurm_submit.SlurmResources":
     """The resources asked for with :func:`add_slurm_arguments`' options; ``argv`` as given on the command
     line (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     gpus = args.gpus_per_node
     if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus"} & given:
         gpus = 0  # --tasks-per-node alone asks for a CPU job
-    return slurm.SlurmResources(
+    return slurm_submit.SlurmResources(
         nodes=args.nodes,
         gpus_per_node=gpus,
         tasks_per_node=args.tasks_per_node,
@@ -163,7 +163,7 @@ def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name:
     )
 
 
-def check_training_fits(cfg, resources: "slurm.SlurmResources") -> None:
+def check_training_fits(cfg, resources: "slurm_submit.SlurmResources") -> None:
     """Config choices that cannot work on the requested hardware fail here, not on the cluster."""
     if resources.gpus_per_node == 0:
         if cfg.distributed.backend == "nccl":
@@ -197,7 +197,7 @@ def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) 
     program = build()
 
     def refuse(message: str) -> None:
-        raise slurm.SlurmLaunchError(f"arguments after `--` for {target}: {message}")
+        raise slurm_submit.SlurmLaunchError(f"arguments after `--` for {target}: {message}")
 
     program.error = refuse  # argparse would print usage and exit; we want one error: line
     program.parse_args(list(argv))
@@ -248,11 +248,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             target = args.module or args.entry
             if args.module:
                 if importlib.util.find_spec(args.module) is None:
-                    raise slurm.SlurmLaunchError(f"--module {args.module!r}: no such module on this Python path")
+                    raise slurm_submit.SlurmLaunchError(f"--module {args.module!r}: no such module on this Python path")
             else:
                 script = Path(args.entry).expanduser().absolute()
                 if not script.is_file():
-                    raise slurm.SlurmLaunchError(f"--entry {args.entry!r}: no such file ({script})")
+                    raise slurm_submit.SlurmLaunchError(f"--entry {args.entry!r}: no such file ({script})")
                 target = str(script)
             output_dir = Path(args.output_dir or "./output/slurm/%j").expanduser().absolute()
             job_name = args.job_name or f"dinolite-{Path(target).stem.split('.')[-1]}"
@@ -261,10 +261,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             job = slurm.SlurmEntrypointJob(target=target, argv=passthrough, is_module=args.module is not None)
             kind = "python -m" if args.module else "python"
             summary = f"# every task runs: {kind} {target} {' '.join(passthrough)}".rstrip()
-        log_dir = slurm.log_dir_for(output_dir)
-        source_root = Path(slurm.__file__).resolve().parents[2]
-        parameters = slurm.sbatch_parameters(resources, setup=slurm.job_setup_lines(resources, source_root))
-    except (ConfigError, slurm.SlurmLaunchError) as exc:
+        log_dir = slurm_submit.log_dir_for(output_dir)
+        source_root = Path(slurm_submit.__file__).resolve().parents[2]
+        parameters = slurm_submit.sbatch_parameters(
+            resources, setup=slurm_submit.job_setup_lines(resources, source_root)
+        )
+    except (ConfigError, slurm_submit.SlurmLaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -274,15 +276,15 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             f"# sbatch script ({nodes} x {resources.ntasks_per_node} tasks = {resources.world_size} tasks; "
             f"logs in {log_dir})"
         )
-        print(slurm.render_sbatch_script(parameters, log_dir))
+        print(slurm_submit.render_sbatch_script(parameters, log_dir))
         print(summary)
         print(f"# dry run: nothing submitted; output dir {output_dir}")
         return 0
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    executor = slurm.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
+    executor = slurm_submit.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
     submitted = executor.submit(job)
-    print(slurm.describe_submission(submitted.job_id, log_dir, output_dir, resources.world_size), flush=True)
+    print(slurm_submit.describe_submission(submitted.job_id, log_dir, output_dir, resources.world_size), flush=True)
     return 0
 
 

@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from benchmarks import device_peaks
 from dinolite.config import load_config
 from dinolite.models.attention import explicit_attention
 from dinolite.train.methods import get_method
@@ -219,14 +220,14 @@ def test_scripts_run_as_commands(tmp_path: Path):
 
 
 def test_datasheet_peaks_and_percentile(throughput):
-    lookup = throughput.datasheet_peak_for_name
+    lookup = device_peaks.datasheet_peak_for_name
     assert lookup("NVIDIA H100 80GB HBM3", "bf16")[0] == 989.4
     assert lookup("NVIDIA H100 PCIe", "bf16")[0] == 756.5  # not the SXM figure
     assert lookup("NVIDIA H100 NVL", "fp32")[0] == 60.0
     assert lookup("NVIDIA H200", "tf32")[0] == 494.7
     assert lookup("Tesla V100-SXM2-16GB", "bf16") == (None, "unknown GPU 'Tesla V100-SXM2-16GB' (pass --peak-tflops)")
-    assert throughput.datasheet_peak_tflops(torch.device("cpu"), "fp32", 3.5) == (3.5, "--peak-tflops")
-    assert throughput.datasheet_peak_tflops(torch.device("cpu"), "fp32", None)[0] is None
+    assert device_peaks.datasheet_peak_tflops(torch.device("cpu"), "fp32", 3.5) == (3.5, "--peak-tflops")
+    assert device_peaks.datasheet_peak_tflops(torch.device("cpu"), "fp32", None)[0] is None
     values = [5.0, 1.0, 4.0, 2.0, 3.0]
     assert throughput.percentile(values, 50) == statistics.median(values)
     assert throughput.percentile(values, 90) == pytest.approx(4.6)  # 1..5, position 3.6

@@ -22,10 +22,12 @@ from PIL import Image
 
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
-from dinolite.data.loader import build_eval_dataset, build_train_loader, slot_stream
+from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.loader import build_train_loader
 from dinolite.data.masking import MaskingGenerator
 from dinolite.data.skip_window import SkippedSampleWindow, TooManySkippedSamplesError
 from dinolite.data.sources import DamagedShardError, read_tar, resolve_source
+from dinolite.data.train_stream import slot_stream
 from tests.data.test_decode import bomb_png
 
 
@@ -299,7 +301,7 @@ def test_damaged_shards_are_counted_in_batches_and_training_goes_on(tmp_path, ca
     assert [u.num_samples for u in units] == [6, None, None] and [u.listed_samples for u in units] == [6, 6, 6]
     assert "at_header_boundary.tar' is 6144 bytes but its index JSON says" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dinolite.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="dinolite.data.train_stream"):
         stream = list(slot_stream(units, 0, 0, 1, 0, epochs=1))
     assert len(stream) == 6 + 3 + 3
     assert caplog.text.count("is damaged after 3 samples") == 2 and "3 of its 6 samples" in caplog.text
@@ -336,7 +338,7 @@ def test_every_slot_reading_every_shard_reports_a_damaged_shard_once(tmp_path):
 
 def test_eval_dataset_uses_the_samples_before_the_damage(tmp_path, caplog):
     whole, cuts = cut_copies(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dinolite.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="dinolite.data.eval_dataset"):
         items = list(build_eval_dataset([str(cuts["at_header_boundary"]), str(whole)], None))
     assert [index for _, _, index in items] == list(range(9))
     assert "at_header_boundary.tar" in caplog.text and "3 of its 6 samples" in caplog.text

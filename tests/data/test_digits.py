@@ -3,7 +3,8 @@ import json
 import pytest
 
 from dinolite.data.digits import prepare_digits
-from dinolite.data.loader import build_eval_dataset, expand_source
+from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.loader import expand_source
 
 
 @pytest.mark.slow

@@ -8,15 +8,11 @@ import torch
 
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
-from dinolite.data.loader import (
-    build_eval_dataset,
-    build_train_loader,
-    decode_image,
-    expand_source,
-    slot_stream,
-)
+from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.loader import build_train_loader, decode_image, expand_source
 from dinolite.data.masking import MaskingGenerator
 from dinolite.data.sources import SourceError, brace_expand, image_bytes, resolve_source
+from dinolite.data.train_stream import slot_stream
 from tests.data.conftest import N_CLASSES, PER_CLASS
 
 N_SAMPLES = N_CLASSES * PER_CLASS
@@ -151,11 +147,11 @@ def test_start_batch_resumes_exactly(shard_dir, num_workers):
 def test_resume_skips_whole_epochs_without_reading(shard_dir, monkeypatch):
     units = resolve_source([_pattern(shard_dir)])
     expected = list(slot_stream(units, 1, 0, 1, 5, epochs=4))[50:]
-    import dinolite.data.loader as loader_module
+    import dinolite.data.train_stream as train_stream_module
 
     reads = []
-    real = loader_module.read_unit
-    monkeypatch.setattr(loader_module, "read_unit", lambda u: (reads.append(u.url), real(u))[1])
+    real = train_stream_module.read_unit
+    monkeypatch.setattr(train_stream_module, "read_unit", lambda u: (reads.append(u.url), real(u))[1])
     resumed = list(slot_stream(units, 1, 0, 1, 5, skip=50, epochs=4))
     assert _keys(resumed) == _keys(expected)
     assert len(reads) == 6 * 2  # epochs 0 and 1 (48 samples) were skipped arithmetically

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 from tests.data.conftest import N_CLASSES, PER_CLASS
 
 wds = pytest.importorskip("webdataset")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dinolite.eval import collapse_verdict, feature_maps, visualize_figures
 from dinolite.eval import visualize as vis
 from dinolite.models.vision_transformer import DinoVisionTransformer
 
@@ -28,7 +29,7 @@ def _tiny_vit(registers: int = 0) -> DinoVisionTransformer:
 def test_attention_maps_have_one_map_per_head_that_sums_to_one(registers):
     model = _tiny_vit(registers)
     images = torch.randn(3, 3, 32, 48)
-    maps = vis.cls_attention_maps(model, images)
+    maps = feature_maps.cls_attention_maps(model, images)
     assert maps.shape == (3, 4, 4, 6)
     torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(3, 4))
     assert (maps >= 0).all()
@@ -39,7 +40,7 @@ def test_attention_maps_have_one_map_per_head_that_sums_to_one(registers):
 
 def test_attention_rejects_sizes_off_the_patch_grid():
     with pytest.raises(ValueError, match="not a multiple of the backbone's patch size 8"):
-        vis.cls_attention_maps(_tiny_vit(), torch.randn(1, 3, 30, 32))
+        feature_maps.cls_attention_maps(_tiny_vit(), torch.randn(1, 3, 30, 32))
 
 
 def _object_on_background(b: int = 2, h: int = 8, w: int = 8, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +56,7 @@ def _object_on_background(b: int = 2, h: int = 8, w: int = 8, d: int = 16) -> tu
 
 def test_pca_foreground_threshold_finds_the_object():
     feats, inside = _object_on_background()
-    rgb, foreground = vis.pca_rgb(feats, foreground_threshold=0.5)
+    rgb, foreground = feature_maps.pca_rgb(feats, foreground_threshold=0.5)
     assert rgb.shape == (2, 8, 8, 3)
     assert torch.equal(foreground, inside.expand(2, 8, 8))
     assert (rgb[:, ~inside] == 0).all()  # background is black
@@ -64,7 +65,7 @@ def test_pca_foreground_threshold_finds_the_object():
 
 def test_pca_without_threshold_colours_every_patch_in_unit_range():
     feats, inside = _object_on_background()
-    rgb, foreground = vis.pca_rgb(feats)
+    rgb, foreground = feature_maps.pca_rgb(feats)
     assert foreground.all()
     assert rgb.min() == pytest.approx(0.0) and rgb.max() == pytest.approx(1.0)
     # The first component separates object from background: the red channel differs between them.
@@ -73,13 +74,13 @@ def test_pca_without_threshold_colours_every_patch_in_unit_range():
 
 def test_collapse_report_verdicts():
     g = torch.Generator().manual_seed(1)
-    healthy = vis.collapse_report(torch.randn(300, 32, generator=g))
+    healthy = collapse_verdict.collapse_report(torch.randn(300, 32, generator=g))
     assert healthy.verdict == "healthy" and healthy.rankme_ratio > 0.8
     assert len(healthy.spectrum) == 32
-    constant = vis.collapse_report(torch.ones(50, 32))
+    constant = collapse_verdict.collapse_report(torch.ones(50, 32))
     assert constant.verdict == "complete collapse"
     rank_two = torch.randn(300, 2, generator=g) @ torch.randn(2, 64, generator=g)
-    report = vis.collapse_report(rank_two)
+    report = collapse_verdict.collapse_report(rank_two)
     assert report.verdict == "dimensional collapse"
     assert report.rankme == pytest.approx(2.0, rel=0.3)
 
@@ -146,15 +147,15 @@ def test_cli_writes_attention_pca_spectrum_and_report(tmp_path, capsys):
 
 def test_no_verdict_below_the_minimum_sample_size():
     g = torch.Generator().manual_seed(2)
-    few = vis.collapse_report(torch.randn(vis.MIN_VERDICT_SAMPLES - 1, 64, generator=g))
+    few = collapse_verdict.collapse_report(torch.randn(collapse_verdict.MIN_VERDICT_SAMPLES - 1, 64, generator=g))
     assert few.verdict == "no verdict" and few.rankme > 1.0  # the metrics are still reported
-    assert vis.MIN_VERDICT_SAMPLES == 40  # 2 / 0.05: the first N where RankMe 2 is below 5% of N
+    assert collapse_verdict.MIN_VERDICT_SAMPLES == 40  # 2 / 0.05: the first N where RankMe 2 is below 5% of N
     # Even a rank-2 (dimensionally collapsed) spectrum gets no verdict from 39 samples, since it reads
     # RankMe ~2 = 5.1% of 39 (> 5%), and the "healthy" it would otherwise get would be wrong.
     rank_two = torch.randn(39, 2, generator=g) @ torch.randn(2, 64, generator=g)
-    assert vis.collapse_report(rank_two).verdict == "no verdict"
+    assert collapse_verdict.collapse_report(rank_two).verdict == "no verdict"
     enough = torch.randn(40, 2, generator=g) @ torch.randn(2, 64, generator=g)
-    assert vis.collapse_report(enough).verdict == "dimensional collapse"
+    assert collapse_verdict.collapse_report(enough).verdict == "dimensional collapse"
 
 
 def test_grid_images_come_from_every_source_in_turn():
@@ -173,7 +174,7 @@ def test_cli_takes_every_folder_and_titles_do_not_overlap(tmp_path, capsys, monk
     _write_images(tmp_path / "a", 12)
     _write_images(tmp_path / "b", 3)
     saved = {}
-    monkeypatch.setattr(vis, "_save_figure", lambda fig, path: saved.setdefault(path.name, fig) and path)
+    monkeypatch.setattr(visualize_figures, "_save_figure", lambda fig, path: saved.setdefault(path.name, fig) and path)
     argv = [
         "--backbone",
         str(weights),

@@ -7,7 +7,7 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.data.digits import prepare_digits
-from dinolite.data.loader import build_eval_dataset
+from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.knn import knn_classify
 from dinolite.eval.transforms import build_eval_transform
 from dinolite.lab.evaluate import (

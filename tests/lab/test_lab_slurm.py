@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dinolite.lab.traces import read_result
-from dinolite.train import slurm
+from dinolite.train import slurm_job_state, slurm_submit
 from tests.lab.test_lab_end_to_end import ITERATIONS, tiny_matrix
 from tests.launch.test_slurm import _slurm_unreachable_reason
 
@@ -65,11 +65,13 @@ def test_matrix_runs_as_a_job_array_and_the_last_task_writes_the_report(tmp_path
     out = tmp_path / "lab"
     for job_id in jobs:
         try:
-            info = slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
+            info = slurm_job_state.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
         except TimeoutError:
             subprocess.run(["scancel", job_id.split("_")[0]], timeout=30)
-            raise AssertionError(f"array task {job_id} did not finish\n{logs(out / slurm.LOG_DIR_NAME)}") from None
-        assert info.state == "COMPLETED", f"{job_id}: {info.state}\n{logs(out / slurm.LOG_DIR_NAME)}"
+            raise AssertionError(
+                f"array task {job_id} did not finish\n{logs(out / slurm_submit.LOG_DIR_NAME)}"
+            ) from None
+        assert info.state == "COMPLETED", f"{job_id}: {info.state}\n{logs(out / slurm_submit.LOG_DIR_NAME)}"
     for label in jobs.values():
         result = read_result(out / label)
         assert result["status"] == "finished" and result["iteration"] == ITERATIONS

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from dinolite.config import save_config
 from dinolite.lab.matrix import plan_matrix
-from dinolite.lab.report import collect, write_report
+from dinolite.lab.report import write_report
+from dinolite.lab.run_reports import collect
 
 MATRIX = """\
 name: handmade

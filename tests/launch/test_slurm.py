@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dinolite.train import slurm
+from dinolite.train import slurm_job_state, slurm_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "launch" / "slurm.py"
@@ -98,21 +98,21 @@ def submit(output_dir: Path, job_name: str) -> str:
 def logs(output_dir: Path, job_id: str) -> str:
     """The tails of every task's logs, for assertion messages."""
     parts = []
-    for path in sorted((output_dir / slurm.LOG_DIR_NAME).glob(f"{job_id}_*_log.*")):
+    for path in sorted((output_dir / slurm_submit.LOG_DIR_NAME).glob(f"{job_id}_*_log.*")):
         parts.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-25:]))
     return "\n".join(parts)
 
 
-def wait_finished(job_id: str, output_dir: Path) -> slurm.SlurmJobInfo:
+def wait_finished(job_id: str, output_dir: Path) -> slurm_job_state.SlurmJobInfo:
     try:
-        return slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
+        return slurm_job_state.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
     except TimeoutError:
         subprocess.run(["scancel", job_id], timeout=30)
         raise AssertionError(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s\n{logs(output_dir, job_id)}") from None
 
 
 def attempts(output_dir: Path) -> list[dict]:
-    return json.loads((output_dir / slurm.ATTEMPTS_FILE).read_text())
+    return json.loads((output_dir / slurm_submit.ATTEMPTS_FILE).read_text())
 
 
 def logged_iterations(output_dir: Path) -> list[int]:
@@ -149,8 +149,8 @@ def test_demo_two_task_job_trains_to_a_checkpoint(uninterrupted):
     assert logged_iterations(uninterrupted) == list(range(1, ITERATIONS + 1))
     assert (
         "2 process(es)"
-        in (uninterrupted / slurm.LOG_DIR_NAME)
-        .joinpath(next(p.name for p in (uninterrupted / slurm.LOG_DIR_NAME).glob("*_0_log.out")))
+        in (uninterrupted / slurm_submit.LOG_DIR_NAME)
+        .joinpath(next(p.name for p in (uninterrupted / slurm_submit.LOG_DIR_NAME).glob("*_0_log.out")))
         .read_text()
     )
 
@@ -162,7 +162,7 @@ def test_usr2_checkpoints_requeues_and_resumes_without_loss(uninterrupted, tmp_p
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while len(logged_iterations(output_dir)) < 2:  # training is under way on both ranks
         assert time.monotonic() < deadline, f"job {job_id} made no progress\n{logs(output_dir, job_id)}"
-        assert not slurm.query_job(job_id).finished, f"job {job_id} ended early\n{logs(output_dir, job_id)}"
+        assert not slurm_job_state.query_job(job_id).finished, f"job {job_id} ended early\n{logs(output_dir, job_id)}"
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
 

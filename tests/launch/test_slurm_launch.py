@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from dinolite.train import slurm
+from dinolite.train import slurm, slurm_job_state, slurm_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "launch" / "slurm.py"
@@ -175,8 +175,8 @@ def test_output_dir_with_job_id_puts_logs_next_to_it(capsys, tmp_path):
     assert code == 0
     assert f"#SBATCH --output={tmp_path}/runs/slurm_logs/%j_0_log.out" in out
     assert f"output_dir: {tmp_path}/runs/%j" in out
-    assert slurm.resolve_job_dir(tmp_path / "runs" / "%j", "123") == tmp_path / "runs" / "123"
-    assert slurm.log_dir_for(tmp_path / "a") == tmp_path / "a" / "slurm_logs"
+    assert slurm_submit.resolve_job_dir(tmp_path / "runs" / "%j", "123") == tmp_path / "runs" / "123"
+    assert slurm_submit.log_dir_for(tmp_path / "a") == tmp_path / "a" / "slurm_logs"
 
 
 def test_entry_and_module_dry_run(capsys, tmp_path):
@@ -204,7 +204,7 @@ def no_submission(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a job was submitted")
 
-    monkeypatch.setattr(slurm, "make_executor", forbidden)
+    monkeypatch.setattr(slurm_submit, "make_executor", forbidden)
 
 
 @pytest.mark.parametrize(
@@ -249,10 +249,10 @@ def test_argument_errors(argv, message, capsys, no_submission):
 
 
 def test_tasks_per_node_with_gpus_is_rejected_in_resources():
-    with pytest.raises(slurm.SlurmLaunchError, match="one task per GPU"):
-        slurm.SlurmResources(gpus_per_node=4, tasks_per_node=8).validate()
-    assert slurm.SlurmResources(gpus_per_node=4, tasks_per_node=4).world_size == 4
-    assert slurm.SlurmResources(nodes=3, gpus_per_node=0, tasks_per_node=5).world_size == 15
+    with pytest.raises(slurm_submit.SlurmLaunchError, match="one task per GPU"):
+        slurm_submit.SlurmResources(gpus_per_node=4, tasks_per_node=8).validate()
+    assert slurm_submit.SlurmResources(gpus_per_node=4, tasks_per_node=4).world_size == 4
+    assert slurm_submit.SlurmResources(nodes=3, gpus_per_node=0, tasks_per_node=5).world_size == 15
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_signal_checkpoints_requeues_and_resumes_without_losing_iterations(tmp_p
     assert requeued == ["4242"]
     assert first.executed + second.executed == list(range(10))  # every iteration exactly once
 
-    attempts = json.loads((out_dir / slurm.ATTEMPTS_FILE).read_text())
+    attempts = json.loads((out_dir / slurm_submit.ATTEMPTS_FILE).read_text())
     assert [(a["restart_count"], a["status"], a["iteration"], a["requeued"], a["signal"]) for a in attempts] == [
         (0, "preempted", 4, True, "SIGUSR2"),
         (1, "finished", 10, False, None),
@@ -364,7 +364,7 @@ def test_requeue_budget_exhausted_ends_with_the_checkpoint(tmp_path, slurm_env):
     result = make_job(tmp_path, trainer, requeued, max_requeues=2)()
     assert result.status == "preempted" and result.iteration == 2
     assert requeued == []
-    attempts = json.loads((tmp_path / "4242" / slurm.ATTEMPTS_FILE).read_text())
+    attempts = json.loads((tmp_path / "4242" / slurm_submit.ATTEMPTS_FILE).read_text())
     assert attempts[-1]["requeued"] is False
 
 
@@ -392,7 +392,7 @@ def test_submitit_pickles_the_job(tmp_path):
     clone = cloudpickle.loads(cloudpickle.dumps(job))
     assert clone == job and clone.requeue is slurm.scontrol_requeue
     assert slurm.resolve_callable(clone.init_distributed_entry).__name__ == "init_distributed"
-    with pytest.raises(slurm.SlurmLaunchError, match="package.module:function"):
+    with pytest.raises(slurm_submit.SlurmLaunchError, match="package.module:function"):
         slurm.resolve_callable("no_colon")
 
 
@@ -406,11 +406,11 @@ def test_task_and_scontrol_parsing():
         "JobId=12 JobName=dinolite-demo UserId=root(0) JobState=PENDING Reason=BeginTime Requeue=1 "
         "Restarts=1 BatchFlag=1 ExitCode=0:0 RunTime=00:00:00"
     )
-    info = slurm.parse_scontrol_job(line)
+    info = slurm_job_state.parse_scontrol_job(line)
     assert (info.job_id, info.state, info.restarts, info.exit_code, info.finished) == ("12", "PENDING", 1, "0:0", False)
-    assert slurm.parse_scontrol_job(line.replace("PENDING", "COMPLETED")).finished
+    assert slurm_job_state.parse_scontrol_job(line.replace("PENDING", "COMPLETED")).finished
     with pytest.raises(ValueError, match="JobState"):
-        slurm.parse_scontrol_job("slurm_load_jobs error: Invalid job id specified")
+        slurm_job_state.parse_scontrol_job("slurm_load_jobs error: Invalid job id specified")
 
 
 def test_entrypoint_job_runs_a_script_with_its_arguments(tmp_path):

@@ -182,7 +182,7 @@ def _forward_macs_of_a_linear_layer():
     ("module", "extra", "importer"),
     [
         ("submitit", "slurm", lambda: importlib.import_module("dinolite.train.slurm")),
-        ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize")._pyplot()),
+        ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize_figures")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
         ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
         (

@@ -19,7 +19,8 @@ from dinolite.data.masking import MaskingGenerator
 from dinolite.train import builders
 from dinolite.train.logging import MetricLogger, get_console_logger
 from dinolite.train.loop import NonFiniteLossError, train
-from dinolite.train.methods.dinov2 import DINOv2Schedules, build_objective
+from dinolite.train.methods.dinov2 import build_objective
+from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 
 TINY = [
     "student.embed_dim=16",

@@ -8,7 +8,7 @@ import pytest
 
 from dinolite.config import ConfigError, load_config
 from dinolite.train.methods import MethodSpec, get_method, list_methods, register_method
-from dinolite.train.methods.dinov2 import DINOv2Objective
+from dinolite.train.methods.dinov2_objective import DINOv2Objective
 
 
 def test_dinov2_is_the_default_method():

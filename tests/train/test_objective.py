@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from dinolite.config import load_config
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import DINOHead, DinoVisionTransformer
-from dinolite.train.methods.dinov2 import DINOv2Objective, DINOv2Schedules, build_objective
+from dinolite.train.methods.dinov2 import build_objective
+from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.objective import SSLObjective
 
 K = 16  # prototypes

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from dinolite.config import OptimConfig, load_config
-from dinolite.train.methods.dinov2 import DINOv2Schedules
+from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.schedules import CosineSchedule, TrainingSchedules, build_schedules, scaled_lr
 
 
