@@ -21,7 +21,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """Move every parameter the teacher has towards the student parameter of the same name.
 
     Parameters are matched by name, so the student may hold modules the teacher lacks (a predictor,
-    a projector only the online branch has); those are ignored. A teacher parameter without a student
+    a projector only the online branch has); those are ignored, and so are parameters the student does
+    not train (``requires_grad=False``: their value is the teacher's already). A teacher parameter without a student
     counterpart, or with another shape, is an error. The update runs on local tensors: with FSDP2,
     student and teacher are sharded alike (``sharding.check_aligned_shards``), so each rank updates its
     own shards without communication.
@@ -38,6 +39,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
                 f"EMA update: {name!r} has local shape {tuple(t_local.shape)} in the teacher and "
                 f"{tuple(s_local.shape)} in the student"
             )
+        if not s_param.requires_grad:
+            # A frozen student parameter (a fixed sine-cosine position table) is the teacher's value
+            # already; averaging it with itself would only add floating-point drift.
+            continue
         teacher_locals.append(t_local)
         student_locals.append(s_local)
     if not teacher_locals:

@@ -50,3 +50,19 @@ def test_teacher_parameter_without_student_counterpart_is_named():
         ema_update(teacher, student, momentum=0.9)
     with pytest.raises(RuntimeError, match="backbone.weight"):
         ema_update(nn.ModuleDict({"backbone": nn.Linear(5, 3)}), student, momentum=0.9)
+
+
+def test_a_parameter_the_student_does_not_train_is_left_bit_exact():
+    """A fixed sine-cosine position table (``student.pos_embed=sincos``): m*x + (1-m)*x drifts in floats."""
+    student = student_with_predictor()
+    teacher = nn.ModuleDict({"backbone": copy.deepcopy(student["backbone"])})
+    student["backbone"].bias.requires_grad_(False)
+    with torch.no_grad():  # values that m*x + (1-m)*x does not return exactly (checked: the update drifts)
+        student["backbone"].bias.copy_(torch.randn(3, generator=torch.Generator().manual_seed(1)))
+        teacher["backbone"].bias.copy_(student["backbone"].bias)
+        teacher["backbone"].weight.zero_()
+    frozen = teacher["backbone"].bias.detach().clone()
+    for _ in range(5):
+        ema_update(teacher, student, momentum=0.996)
+    assert torch.equal(teacher["backbone"].bias, frozen)
+    assert not torch.equal(teacher["backbone"].weight, torch.zeros(3, 4))  # the trained weight still moves
