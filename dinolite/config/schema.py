@@ -47,6 +47,9 @@ class StudentConfig:
     attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
     # learned (DINOv2) | sincos (fixed 2-D sine-cosine table, frozen: MAE, I-JEPA)
     pos_embed: str = "learned"
+    # dinov2 | ijepa (the released I-JEPA encoder's: truncated-normal patch projection, residual output
+    # projections divided by sqrt(2 * layer))
+    weight_init: str = "dinov2"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""
@@ -321,6 +324,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
     "student.pos_embed": ("learned", "sincos"),
+    "student.weight_init": ("dinov2", "ijepa"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.centering": ("centering", "sinkhorn_knopp"),

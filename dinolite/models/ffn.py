@@ -29,6 +29,11 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
 
+    @property
+    def output_projection(self) -> nn.Linear:
+        """The layer writing into the residual stream (rescaled by depth-scaled initialisations)."""
+        return self.fc2
+
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
@@ -46,6 +51,11 @@ class SwiGLUFFN(nn.Module):
         self.hidden_features = hidden
         self.w12 = nn.Linear(in_features, 2 * hidden, bias=bias)
         self.w3 = nn.Linear(hidden, in_features, bias=bias)
+
+    @property
+    def output_projection(self) -> nn.Linear:
+        """The layer writing into the residual stream (rescaled by depth-scaled initialisations)."""
+        return self.w3
 
     def forward(self, x: Tensor) -> Tensor:
         gate, value = self.w12(x).chunk(2, dim=-1)

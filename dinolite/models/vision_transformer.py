@@ -14,6 +14,7 @@ The state dict has exactly the keys and shapes of DINOv2's released backbones (`
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from dinolite.models.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
 from dinolite.models.stochastic_depth import drop_path_rates
 
 POS_EMBED_TYPES = ("learned", "sincos")
+WEIGHT_INITS = ("dinov2", "ijepa")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -61,10 +63,13 @@ class DinoVisionTransformer(nn.Module):
         interpolate_offset: float = 0.1,
         attention: str = "auto",
         pos_embed_type: str = "learned",
+        weight_init: str = "dinov2",
     ) -> None:
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed_type={pos_embed_type!r} is not one of {', '.join(POS_EMBED_TYPES)}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init={weight_init!r} is not one of {', '.join(WEIGHT_INITS)}")
         if depth < 1 or embed_dim < 1 or num_heads < 1:
             raise ValueError(f"depth={depth}, embed_dim={embed_dim}, num_heads={num_heads} must all be >= 1")
         if num_register_tokens < 0:
@@ -77,6 +82,7 @@ class DinoVisionTransformer(nn.Module):
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
         self.pos_embed_type = pos_embed_type
+        self.weight_init = weight_init
         self.attention_backend = AttentionBackend(attention)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -117,6 +123,12 @@ class DinoVisionTransformer(nn.Module):
         table of MAE / I-JEPA, zeros at CLS); ``cls_token`` and ``register_tokens``: normal, std
         1e-6; ``mask_token``: zeros; every ``Linear``: truncated normal std 0.02 weights, zero biases;
         LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's default.
+
+        ``weight_init="ijepa"``, the released I-JEPA encoder's: the patch convolution truncated normal
+        (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
+        FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
+        Its patch tokens start about four times smaller than with PyTorch's default (std 0.02 against
+        ``1 / sqrt(3 * fan_in)``), so position outweighs pixel content at the input.
         """
         with torch.no_grad():
             if self.pos_embed_type == "sincos":
@@ -137,6 +149,12 @@ class DinoVisionTransformer(nn.Module):
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, (nn.LayerNorm, LayerScale)):
                     module.reset_parameters()
+            if self.weight_init == "ijepa":
+                nn.init.trunc_normal_(self.patch_embed.proj.weight, std=0.02)
+                nn.init.zeros_(self.patch_embed.proj.bias)
+                for layer, block in enumerate(self.blocks, start=1):
+                    block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                    block.mlp.output_projection.weight.div_(math.sqrt(2.0 * layer))
 
     # ----------------------------------------------------------------------------------------------
     def prepare_tokens_with_masks(
@@ -360,6 +378,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         interpolate_offset=student_cfg.interpolate_offset,
         attention=student_cfg.attention,
         pos_embed_type=student_cfg.pos_embed,
+        weight_init=student_cfg.weight_init,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(
