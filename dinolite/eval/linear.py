@@ -206,6 +206,21 @@ def select_best(
     return max(range(len(scores)), key=lambda i: (scores[i], -i)), scores
 
 
+def standardize(fit: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, ...]:
+    """Z-score every feature column with the mean and std of ``fit``'s rows; ``(fit, *others)`` transformed.
+
+    On cached features this is what the BatchNorm without affine parameters does that MAE's linear probe
+    puts before its head (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners", Appendix
+    A.2: masked-image-modelling features differ in scale between dimensions): a feature whose variation
+    rides on a large offset shared by every image gets an effective learning rate comparable to the
+    others'. The statistics come from the fitting split only, so neither the held-out nor the val
+    images inform them.
+    """
+    mean = fit.mean(dim=0, keepdim=True)
+    std = fit.std(dim=0, keepdim=True).clamp_min(eps)
+    return tuple((x - mean) / std for x in (fit, *others))
+
+
 def linear_probe_cached(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -224,8 +239,12 @@ def linear_probe_cached(
     select_on: str = "heldout",
     seed: int = 0,
     progress: bool = False,
+    standardize_features: bool = False,
 ) -> ProbeResult:
     """Train the grid on cached features; pick the best head on held-out train (or val); score on val.
+
+    ``standardize_features``: z-score the features with the fitting split's statistics first
+    (:func:`standardize`, MAE's probe protocol).
 
     Every rank holds all features and trains identical heads (same seed), so no gradient exchange is
     needed; ``world_size`` only enters the lr scaling, as the global batch would in DINOv2.
@@ -234,6 +253,8 @@ def linear_probe_cached(
         raise ValueError(f"--select-on must be heldout or val, got {select_on!r}")
     held = heldout_mask(train_indices, heldout_fraction if select_on == "heldout" else 0.0, seed)
     fit_x, fit_y = train_features[~held], train_labels[~held]
+    if standardize_features and fit_x.shape[0] > 1:
+        fit_x, train_features, val_features = standardize(fit_x, train_features, val_features)
     if fit_x.shape[0] == 0 or (select_on == "heldout" and int(held.sum()) == 0):
         raise ValueError(
             f"linear probe: {int((~held).sum())} training and {int(held.sum())} held-out samples; "

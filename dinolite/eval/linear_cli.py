@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout-fraction", type=float, default=0.1)
     parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
     parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
+    parser.add_argument(
+        "--standardize",
+        action="store_true",
+        help="cached mode: z-score each feature with training statistics first (MAE's probe protocol: a "
+        "BatchNorm without affine before the head), for features with very different scales",
+    )
     add_common_args(parser)
     add_transform_args(parser)
     add_few_shot_args(parser)
@@ -100,6 +106,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if args.mode == "online" and ctx.world_size > 1:
         raise ValueError("--mode online runs in one process; use --mode cached under torchrun/srun")
     few_shot = few_shot_description(args.shots, args.train_fraction, args.few_shot_seed)
+    if args.mode == "online" and args.standardize:
+        raise ValueError("--standardize needs --mode cached (the statistics come from the extracted features)")
     if args.mode == "online" and few_shot is not None:
         raise ValueError("--shots/--train-fraction need --mode cached (the subset is drawn from extracted labels)")
     embed_dim = int(ctx.backbone.embed_dim)
@@ -130,13 +138,19 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             select_on=args.select_on,
             seed=args.seed,
             progress=ctx.is_main and not args.no_progress,
+            standardize_features=args.standardize,
         )
     else:
         result = _online(args, ctx, specs, feature_fn, transform, val, embed_dim, n_available)
 
     out = result.to_json(args.select_on)
     out.update(
-        backbone=str(args.backbone), mode=args.mode, epochs=args.epochs, crop_size=ctx.crop_size, few_shot=few_shot
+        backbone=str(args.backbone),
+        mode=args.mode,
+        epochs=args.epochs,
+        crop_size=ctx.crop_size,
+        few_shot=few_shot,
+        standardized=args.standardize,
     )
     if ctx.is_main:
         print_summary(result, out, args.select_on, args.output)

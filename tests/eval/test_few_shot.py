@@ -101,6 +101,9 @@ def test_knn_and_linear_clis_train_on_the_few_shot_subset(data, capsys):
     ]
     assert _entrypoint("linear").main(argv) == 0
     linear = json.loads(out.read_text())
-    assert linear["few_shot"]["shots"] == 2 and linear["top1"] > 80.0
+    assert linear["few_shot"]["shots"] == 2 and linear["top1"] > 80.0 and linear["standardized"] is False
+    assert _entrypoint("linear").main(argv + ["--standardize"]) == 0
+    standardized = json.loads(out.read_text())
+    assert standardized["standardized"] is True and standardized["top1"] > 80.0
     assert _entrypoint("linear").main(argv + ["--mode", "online"]) == 2
     assert "need --mode cached" in capsys.readouterr().err

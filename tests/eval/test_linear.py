@@ -10,6 +10,7 @@ from dinolite.eval.linear import (
     head_input,
     heldout_mask,
     linear_probe_cached,
+    standardize,
 )
 
 D, N_BLOCKS = 4, 4
@@ -86,6 +87,35 @@ def test_probe_learns_separable_task_and_picks_best_head():
     js = result.to_json("heldout")
     assert js["best"] == {"lr": 0.05, "n_blocks": best.n_blocks, "avgpool": True}
     assert len(js["grid"]) == 8 and js["top1"] == result.val_top1[result.best]
+
+
+def test_standardize_uses_the_fitting_rows_statistics_only():
+    fit = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+    other = torch.tensor([[2.0, 20.0], [5.0, 0.0]])
+    fit_z, other_z = standardize(fit, other)
+    std = torch.tensor([2.0**0.5, 200.0**0.5])  # unbiased std of each column of fit
+    torch.testing.assert_close(fit_z, (fit - torch.tensor([2.0, 20.0])) / std)
+    torch.testing.assert_close(other_z, (other - torch.tensor([2.0, 20.0])) / std)
+    constant = torch.ones(3, 2)
+    assert torch.equal(standardize(constant)[0], torch.zeros(3, 2))  # no division by zero
+
+
+def test_standardizing_rescues_features_riding_on_a_large_shared_offset():
+    """MAE's probe protocol: the label lives in a variation ~1e-3 of a shared offset. A plain SGD head
+    barely moves along it in a few epochs; the same head on z-scored features separates the classes."""
+
+    def offset_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = _separable_features(n, seed)
+        return 1000.0 + 0.01 * x, y
+
+    (train_x, train_y), (val_x, val_y) = offset_features(600, 0), offset_features(200, 1)
+    kwargs = dict(embed_dim=D, n_available=N_BLOCKS, num_classes=3, specs=head_grid([0.05], [1], [True]), epochs=5)
+    plain = linear_probe_cached(train_x, train_y, torch.arange(600), val_x, val_y, **kwargs)
+    zscored = linear_probe_cached(
+        train_x, train_y, torch.arange(600), val_x, val_y, standardize_features=True, **kwargs
+    )
+    assert plain.val_top1[plain.best] < 60.0
+    assert zscored.val_top1[zscored.best] > 95.0
 
 
 def test_selecting_on_val_uses_every_training_sample():
