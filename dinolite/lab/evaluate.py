@@ -209,12 +209,22 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval().requires_grad_(False)
 
 
+# Student keys added after baselines were first cached, with their defaults: left out of the key when at
+# the default, so existing caches keep their names.
+_LATER_STUDENT_DEFAULTS = {"pos_embed": "learned", "weight_init": "dinov2"}
+
+
+def _student_key(cfg: Config) -> dict:
+    return {k: v for k, v in vars(cfg.student).items() if _LATER_STUDENT_DEFAULTS.get(k, object()) != v}
+
+
 def random_init_baseline_path(cfg: Config, cache_dir: Path, features: str = "cls") -> Path:
     """Where the random-init baseline of ``cfg``'s architecture (and eval transform, seed, features) is
-    cached (the CLS baselines keep their earlier names)."""
+    cached (the CLS baselines keep their earlier names, and so do students whose later-added keys hold
+    their defaults)."""
     key = json.dumps(
         {
-            "student": vars(cfg.student),
+            "student": _student_key(cfg),
             "size": cfg.crops.global_crops_size,
             "seed": cfg.train.seed,
             "mean": list(cfg.crops.mean),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +57,9 @@ class LabRun:
     # a "better / worse than / on par with reference" expectation (required there)
     reference: str = ""
     features: str = "cls"  # cls | avgpool: what the run's kNN and covariance spectra read (FEATURES)
+    # thresholds of the matrix's 'verdict' this run replaces (a method whose healthy output is far from
+    # isotropic, say why in a comment); the comparison settings stay the matrix's
+    verdict: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +87,24 @@ class VerdictRules:
     settle_fraction: float = 0.25  # the last fraction of the run a condition must hold over (>= 1 point)
     comparison_metric: str = "knn"  # knn | linear: the final top-1 a comparison with the reference reads
     comparison_margin: float = 2.0  # points of top-1: |difference| below it is "on par with reference"
+
+
+# VerdictRules fields a run may replace: the thresholds (the comparison metric and margin are the matrix's,
+# so every comparison in one report reads the same figure).
+RUN_VERDICT_KEYS = (
+    "complete_std_ratio",
+    "complete_rankme",
+    "one_prototype_entropy",
+    "uniform_entropy",
+    "dimensional_rank_ratio",
+    "dimensional_reference_fraction",
+    "settle_fraction",
+)
+
+
+def run_rules(matrix_rules: VerdictRules, run: LabRun) -> VerdictRules:
+    """The verdict thresholds of one run: the matrix's, with the run's ``verdict`` entries replaced."""
+    return replace(matrix_rules, **{key: float(value) for key, value in run.verdict.items()})
 
 
 @dataclass
@@ -254,6 +275,13 @@ def load_matrix(path: str | Path) -> LabMatrix:
                 f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
                 f"{_hint(run.reference, others)}"
             )
+        for key, value in run.verdict.items():
+            if key not in RUN_VERDICT_KEYS:
+                raise ConfigError(
+                    f"{where}.verdict ({run.label}): {key!r} is not a threshold a run may set{_hint(key, RUN_VERDICT_KEYS)}"
+                )
+            if key == "settle_fraction" and not 0 < value <= 1:
+                raise ConfigError(f"{where}.verdict.settle_fraction ({run.label}): {value}; must be in (0, 1]")
         for item in run.overrides:
             key = item.split("=", 1)[0].strip()
             if key in LAB_KEYS:

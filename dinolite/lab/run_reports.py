@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from dinolite.lab.evaluate import random_init_baseline_path
-from dinolite.lab.matrix import COMPARISONS, LabPlan, PlannedRun
+from dinolite.lab.matrix import COMPARISONS, LabPlan, PlannedRun, run_rules
 from dinolite.lab.traces import RunTrace, Series, WatchdogReplay, read_result, read_trace, replay_watchdog
 from dinolite.lab.verdict import Comparison, Verdict, compare, judge
 
@@ -54,7 +54,7 @@ def collect(plan: LabPlan) -> list[RunReport]:
         reference = run.spec.reference
         verdict = judge(
             trace,
-            plan.matrix.verdict,
+            run_rules(plan.matrix.verdict, run.spec),
             diverged_at,
             eval_rank_series(result),
             eval_rank_series(results.get(reference)) if reference else None,

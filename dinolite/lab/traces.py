@@ -176,7 +176,7 @@ def replay_watchdog(config: Config, trace: RunTrace) -> WatchdogReplay:
     method = get_method(config.train.method)
     monitor = dataclasses.replace(config.monitor, action="warn")  # alerts are collected, never raised
     watchdog = Watchdog.from_config(
-        monitor, silent, method.watchdog_thresholds, metric_names(method.monitor_embeddings)
+        monitor, silent, method.watchdog_thresholds, metric_names(method.monitor_embeddings, method.monitor_means)
     )
     for iteration, metrics in trace.collapse_records():
         alerts = watchdog.check(iteration, metrics)

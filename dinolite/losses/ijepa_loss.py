@@ -51,6 +51,16 @@ class IJEPALoss(nn.Module):
         normed = F.layer_norm(target_tokens.float(), (target_tokens.shape[-1],))
         return gather_tokens(normed, target_idx)
 
+    @torch.no_grad()
+    def per_image(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
+        """``(B,)``: the distance averaged over each image's target blocks, tokens and channels (the loss is
+        their mean). A diagnostic: near 0 once the targets are predictable from their positions alone."""
+        targets = self.targets(target_tokens, target_idx)
+        elementwise = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "l1": F.l1_loss}[self.distance](
+            predictions.float(), targets, reduction="none"
+        )
+        return elementwise.flatten(1).mean(dim=1)
+
     def forward(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
         targets = self.targets(target_tokens, target_idx)
         if predictions.shape != targets.shape:

@@ -12,6 +12,9 @@ Metric names (all plain floats, logged by the trainer):
   ``rankme_ratio = RankMe / min(N, D)``.
 - ``collapse/teacher_entropy`` and ``collapse/teacher_mean_entropy`` (nats) with ``_norm`` versions
   divided by ``ln K``; ``collapse/student_teacher_ce`` and ``collapse/student_teacher_kl``.
+- ``collapse/<name>`` for each of a method's ``mean_sources`` (diagnostics key -> name): the mean of a
+  per-image scalar over the gathered rows (I-JEPA's ``target_prediction_error``: its loss per image,
+  which falls to ~0 when the targets become predictable from their positions alone).
 - ``collapse/num_samples``: rows the metrics were computed on (all ranks, at most ``max_samples``).
 
 The covariance spectra (Jing et al. 2021) of the last measurement are in :attr:`last_spectra` as
@@ -52,12 +55,15 @@ _HEAD_METRICS = (
 )
 
 
-def metric_names(embedding_sources: Mapping[str, str]) -> tuple[str, ...]:
-    """Every scalar ``measure()`` can return with these embedding sources (which ones it does return
-    depends on the diagnostics the objective provides)."""
+def metric_names(
+    embedding_sources: Mapping[str, str], mean_sources: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """Every scalar ``measure()`` can return with these embedding (and per-image mean) sources (which
+    ones it does return depends on the diagnostics the objective provides)."""
     return (
         "collapse/num_samples",
         *(f"collapse/{prefix}_{stat}" for prefix in embedding_sources.values() for stat in _EMBEDDING_STATS),
+        *(f"collapse/{name}" for name in (mean_sources or {}).values()),
         *_HEAD_METRICS,
     )
 
@@ -110,6 +116,8 @@ class CollapseMonitor:
         student_temp: the student softmax temperature, for the student-teacher cross-entropy / KL.
         embedding_sources: diagnostics key -> metric prefix of the embeddings to measure (default
             DINOv2's :data:`EMBEDDING_SOURCES`; the trainer passes the method's).
+        mean_sources: diagnostics key -> metric name of per-image scalars ``(B,)`` whose
+            mean over the gathered rows is reported as ``collapse/<name>`` (the method's ``monitor_means``).
     """
 
     def __init__(
@@ -120,6 +128,7 @@ class CollapseMonitor:
         output_dir: Optional[str | Path] = None,
         student_temp: float = 0.1,
         embedding_sources: Optional[Mapping[str, str]] = None,
+        mean_sources: Optional[Mapping[str, str]] = None,
     ) -> None:
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0, got {every}")
@@ -133,7 +142,8 @@ class CollapseMonitor:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.student_temp = student_temp
         self.embedding_sources = dict(EMBEDDING_SOURCES if embedding_sources is None else embedding_sources)
-        self.metric_names = metric_names(self.embedding_sources)
+        self.mean_sources = dict(mean_sources or {})
+        self.metric_names = metric_names(self.embedding_sources, self.mean_sources)
         self.last_spectra: dict[str, np.ndarray] = {}
         self._last_spectrum_window = -1
 
@@ -144,9 +154,10 @@ class CollapseMonitor:
         output_dir: Optional[str | Path],
         student_temp: float,
         embedding_sources: Optional[Mapping[str, str]] = None,
+        mean_sources: Optional[Mapping[str, str]] = None,
     ) -> "CollapseMonitor":
         """Build from the ``monitor`` config section (a ``MonitorConfig``), the run's student temperature
-        and the method's embedding sources."""
+        and the method's embedding and per-image mean sources."""
         return cls(
             every=monitor_cfg.every,
             max_samples=monitor_cfg.max_samples,
@@ -154,6 +165,7 @@ class CollapseMonitor:
             output_dir=output_dir,
             student_temp=student_temp,
             embedding_sources=embedding_sources,
+            mean_sources=mean_sources,
         )
 
     def due(self, iteration: int) -> bool:
@@ -168,7 +180,7 @@ class CollapseMonitor:
         probs: CE / KL). Keys that are absent are skipped; none at all is an error. Collective across
         ranks when distributed.
         """
-        known = set(self.embedding_sources) | {"teacher_head_probs", "student_head_logits"}
+        known = set(self.embedding_sources) | set(self.mean_sources) | {"teacher_head_probs", "student_head_logits"}
         if not known & set(diagnostics):
             raise ValueError(
                 f"diagnostics at iteration {iteration} hold none of the keys the monitor reads "
@@ -196,6 +208,9 @@ class CollapseMonitor:
             results[f"collapse/{prefix}_rankme"] = rank
             results[f"collapse/{prefix}_rankme_ratio"] = rank / min(n, d)
             spectra[prefix] = metrics.covariance_spectrum(x).numpy()
+        for key, name in self.mean_sources.items():
+            if key in gathered:
+                results[f"collapse/{name}"] = float(gathered[key].mean())
         probs = gathered.get("teacher_head_probs")
         if probs is not None:
             k = probs.shape[1]

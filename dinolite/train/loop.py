@@ -230,7 +230,11 @@ def train(
     precision = builders.autocast_dtype(cfg.train.compute_precision, device)
 
     monitor = CollapseMonitor.from_config(
-        cfg.monitor, output_dir if is_main else None, cfg.teacher.student_temp, method.monitor_embeddings
+        cfg.monitor,
+        output_dir if is_main else None,
+        cfg.teacher.student_temp,
+        method.monitor_embeddings,
+        method.monitor_means,
     )
     watchdog = Watchdog.from_config(cfg.monitor, console, method.watchdog_thresholds, monitor.metric_names)
     progress = TrainProgress()

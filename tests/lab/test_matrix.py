@@ -103,6 +103,22 @@ def test_plan_compresses_the_presets_schedules_into_the_budget_and_sets_the_cade
             r"runs\[1\].features \(no-centering\): 'avgpol' is not a feature set; did you mean 'avgpool'\?",
         ),
         (
+            "expect: complete collapse}",
+            "expect: complete collapse, verdict: {complete_std_ratio: 0.01}}",
+            None,  # valid: a run replaces one threshold
+        ),
+        (
+            "expect: complete collapse}",
+            "expect: complete collapse, verdict: {complete_std_ration: 0.01}}",
+            r"runs\[1\].verdict \(no-centering\): 'complete_std_ration' is not a threshold a run may set; "
+            r"did you mean 'complete_std_ratio'\?",
+        ),
+        (
+            "expect: complete collapse}",
+            "expect: complete collapse, verdict: {comparison_margin: 5.0}}",
+            r"'comparison_margin' is not a threshold a run may set",
+        ),
+        (
             "measurements: {every: 10, spectra: 4}",
             "measurements: {every: 500}",
             r"'measurements.every' = 500 exceeds 'iterations' = 200",

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from dinolite.config import WatchdogThreshold, load_config
-from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
+from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, LabRun, VerdictRules, run_rules
 from dinolite.lab.traces import RunTrace, read_trace, replay_watchdog
 from dinolite.lab.verdict import DIVERGED, NO_DATA, compare, judge, persistent_since
 
@@ -215,6 +215,20 @@ def test_thresholds_come_from_the_rules():
     series = backbone_only() | {"collapse__backbone_std_ratio": flat(0.3)}
     assert judge(trace_of(**series), RULES).kind == HEALTHY
     assert judge(trace_of(**series), VerdictRules(complete_std_ratio=0.5)).kind == COMPLETE
+
+
+def test_a_run_replaces_the_matrix_thresholds_it_names():
+    """seeds.yaml's I-JEPA run: its mean patch feature is healthy at std x sqrt(d) ~0.02 and RankMe ~1.3
+    (digits are mostly blank patches), and its no-EMA collapse reached 0.01 / 1.1 (measured traces)."""
+    run = LabRun(label="ijepa", preset="demo_ijepa", expect=HEALTHY, verdict={"complete_std_ratio": 0.015})
+    rules = run_rules(RULES, run)
+    assert rules.complete_std_ratio == 0.015 and rules.complete_rankme == RULES.complete_rankme
+    assert RULES.complete_std_ratio == 0.1  # the matrix's rules are untouched
+    healthy = {"collapse__backbone_std_ratio": flat(0.022), "collapse__backbone_rankme": flat(1.6)}
+    collapsed = {"collapse__backbone_std_ratio": flat(0.01), "collapse__backbone_rankme": flat(1.6)}
+    assert judge(trace_of(**healthy), RULES).kind == COMPLETE
+    assert judge(trace_of(**healthy), rules).kind == HEALTHY
+    assert judge(trace_of(**collapsed), rules).kind == COMPLETE
 
 
 def test_diverged_and_no_data():

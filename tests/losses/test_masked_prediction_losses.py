@@ -33,6 +33,21 @@ def test_ijepa_loss_hand_values():
     assert float(IJEPALoss()(exact, tokens, idx)) == pytest.approx(0.0, abs=1e-7)
 
 
+@pytest.mark.parametrize("distance", ["smooth_l1", "mse", "l1"])
+def test_ijepa_per_image_error_averages_each_images_blocks_and_its_mean_is_the_loss(distance):
+    # image 0 predicts its normalised targets exactly, image 1 predicts zeros: 0 and the hand value above
+    tokens = torch.tensor([0.0, 2.0]).expand(2, 3, 2).clone()
+    idx = torch.tensor([[[0], [2]], [[0], [2]]])
+    scale = 1 / math.sqrt(1 + 1e-5)
+    prediction = torch.stack([torch.tensor([-scale, scale]).expand(2, 1, 2), torch.zeros(2, 1, 2)])
+    expected = {"smooth_l1": 0.5 * scale**2, "mse": scale**2, "l1": scale}[distance]
+    loss = IJEPALoss(distance)
+    per_image = loss.per_image(prediction, tokens, idx)
+    assert per_image.shape == (2,) and float(per_image[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(per_image[1]) == pytest.approx(expected, rel=1e-6)
+    assert float(per_image.mean()) == pytest.approx(float(loss(prediction, tokens, idx)), rel=1e-6)
+
+
 def test_ijepa_loss_targets_carry_no_gradient_and_shapes_are_checked():
     tokens = torch.randn(2, 6, 4, requires_grad=True)
     idx = torch.randint(0, 6, (2, 3, 2))

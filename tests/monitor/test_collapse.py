@@ -86,6 +86,17 @@ def test_partial_diagnostics_give_partial_metrics_and_none_is_an_error():
         monitor.measure(0, {"loss": torch.zeros(3)})
 
 
+def test_mean_sources_report_the_mean_of_a_per_image_scalar():
+    """I-JEPA's per-image prediction error: ``collapse/<name>`` is its mean over the measured images."""
+    monitor = CollapseMonitor(every=1, max_samples=3, mean_sources={"errors": "target_prediction_error"})
+    out = monitor.measure(0, {"teacher_cls": torch.randn(4, 8), "errors": torch.tensor([0.1, 0.2, 0.6, 9.0])})
+    assert out["collapse/target_prediction_error"] == pytest.approx(0.3)  # the first max_samples rows
+    assert "collapse/target_prediction_error" in monitor.metric_names
+    assert "collapse/target_prediction_error" not in METRIC_NAMES  # DINOv2's monitor has no such metric
+    alone = monitor.measure(0, {"errors": torch.tensor([0.5, 0.7])})  # a mean source alone is enough
+    assert alone["collapse/target_prediction_error"] == pytest.approx(0.6) and alone["collapse/num_samples"] == 2
+
+
 def test_spectrum_saved_once_per_window(tmp_path):
     monitor = CollapseMonitor(every=10, max_samples=500, spectrum_every=50, output_dir=tmp_path)
     diag = _diagnostics()

@@ -46,6 +46,8 @@ class MethodSpec:
         monitor_embeddings: objective ``diagnostics`` key -> collapse-metric prefix
             (``collapse/<prefix>_{std,std_ratio,rankme,rankme_ratio}``).
         watchdog_thresholds: the method's default collapse rules (used when ``monitor.method_thresholds``).
+        monitor_means: objective ``diagnostics`` key -> metric name ``collapse/<name>``: the mean of a
+            per-image scalar over the measured images (I-JEPA's per-image prediction error).
         eval_features: the global image feature the method trains, which the online evaluation reads:
             ``"cls"`` (the final-norm CLS token) or ``"avgpool"`` (the mean of the final-norm patch
             tokens: I-JEPA trains no CLS token and its paper evaluates the average-pooled output).
@@ -63,6 +65,7 @@ class MethodSpec:
     monitor_embeddings: Mapping[str, str]
     watchdog_thresholds: tuple[WatchdogThreshold, ...] = field(default_factory=tuple)
     eval_features: str = "cls"
+    monitor_means: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:
