@@ -120,7 +120,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS (or its mean patch token where the "
         "column says avgpool); linear: DINOv2's linear-probe grid; "
         "both on the final checkpoint. Verdict rules and thresholds: `dinolite/lab/verdict.py` and the matrix's "
-        "`verdict:` section; the watchdog column replays each run's own `monitor.thresholds` over its log. "
+        "`verdict:` section (a run's own `verdict:` entries, listed under Runs, replace them for that run); "
+        "the watchdog column replays each run's own `monitor.thresholds` over its log. "
         "A run expected to be better / worse than / on par with its reference is judged on the final {metric} "
         "top-1 against the reference's, with a margin of {margin:g} points.".format(
             k=m.measurements.knn_k, metric=m.verdict.comparison_metric, margin=m.verdict.comparison_margin
@@ -131,9 +132,11 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
     ]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
+        thresholds = ", ".join(f"{key} {value:g}" for key, value in r.run.spec.verdict.items())
+        own_rules = f" Verdict thresholds for this run: {thresholds}." if thresholds else ""
         lines.append(
             f"- `{r.run.label}`: `{r.run.spec.preset}` {overrides}. Expected: {r.run.spec.expect}. "
-            f"{r.run.spec.why.strip()} Watchdog: {r.watchdog.message}."
+            f"{r.run.spec.why.strip()}{own_rules} Watchdog: {r.watchdog.message}."
         )
     lines += ["", "## Figures", ""]
     for filename, caption in figures:
