@@ -41,6 +41,8 @@ from dinolite.eval.linear import head_grid, linear_probe_cached
 ONLINE_LINEAR_LRS: tuple[float, ...] = (1e-2, 1e-1, 1.0)  # before DINOv2's batch/256 scaling
 ONLINE_LINEAR_MIN_STEPS = 200  # small banks get more epochs: a few steps leave the heads at their init
 ONLINE_LINEAR_BATCH = 128
+# The global image features a backbone is evaluated on: the final-norm CLS token, or the mean of the
+# final-norm patch tokens (methods that train no CLS token; I-JEPA's protocol).
 FEATURES = ("cls", "avgpool")
 
 

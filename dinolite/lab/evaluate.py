@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from dinolite.config import Config
+from dinolite.config import Config, StudentConfig
 from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.dist import resolve_device
 from dinolite.eval.backbone import load_any_backbone
@@ -209,13 +209,14 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval().requires_grad_(False)
 
 
-# Student keys added after baselines were first cached, with their defaults: left out of the key when at
-# the default, so existing caches keep their names.
-_LATER_STUDENT_DEFAULTS = {"pos_embed": "learned", "weight_init": "dinov2"}
+# Student keys added after baselines were first cached: left out of the key when at their schema default,
+# so existing caches keep their names.
+_LATER_STUDENT_KEYS = ("pos_embed", "weight_init")
 
 
 def _student_key(cfg: Config) -> dict:
-    return {k: v for k, v in vars(cfg.student).items() if _LATER_STUDENT_DEFAULTS.get(k, object()) != v}
+    defaults = StudentConfig()
+    return {k: v for k, v in vars(cfg.student).items() if not (k in _LATER_STUDENT_KEYS and v == getattr(defaults, k))}
 
 
 def random_init_baseline_path(cfg: Config, cache_dir: Path, features: str = "cls") -> Path:

@@ -28,6 +28,7 @@ from omegaconf import MISSING
 
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.data.digits import prepare_digits
+from dinolite.eval.online import FEATURES
 
 HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
 # Comparisons with the run's reference (Wang et al. 2022's asymmetry experiments): its final accuracy is
@@ -38,9 +39,6 @@ COMPARISONS = (BETTER, WORSE, ON_PAR)
 # three) or a comparison with its reference.
 EXPECTED_FINDINGS = (HEALTHY, COMPLETE, DIMENSIONAL, *COMPARISONS)
 COMPARISON_METRICS = ("knn", "linear")
-# The image feature a run's kNN and spectra read: the CLS token (the DINO protocol), or the mean of the
-# final patch tokens for methods that train no CLS objective (I-JEPA's protocol; SimMIM).
-FEATURES = ("cls", "avgpool")
 DIGITS = "digits"
 MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the presets)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -56,7 +54,9 @@ class LabRun:
     # label of the run this one is compared with: for dimensional collapse (Jing et al.), and the baseline of
     # a "better / worse than / on par with reference" expectation (required there)
     reference: str = ""
-    features: str = "cls"  # cls | avgpool: what the run's kNN and covariance spectra read (FEATURES)
+    # cls | avgpool (dinolite.eval.online.FEATURES): what the run's kNN and covariance spectra read; avgpool,
+    # the mean patch token, for methods that train no CLS objective (I-JEPA, SimMIM)
+    features: str = "cls"
     # thresholds of the matrix's 'verdict' this run replaces (a method whose healthy output is far from
     # isotropic, say why in a comment); the comparison settings stay the matrix's
     verdict: dict[str, float] = field(default_factory=dict)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DISTANCES = ("smooth_l1", "mse", "l1")
+# distance name -> elementwise loss (called with reduction="none")
+DISTANCES = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "l1": F.l1_loss}
 
 
 def gather_tokens(tokens: Tensor, indices: Tensor) -> Tensor:
@@ -51,26 +52,23 @@ class IJEPALoss(nn.Module):
         normed = F.layer_norm(target_tokens.float(), (target_tokens.shape[-1],))
         return gather_tokens(normed, target_idx)
 
-    @torch.no_grad()
-    def per_image(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
-        """``(B,)``: the distance averaged over each image's target blocks, tokens and channels (the loss is
-        their mean). A diagnostic: near 0 once the targets are predictable from their positions alone."""
-        targets = self.targets(target_tokens, target_idx)
-        elementwise = {"smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss, "l1": F.l1_loss}[self.distance](
-            predictions.float(), targets, reduction="none"
-        )
-        return elementwise.flatten(1).mean(dim=1)
-
-    def forward(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
+    def errors(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
+        """The distance per element, ``(B, M, Nt, D)`` fp32: the loss is its mean, :meth:`per_image` its
+        mean per image."""
         targets = self.targets(target_tokens, target_idx)
         if predictions.shape != targets.shape:
             raise ValueError(
                 f"IJEPALoss: predictions {tuple(predictions.shape)} do not match the targets {tuple(targets.shape)} "
                 f"selected by target_idx {tuple(target_idx.shape)}"
             )
-        pred = predictions.float()
-        if self.distance == "smooth_l1":
-            return F.smooth_l1_loss(pred, targets)
-        if self.distance == "mse":
-            return F.mse_loss(pred, targets)
-        return F.l1_loss(pred, targets)
+        return DISTANCES[self.distance](predictions.float(), targets, reduction="none")
+
+    @staticmethod
+    @torch.no_grad()
+    def per_image(errors: Tensor) -> Tensor:
+        """``errors (B, ...)`` -> ``(B,)``: each image's mean distance over its target blocks, tokens and
+        channels. A diagnostic: near 0 once the targets are predictable from their positions alone."""
+        return errors.flatten(1).mean(dim=1)
+
+    def forward(self, predictions: Tensor, target_tokens: Tensor, target_idx: Tensor) -> Tensor:
+        return self.errors(predictions, target_tokens, target_idx).mean()

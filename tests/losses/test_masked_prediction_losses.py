@@ -42,7 +42,7 @@ def test_ijepa_per_image_error_averages_each_images_blocks_and_its_mean_is_the_l
     prediction = torch.stack([torch.tensor([-scale, scale]).expand(2, 1, 2), torch.zeros(2, 1, 2)])
     expected = {"smooth_l1": 0.5 * scale**2, "mse": scale**2, "l1": scale}[distance]
     loss = IJEPALoss(distance)
-    per_image = loss.per_image(prediction, tokens, idx)
+    per_image = loss.per_image(loss.errors(prediction, tokens, idx))
     assert per_image.shape == (2,) and float(per_image[0]) == pytest.approx(0.0, abs=1e-7)
     assert float(per_image[1]) == pytest.approx(expected, rel=1e-6)
     assert float(per_image.mean()) == pytest.approx(float(loss(prediction, tokens, idx)), rel=1e-6)

@@ -67,14 +67,15 @@ class IJEPAObjective(SSLObjective):
             target_tokens = self.teacher["backbone"].forward_features(images)["x_norm_patchtokens"]
         context = self.student["backbone"].forward_features(images, keep_indices=context_idx)["x_norm_patchtokens"]
         predictions = self.student["predictor"](context, context_idx, target_idx)
-        loss = self.loss(predictions, target_tokens, target_idx)
+        errors = self.loss.errors(predictions, target_tokens, target_idx)
+        loss = errors.mean()
         diagnostics = {
             "target_features": target_tokens.mean(dim=1).detach(),
             "context_features": context.mean(dim=1).detach(),
             # One predicted patch per image (the first target block's first patch; its position differs
             # between images): the output the loss acts on, where a constant prediction would show.
             "predictions": predictions[:, 0, 0].detach(),
-            "target_prediction_error": self.loss.per_image(predictions, target_tokens, target_idx),
+            "target_prediction_error": self.loss.per_image(errors),
         }
         return ObjectiveOutput(loss=loss, terms={"ijepa_loss": loss}, diagnostics=diagnostics)
 

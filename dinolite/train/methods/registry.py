@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from dinolite.config import Config, ConfigError, WatchdogThreshold
+from dinolite.eval.online import FEATURES as EVAL_FEATURES
 
 if TYPE_CHECKING:
     from dinolite.train.objective import SSLObjective
 
 NETWORKS = ("teacher", "student")
-EVAL_FEATURES = ("cls", "avgpool")
 
 
 @dataclass(frozen=True)
