@@ -7,8 +7,12 @@ expected type and the value given, and an unknown preset lists the available one
 
 Key names follow DINOv2's ``ssl_default_config.yaml`` where DINOv2 has the key (``student.arch``,
 ``dino.head_n_prototypes``, ``optim.base_lr``, ...) so that DINOv2 users can carry their overrides over.
+
+A file never runs a shell command (``pipe:`` sources) or reads the environment (``${oc.env:...}`` and every
+other resolver) unless the user grants it outside the file (:mod:`dinolite.config.opt_ins`).
 """
 
+from dinolite.config import opt_ins
 from dinolite.config.loading import (
     available_presets,
     config_from_dict,
@@ -18,6 +22,7 @@ from dinolite.config.loading import (
     to_dict,
     to_yaml,
 )
+from dinolite.config.opt_ins import OptIns, granted
 from dinolite.config.schema import (
     CHOICES,
     CONFIG_DIR,
@@ -60,6 +65,7 @@ __all__ = [
     "IbotConfig",
     "JointEmbeddingConfig",
     "MSNConfig",
+    "OptIns",
     "MonitorConfig",
     "OptimConfig",
     "SimMIMConfig",
@@ -71,8 +77,10 @@ __all__ = [
     "available_presets",
     "config_from_dict",
     "get_by_path",
+    "granted",
     "load_config",
     "load_yaml_as",
+    "opt_ins",
     "save_config",
     "to_dict",
     "to_yaml",

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dinolite import config_aliases
+from dinolite.config.opt_ins import check_interpolations, check_pipe_sources, literal_strings
 from dinolite.config.schema import CONFIG_DIR, Config, ConfigError
 from dinolite.config.validation import validate
 from dinolite.io import write_text_atomic
@@ -53,6 +54,7 @@ def _read_yaml(path: Path) -> DictConfig:
         return OmegaConf.create({})
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    check_interpolations(OmegaConf.to_container(loaded, resolve=False), str(path))  # before anything resolves
     return loaded
 
 
@@ -122,6 +124,9 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
     except config_aliases.AliasError as exc:
         raise ConfigError(str(exc)) from None
     _check_keys(other, Config, "", source)
+    data = other.get("data")
+    if isinstance(data, DictConfig) and "source" in data:
+        check_pipe_sources(OmegaConf.to_container(data, resolve=False).get("source"), "data.source", source)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
@@ -228,20 +233,26 @@ def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()
             _check_shared_head(preset, merged, str(preset_path))
     if overrides:
         layer = _parse_overrides(overrides)
+        check_interpolations(OmegaConf.to_container(layer, resolve=False), "overrides")
         merged = _merge(merged, layer, "overrides")
         _check_shared_head(layer, merged, "overrides")
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(_format_omegaconf_error(exc, "config")) from exc
+    # A pipe: that only an interpolation (${other.key}) puts together is not in any one layer's text.
+    check_pipe_sources(cfg.data.source, "data.source", f"{preset_path} with its overrides (resolved)")
     validate(cfg)
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a validated :class:`Config` from a plain dict (e.g. the resolved config saved by a run)."""
+def config_from_dict(data: dict, source: str = "saved config") -> Config:
+    """Rebuild a validated :class:`Config` from the plain dict of a resolved one (:func:`to_dict`, e.g. the
+    config a Slurm job was submitted with). Its strings are values, not OmegaConf text: a ``${...}`` in one
+    stays those characters (nothing is interpolated), and its ``pipe:`` sources are refused unless granted."""
     schema = OmegaConf.structured(Config)
-    cfg: Config = OmegaConf.to_object(_merge(schema, OmegaConf.create(data), "saved config"))  # type: ignore
+    node = OmegaConf.create(literal_strings(data))
+    cfg: Config = OmegaConf.to_object(_merge(schema, node, source))  # type: ignore
     validate(cfg)
     return cfg
 
@@ -264,12 +275,15 @@ def _check_shared_head(layer: DictConfig, merged: DictConfig, source: str) -> No
 
 
 def to_dict(cfg: Config) -> dict:
-    """Plain-dict form of a config (JSON/YAML serialisable)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    """Plain-dict form of a config (JSON/YAML serialisable): its values as they are, nothing resolved again
+    (a ``${...}`` that a value holds after resolution stays text)."""
+    return dataclasses.asdict(cfg)
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML that reads back (:func:`load_config`) to the same values: ``${`` in a value is
+    written escaped, so no interpolation saved in a run folder is resolved when the run is read back."""
+    return OmegaConf.to_yaml(OmegaConf.create(literal_strings(to_dict(cfg))))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

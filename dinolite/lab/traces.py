@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
-
-from dinolite.config import Config, ConfigError, config_from_dict
+from dinolite.config import Config, ConfigError, load_config
 from dinolite.io import write_json_atomic
 from dinolite.monitor.collapse import metric_names
 from dinolite.monitor.watchdog import Watchdog
@@ -151,9 +149,9 @@ def read_run_config(run_dir: Path) -> Optional[Config]:
     if not path.is_file():
         return None
     try:
-        return config_from_dict(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+        return load_config(path)  # a file like any config: no resolver, no pipe: without the user's grant
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 @dataclass(frozen=True)

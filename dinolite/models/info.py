@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
-from dinolite.config import load_config
+from dinolite.config import load_config, opt_ins
 from dinolite.extras import MissingExtraError, optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
@@ -192,12 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
+    opt_ins.add_opt_in_arguments(parser)
     return parser
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    with opt_ins.from_args(args).applied():
+        cfg = load_config(args.config, args.overrides)
     print(format_summary(model_summary(cfg)))
     return 0
 

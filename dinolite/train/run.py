@@ -26,7 +26,7 @@ import torch
 from dinolite.checkpoint import CheckpointError, CheckpointManager
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.compat import check_installed_versions
-from dinolite.config import ConfigError, load_config, to_yaml
+from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.extras import MissingExtraError
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the config and print it resolved; train nothing (no GPU or data needed)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
+    opt_ins.add_opt_in_arguments(parser)
     return parser
 
 
@@ -78,6 +79,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    with opt_ins.from_args(args).applied():  # what the config may do: the user's flags, never the file's
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     console = get_console_logger()
     check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
     try:

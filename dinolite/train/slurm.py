@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
-from dinolite.config import config_from_dict
+from dinolite.config import OptIns, config_from_dict
 from dinolite.dist import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
@@ -126,12 +126,18 @@ class SlurmTrainingJob(Checkpointable):
     train_entry: Union[str, Callable[..., Any]] = DEFAULT_TRAIN_ENTRY
     init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.dist:init_distributed"
     requeue: Callable[[str], None] = field(default=scontrol_requeue)
+    # What the user allowed the config to do at submission (--allow-pipe-sources, ...): the job reads the
+    # config again (and, on a requeue, the checkpoint's), in an environment Slurm may not have copied.
+    opt_ins: OptIns = field(default_factory=OptIns)
 
     def __call__(self) -> Any:
         return self.run(os.environ)
 
     def run(self, environ: Mapping[str, str]) -> Any:
+        with self.opt_ins.applied():
+            return self._run(environ)
 
+    def _run(self, environ: Mapping[str, str]) -> Any:
         task = SlurmTask.from_environ(environ)
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
         cfg = config_from_dict(self.config)

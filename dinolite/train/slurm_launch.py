@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from dinolite.checkpoint import CheckpointManager
 from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
-from dinolite.config import ConfigError, load_config, to_dict, to_yaml
+from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 
 try:  # submitit (the ``slurm`` extra) is needed to submit, not to print --help
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "holds checkpoints (a requeued job still resumes from its own)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
+    opt_ins.add_opt_in_arguments(parser)
     return parser
 
 
@@ -223,7 +224,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--max-requeues={args.max_requeues}: must be >= 0")
     if slurm is None:
         raise _MISSING_SUBMITIT
+    with opt_ins.from_args(args).applied() as grant:  # the job carries the grant: requeues read the config again
+        return _submit(args, own, passthrough, grant)
 
+
+def _submit(args: argparse.Namespace, own: Sequence[str], passthrough: list[str], grant: opt_ins.OptIns) -> int:
+    training = args.config is not None
     try:
         if training:
             cfg = load_config(args.config, args.overrides)
@@ -239,7 +245,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             resources = resources_from_args(args, own, job_name)
             check_training_fits(cfg, resources)
             job = slurm.SlurmTrainingJob(
-                config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues
+                config=to_dict(cfg), output_dir=str(output_dir), max_requeues=args.max_requeues, opt_ins=grant
             )
             summary = (
                 f"# resolved config ({args.config}, overrides: {' '.join(args.overrides) or 'none'})\n{to_yaml(cfg)}"

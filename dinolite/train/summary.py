@@ -8,7 +8,7 @@ import argparse
 from typing import Sequence
 
 from dinolite.cli import make_parser, run_main
-from dinolite.config import load_config
+from dinolite.config import load_config, opt_ins
 from dinolite.models.info import format_summary, model_summary
 from dinolite.train.methods import get_method
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m dinolite.train.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="preset name or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
+    opt_ins.add_opt_in_arguments(parser)
     return parser
 
 
@@ -26,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    with opt_ins.from_args(args).applied():
+        cfg = load_config(args.config, args.overrides)
     method = get_method(cfg.train.method)
     print(format_summary(model_summary(cfg), method.training_flops(cfg), method.name))
     return 0
