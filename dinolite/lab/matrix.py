@@ -27,6 +27,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
+from dinolite.config.opt_ins import check_pipe_sources
 from dinolite.data.digits import prepare_digits
 from dinolite.eval.online import FEATURES
 
@@ -42,6 +43,10 @@ COMPARISON_METRICS = ("knn", "linear")
 DIGITS = "digits"
 MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the presets)
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+# The lab's own folders in <output_dir>, shared by every run: a run labelled like one would write into it.
+DATA_FOLDER, REPORT_FOLDER, BASELINES_FOLDER = "data", "report", "baselines"
+SLURM_LOGS_FOLDER = "slurm_logs"  # dinolite.train.slurm_submit.LOG_DIR_NAME (that module needs submitit)
+SHARED_FOLDERS = (DATA_FOLDER, REPORT_FOLDER, BASELINES_FOLDER, SLURM_LOGS_FOLDER)
 
 
 @dataclass
@@ -164,7 +169,7 @@ class LabPlan:
 
     @property
     def report_dir(self) -> Path:
-        return self.output_dir / "report"
+        return self.output_dir / REPORT_FOLDER
 
     def select(self, labels: Optional[list[str]]) -> list[PlannedRun]:
         """The runs named in ``labels`` (all when None); unknown labels are an error with a hint."""
@@ -235,6 +240,8 @@ def load_matrix(path: str | Path) -> LabMatrix:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.comparison_margin': {rules.comparison_margin}; must be >= 0"
         )
+    for key in ("data", "eval_train", "eval_val"):  # shell commands only with the user's grant, never the file's
+        check_pipe_sources(getattr(matrix, key), key, src)
     if not matrix.runs:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
@@ -249,6 +256,11 @@ def load_matrix(path: str | Path) -> LabMatrix:
         where = f"{src}: runs[{i}]"
         if not _LABEL.fullmatch(run.label):
             raise ConfigError(f"{where}.label {run.label!r}: use letters, digits and _.+- (it names a folder)")
+        if run.label.lower() in SHARED_FOLDERS:  # lower: "Data" is "data" on a case-insensitive filesystem
+            raise ConfigError(
+                f"{where}.label {run.label!r}: <output_dir>/{run.label} would be the lab's own folder, shared by "
+                f"every run ({', '.join(SHARED_FOLDERS)} are reserved); choose another label"
+            )
         if run.label in seen:
             raise ConfigError(f"{where}.label {run.label!r} is already the label of runs[{seen[run.label]}]")
         seen[run.label] = i
@@ -331,7 +343,7 @@ def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepa
     out = Path(output_dir or matrix.output_dir).expanduser().absolute()
     data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)
     if matrix.data == [DIGITS] and prepare:
-        digits = prepare_digits(out / "data")
+        digits = prepare_digits(out / DATA_FOLDER)
         data = list(digits["train"])
         if not eval_train:
             eval_train, eval_val = [digits["train_folder"]], [digits["val_folder"]]

@@ -13,7 +13,12 @@ task per run (:class:`dinolite.lab.slurm_array.LabArrayTask`), each trained thro
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -22,11 +27,13 @@ import torch
 from dinolite.config import ConfigError, to_dict
 from dinolite.dist import destroy_distributed, init_distributed
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
-from dinolite.lab.matrix import LabPlan, PlannedRun
+from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan, PlannedRun
 from dinolite.lab.report import write_report
 from dinolite.lab.traces import read_result, read_run_config, write_result
 from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import NonFiniteLossError, TrainResult, train
+from dinolite.train.run_lock import hold_run_lock
+from dinolite.train.stop_signals import STOP_SIGNALS, StopFlag
 
 FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
 # Keys that may differ between the planned config and a run folder's config without making it another run:
@@ -85,7 +92,7 @@ def finish_run(
     data = EvalData(plan.eval_train, plan.eval_val, plan.matrix.measurements, run.config.train.device)
     features = run.spec.features
     evaluation = evaluate_run(run.config, run.run_dir, data, features=features)
-    random_init_baseline(run.config, data, plan.output_dir / "baselines", features)
+    random_init_baseline(run.config, data, plan.output_dir / BASELINES_FOLDER, features)
     result = {
         "label": run.label,
         "status": status,
@@ -100,17 +107,22 @@ def finish_run(
     return result
 
 
-def train_one(run: PlannedRun, train_fn: Callable[..., TrainResult] = train) -> tuple[str, int, str]:
-    """Train (or resume) one run in this process; returns ``(status, iteration, message)``."""
+def train_one(
+    run: PlannedRun, train_fn: Callable[..., TrainResult] = train, stop_requested: Callable[[], bool] | None = None
+) -> TrainResult:
+    """Train (or resume) one run in this process, holding its folder's run lock (as ``dinolite-train``
+    does: another lab or training process on the same folder is refused). A diverged run is a result
+    (``status="diverged"``), not an error."""
     cfg = run.config
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
     try:
-        result = train_fn(cfg, run.run_dir, env)
-        return result.status, result.iteration, result.message
+        with hold_run_lock(run.run_dir, env.rank == 0, device):
+            return train_fn(cfg, run.run_dir, env, stop_requested=stop_requested)
     except NonFiniteLossError as exc:
-        return "diverged", iteration_of(str(exc)), str(exc)
+        return TrainResult("diverged", iteration_of(str(exc)), None, message=str(exc))
     finally:
         destroy_distributed()
 
@@ -126,24 +138,82 @@ def iteration_of(message: str) -> int:
     return -1
 
 
+class StoppedDuringEvaluation(Exception):
+    """A stop signal arrived while a trained run was being evaluated (the evaluation is redone next time)."""
+
+
+@contextlib.contextmanager
+def _stop_ends_evaluation(stop: StopFlag | None) -> Iterator[None]:
+    """Inside: a stop signal ends the evaluation at once. It only reads checkpoints and writes its
+    results atomically at the end, so nothing is lost; an error it raises because the signal also
+    reached its data workers counts as the stop too."""
+    if stop is None:
+        yield
+        return
+
+    def handle(signum: int, frame: types.FrameType | None) -> None:
+        stop.signal_name = stop.signal_name or signal.Signals(signum).name  # the lab's message says the rest
+        raise StoppedDuringEvaluation(stop.signal_name)
+
+    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
+    try:
+        if stop.is_set():
+            raise StoppedDuringEvaluation(stop.signal_name)
+        yield
+    except Exception as exc:
+        if stop.is_set() and not isinstance(exc, StoppedDuringEvaluation):
+            raise StoppedDuringEvaluation(stop.signal_name) from exc
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_local(
-    plan: LabPlan, labels: Optional[list[str]] = None, report: bool = True, train_fn: Callable[..., TrainResult] = train
+    plan: LabPlan,
+    labels: Optional[list[str]] = None,
+    report: bool = True,
+    train_fn: Callable[..., TrainResult] = train,
+    stop: StopFlag | None = None,
 ) -> Path | None:
-    """Every selected run, one after another in this process, then the report (unless ``report=False``)."""
+    """Every selected run, one after another in this process, then the report (unless ``report=False``).
+
+    ``stop`` (installed by the caller for SIGTERM / SIGINT / SIGUSR2, as ``dinolite-lab`` does): a signal
+    during training checkpoints the run at the next iteration; during an evaluation it ends it at once;
+    between runs nothing new starts. Each way the lab says that the same command resumes, and returns None.
+    """
     console = get_console_logger()
     selected = plan.select(labels)
     for run in selected:
         check_run_dir(run)
     for run in selected:
+        if stop is not None and stop.is_set():
+            return _stopped(console, f"stopped by {stop.signal_name} before {run.label} started")
         if is_done(run):
             console.info(f"[lab] {run.label}: finished earlier, skipped")
             continue
         console.info(f"[lab] {run.label}: {' '.join([run.spec.preset, *run.spec.overrides])} -> {run.run_dir}")
         start = time.perf_counter()
-        status, iteration, message = train_one(run, train_fn)
-        if status == "preempted":
-            console.info(f"[lab] {run.label}: preempted at iteration {iteration}; run the lab again to resume")
-            return None
-        finish_run(plan, run, status, iteration, message, round(time.perf_counter() - start, 1))
-        console.info(f"[lab] {run.label}: {status} at iteration {iteration} ({time.perf_counter() - start:.0f} s)")
+        result = train_one(run, train_fn, stop.is_set if stop is not None else None)
+        if result.status == "preempted":
+            by = f"by {stop.signal_name}" if stop is not None and stop.is_set() else "(preempted)"
+            return _stopped(
+                console,
+                f"{run.label}: stopped {by} at iteration {result.iteration}, checkpoint {result.checkpoint_path}",
+            )
+        try:
+            with _stop_ends_evaluation(stop):
+                finish_run(
+                    plan, run, result.status, result.iteration, result.message, round(time.perf_counter() - start, 1)
+                )
+        except StoppedDuringEvaluation as exc:
+            return _stopped(console, f"{run.label}: stopped by {exc} during its evaluation (it is trained)")
+        console.info(
+            f"[lab] {run.label}: {result.status} at iteration {result.iteration} ({time.perf_counter() - start:.0f} s)"
+        )
     return write_report(plan) if report else None
+
+
+def _stopped(console: logging.Logger, what: str) -> None:
+    console.info(f"[lab] {what}; run the same command again to resume (finished runs are skipped)")
+    return None

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dinolite.config import to_dict
+from dinolite.config import OptIns, to_dict
 from dinolite.lab.matrix import LabPlan
 from dinolite.lab.report import write_report
 from dinolite.lab.runner import check_run_dir, finish_run, is_done, iteration_of
@@ -37,11 +37,19 @@ class LabArrayTask(slurm.Checkpointable):
     plan: LabPlan
     label: str
     max_requeues: int = 10
+    opt_ins: OptIns = field(default_factory=OptIns)  # the user's grant at submission (the task reads configs)
 
     def __call__(self) -> Any:
+        with self.opt_ins.applied():
+            return self._run()
+
+    def _run(self) -> Any:
         run = next(r for r in self.plan.runs if r.label == self.label)
         job = slurm.SlurmTrainingJob(
-            config=to_dict(run.config), output_dir=str(run.run_dir), max_requeues=self.max_requeues
+            config=to_dict(run.config),
+            output_dir=str(run.run_dir),
+            max_requeues=self.max_requeues,
+            opt_ins=self.opt_ins,
         )
         try:
             result = job.run(os.environ)  # raises SystemExit when the job was requeued
@@ -69,7 +77,9 @@ class LabArrayTask(slurm.Checkpointable):
         return status
 
 
-def submit(plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: list[str]) -> int:
+def submit(
+    plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: list[str], opt_ins: OptIns | None = None
+) -> int:
     """Submit the unfinished runs among ``labels`` as one job array (or print its script: ``--dry-run``)."""
     if args.array_parallelism < 1:
         raise slurm_submit.SlurmLaunchError(f"--array-parallelism={args.array_parallelism}: must be >= 1")
@@ -102,7 +112,9 @@ def submit(plan: LabPlan, labels: list[str], args: argparse.Namespace, argv: lis
     log_dir.mkdir(parents=True, exist_ok=True)
     executor = slurm_submit.make_executor(log_dir, parameters, max_requeues=args.max_requeues)
     with executor.batch():
-        jobs = [executor.submit(LabArrayTask(plan, run.label, args.max_requeues)) for run in pending]
+        jobs = [
+            executor.submit(LabArrayTask(plan, run.label, args.max_requeues, opt_ins or OptIns())) for run in pending
+        ]
     for run, job in zip(pending, jobs):
         print(f"submitted {job.job_id}: {run.label} -> {run.run_dir}")
     print(f"logs: {log_dir}; the last task to finish writes {plan.report_dir / 'README.md'}", flush=True)

@@ -95,7 +95,7 @@ def test_interrupted_run_resumes_and_equals_the_uninterrupted_one(lab, tmp_path)
     plan = plan_matrix(tiny_matrix(tmp_path, out="interrupted"))
     calls = {"n": 0}
 
-    def interrupted_train(cfg, output_dir, env):
+    def interrupted_train(cfg, output_dir, env, stop_requested=None):
         def stop_after_three() -> bool:
             calls["n"] += 1
             return calls["n"] >= 3
