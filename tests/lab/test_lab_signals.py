@@ -4,6 +4,7 @@ its evaluation ends), the lab says the same command resumes and exits 0, as ``di
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from dinolite.checkpoint import CheckpointManager
 from dinolite.lab import runner
 from dinolite.lab.matrix import plan_matrix
 from dinolite.lab.traces import read_result
+from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import TrainResult
 from dinolite.train.stop_signals import StopFlag
 
@@ -71,7 +73,7 @@ def test_sigterm_checkpoints_the_run_in_progress_and_the_same_command_resumes(tm
     # That the same command then resumes from this checkpoint: test_lab_end_to_end.py (interrupted run).
 
 
-def test_a_signal_during_an_evaluation_ends_it_and_nothing_else_starts(tmp_path, monkeypatch, capfd):
+def test_a_signal_during_an_evaluation_ends_it_and_nothing_else_starts(tmp_path, monkeypatch):
     plan = plan_matrix(_matrix(tmp_path, 10), prepare=False)
     trained = []
 
@@ -86,10 +88,18 @@ def test_a_signal_during_an_evaluation_ends_it_and_nothing_else_starts(tmp_path,
 
     monkeypatch.setattr(runner, "evaluate_run", evaluation_that_gets_a_sigterm)
     stop = StopFlag(prefix="[lab]")
-    with stop.installed():
-        start = time.monotonic()
-        assert runner.run_local(plan, train_fn=pretend_training, stop=stop) is None
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    console = get_console_logger()
+    console.addHandler(handler)
+    try:
+        with stop.installed():
+            start = time.monotonic()
+            assert runner.run_local(plan, train_fn=pretend_training, stop=stop) is None
+    finally:
+        console.removeHandler(handler)
     assert time.monotonic() - start < 20 and trained == ["first"]
-    log = capfd.readouterr().out
+    log = "\n".join(messages)
     assert "first: stopped by SIGTERM during its evaluation" in log and "run the same command again to resume" in log
     assert read_result(plan.runs[0].run_dir) is None and stop.signal_name == "SIGTERM"
