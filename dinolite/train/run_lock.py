@@ -1,24 +1,38 @@
 """One run per output directory: an exclusive lock file taken before anything is written there.
 
 ``<output_dir>/.dinolite.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on local filesystems, on NFSv3+
-and on Lustre) and holds JSON: host, pid, the process's start time (``/proc/<pid>/stat``), the boot id,
-the Slurm job id and restart count, the start date and the command line. The file descriptor also holds
-an ``flock`` for the life of the run where the filesystem supports it (local, NFSv4, Lustre mounted with
-``-o flock``); it is only used as a hint in messages, never to decide anything.
+and on Lustre); its creator takes an ``flock`` on it at once, holds it for the life of the run, and writes
+JSON into it: host, pid, the process's start time (``/proc/<pid>/stat``), the boot id, the Slurm job id and
+restart count, the start date and the command line.
 
-A lock already there is:
+A lock already there is judged by its flock first, by what its JSON says second:
 
-- **live** (or cannot be checked: another host) -> start-up fails with the holder's host, pid and start
-  date, and what to do (use another ``train.output_dir``; if that run is really gone, delete the file);
-- **stale**, taken over with a warning naming the dead holder's host and pid, when provably dead:
-  same host and (no such pid, or a pid whose start time or boot id differs: the pid was reused), or the
-  same Slurm job id with a lower restart count (an earlier incarnation of this requeued job: Slurm has
-  ended it). Take-over renames the stale file away, checks that what it moved is the file it judged
-  stale, and then competes with ``O_EXCL`` again, so two runs starting at once cannot both win.
+- **flock held** -> the holder is alive, full stop: start-up fails naming its host, pid and start date,
+  whatever its pid looks like from here (a run in another PID namespace with the same host name --
+  containers with host networking, Apptainer/Podman -- shows a pid that does not exist, or belongs to
+  another process, on this side);
+- **flock free** and the holder provably dead -> taken over with a warning naming the dead holder's
+  host and pid. Provably dead: same host and (no such pid, or a pid whose start time or boot id
+  differs: the pid was reused), or the same Slurm job id with a lower restart count (an earlier
+  incarnation of this requeued job: Slurm has ended it). Take-over renames the stale file away, checks
+  that what it moved is the file it judged stale, and then competes with ``O_EXCL`` again, so two runs
+  starting at once cannot both win;
+- **flock free** without such evidence (e.g. a holder on another host) -> refused, as live;
+- **no flock on this filesystem** (``ENOLCK``, ``EOPNOTSUPP``...: Lustre mounted ``-o noflock``, NFS
+  mounted ``nolock``) -> nothing can show that the holder is alive, so pid evidence is not trusted and the
+  lock is refused; only the scheduler's word (the requeued Slurm job above) takes it over.
 
 Under torchrun / Slurm only rank 0 takes the lock (:func:`hold_run_lock`); all ranks agree on the result.
-Not guaranteed: a holder on another host that died without releasing (node crash) is never taken over
-automatically; filesystems without atomic exclusive create (NFSv2) give no exclusion.
+
+Network filesystems (what holds, and what the user must do: docs/checkpoints.md). On NFSv4, NFSv3 with
+its lock manager, and Lustre mounted ``-o flock``, flock is seen from every node and the rules above hold
+across nodes. Where flock is local to a node (Lustre ``-o localflock``, NFS ``local_lock=flock`` or
+``local_lock=all``) a live holder on *another node* leaves the flock free here: the lock still refuses it
+(another host is never taken over on pid evidence), but two nodes that share one host name are not told
+apart -- give every node its own host name, or put ``train.output_dir`` where flock is coherent. Not
+guaranteed: a holder on another host that died without releasing (node crash) is never taken over
+automatically (delete the file, as the message says); filesystems without atomic exclusive create (NFSv2)
+give no exclusion.
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ import torch
 from dinolite.dist import any_rank
 
 LOCK_FILE = ".dinolite.lock"
+# flock(2) errors that mean "this filesystem has no flock" (not "someone holds it").
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+_REQUEUED = "an earlier run of this requeued Slurm job"
 
 
 class RunLockError(RuntimeError):
@@ -101,7 +118,7 @@ class RunLock:
         me = self.info
         if holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]:
             if int(holder.get("slurm_restart_count") or 0) < me["slurm_restart_count"]:
-                return "an earlier run of this requeued Slurm job"
+                return _REQUEUED
         if holder.get("host") != me["host"]:
             return None
         if holder.get("boot_id") and me["boot_id"] and holder["boot_id"] != me["boot_id"]:
@@ -121,7 +138,7 @@ class RunLock:
             except FileNotFoundError:
                 return None
             try:
-                return json.loads(text)
+                loaded = json.loads(text)
             except json.JSONDecodeError:
                 if time.time() - self.path.stat().st_mtime > 10:
                     raise RunLockError(
@@ -129,23 +146,75 @@ class RunLock:
                         f"{self.output_dir}, delete it and start again"
                     ) from None
                 time.sleep(0.1)
+                continue
+            if not isinstance(loaded, dict):
+                raise RunLockError(
+                    f"{self.path} exists but is not a dinolite lock (JSON {type(loaded).__name__}, not an object); "
+                    f"if no run uses {self.output_dir}, delete it and start again"
+                )
+            return loaded
         raise RunLockError(f"{self.path}: the lock is being written by another process for too long")
 
-    def _held_hint(self) -> str:
-        """Whether the holder's flock is held (a hint: flock may not work across hosts on this filesystem)."""
+    def _flock_state(self, holder: dict) -> str:
+        """``held`` (the holder is alive), ``free`` (the flock could be taken: the holder does not hold
+        it, or holds it on another node where flock is node-local), ``unsupported`` (no flock on this
+        filesystem) or ``changed`` (the file was replaced or removed meanwhile: judge again)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return ""
+        except FileNotFoundError:
+            return "changed"
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return " (its flock is not held, so that run has probably ended)"
-        except BlockingIOError:
-            return ""
-        except OSError:
-            return ""
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "held"
+            except OSError as exc:
+                if exc.errno in _NO_FLOCK:
+                    return "unsupported"
+                raise
+            # Taken: the holder does not hold it. Released at close, before any take-over.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino and self._read_holder() == holder
+            except FileNotFoundError:
+                same = False
+            return "free" if same else "changed"
         finally:
             os.close(fd)
+
+    def _refusal(self, holder: dict, why: str, what_to_do: str) -> RunLockError:
+        return RunLockError(
+            f"{self.output_dir} is in use by another run ({_describe(holder)}; lock file {self.path}): {why}. "
+            f"Use another train.output_dir; {what_to_do}"
+        )
+
+    def _judge(self, holder: dict) -> str | None:
+        """Why the lock of ``holder`` may be taken over; raises :class:`RunLockError` when it may not;
+        ``None`` when the file changed meanwhile (judge again)."""
+        state = self._flock_state(holder)
+        if state == "changed":
+            return None
+        if state == "held":
+            raise self._refusal(
+                holder,
+                "that process holds the lock's flock, so it is running (even where its pid does not show from "
+                "here: another container or PID namespace)",
+                "or stop that run first",
+            )
+        reason = self._stale_reason(holder)
+        if state == "unsupported" and reason != _REQUEUED:
+            raise self._refusal(
+                holder,
+                "this filesystem has no flock, so whether that run still lives cannot be checked and its lock is "
+                "never taken over automatically",
+                f"if that run is gone, delete {self.path} and start again (docs/checkpoints.md: network filesystems)",
+            )
+        if reason is None:
+            raise self._refusal(
+                holder,
+                "it cannot be shown to have ended (its flock is free here, but flock may be local to a node)",
+                f"if that run is gone (e.g. its node crashed), delete {self.path} and start again",
+            )
+        return reason
 
     def _take_over(self, holder: dict) -> bool:
         """Move a stale lock aside; False when someone else changed it in the meantime (start over)."""
@@ -176,28 +245,35 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
-                if holder is None:
-                    continue
-                reason = self._stale_reason(holder)
-                if reason is None:
-                    raise RunLockError(
-                        f"{self.output_dir} is in use by another run ({_describe(holder)}; lock file {self.path})"
-                        f"{self._held_hint()}. Use another train.output_dir; if that run is gone (e.g. its node "
-                        f"crashed), delete {self.path} and start again"
-                    ) from None
-                if self._take_over(holder):
+                reason = self._judge(holder) if holder is not None else None
+                if reason is not None and self._take_over(holder):
                     warning = f"took over the stale lock {self.path} of {_describe(holder)}: {reason}"
                 continue
-            os.write(fd, (json.dumps(self.info) + "\n").encode())
-            os.fsync(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:  # no flock on this filesystem (ENOLCK, EOPNOTSUPP...): O_EXCL alone
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, errno.EWOULDBLOCK):
-                    raise
+            try:  # the flock before the JSON: whoever can read who holds the lock finds the flock held
+                self._flock_own(fd)
+                os.write(fd, (json.dumps(self.info) + "\n").encode())
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
             self._fd = fd
             return warning
         raise RunLockError(f"{self.path}: could not take the lock (other runs keep replacing it)")
+
+    def _flock_own(self, fd: int) -> None:
+        """flock the lock file this process just created; a filesystem without flock leaves O_EXCL alone."""
+        for _ in range(100):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:  # another process is judging it this instant (an older dinolite): wait
+                time.sleep(0.01)
+            except OSError as exc:
+                if exc.errno in _NO_FLOCK:
+                    return
+                raise
+        raise RunLockError(f"{self.path}: another process keeps the flock of the lock file this run just created")
 
     def release(self) -> None:
         if self._fd is None:

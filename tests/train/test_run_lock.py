@@ -1,7 +1,10 @@
-"""One run per output directory (issue 16, item 3): a second run fails at start-up, the first is unaffected."""
+"""One run per output directory (issue 16, item 3): a second run fails at start-up, the first is unaffected.
+A held flock means alive, whatever the recorded pid looks like from here (issue 24, item 2)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -127,3 +130,65 @@ def test_unwritable_output_directory_is_a_lock_error(tmp_path, monkeypatch):
     with pytest.raises(RunLockError, match=f"cannot create the lock file {tmp_path / LOCK_FILE}: .*Permission denied"):
         with hold_run_lock(tmp_path, is_main=True, device="cpu"):
             pass
+
+
+# A live run whose lock JSON, read from here, looks dead: what a run in another PID namespace with the same
+# host name (a container with host networking, Apptainer, Podman) shows. Each row: what its record says.
+LIVE_HOLDER = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(fd, sys.argv[2].encode())
+print("holding", flush=True)
+time.sleep(600)
+"""
+LOOKS_DEAD = [
+    pytest.param(lambda: {"pid": _dead_pid()}, id="a pid that does not exist here"),
+    pytest.param(lambda: {"pid": os.getpid(), "process_start": "1"}, id="a pid that is another process here"),
+    pytest.param(lambda: {"pid": os.getpid(), "boot_id": "another-boot"}, id="another boot id"),
+    pytest.param(
+        lambda: {"pid": 123, "host": "node-elsewhere", "slurm_job_id": "77", "slurm_restart_count": 0},
+        id="an earlier run of this requeued Slurm job",
+    ),
+]
+
+
+@pytest.mark.parametrize("record", LOOKS_DEAD)
+def test_a_live_holder_of_the_flock_is_never_taken_over(tmp_path, monkeypatch, record):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    info = {"host": socket.gethostname(), "started": "2026-01-01 00:00:00 UTC", **record()}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LIVE_HOLDER, str(tmp_path / LOCK_FILE), json.dumps(info)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunLockError) as refused:
+            RunLock(tmp_path).acquire()
+        message = str(refused.value)
+        assert f"is in use by another run (host {info['host']}, pid {info['pid']}" in message
+        assert "holds the lock's flock, so it is running" in message
+        assert json.loads((tmp_path / LOCK_FILE).read_text()) == info  # left as it was
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_without_flock_on_the_filesystem_pid_evidence_is_not_trusted(tmp_path, monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    _write_lock(tmp_path / "a", pid=_dead_pid())
+    with pytest.raises(RunLockError, match=r"this filesystem has no flock.*delete .*\.dinolite\.lock"):
+        RunLock(tmp_path / "a").acquire()
+    # the scheduler's word still counts: a requeued Slurm job takes over its earlier run's lock
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    _write_lock(tmp_path / "b", host="node-elsewhere", pid=123, slurm_job_id="77", slurm_restart_count=1)
+    lock = RunLock(tmp_path / "b")
+    assert "requeued Slurm job" in lock.acquire()
+    lock.release()
