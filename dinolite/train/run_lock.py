@@ -18,16 +18,16 @@ A lock already there is judged by its flock first, by what its JSON says second:
   that what it moved is the file it judged stale, and then competes with ``O_EXCL`` again, so two runs
   starting at once cannot both win;
 - **flock free** without such evidence (e.g. a holder on another host) -> refused, as live;
-- **no flock on this filesystem** (``ENOLCK``, ``EOPNOTSUPP``...: Lustre mounted ``-o noflock``, NFS
-  mounted ``nolock``) -> nothing can show that the holder is alive, so pid evidence is not trusted and the
-  lock is refused; only the scheduler's word (the requeued Slurm job above) takes it over.
+- **no flock on this filesystem** (``ENOSYS``: Lustre mounted ``-o noflock``; ``ENOLCK``: NFSv3 without
+  its lock manager; ``EOPNOTSUPP``) -> nothing can show that the holder is alive, so pid evidence is not
+  trusted and the lock is refused; only the scheduler's word (the requeued Slurm job above) takes it over.
 
 Under torchrun / Slurm only rank 0 takes the lock (:func:`hold_run_lock`); all ranks agree on the result.
 
 Network filesystems (what holds, and what the user must do: docs/checkpoints.md). On NFSv4, NFSv3 with
 its lock manager, and Lustre mounted ``-o flock``, flock is seen from every node and the rules above hold
-across nodes. Where flock is local to a node (Lustre ``-o localflock``, NFS ``local_lock=flock`` or
-``local_lock=all``) a live holder on *another node* leaves the flock free here: the lock still refuses it
+across nodes. Where flock is local to a node (Lustre ``-o localflock``, NFS ``nolock``, ``local_lock=flock``
+or ``local_lock=all``) a live holder on *another node* leaves the flock free here: the lock still refuses it
 (another host is never taken over on pid evidence), but two nodes that share one host name are not told
 apart -- give every node its own host name, or put ``train.output_dir`` where flock is coherent. Not
 guaranteed: a holder on another host that died without releasing (node crash) is never taken over
