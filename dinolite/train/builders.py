@@ -17,6 +17,8 @@ from dinolite.data.digits import prepare_digits
 from dinolite.data.loader import build_train_loader
 from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
+from dinolite.models import build_backbone
+from dinolite.models.vision_transformer import DinoVisionTransformer
 from dinolite.train.stop_signals import ignore_stop_signals
 
 DIGITS_SOURCE = "digits"
@@ -127,3 +129,18 @@ def load_pretrained_into(module: torch.nn.Module, state_dict: dict[str, torch.Te
 def pretrained_part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``tensors`` under ``prefix.`` with the prefix removed."""
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def build_student_backbone(cfg: Config, pretrained: Any = None) -> DinoVisionTransformer:
+    """The student backbone at ``crops.global_crops_size``, initialised from ``student.pretrained_weights``
+    when set: every method builds its student here, so every method takes the weights with the same
+    loader and the same checks (a pickle is refused, shapes are compared key by key, the error names the
+    key). ``pretrained``: the :class:`~dinolite.export.load.PretrainedWeights` already read from that path
+    (DINOv2 reads it once for its heads too). Build a teacher / target copy after this, so both start
+    from the weights."""
+    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    path = cfg.student.pretrained_weights
+    if path:
+        weights = pretrained if pretrained is not None else load_pretrained(path)
+        load_pretrained_into(backbone, weights.backbone, "backbone", path)
+    return backbone

@@ -4,7 +4,8 @@ Parametrized over ``list_methods()`` (as timm's tests run over ``list_models()``
 of this by being registered: a few steps train; a run stopped at a random iteration and resumed is
 bitwise equal to the uninterrupted run (every tensor of the final checkpoint: student, teacher,
 optimizer state, extra state); the collapse monitor measures the method's embeddings; the evaluated
-backbone loads for kNN; and it exports to safetensors and ONNX with the same features.
+backbone loads for kNN; it exports to safetensors and ONNX with the same features; and it starts from
+``student.pretrained_weights`` (student and teacher) through DINOv2's loader, refusing what it refuses.
 
 Batches are random uint8 images through the method's own view transform and collate (the data
 pipeline itself is tested in tests/data), so the runs take seconds.
@@ -26,6 +27,9 @@ from dinolite.config import load_config
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.knn import knn_classify
 from dinolite.export.__main__ import main as export_main
+from dinolite.export.spec import spec_from_backbone
+from dinolite.export.writers import write_safetensors
+from dinolite.models import build_backbone
 from dinolite.train import builders
 from dinolite.train.loop import train
 from dinolite.train.methods import get_method, list_methods
@@ -175,3 +179,92 @@ def test_exports_to_safetensors_and_onnx_with_the_same_features(runs, tmp_path):
     with torch.no_grad():
         expected = reference.forward_features(images)["x_norm_clstoken"]
     torch.testing.assert_close(torch.from_numpy(cls), expected, rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------ student.pretrained_weights (issue 24)
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle payload: loading it with plain ``pickle`` creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _perturbed_export(cfg, path: Path) -> dict[str, torch.Tensor]:
+    """A dinolite export of the method's student architecture whose every trained tensor differs from
+    the default initialisation; returns its tensors."""
+    torch.manual_seed(12345)
+    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter))
+    write_safetensors(backbone.state_dict(), spec_from_backbone(backbone), path)
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+def _first_step(name: str, cfg):
+    """The objective built from ``cfg`` (seeded) and its loss on one fixed batch."""
+    spec = get_method(name)
+    torch.manual_seed(cfg.train.seed)
+    objective = spec.build_objective(cfg)
+    batch = next(random_image_stream(cfg, None, 0, 1, 0, spec.build_transform(cfg), spec.build_collate(cfg)))
+    torch.manual_seed(0)
+    return objective, objective(batch, 0).loss.detach()
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_pretrained_weights_initialise_every_methods_student(name, tmp_path):
+    path = tmp_path / "backbone.safetensors"
+    exported = _perturbed_export(method_config(name, tmp_path / "run"), path)
+    objective, loss = _first_step(name, method_config(name, tmp_path / "run", f"student.pretrained_weights={path}"))
+    networks = [objective.student] + ([objective.teacher] if "backbone" in objective.teacher else [])
+    for network in networks:  # the teacher / target copy starts from the weights too
+        state = network["backbone"].state_dict()
+        assert sorted(state) == sorted(exported)
+        different = [k for k in exported if not torch.equal(state[k], exported[k])]
+        assert not different, f"{name}: the backbone does not hold the file's {different[:5]}"
+    _, without = _first_step(name, method_config(name, tmp_path / "run"))
+    assert not torch.equal(loss, without), f"{name}: the loss is the same with and without the weights"
+
+
+def _pickle_payload(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "payload.pth"
+    torch.save({"cls_token": RunsCodeWhenUnpickled(tmp_path / "MARKER")}, path)
+    return path
+
+
+def _truncated(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "cut.safetensors"
+    _perturbed_export(cfg, path)
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+def _another_architecture(tmp_path: Path, cfg) -> Path:
+    path = tmp_path / "deeper.safetensors"
+    deeper = load_config(get_method(cfg.train.method).demo_preset, [*SMALL, "student.depth=3"])
+    _perturbed_export(deeper, path)
+    return path
+
+
+# (what the file is, how it is made, what the error names): DINOv2's loader and its errors, for every method.
+UNLOADABLE = [
+    pytest.param(_pickle_payload, r"weights_only", id="a pickle that runs code"),
+    pytest.param(_truncated, r"cannot read as safetensors", id="a truncated export"),
+    pytest.param(_another_architecture, r"blocks\.2", id="another architecture"),
+]
+
+
+@pytest.mark.parametrize(("make", "match"), UNLOADABLE)
+@pytest.mark.parametrize("name", list_methods())
+def test_an_unloadable_pretrained_file_is_refused_by_every_method(name, make, match, tmp_path):
+    path = make(tmp_path, method_config(name, tmp_path / "run"))
+    cfg = method_config(name, tmp_path / "run", f"student.pretrained_weights={path}")
+    with pytest.raises(ValueError, match=rf"student\.pretrained_weights='{path}'.*{match}"):
+        get_method(name).build_objective(cfg)
+    assert not (tmp_path / "MARKER").exists()

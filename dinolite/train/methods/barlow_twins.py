@@ -11,10 +11,10 @@ import torch
 
 from dinolite.config import Config
 from dinolite.losses import BarlowTwinsLoss
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_projector,
-    build_student_backbone,
     method_spec,
     require_symmetric_loss,
 )

@@ -18,9 +18,9 @@ from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from dinolite.models import build_backbone, build_heads
+from dinolite.models import build_heads
 from dinolite.models.info import model_summary
-from dinolite.train.builders import load_pretrained, load_pretrained_into, pretrained_part
+from dinolite.train.builders import build_student_backbone, load_pretrained, load_pretrained_into, pretrained_part
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
 
@@ -33,14 +33,12 @@ def build_objective(cfg: Config) -> DINOv2Objective:
             f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU (the nearest neighbour of a "
             "lone sample does not exist); raise the batch size or set dino.koleo_loss_weight=0"
         )
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    # Before the teacher copy is taken, so student and teacher start from the same weights.
+    path = cfg.student.pretrained_weights
+    pretrained = load_pretrained(path) if path else None
+    backbone = build_student_backbone(cfg, pretrained)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
-    pretrained = None
-    if cfg.student.pretrained_weights:
-        # Before the teacher copy is taken, so student and teacher start from the same weights.
-        path = cfg.student.pretrained_weights
-        pretrained = load_pretrained(path)
-        load_pretrained_into(backbone, pretrained.backbone, "backbone", path)
+    if pretrained is not None:
         if pretrained.heads is not None:  # an export made --with-heads: continue pretraining
             load_pretrained_into(heads["dino_head"], pretrained_part(pretrained.heads, "dino_head"), "dino_head", path)
             if cfg.ibot.separate_head:

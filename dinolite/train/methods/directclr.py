@@ -11,9 +11,9 @@ import torch
 
 from dinolite.config import Config, ConfigError
 from dinolite.losses import DirectCLRLoss
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
-    build_student_backbone,
     method_spec,
     require_symmetric_loss,
 )

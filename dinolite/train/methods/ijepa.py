@@ -30,9 +30,9 @@ from dinolite.data.masked_views import MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import backbone_kwargs
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.ema import ema_update
 from dinolite.train.methods.masked_common import (
-    build_method_backbone,
     checked,
     flops_record,
     transformer_macs,
@@ -102,7 +102,7 @@ def mask_generator(cfg: Config) -> MultiBlockMaskGenerator:
 
 def build_objective(cfg: Config) -> IJEPAObjective:
     c = cfg.ijepa
-    backbone = build_method_backbone(cfg)
+    backbone = build_student_backbone(cfg)
     predictor = checked(
         "ijepa",
         lambda: IJEPAPredictor(

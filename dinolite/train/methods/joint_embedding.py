@@ -28,7 +28,7 @@ from torch import nn
 from dinolite.config import Config, ConfigError, ViewConfig, WatchdogThreshold
 from dinolite.data.augment import CropRecipe
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for, collate_views
-from dinolite.models import ProjectionMLP, backbone_kwargs, build_backbone
+from dinolite.models import ProjectionMLP, backbone_kwargs
 from dinolite.models.info import backbone_forward_macs, head_forward_macs
 from dinolite.train.ema import ema_update
 from dinolite.train.methods.registry import MethodSpec
@@ -291,10 +291,6 @@ class JointEmbeddingObjective(SSLObjective):
 
     def schedule_values(self, iteration: int) -> dict[str, float]:
         return {} if self.target_momentum is None else {"momentum": self.target_momentum(iteration)}
-
-
-def build_student_backbone(cfg: Config) -> nn.Module:
-    return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
 
 
 def require_symmetric_loss(cfg: Config) -> None:

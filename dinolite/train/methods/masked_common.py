@@ -1,5 +1,5 @@
 """What the masked-prediction methods (I-JEPA, MSN, SimMIM) share: a FLOP count for ViTs that run on a
-subset of the tokens, config errors naming their key, and backbone set-up from the config.
+subset of the tokens and config errors naming their key.
 
 FLOPs (for the benchmark's MFU) count the matrix products only, as multiply-adds x 2 (the convention of
 :mod:`dinolite.models.info`): per block on ``T`` tokens of width ``D`` with an MLP of ratio ``r``::
@@ -17,9 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dinolite.config import Config, ConfigError
-from dinolite.models import build_backbone
-from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
-from dinolite.train.builders import load_pretrained, load_pretrained_into
+from dinolite.models.vision_transformer import backbone_kwargs
 
 
 def transformer_macs(num_tokens: float, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:
@@ -64,13 +62,3 @@ def checked(section: str, build: Callable[[], Any]) -> Any:
         raise
     except ValueError as exc:
         raise ConfigError(f"invalid '{section}' settings: {exc}") from exc
-
-
-def build_method_backbone(cfg: Config) -> DinoVisionTransformer:
-    """The student backbone at ``crops.global_crops_size``, initialised from ``student.pretrained_weights``
-    when set (backbone only: heads and predictors of another method do not transfer)."""
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    if cfg.student.pretrained_weights:
-        path = cfg.student.pretrained_weights
-        load_pretrained_into(backbone, load_pretrained(path).backbone, "backbone", path)
-    return backbone

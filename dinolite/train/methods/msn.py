@@ -27,9 +27,9 @@ from dinolite.data.masked_collate import collate_msn
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
 from dinolite.losses import MSNLoss
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.ema import ema_update
 from dinolite.train.methods.masked_common import (
-    build_method_backbone,
     checked,
     embed_dim,
     flops_record,
@@ -90,7 +90,7 @@ class MSNObjective(SSLObjective):
 
 def build_objective(cfg: Config) -> MSNObjective:
     c = cfg.msn
-    backbone = build_method_backbone(cfg)
+    backbone = build_student_backbone(cfg)
     projector = MSNProjectionHead(backbone.embed_dim, c.hidden_dim, c.output_dim, c.use_bn)
     prototypes = Prototypes(c.num_prototypes, c.output_dim)
     loss = checked(

@@ -21,11 +21,11 @@ import torch
 
 from dinolite.config import Config
 from dinolite.losses import NegativeCosineLoss
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_predictor,
     build_projector,
-    build_student_backbone,
     method_spec,
     target_momentum_schedule,
 )

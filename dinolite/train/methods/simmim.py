@@ -23,8 +23,8 @@ from dinolite.data.masked_collate import SingleViewAugmentation, collate_simmim
 from dinolite.data.masked_views import SimMIMMaskGenerator
 from dinolite.losses import SimMIMLoss
 from dinolite.models.masked_heads import SimMIMHead
+from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.masked_common import (
-    build_method_backbone,
     checked,
     embed_dim,
     flops_record,
@@ -58,7 +58,7 @@ class SimMIMObjective(SSLObjective):
 
 
 def build_objective(cfg: Config) -> SimMIMObjective:
-    backbone = build_method_backbone(cfg)
+    backbone = build_student_backbone(cfg)
     decoder = SimMIMHead(backbone.embed_dim, cfg.student.patch_size)
     return SimMIMObjective(backbone, decoder, SimMIMLoss(cfg.student.patch_size, cfg.simmim.norm_target))
 
