@@ -286,3 +286,36 @@ def test_a_resolved_config_never_carries_an_interpolation_to_be_resolved_later(
         assert to_dict(cfg)["train"]["mlflow_tracking_uri"] == literal
         again = config_from_dict(to_dict(cfg))
     assert again.train.mlflow_tracking_uri == literal
+
+
+# The same files through the programs that read them: one error: line naming the file and the key, and
+# the user's flag lets the same command through. (program, its arguments; C = the hostile config,
+# M = a matrix whose data is a pipe: source.)
+PROGRAMS = [
+    pytest.param("dinolite.train.run", ["--config", "C", "--dry-run"], 1, id="dinolite-train"),
+    pytest.param(
+        "dinolite.train.slurm_launch",
+        ["--config", "C", "--gpus-per-node", "0", "--output-dir", "TMP/slurm", "--dry-run"],
+        2,
+        id="dinolite-slurm",
+    ),
+    pytest.param("dinolite.models.info", ["--config", "C"], 2, id="dinolite-info"),
+    pytest.param("dinolite.train.summary", ["--config", "C"], 2, id="dinolite.train.summary"),
+    pytest.param("dinolite.lab.cli", ["--matrix", "M", "--report"], 2, id="dinolite-lab"),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "code"), PROGRAMS)
+def test_every_program_refuses_the_file_and_takes_the_users_flag(hostile_env, tmp_path, capsys, module, argv, code):
+    main = __import__(module, fromlist=["main"]).main
+    config, matrix = tmp_path / "c.yaml", tmp_path / "m.yaml"
+    config.write_text(_fill('data:\n  source: ["pipe:touch MARKER; cat /dev/null"]\n', tmp_path))
+    lab = MATRIX.replace("iterations: 10\n", 'iterations: 10\ndata: ["pipe:x"]\neval_train: [TMP]\neval_val: [TMP]\n')
+    matrix.write_text(_fill(lab, tmp_path))
+    argv = [str(config) if a == "C" else str(matrix) if a == "M" else _fill(a, tmp_path) for a in argv]
+    assert main(argv) == code
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and "'pipe:" in error[0], error
+    assert str(matrix if module == "dinolite.lab.cli" else config) in error[0], error
+    assert main([*argv, "--allow-pipe-sources"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "MARKER").exists()
