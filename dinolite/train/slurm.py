@@ -140,7 +140,7 @@ class SlurmTrainingJob(Checkpointable):
     def _run(self, environ: Mapping[str, str]) -> Any:
         task = SlurmTask.from_environ(environ)
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
-        cfg = config_from_dict(self.config)
+        cfg = config_from_dict(self.config, source="the config this Slurm job was submitted with")
         cfg.train.output_dir = str(output_dir)
         flag = StopFlag(prefix="[dinolite.slurm]")
         signum = preemption_signal()

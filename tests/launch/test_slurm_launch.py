@@ -396,6 +396,26 @@ def test_submitit_pickles_the_job(tmp_path):
         slurm.resolve_callable("no_colon")
 
 
+def test_the_job_carries_the_users_grant_for_what_the_config_asks(tmp_path, slurm_env, monkeypatch):
+    """--allow-pipe-sources at submission reaches the job (pickled with it), whatever Slurm copies of the
+    environment; without it the job refuses the config it was handed (issue 24)."""
+    import cloudpickle
+
+    from dinolite.config import ConfigError, OptIns, load_config, to_dict
+
+    monkeypatch.delenv("DINOLITE_ALLOW_PIPE_SOURCES", raising=False)
+    with OptIns(pipe_sources=True).applied():
+        config = to_dict(load_config("demo", ["data.source=[pipe:cat shard.tar]"]))
+    slurm_env(restarts=0)
+    job = slurm.SlurmTrainingJob(config=config, output_dir=str(tmp_path / "%j"), train_entry=StandInTrainer(total=2))
+    with pytest.raises(ConfigError, match=r"submitted with: data\.source\[0\] = 'pipe:cat shard\.tar'"):
+        job()
+    job.opt_ins = OptIns(pipe_sources=True)
+    clone = cloudpickle.loads(cloudpickle.dumps(job))
+    assert clone.opt_ins == job.opt_ins and clone().status == "finished"
+    assert "DINOLITE_ALLOW_PIPE_SOURCES" not in os.environ  # the grant lasts as long as the job
+
+
 def test_task_and_scontrol_parsing():
     task = slurm.SlurmTask.from_environ({"SLURM_JOB_ID": "77", "SLURM_PROCID": "3", "SLURM_RESTART_COUNT": "2"})
     assert task == slurm.SlurmTask(job_id="77", rank=3, restart_count=2)
