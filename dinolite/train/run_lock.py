@@ -155,7 +155,19 @@ class RunLock:
             return loaded
         raise RunLockError(f"{self.path}: the lock is being written by another process for too long")
 
-    def _flock_state(self, holder: dict) -> str:
+    def _read_holder_of_live_lock(self) -> dict | None:
+        """:meth:`_read_holder`; a lock whose record cannot be read is still in use while its flock is held."""
+        try:
+            return self._read_holder()
+        except RunLockError as unreadable:
+            if self._flock_state(None) == "held":
+                raise RunLockError(
+                    f"{self.output_dir} is in use by another process: it holds the flock of {self.path}, whose "
+                    f"record cannot be read ({unreadable}). Use another train.output_dir, or stop that process first"
+                ) from None
+            raise
+
+    def _flock_state(self, holder: dict | None) -> str:
         """``held`` (the holder is alive), ``free`` (the flock could be taken: the holder does not hold
         it, or holds it on another node where flock is node-local), ``unsupported`` (no flock on this
         filesystem) or ``changed`` (the file was replaced or removed meanwhile: judge again)."""
@@ -174,7 +186,8 @@ class RunLock:
                 raise
             # Taken: the holder does not hold it. Released at close, before any take-over.
             try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino and self._read_holder() == holder
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same = same and (holder is None or self._read_holder() == holder)
             except FileNotFoundError:
                 same = False
             return "free" if same else "changed"
@@ -244,7 +257,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._read_holder()
+                holder = self._read_holder_of_live_lock()
                 reason = self._judge(holder) if holder is not None else None
                 if reason is not None and self._take_over(holder):
                     warning = f"took over the stale lock {self.path} of {_describe(holder)}: {reason}"

@@ -192,3 +192,22 @@ def test_without_flock_on_the_filesystem_pid_evidence_is_not_trusted(tmp_path, m
     lock = RunLock(tmp_path / "b")
     assert "requeued Slurm job" in lock.acquire()
     lock.release()
+
+
+def test_a_live_holder_with_an_unreadable_record_is_still_in_use(tmp_path):
+    path = tmp_path / LOCK_FILE
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LIVE_HOLDER, str(path), "not json"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        old = time.time() - 3600  # not a lock being written: its record is just unreadable
+        os.utime(path, (old, old))
+        with pytest.raises(
+            RunLockError, match=r"is in use by another process: it holds the flock of .*not a dinolite lock"
+        ):
+            RunLock(tmp_path).acquire()
+        assert path.read_text() == "not json"
+    finally:
+        holder.kill()
+        holder.wait()
