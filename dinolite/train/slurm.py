@@ -215,18 +215,23 @@ class SlurmEntrypointJob(Checkpointable):
     target: str
     argv: list[str]
     is_module: bool
+    opt_ins: OptIns = field(default_factory=OptIns)  # the user's grant at submission (e.g. an export reads a config)
 
     def __call__(self) -> int:
         saved_argv = sys.argv
         sys.argv = [self.target, *self.argv]
         try:
-            if self.is_module:
-                runpy.run_module(self.target, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(self.target, run_name="__main__")
+            with self.opt_ins.applied():
+                self._run_target()
         except SystemExit as exc:
             if exc.code not in (0, None):
                 raise RuntimeError(f"{self.target} {' '.join(self.argv)} exited with status {exc.code}") from None
         finally:
             sys.argv = saved_argv
         return 0
+
+    def _run_target(self) -> None:
+        if self.is_module:
+            runpy.run_module(self.target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(self.target, run_name="__main__")

@@ -264,7 +264,9 @@ def _submit(args: argparse.Namespace, own: Sequence[str], passthrough: list[str]
             job_name = args.job_name or f"dinolite-{Path(target).stem.split('.')[-1]}"
             resources = resources_from_args(args, own, job_name)
             _check_program_arguments(target, passthrough, is_module=args.module is not None)
-            job = slurm.SlurmEntrypointJob(target=target, argv=passthrough, is_module=args.module is not None)
+            job = slurm.SlurmEntrypointJob(
+                target=target, argv=passthrough, is_module=args.module is not None, opt_ins=grant
+            )
             kind = "python -m" if args.module else "python"
             summary = f"# every task runs: {kind} {target} {' '.join(passthrough)}".rstrip()
         log_dir = slurm_submit.log_dir_for(output_dir)
