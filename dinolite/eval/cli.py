@@ -95,6 +95,16 @@ def add_transform_args(parser: argparse.ArgumentParser) -> None:
     add_normalisation_args(group, "the training")
 
 
+def add_num_classes_arg(parser: argparse.ArgumentParser) -> None:
+    """``--num-classes`` of the classifying CLIs (kNN, linear): a bound on the labels, not a tensor size."""
+    parser.add_argument(
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="every label must lie below it (default: the number of distinct train labels)",
+    )
+
+
 def add_normalisation_args(group: argparse._ActionsContainer, default_from: str) -> None:
     """``--mean`` (finite) and ``--std`` (positive, finite): three values each, one per RGB channel."""
     group.add_argument(

@@ -25,6 +25,7 @@ from torch import nn
 from dinolite.cli import make_parser, positive_float, positive_int
 from dinolite.eval.cli import (
     add_common_args,
+    add_num_classes_arg,
     add_transform_args,
     check_labelled_sources,
     check_outputs,
@@ -77,12 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="k of the headline top-1 (fixed in advance, as in DINO; always evaluated)",
     )
     parser.add_argument("--temperature", type=positive_float, default=0.07, help="vote weight exp(sim / T)")
-    parser.add_argument(
-        "--num-classes",
-        type=positive_int,
-        default=None,
-        help="every label must lie below it (default: the number of distinct train labels)",
-    )
+    add_num_classes_arg(parser)
     parser.add_argument(
         "--features",
         choices=FEATURE_KINDS,

@@ -23,6 +23,7 @@ import torch
 from dinolite.cli import bounded, make_parser, positive_float, positive_int
 from dinolite.eval.cli import (
     add_common_args,
+    add_num_classes_arg,
     add_transform_args,
     check_labelled_sources,
     check_outputs,
@@ -86,12 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--heldout-fraction", type=heldout_fraction, default=0.1, help="in [0, 1)")
     parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
-    parser.add_argument(
-        "--num-classes",
-        type=positive_int,
-        default=None,
-        help="every label must lie below it (default: the number of distinct train labels)",
-    )
+    add_num_classes_arg(parser)
     parser.add_argument(
         "--standardize",
         action="store_true",

@@ -189,6 +189,15 @@ def _poisoned_cache(env: Env, tmp: Path) -> list[str]:
 
 
 NO_EXTRA: Callable[[Env, Path], list[str]] = lambda env, tmp: []  # noqa: E731
+
+
+def _output_case(cli: str, option: str, relative: str, error: str) -> CliCase:
+    """``option`` pointing at ``relative`` in the fixture folder (``a_dir`` and ``a_file`` exist)."""
+    return CliCase(
+        f"{cli}{option}-{relative}", cli, lambda e, t: [option, str(e.root / relative)], error, before_work=True
+    )
+
+
 NAN_WEIGHT = "blocks.0.attn.qkv.weight (1 NaN)"
 
 CLI_CASES = [
@@ -201,35 +210,11 @@ CLI_CASES = [
     # Cached features are a file like any other.
     CliCase("knn-nan-in-feature-cache", "knn", _poisoned_cache, "--train features (from the cache"),
     # --output was checked only after the whole evaluation ran.
-    CliCase("knn-output-is-dir", "knn", lambda e, t: ["--output", str(e.root / "a_dir")], "--output", before_work=True),
-    CliCase(
-        "linear-output-under-file",
-        "linear",
-        lambda e, t: ["--output", str(e.root / "a_file" / "r.json")],
-        "is not a directory",
-        before_work=True,
-    ),
-    CliCase(
-        "segmentation-output-is-dir",
-        "segmentation",
-        lambda e, t: ["--output", str(e.root / "a_dir")],
-        "--output",
-        before_work=True,
-    ),
-    CliCase(
-        "visualize-output-is-file",
-        "visualize",
-        lambda e, t: ["--output", str(e.root / "a_file")],
-        "--output",
-        before_work=True,
-    ),
-    CliCase(
-        "knn-cache-dir-is-file",
-        "knn",
-        lambda e, t: ["--cache-dir", str(e.root / "a_file")],
-        "--cache-dir",
-        before_work=True,
-    ),
+    _output_case("knn", "--output", "a_dir", "--output"),
+    _output_case("linear", "--output", "a_file/r.json", "is not a directory"),
+    _output_case("segmentation", "--output", "a_dir", "--output"),
+    _output_case("visualize", "--output", "a_file", "--output"),
+    _output_case("knn", "--cache-dir", "a_file", "--cache-dir"),
     # A missing `hub` extra printed MissingExtraError with a traceback.
     *(
         CliCase(
@@ -261,21 +246,25 @@ def test_cli_case(case: CliCase, env: Env, tmp_path: Path, monkeypatch, capsys) 
 
 # ----------------------------------------------------------------------------------- label cases
 
-# (command line, result fields compared): the same images, labelled {0, 1, HUGE_LABEL} and {0, 1, 2}.
-LABEL_CASES = [
-    ("knn", lambda result: (result["per_k"], result["num_train"])),
-    ("linear", lambda result: [g["val_top1"] for g in result["grid"]]),
+# (id, command line, extra arguments, result fields compared): the same images, labelled {0, 1, HUGE_LABEL}
+# and {0, 1, 2}.
+LABEL_CASES: list[tuple[str, str, list[str], Callable[[dict], Any]]] = [
+    ("knn", "knn", [], lambda result: (result["per_k"], result["num_train"])),
+    ("linear", "linear", [], lambda result: [g["val_top1"] for g in result["grid"]]),
+    ("linear-online", "linear", ["--mode", "online"], lambda result: [g["val_top1"] for g in result["grid"]]),
 ]
 
 
-@pytest.mark.parametrize(("cli", "fields"), LABEL_CASES, ids=[c for c, _ in LABEL_CASES])
-def test_huge_label_is_sized_by_the_data(cli: str, fields: Callable, env: Env, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(("cli", "extra", "fields"), [c[1:] for c in LABEL_CASES], ids=[c[0] for c in LABEL_CASES])
+def test_huge_label_is_sized_by_the_data(
+    cli: str, extra: list[str], fields: Callable, env: Env, tmp_path: Path, capsys
+) -> None:
     results = []
     for name, labels in (("dense", [0, 1, 2]), ("huge", [0, 1, HUGE_LABEL])):
         train = _shard(tmp_path / f"{name}-train.tar", env.classes["train"], labels)
         val = _shard(tmp_path / f"{name}-val.tar", env.classes["val"], labels)
         out = tmp_path / f"{name}.json"
-        argv = env.argv(cli) + ["--train", str(train), "--val", str(val), "--output", str(out)]
+        argv = env.argv(cli) + ["--train", str(train), "--val", str(val), "--output", str(out), *extra]
         code, _, err = _run(cli, argv, capsys)
         assert code == 0, err
         results.append(json.loads(out.read_text()))
