@@ -370,7 +370,8 @@ LIBRARY_CASES: list[tuple[str, Callable[[], Any], type[BaseException] | None, st
     ("linear-diverged-head", lambda: _probe(train=_features()[0] * 1e30, lrs=(1e10,)), NonFiniteError, "heads diverged"),
     ("linear-huge-labels", lambda: _same(
         _probe, {}, {"labels": torch.tensor([0, 1, HUGE_LABEL])}, lambda r: r.val_top1), None, ""),
-    ("online-nan-weight", lambda: _online(_set("blocks.0.attn.qkv.weight", float("nan"))), NonFiniteError, "non-finite"),
+    ("online-nan-weight", lambda: _online(_set("blocks.0.attn.qkv.weight", float("nan"))), NonFiniteError,
+     "online evaluation: the cls features of evaluation.knn_train"),
     ("online-huge-labels", lambda: _online(huge=True), None, ""),
     ("collapse-report-nan", lambda: collapse_report(_with_nan(torch.randn(50, 8))), NonFiniteError, "1 of 50 images"),
     ("segmentation-nan-weight", lambda: _segmentation(poison=True), NonFiniteError, "segmentation: patch features"),
