@@ -12,9 +12,13 @@ Depends on nothing in the package, so every layer's entrypoint can use it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 EXIT_USAGE = 2
 
@@ -80,3 +84,91 @@ def run_main(
             raise
         print(format_error(exc), file=sys.stderr)
         return exit_code
+
+
+# --------------------------------------------------------------------------------------------------
+# Option values checked at parse time: a bad number or output path is one argparse error naming the
+# option and the value, before any model is loaded or image read.
+# --------------------------------------------------------------------------------------------------
+
+Number = TypeVar("Number", int, float)
+
+
+def bounded(
+    kind: type[Number],
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+    name: str | None = None,
+) -> Callable[[str], Number]:
+    """An argparse ``type=`` that parses ``kind`` (int or float) and refuses NaN, infinities and values
+    outside ``[minimum, maximum]`` (or the open ends asked for). With ``nargs`` it checks every value.
+
+    argparse turns the refusal into ``error: argument --epochs: expected an integer >= 1, got '0'``.
+    """
+    expected = _describe(kind, minimum, maximum, exclusive_minimum, exclusive_maximum)
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        too_low = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
+        too_high = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
+        if not math.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    # argparse names the type in some messages (and --help of custom actions): keep it readable
+    parse.__name__ = name or f"bounded_{kind.__name__}"
+    return parse
+
+
+def _describe(kind: type, minimum: float | None, maximum: float | None, open_low: bool, open_high: bool) -> str:
+    noun = "an integer" if kind is int else "a finite number"
+    if minimum is not None and maximum is not None:
+        low, high = ("(" if open_low else "["), (")" if open_high else "]")
+        return f"{noun} in {low}{minimum:g}, {maximum:g}{high}"
+    if minimum is not None:
+        return f"{noun} {'>' if open_low else '>='} {minimum:g}"
+    if maximum is not None:
+        return f"{noun} {'<' if open_high else '<='} {maximum:g}"
+    return noun
+
+
+positive_int = bounded(int, 1, name="positive_int")
+non_negative_int = bounded(int, 0, name="non_negative_int")
+finite_float = bounded(float, name="finite_float")
+positive_float = bounded(float, 0.0, exclusive_minimum=True, name="positive_float")
+non_negative_float = bounded(float, 0.0, name="non_negative_float")
+probability = bounded(float, 0.0, 1.0, name="probability")  # [0, 1]
+# Seeds reach torch.manual_seed, torch.Generator and integer hashes of sample indices: 32 bits fit all.
+seed_int = bounded(int, 0, 2**32 - 1, name="seed_int")
+
+
+def check_output_path(path: str | os.PathLike, option: str, directory: bool = False) -> None:
+    """Fail before any work when ``path`` cannot receive the output it is meant for.
+
+    A file output must not be an existing directory; a directory output must not be an existing file.
+    Missing parent folders are fine (writers create them) as long as the nearest existing one is a
+    folder that a file can be created in, which is tried for real (a probe file, removed at once):
+    permission bits do not tell root about read-only mounts, full quotas or ACLs.
+    """
+    target = Path(path)
+    if directory and target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{option} {path}: exists and is not a directory")
+    if not directory and target.is_dir():
+        raise IsADirectoryError(f"{option} {path}: is a directory; give a file name, e.g. {target / 'results.json'}")
+    existing = target if directory else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {existing} is not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".dinolite-write-probe-", dir=existing)
+    except OSError as exc:
+        raise PermissionError(f"{option} {path}: cannot create files in {existing}: {exc.strerror or exc}") from None
+    os.close(handle)
+    os.unlink(probe)

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from PIL import Image
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import make_parser, positive_int, run_main
 from dinolite.data.decode import (
     DEFAULT_MAX_IMAGE_PIXELS,
     check_pixel_limit,
@@ -226,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
     parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    parser.add_argument("--workers", type=int, default=1, help="processes that read and verify images")
-    parser.add_argument("--max-side", type=int, default=None, help="shrink images whose longer side exceeds PX")
+    parser.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
+    parser.add_argument("--workers", type=positive_int, default=1, help="processes that read and verify images")
+    parser.add_argument(
+        "--max-side", type=positive_int, default=None, help="shrink images whose longer side exceeds PX"
+    )
     parser.add_argument("--prefix", default="shard", help="shard file name prefix")
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
     return parser

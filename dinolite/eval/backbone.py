@@ -11,7 +11,8 @@
 
 Either way the module comes back in eval mode, without gradients, with a ``.spec``
 (:class:`dinolite.export.spec.BackboneSpec`: patch size, training crop size, normalisation) that the
-CLIs use for their default transforms.
+CLIs use for their default transforms, and with every weight finite: a NaN or inf parameter or buffer
+is refused, naming it (:func:`dinolite.eval.finite.check_finite_module`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dinolite.eval.finite import check_finite_module
 from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
 from dinolite.export.hub import (
     CONFIG_NAME,
@@ -72,6 +74,7 @@ def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) 
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
+    check_finite_module(model, f"backbone {path}")
     model.requires_grad_(False)
     return model.eval()
 

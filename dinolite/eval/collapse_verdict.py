@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from dinolite.eval.finite import check_finite_rows
 from dinolite.monitor import metrics
 
 # Verdict rules of the collapse report (stated in the report itself).
@@ -60,6 +61,8 @@ def collapse_report(features: Tensor) -> CollapseReport:
     """Collapse metrics of ``(N, D)`` features and a verdict by the rules in :class:`CollapseReport`."""
     if features.shape[0] < 2:
         raise ValueError(f"a collapse report needs at least 2 images, got {features.shape[0]}")
+    # NaN features would give a NaN std and RankMe, and a verdict read off NaN comparisons.
+    check_finite_rows(features, "collapse report: the CLS features", unit="images")
     n, d = features.shape
     std = metrics.embedding_std(features)
     rank = metrics.rankme(features)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.sources import SourceError, read_unit, resolve_source, sample_label
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PATTERN_CHARS = re.compile(r"[*?\[]")
@@ -78,11 +79,32 @@ def build_labelled_dataset(
     return build_eval_dataset(list(source), transform, rank=rank, world_size=world_size)
 
 
-def check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
-    """Every label must lie in ``[0, num_classes)``."""
+def source_labels(source: Sequence[str]) -> torch.Tensor:
+    """The label of every sample of ``source``, in order, without decoding an image: an image folder's
+    from its class folders, a shard's from each sample's ``cls`` (-1 for none). A damaged shard gives
+    the labels before the damage, as :func:`build_eval_dataset` gives its samples (and warns)."""
+    labels: list[int] = []
+    for unit in resolve_source(list(source)):
+        if not unit.is_shard:
+            labels.append(unit.label)
+            continue
+        try:
+            labels.extend(sample_label(sample) for sample in read_unit(unit))
+        except (SourceError, OSError):
+            continue
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def check_labels(labels: torch.Tensor, num_classes: Optional[int], what: str) -> None:
+    """Every label must lie in ``[0, num_classes)`` (``num_classes`` None: only ``>= 0``; -1 marks a
+    sample without a ``cls``)."""
     if labels.numel() == 0:
         raise ValueError(f"{what}: no samples")
     low, high = int(labels.min()), int(labels.max())
+    if num_classes is None:
+        if low < 0:
+            raise ValueError(f"{what}: label {low}: a sample without a class label (cls) or a negative label")
+        return
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(

@@ -18,18 +18,23 @@ import argparse
 
 import torch
 
+from dinolite.cli import bounded, positive_int, seed_int
+
+# --train-fraction: a fraction of each class, in (0, 1]
+train_fraction = bounded(float, 0.0, 1.0, exclusive_minimum=True, name="train_fraction")
+
 
 def add_few_shot_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("few-shot (label-efficient) evaluation: train on a labelled subset")
     choice = group.add_mutually_exclusive_group()
-    choice.add_argument("--shots", type=int, default=None, help="labelled training images per class")
+    choice.add_argument("--shots", type=positive_int, default=None, help="labelled training images per class")
     choice.add_argument(
         "--train-fraction",
-        type=float,
+        type=train_fraction,
         default=None,
         help="fraction of each class's training images (at least one per class)",
     )
-    group.add_argument("--few-shot-seed", type=int, default=0, help="which subset is drawn (reproducible)")
+    group.add_argument("--few-shot-seed", type=seed_int, default=0, help="which subset is drawn (reproducible)")
 
 
 def few_shot_indices(

@@ -11,15 +11,22 @@ The class score is the sum of the votes of its neighbours; top-1 / top-5 are rea
 Similarities are computed block by block (``chunk_size`` test rows x ``train_chunk_size`` train rows),
 keeping only a running top-k per test row, so memory is bounded by one block plus (test chunk x k_max)
 however many training images there are (1M x 1024 features fit; the similarity matrix would not).
+The vote table has one column per distinct label present (:class:`dinolite.eval.labels.ClassIndex`),
+not ``max(label) + 1``, and non-finite features or a temperature that is not a positive finite number
+are refused (:mod:`dinolite.eval.finite`).
 """
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from dinolite.eval.finite import check_finite_rows
+from dinolite.eval.labels import ClassIndex
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
 # The DINO protocol's k (Caron et al. 2021, Sec. 4.1; DINOv2 reports every k): the headline figure is
@@ -32,9 +39,15 @@ def _check_inputs(
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    num_classes: int,
+    num_classes: Optional[int],
     ks: Sequence[int],
+    temperature: float,
+    chunk_sizes: Sequence[int],
 ) -> None:
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"knn: temperature must be a positive finite number, got {temperature}")
+    if min(chunk_sizes) < 1:
+        raise ValueError(f"knn: chunk sizes must be >= 1, got {list(chunk_sizes)}")
     if train_features.ndim != 2 or test_features.ndim != 2:
         raise ValueError(
             f"knn: features must be 2-D (N, D); got train {tuple(train_features.shape)}, test {tuple(test_features.shape)}"
@@ -50,11 +63,12 @@ def _check_inputs(
     if not ks or min(ks) < 1:
         raise ValueError(f"knn: ks must be positive integers, got {list(ks)}")
     for name, labels in (("train", train_labels), ("test", test_labels)):
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
-                f"knn: {name} label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
-                f"is outside [0, num_classes={num_classes})"
-            )
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            bound = "0" if num_classes is None else f"[0, num_classes={num_classes})"
+            raise ValueError(f"knn: {name} label {low if low < 0 else high} is outside {bound}")
+    check_finite_rows(train_features, "knn: train features")
+    check_finite_rows(test_features, "knn: test features")
 
 
 def _topk_neighbours(
@@ -92,7 +106,7 @@ def knn_classify(
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
-    num_classes: int,
+    num_classes: Optional[int],
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.07,
     chunk_size: int = 256,
@@ -104,6 +118,11 @@ def knn_classify(
     Features may be on any device (computation happens there) and are L2-normalised here. A k larger
     than the training set uses every training sample. Accuracies are percentages.
 
+    ``num_classes`` bounds the labels (each must lie in ``[0, num_classes)``; None: only ``>= 0``); the vote table has
+    one column per distinct label of ``train_labels`` and ``test_labels``. Votes are computed relative
+    to each row's nearest neighbour, ``exp((s_j - s_1) / T)``: the same class ranking as ``exp(s_j / T)``
+    (one factor per row), without overflowing to inf at small temperatures.
+
     ``headline_k`` is always evaluated (added to ``ks`` if missing); ``top1``/``top5`` are its figures.
     Choosing the k that scores best on the test set would tune a hyper-parameter on the test set.
 
@@ -111,16 +130,27 @@ def knn_classify(
     "top5": ..}, ...}, "num_train": N, "num_test": M, "temperature": T}``.
     """
     ks = list(ks) + ([headline_k] if headline_k not in ks else [])
-    _check_inputs(train_features, train_labels, test_features, test_labels, num_classes, ks)
+    _check_inputs(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes,
+        ks,
+        temperature,
+        (chunk_size, train_chunk_size),
+    )
     device = train_features.device
     train_features = F.normalize(train_features.float(), dim=1)
     test_features = F.normalize(test_features.float().to(device), dim=1)
-    train_labels = train_labels.long().to(device)
-    test_labels = test_labels.long().to(device)
+    classes = ClassIndex(train_labels, test_labels)
+    train_labels = classes.positions(train_labels.long().to(device), "knn: train")
+    test_labels = classes.positions(test_labels.long().to(device), "knn: test")
+    num_present = classes.num_classes
 
     ks = sorted(set(int(k) for k in ks))
     k_max = min(ks[-1], train_features.shape[0])
-    top5 = min(5, num_classes)
+    top5 = min(5, num_present)
     correct1 = {k: 0 for k in ks}
     correct5 = {k: 0 for k in ks}
     for start in range(0, test_features.shape[0], chunk_size):
@@ -128,8 +158,9 @@ def knn_classify(
         targets = test_labels[start : start + chunk_size]
         sims, idx = _topk_neighbours(chunk, train_features, k_max, train_chunk_size)
         labels = train_labels[idx]
+        relative = sims - sims[:, :1]  # topk sorts: column 0 is each row's largest similarity
         for k in ks:
-            scores = knn_votes(sims[:, :k], labels[:, :k], num_classes, temperature)
+            scores = knn_votes(relative[:, :k], labels[:, :k], num_present, temperature)
             ranked = scores.topk(top5, dim=1).indices
             hits = ranked == targets[:, None]
             correct1[k] += int(hits[:, 0].sum())

@@ -22,17 +22,20 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import make_parser, positive_float, positive_int
 from dinolite.eval.cli import (
     add_common_args,
+    add_num_classes_arg,
     add_transform_args,
     check_labelled_sources,
+    check_outputs,
     checked_num_classes,
     eval_transform_for,
     features_for,
     few_shot_subset,
     finish,
     format_table,
+    run_eval_main,
     setup,
     write_results,
 )
@@ -67,15 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
     parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
-    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="every k is reported")
+    parser.add_argument("--ks", type=positive_int, nargs="+", default=list(DEFAULT_KS), help="every k is reported")
     parser.add_argument(
         "--headline-k",
-        type=int,
+        type=positive_int,
         default=HEADLINE_K,
         help="k of the headline top-1 (fixed in advance, as in DINO; always evaluated)",
     )
-    parser.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T)")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
+    parser.add_argument("--temperature", type=positive_float, default=0.07, help="vote weight exp(sim / T)")
+    add_num_classes_arg(parser)
     parser.add_argument(
         "--features",
         choices=FEATURE_KINDS,
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cls: the DINO protocol; avgpool: the mean patch token alone (I-JEPA's protocol, for methods "
         "that train no CLS objective); cls+avgpool: both, concatenated",
     )
-    parser.add_argument("--chunk-size", type=int, default=256, help="test rows per similarity block")
+    parser.add_argument("--chunk-size", type=positive_int, default=256, help="test rows per similarity block")
     add_common_args(parser)
     add_transform_args(parser)
     add_few_shot_args(parser)
@@ -91,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv)
+    return run_eval_main(_main, argv)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     check_labelled_sources(args)
     ctx = setup(args)
     transform, desc = eval_transform_for(ctx, args)
@@ -112,7 +116,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         train.labels,
         val.features,
         val.labels,
-        num_classes,
+        args.num_classes,  # a bound when given; the vote table is sized by the labels present
         ks=args.ks,
         temperature=args.temperature,
         chunk_size=args.chunk_size,

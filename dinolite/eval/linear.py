@@ -10,6 +10,10 @@ kept is the best one on a held-out part of train (or on val when asked); its val
 
 Per-image features use one layout for every head, so cached and online modes share the heads:
 ``[cls_{L-n+1}, ..., cls_L, mean(patch_L)]`` with ``n = min(4, depth)`` -> ``(n + 1) * D`` values.
+
+Heads have one output per distinct label present (:class:`dinolite.eval.labels.ClassIndex`), whatever
+the label values; non-finite features, learning rates or trained heads are refused
+(:mod:`dinolite.eval.finite`), so a broken backbone cannot report a chance-level accuracy as a result.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinolite.eval.finite import NonFiniteError, check_finite_rows, non_finite_tensors
+from dinolite.eval.labels import ClassIndex
 from dinolite.progress import progress_bar
 
 DINOV2_LEARNING_RATES: tuple[float, ...] = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -40,6 +46,11 @@ class HeadSpec:
 
 
 def head_grid(learning_rates: Sequence[float], n_blocks: Sequence[int], avgpool: Sequence[bool]) -> list[HeadSpec]:
+    bad_lrs = [lr for lr in learning_rates if not (math.isfinite(lr) and lr > 0)]
+    if not learning_rates or bad_lrs:
+        raise ValueError(f"--learning-rates must be positive finite numbers, got {list(learning_rates)}")
+    if not n_blocks or min(n_blocks) < 1:
+        raise ValueError(f"--n-blocks must be positive integers, got {list(n_blocks)}")
     return [HeadSpec(lr, n, a) for n, a, lr in itertools.product(n_blocks, avgpool, learning_rates)]
 
 
@@ -103,6 +114,8 @@ def train_grid(
     The total loss is the sum of the heads' cross-entropies; heads share no parameters, so each head's
     gradient is that of its own loss.
     """
+    if iterations < 1:
+        raise ValueError(f"linear probe: {iterations} training steps; --epochs and --epoch-length must be >= 1")
     optimizer, scheduler = build_optimizer(grid, global_batch_size, iterations)
     grid.train()
     losses = []
@@ -115,7 +128,19 @@ def train_grid(
         scheduler.step()
         losses.append(float(loss.detach()) / len(grid.heads))
     grid.eval()
+    check_finite_heads(grid)
     return losses
+
+
+def check_finite_heads(grid: LinearHeadGrid) -> None:
+    """Raise :class:`NonFiniteError` naming the heads whose weights training made NaN/inf."""
+    diverged = [spec for head, spec in zip(grid.heads, grid.specs) if non_finite_tensors(head)]
+    if diverged:
+        shown = ", ".join(f"lr={s.lr:g} n_blocks={s.n_blocks} avgpool={s.avgpool}" for s in diverged[:5])
+        raise NonFiniteError(
+            f"linear probe: {len(diverged)} of {len(grid.heads)} heads diverged to non-finite weights ({shown}"
+            f"{', ...' if len(diverged) > 5 else ''}); lower --learning-rates"
+        )
 
 
 def cached_batches(
@@ -230,7 +255,7 @@ def linear_probe_cached(
     *,
     embed_dim: int,
     n_available: int,
-    num_classes: int,
+    num_classes: int | None,
     specs: Sequence[HeadSpec],
     epochs: int = 10,
     batch_size: int = 128,
@@ -243,6 +268,9 @@ def linear_probe_cached(
 ) -> ProbeResult:
     """Train the grid on cached features; pick the best head on held-out train (or val); score on val.
 
+    ``num_classes`` bounds the labels (None: only ``>= 0``); the heads have one output per distinct label of ``train_labels``
+    and ``val_labels`` (monotone remapping: the accuracies are those of the original ids).
+
     ``standardize_features``: z-score the features with the fitting split's statistics first
     (:func:`standardize`, MAE's probe protocol).
 
@@ -251,6 +279,17 @@ def linear_probe_cached(
     """
     if select_on not in ("heldout", "val"):
         raise ValueError(f"--select-on must be heldout or val, got {select_on!r}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"linear probe: epochs ({epochs}) and batch size ({batch_size}) must be >= 1")
+    check_finite_rows(train_features, "linear probe: train features")
+    check_finite_rows(val_features, "linear probe: val features")
+    for what, labels in (("train", train_labels), ("val", val_labels)):
+        low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            raise ValueError(f"linear probe: {what} label {low if low < 0 else high} is outside [0, {num_classes})")
+    classes = ClassIndex(train_labels, val_labels)  # heads sized by the labels present, not their values
+    train_labels = classes.positions(train_labels, "linear probe: train")
+    val_labels = classes.positions(val_labels, "linear probe: val")
     held = heldout_mask(train_indices, heldout_fraction if select_on == "heldout" else 0.0, seed)
     fit_x, fit_y = train_features[~held], train_labels[~held]
     if standardize_features and fit_x.shape[0] > 1:
@@ -262,7 +301,7 @@ def linear_probe_cached(
         )
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(train_features.device)
+    grid = LinearHeadGrid(specs, embed_dim, n_available, classes.num_classes).to(train_features.device)
     batch = min(batch_size, fit_x.shape[0])
     iterations = epochs * max(fit_x.shape[0] // batch, 1)
     losses = train_grid(grid, cached_batches(fit_x, fit_y, batch, generator), iterations, batch * world_size, progress)

@@ -19,19 +19,21 @@ import sys
 from typing import Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import bounded, make_parser, positive_float, positive_int
 from dinolite.eval.cli import (
     add_common_args,
+    add_num_classes_arg,
     add_transform_args,
     check_labelled_sources,
+    check_outputs,
     checked_num_classes,
     eval_transform_for,
     features_for,
     few_shot_subset,
     finish,
     format_table,
+    run_eval_main,
     setup,
     write_results,
 )
@@ -39,12 +41,14 @@ from dinolite.eval.datasets import (
     IndexFilter,
     build_labelled_dataset,
     check_labels,
+    source_labels,
 )
 from dinolite.eval.features import extract_features
 from dinolite.eval.few_shot import (
     add_few_shot_args,
     few_shot_description,
 )
+from dinolite.eval.labels import ClassIndex
 from dinolite.eval.linear import (
     DINOV2_LEARNING_RATES,
     LinearHeadGrid,
@@ -63,22 +67,27 @@ from dinolite.eval.transforms import (
     build_linear_train_transform,
 )
 
+heldout_fraction = bounded(float, 0.0, 1.0, exclusive_maximum=True, name="heldout_fraction")  # [0, 1)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--train", nargs="+", required=True, help="training set (folder or shard patterns)")
     parser.add_argument("--val", nargs="+", required=True, help="evaluation set (folder or shard patterns)")
     parser.add_argument("--mode", choices=("cached", "online"), default="cached")
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=list(DINOV2_LEARNING_RATES))
-    parser.add_argument("--n-blocks", type=int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--probe-batch-size", type=int, default=128, help="per-rank batch of the linear heads")
+    parser.add_argument("--learning-rates", type=positive_float, nargs="+", default=list(DINOV2_LEARNING_RATES))
+    parser.add_argument("--n-blocks", type=positive_int, nargs="+", default=[1, 4], help="CLS of the last n blocks")
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--probe-batch-size", type=positive_int, default=128, help="per-rank batch of the linear heads")
     parser.add_argument(
-        "--epoch-length", type=int, default=None, help="online mode: steps per epoch (default: len(train)/batch)"
+        "--epoch-length",
+        type=positive_int,
+        default=None,
+        help="online mode: steps per epoch (default: len(train)/batch)",
     )
-    parser.add_argument("--heldout-fraction", type=float, default=0.1)
+    parser.add_argument("--heldout-fraction", type=heldout_fraction, default=0.1, help="in [0, 1)")
     parser.add_argument("--select-on", choices=("heldout", "val"), default="heldout")
-    parser.add_argument("--num-classes", type=int, default=None, help="default: largest train label + 1")
+    add_num_classes_arg(parser)
     parser.add_argument(
         "--standardize",
         action="store_true",
@@ -92,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv)
+    return run_eval_main(_main, argv)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     check_labelled_sources(args)
     ctx = setup(args)
     depth = int(ctx.backbone.n_blocks)
@@ -119,7 +129,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     val = features_for(ctx, args, name="val", source=args.val, **common)
     if args.mode == "cached":
         train = features_for(ctx, args, name="train", source=args.train, **common)
-        num_classes = checked_num_classes(train, val, args)
+        checked_num_classes(train, val, args)
         train = few_shot_subset(train, args)
         result = linear_probe_cached(
             train.features.to(ctx.device),
@@ -129,7 +139,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             val.labels.to(ctx.device),
             embed_dim=embed_dim,
             n_available=n_available,
-            num_classes=num_classes,
+            num_classes=args.num_classes,  # a bound when given; the heads are sized by the labels present
             specs=specs,
             epochs=args.epochs,
             batch_size=args.probe_batch_size,
@@ -182,7 +192,7 @@ def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_avai
     train_set = build_labelled_dataset(args.train, train_transform, 0, 1, option="--train")
     fraction = args.heldout_fraction if args.select_on == "heldout" else 0.0
     is_held = lambda idx: heldout_mask(torch.as_tensor(idx), fraction, args.seed)  # noqa: E731
-    num_classes = args.num_classes or int(val.labels.max()) + 1
+    classes = _online_classes(args, val.labels)
     generator = torch.Generator().manual_seed(args.seed)
 
     def loader(epoch: int):
@@ -194,25 +204,37 @@ def _online(args, ctx, specs, feature_fn, eval_transform, val, embed_dim, n_avai
                 yield torch.utils.data.default_collate(batch)
                 batch = []
 
-    if args.epoch_length is None:
-        count = sum(1 for _ in DataLoader(build_labelled_dataset(args.train, None, 0, 1, "--train"), batch_size=None))
-        args.epoch_length = max(count // args.probe_batch_size, 1)
     torch.manual_seed(args.seed)
-    grid = LinearHeadGrid(specs, embed_dim, n_available, num_classes).to(ctx.device)
-    batches = online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
+    grid = LinearHeadGrid(specs, embed_dim, n_available, classes.num_classes).to(ctx.device)
+    batches = (
+        (features, classes.positions(labels, "--train"))
+        for features, labels in online_batches(loader, feature_fn, lambda idx: ~is_held(idx), ctx.device)
+    )
     losses = train_grid(grid, batches, args.epochs * args.epoch_length, args.probe_batch_size, not args.no_progress)
     if args.select_on == "heldout":
         held_set = IndexFilter(
             build_labelled_dataset(args.train, eval_transform, 0, 1, "--train"), lambda i: bool(is_held(i))
         )
         held = extract_features(feature_fn, held_set, batch_size=args.batch_size, device=ctx.device, progress=False)
-        sel_x, sel_y = held.features.to(ctx.device), held.labels.to(ctx.device)
+        sel_x, sel_y = held.features.to(ctx.device), classes.positions(held.labels, "--train").to(ctx.device)
     else:
-        sel_x, sel_y = val.features.to(ctx.device), val.labels.to(ctx.device)
-    check_labels(val.labels, num_classes, f"--val {' '.join(args.val)}")
+        sel_x, sel_y = val.features.to(ctx.device), classes.positions(val.labels, "--val").to(ctx.device)
     best, selection = select_best(grid, sel_x, sel_y)
-    val_top1 = grid_top1(grid, val.features.to(ctx.device), val.labels.to(ctx.device))
+    val_top1 = grid_top1(grid, val.features.to(ctx.device), classes.positions(val.labels, "--val").to(ctx.device))
     return ProbeResult(list(specs), selection, val_top1, best, losses)
+
+
+def _online_classes(args: argparse.Namespace, val_labels: torch.Tensor) -> ClassIndex:
+    """The classes of the streamed training set, read from its labels alone (no image decoded), with the
+    checks of cached mode; sets the default ``--epoch-length`` (every training sample once per epoch)."""
+    train_labels = source_labels(args.train)
+    check_labels(train_labels, args.num_classes, f"--train {' '.join(args.train)}")
+    check_labels(val_labels, args.num_classes, f"--val {' '.join(args.val)}")
+    classes = ClassIndex(train_labels)
+    classes.positions(val_labels, f"--val {' '.join(args.val)}", of=f"--train ({len(train_labels)} images)")
+    if args.epoch_length is None:
+        args.epoch_length = max(len(train_labels) // args.probe_batch_size, 1)
+    return classes
 
 
 if __name__ == "__main__":

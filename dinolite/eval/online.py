@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from dinolite.config import Config
 from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.eval.finite import check_finite_rows
 from dinolite.eval.knn import knn_classify
 from dinolite.eval.knn_report import KNN_TEMPERATURE, eval_sources, eval_transform
 from dinolite.eval.linear import head_grid, linear_probe_cached
@@ -131,6 +132,10 @@ class OnlineEvaluator:
             val = self._features(backbone, self.val_images, device)
         finally:
             backbone.train(was_training)
+        # The trainer's own checks keep the weights finite; features can still overflow in the forward.
+        # Stop with the cause named rather than log a chance-level accuracy as a measurement.
+        for images, features in (("evaluation.knn_train", train), ("evaluation.knn_val", val)):
+            check_finite_rows(features, f"online evaluation: the {self.features} features of {images}", "images")
         knn = knn_classify(
             train,
             self.train_labels,

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from dinolite.eval.finite import NonFiniteError, check_finite_rows
 from dinolite.eval.metrics import confusion_matrix, segmentation_scores
 from dinolite.eval.transforms import ToRGBTensor
 from dinolite.progress import progress_bar
@@ -166,6 +167,8 @@ def _logits(
 ) -> torch.Tensor:
     with torch.no_grad():
         features = patch_feature_map(backbone, images, n_layers)
+    # A NaN feature map trains a NaN head, whose argmax is class 0 everywhere: a silent, wrong mIoU.
+    check_finite_rows(features, "segmentation: patch features", unit="images")
     return F.interpolate(head(features), size=tuple(size), mode="bilinear", align_corners=False)
 
 
@@ -241,7 +244,13 @@ def train_segmentation_head(
     seed: int = 0,
     progress: bool = False,
 ) -> list[float]:
-    """AdamW (weight decay 1e-4) with a cosine lr to 0 on the head only; returns the loss per step."""
+    """AdamW (weight decay 1e-4) with a cosine lr to 0 on the head only; returns the loss per step.
+
+    A non-finite loss (the head diverged) stops training with :class:`NonFiniteError`."""
+    if iterations < 1 or batch_size < 1:
+        raise ValueError(f"segmentation: iterations ({iterations}) and batch size ({batch_size}) must be >= 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"segmentation: --lr must be a positive finite number, got {lr}")
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(
         dataset,
@@ -256,17 +265,26 @@ def train_segmentation_head(
     head.train()
     losses = []
     batches = _endless(loader)
-    for _ in progress_bar(range(iterations), total=iterations, desc="segmentation head", enabled=progress):
+    for step in progress_bar(range(iterations), total=iterations, desc="segmentation head", enabled=progress):
         images, masks = next(batches)
         images, masks = images.to(device), masks.to(device)
+        if not bool((masks != IGNORE_INDEX).any()):
+            # Every pixel ignored: the mean cross-entropy is 0/0 = NaN and its NaN gradient would
+            # destroy the head. Such a batch teaches nothing; the schedule still advances.
+            scheduler.step()
+            continue
         logits = _logits(backbone, head, images, n_layers, masks.shape[-2:])
         loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(f"segmentation: the head's loss is {float(loss)} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
     head.eval()
+    if not losses:
+        raise ValueError(f"segmentation: no training batch of the {iterations} steps had a labelled pixel")
     return losses
 
 

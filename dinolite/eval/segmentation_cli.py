@@ -16,15 +16,19 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import bounded, make_parser, positive_float, positive_int
 from dinolite.eval.cli import (
     add_common_args,
+    add_normalisation_args,
+    check_outputs,
     finish,
     format_table,
+    run_eval_main,
     setup,
     write_results,
 )
 from dinolite.eval.segmentation import (
+    IGNORE_INDEX,
     LinearSegmentationHead,
     SegmentationDataset,
     evaluate_segmentation,
@@ -38,31 +42,34 @@ from dinolite.progress import progress_bar
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
     parser.add_argument("--data", required=True, help="root with images/{training,validation} and annotations/{...}")
-    parser.add_argument("--num-classes", type=int, required=True)
+    parser.add_argument(
+        "--num-classes",
+        type=bounded(int, 1, IGNORE_INDEX, name="num_classes"),
+        required=True,
+        help=f"class ids 0..N-1 in the masks ({IGNORE_INDEX}: ignored)",
+    )
     parser.add_argument("--reduce-zero-label", action="store_true", help="ADE convention: 0 -> ignored, c -> c-1")
     parser.add_argument("--layers", type=int, choices=(1, 4), default=1, help="patch tokens of the last 1 or 4 blocks")
     parser.add_argument("--inference", choices=("resize", "slide"), default="slide")
     parser.add_argument(
-        "--crop-size", type=int, default=None, help="training crop / window (default: training crop size)"
+        "--crop-size", type=positive_int, default=None, help="training crop / window (default: training crop size)"
     )
-    parser.add_argument("--stride", type=int, default=None, help="sliding-window stride (default crop/2)")
-    parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)"
-    )
-    parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
+    parser.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default crop/2)")
+    parser.add_argument("--iterations", type=positive_int, default=2000)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    add_normalisation_args(parser, "the backbone's")
     add_common_args(parser)
     parser.set_defaults(batch_size=8)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv)
+    return run_eval_main(_main, argv)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
     train_pairs, val_pairs = list_pairs(args.data, "train"), list_pairs(args.data, "val")
     validate_masks(train_pairs + val_pairs, args.num_classes, args.reduce_zero_label)
     ctx = setup(args)
@@ -73,7 +80,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"--layers {args.layers} but the backbone has {depth} blocks")
     if ctx.crop_size % ctx.patch_size:
         raise ValueError(f"--crop-size {ctx.crop_size} is not a multiple of the patch size {ctx.patch_size}")
-    stride = args.stride or max(ctx.crop_size // 2, ctx.patch_size)
+    stride = args.stride if args.stride is not None else max(ctx.crop_size // 2, ctx.patch_size)
     head = LinearSegmentationHead(args.layers * int(ctx.backbone.embed_dim), args.num_classes).to(ctx.device)
     train_set = SegmentationDataset(train_pairs, ctx.crop_size, ctx.mean, ctx.std, args.reduce_zero_label, train=True)
     losses = train_segmentation_head(

@@ -21,12 +21,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.cli import make_parser, non_negative_int, positive_int, probability
 from dinolite.eval.backbone import load_any_backbone
+from dinolite.eval.cli import add_normalisation_args, check_outputs, run_eval_main
 from dinolite.eval.collapse_verdict import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES
 from dinolite.eval.transforms import build_eval_transform
 from dinolite.eval.visualize import dataset_cls_features, list_image_groups, visualize
-from dinolite.extras import MissingExtraError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,42 +48,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=None,
         help="square input size, a multiple of the patch size (default: training crop size)",
     )
     parser.add_argument(
         "--max-grid-images",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="images shown in the attention / PCA figures, taken in turn from each source (0: all)",
     )
     parser.add_argument(
         "--foreground-threshold",
-        type=float,
+        type=probability,
         default=None,
         help="keep patches whose first PCA component (0..1) exceeds this",
     )
     parser.add_argument(
         "--dataset", nargs="+", default=None, help="image folder or shards for the spectrum (default: the --images)"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument(
-        "--mean", type=float, nargs=3, default=None, help="normalisation mean (default: the backbone's)"
-    )
-    parser.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: the backbone's)")
+    add_normalisation_args(parser, "the backbone's")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
+    return run_eval_main(_main, argv)
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_grid_images < 0:
-        raise ValueError(f"--max-grid-images {args.max_grid_images}: must be >= 0 (0 shows every image)")
+    check_outputs(args, output_is_directory=True)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -91,8 +87,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     model = load_any_backbone(args.backbone, map_location=device, network=args.network)
     spec = getattr(model, "spec", None)
     size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
-    mean = tuple(args.mean or (spec.mean if spec else (0.485, 0.456, 0.406)))
-    std = tuple(args.std or (spec.std if spec else (0.229, 0.224, 0.225)))
+    mean = tuple(args.mean if args.mean is not None else (spec.mean if spec else (0.485, 0.456, 0.406)))
+    std = tuple(args.std if args.std is not None else (spec.std if spec else (0.229, 0.224, 0.225)))
     spectrum_features = None
     if args.dataset:
         transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))

@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, positive_int, run_main
 from dinolite.config import opt_ins
 from dinolite.extras import MissingExtraError
 from dinolite.lab.matrix import plan_matrix
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these runs of the matrix")
     parser.add_argument("--report", action="store_true", help="only write the report from the runs on disk")
     parser.add_argument("--slurm", action="store_true", help="submit the unfinished runs as one Slurm job array")
-    parser.add_argument("--array-parallelism", type=int, default=256, help="array tasks running at once (--slurm)")
+    parser.add_argument(
+        "--array-parallelism", type=positive_int, default=256, help="array tasks running at once (--slurm)"
+    )
     add_slurm_arguments(parser)
     opt_ins.add_opt_in_arguments(parser)
     return parser

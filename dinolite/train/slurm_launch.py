@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dinolite.checkpoint import CheckpointManager
-from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
+from dinolite.cli import INPUT_ERRORS, HelpFormatter, non_negative_int, positive_float, positive_int, run_main
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 
@@ -67,23 +67,25 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     """The Slurm options every dinolite launcher shares (``dinolite-slurm``, ``launch/lab.py --slurm``):
     resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
     res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=int, default=1)
+    res.add_argument("--nodes", type=positive_int, default=1)
     res.add_argument(
         "--gpus-per-node",
         "--ngpus",
         dest="gpus_per_node",
-        type=int,
+        type=non_negative_int,
         default=8,
         help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)",
     )
-    res.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node of a CPU job (default 1)")
-    res.add_argument("--cpus-per-task", type=int, default=None, help="default 10 per GPU task, 1 per CPU task")
-    res.add_argument("--mem-gb", type=float, default=None, help="memory per node (default: the partition's)")
+    res.add_argument(
+        "--tasks-per-node", type=positive_int, default=None, help="tasks per node of a CPU job (default 1)"
+    )
+    res.add_argument("--cpus-per-task", type=positive_int, default=None, help="default 10 per GPU task, 1 per CPU task")
+    res.add_argument("--mem-gb", type=positive_float, default=None, help="memory per node (default: the partition's)")
     res.add_argument(
         "--time",
         "--timeout",
         dest="time",
-        type=int,
+        type=positive_int,
         default=2800,
         help="wall-time limit in minutes (--timeout: DINOv2's name)",
     )
@@ -96,12 +98,12 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
     res.add_argument(
         "--signal-delay-s",
-        type=int,
+        type=positive_int,
         default=120,
         help="USR2 is sent this many seconds before the time limit, to checkpoint",
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--max-requeues", type=int, default=10, help="requeues after preemption/time-out")
+    run.add_argument("--max-requeues", type=non_negative_int, default=10, help="requeues after preemption/time-out")
     run.add_argument(
         "--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing"
     )

@@ -216,8 +216,6 @@ def no_submission(monkeypatch):
         (["--config", "demo", "--gpus-per-node", "0", "distributed.backend=nccl"], "distributed.backend='nccl'"),
         (["--config", "demo", "--gpus-per-node", "8", "--tasks-per-node", "2"], "--tasks-per-node=2"),
         (["--config", "demo", "--time", "2"], "--time=2 minutes"),
-        (["--config", "demo", "--nodes", "0"], "--nodes=0"),
-        (["--config", "demo", "--cpus-per-task", "0"], "--cpus-per-task=0"),
         (["--config", "demo", "--job-name", "a b"], "--job-name='a b'"),
         (["--entry", "does/not/exist.py"], "--entry 'does/not/exist.py'"),
         (["--module", "dinolite.no_such_module"], "--module 'dinolite.no_such_module'"),
@@ -237,8 +235,10 @@ def test_bad_request_fails_before_submission(argv, message, capsys, no_submissio
         (["--nodes", "2"], "one of the arguments --config/--config-file --entry --module is required"),
         (["--config", "demo", "--", "--k", "3"], "only for --entry/--module"),
         (["--module", "dinolite.config", "a.b=1"], "only apply to --config"),
-        (["--config", "demo", "--max-requeues", "-1"], "--max-requeues=-1"),
-        (["--config", "demo", "--nodes", "two"], "invalid int value: 'two'"),
+        (["--config", "demo", "--max-requeues", "-1"], "argument --max-requeues: expected an integer >= 0, got '-1'"),
+        (["--config", "demo", "--nodes", "two"], "argument --nodes: expected an integer >= 1, got 'two'"),
+        (["--config", "demo", "--nodes", "0"], "argument --nodes: expected an integer >= 1, got '0'"),
+        (["--config", "demo", "--cpus-per-task", "0"], "argument --cpus-per-task: expected an integer >= 1, got '0'"),
     ],
 )
 def test_argument_errors(argv, message, capsys, no_submission):
