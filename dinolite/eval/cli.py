@@ -12,6 +12,7 @@ and a missing optional extra as one ``error:`` line.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -223,16 +224,26 @@ def eval_transform_for(ctx: EvalContext, args: argparse.Namespace) -> tuple[Call
 
 
 def checked_num_classes(train: ExtractedFeatures, val: ExtractedFeatures, args: argparse.Namespace) -> int:
-    """``--num-classes`` (labels of both sets must lie below it), else the number of distinct train labels.
-
-    Every label must be >= 0 and every val label must occur in train (a class the classifier never saw
-    can only be missed). Nothing is sized by the label values (:class:`ClassIndex`).
-    """
+    """``--num-classes`` (labels of both sets must lie below it), else the number of distinct labels of
+    both sets. Every label must be >= 0; nothing is sized by the label values (:class:`ClassIndex`)."""
     check_labels(train.labels, args.num_classes, f"--train {' '.join(args.train)}")
     check_labels(val.labels, args.num_classes, f"--val {' '.join(args.val)}")
-    classes = ClassIndex(train.labels)
-    classes.positions(val.labels, f"--val {' '.join(args.val)}", of=f"--train ({len(train.labels)} images)")
-    return args.num_classes or classes.num_classes
+    warn_unseen_val_labels(train.labels, val.labels, args)
+    return args.num_classes or ClassIndex(train.labels, val.labels).num_classes
+
+
+def warn_unseen_val_labels(train_labels: torch.Tensor, val_labels: torch.Tensor, args: argparse.Namespace) -> None:
+    """A val class absent from ``--train`` can only be missed: legitimate (a subset, a rare class), but worth
+    a line on stderr, since it caps the accuracy below 100 %."""
+    seen = ClassIndex(train_labels).classes
+    unseen = ~torch.isin(val_labels.long().cpu(), seen)
+    if bool(unseen.any()):
+        labels = ClassIndex(val_labels[unseen]).describe()
+        print(
+            f"warning: {int(unseen.sum())} of {val_labels.numel()} images of --val {' '.join(args.val)} have "
+            f"{labels}, absent from --train: they count as misses",
+            file=sys.stderr,
+        )
 
 
 def few_shot_subset(train: ExtractedFeatures, args: argparse.Namespace) -> ExtractedFeatures:

@@ -35,6 +35,7 @@ from dinolite.eval.cli import (
     format_table,
     run_eval_main,
     setup,
+    warn_unseen_val_labels,
     write_results,
 )
 from dinolite.eval.datasets import (
@@ -230,8 +231,8 @@ def _online_classes(args: argparse.Namespace, val_labels: torch.Tensor) -> Class
     train_labels = source_labels(args.train)
     check_labels(train_labels, args.num_classes, f"--train {' '.join(args.train)}")
     check_labels(val_labels, args.num_classes, f"--val {' '.join(args.val)}")
-    classes = ClassIndex(train_labels)
-    classes.positions(val_labels, f"--val {' '.join(args.val)}", of=f"--train ({len(train_labels)} images)")
+    warn_unseen_val_labels(train_labels, val_labels, args)
+    classes = ClassIndex(train_labels, val_labels)
     if args.epoch_length is None:
         args.epoch_length = max(len(train_labels) // args.probe_batch_size, 1)
     return classes

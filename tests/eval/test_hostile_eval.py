@@ -271,6 +271,23 @@ def test_huge_label_is_sized_by_the_data(
     assert fields(results[1]) == fields(results[0])
 
 
+@pytest.mark.parametrize("cli", ["knn", "linear"])
+def test_a_val_class_absent_from_train_counts_as_a_miss_with_a_warning(cli: str, env: Env, tmp_path: Path, capsys):
+    """A val label the training set lacks is legitimate data (a subset, a rare class): it cannot be
+    predicted, so it lowers the accuracy, and stderr says how many images carry it."""
+    train = _shard(tmp_path / "train.tar", env.classes["train"], [0, 1, 2])
+    val = _shard(tmp_path / "val.tar", env.classes["val"], [0, 1, 7])
+    out = tmp_path / "r.json"
+    argv = env.argv(cli) + ["--train", str(train), "--val", str(val), "--output", str(out)]
+    code, _, err = _run(cli, argv, capsys)
+    assert code == 0, err
+    unseen, total = len(env.classes["val"][2]), sum(len(images) for images in env.classes["val"])
+    assert f"warning: {unseen} of {total} images of --val" in err and "labels 7" in err, err
+    result = json.loads(out.read_text())
+    top1 = result["top1"] if cli == "knn" else max(g["val_top1"] for g in result["grid"])
+    assert top1 <= 100.0 * (total - unseen) / total + 1e-9
+
+
 # --------------------------------------------------------------------------------- library cases
 
 
