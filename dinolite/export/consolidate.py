@@ -54,12 +54,13 @@ def consolidate_checkpoint(
             f"{checkpoint_dir}: the {method['name']} checkpoint has no {model} backbone "
             f"(its default network is {method['eval_network']!r})"
         )
-    backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone")
-
-    # The architecture record comes from a weightless (meta) model checked against the saved shapes:
-    # callers build the one real backbone they need from the record (no random init of a ViT-g here).
+    # The architecture record comes from a weightless (meta) model: the saved shapes are checked against
+    # it before anything is allocated, and callers build the one real backbone they need from the record
+    # (no random init of a ViT-g here).
     with torch.device("meta"):
         backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    expected = {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+    backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone", expected=expected)
     check_state_dict_fits(backbone, backbone_state, origin=str(checkpoint_dir))
     spec = spec_from_backbone(
         backbone,
