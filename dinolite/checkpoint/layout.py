@@ -47,11 +47,8 @@ def complete_checkpoints(directory: Path) -> list[Path]:
     return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name[len(ITER_PREFIX) :]))
 
 
-def _warn_once(message: str) -> None:
-    # ``latest()`` is asked several times per start (config diff, resume): say it once per process.
-    if message not in _warned:
-        _warned.add(message)
-        print(f"warning: {message}", file=sys.stderr)
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def read_latest_pointer(directory: Path, warn: Callable[[str], None] | None = None) -> str | None:
@@ -59,8 +56,9 @@ def read_latest_pointer(directory: Path, warn: Callable[[str], None] | None = No
 
     The pointer is one rule for every reader (resume, the config diff, export, eval): a plain
     ``iter_<digits>`` name of a directory beside it. Binary garbage, a path (``../other/iter_4``,
-    ``/abs/iter_4``) or an over-long file is reported through ``warn`` (default: one ``warning:`` line on
-    stderr) naming the file, and ignored: callers then scan for the newest complete checkpoint.
+    ``/abs/iter_4``) or an over-long file is reported once per process through ``warn`` (default: a
+    ``warning:`` line on stderr) naming the file, and ignored: callers then scan for the newest complete
+    checkpoint.
     """
     pointer = directory / LATEST_POINTER
     if not pointer.is_file():  # missing, or a folder / FIFO / device: never opened
@@ -75,7 +73,10 @@ def read_latest_pointer(directory: Path, warn: Callable[[str], None] | None = No
         if len(raw) <= _POINTER_MAX_BYTES and _POINTER_NAME.fullmatch(text):
             return text
         problem = f"holds {_describe(raw, text)}, not the name of a checkpoint directory beside it (iter_<digits>)"
-    (warn or _warn_once)(f"{pointer}: {problem}; ignored: using the newest complete checkpoint found in {directory}")
+    message = f"{pointer}: {problem}; ignored: using the newest complete checkpoint found in {directory}"
+    if message not in _warned:  # asked several times per start (config diff, resume): said once per process
+        _warned.add(message)
+        (warn or _print_warning)(message)
     return None
 
 

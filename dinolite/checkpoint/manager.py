@@ -113,7 +113,8 @@ class CheckpointManager:
 
     def latest(self, warn: Any = None) -> Path | None:
         """The newest complete checkpoint: the ``latest`` pointer, or a scan when the pointer is missing,
-        stale or invalid (``warn`` gets the line naming an invalid one; default: stderr, once)."""
+        stale or invalid (``warn`` gets the message naming an invalid one, once per process; default: a
+        ``warning:`` line on stderr)."""
         return latest_checkpoint(self.directory, warn)
 
     def load_latest_intact(self, app_state: Mapping[str, Any], warn: Any = print) -> tuple[Path, dict] | None:
@@ -125,7 +126,7 @@ class CheckpointManager:
         Raises :class:`DamagedCheckpointError` when every checkpoint is damaged.
         """
         candidates = self.checkpoints()[::-1]
-        latest = self.latest(warn)
+        latest = self.latest(lambda message: warn(f"warning: {message}"))
         if latest is not None and latest in candidates:  # the pointer first (it names the newest save)
             candidates.remove(latest)
             candidates.insert(0, latest)
