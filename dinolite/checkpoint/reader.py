@@ -178,7 +178,9 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
     reader, metadata = _read_metadata(path)
     stateless = _drop_stateless_parameters(tree, set(metadata.state_dict_metadata))
-    check_architecture(path, metadata, _flat_tensors(tree, ""))
+    targets = _flat_tensors(tree, "")
+    check_architecture(path, metadata, targets)
+    check_metadata_budget(path, metadata, list(targets))  # chunk sizes backed by shard bytes, as consolidation
     rank, world = rank_and_world()
     rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
     rng_state = None
