@@ -59,21 +59,17 @@ def _write_failure(exc: BaseException, directory: Path) -> str | None:
     return f"could not write the export in {directory}: {exc}; nothing of it was left behind"
 
 
-def _move_into_place(stage: Path, parent: Path) -> list[Path]:
+def _move_into_place(stage: Path, parent: Path) -> None:
     """Rename every staged file to its final place (folders: into the existing one, file by file, so a
-    user's other files there stay); returns the final paths."""
-    moved = []
+    user's other files there stay)."""
     for entry in sorted(stage.iterdir()):
         target = parent / entry.name
         if entry.is_dir():
             target.mkdir(exist_ok=True)
             for item in sorted(entry.iterdir()):
                 os.replace(item, target / item.name)
-                moved.append(target / item.name)
         else:
             os.replace(entry, target)
-            moved.append(target)
-    return moved
 
 
 @contextlib.contextmanager
