@@ -15,7 +15,7 @@ import torch
 
 from dinolite.checkpoint import checkpoint_modules, load_consolidated_state_dict, method_record, resolve_checkpoint_dir
 from dinolite.config import load_config
-from dinolite.export.load import PretrainedWeights, check_state_dict_fits
+from dinolite.export.load import PretrainedWeights, check_spec, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
 from dinolite.models import build_backbone
 
@@ -72,6 +72,7 @@ def consolidate_checkpoint(
         interpolate_antialias=cfg.student.interpolate_antialias,
         interpolate_offset=cfg.student.interpolate_offset,
     )
+    check_spec(spec, str(config_file))  # the same ranges as any record (a config.yaml is a file handed over too)
 
     heads: Optional[dict[str, torch.Tensor]] = None
     if with_heads:
