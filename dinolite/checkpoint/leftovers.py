@@ -19,6 +19,7 @@ The checkpoint ``latest`` names and every complete ``iter_N/`` are never touched
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -47,45 +48,52 @@ def _process_alive(pid: int) -> bool:
 
 def _restore_or_remove_old(path: Path, final: Path, removed: list[Path]) -> None:
     if is_complete_checkpoint(final):
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path)
         removed.append(path)
     elif not final.exists() and is_complete_checkpoint(path):
         os.replace(path, final)
 
 
 def remove_leftovers(directory: Path, keep_last: int, warn: Callable[[str], None] = print) -> list[Path]:
-    """Remove what killed saves and prunes left in ``directory`` (a run's ``checkpoints/``); returns it."""
+    """Remove what killed saves and prunes left in ``directory`` (a run's ``checkpoints/``); returns it.
+
+    Never raises for a leftover it cannot remove (a save must not fail over its predecessor's debris)."""
     if not directory.is_dir():
         return []
     removed: list[Path] = []
     complete = complete_checkpoints(directory)
     newest = int(complete[-1].name[len(ITER_PREFIX) :]) if complete else None
     for path in sorted(directory.iterdir()):
-        temporary, final, pointer_temp = (
-            _TEMPORARY.fullmatch(path.name),
-            _FINAL.fullmatch(path.name),
-            _POINTER_TEMP.fullmatch(path.name),
-        )
-        if temporary and path.is_dir() and not path.is_symlink():
-            if temporary.group(2) == "old":
-                _restore_or_remove_old(path, directory / f"{ITER_PREFIX}{temporary.group(1)}", removed)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-        elif pointer_temp and path.is_file() and not _process_alive(int(pointer_temp.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        elif (
-            final
-            and keep_last > 0
-            and newest is not None
-            and int(final.group(1)) < newest
-            and path.is_dir()
-            and not path.is_symlink()
-            and not is_complete_checkpoint(path)
-        ):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        with contextlib.suppress(OSError):
+            _remove_if_leftover(path, directory, keep_last, newest, removed)
     if removed:
         warn(f"removed what interrupted saves or prunes left in {directory}: {', '.join(p.name for p in removed)}")
     return removed
+
+
+def _remove_if_leftover(path: Path, directory: Path, keep_last: int, newest: int | None, removed: list[Path]) -> None:
+    temporary, final, pointer_temp = (
+        _TEMPORARY.fullmatch(path.name),
+        _FINAL.fullmatch(path.name),
+        _POINTER_TEMP.fullmatch(path.name),
+    )
+    if temporary and path.is_dir() and not path.is_symlink():
+        if temporary.group(2) == "old":
+            _restore_or_remove_old(path, directory / f"{ITER_PREFIX}{temporary.group(1)}", removed)
+        else:
+            shutil.rmtree(path)
+            removed.append(path)
+    elif pointer_temp and path.is_file() and not _process_alive(int(pointer_temp.group(1))):
+        path.unlink()
+        removed.append(path)
+    elif (
+        final
+        and keep_last > 0
+        and newest is not None
+        and int(final.group(1)) < newest
+        and path.is_dir()
+        and not path.is_symlink()
+        and not is_complete_checkpoint(path)
+    ):
+        shutil.rmtree(path)
+        removed.append(path)
