@@ -11,28 +11,9 @@ from pathlib import Path
 import torch
 
 from dinolite.checkpoint import CheckpointManager
-from dinolite.config import Config, load_config
+from dinolite.config import Config
 from dinolite.train.methods import get_method
-
-TINY = [
-    "student.embed_dim=16",
-    "student.depth=1",
-    "student.num_heads=2",
-    "student.patch_size=4",
-    "dino.head_n_prototypes=32",
-    "dino.head_hidden_dim=32",
-    "dino.head_bottleneck_dim=8",
-    "ibot.head_n_prototypes=32",
-    "ibot.head_hidden_dim=32",
-    "ibot.head_bottleneck_dim=8",
-    "crops.global_crops_size=16",
-    "crops.local_crops_size=8",
-    "train.device=cpu",
-]
-
-
-def tiny_config(output_dir: Path) -> Config:
-    return load_config("demo", [*TINY, f"train.output_dir={output_dir}"])
+from tests.train.test_loop import tiny_config
 
 
 def tiny_objective(cfg: Config) -> torch.nn.Module:
@@ -42,7 +23,7 @@ def tiny_objective(cfg: Config) -> torch.nn.Module:
 
 def tiny_manager(output_dir: Path, keep_last: int = 3) -> tuple[CheckpointManager, dict]:
     """The manager a run in ``output_dir`` uses, and its app_state (objective only)."""
-    cfg = tiny_config(output_dir)
+    cfg = tiny_config(output_dir)  # the training loop tests' tiny DINOv2 (width 16, one block, 16 px crops)
     manager = CheckpointManager(output_dir, keep_last=keep_last, config=cfg, method=get_method("dinov2").record(cfg))
     return manager, {"model": tiny_objective(cfg)}
 
