@@ -6,18 +6,22 @@ Accepted files:
   ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
-  refused) and the architecture inferred from the tensor shapes;
+  refused), every tensor checked against the bytes its storage holds (a stride-0 view posing as a large
+  matrix is refused: :mod:`dinolite.checkpoint.tensor_files`), and the architecture inferred from the
+  tensor shapes;
 - the same weights in timm's or transformers' key layout (their DINOv2 checkpoints, with or without
   registers): converted to DINOv2's layout (:mod:`dinolite.export.timm_format`,
   :mod:`dinolite.export.transformers_format`);
 - a folder in a HuggingFace layout (timm: ``config.json`` + ``model.safetensors``; transformers:
-  ``Dinov2Model``), and ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
+  ``Dinov2Model``; older folders with ``pytorch_model.bin`` instead, read like a ``.pth``), and
+  ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
 
 A record (header or sidecar) is never trusted to size a model: its width, depth, patch size, position
 grid, register tokens and FFN type are checked against the tensor shapes read from the safetensors
 header (no tensor data read), then every key and shape against a model on the ``meta`` device; only
 then is a real model allocated. A 1 KB JSON asking for width 2048 fails at once, naming the JSON, the
-field and both values.
+field and both values. Every field of every record (and of a foreign folder's configs) is also type- and
+range-checked (:mod:`dinolite.export.spec_checks`), naming the file and the key.
 """
 
 from __future__ import annotations
