@@ -83,7 +83,8 @@ def read_latest_pointer(directory: Path, warn: Callable[[str], None] | None = No
 def _describe(raw: bytes, text: str) -> str:
     if len(raw) > _POINTER_MAX_BYTES:
         return f"more than {_POINTER_MAX_BYTES} bytes"
-    return repr(text) if text.isprintable() else f"{len(raw)} bytes that are not text"
+    is_text = text.isprintable() and "\ufffd" not in text  # U+FFFD: a byte that is not ASCII
+    return repr(text) if is_text else f"{len(raw)} bytes that are not text"
 
 
 def latest_checkpoint(directory: Path, warn: Callable[[str], None] | None = None) -> Path | None:

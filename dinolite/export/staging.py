@@ -50,6 +50,8 @@ def _write_failure(exc: BaseException, directory: Path) -> str | None:
     if full:
         left = f" ({free} bytes free)" if free is not None else ""
         return f"no space left on {directory}{left}: the export was not written and nothing of it was left behind"
+    if isinstance(exc, SafetensorError):  # its writer's failures are I/O (it serialises our own tensors)
+        return f"could not write the export in {directory}: {exc}; nothing of it was left behind"
     if not isinstance(exc, OSError):
         return None
     if exc.errno in _READ_ONLY_ERRNOS:

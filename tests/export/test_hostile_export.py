@@ -160,3 +160,25 @@ def test_an_export_still_writes_every_file_and_only_those(run_dir, tmp_path, cap
     ]
     printed = capsys.readouterr().out
     assert f"  {out / 'b.safetensors'}\n" in printed and f"  {out / 'hf' / 'config.json'}\n" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output,options", [("b.safetensors", ()), ("b.pth", ()), ("hf", ("--format", "transformers"))])
+def test_a_real_refused_write_is_one_error_line_and_leaves_nothing(run_dir, tmp_path, output, options):
+    """The kernel itself refuses the write (a file-size limit, RLIMIT_FSIZE: EFBIG from the same write()
+    that returns ENOSPC on a full disk), in a child process running the installed CLI."""
+    import resource
+    import subprocess
+
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    command = [sys.executable, "-m", "dinolite.export", "--checkpoint", str(run_dir), "--output", str(out / output)]
+    done = subprocess.run([*command, *options], capture_output=True, text=True, preexec_fn=limit_file_size)
+    errors = [line for line in done.stderr.splitlines() if line.startswith(("error", "Traceback"))]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert "File too large" in errors[0] and "nothing of it was left behind" in errors[0], errors
+    assert list(out.iterdir()) == []
