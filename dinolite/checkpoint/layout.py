@@ -7,6 +7,9 @@ and ``state.json``), ``latest`` naming the newest; :mod:`dinolite.checkpoint.man
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 CHECKPOINT_DIRNAME = "checkpoints"
@@ -16,6 +19,11 @@ CONFIG_FILE = "config.yaml"
 RNG_DIRNAME = "rng"
 FORMAT_VERSION = 1
 ITER_PREFIX = "iter_"
+# What ``latest`` may hold: the name of one checkpoint directory beside it, nothing else (no path, so it
+# can never lead outside the folder). Longer files are not read further.
+_POINTER_NAME = re.compile(rf"{ITER_PREFIX}\d+")
+_POINTER_MAX_BYTES = 64
+_warned: set[str] = set()
 
 
 def iteration_dirname(iteration: int) -> str:
@@ -39,13 +47,52 @@ def complete_checkpoints(directory: Path) -> list[Path]:
     return sorted((p for p in found if is_complete_checkpoint(p)), key=lambda p: int(p.name[len(ITER_PREFIX) :]))
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint under ``directory``: the ``latest`` pointer, or a scan when the
-    pointer is missing or stale."""
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_latest_pointer(directory: Path, warn: Callable[[str], None] | None = None) -> str | None:
+    """The checkpoint name ``directory/latest`` holds, or None when it is missing or holds anything else.
+
+    The pointer is one rule for every reader (resume, the config diff, export, eval): a plain
+    ``iter_<digits>`` name of a directory beside it. Binary garbage, a path (``../other/iter_4``,
+    ``/abs/iter_4``) or an over-long file is reported once per process through ``warn`` (default: a
+    ``warning:`` line on stderr) naming the file, and ignored: callers then scan for the newest complete
+    checkpoint.
+    """
     pointer = directory / LATEST_POINTER
-    if pointer.is_file():
-        candidate = directory / pointer.read_text().strip()
-        if is_complete_checkpoint(candidate):
-            return candidate
+    if not pointer.is_file():  # missing, or a folder / FIFO / device: never opened
+        return None
+    try:
+        with open(pointer, "rb") as handle:
+            raw = handle.read(_POINTER_MAX_BYTES + 1)
+    except OSError as exc:
+        problem = f"unreadable ({exc.strerror or exc})"
+    else:
+        text = raw.decode("ascii", errors="replace").strip()
+        if len(raw) <= _POINTER_MAX_BYTES and _POINTER_NAME.fullmatch(text):
+            return text
+        problem = f"holds {_describe(raw, text)}, not the name of a checkpoint directory beside it (iter_<digits>)"
+    message = f"{pointer}: {problem}; ignored: using the newest complete checkpoint found in {directory}"
+    if message not in _warned:  # asked several times per start (config diff, resume): said once per process
+        _warned.add(message)
+        (warn or _print_warning)(message)
+    return None
+
+
+def _describe(raw: bytes, text: str) -> str:
+    if len(raw) > _POINTER_MAX_BYTES:
+        return f"more than {_POINTER_MAX_BYTES} bytes"
+    is_text = text.isprintable() and "\ufffd" not in text  # U+FFFD: a byte that is not ASCII
+    return repr(text) if is_text else f"{len(raw)} bytes that are not text"
+
+
+def latest_checkpoint(directory: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest complete checkpoint under ``directory``: the ``latest`` pointer, or a scan when the
+    pointer is missing, stale (names an incomplete or deleted checkpoint) or invalid (see
+    :func:`read_latest_pointer`)."""
+    name = read_latest_pointer(directory, warn)
+    if name is not None and is_complete_checkpoint(directory / name):
+        return directory / name
     found = complete_checkpoints(directory)
     return found[-1] if found else None

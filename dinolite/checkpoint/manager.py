@@ -12,8 +12,10 @@ Layout under a run's output directory::
       latest                    text file naming the newest complete directory, replaced last
 
 A save writes ``iter_XXXXXXXX.tmp`` and renames it once every rank has finished, then replaces ``latest``
-(temp file + rename), then deletes all but the newest ``keep_last`` directories. A crash at any point
-leaves either the previous checkpoint or the new one, never a half-written directory under a final name.
+(temp file + rename), then deletes all but the newest ``keep_last`` directories (each renamed to
+``iter_XXXXXXXX.pruned`` first). A crash at any point leaves either the previous checkpoint or the new
+one, never a half-written directory under a final name; the next save removes the temporary names a
+crash left (:mod:`dinolite.checkpoint.leftovers`).
 
 Exact resume: schedules are pure functions of the iteration (only the iteration is stored), the optimizer
 moments and step counters are restored, every rank restores its own RNG streams, and the trainer restarts
@@ -57,12 +59,14 @@ from dinolite.checkpoint.layout import (
     iteration_dirname,
     latest_checkpoint,
 )
+from dinolite.checkpoint.leftovers import PRUNED_SUFFIX, remove_leftovers
 from dinolite.checkpoint.reader import collective_device, load_checkpoint, no_single_process_warning
 from dinolite.checkpoint.state import (
     METHOD_KEY,
     _collect,
     capture_rng_state,
 )
+from dinolite.checkpoint.tensor_files import save_tensor_file
 from dinolite.config import save_config
 from dinolite.dist import any_rank, rank_and_world
 from dinolite.io import write_text_atomic
@@ -107,9 +111,11 @@ class CheckpointManager:
         """Complete checkpoint directories, oldest first."""
         return complete_checkpoints(self.directory)
 
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint: the ``latest`` pointer, or a scan when the pointer is missing/stale."""
-        return latest_checkpoint(self.directory)
+    def latest(self, warn: Any = None) -> Path | None:
+        """The newest complete checkpoint: the ``latest`` pointer, or a scan when the pointer is missing,
+        stale or invalid (``warn`` gets the message naming an invalid one, once per process; default: a
+        ``warning:`` line on stderr)."""
+        return latest_checkpoint(self.directory, warn)
 
     def load_latest_intact(self, app_state: Mapping[str, Any], warn: Any = print) -> tuple[Path, dict] | None:
         """Load the newest checkpoint that reads back intact (collective); None when there is none at all.
@@ -120,7 +126,7 @@ class CheckpointManager:
         Raises :class:`DamagedCheckpointError` when every checkpoint is damaged.
         """
         candidates = self.checkpoints()[::-1]
-        latest = self.latest()
+        latest = self.latest(lambda message: warn(f"warning: {message}"))
         if latest is not None and latest in candidates:  # the pointer first (it names the newest save)
             candidates.remove(latest)
             candidates.insert(0, latest)
@@ -153,8 +159,7 @@ class CheckpointManager:
         failure: BaseException | None = None
         if rank == 0:
             try:
-                if tmp.exists():
-                    shutil.rmtree(tmp)  # left by a run killed while saving
+                remove_leftovers(self.directory, self.keep_last)  # e.g. this tmp, left by a run killed while saving
                 (tmp / RNG_DIRNAME).mkdir(parents=True)
             except OSError as exc:
                 failure = exc
@@ -163,7 +168,7 @@ class CheckpointManager:
             tree, plain = _collect(app_state)
             with no_single_process_warning():
                 dcp.save(tree, checkpoint_id=str(tmp))
-            torch.save(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
+            save_tensor_file(capture_rng_state(), tmp / RNG_DIRNAME / f"rank_{rank:05d}.pt")
         except (Exception, dcp.CheckpointException) as exc:  # CheckpointException is a BaseException
             failure = exc
         self._give_up_together(failure, tmp, iteration)
@@ -187,9 +192,10 @@ class CheckpointManager:
 
     def _give_up_together(self, failure: BaseException | None, tmp: Path, iteration: int) -> None:
         if any_rank(failure is not None, collective_device()):
+            # Judged before the temp folder goes: the free space then is what the failed writer saw.
+            message = describe_save_failure(failure, self.directory)
             if rank_and_world()[0] == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            message = describe_save_failure(failure, self.directory) if failure else "failed on another rank"
             raise CheckpointError(f"iteration {iteration}: {message}") from failure
 
     def _finalize(self, tmp: Path, final: Path, info: dict) -> None:
@@ -214,7 +220,15 @@ class CheckpointManager:
         existing = self.checkpoints()
         for path in existing[: max(0, len(existing) - self.keep_last)]:
             if path != keep:
-                shutil.rmtree(path, ignore_errors=True)
+                # Renamed first (one atomic step), so a kill inside rmtree leaves a name that is never
+                # taken for a checkpoint and that the next save removes.
+                doomed = path.with_name(path.name + PRUNED_SUFFIX)
+                shutil.rmtree(doomed, ignore_errors=True)
+                try:
+                    os.replace(path, doomed)
+                except OSError:
+                    continue
+                shutil.rmtree(doomed, ignore_errors=True)
 
     # ---- load ------------------------------------------------------------------------------------
 

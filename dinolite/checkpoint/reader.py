@@ -24,7 +24,12 @@ from dinolite.checkpoint.errors import (
     CheckpointNotFoundError,
     DamagedCheckpointError,
 )
-from dinolite.checkpoint.integrity import check_architecture, check_shard_files
+from dinolite.checkpoint.integrity import (
+    check_architecture,
+    check_metadata_budget,
+    check_saved_shapes,
+    check_shard_files,
+)
 from dinolite.checkpoint.layout import (
     CHECKPOINT_DIRNAME,
     RNG_DIRNAME,
@@ -32,6 +37,7 @@ from dinolite.checkpoint.layout import (
     is_complete_checkpoint,
     latest_checkpoint,
 )
+from dinolite.checkpoint.records import check_method_record, check_state_info
 from dinolite.checkpoint.safe_metadata import (
     CheckpointMetadataError,
     SafeFileSystemReader,
@@ -51,6 +57,7 @@ from dinolite.checkpoint.state import (
     _stateful_entries,
     restore_rng_state,
 )
+from dinolite.checkpoint.tensor_files import load_tensor_file
 from dinolite.dist import any_rank, is_distributed, rank_and_world
 
 
@@ -73,10 +80,7 @@ def read_checkpoint_info(path: str | Path) -> dict:
         info = json.loads((path / STATE_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DamagedCheckpointError(f"{path / STATE_FILE}: invalid JSON ({exc})") from exc
-    for key in ("iteration", "batches_consumed", "world_size"):
-        if not isinstance(info.get(key), int):
-            raise DamagedCheckpointError(f"{path / STATE_FILE}: missing or non-integer {key!r}")
-    return info
+    return check_state_info(info, path / STATE_FILE)
 
 
 def _drop_stateless_parameters(tree: dict[str, Any], saved_keys: set[str]) -> set[str]:
@@ -115,7 +119,9 @@ def method_record(path: str | Path) -> dict[str, Any]:
     before the record existed are DINOv2's (``LEGACY_METHOD``); their heads are the student's modules.
     """
     checkpoint_dir = resolve_checkpoint_dir(path)
-    record = dict(read_checkpoint_info(checkpoint_dir).get(METHOD_KEY) or LEGACY_METHOD)
+    saved = read_checkpoint_info(checkpoint_dir).get(METHOD_KEY)
+    record = LEGACY_METHOD if saved is None else check_method_record(saved, checkpoint_dir / STATE_FILE)
+    record = dict(record)
     if "heads" not in record:
         record["heads"] = [m for m in checkpoint_modules(checkpoint_dir, "student") if m != "backbone"]
     return record
@@ -172,14 +178,16 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     tree, _ = _collect(app_state)  # targets; allocates AdamW moments on a fresh optimizer (zero-lr step)
     reader, metadata = _read_metadata(path)
     stateless = _drop_stateless_parameters(tree, set(metadata.state_dict_metadata))
-    check_architecture(path, metadata, _flat_tensors(tree, ""))
+    targets = _flat_tensors(tree, "")
+    check_architecture(path, metadata, targets)
+    check_metadata_budget(path, metadata, list(targets))  # chunk sizes backed by shard bytes, as consolidation
     rank, world = rank_and_world()
     rng_file = path / RNG_DIRNAME / f"rank_{rank:05d}.pt"
     rng_state = None
     if info["world_size"] == world and rng_file.is_file():
         try:
-            rng_state = torch.load(rng_file, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated zip, foreign pickle: name the file
+            rng_state = load_tensor_file(rng_file)
+        except Exception as exc:  # truncated zip, foreign pickle, inflated tensors: name the file
             raise DamagedCheckpointError(f"{rng_file}: unreadable ({type(exc).__name__}: {exc})") from exc
     try:
         with no_single_process_warning():
@@ -203,7 +211,10 @@ def _load_checkpoint(path: Path, app_state: Mapping[str, Any]) -> dict:
     for name, obj in _stateful_entries(app_state).items():
         obj.load_state_dict(_merge_trees(tree[APP_KEY].get(name, {}), saved_plain.get(name, {})))
     if rng_state is not None:
-        restore_rng_state(rng_state)
+        try:
+            restore_rng_state(rng_state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:  # a foreign or tampered dict
+            raise DamagedCheckpointError(f"{rng_file}: not this run's RNG state ({type(exc).__name__}: {exc})") from exc
     return info
 
 
@@ -227,7 +238,11 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 
 def load_consolidated_state_dict(
-    checkpoint_dir: str | Path, model: str = "teacher", part: str | None = "backbone", missing_ok: bool = False
+    checkpoint_dir: str | Path,
+    model: str = "teacher",
+    part: str | None = "backbone",
+    missing_ok: bool = False,
+    expected: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of ``model`` (``"teacher"``/``"student"``) ``part`` as CPU tensors.
 
@@ -235,6 +250,11 @@ def load_consolidated_state_dict(
     ``part=None`` gives the whole model dict (``backbone.*``, ``dino_head.*``, ...). Reads DCP's metadata,
     allocates every tensor at its global shape and loads all shards into it in this process only, so it
     needs no process group and works for checkpoints saved on any number of ranks.
+
+    Before anything is allocated, every entry's size is checked against the shard bytes the metadata
+    records for it (:func:`~dinolite.checkpoint.integrity.check_metadata_budget`) and, with ``expected``
+    (``{key: shape}`` without the prefix, e.g. a model built on the ``meta`` device), against the
+    architecture: :class:`ArchitectureMismatchError` names every key that differs.
     """
     path = resolve_checkpoint_dir(checkpoint_dir)
     if model == "objective":  # objective-level entries: part="extra" is extra_state(), as it returned them
@@ -242,15 +262,20 @@ def load_consolidated_state_dict(
     else:
         prefix = f"{MODEL_KEY}.{model}." + (f"{part}." if part else "")
     reader, metadata = _read_metadata(path)
-    tree: dict[str, torch.Tensor] = {}
+    tree: dict[str, Any] = {}  # key -> dtype until every check has passed, then the allocated tensor
     for key, item in metadata.state_dict_metadata.items():
         if key.startswith(prefix) and isinstance(item, TensorStorageMetadata):
-            tree[key] = torch.empty(item.size, dtype=item.properties.dtype)
+            tree[key] = item.properties.dtype
+    keys = list(tree)
     if not tree and missing_ok:  # e.g. the extra state of a method that has none
         return {}
     if not tree:
         models = sorted({k.split(".")[1] for k in metadata.state_dict_metadata if k.startswith("model.")})
         raise CheckpointError(f"{path}: no tensors under {prefix!r}; models in this checkpoint: {', '.join(models)}")
+    if expected is not None:
+        check_saved_shapes(path, metadata, expected, prefix)
+    check_metadata_budget(path, metadata, keys)
+    tree = {key: torch.empty(metadata.state_dict_metadata[key].size, dtype=dtype) for key, dtype in tree.items()}
     kwargs: dict[str, Any] = {"storage_reader": reader}
     if "no_dist" in inspect.signature(dcp.load).parameters:
         kwargs["no_dist"] = True  # stay local even when called inside a distributed job

@@ -24,14 +24,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from dinolite.checkpoint import resolve_checkpoint_dir
 from dinolite.eval.finite import check_finite_module
 from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
-from dinolite.export.hub import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    download_hub_source,
-    is_hub_source,
-)
+from dinolite.export.hub import download_hub_source, is_backbone_folder, is_hub_source
 from dinolite.export.load import build_from_spec, load_backbone, load_state_dict_strict
 
 REQUIRED_METHODS = ("forward_features", "get_intermediate_layers")
@@ -56,15 +52,11 @@ def load_any_backbone(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--backbone {path}: no such file or directory")
-    if path.is_dir() and not _is_hub_folder(path):
+    if path.is_dir() and not is_backbone_folder(path):
         model = _from_checkpoint(path, network)
     else:
         model = load_backbone(path, map_location="cpu")
     return _checked(model, path, network).to(map_location)
-
-
-def _is_hub_folder(path: Path) -> bool:
-    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
 def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) -> nn.Module:
@@ -103,10 +95,9 @@ def backbone_fingerprint(path: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
-    target = path
-    latest = path / "latest"
-    if latest.exists():
-        target = latest.resolve() if latest.is_symlink() or latest.is_dir() else path / latest.read_text().strip()
+    # A run or checkpoints folder: the checkpoint its weights come from, by the same rule as loading
+    # (the latest pointer or a scan; never a path the pointer names outside the folder).
+    target = path if is_backbone_folder(path) else resolve_checkpoint_dir(path)
     digest.update(str(target).encode())
     for item in sorted(p for p in Path(target).rglob("*") if p.is_file()):
         stat = item.stat()

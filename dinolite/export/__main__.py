@@ -24,24 +24,28 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from dinolite.cli import make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
+from dinolite.export.errors import ExportWriteError
 from dinolite.export.hub import (
     FOLDER_FORMATS,
     push_folder_to_hub,
     write_timm_hub_folder,
     write_transformers_folder,
 )
-from dinolite.export.load import build_from_spec, load_state_dict_strict
+from dinolite.export.load import PretrainedWeights, build_from_spec, load_state_dict_strict
+from dinolite.export.staging import staged_output
 from dinolite.export.writers import (
     FORMATS,
     output_paths,
+    require_onnx,
     resolve_format,
     write_dinov2,
     write_onnx,
     write_safetensors,
     write_timm,
 )
+from dinolite.extras import MissingExtraError, optional_import
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(_main, argv)
+    # A missing extra (onnx, hub) and a failed write (full or read-only disk) are one error: line too.
+    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError, ExportWriteError))
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -96,35 +101,47 @@ def _main(argv: Sequence[str] | None = None) -> int:
         )
     if args.with_heads and args.format != "safetensors":
         raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
+    _require_extras(args)  # before minutes of consolidation, not after
     network = "student" if args.student else args.network
     exported = consolidate_checkpoint(args.checkpoint, model=network, with_heads=args.with_heads)
     output = Path(args.output)
-    if args.format == "safetensors":
-        written = write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)
-    elif args.format == "dinov2":
-        written = write_dinov2(exported.backbone, output)
-    elif args.format == "timm":
-        written = write_timm(exported.backbone, exported.spec, output)
-    elif args.format == "timm-hub":
-        written = write_timm_hub_folder(exported.backbone, exported.spec, output)
-    elif args.format == "transformers":
-        written = write_transformers_folder(exported.backbone, exported.spec, output)
-    else:
-        model = build_from_spec(exported.spec)
-        load_state_dict_strict(model, exported.backbone, origin=str(args.checkpoint))
-        written = write_onnx(model.eval(), exported.spec, output)
+    with staged_output(output) as staged:  # all files or none (a full disk leaves no half export)
+        written = _write(args.format, exported, staged, str(args.checkpoint))
     spec = exported.spec
     print(
         f"exported {spec.source} backbone ({spec.arch}, {spec.embed_dim}x{spec.depth}, patch {spec.patch_size}, "
         f"iteration {spec.iteration}) as {args.format}:"
     )
     for path in written:
-        print(f"  {path}")
+        print(f"  {output.parent / path.relative_to(staged.parent)}")
     if args.push_to_hub:
         print(
             f"pushed to https://huggingface.co/{args.push_to_hub}: {push_folder_to_hub(output, args.push_to_hub, args.private)}"
         )
     return 0
+
+
+def _require_extras(args: argparse.Namespace) -> None:
+    if args.format == "onnx":
+        require_onnx()
+    if args.push_to_hub:
+        optional_import("huggingface_hub", extra="hub", purpose="--push-to-hub")
+
+
+def _write(fmt: str, exported: PretrainedWeights, output: Path, checkpoint: str) -> list[Path]:
+    if fmt == "safetensors":
+        return write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)
+    if fmt == "dinov2":
+        return write_dinov2(exported.backbone, output)
+    if fmt == "timm":
+        return write_timm(exported.backbone, exported.spec, output)
+    if fmt == "timm-hub":
+        return write_timm_hub_folder(exported.backbone, exported.spec, output)
+    if fmt == "transformers":
+        return write_transformers_folder(exported.backbone, exported.spec, output)
+    model = build_from_spec(exported.spec)
+    load_state_dict_strict(model, exported.backbone, origin=checkpoint)
+    return write_onnx(model.eval(), exported.spec, output)
 
 
 if __name__ == "__main__":

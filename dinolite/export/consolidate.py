@@ -15,7 +15,7 @@ import torch
 
 from dinolite.checkpoint import checkpoint_modules, load_consolidated_state_dict, method_record, resolve_checkpoint_dir
 from dinolite.config import load_config
-from dinolite.export.load import PretrainedWeights, check_state_dict_fits
+from dinolite.export.load import PretrainedWeights, check_spec, check_state_dict_fits
 from dinolite.export.spec import spec_from_backbone
 from dinolite.models import build_backbone
 
@@ -54,12 +54,13 @@ def consolidate_checkpoint(
             f"{checkpoint_dir}: the {method['name']} checkpoint has no {model} backbone "
             f"(its default network is {method['eval_network']!r})"
         )
-    backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone")
-
-    # The architecture record comes from a weightless (meta) model checked against the saved shapes:
-    # callers build the one real backbone they need from the record (no random init of a ViT-g here).
+    # The architecture record comes from a weightless (meta) model: the saved shapes are checked against
+    # it before anything is allocated, and callers build the one real backbone they need from the record
+    # (no random init of a ViT-g here).
     with torch.device("meta"):
         backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
+    expected = {key: tuple(value.shape) for key, value in backbone.state_dict().items()}
+    backbone_state = load_consolidated_state_dict(checkpoint_dir, model=model, part="backbone", expected=expected)
     check_state_dict_fits(backbone, backbone_state, origin=str(checkpoint_dir))
     spec = spec_from_backbone(
         backbone,
@@ -71,6 +72,7 @@ def consolidate_checkpoint(
         interpolate_antialias=cfg.student.interpolate_antialias,
         interpolate_offset=cfg.student.interpolate_offset,
     )
+    check_spec(spec, str(config_file))  # the same ranges as any record (a config.yaml is a file handed over too)
 
     heads: Optional[dict[str, torch.Tensor]] = None
     if with_heads:

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError
+from dinolite.export.spec import BackboneSpec, ExportFormatError, read_json_file
+from dinolite.export.spec_checks import MAX_IMAGE_SIDE, check_value, integer, json_object, triple
 from dinolite.export.timm_format import timm_hub_config, to_timm_state_dict
 from dinolite.export.transformers_format import (
     preprocessor_config,
@@ -33,6 +34,9 @@ from dinolite.io import write_atomic
 
 HF_HUB_PREFIX = "hf-hub:"
 WEIGHTS_NAME = "model.safetensors"
+# what older timm/transformers folders hold instead; read with torch.load(weights_only=True) and the
+# storage checks of dinolite.checkpoint.tensor_files, only when there is no model.safetensors
+PICKLE_WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 FOLDER_FORMATS = ("timm-hub", "transformers")
@@ -122,17 +126,33 @@ def download_hub_source(source: str) -> Path:
     return Path(folder)
 
 
+def is_backbone_folder(folder: Path) -> bool:
+    """A folder in a hub layout: ``config.json`` and its weights (safetensors, or the older pickle)."""
+    return (folder / CONFIG_NAME).is_file() and any((folder / n).is_file() for n in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME))
+
+
+def folder_weights(folder: Path) -> Path:
+    """``model.safetensors`` of a hub folder, else ``pytorch_model.bin``; an error naming both otherwise."""
+    for name in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"{folder}: holds {CONFIG_NAME} but no weights ({WEIGHTS_NAME} or {PICKLE_WEIGHTS_NAME}); hf-hub: sources "
+        f"fetch only {WEIGHTS_NAME}: for a repository with pickled weights only, download it and pass the folder"
+    )
+
+
 def read_folder_config(folder: Path) -> tuple[str, dict[str, Any]]:
     """``("timm" | "transformers", config)`` of a hub folder, from its ``config.json``."""
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: a backbone folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportFormatError(f"{config_path}: not valid JSON: {exc}") from exc
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (only safetensors weights are read from folders)")
+        raise FileNotFoundError(
+            f"{folder}: a backbone folder needs {CONFIG_NAME} and {WEIGHTS_NAME} (or {PICKLE_WEIGHTS_NAME})"
+        )
+    config = read_json_file(config_path)
+    if not isinstance(config, dict):
+        raise ExportFormatError(f"{config_path}: holds a JSON {type(config).__name__}, not an object")
+    folder_weights(folder)
     if "architecture" in config:
         return "timm", config
     if config.get("model_type") in ("dinov2", "dinov2_with_registers"):
@@ -144,29 +164,44 @@ def read_folder_config(folder: Path) -> tuple[str, dict[str, Any]]:
 
 
 def folder_spec_overrides(kind: str, config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
-    """What a foreign folder says beyond the tensor shapes: heads, input size, mean/std."""
-    if kind == "timm":
-        pretrained = config.get("pretrained_cfg", {})
-        args = config.get("model_args", {})
-        out: dict[str, Any] = {}
-        if "num_heads" in args:
-            out["num_heads"] = int(args["num_heads"])
-        if "input_size" in pretrained:
-            out["train_img_size"] = int(pretrained["input_size"][-1])
-        for key in ("mean", "std"):
-            if key in pretrained:
-                out[key] = tuple(float(v) for v in pretrained[key])
-        if "init_values" in args and args["init_values"] is None:
-            out["layerscale"] = None
-        return out
-    out = {"num_heads": int(config["num_attention_heads"])}
+    """What a foreign folder says beyond the tensor shapes: heads, input size, mean/std; every value
+    type- and range-checked, an error naming the file and the key."""
+    return _timm_overrides(config, folder / CONFIG_NAME) if kind == "timm" else _transformers_overrides(config, folder)
+
+
+def _timm_overrides(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    pretrained = check_value(config.get("pretrained_cfg", {}), json_object, f"{path}: pretrained_cfg")
+    args = check_value(config.get("model_args", {}), json_object, f"{path}: model_args")
+    out: dict[str, Any] = {}
+    if "num_heads" in args:
+        out["num_heads"] = check_value(args["num_heads"], integer(1), f"{path}: model_args.num_heads")
+    if "input_size" in pretrained:
+        where = f"{path}: pretrained_cfg.input_size"
+        size = pretrained["input_size"]
+        if not isinstance(size, list) or len(size) != 3:
+            raise ExportFormatError(f"{where}={size!r} is not valid: expected [channels, height, width]")
+        out["train_img_size"] = check_value(size[-1], integer(1, MAX_IMAGE_SIDE), where)
+    for key, positive in (("mean", False), ("std", True)):
+        if key in pretrained:
+            out[key] = check_value(pretrained[key], triple(positive), f"{path}: pretrained_cfg.{key}")
+    if "init_values" in args and args["init_values"] is None:
+        out["layerscale"] = None
+    return out
+
+
+def _transformers_overrides(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_NAME
+    if "num_attention_heads" not in config:
+        raise ExportFormatError(f"{path}: no num_attention_heads (a transformers DINOv2 config always has it)")
+    out = {"num_heads": check_value(config["num_attention_heads"], integer(1), f"{path}: num_attention_heads")}
     processor_path = folder / PREPROCESSOR_NAME
     if processor_path.is_file():
-        processor = json.loads(processor_path.read_text())
-        crop = processor.get("crop_size", {})
+        processor = check_value(read_json_file(processor_path), json_object, str(processor_path))
+        crop = check_value(processor.get("crop_size", {}), json_object, f"{processor_path}: crop_size")
         if "height" in crop:
-            out["train_img_size"] = int(crop["height"])
-        for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+            where = f"{processor_path}: crop_size.height"
+            out["train_img_size"] = check_value(crop["height"], integer(1, MAX_IMAGE_SIDE), where)
+        for ours, theirs, positive in (("mean", "image_mean", False), ("std", "image_std", True)):
             if theirs in processor:
-                out[ours] = tuple(float(v) for v in processor[theirs])
+                out[ours] = check_value(processor[theirs], triple(positive), f"{processor_path}: {theirs}")
     return out

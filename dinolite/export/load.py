@@ -6,18 +6,22 @@ Accepted files:
   ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with
   ``torch.load(weights_only=True)`` (tensors only: a file that needs unpickling of arbitrary objects is
-  refused) and the architecture inferred from the tensor shapes;
+  refused), every tensor checked against the bytes its storage holds (a stride-0 view posing as a large
+  matrix is refused: :mod:`dinolite.checkpoint.tensor_files`), and the architecture inferred from the
+  tensor shapes;
 - the same weights in timm's or transformers' key layout (their DINOv2 checkpoints, with or without
   registers): converted to DINOv2's layout (:mod:`dinolite.export.timm_format`,
   :mod:`dinolite.export.transformers_format`);
 - a folder in a HuggingFace layout (timm: ``config.json`` + ``model.safetensors``; transformers:
-  ``Dinov2Model``), and ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
+  ``Dinov2Model``; older folders with ``pytorch_model.bin`` instead, read like a ``.pth``), and
+  ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
 
 A record (header or sidecar) is never trusted to size a model: its width, depth, patch size, position
 grid, register tokens and FFN type are checked against the tensor shapes read from the safetensors
 header (no tensor data read), then every key and shape against a model on the ``meta`` device; only
 then is a real model allocated. A 1 KB JSON asking for width 2048 fails at once, naming the JSON, the
-field and both values.
+field and both values. Every field of every record (and of a foreign folder's configs) is also type- and
+range-checked (:mod:`dinolite.export.spec_checks`), naming the file and the key.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from dinolite.checkpoint.tensor_files import TensorBudgetError, load_tensor_file
 from dinolite.export.hub import (
     CONFIG_NAME,
+    PICKLE_WEIGHTS_NAME,
     WEIGHTS_NAME,
     download_hub_source,
     folder_spec_overrides,
+    folder_weights,
     is_hub_source,
     read_folder_config,
 )
@@ -48,6 +55,7 @@ from dinolite.export.spec import (
     check_spec_against_shapes,
     spec_from_state_dict,
 )
+from dinolite.export.spec_checks import check_spec_fields
 from dinolite.export.timm_format import from_timm_state_dict, is_timm_layout
 from dinolite.export.transformers_format import (
     from_transformers_state_dict,
@@ -112,7 +120,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensor_file(path)  # weights_only, and no tensor larger than its bytes in the file
+    except TensorBudgetError as exc:
+        raise ExportFormatError(str(exc)) from exc
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (truncated zip), EOFError...
         raise ExportFormatError(
             f"{path}: cannot load with weights_only=True (truncated, or holds objects other than tensors): {exc}"
@@ -125,12 +135,28 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _converted(
+    convert: Callable[[dict[str, torch.Tensor], str], dict[str, torch.Tensor]],
+    state_dict: dict[str, torch.Tensor],
+    origin: str,
+    layout: str,
+) -> dict[str, torch.Tensor]:
+    """``convert(state_dict, origin)``; a malformed file (a key of a set missing, a tensor with too few
+    dimensions) becomes an error naming it instead of a KeyError/IndexError traceback."""
+    try:
+        return convert(state_dict, origin)
+    except ExportFormatError:
+        raise
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ExportFormatError(f"{origin}: not a {layout} DINOv2 state dict ({type(exc).__name__}: {exc})") from exc
+
+
 def to_dinov2_layout(state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     """timm / transformers key layouts -> DINOv2's; DINOv2's own passes through unchanged."""
     if is_transformers_layout(state_dict):
-        return from_transformers_state_dict(state_dict, origin)
+        return _converted(from_transformers_state_dict, state_dict, origin, "transformers")
     if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):
-        return from_timm_state_dict(state_dict, origin)
+        return _converted(from_timm_state_dict, state_dict, origin, "timm")
     return state_dict
 
 
@@ -162,13 +188,15 @@ def _drop_neutral_extras(
 def _load_folder(folder: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
     """A timm or transformers hub folder: its record when dinolite wrote it, else its own config."""
     kind, config = read_folder_config(folder)
-    weights_path = folder / WEIGHTS_NAME
-    tensors, _ = _read_safetensors(weights_path)
+    weights_path = folder_weights(folder)
+    tensors = (
+        _read_pth(weights_path) if weights_path.name == PICKLE_WEIGHTS_NAME else _read_safetensors(weights_path)[0]
+    )
     origin = str(weights_path)
     if kind == "timm":
-        state_dict = from_timm_state_dict(tensors, origin)
+        state_dict = _converted(from_timm_state_dict, tensors, origin, "timm")
     else:
-        state_dict = from_transformers_state_dict(tensors, origin)
+        state_dict = _converted(from_transformers_state_dict, tensors, origin, "transformers")
     record = config.get("dinolite_backbone")
     if record is not None:
         record_origin = f"{folder / CONFIG_NAME} (dinolite_backbone)"
@@ -180,7 +208,9 @@ def _load_folder(folder: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
         return state_dict, spec
     overrides = folder_spec_overrides(kind, config, folder)
     spec = spec_from_state_dict(state_dict, origin=origin, num_heads=overrides.pop("num_heads", None))
-    return state_dict, dataclasses.replace(spec, source=kind, **overrides)
+    spec = dataclasses.replace(spec, source=kind, **overrides)
+    check_spec(spec, f"{folder / CONFIG_NAME} with {weights_path.name}")
+    return state_dict, spec
 
 
 def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
@@ -191,6 +221,20 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
     path = Path(path)
     if path.is_dir():
         return _load_folder(path)
+    state_dict, spec = _load_file(path)
+    check_spec(spec, str(path))
+    return state_dict, spec
+
+
+def check_spec(spec: BackboneSpec, origin: str) -> None:
+    """Every record field in type and range, and the head count dividing the width (a model with
+    another split cannot be built)."""
+    check_spec_fields(spec, origin)
+    if spec.embed_dim % spec.num_heads:
+        raise ExportFormatError(f"{origin}: num_heads={spec.num_heads} does not divide embed_dim={spec.embed_dim}")
+
+
+def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
     if path.suffix == ".safetensors":
@@ -202,7 +246,7 @@ def load_backbone_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor],
             origin = f"{path} (header metadata {SPEC_METADATA_KEY!r})"
             try:
                 record = json.loads(metadata[SPEC_METADATA_KEY])
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:
                 raise ExportFormatError(f"{origin}: not valid JSON: {exc}") from exc
             spec = BackboneSpec.from_mapping(record, origin=origin)
         elif sidecars:

@@ -13,25 +13,40 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
 from dinolite import __version__
+from dinolite.export.errors import ExportFormatError
+from dinolite.export.spec_checks import RECORD_FORMAT_VERSION, check_record_fields
 from dinolite.models.vision_transformer import ARCHITECTURES
 
 FORMAT_NAME = "dinolite-backbone"
-FORMAT_VERSION = 1
+FORMAT_VERSION = RECORD_FORMAT_VERSION
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+JSON_MAX_BYTES = 16 << 20  # a config or record is a few KB; a larger "JSON" is not read into memory
 
 # Sizes are named by width (DINOv2's convention); the factories' table is the one source of truth.
 ARCH_BY_WIDTH = {dims["embed_dim"]: arch for arch, dims in ARCHITECTURES.items()}
 
 
-class ExportFormatError(ValueError):
-    """An exported file that is not what it claims to be (wrong architecture, truncated, foreign)."""
+def read_json_file(path: Path) -> Any:
+    """A small JSON file (config, record, preprocessor), or :class:`ExportFormatError` naming it."""
+    try:
+        size = path.stat().st_size
+        if size > JSON_MAX_BYTES:
+            raise ExportFormatError(f"{path}: {size} bytes; a JSON config or record is at most {JSON_MAX_BYTES}")
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise ExportFormatError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def _is_required(field_: dataclasses.Field) -> bool:
+    return field_.default is dataclasses.MISSING and field_.default_factory is dataclasses.MISSING
 
 
 @dataclass
@@ -69,32 +84,33 @@ class BackboneSpec:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], origin: str = "spec") -> "BackboneSpec":
+    def from_mapping(cls, data: Any, origin: str = "spec") -> "BackboneSpec":
+        """A record read from ``origin`` (a file, or a file and the key holding the record), every field
+        checked in type and range (:mod:`dinolite.export.spec_checks`) with the file and key named."""
+        if not isinstance(data, Mapping):
+            raise ExportFormatError(f"{origin}: holds a JSON {type(data).__name__}, not a dinolite backbone record")
         if data.get("format") != FORMAT_NAME:
             raise ExportFormatError(f"{origin}: not a dinolite backbone record (format={data.get('format')!r})")
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise ExportFormatError(
-                f"{origin}: format_version {data['format_version']} is newer than this dinolite reads "
-                f"({FORMAT_VERSION}); upgrade dinolite"
+                f"{origin}: format_version {version} is newer than this dinolite reads ({FORMAT_VERSION}); upgrade dinolite"
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ExportFormatError(f"{origin}: unknown fields {unknown}")
-        kwargs = dict(data)
-        kwargs["mean"] = tuple(kwargs.get("mean", IMAGENET_MEAN))
-        kwargs["std"] = tuple(kwargs.get("std", IMAGENET_STD))
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise ExportFormatError(f"{origin}: incomplete backbone record: {exc}") from exc
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and _is_required(f))
+        if missing:
+            raise ExportFormatError(f"{origin}: incomplete backbone record: missing {missing}")
+        return cls(**check_record_fields(data, origin))
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "BackboneSpec":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = read_json_file(path)
+        except OSError as exc:
             raise ExportFormatError(f"{path}: cannot read the architecture JSON: {exc}") from exc
         return cls.from_mapping(data, origin=str(path))
 
@@ -177,6 +193,25 @@ def spec_from_state_dict(
         raise ExportFormatError(
             f"{origin}: not a DINOv2/dinolite backbone state dict: missing {missing} (found keys like: {sample})"
         )
+    try:
+        return _infer_spec(state_dict, origin, num_heads)
+    except (IndexError, KeyError) as exc:  # a tensor with too few dimensions, a block without its FFN
+        raise ExportFormatError(
+            f"{origin}: not a DINOv2/dinolite backbone state dict ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _block_count(keys: Iterable[str], origin: str) -> int:
+    """The number of blocks ``blocks.N.*`` numbers: 0..depth-1, every one present (a lone ``blocks.99999999``
+    must not make a 100M-block model, even on the meta device)."""
+    indices = {int(m.group(1)) for key in keys if (m := _BLOCK_KEY.match(key))}
+    if indices != set(range(len(indices))):
+        missing = sorted(set(range(max(indices, default=-1) + 1)) - indices)
+        raise ExportFormatError(f"{origin}: blocks are not numbered 0..N-1 (missing blocks {missing[:5]}...)")
+    return len(indices)
+
+
+def _infer_spec(state_dict: Mapping[str, torch.Tensor], origin: str, num_heads: Optional[int]) -> BackboneSpec:
     embed_dim = int(state_dict["cls_token"].shape[-1])
     if embed_dim not in ARCH_BY_WIDTH and num_heads is None:
         raise ExportFormatError(
@@ -185,7 +220,7 @@ def spec_from_state_dict(
         )
     patch = int(state_dict["patch_embed.proj.weight"].shape[-1])
     grid = int(round((state_dict["pos_embed"].shape[1] - 1) ** 0.5))
-    depth = 1 + max((int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))), default=-1)
+    depth = _block_count(state_dict, origin)
     if depth == 0:
         raise ExportFormatError(f"{origin}: no transformer blocks (blocks.N.*) in the state dict")
     swiglu = "blocks.0.mlp.w12.weight" in state_dict
@@ -241,7 +276,7 @@ def check_spec_against_shapes(
     cls_shape = shape("cls_token")
     if spec.embed_dim != cls_shape[-1]:
         refuse("embed_dim", spec.embed_dim, f"width {cls_shape[-1]}", f"cls_token shape {cls_shape}")
-    depth = len({int(m.group(1)) for key in shapes if (m := _BLOCK_KEY.match(key))})
+    depth = _block_count(shapes, weights_origin)
     if spec.depth != depth:
         refuse("depth", spec.depth, f"{depth} blocks", "blocks.N.* tensors")
     patch_shape = shape("patch_embed.proj.weight")

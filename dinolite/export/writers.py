@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Mapping, Optional
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from dinolite.checkpoint.tensor_files import save_tensor_file
 from dinolite.export.hub import FOLDER_FORMATS, folder_paths
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
 from dinolite.export.onnx_pos_embed import make_exportable
@@ -125,7 +127,7 @@ def write_safetensors(
 def write_dinov2(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> list[Path]:
     """A plain ``.pth`` state dict in the layout of DINOv2's released ``*_pretrain.pth`` files."""
     path = Path(path)
-    return [write_atomic(path, lambda tmp: torch.save(_plain(state_dict), tmp))]
+    return [write_atomic(path, lambda tmp: save_tensor_file(_plain(state_dict), tmp))]
 
 
 def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> list[Path]:
@@ -136,7 +138,7 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
     if path.suffix == ".safetensors":
         written = [write_atomic(path, lambda tmp: save_file(_plain(converted), str(tmp)))]
     else:
-        written = [write_atomic(path, lambda tmp: torch.save(_plain(converted), tmp))]
+        written = [write_atomic(path, lambda tmp: save_tensor_file(_plain(converted), tmp))]
     name, kwargs = timm_model_args(spec)
     # Layer classes are recorded by name (timm.layers.SwiGLUPacked, torch.nn.SiLU) to stay JSON.
     symbolic = {"mlp_layer": "timm.layers.SwiGLUPacked", "act_layer": "torch.nn.SiLU"}
@@ -146,9 +148,14 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
     return written
 
 
+def require_onnx() -> ModuleType:
+    """The ``onnx`` package (the ``onnx`` extra), or :class:`MissingExtraError` naming the pip line: asked
+    before exporting, since torch's exporter needs it too and otherwise fails with its own traceback."""
+    return optional_import("onnx", extra="onnx", purpose="ONNX export (dinolite-export --format onnx)")
+
+
 def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
-    # onnx is an optional dependency (the `onnx` extra), needed only for ONNX export
-    onnx = optional_import("onnx", extra="onnx", purpose="ONNX export (dinolite-export --format onnx)")
+    onnx = require_onnx()
     graph = onnx.load(str(path))
     existing = {prop.key: prop for prop in graph.metadata_props}
     for key, value in metadata.items():
@@ -183,6 +190,7 @@ def write_onnx(
     (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
     """
 
+    require_onnx()
     path = Path(path)
     model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()
     size = spec.train_img_size or spec.img_size
