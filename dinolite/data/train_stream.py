@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES
 from dinolite.data.sources import RawSample, SourceError, Unit, read_unit
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def _known_count(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int
 
 
 def _read_units(
-    units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int, damage: Optional[list[str]] = None
+    units: Sequence[Unit],
+    by_sample: bool,
+    slot: int,
+    n_slots: int,
+    damage: Optional[list[str]] = None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
 ) -> Iterator[RawSample]:
     """Raw samples of ``units`` (every ``n_slots``-th from ``slot`` when ``by_sample``).
 
@@ -65,7 +71,7 @@ def _read_units(
     index = 0
     for unit in units:
         try:
-            for sample in read_unit(unit):
+            for sample in read_unit(unit, max_sample_bytes):
                 if not by_sample or index % n_slots == slot:
                     yield sample
                 index += 1
@@ -102,10 +108,12 @@ def slot_stream(
     skip: int = 0,
     epochs: Optional[int] = None,
     damage: Optional[list[str]] = None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
 ) -> Iterator[RawSample]:
     """Raw samples of one slot, epoch after epoch (endless when ``epochs`` is None), after dropping the
     first ``skip`` without decoding them (whole epochs without reading when counts are known).
-    Damaged shards are reported into ``damage`` (see :func:`_read_units`)."""
+    Damaged shards are reported into ``damage`` (see :func:`_read_units`); samples above
+    ``max_sample_bytes`` come unread, with an ``"__error__"``."""
     damage = [] if damage is None else damage
     epoch, empty_epochs = 0, 0
     while epochs is None or epoch < epochs:
@@ -115,7 +123,7 @@ def slot_stream(
             skip -= count
             epoch += 1
             continue
-        stream = _read_units(mine, by_sample, slot, n_slots, damage)
+        stream = _read_units(mine, by_sample, slot, n_slots, damage, max_sample_bytes)
         if shuffle_buffer > 1:
             stream = shuffled(stream, shuffle_buffer, seeded_generator(seed, SEED_SHUFFLE, slot, epoch))
         produced = 0
