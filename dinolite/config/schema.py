@@ -141,6 +141,9 @@ class DataConfig:
     # Images whose header gives width * height above this are skipped before any pixel is decoded
     # (decompression bombs); >= 1. Default: Pillow's own limit (268 MB as 8-bit RGB).
     max_image_pixels: int = 89478485
+    # Samples whose tar members together (decompressed, judged from the tar headers), or whose image
+    # file, exceed this many bytes are skipped unread; >= 1. Default 64 MiB. See docs/data.md.
+    max_sample_bytes: int = 67108864
 
 
 @dataclass
