@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.folders import folder_shards
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PATTERN_CHARS = re.compile(r"[*?\[]")
@@ -37,11 +38,12 @@ def check_source(source: Sequence[str], option: str) -> None:
         path = Path(entry)
         if not path.exists():
             raise FileNotFoundError(f"{option}: {entry} does not exist")
-        if path.is_dir():
+        if path.is_dir() and not folder_shards(entry):  # a shard folder (one set) is read as shards
             classes = class_folders(path)
             if not classes:
                 raise ValueError(
-                    f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE)"
+                    f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE) "
+                    "and without shards (.tar, .tar.gz, .tgz)"
                 )
 
 

@@ -126,6 +126,17 @@ def read_within(peak_mib: float, match: Optional[str], damaged: bool = False) ->
     return check
 
 
+def eval_cli_reads(count: int) -> Check:
+    """The evaluation CLIs' checked source (``--train-data`` / ``--val-data``) yields ``count`` samples."""
+
+    def check(source: list[str], caplog: pytest.LogCaptureFixture) -> None:
+        from dinolite.eval.datasets import build_labelled_dataset
+
+        assert len(list(build_labelled_dataset(source, None, 0, 1, "--train-data"))) == count
+
+    return check
+
+
 def index_count_not_trusted(warning: str) -> Check:
     def check(source: list[str], caplog: pytest.LogCaptureFixture) -> None:
         with caplog.at_level(logging.WARNING):
@@ -169,6 +180,7 @@ CASES = [
     pytest.param(h.shard(("k1.png", png(5)), ("k1.cls", b"9" * 5000)), raises_in_eval(r"\(5000 bytes\), not a class index"), id="label-5000-digits"),
     # item 7: shard folders
     pytest.param(h.shard_folder("s-000000.tar.gz", "s-000001.tgz"), resolves_to(["s-000000.tar.gz", "s-000001.tgz"]), id="folder-of-gz-shards"),
+    pytest.param(h.shard_folder("s-000000.tar.gz", "s-000001.tgz"), eval_cli_reads(6), id="eval-cli-folder-of-gz-shards"),
     pytest.param(h.shard_folder("train-000000.tar", "train-000001.tar", "val-000000.tar"), refused(r"2 shard sets \('train-': 2 shard\(s\).*'val-': 1"), id="train-and-val-prefixes"),
     pytest.param(h.folder_with(("notes.txt", b"x")), refused(r"holds no shards \(.tar, .tar.gz, .tgz\) and no images .*: it holds 1 entry: a/$"), id="folder-without-data"),
     # audit: the index JSON next to shards is read within a budget and its counts are bounded by the data
