@@ -144,6 +144,9 @@ class DataConfig:
     # Samples whose tar members together (decompressed, judged from the tar headers), or whose image
     # file, exceed this many bytes are skipped unread; >= 1. Default 64 MiB. See docs/data.md.
     max_sample_bytes: int = 67108864
+    # The encoded samples one data worker's shuffle buffer holds, in bytes; >= 1. Default 1 GiB (large
+    # samples make it hold fewer than `shuffle_buffer`; a warning says so).
+    shuffle_buffer_bytes: int = 1073741824
 
 
 @dataclass

@@ -16,6 +16,9 @@ import stat
 # photos under the default pixel limit are far smaller (JPEG ~1-5 bytes per 3 pixels); a raw BMP/TIFF of
 # that many pixels is larger and needs the key raised.
 DEFAULT_MAX_SAMPLE_BYTES = 64 * 2**20
+# Default of data.shuffle_buffer_bytes: the encoded samples one data worker's shuffle buffer holds
+# (5000 ImageNet JPEGs are ~0.55 GB); without it, the buffer's bound is shuffle_buffer * max_sample_bytes.
+DEFAULT_SHUFFLE_BUFFER_BYTES = 2**30
 # Index JSONs written by make_shards hold ~70 bytes per shard: 16 MiB is ~240k shards.
 MAX_INDEX_JSON_BYTES = 16 * 2**20
 # A make_shards list file: one path (and class) per line, ~100 bytes each.

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_SHUFFLE_BUFFER_BYTES
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 from dinolite.data.skip_window import (
     DEFAULT_MAX_SKIP_FRACTION,
@@ -90,6 +90,7 @@ class TrainBatches(IterableDataset):
         max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
         skip_window: int = DEFAULT_SKIP_WINDOW,
         max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+        shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -100,9 +101,10 @@ class TrainBatches(IterableDataset):
             raise ValueError(
                 f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}"
             )
-        if max_image_pixels < 1 or max_sample_bytes < 1:
+        if min(max_image_pixels, max_sample_bytes, shuffle_buffer_bytes) < 1:
             raise ValueError(
-                f"max_image_pixels and max_sample_bytes must be >= 1, got {max_image_pixels}, {max_sample_bytes}"
+                "max_image_pixels, max_sample_bytes and shuffle_buffer_bytes must be >= 1, got "
+                f"{max_image_pixels}, {max_sample_bytes}, {shuffle_buffer_bytes}"
             )
         self.units = list(units)
         self.transform = transform
@@ -116,6 +118,7 @@ class TrainBatches(IterableDataset):
         self.start_batch = start_batch
         self.max_image_pixels = max_image_pixels
         self.max_sample_bytes = max_sample_bytes
+        self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self._transform_takes_generator = _accepts_generator(transform)
         self._collate_takes_generator = _accepts_generator(collate_fn)
         # Per-worker state (each DataLoader worker holds its own copy of this object); reset by __iter__.
@@ -143,6 +146,7 @@ class TrainBatches(IterableDataset):
             skip=batches_done * self.batch_size,
             damage=self._damage,
             max_sample_bytes=self.max_sample_bytes,
+            shuffle_buffer_bytes=self.shuffle_buffer_bytes,
         )
         batch_index = logical + batches_done * n_workers
         while True:
@@ -225,6 +229,7 @@ def build_train_loader(
     skip_window: int = DEFAULT_SKIP_WINDOW,
     worker_init_fn: Callable[[int], None] | None = None,
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
 ) -> DataLoader:
     """Endless DataLoader of collated batches; batch ``b`` is the same whatever ``start_batch`` the
     iteration started from (exact resume), for fixed source, seed, rank, world_size, num_workers.
@@ -233,7 +238,8 @@ def build_train_loader(
     seeded generators when their signature has a ``generator`` parameter. Each batch also has
     ``"skipped_samples"`` (the unusable samples replaced in it) and ``"damaged_shards"`` (shards found
     cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding,
-    samples above ``max_sample_bytes`` (a folder file, or a shard sample's members together) before reading;
+    samples above ``max_sample_bytes`` (a folder file, or a shard sample's members together) before reading
+    (the shuffle buffer holds at most ``shuffle_buffer_bytes`` of encoded samples);
     more than ``max_skip_fraction`` skipped among a worker's last ``skip_window`` samples raises
     :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
     fails at start-up.
@@ -254,6 +260,7 @@ def build_train_loader(
         max_skip_fraction=max_skip_fraction,
         skip_window=skip_window,
         max_sample_bytes=max_sample_bytes,
+        shuffle_buffer_bytes=shuffle_buffer_bytes,
     )
     return DataLoader(
         dataset,

@@ -91,6 +91,15 @@ def shard(*middle: Member, name: str = "s-000000.tar") -> Builder:
     return build
 
 
+def large_samples(count: int, size: int) -> Builder:
+    """A .tar.gz of ``count`` samples of one ``size``-byte member each (zeros: ~1/1000 of it gzipped)."""
+
+    def build(root: Path) -> list[str]:
+        return [str(write_tar(root / "s-000000.tar.gz", [(f"k{i:03d}.png", size) for i in range(count)]))]
+
+    return build
+
+
 def extended_header_shard(fmt: int, size: int) -> Builder:
     """A good sample, then a member whose pax header (PAX) or GNU long name (GNU) holds ``size`` bytes."""
 

@@ -23,6 +23,7 @@ from dinolite.data import decode as decode_module
 from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.data.loader import build_train_loader
 from dinolite.data.sources import DamagedShardError, SourceError, read_unit, resolve_source
+from dinolite.data.train_stream import shuffled, slot_stream
 from tests.data import hostile_inputs as h
 from tests.data.test_bad_data import augment, collate, png
 
@@ -126,6 +127,32 @@ def read_within(peak_mib: float, match: Optional[str], damaged: bool = False) ->
     return check
 
 
+def shuffles_within(buffer: int, buffer_bytes: int) -> Check:
+    """One epoch through a shuffle buffer of ``buffer`` samples and ``buffer_bytes`` bytes delivers every
+    sample and peaks at most ``buffer_bytes`` plus two samples above the same epoch without a buffer."""
+
+    def peak_and_count(units: list, **shuffle) -> tuple[int, int]:
+        delivered = 0
+        tracemalloc.start()
+        try:
+            for _ in slot_stream(units, 0, 0, 1, epochs=1, **shuffle):
+                delivered += 1
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return peak, delivered
+
+    def check(source: list[str], caplog: pytest.LogCaptureFixture) -> None:
+        units = resolve_source(source)
+        unbuffered, total = peak_and_count(units, shuffle_buffer=1)
+        buffered, delivered = peak_and_count(units, shuffle_buffer=buffer, shuffle_buffer_bytes=buffer_bytes)
+        largest = max(len(value) for unit in units for s in read_unit(unit) for value in s.values())
+        assert delivered == total
+        assert buffered - unbuffered <= buffer_bytes + 2 * largest, f"{(buffered - unbuffered) / MiB:.1f} MiB"
+
+    return check
+
+
 def eval_cli_reads(count: int) -> Check:
     """The evaluation CLIs' checked source (``--train-data`` / ``--val-data``) yields ``count`` samples."""
 
@@ -164,6 +191,7 @@ CASES = [
     pytest.param(h.folder_with(("x.png", png(1)), ("big.png", 2 * MiB)), skipped_in_training("big.png' is 2,097,152 bytes", **SMALL_BYTES), id="folder-file-over-budget"),
     pytest.param(h.shard(("k1.png", 65 * MiB), name="s-000000.tar.gz"), read_within(8, "(data.max_sample_bytes)"), id="gz-member-over-default-budget-streamed"),
     pytest.param(h.many_empty_members(3000), read_within(0.5, None), id="3000-empty-members-one-key"),
+    pytest.param(h.large_samples(24, MiB), shuffles_within(100, 3 * MiB), id="shuffle-buffer-of-large-samples"),
     pytest.param(h.extended_header_shard(tarfile.PAX_FORMAT, 8 * MiB), read_within(4, "extended header", damaged=True), id="pax-header-8mib"),
     pytest.param(h.extended_header_shard(tarfile.GNU_FORMAT, 8 * MiB), read_within(4, "extended header", damaged=True), id="gnu-long-name-8mib"),
     # item 4: a symlink loop hangs the folder scan (two links) or repeats images 41x (one link)
@@ -234,3 +262,15 @@ def test_pillow_path_checks_the_frame_size_before_decoding(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", must_not_decode)
     with pytest.raises(decode_module.ImageTooLargeError, match=re.escape(GIF_REFUSED)):
         decode_module.decode_image(h.lying_gif(), max_pixels=1_000_000)
+
+
+def test_a_shuffle_buffer_within_its_byte_budget_keeps_its_order():
+    """The byte budget changes nothing until it is reached: the same draws, the same order."""
+    import torch
+
+    def order(**budget) -> list[int]:
+        return list(shuffled(iter(range(500)), 40, torch.Generator().manual_seed(3), **budget))
+
+    assert order() == order(max_bytes=41, size_of=lambda item: 1)  # 40 held and the one coming in
+    assert order() != order(max_bytes=20, size_of=lambda item: 1)
+    assert sorted(order(max_bytes=20, size_of=lambda item: 1)) == list(range(500))
