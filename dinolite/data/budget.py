@@ -59,6 +59,12 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int, key: str) -> bytes
                 f"{os.fspath(path)!r} is not a regular file (mode {stat.filemode(info.st_mode)}); not read"
             )
         check_budget(info.st_size, max_bytes, repr(os.fspath(path)), key)
-        data = f.read(max_bytes + 1)  # the file may have grown since fstat
-    check_budget(len(data), max_bytes, f"{os.fspath(path)!r} (grown while read)", key)
-    return data
+        # One read of the size fstat gave (read(max_bytes) would allocate the whole budget first), then
+        # chunks while the file is longer than it said (it grew, or /proc reports 0), up to the budget.
+        chunks = [f.read(info.st_size + 1)]
+        read = len(chunks[0])
+        while read > info.st_size and read <= max_bytes and chunks[-1]:
+            chunks.append(f.read(min(2**20, max_bytes + 1 - read)))
+            read += len(chunks[-1])
+    check_budget(read, max_bytes, f"{os.fspath(path)!r} (longer than its size said)", key)
+    return b"".join(chunks) if len(chunks) > 1 else chunks[0]

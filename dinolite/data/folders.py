@@ -139,7 +139,8 @@ def folder_images(root: Path) -> tuple[list[str], list[int], list[str]]:
     scan.follow_links()
     scan.report(root)
     files = sorted(path for _, path in scan.files.values())
-    relative = [os.path.relpath(f, root) for f in files]
+    prefix = len(os.path.join(str(root), ""))  # every path was built as root + os.sep + ...
+    relative = [f[prefix:] for f in files]
     if files and all(os.sep in rel for rel in relative):
         classes = sorted({rel.split(os.sep, 1)[0] for rel in relative})
         index = {name: i for i, name in enumerate(classes)}
