@@ -187,12 +187,16 @@ def folder_scan(files: int, repeats: int) -> None:
 
 
 _READ_CHILD = """
-import resource, sys
+import sys
 from dinolite.data.sources import read_tar
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def high_water_mb():  # VmHWM: this process's peak resident memory (ru_maxrss counts the parent's at fork)
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+before = high_water_mb()
 samples = [s.get("__error__", "read") for s in read_tar(sys.argv[1])]
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before, after, samples[0][:60])
+print(before, high_water_mb(), samples[0][:60])
 """
 
 
@@ -212,8 +216,8 @@ def hostile_shard(gigabytes: float) -> None:
         seconds = time.perf_counter() - start
         print(
             f"hostile shard: {path.stat().st_size:,} bytes of .tar.gz, one member of {size:,} bytes: read through in "
-            f"{seconds:.1f} s, peak RSS of the reading process {int(out[1]) / 1024:.0f} MB ({int(out[0]) / 1024:.0f} MB "
-            f"after imports); the sample: {out[2].strip()}"
+            f"{seconds:.1f} s, peak RSS of the reading process {float(out[1]):.0f} MB ({float(out[0]):.0f} MB after "
+            f"imports); the sample: {out[2].strip()}"
         )
 
 

@@ -12,9 +12,13 @@ full control of ordering, splitting and skipping for exact resume, and a plain g
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
+import io
 import json
 import logging
+import lzma
 import os
 import re
 import subprocess
@@ -22,7 +26,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional
 
 from dinolite.data.budget import (
     DEFAULT_MAX_SAMPLE_BYTES,
@@ -43,6 +47,8 @@ from dinolite.data.folders import (
     is_shard_file,
 )
 from dinolite.data.samples import IMAGE_KEYS, LabelError, RawSample, image_bytes, sample_label
+
+_SKIP_STEP = 2**20
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -308,6 +314,54 @@ def _member_over_budget(member: tarfile.TarInfo, sample_bytes: int, max_sample_b
     )
 
 
+class _Replayed(io.RawIOBase):
+    """``head``, then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: io.BufferedReader) -> None:
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        return self.stream.readinto(buffer)
+
+
+def _decompressed(stream: io.BufferedReader) -> BinaryIO:
+    """The tar stream inside ``stream``: gzip, bzip2 and xz are recognised by their magic bytes.
+
+    Not tarfile's own ``r|*``: its stream decompresses each 10 KiB read whole (10 MB from a gzip of
+    zeros) and copies what remains of it on every later read, so a 1.5 GB member took 64 s to skip
+    with 61 MB resident. The standard library's file readers bound what one read decompresses.
+    """
+    magic = stream.peek(10)[:10]
+    if len(magic) < 10:  # a pipe may give fewer bytes per read: read them, then replay them
+        magic = stream.read(10)
+        stream = io.BufferedReader(_Replayed(magic, stream))
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if magic[:3] == b"BZh" and magic[4:10] == b"1AY&SY":
+        return bz2.BZ2File(stream)
+    if magic.startswith((b"\xfd7zXZ", b"\x5d\x00\x00\x80")):
+        return lzma.LZMAFile(stream)
+    return stream
+
+
+def _skip_data(archive: tarfile.TarFile) -> None:
+    """Stream past the data of the member just read without keeping it, in steps of ``_SKIP_STEP``
+    (``archive.next()`` would skip it itself, in steps of 10 KiB: a Python call per 10 KiB)."""
+    remaining = archive.offset - archive.fileobj.tell()
+    while remaining > 0:
+        step = archive.fileobj.read(min(remaining, _SKIP_STEP))
+        if not step:
+            return  # cut short: archive.next() reports it
+        remaining -= len(step)
+
+
 def read_tar(
     url: str, expected_samples: Optional[int] = None, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
 ) -> Iterator[RawSample]:
@@ -331,12 +385,13 @@ def read_tar(
     samples_read = 0
     try:
         try:
-            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_end_recording_tarinfo(end)) as archive:
+            with tarfile.open(fileobj=_decompressed(stream), mode="r|", tarinfo=_end_recording_tarinfo(end)) as archive:
                 while (member := archive.next()) is not None:
                     # In stream mode tarfile keeps every header it read: millions of empty members (a few
                     # hundred KB gzipped) would grow that list without bound. Nothing here looks back.
                     archive.members.clear()
                     if not member.isfile():
+                        _skip_data(archive)
                         continue
                     key, ext = _split_member_name(member.name)
                     if current and current["__key__"] != key:
@@ -348,11 +403,12 @@ def read_tar(
                     refused = "__error__" in current or _member_over_budget(member, sample_bytes, max_sample_bytes)
                     if refused:
                         current.setdefault("__error__", refused)
-                        continue  # its data is skipped in blocks by the next archive.next()
+                        _skip_data(archive)
+                        continue
                     sample_bytes += TAR_HEADER_BLOCK + member.size
                     extracted = archive.extractfile(member)
                     current[ext] = extracted.read() if extracted is not None else b""
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as exc:
             end.append(f"reading stopped with {type(exc).__name__}: {exc}")
         if len(current) > 2:  # members read whole before the end or the damage
             samples_read += 1
