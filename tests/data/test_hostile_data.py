@@ -274,3 +274,13 @@ def test_a_shuffle_buffer_within_its_byte_budget_keeps_its_order():
     assert order() == order(max_bytes=41, size_of=lambda item: 1)  # 40 held and the one coming in
     assert order() != order(max_bytes=20, size_of=lambda item: 1)
     assert sorted(order(max_bytes=20, size_of=lambda item: 1)) == list(range(500))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+def test_a_file_longer_than_its_size_is_read_within_the_budget():
+    """/proc files say size 0 and hold more: the read goes on past the size, never past the budget."""
+    from dinolite.data.budget import InputTooLargeError, read_file_capped
+
+    assert read_file_capped("/proc/self/status", MiB, "key").startswith(b"Name:")
+    with pytest.raises(InputTooLargeError, match=r"holds more than 100 bytes although its size said 0.*\(key\)"):
+        read_file_capped("/proc/self/status", 100, "key")
