@@ -12,10 +12,8 @@ full control of ordering, splitting and skipping for exact resume, and a plain g
 
 from __future__ import annotations
 
-import bz2
 import glob
 import gzip
-import io
 import json
 import logging
 import lzma
@@ -26,7 +24,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import Iterator, Optional
 
 from dinolite.data.budget import (
     DEFAULT_MAX_SAMPLE_BYTES,
@@ -47,10 +45,7 @@ from dinolite.data.folders import (
     is_shard_file,
 )
 from dinolite.data.samples import IMAGE_KEYS, LabelError, RawSample, image_bytes, sample_label
-
-_SKIP_STEP = 2**20
-_INPUT_STEP = 2**16
-_OUTPUT_STEP = 2**18
+from dinolite.data.tar_streams import decompressed_stream, member_over_budget, skip_member_data
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -304,106 +299,6 @@ def _end_recording_tarinfo(end: list[str]) -> type[tarfile.TarInfo]:
     return EndRecordingTarInfo
 
 
-def _member_over_budget(member: tarfile.TarInfo, sample_bytes: int, max_sample_bytes: int) -> Optional[str]:
-    """Why ``member`` may not be read into a sample that already holds ``sample_bytes``; None if it may."""
-    total = sample_bytes + TAR_HEADER_BLOCK + member.size
-    if total <= max_sample_bytes:
-        return None
-    return (
-        f"member {member.name!r} is {member.size:,} bytes (decompressed), which brings its sample to {total:,} "
-        f"bytes (one {TAR_HEADER_BLOCK}-byte header per member included), above the limit of "
-        f"{max_sample_bytes:,} bytes (data.max_sample_bytes); the sample is not read"
-    )
-
-
-class _Replayed(io.RawIOBase):
-    """``head``, then the rest of ``stream``."""
-
-    def __init__(self, head: bytes, stream: io.BufferedReader) -> None:
-        self.head, self.stream = head, stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.head:
-            n = min(len(buffer), len(self.head))
-            buffer[:n], self.head = self.head[:n], self.head[n:]
-            return n
-        return self.stream.readinto(buffer)
-
-
-class _GzipStream:
-    """The decompressed bytes of a gzip stream (its members one after the other, zero padding between
-    them skipped), for tarfile's stream reads; one read decompresses at most ``_OUTPUT_STEP`` bytes
-    (or what was asked, if more). zlib checks each member's CRC and length."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self.stream = stream
-        self.decompressor = zlib.decompressobj(wbits=31)
-        self.pending = b""  # input not yet given to the decompressor
-        self.out, self.start = b"", 0  # decompressed, not yet read from ``start`` on
-
-    def read(self, size: int = -1) -> bytes:
-        if self.start >= len(self.out):
-            self.out, self.start = self._decompress(max(size, _OUTPUT_STEP)), 0
-        end = len(self.out) if size < 0 else self.start + size
-        chunk = self.out[self.start : end]
-        self.start += len(chunk)
-        return chunk
-
-    def _decompress(self, limit: int) -> bytes:
-        while True:
-            if self.decompressor.eof:  # a member ended: another may follow
-                rest = self.decompressor.unused_data.lstrip(b"\0")
-                while not rest:
-                    chunk = self.stream.read(_INPUT_STEP)
-                    if not chunk:
-                        return b""
-                    rest = chunk.lstrip(b"\0")
-                self.decompressor, self.pending = zlib.decompressobj(wbits=31), rest
-            if not self.pending:
-                self.pending = self.stream.read(_INPUT_STEP)
-                if not self.pending:
-                    raise EOFError("the gzip stream ends before its end-of-stream marker")
-            out = self.decompressor.decompress(self.pending, limit)
-            self.pending = self.decompressor.unconsumed_tail
-            if out:
-                return out
-
-
-def _decompressed(stream: io.BufferedReader) -> BinaryIO:
-    """The tar stream inside ``stream``: gzip, bzip2 and xz are recognised by their magic bytes.
-
-    Not tarfile's own ``r|*``: its stream decompresses each 10 KiB read whole (10 MB from a gzip of
-    zeros) and copies what remains of it on every later read, so a 1.5 GB member took 64 s to skip
-    with 61 MB resident. Here one read decompresses at most what it asks for (gzip: :class:`_GzipStream`,
-    faster than ``gzip.GzipFile`` on tarfile's small reads; bzip2 and xz: the standard library's readers).
-    """
-    magic = stream.peek(10)[:10]
-    if len(magic) < 10:  # a pipe may give fewer bytes per read: read them, then replay them
-        magic = stream.read(10)
-        stream = io.BufferedReader(_Replayed(magic, stream))
-    if magic.startswith(b"\x1f\x8b"):
-        return _GzipStream(stream)
-    if magic[:3] == b"BZh" and magic[4:10] == b"1AY&SY":
-        return bz2.BZ2File(stream)
-    if magic.startswith((b"\xfd7zXZ", b"\x5d\x00\x00\x80")):
-        return lzma.LZMAFile(stream)
-    return stream
-
-
-def _skip_data(archive: tarfile.TarFile) -> None:
-    """Stream past the data of the member just read without keeping it, in steps of ``_SKIP_STEP``
-    (``archive.next()`` would skip it itself, in steps of 10 KiB: a Python call per 10 KiB)."""
-    remaining = archive.offset - archive.fileobj.tell()
-    while remaining > 0:
-        step = archive.fileobj.read(min(remaining, _SKIP_STEP))
-        if not step:
-            return  # cut short: archive.next() reports it
-        remaining -= len(step)
-
-
 def read_tar(
     url: str, expected_samples: Optional[int] = None, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
 ) -> Iterator[RawSample]:
@@ -427,13 +322,15 @@ def read_tar(
     samples_read = 0
     try:
         try:
-            with tarfile.open(fileobj=_decompressed(stream), mode="r|", tarinfo=_end_recording_tarinfo(end)) as archive:
+            with tarfile.open(
+                fileobj=decompressed_stream(stream), mode="r|", tarinfo=_end_recording_tarinfo(end)
+            ) as archive:
                 while (member := archive.next()) is not None:
                     # In stream mode tarfile keeps every header it read: millions of empty members (a few
                     # hundred KB gzipped) would grow that list without bound. Nothing here looks back.
                     archive.members.clear()
                     if not member.isfile():
-                        _skip_data(archive)
+                        skip_member_data(archive)
                         continue
                     key, ext = _split_member_name(member.name)
                     if current and current["__key__"] != key:
@@ -442,10 +339,10 @@ def read_tar(
                         current = {}
                     if not current:
                         current, sample_bytes = {"__key__": key, "__url__": url}, 0
-                    refused = "__error__" in current or _member_over_budget(member, sample_bytes, max_sample_bytes)
+                    refused = "__error__" in current or member_over_budget(member, sample_bytes, max_sample_bytes)
                     if refused:
                         current.setdefault("__error__", refused)
-                        _skip_data(archive)
+                        skip_member_data(archive)
                         continue
                     sample_bytes += TAR_HEADER_BLOCK + member.size
                     extracted = archive.extractfile(member)
