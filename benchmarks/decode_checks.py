@@ -269,11 +269,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scan-files", type=int, default=20000)
-    parser.add_argument("--hostile-gb", type=float, default=1.5, help="member size of the hostile shard (0: skip)")
+    parser.add_argument("--hostile-gb", type=float, help="member size of the hostile shard (default 1.5; 0: skip)")
     parser.add_argument("--quick", action="store_true", help="4 images, 1 repeat, 200 files, no hostile shard")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.repeats, args.scan_files, args.hostile_gb = 4, 1, 200, 0.0
+        args.images, args.repeats, args.scan_files = 4, 1, 200
+    if args.hostile_gb is None:
+        args.hostile_gb = 0.0 if args.quick else 1.5
     torch.set_num_threads(1)
     jpegs = make_jpegs(args.images)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}")
