@@ -162,13 +162,23 @@ def folder_shards(directory: str) -> list[str]:
 
     A folder is one shard set: numbered shards of two prefixes (``train-000000.tar`` beside
     ``val-000000.tar``, as ``make_shards --prefix`` writes them) are refused with a ``ValueError`` naming
-    both, so that validation shards never leak into training.
+    both, so that validation shards never leak into training; so is one name under two suffixes
+    (``s-000000.tar`` beside ``s-000000.tar.gz``).
     """
     names = sorted(
         entry.name
         for entry in os.scandir(directory)
         if is_shard_file(entry.name) and not entry.name.startswith(".") and entry.is_file()
     )
+    stems: dict[str, str] = {}
+    for name in names:  # shard-000000.tar beside shard-000000.tar.gz: the same shard twice, likely
+        stem = name[: -len(next(suffix for suffix in SHARD_SUFFIXES if name.lower().endswith(suffix)))]
+        if stem in stems:
+            raise ValueError(
+                f"folder {directory!r} holds {stems[stem]!r} and {name!r}: the same shard in two forms? Remove one, "
+                "or name the shards to use with a pattern"
+            )
+        stems[stem] = name
     sets: dict[str, list[str]] = {}
     for name in names:
         prefix = shard_set_prefix(name)

@@ -210,6 +210,7 @@ CASES = [
     pytest.param(h.shard_folder("s-000000.tar.gz", "s-000001.tgz"), resolves_to(["s-000000.tar.gz", "s-000001.tgz"]), id="folder-of-gz-shards"),
     pytest.param(h.shard_folder("s-000000.tar.gz", "s-000001.tgz"), eval_cli_reads(6), id="eval-cli-folder-of-gz-shards"),
     pytest.param(h.shard_folder("train-000000.tar", "train-000001.tar", "val-000000.tar"), refused(r"2 shard sets \('train-': 2 shard\(s\).*'val-': 1"), id="train-and-val-prefixes"),
+    pytest.param(h.shard_folder("s-000000.tar", "s-000000.tar.gz", "s-000001.tar"), refused(r"holds 's-000000.tar' and 's-000000.tar.gz': the same shard in two forms"), id="shard-as-tar-and-tar-gz"),
     pytest.param(h.folder_with(("notes.txt", b"x")), refused(r"holds no shards \(.tar, .tar.gz, .tgz\) and no images .*: it holds 1 entry: a/$"), id="folder-without-data"),
     # audit: the index JSON next to shards is read within a budget and its counts are bounded by the data
     pytest.param(h.indexed_shard(17 * MiB), index_count_not_trusted("above the limit of 16,777,216 bytes (index JSON files)"), id="index-json-17mib"),
