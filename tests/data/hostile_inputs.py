@@ -33,7 +33,7 @@ class Zeros(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview) -> int:
         n = min(len(buffer), self.left)
         buffer[:n] = bytes(n)
         self.left -= n
