@@ -141,6 +141,12 @@ class DataConfig:
     # Images whose header gives width * height above this are skipped before any pixel is decoded
     # (decompression bombs); >= 1. Default: Pillow's own limit (268 MB as 8-bit RGB).
     max_image_pixels: int = 89478485
+    # Samples whose tar members together (decompressed, judged from the tar headers), or whose image
+    # file, exceed this many bytes are skipped unread; >= 1. Default 64 MiB. See docs/data.md.
+    max_sample_bytes: int = 67108864
+    # The encoded samples one data worker's shuffle buffer holds, in bytes; >= 1. Default 1 GiB (large
+    # samples make it hold fewer than `shuffle_buffer`; a warning says so).
+    shuffle_buffer_bytes: int = 1073741824
 
 
 @dataclass

@@ -68,7 +68,13 @@ def validate_data(data: DataConfig) -> None:
             f"invalid value for 'data.decode_errors_max_fraction': {data.decode_errors_max_fraction!r}; must be in "
             "[0, 1] (0 stops at the first unusable sample, 1 never stops)"
         )
-    for key in ("decode_errors_window", "max_image_pixels", "shuffle_buffer"):
+    for key in (
+        "decode_errors_window",
+        "max_image_pixels",
+        "max_sample_bytes",
+        "shuffle_buffer_bytes",
+        "shuffle_buffer",
+    ):
         value = getattr(data, key)
         if value < (0 if key == "shuffle_buffer" else 1):
             raise ConfigError(

@@ -1,4 +1,4 @@
-"""Encoded image bytes -> uint8 RGB tensor (3, H, W), with a pixel limit checked before decoding.
+"""Encoded image bytes -> uint8 RGB tensor (3, H, W), within a pixel budget checked before decoding.
 
 Order of work for one image:
 
@@ -6,9 +6,16 @@ Order of work for one image:
    are parsed here in a few bytes; other formats through Pillow's lazy ``Image.open``, which reads the
    header only) and refuse it with :class:`ImageTooLargeError` when ``width * height`` exceeds
    ``max_pixels``, so a decompression bomb (a small file that inflates to gigabytes) never allocates;
-2. decode with torchvision (libjpeg-turbo, libpng, libwebp), asking for RGB;
+2. decode with torchvision (libjpeg-turbo, libpng, libwebp), asking for RGB; these decoders allocate
+   the size their header gives, the one checked in step 1;
 3. if torchvision cannot (BMP, TIFF, animated WebP, ...), and always for GIF, decode with Pillow, which
-   decodes the first frame only (torchvision decodes every frame of a GIF: a frame bomb).
+   decodes the first frame only (torchvision decodes every frame of a GIF: a frame bomb). Pillow opens
+   only :data:`PILLOW_FORMATS`, and the budget is checked again on the size Pillow found once it parsed
+   the first frame, before that frame is decoded: a GIF's header (its logical screen) may say 1x1 while
+   its first frame is 12000x12000, and Pillow allocates the frame's size.
+
+A decoded image larger than the budget (a decoder that disagrees with the header parsed in step 1) is
+refused too, after the fact: that last check is a tripwire, the ones before it are the guarantee.
 
 Conversions to RGB uint8, the same whichever decoder ran:
 
@@ -29,9 +36,11 @@ wrong; the loader adds the shard and key.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,6 +48,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor
+
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, read_file_capped
 
 # Pillow's default Image.MAX_IMAGE_PIXELS (1024**3 / 4 / 3): images that libraries already treat as
 # suspicious above this size. As uint8 RGB that is 268 MB, decoded once per sample in each data worker.
@@ -49,6 +60,11 @@ _GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 # JPEG start-of-frame markers (they carry the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# The formats Pillow may open. Each allocates the size it knows once its first frame is parsed (checked
+# before decoding); formats outside this list are refused unread: some size their output only while
+# decoding (ICO, ICNS: an embedded PNG larger than the directory says) and some run a program (EPS and
+# PDF-like formats call Ghostscript when it is installed).
+PILLOW_FORMATS = ("BMP", "DIB", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")  # JPEG opens MPO too
 
 
 class ImageTooLargeError(ValueError):
@@ -123,33 +139,82 @@ def image_size(data: bytes) -> tuple[int, int]:
 
     Raises :class:`ImageTooLargeError` if Pillow itself refuses the header as a decompression bomb
     (formats not parsed here, above twice ``PIL.Image.MAX_IMAGE_PIXELS``), ``ValueError`` if no
-    decoder recognises the bytes.
+    decoder of :data:`PILLOW_FORMATS` recognises the bytes.
     """
     size = _header_size(data)
     if size is not None:
         return size
+    with _pillow_open(data) as img:  # lazy: reads the header only
+        return img.size
+
+
+@contextmanager
+def _pillow_open(data: bytes) -> Iterator[Image.Image]:
+    """Pillow's lazy open of one of :data:`PILLOW_FORMATS`; its errors become ``ValueError``."""
     try:
         with warnings.catch_warnings():
+            # Pillow's warning is about its own global limit; the callers check ours on the same size
+            # (the size Pillow knows after parsing the first frame), and refuse above it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
-                return img.size
+            img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ValueError(f"not an image in any known format ({len(data)} bytes, starting {data[:12]!r})") from exc
+        raise ValueError(
+            f"not an image in any known format ({len(data)} bytes, starting {data[:12]!r}); "
+            f"formats accepted: {', '.join(PILLOW_FORMATS)}"
+        ) from exc
     except Exception as exc:  # Pillow raises many types for unknown or damaged data
         raise ValueError(f"unrecognised image data ({len(data)} bytes): {exc}") from exc
+    with img:
+        yield img
 
 
 def check_pixel_limit(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """The image's ``(width, height)``; :class:`ImageTooLargeError` above ``max_pixels``."""
+    """The image's ``(width, height)`` from its header; :class:`ImageTooLargeError` above ``max_pixels``."""
     width, height = image_size(data)
+    _check_pixels(width, height, max_pixels, f"image of {width}x{height}", len(data))
+    return width, height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str, encoded: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"image of {width}x{height} = {width * height:,} pixels ({len(data):,} bytes encoded) exceeds the "
-            f"limit of {max_pixels:,} pixels (data.max_image_pixels); not decoded"
+            f"{what} = {width * height:,} pixels ({encoded:,} bytes encoded) exceeds the limit of "
+            f"{max_pixels:,} pixels (data.max_image_pixels); not decoded"
         )
-    return width, height
+
+
+@contextmanager
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """A lazily opened Pillow image (first frame, one of :data:`PILLOW_FORMATS`) whose real size, known
+    once Pillow parsed that frame, is within ``max_pixels``; nothing is decoded before that check."""
+    header = _header_size(data)
+    if header is not None:  # refused from the header before Pillow parses anything
+        _check_pixels(header[0], header[1], max_pixels, f"image of {header[0]}x{header[1]}", len(data))
+    with _pillow_open(data) as img:
+        said = f" (its header says {header[0]}x{header[1]})" if header and header != img.size else ""
+        _check_pixels(img.width, img.height, max_pixels, f"first frame of {img.width}x{img.height}{said}", len(data))
+        yield img
+
+
+@contextmanager
+def open_image_file(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+) -> Iterator[Image.Image]:
+    """:func:`open_checked` on a file read within ``max_bytes``; errors name the file.
+
+    For readers outside the data loader that want a Pillow image (evaluation CLIs): the same format
+    list, pixel and byte budgets as training data.
+    """
+    try:
+        data = read_file_capped(path, max_bytes, "data.max_sample_bytes")
+        with open_checked(data, max_pixels) as img:
+            yield img
+    except ValueError as exc:
+        raise ValueError(f"{os.fspath(path)}: {exc}") from exc
 
 
 def scale_16_to_8(values: torch.Tensor) -> torch.Tensor:
@@ -187,30 +252,38 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tor
     """Encoded image bytes -> uint8 RGB tensor (3, H, W).
 
     Raises ``ValueError`` when the bytes are empty or undecodable, :class:`ImageTooLargeError` (before
-    any pixel is decoded) when the header's ``width * height`` exceeds ``max_pixels``.
+    any pixel is decoded) when the header's, or the first frame's, ``width * height`` exceeds ``max_pixels``.
     """
     if not data:
         raise ValueError("empty image data")
-    check_pixel_limit(data, max_pixels)
+    width, height = check_pixel_limit(data, max_pixels)
     if data[:6] in _GIF_SIGNATURES:
         # torchvision decodes every frame of a GIF at once: a few KB of near-identical 1000x1000 frames
         # would allocate gigabytes under a per-frame pixel limit. Pillow decodes the first frame only.
-        return _decode_with_pillow(data, "")
-    try:
-        decoded = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as tv_error:
-        # torchvision has no BMP or TIFF decoder, nor animated WebP (and may lack others depending on its
-        # build): try Pillow.
-        return _decode_with_pillow(data, f"{tv_error}; ")
-    return _rgb_from_decoded(decoded)
+        image = _decode_with_pillow(data, "", max_pixels)
+    else:
+        try:
+            decoded = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as tv_error:
+            # torchvision has no BMP or TIFF decoder, nor animated WebP (and may lack others depending on
+            # its build): try Pillow.
+            image = _decode_with_pillow(data, f"{tv_error}; ", max_pixels)
+        else:
+            image = _rgb_from_decoded(decoded)
+    decoded_height, decoded_width = image.shape[-2:]
+    if decoded_width * decoded_height > max_pixels:  # the tripwire: a decoder read another size than we did
+        raise ImageTooLargeError(
+            f"image decoded to {decoded_width}x{decoded_height} pixels although its header says {width}x{height}: "
+            f"exceeds the limit of {max_pixels:,} pixels (data.max_image_pixels)"
+        )
+    return image
 
 
-def _decode_with_pillow(data: bytes, earlier_error: str) -> torch.Tensor:
+def _decode_with_pillow(data: bytes, earlier_error: str, max_pixels: int) -> torch.Tensor:
     try:
-        with warnings.catch_warnings():
-            # The size was checked against our own limit; Pillow's warning would repeat it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                return pil_to_rgb_uint8(img)  # first frame of a multi-frame file
+        with open_checked(data, max_pixels) as img:
+            return pil_to_rgb_uint8(img)  # first frame of a multi-frame file
+    except ImageTooLargeError:
+        raise
     except Exception as pil_error:  # Pillow raises many types for bad data
         raise ValueError(f"undecodable image: {earlier_error}PIL: {pil_error}") from pil_error

@@ -17,7 +17,7 @@ source), endlessly:
    workers, in order). Sample ``p`` of batch ``b`` is augmented with a generator seeded by ``(seed,
    rank, b, p)`` and the batch's masks with one seeded by ``(seed, rank, b)``.
 
-A sample that cannot be used (undecodable, above the pixel limit, failing augmentation) is still one
+A sample that cannot be used (undecodable, above the pixel or byte budget, failing augmentation) is still one
 position of the stream: it is replaced by a fresh augmentation of another sample of its batch, and
 counted in the batch's ``skipped_samples``; too many of them in a worker's recent window stop the run
 (:class:`SkippedSampleWindow`). A damaged shard (cut short, unreadable) gives the samples before the
@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_SHUFFLE_BUFFER_BYTES
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 from dinolite.data.skip_window import (
     DEFAULT_MAX_SKIP_FRACTION,
@@ -88,6 +89,8 @@ class TrainBatches(IterableDataset):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
         skip_window: int = DEFAULT_SKIP_WINDOW,
+        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+        shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -98,8 +101,11 @@ class TrainBatches(IterableDataset):
             raise ValueError(
                 f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}"
             )
-        if max_image_pixels < 1:
-            raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
+        if min(max_image_pixels, max_sample_bytes, shuffle_buffer_bytes) < 1:
+            raise ValueError(
+                "max_image_pixels, max_sample_bytes and shuffle_buffer_bytes must be >= 1, got "
+                f"{max_image_pixels}, {max_sample_bytes}, {shuffle_buffer_bytes}"
+            )
         self.units = list(units)
         self.transform = transform
         self.collate_fn = collate_fn
@@ -111,6 +117,8 @@ class TrainBatches(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.start_batch = start_batch
         self.max_image_pixels = max_image_pixels
+        self.max_sample_bytes = max_sample_bytes
+        self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self._transform_takes_generator = _accepts_generator(transform)
         self._collate_takes_generator = _accepts_generator(collate_fn)
         # Per-worker state (each DataLoader worker holds its own copy of this object); reset by __iter__.
@@ -137,6 +145,8 @@ class TrainBatches(IterableDataset):
             shuffle_buffer=self.shuffle_buffer,
             skip=batches_done * self.batch_size,
             damage=self._damage,
+            max_sample_bytes=self.max_sample_bytes,
+            shuffle_buffer_bytes=self.shuffle_buffer_bytes,
         )
         batch_index = logical + batches_done * n_workers
         while True:
@@ -154,8 +164,8 @@ class TrainBatches(IterableDataset):
     def make_batch(self, raw: list[RawSample], batch_index: int) -> dict[str, Any]:
         """Decode, augment and collate the raw samples of global batch ``batch_index``.
 
-        Every per-sample failure (no image member, undecodable, above the pixel limit, a mode the
-        conversion rejects, an augmentation error) takes the same path: a warning naming the shard and
+        Every per-sample failure (no image member, undecodable, above the pixel limit or the byte budget,
+        a mode the conversion rejects, an augmentation error) takes the same path: a warning naming the shard and
         key, a count in ``skipped_samples``, and the position refilled with a fresh augmentation (its own
         generator) of the next usable image of the batch. So a bad file never stops the run, and a resume
         builds the same batch again.
@@ -218,6 +228,8 @@ def build_train_loader(
     max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
     skip_window: int = DEFAULT_SKIP_WINDOW,
     worker_init_fn: Callable[[int], None] | None = None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
 ) -> DataLoader:
     """Endless DataLoader of collated batches; batch ``b`` is the same whatever ``start_batch`` the
     iteration started from (exact resume), for fixed source, seed, rank, world_size, num_workers.
@@ -225,7 +237,9 @@ def build_train_loader(
     ``transform(uint8 CHW image, generator=...)`` and ``collate_fn(samples, generator=...)`` receive
     seeded generators when their signature has a ``generator`` parameter. Each batch also has
     ``"skipped_samples"`` (the unusable samples replaced in it) and ``"damaged_shards"`` (shards found
-    cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding;
+    cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding,
+    samples above ``max_sample_bytes`` (a folder file, or a shard sample's members together) before reading
+    (the shuffle buffer holds at most ``shuffle_buffer_bytes`` of encoded samples);
     more than ``max_skip_fraction`` skipped among a worker's last ``skip_window`` samples raises
     :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
     fails at start-up.
@@ -245,6 +259,8 @@ def build_train_loader(
         max_image_pixels=max_image_pixels,
         max_skip_fraction=max_skip_fraction,
         skip_window=skip_window,
+        max_sample_bytes=max_sample_bytes,
+        shuffle_buffer_bytes=shuffle_buffer_bytes,
     )
     return DataLoader(
         dataset,

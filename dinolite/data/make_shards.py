@@ -25,11 +25,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 from PIL import Image
 
 from dinolite.cli import make_parser, positive_int, run_main
-from dinolite.data.decode import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    check_pixel_limit,
-    pil_to_rgb_uint8,
-)
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, MAX_LIST_FILE_BYTES, read_file_capped
+from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, open_checked, pil_to_rgb_uint8
 from dinolite.data.sources import folder_images
 from dinolite.io import write_json_atomic
 from dinolite.progress import progress_bar
@@ -49,7 +46,7 @@ def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
         return files, [classes[i] if i >= 0 else "" for i in labels], classes
     if src.is_file():
         paths, names = [], []
-        for line in src.read_text().splitlines():
+        for line in read_file_capped(src, MAX_LIST_FILE_BYTES, "list files").decode().splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
             path, _, name = line.partition("\t")
@@ -66,12 +63,13 @@ def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def encode_sample(path: str, max_side: Optional[int]) -> tuple[Optional[bytes], str, str]:
-    """(encoded bytes, extension, error). Verifies the image decodes; re-encodes only to shrink it."""
+    """(encoded bytes, extension, error). Verifies the image decodes; re-encodes only to shrink it.
+
+    The loader's default budgets apply: a file above ``DEFAULT_MAX_SAMPLE_BYTES`` is skipped unread, a
+    decompression bomb (by its header or its first frame's real size) undecoded."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        check_pixel_limit(data, DEFAULT_MAX_IMAGE_PIXELS)  # a decompression bomb is skipped undecoded
-        with Image.open(io.BytesIO(data)) as img:
+        data = read_file_capped(path, DEFAULT_MAX_SAMPLE_BYTES, "data.max_sample_bytes's default")
+        with open_checked(data, DEFAULT_MAX_IMAGE_PIXELS) as img:
             fmt = img.format or ""
             img.load()  # full decode: catches truncated files that Image.verify() lets through
             if fmt not in FORMAT_EXTENSIONS:

@@ -13,8 +13,10 @@ full control of ordering, splitting and skipping for exact resume, and a plain g
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import logging
+import lzma
 import os
 import re
 import subprocess
@@ -24,28 +26,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "image", "img")
+from dinolite.data.budget import (
+    DEFAULT_MAX_SAMPLE_BYTES,
+    MAX_INDEX_JSON_BYTES,
+    MAX_TAR_HEADER_BYTES,
+    TAR_HEADER_BLOCK,
+    InputTooLargeError,
+    NotARegularFileError,
+    read_file_capped,
+)
+from dinolite.data.errors import SourceError
+from dinolite.data.folders import (
+    IMAGE_EXTENSIONS,
+    SHARD_SUFFIXES,
+    describe_folder,
+    folder_images,
+    folder_shards,
+    is_shard_file,
+)
+from dinolite.data.samples import IMAGE_KEYS, LabelError, RawSample, image_bytes, sample_label
+from dinolite.data.tar_streams import decompressed_stream, member_over_budget, skip_member_data
 
-RawSample = dict  # {"__key__": str, "__url__": str, ext: bytes, ...}
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGE_KEYS",
+    "SHARD_SUFFIXES",
+    "DamagedShardError",
+    "LabelError",
+    "RawSample",
+    "SourceError",
+    "Unit",
+    "brace_expand",
+    "folder_images",
+    "image_bytes",
+    "read_tar",
+    "read_unit",
+    "resolve_source",
+    "sample_label",
+]
+
 
 logger = logging.getLogger(__name__)
-
-
-class SourceError(ValueError):
-    """A data source that cannot be used; the message names the pattern, file or folder at fault."""
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        # A DataLoader re-raises a worker's exception with the worker's whole traceback as its message;
-        # its last line holds ours, which is what a user (and the one-line ``error:`` output) needs.
-        if text.startswith("Caught ") and "Original Traceback" in text:
-            marker = f"{type(self).__name__}: "
-            last = text.rstrip().splitlines()[-1]
-            if marker in last:
-                return last.split(marker, 1)[1] + " (raised in a DataLoader worker)"
-        return text
 
 
 @dataclass(frozen=True)
@@ -89,36 +110,6 @@ def brace_expand(pattern: str) -> list[str]:
     return [expanded for choice in choices for expanded in brace_expand(head + choice + tail)]
 
 
-def _is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _is_shard_file(path: str) -> bool:
-    return path.lower().endswith(SHARD_SUFFIXES)
-
-
-def folder_images(root: Path) -> tuple[list[str], list[int], list[str]]:
-    """Image files under ``root`` (recursive, sorted), their labels and the class names.
-
-    When every image lies inside a subfolder, the first-level subfolder is the class (ImageFolder
-    convention); otherwise the folder is unlabelled and labels are -1.
-    """
-    files = sorted(
-        os.path.join(dirpath, name)
-        for dirpath, _, names in os.walk(root, followlinks=True)
-        for name in names
-        if _is_image_file(name)
-    )
-    relative = [os.path.relpath(f, root) for f in files]
-    if files and all(os.sep in rel for rel in relative):
-        classes = sorted({rel.split(os.sep, 1)[0] for rel in relative})
-        index = {name: i for i, name in enumerate(classes)}
-        labels = [index[rel.split(os.sep, 1)[0]] for rel in relative]
-    else:
-        classes, labels = [], [-1] * len(files)
-    return files, labels, classes
-
-
 def _shard_counts(
     directory: str, cache: dict[str, dict[str, tuple[int, Optional[int]]]]
 ) -> dict[str, tuple[int, Optional[int]]]:
@@ -127,12 +118,14 @@ def _shard_counts(
         counts: dict[str, tuple[int, Optional[int]]] = {}
         for index_path in glob.glob(os.path.join(glob.escape(directory), "*index.json")):
             try:
-                with open(index_path) as f:
-                    index = json.load(f)
+                index = json.loads(read_file_capped(index_path, MAX_INDEX_JSON_BYTES, "index JSON files"))
                 for shard in index.get("shards", []):
                     size = shard.get("bytes")
                     counts[shard["name"]] = (int(shard["samples"]), None if size is None else int(size))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            except (InputTooLargeError, NotARegularFileError) as exc:
+                logger.warning("%s: the shards' sample counts will be read from the shards", exc)
+                continue
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 continue  # not ours, or damaged: fall back to reading the shards
         cache[directory] = counts
     return cache[directory]
@@ -145,7 +138,18 @@ def _shard_unit(path: str, counts: dict[str, tuple[int, Optional[int]]]) -> Unit
     if listed is None:
         return Unit(url=path, is_shard=True)
     samples, size = listed
-    if size is not None and os.path.getsize(path) != size:
+    actual = os.path.getsize(path)
+    if not 0 <= samples <= actual // TAR_HEADER_BLOCK:  # every sample takes at least one header block
+        logger.warning(
+            "shard %r: its index JSON lists %d samples, impossible for %d bytes (at most one per %d-byte tar "
+            "header); the count is not trusted, the shard will be read",
+            path,
+            samples,
+            actual,
+            TAR_HEADER_BLOCK,
+        )
+        return Unit(url=path, is_shard=True)
+    if size is not None and actual != size:
         logger.warning(
             "shard %r is %d bytes but its index JSON says %d: damaged or rewritten since indexing; its sample "
             "count (%d) is not trusted, the shard will be read",
@@ -178,13 +182,19 @@ def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
             units.extend(Unit(url=u, is_shard=True) for u in brace_expand(pattern))
             continue
         if os.path.isdir(pattern):
-            shards = sorted(glob.glob(os.path.join(glob.escape(pattern), "*.tar")))
+            try:
+                shards = folder_shards(pattern)
+            except ValueError as exc:
+                raise SourceError(str(exc)) from None
             if shards:
                 paths = shards
             else:
                 files, labels, _ = folder_images(Path(pattern))
                 if not files:
-                    raise SourceError(f"image folder {pattern!r} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                    raise SourceError(
+                        f"folder {pattern!r} holds no shards ({', '.join(SHARD_SUFFIXES)}) and no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)}, also in subfolders): {describe_folder(pattern)}"
+                    )
                 units.extend(
                     Unit(url=f, is_shard=False, num_samples=1, label=lab, key=os.path.relpath(f, pattern))
                     for f, lab in zip(files, labels)
@@ -200,7 +210,7 @@ def resolve_source(source: list[str] | tuple[str, ...] | str) -> list[Unit]:
             if not paths:
                 raise SourceError(f"data source pattern {pattern!r} matches no file")
         for path in paths:
-            if not (_is_shard_file(path) and os.path.isfile(path)):
+            if not (is_shard_file(path) and os.path.isfile(path)):
                 raise SourceError(f"{path!r} (from {pattern!r}) is not a shard file ({', '.join(SHARD_SUFFIXES)})")
             units.append(_shard_unit(path, _shard_counts(os.path.dirname(path), count_cache)))
     if not units:
@@ -269,27 +279,58 @@ def _end_recording_tarinfo(end: list[str]) -> type[tarfile.TarInfo]:
                 end.append(f"damaged member header at byte {archive.offset} ({exc})")
                 raise
 
+        # tarfile reads a pax extended header or a GNU long name whole before it yields the member; a
+        # header that declares gigabytes (a few KB gzipped) is a damaged shard, not read.
+        def _proc_pax(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            self._check_header_size()
+            return super()._proc_pax(archive)
+
+        def _proc_gnulong(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+            self._check_header_size()
+            return super()._proc_gnulong(archive)
+
+        def _check_header_size(self) -> None:
+            if self.size > MAX_TAR_HEADER_BYTES:
+                raise tarfile.InvalidHeaderError(
+                    f"an extended header (type {self.type!r}) of {self.size:,} bytes, above the limit of "
+                    f"{MAX_TAR_HEADER_BYTES:,} bytes; not read"
+                )
+
     return EndRecordingTarInfo
 
 
-def read_tar(url: str, expected_samples: Optional[int] = None) -> Iterator[RawSample]:
+def read_tar(
+    url: str, expected_samples: Optional[int] = None, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+) -> Iterator[RawSample]:
     """Samples of one tar shard in file order; members sharing a key form one sample.
 
     A shard cut short (between members, inside a header or inside a member's data), a damaged header
     or an unreadable compressed stream raises :class:`DamagedShardError` *after* yielding every sample
     read before the damage (the last one with the members that were read whole). ``expected_samples``
     (from the index JSON) lets the message say how many samples were lost.
+
+    Memory is bounded whatever the shard holds: a sample whose members together exceed
+    ``max_sample_bytes`` (decompressed, judged from each member's header before its data is read) is
+    yielded with an ``"__error__"`` instead of the members that do not fit, which are skipped by
+    streaming through them; extended headers above ``MAX_TAR_HEADER_BYTES`` end the shard as damaged.
     """
     stream, proc = _open_stream(url)
     completed = False
     end: list[str] = []
     current: RawSample = {}
+    sample_bytes = 0
     samples_read = 0
     try:
         try:
-            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_end_recording_tarinfo(end)) as archive:
-                for member in archive:
+            with tarfile.open(
+                fileobj=decompressed_stream(stream), mode="r|", tarinfo=_end_recording_tarinfo(end)
+            ) as archive:
+                while (member := archive.next()) is not None:
+                    # In stream mode tarfile keeps every header it read: millions of empty members (a few
+                    # hundred KB gzipped) would grow that list without bound. Nothing here looks back.
+                    archive.members.clear()
                     if not member.isfile():
+                        skip_member_data(archive)
                         continue
                     key, ext = _split_member_name(member.name)
                     if current and current["__key__"] != key:
@@ -297,10 +338,16 @@ def read_tar(url: str, expected_samples: Optional[int] = None) -> Iterator[RawSa
                         yield current
                         current = {}
                     if not current:
-                        current = {"__key__": key, "__url__": url}
+                        current, sample_bytes = {"__key__": key, "__url__": url}, 0
+                    refused = "__error__" in current or member_over_budget(member, sample_bytes, max_sample_bytes)
+                    if refused:
+                        current.setdefault("__error__", refused)
+                        skip_member_data(archive)
+                        continue
+                    sample_bytes += TAR_HEADER_BLOCK + member.size
                     extracted = archive.extractfile(member)
                     current[ext] = extracted.read() if extracted is not None else b""
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, OSError) as exc:
             end.append(f"reading stopped with {type(exc).__name__}: {exc}")
         if len(current) > 2:  # members read whole before the end or the damage
             samples_read += 1
@@ -322,32 +369,20 @@ def read_tar(url: str, expected_samples: Optional[int] = None) -> Iterator[RawSa
                 raise SourceError(f"shard command {url!r} exited with status {status}")
 
 
-def read_unit(unit: Unit) -> Iterator[RawSample]:
-    """Raw samples of a unit: a shard's samples, or the one image of a folder file."""
+def read_unit(unit: Unit, max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES) -> Iterator[RawSample]:
+    """Raw samples of a unit: a shard's samples, or the one image of a folder file.
+
+    A folder file above ``max_sample_bytes`` or not a regular file is not read: its sample carries an
+    ``"__error__"`` (skipped and counted by the loader like any unusable sample)."""
     if unit.is_shard:
-        yield from read_tar(unit.url, unit.listed_samples)
+        yield from read_tar(unit.url, unit.listed_samples, max_sample_bytes)
         return
     ext = os.path.splitext(unit.url)[1].lower().lstrip(".")
-    with open(unit.url, "rb") as f:
-        data = f.read()
-    sample: RawSample = {"__key__": unit.key or unit.url, "__url__": unit.url, ext: data}
+    sample: RawSample = {"__key__": unit.key or unit.url, "__url__": unit.url}
+    try:
+        sample[ext] = read_file_capped(unit.url, max_sample_bytes, "data.max_sample_bytes")
+    except (InputTooLargeError, NotARegularFileError) as exc:
+        sample["__error__"] = str(exc)
     if unit.label >= 0:
         sample["cls"] = str(unit.label).encode()
     yield sample
-
-
-def image_bytes(sample: RawSample) -> bytes:
-    """The encoded image of a raw sample (first of jpg/jpeg/png/webp/bmp/image)."""
-    for key in IMAGE_KEYS:
-        if key in sample:
-            return sample[key]
-    raise KeyError(
-        f"sample {sample.get('__key__')!r} of {sample.get('__url__')!r} has no image "
-        f"(members: {sorted(k for k in sample if not k.startswith('__'))})"
-    )
-
-
-def sample_label(sample: RawSample) -> int:
-    """The integer ``cls`` of a raw sample, -1 when it has none."""
-    raw = sample.get("cls")
-    return int(raw.decode().strip()) if raw else -1

@@ -10,11 +10,12 @@ reported, never raised, so a week-long run survives a cut shard.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
+from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_SHUFFLE_BUFFER_BYTES
 from dinolite.data.sources import RawSample, SourceError, Unit, read_unit
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def _known_count(units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int
 
 
 def _read_units(
-    units: Sequence[Unit], by_sample: bool, slot: int, n_slots: int, damage: Optional[list[str]] = None
+    units: Sequence[Unit],
+    by_sample: bool,
+    slot: int,
+    n_slots: int,
+    damage: Optional[list[str]] = None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
 ) -> Iterator[RawSample]:
     """Raw samples of ``units`` (every ``n_slots``-th from ``slot`` when ``by_sample``).
 
@@ -65,7 +71,7 @@ def _read_units(
     index = 0
     for unit in units:
         try:
-            for sample in read_unit(unit):
+            for sample in read_unit(unit, max_sample_bytes):
                 if not by_sample or index % n_slots == slot:
                     yield sample
                 index += 1
@@ -76,16 +82,54 @@ def _read_units(
                     damage.append(str(exc))
 
 
-def shuffled(stream: Iterator[Any], buffer_size: int, generator: torch.Generator) -> Iterator[Any]:
+def raw_sample_bytes(sample: RawSample) -> int:
+    """The bytes a raw sample holds (its members' data)."""
+    return sum(len(value) for value in sample.values() if isinstance(value, bytes))
+
+
+def shuffled(
+    stream: Iterator[Any],
+    buffer_size: int,
+    generator: torch.Generator,
+    max_bytes: Optional[int] = None,
+    size_of: Callable[[Any], int] = raw_sample_bytes,
+) -> Iterator[Any]:
     """Reservoir-style shuffle: keep ``buffer_size`` items, emit a random one per new item, then drain
-    the rest in random order."""
+    the rest in random order.
+
+    With ``max_bytes``, the buffer and the item coming in hold at most that many bytes together
+    (``size_of`` each; an item larger than that alone passes through an empty buffer): before an item that
+    would not fit, random items are emitted until it does.
+    Until that budget is reached the order (and the generator's draws) are those of the count-only
+    buffer, so a stream that never reaches it is shuffled exactly as before the budget existed.
+    """
     buffer: list[Any] = []
+    held = 0
+    warned = False
     for item in stream:
+        size = size_of(item) if max_bytes is not None else 0
+        while buffer and max_bytes is not None and held + size > max_bytes:
+            if not warned:
+                warned = True
+                logger.warning(
+                    "the shuffle buffer reached data.shuffle_buffer_bytes=%d bytes with %d of its %d samples: it "
+                    "holds fewer samples while they are this large",
+                    max_bytes,
+                    len(buffer),
+                    buffer_size,
+                )
+            k = int(torch.randint(0, len(buffer), (1,), generator=generator))
+            buffer[k], buffer[-1] = buffer[-1], buffer[k]
+            out = buffer.pop()
+            held -= size_of(out)
+            yield out
         if len(buffer) < buffer_size:
             buffer.append(item)
+            held += size
             continue
         k = int(torch.randint(0, buffer_size, (1,), generator=generator))
         buffer[k], item = item, buffer[k]
+        held += size - (size_of(item) if max_bytes is not None else 0)
         yield item
     while buffer:
         k = int(torch.randint(0, len(buffer), (1,), generator=generator))
@@ -102,10 +146,14 @@ def slot_stream(
     skip: int = 0,
     epochs: Optional[int] = None,
     damage: Optional[list[str]] = None,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
 ) -> Iterator[RawSample]:
     """Raw samples of one slot, epoch after epoch (endless when ``epochs`` is None), after dropping the
     first ``skip`` without decoding them (whole epochs without reading when counts are known).
-    Damaged shards are reported into ``damage`` (see :func:`_read_units`)."""
+    Damaged shards are reported into ``damage`` (see :func:`_read_units`); samples above
+    ``max_sample_bytes`` come unread, with an ``"__error__"``; the shuffle buffer holds at most
+    ``shuffle_buffer`` samples and ``shuffle_buffer_bytes`` bytes."""
     damage = [] if damage is None else damage
     epoch, empty_epochs = 0, 0
     while epochs is None or epoch < epochs:
@@ -115,9 +163,10 @@ def slot_stream(
             skip -= count
             epoch += 1
             continue
-        stream = _read_units(mine, by_sample, slot, n_slots, damage)
+        stream = _read_units(mine, by_sample, slot, n_slots, damage, max_sample_bytes)
         if shuffle_buffer > 1:
-            stream = shuffled(stream, shuffle_buffer, seeded_generator(seed, SEED_SHUFFLE, slot, epoch))
+            generator = seeded_generator(seed, SEED_SHUFFLE, slot, epoch)
+            stream = shuffled(stream, shuffle_buffer, generator, max_bytes=shuffle_buffer_bytes)
         produced = 0
         for sample in stream:
             produced += 1

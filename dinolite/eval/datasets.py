@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dinolite.data.eval_dataset import build_eval_dataset
+from dinolite.data.folders import IMAGE_EXTENSIONS, folder_shards
 from dinolite.data.sources import SourceError, read_unit, resolve_source, sample_label
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PATTERN_CHARS = re.compile(r"[*?\[]")
 
 
@@ -38,18 +38,19 @@ def check_source(source: Sequence[str], option: str) -> None:
         path = Path(entry)
         if not path.exists():
             raise FileNotFoundError(f"{option}: {entry} does not exist")
-        if path.is_dir():
+        if path.is_dir() and not folder_shards(entry):  # a shard folder (one set) is read as shards
             classes = class_folders(path)
             if not classes:
                 raise ValueError(
-                    f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE)"
+                    f"{option}: {entry} is a directory without class subfolders (expected ROOT/CLASS/IMAGE) "
+                    "and without shards (.tar, .tar.gz, .tgz)"
                 )
 
 
 def class_folders(root: Path) -> list[str]:
     """Sorted names of the subfolders of ``root`` that hold at least one image."""
     return sorted(
-        d.name for d in root.iterdir() if d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())
+        d.name for d in root.iterdir() if d.is_dir() and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.iterdir())
     )
 
 

@@ -100,8 +100,9 @@ def knn_report(
     device = torch.device(device)
     train_source, val_source = eval_sources(cfg, output_dir)
     transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
-    train_set = build_eval_dataset(train_source, transform, max_image_pixels=cfg.data.max_image_pixels)
-    val_set = build_eval_dataset(val_source, transform, max_image_pixels=cfg.data.max_image_pixels)
+    budgets = {"max_image_pixels": cfg.data.max_image_pixels, "max_sample_bytes": cfg.data.max_sample_bytes}
+    train_set = build_eval_dataset(train_source, transform, **budgets)
+    val_set = build_eval_dataset(val_source, transform, **budgets)
     # The method's evaluated network (DINOv2: the EMA teacher; the student of a method without one).
     trained = load_any_backbone(checkpoint_dir, map_location=device)
     random_net = random_init_backbone(cfg).to(device)

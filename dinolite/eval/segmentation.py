@@ -25,11 +25,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from dinolite.data.decode import open_image_file
 from dinolite.eval.finite import NonFiniteError, check_finite_rows
 from dinolite.eval.metrics import confusion_matrix, segmentation_scores
 from dinolite.eval.transforms import ToRGBTensor
@@ -69,7 +69,7 @@ def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
 
 def read_mask(path: Path, reduce_zero_label: bool) -> torch.Tensor:
     """(H, W) int64 class ids; single-channel PNGs only (an RGB colour mask is refused)."""
-    with Image.open(path) as img:
+    with open_image_file(path) as img:  # the data path's byte and pixel budgets
         if img.mode not in MASK_MODES:
             raise ValueError(
                 f"mask {path} has mode {img.mode}; expected a single-channel class-id PNG ({', '.join(MASK_MODES)}), "
@@ -89,7 +89,7 @@ def validate_masks(pairs: Sequence[tuple[Path, Path]], num_classes: int, reduce_
         raise ValueError(f"--num-classes {num_classes}: must be in [1, {IGNORE_INDEX}]")
     for image_path, mask_path in pairs:
         mask = read_mask(mask_path, reduce_zero_label)
-        with Image.open(image_path) as img:
+        with open_image_file(image_path) as img:
             width, height = img.size
         if tuple(mask.shape) != (height, width):
             raise ValueError(
@@ -127,7 +127,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[i]
-        with Image.open(image_path) as img:
+        with open_image_file(image_path) as img:
             image = self.to_rgb(img)
         mask = read_mask(mask_path, self.reduce_zero_label)
         if self.train:

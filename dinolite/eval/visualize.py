@@ -19,19 +19,17 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 
+from dinolite.data.decode import open_image_file
+from dinolite.data.folders import IMAGE_EXTENSIONS
 from dinolite.eval.collapse_verdict import CollapseReport, collapse_report
 from dinolite.eval.datasets import build_labelled_dataset
 from dinolite.eval.feature_maps import cls_attention_maps, patch_features, pca_rgb
 from dinolite.eval.features import extract_features
 from dinolite.eval.visualize_figures import save_attention_grid, save_pca_grid, save_spectrum_plot
 from dinolite.io import write_text_atomic
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
@@ -82,7 +80,7 @@ def load_images(paths: Sequence[Path], size: int) -> Tensor:
     images = []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            with open_image_file(path) as img:  # the data path's byte and pixel budgets
                 tensor = v2.functional.to_image(img.convert("RGB"))
         except OSError as exc:
             raise ValueError(f"{path}: cannot read the image: {exc}") from exc

@@ -82,6 +82,8 @@ def build_data_stream(
         shuffle_buffer=cfg.data.shuffle_buffer,
         start_batch=start_batch,
         max_image_pixels=cfg.data.max_image_pixels,
+        max_sample_bytes=cfg.data.max_sample_bytes,
+        shuffle_buffer_bytes=cfg.data.shuffle_buffer_bytes,
         max_skip_fraction=cfg.data.decode_errors_max_fraction,
         skip_window=cfg.data.decode_errors_window,
         worker_init_fn=ignore_stop_signals,  # a group-wide SIGTERM/Ctrl-C must not kill the workers

@@ -151,7 +151,7 @@ def test_resume_skips_whole_epochs_without_reading(shard_dir, monkeypatch):
 
     reads = []
     real = train_stream_module.read_unit
-    monkeypatch.setattr(train_stream_module, "read_unit", lambda u: (reads.append(u.url), real(u))[1])
+    monkeypatch.setattr(train_stream_module, "read_unit", lambda u, *budget: (reads.append(u.url), real(u, *budget))[1])
     resumed = list(slot_stream(units, 1, 0, 1, 5, skip=50, epochs=4))
     assert _keys(resumed) == _keys(expected)
     assert len(reads) == 6 * 2  # epochs 0 and 1 (48 samples) were skipped arithmetically
