@@ -1,6 +1,7 @@
 """Write an image folder (or a list of image paths) as webdataset tar shards plus an index JSON.
 
     dinolite-shards SRC OUT [--shard-size N] [--workers W] [--max-side PX]
+    dinolite-shards --dataset {digits,fashion_mnist} OUT [--shard-size N]
 
 Each sample is ``{key}.{jpg|png|webp|bmp}`` (the original encoded bytes, or a re-encode when
 ``--max-side`` shrinks it), ``{key}.cls`` (class index, when SRC has class subfolders or the list
@@ -8,6 +9,9 @@ gives classes) and ``{key}.json`` (source path and class name). Keys are the sam
 so they are unique. Files that PIL cannot fully decode are skipped and reported. Each shard is written
 to a hidden temp name and renamed when complete, and ``{prefix}-index.json`` is written last, so an
 interrupted run never leaves a half-written file under a final name.
+
+``--dataset NAME`` writes a built-in development set instead (what ``data.source=[NAME]`` trains on):
+its ``train`` and ``val`` shards under OUT (docs/data.md, "Built-in data sets").
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import io
 import json
 import os
 import sys
-import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -27,12 +30,11 @@ from PIL import Image
 from dinolite.cli import make_parser, positive_int, run_main
 from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, MAX_LIST_FILE_BYTES, read_file_capped
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, open_checked, pil_to_rgb_uint8
+from dinolite.data.shard_writer import ShardWriter, write_shard_index
 from dinolite.data.sources import folder_images
-from dinolite.io import write_json_atomic
 from dinolite.progress import progress_bar
 
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
-INDEX_FORMAT = "dinolite-shards/1"
 
 
 def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
@@ -97,52 +99,6 @@ def _encode_star(args: tuple[str, Optional[int]]) -> tuple[Optional[bytes], str,
     return encode_sample(*args)
 
 
-def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0  # reproducible shards: same input, same bytes
-    archive.addfile(info, io.BytesIO(data))
-
-
-class _ShardWriter:
-    """Shards ``{prefix}-%06d.tar`` of ``shard_size`` samples, each renamed into place when complete."""
-
-    def __init__(self, out: Path, prefix: str, shard_size: int) -> None:
-        self.out, self.prefix, self.shard_size = out, prefix, shard_size
-        self.shards: list[dict] = []
-        self._archive: Optional[tarfile.TarFile] = None
-        self._count = 0
-        self.num_written = 0
-
-    def _name(self, number: int) -> str:
-        return f"{self.prefix}-{number:06d}.tar"
-
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        if self._archive is None:
-            name = self._name(len(self.shards))
-            self._tmp = self.out / f".{name}.tmp"
-            self._archive = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
-            self._count = 0
-        for ext, data in members.items():
-            _add_member(self._archive, f"{key}.{ext}", data)
-        self._count += 1
-        self.num_written += 1
-        if self._count == self.shard_size:
-            self.close()
-
-    def close(self) -> None:
-        if self._archive is None:
-            return
-        self._archive.close()
-        name = self._name(len(self.shards))
-        os.replace(self._tmp, self.out / name)
-        # The size lets readers tell a shard damaged after this index was written (its count is then
-        # not trusted for resume arithmetic; see sources.resolve_source).
-        self.shards.append({"name": name, "samples": self._count, "bytes": (self.out / name).stat().st_size})
-        self._archive = None
-
-
 def _results(paths: Sequence[str], max_side: Optional[int], workers: int) -> Iterator[tuple[Optional[bytes], str, str]]:
     if workers <= 1:
         for path in paths:
@@ -182,7 +138,7 @@ def make_shards(
         )
     class_index = {name: i for i, name in enumerate(classes)}
     root = src if src.is_dir() else src.parent
-    writer = _ShardWriter(out, prefix, shard_size)
+    writer = ShardWriter(out, prefix, shard_size)
     skipped: list[tuple[str, str]] = []
     results = _results(paths, max_side, workers)
     for path, name, (data, ext, error) in progress_bar(
@@ -202,18 +158,7 @@ def make_shards(
     writer.close()
     for stale in existing[len(writer.shards) :]:
         stale.unlink()  # left over from an earlier, larger run
-    index = {
-        "format": INDEX_FORMAT,
-        "source": str(src),
-        "prefix": prefix,
-        "shards": writer.shards,
-        "num_samples": sum(s["samples"] for s in writer.shards),
-        "classes": classes,
-        "skipped": {"count": len(skipped), "first": [f"{p}: {e}" for p, e in skipped[:10]]},
-    }
-    index_path = out / f"{prefix}-index.json"
-    write_json_atomic(index_path, index, indent=1)
-    return index
+    return write_shard_index(writer, str(src), classes, skipped)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
@@ -221,10 +166,23 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here: builtin_sets imports digits, which imports this module's make_shards.
+    from dinolite.data.builtin_sets import BUILTIN_SETS
+
     parser = make_parser(description=__doc__)
-    parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
-    parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
-    parser.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
+    parser.add_argument(
+        "src", nargs="?", help="image folder (class subfolders become labels) or a text file of image paths"
+    )
+    parser.add_argument("out", nargs="?", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(BUILTIN_SETS),
+        default=None,
+        help="write this built-in data set (train and val shards) to the one folder given, instead of SRC",
+    )
+    parser.add_argument(
+        "--shard-size", type=positive_int, default=None, help="samples per shard (default: 1000; --dataset: its own)"
+    )
     parser.add_argument("--workers", type=positive_int, default=1, help="processes that read and verify images")
     parser.add_argument(
         "--max-side", type=positive_int, default=None, help="shrink images whose longer side exceeds PX"
@@ -234,9 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.src is None:
+        parser.error(f"--dataset {args.dataset} needs the output folder, OUT")
+    if args.out is not None:
+        parser.error(f"--dataset {args.dataset} takes one folder, OUT, not SRC and OUT")
+    if args.workers != 1 or args.max_side is not None or args.prefix != "shard" or args.overwrite:
+        parser.error("--dataset takes --shard-size only (no --workers, --max-side, --prefix or --overwrite)")
+    # Imported here: builtin_sets imports digits, which imports this module's make_shards.
+    from dinolite.data.builtin_sets import write_builtin_set
+
+    written = write_builtin_set(args.dataset, args.src, args.shard_size)
+    print(f"{args.dataset} in {args.src}: train shards {written['train'][0]}, val shards {written['val'][0]}")
+    return 0
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
-    args = build_parser().parse_args(argv)
-    index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset is not None:
+        return _write_dataset(parser, args)
+    if args.out is None:
+        parser.error("give SRC and OUT (or --dataset NAME OUT)")
+    shard_size = args.shard_size or 1000
+    index = make_shards(args.src, args.out, shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
     print(
         f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
         f"({len(index['classes'])} classes)"
