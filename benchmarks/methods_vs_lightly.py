@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -266,24 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="data workers of each side (the presets' own: 1)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 iterations of batch 16, 2 probe epochs: a smoke test")
+    parser.add_argument("--report-only", action="store_true", help="only write the table of the --output results")
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(args.threads)
+def run_all(args: argparse.Namespace, output: Path, command: str) -> dict:
+    """Train and evaluate every selected entry not in ``output`` yet (with ``--resume``); returns the results."""
     budget = _budget(args.quick)
     names, notes = selected_methods(args.methods)
-    output = args.output or args.output_dir / "results.json"
     results = json.loads(output.read_text()) if args.resume and output.exists() else {"datasets": {}}
     results.update(
         budget=budget,
         skipped=notes,
         machine=f"{platform.node()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} thread(s), torch "
         f"{torch.__version__}",
-        command=sys.argv,
+        command=command,
     )
+    results.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
     for note in notes:
         logger.info("skipped %s", note)
     for dataset_name in args.datasets:
@@ -302,11 +302,31 @@ def main(argv: Optional[list[str]] = None) -> int:
                 logger.info("%s: %s on %s", dataset_name, name, side)
                 sides[side] = run_entry(name, side, dataset, budget, args)
                 logger.info("%s: %s on %s: %s", dataset_name, name, side, sides[side])
+                results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 write_json_atomic(output, results)
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    output = args.output or args.output_dir / "results.json"
+    if args.report_only:
+        if not output.is_file():
+            raise SystemExit(f"--report-only: no results file {str(output)!r}")
+        results = json.loads(output.read_text())
+    else:
+        results = run_all(args, output, shlex.join(["python", "benchmarks/methods_vs_lightly.py", *argv]))
     table = markdown(results)
     print(table)
     if args.write_results:
-        header = f"Command: `{' '.join(sys.argv)}`; machine: {results['machine']}; budget: {budget}."
+        command = results["command"] if isinstance(results["command"], str) else " ".join(results["command"])
+        header = (
+            f"Command: `{command}` ({results.get('started', '?')} to {results.get('finished', '?')}); "
+            f"machine: {results['machine']}; budget: {results['budget']}."
+        )
         write_results(args.write_results, table, header)
     return 0
 

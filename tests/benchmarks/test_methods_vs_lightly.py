@@ -73,6 +73,11 @@ def test_quick_run_trains_and_evaluates_both_sides(bench, tmp_path, restore_thre
     bench.write_results(results_md, "| new |", "header")
     assert results_md.read_text().count(bench.BEGIN) == 1 and "| new |" in results_md.read_text()
 
+    # --report-only writes the same table from the JSON alone
+    again = tmp_path / "again.md"
+    assert bench.main(["--report-only", "--output", str(out), "--write-results", str(again)]) == 0
+    assert bench.markdown(results) in again.read_text() and "--quick" in again.read_text()
+
     # --resume keeps every finished entry: nothing is trained again
     stamp = out.stat().st_mtime_ns
     assert bench.main([*argv, "--output", str(out), "--resume"]) == 0
