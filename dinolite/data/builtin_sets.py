@@ -9,6 +9,8 @@ preparer returns the same locations: ``{"train": [shard pattern], "val": [shard 
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -31,6 +33,16 @@ def builtin_set(source: Sequence[str]) -> Optional[str]:
     """The built-in set ``source`` names (``[digits]`` -> ``"digits"``), None for shards or folders."""
     source = list(source)
     return source[0] if len(source) == 1 and source[0] in BUILTIN_SETS else None
+
+
+def misspelt_builtin_set(source: Sequence[str]) -> Optional[str]:
+    """The built-in set a one-entry ``source`` that is no file most likely meant (``[fashion-mnist]`` ->
+    ``"fashion_mnist"``), None otherwise."""
+    source = list(source)
+    if len(source) != 1 or source[0] in BUILTIN_SETS or os.path.exists(source[0]):
+        return None
+    near = difflib.get_close_matches(source[0].lower().replace("-", "_"), list(BUILTIN_SETS), n=1, cutoff=0.75)
+    return near[0] if near else None
 
 
 def prepare_builtin_set(name: str, data_root: str | Path) -> dict:

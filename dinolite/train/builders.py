@@ -13,7 +13,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from dinolite.config import Config, ConfigError
-from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, prepare_builtin_set
+from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, misspelt_builtin_set, prepare_builtin_set
 from dinolite.data.loader import build_train_loader
 from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
@@ -27,6 +27,11 @@ def validate_training_config(cfg: Config) -> None:
     builder checks its own sections)."""
     if not cfg.data.source:
         raise ConfigError(f"data.source is empty: give shard patterns, an image folder, or {builtin_sets_text()}")
+    meant = misspelt_builtin_set(cfg.data.source)
+    if meant is not None:
+        raise ConfigError(
+            f"invalid value for 'data.source': {list(cfg.data.source)} is no file or folder; did you mean [{meant}]?"
+        )
     knn = cfg.evaluation
     own_eval = builtin_set(cfg.data.source) is not None
     only = f"only a built-in data.source, {builtin_sets_text()}, brings its own"

@@ -48,3 +48,19 @@ def test_fashion_mnist_without_the_package_names_the_apt_line(tmp_path: Path, mo
     err = capsys.readouterr().err
     assert "Fashion-MNIST is not installed" in err and "apt-get install dataset-fashion-mnist" in err
     assert not list((tmp_path / "run").glob("checkpoints/iter_*"))
+
+
+def test_a_misspelt_builtin_set_gets_did_you_mean(tmp_path: Path, monkeypatch):
+    from dinolite.config import ConfigError
+    from dinolite.train.builders import validate_training_config
+
+    for typed in ("fashion-mnist", "FashionMNIST", "digit"):
+        cfg = load_config("demo", [f"data.source=[{typed}]"])
+        with pytest.raises(
+            ConfigError, match=r"'data.source': \[.*\] is no file or folder; did you mean \[(fashion_mnist|digits)\]"
+        ):
+            validate_training_config(cfg)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digit").mkdir()  # a folder of that name is what the user meant
+    no_eval = ["evaluation.knn_at_end=false", "evaluation.online_every=0"]  # a folder brings no eval split
+    validate_training_config(load_config("demo", ["data.source=[digit]", *no_eval]))
