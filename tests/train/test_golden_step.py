@@ -30,40 +30,12 @@ from tests.train.golden_step import (
     cpu_vendor,
     environment,
     fixture_path,
+    float64_mismatches,
     portable_bernoulli_,
     read_fixture,
 )
 
 pytestmark = pytest.mark.numerics
-
-# 200x the largest float64 difference measured between kernel capabilities, thread counts and BLAS/libm
-# code paths; 20x below the effect of a relative change of 1e-9 in the student temperature.
-FLOAT64_RTOL = 1e-9
-
-
-def relative_error(key: str, actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Norm-wise relative error of a stored tensor; a sketch's moments each relative to their own scale."""
-    a, e = actual.double().flatten(), expected.double().flatten()
-    if key.endswith(".moments"):  # (sum, sum |x|, sum x^2): the sum's scale is sum |x|
-        diff, scale = (a - e).abs(), torch.stack([e[1], e[1], e[2]])
-        return float((diff / scale).max()) if bool((scale > 0).all()) else float(diff.max())
-    diff, scale = float((a - e).norm()), float(e.norm())
-    return diff / scale if scale > 0 else diff
-
-
-def float64_mismatches(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
-    """What differs beyond FLOAT64_RTOL, a digest or a dtype, one line per tensor (empty: the same step)."""
-    found = []
-    for key in sorted(expected):
-        a, e = actual[key], expected[key]
-        if a.dtype != e.dtype or a.shape != e.shape:
-            found.append(f"{key}: {a.dtype} {tuple(a.shape)}, recorded {e.dtype} {tuple(e.shape)}")
-        elif key.endswith(".sha256"):
-            if not torch.equal(a, e):
-                found.append(f"{key}: other bytes than recorded")
-        elif not relative_error(key, a, e) <= FLOAT64_RTOL:
-            found.append(f"{key}: relative error {relative_error(key, a, e):.3g} > {FLOAT64_RTOL:g}")
-    return found
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
