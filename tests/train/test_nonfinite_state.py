@@ -28,6 +28,23 @@ def _all_finite(checkpoint) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
 
 
+def break_a_backbone_weight(monkeypatch, iteration: int, value: float) -> None:
+    """The AdamW step of ``iteration`` (a fresh run's step number ``iteration + 1``) writes ``value`` into
+    the first element of the first parameter group's first tensor (a backbone weight) after stepping."""
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, *args, **kwargs):
+        result = original_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == iteration + 1:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = value
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+
+
 def test_a_step_that_breaks_the_weights_stops_before_its_checkpoint(tmp_path, monkeypatch):
     """The issue's recipe (a huge learning rate breaks the weights), made independent of rounding.
 
@@ -38,18 +55,7 @@ def test_a_step_that_breaks_the_weights_stops_before_its_checkpoint(tmp_path, mo
     loss broke first (on an AMX Xeon the loss check fired at iteration 4).
     """
     cfg = tiny_config(tmp_path, "train.checkpoint_every=2", "train.keep_last_checkpoints=1")
-    original_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, *args, **kwargs):
-        result = original_step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:  # the step of iteration 1
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    break_a_backbone_weight(monkeypatch, iteration=1, value=float("inf"))
     with pytest.raises(NonFiniteStateError) as info:
         train(cfg)
     message = str(info.value)
@@ -61,18 +67,7 @@ def test_a_step_that_breaks_the_weights_stops_before_its_checkpoint(tmp_path, mo
 def test_a_good_checkpoint_stays_latest_when_a_later_step_breaks(tmp_path, monkeypatch):
     """Iterations 0-1 are fine (checkpoint at 2), the step of iteration 2 writes a NaN: latest stays 2."""
     cfg = tiny_config(tmp_path, "train.checkpoint_every=2", "train.keep_last_checkpoints=1")
-    original_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def breaking_step(self, *args, **kwargs):
-        result = original_step(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:  # the step of iteration 2
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    break_a_backbone_weight(monkeypatch, iteration=2, value=float("nan"))
     with pytest.raises(NonFiniteStateError, match="iteration 2"):
         train(cfg)
     latest = CheckpointManager(tmp_path).latest()
