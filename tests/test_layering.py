@@ -14,13 +14,14 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dinolite"
 
 # package -> the dinolite packages it may import (besides itself). Anything not listed is forbidden.
-FOUNDATION = {"io", "dist", "config", "cli", "progress", "extras", "compat"}
+FOUNDATION = {"io", "dist", "config", "cli", "progress", "extras", "compat", "dtypes"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "cli": set(),  # error: one-liners and --help defaults for every entrypoint
     "progress": set(),  # progress bars (TTY-aware) for every long loop
     "extras": set(),  # optional dependencies: the error names the pip extra to install
     "compat": set(),  # which torchvision goes with which torch
+    "dtypes": set(),  # compute in at least float32 (keeps a float64 run float64)
     "dist": set(),
     "config": {"io", "config_aliases"},
     "config_aliases": set(),  # DINOv2's key names -> ours (read by config only)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dinolite.dist import all_reduce_sum_with_grad, is_distributed
+from dinolite.dtypes import at_least_float32_dtype
 
 
 def _global_rows(n_local: int, device: torch.device) -> int:
@@ -41,7 +42,7 @@ def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-12) -> Tensor:
     """Barlow Twins' ``C`` (D, D) of two views (B_local, D) over the global batch (see module docstring)."""
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(f"barlow twins: views must both be (B, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
-    dtype = torch.promote_types(z_a.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    dtype = at_least_float32_dtype(z_a.dtype)  # bf16 under autocast: fp32
     z_a, z_b = z_a.to(dtype), z_b.to(dtype)
     n = _global_rows(z_a.shape[0], z_a.device)
     if n < 2:

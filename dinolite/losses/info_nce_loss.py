@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinolite.dist import all_gather_with_grad, get_rank
+from dinolite.dtypes import at_least_float32_dtype
 
 
 def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_distributed: bool = True) -> Tensor:
@@ -36,7 +37,7 @@ def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_dis
     if temperature <= 0:
         raise ValueError(f"info_nce_loss: temperature must be > 0, got {temperature}")
     local = z_a.shape[0]
-    dtype = torch.promote_types(z_a.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    dtype = at_least_float32_dtype(z_a.dtype)  # bf16 under autocast: fp32
     a = F.normalize(z_a.to(dtype), dim=1)
     b = F.normalize(z_b.to(dtype), dim=1)
     if gather_distributed:

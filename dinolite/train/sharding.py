@@ -61,6 +61,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
 from dinolite.dist import get_world_size
+from dinolite.dtypes import at_least_float32, at_least_float32_dtype
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,8 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
     of the local shard is summed over every mesh dimension it is sharded on (one all-reduce per distinct
     (mesh, dims)), replicated dimensions are counted once. Plain tensors are taken as they are.
     Scale = ``min(1, max_norm / (norm + 1e-6))`` as in ``torch.nn.utils.clip_grad_norm_``. Returns the
-    norm before clipping as a 0-dim fp32 tensor on the gradients' device; ``max_norm <= 0`` only measures.
+    norm before clipping as a 0-dim fp32 tensor (fp64 for fp64 gradients) on the gradients' device;
+    ``max_norm <= 0`` only measures.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
@@ -297,9 +299,9 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
         else:
             key = ("plain",)
         buckets.setdefault(key, []).append(local)
-    total_sq = torch.zeros((), dtype=torch.float32, device=device)
+    total_sq = torch.zeros((), dtype=at_least_float32_dtype(local_grads[0].dtype), device=device)
     for key, tensors in buckets.items():
-        norms = torch._foreach_norm([t.float() for t in tensors]) if tensors else []
+        norms = torch._foreach_norm([at_least_float32(t) for t in tensors]) if tensors else []
         bucket_sq = torch.stack([n * n for n in norms]).sum()
         if key != ("plain",):
             mesh, dims = meshes[key]

@@ -77,6 +77,7 @@ def test_an_overflow_skips_the_step_and_halves_the_scale(tmp_path, initial_scale
         torch.testing.assert_close(value, teacher[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.numerics
 def test_resumed_fp16_run_equals_the_uninterrupted_one(tmp_path, initial_scale):
     initial_scale(6)  # steps are taken from the start (the default scale would only back off here)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

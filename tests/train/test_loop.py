@@ -160,6 +160,7 @@ def test_prototypes_move_after_freeze_epochs(tmp_path):
     assert not torch.equal(objective.student["dino_head"].last_layer.weight, before)
 
 
+@pytest.mark.numerics
 def test_resume_continues_iteration_count_and_schedules(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     full = train(tiny_config(straight))

@@ -139,6 +139,7 @@ def single_process_reference(tmp_path_factory):
     return scale_launch.run(1, ["--out", str(tmp_path_factory.mktemp("ref")), "--steps", "3"])
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, extra", [("full_shard", ["--activation-checkpointing"]), ("no_shard", [])])
 def test_two_ranks_match_one_process(single_process_reference, tmp_path, strategy, extra):
