@@ -57,7 +57,7 @@ from benchmarks.device_peaks import (  # noqa: E402
     synchronize,
 )
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
-from dinolite.dist import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
 from dinolite.train import builders  # noqa: E402
 from dinolite.train.loop import memory_gb, run_training_step  # noqa: E402

@@ -14,14 +14,14 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dinolite"
 
 # package -> the dinolite packages it may import (besides itself). Anything not listed is forbidden.
-FOUNDATION = {"io", "dist", "config", "cli", "progress", "extras", "compat"}
+FOUNDATION = {"io", "distributed", "config", "cli", "progress", "extras", "compat"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "cli": set(),  # error: one-liners and --help defaults for every entrypoint
     "progress": set(),  # progress bars (TTY-aware) for every long loop
     "extras": set(),  # optional dependencies: the error names the pip extra to install
     "compat": set(),  # which torchvision goes with which torch
-    "dist": set(),
+    "distributed": set(),
     "config": {"io", "config_aliases"},
     "config_aliases": set(),  # DINOv2's key names -> ours (read by config only)
     "checkpoint": FOUNDATION,
@@ -74,7 +74,7 @@ def _imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tupl
             else:
                 name = node.module or ""
             found.append((node.lineno, name))
-            if name == "dinolite":  # `from dinolite import dist`
+            if name == "dinolite":  # `from dinolite import distributed`
                 found.extend((node.lineno, f"dinolite.{alias.name}") for alias in node.names)
     return found
 

@@ -2,7 +2,7 @@
 
 ``eval/knn.py``, ``eval/linear.py`` and ``eval/segmentation.py`` are thin: they parse their own options,
 call :func:`setup`, then the functions of :mod:`dinolite.eval`. Under ``torchrun`` or ``srun`` the
-process group comes from :func:`dinolite.dist.init_distributed`; rank 0 prints and writes.
+process group comes from :func:`dinolite.distributed.init_distributed`; rank 0 prints and writes.
 
 Every numeric option is range-checked by argparse (:mod:`dinolite.cli`'s ``type=`` helpers) and the
 output paths by :func:`check_outputs`, before a model is loaded; :func:`run_eval_main` prints bad input
@@ -29,7 +29,7 @@ from dinolite.cli import (
     run_main,
     seed_int,
 )
-from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.distributed import destroy_distributed, init_distributed
 from dinolite.eval.backbone import backbone_fingerprint, load_any_backbone
 from dinolite.eval.cache import FeatureCache, cache_key
 from dinolite.eval.datasets import build_labelled_dataset, check_class_folders, check_labels, check_source

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from dinolite.config import ConfigError, to_dict
-from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.distributed import destroy_distributed, init_distributed
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
 from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan, PlannedRun
 from dinolite.lab.report import write_report

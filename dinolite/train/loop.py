@@ -30,7 +30,7 @@ from torch import nn
 
 from dinolite.checkpoint import CheckpointManager
 from dinolite.config import Config, save_config
-from dinolite.dist import (
+from dinolite.distributed import (
     DistributedEnv,
     all_reduce_sum,
     any_rank,

@@ -27,7 +27,7 @@ from dinolite.checkpoint import CheckpointError, CheckpointManager
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
-from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.distributed import destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.extras import MissingExtraError
 from dinolite.train.builders import validate_training_config

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from dinolite.dist import any_rank
+from dinolite.distributed import any_rank
 
 LOCK_FILE = ".dinolite.lock"
 # flock(2) errors that mean "this filesystem has no flock" (not "someone holds it").

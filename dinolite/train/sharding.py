@@ -60,7 +60,7 @@ except ImportError:  # pragma: no cover - torch 2.6
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
-from dinolite.dist import get_world_size
+from dinolite.distributed import get_world_size
 
 log = logging.getLogger(__name__)
 

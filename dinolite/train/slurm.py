@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
 from dinolite.config import OptIns, config_from_dict
-from dinolite.dist import any_rank, barrier, destroy_distributed
+from dinolite.distributed import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
 from dinolite.train.run_lock import hold_run_lock
@@ -114,7 +114,7 @@ class SlurmTrainingJob(Checkpointable):
     ``config`` is the resolved config as a plain dict (validated before submission, re-validated
     here); ``output_dir`` may contain ``%j``. ``train_entry`` is ``"module:function"`` (or a callable)
     with the signature of ``dinolite.train.loop.train``; ``init_distributed`` likewise for
-    ``dinolite.dist.init_distributed``. ``requeue`` puts the job back in the queue.
+    ``dinolite.distributed.init_distributed``. ``requeue`` puts the job back in the queue.
     A preempted run is requeued at most ``max_requeues`` times (``SLURM_RESTART_COUNT``); after that
     the job ends with its checkpoint and the ``"preempted"`` result, and resubmitting it with the same
     output directory resumes.
@@ -124,7 +124,7 @@ class SlurmTrainingJob(Checkpointable):
     output_dir: str
     max_requeues: int = 10
     train_entry: Union[str, Callable[..., Any]] = DEFAULT_TRAIN_ENTRY
-    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.dist:init_distributed"
+    init_distributed_entry: Union[str, Callable[..., Any]] = "dinolite.distributed:init_distributed"
     requeue: Callable[[str], None] = field(default=scontrol_requeue)
     # What the user allowed the config to do at submission (--allow-pipe-sources, ...): the job reads the
     # config again (and, on a requeue, the checkpoint's), in an environment Slurm may not have copied.
@@ -208,7 +208,7 @@ class SlurmEntrypointJob(Checkpointable):
     """Run a module (``python -m``) or a script on every task, e.g. ``eval/knn.py``.
 
     The entry point sets up its own process group from the Slurm variables
-    (``dinolite.dist.init_distributed``). A preempted evaluation is requeued by submitit
+    (``dinolite.distributed.init_distributed``). A preempted evaluation is requeued by submitit
     and starts again from the beginning (evaluations are short and write their results at the end).
     """
 

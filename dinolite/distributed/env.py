@@ -30,7 +30,7 @@ from typing import Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from dinolite.dist.collectives import is_distributed
+from dinolite.distributed.collectives import is_distributed
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")

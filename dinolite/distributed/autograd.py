@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dinolite.dist.collectives import get_world_size
+from dinolite.distributed.collectives import get_world_size
 
 
 class _AllGather(torch.autograd.Function):

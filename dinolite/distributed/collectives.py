@@ -64,4 +64,3 @@ def barrier(device: torch.device | str = "cpu") -> None:
         dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
     else:
         dist.barrier()
-

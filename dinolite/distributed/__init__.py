@@ -6,8 +6,8 @@
 Nothing here imports another dinolite package.
 """
 
-from dinolite.dist.autograd import all_gather_with_grad, all_reduce_sum_with_grad
-from dinolite.dist.collectives import (
+from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
+from dinolite.distributed.collectives import (
     all_reduce_max,
     all_reduce_sum,
     any_rank,
@@ -17,7 +17,7 @@ from dinolite.dist.collectives import (
     is_distributed,
     rank_and_world,
 )
-from dinolite.dist.env import (
+from dinolite.distributed.env import (
     DistributedEnv,
     DistributedEnvError,
     destroy_distributed,
