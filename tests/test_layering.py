@@ -30,11 +30,13 @@ ALLOWED: dict[str, set[str]] = {
     "losses": FOUNDATION,
     "data": FOUNDATION,
     "monitor": FOUNDATION,
+    # Sharding over processes (FSDP2 / HSDP, activation checkpointing, compile, clipping): below train.
+    "fsdp": FOUNDATION | {"models"},
     # Readers of finished runs: never the trainer.
     "export": FOUNDATION | {"checkpoint", "models"},
     "eval": FOUNDATION | {"checkpoint", "models", "data", "monitor", "export"},
     # The trainer composes everything below it.
-    "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval"},
+    "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp"},
     # Above the trainer, like launch/: runs matrices of trainings and reads them back (nothing imports it).
     "lab": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "train"},
 }

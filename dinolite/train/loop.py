@@ -49,7 +49,7 @@ from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.schedules import TrainingSchedules, build_schedules
-from dinolite.train.sharding import clip_grad_norm_, shard_objective
+from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective
 
 TRAIN_STATUSES = ("finished", "preempted", "stopped")
 
@@ -112,7 +112,7 @@ def check_finite(output: ObjectiveOutput, iteration: int, device: torch.device) 
 def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[str, float]:
     """Clip each student module's gradient to ``max_norm`` separately, as DINOv2 does (backbone, heads).
 
-    The norm is global across FSDP shards (:func:`dinolite.train.sharding.clip_grad_norm_`). Returns
+    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns
     the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
     """
 

@@ -93,7 +93,7 @@ def test_resumed_fp16_run_equals_the_uninterrupted_one(tmp_path, initial_scale):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fsdp_mixed_precision_policy_follows_the_compute_dtype(dtype):
-    from dinolite.train.sharding import plan_sharding
+    from dinolite.fsdp.sharding import plan_sharding
 
     plan = plan_sharding("full_shard", dtype, False, False, "cuda", 8)
     assert plan.mixed_precision and plan.param_dtype == dtype

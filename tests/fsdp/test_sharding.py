@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-import scale_launch
 import torch
-from scale_worker import build_objective, global_batch_slice, tiny_config
 from torch import nn
 
-from dinolite.train.sharding import (
+from dinolite.fsdp.sharding import (
     check_aligned_shards,
     clip_grad_norm_,
     enable_activation_checkpointing,
@@ -18,6 +16,8 @@ from dinolite.train.sharding import (
     plan_sharding,
     shard_objective,
 )
+from tests.train import scale_launch
+from tests.train.scale_worker import build_objective, global_batch_slice, tiny_config
 
 
 @pytest.mark.parametrize(
