@@ -19,7 +19,6 @@ from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
 from dinolite.models import build_backbone
 from dinolite.models.vision_transformer import DinoVisionTransformer
-from dinolite.train.stop_signals import ignore_stop_signals
 
 DIGITS_SOURCE = "digits"
 
@@ -64,11 +63,14 @@ def build_data_stream(
     start_batch: int,
     transform: Callable[..., dict[str, Any]],
     collate_fn: Callable[..., dict[str, Any]],
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The infinite, deterministic batch stream, positioned after ``start_batch`` consumed batches.
 
     ``transform`` (the views of one image) and ``collate_fn`` come from the method's spec
-    (``MethodSpec.build_transform`` / ``build_collate``).
+    (``MethodSpec.build_transform`` / ``build_collate``). ``worker_init_fn`` runs in each loader worker
+    (``dinolite-train`` passes :func:`dinolite.jobs.stop_signals.ignore_stop_signals`: a group-wide
+    SIGTERM / Ctrl-C must not kill the workers before the trainer checkpoints).
     """
     loader = build_train_loader(
         source=source,
@@ -86,7 +88,7 @@ def build_data_stream(
         shuffle_buffer_bytes=cfg.data.shuffle_buffer_bytes,
         max_skip_fraction=cfg.data.decode_errors_max_fraction,
         skip_window=cfg.data.decode_errors_window,
-        worker_init_fn=ignore_stop_signals,  # a group-wide SIGTERM/Ctrl-C must not kill the workers
+        worker_init_fn=worker_init_fn,
     )
     return iter(loader)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dinolite.checkpoint import load_consolidated_state_dict
+from dinolite.commands.train import main as train_main
 from dinolite.train import loss_scaling
-from dinolite.train.run import main as train_main
 
 TINY = [
     "train.compute_precision=fp16",

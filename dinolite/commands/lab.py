@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from dinolite.cli import INPUT_ERRORS, make_parser, positive_int, run_main
 from dinolite.config import opt_ins
 from dinolite.extras import MissingExtraError
+from dinolite.jobs.run_lock import RunLockError
+from dinolite.jobs.slurm_options import SLURM_OPTIONS, add_slurm_arguments
+from dinolite.jobs.stop_signals import StopFlag
 from dinolite.lab.matrix import plan_matrix
 from dinolite.lab.report import write_report
 from dinolite.lab.report_figures import require_matplotlib
 from dinolite.lab.runner import run_local
-from dinolite.train.run_lock import RunLockError
-from dinolite.train.slurm_launch import SLURM_OPTIONS, add_slurm_arguments
-from dinolite.train.stop_signals import StopFlag
 
 try:  # submitit (the ``slurm`` extra) is needed for --slurm only
     from dinolite.lab import slurm_array
@@ -91,5 +91,5 @@ def _run(args: argparse.Namespace, argv: list[str], grant: opt_ins.OptIns) -> in
     return EXIT_OK
 
 
-if __name__ == "__main__":  # python -m dinolite.lab.cli (the console script dinolite-lab runs main too)
+if __name__ == "__main__":
     sys.exit(main())

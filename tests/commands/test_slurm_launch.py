@@ -1,4 +1,4 @@
-"""launch/slurm.py and dinolite.train.slurm without a Slurm cluster: sbatch scripts, argument and config
+"""launch/slurm.py and dinolite.jobs.slurm without a Slurm cluster: sbatch scripts, argument and config
 errors (caught before anything is submitted), and the signal -> stop flag -> checkpoint -> requeue path
 of the submitit job with a stand-in training function."""
 
@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from dinolite.train import slurm, slurm_job_state, slurm_submit
+from dinolite.jobs import slurm, slurm_job_state, slurm_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "launch" / "slurm.py"
@@ -188,8 +188,14 @@ def test_entry_and_module_dry_run(capsys, tmp_path):
     assert code == 0
     assert "#SBATCH --gpus-per-node=1" in out and "#SBATCH --job-name=dinolite-knn" in out
     assert f"every task runs: python {script} --k 20" in out
-    code, out, _ = run_launcher(["--module", "dinolite.config", "--gpus-per-node", "0", "--dry-run"], capsys)
-    assert code == 0 and "every task runs: python -m dinolite.config" in out
+    code, out, _ = run_launcher(["--module", "dinolite.commands.info", "--gpus-per-node", "0", "--dry-run"], capsys)
+    assert code == 0 and "every task runs: python -m dinolite.commands.info" in out
+
+
+def test_module_without_a_command_line_is_refused(capsys):
+    """A library module runs nothing under `python -m`: the job would do nothing (the eval modules did once)."""
+    code, _, err = run_launcher(["--module", "dinolite.eval.knn", "--gpus-per-node", "0", "--dry-run"], capsys)
+    assert code == 2 and "'dinolite.eval.knn' is not a dinolite command" in err and "dinolite.commands.<name>" in err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,5 +467,7 @@ def test_documented_eval_entry_is_checked_against_the_eval_parser(capsys, monkey
     assert code == 0, err
     code, _, err = run_launcher(["--entry", "eval/knn.py", "--dry-run", "--", "--checkpoint", "out/"], capsys)
     assert code == 2 and "the following arguments are required: --train, --val" in err
-    code, _, err = run_launcher(["--module", "dinolite.export", "--dry-run", "--", "--output", "x.onnx"], capsys)
-    assert code == 2 and "for dinolite.export" in err and "--checkpoint" in err
+    code, _, err = run_launcher(
+        ["--module", "dinolite.commands.export", "--dry-run", "--", "--output", "x.onnx"], capsys
+    )
+    assert code == 2 and "for dinolite.commands.export" in err and "--checkpoint" in err

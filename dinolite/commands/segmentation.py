@@ -1,6 +1,6 @@
 """Linear semantic segmentation on frozen patch tokens (BatchNorm + 1x1 conv), ADE20K layout.
 
-The command line of ``dinolite-segmentation``; ``python -m dinolite.eval.segmentation`` and, from a clone,
+The command line of ``dinolite-segmentation``; ``python -m dinolite.commands.segmentation`` and, from a clone,
 ``python eval/segmentation.py`` run the same :func:`main`.
 
     dinolite-segmentation --backbone output/demo --data ADE_ROOT --num-classes 150 \
@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 from dinolite.cli import bounded, make_parser, positive_float, positive_int
-from dinolite.eval.cli import (
+from dinolite.commands.eval_common import (
     add_common_args,
     add_normalisation_args,
     check_outputs,

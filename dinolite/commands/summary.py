@@ -1,10 +1,11 @@
-"""``python -m dinolite.train.summary --config NAME [key=value ...]``: the model summary and the nominal
+"""``python -m dinolite.commands.summary --config NAME [key=value ...]``: the model summary and the nominal
 FLOPs of one training iteration of the configured method (``MethodSpec.training_flops``; the benchmark's
 MFU uses the same numbers)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Sequence
 
 from dinolite.cli import make_parser, run_main
@@ -14,7 +15,7 @@ from dinolite.train.methods import get_method
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("python -m dinolite.train.summary", description=__doc__.split("\n\n")[0])
+    parser = make_parser("python -m dinolite.commands.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="demo", help="preset name or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
     opt_ins.add_opt_in_arguments(parser)
@@ -35,4 +36,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """``dinolite-export --checkpoint DIR --output PATH [--format ...] [--with-heads] [--network NET] [--force]``
-(also ``python -m dinolite.export``).
+(also ``python -m dinolite.commands.export``).
 
 Consolidates one network's backbone of a sharded training checkpoint in one process and writes it in the
 chosen format: the method's evaluated network (its EMA teacher, or the student of a method without one;
@@ -21,6 +21,7 @@ Folders for the HuggingFace Hub (docs/interop.md):
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,4 +146,4 @@ def _write(fmt: str, exported: PretrainedWeights, output: Path, checkpoint: str)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

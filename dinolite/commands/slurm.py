@@ -3,13 +3,13 @@
     dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --partition gpu
     dinolite-slurm --config demo --gpus-per-node 0 --tasks-per-node 2 --time 30 train.max_iterations=20
     dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --dry-run
-    dinolite-slurm --module dinolite.eval.knn --gpus-per-node 1 -- --backbone out/ --train D/train --val D/val
-    dinolite-slurm --module dinolite.export --gpus-per-node 0 -- --checkpoint out/ --output b.safetensors
+    dinolite-slurm --module dinolite.commands.knn --gpus-per-node 1 -- --backbone out/ --train D/train --val D/val
+    dinolite-slurm --module dinolite.commands.export --gpus-per-node 0 -- --checkpoint out/ --output b.safetensors
 
 Training runs one task per GPU (``--gpus-per-node 0 --tasks-per-node T`` for CPU clusters), is requeued
 on preemption / time limit after a checkpoint (``--max-requeues``), and resumes from the output dir.
 Arguments after ``--`` go to the ``--entry`` / ``--module`` program; for dinolite's own entrypoints
-(``eval/*.py``, ``dinolite.export``, ...) they are checked against that program's options before
+(``dinolite.commands.*``, ``eval/*.py``, ``launch/*.py``) they are checked against that program's options before
 anything is submitted, so a missing ``--backbone`` fails here and not in the queue.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from dinolite.checkpoint import CheckpointManager
-from dinolite.cli import INPUT_ERRORS, HelpFormatter, non_negative_int, positive_float, positive_int, run_main
+from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
+from dinolite.jobs.slurm_options import add_slurm_arguments, check_training_fits, resources_from_args
 
 try:  # submitit (the ``slurm`` extra) is needed to submit, not to print --help
-    from dinolite.train import slurm, slurm_submit
+    from dinolite.jobs import slurm, slurm_submit
 except MissingExtraError as exc:
     slurm, slurm_submit, _MISSING_SUBMITIT = None, None, exc
 
@@ -63,116 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The Slurm options every dinolite launcher shares (``dinolite-slurm``, ``launch/lab.py --slurm``):
-    resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
-    res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=positive_int, default=1)
-    res.add_argument(
-        "--gpus-per-node",
-        "--ngpus",
-        dest="gpus_per_node",
-        type=non_negative_int,
-        default=8,
-        help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)",
-    )
-    res.add_argument(
-        "--tasks-per-node", type=positive_int, default=None, help="tasks per node of a CPU job (default 1)"
-    )
-    res.add_argument("--cpus-per-task", type=positive_int, default=None, help="default 10 per GPU task, 1 per CPU task")
-    res.add_argument("--mem-gb", type=positive_float, default=None, help="memory per node (default: the partition's)")
-    res.add_argument(
-        "--time",
-        "--timeout",
-        dest="time",
-        type=positive_int,
-        default=2800,
-        help="wall-time limit in minutes (--timeout: DINOv2's name)",
-    )
-    res.add_argument("--partition")
-    res.add_argument("--account")
-    res.add_argument("--qos")
-    res.add_argument("--constraint")
-    res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
-    res.add_argument("--comment")
-    res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
-    res.add_argument(
-        "--signal-delay-s",
-        type=positive_int,
-        default=120,
-        help="USR2 is sent this many seconds before the time limit, to checkpoint",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--max-requeues", type=non_negative_int, default=10, help="requeues after preemption/time-out")
-    run.add_argument(
-        "--dry-run", action="store_true", help="print the sbatch script and resolved config; submit nothing"
-    )
-
-
-SLURM_OPTIONS = frozenset(
-    {
-        "--nodes",
-        "--gpus-per-node",
-        "--ngpus",
-        "--tasks-per-node",
-        "--cpus-per-task",
-        "--mem-gb",
-        "--time",
-        "--timeout",
-        "--partition",
-        "--account",
-        "--qos",
-        "--constraint",
-        "--exclude",
-        "--comment",
-        "--job-name",
-        "--signal-delay-s",
-        "--max-requeues",
-        "--dry-run",
-    }
-)  # the options add_slurm_arguments adds (a launcher that also runs locally refuses them there)
-
-
 def _split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     if "--" in argv:
         cut = argv.index("--")
         return argv[:cut], argv[cut + 1 :]
     return argv, []
-
-
-def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name: str) -> "slurm_submit.SlurmResources":
-    """The resources asked for with :func:`add_slurm_arguments`' options; ``argv`` as given on the command
-    line (``--tasks-per-node`` without ``--gpus-per-node`` asks for a CPU job)."""
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    gpus = args.gpus_per_node
-    if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus"} & given:
-        gpus = 0  # --tasks-per-node alone asks for a CPU job
-    return slurm_submit.SlurmResources(
-        nodes=args.nodes,
-        gpus_per_node=gpus,
-        tasks_per_node=args.tasks_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb,
-        time_min=args.time,
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        constraint=args.constraint,
-        exclude=args.exclude,
-        comment=args.comment,
-        job_name=job_name,
-        signal_delay_s=args.signal_delay_s,
-    )
-
-
-def check_training_fits(cfg, resources: "slurm_submit.SlurmResources") -> None:
-    """Config choices that cannot work on the requested hardware fail here, not on the cluster."""
-    if resources.gpus_per_node == 0:
-        if cfg.distributed.backend == "nccl":
-            raise ConfigError("distributed.backend='nccl' needs GPUs, but the job asks for --gpus-per-node 0")
-        if cfg.train.device == "cuda":
-            raise ConfigError("train.device='cuda' needs GPUs, but the job asks for --gpus-per-node 0")
 
 
 def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) -> None:
@@ -182,11 +79,6 @@ def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) 
         if not target.startswith("dinolite."):
             return
         module = importlib.import_module(target)
-        if not hasattr(module, "build_parser"):
-            if hasattr(module, "__path__") and importlib.util.find_spec(f"{target}.__main__"):
-                module = importlib.import_module(f"{target}.__main__")  # its main() runs only as __main__
-            elif importlib.util.find_spec(f"{target}_cli"):
-                module = importlib.import_module(f"{target}_cli")  # `python -m dinolite.eval.knn` runs knn_cli
     else:
         script = Path(target).resolve()  # a symlinked checkout (e.g. a scratch dir) is still ours
         if script.parent.parent != CHECKOUT_ROOT or script.parent.name not in ("eval", "launch"):
@@ -196,6 +88,11 @@ def _check_program_arguments(target: str, argv: Sequence[str], is_module: bool) 
         spec.loader.exec_module(module)  # our own entrypoint: only definitions at top level
     build = getattr(module, "build_parser", None)
     if build is None:
+        if is_module:  # a dinolite library module runs nothing as __main__: the job would do nothing
+            raise slurm_submit.SlurmLaunchError(
+                f"--module {target!r} is not a dinolite command (it has no build_parser/main); the commands are "
+                "dinolite.commands.<name> (train, knn, linear, segmentation, visualize, export, shards, info, lab)"
+            )
         return
     program = build()
 

@@ -1,6 +1,6 @@
 """Train one run: ``dinolite-train [--config NAME] [--output-dir DIR] [key=value ...]``.
 
-The same command as ``python -m dinolite.train.run`` and, from a clone, ``python launch/local.py``.
+The same command as ``python -m dinolite.commands.train`` and, from a clone, ``python launch/local.py``.
 
 One process (CPU or one GPU), or one per GPU under ``torchrun`` (the distributed environment is read
 from the variables torchrun/Slurm set). Re-running with the same output directory resumes from its
@@ -8,7 +8,7 @@ from the variables torchrun/Slurm set). Re-running with the same output director
 accuracy of the trained teacher next to the raw-pixel and random-init baselines.
 
 SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 write a checkpoint at the next iteration on every rank; the run then
-exits 0 with "run again to continue" (see :mod:`dinolite.train.stop_signals`).
+exits 0 with "run again to continue" (see :mod:`dinolite.jobs.stop_signals`).
 
 Exit codes: 0 finished or stopped by a signal (run again to continue), 1 non-finite loss or bad input,
 3 stopped by the collapse watchdog.
@@ -18,26 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from dinolite.checkpoint import CheckpointError, CheckpointManager
+from dinolite.checkpoint import CheckpointManager
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
-from dinolite.distributed import destroy_distributed, init_distributed
-from dinolite.eval.knn_report import format_report, knn_report
 from dinolite.extras import MissingExtraError
+from dinolite.jobs.training import EXIT_ERROR, EXIT_OK, run_training_job
 from dinolite.train.builders import validate_training_config
-from dinolite.train.finite_check import NonFiniteStateError
-from dinolite.train.logging import get_console_logger
-from dinolite.train.loop import NonFiniteLossError, train
-from dinolite.train.run_lock import RunLockError, hold_run_lock
-from dinolite.train.stop_signals import StopFlag
-
-EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +73,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    console = get_console_logger()
     check_installed_versions()  # a torchvision built for another torch: one error: line naming the fix
     try:
         overrides = list(args.overrides)
@@ -109,40 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"# resolved config ({args.config}, overrides: {' '.join(overrides) or 'none'})\n{to_yaml(cfg)}")
         print(f"# dry run: nothing trained; output dir {cfg.train.output_dir}")
         return EXIT_OK
-    output_dir = Path(cfg.train.output_dir)
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    env = init_distributed(cfg.distributed.backend, cfg.train.device)
-    device = torch.device(env.device) if env.device else torch.device("cpu")
-    flag = StopFlag()
-    try:
-        # One run per output directory (rank 0 holds the lock); SIGTERM / SIGINT / SIGUSR2: checkpoint at
-        # the next iteration and exit 0.
-        with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
-            result = train(cfg, output_dir, env, stop_requested=flag.is_set)
-        destroy_distributed(leave_together=True)
-    except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        destroy_distributed()
-    if result.status == "stopped":
-        print(f"stopped: {result.message}", file=sys.stderr)
-        return EXIT_COLLAPSE
-    if result.status == "preempted":
-        if env.rank == 0:
-            print(
-                f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
-                f"{result.checkpoint_path}; run again to continue (the same command resumes)",
-                file=sys.stderr,
-            )
-        return EXIT_OK
-    if env.rank == 0:
-        console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
-    if result.status == "finished" and cfg.evaluation.knn_at_end and env.rank == 0 and result.checkpoint_path:
-        results = knn_report(cfg, result.checkpoint_path, output_dir, device)
-        console.info(format_report(results, cfg.evaluation.knn_k))
-    return EXIT_OK
+    return run_training_job(cfg)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Submitting to Slurm through submitit: what to ask for (resources -> sbatch parameters), the batch
 script, the executor, and where a job's logs, checkpoints and requeue history go.
 
-The launchers (``dinolite.train.slurm_launch``, the lab's ``slurm_array``) build their submission from
-here; the callables that run inside the job are in :mod:`dinolite.train.slurm`, and polling a submitted
-job's state is :mod:`dinolite.train.slurm_job_state`.
+The launchers (``dinolite.commands.slurm``, the lab's ``slurm_array``) build their submission from
+here; the callables that run inside the job are in :mod:`dinolite.jobs.slurm`, and polling a submitted
+job's state is :mod:`dinolite.jobs.slurm_job_state`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m dinolite.export` on a real (tiny) training checkpoint, and training from an export."""
+"""`python -m dinolite.commands.export` on a real (tiny) training checkpoint, and training from an export."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 import dinolite
 from dinolite.checkpoint import load_consolidated_state_dict, resolve_checkpoint_dir
+from dinolite.commands.export import main as export_main
 from dinolite.config import load_config
-from dinolite.export.__main__ import main as export_main
 from dinolite.models import build_backbone
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ TINY_RUN = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from dinolite.train.run import main as train_main
+    from dinolite.commands.train import main as train_main
 
     out = tmp_path_factory.mktemp("run")
     assert train_main(["--config", "demo", "--output-dir", str(out), *TINY_RUN]) == 0

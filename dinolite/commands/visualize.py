@@ -1,6 +1,6 @@
 """Attention maps, PCA feature images, embedding spectrum and a collapse report for a backbone.
 
-The command line of ``dinolite-visualize``; ``python -m dinolite.eval.visualize`` and, from a clone,
+The command line of ``dinolite-visualize``; ``python -m dinolite.commands.visualize`` and, from a clone,
 ``python eval/visualize.py`` run the same :func:`main`.
 
     dinolite-visualize --backbone output/demo --images IMG_DIR_OR_FILES... --output vis/
@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.cli import make_parser, non_negative_int, positive_int, probability
+from dinolite.commands.eval_common import add_normalisation_args, check_outputs, run_eval_main
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.eval.cli import add_normalisation_args, check_outputs, run_eval_main
 from dinolite.eval.collapse_verdict import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES
 from dinolite.eval.transforms import build_eval_transform
 from dinolite.eval.visualize import dataset_cls_features, list_image_groups, visualize

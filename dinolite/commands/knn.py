@@ -1,6 +1,6 @@
 """Weighted kNN classification on frozen features (DINO protocol: CLS, k in {10,20,100,200}, T=0.07).
 
-The command line of ``dinolite-knn``; ``python -m dinolite.eval.knn`` and, from a clone,
+The command line of ``dinolite-knn``; ``python -m dinolite.commands.knn`` and, from a clone,
 ``python eval/knn.py`` run the same :func:`main`.
 
     dinolite-knn --backbone output/demo --train DATA/train --val DATA/val --output knn.json
@@ -9,7 +9,7 @@ Every k is reported; the headline top-1 is the one at k=20 (the DINO protocol), 
 the evaluation set.
 
 ``--train`` / ``--val``: an image folder with class subfolders, or labelled webdataset shards (``cls``).
-Launch with ``torchrun --nproc_per_node N -m dinolite.eval.knn ...`` (or under ``srun``) to split extraction.
+Launch with ``torchrun --nproc_per_node N -m dinolite.commands.knn ...`` (or under ``srun``) to split extraction.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dinolite.cli import make_parser, positive_float, positive_int
-from dinolite.eval.cli import (
+from dinolite.commands.eval_common import (
     add_common_args,
     add_num_classes_arg,
     add_transform_args,

@@ -1,7 +1,7 @@
 """Linear probe on frozen features: a grid of lr x {last 1, last 4 blocks' CLS} x {+/- avgpool} heads
 trained together (DINOv2 protocol), the best head chosen on held-out train (or on val).
 
-The command line of ``dinolite-linear``; ``python -m dinolite.eval.linear`` and, from a clone,
+The command line of ``dinolite-linear``; ``python -m dinolite.commands.linear`` and, from a clone,
 ``python eval/linear.py`` run the same :func:`main`.
 
     dinolite-linear --backbone output/demo --train DATA/train --val DATA/val --output linear.json
@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.cli import bounded, make_parser, positive_float, positive_int
-from dinolite.eval.cli import (
+from dinolite.commands.eval_common import (
     add_common_args,
     add_num_classes_arg,
     add_transform_args,

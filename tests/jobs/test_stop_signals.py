@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dinolite.checkpoint import load_consolidated_state_dict
-from dinolite.train.stop_signals import StopFlag
+from dinolite.jobs.stop_signals import StopFlag
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = [

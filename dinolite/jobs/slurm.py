@@ -1,5 +1,5 @@
 """The submitit job callables that run inside a Slurm job: training with preemption -> checkpoint ->
-requeue, and any entry point (an evaluation). Submitting them is :mod:`dinolite.train.slurm_submit`.
+requeue, and any entry point (an evaluation). Submitting them is :mod:`dinolite.jobs.slurm_submit`.
 
 Preemption protocol (what happens on the signal Slurm sends before a time limit or a preemption)
 -----------------------------------------------------------------------------------------------
@@ -39,15 +39,16 @@ from dinolite.config import OptIns, config_from_dict
 from dinolite.distributed import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic  # noqa: F401 - also this module's API (tests write attempts with it)
-from dinolite.train.run_lock import hold_run_lock
-from dinolite.train.slurm_submit import ATTEMPTS_FILE, SlurmLaunchError, resolve_job_dir
-from dinolite.train.stop_signals import StopFlag
+from dinolite.jobs.console import configure_console
+from dinolite.jobs.run_lock import hold_run_lock
+from dinolite.jobs.slurm_submit import ATTEMPTS_FILE, SlurmLaunchError, resolve_job_dir
+from dinolite.jobs.stop_signals import StopFlag
 
 # submitit is the ``slurm`` extra: importing this module without it names the pip install to run
 submitit = optional_import("submitit", extra="slurm", purpose="Slurm submission (dinolite-slurm)")
 Checkpointable = submitit.helpers.Checkpointable
 
-DEFAULT_TRAIN_ENTRY = "dinolite.train.loop:train"
+DEFAULT_TRAIN_ENTRY = "dinolite.jobs.training:train_in_job"
 # Exit status of a task that stopped because its job was requeued (what submitit uses: sys.exit(-1)).
 REQUEUED_EXIT_CODE = 255
 
@@ -113,7 +114,7 @@ class SlurmTrainingJob(Checkpointable):
 
     ``config`` is the resolved config as a plain dict (validated before submission, re-validated
     here); ``output_dir`` may contain ``%j``. ``train_entry`` is ``"module:function"`` (or a callable)
-    with the signature of ``dinolite.train.loop.train``; ``init_distributed`` likewise for
+    with the signature of ``dinolite.jobs.training.train_in_job`` (``train()`` with the trackers); ``init_distributed`` likewise for
     ``dinolite.distributed.init_distributed``. ``requeue`` puts the job back in the queue.
     A preempted run is requeued at most ``max_requeues`` times (``SLURM_RESTART_COUNT``); after that
     the job ends with its checkpoint and the ``"preempted"`` result, and resubmitting it with the same
@@ -142,6 +143,7 @@ class SlurmTrainingJob(Checkpointable):
         output_dir = resolve_job_dir(self.output_dir, task.job_id)
         cfg = config_from_dict(self.config, source="the config this Slurm job was submitted with")
         cfg.train.output_dir = str(output_dir)
+        configure_console()  # the trainer's lines go to the job's stdout log
         flag = StopFlag(prefix="[dinolite.slurm]")
         signum = preemption_signal()
         previous = signal.signal(signum, flag.handle)

@@ -16,7 +16,7 @@ import time
 import pytest
 from test_stop_signals import _launch, _logged_iteration
 
-from dinolite.train.run_lock import LOCK_FILE, RunLock, RunLockError, hold_run_lock
+from dinolite.jobs.run_lock import LOCK_FILE, RunLock, RunLockError, hold_run_lock
 
 
 def _dead_pid() -> int:

@@ -1,5 +1,8 @@
 """Experiment trackers (``train.loggers``): every ``metrics.jsonl`` record also goes to wandb / MLflow.
 
+Each tracker is a :class:`~dinolite.train.logging.MetricSink`; :func:`build_trackers` is what
+``dinolite.jobs.training.train_in_job`` hands the trainer as ``make_metric_sinks``.
+
 Both are optional dependencies (``pip install dinolite[wandb]`` / ``dinolite[mlflow]``), imported only
 when a run asks for them. Only the main process builds trackers (the metric logger is disabled on the
 others). A run directory keeps its tracker run ids in ``trackers.json``, so a resumed run (the same
@@ -20,20 +23,15 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from dinolite.config import Config, to_dict
 from dinolite.extras import optional_import
 from dinolite.io import write_json_atomic
+from dinolite.train.logging import MetricSink
 
 RUN_IDS_FILE = "trackers.json"
 MLFLOW_PARAM_MAX_CHARS = 500  # MLflow's limit on a parameter value in older servers; longer ones are cut
-
-
-class Tracker(Protocol):
-    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -122,7 +120,7 @@ class MlflowTracker:
 TRACKER_TYPES = {"wandb": WandbTracker, "mlflow": MlflowTracker}
 
 
-def build_trackers(cfg: Config, output_dir: str | Path) -> list[Tracker]:
+def build_trackers(cfg: Config, output_dir: str | Path) -> list[MetricSink]:
     """One tracker per name in ``train.loggers`` (validated by the config: wandb, mlflow)."""
     output_dir = Path(output_dir)
     return [TRACKER_TYPES[name](cfg, output_dir) for name in cfg.train.loggers]
