@@ -12,19 +12,16 @@ interrupted run never leaves a half-written file under a final name.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
-import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from PIL import Image
 
-from dinolite.cli import make_parser, positive_int, run_main
 from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, MAX_LIST_FILE_BYTES, read_file_capped
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, open_checked, pil_to_rgb_uint8
 from dinolite.data.sources import folder_images
@@ -214,37 +211,3 @@ def make_shards(
     index_path = out / f"{prefix}-index.json"
     write_json_atomic(index_path, index, indent=1)
     return index
-
-
-def main(argv: Optional[Iterable[str]] = None) -> int:
-    return run_main(_main, list(argv) if argv is not None else None)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(description=__doc__)
-    parser.add_argument("src", help="image folder (class subfolders become labels) or a text file of image paths")
-    parser.add_argument("out", help="output folder for {prefix}-%%06d.tar shards and {prefix}-index.json")
-    parser.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
-    parser.add_argument("--workers", type=positive_int, default=1, help="processes that read and verify images")
-    parser.add_argument(
-        "--max-side", type=positive_int, default=None, help="shrink images whose longer side exceeds PX"
-    )
-    parser.add_argument("--prefix", default="shard", help="shard file name prefix")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing shards with the same prefix")
-    return parser
-
-
-def _main(argv: Optional[Sequence[str]]) -> int:
-    args = build_parser().parse_args(argv)
-    index = make_shards(args.src, args.out, args.shard_size, args.workers, args.max_side, args.prefix, args.overwrite)
-    print(
-        f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out} "
-        f"({len(index['classes'])} classes)"
-    )
-    if index["skipped"]["count"]:
-        print(f"skipped {index['skipped']['count']} unreadable files, first: " + "; ".join(index["skipped"]["first"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ constant over the batch gets ``C_ii = 0`` (its norm is clamped at ``eps``). The 
 ``bn(z^A)^T bn(z^B) / N`` with BatchNorm's ``eps``: the same matrix up to ``var / (var + eps)``.
 
 Global batch: under ``torch.distributed`` the means, ``z^A^T z^B`` and the squared norms are sums over
-every rank's rows (differentiable all-reduce, :func:`dinolite.dist.autograd.all_reduce_sum_with_grad`);
+every rank's rows (differentiable all-reduce, :func:`dinolite.distributed.autograd.all_reduce_sum_with_grad`);
 every rank computes the same ``L``, and with the trainer's averaging of gradients over ranks ``W`` ranks
 of ``B`` rows train exactly as one rank of ``W * B``. The (D, D) all-reduce is what the official code
 does as well. Computed in fp32.
@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist import all_reduce_sum_with_grad, is_distributed
+from dinolite.distributed import all_reduce_sum_with_grad, is_distributed
 from dinolite.dtypes import at_least_float32_dtype
 
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.dist import is_distributed
+from dinolite.distributed import is_distributed
 from dinolite.dtypes import at_least_float32
 
 

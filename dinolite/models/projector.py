@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist import all_reduce_sum_with_grad, get_world_size
+from dinolite.distributed import all_reduce_sum_with_grad, get_world_size
 from dinolite.dtypes import at_least_float32
 
 

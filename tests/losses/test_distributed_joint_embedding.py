@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dinolite.dist.autograd import all_gather_with_grad, all_reduce_sum_with_grad
+from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
 from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss
 from dinolite.models import ProjectionMLP
 

@@ -16,8 +16,9 @@ import torch
 from dinolite.config import ConfigError, load_config
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
+from dinolite.jobs.console import configure_console
 from dinolite.train import builders
-from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.logging import MetricLogger
 from dinolite.train.loop import NonFiniteLossError, train
 from dinolite.train.methods.dinov2 import build_objective
 from dinolite.train.methods.dinov2_objective import DINOv2Schedules
@@ -244,7 +245,7 @@ def test_gradient_clipping_bounds_each_module_norm(tmp_path):
 
 def test_metric_logger_writes_only_when_enabled(tmp_path):
     stream = io.StringIO()
-    console = get_console_logger("dinolite.test_metric_logger", stream=stream)
+    console = configure_console("dinolite.test_metric_logger", stream=stream)
     with MetricLogger(tmp_path / "main", enabled=True, tensorboard=False, console=console) as log:
         log.log(10, {"loss": torch.tensor(1.5), "lr": 1e-4}, total_iterations=100, eta_seconds=3725)
     line = json.loads((tmp_path / "main" / "metrics.jsonl").read_text())

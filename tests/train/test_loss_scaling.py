@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.loss_scaling import LossScaler
-from dinolite.train.sharding import clip_grad_norm_
 
 
 def _model() -> nn.Module:
