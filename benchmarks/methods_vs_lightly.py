@@ -48,6 +48,7 @@ try:
     from benchmarks.lightly_recipes import RECIPES, train_lightly
 except ImportError as missing:  # lightly is an optional benchmark dependency, never the package's
     raise SystemExit(f"{missing}: this benchmark needs lightly; {PIP_LINE}") from None
+from dinolite.commands.train import main as train_main  # noqa: E402
 from dinolite.config import Config, available_presets, load_config  # noqa: E402
 from dinolite.data.builtin_sets import BUILTIN_SETS, prepare_builtin_set  # noqa: E402
 from dinolite.data.eval_dataset import build_eval_dataset  # noqa: E402
@@ -59,7 +60,6 @@ from dinolite.eval.transforms import build_eval_transform  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
 from dinolite.lab.evaluate import EvalData, kept_checkpoints, measure_network, random_init_backbone  # noqa: E402
 from dinolite.lab.matrix import Measurements  # noqa: E402
-from dinolite.train.run import main as train_main  # noqa: E402
 
 logger = logging.getLogger("methods_vs_lightly")
 KNN_K = 20

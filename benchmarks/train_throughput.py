@@ -22,7 +22,7 @@ Reported per device (one process = one device):
   Both references are measured / looked up in ``benchmarks/device_peaks.py``.
 
 Under ``torchrun`` every rank runs the same steps with FSDP2 through
-:func:`dinolite.train.sharding.shard_objective` (the trainer's code path) and rank 0 writes the report.
+:func:`dinolite.fsdp.sharding.shard_objective` (the trainer's code path) and rank 0 writes the report.
 
 Usage::
 
@@ -57,14 +57,14 @@ from benchmarks.device_peaks import (  # noqa: E402
     synchronize,
 )
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
-from dinolite.dist import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.fsdp.sharding import ShardingPlan, plan_sharding, shard_objective  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
 from dinolite.train import builders  # noqa: E402
 from dinolite.train.loop import memory_gb, run_training_step  # noqa: E402
 from dinolite.train.methods import get_method  # noqa: E402
 from dinolite.train.optim import build_optimizer, get_param_groups  # noqa: E402
 from dinolite.train.schedules import TrainingSchedules, build_schedules  # noqa: E402
-from dinolite.train.sharding import ShardingPlan, plan_sharding, shard_objective  # noqa: E402
 
 QUICK_DEFAULTS = {"iterations": 3, "warmup": 1, "batch_size": 4, "depth": 2, "matmul_size": 512, "distinct_batches": 2}
 FULL_DEFAULTS = {

@@ -1,12 +1,12 @@
 """``python eval/linear.py ...`` from a clone, without installing: the same command as ``dinolite-linear``
-and ``python -m dinolite.eval.linear`` (see ``--help``; the code is in dinolite/eval/linear_cli.py)."""
+and ``python -m dinolite.commands.linear`` (see ``--help``; the code is in dinolite/commands/linear.py)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dinolite.eval.linear_cli import build_parser, main  # noqa: E402
+from dinolite.commands.linear import build_parser, main  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 

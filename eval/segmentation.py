@@ -1,12 +1,12 @@
 """``python eval/segmentation.py ...`` from a clone, without installing: the same command as ``dinolite-segmentation``
-and ``python -m dinolite.eval.segmentation`` (see ``--help``; the code is in dinolite/eval/segmentation_cli.py)."""
+and ``python -m dinolite.commands.segmentation`` (see ``--help``; the code is in dinolite/commands/segmentation.py)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dinolite.eval.segmentation_cli import build_parser, main  # noqa: E402
+from dinolite.commands.segmentation import build_parser, main  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a collapse-lab matrix: ``python launch/lab.py --matrix dinolite/configs/lab/seeds.yaml [--slurm ...]`` (also ``dinolite-lab``).
 
-See dinolite/lab/cli.py (and docs/collapse.md for what the report shows).
+See dinolite/commands/lab.py (and docs/collapse.md for what the report shows).
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 # Run from a source checkout without `pip install -e .`.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dinolite.lab.cli import build_parser, main  # noqa: E402
+from dinolite.commands.lab import build_parser, main  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 

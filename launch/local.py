@@ -1,5 +1,5 @@
 """``python launch/local.py ...`` from a clone, without installing: the same command as ``dinolite-train``
-and ``python -m dinolite.train.run`` (see ``--help``; the code is in dinolite/train/run.py).
+and ``python -m dinolite.commands.train`` (see ``--help``; the code is in dinolite/commands/train.py).
 
 Also runs under ``torchrun --nproc_per_node=N launch/local.py ...``.
 """
@@ -9,9 +9,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from dinolite.train.run import main  # noqa: E402
+from dinolite.commands.train import build_parser, main  # noqa: E402
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

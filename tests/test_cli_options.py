@@ -17,17 +17,17 @@ from dinolite.cli import bounded, check_output_path, positive_int
 
 # Command line -> its module (each has build_parser) and the arguments it requires.
 CLIS: dict[str, tuple[str, list[str]]] = {
-    "knn": ("dinolite.eval.knn_cli", ["--backbone", "b", "--train", "t", "--val", "v"]),
-    "linear": ("dinolite.eval.linear_cli", ["--backbone", "b", "--train", "t", "--val", "v"]),
-    "segmentation": ("dinolite.eval.segmentation_cli", ["--backbone", "b", "--data", "d", "--num-classes", "3"]),
-    "visualize": ("dinolite.eval.visualize_cli", ["--backbone", "b", "--images", "i", "--output", "o"]),
-    "train": ("dinolite.train.run", []),
-    "slurm": ("dinolite.train.slurm_launch", ["--config", "demo"]),
-    "lab": ("dinolite.lab.cli", ["--matrix", "seeds"]),
-    "export": ("dinolite.export.__main__", ["--checkpoint", "c"]),
-    "shards": ("dinolite.data.make_shards", ["src", "out"]),
-    "info": ("dinolite.models.info", []),
-    "summary": ("dinolite.train.summary", []),
+    "knn": ("dinolite.commands.knn", ["--backbone", "b", "--train", "t", "--val", "v"]),
+    "linear": ("dinolite.commands.linear", ["--backbone", "b", "--train", "t", "--val", "v"]),
+    "segmentation": ("dinolite.commands.segmentation", ["--backbone", "b", "--data", "d", "--num-classes", "3"]),
+    "visualize": ("dinolite.commands.visualize", ["--backbone", "b", "--images", "i", "--output", "o"]),
+    "train": ("dinolite.commands.train", []),
+    "slurm": ("dinolite.commands.slurm", ["--config", "demo"]),
+    "lab": ("dinolite.commands.lab", ["--matrix", "seeds"]),
+    "export": ("dinolite.commands.export", ["--checkpoint", "c"]),
+    "shards": ("dinolite.commands.shards", ["src", "out"]),
+    "info": ("dinolite.commands.info", []),
+    "summary": ("dinolite.commands.summary", []),
 }
 
 # (command line, option, value): each must be refused at parse time, naming the option and the value.

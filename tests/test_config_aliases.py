@@ -30,7 +30,7 @@ def test_vitl16_short_loads_as_dinov2_means_it():
 
 
 def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
-    from dinolite.train.run import main
+    from dinolite.commands.train import main
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DINOv2KeyNotice)
@@ -53,7 +53,7 @@ def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
 
 def test_no_resume_refuses_a_directory_with_checkpoints(tmp_path, capsys):
     from dinolite.checkpoint import STATE_FILE, iteration_dirname
-    from dinolite.train.run import main
+    from dinolite.commands.train import main
 
     checkpoint = tmp_path / "run" / "checkpoints" / iteration_dirname(2)
     checkpoint.mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_every_alias_states_its_mapping_here_and_in_the_docs():
 
 
 def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
-    from dinolite.train.slurm_launch import main
+    from dinolite.commands.slurm import main
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DINOv2KeyNotice)

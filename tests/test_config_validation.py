@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dinolite.commands.train import main as train_main
 from dinolite.config import ConfigError, load_config
 from dinolite.train.builders import validate_training_config
-from dinolite.train.run import main as train_main
 from dinolite.train.schedules import build_schedules
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,13 +26,13 @@ ENTRYPOINTS = {
     "eval/linear.py": lambda: _script("eval/linear.py"),
     "eval/segmentation.py": lambda: _script("eval/segmentation.py"),
     "eval/visualize.py": lambda: _script("eval/visualize.py"),
-    "launch/local.py": lambda: importlib.import_module("dinolite.train.run"),
+    "launch/local.py": lambda: importlib.import_module("dinolite.commands.train"),
     "launch/slurm.py": lambda: _script("launch/slurm.py"),
     "launch/lab.py": lambda: _script("launch/lab.py"),
-    "dinolite.export": lambda: importlib.import_module("dinolite.export.__main__"),
-    "dinolite.data.make_shards": lambda: importlib.import_module("dinolite.data.make_shards"),
-    "dinolite.models.info": lambda: importlib.import_module("dinolite.models.info"),
-    "dinolite.train.summary": lambda: importlib.import_module("dinolite.train.summary"),
+    "dinolite.commands.export": lambda: importlib.import_module("dinolite.commands.export"),
+    "dinolite.commands.shards": lambda: importlib.import_module("dinolite.commands.shards"),
+    "dinolite.commands.info": lambda: importlib.import_module("dinolite.commands.info"),
+    "dinolite.commands.summary": lambda: importlib.import_module("dinolite.commands.summary"),
 }
 
 
@@ -71,13 +71,13 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
             "arguments after `--` for",
         ),
         "launch/lab.py": (["--matrix", missing], "unknown matrix"),
-        "dinolite.export": (
+        "dinolite.commands.export": (
             ["--checkpoint", missing, "--output", str(tmp_path / "x.safetensors")],
             "no complete checkpoint",
         ),
-        "dinolite.data.make_shards": ([missing, str(tmp_path / "shards")], missing),
-        "dinolite.models.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
-        "dinolite.train.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),
+        "dinolite.commands.shards": ([missing, str(tmp_path / "shards")], missing),
+        "dinolite.commands.info": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
+        "dinolite.commands.summary": (["--config", "demo", "train.method=dinov3"], "did you mean 'dinov2'"),
     }
 
 

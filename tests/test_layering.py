@@ -14,14 +14,15 @@ import pytest
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dinolite"
 
 # package -> the dinolite packages it may import (besides itself). Anything not listed is forbidden.
-FOUNDATION = {"io", "dist", "config", "cli", "progress", "extras", "compat"}
+FOUNDATION = {"io", "distributed", "config", "cli", "progress", "extras", "compat", "dtypes"}
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "cli": set(),  # error: one-liners and --help defaults for every entrypoint
     "progress": set(),  # progress bars (TTY-aware) for every long loop
     "extras": set(),  # optional dependencies: the error names the pip extra to install
     "compat": set(),  # which torchvision goes with which torch
-    "dist": set(),
+    "dtypes": set(),  # compute in at least float32 (keeps a float64 run float64)
+    "distributed": set(),
     "config": {"io", "config_aliases"},
     "config_aliases": set(),  # DINOv2's key names -> ours (read by config only)
     "checkpoint": FOUNDATION,
@@ -30,13 +31,23 @@ ALLOWED: dict[str, set[str]] = {
     "losses": FOUNDATION,
     "data": FOUNDATION,
     "monitor": FOUNDATION,
+    # Sharding over processes (FSDP2 / HSDP, activation checkpointing, compile, clipping): below train.
+    "fsdp": FOUNDATION | {"models"},
     # Readers of finished runs: never the trainer.
     "export": FOUNDATION | {"checkpoint", "models"},
     "eval": FOUNDATION | {"checkpoint", "models", "data", "monitor", "export"},
-    # The trainer composes everything below it.
-    "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval"},
-    # Above the trainer, like launch/: runs matrices of trainings and reads them back (nothing imports it).
-    "lab": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "train"},
+    # The trainer composes everything below it. What runs around a run (signals, trackers, the console's
+    # handler) comes in as values from jobs: train never imports jobs or commands.
+    "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp"},
+    # Around a training run: Slurm submission and in-job handling, run lock, stop signals, trackers, console.
+    "jobs": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train"},
+    # Above the trainer and jobs: runs matrices of trainings and reads them back.
+    "lab": FOUNDATION
+    | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train", "jobs"},
+    # One module per console command, the top layer: may import anything; nothing imports it.
+    "commands": FOUNDATION
+    | {"config_aliases", "checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train"}
+    | {"jobs", "lab"},
 }
 TOP_LEVEL_MODULES = {"__init__"}  # dinolite/__init__.py: the public entry points
 
@@ -74,7 +85,7 @@ def _imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tupl
             else:
                 name = node.module or ""
             found.append((node.lineno, name))
-            if name == "dinolite":  # `from dinolite import dist`
+            if name == "dinolite":  # `from dinolite import distributed`
                 found.extend((node.lineno, f"dinolite.{alias.name}") for alias in node.names)
     return found
 
@@ -130,8 +141,34 @@ def test_no_cycle_between_packages() -> None:
 
 
 def test_eval_and_export_never_import_train() -> None:
-    offending = [where for source, target, where in _edges() if source in {"eval", "export"} and target == "train"]
+    offending = [
+        where
+        for source, target, where in _edges()
+        if source in {"eval", "export"} and target in {"train", "jobs", "commands"}
+    ]
     assert not offending
+
+
+def test_train_never_imports_jobs_or_commands() -> None:
+    """The loop takes stop_requested, metric sinks and the data workers' init as values (jobs passes them)."""
+    offending = [where for source, target, where in _edges() if source == "train" and target in {"jobs", "commands"}]
+    assert not offending
+
+
+def test_nothing_imports_the_commands() -> None:
+    offending = [where for source, target, where in _edges() if target == "commands" and source != "commands"]
+    assert not offending
+
+
+def test_no_library_module_runs_as_a_program() -> None:
+    """A command is a module of dinolite/commands; no library module has a ``__main__`` block or file."""
+    programs = []
+    for path in _source_files():
+        if path.relative_to(PACKAGE_ROOT).parts[0] == "commands":
+            continue
+        if path.name == "__main__.py" or 'if __name__ == "__main__"' in path.read_text():
+            programs.append(str(path.relative_to(PACKAGE_ROOT.parent)))
+    assert not programs, f"move the command line to dinolite/commands/: {programs}"
 
 
 def _is_nested_import(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:

@@ -68,7 +68,7 @@ from dinolite.checkpoint.state import (
 )
 from dinolite.checkpoint.tensor_files import save_tensor_file
 from dinolite.config import save_config
-from dinolite.dist import any_rank, rank_and_world
+from dinolite.distributed import any_rank, rank_and_world
 from dinolite.io import write_text_atomic
 
 # --------------------------------------------------------------------------------------------------

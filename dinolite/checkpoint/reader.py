@@ -58,7 +58,7 @@ from dinolite.checkpoint.state import (
     restore_rng_state,
 )
 from dinolite.checkpoint.tensor_files import load_tensor_file
-from dinolite.dist import any_rank, is_distributed, rank_and_world
+from dinolite.distributed import any_rank, is_distributed, rank_and_world
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ could ask for reach outside it, and both are refused unless the *user* grants th
 
 The grant comes from the command line (``--allow-pipe-sources``, ``--allow-env-interpolation`` on
 ``dinolite-train``, ``dinolite-slurm``, ``dinolite-lab``, ``dinolite-info`` and
-``python -m dinolite.train.summary``) or from the environment (``DINOLITE_ALLOW_PIPE_SOURCES=1``,
+``python -m dinolite.commands.summary``) or from the environment (``DINOLITE_ALLOW_PIPE_SOURCES=1``,
 ``DINOLITE_ALLOW_ENV_INTERPOLATION=1``; read by every program, eval and export included), never from a
 file. A flag sets the variable for the life of the command, so that whatever that command starts (a
 Slurm job also carries its grant explicitly: :class:`OptIns` is pickled with it) sees the same grant.

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from dinolite.dist import rank_and_world
+from dinolite.distributed import rank_and_world
 from dinolite.progress import progress_bar
 
 

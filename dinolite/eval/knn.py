@@ -19,7 +19,6 @@ are refused (:mod:`dinolite.eval.finite`).
 from __future__ import annotations
 
 import math
-import sys
 from typing import Optional, Sequence
 
 import torch
@@ -177,11 +176,3 @@ def knn_classify(
         "num_test": int(n),
         "temperature": temperature,
     }
-
-
-if __name__ == "__main__":
-    # `python -m dinolite.eval.knn` runs the command line, which lives in knn_cli because it imports
-    # this module (a top-level import here would be circular).
-    from dinolite.eval.knn_cli import main
-
-    sys.exit(main())

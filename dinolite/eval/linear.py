@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -340,11 +339,3 @@ def shuffle_buffer(items: Iterator, size: int, generator: torch.Generator) -> It
             yield buffer.pop(int(torch.randint(len(buffer), (1,), generator=generator)))
     while buffer:
         yield buffer.pop(int(torch.randint(len(buffer), (1,), generator=generator)))
-
-
-if __name__ == "__main__":
-    # `python -m dinolite.eval.linear` runs the command line, which lives in linear_cli because it imports
-    # this module (a top-level import here would be circular).
-    from dinolite.eval.linear_cli import main
-
-    sys.exit(main())

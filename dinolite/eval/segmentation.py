@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -319,11 +318,3 @@ def evaluate_segmentation(
         )
         confusion += confusion_matrix(logits.argmax(dim=1)[0].cpu(), mask, num_classes, IGNORE_INDEX)
     return segmentation_scores(confusion)
-
-
-if __name__ == "__main__":
-    # `python -m dinolite.eval.segmentation` runs the command line, which lives in segmentation_cli because it imports
-    # this module (a top-level import here would be circular).
-    from dinolite.eval.segmentation_cli import main
-
-    sys.exit(main())

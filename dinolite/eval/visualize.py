@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -187,11 +186,3 @@ def dataset_cls_features(
         desc="spectrum",
     )
     return extracted.features
-
-
-if __name__ == "__main__":
-    # `python -m dinolite.eval.visualize` runs the command line, which lives in visualize_cli because it imports
-    # this module (a top-level import here would be circular).
-    from dinolite.eval.visualize_cli import main
-
-    sys.exit(main())

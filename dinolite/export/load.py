@@ -1,7 +1,7 @@
 """Load exported backbones without dinolite's trainer (no FSDP, no optimizer, no pickle).
 
 Accepted files:
-- ``NAME.safetensors`` written by ``python -m dinolite.export``: the architecture record in the
+- ``NAME.safetensors`` written by ``python -m dinolite.commands.export``: the architecture record in the
   safetensors header is authoritative (it was written with the weights, in the same file); the sidecar
   ``NAME.safetensors.json`` (or a legacy ``NAME.json``) is read only for files whose header has none;
 - DINOv2-layout ``.pth`` files such as the released ``dinov2_vitl14_pretrain.pth``, read with

@@ -2,5 +2,5 @@
 method, judge each run (healthy / complete / dimensional collapse) and write a report with figures.
 
 Sits above ``dinolite.train`` (like ``launch/``); ``eval`` and ``export`` never import it.
-Entry point: ``python launch/lab.py --matrix <name or .yaml>`` (:mod:`dinolite.lab.cli`).
+Entry point: ``python launch/lab.py --matrix <name or .yaml>`` (:mod:`dinolite.commands.lab`).
 """

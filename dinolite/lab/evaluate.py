@@ -30,7 +30,7 @@ from torch import nn
 
 from dinolite.config import Config, StudentConfig
 from dinolite.data.eval_dataset import build_eval_dataset
-from dinolite.dist import resolve_device
+from dinolite.distributed import resolve_device
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import ExtractedFeatures, extract_features
 from dinolite.eval.knn import knn_classify

@@ -45,7 +45,7 @@ MATRIX_DIR = CONFIG_DIR / "lab"  # the shipped matrices (packaged with the prese
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 # The lab's own folders in <output_dir>, shared by every run: a run labelled like one would write into it.
 DATA_FOLDER, REPORT_FOLDER, BASELINES_FOLDER = "data", "report", "baselines"
-SLURM_LOGS_FOLDER = "slurm_logs"  # dinolite.train.slurm_submit.LOG_DIR_NAME (that module needs submitit)
+SLURM_LOGS_FOLDER = "slurm_logs"  # dinolite.jobs.slurm_submit.LOG_DIR_NAME (that module needs submitit)
 SHARED_FOLDERS = (DATA_FOLDER, REPORT_FOLDER, BASELINES_FOLDER, SLURM_LOGS_FOLDER)
 
 

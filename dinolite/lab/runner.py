@@ -25,15 +25,16 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from dinolite.config import ConfigError, to_dict
-from dinolite.dist import destroy_distributed, init_distributed
+from dinolite.distributed import destroy_distributed, init_distributed
+from dinolite.jobs.console import configure_console
+from dinolite.jobs.run_lock import hold_run_lock
+from dinolite.jobs.stop_signals import STOP_SIGNALS, StopFlag
+from dinolite.jobs.training import train_in_job
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
 from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan, PlannedRun
 from dinolite.lab.report import write_report
 from dinolite.lab.traces import read_result, read_run_config, write_result
-from dinolite.train.logging import get_console_logger
-from dinolite.train.loop import NonFiniteLossError, TrainResult, train
-from dinolite.train.run_lock import hold_run_lock
-from dinolite.train.stop_signals import STOP_SIGNALS, StopFlag
+from dinolite.train.loop import NonFiniteLossError, TrainResult
 
 FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
 # Keys that may differ between the planned config and a run folder's config without making it another run:
@@ -108,7 +109,9 @@ def finish_run(
 
 
 def train_one(
-    run: PlannedRun, train_fn: Callable[..., TrainResult] = train, stop_requested: Callable[[], bool] | None = None
+    run: PlannedRun,
+    train_fn: Callable[..., TrainResult] = train_in_job,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train (or resume) one run in this process, holding its folder's run lock (as ``dinolite-train``
     does: another lab or training process on the same folder is refused). A diverged run is a result
@@ -173,7 +176,7 @@ def run_local(
     plan: LabPlan,
     labels: Optional[list[str]] = None,
     report: bool = True,
-    train_fn: Callable[..., TrainResult] = train,
+    train_fn: Callable[..., TrainResult] = train_in_job,
     stop: StopFlag | None = None,
 ) -> Path | None:
     """Every selected run, one after another in this process, then the report (unless ``report=False``).
@@ -182,7 +185,7 @@ def run_local(
     during training checkpoints the run at the next iteration; during an evaluation it ends it at once;
     between runs nothing new starts. Each way the lab says that the same command resumes, and returns None.
     """
-    console = get_console_logger()
+    console = configure_console()
     selected = plan.select(labels)
     for run in selected:
         check_run_dir(run)

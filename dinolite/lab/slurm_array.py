@@ -1,6 +1,6 @@
 """The lab on Slurm: the unfinished runs of a matrix as one job array, one array task per run.
 
-Each task trains its run through :class:`dinolite.train.slurm.SlurmTrainingJob` (the same job as
+Each task trains its run through :class:`dinolite.jobs.slurm.SlurmTrainingJob` (the same job as
 ``launch/slurm.py``: USR2 -> checkpoint -> ``scontrol requeue`` -> resume), evaluates it from its
 checkpoints and writes ``lab_result.json``; the last task to finish writes the report (each task writes
 its result before looking at the others, so whichever finishes last sees them all).
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dinolite.config import OptIns, to_dict
+from dinolite.jobs import slurm, slurm_submit
+from dinolite.jobs.slurm_options import check_training_fits, resources_from_args
 from dinolite.lab.matrix import LabPlan
 from dinolite.lab.report import write_report
 from dinolite.lab.runner import check_run_dir, finish_run, is_done, iteration_of
 from dinolite.lab.traces import write_result
-from dinolite.train import slurm, slurm_submit
 from dinolite.train.loop import NonFiniteLossError
-from dinolite.train.slurm_launch import check_training_fits, resources_from_args
 
 
 @dataclass

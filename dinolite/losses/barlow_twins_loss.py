@@ -14,7 +14,7 @@ constant over the batch gets ``C_ii = 0`` (its norm is clamped at ``eps``). The 
 ``bn(z^A)^T bn(z^B) / N`` with BatchNorm's ``eps``: the same matrix up to ``var / (var + eps)``.
 
 Global batch: under ``torch.distributed`` the means, ``z^A^T z^B`` and the squared norms are sums over
-every rank's rows (differentiable all-reduce, :func:`dinolite.dist.autograd.all_reduce_sum_with_grad`);
+every rank's rows (differentiable all-reduce, :func:`dinolite.distributed.autograd.all_reduce_sum_with_grad`);
 every rank computes the same ``L``, and with the trainer's averaging of gradients over ranks ``W`` ranks
 of ``B`` rows train exactly as one rank of ``W * B``. The (D, D) all-reduce is what the official code
 does as well. Computed in fp32.
@@ -26,7 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist import all_reduce_sum_with_grad, is_distributed
+from dinolite.distributed import all_reduce_sum_with_grad, is_distributed
+from dinolite.dtypes import at_least_float32_dtype
 
 
 def _global_rows(n_local: int, device: torch.device) -> int:
@@ -41,7 +42,7 @@ def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-12) -> Tensor:
     """Barlow Twins' ``C`` (D, D) of two views (B_local, D) over the global batch (see module docstring)."""
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(f"barlow twins: views must both be (B, D), got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
-    dtype = torch.promote_types(z_a.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    dtype = at_least_float32_dtype(z_a.dtype)  # bf16 under autocast: fp32
     z_a, z_b = z_a.to(dtype), z_b.to(dtype)
     n = _global_rows(z_a.shape[0], z_a.device)
     if n < 2:

@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.dist import is_distributed
+from dinolite.distributed import is_distributed
+from dinolite.dtypes import at_least_float32
 
 
 def all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:
@@ -41,7 +42,7 @@ def global_row_mean(values: Tensor) -> tuple[Tensor, int]:
 
     Returns a zero (1, K) mean when no rank has a row (the caller then skips its update).
     """
-    values = values.float()
+    values = at_least_float32(values)
     row_sum = values.sum(dim=0, keepdim=True)
     count = torch.tensor([values.shape[0]], dtype=torch.float64, device=values.device)
     all_reduce_(row_sum)
@@ -51,8 +52,8 @@ def global_row_mean(values: Tensor) -> tuple[Tensor, int]:
 
 
 def softmax_centered(logits: Tensor, center: Tensor, temperature: float) -> Tensor:
-    """``softmax((logits - center) / temperature)`` over the last dimension, in fp32."""
-    return F.softmax((logits.float() - center.float()) / temperature, dim=-1)
+    """``softmax((logits - center) / temperature)`` over the last dimension, in fp32 (fp64 stays fp64)."""
+    return F.softmax((at_least_float32(logits) - at_least_float32(center)) / temperature, dim=-1)
 
 
 def sinkhorn_knopp(logits: Tensor, temperature: float, n_iterations: int = 3) -> Tensor:
@@ -65,7 +66,7 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, n_iterations: int = 3) ->
         raise ValueError(f"sinkhorn_knopp: n_iterations must be >= 1, got {n_iterations}")
     if logits.ndim != 2:
         raise ValueError(f"sinkhorn_knopp: logits must be (B, K), got shape {tuple(logits.shape)}")
-    scaled = logits.float() / temperature
+    scaled = at_least_float32(logits) / temperature
     n_prototypes = scaled.shape[1]
     local_max = scaled.max() if scaled.numel() else torch.tensor(float("-inf"), device=scaled.device)
     global_max = all_reduce_(local_max.reshape(1).clone(), op=dist.ReduceOp.MAX)

@@ -20,13 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinolite.dtypes import at_least_float32
 from dinolite.losses.centering import TeacherCentering
 
 
 def cross_entropy_with_probs(teacher_probs: Tensor, student_logits: Tensor, student_temp: float) -> Tensor:
-    """Per-row ``-sum_k p[k] * log_softmax(s / T)[k]`` in fp32; shape ``student_logits.shape[:-1]``."""
-    log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
-    return -(teacher_probs.float() * log_probs).sum(dim=-1)
+    """Per-row ``-sum_k p[k] * log_softmax(s / T)[k]`` in fp32 (fp64 stays fp64), shape ``student_logits.shape[:-1]``.
+
+    Rows are independent: DINO (per image) and iBOT (per masked patch) reduce them as they need.
+    """
+    log_probs = F.log_softmax(at_least_float32(student_logits) / student_temp, dim=-1)
+    return -(at_least_float32(teacher_probs) * log_probs).sum(dim=-1)
 
 
 class DINOLoss(TeacherCentering):
@@ -62,12 +66,12 @@ class DINOLoss(TeacherCentering):
                         f"DINOLoss: {name}[{idx}] has shape {tuple(crop.shape)}; every crop must be "
                         f"{expected} with K = out_dim = {self.out_dim}"
                     )
-        total = torch.zeros((), dtype=torch.float32, device=student_logits[0].device)
-        n_pairs = 0
         # log_softmax of each student crop once: it is reused by every teacher crop
-        log_probs = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_logits]
+        log_probs = [F.log_softmax(at_least_float32(s) / self.student_temp, dim=-1) for s in student_logits]
+        total = torch.zeros((), dtype=log_probs[0].dtype, device=student_logits[0].device)
+        n_pairs = 0
         for i, target in enumerate(teacher_probs):
-            target = target.float()
+            target = at_least_float32(target)
             for j, log_p in enumerate(log_probs):
                 if j == i:
                     continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from dinolite.dtypes import at_least_float32
 from dinolite.losses.centering import TeacherCentering
 from dinolite.losses.dino_clstoken_loss import cross_entropy_with_probs
 
@@ -60,7 +61,7 @@ class iBOTPatchLoss(TeacherCentering):  # noqa: N801 - the paper's (and DINOv2's
         if n_images <= 0:
             raise ValueError(f"iBOTPatchLoss: n_images must be > 0, got {n_images}")
         per_patch = cross_entropy_with_probs(teacher_patch_probs, student_patch_logits, self.student_temp)
-        return (per_patch * masks_weight.float()).sum() / n_images
+        return (per_patch * at_least_float32(masks_weight)).sum() / n_images
 
     def forward(
         self,

@@ -11,7 +11,7 @@ temperature ``tau`` and ``pos(i)`` the other view of the same image::
 
 so every view has 1 positive and ``2N - 2`` negatives (both views of every other image, from every
 rank). Under ``torch.distributed`` the embeddings are all-gathered with gradients flowing back to the
-rank that computed them (:func:`dinolite.dist.autograd.all_gather_with_grad`); each rank averages
+rank that computed them (:func:`dinolite.distributed.autograd.all_gather_with_grad`); each rank averages
 ``l_i`` over its own ``2B`` anchors, so with the trainer's averaging of gradients over ranks, ``W``
 ranks of ``B`` images train exactly as one rank of ``W * B`` (every rank must hold the same ``B``).
 Computed in fp32.
@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.dist import all_gather_with_grad, get_rank
+from dinolite.distributed import all_gather_with_grad, get_rank
+from dinolite.dtypes import at_least_float32_dtype
 
 
 def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_distributed: bool = True) -> Tensor:
@@ -36,7 +37,7 @@ def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.1, gather_dis
     if temperature <= 0:
         raise ValueError(f"info_nce_loss: temperature must be > 0, got {temperature}")
     local = z_a.shape[0]
-    dtype = torch.promote_types(z_a.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    dtype = at_least_float32_dtype(z_a.dtype)  # bf16 under autocast: fp32
     a = F.normalize(z_a.to(dtype), dim=1)
     b = F.normalize(z_b.to(dtype), dim=1)
     if gather_distributed:

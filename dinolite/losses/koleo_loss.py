@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dinolite.dtypes import at_least_float32
+
 
 def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
     """KoLeo loss of ``features`` (B, D), B >= 2; see the module docstring for the formula."""
@@ -34,7 +36,7 @@ def koleo_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
             f"koleo_loss: needs at least 2 samples per rank to find a nearest neighbour, got a batch of {n}; "
             "use train.batch_size_per_gpu >= 2 or set dino.koleo_loss_weight=0"
         )
-    x = F.normalize(features.float(), p=2, dim=-1, eps=eps)
+    x = F.normalize(at_least_float32(features), p=2, dim=-1, eps=eps)
     with torch.no_grad():
         # nearest neighbour on the unit sphere = largest inner product, excluding the sample itself
         similarity = x @ x.t()

@@ -25,7 +25,7 @@ targets can be uniform and the trivial solution "every prediction uniform" is op
 ME-MAX is satisfied; without ME-MAX (``me_max=False``) every image can be assigned to the same
 prototype. ``log K`` only shifts the value so that a perfectly balanced ``p_bar`` scores 0.
 
-Distributed: ``p_bar`` is all-reduced with :func:`dinolite.dist.all_reduce_sum_with_grad` (its backward
+Distributed: ``p_bar`` is all-reduced with :func:`dinolite.distributed.all_reduce_sum_with_grad` (its backward
 sums the gradients of every rank's copy). Each rank's loss is its local ``L_ce`` plus the
 same ``L_rme``; averaging gradients over ranks (as FSDP/DDP do) then gives exactly the gradient of the
 single-process loss on the concatenated batch (``tests/losses/test_msn_loss.py`` checks it). fp32 inside.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolite.dist import all_reduce_sum, all_reduce_sum_with_grad
+from dinolite.distributed import all_reduce_sum, all_reduce_sum_with_grad
 from dinolite.losses.centering import sinkhorn_knopp
 
 

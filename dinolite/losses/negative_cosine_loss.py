@@ -18,16 +18,17 @@ loss: no cross-rank statistic). Computed in fp32.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dinolite.dtypes import at_least_float32_dtype
 
 
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """``-mean_b cos(p_b, z_b)`` for (B, D) tensors."""
     if p.shape != z.shape or p.ndim != 2:
         raise ValueError(f"negative_cosine: p and z must both be (B, D), got {tuple(p.shape)} and {tuple(z.shape)}")
-    dtype = torch.promote_types(p.dtype, torch.float32)  # at least fp32 (bf16 under autocast)
+    dtype = at_least_float32_dtype(p.dtype)  # bf16 under autocast: fp32
     return -F.cosine_similarity(p.to(dtype), z.to(dtype), dim=1).mean()
 
 

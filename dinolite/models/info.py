@@ -8,25 +8,22 @@ convolution, every Linear, attention's ``QK^T`` and ``AV``) dominate; LayerNorm 
 
 The training cost of one iteration depends on the method (views, heads, teacher): each method's
 ``MethodSpec.training_flops`` computes it from the per-crop and per-token costs here;
-``python -m dinolite.train.summary --config NAME`` prints both.
+``dinolite-info`` prints the model's figures, ``python -m dinolite.commands.summary --config NAME`` both.
 
 Large backbones are not traced whole: every block is identical, so the backbone cost is exactly
 ``C(1) + (depth - 1) * (C(2) - C(1))`` from depth-1 and depth-2 copies, and parameters are counted on
-the ``meta`` device (no memory). ``python -m dinolite.models.info --config vitg14`` runs in seconds.
+the ``meta`` device (no memory). ``dinolite-info --config vitg14`` runs in seconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from dinolite.cli import INPUT_ERRORS, make_parser, run_main
-from dinolite.config import load_config, opt_ins
-from dinolite.extras import MissingExtraError, optional_import
+from dinolite.extras import optional_import
 from dinolite.models.heads import DINOHead
 from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
 
@@ -179,30 +176,3 @@ def format_summary(summary: dict[str, Any], train: dict[str, Any] | None = None,
             + f"{_fmt_count(train['flops_per_batch'])}FLOPs".rjust(16)
         )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(_main, argv, errors=INPUT_ERRORS + (MissingExtraError,))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(
-        description="Parameter counts and forward FLOPs of a configured model (dinolite-info, python -m "
-        "dinolite.models.info; training FLOPs per iteration: python -m dinolite.train.summary)."
-    )
-    parser.add_argument("--config", default="demo", help="preset name (dinolite/configs/) or a .yaml path")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. student.arch=vit_small")
-    opt_ins.add_opt_in_arguments(parser)
-    return parser
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with opt_ins.from_args(args).applied():
-        cfg = load_config(args.config, args.overrides)
-    print(format_summary(model_summary(cfg)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

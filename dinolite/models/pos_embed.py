@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from dinolite.dtypes import at_least_float32
+
 
 def interpolate_pos_embed(
     pos_embed: Tensor, grid_hw: tuple[int, int], offset: float = 0.1, antialias: bool = False
@@ -37,7 +39,7 @@ def interpolate_pos_embed(
         return pos_embed
     dim = pos_embed.shape[-1]
     cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
-    grid = patch_pos.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = at_least_float32(patch_pos).reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:
         resized = F.interpolate(
             grid, scale_factor=((h + offset) / side, (w + offset) / side), mode="bicubic", antialias=antialias

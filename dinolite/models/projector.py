@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dinolite.dist import all_reduce_sum_with_grad, get_world_size
+from dinolite.distributed import all_reduce_sum_with_grad, get_world_size
+from dinolite.dtypes import at_least_float32
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -47,7 +48,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         n = float(count.item())
         if n < 2:
             raise ValueError(f"GlobalBatchNorm1d: batch statistics need at least 2 rows in the global batch, got {n:g}")
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 inputs: statistics in fp32
+        x32 = at_least_float32(x)  # bf16/fp16 inputs: statistics in fp32
         mean = all_reduce_sum_with_grad(x32.sum(dim=0)) / n
         centred = x32 - mean
         var = all_reduce_sum_with_grad(centred.square().sum(dim=0)) / n

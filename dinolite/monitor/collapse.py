@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from dinolite.dist import get_world_size
+from dinolite.distributed import get_world_size
 from dinolite.io import write_json_atomic
 from dinolite.monitor import metrics
 

@@ -1,4 +1,5 @@
-"""Config -> the pieces the training loop runs: data stream, optimizer, schedules, precision.
+"""Config -> the pieces the training loop runs: the checks across config sections, the data source and
+stream, the autocast precision. (A student's pretrained weights: :mod:`dinolite.train.pretrained`.)
 
 This is where the full :class:`~dinolite.config.Config` is read and turned into plain arguments for the
 modules below ``train`` (data, models, losses), so that those never see the config tree.
@@ -15,11 +16,6 @@ import torch
 from dinolite.config import Config, ConfigError
 from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, misspelt_builtin_set, prepare_builtin_set
 from dinolite.data.loader import build_train_loader
-from dinolite.export.load import load_pretrained as load_exported_weights
-from dinolite.export.load import load_state_dict_strict
-from dinolite.models import build_backbone
-from dinolite.models.vision_transformer import DinoVisionTransformer
-from dinolite.train.stop_signals import ignore_stop_signals
 
 
 def validate_training_config(cfg: Config) -> None:
@@ -71,11 +67,14 @@ def build_data_stream(
     start_batch: int,
     transform: Callable[..., dict[str, Any]],
     collate_fn: Callable[..., dict[str, Any]],
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The infinite, deterministic batch stream, positioned after ``start_batch`` consumed batches.
 
     ``transform`` (the views of one image) and ``collate_fn`` come from the method's spec
-    (``MethodSpec.build_transform`` / ``build_collate``).
+    (``MethodSpec.build_transform`` / ``build_collate``). ``worker_init_fn`` runs in each loader worker
+    (``dinolite-train`` passes :func:`dinolite.jobs.stop_signals.ignore_stop_signals`: a group-wide
+    SIGTERM / Ctrl-C must not kill the workers before the trainer checkpoints).
     """
     loader = build_train_loader(
         source=source,
@@ -93,7 +92,7 @@ def build_data_stream(
         shuffle_buffer_bytes=cfg.data.shuffle_buffer_bytes,
         max_skip_fraction=cfg.data.decode_errors_max_fraction,
         skip_window=cfg.data.decode_errors_window,
-        worker_init_fn=ignore_stop_signals,  # a group-wide SIGTERM/Ctrl-C must not kill the workers
+        worker_init_fn=worker_init_fn,
     )
     return iter(loader)
 
@@ -117,39 +116,3 @@ def autocast_context(dtype: torch.dtype | None, device: torch.device) -> Context
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def load_pretrained(path: str) -> Any:
-    """Read ``student.pretrained_weights``: a DINOv2 ``.pth``, a dinolite export (with heads if exported
-    ``--with-heads``), timm / transformers DINOv2 weights (file or hub folder) or ``hf-hub:ORG/NAME``.
-    Returns :class:`dinolite.export.load.PretrainedWeights`."""
-    try:
-        return load_exported_weights(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"student.pretrained_weights={path!r}: {exc}") from exc
-
-
-def load_pretrained_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str) -> None:
-    """Strict load with a message naming the key, the mismatching keys and shapes."""
-
-    load_state_dict_strict(module, state_dict, origin=f"student.pretrained_weights={path!r} ({what})")
-
-
-def pretrained_part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``tensors`` under ``prefix.`` with the prefix removed."""
-    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def build_student_backbone(cfg: Config, pretrained: Any = None) -> DinoVisionTransformer:
-    """The student backbone at ``crops.global_crops_size``, initialised from ``student.pretrained_weights``
-    when set: every method builds its student here, so every method takes the weights with the same
-    loader and the same checks (a pickle is refused, shapes are compared key by key, the error names the
-    key). ``pretrained``: the :class:`~dinolite.export.load.PretrainedWeights` already read from that path
-    (DINOv2 reads it once for its heads too). Build a teacher / target copy after this, so both start
-    from the weights."""
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    path = cfg.student.pretrained_weights
-    if path:
-        weights = pretrained if pretrained is not None else load_pretrained(path)
-        load_pretrained_into(backbone, weights.backbone, "backbone", path)
-    return backbone

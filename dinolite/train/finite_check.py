@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from dinolite.dist import is_distributed
+from dinolite.distributed import is_distributed
 
 
 class NonFiniteStateError(FloatingPointError):

@@ -15,11 +15,14 @@ tests/train/test_logging.py)::
 - counts (``images_seen``, ``skipped_samples``, ``damaged_shards``, ``skipped_steps``,
   ``collapse/num_samples``) are integers, the rest floats.
 
-TensorBoard receives the same numbers (unprefixed training keys under ``train/``); trackers (wandb,
-MLflow; :mod:`dinolite.train.trackers`) receive each record as it is written.
+TensorBoard receives the same numbers (unprefixed training keys under ``train/``); metric sinks (the
+experiment trackers of ``train.loggers``, built by :mod:`dinolite.jobs.trackers` and passed in) receive
+each record as it is written.
 
 The console gets one compact line per log step (losses, lr, img/s, ETA) and, for the other groups, one
-short line with their key figures only; everything else is in the JSONL/TensorBoard.
+short line with their key figures only; everything else is in the JSONL/TensorBoard. The console is the
+standard logger ``dinolite.train`` (INFO records); where its lines go is set up by whoever runs the
+training (``dinolite-train`` and the lab: :func:`dinolite.jobs.console.configure_console`).
 """
 
 from __future__ import annotations
@@ -27,18 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-from tqdm import tqdm
+from typing import Any, Protocol, TextIO
 
 from dinolite.config import Config
 from dinolite.io import write_text_atomic
 from dinolite.progress import progress_bar
-from dinolite.train.trackers import Tracker, build_trackers
 
 LOGGER_NAME = "dinolite.train"
 # Metrics that count things: written and shown as integers.
@@ -53,27 +52,21 @@ COLLAPSE_CONSOLE = (
 DATA_WAIT_SHOWN_ABOVE = 0.2  # show the data-loading share on the console only when it slows training
 
 
-class _TqdmAwareHandler(logging.StreamHandler):
-    """Writes through ``tqdm.write`` so a progress bar on the terminal is redrawn below the message."""
+class MetricSink(Protocol):
+    """Receives every written record (an experiment tracker: :mod:`dinolite.jobs.trackers`)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=self.stream)
-            self.flush()
-        except Exception:  # noqa: BLE001 - logging must never raise; the logging module's own policy
-            self.handleError(record)
+    def log(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def get_console_logger(name: str = LOGGER_NAME, stream: TextIO = sys.stdout) -> logging.Logger:
-    """A logger that prints ``time message`` lines once (no duplicate handlers on repeated calls)."""
-    logger = logging.getLogger(name)
-    if not any(getattr(h, "_dinolite", False) for h in logger.handlers):
-        handler = _TqdmAwareHandler(stream)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        handler._dinolite = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+def console_logger() -> logging.Logger:
+    """The training console: the standard logger ``dinolite.train``. Its lines are INFO records, on
+    unless the caller set another level; handlers are the caller's (``dinolite-train`` installs one with
+    :func:`dinolite.jobs.console.configure_console`; a library adds none)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     return logger
 
 
@@ -169,8 +162,8 @@ class MetricLogger:
         output_dir: the run directory (``metrics.jsonl`` and ``tensorboard/`` go there).
         enabled: False on non-main ranks: nothing is written.
         tensorboard: write TensorBoard event files (``torch.utils.tensorboard``).
-        console: the logger for the console lines (defaults to :func:`get_console_logger`).
-        trackers: experiment trackers that receive every record.
+        console: the logger for the console lines (defaults to :func:`console_logger`).
+        trackers: metric sinks (experiment trackers) that receive every record; closed with the logger.
         resume_iteration: the iteration a resumed run restarts from: records after it (written by the
             interrupted run, about to be replayed) are dropped from ``metrics.jsonl`` and hidden in
             TensorBoard (``purge_step``), so every iteration is logged once there (trackers keep theirs).
@@ -182,13 +175,13 @@ class MetricLogger:
         enabled: bool = True,
         tensorboard: bool = True,
         console: logging.Logger | None = None,
-        trackers: Sequence[Tracker] = (),
+        trackers: Sequence[MetricSink] = (),
         progress: bool = False,
         resume_iteration: int | None = None,
     ) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
-        self.console = console or get_console_logger()
+        self.console = console or console_logger()
         self.trackers = list(trackers)
         self.progress = progress  # a progress bar over the iterations (on a terminal only); see start()
         self._jsonl: TextIO | None = None
@@ -211,14 +204,19 @@ class MetricLogger:
 
     @classmethod
     def from_config(
-        cls, cfg: Config, output_dir: str | Path, enabled: bool, resume_iteration: int | None = None
+        cls,
+        cfg: Config,
+        output_dir: str | Path,
+        enabled: bool,
+        resume_iteration: int | None = None,
+        trackers: Sequence[MetricSink] = (),
     ) -> MetricLogger:
-        """TensorBoard, the trackers of ``train.loggers`` and (``train.progress``) a progress bar."""
-        trackers = build_trackers(cfg, output_dir) if enabled else []
+        """TensorBoard, ``trackers`` (the sinks of ``train.loggers``, built by the caller) and
+        (``train.progress``) a progress bar."""
         return cls(
             output_dir,
             enabled=enabled,
-            trackers=trackers,
+            trackers=trackers if enabled else (),
             progress=cfg.train.progress,
             resume_iteration=resume_iteration,
         )

@@ -19,18 +19,19 @@ Per iteration ``i`` (0-based count of optimizer steps already taken):
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from dinolite.checkpoint import CheckpointManager
 from dinolite.config import Config, save_config
-from dinolite.dist import (
+from dinolite.distributed import (
     DistributedEnv,
     all_reduce_sum,
     any_rank,
@@ -38,18 +39,18 @@ from dinolite.dist import (
     init_distributed,
 )
 from dinolite.eval.online import OnlineEvaluator
+from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train import builders
 from dinolite.train.finite_check import check_finite_parameters
-from dinolite.train.logging import MetricLogger, get_console_logger, log_due
+from dinolite.train.logging import MetricLogger, MetricSink, console_logger, log_due
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
 from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.schedules import TrainingSchedules, build_schedules
-from dinolite.train.sharding import clip_grad_norm_, shard_objective
 
 TRAIN_STATUSES = ("finished", "preempted", "stopped")
 
@@ -112,7 +113,7 @@ def check_finite(output: ObjectiveOutput, iteration: int, device: torch.device) 
 def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[str, float]:
     """Clip each student module's gradient to ``max_norm`` separately, as DINOv2 does (backbone, heads).
 
-    The norm is global across FSDP shards (:func:`dinolite.train.sharding.clip_grad_norm_`). Returns
+    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns
     the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
     """
 
@@ -181,20 +182,50 @@ def run_training_step(
     return StepResult(output, grad_norms, values)
 
 
+def _metric_sinks(
+    cfg: Config,
+    output_dir: Path,
+    is_main: bool,
+    make: Callable[[Config, Path], Sequence[MetricSink]] | None,
+    console: logging.Logger,
+) -> Sequence[MetricSink]:
+    """The trackers of ``train.loggers`` on the main process (none elsewhere: only it writes records)."""
+    if not is_main:
+        return ()
+    if make is None:
+        if cfg.train.loggers:
+            console.warning(
+                f"train.loggers={list(cfg.train.loggers)} is ignored: train() was called without "
+                "make_metric_sinks (dinolite.jobs.training.train_in_job passes the trackers)"
+            )
+        return ()
+    return make(cfg, output_dir)
+
+
 def train(
     cfg: Config,
     output_dir: str | Path | None = None,
     env: DistributedEnv | None = None,
     stop_requested: Callable[[], bool] | None = None,
     objective: SSLObjective | None = None,
+    *,
+    make_metric_sinks: Callable[[Config, Path], Sequence[MetricSink]] | None = None,
+    data_worker_init: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into ``output_dir`` (default ``train.output_dir``), resuming from its ``latest``.
+
+    What runs around a training run (signals, trackers; :mod:`dinolite.jobs`) comes in as values, so
+    that this layer never imports the one above it (``dinolite.jobs.training.train_in_job`` passes them).
 
     Args:
         env: the distributed environment (default: :func:`init_distributed` from the config).
         stop_requested: polled every iteration (e.g. a Slurm signal flag); true on any rank ->
             checkpoint and return ``"preempted"``.
         objective: an already built objective (tests); default ``train.method``'s from ``cfg``.
+        make_metric_sinks: builds the experiment trackers of ``train.loggers`` (called on the main
+            process, with ``output_dir``, once the run is resumed); without it ``train.loggers`` is
+            ignored with a warning.
+        data_worker_init: the data loader's ``worker_init_fn`` (e.g. ignore the stop signals).
     """
 
     method: MethodSpec = get_method(cfg.train.method)
@@ -203,7 +234,7 @@ def train(
     env = env or init_distributed(cfg.distributed.backend, cfg.train.device)
     device = torch.device(env.device) if env.device else torch.device("cpu")
     is_main = env.rank == 0
-    console = get_console_logger()
+    console = console_logger()
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -279,9 +310,17 @@ def train(
         start_batch=progress.iteration,
         transform=method.build_transform(cfg),
         collate_fn=method.build_collate(cfg),
+        # passed only when given: tests replace build_data_stream with streams of the older signature
+        **({"worker_init_fn": data_worker_init} if data_worker_init is not None else {}),
     )
 
-    logger = MetricLogger.from_config(cfg, output_dir, enabled=is_main, resume_iteration=progress.iteration)
+    logger = MetricLogger.from_config(
+        cfg,
+        output_dir,
+        enabled=is_main,
+        resume_iteration=progress.iteration,
+        trackers=_metric_sinks(cfg, output_dir, is_main, make_metric_sinks, console),
+    )
     # None unless evaluation.online_every
     online_eval = OnlineEvaluator.from_config(cfg, output_dir, features=method.eval_features)
     logger.start(progress.iteration, stop_at)

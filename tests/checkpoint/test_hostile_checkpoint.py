@@ -35,8 +35,8 @@ from dinolite.checkpoint import (
     resolve_checkpoint_dir,
 )
 from dinolite.checkpoint.safe_metadata import read_dcp_metadata
+from dinolite.commands.export import main as export_main
 from dinolite.eval.backbone import load_any_backbone
-from dinolite.export.__main__ import main as export_main
 from tests.checkpoint.tiny_run import make_tiny_run, tiny_manager
 
 ALLOCATION_LIMIT = 64 << 20

@@ -110,7 +110,7 @@ def test_every_dcp_load_refuses_the_tampered_metadata_and_runs_nothing(run_dir, 
         [
             sys.executable,
             "-m",
-            "dinolite.export",
+            "dinolite.commands.export",
             "--checkpoint",
             str(run),
             "--output",

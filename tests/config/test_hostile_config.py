@@ -292,16 +292,16 @@ def test_a_resolved_config_never_carries_an_interpolation_to_be_resolved_later(
 # the user's flag lets the same command through. (program, its arguments; C = the hostile config,
 # M = a matrix whose data is a pipe: source.)
 PROGRAMS = [
-    pytest.param("dinolite.train.run", ["--config", "C", "--dry-run"], 1, id="dinolite-train"),
+    pytest.param("dinolite.commands.train", ["--config", "C", "--dry-run"], 1, id="dinolite-train"),
     pytest.param(
-        "dinolite.train.slurm_launch",
+        "dinolite.commands.slurm",
         ["--config", "C", "--gpus-per-node", "0", "--output-dir", "TMP/slurm", "--dry-run"],
         2,
         id="dinolite-slurm",
     ),
-    pytest.param("dinolite.models.info", ["--config", "C"], 2, id="dinolite-info"),
-    pytest.param("dinolite.train.summary", ["--config", "C"], 2, id="dinolite.train.summary"),
-    pytest.param("dinolite.lab.cli", ["--matrix", "M", "--report"], 2, id="dinolite-lab"),
+    pytest.param("dinolite.commands.info", ["--config", "C"], 2, id="dinolite-info"),
+    pytest.param("dinolite.commands.summary", ["--config", "C"], 2, id="dinolite.commands.summary"),
+    pytest.param("dinolite.commands.lab", ["--matrix", "M", "--report"], 2, id="dinolite-lab"),
 ]
 
 
@@ -316,6 +316,6 @@ def test_every_program_refuses_the_file_and_takes_the_users_flag(hostile_env, tm
     assert main(argv) == code
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and "'pipe:" in error[0], error
-    assert str(matrix if module == "dinolite.lab.cli" else config) in error[0], error
+    assert str(matrix if module == "dinolite.commands.lab" else config) in error[0], error
     assert main([*argv, "--allow-pipe-sources"]) == 0, capsys.readouterr().err
     assert not (tmp_path / "MARKER").exists()

@@ -13,10 +13,9 @@ import pytest
 
 from dinolite.data import fashion_mnist as fm
 from dinolite.data.budget import InputTooLargeError
-from dinolite.data.builtin_sets import builtin_set, prepare_builtin_set, write_builtin_set
+from dinolite.data.builtin_sets import builtin_set, prepare_builtin_set
 from dinolite.data.decode import decode_image
 from dinolite.data.eval_dataset import build_eval_dataset
-from dinolite.data.make_shards import main as shards_main
 from dinolite.data.samples import image_bytes, sample_label
 from dinolite.data.sources import read_unit, resolve_source
 from tests.data.fashion_idx import idx_bytes, needs_package, read_debian, synthetic_splits, write_idx_set
@@ -184,24 +183,6 @@ def test_builtin_sets_name_fashion_mnist_beside_digits(tmp_path):
     assert builtin_set(["fashion_mnist", "digits"]) is None and builtin_set(["/data/shards"]) is None
     with pytest.raises(ValueError, match="unknown built-in data set 'mnist'"):
         prepare_builtin_set("mnist", tmp_path)
-
-
-def test_shards_command_writes_a_builtin_set(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(fm.DIR_ENV, str(write_idx_set(tmp_path / "idx", synthetic_splits(train=6, val=3))))
-    assert shards_main(["--dataset", "fashion_mnist", str(tmp_path / "out"), "--shard-size", "4"]) == 0
-    assert "train-*.tar.gz" in capsys.readouterr().out
-    assert len(_raw_samples([str(tmp_path / "out" / "train")])) == 6
-    assert sorted(p.name for p in (tmp_path / "out" / "train").glob("*.tar.gz")) == [
-        "train-000000.tar.gz",
-        "train-000001.tar.gz",
-    ]
-    assert write_builtin_set("fashion_mnist", tmp_path / "out")["val_folder"] == str(tmp_path / "out" / "val")
-    with pytest.raises(SystemExit):
-        shards_main(["--dataset", "fashion_mnist", str(tmp_path / "a"), str(tmp_path / "b")])
-    assert "not SRC and OUT" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        shards_main(["--dataset", "fashion_mnist", str(tmp_path / "a"), "--max-side", "10"])
-    assert "--shard-size only" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------

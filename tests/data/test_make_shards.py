@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinolite.commands import shards as shards_command
 from dinolite.data import make_shards as ms
 from dinolite.data import shard_writer
 from dinolite.data.sources import read_tar
@@ -42,7 +43,7 @@ def test_bad_files_are_skipped_and_reported(image_folder, tmp_path, capsys):
     (src / "a" / "broken.jpg").write_bytes(good.read_bytes()[:200])  # truncated
     (src / "a" / "text.png").write_bytes(b"not an image")
     (src / "a" / "notes.txt").write_text("ignored: not an image extension")
-    assert ms.main([str(src), str(tmp_path / "out"), "--shard-size", "2"]) == 0
+    assert shards_command.main([str(src), str(tmp_path / "out"), "--shard-size", "2"]) == 0
     index = json.loads((tmp_path / "out" / "shard-index.json").read_text())
     assert index["num_samples"] == 1
     assert index["skipped"]["count"] == 2

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dinolite.dist import (
+from dinolite.distributed import (
     DistributedEnv,
     DistributedEnvError,
     all_reduce_max,
@@ -26,7 +26,7 @@ from dinolite.dist import (
     resolve_backend,
     resolve_device,
 )
-from dinolite.dist.env import SLURM_PORT_BASE, SLURM_PORT_SPAN
+from dinolite.distributed.env import SLURM_PORT_BASE, SLURM_PORT_SPAN
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7", "MASTER_PORT": "29400"}
 SLURM = {

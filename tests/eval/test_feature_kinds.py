@@ -7,7 +7,7 @@ would hand a method that trains no CLS objective (I-JEPA) a feature it never tra
 import pytest
 import torch
 
-from dinolite.eval.knn_cli import FEATURE_KINDS, feature_fn
+from dinolite.commands.knn import FEATURE_KINDS, feature_fn
 from dinolite.eval.knn_report import backbone_features, feature_columns
 from dinolite.models.vision_transformer import DinoVisionTransformer
 

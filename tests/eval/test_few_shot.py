@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dinolite.eval.few_shot import few_shot_indices
-from tests.eval.test_eval_cli import _entrypoint, _export, _folder
+from tests.commands.test_eval_cli import _entrypoint, _export, _folder
 
 
 def _dataset():

@@ -26,7 +26,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from dinolite.eval import knn_cli, linear_cli, segmentation_cli, visualize_cli
+from dinolite.commands import knn as knn_cli
+from dinolite.commands import linear as linear_cli
+from dinolite.commands import segmentation as segmentation_cli
+from dinolite.commands import visualize as visualize_cli
 from dinolite.eval.collapse_verdict import collapse_report
 from dinolite.eval.finite import NonFiniteError
 from dinolite.eval.knn import knn_classify
@@ -236,8 +239,8 @@ def test_cli_case(case: CliCase, env: Env, tmp_path: Path, monkeypatch, capsys) 
         def no_loading(*args: Any, **kwargs: Any) -> None:
             raise AssertionError("the backbone was loaded before the bad option was reported")
 
-        monkeypatch.setattr("dinolite.eval.cli.load_any_backbone", no_loading)
-        monkeypatch.setattr("dinolite.eval.visualize_cli.load_any_backbone", no_loading)
+        monkeypatch.setattr("dinolite.commands.eval_common.load_any_backbone", no_loading)
+        monkeypatch.setattr("dinolite.commands.visualize.load_any_backbone", no_loading)
     code, out, err = _run(case.cli, argv, capsys)
     assert code == 2, (out, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err

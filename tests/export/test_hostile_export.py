@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from dinolite.commands.export import main as export_main
 from dinolite.export import hub, writers
-from dinolite.export.__main__ import main as export_main
 from tests.checkpoint.tiny_run import make_tiny_run
 
 ENOSPC_TEXT = "No space left on device"
@@ -176,7 +176,15 @@ def test_a_real_refused_write_is_one_error_line_and_leaves_nothing(run_dir, tmp_
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
 
-    command = [sys.executable, "-m", "dinolite.export", "--checkpoint", str(run_dir), "--output", str(out / output)]
+    command = [
+        sys.executable,
+        "-m",
+        "dinolite.commands.export",
+        "--checkpoint",
+        str(run_dir),
+        "--output",
+        str(out / output),
+    ]
     done = subprocess.run([*command, *options], capture_output=True, text=True, preexec_fn=limit_file_size)
     errors = [line for line in done.stderr.splitlines() if line.startswith(("error", "Traceback"))]
     assert done.returncode == 2 and len(errors) == 1, done.stderr

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from dinolite.checkpoint import CheckpointManager
+from dinolite.jobs.console import configure_console
+from dinolite.jobs.stop_signals import StopFlag
 from dinolite.lab import runner
 from dinolite.lab.matrix import plan_matrix
 from dinolite.lab.traces import read_result
-from dinolite.train.logging import get_console_logger
 from dinolite.train.loop import TrainResult
-from dinolite.train.stop_signals import StopFlag
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = """\
@@ -91,7 +91,7 @@ def test_a_signal_during_an_evaluation_ends_it_and_nothing_else_starts(tmp_path,
     messages: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
-    console = get_console_logger()
+    console = configure_console()
     console.addHandler(handler)
     try:
         with stop.installed():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dinolite.jobs import slurm_job_state, slurm_submit
 from dinolite.lab.traces import read_result
-from dinolite.train import slurm_job_state, slurm_submit
 from tests.lab.test_lab_end_to_end import ITERATIONS, tiny_matrix
 from tests.launch.test_slurm import _slurm_unreachable_reason
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dinolite.train import slurm_job_state, slurm_submit
+from dinolite.jobs import slurm_job_state, slurm_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "launch" / "slurm.py"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dinolite.dist.autograd import all_gather_with_grad, all_reduce_sum_with_grad
+from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
 from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss
 from dinolite.models import ProjectionMLP
 
@@ -97,6 +98,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_two_processes_equal_one_process(tmp_path: Path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]

@@ -23,10 +23,10 @@ import torch
 
 import dinolite
 from dinolite.checkpoint import load_consolidated_state_dict, method_record
+from dinolite.commands.export import main as export_main
 from dinolite.config import load_config
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.knn import knn_classify
-from dinolite.export.__main__ import main as export_main
 from dinolite.export.spec import spec_from_backbone
 from dinolite.export.writers import write_safetensors
 from dinolite.models import build_backbone

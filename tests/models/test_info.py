@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dinolite.commands.info import main
+from dinolite.commands.summary import main as summary_main
 from dinolite.config import load_config
 from dinolite.models import DinoVisionTransformer, vit_large
 from dinolite.models.info import (
@@ -12,11 +14,9 @@ from dinolite.models.info import (
     count_parameters,
     forward_flops,
     forward_macs,
-    main,
     model_summary,
 )
 from dinolite.train.methods.dinov2 import training_flops
-from dinolite.train.summary import main as summary_main
 
 
 def analytic_vit_macs(img: int, patch: int, dim: int, depth: int, mlp_hidden: int, in_chans: int = 3) -> int:

@@ -134,6 +134,7 @@ def _gather_worker(rank: int, world_size: int, init_file: str, result_file: str)
         dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_two_rank_gather_matches_single_process(tmp_path):
     result_file = str(tmp_path / "result.pt")
     mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2, join=True)

@@ -45,7 +45,7 @@ ITERATIONS = 26
 
 def _train(tmp_path: Path, name: str, overrides: list[str]):
     from dinolite.config import load_config
-    from dinolite.dist import init_distributed
+    from dinolite.distributed import init_distributed
     from dinolite.train.loop import train
 
     cfg = load_config("demo", TINY + [f"train.max_iterations={ITERATIONS}"] + overrides)

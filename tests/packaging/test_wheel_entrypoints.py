@@ -103,18 +103,18 @@ def test_console_script_help_shows_every_default(script, monkeypatch, capsys):
         assert "(default: [10, 20, 100, 200])" in _option_block(text, "--ks")
 
 
-# `python -m NAME` for each console script (the library module of an eval command runs its command line)
+# `python -m NAME` for each console script: its command module
 DASH_M = {
-    "dinolite-train": "dinolite.train.run",
-    "dinolite-slurm": "dinolite.train.slurm_launch",
-    "dinolite-knn": "dinolite.eval.knn",
-    "dinolite-linear": "dinolite.eval.linear",
-    "dinolite-segmentation": "dinolite.eval.segmentation",
-    "dinolite-visualize": "dinolite.eval.visualize",
-    "dinolite-export": "dinolite.export",
-    "dinolite-shards": "dinolite.data.make_shards",
-    "dinolite-info": "dinolite.models.info",
-    "dinolite-lab": "dinolite.lab.cli",
+    "dinolite-train": "dinolite.commands.train",
+    "dinolite-slurm": "dinolite.commands.slurm",
+    "dinolite-knn": "dinolite.commands.knn",
+    "dinolite-linear": "dinolite.commands.linear",
+    "dinolite-segmentation": "dinolite.commands.segmentation",
+    "dinolite-visualize": "dinolite.commands.visualize",
+    "dinolite-export": "dinolite.commands.export",
+    "dinolite-shards": "dinolite.commands.shards",
+    "dinolite-info": "dinolite.commands.info",
+    "dinolite-lab": "dinolite.commands.lab",
 }
 
 
@@ -136,12 +136,12 @@ def test_python_dash_m_runs_the_same_command(script, monkeypatch, capsys):
 def test_clone_wrappers_run_the_package_functions():
     """launch/ and eval/ stay thin: each wrapper's main is the package's."""
     wrappers = {
-        "launch/local.py": "dinolite.train.run",
-        "launch/slurm.py": "dinolite.train.slurm_launch",
-        "eval/knn.py": "dinolite.eval.knn_cli",
-        "eval/linear.py": "dinolite.eval.linear_cli",
-        "eval/segmentation.py": "dinolite.eval.segmentation_cli",
-        "eval/visualize.py": "dinolite.eval.visualize_cli",
+        "launch/local.py": "dinolite.commands.train",
+        "launch/slurm.py": "dinolite.commands.slurm",
+        "eval/knn.py": "dinolite.commands.knn",
+        "eval/linear.py": "dinolite.commands.linear",
+        "eval/segmentation.py": "dinolite.commands.segmentation",
+        "eval/visualize.py": "dinolite.commands.visualize",
     }
     for path, module_name in wrappers.items():
         namespace = runpy.run_path(str(ROOT / path), run_name="wrapper")
@@ -181,7 +181,7 @@ def _forward_macs_of_a_linear_layer():
 @pytest.mark.parametrize(
     ("module", "extra", "importer"),
     [
-        ("submitit", "slurm", lambda: importlib.import_module("dinolite.train.slurm")),
+        ("submitit", "slurm", lambda: importlib.import_module("dinolite.jobs.slurm")),
         ("matplotlib", "viz", lambda: importlib.import_module("dinolite.eval.visualize_figures")._pyplot()),
         ("fvcore", "flops", _forward_macs_of_a_linear_layer),
         ("onnx", "onnx", lambda: importlib.import_module("dinolite.export.writers")._add_onnx_metadata(Path("x"), {})),
@@ -190,12 +190,12 @@ def _forward_macs_of_a_linear_layer():
             "hub",
             lambda: importlib.import_module("dinolite.export.hub").download_hub_source("hf-hub:a/b"),
         ),
-        ("wandb", "wandb", lambda: importlib.import_module("dinolite.train.trackers").WandbTracker(None, Path("."))),
-        ("mlflow", "mlflow", lambda: importlib.import_module("dinolite.train.trackers").MlflowTracker(None, Path("."))),
+        ("wandb", "wandb", lambda: importlib.import_module("dinolite.jobs.trackers").WandbTracker(None, Path("."))),
+        ("mlflow", "mlflow", lambda: importlib.import_module("dinolite.jobs.trackers").MlflowTracker(None, Path("."))),
     ],
 )
 def test_missing_optional_dependency_names_its_extra(module, extra, importer, monkeypatch):
-    for name in [m for m in sys.modules if m == module or m.startswith(module + ".") or m == "dinolite.train.slurm"]:
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".") or m == "dinolite.jobs.slurm"]:
         monkeypatch.delitem(sys.modules, name)  # restored after the test
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(extras.MissingExtraError, match=rf"pip install 'dinolite\[{extra}\]'"):
@@ -203,7 +203,7 @@ def test_missing_optional_dependency_names_its_extra(module, extra, importer, mo
 
 
 def test_slurm_launcher_help_needs_no_submitit_but_submitting_does(monkeypatch, capsys):
-    launch = importlib.import_module("dinolite.train.slurm_launch")
+    launch = importlib.import_module("dinolite.commands.slurm")
     monkeypatch.setattr(launch, "slurm", None)
     monkeypatch.setattr(
         launch, "_MISSING_SUBMITIT", extras.MissingExtraError("needs pip install 'dinolite[slurm]'"), raising=False

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinolite.checkpoint import CheckpointManager  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
-from dinolite.dist import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.distributed import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
+from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective  # noqa: E402
 from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
-from dinolite.train.sharding import clip_grad_norm_, shard_objective  # noqa: E402
 
 GLOBAL_SIZE = 16
 LOCAL_SIZE = 8

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dinolite.commands.train import main
 from dinolite.config import load_config
 from dinolite.data import fashion_mnist as fm
-from dinolite.train.run import main
 from tests.data.fashion_idx import needs_package, real_subset
 
 TWO_ITERATIONS = ["train.max_iterations=2", "evaluation.online_every=2", "train.checkpoint_every=1000"]

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from dinolite.commands.train import main  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
-from dinolite.train.run import main  # noqa: E402
 
 # The first half of the shipped demo: the schedules are the demo's own (stopping early rather than
 # shrinking optim.epochs, which would compress warm-up, decay and the teacher momentum ramp).

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dinolite.checkpoint import load_consolidated_state_dict
+from dinolite.commands.train import main as train_main
 from dinolite.train import loss_scaling
-from dinolite.train.run import main as train_main
 
 TINY = [
     "train.compute_precision=fp16",
@@ -77,6 +77,7 @@ def test_an_overflow_skips_the_step_and_halves_the_scale(tmp_path, initial_scale
         torch.testing.assert_close(value, teacher[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.numerics
 def test_resumed_fp16_run_equals_the_uninterrupted_one(tmp_path, initial_scale):
     initial_scale(6)  # steps are taken from the start (the default scale would only back off here)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -93,7 +94,7 @@ def test_resumed_fp16_run_equals_the_uninterrupted_one(tmp_path, initial_scale):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fsdp_mixed_precision_policy_follows_the_compute_dtype(dtype):
-    from dinolite.train.sharding import plan_sharding
+    from dinolite.fsdp.sharding import plan_sharding
 
     plan = plan_sharding("full_shard", dtype, False, False, "cuda", 8)
     assert plan.mixed_precision and plan.param_dtype == dtype

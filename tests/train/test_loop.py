@@ -16,8 +16,9 @@ import torch
 from dinolite.config import ConfigError, load_config
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
+from dinolite.jobs.console import configure_console
 from dinolite.train import builders
-from dinolite.train.logging import MetricLogger, get_console_logger
+from dinolite.train.logging import MetricLogger
 from dinolite.train.loop import NonFiniteLossError, train
 from dinolite.train.methods.dinov2 import build_objective
 from dinolite.train.methods.dinov2_objective import DINOv2Schedules
@@ -160,6 +161,7 @@ def test_prototypes_move_after_freeze_epochs(tmp_path):
     assert not torch.equal(objective.student["dino_head"].last_layer.weight, before)
 
 
+@pytest.mark.numerics
 def test_resume_continues_iteration_count_and_schedules(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     full = train(tiny_config(straight))
@@ -243,7 +245,7 @@ def test_gradient_clipping_bounds_each_module_norm(tmp_path):
 
 def test_metric_logger_writes_only_when_enabled(tmp_path):
     stream = io.StringIO()
-    console = get_console_logger("dinolite.test_metric_logger", stream=stream)
+    console = configure_console("dinolite.test_metric_logger", stream=stream)
     with MetricLogger(tmp_path / "main", enabled=True, tensorboard=False, console=console) as log:
         log.log(10, {"loss": torch.tensor(1.5), "lr": 1e-4}, total_iterations=100, eta_seconds=3725)
     line = json.loads((tmp_path / "main" / "metrics.jsonl").read_text())

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.loss_scaling import LossScaler
-from dinolite.train.sharding import clip_grad_norm_
 
 
 def _model() -> nn.Module:
@@ -88,6 +88,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_sharded_gradients_give_every_rank_the_same_decision(tmp_path: Path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -40,6 +40,7 @@ def _kill_at(out: Path, iteration: int, world: int) -> int:
     return _progress(out)
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     world = 2

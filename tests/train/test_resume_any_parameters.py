@@ -46,6 +46,7 @@ def everything(checkpoint: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.numerics
 def test_untrained_separate_ibot_head_checkpoints_and_resumes_bitwise(tmp_path):
     straight = train(config(tmp_path / "straight"))
     first = train(config(tmp_path / "split", "train.max_iterations=3"))

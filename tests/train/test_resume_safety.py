@@ -20,7 +20,7 @@ from dinolite.checkpoint import (
     load_consolidated_state_dict,
     manager,
 )
-from dinolite.export.__main__ import main as export_main
+from dinolite.commands.export import main as export_main
 from dinolite.train import builders
 from dinolite.train.logging import LOGGER_NAME
 from dinolite.train.loop import train

@@ -20,9 +20,9 @@ from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import model_summary
-from dinolite.train.builders import build_student_backbone, load_pretrained, load_pretrained_into, pretrained_part
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
+from dinolite.train.pretrained import build_student_backbone, load_pretrained, load_pretrained_into, pretrained_part
 
 
 def build_objective(cfg: Config) -> DINOv2Objective:

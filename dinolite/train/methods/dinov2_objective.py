@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinolite.config import Config
+from dinolite.dtypes import at_least_float32
 from dinolite.train.ema import ema_update
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.schedules import CosineSchedule, Schedule
@@ -225,7 +226,7 @@ class DINOv2Objective(SSLObjective):
             terms["koleo_loss"] = self.koleo_weight * koleo
         if not terms:
             raise ValueError("dino.loss_weight, ibot.loss_weight and dino.koleo_loss_weight are all zero")
-        loss = torch.stack([t.float() for t in terms.values()]).sum()
+        loss = torch.stack([at_least_float32(t) for t in terms.values()]).sum()
 
         diagnostics = {
             "teacher_cls": teacher["cls"][:batch_size].detach(),

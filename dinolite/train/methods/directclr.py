@@ -11,13 +11,13 @@ import torch
 
 from dinolite.config import Config, ConfigError
 from dinolite.losses import DirectCLRLoss
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     method_spec,
     require_symmetric_loss,
 )
 from dinolite.train.methods.registry import register_method
+from dinolite.train.pretrained import build_student_backbone
 
 
 class DirectCLRObjective(JointEmbeddingObjective):

@@ -30,7 +30,6 @@ from dinolite.data.masked_views import MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import backbone_kwargs
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.ema import ema_update
 from dinolite.train.methods.masked_common import (
     checked,
@@ -40,6 +39,7 @@ from dinolite.train.methods.masked_common import (
 )
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.pretrained import build_student_backbone
 from dinolite.train.schedules import CosineSchedule, Schedule
 
 

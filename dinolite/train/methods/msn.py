@@ -27,7 +27,6 @@ from dinolite.data.masked_collate import collate_msn
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
 from dinolite.losses import MSNLoss
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.ema import ema_update
 from dinolite.train.methods.masked_common import (
     checked,
@@ -37,6 +36,7 @@ from dinolite.train.methods.masked_common import (
 )
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.pretrained import build_student_backbone
 from dinolite.train.schedules import CosineSchedule, Schedule
 
 

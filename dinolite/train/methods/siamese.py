@@ -21,7 +21,6 @@ import torch
 
 from dinolite.config import Config
 from dinolite.losses import NegativeCosineLoss
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_predictor,
@@ -30,6 +29,7 @@ from dinolite.train.methods.joint_embedding import (
     target_momentum_schedule,
 )
 from dinolite.train.methods.registry import register_method
+from dinolite.train.pretrained import build_student_backbone
 
 
 class SiameseObjective(JointEmbeddingObjective):

@@ -11,7 +11,6 @@ import torch
 
 from dinolite.config import Config
 from dinolite.losses import InfoNCELoss
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_projector,
@@ -19,6 +18,7 @@ from dinolite.train.methods.joint_embedding import (
     require_symmetric_loss,
 )
 from dinolite.train.methods.registry import register_method
+from dinolite.train.pretrained import build_student_backbone
 
 
 class SimCLRObjective(JointEmbeddingObjective):

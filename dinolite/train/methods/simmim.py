@@ -23,7 +23,6 @@ from dinolite.data.masked_collate import SingleViewAugmentation, collate_simmim
 from dinolite.data.masked_views import SimMIMMaskGenerator
 from dinolite.losses import SimMIMLoss
 from dinolite.models.masked_heads import SimMIMHead
-from dinolite.train.builders import build_student_backbone
 from dinolite.train.methods.masked_common import (
     checked,
     embed_dim,
@@ -32,6 +31,7 @@ from dinolite.train.methods.masked_common import (
 )
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.pretrained import build_student_backbone
 
 
 class SimMIMObjective(SSLObjective):

@@ -1,0 +1,315 @@
+"""FSDP2 sharding of an SSL objective, activation checkpointing, per-block compilation, global-norm clipping.
+
+``shard_objective`` applies, to the student and to the teacher alike:
+
+1. activation checkpointing of every transformer block (student only: the teacher runs without grad),
+   through ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` around the block's own forward, so
+   that state-dict keys stay DINOv2's (``blocks.N.*``, no wrapper prefix);
+2. ``torch.compile`` of every block with ``nn.Module.compile`` (in place, keys unchanged) - CUDA only;
+   elsewhere it is skipped with a warning, because Inductor's CPU path needs a host compiler and is
+   slower than eager for blocks this small;
+3. ``fully_shard`` on every block, then on each backbone (the root of its blocks), and on each head.
+   A head shared by DINO and iBOT (``ibot.separate_head: false``) is one module object and is sharded once.
+
+Student and teacher are sharded with the same mesh and the same plan, so the local shard of a teacher
+parameter covers exactly the same elements as the student parameter of the same name: the EMA update can
+run on local shards without communication (``check_aligned_shards`` verifies this).
+
+Strategies (``distributed.sharding_strategy``):
+
+* ``full_shard``: ``reshard_after_forward=True`` (ZeRO-3: parameters gathered for forward, freed, gathered
+  again for backward).
+* ``shard_grad_op``: ``reshard_after_forward=False`` for the student (ZeRO-2: parameters stay gathered
+  between forward and backward; more memory, one all-gather fewer). The teacher, which has no backward,
+  reshards after every forward whatever the strategy, so that its EMA update sees its local shards.
+* ``no_shard``: with one process, plain modules. With several, FSDP2 over a 2-D mesh
+  ``(replicate=world, shard=1)``: every rank holds full parameters and gradients are all-reduced, which is
+  what DDP does, but through the same code path as the sharded strategies (same hooks for the backbone's
+  extra forward methods, same DTensor state dicts for checkpoints, same mixed-precision policy). DDP itself
+  would only synchronise gradients of calls that go through its ``forward``, and the objective calls
+  ``forward_features_list`` on the backbone directly.
+
+With one process and no process group, no FSDP is applied (there is nothing to shard); mixed precision is
+then the trainer's autocast.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+try:  # torch >= 2.6 exports FSDP2 here
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+except ImportError:  # pragma: no cover - torch 2.6 kept FSDP2 under the composable namespace
+    from torch.distributed._composable.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard  # type: ignore
+
+try:
+    from torch.distributed.fsdp import register_fsdp_forward_method
+except ImportError:  # pragma: no cover - torch 2.6
+    from torch.distributed._composable.fsdp import register_fsdp_forward_method  # type: ignore
+
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor
+
+from dinolite.distributed import get_world_size
+from dinolite.dtypes import at_least_float32, at_least_float32_dtype
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("full_shard", "shard_grad_op", "no_shard")
+# Backbone methods the objective, the monitor and eval call instead of ``forward``; FSDP must unshard the
+# root parameters (patch embedding, tokens, final norm) around them too.
+BACKBONE_FORWARD_METHODS = (
+    "forward_features",
+    "forward_features_list",
+    "get_intermediate_layers",
+    "get_last_selfattention",
+)
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    """What ``shard_objective`` will do, decided from the request and the machine (see ``plan_sharding``)."""
+
+    strategy: str
+    use_fsdp: bool
+    mesh_shape: tuple[int, ...]  # (world,) for sharded strategies, (world, 1) for no_shard, () without FSDP
+    reshard_after_forward: bool
+    mixed_precision: bool  # low-precision params / fp32 reduction applied through FSDP's policy
+    activation_checkpointing: bool
+    compile: bool
+    notes: tuple[str, ...]  # why a request was not honoured (logged as warnings)
+    param_dtype: torch.dtype = torch.bfloat16  # FSDP's compute copy of the parameters (fp16 for fp16 training)
+
+
+def _compile_unavailable_reason(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return f"torch.compile is only used on CUDA; running eager on {device_type}"
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile; running eager"
+    if importlib.util.find_spec("triton") is None:
+        return "torch.compile needs triton on CUDA and it is not installed; running eager"
+    return None
+
+
+def plan_sharding(
+    strategy: str,
+    mixed_precision: bool | torch.dtype,
+    activation_checkpointing: bool,
+    compile: bool,
+    device_type: str,
+    world_size: int,
+) -> ShardingPlan:
+    """Decide how to shard. Pure: the same arguments always give the same plan.
+
+    Fallbacks (each recorded in ``notes``): no FSDP with one process; bf16 policy only with FSDP on CUDA
+    (bf16 matmuls on CPU are slow and the tests compare fp32 numerics); compile only on CUDA with triton.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"distributed.sharding_strategy={strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    notes: list[str] = []
+    use_fsdp = world_size > 1
+    if not use_fsdp:
+        mesh_shape: tuple[int, ...] = ()
+    elif strategy == "no_shard":
+        mesh_shape = (world_size, 1)
+    else:
+        mesh_shape = (world_size,)
+    # True means bf16 (the historical flag); a dtype names the compute dtype (fp16 training passes float16)
+    param_dtype = mixed_precision if isinstance(mixed_precision, torch.dtype) else torch.bfloat16
+    use_mp = bool(mixed_precision) and use_fsdp and device_type == "cuda"
+    if mixed_precision and not use_mp:
+        why = "one process (no FSDP)" if not use_fsdp else f"device {device_type}"
+        notes.append(
+            f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: {why}"
+        )
+    compile_reason = _compile_unavailable_reason(device_type) if compile else None
+    if compile_reason:
+        notes.append(compile_reason)
+    return ShardingPlan(
+        strategy=strategy,
+        use_fsdp=use_fsdp,
+        mesh_shape=mesh_shape,
+        reshard_after_forward=strategy == "full_shard",
+        mixed_precision=use_mp,
+        activation_checkpointing=activation_checkpointing,
+        compile=compile and compile_reason is None,
+        notes=tuple(notes),
+        param_dtype=param_dtype,
+    )
+
+
+def enable_activation_checkpointing(block: nn.Module) -> None:
+    """Recompute ``block``'s activations in backward instead of storing them.
+
+    The block keeps its class and its parameter names; only its ``forward`` is routed through
+    ``torch.utils.checkpoint.checkpoint`` (non-reentrant: works with FSDP2's hooks and kwargs).
+    """
+    inner = block.forward
+
+    @functools.wraps(inner)
+    def checkpointed_forward(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed_forward  # instance attribute: nn.Module.__call__ dispatches to it
+
+
+def _blocks_of(backbone: nn.Module) -> list[nn.Module]:
+    blocks = getattr(backbone, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"{type(backbone).__name__} has no `blocks` nn.ModuleList; cannot shard it per block")
+    return list(blocks)
+
+
+def _build_mesh(plan: ShardingPlan, device_type: str) -> DeviceMesh:
+    if len(plan.mesh_shape) == 2:
+        return init_device_mesh(device_type, plan.mesh_shape, mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, plan.mesh_shape, mesh_dim_names=("shard",))
+
+
+def _shard_module_dict(modules: nn.ModuleDict, plan: ShardingPlan, mesh: DeviceMesh, train: bool) -> None:
+    # The teacher has no backward that could reuse gathered parameters, and its EMA update must find the
+    # sharded parameters registered: it always reshards after forward (explicit True also covers its
+    # roots, which FSDP would otherwise leave gathered).
+    reshard = plan.reshard_after_forward if train else True
+    fsdp_kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard}
+    if plan.mixed_precision:
+        fsdp_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=plan.param_dtype, reduce_dtype=torch.float32)
+    for name, module in _unique_named(modules):
+        is_backbone = name == "backbone"
+        if is_backbone:
+            for block in _blocks_of(module):
+                if train and plan.activation_checkpointing:
+                    enable_activation_checkpointing(block)
+                if plan.compile:
+                    block.compile()
+        if not plan.use_fsdp:
+            continue
+        if is_backbone:
+            for block in _blocks_of(module):
+                fully_shard(block, **fsdp_kwargs)
+        fully_shard(module, **fsdp_kwargs)
+        if is_backbone:
+            for method in BACKBONE_FORWARD_METHODS:
+                if callable(getattr(module, method, None)):
+                    register_fsdp_forward_method(module, method)
+
+
+def _unique_named(modules: nn.ModuleDict) -> list[tuple[str, nn.Module]]:
+    seen: set[int] = set()
+    named = []
+    for name, module in modules.items():
+        if id(module) not in seen:
+            seen.add(id(module))
+            named.append((name, module))
+    return named
+
+
+def shard_objective(
+    objective: nn.Module,
+    strategy: str = "full_shard",
+    mixed_precision: bool | torch.dtype = False,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+) -> nn.Module:
+    """Shard ``objective.student`` and ``objective.teacher`` in place (see the module doc); returns it.
+
+    ``objective`` must already sit on its device (CPU, or the local rank's GPU). The world size comes
+    from the default process group (one process when there is none).
+    """
+    params = list(objective.parameters())
+    device_type = params[0].device.type if params else "cpu"
+    world_size = get_world_size()
+    plan = plan_sharding(strategy, mixed_precision, activation_checkpointing, compile, device_type, world_size)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    mesh = _build_mesh(plan, device_type) if plan.use_fsdp else None
+    student = objective.student
+    teacher = getattr(objective, "teacher", None)
+    _shard_module_dict(student, plan, mesh, train=True)
+    if teacher is not None and len(teacher) > 0:
+        _shard_module_dict(teacher, plan, mesh, train=False)
+        check_aligned_shards(student, teacher)
+    log.info("sharding plan: %s", plan)
+    return objective
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when ``fully_shard`` was applied to ``module``."""
+    return isinstance(module, FSDPModule)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def check_aligned_shards(student: nn.Module, teacher: nn.Module) -> None:
+    """Raise when a teacher parameter's local shard does not cover the same elements as the student's.
+
+    The EMA update ``t <- m t + (1 - m) s`` runs on local shards; this is only right when both are split
+    identically (same global shape, same placements, same local shape).
+    """
+    student_params = dict(student.named_parameters())
+    for name, t_param in teacher.named_parameters():
+        s_param = student_params.get(name)
+        if s_param is None:
+            continue
+        s_place = getattr(s_param, "placements", None)
+        t_place = getattr(t_param, "placements", None)
+        if s_param.shape != t_param.shape or s_place != t_place or _local(s_param).shape != _local(t_param).shape:
+            raise RuntimeError(
+                f"student and teacher parameter {name!r} are sharded differently "
+                f"(shapes {tuple(s_param.shape)} vs {tuple(t_param.shape)}, placements {s_place} vs {t_place}); "
+                "the EMA update on local shards would mix unrelated elements"
+            )
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale gradients in place so that their global L2 norm is at most ``max_norm``; returns that norm.
+
+    ``norm = sqrt(sum_p ||g_p||^2)`` over the *full* gradients: for a DTensor gradient the squared norm
+    of the local shard is summed over every mesh dimension it is sharded on (one all-reduce per distinct
+    (mesh, dims)), replicated dimensions are counted once. Plain tensors are taken as they are.
+    Scale = ``min(1, max_norm / (norm + 1e-6))`` as in ``torch.nn.utils.clip_grad_norm_``. Returns the
+    norm before clipping as a 0-dim fp32 tensor (fp64 for fp64 gradients) on the gradients' device;
+    ``max_norm <= 0`` only measures.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    local_grads = [_local(g) for g in grads]
+    device = local_grads[0].device
+    buckets: dict[tuple, list[torch.Tensor]] = {}
+    meshes: dict[tuple, tuple[DeviceMesh, tuple[int, ...]]] = {}
+    for grad, local in zip(grads, local_grads):
+        if isinstance(grad, DTensor):
+            dims = tuple(i for i, p in enumerate(grad.placements) if p.is_shard())
+            key = (id(grad.device_mesh), dims)
+            meshes[key] = (grad.device_mesh, dims)
+        else:
+            key = ("plain",)
+        buckets.setdefault(key, []).append(local)
+    total_sq = torch.zeros((), dtype=at_least_float32_dtype(local_grads[0].dtype), device=device)
+    for key, tensors in buckets.items():
+        norms = torch._foreach_norm([at_least_float32(t) for t in tensors]) if tensors else []
+        bucket_sq = torch.stack([n * n for n in norms]).sum()
+        if key != ("plain",):
+            mesh, dims = meshes[key]
+            for dim in dims:
+                dist.all_reduce(bucket_sq, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
+        total_sq = total_sq + bucket_sq
+    total_norm = total_sq.sqrt()
+    if max_norm > 0 and math.isfinite(float(total_norm)):
+        scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        torch._foreach_mul_(local_grads, scale.to(local_grads[0].dtype))
+    return total_norm

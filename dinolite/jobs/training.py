@@ -1,0 +1,96 @@
+"""A training run as a job: what runs around :func:`dinolite.train.loop.train`.
+
+:func:`train_in_job` is ``train()`` with what a job supplies (the experiment trackers of
+``train.loggers``, data workers that ignore the stop signals); the Slurm job and the lab call it.
+:func:`run_training_job` is the whole of ``dinolite-train`` after its config is read: the process group,
+the stop signals, the run lock, training, the end-of-run kNN report and the exit status.
+
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 write a checkpoint at the next iteration on every rank; the run then
+exits 0 with "run again to continue" (see :mod:`dinolite.jobs.stop_signals`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dinolite.checkpoint import CheckpointError
+from dinolite.config import Config, ConfigError
+from dinolite.distributed import DistributedEnv, destroy_distributed, init_distributed
+from dinolite.eval.knn_report import format_report, knn_report
+from dinolite.jobs.console import configure_console
+from dinolite.jobs.run_lock import RunLockError, hold_run_lock
+from dinolite.jobs.stop_signals import StopFlag, ignore_stop_signals
+from dinolite.jobs.trackers import build_trackers
+from dinolite.train.finite_check import NonFiniteStateError
+from dinolite.train.loop import NonFiniteLossError, TrainResult, train
+from dinolite.train.objective import SSLObjective
+
+# Exit codes: 0 finished or stopped by a signal (run again to continue), 1 non-finite loss or bad input,
+# 3 stopped by the collapse watchdog.
+EXIT_OK, EXIT_ERROR, EXIT_COLLAPSE = 0, 1, 3
+
+
+def train_in_job(
+    cfg: Config,
+    output_dir: str | Path | None = None,
+    env: DistributedEnv | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+    objective: SSLObjective | None = None,
+) -> TrainResult:
+    """:func:`~dinolite.train.loop.train` with the trackers of ``train.loggers`` and data workers that
+    ignore the stop signals (a group-wide SIGTERM / Ctrl-C must not kill them before the checkpoint)."""
+    return train(
+        cfg,
+        output_dir,
+        env,
+        stop_requested,
+        objective,
+        make_metric_sinks=build_trackers,
+        data_worker_init=ignore_stop_signals,
+    )
+
+
+def run_training_job(cfg: Config) -> int:
+    """Train the validated ``cfg`` into ``train.output_dir`` as ``dinolite-train`` does; the exit status.
+
+    One run per output directory (rank 0 holds the lock); SIGTERM / SIGINT / SIGUSR2: checkpoint at the
+    next iteration and exit 0. With ``evaluation.knn_at_end`` the main process then prints the kNN
+    accuracy of the trained network next to the raw-pixel and random-init baselines.
+    """
+    console = configure_console()
+    output_dir = Path(cfg.train.output_dir)
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
+    flag = StopFlag()
+    try:
+        with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
+            result = train_in_job(cfg, output_dir, env, stop_requested=flag.is_set)
+        destroy_distributed(leave_together=True)
+    except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        destroy_distributed()
+    if result.status == "stopped":
+        print(f"stopped: {result.message}", file=sys.stderr)
+        return EXIT_COLLAPSE
+    if result.status == "preempted":
+        if env.rank == 0:
+            print(
+                f"stopped by {flag.signal_name or 'request'} at iteration {result.iteration}: checkpoint "
+                f"{result.checkpoint_path}; run again to continue (the same command resumes)",
+                file=sys.stderr,
+            )
+        return EXIT_OK
+    if env.rank == 0:
+        console.info(f"{result.status} at iteration {result.iteration}; checkpoint {result.checkpoint_path}")
+    if result.status == "finished" and cfg.evaluation.knn_at_end and env.rank == 0 and result.checkpoint_path:
+        results = knn_report(cfg, result.checkpoint_path, output_dir, device)
+        console.info(format_report(results, cfg.evaluation.knn_k))
+    return EXIT_OK
