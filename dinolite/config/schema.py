@@ -128,7 +128,8 @@ class CropsConfig:
 @dataclass
 class DataConfig:
     # Shard patterns (brace expansion, several patterns, ``pipe:`` commands), or one image folder.
-    # The special value "digits" builds scikit-learn's digits as shards under `train.output_dir`/data.
+    # The special values [digits] and [fashion_mnist] build that data set as shards under
+    # `train.output_dir`/data (dinolite/data/builtin_sets.py), with its own kNN/evaluation split.
     source: list[str] = field(default_factory=list)
     num_workers: int = 10
     shuffle_buffer: int = 5000

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -24,12 +23,11 @@ from PIL import Image
 
 from dinolite.data.budget import DEFAULT_MAX_SAMPLE_BYTES, MAX_LIST_FILE_BYTES, read_file_capped
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS, open_checked, pil_to_rgb_uint8
+from dinolite.data.shard_writer import ShardWriter, write_shard_index
 from dinolite.data.sources import folder_images
-from dinolite.io import write_json_atomic
 from dinolite.progress import progress_bar
 
 FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "MPO": "jpg"}
-INDEX_FORMAT = "dinolite-shards/1"
 
 
 def _list_source(src: Path) -> tuple[list[str], list[str], list[str]]:
@@ -94,52 +92,6 @@ def _encode_star(args: tuple[str, Optional[int]]) -> tuple[Optional[bytes], str,
     return encode_sample(*args)
 
 
-def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    info.mtime = 0  # reproducible shards: same input, same bytes
-    archive.addfile(info, io.BytesIO(data))
-
-
-class _ShardWriter:
-    """Shards ``{prefix}-%06d.tar`` of ``shard_size`` samples, each renamed into place when complete."""
-
-    def __init__(self, out: Path, prefix: str, shard_size: int) -> None:
-        self.out, self.prefix, self.shard_size = out, prefix, shard_size
-        self.shards: list[dict] = []
-        self._archive: Optional[tarfile.TarFile] = None
-        self._count = 0
-        self.num_written = 0
-
-    def _name(self, number: int) -> str:
-        return f"{self.prefix}-{number:06d}.tar"
-
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        if self._archive is None:
-            name = self._name(len(self.shards))
-            self._tmp = self.out / f".{name}.tmp"
-            self._archive = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
-            self._count = 0
-        for ext, data in members.items():
-            _add_member(self._archive, f"{key}.{ext}", data)
-        self._count += 1
-        self.num_written += 1
-        if self._count == self.shard_size:
-            self.close()
-
-    def close(self) -> None:
-        if self._archive is None:
-            return
-        self._archive.close()
-        name = self._name(len(self.shards))
-        os.replace(self._tmp, self.out / name)
-        # The size lets readers tell a shard damaged after this index was written (its count is then
-        # not trusted for resume arithmetic; see sources.resolve_source).
-        self.shards.append({"name": name, "samples": self._count, "bytes": (self.out / name).stat().st_size})
-        self._archive = None
-
-
 def _results(paths: Sequence[str], max_side: Optional[int], workers: int) -> Iterator[tuple[Optional[bytes], str, str]]:
     if workers <= 1:
         for path in paths:
@@ -179,7 +131,7 @@ def make_shards(
         )
     class_index = {name: i for i, name in enumerate(classes)}
     root = src if src.is_dir() else src.parent
-    writer = _ShardWriter(out, prefix, shard_size)
+    writer = ShardWriter(out, prefix, shard_size)
     skipped: list[tuple[str, str]] = []
     results = _results(paths, max_side, workers)
     for path, name, (data, ext, error) in progress_bar(
@@ -199,15 +151,4 @@ def make_shards(
     writer.close()
     for stale in existing[len(writer.shards) :]:
         stale.unlink()  # left over from an earlier, larger run
-    index = {
-        "format": INDEX_FORMAT,
-        "source": str(src),
-        "prefix": prefix,
-        "shards": writer.shards,
-        "num_samples": sum(s["samples"] for s in writer.shards),
-        "classes": classes,
-        "skipped": {"count": len(skipped), "first": [f"{p}: {e}" for p, e in skipped[:10]]},
-    }
-    index_path = out / f"{prefix}-index.json"
-    write_json_atomic(index_path, index, indent=1)
-    return index
+    return write_shard_index(writer, str(src), classes, skipped)

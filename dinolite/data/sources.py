@@ -68,6 +68,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# deflate's largest expansion (zlib's technical notes: 1032 to 1, for a long run of one byte)
+DEFLATE_MAX_RATIO = 1032
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -139,14 +142,18 @@ def _shard_unit(path: str, counts: dict[str, tuple[int, Optional[int]]]) -> Unit
         return Unit(url=path, is_shard=True)
     samples, size = listed
     actual = os.path.getsize(path)
-    if not 0 <= samples <= actual // TAR_HEADER_BLOCK:  # every sample takes at least one header block
+    # Every sample takes at least one header block of the tar; a gzip'd tar holds at most
+    # DEFLATE_MAX_RATIO times its size.
+    tar_bytes = actual * (DEFLATE_MAX_RATIO if path.lower().endswith((".gz", ".tgz")) else 1)
+    if not 0 <= samples <= tar_bytes // TAR_HEADER_BLOCK:
         logger.warning(
             "shard %r: its index JSON lists %d samples, impossible for %d bytes (at most one per %d-byte tar "
-            "header); the count is not trusted, the shard will be read",
+            "header, %d bytes once decompressed); the count is not trusted, the shard will be read",
             path,
             samples,
             actual,
             TAR_HEADER_BLOCK,
+            tar_bytes,
         )
         return Unit(url=path, is_shard=True)
     if size is not None and actual != size:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dinolite.config import Config
-from dinolite.data.digits import prepare_digits
+from dinolite.data.builtin_sets import builtin_set, prepare_builtin_set
 from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.features import extract_features
@@ -73,15 +73,17 @@ def feature_columns(name: str, cls_dim: int) -> dict[str, slice]:
 
 
 def eval_sources(cfg: Config, output_dir: Path) -> tuple[list[str], list[str]]:
-    """kNN train/val sources: ``evaluation.knn_train/knn_val``, or the digits folders for the demo."""
+    """kNN train/val sources: ``evaluation.knn_train/knn_val``, or the train/val folders of a built-in
+    ``data.source`` (``[digits]``, ``[fashion_mnist]``)."""
     if cfg.evaluation.knn_train and cfg.evaluation.knn_val:
         return list(cfg.evaluation.knn_train), list(cfg.evaluation.knn_val)
-    if list(cfg.data.source) == ["digits"]:
-        prepared = prepare_digits(output_dir / "data")
+    name = builtin_set(cfg.data.source)
+    if name is not None:
+        prepared = prepare_builtin_set(name, output_dir / "data")
         return [str(prepared["train_folder"])], [str(prepared["val_folder"])]
     raise ValueError(
         "evaluation.knn_at_end is set but evaluation.knn_train / evaluation.knn_val are empty "
-        f"(data.source={list(cfg.data.source)} is not [digits])"
+        f"(data.source={list(cfg.data.source)} is not a built-in set)"
     )
 
 

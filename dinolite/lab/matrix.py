@@ -28,7 +28,7 @@ from omegaconf import MISSING
 
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.config.opt_ins import check_pipe_sources
-from dinolite.data.digits import prepare_digits
+from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, prepare_builtin_set
 from dinolite.eval.online import FEATURES
 
 HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
@@ -120,7 +120,7 @@ class LabMatrix:
     iterations: int = MISSING  # training budget of every run
     data: list[str] = field(default_factory=lambda: [DIGITS])  # data.source of every run
     eval_train: list[str] = field(default_factory=list)  # labelled folders/shards for kNN and linear;
-    eval_val: list[str] = field(default_factory=list)  # default for [digits]: its train/val splits
+    eval_val: list[str] = field(default_factory=list)  # default for a built-in data set: its own splits
     overrides: list[str] = field(default_factory=list)  # key=value for every run (before the run's own)
     measurements: Measurements = field(default_factory=Measurements)
     verdict: VerdictRules = field(default_factory=VerdictRules)
@@ -246,9 +246,9 @@ def load_matrix(path: str | Path) -> LabMatrix:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
         raise ConfigError(f"{src}: set both 'eval_train' and 'eval_val', or neither")
-    if not matrix.eval_train and matrix.data != [DIGITS] and (m.knn or m.linear or m.spectra):
+    if not matrix.eval_train and builtin_set(matrix.data) is None and (m.knn or m.linear or m.spectra):
         raise ConfigError(
-            f"{src}: 'data' is {matrix.data}, not [digits]: give the labelled 'eval_train' and "
+            f"{src}: 'data' is {matrix.data}, not {builtin_sets_text()}: give the labelled 'eval_train' and "
             "'eval_val' sources the kNN, linear probe and spectra are computed on"
         )
     seen: dict[str, int] = {}
@@ -333,20 +333,21 @@ def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]
 def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True) -> LabPlan:
     """Load the matrix at ``path`` and resolve every run's training config (errors name file, run, key).
 
-    ``output_dir`` replaces the matrix's ``output_dir``. With ``prepare``, ``data: [digits]`` is written
-    once under ``<output_dir>/data`` (idempotent) and shared by every run: its train shards for training,
-    its train/val image folders for evaluation. ``prepare=False`` (dry runs) writes nothing and leaves
-    ``[digits]`` to each run.
+    ``output_dir`` replaces the matrix's ``output_dir``. With ``prepare``, a built-in ``data`` (``[digits]``,
+    ``[fashion_mnist]``) is written once under ``<output_dir>/data`` (idempotent) and shared by every run:
+    its train shards for training, its train/val folders for evaluation. ``prepare=False`` (dry runs)
+    writes nothing and leaves the set's name to each run.
     """
     path = resolve_matrix(path)
     matrix = load_matrix(path)
     out = Path(output_dir or matrix.output_dir).expanduser().absolute()
     data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)
-    if matrix.data == [DIGITS] and prepare:
-        digits = prepare_digits(out / DATA_FOLDER)
-        data = list(digits["train"])
+    name = builtin_set(matrix.data)
+    if name is not None and prepare:
+        prepared = prepare_builtin_set(name, out / DATA_FOLDER)
+        data = list(prepared["train"])
         if not eval_train:
-            eval_train, eval_val = [digits["train_folder"]], [digits["val_folder"]]
+            eval_train, eval_val = [prepared["train_folder"]], [prepared["val_folder"]]
     runs = []
     for i, spec in enumerate(matrix.runs):
         run_dir = out / spec.label

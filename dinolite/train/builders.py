@@ -14,42 +14,49 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from dinolite.config import Config, ConfigError
-from dinolite.data.digits import prepare_digits
+from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, misspelt_builtin_set, prepare_builtin_set
 from dinolite.data.loader import build_train_loader
-
-DIGITS_SOURCE = "digits"
 
 
 def validate_training_config(cfg: Config) -> None:
     """Checks that need several sections at once (the config module checks single keys; a method's
     builder checks its own sections)."""
     if not cfg.data.source:
-        raise ConfigError("data.source is empty: give shard patterns, an image folder, or [digits]")
+        raise ConfigError(f"data.source is empty: give shard patterns, an image folder, or {builtin_sets_text()}")
+    meant = misspelt_builtin_set(cfg.data.source)
+    if meant is not None:
+        raise ConfigError(
+            f"invalid value for 'data.source': {list(cfg.data.source)} is no file or folder; did you mean [{meant}]?"
+        )
     knn = cfg.evaluation
-    if knn.knn_at_end and not (knn.knn_train and knn.knn_val) and list(cfg.data.source) != [DIGITS_SOURCE]:
+    own_eval = builtin_set(cfg.data.source) is not None
+    only = f"only a built-in data.source, {builtin_sets_text()}, brings its own"
+    if knn.knn_at_end and not (knn.knn_train and knn.knn_val) and not own_eval:
         raise ConfigError(
             f"invalid value for 'evaluation.knn_at_end': true, but evaluation.knn_train={list(knn.knn_train)} / "
-            f"evaluation.knn_val={list(knn.knn_val)} are not both set (only data.source=[digits] brings its own); "
+            f"evaluation.knn_val={list(knn.knn_val)} are not both set ({only}); "
             "set both to labelled folders or shards, or evaluation.knn_at_end=false"
         )
-    if knn.online_every > 0 and not (knn.knn_train and knn.knn_val) and list(cfg.data.source) != [DIGITS_SOURCE]:
+    if knn.online_every > 0 and not (knn.knn_train and knn.knn_val) and not own_eval:
         raise ConfigError(
             f"invalid value for 'evaluation.online_every': {knn.online_every}, but evaluation.knn_train="
-            f"{list(knn.knn_train)} / evaluation.knn_val={list(knn.knn_val)} are not both set (only "
-            "data.source=[digits] brings its own); set both to labelled folders or shards, or evaluation.online_every=0"
+            f"{list(knn.knn_train)} / evaluation.knn_val={list(knn.knn_val)} are not both set ({only}); "
+            "set both to labelled folders or shards, or evaluation.online_every=0"
         )
 
 
 def resolve_train_source(cfg: Config, output_dir: Path, is_main: bool, barrier: Callable[[], None]) -> list[str]:
-    """``data.source``, with ``[digits]`` replaced by shards built under ``output_dir/data`` (rank 0 builds)."""
-    if list(cfg.data.source) != [DIGITS_SOURCE]:
+    """``data.source``, with a built-in set (``[digits]``, ``[fashion_mnist]``) replaced by its training
+    shards, built under ``output_dir/data`` (rank 0 builds)."""
+    name = builtin_set(cfg.data.source)
+    if name is None:
         return list(cfg.data.source)
 
     root = output_dir / "data"
     if is_main:
-        prepare_digits(root)
+        prepare_builtin_set(name, root)
     barrier()
-    return list(prepare_digits(root)["train"])  # idempotent: reads back what rank 0 wrote
+    return list(prepare_builtin_set(name, root)["train"])  # idempotent: reads back what rank 0 wrote
 
 
 def build_data_stream(

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dinolite.commands import shards as shards_command
 from dinolite.data import make_shards as ms
+from dinolite.data import shard_writer
 from dinolite.data.sources import read_tar
 from tests.data.conftest import N_CLASSES, PER_CLASS
 from tests.data.test_decode import bomb_png
@@ -70,7 +71,7 @@ def test_existing_shards_need_overwrite(image_folder, shard_dir):
 
 def test_interrupted_run_leaves_no_partial_shard_under_final_name(image_folder, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_add = ms._add_member
+    real_add = shard_writer._add_member
 
     def failing_add(archive, name, data):
         calls["n"] += 1
@@ -78,7 +79,7 @@ def test_interrupted_run_leaves_no_partial_shard_under_final_name(image_folder, 
             raise KeyboardInterrupt
         real_add(archive, name, data)
 
-    monkeypatch.setattr(ms, "_add_member", failing_add)
+    monkeypatch.setattr(shard_writer, "_add_member", failing_add)
     with pytest.raises(KeyboardInterrupt):
         ms.make_shards(image_folder, tmp_path, shard_size=4, progress=False)
     finals = sorted(tmp_path.glob("shard-*.tar"))

@@ -190,3 +190,18 @@ def test_a_run_folder_of_another_config_is_refused_and_nothing_is_touched(tmp_pa
     ):
         check_run_dir(run)
     assert (run.run_dir / "config.yaml").read_bytes() == before
+
+
+def test_fashion_mnist_data_is_prepared_once_with_its_own_evaluation_split(tmp_path, monkeypatch):
+    from dinolite.data.fashion_mnist import DIR_ENV
+    from tests.data.fashion_idx import synthetic_splits, write_idx_set
+
+    monkeypatch.setenv(DIR_ENV, str(write_idx_set(tmp_path / "idx", synthetic_splits(train=8, val=4))))
+    path = write(tmp_path, VALID + "data: [fashion_mnist]\n")
+    assert list(plan_matrix(path, prepare=False).runs[0].config.data.source) == ["fashion_mnist"]
+    plan = plan_matrix(path)
+    data = tmp_path / "out" / "data" / "fashion_mnist"
+    assert list(plan.runs[1].config.data.source) == [str(data / "train" / "train-*.tar.gz")]
+    assert (plan.eval_train, plan.eval_val) == ([str(data / "train")], [str(data / "val")])
+    with pytest.raises(ConfigError, match=r"'data' is \['/data/shards'\], not \[digits\] or \[fashion_mnist\]"):
+        plan_matrix(write(tmp_path, VALID + "data: [/data/shards]\n"), prepare=False)
