@@ -1,8 +1,9 @@
 """DINOv2's config keys, read by dinolite: DINOv2 users bring their YAML files and overrides unchanged.
 
 dinolite's key names are DINOv2's wherever the two agree (``student.*``, ``dino.*``, ``ibot.*``,
-``teacher.*``, ``optim.*``, ``crops.*``). The 34 other keys of DINOv2's ``ssl_default_config.yaml`` are
-listed in :data:`ALIASES`, each with the mapping stated:
+``teacher.*``, ``optim.*``, ``crops.*``). The 36 other keys of DINOv2's ``ssl_default_config.yaml`` are
+listed in :data:`ALIASES`, each with the mapping stated (with them, two keys dinolite itself used to have,
+``origin="dinolite"``: configs and run folders written before the key moved keep loading):
 
 - **renamed**: the value goes to a dinolite key (``train.OFFICIAL_EPOCH_LENGTH`` ->
   ``train.iterations_per_epoch``), converted where the spelling differs (``SHARD_GRAD_OP`` ->
@@ -12,7 +13,10 @@ listed in :data:`ALIASES`, each with the mapping stated:
 - **refused**: the value asks for something dinolite does not do; the error names the key and why.
 
 Several DINOv2 keys may land on one dinolite key (the six ``compute_precision.*.*.sharding_strategy``);
-they must agree, and a dinolite key given in the same file must agree with them too.
+they must agree, and a dinolite key given in the same file must agree with them too. One exception: a
+config saved before the shared ``ema`` section (every run folder's ``config.yaml`` holds every section)
+names both former homes of the EMA momentum, ``teacher.*`` and ``joint_embedding.*``; there the home that
+the file's ``train.method`` read is taken and the other dropped (:func:`_one_ema_home`).
 
 :func:`suggest` is the "did you mean" of unknown keys: it tries this table before dinolite's own keys, so
 ``train.num_worker`` points at ``data.num_workers`` (DINOv2's ``train.num_workers``), not ``train.num_threads``.
@@ -42,6 +46,7 @@ class Alias:
     ours: Optional[str]  # the dinolite key it sets; None: no effect (or refused through ``convert``)
     meaning: str  # the mapping, stated (shown in notices, errors and docs/interop.md)
     convert: Optional[Callable[[Any, str], Any]] = None  # (value, DINOv2 key) -> our value; raises AliasError
+    origin: str = "DINOv2"  # whose key it is: DINOv2's, or "dinolite" for a key dinolite itself moved
 
 
 _SHARDING = {"FULL_SHARD": "full_shard", "SHARD_GRAD_OP": "shard_grad_op", "NO_SHARD": "no_shard"}
@@ -107,6 +112,17 @@ ALIASES: dict[str, Alias] = {
         None, "FSDP1 wrapping granularity in DINOv2; dinolite's FSDP2 shards every block (same computation)"
     ),
     "optim.lr": Alias(None, "overwritten at start in DINOv2 too; the lr is optim.base_lr scaled by optim.scaling_rule"),
+    # teacher: the EMA momentum is the shared ema section (DINOv2's teacher, MSN, I-JEPA, BYOL)
+    "teacher.momentum_teacher": Alias("ema.momentum", "the EMA teacher's momentum at iteration 0 (every method's EMA)"),
+    "teacher.final_momentum_teacher": Alias(
+        "ema.final_momentum", "the EMA teacher's momentum at the end of the run (every method's EMA)"
+    ),
+    "joint_embedding.target_momentum": Alias(
+        "ema.momentum", "BYOL's EMA target momentum at iteration 0, now the shared ema section", origin="dinolite"
+    ),
+    "joint_embedding.final_target_momentum": Alias(
+        "ema.final_momentum", "BYOL's EMA target momentum at the end of the run, now ema", origin="dinolite"
+    ),
     # MODEL / evaluation
     "MODEL.WEIGHTS": Alias(None, "a training checkpoint to restore (empty: none)", _model_weights),
     "evaluation.eval_period_iterations": Alias(
@@ -154,12 +170,28 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+# The two former homes of the EMA momentum, and the methods that read the joint-embedding one (with
+# joint_embedding.target=ema) before the shared ema section; every other method read teacher.*.
+_TEACHER_HOME = ("teacher.momentum_teacher", "teacher.final_momentum_teacher")
+_TARGET_HOME = ("joint_embedding.target_momentum", "joint_embedding.final_target_momentum")
+_TARGET_HOME_METHODS = ("simclr", "barlow_twins", "simsiam", "byol", "directclr")
+
+
+def _one_ema_home(flat: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (it names ``train.method``) holding both former EMA homes keeps the one its method read."""
+    both = any(k in flat for k in _TEACHER_HOME) and any(k in flat for k in _TARGET_HOME)
+    if not both or "train.method" not in flat:
+        return flat
+    unread = _TEACHER_HOME if flat["train.method"] in _TARGET_HOME_METHODS else _TARGET_HOME
+    return {key: value for key, value in flat.items() if key not in unread}
+
+
 def translate(node: DictConfig, source: str) -> DictConfig:
     """``node`` with DINOv2's keys replaced by dinolite's (see the module doc) and a string ``data.source``
     made a one-element list. Raises :class:`AliasError` naming ``source`` and the key."""
     if not isinstance(node, DictConfig):
         return node
-    flat = _flatten(OmegaConf.to_container(node, resolve=False))
+    flat = _one_ema_home(_flatten(OmegaConf.to_container(node, resolve=False)))
     string_source = isinstance(flat.get("data.source"), str)
     if not string_source and not any(lookup(key) for key in flat):
         return node
@@ -203,7 +235,7 @@ def suggest(full: str, valid: Iterable[str]) -> Optional[str]:
     if near:
         alias = ALIASES[near[0]]
         if alias.ours is not None:
-            return f"{alias.ours!r} (DINOv2's {near[0]})"
+            return f"{alias.ours!r} ({alias.origin}'s {near[0]})"
         return f"{near[0]!r} (a DINOv2 key dinolite accepts without effect: {alias.meaning})"
     near = difflib.get_close_matches(full, list(valid), n=1, cutoff=0.5)
     return repr(near[0]) if near else None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections)
 from dinolite import config_aliases
 from dinolite.config import ConfigError, load_config
 from dinolite.config_aliases import DINOv2KeyNotice
@@ -134,6 +135,29 @@ def test_dinov2_keys_that_disagree_on_one_of_ours_fail(tmp_path):
     path.write_text("train: {OFFICIAL_EPOCH_LENGTH: 10, iterations_per_epoch: 20}\n")
     with pytest.raises(ConfigError, match="OFFICIAL_EPOCH_LENGTH"):
         load_config(path)
+
+
+def test_the_former_homes_of_the_ema_momentum_load_into_ema():
+    assert _load_quietly("demo", ["teacher.momentum_teacher=0.9"]).ema.momentum == 0.9  # DINOv2's key
+    byol = _load_quietly("demo_byol", ["joint_embedding.target_momentum=0.8"])  # dinolite's former key
+    assert (byol.ema.momentum, byol.ema.final_momentum) == (0.8, 1.0)
+
+
+@pytest.mark.parametrize(("method", "expected"), [("byol", 0.95), ("simsiam", 0.95), ("dinov2", 0.98), ("msn", 0.98)])
+def test_a_config_saved_with_both_former_ema_homes_takes_its_methods(tmp_path, method, expected):
+    """Every run folder written before the ema section holds teacher.* and joint_embedding.* momenta."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(
+        f"train: {{method: {method}}}\n"
+        "teacher: {momentum_teacher: 0.98, final_momentum_teacher: 0.99, student_temp: 0.1}\n"
+        "joint_embedding: {target: ema, target_momentum: 0.95, final_target_momentum: 1.0}\n"
+    )
+    cfg = _load_quietly(saved)
+    assert cfg.ema.momentum == expected and cfg.ema.final_momentum == (0.99 if expected == 0.98 else 1.0)
+    # a file of the user's that sets both, disagreeing, without naming a method: refused, naming both
+    saved.write_text("teacher: {momentum_teacher: 0.98}\njoint_embedding: {target_momentum: 0.95}\n")
+    with pytest.raises(ConfigError, match="teacher.momentum_teacher=0.98 and joint_embedding.target_momentum=0.95"):
+        _load_quietly(saved)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections)
 from dinolite.commands.train import main as train_main
 from dinolite.config import ConfigError, load_config
 from dinolite.train.builders import validate_training_config
@@ -28,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
         ("optim.min_lr=-1e-6", "'optim.min_lr': -1e-06; must be >= 0"),
         ("optim.weight_decay=-0.04", "'optim.weight_decay': -0.04; must be >= 0"),
         ("optim.weight_decay_end=-1", "'optim.weight_decay_end': -1.0; must be >= 0"),
-        ("teacher.momentum_teacher=1.2", "'teacher.momentum_teacher': 1.2; must be in [0, 1]"),
-        ("teacher.final_momentum_teacher=-0.5", "'teacher.final_momentum_teacher': -0.5; must be in [0, 1]"),
+        ("ema.momentum=1.2", "'ema.momentum': 1.2; must be in [0, 1]"),
+        # DINOv2's name of it lands on the shared ema section, and is checked there
+        ("teacher.final_momentum_teacher=-0.5", "'ema.final_momentum': -0.5; must be in [0, 1]"),
+        ("ema.schedule=step", "'ema.schedule': 'step'; expected one of cosine, linear"),
         ("optim.adamw_beta2=1.0", "'optim.adamw_beta2': 1.0; must be in [0, 1)"),
         ("teacher.teacher_temp=0", "'teacher.teacher_temp': 0.0; must be > 0"),
         ("crops.global_crops_scale=[0.0,1.0]", "'crops.global_crops_scale': [0.0, 1.0]; the low scale must be > 0"),

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Sequence
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.config import load_config, opt_ins
 from dinolite.extras import MissingExtraError

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.checkpoint import CheckpointManager
 from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml

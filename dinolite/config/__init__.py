@@ -1,9 +1,10 @@
 """Typed, validated configuration.
 
 ``load_config(name_or_path, overrides)`` merges ``dinolite/configs/default.yaml`` <- preset <- dotted overrides and
-validates the result against the dataclasses below. Every mistake is reported at start-up with the full
-dotted path of the key at fault: an unknown key names the nearest valid key, a wrong type names the
-expected type and the value given, and an unknown preset lists the available ones.
+validates the result against the dataclasses: the shared sections below (what every method reads) and the
+sections each method owns, registered by the method (:mod:`dinolite.config.sections`). Every mistake is
+reported at start-up with the full dotted path of the key at fault: an unknown key names the nearest valid
+key, a wrong type names the expected type and the value given, and an unknown preset lists the available ones.
 
 Key names follow DINOv2's ``ssl_default_config.yaml`` where DINOv2 has the key (``student.arch``,
 ``dino.head_n_prototypes``, ``optim.base_lr``, ...) so that DINOv2 users can carry their overrides over.
@@ -14,6 +15,7 @@ other resolver) unless the user grants it outside the file (:mod:`dinolite.confi
 
 from dinolite.config import opt_ins
 from dinolite.config.loading import (
+    UNKNOWN_SECTIONS,
     available_presets,
     config_from_dict,
     load_config,
@@ -31,57 +33,75 @@ from dinolite.config.schema import (
     ConfigError,
     CropsConfig,
     DataConfig,
-    DinoConfig,
     DistributedConfig,
+    EMAConfig,
     EvaluationConfig,
-    IbotConfig,
-    IJEPAConfig,
-    JointEmbeddingConfig,
     MonitorConfig,
-    MSNConfig,
     OptimConfig,
-    SimMIMConfig,
     StudentConfig,
-    TeacherConfig,
     TrainConfig,
-    ViewConfig,
     WatchdogThreshold,
 )
-from dinolite.config.validation import RANGES, get_by_path, validate, validate_data
+from dinolite.config.sections import (
+    SHARED_SECTIONS,
+    ConfigSection,
+    SectionData,
+    config_class,
+    methods_using,
+    register_section,
+    registered_sections,
+    sections_of,
+)
+from dinolite.config.validation import (
+    RANGES,
+    check_choices,
+    check_fraction_pairs,
+    check_positive,
+    check_ranges,
+    get_by_path,
+    validate,
+    validate_data,
+)
 
 __all__ = [
     "CHOICES",
     "CONFIG_DIR",
     "RANGES",
+    "SHARED_SECTIONS",
     "TRACKERS",
+    "UNKNOWN_SECTIONS",
     "Config",
     "ConfigError",
+    "ConfigSection",
     "CropsConfig",
     "DataConfig",
-    "DinoConfig",
     "DistributedConfig",
+    "EMAConfig",
     "EvaluationConfig",
-    "IJEPAConfig",
-    "IbotConfig",
-    "JointEmbeddingConfig",
-    "MSNConfig",
-    "OptIns",
     "MonitorConfig",
+    "OptIns",
     "OptimConfig",
-    "SimMIMConfig",
+    "SectionData",
     "StudentConfig",
-    "TeacherConfig",
     "TrainConfig",
-    "ViewConfig",
     "WatchdogThreshold",
     "available_presets",
+    "check_choices",
+    "check_fraction_pairs",
+    "check_positive",
+    "check_ranges",
+    "config_class",
     "config_from_dict",
     "get_by_path",
     "granted",
     "load_config",
     "load_yaml_as",
+    "methods_using",
     "opt_ins",
+    "register_section",
+    "registered_sections",
     "save_config",
+    "sections_of",
     "to_dict",
     "to_yaml",
     "validate",

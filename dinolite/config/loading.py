@@ -1,13 +1,24 @@
 """Loading: ``default.yaml`` <- preset <- ``key=value`` overrides, merged onto the schema and validated.
 
-Unknown keys name the nearest valid key, wrong types name the expected type and the value, an unknown
-preset lists the presets; DINOv2's key names are translated (:mod:`dinolite.config_aliases`).
+The schema is the shared :class:`Config` plus every section a method registered
+(:func:`dinolite.config.sections.config_class`). Unknown keys name the nearest valid key, wrong types name
+the expected type and the value, an unknown preset lists the presets; DINOv2's key names are translated
+(:mod:`dinolite.config_aliases`).
+
+``unknown_sections`` says what a top-level section that no method registered in this process becomes:
+``"error"`` (refused, with the nearest valid key), ``"keep"`` (kept as plain data,
+:class:`~dinolite.config.sections.SectionData`: export reads a run's ``config.yaml`` this way, as it never
+imports the trainer that registers the sections), or ``"auto"`` (the default: ``"keep"`` when no method
+registered any section, i.e. the trainer's methods were never imported, else ``"error"``). A section name
+that is a near miss of a known one is refused in every mode.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dinolite import config_aliases
+from dinolite.config import sections
 from dinolite.config.opt_ins import check_interpolations, check_pipe_sources, literal_strings
 from dinolite.config.schema import CONFIG_DIR, Config, ConfigError
 from dinolite.config.validation import validate
@@ -82,6 +94,11 @@ def _check_keys(node: Any, cls: type, path: str, source: str) -> None:
             valid = [f"{path}.{k}" if path else k for k in fields]
             near = config_aliases.suggest(full, valid)  # DINOv2's key names first
             hint = f"; did you mean {near}?" if near else f"; valid keys here: {', '.join(sorted(fields))}"
+            if not path and not sections.registered_sections():
+                hint += (
+                    " (no method registered its config sections in this process: import dinolite.train.methods "
+                    "before loading, or load with unknown_sections='keep')"
+                )
             raise ConfigError(f"{source}: unknown config key {full!r}{hint}")
         inner = _unwrap_optional(fields[key])
         value = node._get_node(key)
@@ -118,22 +135,59 @@ def load_yaml_as(path: str | Path, schema: type, what: str = "file") -> Any:
         raise ConfigError(_format_omegaconf_error(exc, str(path), schema)) from exc
 
 
-def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def _translate(node: DictConfig, source: str) -> DictConfig:
     try:
-        other = config_aliases.translate(other, source)  # DINOv2's key names -> ours
+        return config_aliases.translate(node, source)  # DINOv2's (and former) key names -> ours
     except config_aliases.AliasError as exc:
         raise ConfigError(str(exc)) from None
-    _check_keys(other, Config, "", source)
+
+
+def _merge(base: DictConfig, other: DictConfig, source: str, schema: type) -> DictConfig:
+    """``other`` (translated already) checked against ``schema`` and merged onto ``base``."""
+    _check_keys(other, schema, "", source)
     data = other.get("data")
     if isinstance(data, DictConfig) and "source" in data:
         check_pipe_sources(OmegaConf.to_container(data, resolve=False).get("source"), "data.source", source)
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_format_omegaconf_error(exc, source)) from exc
+        raise ConfigError(_format_omegaconf_error(exc, source, schema)) from exc
 
 
-def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type = Config) -> str:
+UNKNOWN_SECTIONS = ("auto", "error", "keep")
+
+
+def _plain_sections(layers: Sequence[DictConfig], unknown_sections: str) -> tuple[str, ...]:
+    """Top-level mappings of ``layers`` that no method registered, when they are to be kept as data."""
+    if unknown_sections not in UNKNOWN_SECTIONS:
+        raise ValueError(f"unknown_sections={unknown_sections!r}: expected one of {', '.join(UNKNOWN_SECTIONS)}")
+    registered = sections.registered_sections()
+    if unknown_sections == "error" or (unknown_sections == "auto" and registered):
+        return ()
+    known = [*sections.SHARED_SECTIONS, *registered]
+    names = {
+        str(key)
+        for layer in layers
+        if isinstance(layer, DictConfig)
+        for key in layer.keys()
+        if str(key) not in known and isinstance(layer._get_node(key), DictConfig)
+    }
+    # a near miss of a known section is a typo, refused by the key check whatever the mode
+    return tuple(sorted(n for n in names if not difflib.get_close_matches(n, known, n=1, cutoff=0.8)))
+
+
+def _to_config(merged: DictConfig, source: str, schema: type) -> Config:
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_format_omegaconf_error(exc, source, schema)) from exc
+    for name, kind in getattr(schema, "SECTIONS", ()):
+        if kind is sections.SectionData:
+            setattr(cfg, name, sections.SectionData.of(name, getattr(cfg, name)))
+    return cfg
+
+
+def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type) -> str:
     path = getattr(exc, "full_key", None) or "?"
     expected = _schema_type(path, root)
     msg = str(exc).splitlines()[0]
@@ -141,7 +195,7 @@ def _format_omegaconf_error(exc: OmegaConfBaseException, source: str, root: type
     return f"{source}: invalid value for {path!r}{expected_txt}: {msg}"
 
 
-def _schema_type(dotted: str, root: type = Config) -> Any:
+def _schema_type(dotted: str, root: type) -> Any:
     """The declared type of a dotted key in the schema, or None when the path is not a plain field."""
     cls: Any = root
     tp: Any = None
@@ -177,11 +231,11 @@ def _split_list(body: str) -> list[str]:
     return [item.strip().strip("'\"") for item in items if item.strip()]
 
 
-def _parse_override(item: str) -> DictConfig:
+def _parse_override(item: str, schema: type) -> DictConfig:
     """One ``key=value``; a list-typed key takes ``[p1, p2]`` with brace patterns, or one bare value."""
     key, _, value = item.partition("=")
     key = key.strip()
-    is_list = typing.get_origin(_unwrap_optional(_schema_type(key))) is list
+    is_list = typing.get_origin(_unwrap_optional(_schema_type(key, schema))) is list
     try:
         node = OmegaConf.from_dotlist([item])
     except Exception as exc:  # yaml's ParserError/ScannerError are not OmegaConf errors
@@ -205,73 +259,85 @@ def _list_override(key: str, values: list[str]) -> DictConfig:
     return node
 
 
-def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+def _parse_overrides(overrides: Sequence[str], schema: type) -> DictConfig:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
     merged = OmegaConf.create({})
     for item in overrides:
         try:
-            merged = OmegaConf.merge(merged, _parse_override(item))
+            merged = OmegaConf.merge(merged, _parse_override(item, schema))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}") from exc
     return merged
 
 
-def load_config(name_or_path: str | Path = "demo", overrides: Sequence[str] = ()) -> Config:
+@dataclass(frozen=True)
+class _Layer:
+    node: DictConfig  # DINOv2's key names translated already
+    source: str  # the file, or "overrides"
+    user: bool  # a user's file or the overrides (the shipped files are consistent): layer rules apply
+
+
+def _layers(preset_path: Path, overrides: Sequence[str]) -> list[_Layer]:
+    """default.yaml, the preset (unless it is default.yaml), the overrides: aliases translated."""
+    default = _config_dir() / "default.yaml"
+    layers = [_Layer(_translate(_read_yaml(default), "default.yaml"), "default.yaml", False)]
+    if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
+        node = _translate(_read_yaml(preset_path), str(preset_path))
+        layers.append(_Layer(node, str(preset_path), preset_path.parent != _config_dir()))
+    if overrides:
+        node = _parse_overrides(overrides, sections.config_class())
+        check_interpolations(OmegaConf.to_container(node, resolve=False), "overrides")
+        layers.append(_Layer(_translate(node, "overrides"), "overrides", True))
+    return layers
+
+
+def _check_layers(layers: Sequence[tuple[_Layer, DictConfig]], method: str) -> None:
+    """The layer rules of ``method``'s sections, on each user layer with the config merged up to it."""
+    for section in sections.sections_of(method):
+        if section.check_layer is None:
+            continue
+        for layer, merged in layers:
+            own = layer.node.get(section.name)
+            if isinstance(own, DictConfig):
+                section.check_layer(OmegaConf.to_container(own, resolve=False), merged, layer.source)
+
+
+def load_config(
+    name_or_path: str | Path = "demo", overrides: Sequence[str] = (), *, unknown_sections: str = "auto"
+) -> Config:
     """Load ``default.yaml`` <- preset (name in ``dinolite/configs/`` or a path) <- ``key=value`` overrides.
 
-    Returns a validated :class:`Config`. Raises :class:`ConfigError` naming the key at fault.
+    Returns a validated config: an instance of :class:`Config` with every registered method section (see
+    the module docstring for ``unknown_sections``). Raises :class:`ConfigError` naming the key at fault.
     """
-    schema = OmegaConf.structured(Config)
-    merged = _merge(schema, _read_yaml(_config_dir() / "default.yaml"), "default.yaml")
     preset_path = _resolve_preset(name_or_path)
-    if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
-        preset = _read_yaml(preset_path)
-        merged = _merge(merged, preset, str(preset_path))
-        if preset_path.parent != _config_dir():  # a user's file (shipped presets are consistent)
-            _check_shared_head(preset, merged, str(preset_path))
-    if overrides:
-        layer = _parse_overrides(overrides)
-        check_interpolations(OmegaConf.to_container(layer, resolve=False), "overrides")
-        merged = _merge(merged, layer, "overrides")
-        _check_shared_head(layer, merged, "overrides")
-    try:
-        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(_format_omegaconf_error(exc, "config")) from exc
+    layers = _layers(preset_path, overrides)
+    schema = sections.config_class(_plain_sections([layer.node for layer in layers], unknown_sections))
+    merged = OmegaConf.structured(schema)
+    user_layers = []
+    for layer in layers:
+        merged = _merge(merged, layer.node, layer.source, schema)
+        if layer.user:
+            user_layers.append((layer, merged))
+    cfg = _to_config(merged, "config", schema)
+    _check_layers(user_layers, cfg.train.method)
     # A pipe: that only an interpolation (${other.key}) puts together is not in any one layer's text.
     check_pipe_sources(cfg.data.source, "data.source", f"{preset_path} with its overrides (resolved)")
     validate(cfg)
     return cfg
 
 
-def config_from_dict(data: dict, source: str = "saved config") -> Config:
-    """Rebuild a validated :class:`Config` from the plain dict of a resolved one (:func:`to_dict`, e.g. the
-    config a Slurm job was submitted with). Its strings are values, not OmegaConf text: a ``${...}`` in one
-    stays those characters (nothing is interpolated), and its ``pipe:`` sources are refused unless granted."""
-    schema = OmegaConf.structured(Config)
-    node = OmegaConf.create(literal_strings(data))
-    cfg: Config = OmegaConf.to_object(_merge(schema, node, source))  # type: ignore
+def config_from_dict(data: dict, source: str = "saved config", *, unknown_sections: str = "auto") -> Config:
+    """Rebuild a validated config from the plain dict of a resolved one (:func:`to_dict`, e.g. the config a
+    Slurm job was submitted with). Its strings are values, not OmegaConf text: a ``${...}`` in one stays
+    those characters (nothing is interpolated), and its ``pipe:`` sources are refused unless granted."""
+    node = _translate(OmegaConf.create(literal_strings(data)), source)
+    schema = sections.config_class(_plain_sections([node], unknown_sections))
+    cfg = _to_config(_merge(OmegaConf.structured(schema), node, source, schema), source, schema)
     validate(cfg)
     return cfg
-
-
-SHARED_HEAD_KEYS = ("head_n_prototypes", "head_bottleneck_dim", "head_nlayers", "head_hidden_dim")
-
-
-def _check_shared_head(layer: DictConfig, merged: DictConfig, source: str) -> None:
-    """With ``ibot.separate_head=false`` iBOT uses the DINO head: an ``ibot.head_*`` that ``layer`` sets to
-    another value than ``dino.head_*`` would be silently ignored."""
-    ibot = layer.get("ibot") if isinstance(layer, DictConfig) else None
-    if not isinstance(ibot, DictConfig) or merged.ibot.separate_head:
-        return
-    for key in SHARED_HEAD_KEYS:
-        if key in ibot and merged.ibot[key] != merged.dino[key]:
-            raise ConfigError(
-                f"{source}: invalid value for 'ibot.{key}': {merged.ibot[key]}; with ibot.separate_head=false iBOT "
-                f"uses the DINO head (dino.{key}={merged.dino[key]}): set ibot.separate_head=true or drop the key"
-            )
 
 
 def to_dict(cfg: Config) -> dict:

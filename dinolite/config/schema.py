@@ -1,7 +1,9 @@
-"""The configuration schema: one dataclass per section, the closed choices, and the error type.
+"""The shared configuration schema: one dataclass per section every method reads, the closed choices, and
+the error type.
 
 Defaults here are DINOv2's short recipe (``dinolite/configs/default.yaml`` repeats them with a comment per
-key); :mod:`dinolite.config.loading` merges presets and overrides onto this schema and
+key). A method's own sections live with the method (:mod:`dinolite.config.sections`);
+:mod:`dinolite.config.loading` merges presets and overrides onto shared + registered sections and
 :mod:`dinolite.config.validation` checks what types alone cannot.
 """
 
@@ -53,40 +55,6 @@ class StudentConfig:
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""
-
-
-@dataclass
-class DinoConfig:
-    loss_weight: float = 1.0
-    head_n_prototypes: int = 65536
-    head_bottleneck_dim: int = 256
-    head_nlayers: int = 3
-    head_hidden_dim: int = 2048
-    koleo_loss_weight: float = 0.1
-
-
-@dataclass
-class IbotConfig:
-    loss_weight: float = 1.0
-    mask_sample_probability: float = 0.5
-    mask_ratio_min_max: list[float] = field(default_factory=lambda: [0.1, 0.5])
-    separate_head: bool = False
-    head_n_prototypes: int = 65536
-    head_bottleneck_dim: int = 256
-    head_nlayers: int = 3
-    head_hidden_dim: int = 2048
-
-
-@dataclass
-class TeacherConfig:
-    momentum_teacher: float = 0.992
-    final_momentum_teacher: float = 1.0
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: int = 30
-    student_temp: float = 0.1
-    center_momentum: float = 0.9  # EMA centering
-    sinkhorn_iterations: int = 3  # Sinkhorn-Knopp centering
 
 
 @dataclass
@@ -161,7 +129,9 @@ class TrainConfig:
     # pass over the data. Schedules are expressed in epochs of this length.
     iterations_per_epoch: int = 1250
     max_iterations: Optional[int] = None  # stop early (smoke runs); schedules still span `optim.epochs`
-    centering: str = "centering"  # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
+    # DINOv2's teacher centering (its key stays where DINOv2 has it; checked by DINOv2's sections):
+    # centering (EMA, momentum teacher.center_momentum) | sinkhorn_knopp
+    centering: str = "centering"
     compute_precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp16 (+ loss scaling) | fp32
     grad_scaler: bool = (
         True  # with fp16 compute: loss scaling against underflow (DINOv2's compute_precision.grad_scaler)
@@ -226,94 +196,29 @@ class EvaluationConfig:
 
 
 @dataclass
-class IJEPAConfig:
-    """I-JEPA (train.method=ijepa; Assran et al. 2023). The EMA target follows teacher.momentum_teacher ->
-    teacher.final_momentum_teacher; the view is one crop of crops.global_crops_size / global_crops_scale."""
+class EMAConfig:
+    """The EMA teacher / target network of every method that has one (DINOv2's teacher, MSN's and I-JEPA's
+    target encoder, BYOL's target): after every optimizer step ``theta_T <- m theta_T + (1 - m) theta_S``,
+    with ``m`` going from ``momentum`` to ``final_momentum`` over the run (``optim.epochs`` x
+    ``train.iterations_per_epoch`` iterations). DINOv2's names for it, ``teacher.momentum_teacher`` and
+    ``teacher.final_momentum_teacher``, load as these keys (dinolite/config_aliases.py). Methods without an
+    EMA network ignore the section."""
 
-    num_targets: int = 4  # target blocks per image
-    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])  # fraction of the patch grid
-    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])  # height / width
-    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])  # context block, before removing targets
-    min_keep: int = 10  # fewest context patches an image may keep
-    predictor_depth: int = 12
-    predictor_embed_dim: int = 384
-    predictor_num_heads: int = 12
-    loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's L2) | l1
-
-
-@dataclass
-class MSNConfig:
-    """MSN (train.method=msn; Assran et al. 2022). Views: crops.global_crops_* for the target and the
-    anchor, crops.local_crops_* for the focal anchors; the EMA target follows teacher.momentum_teacher."""
-
-    mask_ratio: float = 0.15  # fraction of each anchor's patches dropped (released config: patch_drop)
-    num_prototypes: int = 1024
-    hidden_dim: int = 2048  # projection head
-    output_dim: int = 256
-    use_bn: bool = True  # BatchNorm in the projection head
-    temperature: float = 0.1  # anchor softmax temperature tau
-    sharpen_temperature: float = 0.25  # target sharpening T (targets use tau * T)
-    sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
-    me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
-    me_max_weight: float = 1.0
-    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
-
-
-@dataclass
-class SimMIMConfig:
-    """SimMIM (train.method=simmim; Xie et al. 2022). The view is one crop of crops.global_crops_size."""
-
-    mask_patch_size: int = 32  # pixels per mask unit, a multiple of student.patch_size
-    mask_ratio: float = 0.6
-    norm_target: bool = False  # per-patch normalised pixel targets
-
-
-@dataclass
-class ViewConfig:
-    """Photometric recipe of one view of the joint-embedding methods (SimCLR, Barlow Twins, SimSiam, BYOL,
-    DirectCLR; dinolite/data/views.py). Sizes, scales and the number of small views come from ``crops``."""
-
-    horizontal_flip_p: float = 0.5
-    color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # b, c, s, h
-    color_jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 1.0
-    blur_kernel_size: int = 0  # odd; 0 = 10% of the crop side (SimCLR's rule)
-    solarize_p: float = 0.0
-
-
-@dataclass
-class JointEmbeddingConfig:
-    """SimCLR, Barlow Twins, SimSiam / BYOL and DirectCLR (docs/methods_joint_embedding.md). Defaults: BYOL's."""
-
-    view1: ViewConfig = field(default_factory=ViewConfig)
-    view2: ViewConfig = field(default_factory=lambda: ViewConfig(blur_p=0.1, solarize_p=0.2))
-    local_view: ViewConfig = field(default_factory=lambda: ViewConfig(blur_p=0.5))  # crops.local_crops_number of them
-    projector_layers: int = 2  # 0 = no projector
-    projector_hidden_dim: int = 4096
-    projector_out_dim: int = 256
-    projector_last_bn: bool = False  # BatchNorm (no affine) on the projector output (SimSiam, MoCo v3)
-    predictor_layers: int = 0  # SimSiam / BYOL: 2; 0 = no predictor
-    predictor_hidden_dim: int = 4096
-    predictor_last_bn: bool = False
-    temperature: float = 0.1  # InfoNCE (SimCLR, DirectCLR)
-    directclr_d0: int = 360  # DirectCLR: the contrastive loss sees the first d0 dims of the CLS feature
-    lambda_offdiag: float = 0.005  # Barlow Twins' off-diagonal weight
-    stop_gradient: bool = True  # SimSiam / BYOL: no gradient through the target branch
-    # SimSiam / BYOL: false = the asymmetric loss of Wang et al. 2022: view 0 (view1) is the source, view 1
-    # (view2) the target, local crops are sources only (docs/methods_joint_embedding.md)
-    symmetric_loss: bool = True
-    target: str = "stopgrad"  # stopgrad (SimSiam: the target is the online network) | ema (BYOL)
-    target_momentum: float = 0.996  # EMA target: cosine from this to final_target_momentum
-    final_target_momentum: float = 1.0
+    momentum: float = 0.992  # DINOv2's teacher.momentum_teacher (ViT-L recipe)
+    final_momentum: float = 1.0
+    # cosine: half-cosine from momentum to final_momentum (DINO/DINOv2, BYOL, MSN) | linear: a straight ramp
+    # (I-JEPA's released momentum_scheduler)
+    schedule: str = "cosine"
 
 
 @dataclass
 class Config:
+    """What every method reads. A method's own sections (DINOv2's ``dino`` / ``ibot`` / ``teacher``, MSN's
+    ``msn``, ...) are dataclasses of its module, added by :func:`dinolite.config.sections.config_class` to
+    the class that :func:`dinolite.config.load_config` returns (a subclass of this one)."""
+
     student: StudentConfig = field(default_factory=StudentConfig)
-    dino: DinoConfig = field(default_factory=DinoConfig)
-    ibot: IbotConfig = field(default_factory=IbotConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     crops: CropsConfig = field(default_factory=CropsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -321,12 +226,9 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    joint_embedding: JointEmbeddingConfig = field(default_factory=JointEmbeddingConfig)
-    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
-    msn: MSNConfig = field(default_factory=MSNConfig)
-    simmim: SimMIMConfig = field(default_factory=SimMIMConfig)
 
 
+# Closed choices of the shared keys; a method's own choices are checked by its section (config/sections.py).
 CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
@@ -334,13 +236,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.weight_init": ("dinov2", "ijepa"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
-    "train.centering": ("centering", "sinkhorn_knopp"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
-    "joint_embedding.target": ("stopgrad", "ema"),
-    "ijepa.loss": ("smooth_l1", "mse", "l1"),
+    "ema.schedule": ("cosine", "linear"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers

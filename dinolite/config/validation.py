@@ -1,26 +1,59 @@
 """Checks that types alone cannot express: closed choices, numeric ranges and cross-key constraints.
 
-Every message names the dotted key, the value given and what is valid.
+Every message names the dotted key, the value given and what is valid. This module holds the rules of the
+shared sections; a method's rules live with its section (:mod:`dinolite.config.sections`) and run only
+when ``train.method`` is that method. The helpers (:func:`check_choices`, :func:`check_ranges`,
+:func:`check_positive`, :func:`check_fraction_pairs`) word every message alike, for the sections too.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
+from dinolite.config import sections
 from dinolite.config.schema import CHOICES, TRACKERS, Config, ConfigError, DataConfig
+
+# (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
+Range = tuple[str, float, float, bool, bool]
 
 
 def validate(cfg: Config) -> None:
-    """Check choices and value ranges that types alone cannot express."""
-    for dotted, allowed in CHOICES.items():
+    """The shared rules, then the rules of the sections that ``train.method`` registered (none of another
+    method's)."""
+    _validate_shared(cfg)
+    for section in sections.sections_of(cfg.train.method):
+        if section.validate is not None:
+            section.validate(getattr(cfg, section.name), cfg)
+
+
+def check_choices(cfg: Any, choices: Mapping[str, Sequence[str]]) -> None:
+    """Each dotted key of ``choices`` holds one of its values."""
+    for dotted, allowed in choices.items():
         value = get_by_path(cfg, dotted)
         if value not in allowed:
             raise ConfigError(f"invalid value for {dotted!r}: {value!r}; expected one of {', '.join(allowed)}")
+
+
+def check_positive(cfg: Any, keys: Sequence[str]) -> None:
+    """Each dotted key holds a number > 0."""
+    for dotted in keys:
+        if get_by_path(cfg, dotted) <= 0:
+            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
+
+
+def check_fraction_pairs(cfg: Any, keys: Sequence[str]) -> None:
+    """Each dotted key holds ``[low, high]`` with ``0 <= low <= high <= 1``."""
+    for dotted in keys:
+        lo_hi = get_by_path(cfg, dotted)
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
+            raise ConfigError(f"invalid value for {dotted!r}: {lo_hi}; expected [low, high] with 0 <= low <= high <= 1")
+
+
+def _validate_shared(cfg: Config) -> None:
+    check_choices(cfg, CHOICES)
     positive = [
         "student.patch_size",
-        "dino.head_n_prototypes",
-        "ibot.head_n_prototypes",
         "crops.global_crops_size",
         "crops.local_crops_size",
         "train.batch_size_per_gpu",
@@ -35,19 +68,14 @@ def validate(cfg: Config) -> None:
     for dotted in ("evaluation.online_every", "evaluation.online_max_train_images", "evaluation.online_max_val_images"):
         if get_by_path(cfg, dotted) < 0:
             raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be >= 0")
-    for dotted in positive:
-        if get_by_path(cfg, dotted) <= 0:
-            raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)!r}; must be > 0")
+    check_positive(cfg, positive)
     for dotted in ("crops.global_crops_size", "crops.local_crops_size"):
         size = get_by_path(cfg, dotted)
         if size % cfg.student.patch_size:
             raise ConfigError(
                 f"invalid value for {dotted!r}: {size} is not a multiple of student.patch_size={cfg.student.patch_size}"
             )
-    for dotted in ("crops.global_crops_scale", "crops.local_crops_scale", "ibot.mask_ratio_min_max"):
-        lo_hi = get_by_path(cfg, dotted)
-        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.0:
-            raise ConfigError(f"invalid value for {dotted!r}: {lo_hi}; expected [low, high] with 0 <= low <= high <= 1")
+    check_fraction_pairs(cfg, ("crops.global_crops_scale", "crops.local_crops_scale"))
     if cfg.crops.local_crops_number < 0:
         raise ConfigError(f"invalid value for 'crops.local_crops_number': {cfg.crops.local_crops_number}; must be >= 0")
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
@@ -84,8 +112,7 @@ def validate_data(data: DataConfig) -> None:
         raise ConfigError(f"invalid value for 'data.num_workers': {data.num_workers!r}; must be >= 0")
 
 
-# (dotted key, low, high, low inclusive, high inclusive): closed/open intervals of single keys.
-RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
+RANGES: tuple[Range, ...] = (
     ("optim.base_lr", 0.0, math.inf, False, False),
     ("optim.min_lr", 0.0, math.inf, True, False),
     ("optim.weight_decay", 0.0, math.inf, True, False),
@@ -97,29 +124,13 @@ RANGES: tuple[tuple[str, float, float, bool, bool], ...] = (
     ("optim.adamw_beta2", 0.0, 1.0, True, False),
     ("optim.warmup_epochs", 0, math.inf, True, False),
     ("optim.freeze_last_layer_epochs", 0, math.inf, True, False),
-    ("teacher.momentum_teacher", 0.0, 1.0, True, True),
-    ("teacher.final_momentum_teacher", 0.0, 1.0, True, True),
-    ("teacher.center_momentum", 0.0, 1.0, True, True),
-    ("teacher.warmup_teacher_temp", 0.0, math.inf, False, False),
-    ("teacher.teacher_temp", 0.0, math.inf, False, False),
-    ("teacher.student_temp", 0.0, math.inf, False, False),
-    ("teacher.warmup_teacher_temp_epochs", 0, math.inf, True, False),
-    ("ibot.mask_sample_probability", 0.0, 1.0, True, True),
-    ("dino.loss_weight", 0.0, math.inf, True, False),
-    ("dino.koleo_loss_weight", 0.0, math.inf, True, False),
-    ("ibot.loss_weight", 0.0, math.inf, True, False),
+    ("ema.momentum", 0.0, 1.0, True, True),
+    ("ema.final_momentum", 0.0, 1.0, True, True),
     ("student.drop_path_rate", 0.0, 1.0, True, False),
     ("train.keep_last_checkpoints", 0, math.inf, True, False),
     ("train.num_threads", 0, math.inf, True, False),
     ("evaluation.knn_k", 1, math.inf, True, False),
     ("student.num_register_tokens", 0, math.inf, True, False),
-    ("dino.head_bottleneck_dim", 1, math.inf, True, False),
-    ("dino.head_nlayers", 1, math.inf, True, False),
-    ("dino.head_hidden_dim", 1, math.inf, True, False),
-    ("ibot.head_bottleneck_dim", 1, math.inf, True, False),
-    ("ibot.head_nlayers", 1, math.inf, True, False),
-    ("ibot.head_hidden_dim", 1, math.inf, True, False),
-    ("teacher.sinkhorn_iterations", 1, math.inf, True, False),
     ("monitor.every", 0, math.inf, True, False),
     ("monitor.spectrum_every", 0, math.inf, True, False),
     ("monitor.max_samples", 1, math.inf, True, False),
@@ -141,9 +152,9 @@ def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
     return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
-def _validate_ranges(cfg: Config) -> None:
-    """Numeric ranges and cross-key constraints; each message names the key, the value and what is valid."""
-    for dotted, low, high, low_in, high_in in RANGES:
+def check_ranges(cfg: Any, ranges: Sequence[Range]) -> None:
+    """Each dotted key is a finite number in its interval (see :data:`RANGES`)."""
+    for dotted, low, high, low_in, high_in in ranges:
         value = get_by_path(cfg, dotted)
         ok_low = value >= low if low_in else value > low
         ok_high = value <= high if high_in else value < high
@@ -151,6 +162,11 @@ def _validate_ranges(cfg: Config) -> None:
             raise ConfigError(
                 f"invalid value for {dotted!r}: {value!r}; must be {_interval(low, high, low_in, high_in)}"
             )
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Numeric ranges and cross-key constraints; each message names the key, the value and what is valid."""
+    check_ranges(cfg, RANGES)
     for dotted in ARCH_OVERRIDES:
         value = get_by_path(cfg, dotted)
         if value is not None and value < 1:
@@ -180,27 +196,10 @@ def _validate_ranges(cfg: Config) -> None:
             f"the whole schedule (optim.epochs x train.iterations_per_epoch = "
             f"{cfg.optim.epochs * cfg.train.iterations_per_epoch})"
         )
-    if cfg.optim.freeze_last_layer_epochs and cfg.optim.freeze_last_layer_epochs >= cfg.optim.epochs:
-        raise ConfigError(
-            f"invalid value for 'optim.freeze_last_layer_epochs': {cfg.optim.freeze_last_layer_epochs}; must be < "
-            f"optim.epochs={cfg.optim.epochs} (the prototypes would stay frozen for the whole run)"
-        )
     for dotted in ("crops.global_crops_scale", "crops.local_crops_scale"):
         low = get_by_path(cfg, dotted)[0]
         if low <= 0:
             raise ConfigError(f"invalid value for {dotted!r}: {get_by_path(cfg, dotted)}; the low scale must be > 0")
-    grid = cfg.crops.global_crops_size // cfg.student.patch_size
-    if int(0.5 * grid * grid) < MIN_MASK_PATCHES:
-        raise ConfigError(
-            f"invalid value for 'crops.global_crops_size': {cfg.crops.global_crops_size} with student.patch_size="
-            f"{cfg.student.patch_size} gives {grid}x{grid} patches; iBOT's block masking needs at least "
-            f"{2 * MIN_MASK_PATCHES} patches per global crop (crops.global_crops_size >= "
-            f"{math.ceil(math.sqrt(2 * MIN_MASK_PATCHES)) * cfg.student.patch_size})"
-        )
-
-
-# iBOT's block masks: at least this many patches per block, at most half the patches (DINOv2's collate).
-MIN_MASK_PATCHES = 4
 
 
 def get_by_path(cfg: Any, dotted: str) -> Any:

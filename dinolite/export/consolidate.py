@@ -43,7 +43,9 @@ def consolidate_checkpoint(
     config_file = checkpoint_dir / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.yaml; is this a dinolite training checkpoint?")
-    cfg = load_config(config_file)
+    # export never imports the trainer that registers the methods' sections: they stay plain data, and
+    # only the shared sections (student, crops) are read here
+    cfg = load_config(config_file, unknown_sections="keep")
     method = method_record(checkpoint_dir)
     model = model or method["eval_network"]
     if model not in NETWORKS:

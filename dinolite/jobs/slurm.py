@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.config import OptIns, config_from_dict
 from dinolite.distributed import any_rank, barrier, destroy_distributed
 from dinolite.extras import optional_import

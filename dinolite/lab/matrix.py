@@ -26,6 +26,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.config.opt_ins import check_pipe_sources
 from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, prepare_builtin_set

@@ -1,7 +1,8 @@
 """The exponential moving average of a student into its teacher/target network, for every method.
 
 ``theta_T <- m * theta_T + (1 - m) * theta_S`` (Tarvainen & Valpola 2017, "Mean teachers"; the momentum
-encoder of MoCo, BYOL's target network and DINO's teacher are this update).
+encoder of MoCo, BYOL's target network and DINO's teacher are this update). The momentum ``m`` follows
+the shared ``ema`` config section (:func:`momentum_schedule`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+from dinolite.config import Config, EMAConfig
+from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule
+
+
+def momentum_schedule(ema: EMAConfig, total_iters: int) -> Schedule:
+    """The EMA momentum over a run of ``total_iters`` iterations: ``ema.schedule`` from ``ema.momentum`` to
+    ``ema.final_momentum`` (``cosine``: DINO's and BYOL's half-cosine; ``linear``: I-JEPA's ramp)."""
+    if ema.schedule == "linear":
+        return LinearSchedule(ema.momentum, ema.final_momentum, total_iters)
+    if ema.schedule == "cosine":
+        return CosineSchedule(ema.momentum, ema.final_momentum, total_iters)
+    raise ValueError(f"invalid value for 'ema.schedule': {ema.schedule!r}; expected one of cosine, linear")
+
+
+def run_momentum_schedule(cfg: Config) -> Schedule:
+    """:func:`momentum_schedule` over the whole run (``optim.epochs`` x ``train.iterations_per_epoch``)."""
+    return momentum_schedule(cfg.ema, cfg.optim.epochs * cfg.train.iterations_per_epoch)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -263,7 +263,7 @@ def train(
     monitor = CollapseMonitor.from_config(
         cfg.monitor,
         output_dir if is_main else None,
-        cfg.teacher.student_temp,
+        method.monitor_student_temp(cfg),
         method.monitor_embeddings,
         method.monitor_means,
     )

@@ -78,6 +78,27 @@ class CosineSchedule:
 
 
 @dataclass(frozen=True)
+class LinearSchedule:
+    """A straight ramp: ``base + (final - base) * it / total_iters`` for ``it < total_iters``, then ``final``
+    (I-JEPA's released EMA momentum schedule)."""
+
+    base_value: float
+    final_value: float
+    total_iters: int
+
+    def __post_init__(self) -> None:
+        if self.total_iters < 0:
+            raise ValueError(f"LinearSchedule: total_iters must be >= 0, got {self.total_iters}")
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"LinearSchedule: iteration must be >= 0, got {iteration}")
+        if iteration >= self.total_iters:
+            return float(self.final_value)
+        return self.base_value + (self.final_value - self.base_value) * iteration / self.total_iters
+
+
+@dataclass(frozen=True)
 class TrainingSchedules:
     """The generic schedules the trainer applies to the optimizer every iteration."""
 

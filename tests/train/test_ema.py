@@ -66,3 +66,30 @@ def test_a_parameter_the_student_does_not_train_is_left_bit_exact():
         ema_update(teacher, student, momentum=0.996)
     assert torch.equal(teacher["backbone"].bias, frozen)
     assert not torch.equal(teacher["backbone"].weight, torch.zeros(3, 4))  # the trained weight still moves
+
+
+def test_momentum_schedule_follows_the_shared_ema_section():
+    from dinolite.config import EMAConfig
+    from dinolite.train.ema import momentum_schedule
+    from dinolite.train.schedules import CosineSchedule
+
+    cosine = momentum_schedule(EMAConfig(momentum=0.9, final_momentum=1.0, schedule="cosine"), 100)
+    assert cosine == CosineSchedule(0.9, 1.0, 100)  # DINOv2's teacher, BYOL, MSN: the same object as before
+    linear = momentum_schedule(EMAConfig(momentum=0.996, final_momentum=1.0, schedule="linear"), 8)
+    # I-JEPA's released ramp: ema0 + i * (ema1 - ema0) / total, then ema1
+    assert [linear(i) for i in (0, 2, 8, 9)] == [0.996, 0.996 + 2 * 0.004 / 8, 1.0, 1.0]
+    with pytest.raises(ValueError, match="'ema.schedule': 'step'"):
+        momentum_schedule(EMAConfig(schedule="step"), 8)
+
+
+def test_every_ema_method_reads_the_one_ema_section():
+    from dinolite.config import load_config
+    from dinolite.train.methods import get_method
+
+    overrides = ["student.depth=1", "ema.momentum=0.5", "ema.final_momentum=0.7", "train.iterations_per_epoch=10"]
+    for preset in ("demo", "demo_msn", "demo_ijepa", "demo_byol"):
+        cfg = load_config(preset, overrides)
+        objective = get_method(cfg.train.method).build_objective(cfg)
+        total = cfg.optim.epochs * cfg.train.iterations_per_epoch
+        assert objective.schedule_values(0)["momentum"] == 0.5, preset
+        assert objective.schedule_values(total)["momentum"] == 0.7, preset

@@ -113,8 +113,8 @@ def test_byol_ema_target_without_predictor():
     cfg = _cfg(
         "joint_embedding.predictor_layers=2",
         "joint_embedding.target=ema",
-        "joint_embedding.target_momentum=0.9",
-        "joint_embedding.final_target_momentum=1.0",
+        "ema.momentum=0.9",
+        "ema.final_momentum=1.0",
     )
     objective = siamese.build_objective(cfg)
     assert list(objective.teacher) == ["backbone", "projector"]

@@ -1,7 +1,8 @@
 """Self-supervised methods, one module each, registered by name (``train.method``); see docs/methods.md.
 
-Adding a method: write ``dinolite/train/methods/<name>.py`` (objective + ``register_method(MethodSpec(...))``),
-a ``demo_<name>`` preset, and one import line below.
+Adding a method: write ``dinolite/train/methods/<name>.py`` (objective, its config section's dataclass and
+rules, ``register_method(MethodSpec(..., config_sections=...))``), a ``demo_<name>`` preset, and one import
+line below.
 """
 
 # One line per method: importing the module registers it.
@@ -14,6 +15,7 @@ from dinolite.train.methods import (
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")
     simclr,  # noqa: E402,F401  (registers "simclr")
     simmim,  # noqa: E402,F401  (registers "simmim")
+    vicreg,  # noqa: E402,F401  (registers "vicreg")
 )
 from dinolite.train.methods.registry import MethodSpec, get_method, list_methods, register_method
 

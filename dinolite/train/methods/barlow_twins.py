@@ -17,6 +17,7 @@ from dinolite.train.methods.joint_embedding import (
     method_spec,
     require_symmetric_loss,
 )
+from dinolite.train.methods.joint_embedding_config import validate_barlow_twins
 from dinolite.train.methods.registry import register_method
 from dinolite.train.pretrained import build_student_backbone
 
@@ -45,5 +46,6 @@ METHOD = register_method(
         "barlow_twins",
         "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
         build_objective,
+        rules=(validate_barlow_twins,),
     )
 )

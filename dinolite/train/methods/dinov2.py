@@ -1,6 +1,7 @@
 """DINOv2 as a registered method (``train.method: dinov2``): the objective built from the config (student,
 heads, losses, pretrained weights), its multi-crop views and iBOT-masking collate, its training FLOPs,
-head names and collapse-watchdog thresholds.
+head names, collapse-watchdog thresholds and config sections (``dino``, ``ibot``, ``teacher``:
+:mod:`dinolite.train.methods.dinov2_config`).
 
 The objective itself (DINO + iBOT + KoLeo with an EMA teacher, its formula and schedules) is
 :mod:`dinolite.train.methods.dinov2_objective`.
@@ -20,6 +21,7 @@ from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import model_summary
+from dinolite.train.methods import dinov2_config
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.pretrained import build_student_backbone, load_pretrained, load_pretrained_into, pretrained_part
@@ -171,5 +173,7 @@ METHOD = register_method(
             "teacher_head_logits": "head",
         },
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
+        config_sections=dinov2_config.SECTIONS,
+        student_temp=lambda cfg: cfg.teacher.student_temp,
     )
 )

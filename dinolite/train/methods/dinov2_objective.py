@@ -35,7 +35,7 @@ from torch import nn
 
 from dinolite.config import Config
 from dinolite.dtypes import at_least_float32
-from dinolite.train.ema import ema_update
+from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.schedules import CosineSchedule, Schedule
 
@@ -46,8 +46,8 @@ CENTERING_CHOICES = ("centering", "sinkhorn_knopp")
 class DINOv2Schedules:
     """DINOv2's own schedules, pure functions of the iteration (DINOv2's ``CosineScheduler`` shapes).
 
-    * ``momentum``: teacher EMA momentum, cosine ``momentum_teacher`` -> ``final_momentum_teacher``
-      over the whole run;
+    * ``momentum``: teacher EMA momentum, ``ema.momentum`` -> ``ema.final_momentum`` over the whole run
+      (DINOv2's ``teacher.momentum_teacher`` -> ``final_momentum_teacher``, cosine);
     * ``teacher_temp``: linear ``warmup_teacher_temp`` -> ``teacher_temp`` over
       ``warmup_teacher_temp_epochs``, then constant;
     * ``freeze_last_layer_iters``: the prototype layers get no update before this iteration.
@@ -60,10 +60,9 @@ class DINOv2Schedules:
     @classmethod
     def from_config(cls, cfg: Config) -> "DINOv2Schedules":
         epoch = cfg.train.iterations_per_epoch
-        total = cfg.optim.epochs * epoch
         temp_iters = cfg.teacher.warmup_teacher_temp_epochs * epoch
         return cls(
-            momentum=CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total),
+            momentum=run_momentum_schedule(cfg),
             teacher_temp=CosineSchedule(
                 base_value=cfg.teacher.teacher_temp,
                 final_value=cfg.teacher.teacher_temp,

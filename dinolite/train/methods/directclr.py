@@ -16,6 +16,7 @@ from dinolite.train.methods.joint_embedding import (
     method_spec,
     require_symmetric_loss,
 )
+from dinolite.train.methods.joint_embedding_config import validate_directclr, validate_temperature
 from dinolite.train.methods.registry import register_method
 from dinolite.train.pretrained import build_student_backbone
 
@@ -56,5 +57,6 @@ METHOD = register_method(
         "Jing et al. 2022, Understanding Dimensional Collapse in Contrastive Self-supervised Learning (DirectCLR)",
         build_objective,
         embeddings=("backbone_cls",),
+        rules=(validate_temperature, validate_directclr),
     )
 )

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from dinolite.config import Config, WatchdogThreshold
+from dinolite.config import Config, ConfigSection, WatchdogThreshold, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_ijepa
 from dinolite.data.masked_views import MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import backbone_kwargs
-from dinolite.train.ema import ema_update
+from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.masked_common import (
     checked,
     flops_record,
@@ -40,7 +42,39 @@ from dinolite.train.methods.masked_common import (
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.pretrained import build_student_backbone
-from dinolite.train.schedules import CosineSchedule, Schedule
+from dinolite.train.schedules import Schedule
+
+
+@dataclass
+class IJEPAConfig:
+    """I-JEPA's section (``train.method: ijepa``). Defaults: the paper's masks, the released ViT-H predictor
+    (depth 12, width 384). The EMA target follows the shared ``ema`` section; the view is one crop of
+    ``crops.global_crops_size`` / ``global_crops_scale``."""
+
+    num_targets: int = 4  # target blocks per image
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])  # fraction of the patch grid per target
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])  # height / width of a target block
+    # the context block, before the target patches are removed from it
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    min_keep: int = 10  # fewest context patches an image may keep
+    predictor_depth: int = 12  # transformer blocks of the predictor
+    predictor_embed_dim: int = 384  # predictor width
+    predictor_num_heads: int = 12  # predictor attention heads
+    loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's squared L2) | l1
+
+
+LOSSES = ("smooth_l1", "mse", "l1")
+
+
+def validate_ijepa(ijepa: IJEPAConfig, cfg: Config) -> None:
+    check_choices(cfg, {"ijepa.loss": LOSSES})
+    check_ranges(
+        cfg,
+        tuple(
+            (f"ijepa.{key}", 1, math.inf, True, False)
+            for key in ("num_targets", "predictor_depth", "predictor_embed_dim", "predictor_num_heads")
+        ),
+    )
 
 
 class IJEPAObjective(SSLObjective):
@@ -109,9 +143,7 @@ def build_objective(cfg: Config) -> IJEPAObjective:
             patch_grid(cfg), backbone.embed_dim, c.predictor_embed_dim, c.predictor_depth, c.predictor_num_heads
         ),
     )
-    total = cfg.optim.epochs * cfg.train.iterations_per_epoch
-    momentum = CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total)
-    return IJEPAObjective(backbone, predictor, IJEPALoss(c.loss), momentum)
+    return IJEPAObjective(backbone, predictor, IJEPALoss(c.loss), run_momentum_schedule(cfg))
 
 
 def build_transform(cfg: Config) -> SingleViewAugmentation:
@@ -176,7 +208,7 @@ def head_names(cfg: Config) -> tuple[str, ...]:
 
 # I-JEPA's collapse is a target that the predictor can match from the target positions alone: the loss
 # per image falls towards 0. On the digits demo a healthy run ends near 0.2 and one without the EMA
-# target (teacher.momentum_teacher=0) reached 0.002 (docs/methods_masked.md). The std / RankMe of the
+# target (ema.momentum=0) reached 0.002 (docs/methods_masked.md). The std / RankMe of the
 # mean patch feature do not separate them there (std x sqrt(d) 0.02 vs 0.01): 8x8 digits are mostly
 # blank patches, identical in every image, so every image's mean patch feature is nearly the same.
 WATCHDOG_THRESHOLDS = (
@@ -201,6 +233,7 @@ METHOD = register_method(
         },
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
         eval_features="avgpool",
+        config_sections=(ConfigSection("ijepa", IJEPAConfig, validate_ijepa),),
         monitor_means={"target_prediction_error": "target_prediction_error"},
     )
 )

@@ -25,15 +25,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigError, ViewConfig, WatchdogThreshold
+from dinolite.config import Config, ConfigError, ConfigSection, WatchdogThreshold
+from dinolite.config.sections import SectionRule
 from dinolite.data.augment import CropRecipe
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for, collate_views
 from dinolite.models import ProjectionMLP, backbone_kwargs
 from dinolite.models.info import backbone_forward_macs, head_forward_macs
-from dinolite.train.ema import ema_update
+from dinolite.train.ema import ema_update, run_momentum_schedule
+from dinolite.train.methods.joint_embedding_config import ViewConfig, family_section
 from dinolite.train.methods.registry import MethodSpec
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
-from dinolite.train.schedules import CosineSchedule
+from dinolite.train.schedules import Schedule
 
 N_VIEWS = 2
 MONITOR_EMBEDDINGS = {"backbone_cls": "backbone", "projector": "projector", "predictor": "predictor"}
@@ -185,7 +187,7 @@ class JointEmbeddingObjective(SSLObjective):
         backbone: nn.Module,
         projector: nn.Module | None = None,
         predictor: nn.Module | None = None,
-        target_momentum: CosineSchedule | None = None,
+        target_momentum: Schedule | None = None,
         symmetric_loss: bool = True,
     ) -> None:
         super().__init__()
@@ -302,14 +304,13 @@ def require_symmetric_loss(cfg: Config) -> None:
         )
 
 
-def target_momentum_schedule(cfg: Config) -> CosineSchedule | None:
-    """BYOL's ``tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2``: cosine from ``target_momentum`` to
-    ``final_target_momentum`` over the run; None when ``joint_embedding.target`` is ``stopgrad``."""
-    je = cfg.joint_embedding
-    if je.target != "ema":
+def target_momentum_schedule(cfg: Config) -> Schedule | None:
+    """BYOL's ``tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2``: the shared ``ema`` section's schedule
+    (cosine from ``ema.momentum`` to ``ema.final_momentum`` over the run by default); None when
+    ``joint_embedding.target`` is ``stopgrad``."""
+    if cfg.joint_embedding.target != "ema":
         return None
-    total = cfg.optim.epochs * cfg.train.iterations_per_epoch
-    return CosineSchedule(je.target_momentum, je.final_target_momentum, total)
+    return run_momentum_schedule(cfg)
 
 
 def method_spec(
@@ -317,10 +318,13 @@ def method_spec(
     paper: str,
     build: Callable[[Config], SSLObjective],
     embeddings: tuple[str, ...] = ("backbone_cls", "projector"),
+    rules: tuple[SectionRule, ...] = (),
+    sections: tuple[ConfigSection, ...] = (),
 ) -> MethodSpec:
     """The registry entry of a joint-embedding method: its views and collate, FLOPs, the student as the
-    evaluated network (BYOL's target with ``--network teacher``), its heads and the monitored ``embeddings``
-    (keys of :data:`MONITOR_EMBEDDINGS`)."""
+    evaluated network (BYOL's target with ``--network teacher``), its heads, the monitored ``embeddings``
+    (keys of :data:`MONITOR_EMBEDDINGS`), the ``joint_embedding`` section with the method's own ``rules``
+    for it, and the method's own config ``sections``."""
     return MethodSpec(
         name=name,
         paper=paper,
@@ -334,4 +338,5 @@ def method_spec(
         # the embeddings the method has (a switch that removes one, e.g. predictor_layers=0, just skips its metrics)
         monitor_embeddings={key: MONITOR_EMBEDDINGS[key] for key in embeddings},
         watchdog_thresholds=watchdog_thresholds(embeddings),
+        config_sections=(family_section(*rules), *sections),
     )

@@ -5,7 +5,7 @@ target view, an anchor view of the same size and ``crops.local_crops_number`` sm
 (:class:`dinolite.data.views.MultiViewAugmentation`); every anchor drops ``msn.mask_ratio`` of its
 patches, which the student ViT never encodes (``keep_indices``). Student = backbone + projection head
 + learnable prototypes; the target network is an EMA of backbone + projection head (the prototypes are
-shared, used without gradient on the target side). The loss (:class:`dinolite.losses.MSNLoss`) is the
+shared, used without gradient on the target side; its momentum is the shared ``ema`` section). The loss (:class:`dinolite.losses.MSNLoss`) is the
 cross-entropy between the sharpened target assignment and each anchor's assignment, plus ME-MAX over
 the global batch. Switches ``msn.sharpen`` / ``msn.me_max`` turn off each collapse-preventing part; the
 watchdog's defaults below flag the collapse each one then produces. The target encoder is evaluated.
@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigError, WatchdogThreshold
+from dinolite.config import Config, ConfigSection, WatchdogThreshold, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import collate_msn
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
 from dinolite.losses import MSNLoss
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
-from dinolite.train.ema import ema_update
+from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.masked_common import (
     checked,
     embed_dim,
@@ -37,7 +39,41 @@ from dinolite.train.methods.masked_common import (
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.pretrained import build_student_backbone
-from dinolite.train.schedules import CosineSchedule, Schedule
+from dinolite.train.schedules import Schedule
+
+
+@dataclass
+class MSNConfig:
+    """MSN's section (``train.method: msn``). Defaults: the released msn_vits16.yaml. Views: the global crops
+    (``crops.global_crops_*``) for the target and the anchor, the local crops for the focal anchors; the
+    EMA target follows the shared ``ema`` section."""
+
+    mask_ratio: float = 0.15  # fraction of each anchor's patches dropped (released config: patch_drop)
+    num_prototypes: int = 1024  # K, the learnable prototypes
+    hidden_dim: int = 2048  # projection head width
+    output_dim: int = 256  # projection head output (the prototypes' dimension)
+    use_bn: bool = True  # BatchNorm in the projection head
+    temperature: float = 0.1  # anchor softmax temperature tau
+    sharpen_temperature: float = 0.25  # target sharpening T (targets use tau * T)
+    sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
+    me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
+    me_max_weight: float = 1.0  # weight of the ME-MAX term
+    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+
+
+def validate_msn(msn: MSNConfig, cfg: Config) -> None:
+    check_ranges(
+        cfg,
+        (
+            ("msn.mask_ratio", 0.0, 1.0, True, False),
+            ("msn.num_prototypes", 1, math.inf, True, False),
+            ("msn.hidden_dim", 1, math.inf, True, False),
+            ("msn.output_dim", 1, math.inf, True, False),
+            ("msn.temperature", 0.0, math.inf, False, False),
+            ("msn.sharpen_temperature", 0.0, math.inf, False, False),
+            ("msn.me_max_weight", 0.0, math.inf, True, False),
+        ),
+    )
 
 
 class MSNObjective(SSLObjective):
@@ -76,7 +112,7 @@ class MSNObjective(SSLObjective):
             "anchor_cls": anchor_cls[:batch_size].detach(),
             "target_embedding": target.detach(),
             "teacher_head_probs": out["target_probs"],
-            # cosine similarities to the prototypes: the monitor divides by teacher.student_temp (= tau)
+            # cosine similarities to the prototypes: the monitor divides by msn.temperature (tau, MethodSpec.student_temp)
             "student_head_logits": self.loss.logits(anchor[:batch_size].detach(), prototypes.detach()),
         }
         return ObjectiveOutput(loss=out["loss"], terms=terms, diagnostics=diagnostics)
@@ -104,9 +140,7 @@ def build_objective(cfg: Config) -> MSNObjective:
             use_sinkhorn=c.use_sinkhorn,
         ),
     )
-    total = cfg.optim.epochs * cfg.train.iterations_per_epoch
-    momentum = CosineSchedule(cfg.teacher.momentum_teacher, cfg.teacher.final_momentum_teacher, total)
-    return MSNObjective(backbone, projector, prototypes, loss, momentum)
+    return MSNObjective(backbone, projector, prototypes, loss, run_momentum_schedule(cfg))
 
 
 def build_transform(cfg: Config) -> MultiViewAugmentation:
@@ -134,8 +168,6 @@ def build_transform(cfg: Config) -> MultiViewAugmentation:
 
 
 def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
-    if not 0.0 <= cfg.msn.mask_ratio < 1.0:
-        raise ConfigError(f"invalid value for 'msn.mask_ratio': {cfg.msn.mask_ratio}; must be in [0, 1)")
     return functools.partial(collate_msn, patch_size=cfg.student.patch_size, mask_ratio=cfg.msn.mask_ratio)
 
 
@@ -185,5 +217,7 @@ METHOD = register_method(
         demo_preset="demo_msn",
         monitor_embeddings={"target_cls": "backbone", "anchor_cls": "student_backbone", "target_embedding": "head"},
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
+        config_sections=(ConfigSection("msn", MSNConfig, validate_msn),),
+        student_temp=lambda cfg: cfg.msn.temperature,
     )
 )

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from dinolite.config import Config, ConfigError, WatchdogThreshold
+from dinolite.config import Config, ConfigError, ConfigSection, WatchdogThreshold, register_section
 from dinolite.eval.online import FEATURES as EVAL_FEATURES
 
 if TYPE_CHECKING:
@@ -51,6 +51,12 @@ class MethodSpec:
         eval_features: the global image feature the method trains, which the online evaluation reads:
             ``"cls"`` (the final-norm CLS token) or ``"avgpool"`` (the mean of the final-norm patch
             tokens: I-JEPA trains no CLS token and its paper evaluates the average-pooled output).
+        config_sections: the config sections the method reads besides the shared ones (its own, and a
+            family's), each with the method's rules for it; registering the method registers them
+            (:mod:`dinolite.config.sections`), and their rules run only when ``train.method`` is this method.
+        student_temp: ``cfg -> float``, the temperature of the student softmax whose logits the objective's
+            ``diagnostics`` hold as ``student_head_logits`` (the monitor's student-teacher cross-entropy);
+            None for a method without one.
     """
 
     name: str
@@ -66,6 +72,8 @@ class MethodSpec:
     watchdog_thresholds: tuple[WatchdogThreshold, ...] = field(default_factory=tuple)
     eval_features: str = "cls"
     monitor_means: Mapping[str, str] = field(default_factory=dict)
+    config_sections: tuple[ConfigSection, ...] = ()
+    student_temp: Callable[[Config], float] | None = None
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:
@@ -74,6 +82,11 @@ class MethodSpec:
             raise ValueError(
                 f"method {self.name!r}: eval_features={self.eval_features!r}; expected one of {EVAL_FEATURES}"
             )
+
+    def monitor_student_temp(self, cfg: Config) -> float:
+        """What the collapse monitor divides ``student_head_logits`` by: the method's ``student_temp``; 1.0
+        for a method without a student softmax (it emits no such logits, so the value is never used)."""
+        return self.student_temp(cfg) if self.student_temp is not None else 1.0
 
     def record(self, cfg: Config) -> dict[str, Any]:
         """What a checkpoint stores about the method (``state.json``'s ``method``), for eval and export."""
@@ -84,9 +97,12 @@ _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec`` to the registry (at import of its module); a name is registered once."""
+    """Add ``spec`` and its config sections to the registry (at import of its module); a name is
+    registered once."""
     if spec.name in _METHODS and _METHODS[spec.name] is not spec:
         raise ValueError(f"method {spec.name!r} is already registered")
+    for section in spec.config_sections:
+        register_section(section, spec.name)
     _METHODS[spec.name] = spec
     return spec
 

@@ -5,7 +5,7 @@
   cosine (:class:`dinolite.losses.NegativeCosineLoss`). ``joint_embedding.target=stopgrad``.
 * BYOL (Grill et al. 2020, "Bootstrap Your Own Latent"): the same loss with ``z`` from an EMA copy of
   backbone + projector (``joint_embedding.target=ema``), momentum cosine-scheduled from
-  ``target_momentum`` to ``final_target_momentum``.
+  ``ema.momentum`` to ``ema.final_momentum`` (the shared ``ema`` section).
 
 Switches, to provoke the collapses the papers report: ``joint_embedding.stop_gradient=false`` (SimSiam
 without stop-gradient collapses to a constant, Chen & He Fig. 2), ``joint_embedding.predictor_layers=0``
@@ -28,6 +28,7 @@ from dinolite.train.methods.joint_embedding import (
     method_spec,
     target_momentum_schedule,
 )
+from dinolite.train.methods.joint_embedding_config import validate_siamese
 from dinolite.train.methods.registry import register_method
 from dinolite.train.pretrained import build_student_backbone
 
@@ -73,10 +74,15 @@ SIMSIAM = register_method(
         "Chen & He 2021, Exploring Simple Siamese Representation Learning (SimSiam)",
         build_objective,
         embeddings=ALL_EMBEDDINGS,
+        rules=(validate_siamese,),
     )
 )
 BYOL = register_method(
     method_spec(
-        "byol", "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)", build_objective, embeddings=ALL_EMBEDDINGS
+        "byol",
+        "Grill et al. 2020, Bootstrap Your Own Latent (BYOL)",
+        build_objective,
+        embeddings=ALL_EMBEDDINGS,
+        rules=(validate_siamese,),
     )
 )

@@ -17,6 +17,7 @@ from dinolite.train.methods.joint_embedding import (
     method_spec,
     require_symmetric_loss,
 )
+from dinolite.train.methods.joint_embedding_config import validate_temperature
 from dinolite.train.methods.registry import register_method
 from dinolite.train.pretrained import build_student_backbone
 
@@ -45,5 +46,6 @@ METHOD = register_method(
         "simclr",
         "Chen et al. 2020, A Simple Framework for Contrastive Learning of Visual Representations (SimCLR)",
         build_objective,
+        rules=(validate_temperature,),
     )
 )

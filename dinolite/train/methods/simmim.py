@@ -12,12 +12,14 @@ so there is no teacher; the student backbone is evaluated.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from dinolite.config import Config, WatchdogThreshold
+from dinolite.config import Config, ConfigSection, WatchdogThreshold, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_simmim
 from dinolite.data.masked_views import SimMIMMaskGenerator
@@ -32,6 +34,22 @@ from dinolite.train.methods.masked_common import (
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.pretrained import build_student_backbone
+
+
+@dataclass
+class SimMIMConfig:
+    """SimMIM's section (``train.method: simmim``). Defaults: the paper's ViT-B recipe. The view is one crop
+    of ``crops.global_crops_size``."""
+
+    mask_patch_size: int = 32  # pixels per mask unit, a multiple of student.patch_size
+    mask_ratio: float = 0.6  # fraction of the mask units masked
+    norm_target: bool = False  # per-patch normalised pixel targets
+
+
+def validate_simmim(simmim: SimMIMConfig, cfg: Config) -> None:
+    check_ranges(
+        cfg, (("simmim.mask_patch_size", 1, math.inf, True, False), ("simmim.mask_ratio", 0.0, 1.0, True, False))
+    )
 
 
 class SimMIMObjective(SSLObjective):
@@ -114,5 +132,6 @@ METHOD = register_method(
         watchdog_thresholds=(
             WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=60, patience=3),
         ),
+        config_sections=(ConfigSection("simmim", SimMIMConfig, validate_simmim),),
     )
 )
