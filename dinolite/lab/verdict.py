@@ -41,7 +41,7 @@ as the band of "on par" (set it from the spread of the same run under another se
 
 A condition counts only when it *persists*: it must hold at every measurement of the last
 ``settle_fraction`` of the run (at least the last one). Early training can look collapsed (LayerScale
-or a random head make every output alike at first; see docs/collapse_experiment.md), and a transient dip
+or a random head make every output alike at first; see docs/monitor.md), and a transient dip
 that recovers is not a collapse. ``since`` is the first iteration from which the condition held at
 every later measurement: when the run collapsed.
 """

@@ -140,7 +140,7 @@ def head_names(cfg: Config) -> tuple[str, ...]:
     return ("dino_head", "ibot_head") if cfg.ibot.separate_head else ("dino_head",)
 
 
-# Tuned so healthy runs are never flagged (docs/readme/monitor.md): early in training a healthy run looks
+# Tuned so healthy runs are never flagged (docs/monitor.md): early in training a healthy run looks
 # collapsed to the backbone and uniform metrics (LayerScale 1e-5 makes every CLS feature nearly the same
 # and centering then flattens the teacher), so those two rules wait for the end of the default warm-up
 # (optim.warmup_epochs 10 x train.iterations_per_epoch 1250).
