@@ -3,7 +3,10 @@ the lab's verdict read the same rules with the same thresholds (docs/monitor.md#
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -181,3 +184,84 @@ def test_the_lab_reads_the_rules_of_its_thresholds_on_the_output_channels():
         (cr.LOW_RANK, "projector", 0.05, None),
         (cr.LOW_RANK, "predictor", 0.05, None),
     ]
+
+
+# --- one place to change a rule -----------------------------------------------------------------------
+
+# Run in a fresh interpreter: dinolite.monitor.collapse_rules is loaded from its own file with one line
+# edited (the line given), before anything imports it; then each judge reads features / statistics whose
+# std x sqrt(d) lies between the old and the new threshold. Prints the three findings as JSON.
+_JUDGES_SCRIPT = r"""
+import importlib.abc, importlib.util, json, sys
+from pathlib import Path
+
+import dinolite
+
+PATH = Path(dinolite.__file__).parent / "monitor" / "collapse_rules.py"
+OLD, NEW, SPREAD = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+
+class EditedRules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name != "dinolite.monitor.collapse_rules":
+            return None
+        return importlib.util.spec_from_file_location(name, PATH, loader=self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        source = PATH.read_text()
+        if source.count(OLD) != 1:
+            raise SystemExit(f"{PATH}: {OLD!r} is not one line of the file")
+        exec(compile(source.replace(OLD, NEW), str(PATH), "exec"), module.__dict__)
+
+
+sys.meta_path.insert(0, EditedRules())
+
+import torch
+
+from dinolite.eval.collapse_verdict import collapse_report
+from dinolite.lab.matrix import VerdictRules
+from dinolite.lab.traces import RunTrace
+from dinolite.lab.verdict import judge
+from dinolite.monitor.watchdog import Watchdog
+from dinolite.train.methods import get_method
+
+features = torch.ones(200, 32) + SPREAD * torch.randn(200, 32, generator=torch.Generator().manual_seed(0))
+report = collapse_report(features)
+stats = {"std": report.std, "std_ratio": report.std_ratio, "rankme": report.rankme,
+         "rankme_ratio": report.rankme_ratio}
+# the lab: a headless run whose trace logs these statistics throughout
+records = [{"iteration": it, "collapse/num_samples": 64.0, "loss": 1.0,
+            **{f"collapse/backbone_{k}": v for k, v in stats.items()}} for it in range(10, 210, 10)]
+verdict = judge(RunTrace.from_records(records), VerdictRules())
+# the watchdog: SimSiam's own rules, its predictor output measured with these statistics
+rules = get_method("simsiam").watchdog_thresholds
+live = {f"collapse/predictor_{k}": v for k, v in stats.items()} | {"collapse/projector_rankme": 50.0}
+watchdog = Watchdog(rules, known_metrics=[rule.metric for rule in rules])
+alerts = [a.mode for it in range(100, 300, 10) for a in watchdog.check(it, live)]
+print(json.dumps({"std_ratio": report.std_ratio, "visualiser": report.verdict, "lab": verdict.kind,
+                  "watchdog": sorted(set(alerts))}))
+"""
+
+
+def _three_judges(old: str, new: str, spread: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _JUDGES_SCRIPT, old, new, str(spread)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_a_threshold_changed_in_collapse_rules_changes_all_three_judges():
+    """The default constant-output threshold is one line of dinolite/monitor/collapse_rules.py: raised
+    from 0.1 to 0.2 there (and nowhere else), an embedding at std x sqrt(d) ~0.15, healthy to all three
+    judges before, is a constant-output collapse to the visualiser, the lab and SimSiam's watchdog."""
+    line = f"CONSTANT_OUTPUT_STD_RATIO = {cr.CONSTANT_OUTPUT_STD_RATIO}"
+    as_is = _three_judges(line, line, 0.15)
+    edited = _three_judges(line, "CONSTANT_OUTPUT_STD_RATIO = 0.2", 0.15)
+    assert 0.1 < as_is["std_ratio"] == edited["std_ratio"] < 0.2
+    assert (as_is["visualiser"], as_is["lab"], as_is["watchdog"]) == (cr.HEALTHY, cr.HEALTHY, [])
+    assert (edited["visualiser"], edited["lab"], edited["watchdog"]) == (cr.COMPLETE, cr.COMPLETE, [cr.CONSTANT_OUTPUT])
