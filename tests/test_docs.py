@@ -146,3 +146,50 @@ def test_docs_are_one_tree_listed_in_the_readme():
     assert not nested, f"pages outside the one docs/ tree: {nested}"
     unlisted = [p.name for p in topic_pages if f"](docs/{p.name})" not in readme]
     assert not unlisted, f"docs pages the README's documentation table does not list: {unlisted}"
+
+
+def headings(page: Path) -> list[str]:
+    """The text of every heading of a markdown page (outside code blocks)."""
+    found = []
+    for line in prose_lines(page.read_text()):
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            found.append(heading.group(1))
+    return found
+
+
+# `docs/data.md, "Budgets"` or `benchmarks/RESULTS.md, "Intra-op threads"`: a page and a section title,
+# the way code comments point to where measured figures and reasons are kept.
+SECTION_REFERENCE = re.compile(r"(?<![\w/.])((?:docs/[\w./-]*\w|benchmarks/RESULTS)\.md),? \"([^\"]{3,120})\"")
+
+
+def section_references(text: str) -> list[tuple[str, str]]:
+    """Every (page, section title) a source names; a title wrapped over comment or docstring lines is
+    read joined."""
+    joined = re.sub(r"\s*\n\s*(?:#\s*)?", " ", text)
+    return SECTION_REFERENCE.findall(joined)
+
+
+def test_section_references_are_read_across_wrapped_comment_lines():
+    text = 'x = 1  # measured: benchmarks/RESULTS.md, "what the\n    # hostile-input checks cost").\n'
+    assert section_references(text) == [("benchmarks/RESULTS.md", "what the hostile-input checks cost")]
+
+
+def test_sections_named_in_sources_and_configs_exist():
+    """A comment that sends the reader to a page's section for the measured figures (``benchmarks/
+    RESULTS.md, "Intra-op threads"``) names a heading of that page (the title, or part of it)."""
+    sources = [
+        *ROOT.glob("dinolite/**/*.py"),
+        *ROOT.glob("dinolite/configs/**/*.yaml"),
+        *ROOT.glob("benchmarks/*.py"),
+        *(path for path in ROOT.glob("tests/**/*.py") if path.name != Path(__file__).name),
+    ]
+    dead = []
+    for path in sources:
+        for page, title in section_references(path.read_text()):
+            target = ROOT / page
+            if not target.exists():
+                dead.append(f"{path.relative_to(ROOT)} names {page} (no such file)")
+            elif not any(title.lower() in heading.lower() for heading in headings(target)):
+                dead.append(f'{path.relative_to(ROOT)} names {page}, "{title}" (no heading with that text)')
+    assert not dead, "dead section references:\n" + "\n".join(sorted(set(dead)))
