@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": FOUNDATION,
     "losses": FOUNDATION,
     "data": FOUNDATION,
-    "monitor": FOUNDATION,
+    "monitor": FOUNDATION,  # owns the one collapse rule set (collapse_rules.py) that eval and lab read
     # Sharding over processes (FSDP2 / HSDP, activation checkpointing, compile, clipping): below train.
     "fsdp": FOUNDATION | {"models"},
     # Readers of finished runs: never the trainer.

@@ -162,7 +162,7 @@ class DistributedConfig:
 
 @dataclass
 class WatchdogThreshold:
-    metric: str = ""  # a monitor metric name, e.g. "collapse/backbone_rankme" (docs/readme/monitor.md)
+    metric: str = ""  # a monitor metric name, e.g. "collapse/backbone_rankme" (docs/monitor.md)
     min: Optional[float] = None  # flag when the value drops below
     max: Optional[float] = None  # flag when the value rises above
     after_iteration: int = 0  # ignore before this iteration (warm-up is noisy)

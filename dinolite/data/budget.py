@@ -53,7 +53,8 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int, key: str) -> bytes
 
     A FIFO, device or socket is refused by name: opening a FIFO would block and a device such as
     ``/dev/zero`` never ends. ``key`` names the setting that holds the limit, for the message. Plain
-    ``os`` calls: faster than a Python file object (7 against 10 us per small file).
+    ``os`` calls: faster than a Python file object (benchmarks/RESULTS.md, "what the hostile-input
+    checks cost").
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     try:

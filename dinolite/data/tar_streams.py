@@ -1,10 +1,11 @@
 """The byte stream under a tar shard, decompressed in bounded steps, and the byte budget of its members.
 
 Not tarfile's own ``r|*``: its stream decompresses each 10 KiB it reads whole (10 MB from a gzip of
-zeros) and copies what remains of that on every later read, so skipping a 1.5 GB member of a 1.5 MB
-shard took 64 s with 61 MB resident. Here one read decompresses at most what it asks for (gzip:
-:class:`GzipStream`; bzip2 and xz: the standard library's readers), and unread members are skipped in
-steps of ``SKIP_STEP``. Figures: benchmarks/RESULTS.md.
+zeros) and copies what remains of that on every later read, so skipping a huge member of a small shard
+takes time and memory that grow with the member. Here one read decompresses at most what it asks for
+(gzip: :class:`GzipStream`; bzip2 and xz: the standard library's readers), and unread members are
+skipped in steps of ``SKIP_STEP``. Measured, both ways: benchmarks/RESULTS.md, "Data: what the
+hostile-input checks cost".
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class GzipStream:
     between them skipped), for tarfile's stream reads; one read decompresses at most ``_OUTPUT_STEP``
     bytes, or what was asked if more.
 
-    Raw deflate, like tarfile's own stream: each member's CRC32 is not verified (it costs ~1.5% of a
-    JPEG's decode with this machine's zlib; tarfile never verified it either). A damaged stream is
+    Raw deflate, like tarfile's own stream: each member's CRC32 is not verified (a measurable share of a
+    JPEG's decode: benchmarks/RESULTS.md, "Data: what the hostile-input checks cost"; tarfile never
+    verified it either). A damaged stream is
     found where it breaks the deflate data, a tar header or an image.
     """
 

@@ -31,8 +31,9 @@ from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_y
 from dinolite.config.opt_ins import check_pipe_sources
 from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, prepare_builtin_set
 from dinolite.eval.online import FEATURES
+from dinolite.monitor import collapse_rules
+from dinolite.monitor.collapse_rules import COMPLETE, DIMENSIONAL, HEALTHY
 
-HEALTHY, COMPLETE, DIMENSIONAL = "healthy", "complete collapse", "dimensional collapse"
 # Comparisons with the run's reference (Wang et al. 2022's asymmetry experiments): its final accuracy is
 # higher, lower, or within the margin of the reference's (dinolite/lab/verdict.py: compare).
 BETTER, WORSE, ON_PAR = "better than reference", "worse than reference", "on par with reference"
@@ -82,15 +83,22 @@ class Measurements:
 
 @dataclass
 class VerdictRules:
-    """Thresholds of the verdict (dinolite/lab/verdict.py explains each); defaults suit any method."""
+    """Thresholds of the verdict (dinolite/lab/verdict.py applies them); the defaults are the collapse
+    rules' (dinolite.monitor.collapse_rules), the ones the watchdog and the visualiser read too."""
 
-    complete_std_ratio: float = 0.1  # std x sqrt(d) of the L2-normalised embedding below: constant output
-    complete_rankme: float = 1.5  # RankMe below: every output on one line (the watchdog's backbone rule)
-    one_prototype_entropy: float = 0.1  # batch-mean teacher entropy / ln K below: one prototype for all
-    uniform_entropy: float = 0.98  # per-image teacher entropy / ln K above: a flat output for every image
-    dimensional_rank_ratio: float = 0.05  # RankMe / min(N, D) below (and not complete): dimensional
-    dimensional_reference_fraction: float = 0.5  # eval-set RankMe below this x the reference run's
-    settle_fraction: float = 0.25  # the last fraction of the run a condition must hold over (>= 1 point)
+    # std x sqrt(d) of the L2-normalised embedding below: constant output
+    complete_std_ratio: float = collapse_rules.CONSTANT_OUTPUT_STD_RATIO
+    complete_rankme: float = collapse_rules.ONE_DIRECTION_RANKME  # RankMe below: every output on one line
+    # batch-mean teacher entropy / ln K below: one prototype for all
+    one_prototype_entropy: float = collapse_rules.ONE_PROTOTYPE_ENTROPY_NORM
+    # per-image teacher entropy / ln K above: a flat output for every image
+    uniform_entropy: float = collapse_rules.UNIFORM_ENTROPY_NORM
+    # RankMe / min(N, D) below (and not complete): dimensional
+    dimensional_rank_ratio: float = collapse_rules.LOW_RANK_RANKME_RATIO
+    # eval-set RankMe below this x the reference run's
+    dimensional_reference_fraction: float = collapse_rules.FEWER_DIMENSIONS_FRACTION
+    # the last fraction of the run a condition must hold over (>= 1 point)
+    settle_fraction: float = collapse_rules.SETTLE_FRACTION
     comparison_metric: str = "knn"  # knn | linear: the final top-1 a comparison with the reference reads
     comparison_margin: float = 2.0  # points of top-1: |difference| below it is "on par with reference"
 

@@ -119,9 +119,11 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "",
         "kNN: top-1 %, k = {k}, cosine, on the evaluated network's CLS (or its mean patch token where the "
         "column says avgpool); linear: DINOv2's linear-probe grid; "
-        "both on the final checkpoint. Verdict rules and thresholds: `dinolite/lab/verdict.py` and the matrix's "
-        "`verdict:` section (a run's own `verdict:` entries, listed under Runs, replace them for that run); "
-        "the watchdog column replays each run's own `monitor.thresholds` over its log. "
+        "both on the final checkpoint. Verdict rules: the collapse rules of `dinolite/monitor/collapse_rules.py` "
+        "(docs/monitor.md#collapse-rules) as `dinolite/lab/verdict.py` reads them, with the thresholds of the "
+        "matrix's `verdict:` section (a run's own `verdict:` entries, listed under Runs, replace them for that "
+        "run); the watchdog column replays each run's own watchdog rules (its method's and `monitor.thresholds`) "
+        "over its log. "
         "A run expected to be better / worse than / on par with its reference is judged on the final {metric} "
         "top-1 against the reference's, with a margin of {margin:g} points.".format(
             k=m.measurements.knn_k, metric=m.verdict.comparison_metric, margin=m.verdict.comparison_margin

@@ -1,35 +1,29 @@
 """Verdict: healthy, complete collapse or dimensional collapse, decided from a run's metric traces.
 
-The kinds, and the papers whose figures they come from:
+The rules are the ones every judge of collapse reads (:mod:`dinolite.monitor.collapse_rules`: a
+statistic on a channel, its threshold, the mode it shows), read here on the logged series; the matrix's
+``verdict:`` section (:class:`~dinolite.lab.matrix.VerdictRules`, defaults from that module) and a run's
+own ``verdict:`` entries set the thresholds. Why each rule and threshold, and the runs that place them:
+docs/monitor.md#collapse-rules; how the lab applies them: docs/collapse.md#the-verdict.
 
 The absolute rules read the **output** channels, the embeddings the loss acts on (the projector / head
 and the predictor), which is where the papers measure collapse (Chen & He's ``z``, Jing et al.'s embedding
 space); the backbone is an output only for a method without a head (DirectCLR, SimCLR without
 projector). The backbone of a method with a head is judged only relative to a reference run: a small ViT's
-CLS feature is strongly anisotropic even when it is good (the SimSiam demo's backbone reaches 72.7% kNN at
-``std * sqrt(d)`` 0.09 and RankMe 2.2 of 64), so absolute floors on it would call healthy runs collapsed.
+CLS feature can be strongly anisotropic and still good, so absolute floors on it would call healthy runs
+collapsed.
 
-- **complete collapse**: every image gets (nearly) the same output. Seen as
-  - a constant embedding: the std of the L2-normalised embedding drops to 0 (SimSiam, Chen & He 2021,
-    Fig. 2; healthy stays near 1/sqrt(d), i.e. ``std_ratio = std * sqrt(d)`` near 1). Rule:
-    ``std_ratio < complete_std_ratio`` on an output channel;
-  - one direction: ``RankMe < complete_rankme`` (1.5, the DINOv2 watchdog's "every CLS feature points the
-    same way") on an output channel. A projector ending in a BatchNorm without affine (SimSiam's) keeps
-    every output dimension at unit batch variance, so its std cannot fall to 0 even when all outputs lie
-    on one line; its RankMe does fall to ~1, and the predictor after it (no BatchNorm) shows the std -> 0 of
-    Chen & He's figure;
-  - one prototype (DINO without centering, Caron et al. 2021): the batch-mean teacher distribution puts
-    all mass on one prototype. Rule: ``teacher_mean_entropy / ln K < one_prototype_entropy``;
-  - a uniform output (DINO without sharpening): every teacher distribution is flat. Rule:
-    ``teacher_entropy / ln K > uniform_entropy``.
-- **dimensional collapse** (Jing et al. 2021): outputs differ between images but span few directions
-  (many near-zero singular values). Rules (not complete, and either):
-  - ``RankMe / min(N, D) < dimensional_rank_ratio`` on an output channel: an absolute floor, low because
-    a small healthy network on a 10-class data set already has a low effective rank;
-  - relative, as Jing et al. compare (SimCLR without vs with a projector): when the run names a
-    ``reference`` run, its RankMe is below ``dimensional_reference_fraction`` x the reference's at the
-    same iterations: the evaluated backbone's on the evaluation images (checkpoints), or any channel's
-    in the training traces.
+- **complete collapse**: every image gets (nearly) the same output: a constant output (std x sqrt(d) of
+  the L2-normalised embedding, ``complete_std_ratio``), outputs on one line (RankMe, ``complete_rankme``;
+  how a projector ending in BatchNorm without affine collapses, its std held up by the BatchNorm), one
+  prototype (the batch-mean teacher entropy / ln K, ``one_prototype_entropy``; DINO without centering), a
+  uniform output (per-image teacher entropy / ln K, ``uniform_entropy``; DINO without sharpening).
+- **dimensional collapse** (Jing et al. 2021): outputs differ between images but span few directions.
+  Either ``RankMe / min(N, D) < dimensional_rank_ratio`` on an output channel (an absolute floor, low
+  because a small healthy network on a 10-class data set already has a low effective rank), or, as Jing
+  et al. compare (SimCLR without vs with a projector), RankMe below ``dimensional_reference_fraction`` x
+  the ``reference`` run's at the same iterations: the evaluated backbone's on the evaluation images
+  (checkpoints), or any channel's in the training traces.
 - **healthy**: none of the above.
 - **diverged**: the loss or a metric became NaN/inf (no collapse verdict can be read from it).
 
@@ -40,10 +34,10 @@ network is *better than*, *worse than* or *on par with* the reference's, with ``
 as the band of "on par" (set it from the spread of the same run under another seed).
 
 A condition counts only when it *persists*: it must hold at every measurement of the last
-``settle_fraction`` of the run (at least the last one). Early training can look collapsed (LayerScale
-or a random head make every output alike at first; see docs/collapse_experiment.md), and a transient dip
-that recovers is not a collapse. ``since`` is the first iteration from which the condition held at
-every later measurement: when the run collapsed.
+``settle_fraction`` of the run (at least the last one; :func:`~dinolite.monitor.collapse_rules.settled_since`).
+Early training can look collapsed (LayerScale or a random head make every output alike at first; see
+docs/monitor.md), and a transient dip that recovers is not a collapse. ``since`` is the first iteration
+from which the condition held at every later measurement: when the run collapsed.
 """
 
 from __future__ import annotations
@@ -52,8 +46,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dinolite.lab.matrix import BETTER, COMPLETE, DIMENSIONAL, HEALTHY, ON_PAR, WORSE, VerdictRules
+from dinolite.lab.matrix import BETTER, ON_PAR, WORSE, VerdictRules
 from dinolite.lab.traces import CHANNELS, RunTrace, Series
+from dinolite.monitor.collapse_rules import (
+    CollapseRule,
+    constant_output,
+    fewer_dimensions,
+    low_rank,
+    one_direction,
+    one_prototype,
+    settled_since,
+    uniform_output,
+    verdict_kind,
+)
 
 DIVERGED = "diverged"
 NO_DATA = "no data"
@@ -139,17 +144,9 @@ def compare(
 
 def persistent_since(series: Series, condition: Callable[[float], bool], settle_fraction: float) -> Optional[int]:
     """First iteration from which ``condition`` holds at every later point, provided it holds over the
-    last ``settle_fraction`` of the run (at least the last point); None otherwise."""
-    if not series:
-        return None
-    settle_from = series.iterations[-1] * (1.0 - settle_fraction)
-    first_in_window = min(it for it in series.iterations if it >= settle_from)
-    since = None
-    for it, value in zip(reversed(series.iterations), reversed(series.values)):
-        if not (math.isfinite(value) and condition(value)):
-            break
-        since = it
-    return since if since is not None and since <= first_in_window else None
+    last ``settle_fraction`` of the run (at least the last point); None otherwise
+    (:func:`dinolite.monitor.collapse_rules.settled_since` on a trace series)."""
+    return settled_since(series.iterations, series.values, condition, settle_fraction)
 
 
 def judge(
@@ -180,89 +177,67 @@ def judge(
     measured = any(trace.channel_prefix(c) for c in CHANNELS) or bool(trace.teacher("teacher_entropy_norm"))
     if not measured:
         return Verdict(NO_DATA, evidence=evidence)
+    candidates = [
+        *absolute_candidates(trace, rules),
+        *reference_candidates(trace, rules, eval_rank, reference_rank, reference, reference_trace),
+    ]
+    findings, held = [], []
+    for rule, mode, series, text in candidates:
+        since = persistent_since(series, rule.holds, rules.settle_fraction)
+        if since is not None:
+            findings.append(Finding(rule.kind, mode, since, series.last, text))
+            held.append(rule)
+    return Verdict(verdict_kind(held), findings, evidence)
 
-    outputs = output_channels(trace)
-    candidates: list[tuple[str, str, Series, Callable[[float], bool], str]] = []
-    for channel in outputs:
-        candidates.append(
-            (
-                COMPLETE,
-                f"constant {channel} output",
-                trace.channel(channel, "std_ratio"),
-                lambda v: v < rules.complete_std_ratio,
-                f"std x sqrt(d) < {rules.complete_std_ratio:g}",
-            )
-        )
-    for channel in outputs:
-        candidates.append(
-            (
-                COMPLETE,
-                f"one-direction {channel}",
-                trace.channel(channel, "rankme"),
-                lambda v: v < rules.complete_rankme,
-                f"RankMe < {rules.complete_rankme:g}",
-            )
-        )
-    candidates.append(
-        (
-            COMPLETE,
-            "one prototype",
-            trace.teacher("teacher_mean_entropy_norm"),
-            lambda v: v < rules.one_prototype_entropy,
-            f"H(mean teacher)/ln K < {rules.one_prototype_entropy:g}",
-        )
-    )
-    candidates.append(
-        (
-            COMPLETE,
-            "uniform output",
-            trace.teacher("teacher_entropy_norm"),
-            lambda v: v > rules.uniform_entropy,
-            f"H(teacher)/ln K > {rules.uniform_entropy:g}",
-        )
-    )
-    for channel in outputs:
-        candidates.append(
-            (
-                DIMENSIONAL,
-                f"low-rank {channel}",
-                trace.channel(channel, "rankme_ratio"),
-                lambda v: v < rules.dimensional_rank_ratio,
-                f"RankMe/min(N,D) < {rules.dimensional_rank_ratio:g}",
-            )
-        )
+
+# A rule as the lab reads it: the rule, the finding's name, the series it reads, the condition in words.
+Candidate = tuple[CollapseRule, str, Series, str]
+
+
+def verdict_rules(rules: VerdictRules, outputs: list[str]) -> list[CollapseRule]:
+    """The absolute rules of a matrix's (or run's) thresholds, on the run's output channels, in the
+    report's order: constant output, one direction, one prototype, uniform output, low rank."""
+    return [
+        *(constant_output(channel, rules.complete_std_ratio) for channel in outputs),
+        *(one_direction(channel, rules.complete_rankme) for channel in outputs),
+        one_prototype(rules.one_prototype_entropy),
+        uniform_output(rules.uniform_entropy),
+        *(low_rank(channel, rules.dimensional_rank_ratio) for channel in outputs),
+    ]
+
+
+def absolute_candidates(trace: RunTrace, rules: VerdictRules) -> list[Candidate]:
+    """Each absolute rule with the trace series it reads (a lab channel resolves to the method's prefix)."""
+    candidates = []
+    for rule in verdict_rules(rules, output_channels(trace)):
+        series = trace.channel(rule.channel, rule.stat) if rule.channel else trace.series(rule.metric)
+        candidates.append((rule, rule.label(), series, rule.condition()))
+    return candidates
+
+
+def reference_candidates(
+    trace: RunTrace,
+    rules: VerdictRules,
+    eval_rank: Optional[Series],
+    reference_rank: Optional[Series],
+    reference: str,
+    reference_trace: Optional[RunTrace],
+) -> list[Candidate]:
+    """The relative rule (Jing et al.): RankMe against the reference run's, on the evaluation images'
+    spectra when both runs have them, and on every channel of the training traces."""
     fraction = rules.dimensional_reference_fraction
+    candidates = []
     if eval_rank and reference_rank:
-        candidates.append(
-            (
-                DIMENSIONAL,
-                f"fewer dimensions than {reference}",
-                _ratio(eval_rank, reference_rank),
-                lambda v: v < fraction,
-                f"eval RankMe < {fraction:g} x {reference}'s",
-            )
-        )
+        rule = fewer_dimensions("backbone", fraction)
+        text = f"eval RankMe < {fraction:g} x {reference}'s"
+        candidates.append((rule, f"fewer dimensions than {reference}", _ratio(eval_rank, reference_rank), text))
     if reference_trace is not None:
         for channel in CHANNELS:
+            rule = fewer_dimensions(channel, fraction)
             ratio = _ratio(trace.channel(channel, "rankme"), reference_trace.channel(channel, "rankme"))
-            candidates.append(
-                (
-                    DIMENSIONAL,
-                    f"fewer {channel} dimensions than {reference}",
-                    ratio,
-                    lambda v: v < fraction,
-                    f"{channel} RankMe < {fraction:g} x {reference}'s",
-                )
-            )
-    findings = []
-    for kind, mode, series, condition, rule in candidates:
-        since = persistent_since(series, condition, rules.settle_fraction)
-        if since is not None:
-            findings.append(Finding(kind, mode, since, series.last, rule))
-    for kind in (COMPLETE, DIMENSIONAL):
-        if any(f.kind == kind for f in findings):
-            return Verdict(kind, findings, evidence)
-    return Verdict(HEALTHY, findings, evidence)
+            text = f"{channel} RankMe < {fraction:g} x {reference}'s"
+            candidates.append((rule, f"fewer {channel} dimensions than {reference}", ratio, text))
+    return candidates
 
 
 def output_channels(trace: RunTrace) -> list[str]:

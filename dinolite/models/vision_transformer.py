@@ -127,8 +127,9 @@ class DinoVisionTransformer(nn.Module):
         ``weight_init="ijepa"``, the released I-JEPA encoder's: the patch convolution truncated normal
         (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
         FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
-        Its patch tokens start about four times smaller than with PyTorch's default (std 0.02 against
-        ``1 / sqrt(3 * fan_in)``), so position outweighs pixel content at the input.
+        Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
+        ``1 / sqrt(3 * fan_in)``: 0.083 for a 4x4 RGB patch, 0.021 for 16x16), so position outweighs pixel
+        content at the input.
         """
         with torch.no_grad():
             if self.pos_embed_type == "sincos":

@@ -1,9 +1,12 @@
-"""Collapse diagnostics: metrics on embeddings, a monitor that gathers them across ranks, a watchdog.
+"""Collapse diagnostics: metrics on embeddings, a monitor that gathers them across ranks, the one set of
+collapse rules (collapse_rules) that the watchdog, the visualiser's verdict and the lab's verdict read,
+and the watchdog.
 
 Reads what the objective exposes; never changes training.
 """
 
 from dinolite.monitor.collapse import CollapseMonitor, gather_rows
+from dinolite.monitor.collapse_rules import CollapseRule
 from dinolite.monitor.metrics import (
     batch_mean_entropy,
     covariance_spectrum,
@@ -20,6 +23,7 @@ __all__ = [
     "Alert",
     "CollapseDetected",
     "CollapseMonitor",
+    "CollapseRule",
     "Watchdog",
     "batch_mean_entropy",
     "covariance_spectrum",

@@ -11,7 +11,7 @@ step the loop calls :func:`check_finite_parameters`:
   finite values, so a flagged sum is confirmed element-wise (``isfinite``) before anything is reported;
   that slow path runs only when something is already wrong. ``benchmarks/finite_check_overhead.py``
   measures it against the AdamW step (the sum costs a small fraction of it; a fused max-abs norm,
-  ``get_total_norm(inf)``, was 15x slower on CPU);
+  ``get_total_norm(inf)``, cost more than the step itself on CPU: benchmarks/RESULTS.md);
 - on failure (every rank raises, agreed by the all-reduce) the message names each module at fault, whether
   weights or gradients, and the first parameters with non-finite values (this rank's shards).
 """

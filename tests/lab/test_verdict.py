@@ -84,9 +84,9 @@ def test_simsiam_without_stopgrad_std_to_zero_is_complete_collapse_from_when_it_
 
 
 def test_an_anisotropic_backbone_under_healthy_heads_is_healthy():
-    """The SimSiam demo at 200 iterations (72.7% kNN): its backbone CLS has std x sqrt(d) 0.09 and RankMe
-    2.2 of 64 while its projector and predictor are spread out. With heads, the absolute rules read the
-    heads; the backbone would count only against a reference run."""
+    """The healthy SimSiam run of the seeds report (docs/monitor.md#thresholds): its backbone CLS is far
+    from isotropic (the traces below) while its projector and predictor are spread out. With heads, the
+    absolute rules read the heads; the backbone would count only against a reference run."""
     series = {
         "collapse__backbone_std_ratio": [0.26, 0.10] + [0.09] * 18,
         "collapse__backbone_rankme_ratio": [0.043] + [0.035] * 19,
@@ -218,8 +218,9 @@ def test_thresholds_come_from_the_rules():
 
 
 def test_a_run_replaces_the_matrix_thresholds_it_names():
-    """seeds.yaml's I-JEPA run: its mean patch feature is healthy at std x sqrt(d) ~0.02 and RankMe ~1.3
-    (digits are mostly blank patches), and its no-EMA collapse reached 0.01 / 1.1 (measured traces)."""
+    """seeds.yaml's I-JEPA run: its mean patch feature is healthy far below the default floors (digits
+    are mostly blank patches), its no-EMA collapse lower still; the traces below follow the measured ones
+    (docs/collapse.md#the-seeds-matrix-on-this-machine)."""
     run = LabRun(label="ijepa", preset="demo_ijepa", expect=HEALTHY, verdict={"complete_std_ratio": 0.015})
     rules = run_rules(RULES, run)
     assert rules.complete_std_ratio == 0.015 and rules.complete_rankme == RULES.complete_rankme

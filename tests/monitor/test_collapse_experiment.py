@@ -1,4 +1,4 @@
-"""The documented collapse experiment (docs/collapse_experiment.md) through the real training loop.
+"""The documented collapse experiment (docs/monitor.md) through the real training loop.
 
 A tiny DINOv2 on scikit-learn's digits, default watchdog thresholds with ``monitor.action=stop``:
 - healthy (the demo recipe): runs to the end, never flagged;

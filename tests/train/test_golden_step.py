@@ -6,11 +6,12 @@ What is guaranteed where:
   in float64 (weights, batch, AdamW state, centres: the whole step) match the float64 fixture: every
   loss term, every gradient, the gradient norms, the centres and the teacher, each within a relative
   error of ``FLOAT64_RTOL`` (norm-wise per tensor), and every tensor is still float64 (a ``.float()``
-  that downcasts inside the objective fails by name). Float64 rounding differs between CPUs by at most
-  ~5e-12 here (measured, with KoLeo's nearest-neighbour distances magnifying it: benchmarks/RESULTS.md),
-  while a relative change of 1e-9 in the student temperature moves the step by ~1e-8, one of 1e-8 in a
-  centre momentum by ~1e-7 and rounding one intermediate to float32 by ~6e-6. So a change of the
-  objective's logic fails, rounding does not (the last test below keeps checking that power).
+  that downcasts inside the objective fails by name). Float64 rounding differs between CPUs (KoLeo's
+  nearest-neighbour distances magnify it) orders of magnitude less than the tolerance, and the smallest
+  changes of the objective's logic (the student temperature, a centre momentum, one intermediate rounded
+  to float32) move the step orders of magnitude more (both measured: benchmarks/RESULTS.md, "how far
+  rounding moves the DINOv2 golden step"). So a change of the objective's logic fails, rounding does not
+  (the last test below keeps checking that power).
 - **On the recorder's environment only** (same torch, CPU model, kernel capability and BLAS/oneDNN
   dispatch variables, stored in the fixture's metadata): the float32 steps, as training runs them, are
   the recorded ones bit for bit. Elsewhere CPU kernels round float32 differently (another vector ISA,

@@ -14,13 +14,14 @@ from typing import Any, Callable
 
 import torch
 
-from dinolite.config import Config, ConfigError, WatchdogThreshold
+from dinolite.config import Config, ConfigError
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import model_summary
+from dinolite.monitor.collapse_rules import TEACHER_MEAN_ENTROPY, one_direction, one_prototype, uniform_output
 from dinolite.train.methods import dinov2_config
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
@@ -142,18 +143,18 @@ def head_names(cfg: Config) -> tuple[str, ...]:
     return ("dino_head", "ibot_head") if cfg.ibot.separate_head else ("dino_head",)
 
 
-# Tuned so healthy runs are never flagged (docs/readme/monitor.md): early in training a healthy run looks
-# collapsed to the backbone and uniform metrics (LayerScale 1e-5 makes every CLS feature nearly the same
-# and centering then flattens the teacher), so those two rules wait for the end of the default warm-up
-# (optim.warmup_epochs 10 x train.iterations_per_epoch 1250).
+# Tuned so healthy runs are never flagged: early in training a healthy run looks collapsed to the
+# backbone and uniform rules (LayerScale 1e-5 makes every CLS feature nearly the same and centering then
+# flattens the teacher), so those two wait for the end of the default warm-up (optim.warmup_epochs 10 x
+# train.iterations_per_epoch 1250). Measured: docs/monitor.md#collapse-rules.
 WATCHDOG_THRESHOLDS = (
-    # one-hot collapse (e.g. no centering): the batch lands on ~1 prototype; exp(entropy) = prototypes
-    # in use. Healthy runs sit near ln K (demo, K=256: ~5.5 nats from iteration 20 on).
-    WatchdogThreshold(metric="collapse/teacher_mean_entropy", min=0.3, after_iteration=20, patience=3),
-    # uniform collapse: every teacher output is ~flat over the K prototypes (entropy / ln K -> 1)
-    WatchdogThreshold(metric="collapse/teacher_entropy_norm", max=0.995, after_iteration=12500, patience=5),
-    # complete collapse of the backbone: every CLS feature points the same way (RankMe ~1)
-    WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=12500, patience=5),
+    # one prototype (e.g. no centering), in nats: exp(entropy) is the number of prototypes in use, so
+    # 0.3 (1.35 prototypes) means the same whatever K is; the only rule unambiguous early in training
+    one_prototype(min=0.3, stat=TEACHER_MEAN_ENTROPY, after_iteration=20, patience=3),
+    # uniform output: every teacher output ~flat over the K prototypes (entropy / ln K -> 1)
+    uniform_output(max=0.995, after_iteration=12500, patience=5),
+    # one direction: every CLS feature of the backbone points the same way (RankMe ~1)
+    one_direction("backbone", after_iteration=12500, patience=5),
 )
 
 METHOD = register_method(

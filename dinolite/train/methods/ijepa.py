@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigSection, WatchdogThreshold, check_choices, check_ranges
+from dinolite.config import Config, ConfigSection, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_ijepa
 from dinolite.data.masked_views import MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import backbone_kwargs
+from dinolite.monitor.collapse_rules import predictable_target
 from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.masked_common import (
     checked,
@@ -207,13 +208,11 @@ def head_names(cfg: Config) -> tuple[str, ...]:
 
 
 # I-JEPA's collapse is a target that the predictor can match from the target positions alone: the loss
-# per image falls towards 0. On the digits demo a healthy run ends near 0.2 and one without the EMA
-# target (ema.momentum=0) reached 0.002 (docs/methods_masked.md). The std / RankMe of the
-# mean patch feature do not separate them there (std x sqrt(d) 0.02 vs 0.01): 8x8 digits are mostly
-# blank patches, identical in every image, so every image's mean patch feature is nearly the same.
-WATCHDOG_THRESHOLDS = (
-    WatchdogThreshold(metric="collapse/target_prediction_error", min=0.02, after_iteration=60, patience=3),
-)
+# per image falls towards 0, an order of magnitude below a healthy run's. The std / RankMe of the mean
+# patch feature do not separate the two on digits: 8x8 digits are mostly blank patches, identical in
+# every image, so every image's mean patch feature is nearly the same. Measured:
+# docs/monitor.md#collapse-rules.
+WATCHDOG_THRESHOLDS = (predictable_target("target_prediction_error", min=0.02, after_iteration=60, patience=3),)
 
 METHOD = register_method(
     MethodSpec(

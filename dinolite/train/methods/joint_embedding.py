@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigError, ConfigSection, WatchdogThreshold
+from dinolite.config import Config, ConfigError, ConfigSection
 from dinolite.config.sections import SectionRule
 from dinolite.data.augment import CropRecipe
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for, collate_views
 from dinolite.models import ProjectionMLP, backbone_kwargs
 from dinolite.models.info import backbone_forward_macs, head_forward_macs
+from dinolite.monitor.collapse_rules import CollapseRule, constant_output, one_direction
 from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.joint_embedding_config import ViewConfig, family_section
 from dinolite.train.methods.registry import MethodSpec
@@ -41,24 +42,23 @@ N_VIEWS = 2
 MONITOR_EMBEDDINGS = {"backbone_cls": "backbone", "projector": "projector", "predictor": "predictor"}
 
 
-def watchdog_thresholds(embeddings: tuple[str, ...], warmup_iterations: int = 100) -> tuple[WatchdogThreshold, ...]:
-    """Complete collapse for every joint-embedding method (there is no teacher entropy here).
+def watchdog_thresholds(embeddings: tuple[str, ...], warmup_iterations: int = 100) -> tuple[CollapseRule, ...]:
+    """Complete collapse for every joint-embedding method (there is no teacher entropy here), at the
+    default thresholds of dinolite.monitor.collapse_rules:
 
-    * the embedding the loss sees (the projector output; the backbone feature without a projector,
-      DirectCLR) spans about one direction: RankMe < 1.5. A projector ending in BatchNorm (SimSiam) cannot
-      output a constant, so a collapsed one splits the batch along a single direction instead; RankMe
-      catches both (the std of the L2-normalised output does not);
-    * with a predictor, its output goes constant: ``std * sqrt(D)`` of the L2-normalised prediction < 0.1
-      (SimSiam's collapse signature, Chen & He 2021 Fig. 2; there is no BatchNorm after the predictor).
+    * one direction on the embedding the loss sees (the projector output; the backbone feature without a
+      projector, DirectCLR): a projector ending in BatchNorm (SimSiam) cannot output a constant, so a
+      collapsed one splits the batch along a single direction instead; RankMe catches both (the std of the
+      L2-normalised output does not);
+    * with a predictor, a constant predictor output (SimSiam's collapse signature, Chen & He 2021 Fig. 2;
+      there is no BatchNorm after the predictor).
     Dimensional collapse (Jing et al.) lowers RankMe without reaching 1: it is measured, not alarmed.
     Measured on the digits demo: docs/methods_joint_embedding.md.
     """
     embedding = "projector" if "projector" in embeddings else "backbone"
-    rules = [WatchdogThreshold(f"collapse/{embedding}_rankme", min=1.5, after_iteration=warmup_iterations, patience=2)]
+    rules = [one_direction(embedding, after_iteration=warmup_iterations, patience=2)]
     if "predictor" in embeddings:
-        rules.append(
-            WatchdogThreshold("collapse/predictor_std_ratio", min=0.1, after_iteration=warmup_iterations, patience=2)
-        )
+        rules.append(constant_output("predictor", after_iteration=warmup_iterations, patience=2))
     return tuple(rules)
 
 

@@ -12,8 +12,9 @@ import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from dinolite.config import Config, ConfigError, ConfigSection, WatchdogThreshold, register_section
+from dinolite.config import Config, ConfigError, ConfigSection, register_section
 from dinolite.eval.online import FEATURES as EVAL_FEATURES
+from dinolite.monitor.collapse_rules import CollapseRule
 
 if TYPE_CHECKING:
     from dinolite.train.objective import SSLObjective
@@ -45,7 +46,8 @@ class MethodSpec:
             registry-wide tests train on.
         monitor_embeddings: objective ``diagnostics`` key -> collapse-metric prefix
             (``collapse/<prefix>_{std,std_ratio,rankme,rankme_ratio}``).
-        watchdog_thresholds: the method's default collapse rules (used when ``monitor.method_thresholds``).
+        watchdog_thresholds: the method's default collapse rules for the watchdog (``CollapseRule`` values of
+            dinolite.monitor.collapse_rules; used when ``monitor.method_thresholds``).
         monitor_means: objective ``diagnostics`` key -> metric name ``collapse/<name>``: the mean of a
             per-image scalar over the measured images (I-JEPA's per-image prediction error).
         eval_features: the global image feature the method trains, which the online evaluation reads:
@@ -69,7 +71,7 @@ class MethodSpec:
     head_names: Callable[[Config], tuple[str, ...]]
     demo_preset: str
     monitor_embeddings: Mapping[str, str]
-    watchdog_thresholds: tuple[WatchdogThreshold, ...] = field(default_factory=tuple)
+    watchdog_thresholds: tuple[CollapseRule, ...] = field(default_factory=tuple)
     eval_features: str = "cls"
     monitor_means: Mapping[str, str] = field(default_factory=dict)
     config_sections: tuple[ConfigSection, ...] = ()

@@ -19,12 +19,13 @@ from typing import Any
 
 from torch import nn
 
-from dinolite.config import Config, ConfigSection, WatchdogThreshold, check_ranges
+from dinolite.config import Config, ConfigSection, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_simmim
 from dinolite.data.masked_views import SimMIMMaskGenerator
 from dinolite.losses import SimMIMLoss
 from dinolite.models.masked_heads import SimMIMHead
+from dinolite.monitor.collapse_rules import one_direction
 from dinolite.train.methods.masked_common import (
     checked,
     embed_dim,
@@ -129,9 +130,7 @@ METHOD = register_method(
         demo_preset="demo_simmim",
         monitor_embeddings={"patch_features": "backbone", "cls": "student_backbone"},
         # pixel targets cannot collapse; a dead backbone (constant features) is still worth flagging
-        watchdog_thresholds=(
-            WatchdogThreshold(metric="collapse/backbone_rankme", min=1.5, after_iteration=60, patience=3),
-        ),
+        watchdog_thresholds=(one_direction("backbone", after_iteration=60, patience=3),),
         config_sections=(ConfigSection("simmim", SimMIMConfig, validate_simmim),),
     )
 )
