@@ -40,9 +40,7 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "eval/backbone.py": ("tests/export/test_hostile_weights.py", "tests/checkpoint/test_hostile_checkpoint.py"),
     "eval/collapse_verdict.py": ("tests/eval/test_visualize.py", "tests/eval/test_hostile_eval.py"),
     "eval/datasets.py": ("tests/data/test_hostile_data.py",),
-    "eval/feature_maps.py": ("tests/eval/test_visualize.py",),
     "eval/knn_report.py": ("tests/eval/test_feature_kinds.py",),
-    "eval/visualize_figures.py": ("tests/eval/test_visualize.py",),
     # export: end-to-end files that write an export and read it back through several modules at once
     "export/spec.py": ("tests/export/test_load_checks.py", "tests/export/test_writers.py"),
     "export/transformers_format.py": ("tests/export/test_hostile_weights.py",),
