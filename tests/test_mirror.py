@@ -43,8 +43,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # export: end-to-end files that write an export and read it back through several modules at once
     "export/spec.py": ("tests/export/test_load_checks.py", "tests/export/test_writers.py"),
     "export/transformers_format.py": ("tests/export/test_hostile_weights.py",),
-    # config: opt-ins are the subject of the hostile-config file (being edited on arch-config)
-    "config/opt_ins.py": ("tests/config/test_hostile_config.py",),
 }
 
 
