@@ -41,7 +41,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "eval/datasets.py": ("tests/data/test_hostile_data.py",),
     "eval/knn_report.py": ("tests/eval/test_feature_kinds.py",),
     # export: end-to-end files that write an export and read it back through several modules at once
-    "export/spec.py": ("tests/export/test_load_checks.py", "tests/export/test_writers.py"),
     "export/transformers_format.py": ("tests/export/test_hostile_weights.py",),
 }
 
