@@ -37,9 +37,7 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "data/train_stream.py": ("tests/data/test_loader.py", "tests/data/test_hostile_data.py"),
     # eval
     "eval/backbone.py": ("tests/export/test_hostile_weights.py", "tests/checkpoint/test_hostile_checkpoint.py"),
-    "eval/collapse_verdict.py": ("tests/eval/test_visualize.py", "tests/eval/test_hostile_eval.py"),
     "eval/datasets.py": ("tests/data/test_hostile_data.py",),
-    "eval/knn_report.py": ("tests/eval/test_feature_kinds.py",),
     # export: end-to-end files that write an export and read it back through several modules at once
     "export/transformers_format.py": ("tests/export/test_hostile_weights.py",),
 }
