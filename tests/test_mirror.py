@@ -38,8 +38,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # eval
     "eval/backbone.py": ("tests/export/test_hostile_weights.py", "tests/checkpoint/test_hostile_checkpoint.py"),
     "eval/datasets.py": ("tests/data/test_hostile_data.py",),
-    # export: end-to-end files that write an export and read it back through several modules at once
-    "export/transformers_format.py": ("tests/export/test_hostile_weights.py",),
 }
 
 
