@@ -37,7 +37,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "data/train_stream.py": ("tests/data/test_loader.py", "tests/data/test_hostile_data.py"),
     # eval
     "eval/backbone.py": ("tests/export/test_hostile_weights.py", "tests/checkpoint/test_hostile_checkpoint.py"),
-    "eval/datasets.py": ("tests/data/test_hostile_data.py",),
 }
 
 
