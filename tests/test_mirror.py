@@ -35,8 +35,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "data/eval_dataset.py": ("tests/data/test_loader.py", "tests/data/test_webdataset_interop.py"),
     "data/sources.py": ("tests/data/test_loader.py", "tests/data/test_bad_data.py", "tests/data/test_make_shards.py"),
     "data/train_stream.py": ("tests/data/test_loader.py", "tests/data/test_hostile_data.py"),
-    # eval
-    "eval/backbone.py": ("tests/export/test_hostile_weights.py", "tests/checkpoint/test_hostile_checkpoint.py"),
 }
 
 
