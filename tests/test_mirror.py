@@ -32,8 +32,6 @@ NO_BEHAVIOUR: dict[str, str] = {
 
 TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # data: these topic files are being edited on the arch-run branch (LoaderOptions): split them after it lands
-    "data/eval_dataset.py": ("tests/data/test_loader.py", "tests/data/test_webdataset_interop.py"),
-    "data/sources.py": ("tests/data/test_loader.py", "tests/data/test_bad_data.py", "tests/data/test_make_shards.py"),
     "data/train_stream.py": ("tests/data/test_loader.py", "tests/data/test_hostile_data.py"),
 }
 
