@@ -6,6 +6,10 @@ classes, dataclasses with defaults). That claim is checked: such a module define
 so a function added to it later needs a mirror too. Topic files that cross modules (``test_hostile_*``,
 ``test_distributed_*``, end-to-end round trips) are welcome beside the mirrors; they do not replace them.
 
+pytest's default import mode needs every test file's basename to be unique across ``tests/`` (test
+folders are not packages), so where ``test_<module>.py`` is taken by another package (``metrics.py`` in
+both ``eval`` and ``monitor``) the mirror is ``tests/<package>/test_<package>_<module>.py``.
+
 A new module in a covered package without a mirror fails ``test_every_module_has_its_mirror``.
 """
 
@@ -37,8 +41,11 @@ def _modules() -> list[str]:
 
 
 def _mirror(module: str) -> Path:
+    """``tests/<package>/test_<module>.py``, or ``test_<package>_<module>.py`` when that basename is taken."""
     package, name = module.split("/")
-    return REPO / "tests" / package / f"test_{name}"
+    plain = REPO / "tests" / package / f"test_{name}"
+    qualified = plain.with_name(f"test_{package}_{name}")
+    return qualified if qualified.is_file() and not plain.is_file() else plain
 
 
 def test_every_module_has_its_mirror() -> None:
@@ -59,6 +66,15 @@ def test_every_mirror_holds_tests() -> None:
             if not any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_") for n in tree.body):
                 empty.append(str(_mirror(module).relative_to(REPO)))
     assert not empty, f"mirror files without a test: {empty}"
+
+
+def test_test_file_basenames_are_unique() -> None:
+    """Two test files of one name in different folders stop pytest's collection of the whole suite."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"test files sharing a basename (name one test_<package>_<module>.py): {clashes}"
 
 
 @pytest.mark.parametrize("module", sorted(NO_BEHAVIOUR))
