@@ -31,8 +31,9 @@ def test_many_bad_tensors_are_counted_beyond_the_first_five():
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.fill_(float("nan"))
-    with pytest.raises(NonFiniteError, match="8 weight tensor.* and 3 more;"):
+    with pytest.raises(NonFiniteError, match="8 weight tensor.* and 3 more;") as caught:
         check_finite_module(model, "head")
+    assert "2.weight (1 NaN)" in str(caught.value) and "2.bias" not in str(caught.value)  # the first five only
 
 
 def test_the_first_bad_row_and_the_count_are_named():
