@@ -1,4 +1,4 @@
-"""The ViT's visible-token path, I-JEPA's predictor and the SimMIM / MSN heads."""
+"""The ViT's masked-encoder API (kept token indices, fixed sin-cos position embeddings, I-JEPA's weight init)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from dinolite.models.masked_heads import MSNProjectionHead, Prototypes, SimMIMHead
 from dinolite.models.pos_embed import sincos_pos_embed_2d
-from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import DinoVisionTransformer
 from dinolite.train.optim import get_param_groups
 
@@ -62,54 +60,6 @@ def test_keep_indices_are_validated():
         vit.forward_features(x, keep_indices=torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\[0, 16\)"):
         vit.forward_features(x, keep_indices=torch.tensor([[0, 16], [1, 2]]))
-
-
-def test_sincos_pos_embed_hand_values():
-    table = sincos_pos_embed_2d(4, 1, 2)  # omega = [1]; channels: [sin row, cos row, sin col, cos col]
-    expected = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 1.0, math.sin(1.0), math.cos(1.0)]])
-    torch.testing.assert_close(table, expected)
-    assert sincos_pos_embed_2d(8, 3, 3).shape == (9, 8)
-
-
-def test_predictor_shapes_and_block_independence():
-    torch.manual_seed(0)
-    predictor = IJEPAPredictor(grid=4, embed_dim=48, predictor_embed_dim=24, depth=2, num_heads=2).eval()
-    context = torch.randn(2, 6, 48, requires_grad=True)
-    context_idx = torch.tensor([[0, 1, 2, 3, 4, 5], [10, 11, 12, 13, 14, 15]])
-    target_idx = torch.tensor([[[8, 9], [12, 13], [6, 7]], [[0, 1], [4, 5], [2, 3]]])
-    out = predictor(context, context_idx, target_idx)
-    assert out.shape == (2, 3, 2, 48)
-    # each target block is predicted from the context alone: other blocks' queries do not matter
-    other = target_idx.clone()
-    other[:, 1:] = torch.tensor([[9, 8], [7, 6]])
-    torch.testing.assert_close(predictor(context, context_idx, other)[:, 0], out[:, 0])
-    # the prediction depends on where the target is (position embedding of the query)
-    assert not torch.allclose(out[0, 0], out[0, 1])
-    out.sum().backward()
-    assert context.grad is not None and predictor.mask_token.grad is not None
-    assert not any(k.startswith("pos") for k in predictor.state_dict())
-
-
-def test_simmim_head_lays_out_pixels_like_pixel_shuffle():
-    head = SimMIMHead(embed_dim=12, patch_size=2, in_chans=3)
-    with torch.no_grad():
-        head.proj.weight.copy_(torch.eye(12))
-        head.proj.bias.zero_()
-    tokens = torch.arange(2 * 4 * 12, dtype=torch.float32).reshape(2, 4, 12)  # 2x2 grid of tokens
-    image = head(tokens, (2, 2))
-    assert image.shape == (2, 3, 4, 4)
-    # pixel (c, i, j) of patch (r, s) is feature c*p*p + i*p + j of token r*w + s
-    for b, c, r, s, i, j in [(0, 0, 0, 0, 0, 0), (1, 2, 1, 0, 1, 1), (0, 1, 0, 1, 0, 1)]:
-        assert image[b, c, r * 2 + i, s * 2 + j] == tokens[b, r * 2 + s, c * 4 + i * 2 + j]
-
-
-def test_msn_head_and_prototypes():
-    head = MSNProjectionHead(48, hidden_dim=64, out_dim=16)
-    assert head(torch.randn(5, 48)).shape == (5, 16)
-    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
-    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in MSNProjectionHead(48, 64, 16, use_bn=False).modules())
-    prototypes = Prototypes(32, 16)
-    assert prototypes().shape == (32, 16) and float(prototypes.weight.detach().abs().max()) <= 0.25
 
 
 def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_trained():

@@ -19,7 +19,7 @@ from dinolite.config import (
     to_dict,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "dinolite" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "dinolite" / "configs"
 
 
 def _schema_keys(cls: type, prefix: str = "") -> set[str]:

@@ -15,7 +15,7 @@ from dinolite.config import ConfigError, load_config
 from dinolite.train.builders import validate_training_config
 from dinolite.train.schedules import build_schedules
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

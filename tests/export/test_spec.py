@@ -1,0 +1,91 @@
+"""The backbone record: built from a model or inferred from a DINOv2 state dict, it rebuilds the same
+architecture; a record that is foreign, newer, incomplete or does not describe the weights is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dinolite.export.errors import ExportFormatError
+from dinolite.export.spec import (
+    FORMAT_VERSION,
+    BackboneSpec,
+    check_spec_against_shapes,
+    spec_from_backbone,
+    spec_from_state_dict,
+)
+from dinolite.models import DinoVisionTransformer
+
+
+def _model(**overrides) -> DinoVisionTransformer:
+    kwargs = dict(img_size=28, patch_size=14, embed_dim=384, depth=2, num_heads=6, init_values=1e-5)
+    return DinoVisionTransformer(**{**kwargs, **overrides})
+
+
+def _shapes(model) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_register_tokens": 4, "ffn_layer": "swiglu"}])
+def test_a_record_rebuilds_the_same_architecture(overrides, tmp_path):
+    model = _model(**overrides)
+    spec = spec_from_backbone(model, iteration=7, train_img_size=28)
+    assert (spec.arch, spec.embed_dim, spec.depth, spec.num_heads) == ("vit_small", 384, 2, 6)
+    path = tmp_path / "m.safetensors.json"
+    path.write_text(spec.to_json())
+    again = BackboneSpec.from_json_file(path)
+    assert again == spec
+    assert _shapes(DinoVisionTransformer(**again.backbone_kwargs())) == _shapes(model)
+
+
+def test_a_dinov2_state_dict_gives_its_architecture():
+    model = _model(num_register_tokens=4)
+    spec = spec_from_state_dict(model.state_dict())
+    assert (spec.embed_dim, spec.depth, spec.patch_size, spec.img_size, spec.num_register_tokens) == (384, 2, 14, 28, 4)
+    assert spec.num_heads == 6 and spec.layerscale is not None and spec.source == "dinov2"
+    state = model.state_dict()
+    del state["blocks.1.norm1.weight"]  # still two blocks
+    state["blocks.5.norm1.weight"] = torch.zeros(384)  # a lone far block: not a 6-block model
+    with pytest.raises(ExportFormatError, match=r"blocks are not numbered 0..N-1 \(missing blocks \[2, 3, 4\]"):
+        spec_from_state_dict(state, origin="x.pth")
+
+
+def test_a_state_dict_that_is_not_a_backbone_is_named():
+    with pytest.raises(
+        ExportFormatError, match=r"x.pth: not a DINOv2/dinolite backbone state dict: missing \['cls_token'"
+    ):
+        spec_from_state_dict({"fc.weight": torch.zeros(2, 2)}, origin="x.pth")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "other"}, "not a dinolite backbone record"),
+        ({"format_version": FORMAT_VERSION + 1}, "newer than this dinolite reads"),
+        ({"colour": "red"}, r"unknown fields \['colour'\]"),
+        ({"depth": None}, "depth=None is not valid"),
+        ({"embed_dim": "missing"}, r"incomplete backbone record: missing \['embed_dim'\]"),
+    ],
+)
+def test_a_foreign_newer_or_bad_record_is_refused_naming_the_file(change, message):
+    data = {**json.loads(spec_from_backbone(_model()).to_json()), **change}
+    data = {key: value for key, value in data.items() if value != "missing"}
+    with pytest.raises(ExportFormatError, match=f"rec.json: .*{message}"):
+        BackboneSpec.from_mapping(data, origin="rec.json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "evidence"),
+    [("depth", 40, "2 blocks"), ("embed_dim", 1536, "width 384"), ("img_size", 518, "4 position-embedding patches")],
+)
+def test_a_record_that_does_not_describe_the_weights_is_refused_before_building(field, value, evidence):
+    model = _model()
+    spec = spec_from_backbone(model)
+    setattr(spec, field, value)
+    with pytest.raises(
+        ExportFormatError, match=f"rec.json: {field}={value} but the weights in w.safetensors have {evidence}"
+    ):
+        check_spec_against_shapes(spec, _shapes(model), "rec.json", "w.safetensors")
+    check_spec_against_shapes(spec_from_backbone(model), _shapes(model), "rec.json", "w.safetensors")
