@@ -13,7 +13,6 @@ import pytest
 
 from dinolite.data import fashion_mnist as fm
 from dinolite.data.budget import InputTooLargeError
-from dinolite.data.builtin_sets import builtin_set, prepare_builtin_set
 from dinolite.data.decode import decode_image
 from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.data.samples import image_bytes, sample_label
@@ -176,13 +175,6 @@ def test_idx_budget_refuses_a_large_declared_size_before_decompressing(tmp_path,
     path.write_bytes(gzip.compress(idx_bytes(np.zeros(200, np.uint8))))
     with pytest.raises(InputTooLargeError, match="above the limit of 100 bytes"):
         fm.read_idx(path, 1)
-
-
-def test_builtin_sets_name_fashion_mnist_beside_digits(tmp_path):
-    assert builtin_set(["fashion_mnist"]) == "fashion_mnist" and builtin_set(["digits"]) == "digits"
-    assert builtin_set(["fashion_mnist", "digits"]) is None and builtin_set(["/data/shards"]) is None
-    with pytest.raises(ValueError, match="unknown built-in data set 'mnist'"):
-        prepare_builtin_set("mnist", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
