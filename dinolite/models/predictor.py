@@ -13,7 +13,7 @@ sees another block's queries.
 Position embeddings are the fixed 2-D sine-cosine table of MAE / I-JEPA (not learned, not in the state
 dict: computed from the grid on each call). Linear layers are initialised truncated-normal (std 0.02)
 and each block's output projections are divided by ``sqrt(2 * layer)`` (the reference constructor's
-rescaling, which its training script undoes by redrawing every Linear: docs/faithfulness/ijepa.md).
+rescaling, which its training script undoes by redrawing every Linear: docs/faithfulness.md, "I-JEPA").
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class DinoVisionTransformer(nn.Module):
         LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's default.
 
         ``weight_init="ijepa"``, the I-JEPA encoder constructor's (released training then redraws every
-        ``Linear`` at std 0.02, undoing the rescaling; docs/faithfulness/ijepa.md): the patch convolution
+        ``Linear`` at std 0.02, undoing the rescaling; docs/faithfulness.md, "I-JEPA"): the patch convolution
         truncated normal (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
         FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
         Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
