@@ -186,6 +186,36 @@ def _one_ema_home(flat: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in flat.items() if key not in unread}
 
 
+# DINOv2's six modules with their own FSDP policy (compute_precision.<network>.<module>.*).
+MODULE_POLICIES = tuple(
+    f"{net}.{mod}" for net in ("teacher", "student") for mod in ("backbone", "dino_head", "ibot_head")
+)
+_ONE_FOR_ALL = ("sharding_strategy", "mixed_precision.param_dtype")
+
+
+def _notice_partial_module_policies(flat: dict[str, Any], source: str) -> None:
+    """A ``compute_precision.<net>.<module>.*`` key given for some of DINOv2's six modules but not all sets
+    dinolite's one value for the whole model: say so, one line per key given, naming what it becomes."""
+    for setting in _ONE_FOR_ALL:
+        given = {
+            m: flat[f"compute_precision.{m}.{setting}"]
+            for m in MODULE_POLICIES
+            if f"compute_precision.{m}.{setting}" in flat
+        }
+        if not given or len(given) == len(MODULE_POLICIES):
+            continue
+        alias = ALIASES[_MODULES + setting]
+        for module, value in given.items():
+            ours = alias.convert(value, module) if alias.convert else value
+            warnings.warn(
+                f"{source}: compute_precision.{module}.{setting}={value} sets {alias.ours}={ours} for every "
+                f"module, not only {module}: dinolite has one value for the whole model (the other "
+                f"{len(MODULE_POLICIES) - len(given)} of DINOv2's 6 modules were not given)",
+                DINOv2KeyNotice,
+                stacklevel=5,
+            )
+
+
 def translate(node: DictConfig, source: str) -> DictConfig:
     """``node`` with DINOv2's keys replaced by dinolite's (see the module doc) and a string ``data.source``
     made a one-element list. Raises :class:`AliasError` naming ``source`` and the key."""
@@ -221,6 +251,7 @@ def translate(node: DictConfig, source: str) -> DictConfig:
                 "and disagree (dinolite has one value for it)"
             )
         out[target], origin[target] = new, key
+    _notice_partial_module_policies(flat, source)
     rebuilt = OmegaConf.create({})
     for key, value in out.items():
         OmegaConf.update(rebuilt, key, value, force_add=True)

@@ -221,3 +221,21 @@ def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
     (checkpoint / STATE_FILE).write_text("{}")
     assert main(["--config", "demo", "--no-resume", "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 2
     assert "--no-resume" in capsys.readouterr().err
+
+
+def test_a_precision_given_for_some_modules_only_says_it_sets_every_module():
+    override = "compute_precision.student.backbone.mixed_precision.param_dtype=fp32"
+    with pytest.warns(DINOv2KeyNotice) as notices:
+        cfg = load_config("demo", [override])
+    assert cfg.train.compute_precision == "fp32"
+    (line,) = [str(w.message) for w in notices if "for every module" in str(w.message)]
+    assert "train.compute_precision=fp32 for every module, not only student.backbone" in line
+    assert "other 5 of DINOv2's 6 modules" in line
+
+
+def test_a_policy_given_for_all_six_modules_needs_no_notice():
+    modules = [f"{n}.{m}" for n in ("teacher", "student") for m in ("backbone", "dino_head", "ibot_head")]
+    overrides = [f"compute_precision.{m}.sharding_strategy=NO_SHARD" for m in modules]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DINOv2KeyNotice)
+        assert load_config("demo", overrides).distributed.sharding_strategy == "no_shard"

@@ -11,13 +11,14 @@ exits 0 with "run again to continue" (see :mod:`dinolite.jobs.stop_signals`).
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from dinolite.checkpoint import CheckpointError
+from dinolite.checkpoint import CheckpointError, CheckpointManager
 from dinolite.config import Config, ConfigError
 from dinolite.distributed import DistributedEnv, destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
@@ -63,11 +64,13 @@ def run_training_job(cfg: Config) -> int:
     """
     console = configure_console()
     output_dir = Path(cfg.train.output_dir)
+    is_new = not output_dir.exists()
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     device = torch.device(env.device) if env.device else torch.device("cpu")
     flag = StopFlag()
+    result = None
     try:
         with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
             result = train_in_job(cfg, output_dir, env, stop_requested=flag.is_set)
@@ -77,6 +80,8 @@ def run_training_job(cfg: Config) -> int:
         return EXIT_ERROR
     finally:
         destroy_distributed()
+        if result is None and is_new and env.rank == 0:
+            remove_failed_start(output_dir)
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
         return EXIT_COLLAPSE
@@ -94,3 +99,18 @@ def run_training_job(cfg: Config) -> int:
         results = knn_report(cfg, result.checkpoint_path, output_dir, device)
         console.info(format_report(results, cfg.evaluation.knn_k))
     return EXIT_OK
+
+
+def remove_failed_start(output_dir: Path) -> bool:
+    """Remove the run folder that a failed start created (it did not exist before this run), so the
+    next attempt does not find a half-made run; True if removed.
+
+    A folder with a checkpoint or logged metrics is kept whatever went wrong (nothing written by
+    training is lost: a run that failed at iteration 50 keeps its ``metrics.jsonl`` for the diagnosis).
+    """
+    if not output_dir.is_dir() or CheckpointManager(output_dir).latest() is not None:
+        return False
+    if (output_dir / "metrics.jsonl").exists() and (output_dir / "metrics.jsonl").stat().st_size > 0:
+        return False
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return True
