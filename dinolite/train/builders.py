@@ -13,7 +13,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from dinolite.config import Config, ConfigError
+from dinolite.config import Config, ConfigError, dinov2_dataset_hint
 from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, misspelt_builtin_set, prepare_builtin_set
 from dinolite.data.loader import build_train_loader
 
@@ -23,6 +23,10 @@ def validate_training_config(cfg: Config) -> None:
     builder checks its own sections)."""
     if not cfg.data.source:
         raise ConfigError(f"data.source is empty: give shard patterns, an image folder, or {builtin_sets_text()}")
+    for source in cfg.data.source:
+        hint = None if Path(source).exists() else dinov2_dataset_hint(source)
+        if hint is not None:
+            raise ConfigError(f"invalid value for 'data.source': {hint}")
     meant = misspelt_builtin_set(cfg.data.source)
     if meant is not None:
         raise ConfigError(
