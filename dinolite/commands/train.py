@@ -27,7 +27,8 @@ from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.training import EXIT_ERROR, EXIT_OK, run_training_job
 from dinolite.train.preflight import check_startup
-from dinolite.train.startup_notices import stale_arch_fields
+from dinolite.train.pretrained import resolve_pretrained_architecture
+from dinolite.train.startup_notices import stale_arch_fields, user_set_keys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +85,9 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append("train.progress=false")
         cfg = load_config(args.config, overrides)
         for line in stale_arch_fields(args.config, overrides, cfg):
+            print(f"note: {line}", file=sys.stderr)
+        cfg, read = resolve_pretrained_architecture(cfg, user_set_keys(args.config, overrides))
+        for line in read:
             print(f"note: {line}", file=sys.stderr)
         check_startup(cfg)
     except ConfigError as exc:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from dinolite.config import Config, load_config
+from omegaconf import OmegaConf
+
+from dinolite.config import CONFIG_DIR, Config, load_config
 from dinolite.models.vision_transformer import ARCHITECTURES
 
 # The fields of student.arch that a config may set explicitly (null takes the arch's value).
@@ -48,3 +50,19 @@ def stale_arch_fields(config: str | Path, overrides: Sequence[str], cfg: Config)
             f"{cfg.student.arch}'s value)"
         )
     return lines
+
+
+def user_set_keys(config: str | Path, overrides: Sequence[str]) -> set[str]:
+    """The dotted keys the user set: the overrides', and a config file's of their own (not a shipped
+    preset, whose values are defaults to be read from pretrained weights where those say otherwise)."""
+    keys = _overridden_keys(overrides)
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") and path.resolve().parent != CONFIG_DIR.resolve() and path.is_file():
+        keys |= _flat_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    return keys
+
+
+def _flat_keys(node: Any, prefix: str = "") -> set[str]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]} if prefix else set()
+    return set().union(*(_flat_keys(value, f"{prefix}{key}.") for key, value in node.items())) if node else set()
