@@ -6,6 +6,8 @@ source model's at 224 px."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import warnings
 from pathlib import Path
 
@@ -156,3 +158,54 @@ def test_building_an_unresolved_config_names_the_field_and_both_values(tmp_path)
     cfg = _quiet_config("demo", [*CONTINUE, f"student.pretrained_weights={path}"])
     with pytest.raises(ConfigError, match=r"student.arch=vit_tiny conflicts .* whose arch is vit_small"):
         get_method("dinov2").build_objective(cfg)
+
+
+# ------------------------------------------------------------------ the documented recipes, as written
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _documented_command(page: str, starts: str) -> list[str]:
+    """The one command of ``page`` that starts with ``starts`` and names pretrained weights: a code-block
+    line (continuations joined) or inline code (wrapped lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", (DOCS / page).read_text())
+    candidates = re.findall(r"^((?:dinolite-train|python launch/local.py) .+)$", text, re.M)
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    candidates += [" ".join(code.split()) for code in re.findall(r"`([^`]+)`", prose)]
+    (line,) = {c for c in candidates if c.startswith(starts) and "pretrained_weights" in c}
+    words = shlex.split(line)
+    return words[2:] if words[0] == "python" else words[1:]
+
+
+def test_the_interop_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
+    hub = pytest.importorskip("huggingface_hub")
+    args = _documented_command("interop.md", "dinolite-train --config vitl14")
+    repo_id = next(a for a in args if "hf-hub:" in a).split("hf-hub:")[1].split("@")[0]
+    folder, _ = _timm_source(tmp_path, registers=True)  # a 2-block stand-in for the 12-block release
+    snapshot = tmp_path / "cache" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for item in folder.iterdir():
+        (snapshot / item.name).write_bytes(item.read_bytes())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_command.main([*args, "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "student.num_register_tokens=4 from student.pretrained_weights" in captured.err
+    assert "arch: vit_small" in captured.out and "ffn_layer: mlp" in captured.out
+
+
+def test_the_export_recipe_runs_as_written(tmp_path, capsys):
+    args = _documented_command("export.md", "python launch/local.py --config vitl14")
+    # a 1-block ViT-L-wide stand-in for the 24-block release, where the recipe names the release
+    torch.manual_seed(5)
+    model = DinoVisionTransformer(img_size=SIZE, patch_size=14, embed_dim=1024, depth=1, num_heads=16, init_values=1e-5)
+    torch.save(model.state_dict(), tmp_path / "dinov2_vitl14_pretrain.pth")
+    args = [a.replace("/path/dinov2_vitl14_pretrain.pth", str(tmp_path / "dinov2_vitl14_pretrain.pth")) for a in args]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_command.main([*args, "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
+    assert "student.ffn_layer=mlp from student.pretrained_weights (the config said swiglu)" in capsys.readouterr().err
