@@ -93,11 +93,18 @@ def architecture_from_weights(
     explicit = EVERY_FIELD if user_set is None else {k.removeprefix("student.") for k in user_set}
     changes: dict[str, Any] = {}
     lines: list[str] = []
-    if spec.arch in ARCHITECTURES and spec.arch != student.arch:
+    # The arch is a name for sizes: one the user set is held to its sizes below, not to the weights' name.
+    if spec.arch in ARCHITECTURES and spec.arch != student.arch and "arch" not in explicit:
         _conflict_or_adopt("arch", student.arch, spec.arch, explicit, path, changes, lines)
     arch = changes.get("arch", student.arch)
     for field in SIZE_FIELDS:
         theirs, ours = getattr(spec, field), _student_value(student, field)
+        from_arch = getattr(student, field) is None and "arch" in explicit  # the size an arch the user set gives
+        if theirs != ours and from_arch:
+            raise ConfigError(
+                f"student.arch={student.arch} ({field} {ours}) conflicts with student.pretrained_weights={path!r}, "
+                f"whose {field} is {theirs}; leave student.arch unset to take the weights' architecture"
+            )
         if theirs != ours:
             _conflict_or_adopt(field, ours, theirs, explicit, path, changes, lines)
         # A size the (new) arch's table gives is left to it (null), as in the shipped presets.

@@ -137,6 +137,9 @@ def test_a_field_the_user_set_that_the_weights_contradict_names_both_values(tmp_
     overrides = [*CONTINUE, f"student.pretrained_weights={path}", "student.ffn_layer=swiglufused"]
     with pytest.raises(ConfigError, match=r"student.ffn_layer=swiglufused conflicts .* whose ffn_layer is mlp"):
         resolve_pretrained_architecture(_quiet_config("demo", overrides), {o.split("=")[0] for o in overrides})
+    overrides = [f"student.pretrained_weights={path}", "student.arch=vit_base", "data.source=[digits]"]
+    with pytest.raises(ConfigError, match=r"student.arch=vit_base \(embed_dim 768\) conflicts .* is 384"):
+        resolve_pretrained_architecture(_quiet_config("vitl14", overrides), {o.split("=")[0] for o in overrides})
     overrides = [*CONTINUE, f"student.pretrained_weights={path}", "student.num_register_tokens=4"]
     with pytest.raises(ConfigError, match=r"student.num_register_tokens=4 conflicts .* is 0"):
         resolve_pretrained_architecture(_quiet_config("demo", overrides), {o.split("=")[0] for o in overrides})
@@ -156,7 +159,7 @@ def test_a_preset_field_is_read_from_the_weights(tmp_path):
 def test_building_an_unresolved_config_names_the_field_and_both_values(tmp_path):
     path, _ = _dinov2_pth_source(tmp_path, "mlp")
     cfg = _quiet_config("demo", [*CONTINUE, f"student.pretrained_weights={path}"])
-    with pytest.raises(ConfigError, match=r"student.arch=vit_tiny conflicts .* whose arch is vit_small"):
+    with pytest.raises(ConfigError, match=r"student.embed_dim=96 conflicts .* whose embed_dim is 384"):
         get_method("dinov2").build_objective(cfg)
 
 
