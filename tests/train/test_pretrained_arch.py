@@ -181,7 +181,7 @@ def _documented_command(page: str, starts: str) -> list[str]:
 
 def test_the_interop_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
     hub = pytest.importorskip("huggingface_hub")
-    args = _documented_command("interop.md", "dinolite-train --config vitl14")
+    args = _documented_command("interop.md", "dinolite-train --config vits14_continue")
     repo_id = next(a for a in args if "hf-hub:" in a).split("hf-hub:")[1].split("@")[0]
     folder, _ = _timm_source(tmp_path, registers=True)  # a 2-block stand-in for the 12-block release
     snapshot = tmp_path / "cache" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
@@ -212,3 +212,26 @@ def test_the_export_recipe_runs_as_written(tmp_path, capsys):
         warnings.simplefilter("ignore")
         assert train_command.main([*args, "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
     assert "student.ffn_layer=mlp from student.pretrained_weights (the config said swiglu)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("preset", "width", "heads"), [("vits14_continue", 384, 6), ("vitb14_continue", 768, 12)])
+def test_each_continue_preset_starts_from_its_release(tmp_path, preset, width, heads, capsys):
+    # a 1-block stand-in of the release's width, saved at 518 px as DINOv2's .pth files are
+    torch.manual_seed(6)
+    model = DinoVisionTransformer(
+        img_size=SIZE, patch_size=14, embed_dim=width, depth=1, num_heads=heads, init_values=1e-5
+    )
+    torch.save(model.state_dict(), tmp_path / "release.pth")
+    args = ["--config", preset, f"student.pretrained_weights={tmp_path / 'release.pth'}", "data.source=[DATA/train]"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_command.main([*args, "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "depth: 1" in out and "ffn_layer: mlp" in out and "global_crops_size: 224" in out
+    cfg = _quiet_config(preset, [])
+    assert (cfg.ema.momentum, cfg.ema.final_momentum, cfg.optim.base_lr, cfg.optim.epochs) == (0.999, 0.999, 5e-5, 30)
+
+
+@pytest.mark.parametrize("preset", ["vitl14_continue", "vitg14_continue"])
+def test_the_large_continue_presets_pass_the_start_up_checks(preset, capsys):
+    assert train_command.main(["--config", preset, "data.source=[DATA/train]", "--dry-run"]) == 0
