@@ -11,7 +11,7 @@ import pytest
 
 from dinolite.commands.train import main as train_main
 from dinolite.config import ConfigError, load_config
-from dinolite.train.builders import validate_training_config
+from dinolite.train.batches import validate_training_config
 from dinolite.train.schedules import build_schedules
 
 REPO = Path(__file__).resolve().parents[1]
