@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 from dinolite.config import Config, ConfigError
 from dinolite.data.digits import prepare_digits
@@ -109,4 +109,13 @@ def build_data_stream(
     loader = build_train_loader(
         list(source), request.transform, request.collate_fn, options, request.start_batch, worker_init_fn
     )
-    return iter(loader)
+    return _released_on_close(iter(loader))
+
+
+def _released_on_close(batches: Iterator[dict[str, Any]]) -> Generator[dict[str, Any], None, None]:
+    """``batches`` as a generator whose ``close()`` drops the loader's iterator at once: its worker
+    processes are shut down then (when the last reference goes), not whenever the run object is collected."""
+    try:
+        yield from batches
+    finally:
+        del batches

@@ -114,6 +114,7 @@ class Run:
     _stream: Iterator[dict[str, Any]] | None = field(default=None, init=False, repr=False)
     _logger: MetricLogger | None = field(default=None, init=False, repr=False)
     _resumed: bool = field(default=False, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.app_state.update(model=self.objective, optimizer=self.optimizer, progress=self.progress)
@@ -186,8 +187,8 @@ class Run:
         """Continue from the latest intact checkpoint of ``output_dir`` (returns it; ``None`` for a fresh
         run), then write ``config.yaml`` and open the data stream and the metric log at the iteration
         reached. Call it once, before anything is stepped, saved or logged."""
-        if self._resumed:
-            raise RuntimeError("resume() was already called on this run")
+        if self._resumed or self._closed:
+            raise RuntimeError(f"resume() was already called on this run{' (closed since)' if self._closed else ''}")
         path = self._load_latest() if self.checkpoints is not None else None
         if self.output_dir is not None and self.is_main:  # after the checks: a refused resume keeps config.yaml
             save_config(self.cfg, self.output_dir / "config.yaml")
@@ -229,10 +230,16 @@ class Run:
         return self.checkpoints.save(self.iteration, self.app_state, batches_consumed=self.iteration)
 
     def close(self) -> None:
-        """Close the metric log (flushing it and the trackers) and let the data workers go."""
+        """Close the metric log (flushing it and the trackers) and the batch stream (a stream with a
+        ``close()``, as :func:`~dinolite.train.batches.build_data_stream`'s, shuts its loader workers down
+        now). Idempotent; the run steps, draws and saves no more."""
         if self._logger is not None:
             self._logger.close()
-        self._stream = None
+        stream, self._stream = self._stream, None
+        close_stream = getattr(stream, "close", None)
+        if callable(close_stream):
+            close_stream()
+        self._closed = True
 
     def __enter__(self) -> Run:
         return self
@@ -242,6 +249,8 @@ class Run:
 
     # -------------------------------------------------------------------------------------- internals
     def _require_resumed(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"this run was closed: it cannot {what} any more (build another)")
         if self.output_dir is not None and not self._resumed:
             raise RuntimeError(
                 f"the run in {self.output_dir} cannot {what} before resume() (which loads its latest "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,25 @@ def test_added_state_is_checkpointed_and_restored(tmp_path):
         again.add_state("counter", restored)
         again.resume()
     assert restored.count == 7
+
+
+def test_close_releases_the_loader_workers_and_the_metric_log(tmp_path):
+    """The real data path (digits shards under the run's folder, one loader worker): closing the run shuts
+    the worker down at once and closes the metric log with its trackers; a closed run refuses to go on."""
+    cfg = load_config("demo", [*TINY, "data.num_workers=1", "train.loggers=[mlflow]"])
+    sink = Sink()
+    before = set(multiprocessing.active_children())
+    run = build_run(cfg, CPU, tmp_path, hooks=RunHooks(metric_sinks=lambda config, output_dir: [sink]))
+    with run:
+        run.resume()
+        steps(run, 1)
+        assert set(multiprocessing.active_children()) - before  # the loader's worker process
+        assert not sink.closed
+    assert set(multiprocessing.active_children()) == before and sink.closed
+    for attempt in (run.next_batch, run.save, run.resume, lambda: run.step({})):
+        with pytest.raises(RuntimeError, match="closed"):
+            attempt()
+    run.close()  # idempotent
 
 
 def test_digits_need_an_output_dir_to_be_built_in(tmp_path):
