@@ -216,7 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
         # Steady state starts after DINO's prototype-layer freeze: that is where almost all steps of a run are.
         start_iteration = cfg.optim.freeze_last_layer_epochs * run.epoch_length
-        run.progress.iteration = start_iteration
+        run.start_at(start_iteration)
         losses = [timed_step(run)[0] for _ in range(args.warmup)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

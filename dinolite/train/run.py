@@ -197,6 +197,22 @@ class Run:
         self._logger = self._open_logger()
         return path
 
+    def start_at(self, iteration: int) -> None:
+        """Begin at ``iteration`` without a checkpoint, as a run resumed there would (the schedules, the step
+        seeds and the stream's first batch follow it; the weights are the fresh ones): benchmarks time the
+        steady state after DINO's prototype freeze, the golden step records the iterations around it. Only
+        before anything is drawn or stepped (with an ``output_dir``: before :meth:`resume`, whose checkpoint,
+        if one is found, wins)."""
+        if iteration < 0:
+            raise ValueError(f"start_at({iteration}): the iteration must be >= 0")
+        if self._stream is not None or self.iteration != 0 or self._closed:
+            raise RuntimeError(
+                f"start_at({iteration}) on a run at iteration {self.iteration} whose stream is "
+                f"{'open' if self._stream is not None else 'closed' if self._closed else 'not open'}: only a "
+                "fresh run that has drawn and stepped nothing can start elsewhere"
+            )
+        self.progress.iteration = iteration
+
     def next_batch(self) -> dict[str, Any]:
         """Seed torch for the coming step, then draw its batch (on the run's device).
 

@@ -242,7 +242,7 @@ def compute_record(
             record["init.student.sha256"] = digest([p for _, p in objective.student.named_parameters()])
         else:  # drawn through libm (log, sin, cos), whose last bit may differ between CPUs
             put(record, "init.student", torch.cat([p.detach().flatten() for p in objective.student.parameters()]))
-        run.progress.iteration = case.first_iteration  # as a run resumed at the last frozen iteration
+        run.start_at(case.first_iteration)  # as a run resumed at the last frozen iteration
         for step in range(2):
             batch = run.next_batch()  # seeds the step (stochastic depth), then draws its batch
             record[f"step{step}.batch.sha256"] = digest([v for v in batch.values() if isinstance(v, torch.Tensor)])

@@ -73,6 +73,27 @@ def test_a_run_steps_on_batches_it_is_given(tmp_path):
     assert result.values["lr"] == 0.0  # the first warm-up iteration of the schedules
 
 
+def test_start_at_moves_the_schedules_and_the_stream_not_the_weights():
+    cfg = load_config("demo", TINY)
+    opened: list[int] = []
+
+    def recording_stream(request: StreamRequest):
+        opened.append(request.start_batch)
+        return fake_stream(request)
+
+    with build_run(cfg, CPU, batches=recording_stream) as fresh, build_run(cfg, CPU, batches=recording_stream) as later:
+        later.start_at(6)
+        assert_bitwise_equal(state(fresh), state(later))  # the same initial weights
+        first, sixth = fresh.step(fresh.next_batch()), later.step(later.next_batch())
+        assert opened == [0, 6] and later.iteration == 7
+        assert first.values["lr"] == 0.0 < sixth.values["lr"]  # warm-up's first iteration vs the cosine
+        assert sixth.values["lr"] == later.training_step.schedules.at(6)["lr"]  # the step ran iteration 6
+        with pytest.raises(RuntimeError, match="only a fresh run"):
+            later.start_at(0)
+        with pytest.raises(ValueError, match=">= 0"):
+            fresh.start_at(-1)
+
+
 @pytest.mark.numerics
 def test_save_and_resume_through_the_run_equal_the_uninterrupted_run_bitwise(tmp_path):
     cfg = load_config("demo", TINY)
