@@ -18,17 +18,9 @@ from dinolite.distributed import DistributedEnv
 from dinolite.train.batches import StreamRequest
 from dinolite.train.logging import LOGGER_NAME
 from dinolite.train.run import Run, RunHooks, build_run
-from tests.train.test_loop import TINY, fake_stream, records, tiny_config, train
+from tests.train.test_loop import TINY, fake_stream, one_thread, records, tiny_config, train  # noqa: F401 (one_thread: autouse)
 
 CPU = DistributedEnv()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def steps(run: Run, n: int) -> list[float]:
