@@ -211,7 +211,8 @@ def _first_step(name: str, cfg):
     spec = get_method(name)
     torch.manual_seed(cfg.train.seed)
     objective = spec.build_objective(cfg)
-    batch = next(random_image_stream(cfg, None, 0, 1, 0, spec.build_transform(cfg), spec.build_collate(cfg)))
+    request = StreamRequest(cfg, 0, 1, 0, spec.build_transform(cfg), spec.build_collate(cfg))
+    batch = next(random_image_stream(request))
     torch.manual_seed(0)
     return objective, objective(batch, 0).loss.detach()
 
