@@ -26,7 +26,7 @@ from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.training import EXIT_ERROR, EXIT_OK, run_training_job
-from dinolite.train.builders import validate_training_config
+from dinolite.train.batches import validate_training_config
 
 
 def build_parser() -> argparse.ArgumentParser:
