@@ -303,10 +303,11 @@ class Run:
         if self.batches is not None:
             return self.batches(request)
         check_data_source(self.cfg)
-        if self.output_dir is None and builtin_set(self.cfg.data.source) is not None:
+        name = builtin_set(self.cfg.data.source)
+        if self.output_dir is None and name is not None:
             raise ConfigError(
-                f"data.source={list(self.cfg.data.source)} builds its shards under the run's output_dir/data: "
-                "give build_run an output_dir, or batches"
+                f"data.source=[{name}] builds its shards under the run's output_dir/data: give build_run an "
+                "output_dir, or batches"
             )
         source = resolve_train_source(self.cfg, self.output_dir or Path(), self.is_main, lambda: barrier(self.device))
         return build_data_stream(request, source, worker_init_fn=self.hooks.data_worker_init)
