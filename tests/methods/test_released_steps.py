@@ -4,7 +4,7 @@
 its initial weights under dinolite's keys (``weights/``), the inputs (``inputs/``: views, masks), the loss and
 its terms (``released/<name>``), every gradient before clipping (``released/grad/<key>``), and in its metadata
 the release, its commit, the step's file:lines and the settings it ran with. The recording scripts ran the
-release outside this repository (docs/faithfulness.md, "How the goldens were recorded").
+release outside this repository (docs/faithfulness.md, "How the golden steps were recorded").
 
 One harness serves every method: build the method's objective from its demo preset plus the fixture's
 settings (model size, head widths, loss constants) and the options that select the released behaviour, load
@@ -100,6 +100,8 @@ class ReleasedStep:
         zero: dinolite parameters the release does not have, loaded as zeros where that is the release's
             forward (a reason each).
         dinolite_only: parameters with a gradient here and none in the release (a reason each).
+        release_only: gradients the fixture stores of parameters dinolite's objective does not have (keys
+            outside ``student.``, a reason each).
         loss_atol, grad_rtol, grad_atol: the tolerances (loss absolute; gradients relative to each tensor's max
             plus an absolute floor).
     """
@@ -112,6 +114,7 @@ class ReleasedStep:
     terms: Mapping[str, str] = field(default_factory=dict)
     zero: Mapping[str, str] = field(default_factory=dict)
     dinolite_only: Mapping[str, str] = field(default_factory=dict)
+    release_only: Mapping[str, str] = field(default_factory=dict)
     loss_atol: float = 1e-6
     grad_rtol: float = 2e-5
     grad_atol: float = 1e-7
@@ -139,9 +142,31 @@ def simmim_overrides(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def directclr_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """``--mode directclr --dim``: InfoNCE on the first ``dim`` features, the release's negatives."""
+    return [
+        f"joint_embedding.directclr_d0={settings['dim']}",
+        f"joint_embedding.temperature={settings['temperature']}",
+        "directclr.negatives=cross_view",
+    ]
+
+
 CASES: dict[str, ReleasedStep] = {
     "simsiam": ReleasedStep(
         "simsiam", "demo_simsiam", simsiam_overrides, {"collated_global_crops": "inputs/collated_global_crops"}
+    ),
+    "directclr": ReleasedStep(
+        "directclr",
+        "demo_directclr",
+        directclr_overrides,
+        {"collated_global_crops": "inputs/collated_global_crops"},
+        # released/loss adds the online probe's cross-entropy on the detached features (no backbone gradient);
+        # dinolite runs its probes beside training (evaluation.online_*), so its loss is the InfoNCE alone
+        loss="released/directclr_infonce",
+        release_only={
+            "released_only.online_head.weight": "the release's online linear probe (detached features)",
+            "released_only.online_head.bias": "the release's online linear probe (detached features)",
+        },
     ),
     "simmim": ReleasedStep(
         "simmim",
@@ -218,6 +243,8 @@ def test_loss_and_terms_equal_the_release(stepped) -> None:
 def test_every_gradient_equals_the_release(stepped) -> None:
     case, fixture, (_, _, grads) = stepped
     released = fixture.section("released/grad/")
+    assert sorted(k for k in released if not k.startswith("student.")) == sorted(case.release_only)
+    released = {k: v for k, v in released.items() if k.startswith("student.")}
     assert sorted(set(released) - set(grads)) == [], "parameters the release trains that get no gradient here"
     assert sorted(set(grads) - set(released)) == sorted(case.dinolite_only)
     assert gradient_mismatches(case, released, grads) == []
