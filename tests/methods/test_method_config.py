@@ -93,6 +93,7 @@ def test_a_dinov2_rule_fires_for_dinov2_and_not_for_simclr(override, message):
         ("demo_simclr", "demo_barlow_twins", "joint_embedding.temperature=0", "'joint_embedding.temperature': 0.0"),
         ("demo_barlow_twins", "demo_simsiam", "joint_embedding.lambda_offdiag=-1", "'joint_embedding.lambda_offdiag'"),
         ("demo_directclr", "demo_simclr", "joint_embedding.directclr_d0=0", "'joint_embedding.directclr_d0': 0"),
+        ("demo_barlow_twins", "demo_vicreg", "barlow_twins.normalization=l2", "'barlow_twins.normalization': 'l2'"),
         ("demo_directclr", "demo_simclr", "directclr.negatives=all", "'directclr.negatives': 'all'; expected one of"),
     ],
 )

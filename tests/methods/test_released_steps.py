@@ -151,9 +151,34 @@ def directclr_overrides(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def barlow_twins_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """``--projector a-b-c`` (Linear-BN-ReLU between, no last bias), ``--lambd``, the release's BatchNorm."""
+    widths = settings["projector"].split("-")
+    return [
+        f"joint_embedding.projector_layers={len(widths)}",
+        f"joint_embedding.projector_hidden_dim={widths[0]}",
+        f"joint_embedding.projector_out_dim={widths[-1]}",
+        "joint_embedding.projector_last_bn=false",
+        f"joint_embedding.lambda_offdiag={settings['lambd']}",
+        "barlow_twins.normalization=batchnorm",
+        "barlow_twins.projector_last_bias=false",
+    ]
+
+
 CASES: dict[str, ReleasedStep] = {
     "simsiam": ReleasedStep(
         "simsiam", "demo_simsiam", simsiam_overrides, {"collated_global_crops": "inputs/collated_global_crops"}
+    ),
+    "barlow_twins": ReleasedStep(
+        "barlow_twins",
+        "demo_barlow_twins",
+        barlow_twins_overrides,
+        {"collated_global_crops": "inputs/collated_global_crops"},
+        # gradients reach 50 here (the released loss is 25.9): rounding differs by up to 1.3e-5 of a tensor's
+        # largest value, and backbone.norm.bias, whose exact gradient is 0 (the projector's first BatchNorm
+        # removes a shift), holds noise of 1e-5
+        grad_rtol=5e-5,
+        grad_atol=2e-5,
     ),
     "directclr": ReleasedStep(
         "directclr",
