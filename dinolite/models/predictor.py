@@ -47,8 +47,10 @@ class IJEPAPredictor(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        sincos_order: str = "row_first",
     ) -> None:
         super().__init__()
+        self.sincos_order = sincos_order  # the encoder's (I-JEPA's release: column_first, pos_embed.py)
         self.grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
         if depth < 1 or predictor_embed_dim % num_heads:
             raise ValueError(
@@ -78,6 +80,10 @@ class IJEPAPredictor(nn.Module):
                 block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
                 block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
+    def position_table(self) -> Tensor:
+        """The fixed ``(h * w, predictor_embed_dim)`` sine-cosine table of the context and target positions."""
+        return sincos_pos_embed_2d(self.predictor_embed_dim, *self.grid, self.sincos_order)
+
     def forward(self, context_tokens: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
         B, Nc, D = context_tokens.shape
         if context_idx.shape != (B, Nc) or target_idx.ndim != 3 or target_idx.shape[0] != B or D != self.embed_dim:
@@ -86,7 +92,7 @@ class IJEPAPredictor(nn.Module):
                 f"expected, got {tuple(context_tokens.shape)}, {tuple(context_idx.shape)}, {tuple(target_idx.shape)}"
             )
         M, Nt = target_idx.shape[1:]
-        pos = sincos_pos_embed_2d(self.predictor_embed_dim, *self.grid).to(context_tokens.device)
+        pos = self.position_table().to(context_tokens.device)
         x = self.predictor_embed(context_tokens)
         x = x + gather_rows(pos, context_idx).to(x.dtype)
         x = x.unsqueeze(1).expand(B, M, Nc, -1).reshape(B * M, Nc, -1)

@@ -273,3 +273,25 @@ def test_every_gradient_equals_the_release(stepped) -> None:
     assert sorted(set(released) - set(grads)) == [], "parameters the release trains that get no gradient here"
     assert sorted(set(grads) - set(released)) == sorted(case.dinolite_only)
     assert gradient_mismatches(case, released, grads) == []
+
+
+def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
+    """``student.sincos_order=column_first`` gives the released encoder's and predictor's fixed tables exactly
+    (the I-JEPA fixture stores both: the release's encoder has no CLS row). The released I-JEPA step itself
+    also needs a CLS-free encoder, which dinolite does not have yet (docs/faithfulness.md, I-JEPA)."""
+    fixture = read_fixture("ijepa")
+    settings = fixture.settings
+    overrides = [
+        *backbone_overrides(settings),
+        f"ijepa.predictor_embed_dim={settings['pred_emb_dim']}",
+        f"ijepa.predictor_num_heads={settings['predictor_num_heads']}",
+        f"ijepa.predictor_depth={settings['pred_depth']}",
+    ]
+    released_encoder = fixture.tensors["weights/student.backbone.pos_embed"][0]
+    released_predictor = fixture.tensors["weights/student.predictor.predictor_pos_embed"][0]
+    for order, equal in (("column_first", True), ("row_first", False)):
+        cfg = load_config("demo_ijepa", [*overrides, f"student.sincos_order={order}"])
+        objective = get_method("ijepa").build_objective(cfg)
+        encoder = objective.student["backbone"].pos_embed.detach()[0, 1:]
+        assert torch.equal(encoder, released_encoder) is equal, order
+        assert torch.equal(objective.student["predictor"].position_table(), released_predictor) is equal, order

@@ -73,6 +73,10 @@ def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_traine
     student = torch.nn.ModuleDict({"backbone": model})
     names = [n for g in get_param_groups(student) for n in g["names"]]
     assert "backbone.pos_embed" not in names and "backbone.cls_token" in names
+    released = _vit(pos_embed_type="sincos", sincos_order="column_first")
+    assert torch.equal(released.pos_embed[0, 1:], sincos_pos_embed_2d(model.embed_dim, grid, grid, "column_first"))
+    with pytest.raises(ValueError, match="sincos_order='col' is not one of row_first, column_first"):
+        _vit(pos_embed_type="sincos", sincos_order="col")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.forward_features(torch.randn(2, 3, 32, 32))["x_norm_patchtokens"].square().mean().backward()
     optimizer.step()

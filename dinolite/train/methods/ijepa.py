@@ -141,7 +141,12 @@ def build_objective(cfg: Config) -> IJEPAObjective:
     predictor = checked(
         "ijepa",
         lambda: IJEPAPredictor(
-            patch_grid(cfg), backbone.embed_dim, c.predictor_embed_dim, c.predictor_depth, c.predictor_num_heads
+            patch_grid(cfg),
+            backbone.embed_dim,
+            c.predictor_embed_dim,
+            c.predictor_depth,
+            c.predictor_num_heads,
+            sincos_order=cfg.student.sincos_order,  # the predictor's table follows the encoder's
         ),
     )
     return IJEPAObjective(backbone, predictor, IJEPALoss(c.loss), run_momentum_schedule(cfg))
