@@ -52,8 +52,8 @@ class StudentConfig:
     # pos_embed=sincos: which half of the channels encodes the row: row_first (dinolite's) | column_first (the
     # released I-JEPA / MAE code's, ijepa 52c1ae9 src/models/vision_transformer.py:21-48; released weights fit it)
     sincos_order: str = "row_first"
-    # dinov2 | ijepa (the released I-JEPA encoder's: truncated-normal patch projection, residual output
-    # projections divided by sqrt(2 * layer))
+    # dinov2 | ijepa (the released I-JEPA encoder constructor's: truncated-normal patch projection, residual output
+    # projections divided by sqrt(2 * layer); released training then redraws every Linear at std 0.02)
     weight_init: str = "dinov2"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
