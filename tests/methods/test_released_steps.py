@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dinolite.config import load_config
+from dinolite.config import Config, load_config
 from dinolite.train.methods import get_method
 from dinolite.train.objective import SSLObjective
 
@@ -95,6 +95,8 @@ class ReleasedStep:
         overrides: ``settings -> overrides``: the release's head widths and loss constants, and the options
             that select the release's behaviour (the point of the test).
         inputs: batch key -> fixture key.
+        collate: ``(cfg, fixture, inputs) -> batch`` where the method's own collate makes part of the batch
+            from the views (the part an option changes), the fixture's ``inputs`` the rest.
         loss: the fixture key of the loss dinolite's objective computes.
         terms: dinolite's term name -> fixture key.
         zero: dinolite parameters the release does not have, loaded as zeros where that is the release's
@@ -110,6 +112,7 @@ class ReleasedStep:
     preset: str
     overrides: Callable[[Mapping[str, Any]], list[str]]
     inputs: Mapping[str, str]
+    collate: Callable[[Config, Fixture, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     loss: str = "released/loss"
     terms: Mapping[str, str] = field(default_factory=dict)
     zero: Mapping[str, str] = field(default_factory=dict)
@@ -165,6 +168,46 @@ def barlow_twins_overrides(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """msn_vits16.yaml at the fixture's size: one anchor and ``focal_views`` focal views, Sinkhorn on, and the
+    release's behaviour: focal views keep every patch, the head's BatchNorm per view size, exact resampling of
+    the position table for the focal views (src/deit.py:291-305)."""
+    assert settings["rand_views"] == 1 and settings["use_sinkhorn"] and settings["use_bn"]
+    return [
+        f"crops.global_crops_size={settings['rand_size']}",
+        f"crops.local_crops_size={settings['focal_size']}",
+        f"crops.local_crops_number={settings['focal_views']}",
+        f"msn.num_prototypes={settings['num_proto']}",
+        f"msn.hidden_dim={settings['hidden_dim']}",
+        f"msn.output_dim={settings['output_dim']}",
+        f"msn.mask_ratio={settings['patch_drop']}",
+        f"msn.temperature={settings['temperature']}",
+        f"msn.sharpen_temperature={settings['start_sharpen']}",
+        f"msn.me_max={str(settings['me_max']).lower()}",
+        f"msn.me_max_weight={settings['memax_weight']}",
+        "msn.use_sinkhorn=true",
+        "msn.focal_patch_drop=false",
+        "msn.head_bn_groups=per_view_size",
+        "student.interpolate_offset=0",
+    ]
+
+
+def msn_collate(cfg: Config, fixture: Fixture, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MSN's collate on the fixture's views (so ``msn.focal_patch_drop`` decides the focal patches), then the
+    release's anchor patch permutation, which is an input of its step (one per batch, floor of the kept count)."""
+    views = inputs["focal_views"].shape[0] // inputs["anchor_views"].shape[0]
+    samples = [
+        {
+            "global_crops": [inputs["target_views"][i], inputs["anchor_views"][i]],
+            "local_crops": list(inputs["focal_views"].unflatten(0, (views, -1))[:, i]),
+        }
+        for i in range(inputs["anchor_views"].shape[0])
+    ]
+    batch = get_method("msn").build_collate(cfg)(samples, generator=torch.Generator().manual_seed(0))
+    batch["anchor_keep"] = inputs["anchor_keep"]
+    return batch
+
+
 CASES: dict[str, ReleasedStep] = {
     "simsiam": ReleasedStep(
         "simsiam", "demo_simsiam", simsiam_overrides, {"collated_global_crops": "inputs/collated_global_crops"}
@@ -193,6 +236,23 @@ CASES: dict[str, ReleasedStep] = {
             "released_only.online_head.bias": "the release's online linear probe (detached features)",
         },
     ),
+    "msn": ReleasedStep(
+        "msn",
+        "demo_msn",
+        msn_overrides,
+        {
+            "target_views": "inputs/target_views",
+            "anchor_views": "inputs/anchor_views",
+            "focal_views": "inputs/focal_views",
+            "anchor_keep": "inputs/anchor_keep",
+        },
+        collate=msn_collate,
+        terms={"msn_ce": "released/msn_ce", "me_max": "released/me_max"},
+        # the biases before the head's BatchNorms (projector.mlp.0 / mlp.3, backbone.norm) have an exact gradient
+        # of 0 and hold rounding noise up to 1.1e-6; the rest differ by up to 1.8e-5 of a tensor's largest value
+        grad_rtol=5e-5,
+        grad_atol=2e-6,
+    ),
     "simmim": ReleasedStep(
         "simmim",
         "demo_simmim",
@@ -210,7 +270,7 @@ CASES: dict[str, ReleasedStep] = {
 }
 
 
-def build(case: ReleasedStep, fixture: Fixture) -> SSLObjective:
+def build(case: ReleasedStep, fixture: Fixture) -> tuple[SSLObjective, Config]:
     """The method's objective from its preset and the fixture's settings, with the release's weights loaded into
     the student (and into a target network's matching modules, as the releases start both alike)."""
     cfg = load_config(case.preset, [*backbone_overrides(fixture.settings), *case.overrides(fixture.settings)])
@@ -226,14 +286,16 @@ def build(case: ReleasedStep, fixture: Fixture) -> SSLObjective:
             if target in state:
                 state[target] = value.clone()
     objective.load_state_dict(state)
-    return objective.train()
+    return objective.train(), cfg
 
 
 def run_step(case: ReleasedStep, fixture: Fixture) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
     """Loss, terms and every student gradient of one forward and backward on the fixture's inputs."""
     torch.manual_seed(0)  # a method that draws numbers in its step draws them alike on every run
-    objective = build(case, fixture)
+    objective, cfg = build(case, fixture)
     batch = {key: fixture.tensors[source] for key, source in case.inputs.items()}
+    if case.collate is not None:
+        batch = case.collate(cfg, fixture, batch)
     output = objective(batch, 0)
     output.loss.backward()
     grads = {key: p.grad.detach() for key, p in objective.named_parameters() if p.grad is not None}
