@@ -54,6 +54,7 @@ class StudentConfig:
     sincos_order: str = "row_first"
     # dinov2 | ijepa (the released I-JEPA encoder constructor's: truncated-normal patch projection, residual output
     # projections divided by sqrt(2 * layer); released training then redraws every Linear at std 0.02)
+    # | ijepa_released (what released training starts from: the same without the rescaling)
     weight_init: str = "dinov2"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
@@ -237,7 +238,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
     "student.pos_embed": ("learned", "sincos"),
     "student.sincos_order": ("row_first", "column_first"),
-    "student.weight_init": ("dinov2", "ijepa"),
+    "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),

@@ -48,8 +48,12 @@ class IJEPAPredictor(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         sincos_order: str = "row_first",
+        residual_rescale: bool = True,
     ) -> None:
         super().__init__()
+        # divide the residual output projections by sqrt(2 * layer) at init; the released init_model redraws every
+        # Linear at std 0.02 afterwards (ijepa 52c1ae9 src/helper.py:86-99), so released training starts without it
+        self.residual_rescale = residual_rescale
         self.sincos_order = sincos_order  # the encoder's (I-JEPA's release: column_first, pos_embed.py)
         self.grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
         if depth < 1 or predictor_embed_dim % num_heads:
@@ -76,6 +80,8 @@ class IJEPAPredictor(nn.Module):
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, nn.LayerNorm):
                     module.reset_parameters()
+            if not self.residual_rescale:
+                return
             for layer, block in enumerate(self.blocks, start=1):
                 block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
                 block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))

@@ -27,7 +27,7 @@ from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed, sinc
 from dinolite.models.stochastic_depth import drop_path_rates
 
 POS_EMBED_TYPES = ("learned", "sincos")
-WEIGHT_INITS = ("dinov2", "ijepa")
+WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -132,7 +132,8 @@ class DinoVisionTransformer(nn.Module):
         ``Linear`` at std 0.02, undoing the rescaling; docs/faithfulness.md, "I-JEPA"): the patch convolution
         truncated normal (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
         FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
-        Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
+        ``weight_init="ijepa_released"``: what released training starts from (the same without the
+        rescaling). Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
         ``1 / sqrt(3 * fan_in)``: 0.083 for a 4x4 RGB patch, 0.021 for 16x16), so position outweighs pixel
         content at the input.
         """
@@ -155,9 +156,10 @@ class DinoVisionTransformer(nn.Module):
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, (nn.LayerNorm, LayerScale)):
                     module.reset_parameters()
-            if self.weight_init == "ijepa":
+            if self.weight_init in ("ijepa", "ijepa_released"):
                 nn.init.trunc_normal_(self.patch_embed.proj.weight, std=0.02)
                 nn.init.zeros_(self.patch_embed.proj.bias)
+            if self.weight_init == "ijepa":  # ijepa_released: init_model's redraw undoes it (helper.py:86-99)
                 for layer, block in enumerate(self.blocks, start=1):
                     block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
                     block.mlp.output_projection.weight.div_(math.sqrt(2.0 * layer))

@@ -115,3 +115,13 @@ def test_ijepa_weight_init_is_the_released_encoders(ffn_layer):
     assert dinov2.patch_embed.proj.weight.std() > 2 * weight.std()  # PyTorch's default is ~4x wider here
     with pytest.raises(ValueError, match="weight_init='jax'"):
         DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, weight_init="jax")
+
+
+def test_ijepa_released_init_is_ijepa_without_the_residual_rescaling():
+    """weight_init=ijepa_released: released I-JEPA training's start (init_model redraws the rescaled projections)."""
+    rescaled, released = _vit(weight_init="ijepa").state_dict(), _vit(weight_init="ijepa_released").state_dict()
+    for key, value in released.items():
+        rescaled_key = key.endswith(("attn.proj.weight", "mlp.fc2.weight"))
+        layer = int(key.split(".")[1]) + 1 if rescaled_key else None
+        expected = value / (2.0 * layer) ** 0.5 if layer else value
+        torch.testing.assert_close(rescaled[key], expected, rtol=1e-6, atol=0, msg=key)
