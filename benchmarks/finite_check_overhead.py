@@ -1,7 +1,8 @@
 """What the post-step NaN/inf check costs next to the AdamW step it guards (issue 16, item 2).
 
-Builds the student of a preset (backbone + DINO/iBOT heads, the trainer's parameter groups), gives every
-parameter a random gradient, then times (median over ``--repeats`` after a warm-up):
+Builds a preset's run as the trainer does (:func:`dinolite.train.run.build_run` on one CPU process: the
+method's student, its parameter groups, AdamW), gives every student parameter a random gradient, then
+times (median over ``--repeats`` after a warm-up):
 
 * ``check``: :func:`dinolite.train.finite_check.check_finite_parameters` (one fused max-abs norm of the
   weights and one of the gradients per module, one host sync);
@@ -32,9 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dinolite.config import load_config  # noqa: E402
-from dinolite.models import build_backbone, build_heads  # noqa: E402
+from dinolite.distributed import DistributedEnv  # noqa: E402
 from dinolite.train.finite_check import check_finite_parameters  # noqa: E402
-from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups  # noqa: E402
+from dinolite.train.optim import apply_schedules  # noqa: E402
+from dinolite.train.run import build_run  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -50,15 +52,12 @@ def _median_seconds(fn, repeats: int) -> float:
 def measure(config: str, overrides: list[str], repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
-    backbone = build_backbone(cfg.student, img_size=cfg.crops.global_crops_size)
-    student = torch.nn.ModuleDict({"backbone": backbone, **build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)})
+    run = build_run(cfg, DistributedEnv())  # one CPU process; no batch is drawn
+    student, optimizer, device = run.objective.student, run.optimizer, run.device
     for p in student.parameters():
         p.grad = torch.randn_like(p) * 1e-3
-    groups = get_param_groups(student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
-    optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
     apply_schedules(optimizer, 1e-6, 0.04)
-    modules = dict(student.items())
-    device = torch.device("cpu")
+    modules = dict(run.objective.trainable_modules())
     check_s = _median_seconds(lambda: check_finite_parameters(modules, 0, device), repeats)
     adamw_s = _median_seconds(optimizer.step, repeats)
     return {

@@ -1,11 +1,12 @@
 """Training-step throughput, peak memory and MFU of a configured method (``train.method``, DINOv2 by default).
 
-What is measured: full optimizer steps exactly as ``dinolite.train.loop`` takes them
-(:func:`dinolite.train.loop.run_training_step`: schedules applied, the objective's forward under the
-trainer's autocast, NaN check, backward, the method's hooks (DINOv2: prototype freeze, EMA teacher update),
-per-module gradient clipping, AdamW step), on synthetic batches that are built before timing (random
-images through the method's own view transform and collate, so e.g. iBOT masks are real block masks). The data pipeline is therefore *not* measured here
-(``benchmarks/data_throughput.py`` does that).
+What is measured: full optimizer steps of the trainer's own :class:`~dinolite.train.run.Run` (built by
+:func:`dinolite.train.run.build_run` as training builds it; :meth:`Run.step`: schedules applied, the
+objective's forward under the trainer's autocast, NaN check, backward, the method's hooks (DINOv2:
+prototype freeze, EMA teacher update), per-module gradient clipping, AdamW step), on synthetic batches
+that are built before timing (random images through the method's own view transform and collate, so e.g.
+iBOT masks are real block masks) and drawn outside the timed region. The data pipeline is therefore *not*
+measured here (``benchmarks/data_throughput.py`` does that).
 
 Reported per device (one process = one device):
 
@@ -21,8 +22,8 @@ Reported per device (one process = one device):
   shares the clocks, thermal state, library versions and (on a shared CPU) the neighbours' load.
   Both references are measured / looked up in ``benchmarks/device_peaks.py``.
 
-Under ``torchrun`` every rank runs the same steps with FSDP2 through
-:func:`dinolite.fsdp.sharding.shard_objective` (the trainer's code path) and rank 0 writes the report.
+Under ``torchrun`` every rank runs the same steps with FSDP2 (the Run shards through
+:func:`dinolite.fsdp.sharding.shard_objective`, the trainer's code path) and rank 0 writes the report.
 
 Usage::
 
@@ -35,11 +36,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -58,13 +59,10 @@ from benchmarks.device_peaks import (  # noqa: E402
 )
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
 from dinolite.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
-from dinolite.fsdp.sharding import ShardingPlan, plan_sharding, shard_objective  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
-from dinolite.train import builders  # noqa: E402
-from dinolite.train.loop import memory_gb, run_training_step  # noqa: E402
 from dinolite.train.methods import get_method  # noqa: E402
-from dinolite.train.optim import build_optimizer, get_param_groups  # noqa: E402
-from dinolite.train.schedules import TrainingSchedules, build_schedules  # noqa: E402
+from dinolite.train.run import Run, build_run  # noqa: E402
+from dinolite.train.step import memory_gb  # noqa: E402
 
 QUICK_DEFAULTS = {"iterations": 3, "warmup": 1, "batch_size": 4, "depth": 2, "matmul_size": 512, "distinct_batches": 2}
 FULL_DEFAULTS = {
@@ -183,29 +181,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-@dataclass
-class TrainingStep:
-    """One optimizer step of the trainer (``dinolite.train.loop.run_training_step``, without data/logging)."""
-
-    objective: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    schedules: TrainingSchedules
-    autocast_dtype: Optional[torch.dtype]
-    device: torch.device
-    clip_grad: float
-
-    def __call__(self, batch: dict[str, Any], iteration: int) -> float:
-        result = run_training_step(
-            self.objective,
-            self.optimizer,
-            self.schedules,
-            batch,
-            iteration,
-            self.clip_grad,
-            self.autocast_dtype,
-            self.device,
-        )
-        return float(result.output.loss.detach())  # also the trainer's per-step host sync
+def timed_step(run: Run) -> tuple[float, float]:
+    """Draw the next synthetic batch (untimed: seeds the step, as training does), then one timed
+    :meth:`Run.step`; returns (loss, seconds). The loss read is the trainer's per-step host sync."""
+    batch = run.next_batch()
+    synchronize(run.device)
+    start = time.perf_counter()
+    loss = float(run.step(batch).output.loss.detach())
+    synchronize(run.device)
+    return loss, time.perf_counter() - start
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,66 +198,33 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     full_depth = preset_depth(base_cfg)
     overrides = benchmark_overrides(args, full_depth)
     cfg = load_config(args.config, overrides)
-    # Batches are synthetic, so data.source is never read, and no kNN (online or end-of-run) runs here:
-    # validate everything else the trainer checks.
-    builders.validate_training_config(
-        replace(
-            cfg,
-            data=replace(cfg.data, source=["<synthetic batches>"]),
-            evaluation=replace(cfg.evaluation, knn_at_end=False, online_every=0),
-        )
-    )
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     env = init_distributed(cfg.distributed.backend, cfg.train.device)
     device = torch.device(env.device)
     try:
-        autocast_dtype = builders.autocast_dtype(cfg.train.compute_precision, device)
-        world_size = env.world_size
-
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank, as the trainer
-        method = get_method(cfg.train.method)
-        objective = method.build_objective(cfg).to(device)
-        # The trainer shards under these same conditions, through the same function.
-        use_sharding = world_size > 1 or cfg.distributed.compile or cfg.distributed.activation_checkpointing
-        plan: Optional[ShardingPlan] = None
-        if use_sharding:
-            sharding_args = dict(
-                strategy=cfg.distributed.sharding_strategy,
-                mixed_precision=autocast_dtype is not None,
-                activation_checkpointing=cfg.distributed.activation_checkpointing,
-                compile=cfg.distributed.compile,
-            )
-            plan = plan_sharding(**sharding_args, device_type=device.type, world_size=world_size)
-            shard_objective(objective, **sharding_args)
-        objective.train()
-        groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
-        optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
-        epoch_length = cfg.train.iterations_per_epoch
-        global_batch = cfg.train.batch_size_per_gpu * world_size
-        schedules = build_schedules(cfg.optim, epoch_length, global_batch)
-        step = TrainingStep(objective, optimizer, schedules, autocast_dtype, device, cfg.optim.clip_grad)
+        # The trainer's build; the batches are given, so data.source is never read (and no kNN runs here).
+        run = build_run(cfg, env, batches=lambda request: itertools.cycle(batches))
+        method, autocast_dtype, plan = run.method, run.precision, run.sharding
         # Seed per rank so that ranks see different images, as with a real sharded data stream.
         batches = synthetic_batches(cfg, args.distinct_batches, device, seed=cfg.train.seed * 1009 + env.rank)
+        world_size, global_batch = env.world_size, run.global_batch
 
         matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
         roofline = matmul_roofline_tflops(device, autocast_dtype or torch.float32, matmul_size)
 
         # Steady state starts after DINO's prototype-layer freeze: that is where almost all steps of a run are.
-        start_iteration = cfg.optim.freeze_last_layer_epochs * epoch_length
-        losses: list[float] = []
-        for i in range(args.warmup):
-            losses.append(step(batches[i % len(batches)], start_iteration + i))
-        synchronize(device)
+        start_iteration = cfg.optim.freeze_last_layer_epochs * run.epoch_length
+        run.start_at(start_iteration)
+        losses = [timed_step(run)[0] for _ in range(args.warmup)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         step_times: list[float] = []
-        for i in range(args.warmup, args.warmup + args.iterations):
-            t0 = time.perf_counter()
-            losses.append(step(batches[i % len(batches)], start_iteration + i))
-            synchronize(device)
-            step_times.append(time.perf_counter() - t0)
+        for _ in range(args.iterations):
+            loss, seconds = timed_step(run)
+            losses.append(loss)
+            step_times.append(seconds)
 
         flops = method.training_flops(cfg)
         batch_size = cfg.train.batch_size_per_gpu

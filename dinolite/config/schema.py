@@ -49,8 +49,12 @@ class StudentConfig:
     attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
     # learned (DINOv2) | sincos (fixed 2-D sine-cosine table, frozen: MAE, I-JEPA)
     pos_embed: str = "learned"
-    # dinov2 | ijepa (the released I-JEPA encoder's: truncated-normal patch projection, residual output
-    # projections divided by sqrt(2 * layer))
+    # pos_embed=sincos: which half of the channels encodes the row: row_first (dinolite's) | column_first (the
+    # released I-JEPA / MAE code's, ijepa 52c1ae9 src/models/vision_transformer.py:21-48; released weights fit it)
+    sincos_order: str = "row_first"
+    # dinov2 | ijepa (the released I-JEPA encoder constructor's: truncated-normal patch projection, residual output
+    # projections divided by sqrt(2 * layer); released training then redraws every Linear at std 0.02)
+    # | ijepa_released (what released training starts from: the same without the rescaling)
     weight_init: str = "dinov2"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
@@ -233,7 +237,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
     "student.pos_embed": ("learned", "sincos"),
-    "student.weight_init": ("dinov2", "ijepa"),
+    "student.sincos_order": ("row_first", "column_first"),
+    "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -71,6 +72,47 @@ def _accepts_generator(fn: Callable[..., Any]) -> bool:
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How the training loader reads a source: one object per run and process
+    (:func:`dinolite.train.batches.loader_options` builds it from the ``train`` and ``data`` config keys).
+
+    ``batch_size`` images per batch of this process, which is ``rank`` of ``world_size``; ``num_workers``
+    DataLoader worker processes (0: read in this process); ``seed`` fixes every permutation, shuffle and
+    augmentation; ``shuffle_buffer`` samples mixed per slot (0 or 1: no shuffling). Budgets: images above
+    ``max_image_pixels`` and samples above ``max_sample_bytes`` are skipped unread, the shuffle buffer holds
+    at most ``shuffle_buffer_bytes``; more than ``max_skip_fraction`` skipped among a worker's last
+    ``skip_window`` samples stops the run. ``pin_memory`` / ``prefetch_factor`` go to the DataLoader.
+    """
+
+    batch_size: int
+    num_workers: int = 0
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    shuffle_buffer: int = 0
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES
+    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION
+    skip_window: int = DEFAULT_SKIP_WINDOW
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        if self.seed < 0 or self.num_workers < 0:
+            raise ValueError(f"seed and num_workers must be >= 0, got {self.seed}, {self.num_workers}")
+        if min(self.max_image_pixels, self.max_sample_bytes, self.shuffle_buffer_bytes) < 1:
+            raise ValueError(
+                "max_image_pixels, max_sample_bytes and shuffle_buffer_bytes must be >= 1, got "
+                f"{self.max_image_pixels}, {self.max_sample_bytes}, {self.shuffle_buffer_bytes}"
+            )
+
+
 class TrainBatches(IterableDataset):
     """Collated batches of one (rank, worker); see the module docstring for the order guarantee."""
 
@@ -79,85 +121,57 @@ class TrainBatches(IterableDataset):
         units: Sequence[Unit],
         transform: Callable[..., Any],
         collate_fn: Callable[..., Any],
-        batch_size: int,
-        num_workers: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        shuffle_buffer: int,
+        options: LoaderOptions,
         start_batch: int = 0,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-        max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
-        skip_window: int = DEFAULT_SKIP_WINDOW,
-        max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
-        shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
     ) -> None:
         super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        if start_batch < 0 or seed < 0 or num_workers < 0:
-            raise ValueError(
-                f"start_batch, seed and num_workers must be >= 0, got {start_batch}, {seed}, {num_workers}"
-            )
-        if min(max_image_pixels, max_sample_bytes, shuffle_buffer_bytes) < 1:
-            raise ValueError(
-                "max_image_pixels, max_sample_bytes and shuffle_buffer_bytes must be >= 1, got "
-                f"{max_image_pixels}, {max_sample_bytes}, {shuffle_buffer_bytes}"
-            )
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         self.units = list(units)
         self.transform = transform
         self.collate_fn = collate_fn
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.shuffle_buffer = shuffle_buffer
+        self.options = options
         self.start_batch = start_batch
-        self.max_image_pixels = max_image_pixels
-        self.max_sample_bytes = max_sample_bytes
-        self.shuffle_buffer_bytes = shuffle_buffer_bytes
         self._transform_takes_generator = _accepts_generator(transform)
         self._collate_takes_generator = _accepts_generator(collate_fn)
         # Per-worker state (each DataLoader worker holds its own copy of this object); reset by __iter__.
-        self._skips = SkippedSampleWindow(max_skip_fraction, skip_window, f"rank {rank}")
+        self._skips = SkippedSampleWindow(options.max_skip_fraction, options.skip_window, f"rank {options.rank}")
         self._damage: list[str] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        n_workers = max(1, self.num_workers)
+        opts = self.options
+        n_workers = max(1, opts.num_workers)
         physical = info.id if info is not None else 0
         if info is not None:
             torch.set_num_threads(1)  # one core per worker: workers are the parallelism
         logical = (physical + self.start_batch) % n_workers
         batches_done = len(range(logical, self.start_batch, n_workers))
         self._skips = SkippedSampleWindow(
-            self._skips.max_fraction, self._skips.size, f"data worker {physical} of rank {self.rank}"
+            self._skips.max_fraction, self._skips.size, f"data worker {physical} of rank {opts.rank}"
         )
         self._damage = []
         stream = slot_stream(
             self.units,
-            self.seed,
-            slot=self.rank * n_workers + logical,
-            n_slots=self.world_size * n_workers,
-            shuffle_buffer=self.shuffle_buffer,
-            skip=batches_done * self.batch_size,
+            opts.seed,
+            slot=opts.rank * n_workers + logical,
+            n_slots=opts.world_size * n_workers,
+            shuffle_buffer=opts.shuffle_buffer,
+            skip=batches_done * opts.batch_size,
             damage=self._damage,
-            max_sample_bytes=self.max_sample_bytes,
-            shuffle_buffer_bytes=self.shuffle_buffer_bytes,
+            max_sample_bytes=opts.max_sample_bytes,
+            shuffle_buffer_bytes=opts.shuffle_buffer_bytes,
         )
         batch_index = logical + batches_done * n_workers
         while True:
-            raw = [next(stream) for _ in range(self.batch_size)]
+            raw = [next(stream) for _ in range(opts.batch_size)]
             yield self.make_batch(raw, batch_index)
             batch_index += n_workers
 
     def _augment(self, image: torch.Tensor, batch_index: int, pos: int) -> Any:
         """Augment ``image`` for position ``pos`` of batch ``batch_index`` (its own seeded generator)."""
         if self._transform_takes_generator:
-            generator = seeded_generator(self.seed, SEED_AUGMENT, self.rank, batch_index, pos)
+            generator = seeded_generator(self.options.seed, SEED_AUGMENT, self.options.rank, batch_index, pos)
             return self.transform(image, generator=generator)
         return self.transform(image)
 
@@ -175,7 +189,7 @@ class TrainBatches(IterableDataset):
         failures: dict[int, str] = {}
         for pos, sample in enumerate(raw):
             try:
-                image = decode_image(image_bytes(sample), self.max_image_pixels)
+                image = decode_image(image_bytes(sample), self.options.max_image_pixels)
                 samples.append(self._augment(image, batch_index, pos))
                 images.append(image)
             except Exception as exc:  # any per-sample failure, whatever the decoder or transform raises
@@ -198,7 +212,7 @@ class TrainBatches(IterableDataset):
                     f"no sample of batch {batch_index} could be used ({len(failures)} of {len(raw)} failed); "
                     f"first failure: {next(iter(failures.values()))}"
                 )
-        mask_generator = seeded_generator(self.seed, SEED_MASK, self.rank, batch_index)
+        mask_generator = seeded_generator(self.options.seed, SEED_MASK, self.options.rank, batch_index)
         if self._collate_takes_generator:
             batch = self.collate_fn(samples, generator=mask_generator)
         else:
@@ -215,59 +229,29 @@ def build_train_loader(
     source: Sequence[str] | str,
     transform: Callable[..., Any],
     collate_fn: Callable[..., Any],
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    rank: int,
-    world_size: int,
-    shuffle_buffer: int,
+    options: LoaderOptions,
     start_batch: int = 0,
-    pin_memory: bool = False,
-    prefetch_factor: int = 2,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION,
-    skip_window: int = DEFAULT_SKIP_WINDOW,
     worker_init_fn: Callable[[int], None] | None = None,
-    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
-    shuffle_buffer_bytes: int = DEFAULT_SHUFFLE_BUFFER_BYTES,
 ) -> DataLoader:
     """Endless DataLoader of collated batches; batch ``b`` is the same whatever ``start_batch`` the
-    iteration started from (exact resume), for fixed source, seed, rank, world_size, num_workers.
+    iteration started from (exact resume), for fixed source and ``options`` (seed, rank, world size,
+    workers, ...).
 
     ``transform(uint8 CHW image, generator=...)`` and ``collate_fn(samples, generator=...)`` receive
     seeded generators when their signature has a ``generator`` parameter. Each batch also has
     ``"skipped_samples"`` (the unusable samples replaced in it) and ``"damaged_shards"`` (shards found
-    cut or unreadable while filling it). Images above ``max_image_pixels`` are skipped before decoding,
-    samples above ``max_sample_bytes`` (a folder file, or a shard sample's members together) before reading
-    (the shuffle buffer holds at most ``shuffle_buffer_bytes`` of encoded samples);
-    more than ``max_skip_fraction`` skipped among a worker's last ``skip_window`` samples raises
-    :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`. The source is checked here, so a pattern that matches nothing
-    fails at start-up.
+    cut or unreadable while filling it). The budgets of ``options`` apply (:class:`LoaderOptions`); too
+    many skipped samples raise :class:`~dinolite.data.skip_window.TooManySkippedSamplesError`.
+    ``worker_init_fn`` runs in each worker (the trainer passes one that ignores its stop signals). The
+    source is checked here, so a pattern that matches nothing fails at start-up.
     """
-    units = resolve_source(source)
-    dataset = TrainBatches(
-        units,
-        transform,
-        collate_fn,
-        batch_size,
-        num_workers,
-        seed,
-        rank,
-        world_size,
-        shuffle_buffer,
-        start_batch,
-        max_image_pixels=max_image_pixels,
-        max_skip_fraction=max_skip_fraction,
-        skip_window=skip_window,
-        max_sample_bytes=max_sample_bytes,
-        shuffle_buffer_bytes=shuffle_buffer_bytes,
-    )
+    dataset = TrainBatches(resolve_source(source), transform, collate_fn, options, start_batch)
     return DataLoader(
         dataset,
         batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        num_workers=options.num_workers,
+        pin_memory=options.pin_memory,
+        prefetch_factor=options.prefetch_factor if options.num_workers > 0 else None,
         persistent_workers=False,
-        worker_init_fn=worker_init_fn,  # the trainer passes one that ignores its stop signals
+        worker_init_fn=worker_init_fn,
     )

@@ -82,10 +82,12 @@ def collate_msn(
     patch_size: int,
     mask_ratio: float,
     generator: torch.Generator | None = None,
+    focal_patch_drop: bool = True,
 ) -> dict[str, Any]:
     """MSN's batch: ``target_views (B,3,H,W)``, ``anchor_views (B,3,H,W)``, ``focal_views (N*B,3,h,w)``
     (view-major), ``anchor_keep (B,K)`` and ``focal_keep (N*B,Kf)`` patch indices kept after dropping
-    ``mask_ratio`` of the patches of every anchor."""
+    ``mask_ratio`` of the patches of every anchor; ``focal_patch_drop=False`` keeps every focal patch (the
+    released MSN's, ``msn.focal_patch_drop``)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
     if len(samples[0]["global_crops"]) != 2:
@@ -97,7 +99,11 @@ def collate_msn(
     anchor_keep = random_keep_indices(batch_size, (side // patch_size) ** 2, mask_ratio, generator)
     if n_focal:
         focal = torch.stack([s["local_crops"][v] for v in range(n_focal) for s in samples])
-        focal_keep = random_keep_indices(focal.shape[0], (focal.shape[-1] // patch_size) ** 2, mask_ratio, generator)
+        n_patches = (focal.shape[-1] // patch_size) ** 2
+        if focal_patch_drop:
+            focal_keep = random_keep_indices(focal.shape[0], n_patches, mask_ratio, generator)
+        else:
+            focal_keep = torch.arange(n_patches).expand(focal.shape[0], -1).clone()
     else:
         focal = torch.empty(0, 3, 0, 0, dtype=target.dtype)
         focal_keep = torch.empty(0, 0, dtype=torch.long)

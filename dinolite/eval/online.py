@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,40 @@ ONLINE_LINEAR_BATCH = 128
 FEATURES = ("cls", "avgpool")
 
 
-def load_labelled_images(source: Sequence[str], transform: Callable, limit: int) -> tuple[Tensor, Tensor]:
+class LabelledImages(NamedTuple):
+    """Images ``(N, 3, H, W)`` and their class labels ``(N,)`` (long, ``>= 0``)."""
+
+    images: Tensor
+    labels: Tensor
+
+
+@dataclass(frozen=True)
+class OnlineEvalOptions:
+    """How and when :class:`OnlineEvaluator` scores a backbone (``evaluation.*`` of the config).
+
+    ``every``: every that many iterations (``evaluation.online_every``; 0: never); ``k``: the kNN's k
+    (``evaluation.knn_k``); ``linear``: also the cheap linear probe (``evaluation.online_linear``);
+    ``batch_size``: images per forward pass; ``seed``: the probe's generator (``train.seed``);
+    ``features``: the global feature scored, one of :data:`FEATURES` (the method's ``eval_features``).
+    """
+
+    every: int
+    k: int = 20
+    linear: bool = False
+    batch_size: int = 256
+    seed: int = 0
+    features: str = "cls"
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ValueError(f"evaluation.online_every must be >= 0 (0: off), got {self.every}")
+        if self.features not in FEATURES:
+            raise ValueError(f"online evaluation: features={self.features!r} is not one of {', '.join(FEATURES)}")
+        if self.k < 1 or self.batch_size < 1:
+            raise ValueError(f"online evaluation: k={self.k} and batch_size={self.batch_size} must be >= 1")
+
+
+def load_labelled_images(source: Sequence[str], transform: Callable, limit: int) -> LabelledImages:
     """The first ``limit`` samples of ``source`` as ``(images (N, 3, H, W), labels (N,))``."""
     samples = list(itertools.islice(iter(build_eval_dataset(list(source), transform)), limit))
     if not samples:
@@ -56,34 +90,18 @@ def load_labelled_images(source: Sequence[str], transform: Callable, limit: int)
     labels = torch.tensor([int(label) for _, label, _ in samples], dtype=torch.long)
     if int(labels.min()) < 0:
         raise ValueError(f"online evaluation: {list(source)} has unlabelled samples (label {int(labels.min())})")
-    return images, labels
+    return LabelledImages(images, labels)
 
 
 class OnlineEvaluator:
-    """kNN / linear-probe accuracy of a backbone on fixed held-out images (see the module docstring)."""
+    """kNN / linear-probe accuracy of a backbone on fixed held-out images (see the module docstring):
+    ``OnlineEvaluator(train, val, OnlineEvalOptions(every=...))``, or :meth:`from_config`."""
 
-    def __init__(
-        self,
-        train_images: Tensor,
-        train_labels: Tensor,
-        val_images: Tensor,
-        val_labels: Tensor,
-        every: int,
-        k: int = 20,
-        linear: bool = False,
-        batch_size: int = 256,
-        seed: int = 0,
-        features: str = "cls",
-    ) -> None:
-        if every < 0:
-            raise ValueError(f"evaluation.online_every must be >= 0 (0: off), got {every}")
-        if features not in FEATURES:
-            raise ValueError(f"online evaluation: features={features!r} is not one of {', '.join(FEATURES)}")
-        self.features = features
-        self.train_images, self.train_labels = train_images, train_labels
-        self.val_images, self.val_labels = val_images, val_labels
-        self.num_classes = int(max(train_labels.max(), val_labels.max())) + 1
-        self.every, self.k, self.linear, self.batch_size, self.seed = every, k, linear, batch_size, seed
+    def __init__(self, train: LabelledImages, val: LabelledImages, options: OnlineEvalOptions) -> None:
+        self.options = options
+        self.train_images, self.train_labels = train
+        self.val_images, self.val_labels = val
+        self.num_classes = int(max(self.train_labels.max(), self.val_labels.max())) + 1
 
     @classmethod
     def from_config(cls, cfg: Config, output_dir: Path, features: str = "cls") -> "OnlineEvaluator | None":
@@ -96,30 +114,27 @@ class OnlineEvaluator:
         transform = eval_transform(cfg.crops.global_crops_size, list(cfg.crops.mean), list(cfg.crops.std))
         train = load_labelled_images(train_source, transform, ev.online_max_train_images)
         val = load_labelled_images(val_source, transform, ev.online_max_val_images)
-        return cls(
-            *train,
-            *val,
-            every=ev.online_every,
-            k=ev.knn_k,
-            linear=ev.online_linear,
-            seed=cfg.train.seed,
-            features=features,
+        options = OnlineEvalOptions(
+            every=ev.online_every, k=ev.knn_k, linear=ev.online_linear, seed=cfg.train.seed, features=features
         )
+        return cls(train, val, options)
 
     def due(self, iteration: int) -> bool:
-        return self.every > 0 and iteration % self.every == 0
+        every = self.options.every
+        return every > 0 and iteration % every == 0
 
     def _global_feature(self, backbone: nn.Module, images: Tensor) -> Tensor:
         # backbone(x) (not forward_features): a sharded root module gathers its parameters in forward.
-        if self.features == "cls":
+        if self.options.features == "cls":
             return backbone(images)
         return backbone(images, is_training=True)["x_norm_patchtokens"].mean(dim=1)
 
     @torch.no_grad()
     def _features(self, backbone: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+        size = self.options.batch_size
         chunks = [
-            self._global_feature(backbone, images[i : i + self.batch_size].to(device)).float().cpu()
-            for i in range(0, len(images), self.batch_size)
+            self._global_feature(backbone, images[i : i + size].to(device)).float().cpu()
+            for i in range(0, len(images), size)
         ]
         return torch.cat(chunks)
 
@@ -135,19 +150,21 @@ class OnlineEvaluator:
         # The trainer's own checks keep the weights finite; features can still overflow in the forward.
         # Stop with the cause named rather than log a chance-level accuracy as a measurement.
         for images, features in (("evaluation.knn_train", train), ("evaluation.knn_val", val)):
-            check_finite_rows(features, f"online evaluation: the {self.features} features of {images}", "images")
+            check_finite_rows(
+                features, f"online evaluation: the {self.options.features} features of {images}", "images"
+            )
         knn = knn_classify(
             train,
             self.train_labels,
             val,
             self.val_labels,
             self.num_classes,
-            ks=(self.k,),
+            ks=(self.options.k,),
             temperature=KNN_TEMPERATURE,
-            headline_k=self.k,
+            headline_k=self.options.k,
         )
         results = {"eval/knn_top1": float(knn["top1"])}
-        if self.linear:
+        if self.options.linear:
             steps_per_epoch = max(int(0.9 * len(train)) // ONLINE_LINEAR_BATCH, 1)
             epochs = max(10, math.ceil(ONLINE_LINEAR_MIN_STEPS / steps_per_epoch))
             # fork_rng: the probe seeds its own generator; the training run's random stream is untouched.
@@ -164,7 +181,7 @@ class OnlineEvaluator:
                     specs=head_grid(ONLINE_LINEAR_LRS, [1], [False]),
                     epochs=epochs,
                     batch_size=ONLINE_LINEAR_BATCH,
-                    seed=self.seed,
+                    seed=self.options.seed,
                 )
             results["eval/linear_top1"] = float(probe.val_top1[probe.best])
         return results

@@ -11,10 +11,11 @@ exits 0 with "run again to continue" (see :mod:`dinolite.jobs.stop_signals`).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,8 +28,10 @@ from dinolite.jobs.run_lock import RunLockError, hold_run_lock
 from dinolite.jobs.stop_signals import StopFlag, ignore_stop_signals
 from dinolite.jobs.trackers import build_trackers
 from dinolite.train.finite_check import NonFiniteStateError
-from dinolite.train.loop import NonFiniteLossError, TrainResult, train
+from dinolite.train.loop import TrainResult, train
 from dinolite.train.objective import SSLObjective
+from dinolite.train.run import RunHooks
+from dinolite.train.step import NonFiniteLossError
 
 # Exit codes: 0 finished or stopped by a signal (run again to continue), 1 non-finite loss or bad input,
 # 3 stopped by the collapse watchdog.
@@ -42,17 +45,29 @@ def train_in_job(
     stop_requested: Callable[[], bool] | None = None,
     objective: SSLObjective | None = None,
 ) -> TrainResult:
-    """:func:`~dinolite.train.loop.train` with the trackers of ``train.loggers`` and data workers that
-    ignore the stop signals (a group-wide SIGTERM / Ctrl-C must not kill them before the checkpoint)."""
-    return train(
-        cfg,
-        output_dir,
-        env,
-        stop_requested,
-        objective,
-        make_metric_sinks=build_trackers,
-        data_worker_init=ignore_stop_signals,
-    )
+    """:func:`~dinolite.train.loop.train` with the job's :class:`~dinolite.train.run.RunHooks`: ``stop_requested``,
+    the trackers of ``train.loggers`` and data workers that ignore the stop signals (a group-wide SIGTERM /
+    Ctrl-C must not kill them before the checkpoint)."""
+    hooks = RunHooks(stop_requested, metric_sinks=build_trackers, data_worker_init=ignore_stop_signals)
+    return train(cfg, output_dir, env, objective=objective, hooks=hooks)
+
+
+@contextlib.contextmanager
+def training_process(cfg: Config, output_dir: Path) -> Iterator[DistributedEnv]:
+    """What a process sets up around one training run (``dinolite-train`` and the lab): torch's threads
+    (``train.num_threads``), the process group and ``output_dir``'s run lock (rank 0 holds it: another
+    process training into the same folder is refused). Yields the environment; on a normal exit the ranks
+    leave the group together, after an error it is torn down at once."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    env = init_distributed(cfg.distributed.backend, cfg.train.device)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
+    try:
+        with hold_run_lock(output_dir, env.rank == 0, device):
+            yield env
+        destroy_distributed(leave_together=True)
+    finally:
+        destroy_distributed()
 
 
 def run_training_job(cfg: Config) -> int:
@@ -65,23 +80,19 @@ def run_training_job(cfg: Config) -> int:
     console = configure_console()
     output_dir = Path(cfg.train.output_dir)
     is_new = not output_dir.exists()
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    env = init_distributed(cfg.distributed.backend, cfg.train.device)
-    device = torch.device(env.device) if env.device else torch.device("cpu")
     flag = StopFlag()
-    result = None
+    result, rank = None, 0
     try:
-        with hold_run_lock(output_dir, env.rank == 0, device), flag.installed():
+        with training_process(cfg, output_dir) as env, flag.installed():
+            rank = env.rank
             result = train_in_job(cfg, output_dir, env, stop_requested=flag.is_set)
-        destroy_distributed(leave_together=True)
     except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        destroy_distributed()
-        if result is None and is_new and env.rank == 0:
+    finally:  # after the run lock is released
+        if result is None and is_new and rank == 0:
             remove_failed_start(output_dir)
+    device = torch.device(env.device) if env.device else torch.device("cpu")
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
         return EXIT_COLLAPSE

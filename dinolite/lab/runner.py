@@ -22,19 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import torch
-
 from dinolite.config import ConfigError, to_dict
-from dinolite.distributed import destroy_distributed, init_distributed
 from dinolite.jobs.console import configure_console
-from dinolite.jobs.run_lock import hold_run_lock
 from dinolite.jobs.stop_signals import STOP_SIGNALS, StopFlag
-from dinolite.jobs.training import train_in_job
+from dinolite.jobs.training import train_in_job, training_process
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
 from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan, PlannedRun
 from dinolite.lab.report import write_report
 from dinolite.lab.traces import read_result, read_run_config, write_result
-from dinolite.train.loop import NonFiniteLossError, TrainResult
+from dinolite.train.loop import TrainResult
+from dinolite.train.step import NonFiniteLossError
 
 FINAL_STATUSES = ("finished", "stopped", "diverged")  # a run in one of these is done (not retried)
 # Keys that may differ between the planned config and a run folder's config without making it another run:
@@ -116,18 +113,11 @@ def train_one(
     """Train (or resume) one run in this process, holding its folder's run lock (as ``dinolite-train``
     does: another lab or training process on the same folder is refused). A diverged run is a result
     (``status="diverged"``), not an error."""
-    cfg = run.config
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    env = init_distributed(cfg.distributed.backend, cfg.train.device)
-    device = torch.device(env.device) if env.device else torch.device("cpu")
     try:
-        with hold_run_lock(run.run_dir, env.rank == 0, device):
-            return train_fn(cfg, run.run_dir, env, stop_requested=stop_requested)
+        with training_process(run.config, run.run_dir) as env:
+            return train_fn(run.config, run.run_dir, env, stop_requested=stop_requested)
     except NonFiniteLossError as exc:
         return TrainResult("diverged", iteration_of(str(exc)), None, message=str(exc))
-    finally:
-        destroy_distributed()
 
 
 def iteration_of(message: str) -> int:

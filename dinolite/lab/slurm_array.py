@@ -22,7 +22,7 @@ from dinolite.lab.matrix import LabPlan
 from dinolite.lab.report import write_report
 from dinolite.lab.runner import check_run_dir, finish_run, is_done, iteration_of
 from dinolite.lab.traces import write_result
-from dinolite.train.loop import NonFiniteLossError
+from dinolite.train.step import NonFiniteLossError
 
 
 @dataclass

@@ -12,7 +12,11 @@ The CLS position embedding is kept; the ``M x M`` patch embeddings are resampled
 At the trained grid (``h == w == M``) the embeddings are returned unchanged.
 
 :func:`sincos_pos_embed_2d` is the fixed table (He et al. 2022, MAE; Assran et al. 2023, I-JEPA, whose
-encoder and predictor both use it, untrained): half the channels encode the row, half the column.
+encoder and predictor both use it, untrained): half the channels encode the row, half the column. Which
+half comes first is ``order``: ``row_first`` (dinolite's) or ``column_first`` (the released I-JEPA and MAE
+code: facebookresearch/ijepa ``52c1ae9`` ``src/models/vision_transformer.py:21-48`` meshes the column
+coordinate first). The two tables hold the same rows with their channel halves swapped: training from
+scratch is the same up to a relabelling, but a released checkpoint's weights only fit its own order.
 """
 
 from __future__ import annotations
@@ -55,11 +59,18 @@ def interpolate_pos_embed(
     return torch.cat((cls_pos, patch_pos), dim=1)
 
 
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
+# which coordinate the first half of a sine-cosine embedding's channels encodes (the module docstring)
+SINCOS_ORDERS = ("row_first", "column_first")
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, order: str = "row_first") -> Tensor:
     """``(grid_h * grid_w, dim)`` fixed embeddings, row-major: half the channels encode the row, half the
-    column, each as ``[sin(pos * w_i), cos(pos * w_i)]`` with ``w_i = 10000^(-i / (dim / 4))``."""
+    column (``order`` says which half first), each as ``[sin(pos * w_i), cos(pos * w_i)]`` with
+    ``w_i = 10000^(-i / (dim / 4))``."""
     if dim % 4:
         raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
+    if order not in SINCOS_ORDERS:
+        raise ValueError(f"sine-cosine order must be one of {', '.join(SINCOS_ORDERS)}, got {order!r}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
     rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
     cols = torch.arange(grid_w, dtype=torch.float64).repeat(grid_h)
@@ -68,4 +79,5 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> Tensor:
         angles = pos[:, None] * omega[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+    halves = [encode(rows), encode(cols)]
+    return torch.cat(halves if order == "row_first" else halves[::-1], dim=1).float()

@@ -48,8 +48,14 @@ class IJEPAPredictor(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        sincos_order: str = "row_first",
+        residual_rescale: bool = True,
     ) -> None:
         super().__init__()
+        # divide the residual output projections by sqrt(2 * layer) at init; the released init_model redraws every
+        # Linear at std 0.02 afterwards (ijepa 52c1ae9 src/helper.py:86-99), so released training starts without it
+        self.residual_rescale = residual_rescale
+        self.sincos_order = sincos_order  # the encoder's (I-JEPA's release: column_first, pos_embed.py)
         self.grid = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
         if depth < 1 or predictor_embed_dim % num_heads:
             raise ValueError(
@@ -75,9 +81,15 @@ class IJEPAPredictor(nn.Module):
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, nn.LayerNorm):
                     module.reset_parameters()
+            if not self.residual_rescale:
+                return
             for layer, block in enumerate(self.blocks, start=1):
                 block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
                 block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+    def position_table(self) -> Tensor:
+        """The fixed ``(h * w, predictor_embed_dim)`` sine-cosine table of the context and target positions."""
+        return sincos_pos_embed_2d(self.predictor_embed_dim, *self.grid, self.sincos_order)
 
     def forward(self, context_tokens: Tensor, context_idx: Tensor, target_idx: Tensor) -> Tensor:
         B, Nc, D = context_tokens.shape
@@ -87,7 +99,7 @@ class IJEPAPredictor(nn.Module):
                 f"expected, got {tuple(context_tokens.shape)}, {tuple(context_idx.shape)}, {tuple(target_idx.shape)}"
             )
         M, Nt = target_idx.shape[1:]
-        pos = sincos_pos_embed_2d(self.predictor_embed_dim, *self.grid).to(context_tokens.device)
+        pos = self.position_table().to(context_tokens.device)
         x = self.predictor_embed(context_tokens)
         x = x + gather_rows(pos, context_idx).to(x.dtype)
         x = x.unsqueeze(1).expand(B, M, Nc, -1).reshape(B * M, Nc, -1)

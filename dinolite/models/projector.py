@@ -73,6 +73,8 @@ class ProjectionMLP(nn.Module):
         batch_norm: BatchNorm after the hidden layers (the published heads all have it).
         last_batch_norm: BatchNorm after the last layer (SimSiam / MoCo v3 projector outputs).
         last_batch_norm_affine: whether that last BatchNorm has a learnable scale and shift.
+        last_bias: whether the last Linear has a bias when no BatchNorm follows it (Barlow Twins' and
+            VICReg's released projectors have none).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class ProjectionMLP(nn.Module):
         batch_norm: bool = True,
         last_batch_norm: bool = False,
         last_batch_norm_affine: bool = False,
+        last_bias: bool = True,
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -104,7 +107,7 @@ class ProjectionMLP(nn.Module):
             width = hidden_dim
         if num_layers > 0:
             last = num_layers - 1
-            layers[f"fc{last}"] = nn.Linear(width, out_dim, bias=not last_batch_norm)
+            layers[f"fc{last}"] = nn.Linear(width, out_dim, bias=last_bias and not last_batch_norm)
             if last_batch_norm:
                 layers[f"norm{last}"] = GlobalBatchNorm1d(out_dim, affine=last_batch_norm_affine)
         self.layers = nn.Sequential(OrderedDict(layers))

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from dinolite.models.attention import AttentionBackend
 from dinolite.models.block import Block, LayerNorm, LayerScale
 from dinolite.models.patch_embed import PatchEmbed
-from dinolite.models.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed, sincos_pos_embed_2d
 from dinolite.models.stochastic_depth import drop_path_rates
 
 POS_EMBED_TYPES = ("learned", "sincos")
-WEIGHT_INITS = ("dinov2", "ijepa")
+WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -64,10 +64,13 @@ class DinoVisionTransformer(nn.Module):
         attention: str = "auto",
         pos_embed_type: str = "learned",
         weight_init: str = "dinov2",
+        sincos_order: str = "row_first",
     ) -> None:
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed_type={pos_embed_type!r} is not one of {', '.join(POS_EMBED_TYPES)}")
+        if sincos_order not in SINCOS_ORDERS:
+            raise ValueError(f"sincos_order={sincos_order!r} is not one of {', '.join(SINCOS_ORDERS)}")
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r} is not one of {', '.join(WEIGHT_INITS)}")
         if depth < 1 or embed_dim < 1 or num_heads < 1:
@@ -82,6 +85,7 @@ class DinoVisionTransformer(nn.Module):
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
         self.pos_embed_type = pos_embed_type
+        self.sincos_order = sincos_order
         self.weight_init = weight_init
         self.attention_backend = AttentionBackend(attention)
 
@@ -128,14 +132,15 @@ class DinoVisionTransformer(nn.Module):
         ``Linear`` at std 0.02, undoing the rescaling; docs/faithfulness.md, "I-JEPA"): the patch convolution
         truncated normal (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
         FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
-        Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
+        ``weight_init="ijepa_released"``: what released training starts from (the same without the
+        rescaling). Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
         ``1 / sqrt(3 * fan_in)``: 0.083 for a 4x4 RGB patch, 0.021 for 16x16), so position outweighs pixel
         content at the input.
         """
         with torch.no_grad():
             if self.pos_embed_type == "sincos":
                 side = self.patch_embed.grid_size
-                table = sincos_pos_embed_2d(self.embed_dim, side, side)
+                table = sincos_pos_embed_2d(self.embed_dim, side, side, self.sincos_order)
                 self.pos_embed.copy_(torch.cat([torch.zeros(1, self.embed_dim), table]).unsqueeze(0))
             else:
                 nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -151,9 +156,10 @@ class DinoVisionTransformer(nn.Module):
                         nn.init.zeros_(module.bias)
                 elif isinstance(module, (nn.LayerNorm, LayerScale)):
                     module.reset_parameters()
-            if self.weight_init == "ijepa":
+            if self.weight_init in ("ijepa", "ijepa_released"):
                 nn.init.trunc_normal_(self.patch_embed.proj.weight, std=0.02)
                 nn.init.zeros_(self.patch_embed.proj.bias)
+            if self.weight_init == "ijepa":  # ijepa_released: init_model's redraw undoes it (helper.py:86-99)
                 for layer, block in enumerate(self.blocks, start=1):
                     block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
                     block.mlp.output_projection.weight.div_(math.sqrt(2.0 * layer))
@@ -381,6 +387,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         attention=student_cfg.attention,
         pos_embed_type=student_cfg.pos_embed,
         weight_init=student_cfg.weight_init,
+        sincos_order=student_cfg.sincos_order,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

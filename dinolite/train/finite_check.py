@@ -1,6 +1,6 @@
 """Stop before a broken model is checkpointed: non-finite weights or gradients after the optimizer step.
 
-The loss check (``loop.check_finite``) runs before ``backward``; it cannot see an optimizer step that turns
+The loss check (``step.check_finite``) runs before ``backward``; it cannot see an optimizer step that turns
 finite weights into NaN/inf (a huge learning rate: the loss at that step was still finite). Such a step
 must never reach a checkpoint, or ``latest`` points at a model that cannot train any more. So after every
 step the loop calls :func:`check_finite_parameters`:

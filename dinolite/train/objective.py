@@ -1,6 +1,6 @@
 """The contract between a self-supervised objective and the training loop.
 
-The loop knows a generic step only (see :func:`dinolite.train.loop.run_training_step`)::
+The loop knows a generic step only (:class:`dinolite.train.step.TrainingStep`)::
 
     output = objective(batch, iteration)          # loss, logged terms, monitor diagnostics
     output.loss.backward()

@@ -18,7 +18,7 @@ import torch
 from dinolite.config import Config
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import Watchdog
-from dinolite.train import builders
+from dinolite.train.batches import validate_training_config
 from dinolite.train.logging import console_logger
 from dinolite.train.methods import get_method
 from dinolite.train.optim import build_optimizer, get_param_groups
@@ -29,7 +29,7 @@ def check_startup(cfg: Config) -> None:
     """Run training's start-up checks on ``cfg`` (one process) and return; raises what training raises
     (:class:`~dinolite.config.ConfigError` naming the key and value, for the config's own faults)."""
     method = get_method(cfg.train.method)  # an unknown method: did you mean
-    builders.validate_training_config(cfg)
+    validate_training_config(cfg)
     with warnings.catch_warnings():
         # Loading real weights into meta tensors is a no-op, which torch warns about: that is the point.
         warnings.filterwarnings("ignore", message=".*meta parameter.*")

@@ -12,7 +12,7 @@ import pytest
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections)
 from dinolite.commands.train import main as train_main
 from dinolite.config import ConfigError, load_config
-from dinolite.train.builders import validate_training_config
+from dinolite.train.batches import validate_training_config
 from dinolite.train.schedules import build_schedules
 
 REPO = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ from PIL import Image
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.eval_dataset import build_eval_dataset
-from dinolite.data.loader import build_train_loader
+from dinolite.data.loader import LoaderOptions, build_train_loader
 from dinolite.data.masking import MaskingGenerator
 from dinolite.data.skip_window import SkippedSampleWindow, TooManySkippedSamplesError
 from dinolite.data.sources import DamagedShardError, read_tar, resolve_source
@@ -85,7 +85,7 @@ def test_16_bit_png_trains_and_resume_rebuilds_the_same_batch(tmp_path):
     """The issue's failure: one valid 16-bit PNG raised 'expected a uint8 tensor ... got torch.uint16' in a
     worker, for good (a resume replayed the same batch)."""
     shard = write_shard(tmp_path / "s.tar", [(f"k{i}", png16() if i == 2 else png(10 * i)) for i in range(8)])
-    make = partial(build_train_loader, [str(shard)], augment(), collate(), 4, 0, 0, 0, 1, 0)
+    make = partial(build_train_loader, [str(shard)], augment(), collate(), LoaderOptions(batch_size=4))
     batches = take(make(), 3)
     assert [b["skipped_samples"] for b in batches] == [0, 0, 0]
     resumed = take(make(start_batch=0), 1)  # the batch holding the 16-bit PNG, built again
@@ -112,7 +112,7 @@ def test_every_per_sample_failure_is_skipped_counted_and_named(tmp_path, caplog)
     samples[9] = ("odd_width", png(90, size=(21, 16)))  # the augmentation raises on it
     shard = write_shard(tmp_path / "bad.tar", samples)
     make = partial(
-        build_train_loader, [str(shard)], FailsOnWidth(21), collate(), 4, 0, 0, 0, 1, 0, max_image_pixels=1_000_000
+        build_train_loader, [str(shard)], FailsOnWidth(21), collate(), LoaderOptions(4, max_image_pixels=1_000_000)
     )
     with caplog.at_level(logging.WARNING, logger="dinolite.data.loader"):
         batches = take(make(), 3)
@@ -134,8 +134,8 @@ def test_a_skipped_position_takes_the_next_good_image_with_its_own_randomness(tm
     good = [(f"k{i}", png(20 * i)) for i in range(4)]
     clean = write_shard(tmp_path / "clean.tar", good)
     broken = write_shard(tmp_path / "broken.tar", [good[0], ("x", b"junk"), good[2], good[3]])
-    (a,) = take(build_train_loader([str(clean)], augment(), collate(), 4, 0, 0, 0, 1, 0), 1)
-    (b,) = take(build_train_loader([str(broken)], augment(), collate(), 4, 0, 0, 0, 1, 0), 1)
+    (a,) = take(build_train_loader([str(clean)], augment(), collate(), LoaderOptions(batch_size=4)), 1)
+    (b,) = take(build_train_loader([str(broken)], augment(), collate(), LoaderOptions(batch_size=4)), 1)
     assert b["skipped_samples"] == 1
     crops_a, crops_b = a["collated_global_crops"], b["collated_global_crops"]  # (2B, ...), crop-major
     for pos in (0, 2, 3):  # untouched positions: same image, same generator -> same crops
@@ -146,7 +146,10 @@ def test_a_skipped_position_takes_the_next_good_image_with_its_own_randomness(tm
 def test_a_batch_with_no_usable_sample_names_the_failure(tmp_path):
     shard = write_shard(tmp_path / "junk.tar", [(f"k{i}", b"junk") for i in range(4)])
     with pytest.raises(ValueError, match=r"no sample of batch 0 could be used .*junk.tar key 'k0'"):
-        take(build_train_loader([str(shard)], augment(), collate(), 4, 0, 0, 0, 1, 0, max_skip_fraction=1.0), 1)
+        take(
+            build_train_loader([str(shard)], augment(), collate(), LoaderOptions(batch_size=4, max_skip_fraction=1.0)),
+            1,
+        )
 
 
 # ------------------------------------------------------------------ item 6: the skipped-sample window
@@ -188,7 +191,7 @@ def test_half_corrupt_source_stops_with_fraction_window_and_examples(tmp_path):
     samples = [(f"k{i}", b"junk" if i % 2 else png(i)) for i in range(200)]
     shard = write_shard(tmp_path / "half.tar", samples)
     loader = build_train_loader(
-        [str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=100
+        [str(shard)], augment(), collate(), LoaderOptions(batch_size=8, max_skip_fraction=0.05, skip_window=100)
     )
     with pytest.raises(TooManySkippedSamplesError) as info:
         take(loader, 25)
@@ -202,7 +205,7 @@ def test_scattered_bad_samples_below_the_fraction_never_stop(tmp_path):
     samples = [(f"k{i}", b"junk" if i % 25 == 0 else png(i % 256)) for i in range(200)]  # 4%
     shard = write_shard(tmp_path / "scattered.tar", samples)
     loader = build_train_loader(
-        [str(shard)], augment(), collate(), 8, 0, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=100
+        [str(shard)], augment(), collate(), LoaderOptions(batch_size=8, max_skip_fraction=0.05, skip_window=100)
     )
     assert sum(b["skipped_samples"] for b in take(loader, 50)) == 16  # two epochs, 8 bad each
 
@@ -211,7 +214,7 @@ def test_window_is_enforced_inside_dataloader_workers(tmp_path):
     samples = [(f"k{i}", b"junk" if i % 2 else png(i)) for i in range(64)]
     shard = write_shard(tmp_path / "half.tar", samples)
     loader = build_train_loader(
-        [str(shard)], augment(), collate(), 4, 1, 0, 0, 1, 0, max_skip_fraction=0.05, skip_window=40
+        [str(shard)], augment(), collate(), LoaderOptions(4, num_workers=1, max_skip_fraction=0.05, skip_window=40)
     )
     with pytest.raises(TooManySkippedSamplesError) as info:
         take(loader, 16)
@@ -305,7 +308,7 @@ def test_damaged_shards_are_counted_in_batches_and_training_goes_on(tmp_path, ca
         stream = list(slot_stream(units, 0, 0, 1, 0, epochs=1))
     assert len(stream) == 6 + 3 + 3
     assert caplog.text.count("is damaged after 3 samples") == 2 and "3 of its 6 samples" in caplog.text
-    batches = take(build_train_loader(source, augment(), collate(), 4, 0, 0, 0, 1, 0), 9)  # 3 epochs of 12
+    batches = take(build_train_loader(source, augment(), collate(), LoaderOptions(batch_size=4)), 9)  # 3 epochs of 12
     # A damage is counted in the batch being filled when the reader reaches it (for the last shard of an
     # epoch, that is when the next epoch's first sample is asked for): 2 per epoch, 6 in the first 9 batches
     # unless the last read of batch 9 is a cut shard's end.
@@ -316,7 +319,7 @@ def test_damaged_shards_are_counted_in_batches_and_training_goes_on(tmp_path, ca
 def test_resume_is_exact_across_damaged_shards(tmp_path):
     whole, cuts = cut_copies(tmp_path)
     source = [str(whole), str(cuts["at_header_boundary"]), str(cuts["inside_member"])]
-    make = partial(build_train_loader, source, augment(), collate(), 4, 0, 3, 0, 1, 5)
+    make = partial(build_train_loader, source, augment(), collate(), LoaderOptions(4, seed=3, shuffle_buffer=5))
     uninterrupted = take(make(), 10)
     for start in (3, 7):
         resumed = take(make(start_batch=start), 10 - start)

@@ -1,5 +1,5 @@
 """The data section's keys: present in the schema and default.yaml, range-checked with errors naming the key,
-and passed through to the loader by the training builders."""
+and passed through to the loader's options (dinolite.train.batches.loader_options)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 
 from dinolite.config import ConfigError, load_config
 from dinolite.data.decode import DEFAULT_MAX_IMAGE_PIXELS
+from dinolite.data.loader import LoaderOptions
 from dinolite.data.skip_window import DEFAULT_MAX_SKIP_FRACTION, DEFAULT_SKIP_WINDOW
-from dinolite.train import builders
+from dinolite.train.batches import loader_options
 
 
 def test_defaults_agree_between_config_and_loader():
@@ -44,16 +45,31 @@ def test_edge_values_are_accepted():
         load_config("demo", [override])
 
 
-def test_builders_pass_the_data_keys_to_the_loader(monkeypatch):
-    seen = {}
-
-    def fake_loader(**kwargs):
-        seen.update(kwargs)
-        return []
-
-    monkeypatch.setattr(builders, "build_train_loader", fake_loader)
+def test_the_data_keys_reach_the_loader_options():
     cfg = load_config(
-        "demo", ["data.decode_errors_max_fraction=0.2", "data.decode_errors_window=77", "data.max_image_pixels=1234"]
+        "demo",
+        [
+            "data.decode_errors_max_fraction=0.2",
+            "data.decode_errors_window=77",
+            "data.max_image_pixels=1234",
+            "data.max_sample_bytes=5678",
+            "data.shuffle_buffer_bytes=91011",
+            "data.shuffle_buffer=12",
+            "data.num_workers=3",
+            "train.batch_size_per_gpu=5",
+            "train.seed=9",
+        ],
     )
-    builders.build_data_stream(cfg, ["x.tar"], rank=0, world_size=1, start_batch=0, transform=None, collate_fn=None)
-    assert (seen["max_skip_fraction"], seen["skip_window"], seen["max_image_pixels"]) == (0.2, 77, 1234)
+    assert loader_options(cfg, rank=1, world_size=2) == LoaderOptions(
+        batch_size=5,
+        num_workers=3,
+        seed=9,
+        rank=1,
+        world_size=2,
+        shuffle_buffer=12,
+        max_image_pixels=1234,
+        max_sample_bytes=5678,
+        shuffle_buffer_bytes=91011,
+        max_skip_fraction=0.2,
+        skip_window=77,
+    )

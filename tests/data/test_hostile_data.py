@@ -21,7 +21,7 @@ from PIL import EpsImagePlugin, ImageFile
 
 from dinolite.data import decode as decode_module
 from dinolite.data.eval_dataset import build_eval_dataset
-from dinolite.data.loader import build_train_loader
+from dinolite.data.loader import LoaderOptions, build_train_loader
 from dinolite.data.sources import DamagedShardError, SourceError, read_unit, resolve_source
 from dinolite.data.train_stream import shuffled, slot_stream
 from tests.data import hostile_inputs as h
@@ -56,7 +56,7 @@ def skipped_in_training(match: str, **budgets) -> Check:
 
     def check(source: list[str], caplog: pytest.LogCaptureFixture) -> None:
         n = sum(1 for unit in resolve_source(source) for _ in read_unit(unit))
-        loader = build_train_loader(source, augment(), collate(), n, 0, 0, 0, 1, 0, **budgets)
+        loader = build_train_loader(source, augment(), collate(), LoaderOptions(batch_size=n, **budgets))
         with caplog.at_level(logging.WARNING, logger="dinolite.data.loader"):
             batch = next(iter(loader))
         assert batch["skipped_samples"] == 1

@@ -1,6 +1,7 @@
 import io
 import shutil
 import tarfile
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.eval_dataset import build_eval_dataset
-from dinolite.data.loader import build_train_loader, decode_image, expand_source
+from dinolite.data.loader import LoaderOptions, build_train_loader, decode_image, expand_source
 from dinolite.data.masking import MaskingGenerator
 from dinolite.data.sources import SourceError, brace_expand, image_bytes, resolve_source
 from dinolite.data.train_stream import slot_stream
@@ -67,7 +68,7 @@ def test_start_up_errors_name_the_culprit(tmp_path, shard_dir):
     with pytest.raises(SourceError, match="index.json"):
         expand_source([str(shard_dir / "shard-index.json")])
     with pytest.raises(SourceError, match="missing"):
-        build_train_loader([str(tmp_path / "missing.tar")], _augment(), _collate(), 2, 0, 0, 0, 1, 10)
+        build_train_loader([str(tmp_path / "missing.tar")], _augment(), _collate(), LoaderOptions(2, shuffle_buffer=10))
 
 
 def _keys(stream):
@@ -135,12 +136,13 @@ def _assert_same_batches(a, b):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_start_batch_resumes_exactly(shard_dir, num_workers):
     # 24 samples, 2 slots of 12 per epoch at num_workers=2: batches of 4 cross epochs by batch 6.
-    make = partial(build_train_loader, [_pattern(shard_dir)], _augment(), _collate(), 4, num_workers, 3, 0, 1, 5)
+    options = LoaderOptions(batch_size=4, num_workers=num_workers, seed=3, shuffle_buffer=5)
+    make = partial(build_train_loader, [_pattern(shard_dir)], _augment(), _collate(), options)
     uninterrupted = _take(make(), 9)
     for k in (3, 7):
         _assert_same_batches(_take(make(start_batch=k), 9 - k), uninterrupted[k:])
     assert not torch.equal(uninterrupted[0]["collated_global_crops"], uninterrupted[1]["collated_global_crops"])
-    other_seed = build_train_loader([_pattern(shard_dir)], _augment(), _collate(), 4, num_workers, 4, 0, 1, 5)
+    other_seed = build_train_loader([_pattern(shard_dir)], _augment(), _collate(), replace(options, seed=4))
     assert not torch.equal(_take(other_seed, 1)[0]["collated_global_crops"], uninterrupted[0]["collated_global_crops"])
 
 
@@ -177,7 +179,7 @@ def test_corrupt_sample_is_skipped_and_counted(shard_dir, tmp_path):
     pattern = _corrupt_copy(shard_dir, tmp_path)
     with pytest.raises(ValueError):
         decode_image(b"\xff\xd8garbage")
-    batches = _take(build_train_loader([pattern], _augment(), _collate(), 6, 0, 0, 0, 1, 0), 4)  # one epoch
+    batches = _take(build_train_loader([pattern], _augment(), _collate(), LoaderOptions(batch_size=6)), 4)  # one epoch
     assert [b["collated_global_crops"].shape[0] for b in batches] == [12] * 4
     assert sum(b["skipped_samples"] for b in batches) == 1
     indices = [i for _, _, i in build_eval_dataset([pattern], None)]

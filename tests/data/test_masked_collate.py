@@ -63,3 +63,7 @@ def test_collate_msn_views_and_patch_drop():
     assert torch.equal(batch["focal_views"][5], samples[0]["local_crops"][1])  # view-major
     assert batch["anchor_keep"].shape == (5, 48) and batch["focal_keep"].shape == (15, 12)
     assert torch.equal(batch["anchor_keep"], collate_msn(samples, 4, 0.25, _gen(0))["anchor_keep"])
+    # msn.focal_patch_drop=false, the released MSN's: the focal views keep every patch, the anchors still drop
+    released = collate_msn(samples, 4, 0.25, _gen(0), focal_patch_drop=False)
+    assert torch.equal(released["focal_keep"], torch.arange(16).expand(15, -1))
+    assert torch.equal(released["anchor_keep"], batch["anchor_keep"])

@@ -34,7 +34,7 @@ from dinolite.eval.collapse_verdict import collapse_report
 from dinolite.eval.finite import NonFiniteError
 from dinolite.eval.knn import knn_classify
 from dinolite.eval.linear import head_grid, linear_probe_cached
-from dinolite.eval.online import OnlineEvaluator
+from dinolite.eval.online import LabelledImages, OnlineEvalOptions, OnlineEvaluator
 from dinolite.eval.segmentation import IGNORE_INDEX, LinearSegmentationHead, train_segmentation_head
 from dinolite.export.spec import spec_from_backbone
 from dinolite.export.writers import write_safetensors
@@ -336,7 +336,11 @@ def _online(backbone_poison: Callable | None = None, huge: bool = False) -> dict
     if backbone_poison is not None:
         with torch.no_grad():
             backbone_poison(dict(backbone.named_parameters()))
-    evaluator = OnlineEvaluator(images, labels, images[:9], labels[:9], every=1, k=3, linear=True)
+    evaluator = OnlineEvaluator(
+        LabelledImages(images, labels),
+        LabelledImages(images[:9], labels[:9]),
+        OnlineEvalOptions(every=1, k=3, linear=True),
+    )
     return evaluator.evaluate(backbone, torch.device("cpu"))
 
 

@@ -1,17 +1,16 @@
-"""train_in_job: train() with what a job supplies (trackers of train.loggers, data workers that ignore
-the stop signals); train() itself never imports jobs, so it takes them as values."""
+"""train_in_job: train() with what a job supplies (the stop flag, trackers of train.loggers, data workers
+that ignore the stop signals); train() itself never imports jobs, so it takes them as values (RunHooks).
+How a Run uses the trackers: tests/train/test_run.py."""
 
 from __future__ import annotations
 
-import io
-import logging
 from pathlib import Path
 
 from dinolite.config import load_config
 from dinolite.jobs import training
 from dinolite.jobs.stop_signals import ignore_stop_signals
 from dinolite.jobs.trackers import build_trackers
-from dinolite.train import loop
+from dinolite.train.run import RunHooks
 
 
 def test_train_in_job_passes_the_trackers_and_the_data_workers_init(monkeypatch, tmp_path):
@@ -20,40 +19,11 @@ def test_train_in_job_passes_the_trackers_and_the_data_workers_init(monkeypatch,
     stop = lambda: False  # noqa: E731
     assert training.train_in_job("cfg", tmp_path, "env", stop) == "result"
     ((args, kwargs),) = calls
-    assert args == ("cfg", tmp_path, "env", stop, None)
-    assert kwargs == {"make_metric_sinks": build_trackers, "data_worker_init": ignore_stop_signals}
-
-
-def _console() -> tuple[logging.Logger, io.StringIO]:
-    stream = io.StringIO()
-    logger = logging.getLogger(f"dinolite.test_training.{id(stream)}")
-    logger.addHandler(logging.StreamHandler(stream))
-    return logger, stream
-
-
-def test_trackers_are_built_on_the_main_process_only(tmp_path):
-    cfg = load_config("demo", ["train.loggers=[mlflow]"])
-    built = []
-
-    def make(config, output_dir: Path):
-        built.append((config, output_dir))
-        return ["sink"]
-
-    console, _ = _console()
-    assert loop._metric_sinks(cfg, tmp_path, False, make, console) == ()
-    assert built == []
-    assert loop._metric_sinks(cfg, tmp_path, True, make, console) == ["sink"]
-    assert built == [(cfg, tmp_path)]
-
-
-def test_train_loggers_without_a_sink_factory_are_reported_as_ignored(tmp_path):
-    console, stream = _console()
-    cfg = load_config("demo", ["train.loggers=[wandb]"])
-    assert loop._metric_sinks(cfg, tmp_path, True, None, console) == ()
-    assert "train.loggers=['wandb'] is ignored" in stream.getvalue()
-    quiet, stream = _console()
-    assert loop._metric_sinks(load_config("demo"), tmp_path, True, None, quiet) == ()
-    assert stream.getvalue() == ""
+    assert args == ("cfg", tmp_path, "env")
+    assert kwargs == {
+        "objective": None,
+        "hooks": RunHooks(stop, metric_sinks=build_trackers, data_worker_init=ignore_stop_signals),
+    }
 
 
 def _failing_start(output_dir: Path):

@@ -16,6 +16,7 @@ from dinolite.lab.matrix import plan_matrix
 from dinolite.lab.runner import run_local
 from dinolite.lab.traces import read_result, read_trace
 from dinolite.train.loop import train
+from dinolite.train.run import RunHooks
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 6
@@ -100,7 +101,7 @@ def test_interrupted_run_resumes_and_equals_the_uninterrupted_one(lab, tmp_path)
             calls["n"] += 1
             return calls["n"] >= 3
 
-        return train(cfg, output_dir, env, stop_requested=stop_after_three)
+        return train(cfg, output_dir, env, hooks=RunHooks(stop_requested=stop_after_three))
 
     assert run_local(plan, ["dino"], train_fn=interrupted_train) is None  # preempted: no report yet
     assert read_result(plan.runs[0].run_dir) is None

@@ -46,6 +46,22 @@ def test_barlow_twins_matches_reference():
     assert c.abs().max() <= 1 + 1e-6  # a matrix of correlations
 
 
+def test_batchnorm_normalization_is_the_official_recipe():
+    """normalization="batchnorm" is the released code's C (BatchNorm eps 1e-5), not only close to it."""
+    z_a, z_b = _views(n=7, d=4)
+    got = BarlowTwinsLoss(lambda_offdiag=5e-3, normalization="batchnorm")(z_a, z_b).item()
+    assert got == pytest.approx(reference_barlow_twins(z_a, z_b, 5e-3), rel=1e-12)
+    # a dimension whose variance is comparable to eps: BatchNorm shrinks its C_ii, the exact correlation not
+    small = torch.cat([z_a[:, :1] * 1e-3, z_a[:, 1:]], dim=1)
+    exact = cross_correlation(small, small)
+    batchnorm = cross_correlation(small, small, normalization="batchnorm")
+    variance = small[:, 0].var(unbiased=False)
+    assert exact[0, 0].item() == pytest.approx(1.0, abs=1e-9)
+    assert batchnorm[0, 0].item() == pytest.approx((variance / (variance + 1e-5)).item(), rel=1e-9)
+    with pytest.raises(ValueError, match="normalization must be one of .*'layernorm'"):
+        BarlowTwinsLoss(normalization="layernorm")
+
+
 def test_barlow_twins_constant_dimension_and_bad_input():
     z = torch.randn(5, 3)
     z[:, 1] = 2.0  # no variance: C_11 = 0 (finite), contributing (1 - 0)^2

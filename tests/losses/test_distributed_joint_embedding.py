@@ -1,6 +1,6 @@
 """2 gloo processes with B rows each train exactly as 1 process with 2B rows, for every cross-rank
-statistic of the joint-embedding methods: InfoNCE's global negatives (SimCLR, DirectCLR), Barlow Twins'
-global cross-correlation, and the projector's global BatchNorm (outputs, gradients, running statistics).
+statistic of the joint-embedding methods: InfoNCE's global negatives (SimCLR, DirectCLR, both and
+cross-view), Barlow Twins' global cross-correlation (exact and BatchNorm-normalised), and the projector's global BatchNorm (outputs, gradients, running statistics).
 
 Each rank back-propagates its own loss and the parameter gradients are then averaged over ranks, as the
 trainer's FSDP2 gradient reduction does; that average must equal the one-process gradient.
@@ -44,7 +44,9 @@ def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
     losses = {
         "info_nce": InfoNCELoss(temperature=0.3),
         "directclr": DirectCLRLoss(d0=3, temperature=0.3),
+        "directclr_cross_view": DirectCLRLoss(d0=3, temperature=0.3, negatives="cross_view"),
         "barlow_twins": BarlowTwinsLoss(lambda_offdiag=0.1),
+        "barlow_twins_batchnorm": BarlowTwinsLoss(lambda_offdiag=0.1, normalization="batchnorm"),
     }
     for name, loss_fn in losses.items():
         model = _model()
@@ -104,12 +106,13 @@ def test_two_processes_equal_one_process(tmp_path: Path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     reference = _step(*_data())
 
-    for name in ("info_nce", "directclr"):
+    for name in ("info_nce", "directclr", "directclr_cross_view"):
         # each rank averages over its own anchors: the mean of the rank losses is the global loss
         torch.testing.assert_close(sum(r[f"{name}/loss"] for r in ranks) / WORLD, reference[f"{name}/loss"])
     # Barlow Twins: every rank computes the same global loss
     for r in ranks:
-        torch.testing.assert_close(r["barlow_twins/loss"], reference["barlow_twins/loss"])
+        for name in ("barlow_twins", "barlow_twins_batchnorm"):
+            torch.testing.assert_close(r[f"{name}/loss"], reference[f"{name}/loss"])
     for key, value in reference.items():
         if "/grad/" in key or "/buffer/" in key:
             for r in ranks:  # averaged gradients and the running statistics are the same on every rank

@@ -30,9 +30,10 @@ from dinolite.eval.knn import knn_classify
 from dinolite.export.spec import spec_from_backbone
 from dinolite.export.writers import write_safetensors
 from dinolite.models import build_backbone
-from dinolite.train import builders
+from dinolite.train.batches import StreamRequest
 from dinolite.train.loop import train
 from dinolite.train.methods import get_method, list_methods
+from dinolite.train.run import RunHooks
 
 ITERATIONS = 6
 # Shrinks any preset: a 2-block ViT on 16 px crops, 4 images, monitor every 2 steps.
@@ -57,9 +58,10 @@ SMALL = [
 ]
 
 
-def random_image_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn):
+def random_image_stream(request: StreamRequest):
     """Batch i depends only on (seed, rank, i), like build_train_loader(start_batch=...)."""
-    index = start_batch
+    cfg, rank, index = request.cfg, request.rank, request.start_batch
+    transform, collate_fn = request.transform, request.collate_fn
     size = 2 * cfg.crops.global_crops_size
     while True:
         g = torch.Generator().manual_seed(cfg.train.seed * 1000 + rank * 100 + index)
@@ -93,13 +95,10 @@ def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(name)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["random images"])
-        patch.setattr(builders, "build_data_stream", random_image_stream)
-        straight = train(method_config(name, root / "straight"))
-        stop = random.Random(zlib.crc32(name.encode())).randint(1, ITERATIONS - 1)
-        stopped = train(method_config(name, root / "resumed"), stop_requested=StopAt(stop))
-        resumed = train(method_config(name, root / "resumed"))
+    straight = train(method_config(name, root / "straight"), batches=random_image_stream)
+    stop = random.Random(zlib.crc32(name.encode())).randint(1, ITERATIONS - 1)
+    stopped = train(method_config(name, root / "resumed"), batches=random_image_stream, hooks=RunHooks(StopAt(stop)))
+    resumed = train(method_config(name, root / "resumed"), batches=random_image_stream)
     torch.set_num_threads(previous)
     return {"name": name, "root": root, "straight": straight, "stop": stop, "stopped": stopped, "resumed": resumed}
 
@@ -212,7 +211,8 @@ def _first_step(name: str, cfg):
     spec = get_method(name)
     torch.manual_seed(cfg.train.seed)
     objective = spec.build_objective(cfg)
-    batch = next(random_image_stream(cfg, None, 0, 1, 0, spec.build_transform(cfg), spec.build_collate(cfg)))
+    request = StreamRequest(cfg, 0, 1, 0, spec.build_transform(cfg), spec.build_collate(cfg))
+    batch = next(random_image_stream(request))
     torch.manual_seed(0)
     return objective, objective(batch, 0).loss.detach()
 

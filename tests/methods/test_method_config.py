@@ -87,12 +87,15 @@ def test_a_dinov2_rule_fires_for_dinov2_and_not_for_simclr(override, message):
     [
         ("demo_msn", "demo", "msn.temperature=0", "'msn.temperature': 0.0; must be > 0"),
         ("demo_msn", "demo_ijepa", "msn.mask_ratio=1.0", "'msn.mask_ratio': 1.0; must be in [0, 1)"),
+        ("demo_msn", "demo", "msn.head_bn_groups=per_view", "'msn.head_bn_groups': 'per_view'; expected one of"),
         ("demo_ijepa", "demo", "ijepa.loss=l2", "'ijepa.loss': 'l2'; expected one of smooth_l1, mse, l1"),
         ("demo_simmim", "demo_msn", "simmim.mask_ratio=1.5", "'simmim.mask_ratio': 1.5; must be in [0, 1)"),
         ("demo_byol", "demo_simclr", "joint_embedding.target=momentum", "'joint_embedding.target': 'momentum'"),
         ("demo_simclr", "demo_barlow_twins", "joint_embedding.temperature=0", "'joint_embedding.temperature': 0.0"),
         ("demo_barlow_twins", "demo_simsiam", "joint_embedding.lambda_offdiag=-1", "'joint_embedding.lambda_offdiag'"),
         ("demo_directclr", "demo_simclr", "joint_embedding.directclr_d0=0", "'joint_embedding.directclr_d0': 0"),
+        ("demo_barlow_twins", "demo_vicreg", "barlow_twins.normalization=l2", "'barlow_twins.normalization': 'l2'"),
+        ("demo_directclr", "demo_simclr", "directclr.negatives=all", "'directclr.negatives': 'all'; expected one of"),
     ],
 )
 def test_each_methods_rules_fire_for_that_method_only(method_preset, other_preset, override, message):

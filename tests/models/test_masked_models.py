@@ -73,6 +73,10 @@ def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_traine
     student = torch.nn.ModuleDict({"backbone": model})
     names = [n for g in get_param_groups(student) for n in g["names"]]
     assert "backbone.pos_embed" not in names and "backbone.cls_token" in names
+    released = _vit(pos_embed_type="sincos", sincos_order="column_first")
+    assert torch.equal(released.pos_embed[0, 1:], sincos_pos_embed_2d(model.embed_dim, grid, grid, "column_first"))
+    with pytest.raises(ValueError, match="sincos_order='col' is not one of row_first, column_first"):
+        _vit(pos_embed_type="sincos", sincos_order="col")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.forward_features(torch.randn(2, 3, 32, 32))["x_norm_patchtokens"].square().mean().backward()
     optimizer.step()
@@ -111,3 +115,13 @@ def test_ijepa_weight_init_is_the_released_encoders(ffn_layer):
     assert dinov2.patch_embed.proj.weight.std() > 2 * weight.std()  # PyTorch's default is ~4x wider here
     with pytest.raises(ValueError, match="weight_init='jax'"):
         DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, weight_init="jax")
+
+
+def test_ijepa_released_init_is_ijepa_without_the_residual_rescaling():
+    """weight_init=ijepa_released: released I-JEPA training's start (init_model redraws the rescaled projections)."""
+    rescaled, released = _vit(weight_init="ijepa").state_dict(), _vit(weight_init="ijepa_released").state_dict()
+    for key, value in released.items():
+        rescaled_key = key.endswith(("attn.proj.weight", "mlp.fc2.weight"))
+        layer = int(key.split(".")[1]) + 1 if rescaled_key else None
+        expected = value / (2.0 * layer) ** 0.5 if layer else value
+        torch.testing.assert_close(rescaled[key], expected, rtol=1e-6, atol=0, msg=key)

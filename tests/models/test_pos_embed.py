@@ -53,3 +53,8 @@ def test_sincos_pos_embed_hand_values():
     expected = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 1.0, math.sin(1.0), math.cos(1.0)]])
     torch.testing.assert_close(table, expected)
     assert sincos_pos_embed_2d(8, 3, 3).shape == (9, 8)
+    # the released I-JEPA / MAE order: the column half first, the same rows with their halves swapped
+    column_first = sincos_pos_embed_2d(4, 1, 2, order="column_first")
+    torch.testing.assert_close(column_first, torch.cat([expected[:, 2:], expected[:, :2]], dim=1))
+    with pytest.raises(ValueError, match="order must be one of row_first, column_first, got 'col'"):
+        sincos_pos_embed_2d(4, 1, 2, order="col")

@@ -48,6 +48,9 @@ def test_layouts_of_the_published_heads():
     # one layer: a linear map; no BN when batch_norm=False
     assert _kinds(ProjectionMLP(16, 32, 8, num_layers=1)) == ["linear+b"]
     assert _kinds(ProjectionMLP(16, 32, 8, num_layers=2, batch_norm=False)) == ["linear+b", "relu", "linear+b"]
+    # Barlow Twins' and VICReg's released projectors: no bias on the last Linear
+    barlow_twins = ProjectionMLP(16, 32, 32, num_layers=3, last_bias=False)
+    assert _kinds(barlow_twins) == ["linear", "bn", "relu", "linear", "bn", "relu", "linear"]
     x = torch.randn(4, 16)
     assert simsiam(x).shape == (4, 32)
 

@@ -42,6 +42,7 @@ elements at evenly spaced flat indices).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -56,11 +57,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dinolite.config import load_config
-from dinolite.train.loop import run_training_step, seed_step
-from dinolite.train.methods import get_method
+from dinolite.distributed import DistributedEnv
+from dinolite.train.batches import BatchStreamFactory, StreamRequest
 from dinolite.train.objective import SSLObjective
-from dinolite.train.optim import build_optimizer, get_param_groups
-from dinolite.train.schedules import build_schedules
+from dinolite.train.run import build_run
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "golden"
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -143,6 +143,16 @@ def make_batch(cfg, batch_size: int, seed: int, dtype: torch.dtype = torch.float
     }
 
 
+def golden_batches(cfg, batch_size: int, dtype: torch.dtype) -> BatchStreamFactory:
+    """The golden stream: batch ``i`` is :func:`make_batch` seeded with ``1000 + i``."""
+
+    def stream(request: StreamRequest) -> Iterator[dict]:
+        for iteration in itertools.count(request.start_batch):
+            yield make_batch(cfg, batch_size, seed=1000 + iteration, dtype=dtype)
+
+    return stream
+
+
 def _draw(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
     """Unit-variance pixels: ``randn`` in float32 (as recorded); in float64 ``sqrt(3) (2u - 1)``, u uniform.
 
@@ -203,8 +213,10 @@ def compute_record(
 ) -> dict[str, torch.Tensor]:
     """Run the two golden steps of case ``name`` in ``precision`` and return what its fixture holds.
 
-    ``threads`` other than 1 and ``change`` (applied to the objective once built) are for measuring
-    the float64 tolerance and the comparison's power; the fixtures are recorded without them.
+    The run is built by :func:`dinolite.train.run.build_run`, as training builds it, and steps through
+    :meth:`~dinolite.train.run.Run.next_batch` / :meth:`~dinolite.train.run.Run.step`. ``threads`` other
+    than 1 and ``change`` (applied to the built run's objective) are for measuring the float64 tolerance
+    and the comparison's power; the fixtures are recorded without them.
     """
     case, dtype = CASES[name], PRECISIONS[precision]
     cfg = golden_config(case)
@@ -220,9 +232,9 @@ def compute_record(
             record.update({f"{key}.{part}": value for part, value in sketch(tensor).items()})
 
     with golden_numerics(dtype, threads):
-        torch.manual_seed(cfg.train.seed)
-        objective = get_method(cfg.train.method).build_objective(cfg)
-        objective.train()
+        # The trainer's own build (seed, objective, parameter groups, AdamW, schedules) on one CPU process.
+        run = build_run(cfg, DistributedEnv(), batches=golden_batches(cfg, case.batch_size, dtype))
+        objective = run.objective
         if change is not None:
             change(objective)
         record: dict[str, torch.Tensor] = {}
@@ -230,14 +242,11 @@ def compute_record(
             record["init.student.sha256"] = digest([p for _, p in objective.student.named_parameters()])
         else:  # drawn through libm (log, sin, cos), whose last bit may differ between CPUs
             put(record, "init.student", torch.cat([p.detach().flatten() for p in objective.student.parameters()]))
-        groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
-        optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
-        schedules = build_schedules(cfg.optim, cfg.train.iterations_per_epoch, case.batch_size)
-        for step, iteration in enumerate((case.first_iteration, case.first_iteration + 1)):
-            batch = make_batch(cfg, case.batch_size, seed=1000 + iteration, dtype=dtype)
+        run.start_at(case.first_iteration)  # as a run resumed at the last frozen iteration
+        for step in range(2):
+            batch = run.next_batch()  # seeds the step (stochastic depth), then draws its batch
             record[f"step{step}.batch.sha256"] = digest([v for v in batch.values() if isinstance(v, torch.Tensor)])
-            seed_step(cfg.train.seed, 0, iteration)
-            result = run_training_step(objective, optimizer, schedules, batch, iteration, cfg.optim.clip_grad)
+            result = run.step(batch)
             output, grad_norms = result.output, result.grad_norms
             record[f"step{step}.loss"] = output.loss.detach().clone()
             for term, value in output.terms.items():

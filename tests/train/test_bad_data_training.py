@@ -11,7 +11,7 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.data.augment import MultiCropAugmentation
-from dinolite.data.loader import build_train_loader
+from dinolite.data.loader import LoaderOptions, build_train_loader
 from dinolite.train.loop import train
 from dinolite.train.methods.dinov2 import build_collate
 from tests.data.test_bad_data import png, png16, write_shard
@@ -57,13 +57,7 @@ def test_training_on_bad_data_logs_the_counts_and_resumes(tmp_path):
         source,
         MultiCropAugmentation.from_config(cfg.crops),
         build_collate(cfg),
-        4,
-        0,
-        cfg.train.seed,
-        0,
-        1,
-        0,
-        max_image_pixels=1_000_000,
+        LoaderOptions(batch_size=4, seed=cfg.train.seed, max_image_pixels=1_000_000),
     )
     it = iter(loader)
     expected = [next(it) for _ in range(8)]

@@ -52,7 +52,7 @@ def test_fashion_mnist_without_the_package_names_the_apt_line(tmp_path: Path, mo
 
 def test_a_misspelt_builtin_set_gets_did_you_mean(tmp_path: Path, monkeypatch):
     from dinolite.config import ConfigError
-    from dinolite.train.builders import validate_training_config
+    from dinolite.train.batches import validate_training_config
 
     for typed in ("fashion-mnist", "FashionMNIST", "digit"):
         cfg = load_config("demo", [f"data.source=[{typed}]"])

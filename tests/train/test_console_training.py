@@ -1,6 +1,6 @@
 """A real (tiny) training run: console lines, the metrics.jsonl schema, online evaluation, the watchdog.
 
-The data stream is test_loop.py's deterministic stand-in; the online evaluation reads small labelled
+The data stream is test_loop.py's deterministic stand-in (its ``train``); the online evaluation reads small labelled
 image folders written here.
 """
 
@@ -16,10 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolite.train import builders
+from dinolite.train.batches import validate_training_config
 from dinolite.train.logging import LOGGER_NAME
-from dinolite.train.loop import train
-from tests.train.test_loop import fake_stream, tiny_config
+from tests.train.test_loop import tiny_config, train
 
 # Every key a DINOv2 training record may hold (docs/logging.md); `grad_norm/...` and the collapse metrics
 # are groups, checked by prefix.
@@ -47,9 +46,7 @@ COUNTS = {"images_seen", "skipped_samples", "damaged_shards", "skipped_steps", "
 
 
 @pytest.fixture(autouse=True)
-def stand_in_data(monkeypatch):
-    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
+def one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -149,7 +146,7 @@ def test_online_evaluation_without_labelled_images_fails_at_start_up(tmp_path):
         "demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false", "evaluation.online_every=50"]
     )
     with pytest.raises(ConfigError, match=r"'evaluation.online_every': 50, but evaluation.knn_train=\[\]"):
-        builders.validate_training_config(cfg)
-    builders.validate_training_config(
+        validate_training_config(cfg)
+    validate_training_config(
         load_config("demo", ["data.source=[/data/shards]", "evaluation.knn_at_end=false", "evaluation.online_every=0"])
     )

@@ -1,7 +1,7 @@
 """The training loop: logging, checkpoints, resume, NaN stop, preemption, frozen prototypes.
 
-The data stream is replaced by a deterministic stand-in built from random tensors and the real
-``collate_data_and_cast`` (the loop's data wiring is exercised by the digits run in test_demo.py).
+Every run here trains on a deterministic stand-in stream (``batches=fake_stream``) built from random tensors
+and the real ``collate_data_and_cast`` (the loop's data wiring is exercised by the digits run in test_demo.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from dinolite.config import ConfigError, load_config
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
 from dinolite.jobs.console import configure_console
-from dinolite.train import builders
+from dinolite.train import loop
+from dinolite.train.batches import StreamRequest
 from dinolite.train.logging import MetricLogger
-from dinolite.train.loop import NonFiniteLossError, train
 from dinolite.train.methods.dinov2 import build_objective
 from dinolite.train.methods.dinov2_objective import DINOv2Schedules
+from dinolite.train.precision import autocast_dtype
+from dinolite.train.run import RunHooks
+from dinolite.train.step import NonFiniteLossError
 
 TINY = [
     "student.embed_dim=16",
@@ -65,8 +68,9 @@ def tiny_config(tmp_path: Path, *extra: str):
     return load_config("demo", [*TINY, f"train.output_dir={tmp_path}", *extra])
 
 
-def fake_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn):
+def fake_stream(request: StreamRequest):
     """Batch i depends only on (seed, rank, i): a stand-in for build_train_loader(start_batch=...)."""
+    cfg, rank, start_batch = request.cfg, request.rank, request.start_batch
     grid = cfg.crops.global_crops_size // cfg.student.patch_size
     masking = MaskingGenerator(input_size=(grid, grid), max_num_patches=grid * grid // 2)
     index = start_batch
@@ -88,10 +92,9 @@ def fake_stream(cfg, source, rank, world_size, start_batch, transform, collate_f
         index += 1
 
 
-@pytest.fixture(autouse=True)
-def stand_in_data(monkeypatch):
-    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
+def train(cfg, batches=fake_stream, **kwargs) -> loop.TrainResult:
+    """:func:`dinolite.train.loop.train` on the stand-in stream (other test modules import it too)."""
+    return loop.train(cfg, batches=batches, **kwargs)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -208,7 +211,7 @@ def test_stop_requested_checkpoints_and_returns_preempted(tmp_path):
         calls.append(1)
         return len(calls) >= 2
 
-    result = train(tiny_config(tmp_path), stop_requested=stop_requested)
+    result = train(tiny_config(tmp_path), hooks=RunHooks(stop_requested=stop_requested))
     assert result.status == "preempted" and result.iteration == 2
     assert result.checkpoint_path.name == "iter_00000002"
     resumed = train(tiny_config(tmp_path))
@@ -223,10 +226,10 @@ def test_koleo_needs_two_images_per_gpu(tmp_path):
 
 def test_precision_choice_and_cpu_bf16_fallback(tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert builders.autocast_dtype("auto", cpu) is None
-    assert builders.autocast_dtype("auto", cuda) is torch.bfloat16
-    assert builders.autocast_dtype("fp32", cuda) is None
-    assert builders.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("auto", cuda) is torch.bfloat16
+    assert autocast_dtype("fp32", cuda) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
     result = train(tiny_config(tmp_path, "train.compute_precision=bf16", "train.max_iterations=2"))
     assert result.status == "finished"
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path) if "loss" in r)

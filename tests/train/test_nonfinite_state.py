@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_loop import fake_stream, tiny_config
+from test_loop import tiny_config, train
 from torch import nn
 
 from dinolite.checkpoint import CheckpointManager, load_consolidated_state_dict
-from dinolite.train import builders
 from dinolite.train.finite_check import NonFiniteStateError, check_finite_parameters
-from dinolite.train.loop import train
 
 pytestmark = pytest.mark.numerics  # which check fires, and where, is what these tests pin
 
 
 @pytest.fixture(autouse=True)
-def stand_in_data(monkeypatch):
+def one_thread():
     torch.set_num_threads(1)
-    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
 
 
 def _all_finite(checkpoint) -> bool:

@@ -16,17 +16,13 @@ import torch
 from dinolite.checkpoint import load_consolidated_state_dict
 from dinolite.checkpoint.safe_metadata import SafeFileSystemReader
 from dinolite.config import load_config
-from dinolite.train import builders
-from dinolite.train.loop import train
-from tests.train.test_loop import TINY, fake_stream
+from tests.train.test_loop import TINY, train
 
 NO_IBOT_LOSS = ["ibot.separate_head=true", "ibot.loss_weight=0"]
 
 
 @pytest.fixture(autouse=True)
-def stand_in_data(monkeypatch):
-    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
+def one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from test_loop import fake_stream, tiny_config
+from test_loop import fake_stream, tiny_config, train
 from torch.distributed.checkpoint import FileSystemWriter
 
 from dinolite.checkpoint import (
@@ -21,18 +21,14 @@ from dinolite.checkpoint import (
     manager,
 )
 from dinolite.commands.export import main as export_main
-from dinolite.train import builders
 from dinolite.train.logging import LOGGER_NAME
-from dinolite.train.loop import train
 
 BASE = ("train.checkpoint_every=2", "train.keep_last_checkpoints=3", "train.log_every=1")
 
 
 @pytest.fixture(autouse=True)
-def stand_in_data(monkeypatch):
+def one_thread():
     torch.set_num_threads(1)
-    monkeypatch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
 
 
 @pytest.fixture()
@@ -64,11 +60,8 @@ def _shard(checkpoint):
 @pytest.fixture(scope="module")
 def reference_6(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref6")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(builders, "resolve_train_source", lambda cfg, out, is_main, barrier: ["stand-in"])
-        patch.setattr(builders, "build_data_stream", fake_stream)
-        torch.set_num_threads(1)
-        assert train(tiny_config(out, *BASE, "train.max_iterations=6")).iteration == 6
+    torch.set_num_threads(1)
+    assert train(tiny_config(out, *BASE, "train.max_iterations=6")).iteration == 6
     return out
 
 
@@ -137,20 +130,17 @@ def test_full_disk_cleans_the_temp_folder_and_keeps_the_last_checkpoint(tmp_path
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "iter_00000002"
 
 
-def test_replayed_iterations_are_logged_once(tmp_path, monkeypatch):
-    def crashing_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn):
-        stream = fake_stream(cfg, source, rank, world_size, start_batch, transform, collate_fn)
-        for index, batch in enumerate(stream, start_batch):
+def test_replayed_iterations_are_logged_once(tmp_path):
+    def crashing_stream(request):
+        for index, batch in enumerate(fake_stream(request), request.start_batch):
             if index == 3:
                 raise RuntimeError("crash after iteration 3 was logged")
             yield batch
 
-    monkeypatch.setattr(builders, "build_data_stream", crashing_stream)
     with pytest.raises(RuntimeError, match="crash"):
-        train(tiny_config(tmp_path, *BASE, "train.max_iterations=6"))
+        train(tiny_config(tmp_path, *BASE, "train.max_iterations=6"), batches=crashing_stream)
     logged = [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert 3 in logged  # logged by the crashed run, checkpoint only at 2
-    monkeypatch.setattr(builders, "build_data_stream", fake_stream)
     train(tiny_config(tmp_path, *BASE, "train.max_iterations=6"))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_iterations = [r["iteration"] for r in records if "loss" in r]

@@ -62,6 +62,10 @@ class IJEPAConfig:
     predictor_embed_dim: int = 384  # predictor width
     predictor_num_heads: int = 12  # predictor attention heads
     loss: str = "smooth_l1"  # smooth_l1 (released code) | mse (the paper's squared L2) | l1
+    # the predictor's residual output projections start divided by sqrt(2 * layer); false: they start at std
+    # 0.02, as in released training, whose init_model redraws every Linear after the constructor's rescaling
+    # (facebookresearch/ijepa 52c1ae9 src/helper.py:86-99; the encoder's counterpart: student.weight_init)
+    predictor_residual_rescale: bool = True
 
 
 LOSSES = ("smooth_l1", "mse", "l1")
@@ -141,7 +145,13 @@ def build_objective(cfg: Config) -> IJEPAObjective:
     predictor = checked(
         "ijepa",
         lambda: IJEPAPredictor(
-            patch_grid(cfg), backbone.embed_dim, c.predictor_embed_dim, c.predictor_depth, c.predictor_num_heads
+            patch_grid(cfg),
+            backbone.embed_dim,
+            c.predictor_embed_dim,
+            c.predictor_depth,
+            c.predictor_num_heads,
+            sincos_order=cfg.student.sincos_order,  # the predictor's table follows the encoder's
+            residual_rescale=c.predictor_residual_rescale,
         ),
     )
     return IJEPAObjective(backbone, predictor, IJEPALoss(c.loss), run_momentum_schedule(cfg))

@@ -103,12 +103,18 @@ def build_collate(cfg: Config) -> Any:
 # ---------------------------------------------------------------------------------------------------- heads
 
 
-def build_projector(cfg: Config, in_dim: int) -> ProjectionMLP | None:
+def build_projector(cfg: Config, in_dim: int, last_bias: bool = True) -> ProjectionMLP | None:
+    """The ``joint_embedding`` projector; ``last_bias=False`` drops its last Linear's bias (a method's option)."""
     je = cfg.joint_embedding
     if je.projector_layers == 0:
         return None
     return ProjectionMLP(
-        in_dim, je.projector_hidden_dim, je.projector_out_dim, je.projector_layers, last_batch_norm=je.projector_last_bn
+        in_dim,
+        je.projector_hidden_dim,
+        je.projector_out_dim,
+        je.projector_layers,
+        last_batch_norm=je.projector_last_bn,
+        last_bias=last_bias,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigSection, check_ranges
+from dinolite.config import Config, ConfigSection, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import collate_msn
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
@@ -60,9 +60,21 @@ class MSNConfig:
     me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
     me_max_weight: float = 1.0  # weight of the ME-MAX term
     use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+    # Released behaviour, one switch each (docs/faithfulness.md, MSN; facebookresearch/msn 4388dc1):
+    # true: the focal views drop msn.mask_ratio of their patches too. false: they keep every patch, as the
+    # release does (src/deit.py:221-229 drops patches for the first view size only, resetting patch_drop at 228)
+    focal_patch_drop: bool = True
+    # joint: one projection-head call on anchors and focal views together (one set of BatchNorm statistics).
+    # per_view_size: one call per view size, each with its own batch statistics, as the release runs the head
+    # inside each view size's forward (src/deit.py:221-229, the head at 263)
+    head_bn_groups: str = "joint"
+
+
+HEAD_BN_GROUPS = ("joint", "per_view_size")
 
 
 def validate_msn(msn: MSNConfig, cfg: Config) -> None:
+    check_choices(cfg, {"msn.head_bn_groups": HEAD_BN_GROUPS})
     check_ranges(
         cfg,
         (
@@ -81,9 +93,16 @@ class MSNObjective(SSLObjective):
     """Student = ``{backbone, projector, prototypes}``; teacher = ``{backbone, projector}`` (EMA)."""
 
     def __init__(
-        self, backbone: nn.Module, projector: nn.Module, prototypes: Prototypes, loss: MSNLoss, momentum: Schedule
+        self,
+        backbone: nn.Module,
+        projector: nn.Module,
+        prototypes: Prototypes,
+        loss: MSNLoss,
+        momentum: Schedule,
+        head_bn_groups: str = "joint",
     ) -> None:
         super().__init__()
+        self.head_bn_groups = head_bn_groups  # msn.head_bn_groups
         self.student = nn.ModuleDict({"backbone": backbone, "projector": projector, "prototypes": prototypes})
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "projector": copy.deepcopy(projector)})
         for param in self.teacher.parameters():
@@ -103,8 +122,12 @@ class MSNObjective(SSLObjective):
             images.append(focal_views)
             keeps.append(batch["focal_keep"])
         outputs = self.student["backbone"].forward_features_list(images, None, keeps)
-        anchor_cls = torch.cat([out["x_norm_clstoken"] for out in outputs])
-        anchor = self.student["projector"](anchor_cls)
+        per_size = [out["x_norm_clstoken"] for out in outputs]
+        anchor_cls = torch.cat(per_size)
+        if self.head_bn_groups == "per_view_size":  # the head's BatchNorm sees one view size at a time
+            anchor = torch.cat([self.student["projector"](cls) for cls in per_size])
+        else:
+            anchor = self.student["projector"](anchor_cls)
         prototypes = self.student["prototypes"]()
         out = self.loss(anchor, target, prototypes)
         terms = {"msn_ce": out["cross_entropy"], "me_max": out["me_max"]}
@@ -141,7 +164,7 @@ def build_objective(cfg: Config) -> MSNObjective:
             use_sinkhorn=c.use_sinkhorn,
         ),
     )
-    return MSNObjective(backbone, projector, prototypes, loss, run_momentum_schedule(cfg))
+    return MSNObjective(backbone, projector, prototypes, loss, run_momentum_schedule(cfg), c.head_bn_groups)
 
 
 def build_transform(cfg: Config) -> MultiViewAugmentation:
@@ -169,7 +192,12 @@ def build_transform(cfg: Config) -> MultiViewAugmentation:
 
 
 def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
-    return functools.partial(collate_msn, patch_size=cfg.student.patch_size, mask_ratio=cfg.msn.mask_ratio)
+    return functools.partial(
+        collate_msn,
+        patch_size=cfg.student.patch_size,
+        mask_ratio=cfg.msn.mask_ratio,
+        focal_patch_drop=cfg.msn.focal_patch_drop,
+    )
 
 
 def training_flops(cfg: Config) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class MethodSpec:
             per-image scalar over the measured images (I-JEPA's per-image prediction error).
         eval_features: the global image feature the method trains, which the online evaluation reads:
             ``"cls"`` (the final-norm CLS token) or ``"avgpool"`` (the mean of the final-norm patch
-            tokens: I-JEPA trains no CLS token and its paper evaluates the average-pooled output).
+            tokens: no I-JEPA loss reads the CLS token and its paper evaluates the average-pooled output).
         config_sections: the config sections the method reads besides the shared ones (its own, and a
             family's), each with the method's rules for it; registering the method registers them
             (:mod:`dinolite.config.sections`), and their rules run only when ``train.method`` is this method.

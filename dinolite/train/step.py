@@ -1,0 +1,134 @@
+"""The generic optimizer step every method runs, and the checks around it.
+
+:class:`TrainingStep` is one component holding what a step needs (the objective, AdamW, the schedules,
+the clipping norm, the device, the autocast dtype, the loss scaler); a :class:`~dinolite.train.run.Run`
+builds it from the config. One call at iteration ``i``:
+
+1. lr / weight decay from the generic schedules at ``i``; ``loss = objective(batch, i)`` under autocast;
+2. stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
+3. backward; ``objective.after_backward(i, optimizer)`` (e.g. DINO's prototype freeze); clip each
+   student module's gradient norm (global across shards); AdamW step (with fp16, the loss is scaled and a
+   step whose gradients overflowed is skipped: :mod:`dinolite.train.loss_scaling`);
+4. stop with :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became
+   NaN/inf; ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update).
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from dinolite.distributed import any_rank
+from dinolite.fsdp.sharding import clip_grad_norm_
+from dinolite.train.finite_check import check_finite_parameters
+from dinolite.train.loss_scaling import LossScaler
+from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.optim import apply_schedules
+from dinolite.train.precision import autocast_context
+from dinolite.train.schedules import TrainingSchedules
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the message names the iteration and every loss term's value."""
+
+
+@dataclass
+class StepResult:
+    """One optimizer step: the objective's output, the pre-clipping gradient norms, the schedule values."""
+
+    output: ObjectiveOutput
+    grad_norms: dict[str, float]
+    values: dict[str, float]
+
+
+def seed_step(seed: int, rank: int, iteration: int) -> None:
+    """Seed torch (CPU and CUDA) for one step, so a resumed run draws the same random numbers."""
+    torch.manual_seed((seed * 1_000_003 + rank) * 1_000_003 + iteration)
+
+
+def check_finite(output: ObjectiveOutput, iteration: int, device: torch.device) -> None:
+    """Raise :class:`NonFiniteLossError` on every rank when the loss is NaN/inf on any rank."""
+    local_bad = not bool(torch.isfinite(output.loss.detach()).item())
+    if any_rank(local_bad, device):
+        values = ", ".join(f"{name}={float(v.detach()):.6g}" for name, v in output.terms.items())
+        where = "on this rank" if local_bad else "on another rank"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration} ({where}): loss={float(output.loss.detach()):.6g}, {values}; "
+            "stopping without writing a checkpoint (the last good one is kept). Try a lower optim.base_lr, "
+            "optim.clip_grad > 0 or train.compute_precision=fp32"
+        )
+
+
+def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[str, float]:
+    """Clip each student module's gradient to ``max_norm`` separately, as DINOv2 does (backbone, heads).
+
+    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns
+    the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
+    """
+
+    norms: dict[str, float] = {}
+    if max_norm <= 0:
+        return norms
+    for name, module in modules.items():
+        params = [p for p in module.parameters() if p.grad is not None]
+        if params:
+            norms[f"grad_norm/{name}"] = float(clip_grad_norm_(params, max_norm))
+    return norms
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, process max RSS on CPU (GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (other values, e.g. ``skipped_samples``, as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@dataclass
+class TrainingStep:
+    """The generic step (the module docstring), as one component: call it with a batch and an iteration.
+
+    ``clip_grad``: ``optim.clip_grad`` (``<= 0``: no clipping); ``precision``: the autocast dtype
+    (:func:`dinolite.train.precision.autocast_dtype`; ``None`` = fp32); ``scaler``: fp16 loss scaling
+    (disabled by default). With an enabled scaler the loss is scaled for backward, the gradients
+    unscaled before clipping, and a step whose gradients overflowed is skipped (its gradients dropped)
+    while the scale backs off.
+    """
+
+    objective: SSLObjective
+    optimizer: torch.optim.Optimizer
+    schedules: TrainingSchedules
+    clip_grad: float
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: torch.dtype | None = None
+    scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))
+
+    def __call__(self, batch: Mapping[str, Any], iteration: int) -> StepResult:
+        objective, optimizer = self.objective, self.optimizer
+        values = self.schedules.at(iteration)
+        apply_schedules(optimizer, values["lr"], values["weight_decay"])
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.precision, self.device):
+            output = objective(batch, iteration)
+        check_finite(output, iteration, self.device)
+        self.scaler.scale_loss(output.loss).backward()
+        self.scaler.unscale_(p for module in objective.trainable_modules().values() for p in module.parameters())
+        objective.after_backward(iteration, optimizer)
+        grad_norms = clip_gradients(objective.trainable_modules(), self.clip_grad)
+        if self.scaler.update(grad_norms):  # False: an fp16 overflow, seen alike by every rank (global norms)
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)  # the overflowed gradients are dropped, not checked
+        # before any checkpoint of them
+        check_finite_parameters(objective.trainable_modules(), iteration, self.device)
+        objective.after_optimizer_step(iteration)
+        values.update(objective.schedule_values(iteration))
+        return StepResult(output, grad_norms, values)
