@@ -209,14 +209,19 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return build_backbone(cfg.student, img_size=cfg.crops.global_crops_size).eval().requires_grad_(False)
 
 
-# Student keys added after baselines were first cached: left out of the key when at their schema default,
-# so existing caches keep their names.
-_LATER_STUDENT_KEYS = ("pos_embed", "weight_init")
+# The student keys there were when baselines were first cached. Any key added since is left out of the
+# cache key while it holds its schema default, so existing caches keep their names whatever keys are added
+# later (a new key that is not at its default is another network, hence another baseline).
+_FIRST_STUDENT_KEYS = frozenset(
+    ("arch", "patch_size", "embed_dim", "depth", "num_heads", "drop_path_rate", "drop_path_uniform", "layerscale")
+    + ("ffn_layer", "qkv_bias", "proj_bias", "ffn_bias", "num_register_tokens", "interpolate_antialias")
+    + ("interpolate_offset", "attention", "pretrained_weights")
+)
 
 
 def _student_key(cfg: Config) -> dict:
     defaults = StudentConfig()
-    return {k: v for k, v in vars(cfg.student).items() if not (k in _LATER_STUDENT_KEYS and v == getattr(defaults, k))}
+    return {k: v for k, v in vars(cfg.student).items() if k in _FIRST_STUDENT_KEYS or v != getattr(defaults, k)}
 
 
 def random_init_baseline_path(cfg: Config, cache_dir: Path, features: str = "cls") -> Path:

@@ -40,14 +40,16 @@ def test_baseline_cache_is_per_feature_set_and_keeps_the_cls_name(tmp_path):
 
 
 def test_later_student_keys_at_their_defaults_keep_the_cached_baselines_names(tmp_path):
-    """student.pos_embed / student.weight_init came after baselines were cached: at their defaults they
-    leave the key alone (the demo's name below is the one the committed lab runs were cached under)."""
+    """student.pos_embed / weight_init / sincos_order (and any key added later) came after baselines were
+    cached: at their defaults they leave the key alone (the demo's name below is the one the committed lab
+    runs were cached under)."""
     demo = load_config("demo")
     assert random_init_baseline_path(demo, tmp_path).name == "random_init_2c1d5a91ec5e.json"
     ijepa_init = load_config("demo", ["student.weight_init=ijepa"])
     sincos = load_config("demo", ["student.pos_embed=sincos"])
-    names = {random_init_baseline_path(c, tmp_path).name for c in (demo, ijepa_init, sincos)}
-    assert len(names) == 3  # another initialisation is another baseline
+    column_first = load_config("demo", ["student.pos_embed=sincos", "student.sincos_order=column_first"])
+    names = {random_init_baseline_path(c, tmp_path).name for c in (demo, ijepa_init, sincos, column_first)}
+    assert len(names) == 4  # another initialisation or position table is another baseline
 
 
 @pytest.mark.parametrize("features", ["cls", "avgpool"])
