@@ -58,7 +58,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "commands/visualize.py": f"tests/eval/test_hostile_eval.py and tests/test_cli.py; {_COMMANDS}",
     # dinolite/jobs
     "jobs/console.py": "the console handler, in tests/train/test_logging.py and tests/lab/test_lab_signals.py",
-    "jobs/slurm_job_state.py": "scontrol parsing, in tests/commands/test_commands_slurm.py (test_task_and_scontrol_parsing)",
     "jobs/slurm_options.py": "the launcher's options, through the command in tests/commands/test_commands_slurm.py",
     "jobs/slurm_submit.py": "sbatch parameters and scripts, through the dry runs in tests/commands/test_commands_slurm.py",
     # dinolite/lab
@@ -67,9 +66,7 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "lab/traces.py": "tests/lab/test_verdict.py, test_lab_end_to_end.py and test_lab_signals.py (a topic split to do)",
     # dinolite/train
     "train/batches.py": "tests/train/test_console_training.py, test_loop.py and tests/data/test_data_config.py",
-    "train/precision.py": "autocast choice, through tests/train/test_loop.py and test_fp16_training.py",
     "train/pretrained.py": "tests/commands/test_export_cli.py (training from an export); 'journey' is editing it",
-    "train/resume_checks.py": "tests/train/test_resume_safety.py and test_resume.py, through the loop",
     "train/step.py": "tests/train/test_loop.py, test_run.py and the golden step tests/train/test_golden_step.py",
     # dinolite/train/methods
     "train/methods/barlow_twins.py": _REGISTRY_SUITE,
