@@ -72,11 +72,8 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "train/methods/dinov2_config.py": "tests/config/test_sections.py; " + _REGISTRY_SUITE,
     "train/methods/dinov2_objective.py": "tests/train/test_objective.py, a mirror of train/objective.py too; "
     + _REGISTRY_SUITE,
-    "train/methods/ijepa.py": "tests/train/test_masked_methods.py; " + _REGISTRY_SUITE,
     "train/methods/joint_embedding_config.py": "tests/methods/test_method_config.py; " + _REGISTRY_SUITE,
-    "train/methods/masked_common.py": "tests/train/test_masked_methods.py; " + _REGISTRY_SUITE,
-    "train/methods/msn.py": "tests/train/test_masked_methods.py; " + _REGISTRY_SUITE,
-    "train/methods/simmim.py": "tests/train/test_masked_methods.py; " + _REGISTRY_SUITE,
+    "train/methods/simmim.py": "tests/train/methods/test_masked_methods.py; " + _REGISTRY_SUITE,
 }
 
 
