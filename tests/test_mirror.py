@@ -67,11 +67,9 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "train/pretrained.py": "tests/commands/test_export_cli.py (training from an export); 'journey' is editing it",
     "train/step.py": "tests/train/test_loop.py, test_run.py and the golden step tests/train/test_golden_step.py",
     # dinolite/train/methods
-    "train/methods/dinov2.py": "tests/train/test_golden_step.py, test_objective.py and test_loop.py; "
+    "train/methods/dinov2.py": "tests/train/test_golden_step.py, test_loop.py and methods/test_dinov2_objective.py; "
     + _REGISTRY_SUITE,
     "train/methods/dinov2_config.py": "tests/config/test_sections.py; " + _REGISTRY_SUITE,
-    "train/methods/dinov2_objective.py": "tests/train/test_objective.py, a mirror of train/objective.py too; "
-    + _REGISTRY_SUITE,
     "train/methods/joint_embedding_config.py": "tests/methods/test_method_config.py; " + _REGISTRY_SUITE,
     "train/methods/simmim.py": "tests/train/methods/test_masked_methods.py; " + _REGISTRY_SUITE,
 }
