@@ -57,7 +57,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "commands/train.py": f"tests/train/test_demo.py, test_builtin_data_training.py and test_fp16_training.py; {_COMMANDS}",
     "commands/visualize.py": f"tests/eval/test_hostile_eval.py and tests/test_cli.py; {_COMMANDS}",
     # dinolite/jobs
-    "jobs/slurm_options.py": "the launcher's options, through the command in tests/commands/test_commands_slurm.py",
     # dinolite/lab
     "lab/report_figures.py": "the report's figures, drawn by tests/lab/test_report.py and test_lab_end_to_end.py",
     "lab/runner.py": "tests/lab/test_lab_end_to_end.py, test_matrix.py and test_lab_signals.py (a topic split to do)",
