@@ -68,7 +68,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     # dinolite/train/methods
     "train/methods/dinov2.py": "tests/train/test_golden_step.py, test_loop.py and methods/test_dinov2_objective.py; "
     + _REGISTRY_SUITE,
-    "train/methods/simmim.py": "tests/train/methods/test_masked_methods.py; " + _REGISTRY_SUITE,
 }
 
 
