@@ -59,7 +59,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     # dinolite/train
     "train/batches.py": "tests/train/test_console_training.py, test_loop.py and tests/data/test_data_config.py",
     "train/pretrained.py": "tests/commands/test_export_cli.py (training from an export); 'journey' is editing it",
-    "train/step.py": "tests/train/test_loop.py, test_run.py and the golden step tests/train/test_golden_step.py",
 }
 
 
