@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,13 +34,34 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Sphinx roles (:mod:`a.b`, :func:`~a.b.c`) and inline literals (``x``): the docstrings that serve as
+# --help texts are written for the API docs, and a terminal shows the markup verbatim.
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`<]*?)(?:\s*<[^`>]*>)?`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without Sphinx markup: ``:mod:`a.b``` -> ``a.b``, ``:func:`~a.b.c``` -> ``c``, double
+    backquotes dropped; line breaks and everything else kept."""
+
+    def role(match: re.Match[str]) -> str:
+        target = match.group(2).strip()
+        return target.rsplit(".", 1)[-1] if match.group(1) else target
+
+    return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` appends ``(default: X)`` to every option that has a default (also those without a help
     text, which argparse's ArgumentDefaultsHelpFormatter skips) and keeps the description's line breaks
-    (our descriptions hold example commands). ``None``/``False`` defaults (unset, flag off) are not shown."""
+    (our descriptions hold example commands). ``None``/``False`` defaults (unset, flag off) are not shown.
+    Sphinx markup is removed (:func:`plain_text`)."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        text = plain_text(action.help or "")
         if text == "%(default)s":
             return "(default: %(default)s)"
         if "%(default)" in text or not action.option_strings or not _shows_default(action):

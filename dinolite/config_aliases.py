@@ -186,6 +186,36 @@ def _one_ema_home(flat: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in flat.items() if key not in unread}
 
 
+# DINOv2's six modules with their own FSDP policy (compute_precision.<network>.<module>.*).
+MODULE_POLICIES = tuple(
+    f"{net}.{mod}" for net in ("teacher", "student") for mod in ("backbone", "dino_head", "ibot_head")
+)
+_ONE_FOR_ALL = ("sharding_strategy", "mixed_precision.param_dtype")
+
+
+def _notice_partial_module_policies(flat: dict[str, Any], source: str) -> None:
+    """A ``compute_precision.<net>.<module>.*`` key given for some of DINOv2's six modules but not all sets
+    dinolite's one value for the whole model: say so, one line per key given, naming what it becomes."""
+    for setting in _ONE_FOR_ALL:
+        given = {
+            m: flat[f"compute_precision.{m}.{setting}"]
+            for m in MODULE_POLICIES
+            if f"compute_precision.{m}.{setting}" in flat
+        }
+        if not given or len(given) == len(MODULE_POLICIES):
+            continue
+        alias = ALIASES[_MODULES + setting]
+        for module, value in given.items():
+            ours = alias.convert(value, module) if alias.convert else value
+            warnings.warn(
+                f"{source}: compute_precision.{module}.{setting}={value} sets {alias.ours}={ours} for every "
+                f"module, not only {module}: dinolite has one value for the whole model (the other "
+                f"{len(MODULE_POLICIES) - len(given)} of DINOv2's 6 modules were not given)",
+                DINOv2KeyNotice,
+                stacklevel=5,
+            )
+
+
 def translate(node: DictConfig, source: str) -> DictConfig:
     """``node`` with DINOv2's keys replaced by dinolite's (see the module doc) and a string ``data.source``
     made a one-element list. Raises :class:`AliasError` naming ``source`` and the key."""
@@ -221,6 +251,7 @@ def translate(node: DictConfig, source: str) -> DictConfig:
                 "and disagree (dinolite has one value for it)"
             )
         out[target], origin[target] = new, key
+    _notice_partial_module_policies(flat, source)
     rebuilt = OmegaConf.create({})
     for key, value in out.items():
         OmegaConf.update(rebuilt, key, value, force_add=True)
@@ -239,3 +270,53 @@ def suggest(full: str, valid: Iterable[str]) -> Optional[str]:
         return f"{near[0]!r} (a DINOv2 key dinolite accepts without effect: {alias.meaning})"
     near = difflib.get_close_matches(full, list(valid), n=1, cutoff=0.5)
     return repr(near[0]) if near else None
+
+
+# --------------------------------------------------------------------------------------------------
+# DINOv2 merges every config file over its ssl_default_config.yaml; dinolite merges over its own
+# default.yaml. The two agree on every key but these (facebookresearch/dinov2 at b8931f7,
+# dinov2/configs/ssl_default_config.yaml: every compute_precision.*.*.sharding_strategy is SHARD_GRAD_OP
+# and every mixed_precision.param_dtype fp16). A DINOv2 file is read over these values, as DINOv2 would.
+# --------------------------------------------------------------------------------------------------
+DINOV2_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "train.compute_precision": ("fp16", "compute_precision.*.*.mixed_precision.param_dtype: fp16"),
+    "distributed.sharding_strategy": ("shard_grad_op", "compute_precision.*.*.sharding_strategy: SHARD_GRAD_OP"),
+}
+
+
+def is_dinov2_file(node: DictConfig) -> bool:
+    """A file written for DINOv2: it uses at least one of DINOv2's own key names (``train.dataset_path``,
+    ``student.block_chunks``, ``compute_precision.*``, ...) that dinolite spells otherwise."""
+    if not isinstance(node, DictConfig):
+        return False
+    flat = _flatten(OmegaConf.to_container(node, resolve=False))
+    return any(found is not None and found[1].origin == "DINOv2" for found in map(lookup, flat))
+
+
+def dinov2_defaults(given: Iterable[str]) -> dict[str, Any]:
+    """DINOv2's default for each key of :data:`DINOV2_DEFAULTS` not in ``given`` (dotted dinolite keys)."""
+    return {key: value for key, (value, _) in DINOV2_DEFAULTS.items() if key not in set(given)}
+
+
+# DINOv2's data set strings (dinov2/data/loaders.py: NAME[:root=R][:extra=E][:split=S], NAME ImageNet or
+# ImageNet22k): class-specific loaders over its own metadata files, not paths.
+_DINOV2_DATASETS = ("ImageNet", "ImageNet22k")
+
+
+def dinov2_dataset_hint(source: str) -> Optional[str]:
+    """What to pass instead when ``source`` is a DINOv2 data set string rather than a path; None otherwise."""
+    name, _, options = str(source).partition(":")
+    if name not in _DINOV2_DATASETS or (options and "=" not in options):
+        return None
+    if name == "ImageNet":
+        return (
+            f"{source!r} is DINOv2's ImageNet data set name, not a path; dinolite reads ImageNet as the image "
+            "folder with one subfolder per class: pass train.dataset_path=ImageNet:split=TRAIN:root=/path/to/imagenet "
+            "(read as /path/to/imagenet/train) or data.source=[/path/to/imagenet/train], or webdataset shards "
+            "written by dinolite-shards"
+        )
+    return (
+        f"{source!r} is DINOv2's ImageNet-22k data set name (its loader reads a tarball per class with DINOv2's "
+        "own metadata files under extra=), not a path; pass data.source=[/path/to/imagenet22k] (an image folder) "
+        "or webdataset shards written from it by dinolite-shards (data.source='[/shards/in22k-{000000..NNNNNN}.tar]')"
+    )

@@ -44,6 +44,7 @@ def test_vitl16_short_dry_runs_with_dinov2_flags(tmp_path, capsys):
                 "--output-dir",
                 str(tmp_path / "run"),
                 "train.OFFICIAL_EPOCH_LENGTH=10",
+                "train.dataset_path=ImageNet:split=TRAIN:root=/data/imagenet:extra=/data/imagenet",
             ]
         )
     out = capsys.readouterr().out
@@ -221,3 +222,67 @@ def test_slurm_launcher_takes_dinov2_flags(tmp_path, capsys):
     (checkpoint / STATE_FILE).write_text("{}")
     assert main(["--config", "demo", "--no-resume", "--output-dir", str(tmp_path / "run"), "--dry-run"]) == 2
     assert "--no-resume" in capsys.readouterr().err
+
+
+def test_a_precision_given_for_some_modules_only_says_it_sets_every_module():
+    override = "compute_precision.student.backbone.mixed_precision.param_dtype=fp32"
+    with pytest.warns(DINOv2KeyNotice) as notices:
+        cfg = load_config("demo", [override])
+    assert cfg.train.compute_precision == "fp32"
+    (line,) = [str(w.message) for w in notices if "for every module" in str(w.message)]
+    assert "train.compute_precision=fp32 for every module, not only student.backbone" in line
+    assert "other 5 of DINOv2's 6 modules" in line
+
+
+def test_a_policy_given_for_all_six_modules_needs_no_notice():
+    modules = [f"{n}.{m}" for n in ("teacher", "student") for m in ("backbone", "dino_head", "ibot_head")]
+    overrides = [f"compute_precision.{m}.sharding_strategy=NO_SHARD" for m in modules]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DINOv2KeyNotice)
+        assert load_config("demo", overrides).distributed.sharding_strategy == "no_shard"
+
+
+def test_a_dinov2_file_resolves_to_dinov2s_precision_and_sharding():
+    with pytest.warns(DINOv2KeyNotice) as notices:
+        cfg = load_config(FIXTURES / "vitl16_short.yaml")
+    assert (cfg.train.compute_precision, cfg.distributed.sharding_strategy) == ("fp16", "shard_grad_op")
+    said = [str(w.message) for w in notices if "read over DINOv2's defaults" in str(w.message)]
+    assert len(said) == 2
+    assert "train.compute_precision=fp16" in said[0] and "dinolite's default: auto" in said[0]
+    assert "distributed.sharding_strategy=shard_grad_op" in said[1] and "full_shard" in said[1]
+
+
+def test_what_a_dinov2_file_or_override_sets_wins_over_dinov2s_defaults(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "train:\n  dataset_path: /data/x\ncompute_precision:\n  grad_scaler: true\n"
+        + "".join(
+            f"  {n}:\n"
+            + "".join(f"    {m}:\n      sharding_strategy: NO_SHARD\n" for m in ("backbone", "dino_head", "ibot_head"))
+            for n in ("teacher", "student")
+        )
+    )
+    with pytest.warns(DINOv2KeyNotice) as notices:
+        cfg = load_config(path, ["train.compute_precision=bf16"])
+    assert (cfg.train.compute_precision, cfg.distributed.sharding_strategy) == ("bf16", "no_shard")
+    said = [str(w.message) for w in notices if "read over DINOv2's defaults" in str(w.message)]
+    assert len(said) == 1 and "train.compute_precision=fp16" in said[0]  # the file left it to DINOv2's
+
+
+def test_dinolite_files_keep_dinolites_defaults():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DINOv2KeyNotice)
+        cfg = load_config("vitl14")
+    assert (cfg.train.compute_precision, cfg.distributed.sharding_strategy) == ("auto", "full_shard")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "hint"),
+    [("ImageNet22k", "ImageNet-22k data set name"), ("ImageNet:split=TRAIN", "root=/path/to/imagenet")],
+)
+def test_dinov2_data_set_names_are_refused_with_what_to_pass(dataset, hint, capsys):
+    from dinolite.commands.train import main
+
+    assert main(["--dry-run", f"train.dataset_path={dataset}"]) == 1
+    err = capsys.readouterr().err
+    assert f"{dataset!r} is DINOv2's" in err and hint in err and "data.source=[" in err

@@ -12,6 +12,7 @@ from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.config import load_config, opt_ins
 from dinolite.extras import MissingExtraError
 from dinolite.models.info import format_summary, model_summary
+from dinolite.train.startup_notices import stale_arch_fields
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # flags may come anywhere among the overrides
     with opt_ins.from_args(args).applied():
         cfg = load_config(args.config, args.overrides)
+    for line in stale_arch_fields(args.config, args.overrides, cfg):
+        print(f"note: {line}", file=sys.stderr)
     print(format_summary(model_summary(cfg)))
     return 0
 

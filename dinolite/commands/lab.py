@@ -40,7 +40,7 @@ EXIT_OK = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(prog="launch/lab.py", description=__doc__)
+    parser = make_parser(description=__doc__)  # prog: the name it was started by
     parser.add_argument(
         "--matrix", required=True, help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, vitb16)"
     )

@@ -27,6 +27,8 @@ from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.slurm_options import add_slurm_arguments, check_training_fits, resources_from_args
+from dinolite.train.pretrained import resolve_pretrained_architecture
+from dinolite.train.startup_notices import user_set_keys
 
 try:  # submitit (the ``slurm`` extra) is needed to submit, not to print --help
     from dinolite.jobs import slurm, slurm_submit
@@ -133,6 +135,10 @@ def _submit(args: argparse.Namespace, own: Sequence[str], passthrough: list[str]
     try:
         if training:
             cfg = load_config(args.config, args.overrides)
+            # the job trains the model the weights describe: its saved config must say so (as dinolite-train)
+            cfg, read = resolve_pretrained_architecture(cfg, user_set_keys(args.config, args.overrides))
+            for line in read:
+                print(f"note: {line}", file=sys.stderr)
             output_dir = Path(args.output_dir or cfg.train.output_dir).expanduser().absolute()
             cfg.train.output_dir = str(output_dir)
             existing = CheckpointManager(output_dir).latest() if args.no_resume and "%" not in str(output_dir) else None

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # flags may come anywhere among the overrides
     with opt_ins.from_args(args).applied():
         cfg = load_config(args.config, args.overrides)
     method = get_method(cfg.train.method)

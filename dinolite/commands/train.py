@@ -26,7 +26,9 @@ from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.training import EXIT_ERROR, EXIT_OK, run_training_job
-from dinolite.train.batches import validate_training_config
+from dinolite.train.preflight import check_startup
+from dinolite.train.pretrained import resolve_pretrained_architecture
+from dinolite.train.startup_notices import stale_arch_fields, user_set_keys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate the config and print it resolved; train nothing (no GPU or data needed)",
+        help="run every start-up check training runs (config, method, model shapes, pretrained weights) and "
+        "print the config resolved; train nothing (no GPU or data needed)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
     opt_ins.add_opt_in_arguments(parser)
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    return build_parser().parse_intermixed_args(argv)  # flags may come anywhere among the overrides
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -81,7 +84,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.no_progress:
             overrides.append("train.progress=false")
         cfg = load_config(args.config, overrides)
-        validate_training_config(cfg)
+        for line in stale_arch_fields(args.config, overrides, cfg):
+            print(f"note: {line}", file=sys.stderr)
+        cfg, read = resolve_pretrained_architecture(cfg, user_set_keys(args.config, overrides))
+        for line in read:
+            print(f"note: {line}", file=sys.stderr)
+        check_startup(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

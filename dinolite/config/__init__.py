@@ -62,6 +62,7 @@ from dinolite.config.validation import (
     validate,
     validate_data,
 )
+from dinolite.config_aliases import dinov2_dataset_hint
 
 __all__ = [
     "CHOICES",
@@ -92,6 +93,7 @@ __all__ = [
     "check_ranges",
     "config_class",
     "config_from_dict",
+    "dinov2_dataset_hint",
     "get_by_path",
     "granted",
     "load_config",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -284,13 +285,34 @@ def _layers(preset_path: Path, overrides: Sequence[str]) -> list[_Layer]:
     default = _config_dir() / "default.yaml"
     layers = [_Layer(_translate(_read_yaml(default), "default.yaml"), "default.yaml", False)]
     if preset_path.name != "default.yaml" or preset_path.parent != _config_dir():
-        node = _translate(_read_yaml(preset_path), str(preset_path))
+        raw = _read_yaml(preset_path)
+        node = _translate(raw, str(preset_path))
+        if config_aliases.is_dinov2_file(raw):
+            layers.append(_dinov2_defaults_layer(preset_path, node))
         layers.append(_Layer(node, str(preset_path), preset_path.parent != _config_dir()))
     if overrides:
         node = _parse_overrides(overrides, sections.config_class())
         check_interpolations(OmegaConf.to_container(node, resolve=False), "overrides")
         layers.append(_Layer(_translate(node, "overrides"), "overrides", True))
     return layers
+
+
+def _dinov2_defaults_layer(path: Path, node: DictConfig) -> _Layer:
+    """DINOv2 reads every file over its ``ssl_default_config.yaml``: so does dinolite for a DINOv2 file,
+    where DINOv2's defaults differ from dinolite's (one notice per key the file leaves to them)."""
+    given = {key for key in config_aliases.DINOV2_DEFAULTS if OmegaConf.select(node, key) is not None}
+    ours = OmegaConf.load(_config_dir() / "default.yaml")
+    layer = OmegaConf.create({})
+    for key, value in config_aliases.dinov2_defaults(given).items():
+        OmegaConf.update(layer, key, value, force_add=True)
+        warnings.warn(
+            f"{path}: a DINOv2 config, read over DINOv2's defaults as DINOv2 reads it: {key}={value} "
+            f"(DINOv2's ssl_default_config.yaml: {config_aliases.DINOV2_DEFAULTS[key][1]}; dinolite's default: "
+            f"{OmegaConf.select(ours, key)}); override {key} to change it",
+            config_aliases.DINOv2KeyNotice,
+            stacklevel=4,
+        )
+    return _Layer(layer, "DINOv2's ssl_default_config.yaml", False)
 
 
 def _check_layers(layers: Sequence[tuple[_Layer, DictConfig]], method: str) -> None:

@@ -163,6 +163,18 @@ def read_folder_config(folder: Path) -> tuple[str, dict[str, Any]]:
     )
 
 
+# How each library resamples the position embeddings for another image size, so that the loaded model
+# equals theirs at every size: timm's resample_abs_pos_embed (bicubic to the new grid, antialiased) and
+# transformers' interpolate_pos_encoding (bicubic to the new grid; antialiased in Dinov2WithRegisters,
+# not in Dinov2); none adds DINOv2's 0.1 offset.
+TIMM_RESAMPLING = {"interpolate_offset": 0.0, "interpolate_antialias": True}
+
+
+def transformers_resampling(registers: bool) -> dict[str, Any]:
+    """transformers' resampling: ``Dinov2WithRegistersModel`` antialiases, ``Dinov2Model`` does not."""
+    return {"interpolate_offset": 0.0, "interpolate_antialias": registers}
+
+
 def folder_spec_overrides(kind: str, config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """What a foreign folder says beyond the tensor shapes: heads, input size, mean/std; every value
     type- and range-checked, an error naming the file and the key."""
@@ -186,7 +198,7 @@ def _timm_overrides(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
             out[key] = check_value(pretrained[key], triple(positive), f"{path}: pretrained_cfg.{key}")
     if "init_values" in args and args["init_values"] is None:
         out["layerscale"] = None
-    return out
+    return {**out, **TIMM_RESAMPLING}
 
 
 def _transformers_overrides(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
@@ -204,4 +216,4 @@ def _transformers_overrides(config: Mapping[str, Any], folder: Path) -> dict[str
         for ours, theirs, positive in (("mean", "image_mean", False), ("std", "image_std", True)):
             if theirs in processor:
                 out[ours] = check_value(processor[theirs], triple(positive), f"{processor_path}: {theirs}")
-    return out
+    return {**out, **transformers_resampling(config.get("model_type") == "dinov2_with_registers")}

@@ -42,12 +42,14 @@ from dinolite.checkpoint.tensor_files import TensorBudgetError, load_tensor_file
 from dinolite.export.hub import (
     CONFIG_NAME,
     PICKLE_WEIGHTS_NAME,
+    TIMM_RESAMPLING,
     WEIGHTS_NAME,
     download_hub_source,
     folder_spec_overrides,
     folder_weights,
     is_hub_source,
     read_folder_config,
+    transformers_resampling,
 )
 from dinolite.export.spec import (
     BackboneSpec,
@@ -149,6 +151,16 @@ def _converted(
         raise
     except (KeyError, IndexError, ValueError) as exc:
         raise ExportFormatError(f"{origin}: not a {layout} DINOv2 state dict ({type(exc).__name__}: {exc})") from exc
+
+
+def layout_resampling(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The resampling of the library whose key layout ``state_dict`` has (timm's, transformers'); DINOv2's
+    own layout: none (the record's defaults are DINOv2's)."""
+    if is_transformers_layout(state_dict):
+        return transformers_resampling(any("register_tokens" in key for key in state_dict))
+    if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):
+        return dict(TIMM_RESAMPLING)
+    return {}
 
 
 def to_dinov2_layout(state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
@@ -256,11 +268,14 @@ def _load_file(path: Path) -> tuple[dict[str, torch.Tensor], BackboneSpec]:
             check_spec_against_shapes(spec, shapes, spec_origin=origin, weights_origin=str(path))
         state_dict, _ = _read_safetensors(path)
         if spec is None:
+            resampling = layout_resampling(state_dict)
             state_dict = to_dinov2_layout(state_dict, origin=str(path))
-            spec = spec_from_state_dict(state_dict, origin=str(path))
+            spec = dataclasses.replace(spec_from_state_dict(state_dict, origin=str(path)), **resampling)
     elif path.suffix in (".pth", ".pt", ".bin"):
-        state_dict = to_dinov2_layout(_read_pth(path), origin=str(path))
-        spec = spec_from_state_dict(state_dict, origin=str(path))
+        raw = _read_pth(path)
+        resampling = layout_resampling(raw)
+        state_dict = to_dinov2_layout(raw, origin=str(path))
+        spec = dataclasses.replace(spec_from_state_dict(state_dict, origin=str(path)), **resampling)
     else:
         raise ExportFormatError(
             f"{path}: unknown backbone file type {path.suffix!r}; expected .safetensors, .pth, a hub folder "

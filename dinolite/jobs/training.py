@@ -12,13 +12,14 @@ exits 0 with "run again to continue" (see :mod:`dinolite.jobs.stop_signals`).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from dinolite.checkpoint import CheckpointError
+from dinolite.checkpoint import CheckpointError, CheckpointManager
 from dinolite.config import Config, ConfigError
 from dinolite.distributed import DistributedEnv, destroy_distributed, init_distributed
 from dinolite.eval.knn_report import format_report, knn_report
@@ -78,13 +79,19 @@ def run_training_job(cfg: Config) -> int:
     """
     console = configure_console()
     output_dir = Path(cfg.train.output_dir)
+    is_new = not output_dir.exists()
     flag = StopFlag()
+    result, rank = None, 0
     try:
         with training_process(cfg, output_dir) as env, flag.installed():
+            rank = env.rank
             result = train_in_job(cfg, output_dir, env, stop_requested=flag.is_set)
     except (RunLockError, CheckpointError, NonFiniteLossError, NonFiniteStateError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:  # after the run lock is released
+        if result is None and is_new and rank == 0:
+            remove_failed_start(output_dir)
     device = torch.device(env.device) if env.device else torch.device("cpu")
     if result.status == "stopped":
         print(f"stopped: {result.message}", file=sys.stderr)
@@ -103,3 +110,18 @@ def run_training_job(cfg: Config) -> int:
         results = knn_report(cfg, result.checkpoint_path, output_dir, device)
         console.info(format_report(results, cfg.evaluation.knn_k))
     return EXIT_OK
+
+
+def remove_failed_start(output_dir: Path) -> bool:
+    """Remove the run folder that a failed start created (it did not exist before this run), so the
+    next attempt does not find a half-made run; True if removed.
+
+    A folder with a checkpoint or logged metrics is kept whatever went wrong (nothing written by
+    training is lost: a run that failed at iteration 50 keeps its ``metrics.jsonl`` for the diagnosis).
+    """
+    if not output_dir.is_dir() or CheckpointManager(output_dir).latest() is not None:
+        return False
+    if (output_dir / "metrics.jsonl").exists() and (output_dir / "metrics.jsonl").stat().st_size > 0:
+        return False
+    shutil.rmtree(output_dir, ignore_errors=True)
+    return True

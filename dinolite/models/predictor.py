@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from dinolite.models.block import Block, LayerNorm
 from dinolite.models.pos_embed import sincos_pos_embed_2d
+from dinolite.models.stochastic_depth import drop_path_rates
 
 
 def gather_rows(table: Tensor, indices: Tensor) -> Tensor:
@@ -64,7 +65,7 @@ class IJEPAPredictor(nn.Module):
         self.embed_dim, self.predictor_embed_dim = embed_dim, predictor_embed_dim
         self.predictor_embed = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = drop_path_rates(drop_path_rate, depth, uniform=False)  # plain Python: meta-device builds
         self.blocks = nn.ModuleList(Block(predictor_embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
         self.norm = LayerNorm(predictor_embed_dim)
         self.predictor_proj = nn.Linear(predictor_embed_dim, embed_dim)

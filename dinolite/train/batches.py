@@ -14,16 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence
 
-from dinolite.config import Config, ConfigError
+from dinolite.config import Config, ConfigError, dinov2_dataset_hint
 from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, misspelt_builtin_set, prepare_builtin_set
 from dinolite.data.loader import LoaderOptions, build_train_loader
 
 
 def check_data_source(cfg: Config) -> None:
-    """A run that reads ``data.source`` needs one, and a one-entry source that is no file but nearly a
-    built-in set's name is a typo."""
+    """A run that reads ``data.source`` needs one; DINOv2's data set names are not paths (the error says
+    what to pass); a one-entry source that is no file but nearly a built-in set's name is a typo."""
     if not cfg.data.source:
         raise ConfigError(f"data.source is empty: give shard patterns, an image folder, or {builtin_sets_text()}")
+    for source in cfg.data.source:
+        hint = None if Path(source).exists() else dinov2_dataset_hint(source)
+        if hint is not None:
+            raise ConfigError(f"invalid value for 'data.source': {hint}")
     meant = misspelt_builtin_set(cfg.data.source)
     if meant is not None:
         raise ConfigError(

@@ -7,7 +7,7 @@ checks for every method (a pickle is refused, shapes are compared key by key, th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import torch
 
@@ -16,6 +16,7 @@ from dinolite.export.load import load_pretrained as load_exported_weights
 from dinolite.export.load import load_state_dict_strict
 from dinolite.models import build_backbone
 from dinolite.models.vision_transformer import DinoVisionTransformer
+from dinolite.train.pretrained_arch import architecture_from_weights, resample_pos_embed
 
 
 def load_pretrained(path: str) -> Any:
@@ -50,5 +51,18 @@ def build_student_backbone(cfg: Config, pretrained: Any = None) -> DinoVisionTra
     path = cfg.student.pretrained_weights
     if path:
         weights = pretrained if pretrained is not None else load_pretrained(path)
-        load_pretrained_into(backbone, weights.backbone, "backbone", path)
+        architecture_from_weights(cfg, weights.spec, path)  # every shape-making field must agree: names both
+        grid = (backbone.patch_embed.grid_size, backbone.patch_embed.grid_size)
+        load_pretrained_into(backbone, resample_pos_embed(weights.backbone, weights.spec, grid, path), "backbone", path)
     return backbone
+
+
+def resolve_pretrained_architecture(cfg: Config, user_set: Collection[str]) -> tuple[Config, list[str]]:
+    """``cfg`` with the student's architecture read from ``student.pretrained_weights`` for every field
+    not in ``user_set`` (the dotted keys the user set), and one line per field changed; a user-set field
+    the weights contradict is a :class:`ConfigError` naming both values. Unchanged without weights.
+    Commands call it before training, so the run's saved config describes the model it trains."""
+    path = cfg.student.pretrained_weights
+    if not path:
+        return cfg, []
+    return architecture_from_weights(cfg, load_pretrained(path).spec, path, user_set)

@@ -1,0 +1,30 @@
+"""check_startup: training's start-up checks without training (dinolite-train --dry-run)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dinolite.config import ConfigError, load_config
+from dinolite.models import build_backbone
+from dinolite.train.methods import get_method, list_methods
+from dinolite.train.preflight import check_startup
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_demo_passes(method):
+    check_startup(load_config(get_method(method).demo_preset))
+
+
+def test_an_unknown_method_is_refused_with_the_nearest_name():
+    with pytest.raises(ConfigError, match="did you mean 'simclr'"):
+        check_startup(load_config("demo", ["train.method=simclrr"]))
+
+
+def test_student_weights_that_do_not_fit_are_refused(tmp_path):
+    weights = tmp_path / "small.pth"
+    small = ["student.embed_dim=384", "student.num_heads=6", "student.depth=1"]
+    torch.save(build_backbone(load_config("demo", small)).state_dict(), weights)
+    check_startup(load_config("demo", [*small, f"student.pretrained_weights={weights}"]))
+    with pytest.raises(ConfigError, match=r"student.embed_dim=96 conflicts .* whose embed_dim is 384"):
+        check_startup(load_config("demo", [f"student.pretrained_weights={weights}"]))
