@@ -56,7 +56,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "lab/report_figures.py": "the report's figures, drawn by tests/lab/test_report.py and test_lab_end_to_end.py",
     "lab/runner.py": "tests/lab/test_lab_end_to_end.py, test_matrix.py and test_lab_signals.py (a topic split to do)",
     # dinolite/train
-    "train/batches.py": "tests/train/test_console_training.py, test_loop.py and tests/data/test_data_config.py",
     "train/pretrained.py": "tests/commands/test_export_cli.py (training from an export); 'journey' is editing it",
 }
 
