@@ -54,7 +54,6 @@ NOT_YET_MIRRORED: dict[str, str] = {
     "commands/visualize.py": f"tests/eval/test_hostile_eval.py and tests/test_cli.py; {_COMMANDS}",
     # dinolite/lab
     "lab/report_figures.py": "the report's figures, drawn by tests/lab/test_report.py and test_lab_end_to_end.py",
-    "lab/runner.py": "tests/lab/test_lab_end_to_end.py, test_matrix.py and test_lab_signals.py (a topic split to do)",
     # dinolite/train
     "train/pretrained.py": "tests/commands/test_export_cli.py (training from an export); 'journey' is editing it",
 }
