@@ -30,6 +30,9 @@ def test_no_notice_without_an_arch_override_or_when_the_sizes_are_set_too() -> N
     small = ARCHITECTURES["vit_small"]
     sizes = [f"student.{f}={small[f]}" for f in ("embed_dim", "depth", "num_heads")]
     assert _stale(["student.arch=vit_small", *sizes]) == []
+    # a size the user set too, even to the preset's value, is what they asked for: not named
+    named = _stale(["student.arch=vit_small", "student.embed_dim=96"])
+    assert named and not any(line.startswith("student.embed_dim") for line in named)
 
 
 def test_user_set_keys_are_the_overrides_and_a_users_own_file(tmp_path: Path) -> None:
