@@ -7,7 +7,7 @@
 - ``LIBRARY_CASES``: the functions the command lines, the trainer's online evaluation and the lab
   share, called directly.
 
-Numeric options refused at parse time are in ``tests/test_cli_options.py``. To add a case, add a row.
+Numeric options refused at parse time are in ``tests/test_cli.py``. To add a case, add a row.
 """
 
 from __future__ import annotations
