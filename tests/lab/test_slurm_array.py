@@ -13,8 +13,8 @@ import pytest
 
 from dinolite.jobs import slurm_job_state, slurm_submit
 from dinolite.lab.traces import read_result
-from tests.lab.test_lab_end_to_end import ITERATIONS, tiny_matrix
 from tests.jobs.test_slurm import _slurm_unreachable_reason
+from tests.lab.test_lab_end_to_end import ITERATIONS, tiny_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
 _REASON = _slurm_unreachable_reason()
