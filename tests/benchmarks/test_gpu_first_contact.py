@@ -5,6 +5,7 @@ is reported without stopping the others. Speed is never asserted."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -100,3 +101,22 @@ def test_the_shell_wrapper_refuses_a_machine_without_cuda():
         check=False,
     )
     assert result.returncode == 2 and "torch.cuda.is_available() is False" in result.stderr
+
+
+def test_an_interrupted_run_still_writes_what_it_measured(tmp_path):
+    """The wrapper's `timeout` sends SIGINT: the report keeps the finished stages and says it was cut."""
+    out = tmp_path / "cut.md"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "gpu_first_contact.py"), "--device", "cpu", "--quick"]
+    process = subprocess.Popen([*argv, "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "bf16 step vs fp32 step" not in (out.read_text() if out.exists() else ""):
+            assert time.monotonic() < deadline and process.poll() is None, "no stage finished"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = out.read_text()
+    assert process.returncode == 1 and "| bf16 step vs fp32 step | ok |" in text and "interrupted" in text
