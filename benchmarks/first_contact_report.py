@@ -69,7 +69,7 @@ def ladder_row(result: StageResult) -> str:
         f"| {d['model']} | {d['crops']} | {d['batch']} | {d['precision']}, compile {compiled} | "
         f"{d['images_per_s_per_device']:.1f} | {d['step_time_s_median'] * 1e3:.1f} | "
         f"{d['achieved_tflops_per_device']:.2f} | {_percent(d['mfu_vs_matmul_roofline'])} "
-        f"(of {d['roofline_tflops']:.1f}) | {_percent(d['mfu_vs_datasheet'])} | "
+        f"(of {d['roofline_tflops']:.3g}) | {_percent(d['mfu_vs_datasheet'])} | "
         f"{d['peak_memory_gib']:.2f} | ok ({result.seconds:.0f} s){'; ' + result.detail if result.detail else ''} |"
     )
 
