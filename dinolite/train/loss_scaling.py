@@ -13,6 +13,16 @@ clipping (:func:`dinolite.fsdp.sharding.clip_grad_norm_` all-reduces over the sh
 any shard makes that norm non-finite on every rank, so every rank skips together, with no extra
 communication. Unscaling multiplies each rank's local shard in place.
 
+Where the scale starts: where DINOv2's does. Its released code builds ``ShardedGradScaler()`` with torch's
+defaults (``dinov2/train/ssl_meta_arch.py``): ``init_scale=2**16``, ``growth_factor=2``, ``backoff_factor=0.5``,
+``growth_interval=2000``, the defaults below (``tests/train/test_loss_scaling.py`` checks them against
+torch's). A small model or batch overflows at that scale for its first steps (the demo at the sizes of
+``tests/train/test_fp16_training.py``: the DINO head's fp16 weight gradients, norm ~60-80 unscaled, pass
+65504 in an element above a scale of ~2^10, so 6 of its first 8 steps are skipped while the scale halves
+from 2^16 to 2^10). DINOv2's scaler would skip the same steps: it checks the same gradients for inf/NaN
+and halves the same scale. Starting lower would depart from DINOv2 in every run to spare a toy run a few
+steps.
+
 State (``scale``, ``growth_tracker``) is a checkpoint Stateful, so a resumed run continues with the same
 scale (exact resume).
 """

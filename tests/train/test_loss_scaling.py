@@ -102,3 +102,16 @@ def test_sharded_gradients_give_every_rank_the_same_decision(tmp_path: Path):
     for name, param in reference.named_parameters():
         for r in ranks:
             torch.testing.assert_close(r[1]["grads"][name], param.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_the_scale_starts_where_dinov2s_sharded_grad_scaler_does():
+    """DINOv2 builds ``ShardedGradScaler()`` with torch's defaults (dinov2/train/ssl_meta_arch.py)."""
+    import inspect
+
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    torch_defaults = inspect.signature(ShardedGradScaler.__init__).parameters
+    ours = LossScaler(enabled=True)
+    for name in ("init_scale", "growth_factor", "backoff_factor", "growth_interval"):
+        expected = torch_defaults[name].default
+        assert getattr(ours, "scale" if name == "init_scale" else name) == expected, name
