@@ -5,9 +5,9 @@
 1. activation checkpointing of every transformer block (student only: the teacher runs without grad),
    through ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` around the block's own forward, so
    that state-dict keys stay DINOv2's (``blocks.N.*``, no wrapper prefix);
-2. ``torch.compile`` of every block with ``nn.Module.compile`` (in place, keys unchanged) - CUDA only;
-   elsewhere it is skipped with a warning, because Inductor's CPU path needs a host compiler and is
-   slower than eager for blocks this small;
+2. ``torch.compile`` of every block with ``nn.Module.compile`` (in place, keys unchanged): Inductor with
+   triton on CUDA, with its C++ backend on CPU (it needs a C++ compiler on PATH); without them it is
+   skipped with a warning;
 3. ``fully_shard`` on every block, then on each backbone (the root of its blocks), and on each head.
    A head shared by DINO and iBOT (``ibot.separate_head: false``) is one module object and is sharded once.
 
@@ -39,6 +39,7 @@ import functools
 import importlib.util
 import logging
 import math
+import shutil
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -91,13 +92,25 @@ class ShardingPlan:
     param_dtype: torch.dtype = torch.bfloat16  # FSDP's compute copy of the parameters (fp16 for fp16 training)
 
 
+CPU_COMPILERS = ("g++", "c++", "clang++")  # what Inductor's C++ backend can build its CPU kernels with
+
+
+def find_cpu_compiler() -> str | None:
+    """The path of the first C++ compiler of ``CPU_COMPILERS`` on PATH (Inductor's CPU kernels need one)."""
+    return next((path for path in map(shutil.which, CPU_COMPILERS) if path), None)
+
+
 def _compile_unavailable_reason(device_type: str) -> str | None:
-    if device_type != "cuda":
-        return f"torch.compile is only used on CUDA; running eager on {device_type}"
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile; running eager"
-    if importlib.util.find_spec("triton") is None:
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
         return "torch.compile needs triton on CUDA and it is not installed; running eager"
+    if device_type == "cpu" and find_cpu_compiler() is None:
+        return (
+            f"torch.compile on CPU needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH; running eager"
+        )
+    if device_type not in ("cpu", "cuda"):
+        return f"torch.compile is only used on CPU and CUDA; running eager on {device_type}"
     return None
 
 
@@ -112,9 +125,10 @@ def plan_sharding(
     """Decide how to shard. Pure: the same arguments always give the same plan.
 
     Fallbacks (each recorded in ``notes``): no FSDP with one process (the trainer's autocast is then the
-    only mixed precision); compile only on CUDA with triton. The low-precision policy applies on every
-    device FSDP runs on, gloo on CPU included, so the GPU path is the one the CPU tests exercise; it is
-    only asked for when ``train.compute_precision`` is bf16 or fp16 (``auto`` is fp32 on CPU).
+    only mixed precision); compile only with triton on CUDA and a C++ compiler on CPU. The low-precision
+    policy applies on every device FSDP runs on, gloo on CPU included, so the GPU path is the one the CPU
+    tests exercise; it is only asked for when ``train.compute_precision`` is bf16 or fp16 (``auto`` is fp32
+    on CPU).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed.sharding_strategy={strategy!r}; expected one of {', '.join(STRATEGIES)}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dinolite.fsdp import sharding
 from dinolite.fsdp.sharding import (
     check_aligned_shards,
     clip_grad_norm_,
@@ -35,15 +36,22 @@ def test_plan_strategies(strategy, world, mesh, reshard):
     assert plan.mesh_shape == mesh and plan.reshard_after_forward == reshard
 
 
-def test_plan_fallbacks_on_cpu_and_mixed_precision_wherever_fsdp_runs():
+def test_plan_compiles_and_mixes_precision_on_cpu_too():
     plan = plan_sharding("full_shard", True, True, True, "cpu", 2)
-    assert not plan.compile and plan.activation_checkpointing
-    assert any("torch.compile" in n for n in plan.notes)
-    assert plan.mixed_precision and not any("mixed precision" in n for n in plan.notes)  # gloo on CPU too
+    assert plan.compile and plan.activation_checkpointing and plan.mixed_precision and plan.notes == ()
     cuda = plan_sharding("full_shard", True, False, False, "cuda", 8)
     assert cuda.mixed_precision and cuda.notes == ()
     single = plan_sharding("full_shard", True, False, False, "cuda", 1)
     assert not single.mixed_precision and "one process" in single.notes[0]  # autocast instead
+
+
+def test_plan_compiles_on_cpu_only_with_a_cxx_compiler(monkeypatch):
+    monkeypatch.setattr(sharding, "find_cpu_compiler", lambda: None)
+    plan = plan_sharding("full_shard", False, False, True, "cpu", 1)
+    assert not plan.compile
+    assert plan.notes == (
+        "torch.compile on CPU needs a C++ compiler (g++, c++, clang++) and none is on PATH; running eager",
+    )
 
 
 def test_plan_rejects_unknown_strategy():
@@ -59,14 +67,13 @@ def _loss_and_grads(objective, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in objective.student.named_parameters() if p.grad is not None}
 
 
-def test_single_process_compile_falls_back_and_checkpointing_keeps_keys_and_grads():
+def test_single_process_checkpointing_keeps_keys_and_grads():
     torch.manual_seed(0)
     reference = build_objective(tiny_config(separate_head=False, koleo=0.1))
     reference.train()
     objective = copy.deepcopy(reference)
     keys = list(objective.state_dict())
-    with pytest.warns(UserWarning, match="torch.compile is only used on CUDA"):
-        shard_objective(objective, "full_shard", mixed_precision=False, activation_checkpointing=True, compile=True)
+    shard_objective(objective, "full_shard", mixed_precision=False, activation_checkpointing=True, compile=False)
     assert list(objective.state_dict()) == keys  # DINOv2 layout: no wrapper or FSDP prefixes
     assert not is_sharded(objective.student["backbone"])  # one process: nothing to shard
     batch = global_batch_slice(0, 4, 0, 1)
