@@ -22,6 +22,10 @@ Strategies (``distributed.sharding_strategy``):
 * ``shard_grad_op``: ``reshard_after_forward=False`` for the student (ZeRO-2: parameters stay gathered
   between forward and backward; more memory, one all-gather fewer). The teacher, which has no backward,
   reshards after every forward whatever the strategy, so that its EMA update sees its local shards.
+* ``hybrid_shard`` (HSDP): FSDP2 over a 2-D mesh ``(replicate=nodes, shard=processes per node)``:
+  parameters are sharded within a node (``full_shard`` there: resharded after forward) and replicated
+  across nodes; gradients are reduce-scattered within
+  the node, then all-reduced across nodes, so the slow inter-node links carry one all-reduce per step.
 * ``no_shard``: with one process, plain modules. With several, FSDP2 over a 2-D mesh
   ``(replicate=world, shard=1)``: every rank holds full parameters and gradients are all-reduced, which is
   what DDP does, but through the same code path as the sharded strategies (same hooks for the backbone's
@@ -39,10 +43,11 @@ import functools
 import importlib.util
 import logging
 import math
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -66,7 +71,7 @@ from dinolite.dtypes import at_least_float32, at_least_float32_dtype
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full_shard", "shard_grad_op", "no_shard")
+STRATEGIES = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
 # Backbone methods the objective, the monitor and eval call instead of ``forward``; FSDP must unshard the
 # root parameters (patch embedding, tokens, final norm) around them too.
 BACKBONE_FORWARD_METHODS = (
@@ -83,7 +88,9 @@ class ShardingPlan:
 
     strategy: str
     use_fsdp: bool
-    mesh_shape: tuple[int, ...]  # (world,) for sharded strategies, (world, 1) for no_shard, () without FSDP
+    # (world,) for full_shard / shard_grad_op, (world, 1) for no_shard, (nodes, processes per node) for
+    # hybrid_shard, () without FSDP
+    mesh_shape: tuple[int, ...]
     reshard_after_forward: bool
     mixed_precision: bool  # low-precision params / fp32 reduction applied through FSDP's policy
     activation_checkpointing: bool
@@ -121,8 +128,11 @@ def plan_sharding(
     compile: bool,
     device_type: str,
     world_size: int,
+    processes_per_node: int | None = None,
 ) -> ShardingPlan:
     """Decide how to shard. Pure: the same arguments always give the same plan.
+
+    ``processes_per_node`` is the size of ``hybrid_shard``'s shard groups (default: ``world_size``, one node).
 
     Fallbacks (each recorded in ``notes``): no FSDP with one process (the trainer's autocast is then the
     only mixed precision); compile only with triton on CUDA and a C++ compiler on CPU. The low-precision
@@ -138,6 +148,8 @@ def plan_sharding(
         mesh_shape: tuple[int, ...] = ()
     elif strategy == "no_shard":
         mesh_shape = (world_size, 1)
+    elif strategy == "hybrid_shard":
+        mesh_shape = _hybrid_mesh_shape(world_size, processes_per_node or world_size)
     else:
         mesh_shape = (world_size,)
     # True means bf16 (the historical flag); a dtype names the compute dtype (fp16 training passes float16)
@@ -155,13 +167,33 @@ def plan_sharding(
         strategy=strategy,
         use_fsdp=use_fsdp,
         mesh_shape=mesh_shape,
-        reshard_after_forward=strategy == "full_shard",
+        reshard_after_forward=strategy in ("full_shard", "hybrid_shard"),  # ZeRO-3 within the node
         mixed_precision=use_mp,
         activation_checkpointing=activation_checkpointing,
         compile=compile and compile_reason is None,
         notes=tuple(notes),
         param_dtype=param_dtype,
     )
+
+
+def _hybrid_mesh_shape(world_size: int, processes_per_node: int) -> tuple[int, int]:
+    if processes_per_node < 1 or world_size % processes_per_node:
+        raise ValueError(
+            f"distributed.sharding_strategy=hybrid_shard: {world_size} processes do not split into nodes of "
+            f"{processes_per_node} (LOCAL_WORLD_SIZE / SLURM_NTASKS_PER_NODE); every node must run as many"
+        )
+    return (world_size // processes_per_node, processes_per_node)
+
+
+def processes_per_node(world_size: int, environ: Mapping[str, str] | None = None) -> int:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, else Slurm's ``SLURM_NTASKS_PER_NODE`` when
+    it is one number (``4``, not ``4(x2)``), else ``world_size`` (all on one node)."""
+    env = os.environ if environ is None else environ
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = env.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return world_size
 
 
 def enable_activation_checkpointing(block: nn.Module) -> None:
@@ -245,7 +277,15 @@ def shard_objective(
     params = list(objective.parameters())
     device_type = params[0].device.type if params else "cpu"
     world_size = get_world_size()
-    plan = plan_sharding(strategy, mixed_precision, activation_checkpointing, compile, device_type, world_size)
+    plan = plan_sharding(
+        strategy,
+        mixed_precision,
+        activation_checkpointing,
+        compile,
+        device_type,
+        world_size,
+        processes_per_node(world_size),
+    )
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)
     mesh = _build_mesh(plan, device_type) if plan.use_fsdp else None

@@ -152,6 +152,13 @@ def _record_forward_weight_dtype(objective: torch.nn.Module) -> set[str]:
     return seen
 
 
+def _mesh_shape(objective: torch.nn.Module) -> list[int]:
+    """The device mesh of the student's first block's parameters (``[]``: not sharded)."""
+    weight = next(objective.student["backbone"].blocks[0].parameters())
+    mesh = getattr(weight, "device_mesh", None)
+    return list(mesh.shape) if mesh is not None else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -220,6 +227,7 @@ def main() -> None:
         "student": full_state(objective.student),
         "teacher": full_state(objective.teacher),
         "forward_weight_dtypes": sorted(forward_dtypes),
+        "mesh_shape": _mesh_shape(objective),
     }
     if env.rank == 0:
         tmp = out / "result.pt.tmp"
