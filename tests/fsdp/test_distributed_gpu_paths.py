@@ -18,7 +18,7 @@ from dinolite.config import load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.train.run import Run, build_run
 from tests.train import scale_launch
-from tests.train.test_loop import TINY, fake_stream
+from tests.train.test_loop import TINY, fake_stream, one_thread  # noqa: F401 (one_thread: autouse)
 from tests.train.test_run import assert_bitwise_equal, state, steps
 
 BF16_UNIT_ROUNDOFF = 2.0**-9  # half the spacing of bf16's 8-bit significand
@@ -56,14 +56,6 @@ def test_bf16_mixed_precision_fsdp_on_two_gloo_ranks_stays_close_to_fp32(tmp_pat
 # ------------------------------------------------------------------------------------------- compile
 
 COMPILED = [*TINY, "distributed.compile=true"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_a_block_and_the_whole_dinov2_step_trace_without_graph_breaks():
