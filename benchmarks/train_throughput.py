@@ -93,7 +93,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         choices=("auto", "bf16", "fp32"),
         help="as train.compute_precision: auto = bf16 autocast on CUDA, fp32 on CPU",
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile each block (CUDA; eager elsewhere)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile each block (Inductor: triton on CUDA, C++ on CPU)"
+    )
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
     parser.add_argument(
         "--sharding-strategy",

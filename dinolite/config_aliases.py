@@ -49,7 +49,12 @@ class Alias:
     origin: str = "DINOv2"  # whose key it is: DINOv2's, or "dinolite" for a key dinolite itself moved
 
 
-_SHARDING = {"FULL_SHARD": "full_shard", "SHARD_GRAD_OP": "shard_grad_op", "NO_SHARD": "no_shard"}
+_SHARDING = {
+    "FULL_SHARD": "full_shard",
+    "SHARD_GRAD_OP": "shard_grad_op",
+    "NO_SHARD": "no_shard",
+    "HYBRID_SHARD": "hybrid_shard",
+}
 _PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
@@ -136,7 +141,7 @@ ALIASES: dict[str, Alias] = {
     ),
     _MODULES + "sharding_strategy": Alias(
         "distributed.sharding_strategy",
-        "FSDP sharding (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD); the same for every module in dinolite",
+        "FSDP sharding (FULL_SHARD / SHARD_GRAD_OP / NO_SHARD / HYBRID_SHARD); the same for every module in dinolite",
         _sharding,
     ),
     _MODULES + "mixed_precision.param_dtype": Alias(

@@ -114,7 +114,7 @@ def test_a_string_data_source_in_a_yaml_file(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("compute_precision.student.backbone.sharding_strategy=HYBRID_SHARD", "HYBRID_SHARD"),
+        ("compute_precision.student.backbone.sharding_strategy=_HYBRID_SHARD_ZERO2", "_HYBRID_SHARD_ZERO2"),
         ("MODEL.WEIGHTS=/ckpt/model_0012499.rank_0.pth", "student.pretrained_weights"),
         ("compute_precision.student.backbone.mixed_precision.param_dtype=int8", "expected one of fp16, bf16, fp32"),
     ],

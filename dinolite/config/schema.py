@@ -158,7 +158,8 @@ class TrainConfig:
 
 @dataclass
 class DistributedConfig:
-    sharding_strategy: str = "full_shard"  # full_shard | shard_grad_op | no_shard
+    # full_shard | shard_grad_op | no_shard | hybrid_shard (HSDP: shard within a node, replicate across nodes)
+    sharding_strategy: str = "full_shard"
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each transformer block
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
@@ -243,7 +244,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
-    "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard"),
+    "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
     "ema.schedule": ("cosine", "linear"),

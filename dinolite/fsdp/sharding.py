@@ -5,9 +5,9 @@
 1. activation checkpointing of every transformer block (student only: the teacher runs without grad),
    through ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` around the block's own forward, so
    that state-dict keys stay DINOv2's (``blocks.N.*``, no wrapper prefix);
-2. ``torch.compile`` of every block with ``nn.Module.compile`` (in place, keys unchanged) - CUDA only;
-   elsewhere it is skipped with a warning, because Inductor's CPU path needs a host compiler and is
-   slower than eager for blocks this small;
+2. ``torch.compile`` of every block with ``nn.Module.compile`` (in place, keys unchanged): Inductor with
+   triton on CUDA, with its C++ backend on CPU (it needs a C++ compiler on PATH); without them it is
+   skipped with a warning;
 3. ``fully_shard`` on every block, then on each backbone (the root of its blocks), and on each head.
    A head shared by DINO and iBOT (``ibot.separate_head: false``) is one module object and is sharded once.
 
@@ -22,6 +22,10 @@ Strategies (``distributed.sharding_strategy``):
 * ``shard_grad_op``: ``reshard_after_forward=False`` for the student (ZeRO-2: parameters stay gathered
   between forward and backward; more memory, one all-gather fewer). The teacher, which has no backward,
   reshards after every forward whatever the strategy, so that its EMA update sees its local shards.
+* ``hybrid_shard`` (HSDP): FSDP2 over a 2-D mesh ``(replicate=nodes, shard=processes per node)``:
+  parameters are sharded within a node (``full_shard`` there: resharded after forward) and replicated
+  across nodes; gradients are reduce-scattered within
+  the node, then all-reduced across nodes, so the slow inter-node links carry one all-reduce per step.
 * ``no_shard``: with one process, plain modules. With several, FSDP2 over a 2-D mesh
   ``(replicate=world, shard=1)``: every rank holds full parameters and gradients are all-reduced, which is
   what DDP does, but through the same code path as the sharded strategies (same hooks for the backbone's
@@ -39,9 +43,11 @@ import functools
 import importlib.util
 import logging
 import math
+import os
+import shutil
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -65,7 +71,7 @@ from dinolite.dtypes import at_least_float32, at_least_float32_dtype
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("full_shard", "shard_grad_op", "no_shard")
+STRATEGIES = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
 # Backbone methods the objective, the monitor and eval call instead of ``forward``; FSDP must unshard the
 # root parameters (patch embedding, tokens, final norm) around them too.
 BACKBONE_FORWARD_METHODS = (
@@ -82,7 +88,9 @@ class ShardingPlan:
 
     strategy: str
     use_fsdp: bool
-    mesh_shape: tuple[int, ...]  # (world,) for sharded strategies, (world, 1) for no_shard, () without FSDP
+    # (world,) for full_shard / shard_grad_op, (world, 1) for no_shard, (nodes, processes per node) for
+    # hybrid_shard, () without FSDP
+    mesh_shape: tuple[int, ...]
     reshard_after_forward: bool
     mixed_precision: bool  # low-precision params / fp32 reduction applied through FSDP's policy
     activation_checkpointing: bool
@@ -91,13 +99,25 @@ class ShardingPlan:
     param_dtype: torch.dtype = torch.bfloat16  # FSDP's compute copy of the parameters (fp16 for fp16 training)
 
 
+CPU_COMPILERS = ("g++", "c++", "clang++")  # what Inductor's C++ backend can build its CPU kernels with
+
+
+def find_cpu_compiler() -> str | None:
+    """The path of the first C++ compiler of ``CPU_COMPILERS`` on PATH (Inductor's CPU kernels need one)."""
+    return next((path for path in map(shutil.which, CPU_COMPILERS) if path), None)
+
+
 def _compile_unavailable_reason(device_type: str) -> str | None:
-    if device_type != "cuda":
-        return f"torch.compile is only used on CUDA; running eager on {device_type}"
     if not hasattr(torch, "compile"):
         return "this torch has no torch.compile; running eager"
-    if importlib.util.find_spec("triton") is None:
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
         return "torch.compile needs triton on CUDA and it is not installed; running eager"
+    if device_type == "cpu" and find_cpu_compiler() is None:
+        return (
+            f"torch.compile on CPU needs a C++ compiler ({', '.join(CPU_COMPILERS)}) and none is on PATH; running eager"
+        )
+    if device_type not in ("cpu", "cuda"):
+        return f"torch.compile is only used on CPU and CUDA; running eager on {device_type}"
     return None
 
 
@@ -108,11 +128,17 @@ def plan_sharding(
     compile: bool,
     device_type: str,
     world_size: int,
+    processes_per_node: int | None = None,
 ) -> ShardingPlan:
     """Decide how to shard. Pure: the same arguments always give the same plan.
 
-    Fallbacks (each recorded in ``notes``): no FSDP with one process; bf16 policy only with FSDP on CUDA
-    (bf16 matmuls on CPU are slow and the tests compare fp32 numerics); compile only on CUDA with triton.
+    ``processes_per_node`` is the size of ``hybrid_shard``'s shard groups (default: ``world_size``, one node).
+
+    Fallbacks (each recorded in ``notes``): no FSDP with one process (the trainer's autocast is then the
+    only mixed precision); compile only with triton on CUDA and a C++ compiler on CPU. The low-precision
+    policy applies on every device FSDP runs on, gloo on CPU included, so the GPU path is the one the CPU
+    tests exercise; it is only asked for when ``train.compute_precision`` is bf16 or fp16 (``auto`` is fp32
+    on CPU).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"distributed.sharding_strategy={strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -122,15 +148,17 @@ def plan_sharding(
         mesh_shape: tuple[int, ...] = ()
     elif strategy == "no_shard":
         mesh_shape = (world_size, 1)
+    elif strategy == "hybrid_shard":
+        mesh_shape = _hybrid_mesh_shape(world_size, processes_per_node or world_size)
     else:
         mesh_shape = (world_size,)
     # True means bf16 (the historical flag); a dtype names the compute dtype (fp16 training passes float16)
     param_dtype = mixed_precision if isinstance(mixed_precision, torch.dtype) else torch.bfloat16
-    use_mp = bool(mixed_precision) and use_fsdp and device_type == "cuda"
+    use_mp = bool(mixed_precision) and use_fsdp
     if mixed_precision and not use_mp:
-        why = "one process (no FSDP)" if not use_fsdp else f"device {device_type}"
         notes.append(
-            f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: {why}"
+            f"FSDP mixed precision ({str(param_dtype).removeprefix('torch.')} params, fp32 reduce) not applied: "
+            "one process (no FSDP)"
         )
     compile_reason = _compile_unavailable_reason(device_type) if compile else None
     if compile_reason:
@@ -139,13 +167,33 @@ def plan_sharding(
         strategy=strategy,
         use_fsdp=use_fsdp,
         mesh_shape=mesh_shape,
-        reshard_after_forward=strategy == "full_shard",
+        reshard_after_forward=strategy in ("full_shard", "hybrid_shard"),  # ZeRO-3 within the node
         mixed_precision=use_mp,
         activation_checkpointing=activation_checkpointing,
         compile=compile and compile_reason is None,
         notes=tuple(notes),
         param_dtype=param_dtype,
     )
+
+
+def _hybrid_mesh_shape(world_size: int, processes_per_node: int) -> tuple[int, int]:
+    if processes_per_node < 1 or world_size % processes_per_node:
+        raise ValueError(
+            f"distributed.sharding_strategy=hybrid_shard: {world_size} processes do not split into nodes of "
+            f"{processes_per_node} (LOCAL_WORLD_SIZE / SLURM_NTASKS_PER_NODE); every node must run as many"
+        )
+    return (world_size // processes_per_node, processes_per_node)
+
+
+def processes_per_node(world_size: int, environ: Mapping[str, str] | None = None) -> int:
+    """Processes on this node: torchrun's ``LOCAL_WORLD_SIZE``, else Slurm's ``SLURM_NTASKS_PER_NODE`` when
+    it is one number (``4``, not ``4(x2)``), else ``world_size`` (all on one node)."""
+    env = os.environ if environ is None else environ
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = env.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return world_size
 
 
 def enable_activation_checkpointing(block: nn.Module) -> None:
@@ -229,7 +277,15 @@ def shard_objective(
     params = list(objective.parameters())
     device_type = params[0].device.type if params else "cpu"
     world_size = get_world_size()
-    plan = plan_sharding(strategy, mixed_precision, activation_checkpointing, compile, device_type, world_size)
+    plan = plan_sharding(
+        strategy,
+        mixed_precision,
+        activation_checkpointing,
+        compile,
+        device_type,
+        world_size,
+        processes_per_node(world_size),
+    )
     for note in plan.notes:
         warnings.warn(note, stacklevel=2)
     mesh = _build_mesh(plan, device_type) if plan.use_fsdp else None

@@ -37,8 +37,9 @@ def all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
     return tensor
 
 
-def global_row_mean(values: Tensor) -> tuple[Tensor, int]:
-    """Mean over the rows of ``values`` (N, K) across all ranks, and the global row count.
+def global_row_mean(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean over the rows of ``values`` (N, K) across all ranks, and the global row count (a 1-element
+    tensor, not a Python int: reading it would sync with the device and break a compiled graph).
 
     Returns a zero (1, K) mean when no rank has a row (the caller then skips its update).
     """
@@ -47,8 +48,7 @@ def global_row_mean(values: Tensor) -> tuple[Tensor, int]:
     count = torch.tensor([values.shape[0]], dtype=torch.float64, device=values.device)
     all_reduce_(row_sum)
     all_reduce_(count)
-    n_rows = int(count.item())
-    return row_sum / max(n_rows, 1), n_rows
+    return row_sum / count.clamp(min=1).to(row_sum.dtype), count
 
 
 def softmax_centered(logits: Tensor, center: Tensor, temperature: float) -> Tensor:
@@ -137,7 +137,7 @@ class TeacherCentering(nn.Module):
         """
         self._check_logits(teacher_logits, "update_center")
         batch_mean, n_rows = global_row_mean(teacher_logits)
-        if n_rows == 0:
-            return
         m = self.center_momentum
-        self.center.mul_(m).add_(batch_mean.to(self.center.device), alpha=1.0 - m)
+        updated = torch.add(self.center * m, batch_mean.to(self.center.device), alpha=1.0 - m)
+        # branchless skip (no host read of the count): torch.compile traces the step in one graph
+        self.center.copy_(torch.where(n_rows > 0, updated, self.center))

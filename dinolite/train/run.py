@@ -34,7 +34,7 @@ from dinolite.checkpoint import CheckpointManager
 from dinolite.config import Config, ConfigError, save_config
 from dinolite.data.builtin_sets import builtin_set
 from dinolite.distributed import DistributedEnv, any_rank, barrier, init_distributed
-from dinolite.fsdp.sharding import ShardingPlan, plan_sharding, shard_objective
+from dinolite.fsdp.sharding import ShardingPlan, plan_sharding, processes_per_node, shard_objective
 from dinolite.train.batches import (
     BatchStreamFactory,
     StreamRequest,
@@ -413,4 +413,6 @@ def _shard(
         compile=dist.compile,
     )
     shard_objective(objective, **options)
-    return plan_sharding(**options, device_type=device.type, world_size=world_size)
+    return plan_sharding(
+        **options, device_type=device.type, world_size=world_size, processes_per_node=processes_per_node(world_size)
+    )

@@ -22,6 +22,7 @@ import torch
 
 from benchmarks import device_peaks
 from dinolite.config import load_config
+from dinolite.fsdp import sharding as fsdp_sharding
 from dinolite.models.attention import explicit_attention
 from dinolite.train.methods import get_method
 
@@ -124,10 +125,14 @@ def test_train_throughput_quick_writes_json(throughput, tmp_path: Path, restore_
     assert not list(out.parent.glob("*.tmp"))  # atomic write left no temporary file
 
 
-def test_train_throughput_gpu_options_fall_back_on_cpu(throughput, tmp_path: Path, restore_threads, capsys):
-    """--compile, --activation-checkpointing and bf16 autocast on CPU: compile is skipped with a note,
-    checkpointing and bf16 run; a given --peak-tflops is used for the datasheet MFU; trailing key=value
-    overrides reach the config."""
+def test_train_throughput_gpu_options_fall_back_on_cpu(
+    throughput, tmp_path: Path, restore_threads, capsys, monkeypatch
+):
+    """--compile, --activation-checkpointing and bf16 autocast on CPU: without a C++ compiler compile is
+    skipped with a note (tests/fsdp/test_distributed_gpu_paths.py compiles for real), checkpointing and
+    bf16 run; a given --peak-tflops is used for the datasheet MFU; trailing key=value overrides reach the
+    config."""
+    monkeypatch.setattr(fsdp_sharding, "find_cpu_compiler", lambda: None)
     out = tmp_path / "fallback.json"
     with pytest.warns(UserWarning, match="torch.compile"):
         rc = throughput.main(
@@ -161,7 +166,7 @@ def test_train_throughput_gpu_options_fall_back_on_cpu(throughput, tmp_path: Pat
     assert setup["precision"] == "bfloat16" and results["matmul_roofline"]["dtype"] == "bfloat16"
     assert results["datasheet_peak_source"] == "--peak-tflops"
     assert results["mfu_vs_datasheet"] == pytest.approx(results["achieved_tflops_per_device"] / 2.0)
-    assert "torch.compile is only used on CUDA" in capsys.readouterr().out
+    assert "torch.compile on CPU needs a C++ compiler" in capsys.readouterr().out
     assert setup["overrides"][-1] == "data.source=[]"
 
 

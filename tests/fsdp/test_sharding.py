@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from dinolite.fsdp import sharding
 from dinolite.fsdp.sharding import (
     check_aligned_shards,
     clip_grad_norm_,
@@ -35,13 +36,43 @@ def test_plan_strategies(strategy, world, mesh, reshard):
     assert plan.mesh_shape == mesh and plan.reshard_after_forward == reshard
 
 
-def test_plan_fallbacks_on_cpu_and_mixed_precision_on_cuda():
+def test_hybrid_shard_meshes_nodes_by_processes_per_node():
+    plan = plan_sharding("hybrid_shard", False, False, False, "cpu", 8, processes_per_node=4)
+    assert plan.use_fsdp and plan.mesh_shape == (2, 4) and plan.reshard_after_forward is True
+    assert plan_sharding("hybrid_shard", False, False, False, "cpu", 4).mesh_shape == (1, 4)  # one node
+    with pytest.raises(ValueError, match="hybrid_shard: 4 processes do not split into nodes of 3"):
+        plan_sharding("hybrid_shard", False, False, False, "cpu", 4, processes_per_node=3)
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({"LOCAL_WORLD_SIZE": "2", "SLURM_NTASKS_PER_NODE": "8"}, 2),  # torchrun's own count first
+        ({"SLURM_NTASKS_PER_NODE": "4"}, 4),
+        ({"SLURM_NTASKS_PER_NODE": "4(x2)"}, 16),  # uneven-node syntax: not one number, fall back
+        ({}, 16),
+    ],
+)
+def test_processes_per_node_from_the_launcher(environ, expected):
+    assert sharding.processes_per_node(16, environ) == expected
+
+
+def test_plan_compiles_and_mixes_precision_on_cpu_too():
     plan = plan_sharding("full_shard", True, True, True, "cpu", 2)
-    assert not plan.compile and not plan.mixed_precision and plan.activation_checkpointing
-    assert any("torch.compile" in n for n in plan.notes) and any("mixed precision" in n for n in plan.notes)
+    assert plan.compile and plan.activation_checkpointing and plan.mixed_precision and plan.notes == ()
     cuda = plan_sharding("full_shard", True, False, False, "cuda", 8)
     assert cuda.mixed_precision and cuda.notes == ()
-    assert not plan_sharding("full_shard", True, False, False, "cuda", 1).mixed_precision  # autocast instead
+    single = plan_sharding("full_shard", True, False, False, "cuda", 1)
+    assert not single.mixed_precision and "one process" in single.notes[0]  # autocast instead
+
+
+def test_plan_compiles_on_cpu_only_with_a_cxx_compiler(monkeypatch):
+    monkeypatch.setattr(sharding, "find_cpu_compiler", lambda: None)
+    plan = plan_sharding("full_shard", False, False, True, "cpu", 1)
+    assert not plan.compile
+    assert plan.notes == (
+        "torch.compile on CPU needs a C++ compiler (g++, c++, clang++) and none is on PATH; running eager",
+    )
 
 
 def test_plan_rejects_unknown_strategy():
@@ -57,14 +88,13 @@ def _loss_and_grads(objective, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in objective.student.named_parameters() if p.grad is not None}
 
 
-def test_single_process_compile_falls_back_and_checkpointing_keeps_keys_and_grads():
+def test_single_process_checkpointing_keeps_keys_and_grads():
     torch.manual_seed(0)
     reference = build_objective(tiny_config(separate_head=False, koleo=0.1))
     reference.train()
     objective = copy.deepcopy(reference)
     keys = list(objective.state_dict())
-    with pytest.warns(UserWarning, match="torch.compile is only used on CUDA"):
-        shard_objective(objective, "full_shard", mixed_precision=False, activation_checkpointing=True, compile=True)
+    shard_objective(objective, "full_shard", mixed_precision=False, activation_checkpointing=True, compile=False)
     assert list(objective.state_dict()) == keys  # DINOv2 layout: no wrapper or FSDP prefixes
     assert not is_sharded(objective.student["backbone"])  # one process: nothing to shard
     batch = global_batch_slice(0, 4, 0, 1)
@@ -161,3 +191,22 @@ def test_shard_grad_op_with_separate_ibot_head(tmp_path):
     assert any(k.startswith("ibot_head.") for k in ref["teacher"])
     torch.testing.assert_close(sharded["losses"], ref["losses"], rtol=1e-5, atol=1e-6)
     assert _max_diff(sharded["teacher"], ref["teacher"]) < 1e-5
+
+
+@pytest.mark.numerics
+@pytest.mark.slow
+def test_hsdp_on_two_torchrun_nodes_matches_one_process(single_process_reference, tmp_path):
+    """2 x 2 HSDP: two torchrun launches on localhost (nodes 0 and 1, 2 processes each, one rendezvous).
+
+    Not bitwise: one process sums the gradient over its 8 images inside each matmul, while HSDP sums 4
+    partial gradients of 2 images (reduce-scatter in the node, all-reduce across nodes) in another order,
+    and float32 addition is not associative. Measured gap: benchmarks/RESULTS.md ("HSDP"); the bound is
+    the 2-rank tests' 1e-5.
+    """
+    hsdp = scale_launch.run_nodes(2, 2, ["--out", str(tmp_path), "--steps", "3", "--strategy", "hybrid_shard"])
+    ref = single_process_reference
+    assert hsdp["mesh_shape"] == [2, 2] and ref["mesh_shape"] == []  # (replicate=nodes, shard=per node)
+    torch.testing.assert_close(hsdp["losses"], ref["losses"], rtol=1e-5, atol=1e-6)
+    assert _max_diff(hsdp["student"], ref["student"]) < 1e-5
+    assert _max_diff(hsdp["teacher"], ref["teacher"]) < 1e-5
+    assert ref["losses"][-1] < ref["losses"][0]

@@ -70,5 +70,36 @@ def wait(procs: list[subprocess.Popen], timeout: float = 240.0) -> None:
 def run(world: int, args: list[str], timeout: float = 240.0) -> dict:
     """Run the worker on ``world`` processes; returns rank 0's ``result.pt``."""
     wait(start(world, args), timeout)
+    return _result(args)
+
+
+def _result(args: list[str]) -> dict:
     out = Path(args[args.index("--out") + 1])
     return torch.load(out / "result.pt", weights_only=True)
+
+
+def start_nodes(nodes: int, per_node: int, args: list[str]) -> list[subprocess.Popen]:
+    """One ``torchrun`` per "node", all on localhost: each is its own agent in one static rendezvous
+    (``--nnodes``, ``--node-rank``, a shared master address) and starts ``per_node`` workers, which see
+    torchrun's own variables (``LOCAL_WORLD_SIZE``, ``GROUP_RANK``, ...) as on a real cluster."""
+    port = free_port()
+    env = {k: v for k, v in rank_env(0, 1, port).items()}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={per_node}"]
+    common = ["--master-addr=127.0.0.1", f"--master-port={port}", str(WORKER), *args]
+    return [
+        subprocess.Popen(
+            [*command, f"--node-rank={node}", *common],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in range(nodes)
+    ]
+
+
+def run_nodes(nodes: int, per_node: int, args: list[str], timeout: float = 300.0) -> dict:
+    """Run the worker as ``nodes`` torchrun launches of ``per_node`` processes; returns rank 0's result."""
+    wait(start_nodes(nodes, per_node, args), timeout)
+    return _result(args)

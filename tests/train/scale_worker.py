@@ -4,9 +4,11 @@ Run with torchrun's variables in the environment (the tests set RANK, WORLD_SIZE
 MASTER_ADDR, MASTER_PORT) or none for a single process:
 
     python tests/train/scale_worker.py --out DIR --steps N [--strategy full_shard] [--checkpoint-every K]
-        [--resume] [--batch-mode global|rng] [--separate-head] [--sleep S]
+        [--resume] [--batch-mode global|rng] [--separate-head] [--sleep S] [--precision fp32|bf16]
+        [--size tiny|demo]
 
-It trains the real DINOv2 objective (a 2-block ViT on 16x16 crops) with AdamW for ``--steps`` iterations
+It trains the real DINOv2 objective (``--size tiny``: a 2-block ViT on 16x16 crops; ``demo``: the demo
+preset's 4-block, 96-wide ViT on 32x32 crops) with AdamW for ``--steps`` iterations
 on synthetic batches and writes, on rank 0, ``DIR/result.pt``: the per-step losses (averaged over ranks)
 and the full student/teacher state dicts. After each step every rank appends the step to
 ``DIR/progress_rank<R>.txt`` so a test can kill it at a chosen iteration.
@@ -38,13 +40,13 @@ from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective  # noqa: E402
 from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
+from dinolite.train.precision import autocast_context  # noqa: E402
 
-GLOBAL_SIZE = 16
-LOCAL_SIZE = 8
 PATCH = 4
 N_LOCAL = 2
-N_TOKENS = (GLOBAL_SIZE // PATCH) ** 2
-MASKED_PER_IMAGE = 4
+# --size: (global crop, local crop) sides in pixels; ``demo`` is the demo preset's model and crops
+CROP_SIZES = {"tiny": (16, 8), "demo": (32, 16)}
+GLOBAL_SIZE, LOCAL_SIZE = CROP_SIZES["tiny"]
 
 
 def tiny_config(separate_head: bool, koleo: float):
@@ -71,12 +73,28 @@ def tiny_config(separate_head: bool, koleo: float):
     )
 
 
-def _image(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    global_crops = torch.randn(2, 3, GLOBAL_SIZE, GLOBAL_SIZE, generator=generator)
-    local_crops = torch.randn(N_LOCAL, 3, LOCAL_SIZE, LOCAL_SIZE, generator=generator)
-    masks = torch.zeros(2, N_TOKENS, dtype=torch.bool)
-    for crop in range(2):
-        masks[crop, torch.randperm(N_TOKENS, generator=generator)[:MASKED_PER_IMAGE]] = True
+def demo_config(separate_head: bool, koleo: float):
+    """The demo preset's network and crops (4 blocks of width 96, 32 prototypes, 32/16 px crops)."""
+    return load_config(
+        "demo",
+        [
+            f"ibot.separate_head={str(separate_head).lower()}",
+            f"dino.koleo_loss_weight={koleo}",
+            f"crops.local_crops_number={N_LOCAL}",
+        ],
+    )
+
+
+def _image(
+    generator: torch.Generator, sizes: tuple[int, int] = CROP_SIZES["tiny"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    global_size, local_size = sizes
+    n_tokens = (global_size // PATCH) ** 2
+    global_crops = torch.randn(2, 3, global_size, global_size, generator=generator)
+    local_crops = torch.randn(N_LOCAL, 3, local_size, local_size, generator=generator)
+    masks = torch.zeros(2, n_tokens, dtype=torch.bool)
+    for crop in range(2):  # a quarter of the patches masked, as with 16 x 16 crops
+        masks[crop, torch.randperm(n_tokens, generator=generator)[: n_tokens // 4]] = True
     return global_crops, local_crops, masks
 
 
@@ -97,10 +115,12 @@ def collate(images: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> di
     }
 
 
-def global_batch_slice(iteration: int, global_batch: int, rank: int, world: int) -> dict:
+def global_batch_slice(
+    iteration: int, global_batch: int, rank: int, world: int, sizes: tuple[int, int] = CROP_SIZES["tiny"]
+) -> dict:
     per_rank = global_batch // world
     indices = range(rank * per_rank, (rank + 1) * per_rank)
-    return collate([_image(torch.Generator().manual_seed(iteration * 100_003 + i)) for i in indices])
+    return collate([_image(torch.Generator().manual_seed(iteration * 100_003 + i), sizes) for i in indices])
 
 
 def rng_batch(batch_size: int) -> dict:
@@ -122,6 +142,23 @@ def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _record_forward_weight_dtype(objective: torch.nn.Module) -> set[str]:
+    """The dtypes the first linear layer of the student's first block computes with, as seen inside its
+    forward (FSDP's mixed-precision policy casts the gathered weights to ``param_dtype`` before it)."""
+    block = objective.student["backbone"].blocks[0]
+    linear = next(m for m in block.modules() if isinstance(m, torch.nn.Linear))
+    seen: set[str] = set()
+    linear.register_forward_pre_hook(lambda module, _: seen.add(str(module.weight.dtype)))
+    return seen
+
+
+def _mesh_shape(objective: torch.nn.Module) -> list[int]:
+    """The device mesh of the student's first block's parameters (``[]``: not sharded)."""
+    weight = next(objective.student["backbone"].blocks[0].parameters())
+    mesh = getattr(weight, "device_mesh", None)
+    return list(mesh.shape) if mesh is not None else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -135,6 +172,10 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0, help="pause after each step (kill tests)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=tuple(CROP_SIZES), default="tiny")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast + FSDP's bf16 policy"
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -143,10 +184,13 @@ def main() -> None:
     torch.manual_seed(1234)  # same initial weights on every rank and every world size
     random.seed(args.seed + env.rank)
     np.random.seed(args.seed + env.rank)
-    cfg = tiny_config(args.separate_head, koleo=0.0 if args.batch_mode == "global" else 0.1)
+    make_config = demo_config if args.size == "demo" else tiny_config
+    cfg = make_config(args.separate_head, koleo=0.0 if args.batch_mode == "global" else 0.1)
     objective = build_objective(cfg)
-    shard_objective(objective, args.strategy, False, args.activation_checkpointing, False)
+    precision = torch.bfloat16 if args.precision == "bf16" else None
+    shard_objective(objective, args.strategy, precision or False, args.activation_checkpointing, False)
     objective.train()
+    forward_dtypes = _record_forward_weight_dtype(objective)
     optimizer = torch.optim.AdamW(objective.student.parameters(), lr=1e-3, weight_decay=0.04)
     manager = CheckpointManager(out, keep_last=2, config=cfg)
     app_state = {"model": objective, "optimizer": optimizer}
@@ -158,11 +202,12 @@ def main() -> None:
     losses = []
     for iteration in range(start, args.steps):
         if args.batch_mode == "global":
-            batch = global_batch_slice(iteration, args.global_batch, env.rank, env.world_size)
+            batch = global_batch_slice(iteration, args.global_batch, env.rank, env.world_size, CROP_SIZES[args.size])
         else:
             batch = rng_batch(args.global_batch // env.world_size)
         optimizer.zero_grad(set_to_none=True)
-        output = objective.loss_at_temperature(batch, teacher_temp=0.05)
+        with autocast_context(precision, torch.device("cpu")):
+            output = objective.loss_at_temperature(batch, teacher_temp=0.05)
         output.loss.backward()
         clip_grad_norm_(objective.student.parameters(), 1.0)
         optimizer.step()
@@ -181,6 +226,8 @@ def main() -> None:
         "start": torch.tensor(start),
         "student": full_state(objective.student),
         "teacher": full_state(objective.teacher),
+        "forward_weight_dtypes": sorted(forward_dtypes),
+        "mesh_shape": _mesh_shape(objective),
     }
     if env.rank == 0:
         tmp = out / "result.pt.tmp"
