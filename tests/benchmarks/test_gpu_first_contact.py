@@ -16,6 +16,7 @@ import torch
 
 from benchmarks import first_contact_checks as checks
 from benchmarks import gpu_first_contact as driver
+from dinolite.fsdp import sharding as fsdp_sharding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,10 @@ def table_rows(markdown: str, header_start: str) -> list[list[str]]:
     return rows
 
 
-def test_quick_cpu_run_reports_every_stage(tmp_path, restore_threads):
+def test_quick_cpu_run_reports_every_stage(tmp_path, restore_threads, monkeypatch):
+    # Without a C++ compiler a compile rung runs eager and says so; with one, Inductor would spend about
+    # 30 s per rung here (compile on CPU is tested in tests/fsdp/test_distributed_gpu_paths.py).
+    monkeypatch.setattr(fsdp_sharding, "find_cpu_compiler", lambda: None)
     out = tmp_path / "first_contact.md"
     assert driver.main(["--device", "cpu", "--quick", "--output", str(out)]) == 0
     text = out.read_text()
