@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 if capability is None:
                     row["skipped"] = "this CPU cannot run that kernel capability"
                 else:
-                    error, key = spread(case, torch.load(Path(tmp) / "record.pt"))
+                    error, key = spread(case, torch.load(Path(tmp) / "record.pt", weights_only=True))
                     # margin: how many times the worst error fits in the tolerance (None: identical bits)
                     row.update(
                         worst_relative_error=error,
