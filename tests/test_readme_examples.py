@@ -1,4 +1,4 @@
-"""Every fenced example of README.md runs, in order, from a scratch directory.
+"""Every fenced example of README.md runs, in order, from a scratch directory (helpers: tests/doc_examples.py).
 
 The fence's info string says how (the convention is documented at the end of README.md):
 
@@ -21,64 +21,14 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.doc_examples import ROOT, TINY_TRAINING, commands, fenced_blocks, prepare
+
 README = ROOT / "README.md"
 RUN_KINDS = {"bash", "python", "bash gpu", "bash cluster", "bash setup", "bash suite"}
-# Only the length shrinks: the online evaluation is still built (its sources resolved and read), and the
-# end-of-run report's sources are still validated at start-up.
-TINY_TRAINING = [
-    "train.max_iterations=2",
-    "train.log_every=1",
-    "train.checkpoint_every=2",
-    "evaluation.knn_at_end=false",
-]
-SETUP_STEPS = ("python3 -m venv", ". .venv/bin/activate", "source .venv/bin/activate", "pip install")
 LINKED = ("launch", "eval", "dinolite", "configs", "benchmarks", ".ci", "hubconf.py")
-
-
-def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """``(info string, body)`` of every fenced block, in order."""
-    return [
-        (m.group(1).strip(), m.group(2))
-        for m in re.finditer(r"^```([^\n]*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE)
-    ]
-
-
-def commands(body: str) -> list[str]:
-    """Shell commands of a block: one per line (backslash continuations joined), comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", body)
-    return [
-        line.split(" # ")[0].strip()
-        for line in joined.splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-
-
-def _with_dry_run(command: str) -> str:
-    own, sep, program = command.partition(" -- ")
-    return f"{own} --dry-run{sep and ' -- '}{program}"
-
-
-def prepare(kind: str, command: str) -> list[str]:
-    """The shell commands the test runs for one README command of a block of ``kind`` (see the docstring)."""
-    if kind == "bash suite":
-        return [f"bash -n {shlex.split(command)[1]}"] if command.startswith("bash ") else []
-    if kind == "bash setup":
-        steps = [step.strip() for step in command.split("&&")]
-        return [s for step in steps if not step.startswith(SETUP_STEPS) for s in prepare("bash", step)]
-    if kind == "bash gpu":
-        return [_with_dry_run(re.sub(r"^torchrun (--\S+ )*", "python ", command))]
-    if kind == "bash cluster":
-        return [_with_dry_run(command)]
-    if "launch/local.py" in command and "--dry-run" not in command:
-        return [f"{command} {' '.join(TINY_TRAINING)}"]
-    if command.startswith("python eval/linear.py"):
-        return [f"{command} --epochs 1"]
-    return [command]
 
 
 def test_every_block_has_a_known_kind():

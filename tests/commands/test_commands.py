@@ -3,25 +3,19 @@ the console script dinolite-<name> pointing at that main."""
 
 from __future__ import annotations
 
-import configparser
 import importlib
 import inspect
 from pathlib import Path
 
 import pytest
 
+from tests.doc_examples import console_scripts
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS_DIR = ROOT / "dinolite" / "commands"
 HELPERS = {"__init__", "eval_common"}  # the package docstring; the options the four eval commands share
 COMMANDS = sorted(p.stem for p in COMMANDS_DIR.glob("*.py") if p.stem not in HELPERS)
 WITHOUT_CONSOLE_SCRIPT = {"summary"}  # python -m dinolite.commands.summary only
-
-
-def _console_scripts() -> dict[str, str]:
-    parser = configparser.ConfigParser()
-    parser.read(ROOT / "setup.cfg")
-    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
-    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
 
 
 def test_the_commands_are_the_documented_ones():
@@ -41,7 +35,7 @@ def test_each_command_has_a_parser_a_main_and_runs_under_python_dash_m(name):
 
 
 def test_console_scripts_call_the_command_modules():
-    scripts = _console_scripts()
+    scripts = console_scripts()
     expected = {
         f"dinolite-{name}": f"dinolite.commands.{name}:main" for name in COMMANDS if name not in WITHOUT_CONSOLE_SCRIPT
     }

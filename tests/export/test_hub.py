@@ -19,6 +19,7 @@ from dinolite.export.hub import (
 from dinolite.export.load import load_backbone, load_pretrained
 from dinolite.export.spec import ExportFormatError, spec_from_backbone
 from dinolite.models import DinoVisionTransformer
+from tests.offline_hub import cache_repository, read_cache_offline, record_uploads
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -225,27 +226,13 @@ def test_timm_and_transformers_weights_serve_as_student_pretrained_weights(tmp_p
 # --------------------------------------------------------------------------------------------------
 
 
-def _cached_repo(cache: Path, repo_id: str, files: Path) -> None:
-    """huggingface_hub's cache layout, as a download leaves it: blobs behind snapshots, refs/main."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for item in files.iterdir():
-        (snapshot / item.name).write_bytes(item.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-
-
 def test_hf_hub_source_reads_the_offline_cache(tmp_path, monkeypatch):
-    hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub")
     model = _backbone(num_register_tokens=4)
     spec = spec_from_backbone(model, train_img_size=28)
     write_transformers_folder(model.state_dict(), spec, tmp_path / "hf")
-    _cached_repo(tmp_path / "cache", "someone/tiny-dinolite", tmp_path / "hf")
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache_repository(tmp_path / "cache", "someone/tiny-dinolite", tmp_path / "hf")
+    read_cache_offline(tmp_path / "cache", monkeypatch)
 
     loaded = load_backbone("hf-hub:someone/tiny-dinolite")
     images = torch.randn(1, 3, 28, 28)
@@ -256,10 +243,8 @@ def test_hf_hub_source_reads_the_offline_cache(tmp_path, monkeypatch):
 
 
 def test_push_to_hub_creates_the_repository_and_uploads_the_folder(tmp_path, monkeypatch):
-    hub = pytest.importorskip("huggingface_hub")
-    calls = []
-    monkeypatch.setattr(hub.HfApi, "create_repo", lambda self, **kw: calls.append(("create_repo", kw)))
-    monkeypatch.setattr(hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or "url")
+    pytest.importorskip("huggingface_hub")
+    calls = record_uploads(monkeypatch)
     model = _backbone()
     write_timm_hub_folder(model.state_dict(), spec_from_backbone(model), tmp_path / "hub")
     push_folder_to_hub(tmp_path / "hub", "someone/vits", private=True)

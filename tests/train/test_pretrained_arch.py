@@ -19,6 +19,7 @@ from dinolite.config import ConfigError, load_config
 from dinolite.models import DinoVisionTransformer
 from dinolite.train.methods import get_method
 from dinolite.train.pretrained import resolve_pretrained_architecture
+from tests.offline_hub import cache_repository, read_cache_offline
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -180,19 +181,12 @@ def _documented_command(page: str, starts: str) -> list[str]:
 
 
 def test_the_interop_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
-    hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub")
     args = _documented_command("interop.md", "dinolite-train --config vits14_continue")
     repo_id = next(a for a in args if "hf-hub:" in a).split("hf-hub:")[1].split("@")[0]
     folder, _ = _timm_source(tmp_path, registers=True)  # a 2-block stand-in for the 12-block release
-    snapshot = tmp_path / "cache" / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    for item in folder.iterdir():
-        (snapshot / item.name).write_bytes(item.read_bytes())
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache_repository(tmp_path / "cache", repo_id, folder)
+    read_cache_offline(tmp_path / "cache", monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert train_command.main([*args, "--dry-run", "--output-dir", str(tmp_path / "run")]) == 0
