@@ -108,6 +108,44 @@ def run_main(
         return exit_code
 
 
+class _Refused(argparse.Action):
+    """An option another tool takes and dinolite does not: using it is a usage error saying what to do."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string}: {self.const}")
+
+
+def refuse_option(parser: argparse.ArgumentParser, *names: str, reason: str, takes_value: bool = False) -> None:
+    """``names``, another tool's option (DINOv2's), fail with ``reason`` instead of "unrecognized arguments";
+    hidden from ``--help``, since dinolite does not take them."""
+    parser.add_argument(
+        *names,
+        nargs=1 if takes_value else 0,
+        action=_Refused,
+        const=reason,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+def refuse_dinov2_eval_flags(parser: argparse.ArgumentParser) -> None:
+    """DINOv2's training flags ``--eval-only`` and ``--eval`` (docs/interop.md): what dinolite runs instead."""
+    refuse_option(
+        parser,
+        "--eval-only",
+        reason="DINOv2's flag to save the teacher of the latest checkpoint (eval/manual_N/teacher_checkpoint.pth) "
+        "instead of training; in dinolite: dinolite-export --checkpoint RUN_DIR --output teacher.pth (DINOv2's "
+        "layout), or evaluate it with dinolite-knn / dinolite-linear --backbone RUN_DIR",
+    )
+    refuse_option(
+        parser,
+        "--eval",
+        takes_value=True,
+        reason="DINOv2's training script reads this flag nowhere; evaluate a run with dinolite-knn / "
+        "dinolite-linear / dinolite-segmentation --backbone RUN_DIR",
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Option values checked at parse time: a bad number or output path is one argparse error naming the
 # option and the value, before any model is loaded or image read.

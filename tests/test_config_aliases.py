@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
 from pathlib import Path
 
@@ -286,3 +287,36 @@ def test_dinov2_data_set_names_are_refused_with_what_to_pass(dataset, hint, caps
     assert main(["--dry-run", f"train.dataset_path={dataset}"]) == 1
     err = capsys.readouterr().err
     assert f"{dataset!r} is DINOv2's" in err and hint in err and "data.source=[" in err
+
+
+def _dinov2_default_keys() -> dict[str, object]:
+    """Every key of DINOv2's ssl_default_config.yaml (the fixture holds them all) with DINOv2's value."""
+
+    def leaves(node: dict, prefix: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            out.update(leaves(value, f"{key}.") if isinstance(value, dict) else {key: value})
+        return out
+
+    return leaves(yaml.safe_load((FIXTURES / "ssl_default_keys.yaml").read_text()), "")
+
+
+def _alias_of(key: str) -> str | None:
+    """The ALIASES entry (``compute_precision.*.*.sharding_strategy`` style patterns included) for ``key``."""
+    return next((alias for alias in config_aliases.ALIASES if fnmatch.fnmatchcase(key, alias)), None)
+
+
+def test_every_key_of_dinov2_default_config_is_on_the_interop_page():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "interop.md").read_text()
+    missing = [key for key in _dinov2_default_keys() if f"`{_alias_of(key) or key}`" not in docs]
+    assert not missing, f"docs/interop.md does not say what dinolite does with DINOv2's {missing}"
+
+
+def test_dinov2_keys_under_their_own_name_keep_dinov2s_value():
+    cfg = _load_quietly(FIXTURES / "ssl_default_keys.yaml")
+    same_name = {key: value for key, value in _dinov2_default_keys().items() if _alias_of(key) is None}
+    assert len(same_name) == 52  # the other 36 are translated (ALIASES)
+    for key, value in same_name.items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.checkpoint import CheckpointManager
-from dinolite.cli import INPUT_ERRORS, HelpFormatter, run_main
+from dinolite.cli import INPUT_ERRORS, HelpFormatter, refuse_dinov2_eval_flags, run_main
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.slurm_options import add_slurm_arguments, check_training_fits, resources_from_args
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--entry", help="a Python script to run on every task instead of training (e.g. eval/knn.py)")
     what.add_argument("--module", help="a Python module to run (python -m) on every task instead of training")
     add_slurm_arguments(parser)
-    parser.add_argument("--output-dir", help="default: the config's train.output_dir; may contain %%j (job id)")
+    parser.add_argument(
+        "--output-dir", "--output_dir", help="default: the config's train.output_dir; may contain %%j (job id)"
+    )
     parser.add_argument(
         "--no-resume",
         action="store_true",
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
     opt_ins.add_opt_in_arguments(parser)
+    refuse_dinov2_eval_flags(parser)
     return parser
 
 

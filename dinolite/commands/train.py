@@ -21,7 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from dinolite.checkpoint import CheckpointManager
-from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, make_parser, refuse_dinov2_eval_flags, run_main
 from dinolite.compat import check_installed_versions
 from dinolite.config import ConfigError, load_config, opt_ins, to_yaml
 from dinolite.extras import MissingExtraError
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset name (dinolite/configs/) or a .yaml path; DINOv2's config files and key names "
         "are read too (docs/interop.md)",
     )
-    parser.add_argument("--output-dir", default=None, help="run directory (default: train.output_dir)")
+    parser.add_argument("--output-dir", "--output_dir", default=None, help="run directory (default: train.output_dir)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (same as train.progress=false)")
     parser.add_argument(
         "--no-resume",
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.002")
     opt_ins.add_opt_in_arguments(parser)
+    refuse_dinov2_eval_flags(parser)
     return parser
 
 

@@ -18,14 +18,17 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     """The Slurm options every dinolite launcher shares (``dinolite-slurm``, ``launch/lab.py --slurm``):
     resources, ``--max-requeues`` and ``--dry-run``; read back with :func:`resources_from_args`."""
     res = parser.add_argument_group("resources")
-    res.add_argument("--nodes", type=positive_int, default=1)
+    res.add_argument(
+        "--nodes", "--nnodes", dest="nodes", type=positive_int, default=1, help="(--nnodes: DINOv2's name)"
+    )
     res.add_argument(
         "--gpus-per-node",
         "--ngpus",
+        "--gpus",
         dest="gpus_per_node",
         type=non_negative_int,
         default=8,
-        help="one task per GPU; 0 for a CPU job (--ngpus: DINOv2's name)",
+        help="one task per GPU; 0 for a CPU job (--ngpus, --gpus: DINOv2's names)",
     )
     res.add_argument(
         "--tasks-per-node", type=positive_int, default=None, help="tasks per node of a CPU job (default 1)"
@@ -44,6 +47,13 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--account")
     res.add_argument("--qos")
     res.add_argument("--constraint")
+    res.add_argument(
+        "--use-volta32",
+        dest="constraint",
+        action="store_const",
+        const="volta32gb",
+        help="same as --constraint volta32gb (DINOv2's flag)",
+    )
     res.add_argument("--exclude", help="hosts to avoid (Slurm host list)")
     res.add_argument("--comment")
     res.add_argument("--job-name", default=None, help="default: dinolite-<config or matrix name>")
@@ -63,8 +73,10 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
 SLURM_OPTIONS = frozenset(
     {
         "--nodes",
+        "--nnodes",
         "--gpus-per-node",
         "--ngpus",
+        "--gpus",
         "--tasks-per-node",
         "--cpus-per-task",
         "--mem-gb",
@@ -74,6 +86,7 @@ SLURM_OPTIONS = frozenset(
         "--account",
         "--qos",
         "--constraint",
+        "--use-volta32",
         "--exclude",
         "--comment",
         "--job-name",
@@ -92,7 +105,7 @@ def resources_from_args(args: argparse.Namespace, argv: Sequence[str], job_name:
 
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     gpus = args.gpus_per_node
-    if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus"} & given:
+    if args.tasks_per_node is not None and not {"--gpus-per-node", "--ngpus", "--gpus"} & given:
         gpus = 0  # --tasks-per-node alone asks for a CPU job
     return slurm_submit.SlurmResources(
         nodes=args.nodes,
