@@ -119,6 +119,14 @@ def _transformers_small_release(folder: Path) -> None:
     )
     torch.manual_seed(2)
     transformers.Dinov2Model(config).save_pretrained(str(folder))
+    # the release's preprocessing (facebook/dinov2-small's preprocessor_config.json): evaluation at 224 px
+    transformers.BitImageProcessor(
+        size={"shortest_edge": 256},
+        resample=3,  # bicubic
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(str(folder))
 
 
 FILE_STANDINS: dict[str, Callable[[Path], None]] = {
