@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from dinolite.cli import bounded, check_output_path, positive_int
+from dinolite.cli import bounded, check_output_path, positive_int, refuse_option
 
 # Command line -> its module (each has build_parser) and the arguments it requires.
 CLIS: dict[str, tuple[str, list[str]]] = {
@@ -186,3 +186,16 @@ def test_usable_output_paths_leave_nothing_behind(tmp_path) -> None:
     check_output_path(tmp_path / "figures", "--output", directory=True)
     check_output_path(tmp_path / "r.json", "--output")
     assert list(tmp_path.iterdir()) == []  # the probe file is removed, no folder created
+
+
+@pytest.mark.parametrize(("argv", "takes_value"), [(["--eval-only"], False), (["--eval", "linear"], True)])
+def test_a_refused_option_says_what_to_do_instead_and_is_hidden(argv, takes_value, capsys) -> None:
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--kept", action="store_true")
+    refuse_option(parser, argv[0], reason="run dinolite-knn instead", takes_value=takes_value)
+    assert vars(parser.parse_args(["--kept"])) == {"kept": True}  # nothing added when the option is absent
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--kept", *argv])
+    assert exit_info.value.code == 2
+    assert f"tool: error: {argv[0]}: run dinolite-knn instead" in capsys.readouterr().err
+    assert argv[0] not in parser.format_help()
