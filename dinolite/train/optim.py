@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dinolite.config import ConfigError
 from dinolite.train.lars import LARS
 
 _EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed", "register_tokens", "mask_token")
@@ -154,7 +155,7 @@ def get_param_groups(
     children = sorted(name for name, _ in student.named_children())
     unknown = sorted(set(rules.fixed_lr_modules) - set(children))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"invalid value for 'optim.fixed_lr_modules': {unknown} name no student module; it has {children}"
         )
     if not 0.0 < layerwise_decay <= 1.0:

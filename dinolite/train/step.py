@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from dinolite.config import ConfigError
 from dinolite.distributed import any_rank
 from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.finite_check import check_finite_parameters
@@ -82,7 +83,7 @@ def clip_gradients(
         raise ValueError(f"invalid value for 'optim.clip_grad_scope': {scope!r}; expected one of {CLIP_SCOPES}")
     unknown = sorted(set(unclipped) - set(modules))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"invalid value for 'optim.unclipped_modules': {unknown} name no student module; it has {sorted(modules)}"
         )
     norms: dict[str, float] = {}
