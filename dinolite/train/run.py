@@ -11,8 +11,8 @@
 :func:`build_run` does, in this order (the order fixes the initial weights and is what the DINOv2
 golden step pins): seed torch with ``train.seed`` (identical weights on every rank),
 build the method's objective, move it to the device, shard it (FSDP2, when several processes, compile or
-activation checkpointing ask for it), the parameter groups, AdamW, the schedules, the autocast dtype and
-the fp16 loss scaler; with an ``output_dir``, the checkpoint manager. Nothing is read from or written to
+activation checkpointing ask for it), the parameter groups, the optimizer (``optim.optimizer``), the
+schedules, the autocast dtype and the fp16 loss scaler; with an ``output_dir``, the checkpoint manager. Nothing is read from or written to
 disk yet. :meth:`Run.resume` then loads the latest intact checkpoint, writes ``config.yaml``, opens the
 data stream at the resumed iteration and the metric log (TensorBoard, ``metrics.jsonl``, trackers).
 
@@ -95,9 +95,9 @@ class Run:
     """A built training run (see the module docstring); made by :func:`build_run`.
 
     ``app_state`` is what a checkpoint holds: the objective (student, teacher, centering buffers via
-    extra_state), AdamW's moments, the progress, the fp16 loss scale, and whatever the loop adds with
-    :meth:`add_state` before :meth:`resume` (the watchdog's patience counters); the checkpoint manager
-    adds per-rank RNG states and the data position (= iteration: one batch per step).
+    extra_state), the optimizer's state (AdamW's moments, SGD's or LARS's momentum), the progress, the fp16
+    loss scale, and whatever the loop adds with :meth:`add_state` before :meth:`resume` (the watchdog's
+    patience counters); the checkpoint manager adds per-rank RNG states and the data position (= iteration: one batch per step).
     """
 
     cfg: Config

@@ -1,8 +1,8 @@
 """The generic optimizer step every method runs, and the checks around it.
 
-:class:`TrainingStep` is one component holding what a step needs (the objective, AdamW, the schedules,
-the clipping norm, the device, the autocast dtype, the loss scaler); a :class:`~dinolite.train.run.Run`
-builds it from the config. One call at iteration ``i``:
+:class:`TrainingStep` is one component holding what a step needs (the objective, the optimizer, the
+schedules, the clipping norm, the device, the autocast dtype, the loss scaler); a
+:class:`~dinolite.train.run.Run` builds it from the config. One call at iteration ``i``:
 
 1. lr / weight decay from the generic schedules at ``i``; ``loss = objective(batch, i)`` under autocast;
 2. stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
