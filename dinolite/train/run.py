@@ -97,7 +97,8 @@ class Run:
     ``app_state`` is what a checkpoint holds: the objective (student, teacher, centering buffers via
     extra_state), the optimizer's state (AdamW's moments, SGD's or LARS's momentum), the progress, the fp16
     loss scale, and whatever the loop adds with :meth:`add_state` before :meth:`resume` (the watchdog's
-    patience counters); the checkpoint manager adds per-rank RNG states and the data position (= iteration: one batch per step).
+    patience counters); the checkpoint manager adds per-rank RNG states and the data position (= iteration:
+    one batch per step).
     """
 
     cfg: Config
