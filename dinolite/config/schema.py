@@ -89,6 +89,7 @@ class OptimConfig:
     clip_grad_scope: str = "per_module"  # per_module (DINOv2) | joint (one norm over the clipped modules)
     unclipped_modules: list[str] = field(default_factory=list)  # student modules never clipped (MSN: prototypes)
     warmup_start_lr: float = 0.0  # lr at iteration 0 of the warm-up, not batch-scaled (I-JEPA, MSN: 2e-4)
+    schedule_horizon: float = 1.0  # lr and wd cosines laid out over this many times the run (MSN: 1.25)
 
 
 @dataclass

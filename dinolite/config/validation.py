@@ -136,6 +136,7 @@ RANGES: tuple[Range, ...] = (
     ("optim.lars_eta", 0.0, math.inf, False, False),
     ("optim.lr_1d_mult", 0.0, math.inf, True, False),
     ("optim.warmup_start_lr", 0.0, math.inf, True, False),
+    ("optim.schedule_horizon", 1.0, math.inf, True, False),
     ("ema.momentum", 0.0, 1.0, True, True),
     ("ema.final_momentum", 0.0, 1.0, True, True),
     ("student.drop_path_rate", 0.0, 1.0, True, False),

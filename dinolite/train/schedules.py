@@ -137,11 +137,16 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
       ``warmup_start_lr`` is scaled, as in DINOv2 and the releases).
     * weight decay: cosine ``weight_decay`` -> ``weight_decay_end`` (no warmup).
 
+    ``schedule_horizon`` (1 by default) lays both cosines out over that many times the run, which still stops
+    at ``epochs``: MSN's release (1.25) ends its run before the lr reaches ``min_lr`` and the weight decay
+    ``weight_decay_end``; I-JEPA's ``ipe_scale`` is the same factor (1.0 in its configs). (MSN's own lr cosine
+    starts after the warm-up and lasts 1.25 x the run, so it ends ``warmup_epochs`` later than this one.)
+
     ``optim_cfg`` is a ``dinolite.config.OptimConfig`` (or any object with the same attributes).
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
-    total = optim_cfg.epochs * iterations_per_epoch
+    total = round(optim_cfg.epochs * iterations_per_epoch * getattr(optim_cfg, "schedule_horizon", 1.0))
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
     if optim_cfg.min_lr > peak_lr:
         raise ConfigError(

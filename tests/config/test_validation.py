@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[2]
         ("optim.lars_eta=0", "'optim.lars_eta': 0.0; must be > 0"),
         ("optim.lr_1d_mult=-0.1", "'optim.lr_1d_mult': -0.1; must be >= 0"),
         ("optim.warmup_start_lr=-1e-4", "'optim.warmup_start_lr': -0.0001; must be >= 0"),
+        ("optim.schedule_horizon=0.5", "'optim.schedule_horizon': 0.5; must be >= 1"),
         ("optim.nesterov=true", "'optim.nesterov': true needs optim.optimizer=sgd and optim.momentum > 0"),
     ],
 )
