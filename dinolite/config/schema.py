@@ -76,6 +76,20 @@ class OptimConfig:
     layerwise_decay: float = 0.9
     adamw_beta1: float = 0.9
     adamw_beta2: float = 0.999
+    # Released recipes (docs/faithfulness.md; dinolite/train/optim.py); the defaults are dinolite's recipe.
+    optimizer: str = "adamw"  # adamw | sgd (SimSiam) | lars (Barlow Twins, DirectCLR; You et al. 2017)
+    momentum: float = 0.9  # sgd and lars
+    nesterov: bool = False  # sgd
+    lars_eta: float = 0.001  # lars trust coefficient
+    lars_exclude_1d: bool = True  # lars: 1-D parameters (biases, norm weights) skip the trust ratio
+    decay_rule: str = "dinolite"  # dinolite | all (every parameter) | non_1d (2+ dims, no .bias)
+    no_decay: list[str] = field(default_factory=list)  # more exempt names (dotted components): [prototypes]
+    lr_1d_mult: float = 1.0  # lr multiplier of 1-D parameters (Barlow Twins: 0.024)
+    fixed_lr_modules: list[str] = field(default_factory=list)  # student modules kept at the peak lr (SimSiam)
+    clip_grad_scope: str = "per_module"  # per_module (DINOv2) | joint (one norm over the clipped modules)
+    unclipped_modules: list[str] = field(default_factory=list)  # student modules never clipped (MSN: prototypes)
+    warmup_start_lr: float = 0.0  # lr at iteration 0 of the warm-up, not batch-scaled (I-JEPA, MSN: 2e-4)
+    schedule_horizon: float = 1.0  # lr and wd cosines laid out over this many times the run (MSN: 1.25)
 
 
 @dataclass
@@ -242,6 +256,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
+    "optim.optimizer": ("adamw", "sgd", "lars"),
+    "optim.decay_rule": ("dinolite", "all", "non_1d"),
+    "optim.clip_grad_scope": ("per_module", "joint"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard"),

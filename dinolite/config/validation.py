@@ -8,6 +8,7 @@ when ``train.method`` is that method. The helpers (:func:`check_choices`, :func:
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +33,9 @@ def check_choices(cfg: Any, choices: Mapping[str, Sequence[str]]) -> None:
     for dotted, allowed in choices.items():
         value = get_by_path(cfg, dotted)
         if value not in allowed:
-            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; expected one of {', '.join(allowed)}")
+            near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"invalid value for {dotted!r}: {value!r}; expected one of {', '.join(allowed)}{hint}")
 
 
 def check_positive(cfg: Any, keys: Sequence[str]) -> None:
@@ -78,6 +81,11 @@ def _validate_shared(cfg: Config) -> None:
     check_fraction_pairs(cfg, ("crops.global_crops_scale", "crops.local_crops_scale"))
     if cfg.crops.local_crops_number < 0:
         raise ConfigError(f"invalid value for 'crops.local_crops_number': {cfg.crops.local_crops_number}; must be >= 0")
+    if cfg.optim.nesterov and (cfg.optim.optimizer != "sgd" or cfg.optim.momentum <= 0):
+        raise ConfigError(
+            f"invalid value for 'optim.nesterov': true needs optim.optimizer=sgd and optim.momentum > 0 "
+            f"(got optimizer={cfg.optim.optimizer!r}, momentum={cfg.optim.momentum})"
+        )
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         raise ConfigError(
             f"invalid value for 'optim.warmup_epochs': {cfg.optim.warmup_epochs} exceeds optim.epochs={cfg.optim.epochs}"
@@ -124,6 +132,11 @@ RANGES: tuple[Range, ...] = (
     ("optim.adamw_beta2", 0.0, 1.0, True, False),
     ("optim.warmup_epochs", 0, math.inf, True, False),
     ("optim.freeze_last_layer_epochs", 0, math.inf, True, False),
+    ("optim.momentum", 0.0, 1.0, True, False),
+    ("optim.lars_eta", 0.0, math.inf, False, False),
+    ("optim.lr_1d_mult", 0.0, math.inf, True, False),
+    ("optim.warmup_start_lr", 0.0, math.inf, True, False),
+    ("optim.schedule_horizon", 1.0, math.inf, True, False),
     ("ema.momentum", 0.0, 1.0, True, True),
     ("ema.final_momentum", 0.0, 1.0, True, True),
     ("student.drop_path_rate", 0.0, 1.0, True, False),

@@ -6,8 +6,8 @@ Per iteration ``i`` (0-based count of optimizer steps already taken):
 1. :meth:`Run.next_batch`: reseed torch from ``(train.seed, rank, i)`` (stochastic depth; resume needs no
    saved RNG state), then take batch ``i`` of the data stream (the stream resumes at ``start_batch = i``);
 2. :meth:`Run.step`: the generic step of :mod:`dinolite.train.step` (lr / weight decay from the
-   schedules, ``loss = objective(batch, i)``, NaN stop, backward, the method's hooks, per-module clipping,
-   AdamW, the check of the weights and gradients);
+   schedules, ``loss = objective(batch, i)``, NaN stop, backward, the method's hooks, clipping
+   (``optim.clip_grad_scope``), the optimizer (``optim.optimizer``), the check of the weights and gradients);
 3. every ``monitor.every``: collapse metrics + watchdog; every ``evaluation.online_every``: the online
    kNN; every ``log_every``: the metric line; every ``checkpoint_every`` and at the end: checkpoint; if
    the stop hook is true on any rank: checkpoint and return ``"preempted"``.

@@ -21,8 +21,9 @@ from dinolite.monitor.watchdog import Watchdog
 from dinolite.train.batches import validate_training_config
 from dinolite.train.logging import console_logger
 from dinolite.train.methods import get_method
-from dinolite.train.optim import build_optimizer, get_param_groups
+from dinolite.train.optim import optimizer_for
 from dinolite.train.schedules import build_schedules
+from dinolite.train.step import clip_gradients
 
 
 def check_startup(cfg: Config) -> None:
@@ -35,8 +36,9 @@ def check_startup(cfg: Config) -> None:
         warnings.filterwarnings("ignore", message=".*meta parameter.*")
         with torch.device("meta"):
             objective = method.build_objective(cfg)
-    groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
-    build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+    optimizer_for(objective.student, cfg.optim)  # optim.fixed_lr_modules must name student modules
+    # max_norm 0 clips nothing: this only checks that optim.unclipped_modules names student modules
+    clip_gradients(objective.trainable_modules(), 0.0, cfg.optim.clip_grad_scope, cfg.optim.unclipped_modules)
     build_schedules(cfg.optim, cfg.train.iterations_per_epoch, cfg.train.batch_size_per_gpu)
     method.build_transform(cfg)
     method.build_collate(cfg)

@@ -11,8 +11,8 @@
 :func:`build_run` does, in this order (the order fixes the initial weights and is what the DINOv2
 golden step pins): seed torch with ``train.seed`` (identical weights on every rank),
 build the method's objective, move it to the device, shard it (FSDP2, when several processes, compile or
-activation checkpointing ask for it), the parameter groups, AdamW, the schedules, the autocast dtype and
-the fp16 loss scaler; with an ``output_dir``, the checkpoint manager. Nothing is read from or written to
+activation checkpointing ask for it), the parameter groups, the optimizer (``optim.optimizer``), the
+schedules, the autocast dtype and the fp16 loss scaler; with an ``output_dir``, the checkpoint manager. Nothing is read from or written to
 disk yet. :meth:`Run.resume` then loads the latest intact checkpoint, writes ``config.yaml``, opens the
 data stream at the resumed iteration and the metric log (TensorBoard, ``metrics.jsonl``, trackers).
 
@@ -46,7 +46,7 @@ from dinolite.train.logging import MetricLogger, MetricSink, console_logger
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
 from dinolite.train.objective import SSLObjective
-from dinolite.train.optim import build_optimizer, get_param_groups
+from dinolite.train.optim import optimizer_for
 from dinolite.train.precision import autocast_dtype
 from dinolite.train.resume_checks import report_config_changes
 from dinolite.train.schedules import build_schedules
@@ -95,9 +95,10 @@ class Run:
     """A built training run (see the module docstring); made by :func:`build_run`.
 
     ``app_state`` is what a checkpoint holds: the objective (student, teacher, centering buffers via
-    extra_state), AdamW's moments, the progress, the fp16 loss scale, and whatever the loop adds with
-    :meth:`add_state` before :meth:`resume` (the watchdog's patience counters); the checkpoint manager
-    adds per-rank RNG states and the data position (= iteration: one batch per step).
+    extra_state), the optimizer's state (AdamW's moments, SGD's or LARS's momentum), the progress, the fp16
+    loss scale, and whatever the loop adds with :meth:`add_state` before :meth:`resume` (the watchdog's
+    patience counters); the checkpoint manager adds per-rank RNG states and the data position (= iteration:
+    one batch per step).
     """
 
     cfg: Config
@@ -373,12 +374,21 @@ def build_run(
     precision = autocast_dtype(cfg.train.compute_precision, device)
     sharding = _shard(objective, cfg, precision, env.world_size, device)
     objective.train()
-    groups = get_param_groups(objective.student, cfg.optim.layerwise_decay, cfg.optim.patch_embed_lr_mult)
-    optimizer = build_optimizer(groups, cfg.optim.adamw_beta1, cfg.optim.adamw_beta2)
+    optimizer = optimizer_for(objective.student, cfg.optim)
     global_batch = cfg.train.batch_size_per_gpu * env.world_size
     schedules = build_schedules(cfg.optim, cfg.train.iterations_per_epoch, global_batch)
     scaler = LossScaler(enabled=precision == torch.float16 and cfg.train.grad_scaler)
-    step = TrainingStep(objective, optimizer, schedules, cfg.optim.clip_grad, device, precision, scaler)
+    step = TrainingStep(
+        objective,
+        optimizer,
+        schedules,
+        cfg.optim.clip_grad,
+        device,
+        precision,
+        scaler,
+        clip_scope=cfg.optim.clip_grad_scope,
+        unclipped=tuple(cfg.optim.unclipped_modules),
+    )
     # The method record (evaluated network, head names) lets eval/export read the run without the registry.
     checkpoints = (
         CheckpointManager(out, keep_last=cfg.train.keep_last_checkpoints, config=cfg, method=method.record(cfg))

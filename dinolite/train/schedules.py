@@ -100,10 +100,12 @@ class LinearSchedule:
 
 @dataclass(frozen=True)
 class TrainingSchedules:
-    """The generic schedules the trainer applies to the optimizer every iteration."""
+    """The generic schedules the trainer applies to the optimizer every iteration; ``peak_lr`` is the lr of
+    the groups kept at the peak (``optim.fixed_lr_modules``, SimSiam's predictor)."""
 
     lr: Schedule
     weight_decay: Schedule
+    peak_lr: float | None = None
 
     def at(self, iteration: int) -> dict[str, float]:
         """All values at ``iteration`` (for the optimiser and the logs)."""
@@ -130,15 +132,21 @@ def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> floa
 def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int) -> TrainingSchedules:
     """lr and weight decay of DINOv2's recipe from the ``optim`` config section.
 
-    * lr: linear warmup from 0 over ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr``
-      (``min_lr`` is not scaled, as in DINOv2) at ``epochs``.
+    * lr: linear warmup from ``warmup_start_lr`` (0 by default; I-JEPA and MSN start at 2e-4) over
+      ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr`` at ``epochs`` (neither ``min_lr`` nor
+      ``warmup_start_lr`` is scaled, as in DINOv2 and the releases).
     * weight decay: cosine ``weight_decay`` -> ``weight_decay_end`` (no warmup).
+
+    ``schedule_horizon`` (1 by default) lays both cosines out over that many times the run, which still stops
+    at ``epochs``: MSN's release (1.25) ends its run before the lr reaches ``min_lr`` and the weight decay
+    ``weight_decay_end``; I-JEPA's ``ipe_scale`` is the same factor (1.0 in its configs). (MSN's own lr cosine
+    starts after the warm-up and lasts 1.25 x the run, so it ends ``warmup_epochs`` later than this one.)
 
     ``optim_cfg`` is a ``dinolite.config.OptimConfig`` (or any object with the same attributes).
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
-    total = optim_cfg.epochs * iterations_per_epoch
+    total = round(optim_cfg.epochs * iterations_per_epoch * getattr(optim_cfg, "schedule_horizon", 1.0))
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
     if optim_cfg.min_lr > peak_lr:
         raise ConfigError(
@@ -151,8 +159,10 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
         final_value=optim_cfg.min_lr,
         total_iters=total,
         warmup_iters=optim_cfg.warmup_epochs * iterations_per_epoch,
-        start_warmup_value=0.0,
+        start_warmup_value=getattr(optim_cfg, "warmup_start_lr", 0.0),
     )
     return TrainingSchedules(
-        lr=lr, weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total)
+        lr=lr,
+        weight_decay=CosineSchedule(optim_cfg.weight_decay, optim_cfg.weight_decay_end, total),
+        peak_lr=peak_lr,
     )

@@ -1,13 +1,14 @@
 """The generic optimizer step every method runs, and the checks around it.
 
-:class:`TrainingStep` is one component holding what a step needs (the objective, AdamW, the schedules,
-the clipping norm, the device, the autocast dtype, the loss scaler); a :class:`~dinolite.train.run.Run`
-builds it from the config. One call at iteration ``i``:
+:class:`TrainingStep` is one component holding what a step needs (the objective, the optimizer, the
+schedules, the clipping norm, the device, the autocast dtype, the loss scaler); a
+:class:`~dinolite.train.run.Run` builds it from the config. One call at iteration ``i``:
 
 1. lr / weight decay from the generic schedules at ``i``; ``loss = objective(batch, i)`` under autocast;
 2. stop with :class:`NonFiniteLossError` (no checkpoint written) if the loss is NaN/inf on any rank;
 3. backward; ``objective.after_backward(i, optimizer)`` (e.g. DINO's prototype freeze); clip each
-   student module's gradient norm (global across shards); AdamW step (with fp16, the loss is scaled and a
+   student module's gradient norm, or one norm over them (``optim.clip_grad_scope``), global across shards;
+   the optimizer's step (AdamW, SGD or LARS: ``optim.optimizer``) (with fp16, the loss is scaled and a
    step whose gradients overflowed is skipped: :mod:`dinolite.train.loss_scaling`);
 4. stop with :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became
    NaN/inf; ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update).
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import resource
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from dinolite.config import ConfigError
 from dinolite.distributed import any_rank
 from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.finite_check import check_finite_parameters
@@ -63,20 +65,43 @@ def check_finite(output: ObjectiveOutput, iteration: int, device: torch.device) 
         )
 
 
-def clip_gradients(modules: Mapping[str, nn.Module], max_norm: float) -> dict[str, float]:
-    """Clip each student module's gradient to ``max_norm`` separately, as DINOv2 does (backbone, heads).
+CLIP_SCOPES = ("per_module", "joint")
 
-    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns
-    the pre-clipping norms for the log; ``max_norm <= 0`` (``optim.clip_grad=0``) disables clipping.
+
+def clip_gradients(
+    modules: Mapping[str, nn.Module], max_norm: float, scope: str = "per_module", unclipped: Sequence[str] = ()
+) -> dict[str, float]:
+    """Clip the student's gradients to ``max_norm``: each module separately (``per_module``, as DINOv2 does:
+    backbone, heads), or one norm over every module together (``joint``, as MSN's release does over its
+    encoder and head, SimMIM's over the model). Modules in ``unclipped`` are only measured (MSN's prototypes).
+
+    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns the
+    pre-clipping norms for the log (``grad_norm/<module>``; ``grad_norm/joint`` for the joint one); ``max_norm
+    <= 0`` (``optim.clip_grad=0``) disables clipping.
     """
-
+    if scope not in CLIP_SCOPES:
+        raise ValueError(f"invalid value for 'optim.clip_grad_scope': {scope!r}; expected one of {CLIP_SCOPES}")
+    unknown = sorted(set(unclipped) - set(modules))
+    if unknown:
+        raise ConfigError(
+            f"invalid value for 'optim.unclipped_modules': {unknown} name no student module; it has {sorted(modules)}"
+        )
     norms: dict[str, float] = {}
     if max_norm <= 0:
         return norms
+    joint: list[torch.Tensor] = []
     for name, module in modules.items():
         params = [p for p in module.parameters() if p.grad is not None]
-        if params:
+        if not params:
+            continue
+        if name in unclipped:
+            norms[f"grad_norm/{name}"] = float(clip_grad_norm_(params, 0.0))  # max_norm 0: measured only
+        elif scope == "joint":
+            joint.extend(params)
+        else:
             norms[f"grad_norm/{name}"] = float(clip_grad_norm_(params, max_norm))
+    if joint:
+        norms["grad_norm/joint"] = float(clip_grad_norm_(joint, max_norm))
     return norms
 
 
@@ -96,7 +121,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 class TrainingStep:
     """The generic step (the module docstring), as one component: call it with a batch and an iteration.
 
-    ``clip_grad``: ``optim.clip_grad`` (``<= 0``: no clipping); ``precision``: the autocast dtype
+    ``clip_grad``: ``optim.clip_grad`` (``<= 0``: no clipping); ``clip_scope`` / ``unclipped``:
+    ``optim.clip_grad_scope`` / ``optim.unclipped_modules`` (:func:`clip_gradients`); ``precision``: the autocast dtype
     (:func:`dinolite.train.precision.autocast_dtype`; ``None`` = fp32); ``scaler``: fp16 loss scaling
     (disabled by default). With an enabled scaler the loss is scaled for backward, the gradients
     unscaled before clipping, and a step whose gradients overflowed is skipped (its gradients dropped)
@@ -110,11 +136,13 @@ class TrainingStep:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: torch.dtype | None = None
     scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))
+    clip_scope: str = "per_module"
+    unclipped: tuple[str, ...] = ()
 
     def __call__(self, batch: Mapping[str, Any], iteration: int) -> StepResult:
         objective, optimizer = self.objective, self.optimizer
         values = self.schedules.at(iteration)
-        apply_schedules(optimizer, values["lr"], values["weight_decay"])
+        apply_schedules(optimizer, values["lr"], values["weight_decay"], self.schedules.peak_lr)
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.precision, self.device):
             output = objective(batch, iteration)
@@ -122,7 +150,7 @@ class TrainingStep:
         self.scaler.scale_loss(output.loss).backward()
         self.scaler.unscale_(p for module in objective.trainable_modules().values() for p in module.parameters())
         objective.after_backward(iteration, optimizer)
-        grad_norms = clip_gradients(objective.trainable_modules(), self.clip_grad)
+        grad_norms = clip_gradients(objective.trainable_modules(), self.clip_grad, self.clip_scope, self.unclipped)
         if self.scaler.update(grad_norms):  # False: an fp16 overflow, seen alike by every rank (global norms)
             optimizer.step()
         else:

@@ -57,6 +57,17 @@ REPO = Path(__file__).resolve().parents[2]
         ("teacher.sinkhorn_iterations=0", "'teacher.sinkhorn_iterations': 0; must be >= 1"),
         ("monitor.every=-1", "'monitor.every': -1; must be >= 0"),
         ("train.num_threads=-2", "'train.num_threads': -2; must be >= 0"),
+        # the released recipes' optimizer options (issue 31); closed choices suggest the nearest value
+        ("optim.optimizer=lasr", "'optim.optimizer': 'lasr'; expected one of adamw, sgd, lars; did you mean 'lars'?"),
+        ("optim.optimizer=adam", "expected one of adamw, sgd, lars; did you mean 'adamw'?"),
+        ("optim.decay_rule=non1d", "'optim.decay_rule': 'non1d'; expected one of dinolite, all, non_1d; did you mean"),
+        ("optim.clip_grad_scope=global", "'optim.clip_grad_scope': 'global'; expected one of per_module, joint"),
+        ("optim.momentum=1.0", "'optim.momentum': 1.0; must be in [0, 1)"),
+        ("optim.lars_eta=0", "'optim.lars_eta': 0.0; must be > 0"),
+        ("optim.lr_1d_mult=-0.1", "'optim.lr_1d_mult': -0.1; must be >= 0"),
+        ("optim.warmup_start_lr=-1e-4", "'optim.warmup_start_lr': -0.0001; must be >= 0"),
+        ("optim.schedule_horizon=0.5", "'optim.schedule_horizon': 0.5; must be >= 1"),
+        ("optim.nesterov=true", "'optim.nesterov': true needs optim.optimizer=sgd and optim.momentum > 0"),
     ],
 )
 def test_bad_values_name_key_value_and_range(override, expected):

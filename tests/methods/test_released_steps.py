@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ from safetensors import safe_open
 from dinolite.config import Config, load_config
 from dinolite.train.methods import get_method
 from dinolite.train.objective import SSLObjective
+from dinolite.train.optim import optimizer_for
+from dinolite.train.schedules import TrainingSchedules
+from dinolite.train.step import TrainingStep
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "released"
 TINY_VIT = re.compile(r"img (\d+), patch (\d+), width (\d+), depth (\d+), heads (\d+)")
@@ -86,6 +89,32 @@ def backbone_overrides(settings: Mapping[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class ReleasedOptimizer:
+    """How dinolite's optimizer step reproduces the release's (``released/after/*``).
+
+    Attributes:
+        options: ``settings -> {optim key: value}``, the release's optimizer recipe as ``optim.*`` options.
+        values: ``fixture -> (lr, weight decay)`` the release's step used (dinolite's schedules are tested on
+            their own; the step runs at these constant values, which the groups then multiply).
+        needed: option -> another value (dinolite's): with it instead, the comparison fails (each is checked).
+        rtol, atol: ``max |ours - released| <= rtol * max |released - before| + atol + 2 eps max |released|``
+            per tensor: the step's movement sets the scale (a gradient difference moves a parameter by lr times
+            it), ``atol`` covers gradients that are rounding noise, the last term two float32 roundings of the
+            parameter itself (``eps`` = 1.2e-7).
+        noise_floor: AdamW's first step moves each element by about lr x sign(gradient); elements whose
+            released gradient is below this floor are rounding noise whose sign may differ, and are held to
+            ``2 lr`` (their step's size) instead.
+    """
+
+    options: Callable[[Mapping[str, Any]], dict[str, str]]
+    values: Callable[[Fixture], tuple[float, float]]
+    needed: Mapping[str, str]
+    rtol: float
+    atol: float
+    noise_floor: float = 0.0
+
+
+@dataclass(frozen=True)
 class ReleasedStep:
     """How dinolite reproduces one fixture.
 
@@ -106,6 +135,7 @@ class ReleasedStep:
             outside ``student.``, a reason each).
         loss_atol, grad_rtol, grad_atol: the tolerances (loss absolute; gradients relative to each tensor's max
             plus an absolute floor).
+        optimizer: the release's optimizer step (``None``: the parameters after the step are not compared).
     """
 
     fixture: str
@@ -121,6 +151,7 @@ class ReleasedStep:
     loss_atol: float = 1e-6
     grad_rtol: float = 2e-5
     grad_atol: float = 1e-7
+    optimizer: ReleasedOptimizer | None = None
 
 
 def simsiam_overrides(settings: Mapping[str, Any]) -> list[str]:
@@ -208,9 +239,97 @@ def msn_collate(cfg: Config, fixture: Fixture, inputs: dict[str, torch.Tensor]) 
     return batch
 
 
+# The releases' optimizer steps as optim options (docs/faithfulness.md). Every recipe runs without layer-wise lr
+# decay or a patch-embedding lr multiplier (no release has them); dinolite's schedules are tested on their own.
+NO_LR_LAYERS = {"layerwise_decay": "1.0", "patch_embed_lr_mult": "1.0"}
+
+
+def simsiam_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """main_simsiam.py:193-201: SGD, momentum 0.9, weight decay on every parameter, the predictor at init_lr."""
+    return {
+        **NO_LR_LAYERS,
+        "optimizer": "sgd",
+        "momentum": str(settings["momentum"]),
+        "decay_rule": "all",
+        "fixed_lr_modules": "[predictor]",
+        "clip_grad": "0",
+    }
+
+
+def lars_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Barlow Twins main.py:90-101, 224-263 / DirectCLR main.py:85-87, utils.py:63-102: LARS, momentum 0.9,
+    eta 0.001; 1-D parameters neither decayed nor adapted; no clipping."""
+    return {
+        **NO_LR_LAYERS,
+        "optimizer": "lars",
+        "momentum": "0.9",
+        "lars_eta": "0.001",
+        "lars_exclude_1d": "true",
+        "decay_rule": "non_1d",
+        "clip_grad": "0",
+    }
+
+
+def barlow_twins_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """LARS as above, 1-D parameters at learning_rate_biases / learning_rate_weights of the lr (main.py:167-168)."""
+    ratio = settings["learning_rate_biases"] / settings["learning_rate_weights"]
+    return {**lars_optimizer(settings), "lr_1d_mult": repr(ratio)}
+
+
+def simmim_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """optimizer.py:21-66: AdamW; no decay on 1-D parameters, biases, pos_embed and cls_token
+    (vision_transformer.py:297-299; the mask token is decayed); one clip norm over the model
+    (main_simmim.py:166-167)."""
+    return {
+        **NO_LR_LAYERS,
+        "decay_rule": "non_1d",
+        "no_decay": "[backbone.cls_token,backbone.pos_embed]",
+        "clip_grad_scope": "joint",
+        "clip_grad": str(settings["clip_grad"]),
+    }
+
+
+def msn_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """msn_train.py:530-545: AdamW; no decay on biases, 'bn' and 1-D parameters nor on the prototypes (tokens
+    decayed); msn_train.py:369-370: one clip norm over the encoder and head, the prototypes unclipped."""
+    return {
+        **NO_LR_LAYERS,
+        "decay_rule": "non_1d",
+        "no_decay": "[prototypes]",
+        "clip_grad_scope": "joint",
+        "unclipped_modules": "[prototypes]",
+        "clip_grad": str(settings["clip_grad"]),
+    }
+
+
+def ijepa_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
+    """I-JEPA helper.py:121-139: AdamW; no decay on biases and 1-D parameters (the predictor's mask token is
+    decayed); no clipping (train.py:321-328). Hook for the I-JEPA case (it needs ``student.cls_token=false``):
+    ``optimizer=ReleasedOptimizer(ijepa_optimizer, lambda f: (f.scalar("released/lr"),
+    f.scalar("released/weight_decay")), needed={"decay_rule": "dinolite"}, rtol=1e-4, atol=1e-8,
+    noise_floor=1e-4)``; its warm-up start (``optim.warmup_start_lr=2e-4``) is a schedule, tested with them."""
+    return {**NO_LR_LAYERS, "decay_rule": "non_1d", "clip_grad": "0"}
+
+
+def lr_and_setting_decay(fixture: Fixture) -> tuple[float, float]:
+    return fixture.scalar("released/lr"), float(fixture.settings["weight_decay"])
+
+
 CASES: dict[str, ReleasedStep] = {
     "simsiam": ReleasedStep(
-        "simsiam", "demo_simsiam", simsiam_overrides, {"collated_global_crops": "inputs/collated_global_crops"}
+        "simsiam",
+        "demo_simsiam",
+        simsiam_overrides,
+        {"collated_global_crops": "inputs/collated_global_crops"},
+        optimizer=ReleasedOptimizer(
+            simsiam_optimizer,
+            lr_and_setting_decay,
+            # the release's fixed predictor lr equals the scheduled lr at epoch 0: optim.fixed_lr_modules is checked
+            # in tests/train/test_optim.py instead
+            needed={"optimizer": "adamw", "decay_rule": "dinolite", "clip_grad": "3.0"},
+            rtol=2e-5,
+            atol=1e-8,
+        ),
     ),
     "barlow_twins": ReleasedStep(
         "barlow_twins",
@@ -222,6 +341,14 @@ CASES: dict[str, ReleasedStep] = {
         # removes a shift), holds noise of 1e-5
         grad_rtol=5e-5,
         grad_atol=2e-5,
+        optimizer=ReleasedOptimizer(
+            barlow_twins_optimizer,
+            lambda fixture: (fixture.scalar("released/lr_weights"), float(fixture.settings["weight_decay"])),
+            # decay_rule: weight decay 1e-6 against LARS's trust ratio moves the tokens by less than a rounding
+            needed={"optimizer": "adamw", "lars_exclude_1d": "false", "lr_1d_mult": "1.0", "clip_grad": "3.0"},
+            rtol=5e-5,
+            atol=1e-6,
+        ),
     ),
     "directclr": ReleasedStep(
         "directclr",
@@ -235,6 +362,13 @@ CASES: dict[str, ReleasedStep] = {
             "released_only.online_head.weight": "the release's online linear probe (detached features)",
             "released_only.online_head.bias": "the release's online linear probe (detached features)",
         },
+        optimizer=ReleasedOptimizer(
+            lars_optimizer,
+            lr_and_setting_decay,
+            needed={"optimizer": "adamw", "lars_exclude_1d": "false", "clip_grad": "3.0"},
+            rtol=5e-5,
+            atol=1e-6,
+        ),
     ),
     "msn": ReleasedStep(
         "msn",
@@ -252,6 +386,15 @@ CASES: dict[str, ReleasedStep] = {
         # of 0 and hold rounding noise up to 1.1e-6; the rest differ by up to 1.8e-5 of a tensor's largest value
         grad_rtol=5e-5,
         grad_atol=2e-6,
+        optimizer=ReleasedOptimizer(
+            msn_optimizer,
+            lambda fixture: (fixture.scalar("released/lr"), fixture.scalar("released/weight_decay")),
+            # AdamW's first step is scale-free: the clipping options change it by about one float32 rounding only
+            needed={"decay_rule": "dinolite", "no_decay": "[]"},
+            rtol=1e-4,
+            atol=1e-8,
+            noise_floor=1e-4,
+        ),
     ),
     "simmim": ReleasedStep(
         "simmim",
@@ -266,14 +409,26 @@ CASES: dict[str, ReleasedStep] = {
             "student.backbone.pos_embed": "dinolite's learned table gets the gradient the release's relative bias gets "
             "(student.pos_embed has no shared relative bias yet; docs/faithfulness.md, SimMIM)"
         },
+        optimizer=ReleasedOptimizer(
+            simmim_optimizer,
+            lr_and_setting_decay,
+            # at the first step's lr (2e-6) decay moves a parameter by less than one float32 rounding, and AdamW's
+            # first step is scale-free (clipping): no option is visible in this step
+            needed={},
+            rtol=1e-4,
+            atol=1e-10,
+            noise_floor=1e-4,
+        ),
     ),
 }
 
 
-def build(case: ReleasedStep, fixture: Fixture) -> tuple[SSLObjective, Config]:
-    """The method's objective from its preset and the fixture's settings, with the release's weights loaded into
-    the student (and into a target network's matching modules, as the releases start both alike)."""
-    cfg = load_config(case.preset, [*backbone_overrides(fixture.settings), *case.overrides(fixture.settings)])
+def build(case: ReleasedStep, fixture: Fixture, extra: Sequence[str] = ()) -> tuple[SSLObjective, Config]:
+    """The method's objective from its preset and the fixture's settings (plus ``extra`` overrides), with the
+    release's weights loaded into the student (and into a target network's matching modules, as the releases
+    start both alike)."""
+    overrides = [*backbone_overrides(fixture.settings), *case.overrides(fixture.settings), *extra]
+    cfg = load_config(case.preset, overrides)
     objective = get_method(cfg.train.method).build_objective(cfg)
     state = objective.state_dict()
     weights = {k: v for k, v in fixture.section("weights/").items() if k.startswith("student.")}
@@ -289,13 +444,16 @@ def build(case: ReleasedStep, fixture: Fixture) -> tuple[SSLObjective, Config]:
     return objective.train(), cfg
 
 
+def fixture_batch(case: ReleasedStep, fixture: Fixture, cfg: Config) -> dict[str, torch.Tensor]:
+    batch = {key: fixture.tensors[source] for key, source in case.inputs.items()}
+    return case.collate(cfg, fixture, batch) if case.collate is not None else batch
+
+
 def run_step(case: ReleasedStep, fixture: Fixture) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
     """Loss, terms and every student gradient of one forward and backward on the fixture's inputs."""
     torch.manual_seed(0)  # a method that draws numbers in its step draws them alike on every run
     objective, cfg = build(case, fixture)
-    batch = {key: fixture.tensors[source] for key, source in case.inputs.items()}
-    if case.collate is not None:
-        batch = case.collate(cfg, fixture, batch)
+    batch = fixture_batch(case, fixture, cfg)
     output = objective(batch, 0)
     output.loss.backward()
     grads = {key: p.grad.detach() for key, p in objective.named_parameters() if p.grad is not None}
@@ -357,3 +515,80 @@ def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
         encoder = objective.student["backbone"].pos_embed.detach()[0, 1:]
         assert torch.equal(encoder, released_encoder) is equal, order
         assert torch.equal(objective.student["predictor"].position_table(), released_predictor) is equal, order
+
+
+# -- the parameters after the release's optimizer step ----------------------------------------------------------
+
+
+def run_optimizer_step(
+    case: ReleasedStep, fixture: Fixture, instead: Mapping[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Every student parameter after one :class:`TrainingStep` (objective, backward, clipping, the optimizer
+    the ``optim`` section builds) on the fixture's inputs at the release's lr and weight decay; ``instead``
+    replaces some of the release's optimizer options."""
+    assert case.optimizer is not None
+    torch.manual_seed(0)
+    options = {**case.optimizer.options(fixture.settings), **(instead or {})}
+    objective, cfg = build(case, fixture, [f"optim.{key}={value}" for key, value in options.items()])
+    lr, weight_decay = case.optimizer.values(fixture)
+    schedules = TrainingSchedules(lr=lambda _: lr, weight_decay=lambda _: weight_decay, peak_lr=lr)
+    step = TrainingStep(
+        objective,
+        optimizer_for(objective.student, cfg.optim),
+        schedules,
+        cfg.optim.clip_grad,
+        clip_scope=cfg.optim.clip_grad_scope,
+        unclipped=tuple(cfg.optim.unclipped_modules),
+    )
+    step(fixture_batch(case, fixture, cfg), 0)
+    return {key: p.detach() for key, p in objective.named_parameters() if key.startswith("student.")}
+
+
+def largest(values: torch.Tensor) -> float:
+    return float(values.max()) if values.numel() else 0.0
+
+
+def after_step_mismatches(case: ReleasedStep, fixture: Fixture, ours: Mapping[str, torch.Tensor]) -> list[tuple]:
+    """``(key, max abs difference, allowed)`` for every released parameter after the step outside the tolerance
+    (:class:`ReleasedOptimizer`)."""
+    assert case.optimizer is not None
+    lr, _ = case.optimizer.values(fixture)
+    before, grads = fixture.section("weights/"), fixture.section("released/grad/")
+    bad = []
+    for key, released in sorted(fixture.section("released/after/").items()):
+        if not key.startswith("student.") or key in case.dinolite_only:
+            continue
+        released, mine = released.double(), ours[key].double()
+        movement = float((released - before[key].double()).abs().max())
+        rounding = 2 * torch.finfo(torch.float32).eps * float(released.abs().max())
+        allowed = case.optimizer.rtol * movement + case.optimizer.atol + rounding
+        noise = grads[key].abs() < case.optimizer.noise_floor
+        difference, noise_difference = (largest((mine - released).abs()[where]) for where in (~noise, noise))
+        if difference > allowed or noise_difference > 2 * lr * (1 + 1e-3):
+            bad.append((key, difference, allowed, noise_difference))
+    return bad
+
+
+OPTIMIZER_CASES = sorted(name for name, case in CASES.items() if case.optimizer is not None)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_CASES)
+def test_every_parameter_after_the_optimizer_step_equals_the_release(name: str) -> None:
+    """dinolite's step with the release's optimizer options gives every parameter the release's step gives
+    (the same key set, less the parameters the case names as dinolite's only)."""
+    case, fixture = CASES[name], read_fixture(CASES[name].fixture)
+    ours = run_optimizer_step(case, fixture)
+    released = {k for k in fixture.section("released/after/") if k.startswith("student.")}
+    assert sorted(released - set(ours)) == []
+    assert after_step_mismatches(case, fixture, ours) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "option"), [(name, option) for name in OPTIMIZER_CASES for option in CASES[name].optimizer.needed]
+)
+def test_the_step_needs_each_released_optimizer_option(name: str, option: str) -> None:
+    """With dinolite's value of one of the release's optimizer options the parameters after the step differ
+    from the release's: each option in ``needed`` is one the release's step depends on."""
+    case, fixture = CASES[name], read_fixture(CASES[name].fixture)
+    instead = {option: case.optimizer.needed[option]}
+    assert after_step_mismatches(case, fixture, run_optimizer_step(case, fixture, instead)) != []

@@ -11,8 +11,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from dinolite.config import load_config
 from dinolite.models import DINOHead, DinoVisionTransformer
-from dinolite.train.optim import apply_schedules, build_optimizer, get_param_groups
+from dinolite.train.lars import LARS
+from dinolite.train.optim import (
+    GroupRules,
+    apply_schedules,
+    build_configured_optimizer,
+    build_optimizer,
+    get_param_groups,
+    optimizer_for,
+)
 
 DECAY, PATCH_MULT = 0.9, 0.2
 
@@ -166,3 +175,93 @@ def test_groups_are_identical_for_fsdp2_dtensors(tmp_path: Path):
         summary = torch.load(tmp_path / f"rank{rank}.pt")
         assert summary["types"] == ["DTensor"]
         assert summary["sharded"] == summary["reference"]
+
+
+# -- the released recipes' rules (optim.decay_rule, no_decay, lr_1d_mult, fixed_lr_modules, optimizer) ------------
+
+
+def _decayed(rules: GroupRules) -> set[str]:
+    return {
+        name for name, group in _by_name(get_param_groups(_student(), rules=rules)).items() if group["wd_multiplier"]
+    }
+
+
+def test_decay_rules_name_what_each_release_decays():
+    student = _student()
+    names = {name for name, _ in student.named_parameters()}
+    one_d = {name for name, p in student.named_parameters() if p.ndim == 1}
+    tokens = {"backbone.cls_token", "backbone.pos_embed", "backbone.register_tokens", "backbone.mask_token"}
+    assert _decayed(GroupRules(decay_rule="all")) == names  # SimSiam: every parameter
+    non_1d = _decayed(GroupRules(decay_rule="non_1d"))  # Barlow Twins, DirectCLR, MSN, I-JEPA, SimMIM
+    assert non_1d == names - one_d and tokens <= non_1d
+    dinolite = _decayed(GroupRules())
+    assert not tokens & dinolite and dinolite < non_1d
+    # MSN: the prototypes (here the heads' last layers) exempt too, matched as whole dotted components
+    msn = _decayed(GroupRules(decay_rule="non_1d", no_decay=("last_layer",)))
+    assert msn == {n for n in non_1d if ".last_layer." not in n}
+    simmim = _decayed(GroupRules(decay_rule="non_1d", no_decay=("backbone.cls_token", "backbone.pos_embed")))
+    assert simmim == non_1d - {"backbone.cls_token", "backbone.pos_embed"}
+    assert _decayed(GroupRules(decay_rule="non_1d", no_decay=("cls",))) == non_1d  # not a substring match
+
+
+def test_default_rules_add_no_group_key():
+    """The DINOv2 path: groups (and so checkpoints) keep exactly their old keys."""
+    for group in get_param_groups(_student(), DECAY, PATCH_MULT, rules=GroupRules()):
+        assert set(group) == {"params", "names", "lr_multiplier", "wd_multiplier", "is_last_layer"}
+
+
+def test_lr_1d_mult_scales_only_one_dimensional_parameters():
+    """Barlow Twins: biases and norm weights at 0.0048 / 0.2 = 0.024 of the weights' lr."""
+    groups = _by_name(get_param_groups(_student(), rules=GroupRules(lr_1d_mult=0.024)))
+    for name, param in _student().named_parameters():
+        assert groups[name]["lr_multiplier"] == (0.024 if param.ndim == 1 else 1.0), name
+
+
+def test_fixed_lr_modules_stay_at_the_peak_lr():
+    """SimSiam's predictor: lr = the peak lr times its multiplier, whatever the schedule says."""
+    groups = get_param_groups(_student(separate_ibot_head=True), rules=GroupRules(fixed_lr_modules=("ibot_head",)))
+    optimizer = build_optimizer(groups)
+    apply_schedules(optimizer, lr=0.01, weight_decay=0.1, peak_lr=0.5)
+    for group, built in zip(optimizer.param_groups, groups):
+        fixed = all(name.startswith("ibot_head.") for name in built["names"])
+        assert group.get("fixed_lr", False) is fixed
+        assert group["lr"] == (0.5 if fixed else 0.01)
+    with pytest.raises(ValueError, match="no peak_lr"):
+        apply_schedules(optimizer, lr=0.01, weight_decay=0.1)
+    with pytest.raises(ValueError, match="'optim.fixed_lr_modules': \\['predictor'\\] name no student module"):
+        get_param_groups(_student(), rules=GroupRules(fixed_lr_modules=("predictor",)))
+
+
+def test_bad_rules_are_named():
+    with pytest.raises(ValueError, match="'optim.decay_rule': 'non1d'"):
+        GroupRules(decay_rule="non1d")
+    with pytest.raises(ValueError, match="'optim.lr_1d_mult'"):
+        GroupRules(lr_1d_mult=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "settings"),
+    [
+        ([], torch.optim.AdamW, {"betas": (0.9, 0.999)}),
+        (["optim.optimizer=sgd", "optim.momentum=0.8", "optim.nesterov=true"], torch.optim.SGD, {"momentum": 0.8}),
+        (["optim.optimizer=lars", "optim.lars_eta=0.002"], LARS, {"eta": 0.002, "momentum": 0.9}),
+    ],
+)
+def test_the_optim_section_picks_the_optimizer(overrides, kind, settings):
+    cfg = load_config("demo", overrides)
+    optimizer = optimizer_for(_student(), cfg.optim)
+    assert type(optimizer) is kind
+    for group in optimizer.param_groups:
+        assert group["lr"] == 0.0 and group["weight_decay"] == 0.0 and "names" not in group
+        assert {k: group[k] for k in settings} == settings
+    adaptation = {bool(group.get("lars_adaptation", True)) for group in optimizer.param_groups}
+    assert adaptation == ({True, False} if kind is LARS else {True})  # 1-D parameters skip the trust ratio
+
+
+def test_lars_groups_follow_lars_exclude_1d():
+    cfg = load_config("demo", ["optim.optimizer=lars", "optim.lars_exclude_1d=false"])
+    for group in optimizer_for(_student(), cfg.optim).param_groups:
+        assert group["lars_adaptation"] is True
+    cfg.optim.optimizer = "rmsprop"
+    with pytest.raises(ValueError, match="'optim.optimizer': 'rmsprop'"):
+        build_configured_optimizer(get_param_groups(_student()), cfg.optim)

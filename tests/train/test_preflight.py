@@ -21,6 +21,20 @@ def test_an_unknown_method_is_refused_with_the_nearest_name():
         check_startup(load_config("demo", ["train.method=simclrr"]))
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.fixed_lr_modules=[predictor]", r"'optim.fixed_lr_modules': \['predictor'\] name no student module"),
+        ("optim.unclipped_modules=[prototypes]", r"'optim.unclipped_modules': \['prototypes'\] name no student module"),
+    ],
+)
+def test_optimizer_options_that_name_no_student_module_are_refused(override, expected):
+    """The module lists of the released recipes (SimSiam's predictor, MSN's prototypes) are checked against the
+    method's student before training; the message lists the modules there are."""
+    with pytest.raises(ConfigError, match=expected + r"; it has \['backbone', 'dino_head'\]"):
+        check_startup(load_config("demo", [override]))
+
+
 def test_student_weights_that_do_not_fit_are_refused(tmp_path):
     weights = tmp_path / "small.pth"
     small = ["student.embed_dim=384", "student.num_heads=6", "student.depth=1"]

@@ -99,3 +99,24 @@ def test_build_schedules_without_warmups():
     assert s.lr(0) == pytest.approx(0.004)
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         build_schedules(optim, iterations_per_epoch=0, global_batch_size=8)
+
+
+def test_the_warmup_starts_at_warmup_start_lr_and_the_peak_is_kept():
+    """I-JEPA and MSN warm up from 2e-4 (not batch-scaled) to the peak; ``peak_lr`` is the scaled base lr."""
+    optim = dataclasses.replace(OptimConfig(), warmup_start_lr=2e-4, base_lr=1e-3, scaling_rule="none")
+    s = build_schedules(optim, iterations_per_epoch=10, global_batch_size=256)
+    warmup = optim.warmup_epochs * 10
+    assert s.lr(0) == 2e-4 and s.lr(warmup // 2) == pytest.approx(6e-4) and s.lr(warmup) == pytest.approx(1e-3)
+    assert s.peak_lr == 1e-3
+    assert build_schedules(OptimConfig(), 10, 256).lr(0) == 0.0  # dinolite's default: from 0
+
+
+def test_schedule_horizon_lays_the_cosines_out_over_more_than_the_run():
+    """MSN's release: lr and weight decay over 1.25 x the run, so the run ends above min_lr / below wd_end."""
+    optim = dataclasses.replace(OptimConfig(), epochs=8, warmup_epochs=0, base_lr=1e-3, scaling_rule="none", min_lr=0.0)
+    plain = build_schedules(optim, iterations_per_epoch=10, global_batch_size=256)
+    longer = build_schedules(dataclasses.replace(optim, schedule_horizon=1.25), 10, 256)
+    assert plain.lr(80) == 0.0 and longer.lr(100) == 0.0
+    assert longer.lr(80) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.8)))  # 80 of 100 iterations
+    assert longer.weight_decay(80) == pytest.approx(0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * 0.8)))
+    assert longer.lr(40) == plain.lr(32)  # the same curve, stretched

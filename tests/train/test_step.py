@@ -107,3 +107,54 @@ def test_step_seeds_depend_on_seed_rank_and_iteration_only() -> None:
 def test_to_device_moves_tensors_and_keeps_other_values() -> None:
     moved = to_device({"x": torch.ones(1, dtype=torch.float64), "skipped_samples": [3]}, torch.device("cpu"))
     assert torch.equal(moved["x"], torch.ones(1, dtype=torch.float64)) and moved["skipped_samples"] == [3]
+
+
+def _clipped_objective() -> _Linear:
+    torch.manual_seed(0)
+    objective = _Linear(scale=100.0)
+    objective({"x": torch.randn(4, 2)}, 0).loss.backward()
+    return objective
+
+
+def test_joint_clipping_is_one_norm_over_the_modules_and_unclipped_modules_are_only_measured() -> None:
+    """``optim.clip_grad_scope=joint`` (MSN's encoder + head, SimMIM's model): one norm over every clipped module,
+    each scaled alike; ``optim.unclipped_modules`` (MSN's prototypes) keep their gradient and log its norm."""
+    objective = _clipped_objective()
+    grads = {name: m.weight.grad.clone() for name, m in objective.student.items()}
+    total = float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()])))
+    norms = clip_gradients(dict(objective.student.items()), max_norm=0.5, scope="joint")
+    assert norms == {"grad_norm/joint": pytest.approx(total)}
+    for name, module in objective.student.items():
+        torch.testing.assert_close(module.weight.grad, grads[name] * 0.5 / (total + 1e-6))
+
+    objective = _clipped_objective()
+    head = objective.student["head"].weight.grad.clone()
+    norms = clip_gradients(dict(objective.student.items()), max_norm=0.5, scope="joint", unclipped=("head",))
+    assert norms["grad_norm/head"] == pytest.approx(float(torch.linalg.vector_norm(head)))
+    assert torch.equal(objective.student["head"].weight.grad, head)
+    assert float(torch.linalg.vector_norm(objective.student["backbone"].weight.grad)) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_per_module_clipping_leaves_unclipped_modules_alone_and_bad_values_are_named() -> None:
+    objective = _clipped_objective()
+    head = objective.student["head"].weight.grad.clone()
+    clip_gradients(dict(objective.student.items()), max_norm=0.5, unclipped=("head",))
+    assert torch.equal(objective.student["head"].weight.grad, head)
+    with pytest.raises(ValueError, match="'optim.clip_grad_scope': 'global'"):
+        clip_gradients(dict(objective.student.items()), 0.5, scope="global")
+    with pytest.raises(ValueError, match="'optim.unclipped_modules': \\['prototypes'\\]"):
+        clip_gradients(dict(objective.student.items()), 0.5, unclipped=("prototypes",))
+
+
+def test_the_step_gives_fixed_lr_groups_the_peak_lr() -> None:
+    """A group flagged ``fixed_lr`` (``optim.fixed_lr_modules``) steps at ``schedules.peak_lr``."""
+    torch.manual_seed(0)
+    objective = _Linear()
+    groups = [
+        {"params": list(objective.student["backbone"].parameters())},
+        {"params": list(objective.student["head"].parameters()), "fixed_lr": True},
+    ]
+    schedules = TrainingSchedules(lr=lambda i: 0.1, weight_decay=lambda i: 0.0, peak_lr=0.7)
+    step = TrainingStep(objective, torch.optim.SGD(groups, lr=1.0), schedules, 0.0)
+    step({"x": torch.randn(4, 2)}, 0)
+    assert [group["lr"] for group in step.optimizer.param_groups] == [0.1, 0.7]
