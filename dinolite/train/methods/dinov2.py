@@ -1,7 +1,7 @@
 """DINOv2 as a registered method (``train.method: dinov2``): the objective built from the config (student,
 heads, losses, pretrained weights), its multi-crop views and iBOT-masking collate, its training FLOPs,
 head names, collapse-watchdog thresholds and config sections (``dino``, ``ibot``, ``teacher``:
-:mod:`dinolite.train.methods.dinov2_config`).
+:mod:`dinolite.train.methods.dinov2_config`; ``gram``, DINOv3's Gram anchoring: :mod:`dinolite.train.gram_config`).
 
 The objective itself (DINO + iBOT + KoLeo with an EMA teacher, its formula and schedules) is
 :mod:`dinolite.train.methods.dinov2_objective`.
@@ -22,6 +22,7 @@ from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import model_summary
 from dinolite.monitor.collapse_rules import TEACHER_MEAN_ENTROPY, one_direction, one_prototype, uniform_output
+from dinolite.train.gram_config import GRAM_SECTION
 from dinolite.train.methods import dinov2_config
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
@@ -174,7 +175,7 @@ METHOD = register_method(
             "teacher_head_logits": "head",
         },
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
-        config_sections=dinov2_config.SECTIONS,
+        config_sections=(*dinov2_config.SECTIONS, GRAM_SECTION),
         student_temp=lambda cfg: cfg.teacher.student_temp,
     )
 )
