@@ -62,8 +62,8 @@ class GramConfig:
     remove_only_teacher_neg: bool = False  # zero the teacher's negative similarities
     tokens_used: str = "all"  # all | masked | unmasked: the student's patches the loss compares (iBOT masks)
     # how the Gram teacher's patch grid is resized to the student's when its crops are larger
-    global_teacher_resize_method: str = "bicubic"
-    global_teacher_resize_antialias: bool = False
+    global_teacher_resize_method: str = "bicubic"  # bicubic | bilinear | nearest | nearest-exact | area
+    global_teacher_resize_antialias: bool = False  # antialias that resize (downsampling)
 
 
 def validate_gram(gram: GramConfig, cfg: Config) -> None:
