@@ -11,8 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+import dinolite
 from dinolite.checkpoint import load_consolidated_state_dict
+from dinolite.commands.export import main as export_main
 from dinolite.config import ConfigError, load_config
+from dinolite.eval.backbone import load_any_backbone
 from dinolite.losses.gram_loss import GramLoss
 from dinolite.train.gram import GramAnchoring, GramRefreshPlan, attach_gram_anchoring, resize_patch_grid
 from dinolite.train.gram_config import GramConfig
@@ -187,19 +190,26 @@ RESUME = [
 ]
 
 
-def test_stopped_and_resumed_equals_the_uninterrupted_run_bitwise(tmp_path):
+@pytest.fixture(scope="module")
+def gram_runs(tmp_path_factory):
+    """An uninterrupted run and one stopped after 3 steps (between the refreshes after iterations 1 and 3)
+    and resumed, with the Gram teacher loaded at iteration 1."""
+    root = tmp_path_factory.mktemp("gram")
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         config = lambda out: load_config("demo", [*SMALL, *RESUME, f"train.output_dir={out}"])  # noqa: E731
-        straight = train(config(tmp_path / "straight"), batches=random_image_stream)
-        # stopped after 3 steps: between the two refreshes (after iterations 1 and 3)
-        train(config(tmp_path / "resumed"), batches=random_image_stream, hooks=RunHooks(StopAt(3)))
-        resumed = train(config(tmp_path / "resumed"), batches=random_image_stream)
+        straight = train(config(root / "straight"), batches=random_image_stream)
+        train(config(root / "resumed"), batches=random_image_stream, hooks=RunHooks(StopAt(3)))
+        resumed = train(config(root / "resumed"), batches=random_image_stream)
     finally:
         torch.set_num_threads(previous)
-    a = load_consolidated_state_dict(straight.checkpoint_path, "objective", None)
-    b = load_consolidated_state_dict(resumed.checkpoint_path, "objective", None)
+    return {"root": root, "straight": straight, "resumed": resumed}
+
+
+def test_stopped_and_resumed_equals_the_uninterrupted_run_bitwise(gram_runs):
+    a = load_consolidated_state_dict(gram_runs["straight"].checkpoint_path, "objective", None)
+    b = load_consolidated_state_dict(gram_runs["resumed"].checkpoint_path, "objective", None)
     assert sorted(a) == sorted(b)
     assert int(a["model.gram.refreshes"]) == 2 and bool(a["model.gram.loaded"])
     gram_keys = [k for k in a if k.startswith("model.gram.teacher.backbone.")]
@@ -208,6 +218,17 @@ def test_stopped_and_resumed_equals_the_uninterrupted_run_bitwise(tmp_path):
     assert any(not torch.equal(a[k], a[k.replace("model.gram.teacher", "model.teacher")]) for k in gram_keys)
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
+
+
+def test_the_ema_teacher_is_evaluated_and_exported_not_the_gram_teacher(gram_runs, tmp_path):
+    run_dir = gram_runs["root"] / "straight"
+    teacher = load_consolidated_state_dict(gram_runs["straight"].checkpoint_path, "teacher", "backbone")
+    backbone = load_any_backbone(run_dir)
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in teacher.items())
+    out = tmp_path / "backbone.safetensors"
+    assert export_main(["--checkpoint", str(run_dir), "--output", str(out), "--with-heads"]) == 0
+    exported = dinolite.load_backbone(out)
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in teacher.items())
 
 
 @pytest.mark.slow
