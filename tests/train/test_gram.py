@@ -245,3 +245,14 @@ def test_two_processes_equal_one_process(tmp_path):
     for part in ("student", "teacher", "gram_teacher"):
         assert one[part].keys() == two[part].keys()
         assert max((one[part][k] - two[part][k]).abs().max().item() for k in one[part]) < 1e-5, part
+
+
+def test_the_gram_teachers_forward_is_counted_in_the_training_flops():
+    from dinolite.train.methods.dinov2 import training_flops
+
+    off = training_flops(load_config("demo", SMALL))
+    on = training_flops(load_config("demo", [*SMALL, *GRAM_ON, "gram.it_load_ema_teacher=0"]))
+    assert off["flops_gram_teacher_per_image"] == 0
+    # one forward of the 2 global crops per image
+    assert on["flops_gram_teacher_per_image"] == 2 * on["flops_global_crop"]
+    assert on["flops_per_image"] - off["flops_per_image"] == pytest.approx(on["flops_gram_teacher_per_image"], abs=1)
