@@ -63,15 +63,14 @@ class GramRefreshPlan:
         """The EMA teacher is copied in before ``iteration`` runs."""
         return iteration == self.load_at
 
+    def due_after(self, iteration: int) -> bool:
+        """Iteration ``iteration`` ends on a refresh date (whether ``max_updates`` allows it or not)."""
+        step = iteration + 1
+        return self.rep_update and step >= self.it_first_update and step % self.update_frequency == 0
+
     def refreshes_after(self, iteration: int, done: int) -> bool:
         """A refresh follows iteration ``iteration``, ``done`` refreshes having been made."""
-        step = iteration + 1
-        return (
-            self.rep_update
-            and step >= self.it_first_update
-            and step % self.update_frequency == 0
-            and (self.max_updates is None or done < self.max_updates)
-        )
+        return self.due_after(iteration) and (self.max_updates is None or done < self.max_updates)
 
     def refreshes_before(self, iteration: int) -> int:
         """How many refreshes a run has made before ``iteration`` (what a resume there finds)."""
@@ -153,7 +152,9 @@ class GramAnchoring(nn.Module):
 
     def after_optimizer_step(self, iteration: int, ema_teacher: nn.ModuleDict) -> None:
         """Refresh from the EMA teacher (after its update) when the plan says so."""
-        if "backbone" in self.teacher and self.plan.refreshes_after(iteration, int(self.refreshes)):
+        # due_after first: reading the count (a device sync on GPU) only on refresh dates
+        due = "backbone" in self.teacher and self.plan.due_after(iteration)
+        if due and self.plan.refreshes_after(iteration, int(self.refreshes)):
             copy_backbone(self.teacher["backbone"], ema_teacher["backbone"])
             self.loaded.fill_(True)
             self.refreshes.add_(1)
