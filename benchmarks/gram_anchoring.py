@@ -4,7 +4,8 @@ teacher at each kept checkpoint of runs with and without the Gram term (issue 28
 For each run folder (``dinolite-train --config demo_gram`` and the same with ``gram.use_loss=false``) and
 each checkpoint it kept, on the digits it trained on (the run's ``data/train`` and ``data/val`` folders):
 
-* kNN top-1 (k = 20, cosine, T = 0.07) of the teacher's CLS token, val against train;
+* kNN top-1 (k = 20, cosine, T = 0.07) of the teacher's CLS token, val against train (images through the
+  evaluation transform, as the end-of-run kNN);
 * patch-similarity locality of the teacher's final-norm patch tokens on the val images: per image the
   cosine similarities of its patches, ``near`` = their mean over 4-neighbour pairs of the patch grid,
   ``all`` = their mean over every pair of distinct patches, ``locality = near - all`` (how much more alike
@@ -36,18 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dinolite.config import load_config  # noqa: E402
 from dinolite.eval.backbone import load_any_backbone  # noqa: E402
 from dinolite.eval.knn import knn_classify  # noqa: E402
+from dinolite.eval.transforms import build_eval_transform  # noqa: E402
 
 
-def load_folder(folder: Path, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every ``folder/<class>/*.png`` as a normalised (N, 3, H, W) tensor and its labels."""
-    images, labels = [], []
-    for path in sorted(folder.glob("*/*.png")):
-        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
-        images.append(torch.from_numpy(pixels).permute(2, 0, 1))
-        labels.append(int(path.parent.name))
-    x = torch.stack(images)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return x, torch.tensor(labels)
+def load_folder(folder: Path, size: int, mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``folder/<class>/*.png`` through the evaluation transform (the end-of-run kNN's: resize,
+    centre crop to ``size``, normalise) as an (N, 3, size, size) tensor, and its labels."""
+    transform = build_eval_transform(size, mean=mean, std=std)
+    paths = sorted(folder.glob("*/*.png"))
+    images = [transform(Image.open(path).convert("RGB")) for path in paths]
+    return torch.stack(images), torch.tensor([int(path.parent.name) for path in paths])
 
 
 @torch.no_grad()
@@ -96,8 +95,9 @@ def locality(patches: torch.Tensor, images: torch.Tensor, patch_size: int) -> di
 def measure_run(run: Path) -> list[dict]:
     cfg = load_config(str(run / "config.yaml"), unknown_sections="keep")
     mean, std = list(cfg.crops.mean), list(cfg.crops.std)
-    train_x, train_y = load_folder(run / "data" / "train", mean, std)
-    val_x, val_y = load_folder(run / "data" / "val", mean, std)
+    size = cfg.crops.global_crops_size
+    train_x, train_y = load_folder(run / "data" / "train", size, mean, std)
+    val_x, val_y = load_folder(run / "data" / "val", size, mean, std)
     rows = []
     for checkpoint in sorted((run / "checkpoints").glob("*")):
         if not checkpoint.is_dir():
