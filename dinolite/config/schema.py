@@ -90,6 +90,9 @@ class OptimConfig:
     unclipped_modules: list[str] = field(default_factory=list)  # student modules never clipped (MSN: prototypes)
     warmup_start_lr: float = 0.0  # lr at iteration 0 of the warm-up, not batch-scaled (I-JEPA, MSN: 2e-4)
     schedule_horizon: float = 1.0  # lr and wd cosines laid out over this many times the run (MSN: 1.25)
+    # cosine: lr warmup then cosine to min_lr, weight decay cosine weight_decay -> weight_decay_end (DINOv2)
+    # | constant: lr warmup then held at the peak, weight decay held at weight_decay (DINOv3's recipes)
+    schedule: str = "cosine"
 
 
 @dataclass
@@ -226,7 +229,7 @@ class EMAConfig:
     momentum: float = 0.992  # DINOv2's teacher.momentum_teacher (ViT-L recipe)
     final_momentum: float = 1.0
     # cosine: half-cosine from momentum to final_momentum (DINO/DINOv2, BYOL, MSN) | linear: a straight ramp
-    # (I-JEPA's released momentum_scheduler)
+    # (I-JEPA's released momentum_scheduler) | constant: momentum throughout (DINOv3's recipes)
     schedule: str = "cosine"
 
 
@@ -264,6 +267,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.sharding_strategy": ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
-    "ema.schedule": ("cosine", "linear"),
+    "ema.schedule": ("cosine", "linear", "constant"),
+    "optim.schedule": ("cosine", "constant"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers

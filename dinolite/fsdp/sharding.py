@@ -269,7 +269,8 @@ def shard_objective(
     activation_checkpointing: bool = False,
     compile: bool = False,
 ) -> nn.Module:
-    """Shard ``objective.student`` and ``objective.teacher`` in place (see the module doc); returns it.
+    """Shard ``objective.student`` and ``objective.teacher`` (and a Gram teacher, ``objective.gram.teacher``)
+    in place (see the module doc); returns it.
 
     ``objective`` must already sit on its device (CPU, or the local rank's GPU). The world size comes
     from the default process group (one process when there is none).
@@ -295,6 +296,10 @@ def shard_objective(
     if teacher is not None and len(teacher) > 0:
         _shard_module_dict(teacher, plan, mesh, train=False)
         check_aligned_shards(student, teacher)
+    gram = getattr(objective, "gram", None)
+    if gram is not None and len(gram.teacher) > 0:  # Gram anchoring's frozen copy of the teacher, sharded alike
+        _shard_module_dict(gram.teacher, plan, mesh, train=False)
+        check_aligned_shards(teacher, gram.teacher)
     log.info("sharding plan: %s", plan)
     return objective
 

@@ -1,10 +1,11 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
-DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM."""
+DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, Gram anchoring (DINOv3)."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
 from dinolite.losses.centering import TeacherCentering, sinkhorn_knopp, softmax_centered
 from dinolite.losses.dino_clstoken_loss import DINOLoss
 from dinolite.losses.directclr_loss import DirectCLRLoss
+from dinolite.losses.gram_loss import GramLoss, gram_matrix
 from dinolite.losses.ibot_patch_loss import iBOTPatchLoss
 from dinolite.losses.ijepa_loss import IJEPALoss
 from dinolite.losses.info_nce_loss import InfoNCELoss, info_nce_loss
@@ -17,6 +18,7 @@ __all__ = [
     "BarlowTwinsLoss",
     "DINOLoss",
     "DirectCLRLoss",
+    "GramLoss",
     "IJEPALoss",
     "InfoNCELoss",
     "KoLeoLoss",
@@ -25,6 +27,7 @@ __all__ = [
     "SimMIMLoss",
     "TeacherCentering",
     "cross_correlation",
+    "gram_matrix",
     "iBOTPatchLoss",
     "info_nce_loss",
     "koleo_loss",

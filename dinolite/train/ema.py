@@ -12,17 +12,20 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from dinolite.config import Config, EMAConfig
-from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule
+from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule, constant_after_warmup
 
 
 def momentum_schedule(ema: EMAConfig, total_iters: int) -> Schedule:
     """The EMA momentum over a run of ``total_iters`` iterations: ``ema.schedule`` from ``ema.momentum`` to
-    ``ema.final_momentum`` (``cosine``: DINO's and BYOL's half-cosine; ``linear``: I-JEPA's ramp)."""
+    ``ema.final_momentum`` (``cosine``: DINO's and BYOL's half-cosine; ``linear``: I-JEPA's ramp), or
+    ``ema.momentum`` throughout (``constant``: DINOv3's recipes; ``final_momentum`` unused)."""
+    if ema.schedule == "constant":
+        return constant_after_warmup(ema.momentum, 0, total_iters)
     if ema.schedule == "linear":
         return LinearSchedule(ema.momentum, ema.final_momentum, total_iters)
     if ema.schedule == "cosine":
         return CosineSchedule(ema.momentum, ema.final_momentum, total_iters)
-    raise ValueError(f"invalid value for 'ema.schedule': {ema.schedule!r}; expected one of cosine, linear")
+    raise ValueError(f"invalid value for 'ema.schedule': {ema.schedule!r}; expected one of cosine, linear, constant")
 
 
 def run_momentum_schedule(cfg: Config) -> Schedule:

@@ -25,18 +25,37 @@ from torch import nn
 
 
 @dataclass
+class PatchTokens:
+    """The student's patch features that Gram anchoring (:mod:`dinolite.train.gram`) compares, and what it
+    needs to compute the Gram teacher's: ``student`` (N, P, D) final-norm patch tokens of the crops it
+    saw (with their masks applied, gradient attached); ``images`` (N, C, H, W) those crops, unmasked;
+    ``patch_size``; ``masks`` (N, P) bool, the masked patches (or None); ``teacher`` (N, P, D) the EMA
+    teacher's patch tokens of the same crops (or None); ``teacher_images``: the Gram teacher's own crops of
+    the same views (larger; None: ``images``)."""
+
+    student: torch.Tensor
+    images: torch.Tensor
+    patch_size: int
+    masks: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
+    teacher_images: torch.Tensor | None = None
+
+
+@dataclass
 class ObjectiveOutput:
     """What one forward pass of an objective returns.
 
     ``loss`` is the scalar that is back-propagated; ``terms`` holds each weighted term that sums to it
     (for logging and for the NaN check, which names them); ``diagnostics`` holds detached, local-rank
     tensors for the collapse monitor (the keys the method's ``MethodSpec.monitor_embeddings`` names,
-    plus ``teacher_head_probs`` / ``student_head_logits`` for methods with prototype heads).
+    plus ``teacher_head_probs`` / ``student_head_logits`` for methods with prototype heads);
+    ``patch_tokens``: what Gram anchoring reads, from a method that offers it (:class:`PatchTokens`).
     """
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+    patch_tokens: PatchTokens | None = None
 
 
 class SSLObjective(nn.Module, abc.ABC):

@@ -42,6 +42,7 @@ from dinolite.train.batches import (
     check_data_source,
     resolve_train_source,
 )
+from dinolite.train.gram import attach_gram_anchoring
 from dinolite.train.logging import MetricLogger, MetricSink, console_logger
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
@@ -370,6 +371,9 @@ def build_run(
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     objective = objective if objective is not None else method.build_objective(cfg)
+    attach_gram_anchoring(
+        objective, cfg, method.name, offers_gram=any(s.name == "gram" for s in method.config_sections)
+    )
     objective.to(device)
     precision = autocast_dtype(cfg.train.compute_precision, device)
     sharding = _shard(objective, cfg, precision, env.world_size, device)

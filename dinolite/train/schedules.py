@@ -99,6 +99,56 @@ class LinearSchedule:
 
 
 @dataclass(frozen=True)
+class WarmupCosineSchedule:
+    """Linear warmup ``start -> peak``, a half-cosine ``peak -> end``, then ``end`` held: the shape of DINOv3's
+    ``linear_warmup_cosine_decay`` (Siméoni et al. 2025; its "schedules v2"), value for value.
+
+    With ``w = warmup_iters`` and ``c = cosine_iters`` (``None``: ``total_iters - w``)::
+
+        it < w             -> start + (peak - start) * it / w
+        w <= it < w + c    -> end + (peak - end) * (1 + cos(pi * (it - w) / (c - 1))) / 2      (c = 1: peak)
+        it >= w + c        -> end
+
+    Unlike :class:`CosineSchedule` the cosine reaches ``end`` at its last step (``it = w + c - 1``), as the
+    release's ``linspace(0, pi, c)`` does. ``peak == end`` is DINOv3's constant schedule: a warmup, then the
+    value held for the rest of the run (its lr, weight decay and teacher momentum).
+    """
+
+    start: float
+    peak: float
+    end: float
+    warmup_iters: int
+    total_iters: int
+    cosine_iters: int | None = None
+
+    def __post_init__(self) -> None:
+        cosine = self.total_iters - self.warmup_iters if self.cosine_iters is None else self.cosine_iters
+        if min(self.warmup_iters, self.total_iters, cosine) < 0 or self.warmup_iters + cosine > self.total_iters:
+            raise ValueError(
+                f"WarmupCosineSchedule: warmup_iters ({self.warmup_iters}) + cosine_iters ({cosine}) must lie "
+                f"in [0, total_iters ({self.total_iters})], each >= 0"
+            )
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"WarmupCosineSchedule: iteration must be >= 0, got {iteration}")
+        w = self.warmup_iters
+        c = self.total_iters - w if self.cosine_iters is None else self.cosine_iters
+        if iteration < w:
+            return self.start + (self.peak - self.start) * iteration / w
+        step = iteration - w
+        if step >= c:
+            return float(self.end)
+        cosine = 1.0 if c == 1 else 0.5 * (1.0 + math.cos(math.pi * step / (c - 1)))
+        return self.end + (self.peak - self.end) * cosine
+
+
+def constant_after_warmup(value: float, warmup_iters: int, total_iters: int, start: float = 0.0) -> Schedule:
+    """``start -> value`` linearly over ``warmup_iters``, then ``value`` (DINOv3's constant schedules)."""
+    return WarmupCosineSchedule(start, value, value, warmup_iters, total_iters)
+
+
+@dataclass(frozen=True)
 class TrainingSchedules:
     """The generic schedules the trainer applies to the optimizer every iteration; ``peak_lr`` is the lr of
     the groups kept at the peak (``optim.fixed_lr_modules``, SimSiam's predictor)."""
@@ -143,11 +193,25 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
     starts after the warm-up and lasts 1.25 x the run, so it ends ``warmup_epochs`` later than this one.)
 
     ``optim_cfg`` is a ``dinolite.config.OptimConfig`` (or any object with the same attributes).
+
+    With ``optim.schedule: constant`` (DINOv3's recipe): the same lr warmup (from ``warmup_start_lr``), then the scaled ``base_lr`` held
+    to the end (``min_lr`` unused), and ``weight_decay`` throughout (``weight_decay_end`` unused).
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
     total = round(optim_cfg.epochs * iterations_per_epoch * getattr(optim_cfg, "schedule_horizon", 1.0))
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
+    shape = getattr(optim_cfg, "schedule", "cosine")
+    if shape == "constant":
+        warmup = optim_cfg.warmup_epochs * iterations_per_epoch
+        start = getattr(optim_cfg, "warmup_start_lr", 0.0)
+        return TrainingSchedules(
+            lr=constant_after_warmup(peak_lr, warmup, total, start=start),
+            weight_decay=constant_after_warmup(optim_cfg.weight_decay, 0, total),
+            peak_lr=peak_lr,
+        )
+    if shape != "cosine":
+        raise ValueError(f"invalid value for 'optim.schedule': {shape!r}; expected one of cosine, constant")
     if optim_cfg.min_lr > peak_lr:
         raise ConfigError(
             f"invalid value for 'optim.min_lr': {optim_cfg.min_lr}; must be <= the peak lr {peak_lr:.4g} "

@@ -12,6 +12,9 @@ schedules, the clipping norm, the device, the autocast dtype, the loss scaler); 
    step whose gradients overflowed is skipped: :mod:`dinolite.train.loss_scaling`);
 4. stop with :class:`~dinolite.train.finite_check.NonFiniteStateError` if a weight/gradient became
    NaN/inf; ``objective.after_optimizer_step(i)`` (e.g. the EMA teacher update).
+
+With Gram anchoring (``objective.gram``, :mod:`dinolite.train.gram`) the Gram teacher may be loaded before
+1, its weighted term is added to the loss in 1, and it may be refreshed after 4.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dinolite.config import ConfigError
 from dinolite.distributed import any_rank
 from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.finite_check import check_finite_parameters
+from dinolite.train.gram import GramAnchoring
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.optim import apply_schedules
@@ -141,11 +145,16 @@ class TrainingStep:
 
     def __call__(self, batch: Mapping[str, Any], iteration: int) -> StepResult:
         objective, optimizer = self.objective, self.optimizer
+        gram: GramAnchoring | None = getattr(objective, "gram", None)
         values = self.schedules.at(iteration)
         apply_schedules(optimizer, values["lr"], values["weight_decay"], self.schedules.peak_lr)
         optimizer.zero_grad(set_to_none=True)
+        if gram is not None:
+            gram.before_step(iteration, objective.teacher)
         with autocast_context(self.precision, self.device):
             output = objective(batch, iteration)
+            if gram is not None:
+                output = gram.anchor(output, iteration)
         check_finite(output, iteration, self.device)
         self.scaler.scale_loss(output.loss).backward()
         self.scaler.unscale_(p for module in objective.trainable_modules().values() for p in module.parameters())
@@ -158,5 +167,8 @@ class TrainingStep:
         # before any checkpoint of them
         check_finite_parameters(objective.trainable_modules(), iteration, self.device)
         objective.after_optimizer_step(iteration)
+        if gram is not None:  # after the EMA update: a refresh copies the updated teacher
+            gram.after_optimizer_step(iteration, objective.teacher)
+            values.update(gram.schedule_values(iteration))
         values.update(objective.schedule_values(iteration))
         return StepResult(output, grad_norms, values)

@@ -20,7 +20,7 @@ def test_every_method_registers_the_sections_its_entry_names():
         spec = get_method(name)
         assert spec.config_sections, f"{name} names no config section"
         assert [s.name for s in sections_of(name)] == [s.name for s in spec.config_sections]
-    assert [s.name for s in sections_of("dinov2")] == ["dino", "ibot", "teacher"]
+    assert [s.name for s in sections_of("dinov2")] == ["dino", "ibot", "teacher", "gram"]
     assert [s.name for s in sections_of("msn")] == ["msn"]
     assert [s.name for s in sections_of("byol")] == ["joint_embedding"]
 

@@ -5,7 +5,7 @@ MASTER_ADDR, MASTER_PORT) or none for a single process:
 
     python tests/train/scale_worker.py --out DIR --steps N [--strategy full_shard] [--checkpoint-every K]
         [--resume] [--batch-mode global|rng] [--separate-head] [--sleep S] [--precision fp32|bf16]
-        [--size tiny|demo]
+        [--size tiny|demo] [--gram]
 
 It trains the real DINOv2 objective (``--size tiny``: a 2-block ViT on 16x16 crops; ``demo``: the demo
 preset's 4-block, 96-wide ViT on 32x32 crops) with AdamW for ``--steps`` iterations
@@ -19,6 +19,10 @@ Batches (``--batch-mode``):
   single-process comparisons). KoLeo is off here: it is computed within each rank's batch by design.
 * ``rng``: every rank draws its batch from the process-global python / numpy / torch RNGs, so an exact
   resume needs those streams restored from the checkpoint.
+
+``--gram``: DINOv3's Gram anchoring on (per-image Gram matrices), the Gram teacher loaded before iteration 1
+and refreshed after it; ``result.pt`` then also holds the Gram term per step, the refresh count and the Gram
+teacher's state dict.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dinolite.checkpoint import CheckpointManager  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective  # noqa: E402
+from dinolite.train.gram import attach_gram_anchoring  # noqa: E402
 from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
 from dinolite.train.precision import autocast_context  # noqa: E402
 
@@ -159,6 +164,14 @@ def _mesh_shape(objective: torch.nn.Module) -> list[int]:
     return list(mesh.shape) if mesh is not None else []
 
 
+def _attach_gram(objective: torch.nn.Module, cfg) -> torch.nn.Module:
+    """Gram anchoring on ``objective``: loaded before iteration 1, refreshed after iteration 1 (2 % 2 == 0)."""
+    cfg.gram.use_loss, cfg.gram.img_level = True, True
+    cfg.gram.it_load_ema_teacher, cfg.gram.update_frequency, cfg.gram.it_first_update = 1, 2, 2
+    attach_gram_anchoring(objective, cfg, "dinov2", offers_gram=True)
+    return objective.gram
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -173,6 +186,7 @@ def main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0, help="pause after each step (kill tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=tuple(CROP_SIZES), default="tiny")
+    parser.add_argument("--gram", action="store_true", help="Gram anchoring (see the module docstring)")
     parser.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast + FSDP's bf16 policy"
     )
@@ -187,6 +201,7 @@ def main() -> None:
     make_config = demo_config if args.size == "demo" else tiny_config
     cfg = make_config(args.separate_head, koleo=0.0 if args.batch_mode == "global" else 0.1)
     objective = build_objective(cfg)
+    gram = _attach_gram(objective, cfg) if args.gram else None
     precision = torch.bfloat16 if args.precision == "bf16" else None
     shard_objective(objective, args.strategy, precision or False, args.activation_checkpointing, False)
     objective.train()
@@ -199,19 +214,26 @@ def main() -> None:
         start = manager.load(manager.latest(), app_state)["iteration"]
     torch.manual_seed(args.seed * 7919 + env.rank + 1) if start == 0 else None
 
-    losses = []
+    losses, gram_losses = [], []
     for iteration in range(start, args.steps):
         if args.batch_mode == "global":
             batch = global_batch_slice(iteration, args.global_batch, env.rank, env.world_size, CROP_SIZES[args.size])
         else:
             batch = rng_batch(args.global_batch // env.world_size)
         optimizer.zero_grad(set_to_none=True)
+        if gram is not None:
+            gram.before_step(iteration, objective.teacher)
         with autocast_context(precision, torch.device("cpu")):
             output = objective.loss_at_temperature(batch, teacher_temp=0.05)
+            if gram is not None:
+                output = gram.anchor(output, iteration)
+                gram_losses.append(all_reduce_sum(float(output.terms["gram_loss"].detach()), "cpu") / env.world_size)
         output.loss.backward()
         clip_grad_norm_(objective.student.parameters(), 1.0)
         optimizer.step()
         objective.update_teacher(0.9)
+        if gram is not None:
+            gram.after_optimizer_step(iteration, objective.teacher)
         losses.append(all_reduce_sum(float(output.loss.detach()), "cpu") / env.world_size)
         done = iteration + 1
         if args.checkpoint_every and done % args.checkpoint_every == 0:
@@ -229,6 +251,10 @@ def main() -> None:
         "forward_weight_dtypes": sorted(forward_dtypes),
         "mesh_shape": _mesh_shape(objective),
     }
+    if gram is not None:
+        result["gram_losses"] = torch.tensor(gram_losses, dtype=torch.float64)
+        result["gram_refreshes"] = gram.refreshes.clone()
+        result["gram_teacher"] = full_state(gram.teacher)
     if env.rank == 0:
         tmp = out / "result.pt.tmp"
         torch.save(result, tmp)

@@ -9,7 +9,14 @@ import pytest
 
 from dinolite.config import OptimConfig, load_config
 from dinolite.train.methods.dinov2_objective import DINOv2Schedules
-from dinolite.train.schedules import CosineSchedule, TrainingSchedules, build_schedules, scaled_lr
+from dinolite.train.schedules import (
+    CosineSchedule,
+    TrainingSchedules,
+    WarmupCosineSchedule,
+    build_schedules,
+    constant_after_warmup,
+    scaled_lr,
+)
 
 
 def test_cosine_schedule_warmup_cosine_and_hold():
@@ -120,3 +127,72 @@ def test_schedule_horizon_lays_the_cosines_out_over_more_than_the_run():
     assert longer.lr(80) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.8)))  # 80 of 100 iterations
     assert longer.weight_decay(80) == pytest.approx(0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * 0.8)))
     assert longer.lr(40) == plain.lr(32)  # the same curve, stretched
+
+
+# ------------------------------------------------------------------ DINOv3's shape and constant schedules
+def test_warmup_cosine_schedule_is_dinov3s_linear_warmup_cosine_decay():
+    # start 0, peak 1, end 0.5: warmup 4, cosine 5 (linspace(0, pi, 5) reaches end at its last step), hold
+    s = WarmupCosineSchedule(start=0.0, peak=1.0, end=0.5, warmup_iters=4, total_iters=12, cosine_iters=5)
+    assert [s(i) for i in range(4)] == [0.0, 0.25, 0.5, 0.75]  # endpoint=False: peak is not reached in warmup
+    assert s(4) == 1.0  # cos(0)
+    assert s(6) == pytest.approx(0.75)  # cos(pi / 2): halfway between peak and end
+    assert s(5) == pytest.approx(0.5 + 0.5 * (1 + math.cos(math.pi / 4)) / 2)
+    assert s(8) == pytest.approx(0.5)  # cos(pi): the cosine's last step is the end value
+    assert [s(i) for i in (9, 11, 12, 10_000)] == [0.5] * 4  # the constant tail, and beyond the run
+    # cosine_iters None: the cosine spans the rest of the run; 1 cosine step is the peak; 0 holds the end
+    assert WarmupCosineSchedule(1.0, 1.0, 0.0, 0, 3)(2) == pytest.approx(0.0)
+    assert WarmupCosineSchedule(0.0, 2.0, 5.0, 2, 10, cosine_iters=1)(2) == 2.0
+    assert WarmupCosineSchedule(1.5, 1.5, 1.5, 0, 10, cosine_iters=0)(0) == 1.5
+    with pytest.raises(ValueError, match="warmup_iters"):
+        WarmupCosineSchedule(0.0, 1.0, 0.0, warmup_iters=8, total_iters=10, cosine_iters=3)
+
+
+def test_dinov3s_gram_loss_weight_schedule():
+    # dinov3_vit7b16_gram_anchor.yaml: start 0, peak 0, end 2, warmup 1000 epochs, cosine 1 epoch (epoch 1000
+    # iterations), shrunk 1000x: 0 for 1000 iterations, a 1000-step half-cosine up to 2, then 2
+    s = WarmupCosineSchedule(0.0, 0.0, 2.0, warmup_iters=1000, total_iters=1200, cosine_iters=100)
+    assert s(0) == 0.0 and s(999) == 0.0 and s(1000) == 0.0
+    assert s(1099) == pytest.approx(2.0) and s(1150) == 2.0
+
+
+def test_constant_after_warmup():
+    s = constant_after_warmup(4.0, warmup_iters=4, total_iters=100)
+    assert [s(i) for i in (0, 1, 2, 3, 4, 50, 99, 100, 10_000)] == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert [constant_after_warmup(0.04, 0, 10)(i) for i in (0, 5, 20)] == [0.04, 0.04, 0.04]
+
+
+def test_build_schedules_constant_is_dinov3s_recipe():
+    optim = OptimConfig(base_lr=0.004, warmup_epochs=2, epochs=10, weight_decay=0.04, weight_decay_end=0.4)
+    optim.schedule = "constant"
+    s = build_schedules(optim, iterations_per_epoch=5, global_batch_size=1024)  # sqrt rule: peak = base
+    assert s.lr(0) == 0.0 and s.lr(5) == pytest.approx(0.002) and s.lr(10) == pytest.approx(0.004)
+    assert s.lr(30) == pytest.approx(0.004) and s.lr(49) == pytest.approx(0.004)
+    assert {s.weight_decay(i) for i in (0, 25, 49, 50)} == {0.04}  # weight_decay_end unused
+    # min_lr is unused too, so it may exceed the peak
+    optim.min_lr = 1.0
+    assert build_schedules(optim, 5, 1024).lr(49) == pytest.approx(0.004)
+    optim.schedule = "cosine_v2"
+    with pytest.raises(ValueError, match="optim.schedule"):
+        build_schedules(optim, 5, 1024)
+
+
+def test_constant_schedules_load_from_the_config():
+    cfg = load_config("demo", ["optim.schedule=constant", "ema.schedule=constant", "ema.momentum=0.994"])
+    from dinolite.train.ema import run_momentum_schedule
+
+    momentum = run_momentum_schedule(cfg)
+    total = cfg.optim.epochs * cfg.train.iterations_per_epoch
+    assert {momentum(i) for i in (0, total // 2, total - 1, total)} == {0.994}
+    with pytest.raises(Exception, match="optim.schedule"):
+        load_config("demo", ["optim.schedule=flat"])
+
+
+def test_the_constant_schedule_keeps_the_warmup_start_and_the_peak():
+    """Both release rules compose: a constant schedule warms up from ``warmup_start_lr`` and reports its peak
+    (the lr of ``optim.fixed_lr_modules``)."""
+    optim = dataclasses.replace(
+        OptimConfig(), schedule="constant", warmup_start_lr=2e-4, base_lr=1e-3, scaling_rule="none", warmup_epochs=2
+    )
+    s = build_schedules(optim, iterations_per_epoch=10, global_batch_size=256)
+    assert s.lr(0) == 2e-4 and s.lr(10) == pytest.approx(6e-4) and s.lr(20) == 1e-3 and s.lr(99) == 1e-3
+    assert s.peak_lr == 1e-3

@@ -1,7 +1,7 @@
 """DINOv2 as a registered method (``train.method: dinov2``): the objective built from the config (student,
 heads, losses, pretrained weights), its multi-crop views and iBOT-masking collate, its training FLOPs,
 head names, collapse-watchdog thresholds and config sections (``dino``, ``ibot``, ``teacher``:
-:mod:`dinolite.train.methods.dinov2_config`).
+:mod:`dinolite.train.methods.dinov2_config`; ``gram``, DINOv3's Gram anchoring: :mod:`dinolite.train.gram_config`).
 
 The objective itself (DINO + iBOT + KoLeo with an EMA teacher, its formula and schedules) is
 :mod:`dinolite.train.methods.dinov2_objective`.
@@ -22,6 +22,7 @@ from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import model_summary
 from dinolite.monitor.collapse_rules import TEACHER_MEAN_ENTROPY, one_direction, one_prototype, uniform_output
+from dinolite.train.gram_config import GRAM_SECTION
 from dinolite.train.methods import dinov2_config
 from dinolite.train.methods.dinov2_objective import DINOv2Objective, DINOv2Schedules
 from dinolite.train.methods.registry import MethodSpec, register_method
@@ -106,10 +107,12 @@ def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[s
 
         student forward = 2 (g + h_d) + N (l + h_d) + 2 m h_i      (backward = 2 x forward)
         teacher forward = 2 (g + h_d) + 2 m h_i
-        FLOPs per image = 2 x (3 x student forward + teacher forward)
+        gram teacher forward = 2 g  (with gram.use_loss and a separate Gram teacher; else 0)
+        FLOPs per image = 2 x (3 x student forward + teacher forward + gram teacher forward)
 
     Keys: ``flops_global_crop`` / ``flops_local_crop`` (backbone forward, one crop),
     ``flops_student_per_image`` (forward + backward), ``flops_teacher_per_image`` (forward),
+    ``flops_gram_teacher_per_image`` (forward),
     ``flops_per_image``, ``flops_per_batch`` (``train.batch_size_per_gpu`` images),
     ``masked_patches_per_global_crop``, plus the inputs of the formula.
     """
@@ -122,7 +125,10 @@ def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[s
     n_local = cfg.crops.local_crops_number
     student_forward = 2 * (g + h_dino) + n_local * (loc + h_dino) + 2 * masked * h_ibot
     teacher_forward = 2 * (g + h_dino) + 2 * masked * h_ibot
-    per_image = 2 * (3 * student_forward + teacher_forward)
+    gram = getattr(cfg, "gram", None)
+    # Gram anchoring's own frozen teacher sees the 2 global crops (the Gram matrices themselves are negligible)
+    gram_forward = 2 * g if gram is not None and gram.use_loss and not gram.ema_teacher else 0
+    per_image = 2 * (3 * student_forward + teacher_forward + gram_forward)
     return {
         "flops_global_crop": 2 * g,
         "flops_local_crop": 2 * loc,
@@ -132,6 +138,7 @@ def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[s
         "local_crops_number": n_local,
         "flops_student_per_image": int(round(2 * 3 * student_forward)),
         "flops_teacher_per_image": int(round(2 * teacher_forward)),
+        "flops_gram_teacher_per_image": int(round(2 * gram_forward)),
         "flops_per_image": int(round(per_image)),
         "batch_size_per_gpu": cfg.train.batch_size_per_gpu,
         "flops_per_batch": int(round(per_image * cfg.train.batch_size_per_gpu)),
@@ -174,7 +181,7 @@ METHOD = register_method(
             "teacher_head_logits": "head",
         },
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
-        config_sections=dinov2_config.SECTIONS,
+        config_sections=(*dinov2_config.SECTIONS, GRAM_SECTION),
         student_temp=lambda cfg: cfg.teacher.student_temp,
     )
 )

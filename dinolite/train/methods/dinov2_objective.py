@@ -19,6 +19,10 @@ Per batch of B images with 2 global crops and N local crops:
 
 After each optimizer step the teacher moves as ``theta_T <- m * theta_T + (1 - m) * theta_S``.
 
+The output's ``patch_tokens`` (the student's final-norm patch tokens of the masked global crops, the
+teacher's of the unmasked ones) are what Gram anchoring (DINOv3, ``gram`` section: dinolite/train/gram.py)
+compares when it is on.
+
 The method's registry entry (built from the config, its views, FLOPs and watchdog thresholds) is
 :mod:`dinolite.train.methods.dinov2`.
 """
@@ -36,7 +40,7 @@ from torch import nn
 from dinolite.config import Config
 from dinolite.dtypes import at_least_float32
 from dinolite.train.ema import ema_update, run_momentum_schedule
-from dinolite.train.objective import ObjectiveOutput, SSLObjective
+from dinolite.train.objective import ObjectiveOutput, PatchTokens, SSLObjective
 from dinolite.train.schedules import CosineSchedule, Schedule
 
 CENTERING_CHOICES = ("centering", "sinkhorn_knopp")
@@ -165,6 +169,7 @@ class DINOv2Objective(SSLObjective):
             patch_logits = self.teacher[self.ibot_head_name](masked_patches) if do_ibot else None
         targets = {
             "cls": cls,
+            "patches": out["x_norm_patchtokens"],
             "cls_logits": cls_logits,
             "cls_probs": self._center(self.dino_loss, cls_logits, teacher_temp),
         }
@@ -234,7 +239,15 @@ class DINOv2Objective(SSLObjective):
             "teacher_head_probs": teacher["cls_probs"][:batch_size].detach(),
             "student_head_logits": student_cls_logits[:batch_size].detach(),
         }
-        return ObjectiveOutput(loss=loss, terms=terms, diagnostics=diagnostics)
+        patch_tokens = PatchTokens(
+            student=student_global["x_norm_patchtokens"],
+            images=global_crops,
+            patch_size=self.student["backbone"].patch_size,
+            masks=masks,
+            teacher=teacher["patches"],
+            teacher_images=batch.get("collated_gram_teacher_crops"),
+        )
+        return ObjectiveOutput(loss=loss, terms=terms, diagnostics=diagnostics, patch_tokens=patch_tokens)
 
     # ------------------------------------------------------------------ hooks
     def after_backward(self, iteration: int, optimizer: torch.optim.Optimizer) -> None:
