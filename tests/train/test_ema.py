@@ -117,5 +117,5 @@ def test_every_ema_method_reads_the_one_ema_section():
 def test_a_schedule_horizon_that_is_not_positive_is_refused_naming_the_key():
     from dinolite.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="ema.schedule_horizon"):
+    with pytest.raises(ConfigError, match="invalid value for 'ema.schedule_horizon': 0.0; must be > 0"):
         load_config("demo_msn", ["ema.schedule_horizon=0"])

@@ -132,5 +132,5 @@ def test_msn_released_init_redraws_linears_tokens_and_patch_projection():
     ],
 )
 def test_msn_released_options_refuse_bad_values_naming_the_key(override: str, key: str):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=f"invalid value for '{key}'"):
         load_config("demo_msn", [override])
