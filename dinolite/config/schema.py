@@ -231,6 +231,9 @@ class EMAConfig:
     # cosine: half-cosine from momentum to final_momentum (DINO/DINOv2, BYOL, MSN) | linear: a straight ramp
     # (I-JEPA's released momentum_scheduler) | constant: momentum throughout (DINOv3's recipes)
     schedule: str = "cosine"
+    # the schedule is laid out over schedule_horizon x the run, so a horizon > 1 ends the run short of
+    # final_momentum (MSN's release: 1.25, a linear 0.996 -> 1 that reaches 0.9992 at the last step)
+    schedule_horizon: float = 1.0
 
 
 @dataclass

@@ -139,6 +139,7 @@ RANGES: tuple[Range, ...] = (
     ("optim.schedule_horizon", 1.0, math.inf, True, False),
     ("ema.momentum", 0.0, 1.0, True, True),
     ("ema.final_momentum", 0.0, 1.0, True, True),
+    ("ema.schedule_horizon", 0.0, math.inf, False, False),
     ("student.drop_path_rate", 0.0, 1.0, True, False),
     ("train.keep_last_checkpoints", 0, math.inf, True, False),
     ("train.num_threads", 0, math.inf, True, False),

@@ -83,25 +83,31 @@ def collate_msn(
     mask_ratio: float,
     generator: torch.Generator | None = None,
     focal_patch_drop: bool = True,
+    patch_drop_per: str = "image",
+    patch_drop_rounding: str = "round",
 ) -> dict[str, Any]:
-    """MSN's batch: ``target_views (B,3,H,W)``, ``anchor_views (B,3,H,W)``, ``focal_views (N*B,3,h,w)``
-    (view-major), ``anchor_keep (B,K)`` and ``focal_keep (N*B,Kf)`` patch indices kept after dropping
-    ``mask_ratio`` of the patches of every anchor; ``focal_patch_drop=False`` keeps every focal patch (the
-    released MSN's, ``msn.focal_patch_drop``)."""
+    """MSN's batch: ``target_views (B,3,H,W)`` (every image's large view 0), ``anchor_views (A*B,3,H,W)``
+    (large views 1..A, view-major), ``focal_views (N*B,3,h,w)`` (view-major), ``anchor_keep (A*B,K)`` and
+    ``focal_keep (N*B,Kf)`` patch indices kept after dropping ``mask_ratio`` of the patches of every anchor
+    (:func:`random_keep_indices` with ``patch_drop_per`` / ``patch_drop_rounding``: ``msn.patch_drop_per``,
+    ``msn.patch_drop_rounding``; with ``batch`` the anchors share one subset and the focal views another).
+    ``focal_patch_drop=False`` keeps every focal patch (the released MSN's, ``msn.focal_patch_drop``)."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
-    if len(samples[0]["global_crops"]) != 2:
-        raise ValueError(f"MSN needs 2 large views per image (target, anchor), got {len(samples[0]['global_crops'])}")
+    n_large = len(samples[0]["global_crops"])
+    if n_large < 2:
+        raise ValueError(f"MSN needs at least 2 large views per image (target, anchor), got {n_large}")
     n_focal = len(samples[0]["local_crops"])
     target = torch.stack([s["global_crops"][0] for s in samples])
-    anchor = torch.stack([s["global_crops"][1] for s in samples])
-    batch_size, side = target.shape[0], target.shape[-1]
-    anchor_keep = random_keep_indices(batch_size, (side // patch_size) ** 2, mask_ratio, generator)
+    anchor = torch.stack([s["global_crops"][v] for v in range(1, n_large) for s in samples])
+    side = target.shape[-1]
+    drop = {"per": patch_drop_per, "rounding": patch_drop_rounding}
+    anchor_keep = random_keep_indices(anchor.shape[0], (side // patch_size) ** 2, mask_ratio, generator, **drop)
     if n_focal:
         focal = torch.stack([s["local_crops"][v] for v in range(n_focal) for s in samples])
         n_patches = (focal.shape[-1] // patch_size) ** 2
         if focal_patch_drop:
-            focal_keep = random_keep_indices(focal.shape[0], n_patches, mask_ratio, generator)
+            focal_keep = random_keep_indices(focal.shape[0], n_patches, mask_ratio, generator, **drop)
         else:
             focal_keep = torch.arange(n_patches).expand(focal.shape[0], -1).clone()
     else:

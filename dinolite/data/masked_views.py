@@ -190,15 +190,40 @@ class SimMIMMaskGenerator:
         return torch.stack([self(g).flatten() for g in per_sample_generators(generator, batch_size)])
 
 
+PATCH_DROP_PER = ("image", "batch")
+PATCH_DROP_ROUNDING = ("round", "floor")
+
+
+def kept_patch_count(num_patches: int, mask_ratio: float, rounding: str = "round") -> int:
+    """Patches an anchor keeps after dropping ``mask_ratio``: ``round`` or ``floor`` (MSN's release,
+    ``deit.py:252``, on the same float product) of ``num_patches * (1 - mask_ratio)``, at least 1."""
+    if rounding not in PATCH_DROP_ROUNDING:
+        raise ValueError(f"rounding must be one of {PATCH_DROP_ROUNDING}, got {rounding!r}")
+    kept = num_patches * (1.0 - mask_ratio)
+    return max(1, math.floor(kept) if rounding == "floor" else round(kept))
+
+
 def random_keep_indices(
-    batch_size: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None = None
+    batch_size: int,
+    num_patches: int,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    per: str = "image",
+    rounding: str = "round",
 ) -> torch.Tensor:
-    """MSN patch dropping: ``(B, round((1 - mask_ratio) * N))`` sorted indices of the kept patches."""
+    """MSN patch dropping: ``(B, n_keep)`` sorted indices of the kept patches (:func:`kept_patch_count`).
+    ``per="image"``: one random subset per image; ``per="batch"``: one subset shared by every row, as MSN's
+    release draws one permutation per forward (``deit.py:253``)."""
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    n_keep = max(1, round((1.0 - mask_ratio) * num_patches))
+    if per not in PATCH_DROP_PER:
+        raise ValueError(f"per must be one of {PATCH_DROP_PER}, got {per!r}")
+    n_keep = kept_patch_count(num_patches, mask_ratio, rounding)
+    n_draws = batch_size if per == "image" else min(batch_size, 1)
     rows = [
         torch.randperm(num_patches, generator=g)[:n_keep].sort().values
-        for g in per_sample_generators(generator, batch_size)
+        for g in per_sample_generators(generator, n_draws)
     ]
+    if per == "batch":
+        return torch.stack(rows).expand(batch_size, -1).clone() if rows else torch.empty(0, n_keep, dtype=torch.long)
     return torch.stack(rows)

@@ -12,19 +12,22 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from dinolite.config import Config, EMAConfig
-from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule, constant_after_warmup
+from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule, constant_after_warmup, stretched_iters
 
 
 def momentum_schedule(ema: EMAConfig, total_iters: int) -> Schedule:
     """The EMA momentum over a run of ``total_iters`` iterations: ``ema.schedule`` from ``ema.momentum`` to
-    ``ema.final_momentum`` (``cosine``: DINO's and BYOL's half-cosine; ``linear``: I-JEPA's ramp), or
-    ``ema.momentum`` throughout (``constant``: DINOv3's recipes; ``final_momentum`` unused)."""
+    ``ema.final_momentum`` (``cosine``: DINO's and BYOL's half-cosine; ``linear``: I-JEPA's ramp), laid out
+    over ``ema.schedule_horizon`` x the run (MSN's release: linear over 1.25 x the run; a cosine's length is
+    rounded to whole iterations), or ``ema.momentum`` throughout (``constant``: DINOv3's recipes;
+    ``final_momentum`` and the horizon unused)."""
     if ema.schedule == "constant":
         return constant_after_warmup(ema.momentum, 0, total_iters)
+    length = stretched_iters(total_iters, ema.schedule_horizon)
     if ema.schedule == "linear":
-        return LinearSchedule(ema.momentum, ema.final_momentum, total_iters)
+        return LinearSchedule(ema.momentum, ema.final_momentum, length)
     if ema.schedule == "cosine":
-        return CosineSchedule(ema.momentum, ema.final_momentum, total_iters)
+        return CosineSchedule(ema.momentum, ema.final_momentum, round(length))
     raise ValueError(f"invalid value for 'ema.schedule': {ema.schedule!r}; expected one of cosine, linear, constant")
 
 

@@ -80,11 +80,13 @@ class CosineSchedule:
 @dataclass(frozen=True)
 class LinearSchedule:
     """A straight ramp: ``base + (final - base) * it / total_iters`` for ``it < total_iters``, then ``final``
-    (I-JEPA's released EMA momentum schedule)."""
+    (I-JEPA's released EMA momentum schedule). ``total_iters`` may be fractional: a ramp laid out over
+    ``horizon`` x a run (:func:`stretched_iters`) stops wherever the run ends (MSN's released momentum and
+    sharpening ramps, 1.25 x the run)."""
 
     base_value: float
     final_value: float
-    total_iters: int
+    total_iters: float
 
     def __post_init__(self) -> None:
         if self.total_iters < 0:
@@ -96,6 +98,14 @@ class LinearSchedule:
         if iteration >= self.total_iters:
             return float(self.final_value)
         return self.base_value + (self.final_value - self.base_value) * iteration / self.total_iters
+
+
+def stretched_iters(run_iters: int, horizon: float) -> float:
+    """The length of a schedule laid out over ``horizon`` x a run of ``run_iters`` iterations (``horizon`` > 0;
+    1: the run itself). The product is kept fractional, as MSN's release divides by ``ipe * epochs * 1.25``."""
+    if run_iters < 0 or not horizon > 0:
+        raise ValueError(f"stretched_iters: run_iters must be >= 0 and horizon > 0, got {run_iters}, {horizon}")
+    return run_iters * horizon
 
 
 @dataclass(frozen=True)

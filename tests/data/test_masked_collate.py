@@ -67,3 +67,21 @@ def test_collate_msn_views_and_patch_drop():
     released = collate_msn(samples, 4, 0.25, _gen(0), focal_patch_drop=False)
     assert torch.equal(released["focal_keep"], torch.arange(16).expand(15, -1))
     assert torch.equal(released["anchor_keep"], batch["anchor_keep"])
+
+
+def test_collate_msn_several_anchors_and_one_subset_per_batch():
+    recipe = CropRecipe(32, (0.3, 1.0), blur_p=0.0, solarize_p=0.0)
+    focal = CropRecipe(16, (0.1, 0.3), blur_p=0.0, solarize_p=0.0)
+    aug = MultiViewAugmentation([recipe] * 3, focal, 2)  # target + msn.anchor_views=2 full-size anchors
+    samples = [aug(img, _gen(i)) for i, img in enumerate(_images(4))]
+    batch = collate_msn(samples, 4, 0.15, _gen(0), patch_drop_per="batch", patch_drop_rounding="floor")
+    assert batch["anchor_views"].shape == (8, 3, 32, 32)  # view-major: every image's anchor 1, then anchor 2
+    assert torch.equal(batch["anchor_views"][4], samples[0]["global_crops"][2])
+    assert torch.equal(batch["target_views"][1], samples[1]["global_crops"][0])
+    # floor(64 x 0.85) = 54 (round: 54 as well); 16 x 0.85 = 13.6: floor 13 where round keeps 14
+    assert batch["anchor_keep"].shape == (8, 54) and batch["focal_keep"].shape == (8, 13)
+    for keep in (batch["anchor_keep"], batch["focal_keep"]):  # the release's one permutation per forward
+        assert all(torch.equal(row, keep[0]) for row in keep)
+    assert collate_msn(samples, 4, 0.15, _gen(0))["focal_keep"].shape == (8, 14)
+    with pytest.raises(ValueError, match="at least 2 large views"):
+        collate_msn([{"global_crops": s["global_crops"][:1], "local_crops": []} for s in samples], 4, 0.15)

@@ -10,6 +10,7 @@ import torch
 from dinolite.data.masked_views import (
     MultiBlockMaskGenerator,
     SimMIMMaskGenerator,
+    kept_patch_count,
     per_sample_generators,
     random_keep_indices,
 )
@@ -122,3 +123,24 @@ def test_msn_keep_indices():
     assert random_keep_indices(2, 16, 0.0, _gen(0)).tolist() == [list(range(16))] * 2
     with pytest.raises(ValueError, match="mask_ratio"):
         random_keep_indices(2, 16, 1.0)
+
+
+def test_msn_kept_patch_count_round_or_floor():
+    # ViT-S/16 at 224 px, patch_drop 0.15: 196 x 0.85 = 166.6 -> round 167 (dinolite), floor 166 (the release)
+    assert kept_patch_count(196, 0.15) == 167 and kept_patch_count(196, 0.15, "floor") == 166
+    assert kept_patch_count(196, 0.3, "floor") == 137 and kept_patch_count(64, 0.25, "floor") == 48
+    assert kept_patch_count(4, 0.9, "floor") == 1  # at least one patch
+    assert random_keep_indices(3, 196, 0.15, _gen(0), rounding="floor").shape == (3, 166)
+    with pytest.raises(ValueError, match="rounding"):
+        kept_patch_count(196, 0.15, "ceil")
+
+
+def test_msn_keep_indices_per_batch_share_one_subset():
+    per_batch = random_keep_indices(6, 64, 0.25, _gen(3), per="batch")
+    assert per_batch.shape == (6, 48) and all(torch.equal(row, per_batch[0]) for row in per_batch)
+    assert torch.all(per_batch[0, 1:] > per_batch[0, :-1])
+    per_image = random_keep_indices(6, 64, 0.25, _gen(3))
+    assert len({tuple(row.tolist()) for row in per_image}) == 6  # one subset each
+    assert torch.equal(per_batch, random_keep_indices(6, 64, 0.25, _gen(3), per="batch"))
+    with pytest.raises(ValueError, match="per must be"):
+        random_keep_indices(2, 16, 0.25, per="view")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from dinolite.losses import MSNLoss
+from dinolite.train.schedules import LinearSchedule, stretched_iters
 
 
 def _reference(anchor, target, prototypes, tau, T, lam):
@@ -84,6 +86,74 @@ def test_msn_switches():
     torch.testing.assert_close(balanced.sum(0), torch.full((5,), 8.0), rtol=0.05, atol=0)
     with pytest.raises(ValueError, match="whole number of views"):
         MSNLoss()(torch.randn(5, 4), torch.randn(2, 4), protos)
+
+
+def test_label_smoothing_entropy_and_sharpening_hand_values():
+    prototypes = torch.eye(2)
+    anchor, target = torch.tensor([[3.0, 0.0]]), torch.tensor([[0.0, 0.5]])
+    s, w, T = 0.2, 0.5, 0.25
+    loss = MSNLoss(temperature=1.0, sharpen_temperature=0.5, label_smoothing=s, entropy_weight=w)
+    out = loss(anchor, target, prototypes, sharpen_temperature=T)  # the scheduled T replaces 0.5
+    sig = math.e / (math.e + 1)
+    p = [(1 - s) * sig + s / 2, (1 - s) * (1 - sig) + s / 2]  # smoothed softmax([1, 0])
+    q = [(1 - s) * (1 - sig) + s / 2, (1 - s) * sig + s / 2]  # smoothed softmax([0, 1]), then sharpened
+    t = [q[0] ** 4 / (q[0] ** 4 + q[1] ** 4), q[1] ** 4 / (q[0] ** 4 + q[1] ** 4)]
+    entropy = -(p[0] * math.log(p[0]) + p[1] * math.log(p[1]))
+    assert float(out["cross_entropy"]) == pytest.approx(-(t[0] * math.log(p[0]) + t[1] * math.log(p[1])), rel=1e-6)
+    assert float(out["me_max"]) == pytest.approx(math.log(2) - entropy, rel=1e-5)  # one anchor: p_bar = p
+    assert float(out["entropy"]) == pytest.approx(w * entropy, rel=1e-6)
+    assert float(out["loss"]) == pytest.approx(float(out["cross_entropy"] + out["me_max"] + out["entropy"]), rel=1e-6)
+    torch.testing.assert_close(out["anchor_probs"], torch.tensor([p]))
+    # defaults: no smoothing, no entropy term, the constructor's T; sharpen=False ignores a scheduled T
+    plain = MSNLoss(temperature=1.0, sharpen_temperature=0.5)(anchor, target, prototypes)
+    assert float(plain["entropy"]) == 0.0
+    unsharpened = MSNLoss(temperature=1.0, sharpen=False)
+    torch.testing.assert_close(unsharpened.target_probs(target, prototypes, 0.1), torch.tensor([[1 - sig, sig]]))
+    for bad in ({"label_smoothing": 1.0}, {"label_smoothing": -0.1}, {"entropy_weight": -1.0}):
+        with pytest.raises(ValueError, match="MSNLoss"):
+            MSNLoss(**bad)
+    with pytest.raises(ValueError, match="sharpening temperature"):
+        loss(anchor, target, prototypes, sharpen_temperature=0.0)
+
+
+RELEASED_OPTIONS = Path(__file__).resolve().parents[1] / "fixtures" / "released" / "msn_loss_options.safetensors"
+
+
+@pytest.mark.parametrize("sinkhorn", ["sinkhorn_off", "sinkhorn_on"])
+def test_loss_options_equal_the_released_loss(sinkhorn: str):
+    """facebookresearch/msn's own loss (src/losses.py, recorded in the fixture) with label smoothing 0.1,
+    entropy weight 0.3, the scheduled T at iteration 10 of 40 (start 0.25, final 0.5, horizon 1.25) and 3
+    anchor views: loss, terms, targets and the gradients of anchors and prototypes."""
+    from safetensors import safe_open
+
+    with safe_open(str(RELEASED_OPTIONS), "pt") as f:
+        fixture = {key: f.get_tensor(key) for key in f.keys()}
+        settings = json.loads(f.metadata()["settings"])
+    released = {key.split("/")[-1]: value for key, value in fixture.items() if key.startswith(f"released/{sinkhorn}/")}
+    total = settings["iterations_per_epoch"] * settings["epochs"]
+    schedule = LinearSchedule(settings["start_sharpen"], settings["final_sharpen"], stretched_iters(total, 1.25))
+    T = schedule(settings["iteration"])  # msn.final_sharpen_temperature with msn.sharpen_horizon=1.25
+    assert T == float(fixture["released/sharpen_T"])
+    loss = MSNLoss(
+        temperature=settings["temperature"],
+        sharpen_temperature=settings["start_sharpen"],
+        me_max_weight=settings["memax_weight"],
+        use_sinkhorn=sinkhorn == "sinkhorn_on",
+        label_smoothing=settings["label_smoothing"],
+        entropy_weight=settings["ent_weight"],
+    )
+    anchor = fixture["inputs/anchor"].clone().requires_grad_(True)
+    prototypes = fixture["inputs/prototypes"].clone().requires_grad_(True)
+    out = loss(anchor, fixture["inputs/target"], prototypes, sharpen_temperature=T)
+    out["loss"].backward()
+    assert anchor.shape[0] == settings["num_views"] * settings["batch"]
+    torch.testing.assert_close(out["loss"], released["loss"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(out["cross_entropy"], released["msn_ce"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(out["me_max"], released["me_max"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(out["entropy"], settings["ent_weight"] * released["entropy"], rtol=0, atol=2e-6)
+    torch.testing.assert_close(out["target_probs"], released["targets"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(anchor.grad, released["grad_anchor"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(prototypes.grad, released["grad_prototypes"], rtol=1e-4, atol=1e-7)
 
 
 def test_me_max_is_zero_for_balanced_and_log_k_for_collapsed_predictions():

@@ -200,10 +200,11 @@ def barlow_twins_overrides(settings: Mapping[str, Any]) -> list[str]:
 
 
 def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
-    """msn_vits16.yaml at the fixture's size: one anchor and ``focal_views`` focal views, Sinkhorn on, and the
-    release's behaviour: focal views keep every patch, the head's BatchNorm per view size, exact resampling of
-    the position table for the focal views (src/deit.py:291-305)."""
-    assert settings["rand_views"] == 1 and settings["use_sinkhorn"] and settings["use_bn"]
+    """msn_vits16.yaml at the fixture's size: ``rand_views`` anchors and ``focal_views`` focal views, Sinkhorn
+    on, the release's label smoothing, entropy weight and sharpening ramp, and the release's behaviour: focal
+    views keep every patch, the head's BatchNorm per view size, one floor()-sized patch subset per batch,
+    exact resampling of the position table for the focal views (src/deit.py:291-305)."""
+    assert settings["use_sinkhorn"] and settings["use_bn"]
     return [
         f"crops.global_crops_size={settings['rand_size']}",
         f"crops.local_crops_size={settings['focal_size']}",
@@ -219,6 +220,13 @@ def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
         "msn.use_sinkhorn=true",
         "msn.focal_patch_drop=false",
         "msn.head_bn_groups=per_view_size",
+        f"msn.anchor_views={settings['rand_views']}",
+        f"msn.label_smoothing={settings['label_smoothing']}",
+        f"msn.entropy_weight={settings['ent_weight'] if settings['use_ent'] else 0.0}",
+        f"msn.final_sharpen_temperature={settings['final_sharpen']}",
+        "msn.sharpen_horizon=1.25",
+        "msn.patch_drop_per=batch",
+        "msn.patch_drop_rounding=floor",
         "student.interpolate_offset=0",
     ]
 
@@ -235,6 +243,10 @@ def msn_collate(cfg: Config, fixture: Fixture, inputs: dict[str, torch.Tensor]) 
         for i in range(inputs["anchor_views"].shape[0])
     ]
     batch = get_method("msn").build_collate(cfg)(samples, generator=torch.Generator().manual_seed(0))
+    # msn.patch_drop_per=batch / patch_drop_rounding=floor draw the release's kind of mask: one subset of the
+    # release's size for every anchor; the draw itself is the release's
+    assert batch["anchor_keep"].shape == inputs["anchor_keep"].shape
+    assert bool((batch["anchor_keep"] == batch["anchor_keep"][0]).all())
     batch["anchor_keep"] = inputs["anchor_keep"]
     return batch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -82,6 +83,24 @@ def test_momentum_schedule_follows_the_shared_ema_section():
         momentum_schedule(EMAConfig(schedule="step"), 8)
 
 
+def test_momentum_schedule_horizon_lays_the_ramp_over_a_multiple_of_the_run():
+    from dinolite.config import EMAConfig
+    from dinolite.train.ema import momentum_schedule
+
+    # MSN's release (msn_train.py:252-255): linear 0.996 -> 1 over 1.25 x a run of 80 iterations
+    linear = momentum_schedule(
+        EMAConfig(momentum=0.996, final_momentum=1.0, schedule="linear", schedule_horizon=1.25), 80
+    )
+    assert linear(0) == 0.996
+    assert linear(40) == pytest.approx(0.996 + 0.004 * 40 / 100, abs=1e-15)
+    assert linear(80) == pytest.approx(0.9992, abs=1e-15)
+    assert linear(100) == 1.0
+    # a cosine over 2 x the run is at its midpoint (0.5 * (0.9 + 1.0)) where the run ends
+    cosine = momentum_schedule(EMAConfig(momentum=0.9, final_momentum=1.0, schedule_horizon=2.0), 50)
+    assert cosine(50) == pytest.approx(0.95, abs=1e-15)
+    assert cosine(25) == pytest.approx(1.0 - 0.05 * (1 + math.cos(math.pi / 4)), abs=1e-15)
+
+
 def test_every_ema_method_reads_the_one_ema_section():
     from dinolite.config import load_config
     from dinolite.train.methods import get_method
@@ -93,3 +112,10 @@ def test_every_ema_method_reads_the_one_ema_section():
         total = cfg.optim.epochs * cfg.train.iterations_per_epoch
         assert objective.schedule_values(0)["momentum"] == 0.5, preset
         assert objective.schedule_values(total)["momentum"] == 0.7, preset
+
+
+def test_a_schedule_horizon_that_is_not_positive_is_refused_naming_the_key():
+    from dinolite.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="invalid value for 'ema.schedule_horizon': 0.0; must be > 0"):
+        load_config("demo_msn", ["ema.schedule_horizon=0"])

@@ -11,11 +11,13 @@ from dinolite.config import OptimConfig, load_config
 from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.schedules import (
     CosineSchedule,
+    LinearSchedule,
     TrainingSchedules,
     WarmupCosineSchedule,
     build_schedules,
     constant_after_warmup,
     scaled_lr,
+    stretched_iters,
 )
 
 
@@ -196,3 +198,18 @@ def test_the_constant_schedule_keeps_the_warmup_start_and_the_peak():
     s = build_schedules(optim, iterations_per_epoch=10, global_batch_size=256)
     assert s.lr(0) == 2e-4 and s.lr(10) == pytest.approx(6e-4) and s.lr(20) == 1e-3 and s.lr(99) == 1e-3
     assert s.peak_lr == 1e-3
+
+
+def test_linear_schedule_over_a_stretched_horizon_stops_where_the_run_ends():
+    # MSN's released ramp: 0.996 + i * (1 - 0.996) / (ipe * epochs * 1.25) over a run of 100 iterations
+    ramp = LinearSchedule(0.996, 1.0, stretched_iters(100, 1.25))
+    assert stretched_iters(100, 1.25) == 125.0
+    assert ramp(0) == 0.996
+    assert ramp(50) == pytest.approx(0.996 + 0.004 * 50 / 125, abs=1e-15)
+    assert ramp(99) == pytest.approx(0.996 + 0.004 * 99 / 125, abs=1e-15)  # the run's last step
+    assert ramp(100) == pytest.approx(0.9992, abs=1e-15)  # 0.996 + 0.004 / 1.25, short of 1
+    assert ramp(125) == 1.0 and ramp(200) == 1.0
+    assert stretched_iters(7, 1.0) == 7  # horizon 1: the run itself
+    for bad in ((-1, 1.0), (10, 0.0), (10, float("nan"))):
+        with pytest.raises(ValueError, match="stretched_iters"):
+            stretched_iters(*bad)

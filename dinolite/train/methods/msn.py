@@ -1,14 +1,16 @@
 """MSN: match the prototype assignment of a masked anchor view to that of the unmasked target view.
 
 Assran et al. 2022, "Masked Siamese Networks for Label-Efficient Learning" (Sec. 3). Per image: a
-target view, an anchor view of the same size and ``crops.local_crops_number`` small focal anchor views
-(:class:`dinolite.data.views.MultiViewAugmentation`); every anchor drops ``msn.mask_ratio`` of its
-patches, which the student ViT never encodes (``keep_indices``). Student = backbone + projection head
-+ learnable prototypes; the target network is an EMA of backbone + projection head (the prototypes are
-shared, used without gradient on the target side; its momentum is the shared ``ema`` section). The loss (:class:`dinolite.losses.MSNLoss`) is the
-cross-entropy between the sharpened target assignment and each anchor's assignment, plus ME-MAX over
-the global batch. Switches ``msn.sharpen`` / ``msn.me_max`` turn off each collapse-preventing part; the
-watchdog's defaults below flag the collapse each one then produces. The target encoder is evaluated.
+target view, ``msn.anchor_views`` anchor views of the same size and ``crops.local_crops_number`` small
+focal anchor views (:class:`dinolite.data.views.MultiViewAugmentation`); every anchor drops
+``msn.mask_ratio`` of its patches, which the student ViT never encodes (``keep_indices``). Student =
+backbone + projection head + learnable prototypes; the target network is an EMA of backbone + projection
+head (the prototypes are shared, used without gradient on the target side; its momentum is the shared
+``ema`` section). The loss (:class:`dinolite.losses.MSNLoss`) is the cross-entropy between the sharpened
+target assignment and each anchor's assignment, plus ME-MAX over the global batch. Switches
+``msn.sharpen`` / ``msn.me_max`` turn off each collapse-preventing part; the watchdog's defaults below flag
+the collapse each one then produces. The target encoder is evaluated. Every departure from the released
+code is a switch of the ``msn`` section (docs/faithfulness.md, "MSN"); ``vitb16_msn`` sets the release's.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigSection, check_choices, check_ranges
+from dinolite.config import Config, ConfigError, ConfigSection, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import collate_msn
+from dinolite.data.masked_views import PATCH_DROP_PER, PATCH_DROP_ROUNDING
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
 from dinolite.losses import MSNLoss
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
@@ -40,7 +43,7 @@ from dinolite.train.methods.masked_common import (
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
 from dinolite.train.pretrained import build_student_backbone
-from dinolite.train.schedules import Schedule
+from dinolite.train.schedules import LinearSchedule, Schedule, stretched_iters
 
 
 @dataclass
@@ -59,7 +62,9 @@ class MSNConfig:
     sharpen: bool = True  # false: T = 1 (the uniform-collapse ablation)
     me_max: bool = True  # false: no mean-entropy maximisation (the one-prototype-collapse ablation)
     me_max_weight: float = 1.0  # weight of the ME-MAX term
-    use_sinkhorn: bool = False  # Sinkhorn-balanced targets
+    # Sinkhorn-balanced targets: on, as the released config ([cfg]:11) and both presets; false is the plain
+    # sharpened softmax (the collapse ablations turn it off with msn.me_max=false)
+    use_sinkhorn: bool = True
     # Released behaviour, one switch each (docs/faithfulness.md, MSN; facebookresearch/msn 4388dc1):
     # true: the focal views drop msn.mask_ratio of their patches too. false: they keep every patch, as the
     # release does (src/deit.py:221-229 drops patches for the first view size only, resetting patch_drop at 228)
@@ -68,13 +73,44 @@ class MSNConfig:
     # per_view_size: one call per view size, each with its own batch statistics, as the release runs the head
     # inside each view size's forward (src/deit.py:221-229, the head at 263)
     head_bn_groups: str = "joint"
+    # image: each anchor drops its own random patches (the paper's random masking). batch: one subset for every
+    # anchor of the batch and one for the focal views, as the release draws one permutation per forward
+    # (src/deit.py:253)
+    patch_drop_per: str = "image"
+    # round | floor (the release, src/deit.py:252) of (1 - mask_ratio) x patches: 167 vs 166 at ViT-S/16
+    patch_drop_rounding: str = "round"
+    anchor_views: int = 1  # full-size masked anchors per image besides the target (the release's rand_views)
+    label_smoothing: float = 0.0  # s: predictions (1 - s) p + s / K, on anchors and targets (released option)
+    entropy_weight: float = 0.0  # weight of the anchors' mean prediction entropy, minimised (released ent_weight)
+    # null: sharpen_temperature throughout. A value: linear from sharpen_temperature to it over sharpen_horizon x
+    # the run (the release's start_sharpen -> final_sharpen, src/msn_train.py:257-259, horizon 1.25)
+    final_sharpen_temperature: Optional[float] = None
+    sharpen_horizon: float = 1.0  # the sharpening ramp's length in runs (the release: 1.25)
+    # dinolite: the student's own init (student.weight_init) and PyTorch's for the head. released: every Linear
+    # of backbone and head truncated normal std 0.02 with zero bias, LayerNorms 1 / 0, cls_token and pos_embed
+    # truncated normal 0.02, the patch projection Kaiming normal (src/msn_train.py:504-511, src/deit.py:196-211)
+    weight_init: str = "dinolite"
 
 
 HEAD_BN_GROUPS = ("joint", "per_view_size")
+WEIGHT_INITS = ("dinolite", "released")
 
 
 def validate_msn(msn: MSNConfig, cfg: Config) -> None:
-    check_choices(cfg, {"msn.head_bn_groups": HEAD_BN_GROUPS})
+    check_choices(
+        cfg,
+        {
+            "msn.head_bn_groups": HEAD_BN_GROUPS,
+            "msn.patch_drop_per": PATCH_DROP_PER,
+            "msn.patch_drop_rounding": PATCH_DROP_ROUNDING,
+            "msn.weight_init": WEIGHT_INITS,
+        },
+    )
+    if msn.weight_init == "released" and cfg.student.pretrained_weights:
+        raise ConfigError(
+            f"msn.weight_init=released redraws the student's weights, so it cannot start from "
+            f"student.pretrained_weights={cfg.student.pretrained_weights!r}; set msn.weight_init=dinolite"
+        )
     check_ranges(
         cfg,
         (
@@ -85,8 +121,17 @@ def validate_msn(msn: MSNConfig, cfg: Config) -> None:
             ("msn.temperature", 0.0, math.inf, False, False),
             ("msn.sharpen_temperature", 0.0, math.inf, False, False),
             ("msn.me_max_weight", 0.0, math.inf, True, False),
+            ("msn.anchor_views", 1, math.inf, True, False),
+            ("msn.label_smoothing", 0.0, 1.0, True, False),
+            ("msn.entropy_weight", 0.0, math.inf, True, False),
+            ("msn.sharpen_horizon", 0.0, math.inf, False, False),
         ),
     )
+    if msn.final_sharpen_temperature is not None and not msn.final_sharpen_temperature > 0:
+        raise ConfigError(
+            f"invalid value for 'msn.final_sharpen_temperature': {msn.final_sharpen_temperature}; must be > 0 "
+            "(or null: a constant msn.sharpen_temperature)"
+        )
 
 
 class MSNObjective(SSLObjective):
@@ -100,9 +145,11 @@ class MSNObjective(SSLObjective):
         loss: MSNLoss,
         momentum: Schedule,
         head_bn_groups: str = "joint",
+        sharpen_temperature: Schedule | None = None,
     ) -> None:
         super().__init__()
         self.head_bn_groups = head_bn_groups  # msn.head_bn_groups
+        self.sharpen_temperature = sharpen_temperature  # None: the loss's constant temperature
         self.student = nn.ModuleDict({"backbone": backbone, "projector": projector, "prototypes": prototypes})
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "projector": copy.deepcopy(projector)})
         for param in self.teacher.parameters():
@@ -129,8 +176,11 @@ class MSNObjective(SSLObjective):
         else:
             anchor = self.student["projector"](anchor_cls)
         prototypes = self.student["prototypes"]()
-        out = self.loss(anchor, target, prototypes)
+        sharpen = self.sharpen_temperature(iteration) if self.sharpen_temperature is not None else None
+        out = self.loss(anchor, target, prototypes, sharpen)
         terms = {"msn_ce": out["cross_entropy"], "me_max": out["me_max"]}
+        if self.loss.entropy_weight > 0:
+            terms["entropy"] = out["entropy"]
         diagnostics = {
             "target_cls": target_cls.detach(),
             "anchor_cls": anchor_cls[:batch_size].detach(),
@@ -145,7 +195,46 @@ class MSNObjective(SSLObjective):
         ema_update(self.teacher, self.student, self.momentum(iteration))
 
     def schedule_values(self, iteration: int) -> dict[str, float]:
-        return {"momentum": self.momentum(iteration)}
+        values = {"momentum": self.momentum(iteration)}
+        if self.sharpen_temperature is not None:
+            values["sharpen_temperature"] = self.sharpen_temperature(iteration)
+        return values
+
+
+def sharpen_schedule(cfg: Config) -> Schedule | None:
+    """``msn.sharpen_temperature`` -> ``msn.final_sharpen_temperature``, linear over ``msn.sharpen_horizon`` x the
+    run (the release's sharpening schedule); None when no final value is set (a constant temperature)."""
+    c = cfg.msn
+    if c.final_sharpen_temperature is None:
+        return None
+    run = cfg.optim.epochs * cfg.train.iterations_per_epoch
+    return LinearSchedule(c.sharpen_temperature, c.final_sharpen_temperature, stretched_iters(run, c.sharpen_horizon))
+
+
+@torch.no_grad()
+def released_msn_init(backbone: nn.Module, projector: nn.Module) -> None:
+    """MSN's released initialisation (``msn.weight_init=released``): every ``Linear`` of backbone and head
+    truncated normal std 0.02 (cut at +-2, as the release's ``trunc_normal_``) with zero bias, every
+    ``LayerNorm`` weight 1 / bias 0 (``src/msn_train.py:504-511``), ``cls_token`` and a learned ``pos_embed``
+    truncated normal std 0.02 (``src/deit.py:196-197``), the patch projection Kaiming normal (fan-in, ReLU
+    gain) with zero bias (``src/deit.py:208-211``). The head's BatchNorms keep PyTorch's 1 / 0, as released."""
+    for module in (*backbone.modules(), *projector.modules()):
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for name in ("cls_token", "pos_embed"):
+        token = getattr(backbone, name, None)
+        if isinstance(token, nn.Parameter) and token.requires_grad:  # a fixed sine-cosine table stays
+            nn.init.trunc_normal_(token, std=0.02, a=-2.0, b=2.0)
 
 
 def build_objective(cfg: Config) -> MSNObjective:
@@ -153,6 +242,8 @@ def build_objective(cfg: Config) -> MSNObjective:
     backbone = build_student_backbone(cfg)
     projector = MSNProjectionHead(backbone.embed_dim, c.hidden_dim, c.output_dim, c.use_bn)
     prototypes = Prototypes(c.num_prototypes, c.output_dim)
+    if c.weight_init == "released":  # after the prototypes, which keep their (released) draw
+        released_msn_init(backbone, projector)
     loss = checked(
         "msn",
         lambda: MSNLoss(
@@ -162,13 +253,16 @@ def build_objective(cfg: Config) -> MSNObjective:
             sharpen=c.sharpen,
             me_max=c.me_max,
             use_sinkhorn=c.use_sinkhorn,
+            label_smoothing=c.label_smoothing,
+            entropy_weight=c.entropy_weight,
         ),
     )
-    return MSNObjective(backbone, projector, prototypes, loss, run_momentum_schedule(cfg), c.head_bn_groups)
+    momentum = run_momentum_schedule(cfg)
+    return MSNObjective(backbone, projector, prototypes, loss, momentum, c.head_bn_groups, sharpen_schedule(cfg))
 
 
 def build_transform(cfg: Config) -> MultiViewAugmentation:
-    """Target and anchor: ``crops.global_crops_*``; focal anchors: ``crops.local_crops_*``; the colour,
+    """Target and the ``msn.anchor_views`` anchors: ``crops.global_crops_*``; focal anchors: ``crops.local_crops_*``; the colour,
     grayscale, blur and flip probabilities of the ``crops`` section on every view (MSN's views are
     alike), no solarisation."""
     c = cfg.crops
@@ -188,7 +282,7 @@ def build_transform(cfg: Config) -> MultiViewAugmentation:
 
     large = recipe(c.global_crops_size, c.global_crops_scale)
     focal = recipe(c.local_crops_size, c.local_crops_scale) if c.local_crops_number else None
-    return MultiViewAugmentation([large, large], focal, c.local_crops_number, c.mean, c.std)
+    return MultiViewAugmentation([large] * (1 + cfg.msn.anchor_views), focal, c.local_crops_number, c.mean, c.std)
 
 
 def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
@@ -197,11 +291,13 @@ def build_collate(cfg: Config) -> Callable[..., dict[str, Any]]:
         patch_size=cfg.student.patch_size,
         mask_ratio=cfg.msn.mask_ratio,
         focal_patch_drop=cfg.msn.focal_patch_drop,
+        patch_drop_per=cfg.msn.patch_drop_per,
+        patch_drop_rounding=cfg.msn.patch_drop_rounding,
     )
 
 
 def training_flops(cfg: Config) -> dict[str, Any]:
-    """Student: anchor + focal anchors on their kept patches (+ projector), forward + backward; target:
+    """Student: the anchors + focal anchors on their kept patches (+ projector), forward + backward; target:
     the full target view (+ projector), forward. Projector and prototype products counted per view."""
     c, crops = cfg.msn, cfg.crops
     keep = 1.0 - c.mask_ratio
@@ -210,10 +306,11 @@ def training_flops(cfg: Config) -> dict[str, Any]:
     embed = embed_dim(cfg)
     head = embed * c.hidden_dim + c.hidden_dim * c.hidden_dim + c.hidden_dim * c.output_dim
     head += c.output_dim * c.num_prototypes
-    student = vit_macs(cfg, crops.global_crops_size, keep * n_large) + head
-    student += crops.local_crops_number * (vit_macs(cfg, crops.local_crops_size, keep * n_focal) + head)
+    focal_keep = keep if c.focal_patch_drop else 1.0
+    student = c.anchor_views * (vit_macs(cfg, crops.global_crops_size, keep * n_large) + head)
+    student += crops.local_crops_number * (vit_macs(cfg, crops.local_crops_size, focal_keep * n_focal) + head)
     teacher = vit_macs(cfg, crops.global_crops_size) + head
-    return flops_record(student, teacher, cfg, anchor_views=1 + crops.local_crops_number)
+    return flops_record(student, teacher, cfg, anchor_views=c.anchor_views + crops.local_crops_number)
 
 
 def head_names(cfg: Config) -> tuple[str, ...]:

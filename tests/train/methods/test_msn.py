@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import math
 
-from dinolite.config import load_config
+import pytest
+import torch
+
+from dinolite.config import ConfigError, load_config
 from dinolite.monitor.collapse import metric_names
 from dinolite.monitor.watchdog import Watchdog
 from dinolite.train.methods import get_method
@@ -56,3 +59,78 @@ def test_msn_watchdog_rules_separate_the_measured_healthy_and_collapsed_runs(run
         metrics = {"collapse/teacher_mean_entropy_norm": mean, "collapse/teacher_entropy_norm": per_sample}
         fired |= {alert.metric for alert in watchdog.check(30 * (i + 1), metrics)}
     assert fired == ({flagged} if flagged else set())
+
+
+RELEASED_SWITCHES = [
+    "msn.anchor_views=2",
+    "msn.patch_drop_per=batch",
+    "msn.patch_drop_rounding=floor",
+    "msn.label_smoothing=0.1",
+    "msn.entropy_weight=0.3",
+    "msn.final_sharpen_temperature=0.5",
+    "msn.sharpen_horizon=1.25",
+]
+
+
+def test_msn_released_options_reach_the_batch_the_loss_and_the_schedules():
+    cfg, spec, objective, out = _step("msn", RELEASED_SWITCHES)
+    batch = _batch(cfg, spec)
+    # two full-size anchors per image, one patch subset per batch and view size, floor(64 x 0.85) = 54 kept
+    assert batch["anchor_views"].shape[0] == 8 and batch["anchor_keep"].shape == (8, 54)
+    assert batch["focal_keep"].shape == (8, 13)  # floor(16 x 0.85); round would keep 14
+    assert all(bool((keep == keep[0]).all()) for keep in (batch["anchor_keep"], batch["focal_keep"]))
+    assert objective.loss.label_smoothing == 0.1 and float(out.terms["entropy"].detach()) > 0
+    assert float(out.loss) == pytest.approx(float(sum(out.terms.values())), rel=1e-6)
+    # the sharpening temperature: linear 0.25 -> 0.5 over 1.25 x the run, so 0.45 where the run ends
+    total = cfg.optim.epochs * cfg.train.iterations_per_epoch
+    assert objective.schedule_values(0)["sharpen_temperature"] == 0.25
+    assert objective.schedule_values(total)["sharpen_temperature"] == pytest.approx(0.45, abs=1e-12)
+    with torch.no_grad():
+        late = objective(batch, iteration=total).diagnostics
+    expected = objective.loss.target_probs(late["target_embedding"], objective.student["prototypes"](), 0.45)
+    torch.testing.assert_close(late["teacher_head_probs"], expected)
+    assert "sharpen_temperature" not in get_method("msn").build_objective(
+        load_config("demo_msn", TINY)
+    ).schedule_values(0)
+    more = spec.training_flops(cfg)["flops_student_per_image"]
+    assert more > spec.training_flops(load_config("demo_msn", TINY))["flops_student_per_image"]
+
+
+def test_msn_released_init_redraws_linears_tokens_and_patch_projection():
+    overrides = [*TINY, "msn.hidden_dim=512"]
+    torch.manual_seed(0)
+    ours = get_method("msn").build_objective(load_config("demo_msn", overrides)).student
+    torch.manual_seed(0)
+    released = (
+        get_method("msn").build_objective(load_config("demo_msn", [*overrides, "msn.weight_init=released"])).student
+    )
+    head = released["projector"].mlp
+    for layer in (head[0], head[3], released["backbone"].blocks[0].mlp.fc1):
+        assert float(layer.weight.std()) == pytest.approx(0.02, rel=0.08) and not layer.bias.any()
+    assert float(ours["projector"].mlp[3].weight.std()) == pytest.approx(1 / math.sqrt(3 * 512), rel=0.05)  # PyTorch's
+    assert float(released["backbone"].cls_token.std()) > 0.01 > 1e-5 > float(ours["backbone"].cls_token.std())
+    proj = released["backbone"].patch_embed.proj.weight  # Kaiming normal, fan-in 3 x 4 x 4, ReLU gain
+    assert float(proj.std()) == pytest.approx(math.sqrt(2 / 48), rel=0.08)
+    assert float(ours["backbone"].patch_embed.proj.weight.std()) < 0.1
+    assert float(released["backbone"].pos_embed.std()) == pytest.approx(0.02, rel=0.15)
+    torch.testing.assert_close(released["prototypes"].weight, ours["prototypes"].weight)  # uniform, as released
+    with pytest.raises(ConfigError, match="student.pretrained_weights"):
+        load_config("demo_msn", ["msn.weight_init=released", "student.pretrained_weights=/tmp/x.pth"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("msn.patch_drop_per=row", "msn.patch_drop_per"),
+        ("msn.patch_drop_rounding=ceil", "msn.patch_drop_rounding"),
+        ("msn.weight_init=timm", "msn.weight_init"),
+        ("msn.anchor_views=0", "msn.anchor_views"),
+        ("msn.label_smoothing=1.0", "msn.label_smoothing"),
+        ("msn.entropy_weight=-1", "msn.entropy_weight"),
+        ("msn.final_sharpen_temperature=0", "msn.final_sharpen_temperature"),
+        ("msn.sharpen_horizon=0", "msn.sharpen_horizon"),
+    ],
+)
+def test_msn_released_options_refuse_bad_values_naming_the_key(override: str, key: str):
+    with pytest.raises(ConfigError, match=f"invalid value for '{key}'"):
+        load_config("demo_msn", [override])
