@@ -101,6 +101,8 @@ class HostValues(TorchDispatchMode):
             return
         if getattr(func, "namespace", "") != "aten" or func.__name__.split(".")[0] in _STORAGE_OPS:
             return  # collectives, FSDP's storage surgery: never re-run for real
+        if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):
+            return  # random numbers are data too: drawing them for real would not make them the run's
         flat = tree_flatten((args, kwargs))[0]
         if not all(isinstance(a, _PLAIN) for a in flat):
             return  # a storage, a generator, a process group...: not a pure function of its tensors

@@ -142,21 +142,24 @@ class MemoryAccount:
 
     def peak(self) -> tuple[int, dict[str, int]]:
         """(peak bytes, bytes by category at that moment) over the whole account."""
-        events: list[tuple[int, int, int]] = []  # (op, +1 birth / -1 death sorted deaths first, index)
+        # At one op count, its outputs are born first, then what died after it: the peak is measured
+        # after the births of each op.
+        events: list[tuple[int, int, int]] = []  # (op, 0 birth / 1 death, block index)
         for index, block in enumerate(self._blocks):
-            events.append((block.born, 1, index))
+            events.append((block.born, 0, index))
             if block.died is not None:
-                events.append((block.died, 0, index))
+                events.append((block.died, 1, index))
         events.sort()
         current = dict.fromkeys(CATEGORY_ORDER, 0)
         total, best, best_split = 0, -1, dict(current)
-        for position, (_, is_birth, index) in enumerate(events):
+        for position, (op, is_death, index) in enumerate(events):
             block = self._blocks[index]
-            sign = 1 if is_birth else -1
+            sign = -1 if is_death else 1
             current[block.category] += sign * block.nbytes
             total += sign * block.nbytes
-            last_of_op = position + 1 == len(events) or events[position + 1][0] != events[position][0]
-            if last_of_op and total > best:
+            following = events[position + 1] if position + 1 < len(events) else None
+            births_done = not is_death and (following is None or following[0] != op or following[1] == 1)
+            if births_done and total > best:
                 best, best_split = total, dict(current)
         return max(best, 0), best_split
 
