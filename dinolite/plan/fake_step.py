@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import time
+import warnings
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -237,6 +238,8 @@ def _measure(cfg: Config, world_size: int, processes_per_node: int, batch: Mappi
     (collated for real by the caller: shapes such as iBOT's masked-token count come from real masks)."""
     start = time.perf_counter()
     host = HostValues()
+    # torch's own code reads data pointers while checking storages; on fake tensors that only warns
+    warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
     with fake_mode() as mode, host:
         env = DistributedEnv(rank=0, world_size=world_size, backend="fake", device="cpu")
         run = build_run(cfg, env, batches=lambda request: itertools.repeat(dict(batch)))
