@@ -39,6 +39,8 @@ ALLOWED: dict[str, set[str]] = {
     # The trainer composes everything below it. What runs around a run (signals, trackers, the console's
     # handler) comes in as values from jobs: train never imports jobs or commands.
     "train": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp"},
+    # Plans a run before it is submitted: the trainer's real step on fake tensors (dinolite-plan).
+    "plan": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train"},
     # Around a training run: Slurm submission and in-job handling, run lock, stop signals, trackers, console.
     "jobs": FOUNDATION | {"checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train"},
     # Above the trainer and jobs: runs matrices of trainings and reads them back.
@@ -47,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
     # One module per console command, the top layer: may import anything; nothing imports it.
     "commands": FOUNDATION
     | {"config_aliases", "checkpoint", "models", "losses", "data", "monitor", "export", "eval", "fsdp", "train"}
-    | {"jobs", "lab"},
+    | {"jobs", "lab", "plan"},
 }
 TOP_LEVEL_MODULES = {"__init__"}  # dinolite/__init__.py: the public entry points
 

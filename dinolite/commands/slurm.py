@@ -3,6 +3,7 @@
     dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --partition gpu
     dinolite-slurm --config demo --gpus-per-node 0 --tasks-per-node 2 --time 30 train.max_iterations=20
     dinolite-slurm --config vitl16 --nodes 4 --gpus-per-node 8 --dry-run
+    dinolite-slurm --config vitg14 --nodes 12 --gpus-per-node 8 --plan --gpu a100-80gb
     dinolite-slurm --module dinolite.commands.knn --gpus-per-node 1 -- --backbone out/ --train D/train --val D/val
     dinolite-slurm --module dinolite.commands.export --gpus-per-node 0 -- --checkpoint out/ --output b.safetensors
 
@@ -24,6 +25,7 @@ from typing import Optional, Sequence
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.checkpoint import CheckpointManager
 from dinolite.cli import INPUT_ERRORS, HelpFormatter, refuse_dinov2_eval_flags, run_main
+from dinolite.commands.plan import add_plan_arguments, run_plan
 from dinolite.config import ConfigError, load_config, opt_ins, to_dict, to_yaml
 from dinolite.extras import MissingExtraError
 from dinolite.jobs.slurm_options import add_slurm_arguments, check_training_fits, resources_from_args
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "holds checkpoints (a requeued job still resumes from its own)",
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.base_lr=0.001")
+    plan = parser.add_argument_group("planning (--plan: nothing is submitted; see dinolite-plan)")
+    plan.add_argument(
+        "--plan",
+        action="store_true",
+        help="plan the --config run on --nodes x --gpus-per-node GPUs (memory, collectives, step time) and exit",
+    )
+    add_plan_arguments(plan, with_layout=False)
     opt_ins.add_opt_in_arguments(parser)
     refuse_dinov2_eval_flags(parser)
     return parser
@@ -127,6 +136,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"key=value overrides {args.overrides} only apply to --config; put program arguments after `--`")
     if args.max_requeues < 0:
         parser.error(f"--max-requeues={args.max_requeues}: must be >= 0")
+    if args.plan:
+        if not training or args.gpus_per_node < 1:
+            parser.error("--plan plans a training run on GPUs: it needs --config and --gpus-per-node >= 1")
+        return run_plan(args, args.nodes, args.gpus_per_node)
     if slurm is None:
         raise _MISSING_SUBMITIT
     with opt_ins.from_args(args).applied() as grant:  # the job carries the grant: requeues read the config again

@@ -66,6 +66,11 @@ except ImportError:  # pragma: no cover - torch 2.6
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 
+try:  # private, but present since torch 2.1; without it nothing runs under fake tensors anyway
+    from torch._subclasses.fake_tensor import unset_fake_temporarily as _real_tensors
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as _real_tensors  # type: ignore[assignment]
+
 from dinolite.distributed import get_world_size
 from dinolite.dtypes import at_least_float32, at_least_float32_dtype
 
@@ -219,9 +224,11 @@ def _blocks_of(backbone: nn.Module) -> list[nn.Module]:
 
 
 def _build_mesh(plan: ShardingPlan, device_type: str) -> DeviceMesh:
-    if len(plan.mesh_shape) == 2:
-        return init_device_mesh(device_type, plan.mesh_shape, mesh_dim_names=("replicate", "shard"))
-    return init_device_mesh(device_type, plan.mesh_shape, mesh_dim_names=("shard",))
+    names = ("replicate", "shard") if len(plan.mesh_shape) == 2 else ("shard",)
+    # The mesh is a table of ranks, real even when the model is built under fake tensors (dinolite-plan):
+    # building it needs real values (nonzero), which fake tensors do not have.
+    with _real_tensors():
+        return init_device_mesh(device_type, plan.mesh_shape, mesh_dim_names=names)
 
 
 def _shard_module_dict(modules: nn.ModuleDict, plan: ShardingPlan, mesh: DeviceMesh, train: bool) -> None:

@@ -24,6 +24,7 @@ loop over a Run: monitoring, online evaluation, log lines, stop requests, period
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -374,7 +375,7 @@ def build_run(
     attach_gram_anchoring(
         objective, cfg, method.name, offers_gram=any(s.name == "gram" for s in method.config_sections)
     )
-    objective.to(device)
+    _move(objective, device)
     precision = autocast_dtype(cfg.train.compute_precision, device)
     sharding = _shard(objective, cfg, precision, env.world_size, device)
     objective.train()
@@ -410,6 +411,15 @@ def build_run(
         batches=batches,
         hooks=hooks or RunHooks(),
     )
+
+
+def _move(objective: SSLObjective, device: torch.device) -> None:
+    """``objective.to(device)``, skipped when every tensor already sits there: the objective ``dinolite-plan``
+    builds under fake tensors is on its device already, and ``Module.to`` would try to swap each fake
+    parameter with itself (which torch refuses)."""
+    tensors = itertools.chain(objective.parameters(), objective.buffers())
+    if any(t.device != device for t in tensors):
+        objective.to(device)
 
 
 def _shard(

@@ -30,6 +30,7 @@ EXPECTED_SCRIPTS = {
     "dinolite-shards",
     "dinolite-info",
     "dinolite-lab",
+    "dinolite-plan",
 }
 
 
@@ -115,6 +116,7 @@ DASH_M = {
     "dinolite-shards": "dinolite.commands.shards",
     "dinolite-info": "dinolite.commands.info",
     "dinolite-lab": "dinolite.commands.lab",
+    "dinolite-plan": "dinolite.commands.plan",
 }
 
 
