@@ -242,8 +242,8 @@ def test_bad_request_fails_before_submission(argv, message, capsys, no_submissio
         (["--config", "demo", "--", "--k", "3"], "only for --entry/--module"),
         (["--module", "dinolite.config", "a.b=1"], "only apply to --config"),
         (["--config", "demo", "--max-requeues", "-1"], "argument --max-requeues: expected an integer >= 0, got '-1'"),
-        (["--config", "demo", "--nodes", "two"], "argument --nodes: expected an integer >= 1, got 'two'"),
-        (["--config", "demo", "--nodes", "0"], "argument --nodes: expected an integer >= 1, got '0'"),
+        (["--config", "demo", "--nodes", "two"], "argument --nodes/--nnodes: expected an integer >= 1, got 'two'"),
+        (["--config", "demo", "--nodes", "0"], "argument --nodes/--nnodes: expected an integer >= 1, got '0'"),
         (["--config", "demo", "--cpus-per-task", "0"], "argument --cpus-per-task: expected an integer >= 1, got '0'"),
     ],
 )
