@@ -24,11 +24,12 @@ identity exactly (cubic weights 0, 1, 0, 0). Checked against ``F.interpolate`` i
 
 from __future__ import annotations
 
-import math
 import types
 
 import torch
 from torch import Tensor, nn
+
+from dinolite.models.pos_embed import pos_embed_layout
 
 
 def _cubic(x: Tensor, a: float) -> Tensor:
@@ -64,11 +65,11 @@ def interpolation_matrix(out_positions: Tensor, in_size: int, inv_scale: Tensor,
 
 
 def resample_pos_embed(pos_embed: Tensor, rows: Tensor, cols: Tensor, offset: float, antialias: bool) -> Tensor:
-    """``(1, 1 + M*M, D)`` -> ``(1, 1 + h*w, D)`` for ``rows = arange(h)``, ``cols = arange(w)``;
-    numerically the backbone's own resampling."""
-    side = math.isqrt(pos_embed.shape[1] - 1)
+    """``(1, [1 +] M*M, D)`` -> ``(1, [1 +] h*w, D)`` for ``rows = arange(h)``, ``cols = arange(w)`` (the CLS
+    row, if the table has one, unchanged); numerically the backbone's own resampling."""
+    cls_rows, side = pos_embed_layout(pos_embed.shape[1])
     dim = pos_embed.shape[-1]
-    cls_pos, grid = pos_embed[:, :1], pos_embed[0, 1:].float().reshape(side, side, dim)
+    cls_pos, grid = pos_embed[:, :cls_rows], pos_embed[0, cls_rows:].float().reshape(side, side, dim)
     sizes = [torch.ones_like(positions, dtype=torch.float32).sum() for positions in (rows, cols)]  # 0-d
     at_trained_grid = (sizes[0] == side) & (sizes[1] == side)  # the backbone leaves this case untouched
     matrices = []

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError
+from dinolite.export.spec import BackboneSpec, ExportFormatError, require_cls_token
 from dinolite.models import swiglu_hidden_dim
 
 _TIMM_SIZE = {"vit_small": "small", "vit_base": "base", "vit_large": "large", "vit_giant2": "giant"}
@@ -46,6 +46,7 @@ def timm_model_args(spec: BackboneSpec, layer_classes: bool = True) -> tuple[str
     entry with every architectural argument overridden. ``layer_classes=False`` leaves out the SwiGLU
     layer classes (for JSON; ``vit_giant_patch14_dinov2`` sets them itself) and needs no timm.
     """
+    require_cls_token(spec, "timm")
     registered = _TIMM_SIZE.get(spec.arch)
     if spec.arch == "vit_giant2" and spec.ffn_layer == "mlp":
         registered = None  # timm's vit_giant_patch14_dinov2 entry sets SwiGLU; the generic entry does not

@@ -121,3 +121,21 @@ def test_the_monitor_gets_the_methods_student_temperature():
     assert get_method("dinov2").monitor_student_temp(load_config("demo", overrides)) == 0.2
     assert get_method("msn").monitor_student_temp(load_config("demo_msn", overrides)) == 0.3
     assert get_method("simclr").student_temp is None  # no student softmax: the value is never read
+
+
+def test_a_cls_free_encoder_is_refused_for_every_method_that_reads_the_cls_token():
+    """student.cls_token=false (the released I-JEPA encoder's layout) only where no objective term reads the CLS
+    token; elsewhere the error names the key, the method and the methods that accept it."""
+    free = [name for name in list_methods() if not get_method(name).reads_cls_token]
+    assert free == ["ijepa", "simmim"]
+    for name in list_methods():
+        preset = get_method(name).demo_preset
+        if name in free:
+            assert load_config(preset, ["student.cls_token=false"]).student.cls_token is False
+            continue
+        message = (
+            rf"'student.cls_token': false, but train.method='{name}' reads the backbone's CLS token; "
+            "a CLS-free encoder is for ijepa, simmim"
+        )
+        with pytest.raises(ConfigError, match=message):
+            load_config(preset, ["student.cls_token=false"])

@@ -244,5 +244,6 @@ METHOD = register_method(
         eval_features="avgpool",
         config_sections=(ConfigSection("ijepa", IJEPAConfig, validate_ijepa),),
         monitor_means={"target_prediction_error": "target_prediction_error"},
+        reads_cls_token=False,  # no loss term reads it; the released encoder has none (student.cls_token)
     )
 )
