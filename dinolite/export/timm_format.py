@@ -87,8 +87,10 @@ def is_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
     if fc1 is not None and fc2 is not None and fc1.ndim == fc2.ndim == 2 and fc1.shape[0] != fc2.shape[1]:
         return True  # SwiGLUPacked: fc1 holds both halves
     pos = state_dict.get("pos_embed")
-    # no_embed_class: patches only (a malformed pos_embed is left for the shape checks to name)
-    return pos is not None and pos.ndim == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]
+    # no_embed_class: patches only beside a cls_token (a malformed pos_embed is left for the shape checks to
+    # name); a patch-only table without a cls_token is a CLS-free backbone in DINOv2's own layout
+    square = pos is not None and pos.ndim == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]
+    return square and "cls_token" in state_dict
 
 
 def from_timm_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> dict[str, torch.Tensor]:

@@ -89,7 +89,12 @@ def test_a_dinov2_rule_fires_for_dinov2_and_not_for_simclr(override, message):
         ("demo_msn", "demo_ijepa", "msn.mask_ratio=1.0", "'msn.mask_ratio': 1.0; must be in [0, 1)"),
         ("demo_msn", "demo", "msn.head_bn_groups=per_view", "'msn.head_bn_groups': 'per_view'; expected one of"),
         ("demo_ijepa", "demo", "ijepa.loss=l2", "'ijepa.loss': 'l2'; expected one of smooth_l1, mse, l1"),
-        ("demo_ijepa", "demo", "ijepa.mask_sampler=code", "'ijepa.mask_sampler': 'code'; expected one of paper, released"),
+        (
+            "demo_ijepa",
+            "demo",
+            "ijepa.mask_sampler=code",
+            "'ijepa.mask_sampler': 'code'; expected one of paper, released",
+        ),
         ("demo_simmim", "demo_msn", "simmim.mask_ratio=1.5", "'simmim.mask_ratio': 1.5; must be in [0, 1)"),
         ("demo_byol", "demo_simclr", "joint_embedding.target=momentum", "'joint_embedding.target': 'momentum'"),
         ("demo_simclr", "demo_barlow_twins", "joint_embedding.temperature=0", "'joint_embedding.temperature': 0.0"),
