@@ -6,12 +6,13 @@ Token sequence: ``[CLS, registers..., patches...]``. Position embeddings cover C
 trained ``img_size`` grid only; registers are inserted right after CLS *after* the position embedding is
 added, so they carry none. ``cls_token=False`` (the released I-JEPA encoder's layout) drops the CLS token:
 the sequence is ``[registers..., patches...]``, the table ``(1, N, D)``, and the pooled feature
-``x_norm_clstoken`` is the mean of the final-norm patch tokens (what I-JEPA evaluates; ``avgpool``). Where a boolean mask is given, the learnable ``mask_token`` replaces the patch
-embedding before the position embedding is added (iBOT's masked image modelling).
+``x_norm_clstoken`` is the mean of the final-norm patch tokens (what I-JEPA evaluates; ``avgpool``).
+Where a boolean mask is given, the learnable ``mask_token`` replaces the patch embedding before the
+position embedding is added (iBOT's masked image modelling).
 
-With a CLS token, the state dict has exactly the keys and shapes of DINOv2's released backbones (``cls_token (1,1,D)``,
-``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``, ``patch_embed.proj.*``,
-``blocks.N.*``, ``norm.*``), so those checkpoints load with ``strict=True``.
+With a CLS token, the state dict has exactly the keys and shapes of DINOv2's released backbones
+(``cls_token (1,1,D)``, ``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``,
+``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``), so those checkpoints load with ``strict=True``.
 """
 
 from __future__ import annotations

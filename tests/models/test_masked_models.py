@@ -1,4 +1,5 @@
-"""The ViT's masked-encoder API (kept token indices, fixed sin-cos position embeddings; the I-JEPA inits: test_vit_init.py)."""
+"""The ViT's masked-encoder API (kept token indices, fixed sin-cos position embeddings); the I-JEPA
+initialisations are specified in test_vit_init.py."""
 
 from __future__ import annotations
 
