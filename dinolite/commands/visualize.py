@@ -122,8 +122,11 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             f"no collapse verdict: {r.num_samples} samples < {MIN_VERDICT_SAMPLES}; below that the "
             f"dimensional-collapse rule cannot fire (pass more images or --dataset)"
         )
+    if outputs.attention_png is None:
+        print("no attention.png: the backbone has no CLS token (cls_token=false), so no CLS attention to map")
     for path in (outputs.attention_png, outputs.pca_png, outputs.spectrum_png, outputs.report_json):
-        print(f"wrote {path}")
+        if path is not None:
+            print(f"wrote {path}")
     return 0
 
 

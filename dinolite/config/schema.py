@@ -56,6 +56,9 @@ class StudentConfig:
     # projections divided by sqrt(2 * layer); released training then redraws every Linear at std 0.02)
     # | ijepa_released (what released training starts from: the same without the rescaling)
     weight_init: str = "dinov2"
+    # false: no CLS token (the released I-JEPA encoder's layout: a (1, N, D) position table; the pooled feature is
+    # the mean patch token); only for methods that read no CLS token (ijepa, simmim: the method's registry entry)
+    cls_token: bool = True
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""

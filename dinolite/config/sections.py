@@ -105,6 +105,26 @@ def register_section(section: ConfigSection, method: str) -> ConfigSection:
     return section
 
 
+# method -> whether its objective reads the backbone's CLS token (``student.cls_token=false`` is refused for a
+# method that does); the registry records it with the method's sections
+_READS_CLS_TOKEN: dict[str, bool] = {}
+
+
+def register_cls_token_use(method: str, reads_cls_token: bool) -> None:
+    """Record whether ``method`` reads the CLS token (checked by ``student.cls_token``'s rule)."""
+    _READS_CLS_TOKEN[method] = reads_cls_token
+
+
+def reads_cls_token(method: str) -> Optional[bool]:
+    """Whether ``method`` reads the CLS token; None for a method unknown in this process."""
+    return _READS_CLS_TOKEN.get(method)
+
+
+def methods_without_cls_token() -> list[str]:
+    """The registered methods that read no CLS token (``student.cls_token=false`` allowed), sorted."""
+    return sorted(method for method, reads in _READS_CLS_TOKEN.items() if not reads)
+
+
 def registered_sections() -> dict[str, type]:
     """Section name -> dataclass, for every section registered in this process (sorted by name)."""
     return dict(sorted(_SCHEMAS.items()))

@@ -95,6 +95,18 @@ def _validate_shared(cfg: Config) -> None:
             raise ConfigError(f"monitor.thresholds[{i}]: needs a metric and at least one of min/max")
     _validate_ranges(cfg)
     validate_data(cfg.data)
+    _validate_cls_token(cfg)
+
+
+def _validate_cls_token(cfg: Config) -> None:
+    """``student.cls_token=false`` only for a method whose objective reads no CLS token (unknown methods: their
+    process did not register them, e.g. export reading a run's config, and builds no objective)."""
+    method = cfg.train.method
+    if not cfg.student.cls_token and sections.reads_cls_token(method):
+        raise ConfigError(
+            f"invalid value for 'student.cls_token': false, but train.method={method!r} reads the backbone's CLS "
+            f"token; a CLS-free encoder is for {', '.join(sections.methods_without_cls_token())}"
+        )
 
 
 def validate_data(data: DataConfig) -> None:

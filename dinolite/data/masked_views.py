@@ -14,6 +14,17 @@ not depend on how many draws the samples before it needed (I-JEPA's rejection lo
   image; each image keeps a random subset of ``min`` over the batch so the batch stacks (the reference
   keeps the first ``min`` indices in raster order, which drops the bottom rows more often; a random
   subset has no such bias).
+
+  ``sampler="released"`` draws what the released collator draws instead (facebookresearch/ijepa 52c1ae9
+  ``src/masks/multiblock.py``, ``MaskCollator``), given the same two generators (:meth:`MultiBlockMaskGenerator.
+  released_masks`): one uniform number per block size sets both its scale and its aspect ratio (56-63), the
+  area is ``int(N * scale)`` and a side is at most ``H - 1`` / ``W - 1`` (60-70); a corner is drawn in
+  ``[0, H - h)`` (89-90), so no block ever touches the last row or column (the context, ``(H-1) x (W-1)`` at
+  scale >= 0.85 on 8x8 to 14x14 grids, is always the top-left square); a block needs *more* than
+  ``min_keep`` patches (98), and after every 20 failed context draws one more target is allowed to overlap
+  it (77-81, 99-104: the only case where a target patch can sit in the context); every image keeps the
+  first ``min`` indices over the batch in raster order (164-168). Sizes come from one generator (the
+  release's, seeded with the step), corners from another (the release's: torch's global one).
 * :class:`SimMIMMaskGenerator` -- SimMIM (Xie et al. 2022, "SimMIM: A Simple Framework for Masked Image
   Modeling", Sec. 3.1): exactly ``ceil(ratio * M)`` of the ``M`` mask units (squares of
   ``mask_patch_size`` pixels, a multiple of the ViT patch) are masked, then each unit is expanded to the
@@ -33,6 +44,9 @@ from collections.abc import Sequence
 import torch
 
 _SEED_RANGE = 2**62
+# "paper": the paper's blocks (the class docstring); "released": the released collator's (the module docstring)
+MASK_SAMPLERS = ("paper", "released")
+RELEASED_PATIENCE = 20  # failed draws of a block before the released collator relaxes one constraint (line 85)
 
 
 def per_sample_generators(generator: torch.Generator | None, n: int) -> list[torch.Generator]:
@@ -58,7 +72,8 @@ class MultiBlockMaskGenerator:
     ``context_idx (B, Nc)`` and ``target_idx (B, num_targets, Nt)`` are sorted long indices into the
     ``H x W`` patch grid; target patches never appear in the context. ``min_keep`` is the least number
     of context patches accepted for one image (placements are redrawn until it holds, up to
-    ``attempts`` times, after which an error names the settings).
+    ``attempts`` times, after which an error names the settings). ``sampler="released"``: the released
+    collator's masks instead (the module docstring; :meth:`released_masks`).
     """
 
     def __init__(
@@ -71,8 +86,16 @@ class MultiBlockMaskGenerator:
         context_aspect: Sequence[float] = (1.0, 1.0),
         min_keep: int = 4,
         attempts: int = 50,
+        sampler: str = "paper",
     ) -> None:
         self.height, self.width = _as_grid(grid)
+        if sampler not in MASK_SAMPLERS:
+            raise ValueError(f"sampler={sampler!r} is not one of {', '.join(MASK_SAMPLERS)}")
+        if sampler == "released" and min(self.height, self.width) < 2:
+            raise ValueError(
+                f"the released sampler needs a grid of at least 2x2 (its blocks stop one short), got {grid}"
+            )
+        self.sampler = sampler
         for name, (lo, hi) in (("target_scale", target_scale), ("context_scale", context_scale)):
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
@@ -91,7 +114,7 @@ class MultiBlockMaskGenerator:
     def __repr__(self) -> str:
         return (
             f"MultiBlockMaskGenerator({self.height}x{self.width}, {self.num_targets} targets scale "
-            f"{self.target_scale} aspect {self.target_aspect}, context scale {self.context_scale})"
+            f"{self.target_scale} aspect {self.target_aspect}, context scale {self.context_scale}, {self.sampler})"
         )
 
     @property
@@ -134,6 +157,9 @@ class MultiBlockMaskGenerator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         batch_gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.sampler == "released":
+            corner_seed = int(torch.randint(0, _SEED_RANGE, (1,), generator=batch_gen))
+            return self.released_masks(batch_size, batch_gen, torch.Generator().manual_seed(corner_seed))
         # One target size and one context size per batch (the reference collator does the same), so
         # all target sets have h*w patches each.
         target_hw = self.block_size(self.target_scale, self.target_aspect, batch_gen)
@@ -148,6 +174,74 @@ class MultiBlockMaskGenerator:
             contexts.append(kept[subset].sort().values)
             targets.append(torch.stack([t.nonzero().flatten() for t in target]))
         return torch.stack(contexts), torch.stack(targets)
+
+    # ----------------------------------------------------------------------------------------------
+    # The released collator (the module docstring gives its file:lines)
+    # ----------------------------------------------------------------------------------------------
+    def released_block_size(
+        self, scale: Sequence[float], aspect: Sequence[float], generator: torch.Generator
+    ) -> tuple[int, int]:
+        """(h, w) as the release draws it: ONE uniform number sets the scale and the aspect ratio, the area is
+        ``int(N * scale)``, and each side is cut to one less than the grid's."""
+        u = float(torch.rand(1, generator=generator))
+        area = int(self.num_patches * (scale[0] + u * (scale[1] - scale[0])))
+        ratio = aspect[0] + u * (aspect[1] - aspect[0])
+        h = min(round(math.sqrt(area * ratio)), self.height - 1)
+        w = min(round(math.sqrt(area / ratio)), self.width - 1)
+        return h, w
+
+    def _released_block(
+        self, hw: tuple[int, int], generator: torch.Generator, allowed: Sequence[torch.Tensor] = ()
+    ) -> torch.Tensor:
+        """Row-major indices of one block: corner in ``[0, H - h) x [0, W - w)``, restricted to the ``allowed``
+        regions still in force, redrawn until more than ``min_keep`` patches remain; every
+        ``RELEASED_PATIENCE`` failures the last region in force is dropped."""
+        h, w = hw
+        relaxed = failures = 0
+        while True:
+            top = int(torch.randint(0, self.height - h, (1,), generator=generator))
+            left = int(torch.randint(0, self.width - w, (1,), generator=generator))
+            block = torch.zeros(self.height, self.width, dtype=torch.bool)
+            block[top : top + h, left : left + w] = True
+            for region in allowed[: max(len(allowed) - relaxed, 0)]:
+                block &= region
+            if int(block.sum()) > self.min_keep:
+                return block.flatten().nonzero().flatten()
+            failures += 1
+            if failures % RELEASED_PATIENCE == 0:
+                relaxed += 1
+                if relaxed > len(allowed):  # unconstrained and still too small: the release loops forever
+                    raise ValueError(
+                        f"I-JEPA released masks: a {h}x{w} block never holds more than min_keep={self.min_keep} "
+                        f"patches of a {self.height}x{self.width} grid; lower min_keep or raise the block scale"
+                    )
+
+    def released_masks(
+        self, batch_size: int, size_generator: torch.Generator, corner_generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The released collator's ``(context_idx (B, Nc), target_idx (B, M, Nt))``: with ``size_generator``
+        seeded as the release seeds its generator (the step) and ``corner_generator`` as torch's global one, the
+        same masks as ``MaskCollator.__call__`` (its ``masks_pred[m][b]`` is ``target_idx[b, m]``)."""
+        target_hw = self.released_block_size(self.target_scale, self.target_aspect, size_generator)
+        context_hw = self.released_block_size(self.context_scale, self.context_aspect, size_generator)
+        contexts, targets = [], []
+        for _ in range(batch_size):
+            blocks = [self._released_block(target_hw, corner_generator) for _ in range(self.num_targets)]
+            outside = [self._outside(block) for block in blocks]
+            targets.append(blocks)
+            contexts.append(self._released_block(context_hw, corner_generator, outside))
+        n_target = min(len(block) for blocks in targets for block in blocks)
+        n_context = min(len(context) for context in contexts)
+        return (
+            torch.stack([context[:n_context] for context in contexts]),
+            torch.stack([torch.stack([block[:n_target] for block in blocks]) for blocks in targets]),
+        )
+
+    def _outside(self, block: torch.Tensor) -> torch.Tensor:
+        """The ``(H, W)`` bool complement of a block given by its indices."""
+        region = torch.ones(self.num_patches, dtype=torch.bool)
+        region[block] = False
+        return region.reshape(self.height, self.width)
 
 
 class SimMIMMaskGenerator:

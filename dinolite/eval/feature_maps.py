@@ -33,6 +33,11 @@ def cls_attention_maps(model: nn.Module, images: Tensor) -> Tensor:
     ``images`` are normalised float ``(B, 3, H, W)`` with H, W multiples of the patch size.
     """
     h, w = _patch_grid(model, images)
+    if getattr(model, "cls_token", True) is None:
+        raise ValueError(
+            "the backbone has no CLS token (cls_token=false, the released I-JEPA encoder's layout), so its attention "
+            "has no CLS row to map; its patch features (patch_features) still apply"
+        )
     attention = model.get_last_selfattention(images).float()  # (B, heads, T, T)
     first_patch = 1 + int(getattr(model, "num_register_tokens", 0))
     cls_to_patches = attention[:, :, 0, first_patch:]

@@ -112,7 +112,7 @@ def cls_features(model: nn.Module, images: Tensor, batch_size: int = 64) -> Tens
 
 @dataclass
 class VisualizeOutputs:
-    attention_png: Path
+    attention_png: Optional[Path]  # None for a backbone without a CLS token (no CLS attention to map)
     pca_png: Path
     spectrum_png: Path
     report_json: Path
@@ -154,13 +154,16 @@ def visualize(
     shown = pick_grid_images([list(range(a, a + len(g))) for a, g in zip(starts, groups)], max_grid_images)
     images = load_images(every, size)
     inputs = normalize(images, mean, std).to(device)
-    attention = cls_attention_maps(model, inputs[shown]).cpu()
+    has_cls = getattr(model, "cls_token", True) is not None
+    attention = cls_attention_maps(model, inputs[shown]).cpu() if has_cls else None
     rgb, _ = pca_rgb(patch_features(model, inputs[shown]).cpu(), foreground_threshold)
     features = spectrum_features if spectrum_features is not None else cls_features(model, inputs, batch_size).cpu()
     report = collapse_report(features)
     names = [every[i].name for i in shown]
     return VisualizeOutputs(
-        attention_png=save_attention_grid(images[shown], attention, output_dir / "attention.png", names),
+        attention_png=(
+            save_attention_grid(images[shown], attention, output_dir / "attention.png", names) if has_cls else None
+        ),
         pca_png=save_pca_grid(images[shown], rgb, output_dir / "pca.png", names),
         spectrum_png=save_spectrum_plot(report, output_dir / "spectrum.png", title),
         report_json=write_text_atomic(

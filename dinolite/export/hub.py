@@ -75,8 +75,8 @@ def write_transformers_folder(
 ) -> list[Path]:
     """A ``Dinov2Model`` folder: ``model.safetensors``, ``config.json``, ``preprocessor_config.json``."""
     folder = Path(folder)
+    weights = _plain(to_transformers_state_dict(state_dict, spec))  # refuses what it cannot express first
     folder.mkdir(parents=True, exist_ok=True)
-    weights = _plain(to_transformers_state_dict(state_dict, spec))
     written = [write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"}))]
     written.append(_write_json(folder / PREPROCESSOR_NAME, preprocessor_config(spec)))
     written.append(_write_json(folder / CONFIG_NAME, transformers_config(spec)))

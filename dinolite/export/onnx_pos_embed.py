@@ -24,11 +24,12 @@ identity exactly (cubic weights 0, 1, 0, 0). Checked against ``F.interpolate`` i
 
 from __future__ import annotations
 
-import math
 import types
 
 import torch
 from torch import Tensor, nn
+
+from dinolite.models.pos_embed import pos_embed_layout
 
 
 def _cubic(x: Tensor, a: float) -> Tensor:
@@ -63,12 +64,20 @@ def interpolation_matrix(out_positions: Tensor, in_size: int, inv_scale: Tensor,
     return matrix
 
 
-def resample_pos_embed(pos_embed: Tensor, rows: Tensor, cols: Tensor, offset: float, antialias: bool) -> Tensor:
-    """``(1, 1 + M*M, D)`` -> ``(1, 1 + h*w, D)`` for ``rows = arange(h)``, ``cols = arange(w)``;
-    numerically the backbone's own resampling."""
-    side = math.isqrt(pos_embed.shape[1] - 1)
+def resample_pos_embed(
+    pos_embed: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    offset: float,
+    antialias: bool,
+    layout: tuple[int, int] | None = None,
+) -> Tensor:
+    """``(1, [1 +] M*M, D)`` -> ``(1, [1 +] h*w, D)`` for ``rows = arange(h)``, ``cols = arange(w)`` (the CLS
+    row, if the table has one, unchanged); numerically the backbone's own resampling. ``layout``: the table's
+    ``pos_embed_layout``, given when known before tracing (a traced shape is a tensor)."""
+    cls_rows, side = layout if layout is not None else pos_embed_layout(int(pos_embed.shape[1]))
     dim = pos_embed.shape[-1]
-    cls_pos, grid = pos_embed[:, :1], pos_embed[0, 1:].float().reshape(side, side, dim)
+    cls_pos, grid = pos_embed[:, :cls_rows], pos_embed[0, cls_rows:].float().reshape(side, side, dim)
     sizes = [torch.ones_like(positions, dtype=torch.float32).sum() for positions in (rows, cols)]  # 0-d
     at_trained_grid = (sizes[0] == side) & (sizes[1] == side)  # the backbone leaves this case untouched
     matrices = []
@@ -109,11 +118,15 @@ def make_exportable(backbone: nn.Module) -> nn.Module:
 
     embed.forward = types.MethodType(patch_embed_forward, embed)
 
+    layout = pos_embed_layout(int(backbone.pos_embed.shape[1]))  # fixed by the weights; read before tracing
+
     def interpolate_pos_encoding(self: nn.Module, x: Tensor, height: int, width: int) -> Tensor:
         patch = self.patch_size
         rows = torch.arange(height // patch, device=x.device)
         cols = torch.arange(width // patch, device=x.device)
-        pos = resample_pos_embed(self.pos_embed, rows, cols, self.interpolate_offset, self.interpolate_antialias)
+        pos = resample_pos_embed(
+            self.pos_embed, rows, cols, self.interpolate_offset, self.interpolate_antialias, layout
+        )
         return pos.to(x.dtype)
 
     backbone.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding, backbone)

@@ -20,6 +20,7 @@ import torch
 from dinolite import __version__
 from dinolite.export.errors import ExportFormatError
 from dinolite.export.spec_checks import RECORD_FORMAT_VERSION, check_record_fields
+from dinolite.models.pos_embed import pos_embed_layout
 from dinolite.models.vision_transformer import ARCHITECTURES
 
 FORMAT_NAME = "dinolite-backbone"
@@ -68,6 +69,8 @@ class BackboneSpec:
     ffn_bias: bool = True
     interpolate_antialias: bool = False
     interpolate_offset: float = 0.1
+    # false: no CLS token (a CLS-free encoder, the released I-JEPA's); the "cls" output is the mean patch token
+    cls_token: bool = True
     train_img_size: Optional[int] = None  # global crop size used in training (for eval transforms)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -131,6 +134,7 @@ class BackboneSpec:
             num_register_tokens=self.num_register_tokens,
             interpolate_antialias=self.interpolate_antialias,
             interpolate_offset=self.interpolate_offset,
+            cls_token=self.cls_token,
         )
 
 
@@ -143,7 +147,7 @@ def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
     # Only the presence of LayerScale matters for rebuilding: the trained gammas come with the weights.
     has_layerscale = isinstance(getattr(getattr(first_block, "ls1", None), "gamma", None), torch.Tensor)
     patch = model.patch_embed.proj.kernel_size[0]
-    grid = int(round((model.pos_embed.shape[1] - 1) ** 0.5))
+    _, grid = pos_embed_layout(int(model.pos_embed.shape[1]))
     spec = BackboneSpec(
         arch=ARCH_BY_WIDTH.get(embed_dim, "custom"),
         embed_dim=embed_dim,
@@ -160,9 +164,19 @@ def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
         ffn_bias=_ffn_bias(first_block, ffn_layer),
         interpolate_antialias=bool(getattr(model, "interpolate_antialias", False)),
         interpolate_offset=float(getattr(model, "interpolate_offset", 0.1)),
+        cls_token=getattr(model, "cls_token", None) is not None,
         dinolite_version=__version__,
     )
     return dataclasses.replace(spec, **record)
+
+
+def require_cls_token(spec: BackboneSpec, layout: str) -> None:
+    """Refuse a CLS-free backbone (``cls_token=False``) for ``layout``, whose DINOv2 models always have one."""
+    if not spec.cls_token:
+        raise ExportFormatError(
+            f"{layout}'s DINOv2 models always have a CLS token; this backbone has none (its record says "
+            "cls_token=false: the released I-JEPA encoder's layout): export it as safetensors or ONNX instead"
+        )
 
 
 def _mlp_ratio(block: torch.nn.Module, embed_dim: int, ffn_layer: str) -> float:
@@ -183,10 +197,11 @@ _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 def spec_from_state_dict(
     state_dict: Mapping[str, torch.Tensor], origin: str = "state dict", num_heads: Optional[int] = None
 ) -> BackboneSpec:
-    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``).
+    """Infer the architecture of a DINOv2-layout backbone state dict (e.g. a released ``.pth``), with or without
+    a ``cls_token`` (a CLS-free encoder's table has no CLS row: ``pos_embed_layout``).
 
     ``num_heads`` changes no shape: without it, the head count of the DINOv2 size of that width is used."""
-    required = ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight")
+    required = ("pos_embed", "patch_embed.proj.weight", "norm.weight")
     missing = [k for k in required if k not in state_dict]
     if missing:
         sample = ", ".join(list(state_dict)[:5])
@@ -195,7 +210,7 @@ def spec_from_state_dict(
         )
     try:
         return _infer_spec(state_dict, origin, num_heads)
-    except (IndexError, KeyError) as exc:  # a tensor with too few dimensions, a block without its FFN
+    except (IndexError, KeyError, ValueError) as exc:  # too few dimensions, a block without its FFN, a bad table
         raise ExportFormatError(
             f"{origin}: not a DINOv2/dinolite backbone state dict ({type(exc).__name__}: {exc})"
         ) from exc
@@ -212,14 +227,19 @@ def _block_count(keys: Iterable[str], origin: str) -> int:
 
 
 def _infer_spec(state_dict: Mapping[str, torch.Tensor], origin: str, num_heads: Optional[int]) -> BackboneSpec:
-    embed_dim = int(state_dict["cls_token"].shape[-1])
+    embed_dim = int(state_dict["pos_embed"].shape[-1])
     if embed_dim not in ARCH_BY_WIDTH and num_heads is None:
         raise ExportFormatError(
             f"{origin}: width {embed_dim} is not a DINOv2 size, so the number of heads cannot be inferred; "
             "load it from a dinolite export (.safetensors + .json) instead"
         )
     patch = int(state_dict["patch_embed.proj.weight"].shape[-1])
-    grid = int(round((state_dict["pos_embed"].shape[1] - 1) ** 0.5))
+    cls_rows, grid = pos_embed_layout(int(state_dict["pos_embed"].shape[1]))
+    if cls_rows != ("cls_token" in state_dict):
+        raise ExportFormatError(
+            f"{origin}: pos_embed has {'a' if cls_rows else 'no'} CLS row but the state dict has "
+            f"{'no' if cls_rows else 'a'} cls_token"
+        )
     depth = _block_count(state_dict, origin)
     if depth == 0:
         raise ExportFormatError(f"{origin}: no transformer blocks (blocks.N.*) in the state dict")
@@ -239,6 +259,7 @@ def _infer_spec(state_dict: Mapping[str, torch.Tensor], origin: str, num_heads: 
         qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
         proj_bias="blocks.0.attn.proj.bias" in state_dict,
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,
+        cls_token=bool(cls_rows),
         source="dinov2",
     )
 
@@ -273,9 +294,11 @@ def check_spec_against_shapes(
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "num_register_tokens" else 1):
             raise ExportFormatError(f"{spec_origin}: {name}={value!r} is not a valid size")
-    cls_shape = shape("cls_token")
-    if spec.embed_dim != cls_shape[-1]:
-        refuse("embed_dim", spec.embed_dim, f"width {cls_shape[-1]}", f"cls_token shape {cls_shape}")
+    pos_shape = shape("pos_embed")
+    if spec.embed_dim != pos_shape[-1]:
+        refuse("embed_dim", spec.embed_dim, f"width {pos_shape[-1]}", f"pos_embed shape {pos_shape}")
+    if spec.cls_token != ("cls_token" in shapes):
+        refuse("cls_token", spec.cls_token, "a cls_token" if "cls_token" in shapes else "no cls_token", "its keys")
     depth = _block_count(shapes, weights_origin)
     if spec.depth != depth:
         refuse("depth", spec.depth, f"{depth} blocks", "blocks.N.* tensors")
@@ -284,7 +307,7 @@ def check_spec_against_shapes(
         refuse(
             "patch_size", spec.patch_size, f"{patch_shape[-1]}-pixel patches", f"patch_embed.proj.weight {patch_shape}"
         )
-    tokens = shape("pos_embed")[1] - 1
+    tokens = pos_shape[1] - int(spec.cls_token)
     if (spec.img_size // spec.patch_size) ** 2 != tokens:
         refuse(
             "img_size", spec.img_size, f"{tokens} position-embedding patches", f"pos_embed shape {shape('pos_embed')}"

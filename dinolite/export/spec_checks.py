@@ -12,7 +12,7 @@ image; ``mean``/``std``: a zero std divides by zero), so each field gets a type 
 - ``mean``: three finite numbers; ``std``: three finite numbers > 0;
 - ``mlp_ratio``: a finite number in (0, :data:`MAX_MLP_RATIO`]; ``layerscale``: none or finite > 0;
   ``interpolate_offset``: a finite number in [0, 1);
-- flags (``qkv_bias``, ``proj_bias``, ``ffn_bias``, ``interpolate_antialias``): JSON booleans, not
+- flags (``qkv_bias``, ``proj_bias``, ``ffn_bias``, ``interpolate_antialias``, ``cls_token``): JSON booleans, not
   ``"no"`` (which Python would take for true);
 - ``ffn_layer``: one of the FFNs the models build; ``format_version``: an integer from 1 to the version
   this dinolite writes; text fields: text; ``extra``: a JSON object.
@@ -128,6 +128,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "proj_bias": flag,
     "ffn_bias": flag,
     "interpolate_antialias": flag,
+    "cls_token": flag,
     "interpolate_offset": number(0.0, 1.0, low_open=False, high_open=True),
     "train_img_size": integer(1, MAX_IMAGE_SIDE, optional=True),
     "mean": triple(positive=False),

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError
+from dinolite.export.spec import BackboneSpec, ExportFormatError, require_cls_token
 from dinolite.models import swiglu_hidden_dim
 
 _TIMM_SIZE = {"vit_small": "small", "vit_base": "base", "vit_large": "large", "vit_giant2": "giant"}
@@ -46,6 +46,7 @@ def timm_model_args(spec: BackboneSpec, layer_classes: bool = True) -> tuple[str
     entry with every architectural argument overridden. ``layer_classes=False`` leaves out the SwiGLU
     layer classes (for JSON; ``vit_giant_patch14_dinov2`` sets them itself) and needs no timm.
     """
+    require_cls_token(spec, "timm")
     registered = _TIMM_SIZE.get(spec.arch)
     if spec.arch == "vit_giant2" and spec.ffn_layer == "mlp":
         registered = None  # timm's vit_giant_patch14_dinov2 entry sets SwiGLU; the generic entry does not
@@ -86,8 +87,10 @@ def is_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
     if fc1 is not None and fc2 is not None and fc1.ndim == fc2.ndim == 2 and fc1.shape[0] != fc2.shape[1]:
         return True  # SwiGLUPacked: fc1 holds both halves
     pos = state_dict.get("pos_embed")
-    # no_embed_class: patches only (a malformed pos_embed is left for the shape checks to name)
-    return pos is not None and pos.ndim == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]
+    # no_embed_class: patches only beside a cls_token (a malformed pos_embed is left for the shape checks to
+    # name); a patch-only table without a cls_token is a CLS-free backbone in DINOv2's own layout
+    square = pos is not None and pos.ndim == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]
+    return square and "cls_token" in state_dict
 
 
 def from_timm_state_dict(state_dict: Mapping[str, torch.Tensor], origin: str = "state dict") -> dict[str, torch.Tensor]:

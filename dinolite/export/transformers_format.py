@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError
+from dinolite.export.spec import BackboneSpec, ExportFormatError, require_cls_token
 from dinolite.export.timm_format import EVAL_CROP_PCT
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -62,6 +62,7 @@ def is_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def to_transformers_state_dict(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    require_cls_token(spec, "transformers")
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key in _TOP_NAMES:
@@ -137,6 +138,7 @@ def from_transformers_state_dict(
 
 def transformers_config(spec: BackboneSpec) -> dict[str, Any]:
     """``config.json`` for ``Dinov2Model`` (or ``Dinov2WithRegistersModel`` with register tokens)."""
+    require_cls_token(spec, "transformers")
     registers = spec.num_register_tokens > 0
     config: dict[str, Any] = {
         "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],

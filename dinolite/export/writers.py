@@ -21,7 +21,7 @@ from dinolite.checkpoint.tensor_files import save_tensor_file
 from dinolite.export.hub import FOLDER_FORMATS, folder_paths
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
 from dinolite.export.onnx_pos_embed import make_exportable
-from dinolite.export.spec import BackboneSpec
+from dinolite.export.spec import BackboneSpec, require_cls_token
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
 from dinolite.extras import optional_import
 from dinolite.io import write_atomic
@@ -95,7 +95,10 @@ def onnx_metadata(spec: BackboneSpec) -> dict[str, str]:
             f"images: float32 (B, 3, H, W), RGB scaled to [0, 1] then normalised with mean/std; H and W "
             f"multiples of {spec.patch_size}"
         ),
-        f"{prefix}outputs": "cls: (B, D) normalised CLS token; patch_tokens: (B, H/p * W/p, D) normalised patch tokens",
+        f"{prefix}outputs": (
+            "cls: (B, D) normalised CLS token (a CLS-free backbone: the mean of patch_tokens); "
+            "patch_tokens: (B, H/p * W/p, D) normalised patch tokens"
+        ),
     }
 
 
@@ -133,6 +136,7 @@ def write_dinov2(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> li
 def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path: str | Path) -> list[Path]:
     """timm layout (safetensors or .pth by suffix) + a JSON naming the ``timm.create_model`` call."""
 
+    require_cls_token(spec, "timm")  # before anything is written
     path = Path(path)
     converted = to_timm_state_dict(state_dict)
     if path.suffix == ".safetensors":

@@ -1,8 +1,10 @@
 """Position embeddings: resampling a square grid to another patch grid (DINOv2's two modes), and the
 fixed 2-D sine-cosine table of MAE / I-JEPA.
 
-The CLS position embedding is kept; the ``M x M`` patch embeddings are resampled bicubically to
-``h x w``:
+A table holds ``1 + M*M`` rows (a CLS row, then the patches: DINOv2's) or ``M*M`` (no CLS token: the
+released I-JEPA encoder's); :func:`pos_embed_layout` tells the two apart from the row count alone, since
+``1 + M*M`` is never a square for ``M >= 1``. The CLS row, if any, is kept; the ``M x M`` patch embeddings
+are resampled bicubically to ``h x w``:
 
 - ``offset > 0`` (DINOv2's default, 0.1): ``interpolate`` with ``scale_factor = ((h + offset) / M,
   (w + offset) / M)``; the small offset works around floating-point rounding of the output size.
@@ -30,19 +32,29 @@ from torch.nn import functional as F
 from dinolite.dtypes import at_least_float32
 
 
+def pos_embed_layout(num_positions: int) -> tuple[int, int]:
+    """``(cls_rows, side)`` of a position table of ``num_positions`` rows: ``(0, M)`` for ``M*M`` rows,
+    ``(1, M)`` for ``1 + M*M`` (the module docstring); :class:`ValueError` for any other count."""
+    side = math.isqrt(num_positions)
+    if side >= 1 and side * side == num_positions:
+        return 0, side
+    side = math.isqrt(num_positions - 1) if num_positions >= 1 else 0
+    if side >= 1 and side * side == num_positions - 1:
+        return 1, side
+    raise ValueError(f"a position table of {num_positions} rows is neither M*M patch positions nor a CLS row plus M*M")
+
+
 def interpolate_pos_embed(
     pos_embed: Tensor, grid_hw: tuple[int, int], offset: float = 0.1, antialias: bool = False
 ) -> Tensor:
-    """``pos_embed (1, 1 + M*M, D)`` -> ``(1, 1 + h*w, D)`` for a patch grid ``grid_hw = (h, w)``."""
-    n_patches = pos_embed.shape[1] - 1
-    side = math.isqrt(n_patches)
-    if side * side != n_patches:
-        raise ValueError(f"pos_embed holds {n_patches} patch positions, not a square grid")
+    """``pos_embed (1, [1 +] M*M, D)`` -> ``(1, [1 +] h*w, D)`` for a patch grid ``grid_hw = (h, w)`` (the CLS
+    row, when the table has one, unchanged)."""
+    cls_rows, side = pos_embed_layout(pos_embed.shape[1])
     h, w = int(grid_hw[0]), int(grid_hw[1])  # plain ints, also when a tracer hands us tensors
     if (h, w) == (side, side):
         return pos_embed
     dim = pos_embed.shape[-1]
-    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    cls_pos, patch_pos = pos_embed[:, :cls_rows], pos_embed[:, cls_rows:]
     grid = at_least_float32(patch_pos).reshape(1, side, side, dim).permute(0, 3, 1, 2)
     if offset:
         resized = F.interpolate(

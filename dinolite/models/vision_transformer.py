@@ -4,30 +4,32 @@ Transformers Need Registers").
 
 Token sequence: ``[CLS, registers..., patches...]``. Position embeddings cover CLS and the patches of the
 trained ``img_size`` grid only; registers are inserted right after CLS *after* the position embedding is
-added, so they carry none. Where a boolean mask is given, the learnable ``mask_token`` replaces the patch
-embedding before the position embedding is added (iBOT's masked image modelling).
+added, so they carry none. ``cls_token=False`` (the released I-JEPA encoder's layout) drops the CLS token:
+the sequence is ``[registers..., patches...]``, the table ``(1, N, D)``, and the pooled feature
+``x_norm_clstoken`` is the mean of the final-norm patch tokens (what I-JEPA evaluates; ``avgpool``).
+Where a boolean mask is given, the learnable ``mask_token`` replaces the patch embedding before the
+position embedding is added (iBOT's masked image modelling).
 
-The state dict has exactly the keys and shapes of DINOv2's released backbones (``cls_token (1,1,D)``,
-``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``, ``patch_embed.proj.*``,
-``blocks.N.*``, ``norm.*``), so those checkpoints load with ``strict=True``.
+With a CLS token, the state dict has exactly the keys and shapes of DINOv2's released backbones
+(``cls_token (1,1,D)``, ``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``,
+``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``), so those checkpoints load with ``strict=True``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from dinolite.models.attention import AttentionBackend
-from dinolite.models.block import Block, LayerNorm, LayerScale
+from dinolite.models.block import Block, LayerNorm
 from dinolite.models.patch_embed import PatchEmbed
-from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed, sincos_pos_embed_2d
+from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed
 from dinolite.models.stochastic_depth import drop_path_rates
+from dinolite.models.vit_init import WEIGHT_INITS, init_vit_weights
 
 POS_EMBED_TYPES = ("learned", "sincos")
-WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -65,6 +67,7 @@ class DinoVisionTransformer(nn.Module):
         pos_embed_type: str = "learned",
         weight_init: str = "dinov2",
         sincos_order: str = "row_first",
+        cls_token: bool = True,
     ) -> None:
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
@@ -82,6 +85,7 @@ class DinoVisionTransformer(nn.Module):
         self.num_heads = num_heads
         self.n_blocks = depth
         self.num_register_tokens = num_register_tokens
+        self.num_cls_tokens = int(cls_token)  # 0: no CLS token (tokens [registers..., patches...])
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
         self.pos_embed_type = pos_embed_type
@@ -91,11 +95,11 @@ class DinoVisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         # "sincos": the table stays a parameter (the state dict keeps DINOv2's keys, exports carry the
         # values) but is frozen, so the optimizer leaves it out and the EMA copy never moves.
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, num_patches + 1, embed_dim), requires_grad=pos_embed_type == "learned"
+            torch.zeros(1, self.num_cls_tokens + num_patches, embed_dim), requires_grad=pos_embed_type == "learned"
         )
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
@@ -121,57 +125,19 @@ class DinoVisionTransformer(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
-        """DINOv2's initialisation; also re-initialises a model materialised from the meta device.
-
-        ``pos_embed``: truncated normal, std 0.02 (``pos_embed_type="sincos"``: the fixed 2-D sine-cosine
-        table of MAE / I-JEPA, zeros at CLS); ``cls_token`` and ``register_tokens``: normal, std
-        1e-6; ``mask_token``: zeros; every ``Linear``: truncated normal std 0.02 weights, zero biases;
-        LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's default.
-
-        ``weight_init="ijepa"``, the I-JEPA encoder constructor's (released training then redraws every
-        ``Linear`` at std 0.02, undoing the rescaling; docs/faithfulness.md, "I-JEPA"): the patch convolution
-        truncated normal (std 0.02) with a zero bias, and each block's residual output projections (``attn.proj``, the
-        FFN's ``fc2`` / ``w3``) divided by ``sqrt(2 * layer)`` (layer counted from 1; BEiT's ``fix_init_weight``).
-        ``weight_init="ijepa_released"``: what released training starts from (the same without the
-        rescaling). Its patch tokens start smaller than with PyTorch's default for small patches (std 0.02 against
-        ``1 / sqrt(3 * fan_in)``: 0.083 for a 4x4 RGB patch, 0.021 for 16x16), so position outweighs pixel
-        content at the input.
-        """
-        with torch.no_grad():
-            if self.pos_embed_type == "sincos":
-                side = self.patch_embed.grid_size
-                table = sincos_pos_embed_2d(self.embed_dim, side, side, self.sincos_order)
-                self.pos_embed.copy_(torch.cat([torch.zeros(1, self.embed_dim), table]).unsqueeze(0))
-            else:
-                nn.init.trunc_normal_(self.pos_embed, std=0.02)
-            nn.init.normal_(self.cls_token, std=1e-6)
-            if self.register_tokens is not None:
-                nn.init.normal_(self.register_tokens, std=1e-6)
-            nn.init.zeros_(self.mask_token)
-            self.patch_embed.proj.reset_parameters()
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.trunc_normal_(module.weight, std=0.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, (nn.LayerNorm, LayerScale)):
-                    module.reset_parameters()
-            if self.weight_init in ("ijepa", "ijepa_released"):
-                nn.init.trunc_normal_(self.patch_embed.proj.weight, std=0.02)
-                nn.init.zeros_(self.patch_embed.proj.bias)
-            if self.weight_init == "ijepa":  # ijepa_released: init_model's redraw undoes it (helper.py:86-99)
-                for layer, block in enumerate(self.blocks, start=1):
-                    block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
-                    block.mlp.output_projection.weight.div_(math.sqrt(2.0 * layer))
+        """Initialise by ``weight_init`` (:mod:`dinolite.models.vit_init`: DINOv2's, or the I-JEPA encoder's
+        two); also re-initialises a model materialised from the meta device."""
+        init_vit_weights(self)
 
     # ----------------------------------------------------------------------------------------------
     def prepare_tokens_with_masks(
         self, x: Tensor, masks: Tensor | None = None, keep_indices: Tensor | None = None
     ) -> Tensor:
-        """Images ``(B, C, H, W)`` -> tokens ``(B, 1 + R + N, D)``; ``masks (B, N)`` bool picks the patches
-        replaced by ``mask_token``. ``keep_indices (B, K)`` long (row-major patch indices) keeps only those
-        patch tokens, after the position embedding is added: ``(B, 1 + R + K, D)`` (I-JEPA's context
-        encoder, MSN's patch dropping: the blocks then never see the dropped patches)."""
+        """Images ``(B, C, H, W)`` -> tokens ``(B, C + R + N, D)`` (``C`` = :attr:`num_cls_tokens`, 1 or 0);
+        ``masks (B, N)`` bool picks the patches replaced by ``mask_token``. ``keep_indices (B, K)`` long
+        (row-major patch indices) keeps only those patch tokens, after the position embedding is added:
+        ``(B, C + R + K, D)`` (I-JEPA's context encoder, MSN's patch dropping: the blocks then never see the
+        dropped patches)."""
         B, _, H, W = x.shape
         tokens = self.patch_embed(x)
         if masks is not None:
@@ -183,12 +149,14 @@ class DinoVisionTransformer(nn.Module):
                     f"(batch, patches) of images {H}x{W} with patch_size={self.patch_size}"
                 )
             tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype).unsqueeze(0), tokens)
-        tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
+        if self.cls_token is not None:
+            tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
         tokens = tokens + self.interpolate_pos_encoding(tokens, H, W)
+        c = self.num_cls_tokens
         if keep_indices is not None:
-            tokens = torch.cat((tokens[:, :1], self._keep_patches(tokens[:, 1:], keep_indices)), dim=1)
+            tokens = torch.cat((tokens[:, :c], self._keep_patches(tokens[:, c:], keep_indices)), dim=1)
         if self.register_tokens is not None:
-            tokens = torch.cat((tokens[:, :1], self.register_tokens.expand(B, -1, -1), tokens[:, 1:]), dim=1)
+            tokens = torch.cat((tokens[:, :c], self.register_tokens.expand(B, -1, -1), tokens[:, c:]), dim=1)
         return tokens
 
     @staticmethod
@@ -217,11 +185,12 @@ class DinoVisionTransformer(nn.Module):
         self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None
     ) -> dict[str, Any]:
         x_norm = self.norm(x_prenorm)
-        r = self.num_register_tokens
+        c, r = self.num_cls_tokens, self.num_register_tokens
+        patches = x_norm[:, c + r :]
         out = {
-            "x_norm_clstoken": x_norm[:, 0],
-            "x_norm_regtokens": x_norm[:, 1 : r + 1],
-            "x_norm_patchtokens": x_norm[:, r + 1 :],
+            "x_norm_clstoken": self.pooled_feature(x_norm[:, 0], patches),
+            "x_norm_regtokens": x_norm[:, c : c + r],
+            "x_norm_patchtokens": patches,
             "x_prenorm": x_prenorm,
             "masks": masks,
         }
@@ -229,11 +198,17 @@ class DinoVisionTransformer(nn.Module):
             out["keep_indices"] = keep_indices
         return out
 
+    def pooled_feature(self, cls: Tensor, patches: Tensor) -> Tensor:
+        """The image feature ``(B, D)`` (``x_norm_clstoken``): the CLS token ``cls``, or without one the mean
+        of ``patches (B, N, D)`` (``cls`` is then the first register or patch and is ignored)."""
+        return cls if self.num_cls_tokens else patches.mean(dim=1)
+
     def forward_features(
         self, x: Tensor, masks: Tensor | None = None, keep_indices: Tensor | None = None
     ) -> dict[str, Any]:
         """DINOv2's feature dict: ``x_norm_clstoken (B,D)``, ``x_norm_regtokens (B,R,D)``,
-        ``x_norm_patchtokens (B,N,D)``, ``x_prenorm (B,1+R+N,D)``, ``masks``. With ``keep_indices (B,K)``
+        ``x_norm_patchtokens (B,N,D)``, ``x_prenorm (B,C+R+N,D)``, ``masks``. Without a CLS token
+        ``x_norm_clstoken`` is the mean of ``x_norm_patchtokens`` (:meth:`pooled_feature`). With ``keep_indices (B,K)``
         only those patches are encoded (``N`` becomes ``K`` above; the dict also holds ``keep_indices``)."""
         tokens = self.prepare_tokens_with_masks(x, masks, keep_indices)
         for block in self.blocks:
@@ -262,7 +237,7 @@ class DinoVisionTransformer(nn.Module):
         return [self._output_dict(t, m, k) for t, m, k in zip(tokens, masks_list, keep_indices_list)]
 
     def forward(self, x: Tensor, masks: Tensor | None = None, *, is_training: bool = False) -> Tensor | dict:
-        """The normalised CLS feature ``(B, D)``; the full dict when ``is_training``."""
+        """The pooled feature ``x_norm_clstoken`` ``(B, D)``; the full dict when ``is_training``."""
         features = self.forward_features(x, masks)
         return features if is_training else features["x_norm_clstoken"]
 
@@ -278,7 +253,8 @@ class DinoVisionTransformer(nn.Module):
         """Outputs of the last ``n`` blocks (or of the block indices in ``n``), as in DINOv2.
 
         Each output is the patch tokens ``(B, N, D)`` (``(B, D, h, w)`` when ``reshape``), paired with
-        the CLS token ``(B, D)`` when ``return_class_token``; ``norm`` applies the final LayerNorm.
+        the CLS token ``(B, D)`` when ``return_class_token`` (without a CLS token: the mean of that
+        output's patch tokens, :meth:`pooled_feature`); ``norm`` applies the final LayerNorm.
         """
         wanted = range(self.n_blocks - n, self.n_blocks) if isinstance(n, int) else list(n)
         for index in wanted:
@@ -292,8 +268,8 @@ class DinoVisionTransformer(nn.Module):
                 outputs.append(tokens)
         if norm:
             outputs = [self.norm(out) for out in outputs]
-        class_tokens = [out[:, 0] for out in outputs]
-        patches = [out[:, 1 + self.num_register_tokens :] for out in outputs]
+        patches = [out[:, self.num_cls_tokens + self.num_register_tokens :] for out in outputs]
+        class_tokens = [self.pooled_feature(out[:, 0], p) for out, p in zip(outputs, patches)]
         if reshape:
             B, _, H, W = x.shape
             h, w = H // self.patch_size, W // self.patch_size
@@ -303,8 +279,8 @@ class DinoVisionTransformer(nn.Module):
         return tuple(patches)
 
     def get_last_selfattention(self, x: Tensor) -> Tensor:
-        """Softmax attention weights ``(B, heads, T, T)`` of the last block (tokens: CLS, registers,
-        patches), computed with the explicit formula."""
+        """Softmax attention weights ``(B, heads, T, T)`` of the last block (tokens: CLS if any, registers,
+        patches: :meth:`prepare_tokens_with_masks`), computed with the explicit formula."""
         tokens = self.prepare_tokens_with_masks(x)
         for block in self.blocks[:-1]:
             tokens = block(tokens)
@@ -388,6 +364,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         pos_embed_type=student_cfg.pos_embed,
         weight_init=student_cfg.weight_init,
         sincos_order=student_cfg.sincos_order,
+        cls_token=student_cfg.cls_token,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

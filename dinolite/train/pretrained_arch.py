@@ -37,6 +37,7 @@ OTHER_FIELDS = (
     "ffn_bias",
     "interpolate_antialias",
     "interpolate_offset",
+    "cls_token",
 )
 RESAMPLING_FIELDS = ("interpolate_antialias", "interpolate_offset")
 EVERY_FIELD = frozenset(("arch", *SIZE_FIELDS, *OTHER_FIELDS))

@@ -1,11 +1,15 @@
-"""Statistics and invariants of the I-JEPA, SimMIM and MSN masks."""
+"""Statistics and invariants of the I-JEPA (the paper's and the released collator's), SimMIM and MSN masks."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dinolite.data.masked_views import (
     MultiBlockMaskGenerator,
@@ -144,3 +148,99 @@ def test_msn_keep_indices_per_batch_share_one_subset():
     assert torch.equal(per_batch, random_keep_indices(6, 64, 0.25, _gen(3), per="batch"))
     with pytest.raises(ValueError, match="per must be"):
         random_keep_indices(2, 16, 0.25, per="view")
+
+
+# ------------------------------------------------------------------------------------------------
+# sampler="released": the released I-JEPA collator's masks
+# ------------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "released"
+
+
+def _released(grid: int, **kwargs) -> MultiBlockMaskGenerator:
+    settings = dict(target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5), context_scale=(0.85, 1.0), min_keep=10)
+    return MultiBlockMaskGenerator(grid, 4, **{**settings, **kwargs}, sampler="released")
+
+
+def test_released_sampler_draws_the_released_collators_masks():
+    """Given the release's two generator states (its step-seeded generator for the sizes, torch's global one for
+    the corners), the masks equal those the released MaskCollator drew (figures recorded from the release: the
+    8x8 golden step's inputs, and three 16-image batches on the ImageNet config's 14x14 grid)."""
+    step = load_file(FIXTURES / "ijepa.safetensors")
+    context, targets = _released(8).released_masks(8, _gen(0), _gen(2))  # step 0, global seed 2
+    assert torch.equal(context, step["inputs/context_idx"]) and torch.equal(targets, step["inputs/target_idx"])
+    with safe_open(str(FIXTURES / "ijepa_masks.safetensors"), "pt") as handle:
+        settings = json.loads(handle.metadata()["settings"])
+        recorded = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert settings["crop_size"] // settings["patch_size"] == 14 and settings["mask"]["npred"] == 4
+    for i, batch in enumerate(settings["batches"]):
+        context, targets = _released(14).released_masks(
+            settings["batch_size"], _gen(batch["collator_step"]), _gen(batch["global_seed"])
+        )
+        assert torch.equal(context, recorded[f"step{i}/context_idx"]), i
+        assert torch.equal(targets, recorded[f"step{i}/target_idx"]), i
+
+
+def test_released_block_size_uses_one_number_for_scale_and_aspect():
+    """Hand values. The first uniform of seed 0 is u = 0.49626: target scale 0.15 + 0.05 u = 0.17481, area
+    int(196 * 0.17481) = 34, aspect 0.75 + 0.75 u = 1.12220, so h = round(sqrt(38.15)) = 6, w = round(sqrt(30.30)) =
+    6. The context (aspect 1): area int(196 * (0.85 + 0.15 u)) = 181, side round(13.45) = 13 = H - 1; at u near
+    1 the area is 196 and the side 14, cut to 13."""
+    assert float(torch.rand(1, generator=_gen(0))) == pytest.approx(0.49626, abs=1e-5)
+    gen = _released(14)
+    assert gen.released_block_size((0.15, 0.2), (0.75, 1.5), _gen(0)) == (6, 6)
+    assert gen.released_block_size((0.85, 1.0), (1.0, 1.0), _gen(0)) == (13, 13)
+    assert gen.released_block_size((1.0, 1.0), (1.0, 1.0), _gen(0)) == (13, 13)
+
+    # one number: scale and aspect both grow with u, so the height never falls as u grows (the paper draws the
+    # aspect independently: its heights do not follow its first number)
+    def heights_by_first_uniform(block_size) -> list[int]:
+        seeds = sorted(range(200), key=lambda seed: float(torch.rand(1, generator=_gen(seed))))
+        return [block_size((0.15, 0.2), (0.75, 1.5), _gen(seed))[0] for seed in seeds]
+
+    released = heights_by_first_uniform(gen.released_block_size)
+    assert released == sorted(released) and released[0] < released[-1]
+    paper = heights_by_first_uniform(MultiBlockMaskGenerator(14).block_size)
+    assert paper != sorted(paper)
+
+
+@pytest.mark.parametrize("grid", [8, 14])
+def test_released_blocks_never_touch_the_last_row_or_column_and_the_context_is_the_top_left_square(grid):
+    gen = _released(grid, min_keep=4)
+    last = grid - 1
+    seen_relaxed = False
+    for seed in range(10):
+        context, targets = gen(16, _gen(seed))
+        for indices in (context, targets):
+            assert int((indices // grid).max()) < last and int((indices % grid).max()) < last
+        # the context block is the (H-1) x (W-1) square at the origin: all of it but the targets (and the
+        # batch's truncation to the first raster indices, which removes the last ones)
+        for b in range(16):
+            outside_targets = sorted(set(range(grid * grid)) - set(targets[b].flatten().tolist()))
+            square = [i for i in outside_targets if i // grid < last and i % grid < last]
+            if set(context[b].tolist()) & set(targets[b].flatten().tolist()):
+                seen_relaxed = True
+                continue
+            assert context[b].tolist() == square[: context.shape[1]]
+    paper_rows = torch.cat([MultiBlockMaskGenerator(grid, min_keep=4)(16, _gen(s))[1].flatten() for s in range(10)])
+    assert int((paper_rows // grid).max()) == last  # the paper's blocks reach the last row
+    assert not seen_relaxed or grid == 8
+
+
+def test_released_sampler_relaxes_like_the_release_and_stops_where_it_would_loop():
+    """More than min_keep patches per block (strict); a context that cannot keep them outside the targets is
+    allowed to overlap one more target after every 20 failed draws (the paper sampler refuses instead); a block
+    too small for min_keep even unconstrained is an error (the release would loop forever)."""
+    crowded = MultiBlockMaskGenerator(
+        4, 4, (0.35, 0.35), (1.0, 1.0), (1.0, 1.0), min_keep=3, attempts=50, sampler="released"
+    )  # 2x2 targets (area int(5.6) = 5), the context the 3x3 square
+    overlaps = 0
+    for seed in range(20):
+        context, targets = crowded(4, _gen(seed))
+        for b in range(4):
+            overlaps += bool(set(context[b].tolist()) & set(targets[b].flatten().tolist()))
+    assert overlaps > 0
+    with pytest.raises(ValueError, match="never holds more than min_keep=4"):
+        MultiBlockMaskGenerator(8, 4, (0.07, 0.07), min_keep=4, sampler="released")(2, _gen(0))  # 2x2 = 4
+    with pytest.raises(ValueError, match="sampler='release' is not one of paper, released"):
+        MultiBlockMaskGenerator(8, sampler="release")

@@ -25,6 +25,11 @@ def test_attention_rejects_sizes_off_the_patch_grid():
         feature_maps.cls_attention_maps(_tiny_vit(), torch.randn(1, 3, 30, 32))
 
 
+def test_attention_maps_need_a_cls_token():
+    with pytest.raises(ValueError, match="the backbone has no CLS token"):
+        feature_maps.cls_attention_maps(_tiny_vit(cls_token=False), torch.randn(1, 3, 32, 32))
+
+
 def _object_on_background(b: int = 2, h: int = 8, w: int = 8, d: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     inside = torch.zeros(h, w, dtype=torch.bool)

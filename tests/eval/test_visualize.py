@@ -17,10 +17,17 @@ from dinolite.models.vision_transformer import DinoVisionTransformer
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _tiny_vit(registers: int = 0) -> DinoVisionTransformer:
+def _tiny_vit(registers: int = 0, cls_token: bool = True) -> DinoVisionTransformer:
     torch.manual_seed(0)
     model = DinoVisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_register_tokens=registers, init_values=1.0
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        num_register_tokens=registers,
+        init_values=1.0,
+        cls_token=cls_token,
     )
     return model.eval()
 
@@ -83,6 +90,24 @@ def test_cli_writes_attention_pca_spectrum_and_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "figures show 3 of 6 images" in printed and "no collapse verdict: 6 samples < 40" in printed
     assert not list(out.glob(".*tmp*"))
+
+
+def test_a_cls_free_backbone_gets_every_figure_but_the_cls_attention(tmp_path, capsys):
+    """cls_token=false (the released I-JEPA encoder's layout): no CLS row to map, so no attention.png; the PCA
+    image, the spectrum (of the pooled feature, the mean patch token) and the report are written."""
+    from dinolite.export.spec import spec_from_backbone
+    from dinolite.export.writers import write_safetensors
+
+    model = _tiny_vit(cls_token=False)
+    weights = tmp_path / "tiny.safetensors"
+    write_safetensors(model.state_dict(), spec_from_backbone(model, train_img_size=32), weights)
+    _write_images(tmp_path / "images", 4)
+    out = tmp_path / "vis"
+    argv = ["--backbone", str(weights), "--images", str(tmp_path / "images"), "--output", str(out), "--device", "cpu"]
+    assert _load_cli().main(argv) == 0
+    assert not (out / "attention.png").exists()
+    assert all((out / name).is_file() for name in ("pca.png", "spectrum.png", "collapse_report.json"))
+    assert "no attention.png: the backbone has no CLS token" in capsys.readouterr().out
 
 
 def test_grid_images_come_from_every_source_in_turn():

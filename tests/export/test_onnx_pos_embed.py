@@ -26,8 +26,8 @@ def test_graph_friendly_pos_embed_resampling_equals_the_backbones(offset, antial
     from dinolite.models.pos_embed import interpolate_pos_embed
 
     torch.manual_seed(0)
-    for side in (2, 5, 37):
-        pos_embed = torch.randn(1, 1 + side * side, 8)
+    for side, cls_rows in ((2, 1), (5, 1), (37, 1), (5, 0), (2, 0)):  # 0: a CLS-free table (I-JEPA's encoder)
+        pos_embed = torch.randn(1, cls_rows + side * side, 8)
         for h, w in [(side, side), (side + 1, side), (3, 7), (1, 1), (2 * side, side + 3), (side, 1)]:
             expected = interpolate_pos_embed(pos_embed, (h, w), offset, antialias)
             got = resample_pos_embed(pos_embed, torch.arange(h), torch.arange(w), offset, antialias)

@@ -54,7 +54,7 @@ def test_a_dinov2_state_dict_gives_its_architecture():
 
 def test_a_state_dict_that_is_not_a_backbone_is_named():
     with pytest.raises(
-        ExportFormatError, match=r"x.pth: not a DINOv2/dinolite backbone state dict: missing \['cls_token'"
+        ExportFormatError, match=r"x.pth: not a DINOv2/dinolite backbone state dict: missing \['pos_embed'"
     ):
         spec_from_state_dict({"fc.weight": torch.zeros(2, 2)}, origin="x.pth")
 
@@ -89,3 +89,49 @@ def test_a_record_that_does_not_describe_the_weights_is_refused_before_building(
     ):
         check_spec_against_shapes(spec, _shapes(model), "rec.json", "w.safetensors")
     check_spec_against_shapes(spec_from_backbone(model), _shapes(model), "rec.json", "w.safetensors")
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_a_cls_free_backbone_is_recorded_inferred_and_checked(registers, tmp_path):
+    """A CLS-free encoder (the released I-JEPA's layout): its table has no CLS row, which the record says, the
+    state-dict inference reads from the keys and shapes, and the shape check holds the record to."""
+    model = _model(num_register_tokens=registers, cls_token=False)
+    spec = spec_from_backbone(model)
+    assert spec.cls_token is False and spec.img_size == 28
+    path = tmp_path / "m.safetensors.json"
+    path.write_text(spec.to_json())
+    again = BackboneSpec.from_json_file(path)
+    assert again == spec and _shapes(DinoVisionTransformer(**again.backbone_kwargs())) == _shapes(model)
+    inferred = spec_from_state_dict(model.state_dict())
+    assert (inferred.cls_token, inferred.img_size, inferred.embed_dim, inferred.num_register_tokens) == (
+        False,
+        28,
+        384,
+        registers,
+    )
+    assert spec_from_state_dict(_model().state_dict()).cls_token is True
+    check_spec_against_shapes(spec, _shapes(model), "record", "weights")
+    with pytest.raises(ExportFormatError, match="cls_token=False but the weights in weights have a cls_token"):
+        check_spec_against_shapes(spec, _shapes(_model(num_register_tokens=registers)), "record", "weights")
+    lying = {**model.state_dict(), "cls_token": torch.zeros(1, 1, 384)}
+    with pytest.raises(ExportFormatError, match="pos_embed has no CLS row but the state dict has a cls_token"):
+        spec_from_state_dict(lying, origin="x.pth")
+
+
+def test_a_cls_free_backbone_round_trips_through_safetensors_and_is_refused_by_timm_and_transformers(tmp_path):
+    from dinolite.export.hub import write_transformers_folder
+    from dinolite.export.load import load_backbone
+    from dinolite.export.writers import write_safetensors, write_timm
+
+    torch.manual_seed(0)
+    model = _model(cls_token=False).eval()
+    spec = spec_from_backbone(model)
+    write_safetensors(model.state_dict(), spec, tmp_path / "m.safetensors")
+    loaded = load_backbone(tmp_path / "m.safetensors")
+    x = torch.randn(1, 3, 42, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    for write, name in ((write_timm, "t.safetensors"), (write_transformers_folder, "hf")):
+        with pytest.raises(ExportFormatError, match="always have a CLS token; this backbone has none"):
+            write(model.state_dict(), spec, tmp_path / name)
+        assert not (tmp_path / name).exists()  # refused before anything is written

@@ -35,3 +35,15 @@ def test_timm_model_gives_the_same_features(tmp_path, registers, ffn_layer):
     cls, patches = _features(model, images)
     torch.testing.assert_close(tokens[:, 0], cls, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(tokens[:, 1 + registers :], patches, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cls_free_backbone_is_not_taken_for_timms_patch_only_layout():
+    """timm's no_embed_class tables are patch-only beside a cls_token; a CLS-free backbone's table is patch-only
+    without one: DINOv2's own layout, loaded as it is."""
+    from dinolite.export.load import to_dinov2_layout
+    from dinolite.export.timm_format import is_timm_layout, to_timm_state_dict
+
+    cls_free = _tiny(cls_token=False).state_dict()
+    assert not is_timm_layout(cls_free)
+    assert to_dinov2_layout(cls_free, "x.pth") is cls_free
+    assert is_timm_layout(to_timm_state_dict(_tiny(num_register_tokens=2).state_dict()))

@@ -64,13 +64,14 @@ def test_dinov2_layout_round_trip(tmp_path, ffn_layer):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cls_token", [True, False])  # False: the cls output is the mean patch token
 @pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
-def test_onnx_matches_pytorch_at_two_sizes_and_batches(tmp_path, exporter):
+def test_onnx_matches_pytorch_at_two_sizes_and_batches(tmp_path, exporter, cls_token):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     if exporter == "dynamo":
         pytest.importorskip("onnxscript")
-    model = _tiny(num_register_tokens=4)
+    model = _tiny(num_register_tokens=4, cls_token=cls_token)
     spec = spec_from_backbone(model, train_img_size=28)
     write_onnx(model, spec, tmp_path / "backbone.onnx", exporter=exporter)
     session = ort.InferenceSession(str(tmp_path / "backbone.onnx"), providers=["CPUExecutionProvider"])

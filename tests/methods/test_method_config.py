@@ -89,6 +89,12 @@ def test_a_dinov2_rule_fires_for_dinov2_and_not_for_simclr(override, message):
         ("demo_msn", "demo_ijepa", "msn.mask_ratio=1.0", "'msn.mask_ratio': 1.0; must be in [0, 1)"),
         ("demo_msn", "demo", "msn.head_bn_groups=per_view", "'msn.head_bn_groups': 'per_view'; expected one of"),
         ("demo_ijepa", "demo", "ijepa.loss=l2", "'ijepa.loss': 'l2'; expected one of smooth_l1, mse, l1"),
+        (
+            "demo_ijepa",
+            "demo",
+            "ijepa.mask_sampler=code",
+            "'ijepa.mask_sampler': 'code'; expected one of paper, released",
+        ),
         ("demo_simmim", "demo_msn", "simmim.mask_ratio=1.5", "'simmim.mask_ratio': 1.5; must be in [0, 1)"),
         ("demo_byol", "demo_simclr", "joint_embedding.target=momentum", "'joint_embedding.target': 'momentum'"),
         ("demo_simclr", "demo_barlow_twins", "joint_embedding.temperature=0", "'joint_embedding.temperature': 0.0"),
@@ -121,3 +127,21 @@ def test_the_monitor_gets_the_methods_student_temperature():
     assert get_method("dinov2").monitor_student_temp(load_config("demo", overrides)) == 0.2
     assert get_method("msn").monitor_student_temp(load_config("demo_msn", overrides)) == 0.3
     assert get_method("simclr").student_temp is None  # no student softmax: the value is never read
+
+
+def test_a_cls_free_encoder_is_refused_for_every_method_that_reads_the_cls_token():
+    """student.cls_token=false (the released I-JEPA encoder's layout) only where no objective term reads the CLS
+    token; elsewhere the error names the key, the method and the methods that accept it."""
+    free = [name for name in list_methods() if not get_method(name).reads_cls_token]
+    assert free == ["ijepa", "simmim"]
+    for name in list_methods():
+        preset = get_method(name).demo_preset
+        if name in free:
+            assert load_config(preset, ["student.cls_token=false"]).student.cls_token is False
+            continue
+        message = (
+            rf"'student.cls_token': false, but train.method='{name}' reads the backbone's CLS token; "
+            "a CLS-free encoder is for ijepa, simmim"
+        )
+        with pytest.raises(ConfigError, match=message):
+            load_config(preset, ["student.cls_token=false"])

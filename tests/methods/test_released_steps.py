@@ -18,6 +18,7 @@ case names with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -133,6 +134,8 @@ class ReleasedStep:
         dinolite_only: parameters with a gradient here and none in the release (a reason each).
         release_only: gradients the fixture stores of parameters dinolite's objective does not have (keys
             outside ``student.``, a reason each).
+        computed: release weights that dinolite computes instead of storing (a reason each): not loaded; a test
+            checks dinolite's value against them.
         loss_atol, grad_rtol, grad_atol: the tolerances (loss absolute; gradients relative to each tensor's max
             plus an absolute floor).
         optimizer: the release's optimizer step (``None``: the parameters after the step are not compared).
@@ -148,6 +151,7 @@ class ReleasedStep:
     zero: Mapping[str, str] = field(default_factory=dict)
     dinolite_only: Mapping[str, str] = field(default_factory=dict)
     release_only: Mapping[str, str] = field(default_factory=dict)
+    computed: Mapping[str, str] = field(default_factory=dict)
     loss_atol: float = 1e-6
     grad_rtol: float = 2e-5
     grad_atol: float = 1e-7
@@ -228,6 +232,21 @@ def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
         "msn.patch_drop_per=batch",
         "msn.patch_drop_rounding=floor",
         "student.interpolate_offset=0",
+    ]
+
+
+def ijepa_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """The release's predictor and loss, and its encoder layout: no CLS token (src/models/vision_transformer.py
+    VisionTransformer has none), the column code first in the fixed tables (the fixture's weights are the
+    release's, so the initialisation options play no part here)."""
+    assert settings["mask"]["nenc"] == 1 and settings["mask"]["npred"] == 4
+    return [
+        f"ijepa.predictor_embed_dim={settings['pred_emb_dim']}",
+        f"ijepa.predictor_num_heads={settings['predictor_num_heads']}",
+        f"ijepa.predictor_depth={settings['pred_depth']}",
+        f"ijepa.loss={settings['loss']}",
+        "student.cls_token=false",
+        "student.sincos_order=column_first",
     ]
 
 
@@ -316,10 +335,8 @@ def msn_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def ijepa_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:
     """I-JEPA helper.py:121-139: AdamW; no decay on biases and 1-D parameters (the predictor's mask token is
-    decayed); no clipping (train.py:321-328). Hook for the I-JEPA case (it needs ``student.cls_token=false``):
-    ``optimizer=ReleasedOptimizer(ijepa_optimizer, lambda f: (f.scalar("released/lr"),
-    f.scalar("released/weight_decay")), needed={"decay_rule": "dinolite"}, rtol=1e-4, atol=1e-8,
-    noise_floor=1e-4)``; its warm-up start (``optim.warmup_start_lr=2e-4``) is a schedule, tested with them."""
+    decayed); no clipping (train.py:321-328). Its warm-up start (``optim.warmup_start_lr=2e-4``) is a schedule,
+    tested with the schedules."""
     return {**NO_LR_LAYERS, "decay_rule": "non_1d", "clip_grad": "0"}
 
 
@@ -327,7 +344,31 @@ def lr_and_setting_decay(fixture: Fixture) -> tuple[float, float]:
     return fixture.scalar("released/lr"), float(fixture.settings["weight_decay"])
 
 
+IJEPA_CASE = ReleasedStep(
+    "ijepa",
+    "demo_ijepa",
+    ijepa_overrides,
+    {"images": "inputs/images", "context_idx": "inputs/context_idx", "target_idx": "inputs/target_idx"},
+    computed={
+        "student.predictor.predictor_pos_embed": "the predictor's fixed sine-cosine table, computed from the grid "
+        "(test_column_first_sincos_tables_are_the_released_ijepa_tables)"
+    },
+    # measured: the loss bit-identical (0.45985138), every gradient within 1.2e-6 of its tensor's largest value
+    loss_atol=1e-7,
+    grad_rtol=5e-6,
+    grad_atol=1e-9,
+    optimizer=ReleasedOptimizer(
+        ijepa_optimizer,
+        lambda fixture: (fixture.scalar("released/lr"), fixture.scalar("released/weight_decay")),
+        needed={"decay_rule": "dinolite"},
+        rtol=1e-4,
+        atol=1e-8,
+        noise_floor=1e-4,
+    ),
+)
+
 CASES: dict[str, ReleasedStep] = {
+    "ijepa": IJEPA_CASE,
     "simsiam": ReleasedStep(
         "simsiam",
         "demo_simsiam",
@@ -443,7 +484,9 @@ def build(case: ReleasedStep, fixture: Fixture, extra: Sequence[str] = ()) -> tu
     cfg = load_config(case.preset, overrides)
     objective = get_method(cfg.train.method).build_objective(cfg)
     state = objective.state_dict()
-    weights = {k: v for k, v in fixture.section("weights/").items() if k.startswith("student.")}
+    weights = {
+        k: v for k, v in fixture.section("weights/").items() if k.startswith("student.") and k not in case.computed
+    }
     unknown = sorted(set(weights) - set(state))
     if unknown:
         raise KeyError(f"{case.fixture}.safetensors weights {unknown[:5]} are not parameters of dinolite's objective")
@@ -461,10 +504,13 @@ def fixture_batch(case: ReleasedStep, fixture: Fixture, cfg: Config) -> dict[str
     return case.collate(cfg, fixture, batch) if case.collate is not None else batch
 
 
-def run_step(case: ReleasedStep, fixture: Fixture) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
-    """Loss, terms and every student gradient of one forward and backward on the fixture's inputs."""
+def run_step(
+    case: ReleasedStep, fixture: Fixture, extra: Sequence[str] = ()
+) -> tuple[float, dict[str, float], dict[str, torch.Tensor]]:
+    """Loss, terms and every student gradient of one forward and backward on the fixture's inputs (with
+    ``extra`` overrides)."""
     torch.manual_seed(0)  # a method that draws numbers in its step draws them alike on every run
-    objective, cfg = build(case, fixture)
+    objective, cfg = build(case, fixture, extra)
     batch = fixture_batch(case, fixture, cfg)
     output = objective(batch, 0)
     output.loss.backward()
@@ -507,10 +553,30 @@ def test_every_gradient_equals_the_release(stepped) -> None:
     assert gradient_mismatches(case, released, grads) == []
 
 
+def test_the_released_ijepa_step_needs_the_cls_free_encoder_and_the_column_first_tables() -> None:
+    """Each option of the I-JEPA case is necessary: with DINOv2's CLS token (attending in every block) or with
+    row-first predictor tables, the loss and the gradients leave the tolerances the case holds."""
+    fixture = read_fixture("ijepa")
+    released = fixture.section("released/grad/")
+    with_cls = dataclasses.replace(
+        IJEPA_CASE,
+        overrides=lambda settings: [*ijepa_overrides(settings), "student.cls_token=true"],
+        # dinolite's column-first table (equal to the release's patch rows) with its zero CLS row in front
+        computed={**IJEPA_CASE.computed, "student.backbone.pos_embed": "dinolite's table, with a CLS row"},
+    )
+    loss, _, grads = run_step(with_cls, fixture)
+    assert set(grads) - set(released) == {"student.backbone.cls_token"}
+    assert abs(loss - fixture.scalar("released/loss")) > 10 * IJEPA_CASE.loss_atol
+    assert any(key.startswith("student.backbone.") for key, _, _ in gradient_mismatches(IJEPA_CASE, released, grads))
+    loss, _, grads = run_step(IJEPA_CASE, fixture, ("student.sincos_order=row_first",))
+    assert abs(loss - fixture.scalar("released/loss")) > 1e-3
+    assert gradient_mismatches(IJEPA_CASE, released, grads)
+
+
 def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
     """``student.sincos_order=column_first`` gives the released encoder's and predictor's fixed tables exactly
-    (the I-JEPA fixture stores both: the release's encoder has no CLS row). The released I-JEPA step itself
-    also needs a CLS-free encoder, which dinolite does not have yet (docs/faithfulness.md, I-JEPA)."""
+    (the I-JEPA fixture stores both: the release's encoder has no CLS row; ``student.cls_token=false`` gives
+    the same table without one)."""
     fixture = read_fixture("ijepa")
     settings = fixture.settings
     overrides = [
@@ -521,10 +587,14 @@ def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
     ]
     released_encoder = fixture.tensors["weights/student.backbone.pos_embed"][0]
     released_predictor = fixture.tensors["weights/student.predictor.predictor_pos_embed"][0]
-    for order, equal in (("column_first", True), ("row_first", False)):
-        cfg = load_config("demo_ijepa", [*overrides, f"student.sincos_order={order}"])
+    for order, cls_token, equal in (
+        ("column_first", True, True),
+        ("column_first", False, True),
+        ("row_first", False, False),
+    ):
+        cfg = load_config("demo_ijepa", [*overrides, f"student.sincos_order={order}", f"student.cls_token={cls_token}"])
         objective = get_method("ijepa").build_objective(cfg)
-        encoder = objective.student["backbone"].pos_embed.detach()[0, 1:]
+        encoder = objective.student["backbone"].pos_embed.detach()[0, int(cls_token) :]
         assert torch.equal(encoder, released_encoder) is equal, order
         assert torch.equal(objective.student["predictor"].position_table(), released_predictor) is equal, order
 

@@ -1,8 +1,7 @@
-"""The ViT's masked-encoder API (kept token indices, fixed sin-cos position embeddings, I-JEPA's weight init)."""
+"""The ViT's masked-encoder API (kept token indices, fixed sin-cos position embeddings); the I-JEPA
+initialisations are specified in test_vit_init.py."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -86,42 +85,3 @@ def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_traine
 def test_unknown_position_embedding_type_is_refused():
     with pytest.raises(ValueError, match="pos_embed_type='rope'"):
         _vit(pos_embed_type="rope")
-
-
-@pytest.mark.parametrize("ffn_layer", ["mlp", "swiglu"])
-def test_ijepa_weight_init_is_the_released_encoders(ffn_layer):
-    """Patch projection N(0, 0.02) truncated with zero bias; residual projections of block l (from 1)
-    are DINOv2's draw divided by sqrt(2 l); everything else is DINOv2's initialisation, draw for draw."""
-    torch.manual_seed(0)
-    dinov2 = DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, ffn_layer=ffn_layer)
-    torch.manual_seed(0)
-    ijepa = DinoVisionTransformer(
-        img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, ffn_layer=ffn_layer, weight_init="ijepa"
-    )
-    out = "fc2" if ffn_layer == "mlp" else "w3"
-    reference, ours = dinov2.state_dict(), ijepa.state_dict()
-    for name, value in ours.items():
-        if name.startswith("patch_embed.proj."):
-            continue
-        layer = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
-        if name.endswith(("attn.proj.weight", f"mlp.{out}.weight")):
-            torch.testing.assert_close(value, reference[name] / math.sqrt(2.0 * layer), rtol=0, atol=0)
-        else:
-            assert torch.equal(value, reference[name]), name
-    weight = ours["patch_embed.proj.weight"]
-    assert torch.equal(ours["patch_embed.proj.bias"], torch.zeros(48))
-    # trunc_normal_'s bounds are absolute (+-2), as in the reference: at std 0.02 it is N(0, 0.02)
-    assert abs(weight.std().item() - 0.02) < 0.002 and abs(weight.mean().item()) < 0.002
-    assert dinov2.patch_embed.proj.weight.std() > 2 * weight.std()  # PyTorch's default is ~4x wider here
-    with pytest.raises(ValueError, match="weight_init='jax'"):
-        DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, weight_init="jax")
-
-
-def test_ijepa_released_init_is_ijepa_without_the_residual_rescaling():
-    """weight_init=ijepa_released: released I-JEPA training's start (init_model redraws the rescaled projections)."""
-    rescaled, released = _vit(weight_init="ijepa").state_dict(), _vit(weight_init="ijepa_released").state_dict()
-    for key, value in released.items():
-        rescaled_key = key.endswith(("attn.proj.weight", "mlp.fc2.weight"))
-        layer = int(key.split(".")[1]) + 1 if rescaled_key else None
-        expected = value / (2.0 * layer) ** 0.5 if layer else value
-        torch.testing.assert_close(rescaled[key], expected, rtol=1e-6, atol=0, msg=key)

@@ -1,5 +1,5 @@
 """Position embeddings: identity at the trained size, orientation kept for H != W, DINOv2's interpolation
-modes, and the fixed 2-D sin-cos table of the masked methods."""
+modes, tables with and without a CLS row, and the fixed 2-D sin-cos table of the masked methods."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dinolite.models.pos_embed import interpolate_pos_embed, sincos_pos_embed_2d
+from dinolite.models.pos_embed import interpolate_pos_embed, pos_embed_layout, sincos_pos_embed_2d
 from tests.models.test_vision_transformer import tiny
 
 
@@ -58,3 +58,22 @@ def test_sincos_pos_embed_hand_values():
     torch.testing.assert_close(column_first, torch.cat([expected[:, 2:], expected[:, :2]], dim=1))
     with pytest.raises(ValueError, match="order must be one of row_first, column_first, got 'col'"):
         sincos_pos_embed_2d(4, 1, 2, order="col")
+
+
+def test_pos_embed_layout_tells_a_cls_row_from_none():
+    """1 + M*M is never a square (M >= 1), so the row count alone says whether a table has a CLS row."""
+    assert pos_embed_layout(64) == (0, 8) and pos_embed_layout(65) == (1, 8)
+    assert pos_embed_layout(1) == (0, 1) and pos_embed_layout(2) == (1, 1)
+    assert pos_embed_layout(197) == (1, 14) and pos_embed_layout(196) == (0, 14)
+    for bad in (0, 3, 63, 66):
+        with pytest.raises(ValueError, match=f"{bad} rows"):
+            pos_embed_layout(bad)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.1])
+def test_interpolating_a_cls_free_table_resamples_the_patch_rows_alone(offset):
+    torch.manual_seed(0)
+    with_cls = torch.randn(1, 1 + 16, 8)
+    resized = interpolate_pos_embed(with_cls, (6, 3), offset)
+    torch.testing.assert_close(interpolate_pos_embed(with_cls[:, 1:], (6, 3), offset), resized[:, 1:])
+    assert torch.equal(interpolate_pos_embed(with_cls[:, 1:], (4, 4), offset), with_cls[:, 1:])  # trained grid

@@ -213,21 +213,6 @@ def test_state_dict_layout_swiglu_and_no_layerscale():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_dinov2_initialisation():
-    torch.manual_seed(0)
-    model = DinoVisionTransformer(
-        img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, init_values=1e-5, num_register_tokens=4
-    )
-    assert abs(model.pos_embed.std().item() - 0.02) < 0.002
-    assert model.cls_token.abs().max().item() < 1e-5
-    assert model.register_tokens.abs().max().item() < 1e-5 and model.register_tokens.abs().max().item() > 0
-    assert torch.count_nonzero(model.mask_token) == 0
-    qkv = model.blocks[0].attn.qkv
-    assert abs(qkv.weight.std().item() - 0.02) < 0.002 and torch.count_nonzero(qkv.bias) == 0
-    assert torch.equal(model.blocks[1].ls2.gamma, torch.full((192,), 1e-5))
-    assert model.blocks[0].norm1.eps == 1e-6 and model.norm.eps == 1e-6
-
-
 def test_meta_build_then_materialise_and_init():
     with torch.device("meta"):
         model = tiny(drop_path_rate=0.2)
@@ -393,3 +378,76 @@ def test_bad_head_split_is_refused_at_load_and_at_build():
     cfg.student.embed_dim = 100
     with pytest.raises(ValueError, match="student.embed_dim=100 is not divisible by student.num_heads=3"):
         build_backbone(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLS-free encoder (cls_token=False: the released I-JEPA encoder's layout)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_cls_free_encoder_token_layout_and_pooled_feature(registers):
+    """No CLS parameter, a (1, N, D) table, tokens [registers..., patches...] (registers without position), and
+    x_norm_clstoken the mean of the final-norm patch tokens."""
+    torch.manual_seed(0)
+    model = tiny(num_register_tokens=registers, cls_token=False).eval()
+    assert model.cls_token is None and model.pos_embed.shape == (1, 16, 32)
+    assert set(model.state_dict()) == set(tiny(num_register_tokens=registers).state_dict()) - {"cls_token"}
+    x = torch.randn(2, 3, 32, 32)
+    tokens = model.prepare_tokens_with_masks(x)
+    assert tokens.shape == (2, registers + 16, 32)
+    torch.testing.assert_close(tokens[:, registers:], model.patch_embed(x) + model.pos_embed)
+    if registers:
+        assert torch.equal(tokens[:, :registers], model.register_tokens.expand(2, -1, -1))
+    with torch.no_grad():
+        out = model.forward_features(x)
+    assert out["x_prenorm"].shape == (2, registers + 16, 32)
+    assert out["x_norm_regtokens"].shape == (2, registers, 32)
+    torch.testing.assert_close(out["x_norm_patchtokens"], model.norm(out["x_prenorm"])[:, registers:])
+    torch.testing.assert_close(out["x_norm_clstoken"], out["x_norm_patchtokens"].mean(dim=1))
+    torch.testing.assert_close(model(x), out["x_norm_clstoken"])
+
+
+def test_cls_free_encoder_keeps_indices_masks_other_resolutions_and_the_dinov2_api():
+    torch.manual_seed(0)
+    model = tiny(num_register_tokens=1, cls_token=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    keep = torch.tensor([[0, 5, 9], [3, 4, 15]])
+    kept = model.prepare_tokens_with_masks(x, keep_indices=keep)
+    full = model.prepare_tokens_with_masks(x)
+    assert kept.shape == (2, 1 + 3, 32)
+    for b in range(2):
+        assert torch.equal(kept[b, 1:], full[b, 1 + keep[b]])
+    masks = torch.zeros(2, 16, dtype=torch.bool)
+    masks[0, 7] = True
+    masked = model.prepare_tokens_with_masks(x, masks)
+    torch.testing.assert_close(masked[0, 1 + 7], model.mask_token[0] + model.pos_embed[0, 7])
+    with torch.no_grad():
+        wide = model.forward_features(torch.randn(1, 3, 32, 48))
+        assert wide["x_norm_patchtokens"].shape == (1, 24, 32)
+        feats = model.forward_features(x)
+        ((patches, pooled),) = model.get_intermediate_layers(x, n=1, return_class_token=True)
+        (raw,) = model.get_intermediate_layers(x, n=1, norm=False)
+    torch.testing.assert_close(patches, feats["x_norm_patchtokens"])
+    torch.testing.assert_close(pooled, feats["x_norm_clstoken"])
+    torch.testing.assert_close(raw, feats["x_prenorm"][:, 1:])
+    weights = model.get_last_selfattention(x)
+    assert weights.shape == (2, 4, 1 + 16, 1 + 16)
+
+
+def test_cls_free_encoder_is_the_cls_encoder_without_its_cls_token():
+    """Same weights but the CLS token: the CLS-free encoder's patch outputs are what the CLS encoder computes when
+    its attention never reaches the CLS token, i.e. the blocks run on the patches alone."""
+    torch.manual_seed(0)
+    with_cls = tiny(pos_embed_type="sincos").eval()
+    without = tiny(pos_embed_type="sincos", cls_token=False).eval()
+    state = {k: v for k, v in with_cls.state_dict().items() if k != "cls_token"}
+    state["pos_embed"] = state["pos_embed"][:, 1:]
+    without.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    tokens = with_cls.prepare_tokens_with_masks(x)[:, 1:]  # the patches, positions added, no CLS
+    with torch.no_grad():
+        for block in with_cls.blocks:
+            tokens = block(tokens)
+        torch.testing.assert_close(without.forward_features(x)["x_norm_patchtokens"], with_cls.norm(tokens))
+        assert not torch.allclose(with_cls.forward_features(x)["x_norm_patchtokens"], with_cls.norm(tokens))

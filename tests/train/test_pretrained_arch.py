@@ -229,3 +229,17 @@ def test_each_continue_preset_starts_from_its_release(tmp_path, preset, width, h
 @pytest.mark.parametrize("preset", ["vitl14_continue", "vitg14_continue"])
 def test_the_large_continue_presets_pass_the_start_up_checks(preset, capsys):
     assert train_command.main(["--config", preset, "data.source=[DATA/train]", "--dry-run"]) == 0
+
+
+def test_cls_free_weights_set_student_cls_token_and_are_refused_where_the_method_reads_it(tmp_path):
+    """A CLS-free backbone (the released I-JEPA encoder's layout) continues an I-JEPA run as CLS-free; a method
+    that reads the CLS token refuses it, naming the key and the weights."""
+    torch.manual_seed(5)
+    model = DinoVisionTransformer(img_size=32, patch_size=4, embed_dim=384, depth=1, num_heads=6, cls_token=False)
+    torch.save(model.state_dict(), tmp_path / "ijepa_encoder.pth")
+    overrides = [f"student.pretrained_weights={tmp_path / 'ijepa_encoder.pth'}", "student.arch=vit_small"]
+    cfg, read = resolve_pretrained_architecture(_quiet_config("demo_ijepa", overrides), {"student.arch"})
+    assert cfg.student.cls_token is False
+    assert "student.cls_token=False from student.pretrained_weights (the config said True)" in read
+    with pytest.raises(ConfigError, match=r"'student.cls_token': false, but train.method='dinov2' reads"):
+        resolve_pretrained_architecture(_quiet_config("demo", overrides), {"student.arch"})

@@ -28,7 +28,7 @@ from torch import nn
 from dinolite.config import Config, ConfigSection, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_ijepa
-from dinolite.data.masked_views import MultiBlockMaskGenerator
+from dinolite.data.masked_views import MASK_SAMPLERS, MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.models.vision_transformer import backbone_kwargs
@@ -58,6 +58,10 @@ class IJEPAConfig:
     # the context block, before the target patches are removed from it
     context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
     min_keep: int = 10  # fewest context patches an image may keep
+    # paper: the paper's blocks (dinolite.data.masked_views); released: the released collator's (ijepa 52c1ae9
+    # src/masks/multiblock.py: no block on the last row/column, the context the top-left (H-1)x(W-1) square, one
+    # random number for a target's scale and aspect ratio, the first min_keep raster indices kept)
+    mask_sampler: str = "paper"
     predictor_depth: int = 12  # transformer blocks of the predictor
     predictor_embed_dim: int = 384  # predictor width
     predictor_num_heads: int = 12  # predictor attention heads
@@ -72,7 +76,7 @@ LOSSES = ("smooth_l1", "mse", "l1")
 
 
 def validate_ijepa(ijepa: IJEPAConfig, cfg: Config) -> None:
-    check_choices(cfg, {"ijepa.loss": LOSSES})
+    check_choices(cfg, {"ijepa.loss": LOSSES, "ijepa.mask_sampler": MASK_SAMPLERS})
     check_ranges(
         cfg,
         tuple(
@@ -134,7 +138,13 @@ def mask_generator(cfg: Config) -> MultiBlockMaskGenerator:
     return checked(
         "ijepa",
         lambda: MultiBlockMaskGenerator(
-            patch_grid(cfg), c.num_targets, c.target_scale, c.target_aspect, c.context_scale, min_keep=c.min_keep
+            patch_grid(cfg),
+            c.num_targets,
+            c.target_scale,
+            c.target_aspect,
+            c.context_scale,
+            min_keep=c.min_keep,
+            sampler=c.mask_sampler,
         ),
     )
 
@@ -244,5 +254,6 @@ METHOD = register_method(
         eval_features="avgpool",
         config_sections=(ConfigSection("ijepa", IJEPAConfig, validate_ijepa),),
         monitor_means={"target_prediction_error": "target_prediction_error"},
+        reads_cls_token=False,  # no loss term reads it; the released encoder has none (student.cls_token)
     )
 )

@@ -32,11 +32,11 @@ def embed_dim(cfg: Config) -> int:
 
 def vit_macs(cfg: Config, img_size: int, visible_patches: float | None = None) -> float:
     """Backbone multiply-adds on one ``img_size`` image, encoding ``visible_patches`` of its patches
-    (all of them when None) plus the CLS and register tokens."""
+    (all of them when None) plus the CLS token (if the student has one) and the register tokens."""
     kwargs = backbone_kwargs(cfg.student, img_size)
     n_patches = (img_size // kwargs["patch_size"]) ** 2
     visible = n_patches if visible_patches is None else visible_patches
-    tokens = 1 + kwargs["num_register_tokens"] + visible
+    tokens = int(kwargs["cls_token"]) + kwargs["num_register_tokens"] + visible
     patch_embed = n_patches * 3 * kwargs["patch_size"] ** 2 * kwargs["embed_dim"]
     return patch_embed + transformer_macs(tokens, kwargs["embed_dim"], kwargs["depth"])
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from dinolite.config import Config, ConfigError, ConfigSection, register_section
+from dinolite.config.sections import register_cls_token_use
 from dinolite.eval.online import FEATURES as EVAL_FEATURES
 from dinolite.monitor.collapse_rules import CollapseRule
 
@@ -56,6 +57,9 @@ class MethodSpec:
         config_sections: the config sections the method reads besides the shared ones (its own, and a
             family's), each with the method's rules for it; registering the method registers them
             (:mod:`dinolite.config.sections`), and their rules run only when ``train.method`` is this method.
+        reads_cls_token: whether the objective reads the backbone's CLS token (its loss or a head does);
+            ``student.cls_token=false`` (a CLS-free encoder, the released I-JEPA's) is refused for such a method
+            at config validation.
         student_temp: ``cfg -> float``, the temperature of the student softmax whose logits the objective's
             ``diagnostics`` hold as ``student_head_logits`` (the monitor's student-teacher cross-entropy);
             None for a method without one.
@@ -76,6 +80,7 @@ class MethodSpec:
     monitor_means: Mapping[str, str] = field(default_factory=dict)
     config_sections: tuple[ConfigSection, ...] = ()
     student_temp: Callable[[Config], float] | None = None
+    reads_cls_token: bool = True
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:
@@ -105,6 +110,7 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"method {spec.name!r} is already registered")
     for section in spec.config_sections:
         register_section(section, spec.name)
+    register_cls_token_use(spec.name, spec.reads_cls_token)
     _METHODS[spec.name] = spec
     return spec
 

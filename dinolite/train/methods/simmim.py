@@ -132,5 +132,6 @@ METHOD = register_method(
         # pixel targets cannot collapse; a dead backbone (constant features) is still worth flagging
         watchdog_thresholds=(one_direction("backbone", after_iteration=60, patience=3),),
         config_sections=(ConfigSection("simmim", SimMIMConfig, validate_simmim),),
+        reads_cls_token=False,  # the loss reads the masked patches; the CLS feature is only monitored
     )
 )

@@ -27,6 +27,8 @@ def test_vit_macs_embed_every_patch_and_encode_the_visible_ones() -> None:
     assert embed_dim(cfg) == kw["embed_dim"] == 24
     assert vit_macs(cfg, size) == patch_embed + transformer_macs(extra + n, 24, kw["depth"])
     assert vit_macs(cfg, size, visible_patches=3) == patch_embed + transformer_macs(extra + 3, 24, kw["depth"])
+    cls_free = load_config("demo_ijepa", [*TINY, "student.cls_token=false"])  # patches (and registers) alone
+    assert vit_macs(cls_free, size, visible_patches=3) == patch_embed + transformer_macs(extra - 1 + 3, 24, kw["depth"])
 
 
 def test_flops_record_counts_student_forward_and_backward_and_teacher_forward() -> None:

@@ -1,0 +1,89 @@
+"""The backbone's initialisation schemes (dinolite.models.vit_init): DINOv2's, the I-JEPA encoder
+constructor's and released I-JEPA training's, with and without a CLS token."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dinolite.models.pos_embed import sincos_pos_embed_2d
+from dinolite.models.vision_transformer import DinoVisionTransformer
+from dinolite.models.vit_init import fixed_position_table, init_vit_weights
+
+
+def _vit(**kwargs) -> DinoVisionTransformer:
+    torch.manual_seed(0)
+    return DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, **kwargs).eval()
+
+
+def test_dinov2_initialisation():
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(
+        img_size=224, patch_size=16, embed_dim=192, depth=2, num_heads=3, init_values=1e-5, num_register_tokens=4
+    )
+    assert abs(model.pos_embed.std().item() - 0.02) < 0.002
+    assert model.cls_token.abs().max().item() < 1e-5
+    assert model.register_tokens.abs().max().item() < 1e-5 and model.register_tokens.abs().max().item() > 0
+    assert torch.count_nonzero(model.mask_token) == 0
+    qkv = model.blocks[0].attn.qkv
+    assert abs(qkv.weight.std().item() - 0.02) < 0.002 and torch.count_nonzero(qkv.bias) == 0
+    assert torch.equal(model.blocks[1].ls2.gamma, torch.full((192,), 1e-5))
+    assert model.blocks[0].norm1.eps == 1e-6 and model.norm.eps == 1e-6
+
+
+@pytest.mark.parametrize("ffn_layer", ["mlp", "swiglu"])
+def test_ijepa_weight_init_is_the_released_encoders(ffn_layer):
+    """Patch projection N(0, 0.02) truncated with zero bias; residual projections of block l (from 1)
+    are DINOv2's draw divided by sqrt(2 l); everything else is DINOv2's initialisation, draw for draw."""
+    torch.manual_seed(0)
+    dinov2 = DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, ffn_layer=ffn_layer)
+    torch.manual_seed(0)
+    ijepa = DinoVisionTransformer(
+        img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, ffn_layer=ffn_layer, weight_init="ijepa"
+    )
+    out = "fc2" if ffn_layer == "mlp" else "w3"
+    reference, ours = dinov2.state_dict(), ijepa.state_dict()
+    for name, value in ours.items():
+        if name.startswith("patch_embed.proj."):
+            continue
+        layer = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
+        if name.endswith(("attn.proj.weight", f"mlp.{out}.weight")):
+            torch.testing.assert_close(value, reference[name] / math.sqrt(2.0 * layer), rtol=0, atol=0)
+        else:
+            assert torch.equal(value, reference[name]), name
+    weight = ours["patch_embed.proj.weight"]
+    assert torch.equal(ours["patch_embed.proj.bias"], torch.zeros(48))
+    # trunc_normal_'s bounds are absolute (+-2), as in the reference: at std 0.02 it is N(0, 0.02)
+    assert abs(weight.std().item() - 0.02) < 0.002 and abs(weight.mean().item()) < 0.002
+    assert dinov2.patch_embed.proj.weight.std() > 2 * weight.std()  # PyTorch's default is ~4x wider here
+    with pytest.raises(ValueError, match="weight_init='jax'"):
+        DinoVisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, weight_init="jax")
+
+
+def test_ijepa_released_init_is_ijepa_without_the_residual_rescaling():
+    """weight_init=ijepa_released: released I-JEPA training's start (init_model redraws the rescaled projections)."""
+    rescaled, released = _vit(weight_init="ijepa").state_dict(), _vit(weight_init="ijepa_released").state_dict()
+    for key, value in released.items():
+        rescaled_key = key.endswith(("attn.proj.weight", "mlp.fc2.weight"))
+        layer = int(key.split(".")[1]) + 1 if rescaled_key else None
+        expected = value / (2.0 * layer) ** 0.5 if layer else value
+        torch.testing.assert_close(rescaled[key], expected, rtol=1e-6, atol=0, msg=key)
+
+
+def test_cls_free_encoder_draws_like_the_cls_encoder_without_the_cls_token():
+    """cls_token=False skips the CLS draw only: the sine-cosine table is the same without its zero CLS row and
+    every other tensor is drawn alike (one normal_ draw of D values fewer before the rest)."""
+    with_cls, without = _vit(pos_embed_type="sincos"), _vit(pos_embed_type="sincos", cls_token=False)
+    assert "cls_token" not in without.state_dict() and without.cls_token is None
+    assert torch.equal(without.pos_embed[0], with_cls.pos_embed[0, 1:])
+    assert torch.equal(with_cls.pos_embed[0, 0], torch.zeros(48))
+    assert torch.equal(fixed_position_table(without)[0], sincos_pos_embed_2d(48, 4, 4))
+    learned = _vit(cls_token=False)
+    assert learned.pos_embed.shape == (1, 16, 48) and abs(learned.pos_embed.std().item() - 0.02) < 0.004
+    again = _vit(cls_token=False)
+    torch.manual_seed(1)
+    init_vit_weights(again)
+    assert not torch.equal(again.blocks[0].attn.qkv.weight, learned.blocks[0].attn.qkv.weight)
+    assert torch.count_nonzero(again.mask_token) == 0
