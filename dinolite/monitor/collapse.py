@@ -14,7 +14,8 @@ Metric names (all plain floats, logged by the trainer):
 - ``collapse/<prefix>_lidar`` (Thilak et al. 2023) when the objective also gives the views of that
   embedding: a diagnostics key ``<key>_views`` of shape ``(B, V, D)``, the embedding of each of the V
   views of each image (:data:`VIEWS_SUFFIX`). The views of one image are LiDAR's surrogate class; DINOv2
-  gives its teacher's CLS of the two global crops of each image as ``teacher_cls_views``.
+  gives its teacher's CLS of the two global crops of each image as ``teacher_cls_views``, the
+  joint-embedding family its backbone's CLS of the two views as ``backbone_cls_views``.
 - ``collapse/teacher_entropy`` and ``collapse/teacher_mean_entropy`` (nats) with ``_norm`` versions
   divided by ``ln K``; ``collapse/student_teacher_ce`` and ``collapse/student_teacher_kl``.
 - ``collapse/<name>`` for each of a method's ``mean_sources`` (diagnostics key -> name): the mean of a

@@ -166,7 +166,9 @@ def test_collapse_monitor_measures_the_method_embeddings(runs):
         for stat in ("std", "std_ratio", "rankme", "rankme_ratio"):
             value = collapse[-1][f"collapse/{prefix}_{stat}"]
             assert value == value and value >= 0, (prefix, stat, value)  # finite-or-zero, not NaN
-    if runs["name"] == "dinov2":  # its objective gives the two global crops of each image: LiDAR's classes
+    # DINOv2 and the joint-embedding family give each image's two global views: LiDAR's surrogate classes
+    sections = {section.name for section in get_method(runs["name"]).config_sections}
+    if runs["name"] == "dinov2" or "joint_embedding" in sections:
         assert collapse[-1]["collapse/backbone_lidar"] >= 1.0 - 1e-6
 
 
