@@ -85,11 +85,16 @@ def write_run(
     )
 
 
-def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
+def handmade_plan(tmp_path: Path):
+    """The MATRIX planned under ``tmp_path`` and its runs by label (nothing written yet)."""
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX.format(out=tmp_path / "lab"))
     plan = plan_matrix(path, prepare=False)
-    runs = {r.label: r for r in plan.runs}
+    return plan, {r.label: r for r in plan.runs}
+
+
+def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
+    plan, runs = handmade_plan(tmp_path)
     write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
     write_run(runs["one-prototype"].run_dir, runs["one-prototype"].config, 1e-6, [12.0, 13.0])
     write_run(runs["few-dims"].run_dir, runs["few-dims"].config, 3.0, [5.0, 4.0])  # 0.42, 0.29 of base
@@ -129,10 +134,7 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
 
 
 def test_lidar_and_alpha_req_are_drawn_and_quoted_when_a_run_logged_them(tmp_path):
-    path = tmp_path / "m.yaml"
-    path.write_text(MATRIX.format(out=tmp_path / "lab"))
-    plan = plan_matrix(path, prepare=False)
-    runs = {r.label: r for r in plan.runs}
+    plan, runs = handmade_plan(tmp_path)
     write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
     write_run(runs["one-prototype"].run_dir, runs["one-prototype"].config, 3.0, [12.0, 14.0])
     page = write_report(plan).read_text()

@@ -93,7 +93,9 @@ def test_lidar_and_alpha_req_rules_read_their_metrics_and_have_no_default():
     assert cr.few_discriminative_directions("backbone", min=6.0).kind == cr.DIMENSIONAL
     assert (alpha_rule.metric, alpha_rule.kind) == ("collapse/backbone_alpha_req", cr.DIMENSIONAL)
     assert lidar_rule.condition() == "LiDAR < 1.5" and alpha_rule.condition() == "alpha-ReQ > 3"
-    alerts = Watchdog([lidar_rule, alpha_rule]).check(5, {"collapse/backbone_lidar": 1.1, "collapse/backbone_alpha_req": 2})
+    alerts = Watchdog([lidar_rule, alpha_rule]).check(
+        5, {"collapse/backbone_lidar": 1.1, "collapse/backbone_alpha_req": 2}
+    )
     assert [(a.metric, a.mode) for a in alerts] == [("collapse/backbone_lidar", cr.ONE_DIRECTION)]
 
 

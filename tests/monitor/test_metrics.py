@@ -253,7 +253,9 @@ def test_lidar_whitens_by_the_within_class_scatter():
     assert metrics.lidar(views) == pytest.approx(4.0, rel=1e-6)
     assert metrics.rankme(views.mean(dim=1) - views.mean(dim=(0, 1))) < 2.5
     # and k equal discriminative directions over isotropic noise give k
-    views = _views(torch.tensor([1.0, 1.0, 1.0, 0, 0], dtype=torch.float64), torch.ones(5, dtype=torch.float64), 25, 2, 2)
+    views = _views(
+        torch.tensor([1.0, 1.0, 1.0, 0, 0], dtype=torch.float64), torch.ones(5, dtype=torch.float64), 25, 2, 2
+    )
     assert metrics.lidar(views) == pytest.approx(3.0, rel=1e-6)
 
 

@@ -196,7 +196,8 @@ def test_diagnostics_for_monitor():
     views = diag["teacher_cls_views"]
     assert views.shape == (B, 2, 24) and not views.requires_grad
     torch.testing.assert_close(views[:, 0], diag["teacher_cls"])
-    second_crops = obj.teacher["backbone"].forward_features(make_batch()["collated_global_crops"])["x_norm_clstoken"][B:]
+    crops = make_batch()["collated_global_crops"]
+    second_crops = obj.teacher["backbone"].forward_features(crops)["x_norm_clstoken"][B:]
     torch.testing.assert_close(views[:, 1], second_crops, rtol=1e-5, atol=1e-5)
 
 
