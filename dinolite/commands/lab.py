@@ -42,7 +42,9 @@ EXIT_OK = 0
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)  # prog: the name it was started by
     parser.add_argument(
-        "--matrix", required=True, help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, vitb16)"
+        "--matrix",
+        required=True,
+        help="a matrix file, or the name of one in dinolite/configs/lab/ (seeds, dino_fig7, vitb16)",
     )
     parser.add_argument("--output-dir", help="default: the matrix's output_dir")
     parser.add_argument("--only", nargs="+", metavar="LABEL", help="run only these runs of the matrix")

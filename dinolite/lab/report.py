@@ -7,6 +7,9 @@
   one line per checkpoint (Jing et al. 2021, Fig. 2/4 shape): dimensional collapse is a tail that falls
   off a cliff.
 - ``rankme.png``: RankMe / min(N, D) over iterations (Garrido et al. 2023).
+- ``lidar.png`` and ``alpha_req.png`` (when a run logged them): LiDAR over the views of each image
+  (Thilak et al. 2023) and the covariance spectrum's power-law exponent (Agrawal et al. 2022) over
+  iterations, one panel per channel.
 - ``teacher.png``: teacher entropy (per image and of the batch mean, / ln K) and the student-teacher KL,
   for methods with a teacher distribution (DINO, MSN): no centering -> one prototype, no sharpening ->
   uniform.
@@ -29,7 +32,9 @@ from typing import Optional
 from dinolite.io import write_text_atomic
 from dinolite.lab.matrix import COMPARISONS, LabPlan
 from dinolite.lab.report_figures import (
+    plot_alpha_req,
     plot_comparison,
+    plot_lidar,
     plot_loss,
     plot_rankme,
     plot_spectra,
@@ -55,6 +60,8 @@ def _evidence_text(r: RunReport) -> str:
         ("predictor_std_ratio", "predictor std*sqrt(d)"),
         ("projector_rankme", "projector RankMe"),
         ("backbone_rankme_ratio", "backbone RankMe ratio"),
+        ("backbone_lidar", "backbone LiDAR"),
+        ("backbone_alpha_req", "backbone alpha-ReQ"),
         ("teacher_mean_entropy_norm", "H(mean)/lnK"),
         ("teacher_entropy_norm", "H/lnK"),
     ):
@@ -158,6 +165,10 @@ def write_report(plan: LabPlan) -> Path:
         figures.append(("spectra.png", "Singular value spectra (Jing et al. 2021)"))
     plot_rankme(reports, out / "rankme.png")
     figures.append(("rankme.png", "RankMe over training"))
+    if plot_lidar(reports, out / "lidar.png"):
+        figures.append(("lidar.png", "LiDAR over training (Thilak et al. 2023)"))
+    if plot_alpha_req(reports, out / "alpha_req.png"):
+        figures.append(("alpha_req.png", "alpha-ReQ over training (Agrawal et al. 2022)"))
     if plot_teacher(reports, out / "teacher.png"):
         figures.append(("teacher.png", "Teacher entropy and KL (DINO's centering / sharpening)"))
     plot_loss(reports, out / "loss.png")

@@ -86,6 +86,27 @@ def plot_rankme(reports: list[RunReport], path: Path) -> None:
     _save(fig, path)
 
 
+def _plot_if_logged(reports: list[RunReport], stat: str, title: str, path: Path) -> bool:
+    """Every run's ``stat`` per channel, when at least one run logged it (older runs have no such series)."""
+    if not any(r.trace.channel(channel, stat) for r in reports for channel in CHANNELS):
+        return False
+    fig, axes = _channel_panels(reports, stat, title)
+    axes[0].set_ylabel(title)
+    _figure_legend(fig, axes)
+    _save(fig, path)
+    return True
+
+
+def plot_lidar(reports: list[RunReport], path: Path) -> bool:
+    """LiDAR over iterations (Thilak et al. 2023); False (nothing drawn) when no run logged it."""
+    return _plot_if_logged(reports, "lidar", "LiDAR", path)
+
+
+def plot_alpha_req(reports: list[RunReport], path: Path) -> bool:
+    """alpha-ReQ over iterations (Agrawal et al. 2022); False (nothing drawn) when no run logged it."""
+    return _plot_if_logged(reports, "alpha_req", "alpha-ReQ", path)
+
+
 def plot_spectra(reports: list[RunReport], path: Path) -> bool:
     with_spectra = [(r, evaluated_spectra(r.result, r.baseline)) for r in reports]
     with_spectra = [(r, s) for r, s in with_spectra if s]

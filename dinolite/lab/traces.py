@@ -17,7 +17,8 @@ Comparable across methods: each method's monitor reports the embeddings it has u
 
 Each channel has ``std`` (SimSiam's std of the L2-normalised embedding), ``std_ratio`` (std x sqrt(d):
 1 for an isotropic embedding, 0 when collapsed, whatever the width), ``rankme`` and ``rankme_ratio``
-(RankMe / min(N, D)). Teacher entropies and the student-teacher KL exist only for methods with a
+(RankMe / min(N, D)), and, from runs logged since they exist, ``alpha_req`` (Agrawal et al. 2022) and
+``lidar`` (Thilak et al. 2023; for methods whose objective gives the views of an embedding). Teacher entropies and the student-teacher KL exist only for methods with a
 teacher distribution (DINO, MSN); the loss exists for every method.
 """
 
@@ -44,7 +45,7 @@ CHANNELS: dict[str, tuple[str, ...]] = {
     "projector": ("collapse/projector", "collapse/head"),
     "predictor": ("collapse/predictor",),
 }
-CHANNEL_STATS = ("std", "std_ratio", "rankme", "rankme_ratio")
+CHANNEL_STATS = ("std", "std_ratio", "rankme", "rankme_ratio", "alpha_req", "lidar")
 TEACHER_METRICS = {
     "teacher_entropy_norm": "collapse/teacher_entropy_norm",
     "teacher_mean_entropy_norm": "collapse/teacher_mean_entropy_norm",

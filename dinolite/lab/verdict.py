@@ -257,7 +257,7 @@ def _evidence(trace: RunTrace) -> dict[str, float]:
     """Last values of the comparable metrics (for the report's table and the reproduced/not line)."""
     out: dict[str, float] = {}
     for channel in CHANNELS:
-        for stat in ("std_ratio", "rankme", "rankme_ratio"):
+        for stat in ("std_ratio", "rankme", "rankme_ratio", "alpha_req", "lidar"):
             series = trace.channel(channel, stat)
             if series:
                 out[f"{channel}_{stat}"] = series.last

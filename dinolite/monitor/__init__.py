@@ -8,12 +8,15 @@ Reads what the objective exposes; never changes training.
 from dinolite.monitor.collapse import CollapseMonitor, gather_rows
 from dinolite.monitor.collapse_rules import CollapseRule
 from dinolite.monitor.metrics import (
+    alpha_req,
     batch_mean_entropy,
     covariance_spectrum,
     cross_entropy_kl,
     embedding_std,
     entropy,
+    lidar,
     normalized_entropy,
+    power_law_exponent,
     rankme,
     singular_values,
 )
@@ -25,13 +28,16 @@ __all__ = [
     "CollapseMonitor",
     "CollapseRule",
     "Watchdog",
+    "alpha_req",
     "batch_mean_entropy",
     "covariance_spectrum",
     "cross_entropy_kl",
     "embedding_std",
     "entropy",
     "gather_rows",
+    "lidar",
     "normalized_entropy",
+    "power_law_exponent",
     "rankme",
     "singular_values",
 ]

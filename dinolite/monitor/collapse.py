@@ -6,10 +6,16 @@ collective when ``torch.distributed`` is initialised) with the objective's detac
 
 Metric names (all plain floats, logged by the trainer):
 
-- ``collapse/{backbone,student_backbone,head}_{std,std_ratio,rankme,rankme_ratio}`` for the teacher
-  CLS feature, the student CLS feature and the teacher head logits. ``std`` is SimSiam's mean std of the
-  L2-normalised embeddings, ``std_ratio = std * sqrt(D)`` (~1 healthy, 0 collapsed, width-free),
-  ``rankme_ratio = RankMe / min(N, D)``.
+- ``collapse/{backbone,student_backbone,head}_{std,std_ratio,rankme,rankme_ratio,alpha_req}`` for the
+  teacher CLS feature, the student CLS feature and the teacher head logits. ``std`` is SimSiam's mean std
+  of the L2-normalised embeddings, ``std_ratio = std * sqrt(D)`` (~1 healthy, 0 collapsed, width-free),
+  ``rankme_ratio = RankMe / min(N, D)``, ``alpha_req`` the power-law decay of the covariance spectrum
+  (Agrawal et al. 2022; not logged when the spectrum has too few non-zero eigenvalues to fit one).
+- ``collapse/<prefix>_lidar`` (Thilak et al. 2023) when the objective also gives the views of that
+  embedding: a diagnostics key ``<key>_views`` of shape ``(B, V, D)``, the embedding of each of the V
+  views of each image (:data:`VIEWS_SUFFIX`). The views of one image are LiDAR's surrogate class; DINOv2
+  gives its teacher's CLS of the two global crops of each image as ``teacher_cls_views``, the
+  joint-embedding family its backbone's CLS of the two views as ``backbone_cls_views``.
 - ``collapse/teacher_entropy`` and ``collapse/teacher_mean_entropy`` (nats) with ``_norm`` versions
   divided by ``ln K``; ``collapse/student_teacher_ce`` and ``collapse/student_teacher_kl``.
 - ``collapse/<name>`` for each of a method's ``mean_sources`` (diagnostics key -> name): the mean of a
@@ -44,7 +50,8 @@ EMBEDDING_SOURCES: dict[str, str] = {
     "student_cls": "student_backbone",
     "teacher_head_logits": "head",
 }
-_EMBEDDING_STATS = ("std", "std_ratio", "rankme", "rankme_ratio")
+_EMBEDDING_STATS = ("std", "std_ratio", "rankme", "rankme_ratio", "alpha_req", "lidar")
+VIEWS_SUFFIX = "_views"  # diagnostics "<key>_views" (B, V, D): the views of embedding <key>, for LiDAR
 _HEAD_METRICS = (
     "collapse/teacher_entropy",
     "collapse/teacher_entropy_norm",
@@ -101,6 +108,29 @@ def gather_rows(x: Tensor, max_rows: int) -> Tensor:
     dist.all_gather(gathered, padded)
     rows = torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)])
     return rows[:max_rows]
+
+
+def _embedding_metrics(prefix: str, x: Tensor) -> dict[str, float]:
+    """std, std_ratio, RankMe, its ratio and alpha-ReQ (when its fit is defined) of one ``(N, D)`` embedding."""
+    n, d = x.shape
+    std = metrics.embedding_std(x)
+    rank = metrics.rankme(x)
+    out = {
+        f"collapse/{prefix}_std": std,
+        f"collapse/{prefix}_std_ratio": std * math.sqrt(d),
+        f"collapse/{prefix}_rankme": rank,
+        f"collapse/{prefix}_rankme_ratio": rank / min(n, d),
+    }
+    alpha = metrics.alpha_req(x)
+    if math.isfinite(alpha):  # inf: too few directions to fit; RankMe already tells that collapse
+        out[f"collapse/{prefix}_alpha_req"] = alpha
+    return out
+
+
+def _lidar_of_views(key: str, views: Tensor) -> float:
+    if views.dim() != 3 or views.shape[1] < 2:
+        raise ValueError(f"diagnostics {key!r} must be (images, views >= 2, dims), got shape {tuple(views.shape)}")
+    return metrics.lidar(views)
 
 
 class CollapseMonitor:
@@ -177,10 +207,16 @@ class CollapseMonitor:
 
         Known keys: those of ``embedding_sources`` (DINOv2: ``teacher_cls``, ``student_cls``,
         ``teacher_head_logits``), ``teacher_head_probs`` (entropies), ``student_head_logits`` (with the
-        probs: CE / KL). Keys that are absent are skipped; none at all is an error. Collective across
-        ranks when distributed.
+        probs: CE / KL), and ``<key>_views`` ``(B, V, D)`` of an embedding source (LiDAR over the gathered
+        images, at most ``max_samples`` of them). Keys that are absent are skipped; none at all is an error.
+        Collective across ranks when distributed.
         """
-        known = set(self.embedding_sources) | set(self.mean_sources) | {"teacher_head_probs", "student_head_logits"}
+        known = (
+            set(self.embedding_sources)
+            | {key + VIEWS_SUFFIX for key in self.embedding_sources}
+            | set(self.mean_sources)
+            | {"teacher_head_probs", "student_head_logits"}
+        )
         if not known & set(diagnostics):
             raise ValueError(
                 f"diagnostics at iteration {iteration} hold none of the keys the monitor reads "
@@ -197,17 +233,12 @@ class CollapseMonitor:
         num_samples = max(t.shape[0] for t in gathered.values())
         results["collapse/num_samples"] = float(num_samples)
         for key, prefix in self.embedding_sources.items():
-            if key not in gathered:
-                continue
-            x = gathered[key]
-            n, d = x.shape
-            std = metrics.embedding_std(x)
-            rank = metrics.rankme(x)
-            results[f"collapse/{prefix}_std"] = std
-            results[f"collapse/{prefix}_std_ratio"] = std * math.sqrt(d)
-            results[f"collapse/{prefix}_rankme"] = rank
-            results[f"collapse/{prefix}_rankme_ratio"] = rank / min(n, d)
-            spectra[prefix] = metrics.covariance_spectrum(x).numpy()
+            if key in gathered:
+                results.update(_embedding_metrics(prefix, gathered[key]))
+                spectra[prefix] = metrics.covariance_spectrum(gathered[key]).numpy()
+            views = gathered.get(key + VIEWS_SUFFIX)
+            if views is not None and views.shape[0] >= 2:  # one image is one class: nothing to separate
+                results[f"collapse/{prefix}_lidar"] = _lidar_of_views(key + VIEWS_SUFFIX, views)
         for key, name in self.mean_sources.items():
             if key in gathered:
                 results[f"collapse/{name}"] = float(gathered[key].mean())

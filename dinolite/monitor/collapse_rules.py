@@ -54,7 +54,10 @@ STD_RATIO, RANKME, RANKME_RATIO = "std_ratio", "rankme", "rankme_ratio"
 TEACHER_ENTROPY_NORM = "teacher_entropy_norm"
 TEACHER_MEAN_ENTROPY, TEACHER_MEAN_ENTROPY_NORM = "teacher_mean_entropy", "teacher_mean_entropy_norm"
 RANKME_OF_REFERENCE = "rankme_of_reference"  # RankMe / the reference run's at the same iterations (lab)
-EMBEDDING_STATS = ("std", STD_RATIO, RANKME, RANKME_RATIO)  # the statistics every channel has
+ALPHA_REQ = "alpha_req"  # power-law decay of the covariance spectrum (Agrawal et al. 2022)
+LIDAR = "lidar"  # smooth rank of the LDA matrix over the views of each image (Thilak et al. 2023)
+# the statistics of a channel (LiDAR only where the objective gives the views of the embedding)
+EMBEDDING_STATS = ("std", STD_RATIO, RANKME, RANKME_RATIO, ALPHA_REQ, LIDAR)
 STAT_LABELS: dict[str, str] = {
     STD_RATIO: "std x sqrt(d)",
     RANKME: "RankMe",
@@ -63,6 +66,8 @@ STAT_LABELS: dict[str, str] = {
     TEACHER_MEAN_ENTROPY: "H(mean teacher)",
     TEACHER_MEAN_ENTROPY_NORM: "H(mean teacher)/ln K",
     RANKME_OF_REFERENCE: "RankMe / the reference's",
+    ALPHA_REQ: "alpha-ReQ",
+    LIDAR: "LiDAR",
 }
 
 # The default thresholds: one per mode, read by the watchdog's method rules, the visualiser and the lab.
@@ -183,8 +188,8 @@ def infer_mode(stat: str, min: Optional[float], max: Optional[float]) -> str:
     if min is not None and max is None:
         if stat in ("std", STD_RATIO):
             return CONSTANT_OUTPUT
-        if stat == RANKME:
-            # RankMe is 1 for one direction and 2 for two: a floor under 2 asks for one direction
+        if stat in (RANKME, LIDAR):
+            # both smooth ranks are 1 for one direction and 2 for two: a floor under 2 asks for one direction
             return ONE_DIRECTION if min <= 2 else LOW_RANK
         if stat == RANKME_RATIO:
             return LOW_RANK
@@ -192,6 +197,8 @@ def infer_mode(stat: str, min: Optional[float], max: Optional[float]) -> str:
             return ONE_PROTOTYPE
     if max is not None and min is None and stat in ("teacher_entropy", TEACHER_ENTROPY_NORM):
         return UNIFORM_OUTPUT
+    if max is not None and min is None and stat == ALPHA_REQ:
+        return LOW_RANK  # a steep spectrum: the variance sits in few directions
     return ""
 
 
@@ -220,6 +227,22 @@ def low_rank(
     """Dimensional collapse (Jing et al. 2021): embeddings differ but span few directions,
     ``RankMe / min(N, D)`` small. Low on purpose: a small healthy network on 10 classes has a low rank."""
     return CollapseRule(RANKME_RATIO, min, None, channel, LOW_RANK, after_iteration, patience)
+
+
+def few_discriminative_directions(
+    channel: str, min: float, after_iteration: int = 0, patience: int = 1
+) -> CollapseRule:
+    """LiDAR (Thilak et al. 2023) below ``min``: few directions tell images apart once the spread of each
+    image's own views is whitened away. No default: LiDAR scales with the views per image, the images
+    and the width, and no run here has placed a threshold yet (docs/monitor.md#lidar-and-alpha-req)."""
+    mode = ONE_DIRECTION if min <= 2 else LOW_RANK
+    return CollapseRule(LIDAR, min, None, channel, mode, after_iteration, patience)
+
+
+def steep_spectrum(channel: str, max: float, after_iteration: int = 0, patience: int = 1) -> CollapseRule:
+    """alpha-ReQ (Agrawal et al. 2022) above ``max``: the covariance spectrum decays so fast that the
+    variance sits in few directions (dimensional collapse). No default, for the reason LiDAR has none."""
+    return CollapseRule(ALPHA_REQ, None, max, channel, LOW_RANK, after_iteration, patience)
 
 
 def one_prototype(

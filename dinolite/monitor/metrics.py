@@ -14,6 +14,12 @@ References
   Pretrained Self-Supervised Representations by Their Rank", Eq. 1-2 (eps = 1e-7).
 - Jing, Vincent, LeCun & Tian 2021, "Understanding Dimensional Collapse in Contrastive
   Self-supervised Learning", Sec. 3: the singular value spectrum of the embedding covariance.
+- Thilak, Huang, Littwin, Saremi, Susskind & Ermon 2023, "LiDAR: Sensing Linear Probing Performance in
+  Joint Embedding SSL Architectures" (ICLR 2024), Sec. 3: the smooth rank of the LDA matrix of surrogate
+  classes made of augmented views of one image.
+- Agrawal, Mondal, Ghosh & Richards 2022, "alpha-ReQ: Assessing Representation Quality in Self-Supervised
+  Learning by measuring eigenspectrum decay" (NeurIPS 2022): the exponent of the power-law decay of the
+  embedding covariance eigenspectrum.
 - Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers" (DINO), Sec. 5.3:
   sharpening alone collapses to one dimension (teacher entropy -> 0), centering alone to the uniform
   distribution (entropy -> ln K); they watch the teacher entropy and the student-teacher KL.
@@ -28,6 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RANKME_EPS = 1e-7  # Garrido et al. 2023, the value they use for float32 embeddings
+LIDAR_DELTA = 1e-4  # Thilak et al. 2023: the ridge delta * I added to the within-class scatter
+LIDAR_EPS = 1e-8  # the eps of the smooth rank p_k = lambda_k / ||lambda||_1 + eps (stable-pretraining's value)
+# alpha-ReQ fits ranks 4..50 (1-based): the authors' released code (fastssl, trange = arange(3, 50)) skips
+# the first eigenvalues, which a power law fits badly, and stops before the noisy tail.
+ALPHA_REQ_FIRST_RANK, ALPHA_REQ_LAST_RANK = 4, 50
 # float64 up to this many matrix entries (128 MiB); above it float32 keeps memory bounded on a GPU.
 _FLOAT64_MAX_ELEMENTS = 1 << 24
 
@@ -98,8 +109,7 @@ def rankme(embeddings: Tensor, eps: float = RANKME_EPS) -> float:
     total = sv.sum()
     if total <= 0:
         return 0.0  # an all-zero matrix spans no direction at all
-    p = sv / total + eps
-    return float(torch.exp(-(p * p.log()).sum()))
+    return _smooth_rank(sv, eps)
 
 
 def _check_probs(probs: Tensor, name: str) -> None:
@@ -159,3 +169,94 @@ def normalized_entropy(value: float, num_classes: int) -> float:
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     return value / math.log(num_classes)
+
+
+def _smooth_rank(values: Tensor, eps: float) -> float:
+    """``exp(-sum_k p_k log p_k)`` with ``p_k = v_k / ||v||_1 + eps`` (RankMe's and LiDAR's smooth rank)."""
+    p = values / values.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def lidar(views: Tensor, delta: float = LIDAR_DELTA, eps: float = LIDAR_EPS) -> float:
+    """LiDAR (Thilak et al. 2023, Sec. 3): the smooth rank of the LDA matrix of surrogate classes.
+
+    ``views`` is ``(n, q, D)``: ``q >= 2`` augmented views (the surrogate class) of each of ``n >= 2``
+    images. With ``mu_x`` the mean of image x's views and ``mu`` the mean of the ``mu_x``:
+
+    - between-class scatter ``S_b = 1/(n-1) sum_x (mu_x - mu)(mu_x - mu)^T``;
+    - within-class scatter ``S_w = 1/(n(q-1)) sum_x sum_i (e_xi - mu_x)(e_xi - mu_x)^T + delta I``;
+    - ``S_lidar = S_w^{-1/2} S_b S_w^{-1/2}`` with eigenvalues ``lambda_k``;
+    - ``LiDAR = exp(-sum_k p_k log p_k)``, ``p_k = lambda_k / ||lambda||_1 + eps``.
+
+    Between 1 and ``min(D, n - 1)`` (up to eps): how many directions tell images apart relative to how
+    much their augmentations move them. Invariant to rotations of the embedding; ``delta`` makes it
+    invariant to scale only for scatters well above it. Views that are all identical (no between-class
+    scatter at all) give 0, as RankMe does for an all-zero matrix.
+    """
+    if views.dim() != 3:
+        raise ValueError(f"views must be a 3-D (images, views, dims) tensor, got shape {tuple(views.shape)}")
+    n, q, d = views.shape
+    if n < 2 or q < 2 or d < 1:
+        raise ValueError(
+            f"views needs >= 2 images with >= 2 views each and >= 1 dimension, got shape {tuple(views.shape)}"
+        )
+    if delta <= 0:
+        raise ValueError(f"delta must be > 0 (it makes the within-class scatter invertible), got {delta}")
+    e = views.to(torch.float64)
+    class_means = e.mean(dim=1)
+    between = class_means - class_means.mean(dim=0)
+    s_b = between.T @ between / (n - 1)
+    within = (e - class_means[:, None]).reshape(n * q, d)
+    s_w = within.T @ within / (n * (q - 1)) + delta * torch.eye(d, dtype=e.dtype, device=e.device)
+    w_values, w_vectors = torch.linalg.eigh(s_w)
+    inv_sqrt = (w_vectors * w_values.rsqrt()) @ w_vectors.T
+    s_lidar = inv_sqrt @ s_b @ inv_sqrt
+    eigenvalues = torch.linalg.eigvalsh((s_lidar + s_lidar.T) / 2).clamp_min(0.0).cpu()
+    if eigenvalues.sum() <= 0:
+        return 0.0  # every image has the same mean embedding: nothing separates the classes
+    return _smooth_rank(eigenvalues, eps)
+
+
+def power_law_exponent(
+    eigenvalues: Tensor, first_rank: int = ALPHA_REQ_FIRST_RANK, last_rank: int = ALPHA_REQ_LAST_RANK
+) -> float:
+    """The decay exponent ``alpha`` of ``lambda_i ~ c i^(-alpha)`` fitted on ranks ``first..last`` (1-based).
+
+    Least squares of ``log lambda_i`` on ``log i`` weighted by ``1/i`` (as the alpha-ReQ authors' released
+    code, after Stringer et al. 2019); ``alpha`` is minus the slope. Eigenvalues are sorted descending
+    first. ``last_rank`` is lowered to the number of numerically non-zero eigenvalues (at most
+    ``max_i lambda_i * len * float64 eps`` counts as zero); fewer than 2 of them in the range leave no
+    slope to fit: ``inf`` (the spectrum ends at once, as a collapsed one does).
+    """
+    if eigenvalues.dim() != 1 or eigenvalues.numel() < 1:
+        raise ValueError(f"eigenvalues must be a non-empty 1-D tensor, got shape {tuple(eigenvalues.shape)}")
+    if not 1 <= first_rank < last_rank:
+        raise ValueError(f"the fit needs 1 <= first_rank < last_rank, got {first_rank}..{last_rank}")
+    values = eigenvalues.to(torch.float64).cpu().sort(descending=True).values
+    if not bool(torch.isfinite(values).all()) or bool((values < -1e-12 * values.abs().max()).any()):
+        raise ValueError("eigenvalues must be finite and non-negative (a covariance spectrum)")
+    tolerance = float(values[0]) * values.numel() * torch.finfo(torch.float64).eps
+    positive = int((values > tolerance).sum())
+    last = min(last_rank, positive)
+    if last - first_rank + 1 < 2:
+        return math.inf
+    ranks = torch.arange(first_rank, last + 1, dtype=torch.float64)
+    x, y, w = ranks.log(), values[first_rank - 1 : last].log(), 1.0 / ranks
+    x_mean, y_mean = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
+    slope = (w * (x - x_mean) * (y - y_mean)).sum() / (w * (x - x_mean).square()).sum()
+    return float(-slope)
+
+
+def alpha_req(
+    embeddings: Tensor, first_rank: int = ALPHA_REQ_FIRST_RANK, last_rank: int = ALPHA_REQ_LAST_RANK
+) -> float:
+    """alpha-ReQ (Agrawal et al. 2022): the power-law exponent of the embedding covariance eigenspectrum.
+
+    The eigenvalues of ``C = (1/N) sum_i (x_i - xbar)(x_i - xbar)^T`` of the raw ``(N, D)`` embeddings
+    (:func:`covariance_spectrum` without the L2 normalisation), fitted by :func:`power_law_exponent`
+    over ranks ``first_rank..last_rank``. Small alpha (~0): a flat, white spectrum that spreads signal and
+    noise alike; large alpha: few dimensions carry the variance (dimensional collapse); the paper finds
+    the best linear-probe accuracy near alpha ~ 1. Invariant to rotations and to the scale of the
+    embedding; ``inf`` when fewer than ``first_rank + 1`` directions have any variance.
+    """
+    return power_law_exponent(covariance_spectrum(embeddings, normalize=False), first_rank, last_rank)

@@ -205,3 +205,25 @@ def test_fashion_mnist_data_is_prepared_once_with_its_own_evaluation_split(tmp_p
     assert (plan.eval_train, plan.eval_val) == ([str(data / "train")], [str(data / "val")])
     with pytest.raises(ConfigError, match=r"'data' is \['/data/shards'\], not \[digits\] or \[fashion_mnist\]"):
         plan_matrix(write(tmp_path, VALID + "data: [/data/shards]\n"), prepare=False)
+
+
+def test_dino_fig7_runs_dino_alone_with_each_of_its_anti_collapse_parts_removed(tmp_path):
+    """DINO's Fig. 7 on DINO itself: every run trains the DINO loss only, and each variant removes exactly
+    what its label says."""
+    plan = plan_matrix("dino_fig7", tmp_path, prepare=False)
+    runs = {r.label: r for r in plan.runs}
+    assert set(runs) == {"dino-both", "dino-sharpening-only", "dino-centering-only", "dino-no-ema"}
+    for run in runs.values():
+        cfg = run.config
+        assert run.spec.preset == "demo_dino" and cfg.train.method == "dinov2"
+        assert cfg.ibot.loss_weight == 0 and cfg.ibot.mask_sample_probability == 0 and cfg.dino.koleo_loss_weight == 0
+        assert "Fig. 7" in run.spec.why or "Table 7" in run.spec.why
+    both = runs["dino-both"].config
+    assert runs["dino-both"].spec.expect == "healthy"
+    assert both.teacher.center_momentum < 1 and both.teacher.teacher_temp < both.teacher.student_temp
+    assert both.ema.momentum > 0
+    assert runs["dino-sharpening-only"].config.teacher.center_momentum == 1.0  # the centre never moves from 0
+    centering = runs["dino-centering-only"].config.teacher
+    assert centering.teacher_temp == centering.warmup_teacher_temp == centering.student_temp
+    assert runs["dino-no-ema"].config.ema.momentum == runs["dino-no-ema"].config.ema.final_momentum == 0.0
+    assert all(runs[label].spec.expect == "complete collapse" for label in set(runs) - {"dino-both"})

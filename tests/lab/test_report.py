@@ -33,7 +33,9 @@ runs:
 ITERS = range(10, 110, 10)
 
 
-def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float], knn: float = 61.0) -> None:
+def write_run(
+    run_dir: Path, config, mean_entropy: float, eval_ranks: list[float], knn: float = 61.0, extra: dict | None = None
+) -> None:
     run_dir.mkdir(parents=True)
     save_config(config, run_dir / "config.yaml")
     with open(run_dir / "metrics.jsonl", "w") as f:
@@ -52,6 +54,7 @@ def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float
                         "collapse/teacher_entropy": 1.7,
                         "collapse/teacher_mean_entropy_norm": mean_entropy / 3.47,
                         "collapse/teacher_mean_entropy": mean_entropy,
+                        **(extra or {}),
                     }
                 )
                 + "\n"
@@ -82,11 +85,16 @@ def write_run(run_dir: Path, config, mean_entropy: float, eval_ranks: list[float
     )
 
 
-def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
+def handmade_plan(tmp_path: Path):
+    """The MATRIX planned under ``tmp_path`` and its runs by label (nothing written yet)."""
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX.format(out=tmp_path / "lab"))
     plan = plan_matrix(path, prepare=False)
-    runs = {r.label: r for r in plan.runs}
+    return plan, {r.label: r for r in plan.runs}
+
+
+def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
+    plan, runs = handmade_plan(tmp_path)
     write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
     write_run(runs["one-prototype"].run_dir, runs["one-prototype"].config, 1e-6, [12.0, 13.0])
     write_run(runs["few-dims"].run_dir, runs["few-dims"].config, 3.0, [5.0, 4.0])  # 0.42, 0.29 of base
@@ -123,3 +131,18 @@ def test_report_marks_each_expected_finding_with_its_numbers(tmp_path):
     assert "took 7 minutes in total" in page  # 6 runs x 66 s
     for figure in ("std.png", "spectra.png", "rankme.png", "teacher.png", "loss.png", "comparison.png"):
         assert (plan.report_dir / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lidar_and_alpha_req_are_drawn_and_quoted_when_a_run_logged_them(tmp_path):
+    plan, runs = handmade_plan(tmp_path)
+    write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
+    write_run(runs["one-prototype"].run_dir, runs["one-prototype"].config, 3.0, [12.0, 14.0])
+    page = write_report(plan).read_text()
+    assert not (plan.report_dir / "lidar.png").exists() and "LiDAR" not in page  # runs logged before LiDAR
+    new = {"collapse/backbone_lidar": 7.5, "collapse/backbone_alpha_req": 1.25}
+    write_run(runs["few-dims"].run_dir, runs["few-dims"].config, 3.0, [12.0, 14.0], extra=new)
+    page = write_report(plan).read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| `few-dims`"))
+    assert "backbone LiDAR 7.5" in row and "backbone alpha-ReQ 1.25" in row
+    for figure in ("lidar.png", "alpha_req.png"):
+        assert (plan.report_dir / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in page

@@ -73,8 +73,23 @@ def random_image_stream(request: StreamRequest):
         index += 1
 
 
-def method_config(name: str, run_dir: Path, *extra: str):
-    return load_config(get_method(name).demo_preset, [*SMALL, f"train.output_dir={run_dir}", *extra])
+def method_config(name: str, run_dir: Path, *extra: str, preset: str | None = None):
+    """The method's demo preset (or ``preset``, one of its recipe presets), shrunk."""
+    preset = preset or get_method(name).demo_preset
+    return load_config(preset, [*SMALL, f"train.output_dir={run_dir}", *extra])
+
+
+# Every method's demo preset, then the presets of other papers' recipes on it (DINO and iBOT on DINOv2's).
+RECIPES = [
+    (name, preset)
+    for name in list_methods()
+    for preset in (get_method(name).demo_preset, *get_method(name).recipe_presets)
+]
+
+
+def recipe_label(name: str, preset: str) -> str:
+    """The method's name for its demo preset (the test ids and stop iterations it always had), else both."""
+    return name if preset == get_method(name).demo_preset else f"{name}-{preset}"
 
 
 class StopAt:
@@ -88,19 +103,34 @@ class StopAt:
         return self.calls >= self.iteration
 
 
-@pytest.fixture(scope="module", params=list_methods())
+@pytest.fixture(
+    scope="module",
+    params=RECIPES,
+    ids=[recipe_label(name, preset) for name, preset in RECIPES],
+)
 def runs(request, tmp_path_factory):
-    """One uninterrupted run and one stopped at a random iteration then resumed, per method."""
-    name = request.param
-    root = tmp_path_factory.mktemp(name)
+    """One uninterrupted run and one stopped at a random iteration then resumed, per method and recipe preset."""
+    name, preset = request.param
+    label = recipe_label(name, preset)
+    root = tmp_path_factory.mktemp(label)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    straight = train(method_config(name, root / "straight"), batches=random_image_stream)
-    stop = random.Random(zlib.crc32(name.encode())).randint(1, ITERATIONS - 1)
-    stopped = train(method_config(name, root / "resumed"), batches=random_image_stream, hooks=RunHooks(StopAt(stop)))
-    resumed = train(method_config(name, root / "resumed"), batches=random_image_stream)
+    straight = train(method_config(name, root / "straight", preset=preset), batches=random_image_stream)
+    stop = random.Random(zlib.crc32(label.encode())).randint(1, ITERATIONS - 1)
+    stopped = train(
+        method_config(name, root / "resumed", preset=preset), batches=random_image_stream, hooks=RunHooks(StopAt(stop))
+    )
+    resumed = train(method_config(name, root / "resumed", preset=preset), batches=random_image_stream)
     torch.set_num_threads(previous)
-    return {"name": name, "root": root, "straight": straight, "stop": stop, "stopped": stopped, "resumed": resumed}
+    return {
+        "name": name,
+        "preset": preset,
+        "root": root,
+        "straight": straight,
+        "stop": stop,
+        "stopped": stopped,
+        "resumed": resumed,
+    }
 
 
 def test_a_few_steps_train(runs):
@@ -109,7 +139,7 @@ def test_a_few_steps_train(runs):
     records = [json.loads(line) for line in (runs["root"] / "straight" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 1 + ITERATIONS // 2 and all(torch.isfinite(torch.tensor(losses)))  # iteration 1, then every 2
-    start = method_config(runs["name"], runs["root"] / "unused")
+    start = method_config(runs["name"], runs["root"] / "unused", preset=runs["preset"])
     torch.manual_seed(start.train.seed)
     initial = get_method(runs["name"]).build_objective(start).student["backbone"].state_dict()
     trained = load_consolidated_state_dict(straight.checkpoint_path, "student", "backbone")
@@ -136,6 +166,10 @@ def test_collapse_monitor_measures_the_method_embeddings(runs):
         for stat in ("std", "std_ratio", "rankme", "rankme_ratio"):
             value = collapse[-1][f"collapse/{prefix}_{stat}"]
             assert value == value and value >= 0, (prefix, stat, value)  # finite-or-zero, not NaN
+    # DINOv2 and the joint-embedding family give each image's two global views: LiDAR's surrogate classes
+    sections = {section.name for section in get_method(runs["name"]).config_sections}
+    if runs["name"] == "dinov2" or "joint_embedding" in sections:
+        assert collapse[-1]["collapse/backbone_lidar"] >= 1.0 - 1e-6
 
 
 def test_the_evaluated_backbone_loads_for_knn(runs):
@@ -167,7 +201,7 @@ def test_exports_to_safetensors_and_onnx_with_the_same_features(runs, tmp_path):
     assert exported.spec.source == get_method(runs["name"]).eval_network
     for key, value in reference.state_dict().items():
         assert torch.equal(exported.state_dict()[key], value), key
-    heads = get_method(runs["name"]).head_names(method_config(runs["name"], run_dir))
+    heads = get_method(runs["name"]).head_names(method_config(runs["name"], run_dir, preset=runs["preset"]))
     assert set(exported.spec.extra["heads"]) <= set(heads)
 
     onnx_path = tmp_path / "backbone.onnx"

@@ -24,8 +24,11 @@ def _diagnostics(n: int = 256, d: int = 32, k: int = 64, seed: int = 0, collapse
         cls = torch.randn(n, d, generator=g)
         logits = torch.randn(n, k, generator=g)
         probs = torch.softmax(logits / 0.04, dim=1)
+    # two views of each image (DINOv2's global crops): the teacher CLS and a perturbed copy
+    views = torch.stack([cls, cls + 0.3 * torch.randn(n, d, generator=g) * (not collapsed)], dim=1)
     return {
         "teacher_cls": cls,
+        "teacher_cls_views": views,
         "student_cls": cls + 0.01 * torch.randn(n, d, generator=g),
         "teacher_head_logits": logits,
         "teacher_head_probs": probs,
@@ -37,7 +40,8 @@ def test_measure_reports_every_metric_with_the_metric_functions_values():
     monitor = CollapseMonitor(every=10, max_samples=1000, student_temp=0.1)
     diag = _diagnostics()
     out = monitor.measure(10, diag)
-    assert set(out) == set(METRIC_NAMES)
+    # LiDAR only where the views of the embedding are given (here the teacher CLS's)
+    assert set(out) == set(METRIC_NAMES) - {"collapse/student_backbone_lidar", "collapse/head_lidar"}
     assert all(isinstance(v, float) for v in out.values())
     assert out["collapse/num_samples"] == 256
     assert out["collapse/backbone_std"] == pytest.approx(metrics.embedding_std(diag["teacher_cls"]))
@@ -45,6 +49,9 @@ def test_measure_reports_every_metric_with_the_metric_functions_values():
     assert out["collapse/backbone_rankme"] == pytest.approx(metrics.rankme(diag["teacher_cls"]))
     assert out["collapse/backbone_rankme_ratio"] == pytest.approx(out["collapse/backbone_rankme"] / 32)
     assert out["collapse/head_rankme"] == pytest.approx(metrics.rankme(diag["teacher_head_logits"]))
+    assert out["collapse/backbone_alpha_req"] == pytest.approx(metrics.alpha_req(diag["teacher_cls"]))
+    assert out["collapse/head_alpha_req"] == pytest.approx(metrics.alpha_req(diag["teacher_head_logits"]))
+    assert out["collapse/backbone_lidar"] == pytest.approx(metrics.lidar(diag["teacher_cls_views"]))
     assert out["collapse/teacher_entropy_norm"] == pytest.approx(
         metrics.entropy(diag["teacher_head_probs"]) / math.log(64)
     )
@@ -67,6 +74,10 @@ def test_healthy_and_collapsed_diagnostics_are_told_apart():
     assert collapsed["collapse/backbone_std_ratio"] < 1e-6
     assert healthy["collapse/backbone_rankme"] > 25
     assert collapsed["collapse/backbone_rankme"] == pytest.approx(1.0, abs=1e-3)
+    # views far apart relative to their own spread: LiDAR near the width; one image repeated: 0
+    assert healthy["collapse/backbone_lidar"] > 25 and collapsed["collapse/backbone_lidar"] == 0.0
+    # a covariance of one direction has no power law to fit: alpha-ReQ is not logged
+    assert "collapse/backbone_alpha_req" in healthy and "collapse/backbone_alpha_req" not in collapsed
     assert collapsed["collapse/teacher_mean_entropy"] == pytest.approx(0.0, abs=1e-9)
     assert healthy["collapse/teacher_mean_entropy_norm"] > 0.9
 
@@ -84,6 +95,17 @@ def test_partial_diagnostics_give_partial_metrics_and_none_is_an_error():
     assert "collapse/backbone_rankme" in out and "collapse/teacher_entropy" not in out
     with pytest.raises(ValueError, match="none of the keys.*teacher_cls.*got loss"):
         monitor.measure(0, {"loss": torch.zeros(3)})
+
+
+def test_lidar_reads_the_views_of_the_first_max_samples_images_and_needs_two():
+    monitor = CollapseMonitor(every=1, max_samples=30)
+    views = torch.randn(50, 3, 8, generator=torch.Generator().manual_seed(2))
+    out = monitor.measure(0, {"teacher_cls": views[:, 0], "teacher_cls_views": views})
+    assert out["collapse/backbone_lidar"] == pytest.approx(metrics.lidar(views[:30]))
+    one_image = monitor.measure(0, {"teacher_cls": views[:1, 0], "teacher_cls_views": views[:1]})
+    assert "collapse/backbone_lidar" not in one_image  # one surrogate class separates nothing
+    with pytest.raises(ValueError, match="'teacher_cls_views' must be \\(images, views >= 2, dims\\)"):
+        monitor.measure(0, {"teacher_cls_views": views[:, :1]})
 
 
 def test_mean_sources_report_the_mean_of_a_per_image_scalar():

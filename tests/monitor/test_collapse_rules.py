@@ -53,6 +53,8 @@ def test_crossing_holds_and_divergence():
         ("collapse/head_std_ratio", "head", "std_ratio"),
         ("collapse/predictor_std", "predictor", "std"),
         ("collapse/teacher_entropy_norm", "", "teacher_entropy_norm"),
+        ("collapse/backbone_lidar", "backbone", "lidar"),
+        ("collapse/student_backbone_alpha_req", "student_backbone", "alpha_req"),
         ("collapse/target_prediction_error", "", "target_prediction_error"),
     ],
 )
@@ -78,6 +80,23 @@ def test_a_config_threshold_gets_the_mode_its_statistic_and_bound_show():
     assert mode("collapse/teacher_mean_entropy", min=0.3) == cr.ONE_PROTOTYPE
     assert mode("collapse/teacher_entropy_norm", max=0.99) == cr.UNIFORM_OUTPUT
     assert mode("collapse/teacher_entropy_norm", min=0.1) == ""  # a floor on it shows no collapse mode
+    assert mode("collapse/backbone_lidar", min=1.5) == cr.ONE_DIRECTION  # a smooth rank, as RankMe
+    assert mode("collapse/backbone_lidar", min=8.0) == cr.LOW_RANK
+    assert mode("collapse/backbone_alpha_req", max=3.0) == cr.LOW_RANK  # a steep spectrum
+    assert mode("collapse/backbone_alpha_req", min=0.2) == ""  # a white spectrum is not a collapse
+
+
+def test_lidar_and_alpha_req_rules_read_their_metrics_and_have_no_default():
+    lidar_rule = cr.few_discriminative_directions("backbone", min=1.5)
+    alpha_rule = cr.steep_spectrum("backbone", max=3.0)
+    assert (lidar_rule.metric, lidar_rule.kind) == ("collapse/backbone_lidar", cr.COMPLETE)
+    assert cr.few_discriminative_directions("backbone", min=6.0).kind == cr.DIMENSIONAL
+    assert (alpha_rule.metric, alpha_rule.kind) == ("collapse/backbone_alpha_req", cr.DIMENSIONAL)
+    assert lidar_rule.condition() == "LiDAR < 1.5" and alpha_rule.condition() == "alpha-ReQ > 3"
+    alerts = Watchdog([lidar_rule, alpha_rule]).check(
+        5, {"collapse/backbone_lidar": 1.1, "collapse/backbone_alpha_req": 2}
+    )
+    assert [(a.metric, a.mode) for a in alerts] == [("collapse/backbone_lidar", cr.ONE_DIRECTION)]
 
 
 def test_verdict_kind_complete_wins_and_none_is_healthy():

@@ -234,6 +234,8 @@ class DINOv2Objective(SSLObjective):
 
         diagnostics = {
             "teacher_cls": teacher["cls"][:batch_size].detach(),
+            # (B, 2, D): the two global crops of each image, LiDAR's surrogate class (monitor/collapse.py)
+            "teacher_cls_views": teacher["cls"].detach().unflatten(0, (n_global, batch_size)).transpose(0, 1),
             "student_cls": student_cls[:batch_size].detach(),
             "teacher_head_logits": teacher["cls_logits"][:batch_size].detach(),
             "teacher_head_probs": teacher["cls_probs"][:batch_size].detach(),

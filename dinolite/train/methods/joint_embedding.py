@@ -283,7 +283,11 @@ class JointEmbeddingObjective(SSLObjective):
             losses = [self.directed_pair_loss(views[i], views[j]) for i, j in pairs]
         loss = torch.stack([term.float() for term in losses]).mean()
         first = views[0]
-        diagnostics = {"backbone_cls": first["cls"].detach()}
+        diagnostics = {
+            "backbone_cls": first["cls"].detach(),
+            # (B, 2, D): each image's two global views, LiDAR's surrogate class (monitor/collapse.py)
+            "backbone_cls_views": torch.stack([view["cls"] for view in views[:N_VIEWS]], dim=1).detach(),
+        }
         if "projector" in self.student:
             diagnostics["projector"] = first["z"].detach()
         if "predictor" in self.student:

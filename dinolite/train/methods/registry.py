@@ -45,6 +45,9 @@ class MethodSpec:
             exports and continued pretraining loads (e.g. ``("dino_head",)``).
         demo_preset: the CPU demo preset (``demo`` for dinov2, ``demo_<method>`` for the others) the
             registry-wide tests train on.
+        recipe_presets: further CPU presets of the method that follow another paper's recipe (dinov2:
+            ``demo_dino``, ``demo_ibot``); the registry-wide tests train each of them as they train
+            ``demo_preset``.
         monitor_embeddings: objective ``diagnostics`` key -> collapse-metric prefix
             (``collapse/<prefix>_{std,std_ratio,rankme,rankme_ratio}``).
         watchdog_thresholds: the method's default collapse rules for the watchdog (``CollapseRule`` values of
@@ -81,6 +84,7 @@ class MethodSpec:
     config_sections: tuple[ConfigSection, ...] = ()
     student_temp: Callable[[Config], float] | None = None
     reads_cls_token: bool = True
+    recipe_presets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:

@@ -192,6 +192,13 @@ def test_diagnostics_for_monitor():
     for key in ("teacher_head_logits", "teacher_head_probs", "student_head_logits"):
         assert diag[key].shape == (B, K) and not diag[key].requires_grad
     torch.testing.assert_close(diag["teacher_head_probs"].sum(-1), torch.ones(B))
+    # LiDAR's surrogate classes: the teacher CLS of the two global crops of each image (crop-major batch)
+    views = diag["teacher_cls_views"]
+    assert views.shape == (B, 2, 24) and not views.requires_grad
+    torch.testing.assert_close(views[:, 0], diag["teacher_cls"])
+    crops = make_batch()["collated_global_crops"]
+    second_crops = obj.teacher["backbone"].forward_features(crops)["x_norm_clstoken"][B:]
+    torch.testing.assert_close(views[:, 1], second_crops, rtol=1e-5, atol=1e-5)
 
 
 def test_extra_state_round_trip_restores_centres():

@@ -17,6 +17,12 @@ def test_simclr_is_info_nce_of_the_projections():
     views = _views(objective, batch)
     expected = InfoNCELoss(0.3)(views[0]["z"], views[1]["z"])
     torch.testing.assert_close(out.loss, expected)
-    assert set(out.diagnostics) == {"backbone_cls", "projector"} and out.diagnostics["projector"].shape == (6, 8)
+    assert set(out.diagnostics) == {"backbone_cls", "backbone_cls_views", "projector"}
+    assert out.diagnostics["projector"].shape == (6, 8)
+    # LiDAR's surrogate classes: the backbone CLS of each image's two views, the first being backbone_cls
+    pair = out.diagnostics["backbone_cls_views"]
+    assert pair.shape == (6, 2, out.diagnostics["backbone_cls"].shape[1]) and not pair.requires_grad
+    torch.testing.assert_close(pair[:, 0], out.diagnostics["backbone_cls"])
+    torch.testing.assert_close(pair[:, 1], views[1]["cls"].detach())
     out.loss.backward()
     assert objective.student["backbone"].cls_token.grad.abs().sum() > 0

@@ -51,7 +51,7 @@ def test_the_loss_is_vicreg_of_the_expander_outputs_and_its_terms_are_logged(n_l
     torch.testing.assert_close(out.loss, expected)
     assert set(out.terms) == {"vicreg_invariance", "vicreg_variance", "vicreg_covariance"}
     torch.testing.assert_close(sum(out.terms.values()), out.loss)
-    assert set(out.diagnostics) == {"backbone_cls", "projector"} and not len(objective.teacher)
+    assert set(out.diagnostics) == {"backbone_cls", "backbone_cls_views", "projector"} and not len(objective.teacher)
     out.loss.backward()
     assert objective.student["projector"].layers.fc0.weight.grad.abs().sum() > 0
 
