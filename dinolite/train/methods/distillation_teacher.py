@@ -40,7 +40,9 @@ def read_teacher_weights(source: str, network: str | None) -> PretrainedWeights:
     key = f"distillation.teacher_weights={source!r}"
     try:
         if not is_hub_source(source) and Path(source).is_dir() and not is_backbone_folder(Path(source)):
-            return consolidate_checkpoint(source, model=network or None, with_heads=True)
+            # Real tensors even inside a dry run's ``meta`` device context: DCP cannot load into meta ones.
+            with torch.device("cpu"):
+                return consolidate_checkpoint(source, model=network or None, with_heads=True)
         if network:
             raise ConfigError(f"{key}: distillation.teacher_network={network!r} applies to a dinolite run folder only")
         return load_pretrained(source)
@@ -136,7 +138,7 @@ def check_teacher_fits(cfg: Config, weights: PretrainedWeights, source: str) -> 
         )
     for name in ("mean", "std"):
         ours, theirs = tuple(getattr(cfg.crops, name)), tuple(getattr(spec, name))
-        if not torch.allclose(torch.tensor(ours, dtype=torch.float64), torch.tensor(theirs, dtype=torch.float64)):
+        if len(ours) != len(theirs) or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)):
             raise ConfigError(
                 f"{key}: the teacher was trained on images normalised with {name}={list(theirs)}, crops.{name}="
                 f"{list(ours)}; set crops.{name} to the teacher's"

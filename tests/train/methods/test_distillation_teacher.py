@@ -14,6 +14,7 @@ from dinolite.config import ConfigError, load_config
 from dinolite.models.heads import DINOHead
 from dinolite.train.loop import train
 from dinolite.train.methods.distillation_teacher import build_frozen_teacher, head_from_state, teacher_fingerprint
+from dinolite.train.preflight import check_startup
 from tests.methods.test_every_method import random_image_stream
 from tests.train.methods.distillation_helpers import STUDENT, distil_config, write_teacher
 
@@ -59,6 +60,14 @@ def test_a_dinolite_run_folder_gives_the_network_asked_for_with_its_heads(dinov2
         saved = load_consolidated_state_dict(checkpoint, expected, part)
         assert _equal(teacher[part], saved), f"{part} is not the run's {expected} {part}"
     assert teacher["ibot_head"] is teacher["dino_head"]
+
+
+def test_a_dry_run_reads_a_run_folder_teacher(dinov2_run):
+    """--dry-run builds on the ``meta`` device; the teacher's checkpoint is still read and checked."""
+    run, _ = dinov2_run
+    check_startup(distil_config(run))
+    with pytest.raises(ConfigError, match="has 16 prototypes, dino.head_n_prototypes=20"):
+        check_startup(distil_config(run, "dino.head_n_prototypes=20", "ibot.head_n_prototypes=20"))
 
 
 def test_a_backbone_without_heads_is_refused_unless_random_heads_are_asked_for(tmp_path):
