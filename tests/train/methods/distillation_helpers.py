@@ -79,3 +79,34 @@ def write_teacher(
     spec = spec_from_backbone(backbone, train_img_size=16, mean=tuple(cfg.crops.mean), std=tuple(cfg.crops.std))
     write_safetensors(backbone.state_dict(), spec, path, heads=head_state if heads else None)
     return {**backbone.state_dict(), **head_state}
+
+
+def slow_steps(pause: float):
+    """A ``stop_requested`` hook that never stops but pauses each iteration (a window to kill the run in)."""
+    import time
+
+    def poll() -> bool:
+        time.sleep(pause)
+        return False
+
+    return poll
+
+
+def main() -> None:
+    """``python distillation_helpers.py OUT TEACHER PAUSE``: distil for 8 iterations, a checkpoint every 2."""
+    import logging
+    import sys
+
+    from dinolite.train.loop import train
+    from dinolite.train.run import RunHooks
+    from tests.methods.test_every_method import random_image_stream
+
+    out, teacher, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO)  # "resumed from ..." reaches the test
+    cfg = distil_config(teacher, f"train.output_dir={out}", "optim.epochs=4", "train.checkpoint_every=2")
+    train(cfg, batches=random_image_stream, hooks=RunHooks(stop_requested=slow_steps(pause)))
+
+
+if __name__ == "__main__":
+    main()

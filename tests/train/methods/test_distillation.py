@@ -8,6 +8,10 @@ the teacher: test_distillation_teacher.py; train / bitwise resume / export / kNN
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +19,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dinolite.checkpoint import load_consolidated_state_dict
 from dinolite.config import ConfigError, load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.train.loop import train
 from dinolite.train.methods import distillation, get_method
+from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
 from dinolite.train.preflight import check_startup
 from dinolite.train.run import build_run
 from tests.methods.test_every_method import random_image_stream
@@ -27,6 +33,7 @@ from tests.train.methods.distillation_helpers import distil_config, write_teache
 from tests.train.scale_worker import full_state, global_batch_slice
 
 STEPS, GLOBAL_BATCH = 3, 8
+REPO = Path(__file__).resolve().parents[3]
 # KoLeo is computed per process (DINOv2's and DINOv3's distillation alike), so it is off for 2 = 1.
 TWO_EQUALS_ONE = ["dino.koleo_loss_weight=0", "distributed.sharding_strategy=full_shard"]
 
@@ -82,8 +89,6 @@ def test_the_run_exports_the_students_ema_at_the_students_size(tmp_path: Path):
     backbone = load_any_backbone(out)  # the method's evaluated network: the EMA of the student
     assert backbone.embed_dim == 32 and len(backbone.blocks) == 2  # the student's, not the 48-wide teacher's
     assert backbone.spec.source == "teacher"  # dinolite's name for the EMA network
-    from dinolite.checkpoint import load_consolidated_state_dict
-
     ema = load_consolidated_state_dict(result.checkpoint_path, "teacher", "backbone")
     assert all(torch.equal(backbone.state_dict()[k], ema[k]) for k in ema)
     assert not any("distillation_teacher" in p.name for p in result.checkpoint_path.rglob("*"))
@@ -142,3 +147,48 @@ def test_the_vitg14_distillation_presets_carry_dinov2s_distillation_values(prese
     assert cfg.optim.base_lr * (2048 / 1024) ** 0.5 == pytest.approx(1e-3)
     assert cfg.dino.head_n_prototypes == cfg.ibot.head_n_prototypes == 131072 and cfg.ibot.separate_head
     assert cfg.train.centering == "sinkhorn_knopp"
+
+
+def _distil_process(out: Path, teacher: Path, pause: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    helper = REPO / "tests" / "train" / "methods" / "distillation_helpers.py"
+    return subprocess.Popen(
+        [sys.executable, str(helper), str(out), str(teacher), str(pause)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_the_uninterrupted_run_bitwise(tmp_path: Path):
+    teacher = tmp_path / "teacher.safetensors"
+    write_teacher(teacher, width=48, depth=3)
+    reference = _distil_process(tmp_path / "ref", teacher, 0.0)
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out[-3000:]
+    killed = _distil_process(tmp_path / "run", teacher, 0.3)
+    pointer = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not (pointer.is_file() and pointer.read_text().strip() == "iter_00000004"):
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint at iteration 4"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "checkpoints" / "iter_00000008").exists()  # it died before the end
+    resumed = _distil_process(tmp_path / "run", teacher, 0.0)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resumed from" in out and "at iteration 4" in out, out[-3000:]
+    for network in ("student", "teacher"):  # the student and its EMA, every tensor of the heads too
+        expected = load_consolidated_state_dict(tmp_path / "ref", network, None)
+        got = load_consolidated_state_dict(tmp_path / "run", network, None)
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), network
+    extra = load_consolidated_state_dict(tmp_path / "run", "objective", "extra")
+    assert torch.equal(
+        extra[FINGERPRINT_KEY], load_consolidated_state_dict(tmp_path / "ref", "objective", "extra")[FINGERPRINT_KEY]
+    )
