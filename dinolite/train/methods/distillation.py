@@ -17,11 +17,9 @@ from typing import Any, Callable
 import torch
 
 from dinolite.config import Config, ConfigError, ConfigSection, check_choices
-from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from dinolite.models import build_heads
 from dinolite.models.info import backbone_forward_macs, model_summary
 from dinolite.train.methods import dinov2, dinov2_config
-from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.methods.distillation_objective import DistillationObjective
 from dinolite.train.methods.distillation_teacher import (
     MISSING_HEADS_CHOICES,
@@ -78,21 +76,12 @@ def build_objective(cfg: Config) -> DistillationObjective:
     backbone = build_student_backbone(cfg, load_pretrained(path) if path else None)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
     teacher = build_frozen_teacher(cfg)  # after the student: its random parts use their own seed
-    ibot_prototypes = cfg.ibot.head_n_prototypes if cfg.ibot.separate_head else cfg.dino.head_n_prototypes
     return DistillationObjective(
         distillation_teacher=teacher,
         backbone=backbone,
         dino_head=heads["dino_head"],
         ibot_head=heads["ibot_head"] if cfg.ibot.separate_head else None,
-        dino_loss=DINOLoss(cfg.dino.head_n_prototypes, cfg.teacher.student_temp, cfg.teacher.center_momentum),
-        ibot_loss=iBOTPatchLoss(ibot_prototypes, cfg.teacher.student_temp, cfg.teacher.center_momentum),
-        koleo_loss=KoLeoLoss(),
-        dino_weight=cfg.dino.loss_weight,
-        ibot_weight=cfg.ibot.loss_weight,
-        koleo_weight=cfg.dino.koleo_loss_weight,
-        centering=cfg.train.centering,
-        sinkhorn_iterations=cfg.teacher.sinkhorn_iterations,
-        schedules=DINOv2Schedules.from_config(cfg),
+        **dinov2.loss_arguments(cfg),
     )
 
 
