@@ -73,10 +73,17 @@ def random_image_stream(request: StreamRequest):
         index += 1
 
 
+# What a demo preset reads from another run, which this suite does not train: distillation's demo distils
+# the trained demo run; here its teacher is a random one (tests/train/methods/test_distillation*.py
+# distil from trained runs and exports).
+PRESET_INPUTS = {"distillation": ["distillation.teacher_weights=random"]}
+
+
 def method_config(name: str, run_dir: Path, *extra: str, preset: str | None = None):
     """The method's demo preset (or ``preset``, one of its recipe presets), shrunk."""
     preset = preset or get_method(name).demo_preset
-    return load_config(preset, [*SMALL, f"train.output_dir={run_dir}", *extra])
+    overrides = [*SMALL, *PRESET_INPUTS.get(name, []), f"train.output_dir={run_dir}", *extra]
+    return load_config(preset, overrides)
 
 
 # Every method's demo preset, then the presets of other papers' recipes on it (DINO and iBOT on DINOv2's).

@@ -10,6 +10,7 @@ from dinolite.train.methods import (
     barlow_twins,  # noqa: E402,F401  (registers "barlow_twins")
     dinov2,  # noqa: E402,F401  (registers "dinov2")
     directclr,  # noqa: E402,F401  (registers "directclr")
+    distillation,  # noqa: E402,F401  (registers "distillation")
     ijepa,  # noqa: E402,F401  (registers "ijepa")
     msn,  # noqa: E402,F401  (registers "msn")
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")

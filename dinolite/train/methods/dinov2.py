@@ -53,11 +53,24 @@ def build_objective(cfg: Config) -> DINOv2Objective:
                         "no ibot_head (it was trained with a shared head)"
                     )
                 load_pretrained_into(heads["ibot_head"], ibot_state, "ibot_head", path)
-    ibot_prototypes = cfg.ibot.head_n_prototypes if cfg.ibot.separate_head else cfg.dino.head_n_prototypes
     objective = DINOv2Objective(
         backbone=backbone,
         dino_head=heads["dino_head"],
         ibot_head=heads["ibot_head"] if cfg.ibot.separate_head else None,
+        **loss_arguments(cfg),
+    )
+    if pretrained is not None and pretrained.heads is not None:
+        extra = pretrained_part(pretrained.heads, "extra")
+        if extra:
+            objective.load_extra_state(extra)
+    return objective
+
+
+def loss_arguments(cfg: Config) -> dict[str, Any]:
+    """:class:`DINOv2Objective`'s arguments besides the student: the three losses, their weights, the
+    centring and the schedules (distillation builds its objective with the same)."""
+    ibot_prototypes = cfg.ibot.head_n_prototypes if cfg.ibot.separate_head else cfg.dino.head_n_prototypes
+    return dict(
         dino_loss=DINOLoss(cfg.dino.head_n_prototypes, cfg.teacher.student_temp, cfg.teacher.center_momentum),
         ibot_loss=iBOTPatchLoss(ibot_prototypes, cfg.teacher.student_temp, cfg.teacher.center_momentum),
         koleo_loss=KoLeoLoss(),
@@ -68,11 +81,6 @@ def build_objective(cfg: Config) -> DINOv2Objective:
         sinkhorn_iterations=cfg.teacher.sinkhorn_iterations,
         schedules=DINOv2Schedules.from_config(cfg),
     )
-    if pretrained is not None and pretrained.heads is not None:
-        extra = pretrained_part(pretrained.heads, "extra")
-        if extra:
-            objective.load_extra_state(extra)
-    return objective
 
 
 # ------------------------------------------------------------------------------------------ views

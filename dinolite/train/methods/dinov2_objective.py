@@ -81,6 +81,9 @@ class DINOv2Schedules:
 class DINOv2Objective(SSLObjective):
     """Student (backbone + DINO head [+ separate iBOT head]) trained against an EMA teacher copy.
 
+    ``mask_student_crops`` (class attribute): the student's global crops get iBOT's mask tokens at the
+    masked positions (DINOv2 pretraining); a subclass may turn it off (distillation).
+
     Args:
         backbone: the student ViT (``forward_features`` / ``forward_features_list`` as in
             docs/interfaces.md). The teacher is a deep copy of it taken here.
@@ -94,6 +97,8 @@ class DINOv2Objective(SSLObjective):
         schedules: teacher momentum / temperature and prototype freeze by iteration (needed by
             ``forward(batch, iteration)`` and the hooks; :meth:`loss_at_temperature` works without).
     """
+
+    mask_student_crops = True
 
     def __init__(
         self,
@@ -152,21 +157,27 @@ class DINOv2Objective(SSLObjective):
             return probs
         return loss.sinkhorn_knopp_teacher(logits, teacher_temp, n_iterations=self.sinkhorn_iterations)
 
+    def target_network(self) -> tuple[nn.ModuleDict, str]:
+        """The network that produces the targets, and the name of its patch (iBOT) head: DINOv2's EMA
+        teacher; distillation overrides it with its frozen teacher."""
+        return self.teacher, self.ibot_head_name
+
     @torch.no_grad()
     def _teacher_targets(
         self, global_crops: torch.Tensor, mask_indices: torch.Tensor, teacher_temp: float, do_ibot: bool
     ) -> dict[str, torch.Tensor]:
-        out = self.teacher["backbone"].forward_features(global_crops)
+        network, ibot_head_name = self.target_network()
+        out = network["backbone"].forward_features(global_crops)
         cls = out["x_norm_clstoken"]
         n_cls = cls.shape[0]
         masked_patches = out["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_indices)
-        if do_ibot and self.ibot_head_name == "dino_head":
+        if do_ibot and network[ibot_head_name] is network["dino_head"]:
             # One head call for CLS and masked patch tokens when the head is shared.
-            both = self.teacher["dino_head"](torch.cat([cls, masked_patches]))
+            both = network["dino_head"](torch.cat([cls, masked_patches]))
             cls_logits, patch_logits = both[:n_cls], both[n_cls:]
         else:
-            cls_logits = self.teacher["dino_head"](cls)
-            patch_logits = self.teacher[self.ibot_head_name](masked_patches) if do_ibot else None
+            cls_logits = network["dino_head"](cls)
+            patch_logits = network[ibot_head_name](masked_patches) if do_ibot else None
         targets = {
             "cls": cls,
             "patches": out["x_norm_patchtokens"],
@@ -200,6 +211,8 @@ class DINOv2Objective(SSLObjective):
 
         teacher = self._teacher_targets(global_crops, mask_indices, teacher_temp, do_ibot)
 
+        if not self.mask_student_crops:  # distillation: the student sees whole crops (DINOv2 Sec. 5)
+            masks = None
         if has_local:
             student_global, student_local = self.student["backbone"].forward_features_list(
                 [global_crops, local_crops], [masks, None]
