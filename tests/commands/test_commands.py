@@ -20,7 +20,20 @@ WITHOUT_CONSOLE_SCRIPT = {"summary"}  # python -m dinolite.commands.summary only
 
 def test_the_commands_are_the_documented_ones():
     assert COMMANDS == sorted(
-        ["train", "slurm", "lab", "knn", "linear", "segmentation", "visualize", "export", "shards", "info", "summary", "plan"]
+        [
+            "train",
+            "slurm",
+            "lab",
+            "knn",
+            "linear",
+            "segmentation",
+            "visualize",
+            "export",
+            "shards",
+            "info",
+            "summary",
+            "plan",
+        ]
     )
 
 
