@@ -47,7 +47,9 @@ class StudentConfig:
     interpolate_antialias: bool = False
     interpolate_offset: float = 0.1
     attention: str = "auto"  # auto (xformers on CUDA when installed, else SDPA) | sdpa | xformers
-    # learned (DINOv2) | sincos (fixed 2-D sine-cosine table, frozen: MAE, I-JEPA)
+    # learned (DINOv2) | sincos (fixed 2-D sine-cosine table, frozen: MAE, I-JEPA) | shared_rel_pos_bias (no
+    # absolute position; one relative position bias on the attention logits shared by all blocks: SimMIM's ViT,
+    # microsoft/SimMIM d3e29bc models/vision_transformer.py:179-213; needs the CLS token and no registers)
     pos_embed: str = "learned"
     # pos_embed=sincos: which half of the channels encodes the row: row_first (dinolite's) | column_first (the
     # released I-JEPA / MAE code's, ijepa 52c1ae9 src/models/vision_transformer.py:21-48; released weights fit it)
@@ -59,6 +61,8 @@ class StudentConfig:
     # false: no CLS token (the released I-JEPA encoder's layout: a (1, N, D) position table; the pooled feature is
     # the mean patch token); only for methods that read no CLS token (ijepa, simmim: the method's registry entry)
     cls_token: bool = True
+    # zeros (DINOv2 / iBOT) | trunc_normal (SimMIM's: std 0.02 truncated at +-1 std, models/simmim.py:63-67)
+    mask_token_init: str = "zeros"
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""
@@ -260,7 +264,8 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
-    "student.pos_embed": ("learned", "sincos"),
+    "student.pos_embed": ("learned", "sincos", "shared_rel_pos_bias"),
+    "student.mask_token_init": ("zeros", "trunc_normal"),
     "student.sincos_order": ("row_first", "column_first"),
     "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),
     "student.attention": ("auto", "sdpa", "xformers"),

@@ -62,13 +62,15 @@ class AttentionBackend:
         return "sdpa"
 
 
-def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Plain attention on ``(B, heads, T, d)`` tensors: returns ``(softmax(QK^T/sqrt(d)) V, weights)``.
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Plain attention on ``(B, heads, T, d)`` tensors: returns ``(softmax(QK^T/sqrt(d) + bias) V, weights)``
+    (``bias``: ``(heads, T, T)`` added to the logits, or None).
 
     Computed in float32 for the softmax (the weights are returned for visualisation).
     """
     scale = q.shape[-1] ** -0.5
-    weights = torch.softmax((q.float() * scale) @ k.float().transpose(-2, -1), dim=-1)
+    logits = (q.float() * scale) @ k.float().transpose(-2, -1)
+    weights = torch.softmax(logits if bias is None else logits + bias.float(), dim=-1)
     return (weights @ v.float()).to(v.dtype), weights
 
 
@@ -97,22 +99,27 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias)."""
         B, T, C = x.shape
         q, k, v = self._split_heads(x).unbind(0)  # each (B, T, heads, d)
-        if self.backend.select(x) == "xformers":
+        if bias is None and self.backend.select(x) == "xformers":
             from xformers.ops import memory_efficient_attention  # CUDA-only path, imported on use
 
             out = memory_efficient_attention(q, k, v)  # (B, T, heads, d) layout
         else:
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            # a float attn_mask is added to the logits inside the fused kernel (no (B, heads, T, T) logits kept)
+            mask = None if bias is None else bias.to(q.dtype).unsqueeze(0)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+            )
             out = out.transpose(1, 2)
         return self.proj(out.reshape(B, T, C))
 
-    def forward_explicit(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_explicit(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same output as :meth:`forward` through :func:`explicit_attention`, plus the ``(B, heads, T, T)``
         attention weights."""
         B, T, C = x.shape
         q, k, v = (t.transpose(1, 2) for t in self._split_heads(x).unbind(0))
-        out, weights = explicit_attention(q, k, v)
+        out, weights = explicit_attention(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(B, T, C)), weights

@@ -9,6 +9,7 @@ Keys: ``norm1.*``, ``attn.qkv.*``, ``attn.proj.*``, ``ls1.gamma``, ``norm2.*``, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -70,20 +71,26 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
         self.sample_drop_ratio = drop_path
 
-    def attn_residual(self, x: Tensor) -> Tensor:
-        return self.ls1(self.attn(self.norm1(x)))
+    def attn_residual(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x), bias))
 
     def ffn_residual(self, x: Tensor) -> Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def _forward_one(self, x: Tensor) -> Tensor:
+    def _forward_one(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         if self.training and self.sample_drop_ratio > SUBSET_DROP_THRESHOLD:
-            x = drop_add_residual_stochastic_depth(x, self.attn_residual, self.sample_drop_ratio)
+            attn_residual = partial(self.attn_residual, bias=bias)  # the bias is per token pair, not per sample
+            x = drop_add_residual_stochastic_depth(x, attn_residual, self.sample_drop_ratio)
             return drop_add_residual_stochastic_depth(x, self.ffn_residual, self.sample_drop_ratio)
-        x = x + self.drop_path1(self.attn_residual(x))
+        x = x + self.drop_path1(self.attn_residual(x, bias))
         return x + self.drop_path2(self.ffn_residual(x))
 
-    def forward(self, x: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    def forward(
+        self, x: Tensor | list[Tensor], bias: Tensor | None | Sequence[Tensor | None] = None
+    ) -> Tensor | list[Tensor]:
+        """``bias``: the attention-logit bias ``(heads, T, T)`` (a shared relative position bias), one per
+        tensor when ``x`` is a list."""
         if isinstance(x, (list, tuple)):
-            return [self._forward_one(t) for t in x]
-        return self._forward_one(x)
+            biases = bias if isinstance(bias, (list, tuple)) else [bias] * len(x)
+            return [self._forward_one(t, b) for t, b in zip(x, biases)]
+        return self._forward_one(x, bias)

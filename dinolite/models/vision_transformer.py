@@ -8,7 +8,9 @@ added, so they carry none. ``cls_token=False`` (the released I-JEPA encoder's la
 the sequence is ``[registers..., patches...]``, the table ``(1, N, D)``, and the pooled feature
 ``x_norm_clstoken`` is the mean of the final-norm patch tokens (what I-JEPA evaluates; ``avgpool``).
 Where a boolean mask is given, the learnable ``mask_token`` replaces the patch embedding before the
-position embedding is added (iBOT's masked image modelling).
+position embedding is added (iBOT's masked image modelling). ``pos_embed_type="shared_rel_pos_bias"`` (SimMIM's
+ViT) adds no absolute position (``pos_embed`` stays, zero and frozen) and a bias shared by all blocks to the
+attention logits instead (:mod:`dinolite.models.rel_pos_bias`, key ``rel_pos_bias.relative_position_bias_table``).
 
 With a CLS token, the state dict has exactly the keys and shapes of DINOv2's released backbones
 (``cls_token (1,1,D)``, ``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``,
@@ -26,10 +28,11 @@ from dinolite.models.attention import AttentionBackend
 from dinolite.models.block import Block, LayerNorm
 from dinolite.models.patch_embed import PatchEmbed
 from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed
+from dinolite.models.rel_pos_bias import SharedRelativePositionBias
 from dinolite.models.stochastic_depth import drop_path_rates
-from dinolite.models.vit_init import WEIGHT_INITS, init_vit_weights
+from dinolite.models.vit_init import MASK_TOKEN_INITS, WEIGHT_INITS, init_vit_weights
 
-POS_EMBED_TYPES = ("learned", "sincos")
+POS_EMBED_TYPES = ("learned", "sincos", "shared_rel_pos_bias")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -68,12 +71,20 @@ class DinoVisionTransformer(nn.Module):
         weight_init: str = "dinov2",
         sincos_order: str = "row_first",
         cls_token: bool = True,
+        mask_token_init: str = "zeros",
     ) -> None:
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed_type={pos_embed_type!r} is not one of {', '.join(POS_EMBED_TYPES)}")
         if sincos_order not in SINCOS_ORDERS:
             raise ValueError(f"sincos_order={sincos_order!r} is not one of {', '.join(SINCOS_ORDERS)}")
+        if mask_token_init not in MASK_TOKEN_INITS:
+            raise ValueError(f"mask_token_init={mask_token_init!r} is not one of {', '.join(MASK_TOKEN_INITS)}")
+        if pos_embed_type == "shared_rel_pos_bias" and (not cls_token or num_register_tokens):
+            raise ValueError(
+                "pos_embed_type='shared_rel_pos_bias' lays out [CLS, patches] (SimMIM's ViT): it needs a "
+                f"CLS token and no registers (cls_token={cls_token}, num_register_tokens={num_register_tokens})"
+            )
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r} is not one of {', '.join(WEIGHT_INITS)}")
         if depth < 1 or embed_dim < 1 or num_heads < 1:
@@ -91,6 +102,7 @@ class DinoVisionTransformer(nn.Module):
         self.pos_embed_type = pos_embed_type
         self.sincos_order = sincos_order
         self.weight_init = weight_init
+        self.mask_token_init = mask_token_init
         self.attention_backend = AttentionBackend(attention)
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -105,6 +117,9 @@ class DinoVisionTransformer(nn.Module):
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
         )
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        grid = (self.patch_embed.grid_size,) * 2
+        shared = pos_embed_type == "shared_rel_pos_bias"
+        self.rel_pos_bias = SharedRelativePositionBias(grid, num_heads) if shared else None
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -181,6 +196,14 @@ class DinoVisionTransformer(nn.Module):
         pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
         return pos.to(x.dtype)
 
+    def position_bias(self, x: Tensor, keep_indices: Tensor | None = None) -> Tensor | None:
+        """The shared relative position bias ``(heads, T, T)`` for images ``x``, or None without one."""
+        if self.rel_pos_bias is None:
+            return None
+        if keep_indices is not None:
+            raise ValueError("pos_embed_type='shared_rel_pos_bias' does not encode a subset of patches (keep_indices)")
+        return self.rel_pos_bias((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
+
     def _output_dict(
         self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None
     ) -> dict[str, Any]:
@@ -211,8 +234,9 @@ class DinoVisionTransformer(nn.Module):
         ``x_norm_clstoken`` is the mean of ``x_norm_patchtokens`` (:meth:`pooled_feature`). With ``keep_indices (B,K)``
         only those patches are encoded (``N`` becomes ``K`` above; the dict also holds ``keep_indices``)."""
         tokens = self.prepare_tokens_with_masks(x, masks, keep_indices)
+        bias = self.position_bias(x, keep_indices)
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, bias)
         return self._output_dict(tokens, masks, keep_indices)
 
     def forward_features_list(
@@ -232,8 +256,9 @@ class DinoVisionTransformer(nn.Module):
                 f"got {len(x_list)} image batches but {len(masks_list)} masks and {len(keep_indices_list)} keep_indices"
             )
         tokens = [self.prepare_tokens_with_masks(x, m, k) for x, m, k in zip(x_list, masks_list, keep_indices_list)]
+        biases = [self.position_bias(x, k) for x, k in zip(x_list, keep_indices_list)]
         for block in self.blocks:
-            tokens = block(tokens)
+            tokens = block(tokens, biases)
         return [self._output_dict(t, m, k) for t, m, k in zip(tokens, masks_list, keep_indices_list)]
 
     def forward(self, x: Tensor, masks: Tensor | None = None, *, is_training: bool = False) -> Tensor | dict:
@@ -260,10 +285,10 @@ class DinoVisionTransformer(nn.Module):
         for index in wanted:
             if not 0 <= index < self.n_blocks:
                 raise ValueError(f"block index {index} out of range for a backbone of {self.n_blocks} blocks")
-        tokens = self.prepare_tokens_with_masks(x)
+        tokens, bias = self.prepare_tokens_with_masks(x), self.position_bias(x)
         outputs = []
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens)
+            tokens = block(tokens, bias)
             if i in wanted:
                 outputs.append(tokens)
         if norm:
@@ -281,11 +306,11 @@ class DinoVisionTransformer(nn.Module):
     def get_last_selfattention(self, x: Tensor) -> Tensor:
         """Softmax attention weights ``(B, heads, T, T)`` of the last block (tokens: CLS if any, registers,
         patches: :meth:`prepare_tokens_with_masks`), computed with the explicit formula."""
-        tokens = self.prepare_tokens_with_masks(x)
+        tokens, bias = self.prepare_tokens_with_masks(x), self.position_bias(x)
         for block in self.blocks[:-1]:
-            tokens = block(tokens)
+            tokens = block(tokens, bias)
         last = self.blocks[-1]
-        _, weights = last.attn.forward_explicit(last.norm1(tokens))
+        _, weights = last.attn.forward_explicit(last.norm1(tokens), bias)
         return weights
 
 
@@ -365,6 +390,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         weight_init=student_cfg.weight_init,
         sincos_order=student_cfg.sincos_order,
         cls_token=student_cfg.cls_token,
+        mask_token_init=student_cfg.mask_token_init,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # the backbone imports this module
     from dinolite.models.vision_transformer import DinoVisionTransformer
 
 WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released")
+MASK_TOKEN_INITS = ("zeros", "trunc_normal")
+# SimMIM's mask token: std 0.02 truncated at +-1 std (microsoft/SimMIM d3e29bc models/simmim.py:63-67)
+MASK_TOKEN_STD = 0.02
 
 
 def fixed_position_table(model: DinoVisionTransformer) -> torch.Tensor:
@@ -50,13 +53,19 @@ def init_vit_weights(model: DinoVisionTransformer) -> None:
         raise ValueError(f"weight_init={model.weight_init!r} is not one of {', '.join(WEIGHT_INITS)}")
     if model.pos_embed_type == "sincos":
         model.pos_embed.copy_(fixed_position_table(model))
+    elif model.pos_embed_type == "shared_rel_pos_bias":  # no absolute position: a zero, frozen table
+        nn.init.zeros_(model.pos_embed)
+        model.rel_pos_bias.reset_parameters()
     else:
         nn.init.trunc_normal_(model.pos_embed, std=0.02)
     if model.cls_token is not None:
         nn.init.normal_(model.cls_token, std=1e-6)
     if model.register_tokens is not None:
         nn.init.normal_(model.register_tokens, std=1e-6)
-    nn.init.zeros_(model.mask_token)
+    if model.mask_token_init == "trunc_normal":
+        nn.init.trunc_normal_(model.mask_token, std=MASK_TOKEN_STD, a=-MASK_TOKEN_STD, b=MASK_TOKEN_STD)
+    else:
+        nn.init.zeros_(model.mask_token)
     model.patch_embed.proj.reset_parameters()
     for module in model.modules():
         if isinstance(module, nn.Linear):

@@ -136,6 +136,8 @@ class ReleasedStep:
             outside ``student.``, a reason each).
         computed: release weights that dinolite computes instead of storing (a reason each): not loaded; a test
             checks dinolite's value against them.
+        renamed: dinolite parameter -> the release's key of a tensor the fixture stores under ``*_released_only/``
+            (its weight, gradient and value after the step), compared as dinolite's parameter.
         loss_atol, grad_rtol, grad_atol: the tolerances (loss absolute; gradients relative to each tensor's max
             plus an absolute floor).
         optimizer: the release's optimizer step (``None``: the parameters after the step are not compared).
@@ -152,6 +154,7 @@ class ReleasedStep:
     dinolite_only: Mapping[str, str] = field(default_factory=dict)
     release_only: Mapping[str, str] = field(default_factory=dict)
     computed: Mapping[str, str] = field(default_factory=dict)
+    renamed: Mapping[str, str] = field(default_factory=dict)
     loss_atol: float = 1e-6
     grad_rtol: float = 2e-5
     grad_atol: float = 1e-7
@@ -172,8 +175,15 @@ def simsiam_overrides(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+SIMMIM_TABLE = "student.backbone.rel_pos_bias.relative_position_bias_table"
+
+
 def simmim_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """The release's ViT switches (use_ape false, use_shared_rpb true: no absolute table, one relative position
+    bias shared by the blocks), LayerScale and masks."""
+    assert settings["use_shared_rpb"] and not settings["use_ape"] and not settings["use_rpb"]
     return [
+        "student.pos_embed=shared_rel_pos_bias",
         f"student.layerscale={settings['init_values']}",
         f"simmim.mask_patch_size={settings['mask_patch_size']}",
         f"simmim.mask_ratio={settings['mask_ratio']}",
@@ -454,14 +464,8 @@ CASES: dict[str, ReleasedStep] = {
         "demo_simmim",
         simmim_overrides,
         {"images": "inputs/images", "masks": "inputs/masks"},
-        zero={
-            "student.backbone.pos_embed": "the release has no absolute table (use_ape false) and its shared relative "
-            "bias starts at 0: its first forward carries no position, as a zero table does"
-        },
-        dinolite_only={
-            "student.backbone.pos_embed": "dinolite's learned table gets the gradient the release's relative bias gets "
-            "(student.pos_embed has no shared relative bias yet; docs/faithfulness.md, SimMIM)"
-        },
+        # student.pos_embed=shared_rel_pos_bias (simmim_overrides): the release's table, under dinolite's key
+        renamed={SIMMIM_TABLE: "encoder.rel_pos_bias.relative_position_bias_table"},
         optimizer=ReleasedOptimizer(
             simmim_optimizer,
             lr_and_setting_decay,
@@ -485,7 +489,9 @@ def build(case: ReleasedStep, fixture: Fixture, extra: Sequence[str] = ()) -> tu
     objective = get_method(cfg.train.method).build_objective(cfg)
     state = objective.state_dict()
     weights = {
-        k: v for k, v in fixture.section("weights/").items() if k.startswith("student.") and k not in case.computed
+        k: v
+        for k, v in released_tensors(case, fixture, "weights").items()
+        if k.startswith("student.") and k not in case.computed
     }
     unknown = sorted(set(weights) - set(state))
     if unknown:
@@ -497,6 +503,13 @@ def build(case: ReleasedStep, fixture: Fixture, extra: Sequence[str] = ()) -> tu
                 state[target] = value.clone()
     objective.load_state_dict(state)
     return objective.train(), cfg
+
+
+def released_tensors(case: ReleasedStep, fixture: Fixture, section: str) -> dict[str, torch.Tensor]:
+    """``fixture.section(section + "/")`` plus the ``section + "_released_only/"`` tensors the case renames."""
+    tensors = fixture.section(f"{section}/")
+    tensors.update({ours: fixture.tensors[f"{section}_released_only/{key}"] for ours, key in case.renamed.items()})
+    return tensors
 
 
 def fixture_batch(case: ReleasedStep, fixture: Fixture, cfg: Config) -> dict[str, torch.Tensor]:
@@ -545,7 +558,7 @@ def test_loss_and_terms_equal_the_release(stepped) -> None:
 
 def test_every_gradient_equals_the_release(stepped) -> None:
     case, fixture, (_, _, grads) = stepped
-    released = fixture.section("released/grad/")
+    released = released_tensors(case, fixture, "released/grad")
     assert sorted(k for k in released if not k.startswith("student.")) == sorted(case.release_only)
     released = {k: v for k, v in released.items() if k.startswith("student.")}
     assert sorted(set(released) - set(grads)) == [], "parameters the release trains that get no gradient here"
@@ -571,6 +584,25 @@ def test_the_released_ijepa_step_needs_the_cls_free_encoder_and_the_column_first
     loss, _, grads = run_step(IJEPA_CASE, fixture, ("student.sincos_order=row_first",))
     assert abs(loss - fixture.scalar("released/loss")) > 1e-3
     assert gradient_mismatches(IJEPA_CASE, released, grads)
+
+
+def test_the_released_simmim_step_needs_the_shared_relative_position_bias() -> None:
+    """With dinolite's learned absolute table instead (loaded as zeros: the first forward then carries no position
+    either, so the loss is the release's) the release's relative bias table, whose gradient is not zero, has no
+    parameter here, and dinolite's absolute table takes a gradient the release has no parameter for."""
+    case, fixture = CASES["simmim"], read_fixture("simmim")
+    absolute = dataclasses.replace(
+        case,
+        overrides=lambda settings: [*simmim_overrides(settings), "student.pos_embed=learned"],
+        renamed={},
+        zero={"student.backbone.pos_embed": "the release's first forward carries no position"},
+    )
+    loss, _, grads = run_step(absolute, fixture)
+    released = released_tensors(case, fixture, "released/grad")
+    assert loss == pytest.approx(fixture.scalar(case.loss), abs=case.loss_atol)
+    assert float(released[SIMMIM_TABLE].norm()) > 1e-5
+    assert sorted(set(released) - set(grads)) == [SIMMIM_TABLE]
+    assert sorted(set(grads) - set(released)) == ["student.backbone.pos_embed"]
 
 
 def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
@@ -635,9 +667,9 @@ def after_step_mismatches(case: ReleasedStep, fixture: Fixture, ours: Mapping[st
     (:class:`ReleasedOptimizer`)."""
     assert case.optimizer is not None
     lr, _ = case.optimizer.values(fixture)
-    before, grads = fixture.section("weights/"), fixture.section("released/grad/")
+    before, grads = released_tensors(case, fixture, "weights"), released_tensors(case, fixture, "released/grad")
     bad = []
-    for key, released in sorted(fixture.section("released/after/").items()):
+    for key, released in sorted(released_tensors(case, fixture, "released/after").items()):
         if not key.startswith("student.") or key in case.dinolite_only:
             continue
         released, mine = released.double(), ours[key].double()
@@ -660,7 +692,7 @@ def test_every_parameter_after_the_optimizer_step_equals_the_release(name: str) 
     (the same key set, less the parameters the case names as dinolite's only)."""
     case, fixture = CASES[name], read_fixture(CASES[name].fixture)
     ours = run_optimizer_step(case, fixture)
-    released = {k for k in fixture.section("released/after/") if k.startswith("student.")}
+    released = {k for k in released_tensors(case, fixture, "released/after") if k.startswith("student.")}
     assert sorted(released - set(ours)) == []
     assert after_step_mismatches(case, fixture, ours) == []
 
