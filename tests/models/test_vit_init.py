@@ -87,3 +87,23 @@ def test_cls_free_encoder_draws_like_the_cls_encoder_without_the_cls_token():
     init_vit_weights(again)
     assert not torch.equal(again.blocks[0].attn.qkv.weight, learned.blocks[0].attn.qkv.weight)
     assert torch.count_nonzero(again.mask_token) == 0
+
+
+def test_mask_token_init_trunc_normal_is_simmims_draw() -> None:
+    """``mask_token_init="trunc_normal"``: std 0.02 cut at +-0.02 (SimMIM models/simmim.py:63-67); the default
+    keeps DINOv2's zero token and every other draw unchanged."""
+    from dinolite.models.vision_transformer import DinoVisionTransformer
+
+    def build(mask_token_init: str) -> DinoVisionTransformer:
+        torch.manual_seed(0)
+        return DinoVisionTransformer(
+            img_size=32, patch_size=4, embed_dim=256, depth=1, num_heads=4, mask_token_init=mask_token_init
+        )
+
+    zeros, drawn = build("zeros"), build("trunc_normal")
+    assert torch.count_nonzero(zeros.mask_token) == 0
+    token = drawn.mask_token.detach()
+    assert float(token.abs().max()) <= 0.02 and float(token.abs().max()) > 0.015
+    assert 0.007 < float(token.std()) < 0.015  # truncated at one std: an effective std of 0.0108
+    with pytest.raises(ValueError, match="mask_token_init='ones' is not one of zeros, trunc_normal"):
+        build("ones")
