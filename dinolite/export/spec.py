@@ -71,6 +71,9 @@ class BackboneSpec:
     interpolate_offset: float = 0.1
     # false: no CLS token (a CLS-free encoder, the released I-JEPA's); the "cls" output is the mean patch token
     cls_token: bool = True
+    # absolute: the pos_embed table; shared_rel_pos_bias: no absolute position, one relative position bias shared by
+    # the blocks (SimMIM's ViT; key rel_pos_bias.relative_position_bias_table; safetensors / .pth only)
+    position: str = "absolute"
     train_img_size: Optional[int] = None  # global crop size used in training (for eval transforms)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -135,6 +138,7 @@ class BackboneSpec:
             interpolate_antialias=self.interpolate_antialias,
             interpolate_offset=self.interpolate_offset,
             cls_token=self.cls_token,
+            pos_embed_type="shared_rel_pos_bias" if self.position == "shared_rel_pos_bias" else "learned",
         )
 
 
@@ -165,13 +169,21 @@ def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
         interpolate_antialias=bool(getattr(model, "interpolate_antialias", False)),
         interpolate_offset=float(getattr(model, "interpolate_offset", 0.1)),
         cls_token=getattr(model, "cls_token", None) is not None,
+        position="shared_rel_pos_bias" if getattr(model, "rel_pos_bias", None) is not None else "absolute",
         dinolite_version=__version__,
     )
     return dataclasses.replace(spec, **record)
 
 
 def require_cls_token(spec: BackboneSpec, layout: str) -> None:
-    """Refuse a CLS-free backbone (``cls_token=False``) for ``layout``, whose DINOv2 models always have one."""
+    """Refuse a CLS-free backbone (``cls_token=False``) for ``layout``, whose DINOv2 models always have one, and
+    a backbone with a shared relative position bias, which they cannot express."""
+    if spec.position != "absolute":
+        raise ExportFormatError(
+            f"{layout}'s DINOv2 models have an absolute position table only; this backbone has none and a shared "
+            f"relative position bias (its record says position={spec.position}: SimMIM's ViT): export it as "
+            "safetensors or .pth instead"
+        )
     if not spec.cls_token:
         raise ExportFormatError(
             f"{layout}'s DINOv2 models always have a CLS token; this backbone has none (its record says "
@@ -256,6 +268,7 @@ def _infer_spec(state_dict: Mapping[str, torch.Tensor], origin: str, num_heads: 
         ffn_layer="swiglu" if swiglu else "mlp",
         mlp_ratio=4.0 if swiglu else hidden / embed_dim,
         layerscale=1.0e-5 if "blocks.0.ls1.gamma" in state_dict else None,
+        position="shared_rel_pos_bias" if "rel_pos_bias.relative_position_bias_table" in state_dict else "absolute",
         qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
         proj_bias="blocks.0.attn.proj.bias" in state_dict,
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,

@@ -129,6 +129,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "ffn_bias": flag,
     "interpolate_antialias": flag,
     "cls_token": flag,
+    "position": choice("absolute", "shared_rel_pos_bias"),
     "interpolate_offset": number(0.0, 1.0, low_open=False, high_open=True),
     "train_img_size": integer(1, MAX_IMAGE_SIDE, optional=True),
     "mean": triple(positive=False),

@@ -135,3 +135,32 @@ def test_a_cls_free_backbone_round_trips_through_safetensors_and_is_refused_by_t
         with pytest.raises(ExportFormatError, match="always have a CLS token; this backbone has none"):
             write(model.state_dict(), spec, tmp_path / name)
         assert not (tmp_path / name).exists()  # refused before anything is written
+
+
+def test_a_shared_relative_bias_backbone_round_trips_through_safetensors_and_pth_and_is_refused_by_timm_and_transformers(
+    tmp_path,
+):
+    """SimMIM's ViT (``pos_embed_type="shared_rel_pos_bias"``): the record says ``position``, a DINOv2-layout
+    ``.pth`` is recognised by its table's key, both rebuild the same features; timm / transformers refuse."""
+    from dinolite.export.hub import write_transformers_folder
+    from dinolite.export.load import load_backbone
+    from dinolite.export.writers import write_dinov2, write_safetensors, write_timm
+
+    torch.manual_seed(0)
+    model = _model(pos_embed_type="shared_rel_pos_bias").eval()
+    with torch.no_grad():
+        model.rel_pos_bias.relative_position_bias_table.normal_()  # a trained bias, not the zero start
+    spec = spec_from_backbone(model)
+    assert spec.position == "shared_rel_pos_bias"
+    assert spec_from_backbone(_model()).position == "absolute"
+    write_safetensors(model.state_dict(), spec, tmp_path / "m.safetensors")
+    write_dinov2(model.state_dict(), tmp_path / "m.pth")
+    assert spec_from_state_dict(model.state_dict()).position == "shared_rel_pos_bias"
+    x = torch.randn(1, 3, 28, 28)
+    for path in (tmp_path / "m.safetensors", tmp_path / "m.pth"):
+        with torch.no_grad():
+            torch.testing.assert_close(load_backbone(path)(x), model(x), rtol=0, atol=0)
+    for write, name in ((write_timm, "t.safetensors"), (write_transformers_folder, "hf")):
+        with pytest.raises(ExportFormatError, match="absolute position table only; this backbone has none"):
+            write(model.state_dict(), spec, tmp_path / name)
+        assert not (tmp_path / name).exists()
