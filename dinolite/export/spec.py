@@ -175,15 +175,18 @@ def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
     return dataclasses.replace(spec, **record)
 
 
-def require_cls_token(spec: BackboneSpec, layout: str) -> None:
-    """Refuse a CLS-free backbone (``cls_token=False``) for ``layout``, whose DINOv2 models always have one, and
-    a backbone with a shared relative position bias, which they cannot express."""
+def require_absolute_position(spec: BackboneSpec, layout: str) -> None:
+    """Refuse a backbone with a shared relative position bias (SimMIM's ViT) for ``layout``, which cannot
+    express it (timm / transformers: an absolute table only; ONNX: the bias index would be traced at one size)."""
     if spec.position != "absolute":
         raise ExportFormatError(
-            f"{layout}'s DINOv2 models have an absolute position table only; this backbone has none and a shared "
-            f"relative position bias (its record says position={spec.position}: SimMIM's ViT): export it as "
-            "safetensors or .pth instead"
+            f"{layout} has an absolute position table only; this backbone has none and a shared relative position "
+            f"bias (its record says position={spec.position}: SimMIM's ViT): export it as safetensors or .pth instead"
         )
+
+
+def require_cls_token(spec: BackboneSpec, layout: str) -> None:
+    """Refuse a CLS-free backbone (``cls_token=False``) for ``layout``, whose DINOv2 models always have one."""
     if not spec.cls_token:
         raise ExportFormatError(
             f"{layout}'s DINOv2 models always have a CLS token; this backbone has none (its record says "

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError, require_cls_token
+from dinolite.export.spec import BackboneSpec, ExportFormatError, require_absolute_position, require_cls_token
 from dinolite.models import swiglu_hidden_dim
 
 _TIMM_SIZE = {"vit_small": "small", "vit_base": "base", "vit_large": "large", "vit_giant2": "giant"}
@@ -47,6 +47,7 @@ def timm_model_args(spec: BackboneSpec, layer_classes: bool = True) -> tuple[str
     layer classes (for JSON; ``vit_giant_patch14_dinov2`` sets them itself) and needs no timm.
     """
     require_cls_token(spec, "timm")
+    require_absolute_position(spec, "timm's DINOv2 layout")
     registered = _TIMM_SIZE.get(spec.arch)
     if spec.arch == "vit_giant2" and spec.ffn_layer == "mlp":
         registered = None  # timm's vit_giant_patch14_dinov2 entry sets SwiGLU; the generic entry does not

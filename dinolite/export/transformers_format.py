@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dinolite.export.spec import BackboneSpec, ExportFormatError, require_cls_token
+from dinolite.export.spec import BackboneSpec, ExportFormatError, require_absolute_position, require_cls_token
 from dinolite.export.timm_format import EVAL_CROP_PCT
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -63,6 +63,7 @@ def is_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def to_transformers_state_dict(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
     require_cls_token(spec, "transformers")
+    require_absolute_position(spec, "transformers' DINOv2 layout")
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if key in _TOP_NAMES:
@@ -139,6 +140,7 @@ def from_transformers_state_dict(
 def transformers_config(spec: BackboneSpec) -> dict[str, Any]:
     """``config.json`` for ``Dinov2Model`` (or ``Dinov2WithRegistersModel`` with register tokens)."""
     require_cls_token(spec, "transformers")
+    require_absolute_position(spec, "transformers' DINOv2 layout")
     registers = spec.num_register_tokens > 0
     config: dict[str, Any] = {
         "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],

@@ -21,7 +21,7 @@ from dinolite.checkpoint.tensor_files import save_tensor_file
 from dinolite.export.hub import FOLDER_FORMATS, folder_paths
 from dinolite.export.load import SPEC_METADATA_KEY, heads_path_for, spec_path_for
 from dinolite.export.onnx_pos_embed import make_exportable
-from dinolite.export.spec import BackboneSpec, require_cls_token
+from dinolite.export.spec import BackboneSpec, require_absolute_position, require_cls_token
 from dinolite.export.timm_format import timm_model_args, to_timm_state_dict
 from dinolite.extras import optional_import
 from dinolite.io import write_atomic
@@ -137,6 +137,7 @@ def write_timm(state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec, path:
     """timm layout (safetensors or .pth by suffix) + a JSON naming the ``timm.create_model`` call."""
 
     require_cls_token(spec, "timm")  # before anything is written
+    require_absolute_position(spec, "timm's DINOv2 layout")
     path = Path(path)
     converted = to_timm_state_dict(state_dict)
     if path.suffix == ".safetensors":
@@ -194,6 +195,7 @@ def write_onnx(
     (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
     """
 
+    require_absolute_position(spec, "ONNX export")  # before anything is written
     require_onnx()
     path = Path(path)
     model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()

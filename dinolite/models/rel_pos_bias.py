@@ -63,3 +63,18 @@ class SharedRelativePositionBias(nn.Module):
         index = relative_position_index((int(grid[0]), int(grid[1])), self.grid)
         table = self.relative_position_bias_table
         return table[index.to(table.device)].permute(2, 0, 1)
+
+
+def shared_bias_for(
+    pos_embed_type: str, grid_size: int, num_heads: int, cls_token: bool, num_register_tokens: int
+) -> SharedRelativePositionBias | None:
+    """The backbone's bias module for ``pos_embed_type`` (None unless ``"shared_rel_pos_bias"``), which lays out
+    ``[CLS, patches]`` as SimMIM's ViT does: a CLS-free encoder or registers are refused."""
+    if pos_embed_type != "shared_rel_pos_bias":
+        return None
+    if not cls_token or num_register_tokens:
+        raise ValueError(
+            "pos_embed_type='shared_rel_pos_bias' lays out [CLS, patches] (SimMIM's ViT): it needs a CLS token and "
+            f"no registers (cls_token={cls_token}, num_register_tokens={num_register_tokens})"
+        )
+    return SharedRelativePositionBias((grid_size, grid_size), num_heads)

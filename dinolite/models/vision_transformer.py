@@ -28,7 +28,7 @@ from dinolite.models.attention import AttentionBackend
 from dinolite.models.block import Block, LayerNorm
 from dinolite.models.patch_embed import PatchEmbed
 from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed
-from dinolite.models.rel_pos_bias import SharedRelativePositionBias
+from dinolite.models.rel_pos_bias import shared_bias_for
 from dinolite.models.stochastic_depth import drop_path_rates
 from dinolite.models.vit_init import MASK_TOKEN_INITS, WEIGHT_INITS, init_vit_weights
 
@@ -80,11 +80,6 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(f"sincos_order={sincos_order!r} is not one of {', '.join(SINCOS_ORDERS)}")
         if mask_token_init not in MASK_TOKEN_INITS:
             raise ValueError(f"mask_token_init={mask_token_init!r} is not one of {', '.join(MASK_TOKEN_INITS)}")
-        if pos_embed_type == "shared_rel_pos_bias" and (not cls_token or num_register_tokens):
-            raise ValueError(
-                "pos_embed_type='shared_rel_pos_bias' lays out [CLS, patches] (SimMIM's ViT): it needs a "
-                f"CLS token and no registers (cls_token={cls_token}, num_register_tokens={num_register_tokens})"
-            )
         if weight_init not in WEIGHT_INITS:
             raise ValueError(f"weight_init={weight_init!r} is not one of {', '.join(WEIGHT_INITS)}")
         if depth < 1 or embed_dim < 1 or num_heads < 1:
@@ -108,8 +103,8 @@ class DinoVisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
-        # "sincos": the table stays a parameter (the state dict keeps DINOv2's keys, exports carry the
-        # values) but is frozen, so the optimizer leaves it out and the EMA copy never moves.
+        # "sincos" (or "shared_rel_pos_bias": zeros): the table stays a parameter (the state dict keeps DINOv2's
+        # keys, exports carry the values) but is frozen, so the optimizer leaves it out and the EMA copy never moves.
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.num_cls_tokens + num_patches, embed_dim), requires_grad=pos_embed_type == "learned"
         )
@@ -117,9 +112,9 @@ class DinoVisionTransformer(nn.Module):
             nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
         )
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
-        grid = (self.patch_embed.grid_size,) * 2
-        shared = pos_embed_type == "shared_rel_pos_bias"
-        self.rel_pos_bias = SharedRelativePositionBias(grid, num_heads) if shared else None
+        self.rel_pos_bias = shared_bias_for(
+            pos_embed_type, self.patch_embed.grid_size, num_heads, cls_token, num_register_tokens
+        )
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,

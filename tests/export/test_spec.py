@@ -141,10 +141,10 @@ def test_a_shared_relative_bias_backbone_round_trips_through_safetensors_and_pth
     tmp_path,
 ):
     """SimMIM's ViT (``pos_embed_type="shared_rel_pos_bias"``): the record says ``position``, a DINOv2-layout
-    ``.pth`` is recognised by its table's key, both rebuild the same features; timm / transformers refuse."""
+    ``.pth`` is recognised by its table's key, both rebuild the same features; timm / transformers / ONNX refuse."""
     from dinolite.export.hub import write_transformers_folder
     from dinolite.export.load import load_backbone
-    from dinolite.export.writers import write_dinov2, write_safetensors, write_timm
+    from dinolite.export.writers import write_dinov2, write_onnx, write_safetensors, write_timm
 
     torch.manual_seed(0)
     model = _model(pos_embed_type="shared_rel_pos_bias").eval()
@@ -164,3 +164,6 @@ def test_a_shared_relative_bias_backbone_round_trips_through_safetensors_and_pth
         with pytest.raises(ExportFormatError, match="absolute position table only; this backbone has none"):
             write(model.state_dict(), spec, tmp_path / name)
         assert not (tmp_path / name).exists()
+    with pytest.raises(ExportFormatError, match="ONNX export has an absolute position table only"):
+        write_onnx(model, spec, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
