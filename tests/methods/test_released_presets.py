@@ -66,3 +66,23 @@ def test_vitb16_msn_schedules_follow_the_released_formulas() -> None:
         assert momentum(iteration) == pytest.approx(0.996 + iteration * 0.004 / (run * 1.25), abs=1e-15)
         assert sharpen(iteration) == 0.25  # msn_train.py:257-259 with start = final
     assert momentum(run) == pytest.approx(0.9992, abs=1e-15)
+
+
+# microsoft/SimMIM d3e29bc: configs/vit_base__800ep/simmim_pretrain__vit_base__img224__800ep.yaml ([cfg]:line),
+# config.py and models/ (file:line)
+SIMMIM_RELEASED = {
+    "student.pos_embed": "shared_rel_pos_bias",  # [cfg]:9-11 USE_APE False, USE_SHARED_RPB True
+    "student.mask_token_init": "trunc_normal",  # models/simmim.py:63-67 (std 0.02, cut at +-1 std)
+    "student.layerscale": 0.1,  # config.py:84 INIT_VALUES
+    "student.drop_path_rate": 0.1,  # [cfg]:4
+    "simmim.mask_patch_size": 32,  # [cfg]:15
+    "simmim.mask_ratio": 0.6,  # [cfg]:16
+    "optim.clip_grad": 5.0,  # config.py:102
+    "optim.clip_grad_scope": "joint",  # main_simmim.py:166-167
+    "optim.weight_decay": 0.05,  # [cfg]:22
+}
+
+
+@pytest.mark.parametrize("key, released", sorted(SIMMIM_RELEASED.items()))
+def test_vitb16_simmim_takes_the_released_value(key: str, released) -> None:
+    assert _get(load_config("vitb16_simmim"), key) == released
