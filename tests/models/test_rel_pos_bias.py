@@ -90,3 +90,22 @@ def test_the_bias_needs_the_cls_token_and_no_registers() -> None:
             pos_embed_type="shared_rel_pos_bias",
             num_register_tokens=1,
         )
+
+
+def test_crops_of_two_sizes_with_stochastic_depth_train_the_table_under_bf16_autocast() -> None:
+    """Global and smaller local crops in one pass (each its own bias from the same table), DINOv2's batch-subset
+    stochastic depth (the bias is per token pair, so a subset of the batch takes it as it is) and bf16 autocast:
+    the table gets a finite, non-zero gradient; a grid larger than the trained one is refused."""
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.5,
+        pos_embed_type="shared_rel_pos_bias", attention="sdpa",
+    ).train()  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model.forward_features_list([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8)])
+    assert [tuple(o["x_norm_patchtokens"].shape) for o in outputs] == [(4, 16, 32), (4, 4, 32)]
+    sum(o["x_norm_patchtokens"].float().pow(2).sum() for o in outputs).backward()
+    grad = model.rel_pos_bias.relative_position_bias_table.grad
+    assert grad is not None and torch.isfinite(grad).all() and float(grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="5x5 patch grid does not fit the 4x4 grid"):
+        model.forward_features(torch.randn(1, 3, 20, 20))
