@@ -10,6 +10,12 @@ from dinolite.models.rel_pos_bias import SharedRelativePositionBias, num_relativ
 from dinolite.models.vision_transformer import DinoVisionTransformer
 
 
+def _shared_bias_vit(**overrides: object) -> DinoVisionTransformer:
+    """A 16 px ViT (4 x 4 patches of 4 px, width 32, 2 heads, 2 blocks) with the shared relative bias."""
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, attention="sdpa")
+    return DinoVisionTransformer(**{**kwargs, "pos_embed_type": "shared_rel_pos_bias", **overrides})
+
+
 def test_the_table_has_a_row_per_2d_offset_plus_three_cls_rows() -> None:
     assert num_relative_distances((8, 8)) == 15 * 15 + 3
     assert num_relative_distances((14, 14)) == 732  # ViT-B/16 at 224: BEiT / SimMIM's 732 rows
@@ -54,15 +60,7 @@ def test_the_backbone_adds_the_bias_in_every_block_through_sdpa() -> None:
     """The fused attention (SDPA with the bias as a float mask) equals the explicit formula with the bias added
     to the logits, and a non-zero table changes the features (no absolute table: pos_embed stays zero, frozen)."""
     torch.manual_seed(0)
-    model = DinoVisionTransformer(
-        img_size=16,
-        patch_size=4,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        pos_embed_type="shared_rel_pos_bias",
-        attention="sdpa",
-    ).eval()
+    model = _shared_bias_vit().eval()
     assert not model.pos_embed.requires_grad and torch.count_nonzero(model.pos_embed) == 0
     images = torch.randn(2, 3, 16, 16)
     before = model.forward_features(images)["x_norm_patchtokens"]
@@ -81,15 +79,7 @@ def test_the_backbone_adds_the_bias_in_every_block_through_sdpa() -> None:
 
 def test_the_bias_needs_the_cls_token_and_no_registers() -> None:
     with pytest.raises(ValueError, match="needs a CLS token and no registers"):
-        DinoVisionTransformer(
-            img_size=16,
-            patch_size=4,
-            embed_dim=32,
-            depth=1,
-            num_heads=2,
-            pos_embed_type="shared_rel_pos_bias",
-            num_register_tokens=1,
-        )
+        _shared_bias_vit(num_register_tokens=1)
 
 
 def test_crops_of_two_sizes_with_stochastic_depth_train_the_table_under_bf16_autocast() -> None:
@@ -97,10 +87,7 @@ def test_crops_of_two_sizes_with_stochastic_depth_train_the_table_under_bf16_aut
     stochastic depth (the bias is per token pair, so a subset of the batch takes it as it is) and bf16 autocast:
     the table gets a finite, non-zero gradient; a grid larger than the trained one is refused."""
     torch.manual_seed(0)
-    model = DinoVisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, drop_path_rate=0.5,
-        pos_embed_type="shared_rel_pos_bias", attention="sdpa",
-    ).train()  # fmt: skip
+    model = _shared_bias_vit(drop_path_rate=0.5).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model.forward_features_list([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8)])
     assert [tuple(o["x_norm_patchtokens"].shape) for o in outputs] == [(4, 16, 32), (4, 4, 32)]
