@@ -159,6 +159,26 @@ def constant_after_warmup(value: float, warmup_iters: int, total_iters: int, sta
 
 
 @dataclass(frozen=True)
+class PerEpochSchedule:
+    """``inner`` held for each epoch at its value on the epoch's first iteration: ``inner(e * ipe)`` for every
+    iteration of epoch ``e = it // ipe`` (``optim.schedule_unit: epoch``). SimSiam's release sets its cosine lr
+    once per epoch (``init_lr * 0.5 * (1 + cos(pi * epoch / epochs))``, ``main_simsiam.py:254-257, 359-366``),
+    which is this wrapper around a cosine over ``epochs * ipe`` iterations, value for value."""
+
+    inner: Schedule
+    iterations_per_epoch: int
+
+    def __post_init__(self) -> None:
+        if self.iterations_per_epoch <= 0:
+            raise ValueError(f"PerEpochSchedule: iterations_per_epoch must be > 0, got {self.iterations_per_epoch}")
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"PerEpochSchedule: iteration must be >= 0, got {iteration}")
+        return self.inner(iteration - iteration % self.iterations_per_epoch)
+
+
+@dataclass(frozen=True)
 class TrainingSchedules:
     """The generic schedules the trainer applies to the optimizer every iteration; ``peak_lr`` is the lr of
     the groups kept at the peak (``optim.fixed_lr_modules``, SimSiam's predictor)."""
@@ -190,7 +210,10 @@ def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> floa
 
 
 def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int) -> TrainingSchedules:
-    """lr and weight decay of DINOv2's recipe from the ``optim`` config section.
+    """The generic schedules, stepped every iteration or, with ``optim.schedule_unit: epoch``, held over each
+    epoch at the value of its first iteration (:class:`PerEpochSchedule`: SimSiam's release; warm-up included).
+
+    lr and weight decay of DINOv2's recipe from the ``optim`` config section.
 
     * lr: linear warmup from ``warmup_start_lr`` (0 by default; I-JEPA and MSN start at 2e-4) over
       ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr`` at ``epochs`` (neither ``min_lr`` nor
@@ -209,6 +232,22 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
+    schedules = _per_iteration_schedules(optim_cfg, iterations_per_epoch, global_batch_size)
+    unit = getattr(optim_cfg, "schedule_unit", "iteration")
+    if unit == "iteration":
+        return schedules
+    if unit != "epoch":
+        raise ValueError(f"invalid value for 'optim.schedule_unit': {unit!r}; expected one of iteration, epoch")
+    return TrainingSchedules(
+        lr=PerEpochSchedule(schedules.lr, iterations_per_epoch),
+        weight_decay=PerEpochSchedule(schedules.weight_decay, iterations_per_epoch),
+        peak_lr=schedules.peak_lr,
+    )
+
+
+def _per_iteration_schedules(
+    optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int
+) -> TrainingSchedules:
     total = round(optim_cfg.epochs * iterations_per_epoch * getattr(optim_cfg, "schedule_horizon", 1.0))
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
     shape = getattr(optim_cfg, "schedule", "cosine")

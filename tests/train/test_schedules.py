@@ -12,6 +12,7 @@ from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.schedules import (
     CosineSchedule,
     LinearSchedule,
+    PerEpochSchedule,
     TrainingSchedules,
     WarmupCosineSchedule,
     build_schedules,
@@ -213,3 +214,25 @@ def test_linear_schedule_over_a_stretched_horizon_stops_where_the_run_ends():
     for bad in ((-1, 1.0), (10, 0.0), (10, float("nan"))):
         with pytest.raises(ValueError, match="stretched_iters"):
             stretched_iters(*bad)
+
+
+def test_schedule_unit_epoch_holds_each_epochs_first_value_as_simsiams_release():
+    """SimSiam's release sets ``lr = init_lr * 0.5 * (1 + cos(pi * epoch / epochs))`` once per epoch
+    (main_simsiam.py:257, 359-366): with ``schedule_unit: epoch`` every iteration of epoch e has that value."""
+    optim = dataclasses.replace(
+        OptimConfig(), epochs=4, warmup_epochs=0, base_lr=0.1, scaling_rule="none", min_lr=0.0, schedule_unit="epoch"
+    )
+    s = build_schedules(optim, iterations_per_epoch=3, global_batch_size=256)
+    # hand values: cos(pi * e / 4) for e = 0..3 -> 0.1, 0.1 * (1 + 0.7071) / 2, 0.05, 0.1 * (1 - 0.7071) / 2
+    released = [0.1, 0.0853553390593, 0.05, 0.0146446609407]
+    assert [s.lr(it) for it in range(12)] == pytest.approx([v for v in released for _ in range(3)])
+    assert (
+        s.weight_decay(5) == s.weight_decay(3) == pytest.approx(0.04 + (0.4 - 0.04) * 0.5 * (1 - math.cos(math.pi / 4)))
+    )
+    assert s.lr(12) == 0.0 and s.peak_lr == 0.1
+    per_iteration = build_schedules(dataclasses.replace(optim, schedule_unit="iteration"), 3, 256)
+    assert per_iteration.lr(4) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 12))) != s.lr(4)
+    with pytest.raises(ValueError, match="optim.schedule_unit"):
+        build_schedules(dataclasses.replace(optim, schedule_unit="step"), 3, 256)
+    with pytest.raises(ValueError, match="iterations_per_epoch"):
+        PerEpochSchedule(s.lr, 0)
