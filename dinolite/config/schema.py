@@ -99,6 +99,9 @@ class OptimConfig:
     # cosine: lr warmup then cosine to min_lr, weight decay cosine weight_decay -> weight_decay_end (DINOv2)
     # | constant: lr warmup then held at the peak, weight decay held at weight_decay (DINOv3's recipes)
     schedule: str = "cosine"
+    # multistep (SimMIM's release): lr warm-up, then x lr_gamma at each of these epochs; weight decay held
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
 
 
 @dataclass
@@ -277,7 +280,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
     "ema.schedule": ("cosine", "linear", "constant"),
-    "optim.schedule": ("cosine", "constant"),
+    "optim.schedule": ("cosine", "constant", "multistep"),
     "optim.schedule_unit": ("iteration", "epoch"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers

@@ -12,6 +12,7 @@ from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.schedules import (
     CosineSchedule,
     LinearSchedule,
+    MultiStepSchedule,
     PerEpochSchedule,
     TrainingSchedules,
     WarmupCosineSchedule,
@@ -236,3 +237,28 @@ def test_schedule_unit_epoch_holds_each_epochs_first_value_as_simsiams_release()
         build_schedules(dataclasses.replace(optim, schedule_unit="step"), 3, 256)
     with pytest.raises(ValueError, match="iterations_per_epoch"):
         PerEpochSchedule(s.lr, 0)
+
+
+def test_multistep_schedule_is_simmims_released_step_decay():
+    """SimMIM's ViT-B release: warm-up 10 epochs from WARMUP_LR, then the peak, x 0.1 from epoch 700 of 800
+    (MultiStepLRScheduler, ``bisect_right``: the milestone iteration itself is already decayed); wd constant."""
+    optim = dataclasses.replace(
+        OptimConfig(),
+        epochs=8,
+        warmup_epochs=2,
+        base_lr=4e-4,
+        scaling_rule="none",
+        warmup_start_lr=2e-6,
+        schedule="multistep",
+        lr_milestones=[4, 6],
+        lr_gamma=0.1,
+        weight_decay=0.05,
+    )
+    s = build_schedules(optim, iterations_per_epoch=5, global_batch_size=2048)
+    # hand values: warm-up 2e-6 + (4e-4 - 2e-6) * it / 10, then 4e-4 up to iteration 19, 4e-5 from 20, 4e-6 from 30
+    assert s.lr(0) == 2e-6 and s.lr(5) == pytest.approx(2.01e-4) and s.lr(10) == 4e-4 and s.lr(19) == 4e-4
+    assert s.lr(20) == pytest.approx(4e-5) and s.lr(29) == pytest.approx(4e-5) and s.lr(30) == pytest.approx(4e-6)
+    assert s.lr(100) == pytest.approx(4e-6) and s.weight_decay(0) == s.weight_decay(39) == 0.05 and s.peak_lr == 4e-4
+    for bad in ((4, 4), (6, 4), (1,)):  # repeated, decreasing, inside the warm-up
+        with pytest.raises(ValueError, match="must increase and be >= warmup_iters"):
+            MultiStepSchedule(0.0, 1.0, 10, tuple(m * 5 for m in bad), 0.1)
