@@ -262,3 +262,15 @@ def test_multistep_schedule_is_simmims_released_step_decay():
     for bad in ((4, 4), (6, 4), (1,)):  # repeated, decreasing, inside the warm-up
         with pytest.raises(ValueError, match="must increase and be >= warmup_iters"):
             MultiStepSchedule(0.0, 1.0, 10, tuple(m * 5 for m in bad), 0.1)
+
+
+def test_the_releases_first_step_is_dinolites_iteration_1():
+    """dinolite's iteration 0 is the warm-up start; MSN's and I-JEPA's schedulers step before the optimizer, so
+    their first step takes ``start + (peak - start) / w``, dinolite's iteration 1 (a documented difference:
+    docs/faithfulness.md, "What the golden steps show (one step, CPU, fp32)")."""
+    optim = dataclasses.replace(
+        OptimConfig(), epochs=10, warmup_epochs=2, base_lr=1e-3, scaling_rule="none", warmup_start_lr=2e-4
+    )
+    s = build_schedules(optim, iterations_per_epoch=4, global_batch_size=256)
+    released_first = 2e-4 + (1e-3 - 2e-4) * 1 / 8  # WarmupCosineSchedule.step(): _step = 1, warm-up of 8
+    assert s.lr(0) == 2e-4 and s.lr(1) == pytest.approx(released_first) and s.lr(1) - s.lr(0) == pytest.approx(1e-4)
