@@ -97,9 +97,15 @@ class OptimConfig:
     unclipped_modules: list[str] = field(default_factory=list)  # student modules never clipped (MSN: prototypes)
     warmup_start_lr: float = 0.0  # lr at iteration 0 of the warm-up, not batch-scaled (I-JEPA, MSN: 2e-4)
     schedule_horizon: float = 1.0  # lr and wd cosines laid out over this many times the run (MSN: 1.25)
+    # iteration: lr and wd set every iteration | epoch: held over each epoch at the value of its first
+    # iteration (SimSiam's release sets its cosine lr once per epoch, main_simsiam.py:257, 359-366)
+    schedule_unit: str = "iteration"
     # cosine: lr warmup then cosine to min_lr, weight decay cosine weight_decay -> weight_decay_end (DINOv2)
     # | constant: lr warmup then held at the peak, weight decay held at weight_decay (DINOv3's recipes)
     schedule: str = "cosine"
+    # multistep (SimMIM's release): lr warm-up, then x lr_gamma at each of these epochs; weight decay held
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
 
 
 @dataclass
@@ -279,6 +285,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distributed.backend": ("auto", "nccl", "gloo"),
     "monitor.action": ("warn", "stop"),
     "ema.schedule": ("cosine", "linear", "constant"),
-    "optim.schedule": ("cosine", "constant"),
+    "optim.schedule": ("cosine", "constant", "multistep"),
+    "optim.schedule_unit": ("iteration", "epoch"),
 }
 TRACKERS = ("wandb", "mlflow")  # train.loggers

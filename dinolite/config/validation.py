@@ -28,6 +28,21 @@ def validate(cfg: Config) -> None:
             section.validate(getattr(cfg, section.name), cfg)
 
 
+def check_milestones(optim: Any) -> None:
+    """``optim.lr_milestones`` (epochs of ``optim.schedule: multistep``): increasing, none inside the warm-up (as
+    SimMIM's release asserts), and at least one when the schedule is multistep."""
+    milestones = list(optim.lr_milestones)
+    if optim.schedule == "multistep" and not milestones:
+        raise ConfigError(
+            "invalid value for 'optim.lr_milestones': []; optim.schedule=multistep needs at least one epoch"
+        )
+    if milestones != sorted(set(milestones)) or any(m < optim.warmup_epochs for m in milestones):
+        raise ConfigError(
+            f"invalid value for 'optim.lr_milestones': {milestones}; epochs must increase and be >= "
+            f"optim.warmup_epochs={optim.warmup_epochs}"
+        )
+
+
 def check_choices(cfg: Any, choices: Mapping[str, Sequence[str]]) -> None:
     """Each dotted key of ``choices`` holds one of its values."""
     for dotted, allowed in choices.items():
@@ -86,6 +101,7 @@ def _validate_shared(cfg: Config) -> None:
             f"invalid value for 'optim.nesterov': true needs optim.optimizer=sgd and optim.momentum > 0 "
             f"(got optimizer={cfg.optim.optimizer!r}, momentum={cfg.optim.momentum})"
         )
+    check_milestones(cfg.optim)
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         raise ConfigError(
             f"invalid value for 'optim.warmup_epochs': {cfg.optim.warmup_epochs} exceeds optim.epochs={cfg.optim.epochs}"
@@ -149,6 +165,7 @@ RANGES: tuple[Range, ...] = (
     ("optim.lr_1d_mult", 0.0, math.inf, True, False),
     ("optim.warmup_start_lr", 0.0, math.inf, True, False),
     ("optim.schedule_horizon", 1.0, math.inf, True, False),
+    ("optim.lr_gamma", 0.0, math.inf, False, False),
     ("ema.momentum", 0.0, 1.0, True, True),
     ("ema.final_momentum", 0.0, 1.0, True, True),
     ("ema.schedule_horizon", 0.0, math.inf, False, False),

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dinolite.models.projector import GlobalBatchNorm1d
+
 
 class SimMIMHead(nn.Module):
     """``forward(patch_tokens (B, h*w, D), grid_hw=(h, w)) -> (B, C, h*p, w*p)`` reconstructed pixels."""
@@ -35,12 +37,26 @@ class SimMIMHead(nn.Module):
         return F.pixel_shuffle(pixels, self.patch_size)
 
 
-class MSNProjectionHead(nn.Module):
-    """Linear(in, hidden)-[BN]-GELU-Linear(hidden, hidden)-[BN]-GELU-Linear(hidden, out)."""
+HEAD_BN = ("per_rank", "global")
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 256, use_bn: bool = True) -> None:
+
+class MSNProjectionHead(nn.Module):
+    """Linear(in, hidden)-[BN]-GELU-Linear(hidden, hidden)-[BN]-GELU-Linear(hidden, out).
+
+    ``head_bn``: ``per_rank`` (``nn.BatchNorm1d``: each rank's own batch statistics) or ``global``
+    (:class:`dinolite.models.projector.GlobalBatchNorm1d`: the moments all-reduced over the ranks, as the release's
+    ``SyncBatchNorm``, ``src/msn_train.py:176-178``, on any backend). Both have the same parameters and state-dict
+    keys, and are the same function on one process.
+    """
+
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 256, use_bn: bool = True, head_bn: str = "per_rank"
+    ) -> None:
         super().__init__()
-        norm = (lambda: nn.BatchNorm1d(hidden_dim)) if use_bn else nn.Identity
+        if head_bn not in HEAD_BN:
+            raise ValueError(f"MSNProjectionHead: head_bn must be one of {', '.join(HEAD_BN)}, got {head_bn!r}")
+        batch_norm = GlobalBatchNorm1d if head_bn == "global" else nn.BatchNorm1d
+        norm = (lambda: batch_norm(hidden_dim)) if use_bn else nn.Identity
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
             norm(),

@@ -15,6 +15,7 @@ the method from these shapes (e.g. :class:`dinolite.train.methods.dinov2_objecti
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -159,6 +160,54 @@ def constant_after_warmup(value: float, warmup_iters: int, total_iters: int, sta
 
 
 @dataclass(frozen=True)
+class MultiStepSchedule:
+    """Linear warm-up ``start -> peak`` over ``warmup_iters``, then ``peak x gamma^k`` where ``k`` counts the
+    ``milestones`` (iterations, increasing, each >= ``warmup_iters``) at or before the iteration: SimMIM's
+    released ``MultiStepLRScheduler`` (``lr_scheduler.py:119-140``: ``bisect_right(milestones, t)``)."""
+
+    start: float
+    peak: float
+    warmup_iters: int
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def __post_init__(self) -> None:
+        increasing = list(self.milestones) == sorted(set(self.milestones))
+        if self.warmup_iters < 0 or not increasing or any(m < self.warmup_iters for m in self.milestones):
+            raise ValueError(
+                f"MultiStepSchedule: milestones {list(self.milestones)} must increase and be >= warmup_iters "
+                f"({self.warmup_iters} >= 0)"
+            )
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"MultiStepSchedule: iteration must be >= 0, got {iteration}")
+        if iteration < self.warmup_iters:
+            return self.start + (self.peak - self.start) * iteration / self.warmup_iters
+        return self.peak * self.gamma ** bisect.bisect_right(self.milestones, iteration)
+
+
+@dataclass(frozen=True)
+class PerEpochSchedule:
+    """``inner`` held for each epoch at its value on the epoch's first iteration: ``inner(e * ipe)`` for every
+    iteration of epoch ``e = it // ipe`` (``optim.schedule_unit: epoch``). SimSiam's release sets its cosine lr
+    once per epoch (``init_lr * 0.5 * (1 + cos(pi * epoch / epochs))``, ``main_simsiam.py:254-257, 359-366``),
+    which is this wrapper around a cosine over ``epochs * ipe`` iterations, value for value."""
+
+    inner: Schedule
+    iterations_per_epoch: int
+
+    def __post_init__(self) -> None:
+        if self.iterations_per_epoch <= 0:
+            raise ValueError(f"PerEpochSchedule: iterations_per_epoch must be > 0, got {self.iterations_per_epoch}")
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < 0:
+            raise ValueError(f"PerEpochSchedule: iteration must be >= 0, got {iteration}")
+        return self.inner(iteration - iteration % self.iterations_per_epoch)
+
+
+@dataclass(frozen=True)
 class TrainingSchedules:
     """The generic schedules the trainer applies to the optimizer every iteration; ``peak_lr`` is the lr of
     the groups kept at the peak (``optim.fixed_lr_modules``, SimSiam's predictor)."""
@@ -190,7 +239,10 @@ def scaled_lr(base_lr: float, scaling_rule: str, global_batch_size: int) -> floa
 
 
 def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int) -> TrainingSchedules:
-    """lr and weight decay of DINOv2's recipe from the ``optim`` config section.
+    """The generic schedules, stepped every iteration or, with ``optim.schedule_unit: epoch``, held over each
+    epoch at the value of its first iteration (:class:`PerEpochSchedule`: SimSiam's release; warm-up included).
+
+    lr and weight decay of DINOv2's recipe from the ``optim`` config section.
 
     * lr: linear warmup from ``warmup_start_lr`` (0 by default; I-JEPA and MSN start at 2e-4) over
       ``warmup_epochs`` to the scaled ``base_lr``, cosine to ``min_lr`` at ``epochs`` (neither ``min_lr`` nor
@@ -204,24 +256,51 @@ def build_schedules(optim_cfg: OptimConfig, iterations_per_epoch: int, global_ba
 
     ``optim_cfg`` is a ``dinolite.config.OptimConfig`` (or any object with the same attributes).
 
+    With ``optim.schedule: multistep`` (SimMIM's release): the same lr warm-up, then the peak multiplied by
+    ``optim.lr_gamma`` at each epoch of ``optim.lr_milestones`` (:class:`MultiStepSchedule`), ``weight_decay``
+    throughout.
+
     With ``optim.schedule: constant`` (DINOv3's recipe): the same lr warmup (from ``warmup_start_lr``), then the scaled ``base_lr`` held
     to the end (``min_lr`` unused), and ``weight_decay`` throughout (``weight_decay_end`` unused).
     """
     if iterations_per_epoch <= 0:
         raise ValueError(f"invalid value for 'train.iterations_per_epoch': {iterations_per_epoch}; must be > 0")
+    schedules = _per_iteration_schedules(optim_cfg, iterations_per_epoch, global_batch_size)
+    unit = getattr(optim_cfg, "schedule_unit", "iteration")
+    if unit == "iteration":
+        return schedules
+    if unit != "epoch":
+        raise ValueError(f"invalid value for 'optim.schedule_unit': {unit!r}; expected one of iteration, epoch")
+    return TrainingSchedules(
+        lr=PerEpochSchedule(schedules.lr, iterations_per_epoch),
+        weight_decay=PerEpochSchedule(schedules.weight_decay, iterations_per_epoch),
+        peak_lr=schedules.peak_lr,
+    )
+
+
+def _per_iteration_schedules(
+    optim_cfg: OptimConfig, iterations_per_epoch: int, global_batch_size: int
+) -> TrainingSchedules:
     total = round(optim_cfg.epochs * iterations_per_epoch * getattr(optim_cfg, "schedule_horizon", 1.0))
     peak_lr = scaled_lr(optim_cfg.base_lr, optim_cfg.scaling_rule, global_batch_size)
     shape = getattr(optim_cfg, "schedule", "cosine")
+    warmup = optim_cfg.warmup_epochs * iterations_per_epoch
+    start = getattr(optim_cfg, "warmup_start_lr", 0.0)
     if shape == "constant":
-        warmup = optim_cfg.warmup_epochs * iterations_per_epoch
-        start = getattr(optim_cfg, "warmup_start_lr", 0.0)
         return TrainingSchedules(
             lr=constant_after_warmup(peak_lr, warmup, total, start=start),
             weight_decay=constant_after_warmup(optim_cfg.weight_decay, 0, total),
             peak_lr=peak_lr,
         )
+    if shape == "multistep":  # SimMIM's release: milestones in epochs, weight decay constant
+        milestones = tuple(int(m) * iterations_per_epoch for m in getattr(optim_cfg, "lr_milestones", []))
+        return TrainingSchedules(
+            lr=MultiStepSchedule(start, peak_lr, warmup, milestones, getattr(optim_cfg, "lr_gamma", 0.1)),
+            weight_decay=constant_after_warmup(optim_cfg.weight_decay, 0, total),
+            peak_lr=peak_lr,
+        )
     if shape != "cosine":
-        raise ValueError(f"invalid value for 'optim.schedule': {shape!r}; expected one of cosine, constant")
+        raise ValueError(f"invalid value for 'optim.schedule': {shape!r}; expected one of cosine, constant, multistep")
     if optim_cfg.min_lr > peak_lr:
         raise ConfigError(
             f"invalid value for 'optim.min_lr': {optim_cfg.min_lr}; must be <= the peak lr {peak_lr:.4g} "

@@ -68,6 +68,10 @@ REPO = Path(__file__).resolve().parents[2]
         ("optim.warmup_start_lr=-1e-4", "'optim.warmup_start_lr': -0.0001; must be >= 0"),
         ("optim.schedule_horizon=0.5", "'optim.schedule_horizon': 0.5; must be >= 1"),
         ("optim.nesterov=true", "'optim.nesterov': true needs optim.optimizer=sgd and optim.momentum > 0"),
+        ("optim.schedule_unit=step", "'optim.schedule_unit': 'step'; expected one of iteration, epoch"),
+        ("optim.schedule=multistep", "'optim.lr_milestones': []; optim.schedule=multistep needs at least one"),
+        ("optim.lr_milestones=[5,3]", "'optim.lr_milestones': [5, 3]; epochs must increase"),
+        ("optim.lr_gamma=0", "'optim.lr_gamma': 0.0; must be > 0"),
     ],
 )
 def test_bad_values_name_key_value_and_range(override, expected):

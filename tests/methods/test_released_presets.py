@@ -31,6 +31,7 @@ MSN_RELEASED = {
     "msn.anchor_views": 1,  # [cfg]:21 rand_views
     "msn.focal_patch_drop": False,  # deit.py:228 resets patch_drop after the first view size
     "msn.head_bn_groups": "per_view_size",  # deit.py:221-229, the head at :263
+    "msn.head_bn": "global",  # msn_train.py:176-178, SyncBatchNorm on student and target
     "msn.patch_drop_per": "batch",  # deit.py:253, one randperm per forward
     "msn.patch_drop_rounding": "floor",  # deit.py:252
     "msn.weight_init": "released",  # msn_train.py:504-511, deit.py:196-211

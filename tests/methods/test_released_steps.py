@@ -234,6 +234,7 @@ def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
         "msn.use_sinkhorn=true",
         "msn.focal_patch_drop=false",
         "msn.head_bn_groups=per_view_size",
+        "msn.head_bn=global",  # one process: the same function as per_rank (SyncBatchNorm on 1 GPU)
         f"msn.anchor_views={settings['rand_views']}",
         f"msn.label_smoothing={settings['label_smoothing']}",
         f"msn.entropy_weight={settings['ent_weight'] if settings['use_ent'] else 0.0}",

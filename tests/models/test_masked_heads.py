@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dinolite.models.masked_heads import MSNProjectionHead, Prototypes, SimMIMHead
@@ -27,3 +28,16 @@ def test_msn_head_and_prototypes():
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in MSNProjectionHead(48, 64, 16, use_bn=False).modules())
     prototypes = Prototypes(32, 16)
     assert prototypes().shape == (32, 16) and float(prototypes.weight.detach().abs().max()) <= 0.25
+
+
+def test_msn_head_global_batch_norm_is_the_same_module_on_one_process():
+    """``head_bn=global`` swaps in GlobalBatchNorm1d: the same keys, and on one process the same function."""
+    torch.manual_seed(0)
+    per_rank = MSNProjectionHead(6, 8, 4)
+    global_bn = MSNProjectionHead(6, 8, 4, head_bn="global")
+    global_bn.load_state_dict(per_rank.state_dict())
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(global_bn(x), per_rank(x), rtol=0, atol=0)
+    assert type(global_bn.mlp[1]).__name__ == "GlobalBatchNorm1d" and type(per_rank.mlp[1]) is torch.nn.BatchNorm1d
+    with pytest.raises(ValueError, match="head_bn must be one of per_rank, global, got 'sync'"):
+        MSNProjectionHead(6, 8, 4, head_bn="sync")

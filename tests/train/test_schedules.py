@@ -12,6 +12,8 @@ from dinolite.train.methods.dinov2_objective import DINOv2Schedules
 from dinolite.train.schedules import (
     CosineSchedule,
     LinearSchedule,
+    MultiStepSchedule,
+    PerEpochSchedule,
     TrainingSchedules,
     WarmupCosineSchedule,
     build_schedules,
@@ -213,3 +215,62 @@ def test_linear_schedule_over_a_stretched_horizon_stops_where_the_run_ends():
     for bad in ((-1, 1.0), (10, 0.0), (10, float("nan"))):
         with pytest.raises(ValueError, match="stretched_iters"):
             stretched_iters(*bad)
+
+
+def test_schedule_unit_epoch_holds_each_epochs_first_value_as_simsiams_release():
+    """SimSiam's release sets ``lr = init_lr * 0.5 * (1 + cos(pi * epoch / epochs))`` once per epoch
+    (main_simsiam.py:257, 359-366): with ``schedule_unit: epoch`` every iteration of epoch e has that value."""
+    optim = dataclasses.replace(
+        OptimConfig(), epochs=4, warmup_epochs=0, base_lr=0.1, scaling_rule="none", min_lr=0.0, schedule_unit="epoch"
+    )
+    s = build_schedules(optim, iterations_per_epoch=3, global_batch_size=256)
+    # hand values: cos(pi * e / 4) for e = 0..3 -> 0.1, 0.1 * (1 + 0.7071) / 2, 0.05, 0.1 * (1 - 0.7071) / 2
+    released = [0.1, 0.0853553390593, 0.05, 0.0146446609407]
+    assert [s.lr(it) for it in range(12)] == pytest.approx([v for v in released for _ in range(3)])
+    assert (
+        s.weight_decay(5) == s.weight_decay(3) == pytest.approx(0.04 + (0.4 - 0.04) * 0.5 * (1 - math.cos(math.pi / 4)))
+    )
+    assert s.lr(12) == 0.0 and s.peak_lr == 0.1
+    per_iteration = build_schedules(dataclasses.replace(optim, schedule_unit="iteration"), 3, 256)
+    assert per_iteration.lr(4) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 4 / 12))) != s.lr(4)
+    with pytest.raises(ValueError, match="optim.schedule_unit"):
+        build_schedules(dataclasses.replace(optim, schedule_unit="step"), 3, 256)
+    with pytest.raises(ValueError, match="iterations_per_epoch"):
+        PerEpochSchedule(s.lr, 0)
+
+
+def test_multistep_schedule_is_simmims_released_step_decay():
+    """SimMIM's ViT-B release: warm-up 10 epochs from WARMUP_LR, then the peak, x 0.1 from epoch 700 of 800
+    (MultiStepLRScheduler, ``bisect_right``: the milestone iteration itself is already decayed); wd constant."""
+    optim = dataclasses.replace(
+        OptimConfig(),
+        epochs=8,
+        warmup_epochs=2,
+        base_lr=4e-4,
+        scaling_rule="none",
+        warmup_start_lr=2e-6,
+        schedule="multistep",
+        lr_milestones=[4, 6],
+        lr_gamma=0.1,
+        weight_decay=0.05,
+    )
+    s = build_schedules(optim, iterations_per_epoch=5, global_batch_size=2048)
+    # hand values: warm-up 2e-6 + (4e-4 - 2e-6) * it / 10, then 4e-4 up to iteration 19, 4e-5 from 20, 4e-6 from 30
+    assert s.lr(0) == 2e-6 and s.lr(5) == pytest.approx(2.01e-4) and s.lr(10) == 4e-4 and s.lr(19) == 4e-4
+    assert s.lr(20) == pytest.approx(4e-5) and s.lr(29) == pytest.approx(4e-5) and s.lr(30) == pytest.approx(4e-6)
+    assert s.lr(100) == pytest.approx(4e-6) and s.weight_decay(0) == s.weight_decay(39) == 0.05 and s.peak_lr == 4e-4
+    for bad in ((4, 4), (6, 4), (1,)):  # repeated, decreasing, inside the warm-up
+        with pytest.raises(ValueError, match="must increase and be >= warmup_iters"):
+            MultiStepSchedule(0.0, 1.0, 10, tuple(m * 5 for m in bad), 0.1)
+
+
+def test_the_releases_first_step_is_dinolites_iteration_1():
+    """dinolite's iteration 0 is the warm-up start; MSN's and I-JEPA's schedulers step before the optimizer, so
+    their first step takes ``start + (peak - start) / w``, dinolite's iteration 1 (a documented difference:
+    docs/faithfulness.md, "What the golden steps show (one step, CPU, fp32)")."""
+    optim = dataclasses.replace(
+        OptimConfig(), epochs=10, warmup_epochs=2, base_lr=1e-3, scaling_rule="none", warmup_start_lr=2e-4
+    )
+    s = build_schedules(optim, iterations_per_epoch=4, global_batch_size=256)
+    released_first = 2e-4 + (1e-3 - 2e-4) * 1 / 8  # WarmupCosineSchedule.step(): _step = 1, warm-up of 8
+    assert s.lr(0) == 2e-4 and s.lr(1) == pytest.approx(released_first) and s.lr(1) - s.lr(0) == pytest.approx(1e-4)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dinolite.config import Config, ConfigError, ConfigSection, check_choices, check_ranges
 from dinolite.data.augment import CropRecipe
@@ -31,7 +31,7 @@ from dinolite.data.masked_collate import collate_msn
 from dinolite.data.masked_views import PATCH_DROP_PER, PATCH_DROP_ROUNDING
 from dinolite.data.views import MultiViewAugmentation, blur_kernel_for
 from dinolite.losses import MSNLoss
-from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
+from dinolite.models.masked_heads import HEAD_BN, MSNProjectionHead, Prototypes
 from dinolite.monitor.collapse_rules import one_prototype, uniform_output
 from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.masked_common import (
@@ -73,6 +73,10 @@ class MSNConfig:
     # per_view_size: one call per view size, each with its own batch statistics, as the release runs the head
     # inside each view size's forward (src/deit.py:221-229, the head at 263)
     head_bn_groups: str = "joint"
+    # per_rank: the head's BatchNorm takes each rank's own batch statistics. global: the moments are all-reduced
+    # over the ranks (GlobalBatchNorm1d, any backend), as the release's SyncBatchNorm on student and target
+    # (src/msn_train.py:176-178); with head_bn_groups=per_view_size, each view size's moments separately
+    head_bn: str = "per_rank"
     # image: each anchor drops its own random patches (the paper's random masking). batch: one subset for every
     # anchor of the batch and one for the focal views, as the release draws one permutation per forward
     # (src/deit.py:253)
@@ -101,6 +105,7 @@ def validate_msn(msn: MSNConfig, cfg: Config) -> None:
         cfg,
         {
             "msn.head_bn_groups": HEAD_BN_GROUPS,
+            "msn.head_bn": HEAD_BN,
             "msn.patch_drop_per": PATCH_DROP_PER,
             "msn.patch_drop_rounding": PATCH_DROP_ROUNDING,
             "msn.weight_init": WEIGHT_INITS,
@@ -171,10 +176,7 @@ class MSNObjective(SSLObjective):
         outputs = self.student["backbone"].forward_features_list(images, None, keeps)
         per_size = [out["x_norm_clstoken"] for out in outputs]
         anchor_cls = torch.cat(per_size)
-        if self.head_bn_groups == "per_view_size":  # the head's BatchNorm sees one view size at a time
-            anchor = torch.cat([self.student["projector"](cls) for cls in per_size])
-        else:
-            anchor = self.student["projector"](anchor_cls)
+        anchor = project_anchors(self.student["projector"], per_size, self.head_bn_groups)
         prototypes = self.student["prototypes"]()
         sharpen = self.sharpen_temperature(iteration) if self.sharpen_temperature is not None else None
         out = self.loss(anchor, target, prototypes, sharpen)
@@ -199,6 +201,16 @@ class MSNObjective(SSLObjective):
         if self.sharpen_temperature is not None:
             values["sharpen_temperature"] = self.sharpen_temperature(iteration)
         return values
+
+
+def project_anchors(projector: nn.Module, per_size: list[Tensor], head_bn_groups: str) -> Tensor:
+    """The projector on the anchors' CLS features, one tensor per view size, rows concatenated in that order:
+    one call on all of them (``joint``) or one call per view size (``per_view_size``: the head's BatchNorm sees
+    one view size at a time, as the release's head inside each view size's forward). Under ``msn.head_bn=global``
+    every rank makes the same calls, so each call's moments are all-reduced with the same call on the others."""
+    if head_bn_groups == "per_view_size":
+        return torch.cat([projector(cls) for cls in per_size])
+    return projector(torch.cat(per_size))
 
 
 def sharpen_schedule(cfg: Config) -> Schedule | None:
@@ -240,7 +252,7 @@ def released_msn_init(backbone: nn.Module, projector: nn.Module) -> None:
 def build_objective(cfg: Config) -> MSNObjective:
     c = cfg.msn
     backbone = build_student_backbone(cfg)
-    projector = MSNProjectionHead(backbone.embed_dim, c.hidden_dim, c.output_dim, c.use_bn)
+    projector = MSNProjectionHead(backbone.embed_dim, c.hidden_dim, c.output_dim, c.use_bn, c.head_bn)
     prototypes = Prototypes(c.num_prototypes, c.output_dim)
     if c.weight_init == "released":  # after the prototypes, which keep their (released) draw
         released_msn_init(backbone, projector)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from dinolite.config import ConfigError, load_config
+from dinolite.losses import MSNLoss
+from dinolite.models.masked_heads import MSNProjectionHead, Prototypes
 from dinolite.monitor.collapse import metric_names
 from dinolite.monitor.watchdog import Watchdog
 from dinolite.train.methods import get_method
+from dinolite.train.methods.msn import project_anchors
 from tests.train.methods.test_masked_methods import TINY, _batch, _step
 
 
@@ -129,8 +137,83 @@ def test_msn_released_init_redraws_linears_tokens_and_patch_projection():
         ("msn.entropy_weight=-1", "msn.entropy_weight"),
         ("msn.final_sharpen_temperature=0", "msn.final_sharpen_temperature"),
         ("msn.sharpen_horizon=0", "msn.sharpen_horizon"),
+        ("msn.head_bn=sync", "msn.head_bn"),
     ],
 )
 def test_msn_released_options_refuse_bad_values_naming_the_key(override: str, key: str):
     with pytest.raises(ConfigError, match=f"invalid value for '{key}'"):
         load_config("demo_msn", [override])
+
+
+# ---- msn.head_bn=global: 2 gloo processes == 1 process, with either head_bn_groups -----------------------------
+RANKS, IMAGES, FOCAL, D_IN = 2, 3, 2, 6  # per rank: 3 images, one anchor and 2 focal views each
+HEAD_CASES = [(bn, groups) for bn in ("global", "per_rank") for groups in ("joint", "per_view_size")]
+TOL = {"rtol": 1e-5, "atol": 1e-7}  # the heads run in float64, but MSNLoss takes its logits in float32
+
+
+def _head_data() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "target": torch.randn(RANKS * IMAGES, D_IN, generator=g, dtype=torch.float64),
+        "anchor": torch.randn(RANKS * IMAGES, D_IN, generator=g, dtype=torch.float64) * 2 + 1,
+        "focal": torch.randn(FOCAL, RANKS * IMAGES, D_IN, generator=g, dtype=torch.float64) - 1,  # (view, image, D)
+    }
+
+
+def _head_step(data: dict[str, torch.Tensor], head_bn: str, groups: str) -> dict[str, torch.Tensor]:
+    """MSN's head, target head and loss on these images (both heads' BatchNorms in training mode); parameter
+    gradients are this process's own, not yet averaged."""
+    torch.manual_seed(1)
+    student = MSNProjectionHead(D_IN, 8, 5, head_bn=head_bn).double()
+    prototypes = Prototypes(4, 5).double()
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        target = teacher(data["target"])
+    anchor = project_anchors(student, [data["anchor"], data["focal"].reshape(-1, D_IN)], groups)
+    out = MSNLoss(temperature=0.1, sharpen_temperature=0.25)(anchor, target, prototypes())
+    out["loss"].backward()
+    result = {"ce": out["cross_entropy"].detach(), "me_max": out["me_max"].detach()}
+    for name, param in [*student.named_parameters(), ("prototypes", prototypes.weight)]:
+        result[f"grad/{name}"] = param.grad.detach().clone()
+    for prefix, module in (("student", student), ("teacher", teacher)):
+        for name, buf in module.named_buffers():
+            result[f"{prefix}/{name}"] = buf.detach().clone()
+    return result
+
+
+def _head_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=RANKS)
+    try:
+        mine = slice(rank * IMAGES, (rank + 1) * IMAGES)
+        data = {key: value[..., mine, :] for key, value in _head_data().items()}
+        results = {}
+        for head_bn, groups in HEAD_CASES:
+            out = _head_step(data, head_bn, groups)
+            for key, value in out.items():
+                if key.startswith("grad/"):  # the trainer's gradient reduction: the mean over ranks
+                    dist.all_reduce(value)
+                    value /= RANKS
+            results[(head_bn, groups)] = out
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.numerics
+def test_msn_global_head_bn_on_two_processes_equals_one_process(tmp_path: Path):
+    """``msn.head_bn=global`` (the release's SyncBatchNorm): the loss, every averaged gradient and the running
+    statistics of student and target heads on 2 gloo ranks equal one process holding both ranks' images, with the
+    head called jointly or once per view size; ``per_rank`` statistics do not."""
+    mp.spawn(_head_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=RANKS, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(RANKS)]
+    for head_bn, groups in HEAD_CASES:
+        reference = _head_step(_head_data(), head_bn, groups)
+        per_rank = [r[(head_bn, groups)] for r in ranks]
+        if head_bn == "per_rank":  # each rank normalises with its own moments: the gradients differ
+            assert not torch.allclose(per_rank[0]["grad/mlp.0.weight"], reference["grad/mlp.0.weight"], **TOL)
+            continue
+        torch.testing.assert_close(sum(r["ce"] for r in per_rank) / RANKS, reference["ce"], **TOL)
+        for key, value in reference.items():
+            if key != "ce":  # ME-MAX, averaged gradients and running statistics: the same on every rank
+                for r in per_rank:
+                    torch.testing.assert_close(r[key], value, **TOL, msg=lambda m, k=key, g=groups: f"{g} {k}: {m}")
