@@ -213,6 +213,21 @@ def barlow_twins_overrides(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def vicreg_overrides(settings: Mapping[str, Any]) -> list[str]:
+    """``--mlp a-b-c`` (Linear-BN-ReLU between, no last bias: main_vicreg.py:223-232) and the three coefficients."""
+    widths = settings["mlp"].split("-")
+    return [
+        f"joint_embedding.projector_layers={len(widths)}",
+        f"joint_embedding.projector_hidden_dim={widths[0]}",
+        f"joint_embedding.projector_out_dim={widths[-1]}",
+        "joint_embedding.projector_last_bn=false",
+        f"vicreg.invariance_weight={settings['sim_coeff']}",
+        f"vicreg.variance_weight={settings['std_coeff']}",
+        f"vicreg.covariance_weight={settings['cov_coeff']}",
+        "vicreg.projector_last_bias=false",
+    ]
+
+
 def msn_overrides(settings: Mapping[str, Any]) -> list[str]:
     """msn_vits16.yaml at the fixture's size: ``rand_views`` anchors and ``focal_views`` focal views, Sinkhorn
     on, the release's label smoothing, entropy weight and sharpening ramp, and the release's behaviour: focal
@@ -378,6 +393,36 @@ IJEPA_CASE = ReleasedStep(
     ),
 )
 
+VICREG_HIDDEN_BIAS = "the release's hidden expander Linears have a bias; the BatchNorm after each removes it (exact gradient 0)"
+VICREG_CASE = ReleasedStep(
+    "vicreg",
+    "demo_vicreg",
+    vicreg_overrides,
+    {"collated_global_crops": "inputs/collated_global_crops"},
+    terms={
+        "vicreg_invariance": "released/invariance",
+        "vicreg_variance": "released/variance",
+        "vicreg_covariance": "released/covariance",
+    },
+    release_only={
+        "released_only.projector.fc0.bias": VICREG_HIDDEN_BIAS,
+        "released_only.projector.fc1.bias": VICREG_HIDDEN_BIAS,
+    },
+    # measured: the loss equal (18.695051), the terms within 9e-7; gradients within 2.4e-5 of each tensor's
+    # largest value (backbone.norm.bias, exact gradient 0, holds rounding noise)
+    grad_rtol=5e-5,
+    grad_atol=2e-5,
+    optimizer=ReleasedOptimizer(
+        lars_optimizer,
+        lambda fixture: (fixture.scalar("released/lr"), float(fixture.settings["weight_decay"])),
+        needed={"optimizer": "adamw", "lars_exclude_1d": "false", "clip_grad": "3.0"},
+        rtol=5e-5,
+        # backbone.norm.bias: exact gradient 0 (the expander's first BatchNorm removes a shift), rounding noise of
+        # ~7e-7 that LARS moves unadapted at the full lr 1.6 (Barlow Twins' biases take 0.0048 / 0.2 of it)
+        atol=5e-6,
+    ),
+)
+
 CASES: dict[str, ReleasedStep] = {
     "ijepa": IJEPA_CASE,
     "simsiam": ReleasedStep(
@@ -414,6 +459,7 @@ CASES: dict[str, ReleasedStep] = {
             atol=1e-6,
         ),
     ),
+    "vicreg": VICREG_CASE,
     "directclr": ReleasedStep(
         "directclr",
         "demo_directclr",
@@ -585,6 +631,19 @@ def test_the_released_ijepa_step_needs_the_cls_free_encoder_and_the_column_first
     loss, _, grads = run_step(IJEPA_CASE, fixture, ("student.sincos_order=row_first",))
     assert abs(loss - fixture.scalar("released/loss")) > 1e-3
     assert gradient_mismatches(IJEPA_CASE, released, grads)
+
+
+def test_the_released_vicreg_step_needs_the_expander_without_a_last_bias() -> None:
+    """With dinolite's expander (a last bias) the release's parameters are all there, loss and gradients alike,
+    but dinolite trains a parameter the release does not have: its gradient is rounding noise (the loss cannot
+    see it) and the key sets differ."""
+    fixture = read_fixture("vicreg")
+    loss, _, grads = run_step(VICREG_CASE, fixture, ("vicreg.projector_last_bias=true",))
+    assert loss == pytest.approx(fixture.scalar("released/loss"), abs=VICREG_CASE.loss_atol)
+    released = fixture.section("released/grad/")
+    extra = sorted(set(grads) - {k for k in released if k.startswith("student.")})
+    assert extra == ["student.projector.layers.fc2.bias"]
+    assert float(grads[extra[0]].abs().max()) < 1e-5
 
 
 def test_the_released_simmim_step_needs_the_shared_relative_position_bias() -> None:

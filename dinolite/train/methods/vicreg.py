@@ -6,9 +6,9 @@ Two views per image -> backbone CLS -> expander (the family's projector keys: th
 VICRegLoss` with the weights of the ``vicreg`` section, its variance and covariance over the global batch.
 No target network, no predictor, no negatives: the evaluated network is the student.
 
-The expander's last Linear keeps a bias (``ProjectionMLP``; the release's has none): the loss cannot see
-it (the invariance takes differences of the two views, variance and covariance centre the batch), so it
-gets no gradient.
+The expander's last Linear keeps a bias by default (``ProjectionMLP``; the release's has none,
+``vicreg.projector_last_bias=false``): the loss cannot see it (the invariance takes differences of the two
+views, variance and covariance centre the batch), so it gets no gradient.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class VICRegConfig:
     invariance_weight: float = 25.0  # lambda, the mean-squared-error term (release: sim_coeff 25)
     variance_weight: float = 25.0  # mu, the standard-deviation hinge (release: std_coeff 25)
     covariance_weight: float = 1.0  # nu, the off-diagonal covariance term (release: cov_coeff 1)
+    # the expander's last Linear has a bias (the family's projector); false: none, the release's
+    # (main_vicreg.py:231). The loss cannot see it (no gradient), so it only adds a parameter.
+    projector_last_bias: bool = True
 
 
 def validate_vicreg(vicreg: VICRegConfig, cfg: Config) -> None:
@@ -85,7 +88,8 @@ def build_objective(cfg: Config) -> VICRegObjective:
     backbone = build_student_backbone(cfg)
     c = cfg.vicreg
     loss = VICRegLoss(c.invariance_weight, c.variance_weight, c.covariance_weight)
-    return VICRegObjective(backbone, build_projector(cfg, backbone.embed_dim), loss)
+    projector = build_projector(cfg, backbone.embed_dim, last_bias=c.projector_last_bias)
+    return VICRegObjective(backbone, projector, loss)
 
 
 METHOD = register_method(

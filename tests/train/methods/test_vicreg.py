@@ -71,6 +71,14 @@ def test_the_release_expander_at_vit_b16_scale():
     ]
     assert (cfg.vicreg.invariance_weight, cfg.vicreg.variance_weight, cfg.vicreg.covariance_weight) == (25, 25, 1)
     assert get_method("vicreg").head_names(cfg) == ("projector",)
+    assert cfg.vicreg.projector_last_bias is False  # main_vicreg.py:231
+
+
+@pytest.mark.parametrize("last_bias", [True, False])
+def test_projector_last_bias_drops_the_expanders_last_bias(last_bias):
+    cfg = load_config("demo_vicreg", [*SMALL, f"vicreg.projector_last_bias={str(last_bias).lower()}"])
+    objective = vicreg.build_objective(cfg)
+    assert ("projector.layers.fc2.bias" in dict(objective.student.named_parameters())) is last_bias
 
 
 @pytest.mark.parametrize(
