@@ -393,7 +393,9 @@ IJEPA_CASE = ReleasedStep(
     ),
 )
 
-VICREG_HIDDEN_BIAS = "the release's hidden expander Linears have a bias; the BatchNorm after each removes it (exact gradient 0)"
+VICREG_HIDDEN_BIAS = (
+    "the release's hidden expander Linears have a bias; the BatchNorm after each removes it (exact gradient 0)"
+)
 VICREG_CASE = ReleasedStep(
     "vicreg",
     "demo_vicreg",
