@@ -28,6 +28,7 @@ CLIS: dict[str, tuple[str, list[str]]] = {
     "shards": ("dinolite.commands.shards", ["src", "out"]),
     "info": ("dinolite.commands.info", []),
     "summary": ("dinolite.commands.summary", []),
+    "plan": ("dinolite.commands.plan", []),
 }
 
 # (command line, option, value): each must be refused at parse time, naming the option and the value.

@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
-from dinolite.cli import INPUT_ERRORS, make_parser, run_main
+from dinolite.cli import INPUT_ERRORS, bounded, make_parser, positive_float, positive_int, run_main
 from dinolite.config import load_config, opt_ins
 from dinolite.plan.estimate import DEFAULT_EFFICIENCY, DEFAULT_USABLE
 from dinolite.plan.hardware import GPUS, get_gpu
@@ -19,23 +19,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_main, argv, errors=INPUT_ERRORS)
 
 
+FRACTION = bounded(float, 0.0, 1.0, exclusive_minimum=True, name="fraction")  # (0, 1]
+
+
 def add_plan_arguments(parser: argparse.ArgumentParser, *, with_layout: bool = True) -> None:
     """The planner's options (``dinolite-slurm --plan`` adds them without --nodes / --gpus-per-node, which
     it has already)."""
     if with_layout:
-        parser.add_argument("--nodes", type=int, default=1, help="nodes of the planned run")
-        parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (processes) per node")
+        parser.add_argument("--nodes", type=positive_int, default=1, help="nodes of the planned run")
+        parser.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs (processes) per node")
     parser.add_argument("--gpu", default="a100-80gb", help=f"the GPU: {', '.join(GPUS)}")
     parser.add_argument(
         "--efficiency",
-        type=float,
+        type=FRACTION,
         default=DEFAULT_EFFICIENCY,
         help="achieved fraction of the datasheet peak assumed for compute",
     )
     parser.add_argument(
-        "--usable", type=float, default=DEFAULT_USABLE, help="fraction of the GPU memory the step may use"
+        "--usable", type=FRACTION, default=DEFAULT_USABLE, help="fraction of the GPU memory the step may use"
     )
-    parser.add_argument("--network-gbs", type=float, help="inter-node GB/s per GPU (default: the GPU's reference)")
+    parser.add_argument(
+        "--network-gbs", type=positive_float, help="inter-node GB/s per GPU (default: the GPU's reference)"
+    )
     parser.add_argument(
         "--full-depth", action="store_true", help="run every block instead of extrapolating from two depths"
     )

@@ -18,8 +18,8 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import multiprocessing
 import os
-import pickle
 import signal
 import time
 import warnings
@@ -143,46 +143,53 @@ def measure_step(
 
 
 def _in_children(jobs: list[tuple[Config, int, int, Mapping[str, Any]]]) -> list[StepCost]:
-    """Each measurement in its own forked process, all at once (the machine's cores share the work).
+    """Each measurement in its own fresh process, all at once (the machine's cores share the work).
 
     Why a process each: the fake process group is global state, and a second FSDP2 build on fake tensors
     in one process crashed torch 2.14 natively (a segmentation fault in ``fully_shard``, measured here);
-    a child that dies takes nothing with it and is reported with its signal."""
+    a child that dies takes nothing with it and is reported with its exit code. Why spawned, not forked:
+    a child forked from a process whose autograd engine or OpenMP pool has started aborts in its first
+    backward ("Invalid thread pool", seen when one process plans twice)."""
+    context = multiprocessing.get_context("spawn")
     children = []
     for job in jobs:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: measure, send, leave without running the parent's exit handlers
-            os.close(read_end)
-            status = 0
-            try:
-                with fake_world(job[1], job[2]):
-                    payload: Any = ("ok", _measure(*job))
-            except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
-                payload, status = ("error", f"{type(exc).__name__}: {exc}"), 1
-            with os.fdopen(write_end, "wb") as pipe:
-                pickle.dump(payload, pipe)
-            os._exit(status)
-        os.close(write_end)
-        children.append((pid, read_end))
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_measure_in_child, args=(job, send), daemon=True)
+        child.start()
+        send.close()  # the child holds the only sending end: a child that dies closes the pipe
+        children.append((child, receive))
     results = []
-    for pid, read_end in children:
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if not data:
-            raise RuntimeError(f"dinolite-plan: the measuring process died ({_describe(status)}) before reporting")
-        kind, value = pickle.loads(data)
+    for child, receive in children:
+        try:
+            kind, value = receive.recv()
+        except EOFError:
+            child.join()
+            raise RuntimeError(
+                f"dinolite-plan: the measuring process died ({_describe(child.exitcode)}) before reporting"
+            ) from None
+        child.join()
         if kind != "ok":
             raise RuntimeError(f"dinolite-plan: the fake training step failed: {value}")
         results.append(value)
     return results
 
 
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.WEXITSTATUS(status)}"
+def _measure_in_child(job: tuple[Config, int, int, Mapping[str, Any]], send: Any) -> None:
+    """The spawned child: measure one job in its fake world and send ``("ok", cost)`` or ``("error", text)``."""
+    try:
+        with fake_world(job[1], job[2]):
+            payload: Any = ("ok", _measure(*job))
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        payload = ("error", f"{type(exc).__name__}: {exc}")
+    send.send(payload)
+    send.close()
+
+
+def _describe(exitcode: int | None) -> str:
+    """A child's end as ``multiprocessing`` reports it (negative: killed by that signal)."""
+    if exitcode is not None and exitcode < 0:
+        return f"signal {signal.Signals(-exitcode).name}"
+    return f"exit status {exitcode}"
 
 
 SAMPLE_DEPTHS = (2, 3)  # the two copies a deep backbone's cost is extrapolated from
