@@ -215,5 +215,10 @@ def test_msn_global_head_bn_on_two_processes_equals_one_process(tmp_path: Path):
         torch.testing.assert_close(sum(r["ce"] for r in per_rank) / RANKS, reference["ce"], **TOL)
         for key, value in reference.items():
             if key != "ce":  # ME-MAX, averaged gradients and running statistics: the same on every rank
+                # summation order differs across ranks: the rounding scales with the tensor's largest entry,
+                # not with each entry (a small entry of a large gradient differs relatively more)
+                atol = TOL["atol"] + TOL["rtol"] * float(value.abs().max())
                 for r in per_rank:
-                    torch.testing.assert_close(r[key], value, **TOL, msg=lambda m, k=key, g=groups: f"{g} {k}: {m}")
+                    torch.testing.assert_close(
+                        r[key], value, rtol=TOL["rtol"], atol=atol, msg=lambda m, k=key, g=groups: f"{g} {k}: {m}"
+                    )
