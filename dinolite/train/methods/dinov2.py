@@ -29,14 +29,19 @@ from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.pretrained import build_student_backbone, load_pretrained, load_pretrained_into, pretrained_part
 
 
-def build_objective(cfg: Config) -> DINOv2Objective:
-    """Build the DINOv2 objective from a full :class:`~dinolite.config.Config` (student, heads, losses)."""
+def check_koleo_batch(cfg: Config) -> None:
+    """KoLeo needs two images per GPU: refuse a config that gives it one (DINOv2 and distillation)."""
     if cfg.dino.koleo_loss_weight > 0 and cfg.train.batch_size_per_gpu < 2:
         raise ConfigError(
             f"train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} with dino.koleo_loss_weight="
             f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU (the nearest neighbour of a "
             "lone sample does not exist); raise the batch size or set dino.koleo_loss_weight=0"
         )
+
+
+def build_objective(cfg: Config) -> DINOv2Objective:
+    """Build the DINOv2 objective from a full :class:`~dinolite.config.Config` (student, heads, losses)."""
+    check_koleo_batch(cfg)
     # Before the teacher copy is taken, so student and teacher start from the same weights.
     path = cfg.student.pretrained_weights
     pretrained = load_pretrained(path) if path else None

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from dinolite.config import Config, ConfigError, ConfigSection, check_choices
+from dinolite.config import Config, ConfigSection, check_choices
 from dinolite.models import build_heads
 from dinolite.models.info import backbone_forward_macs, model_summary
 from dinolite.train.methods import dinov2, dinov2_config
@@ -66,12 +66,7 @@ SECTION = ConfigSection("distillation", DistillationConfig, validate_distillatio
 def build_objective(cfg: Config) -> DistillationObjective:
     """The frozen teacher (``distillation.teacher_weights``) and the student of ``student.*`` with fresh
     heads (or ``student.pretrained_weights``' backbone), DINOv2's losses and schedules."""
-    if cfg.dino.koleo_loss_weight > 0 and cfg.train.batch_size_per_gpu < 2:
-        raise ConfigError(
-            f"train.batch_size_per_gpu={cfg.train.batch_size_per_gpu} with dino.koleo_loss_weight="
-            f"{cfg.dino.koleo_loss_weight}: KoLeo needs at least 2 images per GPU; raise the batch size or set "
-            "dino.koleo_loss_weight=0"
-        )
+    dinov2.check_koleo_batch(cfg)
     path = cfg.student.pretrained_weights
     backbone = build_student_backbone(cfg, load_pretrained(path) if path else None)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
