@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import threading
 import weakref
 from typing import Any, Iterable, Iterator
 
@@ -79,6 +80,10 @@ class _Block:
     category: str
     born: int
     died: int | None = None
+    # freed on another thread than the step's: a collective's buffer that a process-group backend's worker
+    # thread (gloo's) released after the step's thread had dropped it, so ``died`` is late by a
+    # thread-timing-dependent number of ops (a fake process group never does this)
+    died_elsewhere: bool = False
 
 
 class MemoryAccount:
@@ -122,6 +127,7 @@ class MemoryAccount:
     def _end(self, key: int, block: _Block, _ref: object = None) -> None:
         if block.died is None:
             block.died = self.ops
+            block.died_elsewhere = threading.current_thread() is not threading.main_thread()
         entry = self._live.get(key)
         if entry is not None and entry[1] is block:
             del self._live[key]
@@ -142,6 +148,16 @@ class MemoryAccount:
 
     def peak(self) -> tuple[int, dict[str, int]]:
         """(peak bytes, bytes by category at that moment) over the whole account."""
+        best, best_split, _ = self._sweep()
+        return best, best_split
+
+    def late_bytes_at_peak(self) -> int:
+        """Bytes alive at the peak only because another thread freed them (``_Block.died_elsewhere``):
+        the peak of the same step with every storage freed when the step's thread let go of it lies in
+        ``[peak - late_bytes_at_peak, peak]``."""
+        return self._sweep()[2]
+
+    def _sweep(self) -> tuple[int, dict[str, int], int]:
         # At one op count, its outputs are born first, then what died after it: the peak is measured
         # after the births of each op.
         events: list[tuple[int, int, int]] = []  # (op, 0 birth / 1 death, block index)
@@ -151,17 +167,18 @@ class MemoryAccount:
                 events.append((block.died, 1, index))
         events.sort()
         current = dict.fromkeys(CATEGORY_ORDER, 0)
-        total, best, best_split = 0, -1, dict(current)
+        total, late, best, best_split, best_late = 0, 0, -1, dict(current), 0
         for position, (op, is_death, index) in enumerate(events):
             block = self._blocks[index]
             sign = -1 if is_death else 1
             current[block.category] += sign * block.nbytes
             total += sign * block.nbytes
+            late += sign * block.nbytes if block.died_elsewhere else 0
             following = events[position + 1] if position + 1 < len(events) else None
             births_done = not is_death and (following is None or following[0] != op or following[1] == 1)
             if births_done and total > best:
-                best, best_split = total, dict(current)
-        return max(best, 0), best_split
+                best, best_split, best_late = total, dict(current), late
+        return max(best, 0), best_split, best_late
 
 
 @dataclasses.dataclass

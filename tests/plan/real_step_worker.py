@@ -35,6 +35,7 @@ def main() -> None:
         record = {
             "peak_bytes": peak,
             "by_category": split,
+            "late_bytes_at_peak": account.memory.late_bytes_at_peak(),
             "flops": account.flops,
             "collectives": sorted(
                 [c.op, list(c.group_ranks), c.calls, c.buffer_bytes] for c in account.collectives.values()

@@ -51,6 +51,31 @@ def test_a_gradient_born_in_backward_is_relabelled_for_its_whole_life():
     assert split["gradients"] == 4096 and split["temporary"] == 0
 
 
+def test_a_storage_freed_on_another_thread_is_reported_as_late_at_the_peak():
+    """What gloo's worker thread does to a finished collective's buffer: the last reference goes away
+    there, so the death's op count depends on thread timing; the account says how much of the peak that is."""
+    import threading
+
+    account = StepAccount()
+    with account.tracking():
+        held = [torch.empty(MIB // 4)]  # 1 MiB, the buffer
+        worker = threading.Thread(target=held.clear)
+        torch.empty(MIB // 8)  # 0.5 MiB while the buffer lives: the peak
+        worker.start()
+        worker.join()
+    assert account.memory.peak()[0] == MIB + MIB // 2
+    assert account.memory.late_bytes_at_peak() == MIB
+
+
+def test_a_storage_freed_on_the_steps_thread_is_never_late():
+    account = StepAccount()
+    with account.tracking():
+        block = torch.empty(MIB // 4)
+        torch.empty(MIB // 8)
+        del block
+    assert account.memory.late_bytes_at_peak() == 0
+
+
 def test_matmul_flops_are_two_m_n_k_forward_and_twice_that_backward():
     a = torch.randn(32, 64, requires_grad=True)
     b = torch.randn(64, 16, requires_grad=True)
