@@ -3,14 +3,10 @@ losses (each rank's input gets the gradient of the sum of every rank's loss); id
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
+from tests.gloo_ranks import run_on_ranks
 
 
 def test_one_process_both_are_the_identity_with_its_gradient():
@@ -22,30 +18,24 @@ def _rank_input(rank: int) -> torch.Tensor:
     return torch.tensor([[rank + 1.0, 2.0 * (rank + 1)]], requires_grad=True)
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
-    try:
-        weight = float(rank + 1)  # each rank's loss weighs the shared result differently
-        x = _rank_input(rank)
-        gathered = all_gather_with_grad(x)
-        (gathered * weight).sum().backward()
-        y = _rank_input(rank)
-        summed = all_reduce_sum_with_grad(y)
-        (summed * weight).sum().backward()
-        result = {
-            "gathered": gathered.tolist(),
-            "gather_grad": x.grad.tolist(),
-            "summed": summed.tolist(),
-            "sum_grad": y.grad.tolist(),
-        }
-        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict:
+    weight = float(rank + 1)  # each rank's loss weighs the shared result differently
+    x = _rank_input(rank)
+    gathered = all_gather_with_grad(x)
+    (gathered * weight).sum().backward()
+    y = _rank_input(rank)
+    summed = all_reduce_sum_with_grad(y)
+    (summed * weight).sum().backward()
+    return {
+        "gathered": gathered.tolist(),
+        "gather_grad": x.grad.tolist(),
+        "summed": summed.tolist(),
+        "sum_grad": y.grad.tolist(),
+    }
 
 
 def test_two_ranks_gather_and_sum_and_send_every_ranks_gradient_back(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    results = run_on_ranks(_on_rank, 2, tmp_path)
     total_weight = 1.0 + 2.0  # d(sum_s weight_s * sum(result)) / d x_r
     for result in results:
         assert result["gathered"] == [[1.0, 2.0], [2.0, 4.0]]  # rank order

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import torch.distributed as dist
-import torch.multiprocessing as mp
-
 from dinolite.distributed.collectives import (
     all_reduce_max,
     all_reduce_sum,
@@ -18,6 +12,7 @@ from dinolite.distributed.collectives import (
     is_distributed,
     rank_and_world,
 )
+from tests.gloo_ranks import run_on_ranks
 
 
 def test_without_a_process_group_everything_is_one_process():
@@ -28,25 +23,20 @@ def test_without_a_process_group_everything_is_one_process():
     barrier()  # returns at once
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
-    try:
-        result = {
-            "rank_and_world": list(rank_and_world()),
-            "max": all_reduce_max(rank + 1.5),
-            "sum": all_reduce_sum(rank + 1.5),
-            "any_when_only_the_last_rank_says_so": any_rank(rank == world - 1),
-            "any_when_no_rank_says_so": any_rank(False),
-        }
-        barrier()
-        Path(folder, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict:
+    result = {
+        "rank_and_world": list(rank_and_world()),
+        "max": all_reduce_max(rank + 1.5),
+        "sum": all_reduce_sum(rank + 1.5),
+        "any_when_only_the_last_rank_says_so": any_rank(rank == world - 1),
+        "any_when_no_rank_says_so": any_rank(False),
+    }
+    barrier()
+    return result
 
 
 def test_two_ranks_reduce_over_both_and_agree(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    results = run_on_ranks(_on_rank, 2, tmp_path)
     for rank, result in enumerate(results):
         assert result["rank_and_world"] == [rank, 2]
         assert result["max"] == 2.5 and result["sum"] == 4.0

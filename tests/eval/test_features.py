@@ -2,11 +2,10 @@ import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import Dataset, IterableDataset
 
 from dinolite.eval.features import extract_features, order_by_index
+from tests.gloo_ranks import run_on_ranks
 
 
 class IndexedImages(Dataset):
@@ -45,16 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, iterable: bool, out_path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        base = IndexedImages(11)
-        dataset = OverlappingShards(base, rank, world_size) if iterable else base
-        result = extract_features(_model(), dataset, batch_size=4, progress=False)
-        if rank == 0:
-            torch.save(tuple(result), out_path)
-    finally:
-        dist.destroy_process_group()
+def _extract_on_rank(rank: int, world: int, iterable: bool) -> tuple:
+    base = IndexedImages(11)
+    dataset = OverlappingShards(base, rank, world) if iterable else base
+    return tuple(extract_features(_model(), dataset, batch_size=4, progress=False))
 
 
 def test_order_by_index_sorts_and_drops_duplicates():
@@ -87,9 +80,7 @@ def test_model_returning_wrong_shape_is_rejected():
 @pytest.mark.slow
 @pytest.mark.parametrize("iterable", [False, True], ids=["map-style", "iterable-with-duplicate"])
 def test_two_gloo_ranks_equal_single_process(tmp_path, iterable):
-    out_path = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), iterable, out_path), nprocs=2, join=True)
-    features, labels, indices = torch.load(out_path, weights_only=True)
+    features, labels, indices = run_on_ranks(_extract_on_rank, 2, tmp_path, iterable)[0]
     single = extract_features(_model(), IndexedImages(11), batch_size=4, progress=False)
     assert indices.tolist() == list(range(11))  # each sample exactly once, index 0 not counted twice
     assert torch.equal(labels, single.labels)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.losses import DINOLoss, iBOTPatchLoss
+from tests.gloo_ranks import run_on_ranks
 
 K = 6
 # uneven split, as iBOT's masked patches are: rank 0 holds 3 rows, rank 1 holds 5
@@ -36,19 +34,14 @@ def _compute(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        start = sum(SPLIT[:rank])
-        torch.save(_compute(_batch()[start : start + SPLIT[rank]]), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    start = sum(SPLIT[:rank])
+    return _compute(_batch()[start : start + SPLIT[rank]])
 
 
 @pytest.mark.numerics
 def test_two_process_centering_equals_single_process(tmp_path: Path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_on_ranks(_on_rank, 2, tmp_path)
 
     full = _batch()
     reference = _compute(full)

@@ -8,18 +8,17 @@ trainer's FSDP2 gradient reduction does; that average must equal the one-process
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
 from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss
 from dinolite.models import ProjectionMLP
+from tests.gloo_ranks import run_on_ranks
 
 WORLD = 2
 B, D_IN = 4, 6
@@ -84,26 +83,21 @@ def _collectives_reference() -> torch.Tensor:
     return x.grad
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        x_a, x_b = _data()
-        rows = slice(rank * B, (rank + 1) * B)
-        out = _step(x_a[rows], x_b[rows])
-        out["collectives/grad"] = _collectives_grad_on_rank(x_a[rows], rank)
-        for key, value in out.items():
-            if "/grad/" in key:  # what FSDP2's gradient reduction does: the mean over ranks
-                dist.all_reduce(value)
-                value /= WORLD
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    x_a, x_b = _data()
+    rows = slice(rank * B, (rank + 1) * B)
+    out = _step(x_a[rows], x_b[rows])
+    out["collectives/grad"] = _collectives_grad_on_rank(x_a[rows], rank)
+    for key, value in out.items():
+        if "/grad/" in key:  # what FSDP2's gradient reduction does: the mean over ranks
+            dist.all_reduce(value)
+            value /= world
+    return out
 
 
 @pytest.mark.numerics
 def test_two_processes_equal_one_process(tmp_path: Path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_ranks(_on_rank, WORLD, tmp_path)
     reference = _step(*_data())
 
     for name in ("info_nce", "directclr", "directclr_cross_view"):

@@ -8,16 +8,15 @@ trainer's FSDP2 gradient reduction does; that average must equal the one-process
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.losses.vicreg_loss import VICRegLoss
 from dinolite.models import ProjectionMLP
+from tests.gloo_ranks import run_on_ranks
 
 WORLD = 2
 B, D_IN = 4, 6
@@ -46,25 +45,20 @@ def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        x_a, x_b = _data()
-        rows = slice(rank * B, (rank + 1) * B)
-        out = _step(x_a[rows], x_b[rows])
-        for key, value in out.items():
-            if key.startswith("grad/"):  # what FSDP2's gradient reduction does: the mean over ranks
-                dist.all_reduce(value)
-                value /= WORLD
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    x_a, x_b = _data()
+    rows = slice(rank * B, (rank + 1) * B)
+    out = _step(x_a[rows], x_b[rows])
+    for key, value in out.items():
+        if key.startswith("grad/"):  # what FSDP2's gradient reduction does: the mean over ranks
+            dist.all_reduce(value)
+            value /= world
+    return out
 
 
 @pytest.mark.numerics
 def test_two_processes_equal_one_process(tmp_path: Path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_ranks(_on_rank, WORLD, tmp_path)
     reference = _step(*_data())
     assert reference["term/variance"] > 0 and reference["term/covariance"] > 0  # every term is exercised
     for key, value in reference.items():

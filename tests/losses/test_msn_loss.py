@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from dinolite.losses import MSNLoss
 from dinolite.train.schedules import LinearSchedule, stretched_iters
+from tests.gloo_ranks import run_on_ranks
 
 
 def _reference(anchor, target, prototypes, tau, T, lam):
@@ -190,19 +188,14 @@ def _run(anchor_vbd, target, protos):
     }
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        anchor, target, protos = _data()
-        mine = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
-        torch.save(_run(anchor[:, mine], target[mine], protos), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
+    anchor, target, protos = _data()
+    mine = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
+    return _run(anchor[:, mine], target[mine], protos)
 
 
 def test_two_process_msn_equals_single_process(tmp_path: Path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_on_ranks(_on_rank, 2, tmp_path)
     reference = _run(*_data())
     # ME-MAX uses the global mean prediction: the same value on every rank as in one process
     for r in ranks:

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.monitor import metrics
 from dinolite.monitor.collapse import METRIC_NAMES, CollapseMonitor, gather_rows
+from tests.gloo_ranks import run_on_ranks
 
 
 def _diagnostics(n: int = 256, d: int = 32, k: int = 64, seed: int = 0, collapsed: bool = False) -> dict:
@@ -141,26 +140,19 @@ def test_due_and_bad_arguments():
         CollapseMonitor(every=1, max_samples=1)
 
 
-def _gather_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        full = _diagnostics(n=40, seed=5)
-        # Uneven split (the last batch of an epoch can differ): rank 0 holds 24 rows, rank 1 holds 16.
-        rows = slice(0, 24) if rank == 0 else slice(24, 40)
-        local = {key: value[rows] for key, value in full.items()}
-        out = CollapseMonitor(every=1, max_samples=1000).measure(0, local)
-        bounded = gather_rows(torch.arange(40.0)[rows].unsqueeze(1), max_rows=10)
-        if rank == 0:
-            torch.save({"metrics": out, "bounded": bounded}, result_file)
-    finally:
-        dist.destroy_process_group()
+def _gather_on_rank(rank: int, world: int) -> dict:
+    full = _diagnostics(n=40, seed=5)
+    # Uneven split (the last batch of an epoch can differ): rank 0 holds 24 rows, rank 1 holds 16.
+    rows = slice(0, 24) if rank == 0 else slice(24, 40)
+    local = {key: value[rows] for key, value in full.items()}
+    out = CollapseMonitor(every=1, max_samples=1000).measure(0, local)
+    bounded = gather_rows(torch.arange(40.0)[rows].unsqueeze(1), max_rows=10)
+    return {"metrics": out, "bounded": bounded}
 
 
 @pytest.mark.numerics
 def test_two_rank_gather_matches_single_process(tmp_path):
-    result_file = str(tmp_path / "result.pt")
-    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), result_file), nprocs=2, join=True)
-    result = torch.load(result_file, weights_only=False)
+    result = run_on_ranks(_gather_on_rank, 2, tmp_path)[0]
     single = CollapseMonitor(every=1, max_samples=1000).measure(0, _diagnostics(n=40, seed=5))
     assert result["metrics"].keys() == single.keys()
     for name, value in single.items():

@@ -64,38 +64,27 @@ def test_parameters_without_a_gradient_are_left_alone_and_bad_values_named() -> 
         LARS([weight], lr=1.0, eta=0)
 
 
-def _fsdp_lars_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _lars_step_on_rank(rank: int, world: int) -> dict[str, torch.Tensor]:
     """One LARS step on a fully sharded student (every rank the same batch, so the averaged gradient is the
-    one-process gradient); saves the full parameters after the step."""
-    import os
-
-    import torch.distributed as dist
+    one-process gradient); returns the full parameters after the step."""
     from torch.distributed.fsdp import fully_shard
 
     from dinolite.train.optim import GroupRules, apply_schedules, get_param_groups
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        student = _lars_student()
-        if world_size > 1:
-            for block in student["backbone"].blocks:
-                fully_shard(block)
-            fully_shard(student["backbone"])
-            fully_shard(student["head"])
-        rules = GroupRules(decay_rule="non_1d", lr_1d_mult=0.024, lars_exclude_1d=True)
-        groups = get_param_groups(student, rules=rules)
-        optimizer = LARS([{k: v for k, v in g.items() if k != "names"} for g in groups], eta=0.001)
-        apply_schedules(optimizer, lr=1.6, weight_decay=1e-6)
-        torch.manual_seed(1)
-        student["head"](student["backbone"](torch.randn(4, 3, 16, 16))).square().sum().backward()
-        optimizer.step()
-        full = {
-            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach() for k, v in student.named_parameters()
-        }
-        if rank == 0:
-            torch.save(full, os.path.join(out_dir, f"world{world_size}.pt"))
-    finally:
-        dist.destroy_process_group()
+    student = _lars_student()
+    if world > 1:
+        for block in student["backbone"].blocks:
+            fully_shard(block)
+        fully_shard(student["backbone"])
+        fully_shard(student["head"])
+    rules = GroupRules(decay_rule="non_1d", lr_1d_mult=0.024, lars_exclude_1d=True)
+    groups = get_param_groups(student, rules=rules)
+    optimizer = LARS([{k: v for k, v in g.items() if k != "names"} for g in groups], eta=0.001)
+    apply_schedules(optimizer, lr=1.6, weight_decay=1e-6)
+    torch.manual_seed(1)
+    student["head"](student["backbone"](torch.randn(4, 3, 16, 16))).square().sum().backward()
+    optimizer.step()
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach() for k, v in student.named_parameters()}
 
 
 def _lars_student() -> torch.nn.ModuleDict:
@@ -110,12 +99,9 @@ def _lars_student() -> torch.nn.ModuleDict:
 def test_lars_on_fsdp2_shards_equals_one_process(tmp_path) -> None:
     """The trust ratio's norms are those of the whole parameters, not of a rank's shard: two fully sharded gloo
     ranks step every parameter as one process does."""
-    import torch.multiprocessing as mp
+    from tests.gloo_ranks import run_on_ranks
 
-    for world in (1, 2):
-        init = str(tmp_path / f"init{world}")
-        mp.spawn(_fsdp_lars_worker, args=(world, init, str(tmp_path)), nprocs=world, join=True)
-    one, two = torch.load(tmp_path / "world1.pt"), torch.load(tmp_path / "world2.pt")
+    one, two = (run_on_ranks(_lars_step_on_rank, world, tmp_path / f"world{world}")[0] for world in (1, 2))
     assert sorted(one) == sorted(two)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -4,17 +4,15 @@ ranks when FSDP2 shards the gradients (2 gloo processes, an overflow in one rank
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from dinolite.fsdp.sharding import clip_grad_norm_
 from dinolite.train.loss_scaling import LossScaler
+from tests.gloo_ranks import run_on_ranks
 
 
 def _model() -> nn.Module:
@@ -63,35 +61,30 @@ def test_bad_settings_are_refused():
         LossScaler(enabled=True, backoff_factor=1.5)
 
 
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _steps_on_rank(rank: int, world: int) -> list[dict]:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        model = _model()
-        fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
-        scaler = LossScaler(enabled=True, init_scale=2.0**8, growth_interval=1)
-        results = []
-        for step in range(2):
-            model.zero_grad()
-            scaler.scale_loss(_loss(model)).backward()
-            if step == 0 and rank == 1:  # an overflow in rank 1's shard of one gradient only
-                next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
-            scaler.unscale_(model.parameters())
-            norm = clip_grad_norm_(list(model.parameters()), max_norm=0.0)
-            stepped = scaler.update({"model": float(norm)})
-            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
-            results.append({"stepped": stepped, "scale": scaler.scale, "grads": grads})
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    model = _model()
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    scaler = LossScaler(enabled=True, init_scale=2.0**8, growth_interval=1)
+    results = []
+    for step in range(2):
+        model.zero_grad()
+        scaler.scale_loss(_loss(model)).backward()
+        if step == 0 and rank == 1:  # an overflow in rank 1's shard of one gradient only
+            next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+        scaler.unscale_(model.parameters())
+        norm = clip_grad_norm_(list(model.parameters()), max_norm=0.0)
+        stepped = scaler.update({"model": float(norm)})
+        grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+        results.append({"stepped": stepped, "scale": scaler.scale, "grads": grads})
+    return results
 
 
 @pytest.mark.numerics
 def test_sharded_gradients_give_every_rank_the_same_decision(tmp_path: Path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_on_ranks(_steps_on_rank, 2, tmp_path)
     # step 0: the inf sits in rank 1's shard, yet both ranks skip and back off together
     assert [r[0]["stepped"] for r in ranks] == [False, False]
     assert [r[0]["scale"] for r in ranks] == [2.0**7, 2.0**7]

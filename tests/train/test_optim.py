@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from dinolite.config import load_config
@@ -22,6 +19,7 @@ from dinolite.train.optim import (
     get_param_groups,
     optimizer_for,
 )
+from tests.gloo_ranks import run_on_ranks
 
 DECAY, PATCH_MULT = 0.9, 0.2
 
@@ -141,38 +139,31 @@ def test_apply_schedules_and_frozen_last_layer_step():
     assert not torch.equal(after["backbone.blocks.0.attn.qkv.weight"], before["backbone.blocks.0.attn.qkv.weight"])
 
 
-def _fsdp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+def _fsdp_groups_on_rank(rank: int, world: int) -> dict:
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        torch.manual_seed(0)
-        student = _student()
-        reference = get_param_groups(student, DECAY, PATCH_MULT)
-        for block in student["backbone"].blocks:
-            fully_shard(block)
-        fully_shard(student["backbone"])
-        fully_shard(student["dino_head"])
-        sharded = get_param_groups(student, DECAY, PATCH_MULT)
-        optimizer = build_optimizer(sharded)
-        apply_schedules(optimizer, lr=1e-3, weight_decay=0.04)
-        student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32))).sum().backward()
-        optimizer.step()
-        summary = {
-            "reference": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in reference],
-            "sharded": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in sharded],
-            "types": sorted({type(p).__name__ for g in sharded for p in g["params"]}),
-        }
-        torch.save(summary, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    student = _student()
+    reference = get_param_groups(student, DECAY, PATCH_MULT)
+    for block in student["backbone"].blocks:
+        fully_shard(block)
+    fully_shard(student["backbone"])
+    fully_shard(student["dino_head"])
+    sharded = get_param_groups(student, DECAY, PATCH_MULT)
+    optimizer = build_optimizer(sharded)
+    apply_schedules(optimizer, lr=1e-3, weight_decay=0.04)
+    student["dino_head"](student["backbone"](torch.randn(2, 3, 32, 32))).sum().backward()
+    optimizer.step()
+    return {
+        "reference": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in reference],
+        "sharded": [(g["names"], g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in sharded],
+        "types": sorted({type(p).__name__ for g in sharded for p in g["params"]}),
+    }
 
 
 @pytest.mark.slow
 def test_groups_are_identical_for_fsdp2_dtensors(tmp_path: Path):
-    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        summary = torch.load(tmp_path / f"rank{rank}.pt")
+    for summary in run_on_ranks(_fsdp_groups_on_rank, 2, tmp_path):
         assert summary["types"] == ["DTensor"]
         assert summary["sharded"] == summary["reference"]
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.checkpoint import load_consolidated_state_dict
 from dinolite.config import ConfigError, load_config
@@ -28,6 +26,7 @@ from dinolite.train.methods import distillation, get_method
 from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
 from dinolite.train.preflight import check_startup
 from dinolite.train.run import build_run
+from tests.gloo_ranks import run_on_ranks
 from tests.methods.test_every_method import random_image_stream
 from tests.train.methods.distillation_helpers import distil_config, write_teacher
 from tests.train.scale_worker import full_state, global_batch_slice
@@ -53,23 +52,17 @@ def _train_on_slices(cfg, rank: int, world: int, env: DistributedEnv | None = No
     }
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, teacher: str) -> None:
+def _on_rank(rank: int, world: int, teacher: str) -> dict:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        cfg = distil_config(teacher, *TWO_EQUALS_ONE, f"train.batch_size_per_gpu={GLOBAL_BATCH // world}")
-        result = _train_on_slices(cfg, rank, world, DistributedEnv(rank=rank, world_size=world, backend="gloo"))
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    cfg = distil_config(teacher, *TWO_EQUALS_ONE, f"train.batch_size_per_gpu={GLOBAL_BATCH // world}")
+    return _train_on_slices(cfg, rank, world, DistributedEnv(rank=rank, world_size=world, backend="gloo"))
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path: Path):
     teacher = tmp_path / "teacher.safetensors"
     write_teacher(teacher, width=48, depth=3)
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), str(teacher)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_on_ranks(_on_rank, 2, tmp_path / "ranks", str(teacher))
     one = _train_on_slices(distil_config(teacher, *TWO_EQUALS_ONE, f"train.batch_size_per_gpu={GLOBAL_BATCH}"), 0, 1)
     for rank in ranks:
         # each rank's loss is its half's; their mean is the loss of the whole batch (every term is a mean)

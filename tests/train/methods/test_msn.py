@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dinolite.config import ConfigError, load_config
 from dinolite.losses import MSNLoss
@@ -19,6 +17,7 @@ from dinolite.monitor.collapse import metric_names
 from dinolite.monitor.watchdog import Watchdog
 from dinolite.train.methods import get_method
 from dinolite.train.methods.msn import project_anchors
+from tests.gloo_ranks import run_on_ranks
 from tests.train.methods.test_masked_methods import TINY, _batch, _step
 
 
@@ -181,22 +180,18 @@ def _head_step(data: dict[str, torch.Tensor], head_bn: str, groups: str) -> dict
     return result
 
 
-def _head_worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=RANKS)
-    try:
-        mine = slice(rank * IMAGES, (rank + 1) * IMAGES)
-        data = {key: value[..., mine, :] for key, value in _head_data().items()}
-        results = {}
-        for head_bn, groups in HEAD_CASES:
-            out = _head_step(data, head_bn, groups)
-            for key, value in out.items():
-                if key.startswith("grad/"):  # the trainer's gradient reduction: the mean over ranks
-                    dist.all_reduce(value)
-                    value /= RANKS
-            results[(head_bn, groups)] = out
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _heads_on_rank(rank: int, world: int) -> dict:
+    mine = slice(rank * IMAGES, (rank + 1) * IMAGES)
+    data = {key: value[..., mine, :] for key, value in _head_data().items()}
+    results = {}
+    for head_bn, groups in HEAD_CASES:
+        out = _head_step(data, head_bn, groups)
+        for key, value in out.items():
+            if key.startswith("grad/"):  # the trainer's gradient reduction: the mean over ranks
+                dist.all_reduce(value)
+                value /= world
+        results[(head_bn, groups)] = out
+    return results
 
 
 @pytest.mark.numerics
@@ -204,8 +199,7 @@ def test_msn_global_head_bn_on_two_processes_equals_one_process(tmp_path: Path):
     """``msn.head_bn=global`` (the release's SyncBatchNorm): the loss, every averaged gradient and the running
     statistics of student and target heads on 2 gloo ranks equal one process holding both ranks' images, with the
     head called jointly or once per view size; ``per_rank`` statistics do not."""
-    mp.spawn(_head_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=RANKS, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(RANKS)]
+    ranks = run_on_ranks(_heads_on_rank, RANKS, tmp_path)
     for head_bn, groups in HEAD_CASES:
         reference = _head_step(_head_data(), head_bn, groups)
         per_rank = [r[(head_bn, groups)] for r in ranks]
