@@ -125,6 +125,11 @@ class CropsConfig:
     solarize_p_global2: float = 0.2
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # DINOv3's Gram teacher crops (docs/gram_anchoring.md): the two global crops cut again at this size for
+    # the Gram teacher (null: it sees the student's global crops); needs gram.use_loss with a Gram teacher
+    gram_teacher_crops_size: Optional[int] = None
+    # true: the Gram teacher's crops skip the colour distortions (DINOv3's high-resolution adaptation)
+    gram_teacher_no_distortions: bool = False
 
 
 @dataclass

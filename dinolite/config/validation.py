@@ -68,6 +68,29 @@ def check_fraction_pairs(cfg: Any, keys: Sequence[str]) -> None:
             raise ConfigError(f"invalid value for {dotted!r}: {lo_hi}; expected [low, high] with 0 <= low <= high <= 1")
 
 
+def _check_gram_teacher_crops(cfg: Config) -> None:
+    """``crops.gram_teacher_crops_size``: a patch-size multiple, read only by a Gram teacher (DINOv3)."""
+    size = cfg.crops.gram_teacher_crops_size
+    if size is None:
+        if cfg.crops.gram_teacher_no_distortions:
+            raise ConfigError(
+                "crops.gram_teacher_no_distortions=true needs crops.gram_teacher_crops_size (the Gram teacher's "
+                "own crops); without it the Gram teacher sees the student's global crops"
+            )
+        return
+    if size < 1 or size % cfg.student.patch_size:
+        raise ConfigError(
+            f"invalid value for 'crops.gram_teacher_crops_size': {size}; must be a positive multiple of "
+            f"student.patch_size={cfg.student.patch_size}"
+        )
+    gram = getattr(cfg, "gram", None)
+    if gram is None or not gram.use_loss or gram.ema_teacher:
+        raise ConfigError(
+            f"crops.gram_teacher_crops_size={size} is read only by Gram anchoring's own teacher: it needs "
+            f"gram.use_loss=true and gram.ema_teacher=false (train.method={cfg.train.method!r})"
+        )
+
+
 def _validate_shared(cfg: Config) -> None:
     check_choices(cfg, CHOICES)
     positive = [
@@ -94,6 +117,7 @@ def _validate_shared(cfg: Config) -> None:
                 f"invalid value for {dotted!r}: {size} is not a multiple of student.patch_size={cfg.student.patch_size}"
             )
     check_fraction_pairs(cfg, ("crops.global_crops_scale", "crops.local_crops_scale"))
+    _check_gram_teacher_crops(cfg)
     if cfg.crops.local_crops_number < 0:
         raise ConfigError(f"invalid value for 'crops.local_crops_number': {cfg.crops.local_crops_number}; must be >= 0")
     if cfg.optim.nesterov and (cfg.optim.optimizer != "sgd" or cfg.optim.momentum <= 0):

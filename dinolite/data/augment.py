@@ -121,16 +121,39 @@ def augment_crop(image: torch.Tensor, recipe: CropRecipe, generator: Optional[to
     The random draws come in a fixed order and number whatever the probabilities (crop, flip, jitter,
     grayscale, blur, sigma, solarize), so a sample's stream stays aligned when a probability changes.
     """
-    _, height, width = image.shape
-    top, left, h, w = random_resized_crop_params(height, width, recipe.scale, generator=generator)
     # Geometry on uint8 (torch's fast path), photometry on float32 in [0, 1]: one conversion per
     # crop instead of one per colour op.
-    out = TF.resized_crop(
-        image, top, left, h, w, [recipe.size, recipe.size], interpolation=InterpolationMode.BICUBIC, antialias=True
-    )
+    return photometric(to_unit_float(geometric_crop(image, recipe, recipe.size, generator)), recipe, generator)
+
+
+def geometric_crop(
+    image: torch.Tensor, recipe: CropRecipe, size: int, generator: Optional[torch.Generator]
+) -> torch.Tensor:
+    """The random resized crop (bicubic, antialiased) of a uint8 CHW image at ``size`` and its random flip:
+    the first two draws of :func:`augment_crop`."""
+    _, height, width = image.shape
+    top, left, h, w = random_resized_crop_params(height, width, recipe.scale, generator=generator)
+    out = TF.resized_crop(image, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     if _bernoulli(generator, recipe.horizontal_flip_p):
         out = TF.horizontal_flip(out)
-    out = out.to(torch.float32).div_(255.0)
+    return out
+
+
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float32 in [0, 1]."""
+    return image.to(torch.float32).div_(255.0)
+
+
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic, antialiased resize to ``size`` x ``size`` (uint8 or float); the image itself when already there."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return TF.resize(image, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def photometric(out: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """The colour part of :func:`augment_crop` on a float crop in [0, 1]: jitter, grayscale, blur, solarize
+    (every draw taken whatever the probabilities)."""
     out = color_jitter(out, recipe.color_jitter, recipe.color_jitter_p, generator)
     if _bernoulli(generator, recipe.grayscale_p):
         out = TF.rgb_to_grayscale(out, num_output_channels=3)
@@ -184,9 +207,16 @@ def to_uint8_chw(img: Any) -> torch.Tensor:
 
 
 class MultiCropAugmentation:
-    """Image -> ``{"global_crops": [2 x (3,G,G) float], "local_crops": [N x (3,L,L) float]}``.
+    """Image -> ``{"global_crops": [2 x (3,G,G) float], "local_crops": [N x (3,L,L) float]}``, plus
+    ``"gram_teacher_crops": [2 x (3,T,T) float]`` with ``gram_teacher_crops_size=T`` (DINOv3).
 
     Probabilities default to the DINOv2 paper; ``from_config`` reads them from the ``crops`` section.
+
+    The Gram teacher's crops are DINOv3's (``DataAugmentationDINO``): each global crop is cut once at
+    ``max(G, T)`` and flipped; with ``gram_teacher_no_distortions`` the student's crop is resized to ``G``
+    before its colour distortions and the Gram teacher's is the undistorted cut resized to ``T``;
+    without, the distortions are applied at ``max(G, T)`` and both are resized from the normalised result.
+    The random draws are the same in number and order as without Gram teacher crops.
     """
 
     def __init__(
@@ -209,7 +239,13 @@ class MultiCropAugmentation:
         blur_sigma: Sequence[float] = (0.1, 2.0),
         blur_kernel_size: int = 9,
         solarize_threshold: int = 128,
+        gram_teacher_crops_size: Optional[int] = None,
+        gram_teacher_no_distortions: bool = False,
     ) -> None:
+        if gram_teacher_crops_size is not None and gram_teacher_crops_size < 1:
+            raise ValueError(f"gram_teacher_crops_size must be >= 1 or None, got {gram_teacher_crops_size}")
+        self.gram_teacher_crops_size = None if gram_teacher_crops_size is None else int(gram_teacher_crops_size)
+        self.gram_teacher_no_distortions = bool(gram_teacher_no_distortions)
         if len(color_jitter) != 4:
             raise ValueError(f"color_jitter must be [brightness, contrast, saturation, hue], got {list(color_jitter)}")
         if not 0.0 <= color_jitter[3] <= 0.5:
@@ -275,6 +311,8 @@ class MultiCropAugmentation:
             "solarize_p_global2",
             "mean",
             "std",
+            "gram_teacher_crops_size",
+            "gram_teacher_no_distortions",
         ]
         return cls(**{k: get(k) for k in keys})
 
@@ -282,14 +320,35 @@ class MultiCropAugmentation:
 
     def __call__(self, img: Any, generator: Optional[torch.Generator] = None) -> dict[str, list[torch.Tensor]]:
         image = to_uint8_chw(img)
-        return {
-            "global_crops": [self.crop(image, self.global1, generator), self.crop(image, self.global2, generator)],
-            "local_crops": [self.crop(image, self.local, generator) for _ in range(self.local_crops_number)],
-        }
+        if self.gram_teacher_crops_size is None:
+            crops = {
+                "global_crops": [self.crop(image, self.global1, generator), self.crop(image, self.global2, generator)]
+            }
+        else:
+            pairs = [self.global_and_gram_crop(image, recipe, generator) for recipe in (self.global1, self.global2)]
+            crops = {"global_crops": [pair[0] for pair in pairs], "gram_teacher_crops": [pair[1] for pair in pairs]}
+        crops["local_crops"] = [self.crop(image, self.local, generator) for _ in range(self.local_crops_number)]
+        return crops
 
     def crop(self, image: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]) -> torch.Tensor:
         """One normalised float crop of a uint8 CHW image following ``recipe``."""
-        return (augment_crop(image, recipe, generator) - self._mean) / self._std
+        return self.normalize(augment_crop(image, recipe, generator))
+
+    def normalize(self, crop: torch.Tensor) -> torch.Tensor:
+        return (crop - self._mean) / self._std
+
+    def global_and_gram_crop(
+        self, image: torch.Tensor, recipe: CropRecipe, generator: Optional[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One global crop and the Gram teacher's crop of the same region (class docstring), both normalised."""
+        assert self.gram_teacher_crops_size is not None
+        size, teacher_size = recipe.size, self.gram_teacher_crops_size
+        cut = geometric_crop(image, recipe, max(size, teacher_size), generator)
+        if self.gram_teacher_no_distortions:
+            student = self.normalize(photometric(to_unit_float(resize_square(cut, size)), recipe, generator))
+            return student, self.normalize(to_unit_float(resize_square(cut, teacher_size)))
+        distorted = self.normalize(photometric(to_unit_float(cut), recipe, generator))
+        return resize_square(distorted, size), resize_square(distorted, teacher_size)
 
 
 # The two colour ops below replace torchvision's versions, which dominate the cost of the recipe on

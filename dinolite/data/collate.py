@@ -69,7 +69,13 @@ def collate_data_and_cast(
     mask_indices_list = collated_masks.flatten().nonzero().flatten()
     per_image_weight = 1.0 / collated_masks.sum(-1).clamp(min=1).to(torch.float32)
     masks_weight = per_image_weight.unsqueeze(-1).expand_as(collated_masks)[collated_masks]
+    extra = {}
+    if "gram_teacher_crops" in crops[0]:  # DINOv3's Gram teacher crops, crop-major as the global crops
+        extra["collated_gram_teacher_crops"] = torch.stack(
+            [c["gram_teacher_crops"][i] for i in range(n_global) for c in crops]
+        ).to(dtype)
     return {
+        **extra,
         "collated_global_crops": global_crops,
         "collated_local_crops": local_crops,
         "collated_masks": collated_masks,

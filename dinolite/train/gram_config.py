@@ -6,11 +6,11 @@ does is in :mod:`dinolite.train.gram` and docs/gram_anchoring.md. A method offer
 :data:`GRAM_SECTION` among its registry entry's ``config_sections`` (DINOv2 does); with any other method,
 ``gram.use_loss: true`` is refused when the run is built (:func:`dinolite.train.gram.attach_gram_anchoring`).
 
-DINOv3's keys that dinolite does not offer: ``ckpt`` (the first Gram teacher from a file; here it is always
-the EMA teacher, loaded at ``it_load_ema_teacher``), ``compute_stats`` (masked/unmasked loss statistics) and
-``crops.gram_teacher_crops_size`` / ``crops.gram_teacher_no_distortions`` (the Gram teacher's own,
-higher-resolution crops: the objective uses them when a batch holds ``collated_gram_teacher_crops``, but no
-dinolite transform makes them yet).
+The Gram teacher's own, higher-resolution crops are DINOv3's ``crops.gram_teacher_crops_size`` /
+``crops.gram_teacher_no_distortions`` (the shared ``crops`` section; made by
+:class:`dinolite.data.augment.MultiCropAugmentation`). DINOv3's keys that dinolite does not offer: ``ckpt``
+(the first Gram teacher from a file; here it is always the EMA teacher, loaded at ``it_load_ema_teacher``) and
+``compute_stats`` (masked/unmasked loss statistics).
 """
 
 from __future__ import annotations

@@ -72,6 +72,9 @@ REPO = Path(__file__).resolve().parents[2]
         ("optim.schedule=multistep", "'optim.lr_milestones': []; optim.schedule=multistep needs at least one"),
         ("optim.lr_milestones=[5,3]", "'optim.lr_milestones': [5, 3]; epochs must increase"),
         ("optim.lr_gamma=0", "'optim.lr_gamma': 0.0; must be > 0"),
+        # DINOv3's Gram teacher crops: read only by a Gram teacher
+        ("crops.gram_teacher_crops_size=48", "crops.gram_teacher_crops_size=48 is read only by Gram anchoring's"),
+        ("crops.gram_teacher_no_distortions=true", "needs crops.gram_teacher_crops_size"),
     ],
 )
 def test_bad_values_name_key_value_and_range(override, expected):
@@ -144,3 +147,21 @@ def test_launcher_refuses_zero_iterations_before_writing_anything(tmp_path):
         "(optim.epochs x train.iterations_per_epoch = 300)"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_gram_teacher_crops_need_a_patch_size_multiple_and_a_gram_teacher():
+    gram = ["gram.use_loss=true", "gram.it_load_ema_teacher=0"]
+    cfg = load_config("demo", [*gram, "crops.gram_teacher_crops_size=48", "crops.gram_teacher_no_distortions=true"])
+    assert (cfg.crops.gram_teacher_crops_size, cfg.crops.gram_teacher_no_distortions) == (48, True)
+    with pytest.raises(ConfigError, match="'crops.gram_teacher_crops_size': 50; must be a positive multiple of"):
+        load_config("demo", [*gram, "crops.gram_teacher_crops_size=50"])
+    with pytest.raises(ConfigError, match="gram.ema_teacher=false"):
+        load_config(
+            "demo",
+            [
+                "gram.use_loss=true",
+                "gram.ema_teacher=true",
+                "gram.rep_update=false",
+                "crops.gram_teacher_crops_size=48",
+            ],
+        )

@@ -100,3 +100,59 @@ def test_empirical_blur_solarize_grayscale_rates(monkeypatch, one_thread):
     assert rates["global1"]["solarize"] == rates["local"]["solarize"] == 0.0
     for name in rates:
         assert abs(rates[name]["gray"] - 0.2) < tol
+
+
+# -- DINOv3's Gram teacher crops (crops.gram_teacher_crops_size / gram_teacher_no_distortions) --------------
+
+
+def _crops(aug: MultiCropAugmentation, seed: int = 3) -> dict[str, list[torch.Tensor]]:
+    return aug(_image(), generator=torch.Generator().manual_seed(seed))
+
+
+def test_gram_teacher_crops_keep_every_random_draw_of_the_student_crops():
+    """At the student's own size and without distortions, the student's crops are bit for bit those of a
+    run without Gram teacher crops (same draws in the same order), and the Gram teacher's are the same
+    regions without the colour distortions."""
+    plain = _crops(MultiCropAugmentation(32, 16, 2))
+    gram = _crops(MultiCropAugmentation(32, 16, 2, gram_teacher_crops_size=32, gram_teacher_no_distortions=True))
+    for key in ("global_crops", "local_crops"):
+        assert all(torch.equal(a, b) for a, b in zip(plain[key], gram[key]))
+    geometry_only = dict(color_jitter_p=0.0, grayscale_p=0.0, blur_p_global1=0.0, blur_p_global2=0.0)
+    undistorted = _crops(MultiCropAugmentation(32, 16, 2, solarize_p_global2=0.0, **geometry_only))
+    assert all(torch.equal(a, b) for a, b in zip(undistorted["global_crops"], gram["gram_teacher_crops"]))
+    assert not torch.equal(gram["gram_teacher_crops"][0], gram["global_crops"][0])  # global 1 is always blurred
+
+
+def test_with_distortions_the_gram_teacher_sees_the_student_crop_at_its_size():
+    same = _crops(MultiCropAugmentation(32, 16, 2, gram_teacher_crops_size=32))
+    assert all(torch.equal(a, b) for a, b in zip(same["global_crops"], same["gram_teacher_crops"]))
+    larger = _crops(MultiCropAugmentation(32, 16, 2, gram_teacher_crops_size=64))
+    assert [c.shape for c in larger["gram_teacher_crops"]] == [(3, 64, 64)] * 2
+    assert [c.shape for c in larger["global_crops"]] == [(3, 32, 32)] * 2
+    for student, teacher in zip(larger["global_crops"], larger["gram_teacher_crops"]):
+        # both are resized from one distorted 64 px crop: the teacher's, brought to 32 px, is the student's
+        again = TF.resize(teacher, [32, 32], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        torch.testing.assert_close(again, student)
+
+
+def test_larger_undistorted_gram_teacher_crops_show_the_student_crops_region():
+    geometry_only = dict(color_jitter_p=0.0, grayscale_p=0.0, blur_p_global1=0.0, blur_p_global2=0.0)
+    aug = MultiCropAugmentation(
+        32, 16, 2, solarize_p_global2=0.0, gram_teacher_crops_size=64, gram_teacher_no_distortions=True, **geometry_only
+    )
+    out = _crops(aug)
+    for student, teacher in zip(out["global_crops"], out["gram_teacher_crops"]):
+        assert teacher.shape == (3, 64, 64)
+        # one 64 px cut (uint8) kept for the teacher and resized to 32 px for the student: the same region
+        cut = (teacher * STD + MEAN).mul(255).round().to(torch.uint8)
+        again = TF.resize(cut, [32, 32], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        torch.testing.assert_close((again.float() / 255 - MEAN) / STD, student)
+
+
+def test_gram_teacher_crops_from_the_config_and_bad_sizes():
+    cfg = CropsConfig(global_crops_size=32, gram_teacher_crops_size=48, gram_teacher_no_distortions=True)
+    aug = MultiCropAugmentation.from_config(cfg)
+    assert (aug.gram_teacher_crops_size, aug.gram_teacher_no_distortions) == (48, True)
+    assert "gram_teacher_crops" not in _crops(MultiCropAugmentation(32, 16, 2))
+    with pytest.raises(ValueError, match="gram_teacher_crops_size"):
+        MultiCropAugmentation(gram_teacher_crops_size=0)

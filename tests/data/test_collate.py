@@ -58,3 +58,16 @@ def test_collate_accepts_pairs_and_is_seeded():
     assert none["collated_masks"].sum() == 0 and none["masks_weight"].numel() == 0 and none["upperbound"] == 0
     with pytest.raises(ValueError, match="mask_ratio_tuple"):
         collate_data_and_cast(pairs, (0.6, 0.5), 0.5, 64, MaskingGenerator((8, 8)))
+
+
+def test_gram_teacher_crops_are_collated_crop_major_like_the_global_crops():
+    samples = _samples(3)
+    for i, sample in enumerate(samples):
+        sample["gram_teacher_crops"] = [torch.full((3, 16, 16), 10.0 * i + c) for c in range(2)]
+    out = collate_data_and_cast(samples, (0.1, 0.5), 0.5, 64, MaskingGenerator((8, 8)), dtype=torch.float16)
+    teacher = out["collated_gram_teacher_crops"]
+    assert teacher.shape == (6, 3, 16, 16) and teacher.dtype == torch.float16
+    assert [teacher[k, 0, 0, 0].item() for k in range(6)] == [0, 10, 20, 1, 11, 21]  # crop-major
+    assert "collated_gram_teacher_crops" not in collate_data_and_cast(
+        _samples(3), (0.1, 0.5), 0.5, 64, MaskingGenerator((8, 8))
+    )

@@ -148,6 +148,21 @@ def test_the_gram_teacher_sees_its_own_larger_crops_resized_to_the_student_grid(
     torch.testing.assert_close(target, resize_patch_grid(full, (grid, grid), "bilinear"))
 
 
+def test_the_dinov2_transform_gives_the_gram_teacher_its_configured_crops():
+    """crops.gram_teacher_crops_size reaches the batch through DINOv2's transform and collate, the Gram
+    teacher's target is computed on those crops and resized to the student's grid, and the FLOPs count them."""
+    cfg, objective, batch = _objective_and_batch("crops.gram_teacher_crops_size=64")
+    size, grid = 64, cfg.crops.global_crops_size // cfg.student.patch_size
+    assert batch["collated_gram_teacher_crops"].shape == (*batch["collated_global_crops"].shape[:2], size, size)
+    objective.gram.before_step(0, objective.teacher)
+    output = objective(batch, 0)
+    target = objective.gram.target(output.patch_tokens, output.patch_tokens.student.shape[1])
+    full = objective.gram.teacher["backbone"].forward_features(batch["collated_gram_teacher_crops"])
+    torch.testing.assert_close(target, resize_patch_grid(full["x_norm_patchtokens"], (grid, grid), "bicubic"))
+    plain, larger = (get_method("dinov2").training_flops(c) for c in (_objective_and_batch()[0], cfg))
+    assert larger["flops_gram_teacher_per_image"] > 4 * plain["flops_gram_teacher_per_image"]  # 4x the tokens
+
+
 def test_ema_teacher_mode_and_token_selection():
     cfg, objective, batch = _objective_and_batch(
         "gram.ema_teacher=true", "gram.img_level=false", "gram.tokens_used=masked"

@@ -19,8 +19,8 @@ from dinolite.data.augment import MultiCropAugmentation
 from dinolite.data.collate import collate_data_and_cast
 from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
-from dinolite.models import build_heads
-from dinolite.models.info import model_summary
+from dinolite.models import backbone_kwargs, build_heads
+from dinolite.models.info import backbone_forward_macs, model_summary
 from dinolite.monitor.collapse_rules import TEACHER_MEAN_ENTROPY, one_direction, one_prototype, uniform_output
 from dinolite.train.gram_config import GRAM_SECTION
 from dinolite.train.methods import dinov2_config
@@ -139,8 +139,11 @@ def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[s
     student_forward = 2 * (g + h_dino) + n_local * (loc + h_dino) + 2 * masked * h_ibot
     teacher_forward = 2 * (g + h_dino) + 2 * masked * h_ibot
     gram = getattr(cfg, "gram", None)
-    # Gram anchoring's own frozen teacher sees the 2 global crops (the Gram matrices themselves are negligible)
-    gram_forward = 2 * g if gram is not None and gram.use_loss and not gram.ema_teacher else 0
+    # Gram anchoring's own frozen teacher sees the 2 global crops, or its own crops at
+    # crops.gram_teacher_crops_size (the Gram matrices themselves are negligible)
+    gram_forward = (
+        2 * _gram_teacher_crop_macs(cfg, g) if gram is not None and gram.use_loss and not gram.ema_teacher else 0
+    )
     per_image = 2 * (3 * student_forward + teacher_forward + gram_forward)
     return {
         "flops_global_crop": 2 * g,
@@ -156,6 +159,13 @@ def training_flops(cfg: Config, summary: dict[str, Any] | None = None) -> dict[s
         "batch_size_per_gpu": cfg.train.batch_size_per_gpu,
         "flops_per_batch": int(round(per_image * cfg.train.batch_size_per_gpu)),
     }
+
+
+def _gram_teacher_crop_macs(cfg: Config, global_crop_macs: int) -> int:
+    size = cfg.crops.gram_teacher_crops_size
+    if size is None or size == cfg.crops.global_crops_size:
+        return global_crop_macs
+    return backbone_forward_macs(backbone_kwargs(cfg.student, size), size)
 
 
 def head_names(cfg: Config) -> tuple[str, ...]:
