@@ -231,6 +231,19 @@ def test_the_large_continue_presets_pass_the_start_up_checks(preset, capsys):
     assert train_command.main(["--config", preset, "data.source=[DATA/train]", "--dry-run"]) == 0
 
 
+@pytest.mark.parametrize("preset", ["vits14_continue", "vitb14_continue", "vitl14_continue", "vitg14_continue"])
+def test_the_continue_presets_hold_dinov3s_rate_after_the_ramp(preset):
+    """DINOv3's high-resolution adaptation schedule: the rate rises from 0 over 10 of 30 epochs to 5e-5 at a
+    global batch of 1024, then stays; the weight decay stays at 0.04."""
+    from dinolite.train.schedules import build_schedules
+
+    cfg = load_config(preset)
+    schedules = build_schedules(cfg.optim, cfg.train.iterations_per_epoch, 1024)
+    lr = [schedules.lr(it) for it in (0, 5_000, 10_000, 20_000, 29_999)]
+    assert lr == pytest.approx([0.0, 2.5e-5, 5e-5, 5e-5, 5e-5])
+    assert {schedules.weight_decay(it) for it in (0, 15_000, 29_999)} == {0.04}
+
+
 def test_cls_free_weights_set_student_cls_token_and_are_refused_where_the_method_reads_it(tmp_path):
     """A CLS-free backbone (the released I-JEPA encoder's layout) continues an I-JEPA run as CLS-free; a method
     that reads the CLS token refuses it, naming the key and the weights."""
