@@ -246,6 +246,41 @@ def test_the_ema_teacher_is_evaluated_and_exported_not_the_gram_teacher(gram_run
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in teacher.items())
 
 
+def test_the_high_resolution_preset_continues_a_finished_run_at_larger_crops(gram_runs, tmp_path):
+    """demo_highres (DINOv3's high-resolution adaptation): a finished run's export with heads is loaded at
+    1.5x the crop size (position embeddings resampled), teacher and Gram teacher start as the loaded
+    network, and the Gram teacher's target comes from its own 2x crops."""
+    exported = tmp_path / "finished.safetensors"
+    assert (
+        export_main(["--checkpoint", str(gram_runs["root"] / "straight"), "--output", str(exported), "--with-heads"])
+        == 0
+    )
+    model = [o for o in SMALL if o.startswith("student.") and "drop_path" not in o]
+    sizes = ["crops.global_crops_size=24", "crops.local_crops_size=8", "crops.gram_teacher_crops_size=32"]
+    cfg = load_config(
+        "demo_highres", [*model, *sizes, "train.batch_size_per_gpu=4", f"student.pretrained_weights={exported}"]
+    )
+    torch.manual_seed(0)
+    objective = get_method("dinov2").build_objective(cfg)
+    attach_gram_anchoring(objective, cfg, "dinov2", offers_gram=True)
+    objective.gram.before_step(0, objective.teacher)
+    finished = dinolite.load_backbone(exported).state_dict()
+    for network in (objective.student["backbone"], objective.teacher["backbone"], objective.gram.teacher["backbone"]):
+        state = network.state_dict()
+        assert (
+            state["pos_embed"].shape[1] == 1 + (24 // 4) ** 2 and finished["pos_embed"].shape[1] == 1 + (16 // 4) ** 2
+        )
+        assert all(torch.equal(state[k], v) for k, v in finished.items() if k != "pos_embed")
+    request = type("R", (), {})()
+    request.cfg, request.rank, request.start_batch = cfg, 0, 0
+    request.transform = get_method("dinov2").build_transform(cfg)
+    request.collate_fn = get_method("dinov2").build_collate(cfg)
+    batch = next(random_image_stream(request))
+    assert batch["collated_gram_teacher_crops"].shape[-1] == 32 and batch["collated_global_crops"].shape[-1] == 24
+    output = objective.gram.anchor(objective(batch, 0), 0)
+    assert output.terms["gram_loss"].item() > 0 and torch.isfinite(output.loss)
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     """A global batch of 8 split 4 + 4 (FSDP2 full_shard, gloo) against one process on all 8, Gram teacher
