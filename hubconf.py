@@ -69,6 +69,13 @@ def _dinov2(name: str, arch: str, registers: int, path, pretrained: bool, map_lo
             f"{path} has {got.num_register_tokens} registers but {name} has {registers}: "
             f"use {name.removesuffix('_reg')}{'_reg' if got.num_register_tokens else ''}"
         )
+    differences = [
+        f"{field} {getattr(got, field)!r} (the entry: {getattr(wanted, field)!r})"
+        for field in ("depth", "num_heads", "ffn_layer")
+        if getattr(got, field) != getattr(wanted, field)
+    ]
+    if differences:
+        raise ValueError(f"{path} is not DINOv2's {name}: {', '.join(differences)}; load it with 'backbone' instead")
     # DINOv2's position-embedding resampling for this entry (only matters at other image sizes)
     model.interpolate_antialias, model.interpolate_offset = wanted.interpolate_antialias, wanted.interpolate_offset
     model.spec = dataclasses.replace(

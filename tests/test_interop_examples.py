@@ -12,7 +12,7 @@ What stands in for what the page names but this machine does not have:
   same library and layout (2 blocks, DINOv2's 518 px grid), read with ``HF_HUB_OFFLINE=1``;
 - ``--push-to-hub``: ``HfApi.create_repo`` / ``upload_folder`` record their arguments (nothing leaves the
   machine; the HTTP upload, credentials and the Hub's answer are not exercised);
-- released files and folders the page names (``dinov2_vitl14_pretrain.pth``, DINOv2's ``vitl16_short.yaml``,
+- released files and folders the page names (``dinov2_vits14_pretrain.pth``, DINOv2's ``vitl16_short.yaml``,
   ``DATA/train``, ``/data/imagenet``, ``teacher.safetensors``): the smallest stand-in the command accepts.
 """
 
@@ -85,14 +85,25 @@ def _vitl16_short(scratch: Path) -> None:
     target.write_text((FIXTURES / "vitl16_short.yaml").read_text())
 
 
-def _dinov2_vitl14_pth(scratch: Path) -> None:
-    # DINOv2's plain state dict at 518 px, ViT-L/14's width, 1 block of its 24 (the entry checks the
-    # architecture and patch size, which the width and patch embedding say)
+def _dinov2_vits14_pth(scratch: Path, registers: int = 0, name: str = "dinov2_vits14_pretrain.pth") -> None:
+    # DINOv2's plain state dict at 518 px, ViT-S/14 whole (the entry checks every architectural field)
     from dinolite.models import DinoVisionTransformer
 
     torch.manual_seed(5)
-    model = DinoVisionTransformer(img_size=SIZE, patch_size=14, embed_dim=1024, depth=1, num_heads=16, init_values=1e-5)
-    torch.save(model.state_dict(), scratch / "dinov2_vitl14_pretrain.pth")
+    model = DinoVisionTransformer(
+        img_size=SIZE,
+        patch_size=14,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        init_values=1e-5,
+        num_register_tokens=registers,
+    )
+    torch.save(model.state_dict(), scratch / name)
+
+
+def _dinov2_vits14_reg4_pth(scratch: Path) -> None:
+    _dinov2_vits14_pth(scratch, registers=4, name="dinov2_vits14_reg4_pretrain.pth")
 
 
 def _teacher_export(scratch: Path) -> None:
@@ -133,7 +144,8 @@ FILE_STANDINS: dict[str, Callable[[Path], None]] = {
     "DATA/train": _data,
     "dinov2/configs/train/vitl16_short.yaml": _vitl16_short,
     IMAGENET: _imagenet,
-    "dinov2_vitl14_pretrain.pth": _dinov2_vitl14_pth,
+    "dinov2_vits14_pretrain.pth": _dinov2_vits14_pth,
+    "dinov2_vits14_reg4_pretrain.pth": _dinov2_vits14_reg4_pth,
     "teacher.safetensors": _teacher_export,
 }
 HUB_STANDINS: dict[str, Callable[[Path], None]] = {

@@ -134,10 +134,16 @@ def test_torch_hub_entrypoints_load_local_exports(tmp_path):
     hub_model = torch.hub.load(str(repo), "backbone", path=str(tmp_path / "b.safetensors"), source="local")
     images = torch.randn(1, 3, 28, 28)
     torch.testing.assert_close(_features(hub_model, images)[0], _features(model, images)[0], rtol=0, atol=0)
-    write_dinov2(model.state_dict(), tmp_path / "dinov2_vits14_pretrain.pth")
-    vits14 = torch.hub.load(
-        str(repo), "dinov2_vits14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local"
-    )
-    assert vits14.spec.arch == "vit_small"
+    released = tmp_path / "dinov2_vits14_pretrain.pth"
+    write_dinov2(_tiny(depth=12).state_dict(), released)  # ViT-S/14 whole: the entry's network
+    vits14 = torch.hub.load(str(repo), "dinov2_vits14", path=str(released), source="local")
+    assert vits14.spec.arch == "vit_small" and vits14.spec.depth == 12
     with pytest.raises(ValueError, match="not a vit_large/14"):
-        torch.hub.load(str(repo), "dinov2_vitl14", path=str(tmp_path / "dinov2_vits14_pretrain.pth"), source="local")
+        torch.hub.load(str(repo), "dinov2_vitl14", path=str(released), source="local")
+    # a ViT-S-wide file of another depth or FFN is not DINOv2's ViT-S/14: the error names both values
+    write_dinov2(model.state_dict(), tmp_path / "shallow.pth")
+    with pytest.raises(ValueError, match=r"not DINOv2's dinov2_vits14: depth 2 \(the entry: 12\)"):
+        torch.hub.load(str(repo), "dinov2_vits14", path=str(tmp_path / "shallow.pth"), source="local")
+    write_dinov2(_tiny(depth=12, ffn_layer="swiglufused").state_dict(), tmp_path / "swiglu.pth")
+    with pytest.raises(ValueError, match="ffn_layer 'swiglu"):
+        torch.hub.load(str(repo), "dinov2_vits14", path=str(tmp_path / "swiglu.pth"), source="local")
