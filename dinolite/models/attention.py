@@ -3,7 +3,9 @@
 Attention is ``softmax(Q K^T / sqrt(d_head)) V`` (Vaswani et al., 2017). Three implementations compute
 it: xformers' ``memory_efficient_attention`` (CUDA only, when installed), PyTorch's
 ``scaled_dot_product_attention`` (every device), and :func:`explicit_attention`, the plain formula used
-for attention maps and as the reference in tests.
+for attention maps and as the reference in tests. A position signal reaches attention either as a bias on
+the logits (a relative position bias) or as :class:`~dinolite.models.rope.RotaryAngles` that rotate the
+patch tokens' queries and keys before the product (RoPE).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from dinolite.models.rope import RotaryAngles, apply_rotary
+
+# What a block hands to attention: a logit bias (heads, T, T), rotary angles, or nothing.
+PositionSignal = Tensor | RotaryAngles | None
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
 
@@ -99,10 +106,19 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
 
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias)."""
+    def _queries_keys_values(self, x: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(B, T, heads, d)`` q, k, v with rotary angles applied to q and k, and the logit bias left (or None)."""
+        q, k, v = self._split_heads(x).unbind(0)
+        if not isinstance(position, RotaryAngles):
+            return q, k, v, position
+        q, k = (apply_rotary(t.transpose(1, 2), position).transpose(1, 2) for t in (q, k))
+        return q, k, v, None
+
+    def forward(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
+        """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias), or
+        :class:`RotaryAngles` rotate the queries and keys of the patch tokens (RoPE)."""
         B, T, C = x.shape
-        q, k, v = self._split_heads(x).unbind(0)  # each (B, T, heads, d)
+        q, k, v, bias = self._queries_keys_values(x, bias)  # each (B, T, heads, d)
         if bias is None and self.backend.select(x) == "xformers":
             from xformers.ops import memory_efficient_attention  # CUDA-only path, imported on use
 
@@ -116,10 +132,11 @@ class Attention(nn.Module):
             out = out.transpose(1, 2)
         return self.proj(out.reshape(B, T, C))
 
-    def forward_explicit(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_explicit(self, x: Tensor, bias: PositionSignal = None) -> tuple[Tensor, Tensor]:
         """Same output as :meth:`forward` through :func:`explicit_attention`, plus the ``(B, heads, T, T)``
         attention weights."""
         B, T, C = x.shape
-        q, k, v = (t.transpose(1, 2) for t in self._split_heads(x).unbind(0))
+        *qkv, bias = self._queries_keys_values(x, bias)
+        q, k, v = (t.transpose(1, 2) for t in qkv)
         out, weights = explicit_attention(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(B, T, C)), weights
