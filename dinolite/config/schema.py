@@ -58,6 +58,10 @@ class StudentConfig:
     # released backbones were trained with 2); null turns each off. CLS and registers are not rotated.
     # layernorm (eps 1e-6, DINOv2's) | layernormbf16 (eps 1e-5: DINOv3's released ViTs; DINOv3's names)
     norm_layer: str = "layernorm"
+    # DINOv3's mask_k_bias: the keys' third of the qkv bias is not applied (it stays zero); DINOv3's released
+    # recipes set it with RoPE (a rotated key bias no longer cancels in the softmax); timm / transformers' DINOv3
+    # models have no key bias
+    mask_k_bias: bool = False
     pos_embed_rope_base: Optional[float] = 100.0
     pos_embed_rope_min_period: Optional[float] = None
     pos_embed_rope_max_period: Optional[float] = None

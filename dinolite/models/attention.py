@@ -91,7 +91,10 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         backend: AttentionBackend | None = None,
+        mask_k_bias: bool = False,
     ) -> None:
+        """``mask_k_bias``: the keys' third of the ``qkv`` bias is not applied (DINOv3's ``mask_k_bias``: with RoPE a
+        key bias is rotated, so it no longer cancels in the softmax; masked, it stays at its initial zero)."""
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
@@ -100,11 +103,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.backend = backend if backend is not None else AttentionBackend("auto")
+        self.mask_k_bias = mask_k_bias and qkv_bias
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """``(B, T, dim)`` -> ``(3, B, T, heads, d_head)`` for q, k, v."""
-        B, T, _ = x.shape
-        return self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
+        B, T, C = x.shape
+        bias = self.qkv.bias
+        if self.mask_k_bias:  # no gradient reaches the keys' bias either
+            bias = torch.cat((bias[:C], torch.zeros_like(bias[C : 2 * C]), bias[2 * C :]))
+        qkv = F.linear(x, self.qkv.weight, bias)
+        return qkv.reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
 
     def _queries_keys_values(self, x: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(B, T, heads, d)`` q, k, v with rotary angles applied to q and k, and the logit bias left (or None)."""

@@ -61,12 +61,15 @@ class Block(nn.Module):
         ffn_layer: str = "mlp",
         attention_backend: AttentionBackend | None = None,
         norm_eps: float = 1e-6,
+        mask_k_bias: bool = False,
     ) -> None:
         super().__init__()
         if ffn_layer not in FFN_LAYERS:
             raise ValueError(f"ffn_layer={ffn_layer!r} is not one of {', '.join(FFN_LAYERS)}")
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, backend=attention_backend)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, backend=attention_backend, mask_k_bias=mask_k_bias
+        )
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

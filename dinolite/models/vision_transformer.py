@@ -78,8 +78,9 @@ class DinoVisionTransformer(nn.Module):
         mask_token_init: str = "zeros",
         rope: Mapping[str, Any] | None = None,
         layernorm_eps: float = 1e-6,
+        mask_k_bias: bool = False,
     ) -> None:
-        """``layernorm_eps``: every LayerNorm's (DINOv2's 1e-6; DINOv3's released ViTs 1e-5). ``rope``: keyword arguments of :class:`RopePositionEmbedding` for ``pos_embed_type="rope"`` (``base``,
+        """``mask_k_bias``: the keys' ``qkv`` bias is not applied (DINOv3's option, :class:`Attention`). ``layernorm_eps``: every LayerNorm's (DINOv2's 1e-6; DINOv3's released ViTs 1e-5). ``rope``: keyword arguments of :class:`RopePositionEmbedding` for ``pos_embed_type="rope"`` (``base``,
         ``min_period``, ``max_period``, ``normalize_coords``, ``shift_coords``, ``jitter_coords``, ``rescale_coords``)."""
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
@@ -139,6 +140,7 @@ class DinoVisionTransformer(nn.Module):
                 ffn_layer=ffn_layer,
                 attention_backend=self.attention_backend,
                 norm_eps=layernorm_eps,
+                mask_k_bias=mask_k_bias,
             )
             for rate in drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         )
@@ -415,6 +417,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         mask_token_init=student_cfg.mask_token_init,
         rope=rope_options(student_cfg) if student_cfg.pos_embed == "rope" else None,
         layernorm_eps=NORM_EPS[student_cfg.norm_layer],
+        mask_k_bias=student_cfg.mask_k_bias,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

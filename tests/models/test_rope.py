@@ -187,9 +187,15 @@ def test_rope_needs_heads_a_multiple_of_four_channels() -> None:
 
 def test_the_config_builds_a_rope_backbone_and_checks_its_keys(tmp_path) -> None:
     overrides = ["student.embed_dim=32", "student.depth=1", "student.num_heads=2", "student.patch_size=4"]
-    cfg = load_config("demo", [*overrides, "student.pos_embed=rope", "student.pos_embed_rope_jitter_coords=1.5"])
+    dinov3 = [
+        "student.pos_embed_rope_jitter_coords=1.5",
+        "student.mask_k_bias=true",
+        "student.norm_layer=layernormbf16",
+    ]
+    cfg = load_config("demo", [*overrides, "student.pos_embed=rope", *dinov3])
     model = build_backbone(cfg.student, img_size=16)
     assert model.rope_embed is not None and model.rope_embed.jitter_coords == 1.5 and model.rope_embed.base == 100.0
+    assert model.blocks[0].attn.mask_k_bias and model.norm.eps == 1e-5
     assert build_backbone(load_config("demo", overrides).student, img_size=16).rope_embed is None  # off by default
     bad = {
         "student.pos_embed_rope_min_period=0.5": "give a base, or both periods",
@@ -200,3 +206,21 @@ def test_the_config_builds_a_rope_backbone_and_checks_its_keys(tmp_path) -> None
         with pytest.raises(ConfigError, match=match):
             load_config("demo", [*overrides, "student.pos_embed=rope", override])
     assert isinstance(RopePositionEmbedding(16, 1)((1, 1)), RotaryAngles)
+
+
+def test_mask_k_bias_leaves_the_key_bias_out_which_rope_would_otherwise_feel() -> None:
+    torch.manual_seed(0)
+    x, angles = torch.randn(2, 1 + 4, 16), RopePositionEmbedding(16, 2)((2, 2))
+    masked, plain = Attention(16, 2, mask_k_bias=True), Attention(16, 2)
+    plain.load_state_dict(masked.state_dict())
+    with torch.no_grad():
+        masked.qkv.bias.normal_()
+        reference = masked(x, angles)
+        masked.qkv.bias[16:32] += 1.0  # the keys' third: no effect when masked
+    torch.testing.assert_close(masked(x, angles), reference)
+    masked(x, angles).sum().backward()
+    assert not masked.qkv.bias.grad[16:32].any() and masked.qkv.bias.grad[:16].any()
+    with torch.no_grad():
+        plain.qkv.bias.copy_(masked.qkv.bias)
+        # without the mask a key bias shifts the logits by q . R(j) b, which depends on the key's position j
+        assert (plain(x, angles) - reference).abs().max() > 1e-3
