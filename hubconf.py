@@ -6,6 +6,10 @@ downloaded by torch.hub itself).
     model = torch.hub.load("/path/to/dinolite", "dinov2_vits14_reg", path="hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m", source="local")
     model = torch.hub.load("/path/to/dinolite", "dinov2_vitb14", pretrained=False, source="local")  # random init
 
+DINOv3's ViT entry names (its ``hubconf.py``) build dinolite's RoPE backbone with the hub's architecture:
+
+    model = torch.hub.load("/path/to/dinolite", "dinov3_vitb16", path="dinov3_vitb16_pretrain_lvd1689m.pth", source="local")
+
 ``path`` is anything :func:`dinolite.load_backbone` reads: a dinolite export, a DINOv2 ``.pth``, timm's or
 transformers' DINOv2 weights (file or hub folder), or ``hf-hub:ORG/NAME`` (the ``hub`` extra).
 """
@@ -122,3 +126,68 @@ def dinov2_vitl14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD
 def dinov2_vitg14_reg(path=None, *, pretrained: bool = True, weights: str = "LVD142M", map_location: str = "cpu"):
     """DINOv2 ViT-g/14 with 4 registers."""
     return _dinov2("dinov2_vitg14_reg", "vit_giant2", 4, path, pretrained, map_location, weights)
+
+
+# DINOv3's released ViTs with an MLP FFN (dinov3/hub/backbones.py, facebookresearch/dinov3 6876159): patch 16,
+# 224 px, RoPE base 100 with separate coordinates (trained with rescale_coords 2), LayerScale 1e-5, LayerNorm eps
+# 1e-5, 4 storage tokens, mask_k_bias. The SwiGLU entries (vits16plus, vitl16plus, vith16plus, vit7b16) are not
+# offered: DINOv3 rounds their SwiGLU width differently (align_to) from dinolite's DINOv2 SwiGLU.
+_DINOV3_WEIGHTS = ("LVD1689M", "SAT493M")
+
+
+def _dinov3_spec(arch: str) -> BackboneSpec:
+    dims = ARCHITECTURES[arch]
+    return BackboneSpec(
+        arch=arch,
+        embed_dim=dims["embed_dim"],
+        depth=dims["depth"],
+        num_heads=dims["num_heads"],
+        patch_size=16,
+        img_size=224,
+        num_register_tokens=4,
+        layerscale=1.0e-5,
+        position="rope",
+        layernorm_eps=1.0e-5,
+        source="dinov3",
+    )
+
+
+def _dinov3(name: str, arch: str, path, pretrained: bool, map_location: str, weights: str):
+    if str(weights).upper() not in _DINOV3_WEIGHTS:
+        raise ValueError(
+            f"{name}: weights={weights!r}; DINOv3 released {', '.join(_DINOV3_WEIGHTS)} (pass the file as path=)"
+        )
+    wanted = _dinov3_spec(arch)
+    if path is None:
+        if pretrained:
+            raise ValueError(
+                f"{name}: dinolite's hub entries download nothing; pass path= a local {name}_pretrain_*.pth (DINOv3's "
+                "layout, or the same weights in timm's / transformers' keys), or pretrained=False"
+            )
+        model = DinoVisionTransformer(**wanted.backbone_kwargs())
+        model.init_weights()
+        model.spec = wanted
+        return model.eval().to(map_location)
+    model = backbone(path, map_location=map_location)
+    got = model.spec
+    if (got.arch, got.patch_size, got.position, got.num_register_tokens) != (arch, 16, "rope", 4):
+        raise ValueError(
+            f"{path} holds a {got.arch}/{got.patch_size} with position={got.position} and {got.num_register_tokens} "
+            f"registers, not DINOv3's {arch}/16 with RoPE and 4 storage tokens ({name})"
+        )
+    return model
+
+
+def dinov3_vits16(path=None, *, pretrained: bool = True, weights: str = "LVD1689M", map_location: str = "cpu"):
+    """DINOv3 ViT-S/16 (``dinov3_vits16_pretrain_lvd1689m-*.pth`` or the same weights in timm's / transformers' keys)."""
+    return _dinov3("dinov3_vits16", "vit_small", path, pretrained, map_location, weights)
+
+
+def dinov3_vitb16(path=None, *, pretrained: bool = True, weights: str = "LVD1689M", map_location: str = "cpu"):
+    """DINOv3 ViT-B/16."""
+    return _dinov3("dinov3_vitb16", "vit_base", path, pretrained, map_location, weights)
+
+
+def dinov3_vitl16(path=None, *, pretrained: bool = True, weights: str = "LVD1689M", map_location: str = "cpu"):
+    """DINOv3 ViT-L/16 (LVD1689M or SAT493M weights; the latter's local_cls_norm, used in training only, is dropped)."""
+    return _dinov3("dinov3_vitl16", "vit_large", path, pretrained, map_location, weights)

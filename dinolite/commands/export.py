@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dinolite.cli import INPUT_ERRORS, make_parser, run_main
 from dinolite.export.consolidate import NETWORKS, consolidate_checkpoint
+from dinolite.export.dinov3_writers import write_rope_backbone
 from dinolite.export.errors import ExportWriteError
 from dinolite.export.hub import (
     FOLDER_FORMATS,
@@ -130,6 +131,8 @@ def _require_extras(args: argparse.Namespace) -> None:
 
 
 def _write(fmt: str, exported: PretrainedWeights, output: Path, checkpoint: str) -> list[Path]:
+    if exported.spec.position == "rope" and fmt not in ("safetensors", "onnx"):  # DINOv3's ViT: its layouts
+        return write_rope_backbone(fmt, exported.backbone, exported.spec, output)
     if fmt == "safetensors":
         return write_safetensors(exported.backbone, exported.spec, output, heads=exported.heads)
     if fmt == "dinov2":

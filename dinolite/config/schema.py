@@ -51,6 +51,24 @@ class StudentConfig:
     # absolute position; one relative position bias on the attention logits shared by all blocks: SimMIM's ViT,
     # microsoft/SimMIM d3e29bc models/vision_transformer.py:179-213; needs the CLS token and no registers)
     pos_embed: str = "learned"
+    # pos_embed=rope (DINOv3's axial RoPE, dinolite/models/rope.py; DINOv3's key names and ssl_default_config
+    # defaults): periods base ** (4k / head_dim), or geometric from min_period to max_period (both, and base null);
+    # coordinates in [-1, 1] per axis (separate) or by the grid's longer (max) / shorter (min) side; training-time
+    # shift (uniform +-s), jitter (log-uniform per axis in [1/j, j]) and rescale (one log-uniform in [1/r, r]; the
+    # released backbones were trained with 2); null turns each off. CLS and registers are not rotated.
+    # layernorm (eps 1e-6, DINOv2's) | layernormbf16 (eps 1e-5: DINOv3's released ViTs; DINOv3's names)
+    norm_layer: str = "layernorm"
+    # DINOv3's mask_k_bias: the keys' third of the qkv bias is not applied (it stays zero); DINOv3's released
+    # recipes set it with RoPE (a rotated key bias no longer cancels in the softmax); timm / transformers' DINOv3
+    # models have no key bias
+    mask_k_bias: bool = False
+    pos_embed_rope_base: Optional[float] = 100.0
+    pos_embed_rope_min_period: Optional[float] = None
+    pos_embed_rope_max_period: Optional[float] = None
+    pos_embed_rope_normalize_coords: str = "separate"
+    pos_embed_rope_shift_coords: Optional[float] = None
+    pos_embed_rope_jitter_coords: Optional[float] = None
+    pos_embed_rope_rescale_coords: Optional[float] = None
     # pos_embed=sincos: which half of the channels encodes the row: row_first (dinolite's) | column_first (the
     # released I-JEPA / MAE code's, ijepa 52c1ae9 src/models/vision_transformer.py:21-48; released weights fit it)
     sincos_order: str = "row_first"
@@ -275,7 +293,9 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "student.arch": ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglufused"),
-    "student.pos_embed": ("learned", "sincos", "shared_rel_pos_bias"),
+    "student.pos_embed": ("learned", "sincos", "shared_rel_pos_bias", "rope"),
+    "student.pos_embed_rope_normalize_coords": ("separate", "max", "min"),
+    "student.norm_layer": ("layernorm", "layernormbf16"),
     "student.mask_token_init": ("zeros", "trunc_normal"),
     "student.sincos_order": ("row_first", "column_first"),
     "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),

@@ -136,6 +136,8 @@ def _validate_shared(cfg: Config) -> None:
     _validate_ranges(cfg)
     validate_data(cfg.data)
     _validate_cls_token(cfg)
+    if cfg.student.pos_embed == "rope":
+        _validate_rope(cfg.student)
 
 
 def _validate_cls_token(cfg: Config) -> None:
@@ -147,6 +149,28 @@ def _validate_cls_token(cfg: Config) -> None:
             f"invalid value for 'student.cls_token': false, but train.method={method!r} reads the backbone's CLS "
             f"token; a CLS-free encoder is for {', '.join(sections.methods_without_cls_token())}"
         )
+
+
+def _validate_rope(student: Any) -> None:
+    """``student.pos_embed_rope_*`` (DINOv3's rules): ``base``, or both periods and no ``base``; augmentations off
+    (null) or in range."""
+    base, low, high = student.pos_embed_rope_base, student.pos_embed_rope_min_period, student.pos_embed_rope_max_period
+    if (base is None) != (low is not None and high is not None) or (low is None) != (high is None):
+        raise ConfigError(
+            "invalid values for 'student.pos_embed_rope_base' / '_min_period' / '_max_period': "
+            f"{base} / {low} / {high}; give a base, or both periods and base: null"
+        )
+    if (base is not None and base <= 0) or (low is not None and not 0 < low < high):
+        raise ConfigError(
+            f"invalid RoPE periods: base={base}, min_period={low}, max_period={high}; need base > 0 or "
+            "0 < min_period < max_period"
+        )
+    for key, least in (("shift_coords", 0.0), ("jitter_coords", 1.0), ("rescale_coords", 1.0)):
+        value = getattr(student, f"pos_embed_rope_{key}")
+        if value is not None and not (math.isfinite(value) and value >= least):
+            raise ConfigError(
+                f"invalid value for 'student.pos_embed_rope_{key}': {value}; must be >= {least:g} or null"
+            )
 
 
 def validate_data(data: DataConfig) -> None:

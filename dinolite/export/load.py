@@ -12,6 +12,9 @@ Accepted files:
 - the same weights in timm's or transformers' key layout (their DINOv2 checkpoints, with or without
   registers): converted to DINOv2's layout (:mod:`dinolite.export.timm_format`,
   :mod:`dinolite.export.transformers_format`);
+- DINOv3's backbones (``.pth`` or ``.safetensors`` in DINOv3's key layout: ``rope_embed.periods``, ``storage_tokens``,
+  no ``pos_embed``), or DINOv3's ViT in timm's or transformers' keys: converted to dinolite's ``pos_embed=rope``
+  backbone (:mod:`dinolite.export.dinov3_format`, :mod:`dinolite.export.dinov3_hf_format`);
 - a folder in a HuggingFace layout (timm: ``config.json`` + ``model.safetensors``; transformers:
   ``Dinov2Model``; older folders with ``pytorch_model.bin`` instead, read like a ``.pth``), and
   ``hf-hub:ORG/NAME`` for such a folder on the Hub (:mod:`dinolite.export.hub`).
@@ -39,6 +42,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from dinolite.checkpoint.tensor_files import TensorBudgetError, load_tensor_file
+from dinolite.export.dinov3_format import DINOV3_LAYERNORM_EPS, from_dinov3_state_dict, is_dinov3_layout
+from dinolite.export.dinov3_hf_format import (
+    from_timm_dinov3_state_dict,
+    from_transformers_dinov3_state_dict,
+    is_timm_dinov3_layout,
+    is_transformers_dinov3_layout,
+)
 from dinolite.export.hub import (
     CONFIG_NAME,
     PICKLE_WEIGHTS_NAME,
@@ -155,7 +165,9 @@ def _converted(
 
 def layout_resampling(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
     """The resampling of the library whose key layout ``state_dict`` has (timm's, transformers'); DINOv2's
-    own layout: none (the record's defaults are DINOv2's)."""
+    own layout: none (the record's defaults are DINOv2's). DINOv3's: its released ViTs' LayerNorm eps."""
+    if is_dinov3_layout(state_dict) or is_timm_dinov3_layout(state_dict) or is_transformers_dinov3_layout(state_dict):
+        return {"layernorm_eps": DINOV3_LAYERNORM_EPS, "source": "dinov3"}
     if is_transformers_layout(state_dict):
         return transformers_resampling(any("register_tokens" in key for key in state_dict))
     if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):
@@ -164,7 +176,14 @@ def layout_resampling(state_dict: dict[str, torch.Tensor]) -> dict[str, object]:
 
 
 def to_dinov2_layout(state_dict: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """timm / transformers key layouts -> DINOv2's; DINOv2's own passes through unchanged."""
+    """timm / transformers / DINOv3 key layouts -> DINOv2's (dinolite's); DINOv2's own passes through unchanged."""
+    if is_dinov3_layout(state_dict):
+        return _converted(from_dinov3_state_dict, state_dict, origin, "DINOv3")
+    # DINOv3's ViT in timm / transformers: the hub's 224 px record, RoPE base 100 (every released model's)
+    if is_transformers_dinov3_layout(state_dict):
+        return _converted(lambda sd, _: from_transformers_dinov3_state_dict(sd, 224), state_dict, origin, "DINOv3")
+    if is_timm_dinov3_layout(state_dict):
+        return _converted(lambda sd, _: from_timm_dinov3_state_dict(sd, 224), state_dict, origin, "DINOv3")
     if is_transformers_layout(state_dict):
         return _converted(from_transformers_state_dict, state_dict, origin, "transformers")
     if is_timm_layout(state_dict) or ("cls_token" in state_dict and "mask_token" not in state_dict):

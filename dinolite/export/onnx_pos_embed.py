@@ -130,4 +130,22 @@ def make_exportable(backbone: nn.Module) -> nn.Module:
         return pos.to(x.dtype)
 
     backbone.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding, backbone)
+    if getattr(backbone, "rope_embed", None) is not None:
+        backbone.rope_embed.coordinates = types.MethodType(traced_rope_coordinates, backbone.rope_embed)
     return backbone
+
+
+def traced_rope_coordinates(self: nn.Module, height: Tensor | int, width: Tensor | int) -> Tensor:
+    """RoPE's patch centres (:meth:`dinolite.models.rope.RopePositionEmbedding.coordinates`) from tensor
+    sizes only: ``arange`` and sums of ones, so the traced graph computes them for every image size."""
+    device = self.periods.device
+    rows = torch.arange(height, device=device).float()
+    cols = torch.arange(width, device=device).float()
+    size_h, size_w = (torch.ones_like(t).sum() for t in (rows, cols))  # 0-d tensors in the graph
+    if self.normalize_coords == "max":
+        size_h = size_w = torch.maximum(size_h, size_w)
+    elif self.normalize_coords == "min":
+        size_h = size_w = torch.minimum(size_h, size_w)
+    grid_rows = ((rows + 0.5) / size_h)[:, None].expand(-1, cols.shape[0])
+    grid_cols = ((cols + 0.5) / size_w)[None, :].expand(rows.shape[0], -1)
+    return 2.0 * torch.stack((grid_rows, grid_cols), dim=-1).flatten(0, 1) - 1.0

@@ -72,8 +72,11 @@ class BackboneSpec:
     # false: no CLS token (a CLS-free encoder, the released I-JEPA's); the "cls" output is the mean patch token
     cls_token: bool = True
     # absolute: the pos_embed table; shared_rel_pos_bias: no absolute position, one relative position bias shared by
-    # the blocks (SimMIM's ViT; key rel_pos_bias.relative_position_bias_table; safetensors / .pth only)
+    # the blocks (SimMIM's ViT; key rel_pos_bias.relative_position_bias_table; safetensors / .pth only); rope: axial
+    # rotary embedding in every block (DINOv3's ViT; key rope_embed.periods; pos_embed zero)
     position: str = "absolute"
+    rope_normalize_coords: str = "separate"  # position=rope: how patch coordinates map to [-1, 1]
+    layernorm_eps: float = 1.0e-6  # DINOv2's; DINOv3's released ViTs: 1e-5
     train_img_size: Optional[int] = None  # global crop size used in training (for eval transforms)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -138,7 +141,9 @@ class BackboneSpec:
             interpolate_antialias=self.interpolate_antialias,
             interpolate_offset=self.interpolate_offset,
             cls_token=self.cls_token,
-            pos_embed_type="shared_rel_pos_bias" if self.position == "shared_rel_pos_bias" else "learned",
+            pos_embed_type={"absolute": "learned"}.get(self.position, self.position),
+            rope={"normalize_coords": self.rope_normalize_coords} if self.position == "rope" else None,
+            layernorm_eps=self.layernorm_eps,
         )
 
 
@@ -169,19 +174,30 @@ def spec_from_backbone(model: torch.nn.Module, **record: Any) -> BackboneSpec:
         interpolate_antialias=bool(getattr(model, "interpolate_antialias", False)),
         interpolate_offset=float(getattr(model, "interpolate_offset", 0.1)),
         cls_token=getattr(model, "cls_token", None) is not None,
-        position="shared_rel_pos_bias" if getattr(model, "rel_pos_bias", None) is not None else "absolute",
+        position=_position_of(model),
+        rope_normalize_coords=getattr(getattr(model, "rope_embed", None), "normalize_coords", "separate"),
+        layernorm_eps=float(model.norm.eps),
         dinolite_version=__version__,
     )
     return dataclasses.replace(spec, **record)
+
+
+def _position_of(model: torch.nn.Module) -> str:
+    if getattr(model, "rope_embed", None) is not None:
+        return "rope"
+    return "shared_rel_pos_bias" if getattr(model, "rel_pos_bias", None) is not None else "absolute"
 
 
 def require_absolute_position(spec: BackboneSpec, layout: str) -> None:
     """Refuse a backbone with a shared relative position bias (SimMIM's ViT) for ``layout``, which cannot
     express it (timm / transformers: an absolute table only; ONNX: the bias index would be traced at one size)."""
     if spec.position != "absolute":
+        kind = (
+            "rotary position embedding (DINOv3's ViT)" if spec.position == "rope" else "shared relative position bias"
+        )
         raise ExportFormatError(
-            f"{layout} has an absolute position table only; this backbone has none and a shared relative position "
-            f"bias (its record says position={spec.position}: SimMIM's ViT): export it as safetensors or .pth instead"
+            f"{layout} has an absolute position table only; this backbone has none and a {kind} (its record says "
+            f"position={spec.position}): export it as safetensors or .pth instead"
         )
 
 
@@ -271,13 +287,17 @@ def _infer_spec(state_dict: Mapping[str, torch.Tensor], origin: str, num_heads: 
         ffn_layer="swiglu" if swiglu else "mlp",
         mlp_ratio=4.0 if swiglu else hidden / embed_dim,
         layerscale=1.0e-5 if "blocks.0.ls1.gamma" in state_dict else None,
-        position="shared_rel_pos_bias" if "rel_pos_bias.relative_position_bias_table" in state_dict else "absolute",
+        position="rope" if "rope_embed.periods" in state_dict else _table_position(state_dict),
         qkv_bias="blocks.0.attn.qkv.bias" in state_dict,
         proj_bias="blocks.0.attn.proj.bias" in state_dict,
         ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in state_dict,
         cls_token=bool(cls_rows),
         source="dinov2",
     )
+
+
+def _table_position(state_dict: Mapping[str, torch.Tensor]) -> str:
+    return "shared_rel_pos_bias" if "rel_pos_bias.relative_position_bias_table" in state_dict else "absolute"
 
 
 def check_spec_against_shapes(

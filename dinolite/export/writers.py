@@ -195,7 +195,8 @@ def write_onnx(
     (:mod:`dinolite.export.onnx_pos_embed`) so that the graph stays valid at every image size.
     """
 
-    require_absolute_position(spec, "ONNX export")  # before anything is written
+    if spec.position != "rope":  # RoPE's angles are computed from the image size in the graph (onnx_pos_embed)
+        require_absolute_position(spec, "ONNX export")  # before anything is written
     require_onnx()
     path = Path(path)
     model = _FeaturesForOnnx(make_exportable(copy.deepcopy(backbone))).eval()

@@ -3,7 +3,9 @@
 Attention is ``softmax(Q K^T / sqrt(d_head)) V`` (Vaswani et al., 2017). Three implementations compute
 it: xformers' ``memory_efficient_attention`` (CUDA only, when installed), PyTorch's
 ``scaled_dot_product_attention`` (every device), and :func:`explicit_attention`, the plain formula used
-for attention maps and as the reference in tests.
+for attention maps and as the reference in tests. A position signal reaches attention either as a bias on
+the logits (a relative position bias) or as :class:`~dinolite.models.rope.RotaryAngles` that rotate the
+patch tokens' queries and keys before the product (RoPE).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import warnings
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from dinolite.models.rope import RotaryAngles, apply_rotary
+
+# What a block hands to attention: a logit bias (heads, T, T), rotary angles, or nothing.
+PositionSignal = Tensor | RotaryAngles | None
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
 
@@ -84,7 +91,10 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         proj_bias: bool = True,
         backend: AttentionBackend | None = None,
+        mask_k_bias: bool = False,
     ) -> None:
+        """``mask_k_bias``: the keys' third of the ``qkv`` bias is not applied (DINOv3's ``mask_k_bias``: with RoPE a
+        key bias is rotated, so it no longer cancels in the softmax; masked, it stays at its initial zero)."""
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} is not divisible by num_heads={num_heads}")
@@ -93,16 +103,30 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.backend = backend if backend is not None else AttentionBackend("auto")
+        self.mask_k_bias = mask_k_bias and qkv_bias
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """``(B, T, dim)`` -> ``(3, B, T, heads, d_head)`` for q, k, v."""
-        B, T, _ = x.shape
-        return self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
-
-    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias)."""
         B, T, C = x.shape
-        q, k, v = self._split_heads(x).unbind(0)  # each (B, T, heads, d)
+        bias = self.qkv.bias
+        if self.mask_k_bias:  # no gradient reaches the keys' bias either
+            bias = torch.cat((bias[:C], torch.zeros_like(bias[C : 2 * C]), bias[2 * C :]))
+        qkv = F.linear(x, self.qkv.weight, bias)
+        return qkv.reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
+
+    def _queries_keys_values(self, x: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(B, T, heads, d)`` q, k, v with rotary angles applied to q and k, and the logit bias left (or None)."""
+        q, k, v = self._split_heads(x).unbind(0)
+        if not isinstance(position, RotaryAngles):
+            return q, k, v, position
+        q, k = (apply_rotary(t.transpose(1, 2), position).transpose(1, 2) for t in (q, k))
+        return q, k, v, None
+
+    def forward(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
+        """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias), or
+        :class:`RotaryAngles` rotate the queries and keys of the patch tokens (RoPE)."""
+        B, T, C = x.shape
+        q, k, v, bias = self._queries_keys_values(x, bias)  # each (B, T, heads, d)
         if bias is None and self.backend.select(x) == "xformers":
             from xformers.ops import memory_efficient_attention  # CUDA-only path, imported on use
 
@@ -116,10 +140,11 @@ class Attention(nn.Module):
             out = out.transpose(1, 2)
         return self.proj(out.reshape(B, T, C))
 
-    def forward_explicit(self, x: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_explicit(self, x: Tensor, bias: PositionSignal = None) -> tuple[Tensor, Tensor]:
         """Same output as :meth:`forward` through :func:`explicit_attention`, plus the ``(B, heads, T, T)``
         attention weights."""
         B, T, C = x.shape
-        q, k, v = (t.transpose(1, 2) for t in self._split_heads(x).unbind(0))
+        *qkv, bias = self._queries_keys_values(x, bias)
+        q, k, v = (t.transpose(1, 2) for t in qkv)
         out, weights = explicit_attention(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(B, T, C)), weights

@@ -15,11 +15,14 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from dinolite.models.attention import Attention, AttentionBackend
+from dinolite.models.attention import Attention, AttentionBackend, PositionSignal
 from dinolite.models.ffn import FFN_LAYERS
+from dinolite.models.rope import RotaryAngles
 from dinolite.models.stochastic_depth import DropPath, drop_add_residual_stochastic_depth
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+# DINOv3's norm_layer names: DINOv2's eps, and the 1e-5 of DINOv3's released ViTs ("layernormbf16")
+NORM_EPS = {"layernorm": 1e-6, "layernormbf16": 1e-5}
 
 # DINOv2's threshold: below it, the batch-subset trick costs more (gather/scatter) than it saves.
 SUBSET_DROP_THRESHOLD = 0.1
@@ -57,28 +60,37 @@ class Block(nn.Module):
         init_values: float | None = None,
         ffn_layer: str = "mlp",
         attention_backend: AttentionBackend | None = None,
+        norm_eps: float = 1e-6,
+        mask_k_bias: bool = False,
     ) -> None:
         super().__init__()
         if ffn_layer not in FFN_LAYERS:
             raise ValueError(f"ffn_layer={ffn_layer!r} is not one of {', '.join(FFN_LAYERS)}")
-        self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, backend=attention_backend)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, backend=attention_backend, mask_k_bias=mask_k_bias
+        )
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = FFN_LAYERS[ffn_layer](dim, int(dim * mlp_ratio), bias=ffn_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.sample_drop_ratio = drop_path
 
-    def attn_residual(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    def attn_residual(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
         return self.ls1(self.attn(self.norm1(x), bias))
 
     def ffn_residual(self, x: Tensor) -> Tensor:
         return self.ls2(self.mlp(self.norm2(x)))
 
-    def _forward_one(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    def _forward_one(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
         if self.training and self.sample_drop_ratio > SUBSET_DROP_THRESHOLD:
+            if isinstance(bias, RotaryAngles) and bias.sin.ndim == 4:
+                raise ValueError(
+                    "per-image rotary angles (pos_embed=rope with keep_indices) cannot follow the batch subset of "
+                    f"stochastic depth at drop_path_rate={self.sample_drop_ratio} > {SUBSET_DROP_THRESHOLD}"
+                )
             attn_residual = partial(self.attn_residual, bias=bias)  # the bias is per token pair, not per sample
             x = drop_add_residual_stochastic_depth(x, attn_residual, self.sample_drop_ratio)
             return drop_add_residual_stochastic_depth(x, self.ffn_residual, self.sample_drop_ratio)
@@ -86,10 +98,10 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ffn_residual(x))
 
     def forward(
-        self, x: Tensor | list[Tensor], bias: Tensor | None | Sequence[Tensor | None] = None
+        self, x: Tensor | list[Tensor], bias: PositionSignal | Sequence[PositionSignal] = None
     ) -> Tensor | list[Tensor]:
-        """``bias``: the attention-logit bias ``(heads, T, T)`` (a shared relative position bias), one per
-        tensor when ``x`` is a list."""
+        """``bias``: the attention-logit bias ``(heads, T, T)`` (a shared relative position bias) or the rotary
+        angles (RoPE), one per tensor when ``x`` is a list."""
         if isinstance(x, (list, tuple)):
             biases = bias if isinstance(bias, (list, tuple)) else [bias] * len(x)
             return [self._forward_one(t, b) for t, b in zip(x, biases)]

@@ -11,6 +11,9 @@ Where a boolean mask is given, the learnable ``mask_token`` replaces the patch e
 position embedding is added (iBOT's masked image modelling). ``pos_embed_type="shared_rel_pos_bias"`` (SimMIM's
 ViT) adds no absolute position (``pos_embed`` stays, zero and frozen) and a bias shared by all blocks to the
 attention logits instead (:mod:`dinolite.models.rel_pos_bias`, key ``rel_pos_bias.relative_position_bias_table``).
+``pos_embed_type="rope"`` (DINOv3's ViT) adds no absolute position either: every block rotates the patch tokens'
+queries and keys (:mod:`dinolite.models.rope`, key ``rope_embed.periods``; CLS and registers, DINOv3's storage
+tokens, are not rotated). In both cases ``pos_embed`` is a zero, frozen table that only records the trained grid.
 
 With a CLS token, the state dict has exactly the keys and shapes of DINOv2's released backbones
 (``cls_token (1,1,D)``, ``pos_embed (1,1+N,D)``, ``register_tokens (1,R,D)``, ``mask_token (1,D)``,
@@ -19,20 +22,21 @@ With a CLS token, the state dict has exactly the keys and shapes of DINOv2's rel
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dinolite.models.attention import AttentionBackend
-from dinolite.models.block import Block, LayerNorm
+from dinolite.models.attention import AttentionBackend, PositionSignal
+from dinolite.models.block import NORM_EPS, Block
 from dinolite.models.patch_embed import PatchEmbed
 from dinolite.models.pos_embed import SINCOS_ORDERS, interpolate_pos_embed
 from dinolite.models.rel_pos_bias import shared_bias_for
+from dinolite.models.rope import RopePositionEmbedding
 from dinolite.models.stochastic_depth import drop_path_rates
 from dinolite.models.vit_init import MASK_TOKEN_INITS, WEIGHT_INITS, init_vit_weights
 
-POS_EMBED_TYPES = ("learned", "sincos", "shared_rel_pos_bias")
+POS_EMBED_TYPES = ("learned", "sincos", "shared_rel_pos_bias", "rope")
 
 # Width, depth and heads of the named sizes (DINOv2's factories; vit_tiny is DeiT-Ti's shape).
 ARCHITECTURES: dict[str, dict[str, int]] = {
@@ -72,7 +76,12 @@ class DinoVisionTransformer(nn.Module):
         sincos_order: str = "row_first",
         cls_token: bool = True,
         mask_token_init: str = "zeros",
+        rope: Mapping[str, Any] | None = None,
+        layernorm_eps: float = 1e-6,
+        mask_k_bias: bool = False,
     ) -> None:
+        """``mask_k_bias``: the keys' ``qkv`` bias is not applied (DINOv3's option, :class:`Attention`). ``layernorm_eps``: every LayerNorm's (DINOv2's 1e-6; DINOv3's released ViTs 1e-5). ``rope``: keyword arguments of :class:`RopePositionEmbedding` for ``pos_embed_type="rope"`` (``base``,
+        ``min_period``, ``max_period``, ``normalize_coords``, ``shift_coords``, ``jitter_coords``, ``rescale_coords``)."""
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
             raise ValueError(f"pos_embed_type={pos_embed_type!r} is not one of {', '.join(POS_EMBED_TYPES)}")
@@ -115,6 +124,9 @@ class DinoVisionTransformer(nn.Module):
         self.rel_pos_bias = shared_bias_for(
             pos_embed_type, self.patch_embed.grid_size, num_heads, cls_token, num_register_tokens
         )
+        self.rope_embed = (
+            RopePositionEmbedding(embed_dim, num_heads, **(rope or {})) if pos_embed_type == "rope" else None
+        )
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -127,10 +139,12 @@ class DinoVisionTransformer(nn.Module):
                 init_values=init_values,
                 ffn_layer=ffn_layer,
                 attention_backend=self.attention_backend,
+                norm_eps=layernorm_eps,
+                mask_k_bias=mask_k_bias,
             )
             for rate in drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         )
-        self.norm = LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=layernorm_eps)
         self.init_weights()
 
     # ----------------------------------------------------------------------------------------------
@@ -161,7 +175,8 @@ class DinoVisionTransformer(nn.Module):
             tokens = torch.where(masks.unsqueeze(-1), self.mask_token.to(tokens.dtype).unsqueeze(0), tokens)
         if self.cls_token is not None:
             tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
-        tokens = tokens + self.interpolate_pos_encoding(tokens, H, W)
+        if self.rope_embed is None:  # RoPE: no absolute position (the table is zero)
+            tokens = tokens + self.interpolate_pos_encoding(tokens, H, W)
         c = self.num_cls_tokens
         if keep_indices is not None:
             tokens = torch.cat((tokens[:, :c], self._keep_patches(tokens[:, c:], keep_indices)), dim=1)
@@ -191,13 +206,27 @@ class DinoVisionTransformer(nn.Module):
         pos = interpolate_pos_embed(self.pos_embed, grid, self.interpolate_offset, self.interpolate_antialias)
         return pos.to(x.dtype)
 
-    def position_bias(self, x: Tensor, keep_indices: Tensor | None = None) -> Tensor | None:
-        """The shared relative position bias ``(heads, T, T)`` for images ``x``, or None without one."""
+    def position_bias(self, x: Tensor, keep_indices: Tensor | None = None) -> PositionSignal:
+        """The shared relative position bias ``(heads, T, T)`` for images ``x``, RoPE's angles (of the kept patches
+        with ``keep_indices``), or None without either."""
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        if self.rope_embed is not None:
+            angles = self.rope_embed(grid)
+            return angles if keep_indices is None else angles.keep(keep_indices)
         if self.rel_pos_bias is None:
             return None
         if keep_indices is not None:
             raise ValueError("pos_embed_type='shared_rel_pos_bias' does not encode a subset of patches (keep_indices)")
-        return self.rel_pos_bias((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
+        return self.rel_pos_bias(grid)
+
+    def block_positions(self, x: Tensor, keep_indices: Tensor | None = None) -> Iterator[PositionSignal]:
+        """One :meth:`position_bias` per block: computed once, or drawn anew for every block while RoPE augments
+        its coordinates (training mode), as DINOv3's backbone does."""
+        position = self.position_bias(x, keep_indices)
+        for index in range(self.n_blocks):
+            if index and self.rope_embed is not None and self.rope_embed.augments:
+                position = self.position_bias(x, keep_indices)
+            yield position
 
     def _output_dict(
         self, x_prenorm: Tensor, masks: Tensor | None, keep_indices: Tensor | None = None
@@ -229,8 +258,7 @@ class DinoVisionTransformer(nn.Module):
         ``x_norm_clstoken`` is the mean of ``x_norm_patchtokens`` (:meth:`pooled_feature`). With ``keep_indices (B,K)``
         only those patches are encoded (``N`` becomes ``K`` above; the dict also holds ``keep_indices``)."""
         tokens = self.prepare_tokens_with_masks(x, masks, keep_indices)
-        bias = self.position_bias(x, keep_indices)
-        for block in self.blocks:
+        for block, bias in zip(self.blocks, self.block_positions(x, keep_indices)):
             tokens = block(tokens, bias)
         return self._output_dict(tokens, masks, keep_indices)
 
@@ -251,9 +279,10 @@ class DinoVisionTransformer(nn.Module):
                 f"got {len(x_list)} image batches but {len(masks_list)} masks and {len(keep_indices_list)} keep_indices"
             )
         tokens = [self.prepare_tokens_with_masks(x, m, k) for x, m, k in zip(x_list, masks_list, keep_indices_list)]
-        biases = [self.position_bias(x, k) for x, k in zip(x_list, keep_indices_list)]
-        for block in self.blocks:
-            tokens = block(tokens, biases)
+        # per block, every crop's position in turn (the draw order of DINOv3's list forward)
+        positions = zip(*(self.block_positions(x, k) for x, k in zip(x_list, keep_indices_list)))
+        for block, biases in zip(self.blocks, positions):
+            tokens = block(tokens, list(biases))
         return [self._output_dict(t, m, k) for t, m, k in zip(tokens, masks_list, keep_indices_list)]
 
     def forward(self, x: Tensor, masks: Tensor | None = None, *, is_training: bool = False) -> Tensor | dict:
@@ -280,9 +309,9 @@ class DinoVisionTransformer(nn.Module):
         for index in wanted:
             if not 0 <= index < self.n_blocks:
                 raise ValueError(f"block index {index} out of range for a backbone of {self.n_blocks} blocks")
-        tokens, bias = self.prepare_tokens_with_masks(x), self.position_bias(x)
+        tokens = self.prepare_tokens_with_masks(x)
         outputs = []
-        for i, block in enumerate(self.blocks):
+        for i, (block, bias) in enumerate(zip(self.blocks, self.block_positions(x))):
             tokens = block(tokens, bias)
             if i in wanted:
                 outputs.append(tokens)
@@ -301,10 +330,10 @@ class DinoVisionTransformer(nn.Module):
     def get_last_selfattention(self, x: Tensor) -> Tensor:
         """Softmax attention weights ``(B, heads, T, T)`` of the last block (tokens: CLS if any, registers,
         patches: :meth:`prepare_tokens_with_masks`), computed with the explicit formula."""
-        tokens, bias = self.prepare_tokens_with_masks(x), self.position_bias(x)
-        for block in self.blocks[:-1]:
+        tokens, positions = self.prepare_tokens_with_masks(x), list(self.block_positions(x))
+        for block, bias in zip(self.blocks[:-1], positions):
             tokens = block(tokens, bias)
-        last = self.blocks[-1]
+        last, bias = self.blocks[-1], positions[-1]
         _, weights = last.attn.forward_explicit(last.norm1(tokens), bias)
         return weights
 
@@ -386,12 +415,21 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         sincos_order=student_cfg.sincos_order,
         cls_token=student_cfg.cls_token,
         mask_token_init=student_cfg.mask_token_init,
+        rope=rope_options(student_cfg) if student_cfg.pos_embed == "rope" else None,
+        layernorm_eps=NORM_EPS[student_cfg.norm_layer],
+        mask_k_bias=student_cfg.mask_k_bias,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(
             f"student.embed_dim={kwargs['embed_dim']} is not divisible by student.num_heads={kwargs['num_heads']}"
         )
     return kwargs
+
+
+def rope_options(student_cfg: Any) -> dict[str, Any]:
+    """:class:`RopePositionEmbedding`'s keyword arguments from the ``student.pos_embed_rope_*`` keys (DINOv3's names)."""
+    names = ("base", "min_period", "max_period", "normalize_coords", "shift_coords", "jitter_coords", "rescale_coords")
+    return {name: getattr(student_cfg, f"pos_embed_rope_{name}") for name in names}
 
 
 def build_backbone(cfg: Any, img_size: int | None = None) -> DinoVisionTransformer:

@@ -1,7 +1,7 @@
 """The backbone's initialisation schemes (``DinoVisionTransformer(weight_init=...)``).
 
 - ``dinov2``: DINOv2's. ``pos_embed`` truncated normal, std 0.02 (``pos_embed_type="sincos"``: the fixed
-  2-D sine-cosine table of MAE / I-JEPA, zeros at the CLS row when there is one); ``cls_token`` and
+  2-D sine-cosine table of MAE / I-JEPA, zeros at the CLS row when there is one; zeros for ``rope``);``cls_token`` and
   ``register_tokens`` normal, std 1e-6; ``mask_token`` zeros; every ``Linear`` truncated normal std 0.02
   weights, zero biases; LayerNorm ones/zeros; LayerScale ``init_values``; the patch convolution PyTorch's
   default.
@@ -56,6 +56,9 @@ def init_vit_weights(model: DinoVisionTransformer) -> None:
     elif model.pos_embed_type == "shared_rel_pos_bias":  # no absolute position: a zero, frozen table
         nn.init.zeros_(model.pos_embed)
         model.rel_pos_bias.reset_parameters()
+    elif model.pos_embed_type == "rope":  # likewise; the periods are recomputed (a model built on the meta device)
+        nn.init.zeros_(model.pos_embed)
+        model.rope_embed.reset_parameters()
     else:
         nn.init.trunc_normal_(model.pos_embed, std=0.02)
     if model.cls_token is not None:

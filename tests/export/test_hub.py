@@ -269,3 +269,28 @@ def test_torch_hub_dinov2_names_take_local_files_folders_and_registers(tmp_path)
         4,
         0.0,
     )
+
+
+def test_torch_hub_dinov3_names_build_its_rope_vits_and_take_its_pth(tmp_path):
+    from dinolite.export.dinov3_format import to_dinov3_state_dict
+
+    repo = Path(__file__).resolve().parents[2]
+    random_init = torch.hub.load(str(repo), "dinov3_vits16", pretrained=False, source="local")
+    spec = random_init.spec
+    assert (spec.position, spec.patch_size, spec.img_size, spec.num_register_tokens) == ("rope", 16, 224, 4)
+    assert random_init.norm.eps == 1e-5 and random_init.rope_embed.base == 100.0
+    theirs = to_dinov3_state_dict(random_init.state_dict(), spec)  # the keys DINOv3's dinov3_vits16 loads
+    assert theirs["storage_tokens"].shape == (1, 4, 384) and theirs["rope_embed.periods"].shape == (16,)
+    torch.save(theirs, tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth")
+    loaded = torch.hub.load(
+        str(repo), "dinov3_vits16", path=str(tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth"), source="local"
+    )
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), random_init(images))
+    with pytest.raises(ValueError, match="not DINOv3's vit_base/16"):
+        torch.hub.load(
+            str(repo), "dinov3_vitb16", path=str(tmp_path / "dinov3_vits16_pretrain_lvd1689m.pth"), source="local"
+        )
+    with pytest.raises(ValueError, match="SAT493M"):
+        torch.hub.load(str(repo), "dinov3_vits16", weights="LVD142M", pretrained=False, source="local")

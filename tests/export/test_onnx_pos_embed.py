@@ -32,3 +32,40 @@ def test_graph_friendly_pos_embed_resampling_equals_the_backbones(offset, antial
             expected = interpolate_pos_embed(pos_embed, (h, w), offset, antialias)
             got = resample_pos_embed(pos_embed, torch.arange(h), torch.arange(w), offset, antialias)
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", ["separate", "max", "min"])
+def test_traced_rope_coordinates_equal_the_backbones(normalize):
+    from dinolite.export.onnx_pos_embed import traced_rope_coordinates
+    from dinolite.models.rope import RopePositionEmbedding
+
+    rope = RopePositionEmbedding(16, 1, normalize_coords=normalize)
+    for rows, cols in ((4, 4), (2, 6), (7, 3)):
+        expected = rope.coordinates(rows, cols)
+        torch.testing.assert_close(traced_rope_coordinates(rope, rows, cols), expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("normalize", ["separate", "max"])
+def test_a_rope_backbone_exports_to_onnx_valid_at_every_size_and_without_tile(normalize, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dinolite.export.spec import spec_from_backbone
+    from dinolite.export.writers import write_onnx
+    from dinolite.models import DinoVisionTransformer
+
+    torch.manual_seed(0)
+    model = DinoVisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_register_tokens=2,
+        pos_embed_type="rope", rope={"normalize_coords": normalize},
+    ).eval()  # fmt: skip
+    path = tmp_path / "rope.onnx"
+    write_onnx(model, spec_from_backbone(model), path)
+    assert "Tile" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for height, width in ((16, 16), (24, 32)):  # the export size and another (non-square)
+        images = torch.randn(2, 3, height, width)
+        cls, patches = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = model.forward_features(images)
+        torch.testing.assert_close(torch.from_numpy(cls), expected["x_norm_clstoken"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.from_numpy(patches), expected["x_norm_patchtokens"], atol=1e-5, rtol=0)

@@ -83,5 +83,5 @@ def test_sincos_encoder_position_embeddings_are_the_fixed_table_and_never_traine
 
 
 def test_unknown_position_embedding_type_is_refused():
-    with pytest.raises(ValueError, match="pos_embed_type='rope'"):
-        _vit(pos_embed_type="rope")
+    with pytest.raises(ValueError, match="pos_embed_type='alibi'"):
+        _vit(pos_embed_type="alibi")

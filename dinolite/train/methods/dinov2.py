@@ -206,7 +206,7 @@ METHOD = register_method(
         watchdog_thresholds=WATCHDOG_THRESHOLDS,
         config_sections=(*dinov2_config.SECTIONS, GRAM_SECTION),
         student_temp=lambda cfg: cfg.teacher.student_temp,
-        # DINO (Caron et al. 2021) and iBOT (Zhou et al. 2022) as presets of this objective
-        recipe_presets=("demo_dino", "demo_ibot"),
+        # DINO (Caron et al. 2021) and iBOT (Zhou et al. 2022) as presets of this objective; DINOv3's RoPE ViT
+        recipe_presets=("demo_dino", "demo_ibot", "demo_rope"),
     )
 )
