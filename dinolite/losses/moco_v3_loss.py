@@ -10,9 +10,9 @@ images (every rank's keys, gathered), both L2-normalised, and the temperature ``
 
 with ``B`` this rank's images and ``r`` its rank: the positive of query ``n`` is the key of the same image in
 the other view, its ``N - 1`` negatives the keys of every other image of the global batch. The ``2 tau``
-factor is the released code's (facebookresearch/moco-v3 ``c349e6e``, ``moco/builder.py:72``): it cancels the
-``1 / tau`` that the logits' gradient carries, so changing ``tau`` does not rescale the gradient (the paper's
-Alg. 1 writes the same). The two directions are summed, not averaged (``moco/builder.py:97``).
+factor is the released code's (facebookresearch/moco-v3 ``c349e6e``, ``moco/builder.py:73``): it offsets the
+``1 / tau`` that the gradient of ``q . k / tau`` carries, so the gradient's scale depends less on ``tau``. The two
+directions are summed, not averaged (``moco/builder.py:96``).
 
 Keys carry no gradient (the momentum encoder is not trained by back-propagation; the release gathers them
 with a gradient-free all-gather): they are detached here whatever the caller passes. Each rank averages over

@@ -6,16 +6,18 @@ momentum encoder (an EMA copy of backbone + projector, no predictor) gives the k
 keys of the global batch, at temperature ``mocov3.temperature``, scaled by ``2 tau``. The evaluated network is
 the online backbone (the release's ``base_encoder``, which its DeiT conversion exports).
 
-Shapes follow the release (facebookresearch/moco-v3 ``c349e6e``, ``moco/builder.py:36-52`` and ``:112-122``):
+Shapes follow the release (facebookresearch/moco-v3 ``c349e6e``, ``moco/builder.py:36-52`` and ``:114-122``):
 the ViT's projector is 3 layers (``joint_embedding.projector_*``: Linear-BN-ReLU twice, then a Linear and a
-BatchNorm without affine), the predictor 2 layers (Linear-BN-ReLU-Linear), every Linear without a bias. The
-momentum ``m`` is the shared ``ema`` section's cosine (``--moco-m 0.99 --moco-m-cos``: 0.99 -> 1 over the run).
+BatchNorm without affine), the predictor 2 layers (``joint_embedding.predictor_*``: Linear-BN-ReLU, then a
+Linear and, for the ViT, again a BatchNorm without affine: ``_build_mlp``'s ``last_bn`` default), every Linear
+without a bias. The momentum ``m`` is the shared ``ema`` section's cosine (``--moco-m 0.99 --moco-m-cos``:
+0.99 -> 1 over the run).
 The release moves the momentum encoder *before* the forward of iteration ``k`` with ``m(k)``
-(``moco/builder.py:91-92``); dinolite moves it after the optimizer step of iteration ``k - 1`` with the same
+(``moco/builder.py:88-96``); dinolite moves it after the optimizer step of iteration ``k - 1`` with the same
 ``m(k)``, which is the same update on the same weights.
 
-``mocov3.freeze_patch_embed`` is the paper's stability trick (Sec. 4.2, "random patch projection"; the release's
-``--stop-grad-conv1``, ``vits.py:45-47``): the patch projection keeps its random initialisation and gets no
+``mocov3.freeze_patch_embed`` is the paper's stability trick (Sec. 4, "random patch projection"; the release's
+``--stop-grad-conv1``, ``vits.py:49-51``): the patch projection keeps its random initialisation and gets no
 gradient, so no optimizer update and no weight decay.
 """
 

@@ -38,13 +38,13 @@ def _objective(*overrides: str) -> mocov3.MoCoV3Objective:
 
 def test_heads_are_the_releases():
     objective = _objective()
-    # 3-layer projector ending in a BatchNorm without affine, 2-layer predictor, no Linear with a bias
+    # 3-layer projector and 2-layer predictor, each ending in a BatchNorm without affine, no Linear with a bias
     projector, predictor = objective.student["projector"], objective.student["predictor"]
     assert [type(m).__name__ for m in projector.layers][-2:] == ["Linear", "GlobalBatchNorm1d"]
     assert sum(isinstance(m, torch.nn.Linear) for m in projector.layers) == 3
     assert not projector.layers.norm2.affine
     assert sum(isinstance(m, torch.nn.Linear) for m in predictor.layers) == 2
-    assert isinstance(predictor.layers[-1], torch.nn.Linear)
+    assert not predictor.layers.norm1.affine
     for head in (projector, predictor):
         assert all(m.bias is None for m in head.modules() if isinstance(m, torch.nn.Linear))
     # the momentum encoder: backbone + projector, no predictor, trained by no gradient
