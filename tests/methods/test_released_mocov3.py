@@ -10,6 +10,7 @@ by /work/wt/notes/released_golden/mocov3.py (docs/faithfulness.md, "MoCo v3").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +18,10 @@ import pytest
 import torch
 
 from dinolite.config import load_config
+from dinolite.train.ema import run_momentum_schedule
 from dinolite.train.methods import get_method
 from dinolite.train.optim import optimizer_for
-from dinolite.train.schedules import TrainingSchedules
+from dinolite.train.schedules import TrainingSchedules, build_schedules
 from dinolite.train.step import TrainingStep
 from tests.methods.test_released_steps import (
     NO_LR_LAYERS,
@@ -167,3 +169,60 @@ def test_the_momentum_encoder_after_the_next_update_equals_the_release(fixture) 
         difference = (ours[key].double() - value.double()).abs()
         assert largest(difference[~noise]) <= 2e-6 * float(value.abs().max()) + 2e-7, key
         assert largest(difference[noise]) <= noise_move * (1 + 1e-3), key
+
+
+# -- the vitb16_mocov3 preset: facebookresearch/moco-v3 c349e6e, CONFIG.md's ViT-Base command and main_moco.py
+VITB16_RELEASED = {
+    "student.arch": "vit_base",  # -a vit_base (vits.py:93-97)
+    "student.patch_size": 16,
+    "student.layerscale": 0.0,
+    "student.drop_path_rate": 0.0,
+    "student.pos_embed": "sincos",  # vits.py:55-70
+    "student.sincos_order": "row_first",  # test_the_position_table_is_the_releases
+    "optim.epochs": 300,  # --epochs=300
+    "optim.warmup_epochs": 40,  # --warmup-epochs=40
+    "optim.optimizer": "adamw",  # --optimizer=adamw
+    "optim.weight_decay": 0.1,  # --weight-decay=.1
+    "optim.weight_decay_end": 0.1,
+    "optim.decay_rule": "all",  # main_moco.py:229, model.parameters()
+    "optim.clip_grad": 0.0,
+    "optim.min_lr": 0.0,  # main_moco.py:425
+    "crops.global_crops_scale": [0.08, 1.0],  # --crop-min 0.08
+    "crops.local_crops_number": 0,
+    "joint_embedding.projector_layers": 3,  # moco/builder.py:118
+    "joint_embedding.projector_hidden_dim": 4096,  # --moco-mlp-dim
+    "joint_embedding.projector_out_dim": 256,  # --moco-dim
+    "joint_embedding.projector_last_bn": True,
+    "joint_embedding.predictor_layers": 2,  # moco/builder.py:122
+    "joint_embedding.predictor_hidden_dim": 4096,
+    "joint_embedding.predictor_last_bn": True,
+    "mocov3.temperature": 0.2,  # --moco-t=.2
+    "mocov3.freeze_patch_embed": True,  # --stop-grad-conv1
+    "ema.momentum": 0.99,  # --moco-m
+    "ema.final_momentum": 1.0,  # --moco-m-cos
+}
+
+
+@pytest.mark.parametrize(("key", "released"), sorted(VITB16_RELEASED.items()))
+def test_vitb16_mocov3_takes_the_released_value(key: str, released) -> None:
+    section, name = key.split(".")
+    assert getattr(getattr(load_config("vitb16_mocov3"), section), name) == released
+
+
+def test_vitb16_mocov3_schedules_follow_the_released_formulas() -> None:
+    """main_moco.py:420-434 with -b 4096 and --lr 1.5e-4, at the preset's global batch."""
+    cfg = load_config("vitb16_mocov3")
+    assert cfg.train.batch_size_per_gpu * 64 == 4096
+    ipe = cfg.train.iterations_per_epoch
+    schedules = build_schedules(cfg.optim, ipe, 4096)
+    objective_momentum = run_momentum_schedule(cfg)
+    peak = 1.5e-4 * 4096 / 256
+    for iteration in (0, 1, 40 * ipe - 1, 40 * ipe, 170 * ipe, 300 * ipe - 1):
+        epoch = iteration / ipe
+        if epoch < 40:
+            lr = peak * epoch / 40
+        else:
+            lr = peak * 0.5 * (1 + math.cos(math.pi * (epoch - 40) / (300 - 40)))
+        assert schedules.lr(iteration) == pytest.approx(lr, rel=1e-9, abs=1e-15)
+        momentum = 1 - 0.5 * (1 + math.cos(math.pi * epoch / 300)) * (1 - 0.99)
+        assert objective_momentum(iteration) == pytest.approx(momentum, abs=1e-12)
