@@ -52,13 +52,19 @@ def test_heads_are_the_releases():
     assert not any(p.requires_grad for p in objective.teacher.parameters())
 
 
-def test_loss_is_queries_against_momentum_keys():
-    objective = _objective("mocov3.temperature=0.3")
+def _step_queries_keys(objective: mocov3.MoCoV3Objective) -> tuple:
+    """The objective's output on a fixed batch, and its two views' queries and keys computed apart."""
     batch = _batch()
     out = objective(batch, 0)
     online = _views(objective, batch)
     with torch.no_grad():
         keys = objective.encode(objective.teacher, *objective._split(batch))
+    return out, online, keys
+
+
+def test_loss_is_queries_against_momentum_keys():
+    objective = _objective("mocov3.temperature=0.3")
+    out, online, keys = _step_queries_keys(objective)
     expected = moco_v3_loss(online[0]["p"], online[1]["p"], keys[0]["z"], keys[1]["z"], 0.3)
     torch.testing.assert_close(out.loss, expected)
     assert set(out.terms) == {"moco_v3_loss"}
@@ -69,11 +75,7 @@ def test_loss_is_queries_against_momentum_keys():
 
 def test_asymmetric_loss_is_one_direction():
     objective = _objective("joint_embedding.symmetric_loss=false")
-    batch = _batch()
-    out = objective(batch, 0)
-    online = _views(objective, batch)
-    with torch.no_grad():
-        keys = objective.encode(objective.teacher, *objective._split(batch))
+    out, online, keys = _step_queries_keys(objective)
     torch.testing.assert_close(out.loss, objective.moco_v3.directed(online[0]["p"], keys[1]["z"]))
 
 
