@@ -1,6 +1,6 @@
 """2 gloo processes with B rows each train exactly as 1 process with 2B rows, for every cross-rank
 statistic of the joint-embedding methods: InfoNCE's global negatives (SimCLR, DirectCLR, both and
-cross-view), Barlow Twins' global cross-correlation (exact and BatchNorm-normalised), and the projector's global BatchNorm (outputs, gradients, running statistics).
+cross-view; MoCo v3's gathered momentum keys), Barlow Twins' global cross-correlation (exact and BatchNorm-normalised), and the projector's global BatchNorm (outputs, gradients, running statistics).
 
 Each rank back-propagates its own loss and the parameter gradients are then averaged over ranks, as the
 trainer's FSDP2 gradient reduction does; that average must equal the one-process gradient.
@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
-from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss
+from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss, MoCoV3Loss
 from dinolite.models import ProjectionMLP
 from tests.gloo_ranks import run_on_ranks
 
@@ -46,6 +46,8 @@ def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
         "directclr_cross_view": DirectCLRLoss(d0=3, temperature=0.3, negatives="cross_view"),
         "barlow_twins": BarlowTwinsLoss(lambda_offdiag=0.1),
         "barlow_twins_batchnorm": BarlowTwinsLoss(lambda_offdiag=0.1, normalization="batchnorm"),
+        # queries = the projections, keys = gradient-free other rows (a momentum encoder's stand-in)
+        "moco_v3": lambda a, b: MoCoV3Loss(temperature=0.3)(a, b, a.detach().roll(1, 1), b.detach().flip(1)),
     }
     for name, loss_fn in losses.items():
         model = _model()
@@ -100,7 +102,7 @@ def test_two_processes_equal_one_process(tmp_path: Path):
     ranks = run_on_ranks(_on_rank, WORLD, tmp_path)
     reference = _step(*_data())
 
-    for name in ("info_nce", "directclr", "directclr_cross_view"):
+    for name in ("info_nce", "directclr", "directclr_cross_view", "moco_v3"):
         # each rank averages over its own anchors: the mean of the rank losses is the global loss
         torch.testing.assert_close(sum(r[f"{name}/loss"] for r in ranks) / WORLD, reference[f"{name}/loss"])
     # Barlow Twins: every rank computes the same global loss
