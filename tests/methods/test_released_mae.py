@@ -12,6 +12,7 @@ the weights, run the objective's forward and backward (and, for the parameters a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from dinolite.config import Config, load_config
 from dinolite.data.masked_views import mae_shuffle
 from dinolite.losses import MAELoss
 from dinolite.train.methods import get_method
+from dinolite.train.schedules import build_schedules
 from tests.methods.test_released_steps import (
     NO_LR_LAYERS,
     Fixture,
@@ -161,3 +163,52 @@ def test_the_position_tables_are_the_releases_fixed_tables(fixture: Fixture) -> 
     assert cfg.student.sincos_order == "column_first"
     row_first = get_method("mae").build_objective(cfg_row)
     assert not torch.allclose(row_first.student["decoder"].position_table(), released_decoder)
+
+
+# facebookresearch/mae efb2a80: PRETRAIN.md's command line, main_pretrain.py, models_mae.py
+VITB16_RELEASED = {
+    "mae.mask_ratio": 0.75,  # PRETRAIN.md --mask_ratio
+    "mae.norm_pix_loss": True,  # PRETRAIN.md --norm_pix_loss
+    "mae.decoder_embed_dim": 512,  # mae_vit_base_patch16_dec512d8b
+    "mae.decoder_depth": 8,
+    "mae.decoder_num_heads": 16,
+    "student.arch": "vit_base",  # embed_dim 768, depth 12, heads 12
+    "student.patch_size": 16,
+    "student.layerscale": 0.0,
+    "student.drop_path_rate": 0.0,
+    "student.pos_embed": "sincos",
+    "student.sincos_order": "column_first",
+    "student.weight_init": "mae",
+    "optim.epochs": 800,  # PRETRAIN.md --epochs
+    "optim.warmup_epochs": 40,  # PRETRAIN.md --warmup_epochs
+    "optim.weight_decay": 0.05,  # PRETRAIN.md --weight_decay
+    "optim.weight_decay_end": 0.05,
+    "optim.adamw_beta1": 0.9,  # main_pretrain.py:180
+    "optim.adamw_beta2": 0.95,
+    "optim.decay_rule": "non_1d",  # main_pretrain.py:179, timm add_weight_decay
+    "optim.clip_grad": 0.0,
+    "optim.min_lr": 0.0,  # main_pretrain.py --min_lr
+    "crops.global_crops_size": 224,
+    "crops.global_crops_scale": [0.2, 1.0],  # main_pretrain.py:124
+    "crops.horizontal_flip_p": 0.5,
+}
+
+
+def test_vitb16_mae_takes_the_released_values() -> None:
+    cfg = load_config("vitb16_mae")
+    taken = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in VITB16_RELEASED}
+    assert taken == VITB16_RELEASED
+
+
+def test_vitb16_mae_lr_is_the_released_warmup_and_half_cosine_at_batch_4096() -> None:
+    """util/lr_sched.py on the fractional epoch: lr = blr * 4096 / 256 * epoch / 40 in the warm-up, then
+    half a cosine to 0 at epoch 800; the global batch is 64 GPUs x 64."""
+    cfg = load_config("vitb16_mae")
+    ipe, peak = cfg.train.iterations_per_epoch, 1.5e-4 * 4096 / 256
+    schedules = build_schedules(cfg.optim, ipe, 64 * cfg.train.batch_size_per_gpu)
+    for epoch in (0.0, 0.5, 20.0, 39.5, 40.0, 100.25, 420.0, 799.5):
+        if epoch < 40:
+            released = peak * epoch / 40
+        else:
+            released = peak * 0.5 * (1 + math.cos(math.pi * (epoch - 40) / (800 - 40)))
+        assert schedules.lr(round(epoch * ipe)) == pytest.approx(released, rel=1e-6, abs=1e-12), epoch
