@@ -74,7 +74,8 @@ class StudentConfig:
     sincos_order: str = "row_first"
     # dinov2 | ijepa (the released I-JEPA encoder constructor's: truncated-normal patch projection, residual output
     # projections divided by sqrt(2 * layer); released training then redraws every Linear at std 0.02)
-    # | ijepa_released (what released training starts from: the same without the rescaling)
+    # | ijepa_released (what released training starts from: the same without the rescaling) | mae (the released
+    # MAE encoder's: Xavier-uniform Linear and patch weights, CLS token normal std 0.02)
     weight_init: str = "dinov2"
     # false: no CLS token (the released I-JEPA encoder's layout: a (1, N, D) position table; the pooled feature is
     # the mean patch token); only for methods that read no CLS token (ijepa, simmim: the method's registry entry)
@@ -298,7 +299,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.norm_layer": ("layernorm", "layernormbf16"),
     "student.mask_token_init": ("zeros", "trunc_normal"),
     "student.sincos_order": ("row_first", "column_first"),
-    "student.weight_init": ("dinov2", "ijepa", "ijepa_released"),
+    "student.weight_init": ("dinov2", "ijepa", "ijepa_released", "mae"),
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "optim.optimizer": ("adamw", "sgd", "lars"),

@@ -1,10 +1,11 @@
-"""Views and collates of the masked-prediction methods (I-JEPA, SimMIM, MSN).
+"""Views and collates of the masked-prediction methods (I-JEPA, SimMIM, MSN, MAE).
 
 * :class:`SingleViewAugmentation`: one crop per image (I-JEPA: RandomResizedCrop scale (0.3, 1.0), no
   other augmentation, Assran et al. 2023 Sec. 4; SimMIM: RandomResizedCrop scale (0.67, 1.0), ratio
   (3/4, 4/3), horizontal flip, Xie et al. 2022 Sec. 4.1). Returns ``{"image": (3, S, S)}`` normalised.
 * :func:`collate_ijepa`: images + I-JEPA multi-block masks (:class:`MultiBlockMaskGenerator`).
 * :func:`collate_simmim`: images + SimMIM random masks (:class:`SimMIMMaskGenerator`).
+* :func:`collate_mae`: images + MAE's random masking (:func:`mae_noise`, :func:`mae_shuffle`).
 * :func:`collate_msn`: MSN's views from :class:`dinolite.data.views.MultiViewAugmentation` (global view 0
   = the target view, view 1 = the anchor, local views = focal anchors) + patch-drop indices for every
   anchor (Assran et al. 2022, Sec. 3; ``patch_drop`` in the released configs).
@@ -30,6 +31,8 @@ from dinolite.data.augment import (
 from dinolite.data.masked_views import (
     MultiBlockMaskGenerator,
     SimMIMMaskGenerator,
+    mae_noise,
+    mae_shuffle,
     random_keep_indices,
 )
 
@@ -75,6 +78,19 @@ def collate_simmim(
             f"images of {tuple(images.shape[-2:])} px, but the SimMIM masks are drawn for {mask_generator.input_size} px"
         )
     return {"images": images, "masks": mask_generator.batch(images.shape[0], generator)}
+
+
+def collate_mae(
+    samples: Sequence[Mapping[str, Any]], patch_size: int, mask_ratio: float, generator: torch.Generator | None = None
+) -> dict[str, Any]:
+    """``{"images": (B,3,H,W), "ids_keep": (B,K), "ids_restore": (B,N)}`` (:func:`mae_shuffle`)."""
+    images = _stack_images(samples)
+    height, width = images.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"images of {height}x{width} px do not split into patches of {patch_size} px")
+    noise = mae_noise(images.shape[0], (height // patch_size) * (width // patch_size), generator)
+    ids_keep, ids_restore = mae_shuffle(noise, mask_ratio)
+    return {"images": images, "ids_keep": ids_keep, "ids_restore": ids_restore}
 
 
 def collate_msn(

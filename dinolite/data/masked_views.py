@@ -1,4 +1,4 @@
-"""Patch masks of the masked-prediction methods (I-JEPA, SimMIM, MSN), beside iBOT's block masks.
+"""Patch masks of the masked-prediction methods (I-JEPA, SimMIM, MSN, MAE), beside iBOT's block masks.
 
 Every sampler draws from a ``torch.Generator`` it is given and nothing else, so a batch's masks are a
 function of the loader's per-batch generator (seeded by ``(seed, rank, batch)``) and a resumed run draws
@@ -32,6 +32,10 @@ not depend on how many draws the samples before it needed (I-JEPA's rejection lo
 * :func:`random_keep_indices` -- MSN's patch dropping (Assran et al. 2022, "Masked Siamese Networks for
   Label-Efficient Learning", Sec. 3: "random masking"): each anchor view keeps a uniformly random subset
   of ``round((1 - ratio) * N)`` patches (the same count for every image, so it stacks).
+* :func:`mae_noise` / :func:`mae_shuffle` -- MAE's random masking (He et al. 2022, "Masked Autoencoders Are
+  Scalable Vision Learners", Sec. 3: "random sampling"), drawn as the released ``random_masking`` draws it
+  (facebookresearch/mae ``models_mae.py``): one uniform number per patch, the patches sorted by it, the first
+  ``int(N * (1 - ratio))`` kept in that shuffled order, and the permutation that undoes the shuffle.
 
 Indices are into the row-major patch grid (what the ViT's ``keep_indices`` path and the predictor take).
 """
@@ -321,3 +325,23 @@ def random_keep_indices(
     if per == "batch":
         return torch.stack(rows).expand(batch_size, -1).clone() if rows else torch.empty(0, n_keep, dtype=torch.long)
     return torch.stack(rows)
+
+
+def mae_noise(batch_size: int, num_patches: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(B, N)`` uniform numbers in [0, 1), one row per image from its own generator (:func:`per_sample_generators`)."""
+    rows = [torch.rand(num_patches, generator=g) for g in per_sample_generators(generator, batch_size)]
+    return torch.stack(rows) if rows else torch.empty(0, num_patches)
+
+
+def mae_shuffle(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAE's masking from ``noise (B, N)``: ``ids_keep (B, K)``, the kept patches in ascending-noise order (the
+    order the encoder sees them), and ``ids_restore (B, N)``, each patch's place in that shuffled order (patch
+    ``i`` is masked iff ``ids_restore[:, i] >= K``). ``K = int(N * (1 - mask_ratio))``, at least 1."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    if noise.ndim != 2:
+        raise ValueError(f"noise must be (batch, patches), got {tuple(noise.shape)}")
+    n_keep = kept_patch_count(noise.shape[1], mask_ratio, rounding="floor")
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    return ids_shuffle[:, :n_keep], ids_restore

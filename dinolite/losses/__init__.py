@@ -1,5 +1,5 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
-DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, Gram anchoring (DINOv3),
+DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, MAE, Gram anchoring (DINOv3),
 MoCo v3."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
@@ -11,6 +11,7 @@ from dinolite.losses.ibot_patch_loss import iBOTPatchLoss
 from dinolite.losses.ijepa_loss import IJEPALoss
 from dinolite.losses.info_nce_loss import InfoNCELoss, info_nce_loss
 from dinolite.losses.koleo_loss import KoLeoLoss, koleo_loss
+from dinolite.losses.mae_loss import MAELoss
 from dinolite.losses.moco_v3_loss import MoCoV3Loss, moco_v3_loss
 from dinolite.losses.msn_loss import MSNLoss
 from dinolite.losses.negative_cosine_loss import NegativeCosineLoss, negative_cosine
@@ -24,6 +25,7 @@ __all__ = [
     "IJEPALoss",
     "InfoNCELoss",
     "KoLeoLoss",
+    "MAELoss",
     "MSNLoss",
     "MoCoV3Loss",
     "NegativeCosineLoss",

@@ -13,6 +13,10 @@
   (facebookresearch/ijepa 52c1ae9 ``src/helper.py:86-99``). Its patch tokens start smaller than with
   PyTorch's default for small patches (std 0.02 against ``1 / sqrt(3 * fan_in)``: 0.083 for a 4x4 RGB patch,
   0.021 for 16x16), so position outweighs pixel content at the input.
+- ``mae``: the released MAE encoder's (facebookresearch/mae ``models_mae.py`` ``initialize_weights``): every
+  ``Linear`` Xavier-uniform with zero biases, the patch convolution's weight Xavier-uniform as the
+  ``(D, 3 p^2)`` matrix it is (its bias PyTorch's default), ``cls_token`` normal std 0.02; with
+  ``pos_embed_type="sincos"`` the fixed table.
 
 Every scheme draws in the same order as DINOv2's, so ``ijepa`` differs from ``dinov2`` only where it says.
 """
@@ -31,7 +35,7 @@ from dinolite.models.pos_embed import sincos_pos_embed_2d
 if TYPE_CHECKING:  # the backbone imports this module
     from dinolite.models.vision_transformer import DinoVisionTransformer
 
-WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released")
+WEIGHT_INITS = ("dinov2", "ijepa", "ijepa_released", "mae")
 MASK_TOKEN_INITS = ("zeros", "trunc_normal")
 # SimMIM's mask token: std 0.02 truncated at +-1 std (microsoft/SimMIM d3e29bc models/simmim.py:63-67)
 MASK_TOKEN_STD = 0.02
@@ -80,7 +84,20 @@ def init_vit_weights(model: DinoVisionTransformer) -> None:
     if model.weight_init in ("ijepa", "ijepa_released"):
         nn.init.trunc_normal_(model.patch_embed.proj.weight, std=0.02)
         nn.init.zeros_(model.patch_embed.proj.bias)
+    if model.weight_init == "mae":
+        _mae_init(model)
     if model.weight_init == "ijepa":  # ijepa_released: init_model's redraw undoes it (helper.py:86-99)
         for layer, block in enumerate(model.blocks, start=1):
             block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
             block.mlp.output_projection.weight.div_(math.sqrt(2.0 * layer))
+
+
+def _mae_init(model: DinoVisionTransformer) -> None:
+    """``weight_init="mae"`` over the DINOv2 draws (the module docstring)."""
+    weight = model.patch_embed.proj.weight
+    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+    if model.cls_token is not None:
+        nn.init.normal_(model.cls_token, std=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)

@@ -9,6 +9,7 @@ from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import (
     SingleViewAugmentation,
     collate_ijepa,
+    collate_mae,
     collate_msn,
     collate_simmim,
 )
@@ -85,3 +86,16 @@ def test_collate_msn_several_anchors_and_one_subset_per_batch():
     assert collate_msn(samples, 4, 0.15, _gen(0))["focal_keep"].shape == (8, 14)
     with pytest.raises(ValueError, match="at least 2 large views"):
         collate_msn([{"global_crops": s["global_crops"][:1], "local_crops": []} for s in samples], 4, 0.15)
+
+
+def test_collate_mae_draws_maes_masking_from_the_batch_generator():
+    samples = [{"image": torch.randn(3, 16, 16)} for _ in range(3)]
+    batch = collate_mae(samples, patch_size=4, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    assert batch["images"].shape == (3, 3, 16, 16)
+    assert batch["ids_keep"].shape == (3, 4) and batch["ids_restore"].shape == (3, 16)
+    for keep, restore in zip(batch["ids_keep"], batch["ids_restore"]):
+        assert sorted((restore < 4).nonzero().flatten().tolist()) == sorted(keep.tolist())
+    again = collate_mae(samples, patch_size=4, mask_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again["ids_keep"], batch["ids_keep"])
+    with pytest.raises(ValueError, match="patches of 5 px"):
+        collate_mae(samples, patch_size=5, mask_ratio=0.75)

@@ -15,6 +15,8 @@ from dinolite.data.masked_views import (
     MultiBlockMaskGenerator,
     SimMIMMaskGenerator,
     kept_patch_count,
+    mae_noise,
+    mae_shuffle,
     per_sample_generators,
     random_keep_indices,
 )
@@ -244,3 +246,27 @@ def test_released_sampler_relaxes_like_the_release_and_stops_where_it_would_loop
         MultiBlockMaskGenerator(8, 4, (0.07, 0.07), min_keep=4, sampler="released")(2, _gen(0))  # 2x2 = 4
     with pytest.raises(ValueError, match="sampler='release' is not one of paper, released"):
         MultiBlockMaskGenerator(8, sampler="release")
+
+
+def test_mae_shuffle_keeps_the_patches_of_smallest_noise_in_ascending_order_and_restores_the_order():
+    noise = torch.tensor([[0.5, 0.1, 0.9, 0.3], [0.2, 0.8, 0.4, 0.6]])
+    ids_keep, ids_restore = mae_shuffle(noise, 0.5)
+    assert ids_keep.tolist() == [[1, 3], [0, 2]]
+    # each patch's place in the shuffled order: the masked patches (place >= 2) are the largest noise
+    assert ids_restore.tolist() == [[2, 0, 3, 1], [0, 3, 1, 2]]
+    assert (ids_restore >= 2).tolist() == [[True, False, True, False], [False, True, False, True]]
+
+
+def test_mae_shuffle_keeps_int_of_n_times_the_visible_fraction_as_the_release():
+    noise = torch.rand(3, 49, generator=_gen(0))
+    assert mae_shuffle(noise, 0.75)[0].shape == (3, 12)  # int(49 * 0.25) = 12
+    assert mae_shuffle(noise, 0.999)[0].shape == (3, 1)  # at least one visible patch
+    with pytest.raises(ValueError, match="mask_ratio"):
+        mae_shuffle(noise, 1.0)
+
+
+def test_mae_noise_is_one_row_per_image_from_its_own_generator():
+    a = mae_noise(4, 16, _gen(3))
+    assert a.shape == (4, 16) and torch.equal(a, mae_noise(4, 16, _gen(3)))
+    assert not torch.equal(a[0], a[1])
+    assert torch.equal(mae_noise(2, 16, _gen(3)), a[:2])  # a row does not depend on the batch size

@@ -107,3 +107,25 @@ def test_mask_token_init_trunc_normal_is_simmims_draw() -> None:
     assert 0.007 < float(token.std()) < 0.015  # truncated at one std: an effective std of 0.0108
     with pytest.raises(ValueError, match="mask_token_init='ones' is not one of zeros, trunc_normal"):
         build("ones")
+
+
+def test_mae_initialisation_is_the_released_mae_encoders():
+    """Xavier-uniform Linear and patch weights (the patch convolution as a (D, 3 p^2) matrix), zero Linear
+    biases, the CLS token normal std 0.02 (facebookresearch/mae models_mae.py initialize_weights)."""
+    model = _vit(weight_init="mae", pos_embed_type="sincos", sincos_order="column_first")
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            bound = math.sqrt(6 / (module.in_features + module.out_features))
+            assert 0.8 * bound < float(module.weight.detach().abs().max()) <= bound, name
+            assert torch.count_nonzero(module.bias) == 0, name
+    patch = model.patch_embed.proj.weight.detach()
+    bound = math.sqrt(6 / (patch.shape[0] + patch[0].numel()))
+    assert 0.8 * bound < float(patch.abs().max()) <= bound
+    assert 0.01 < float(model.cls_token.detach().std()) < 0.03
+    assert torch.equal(model.pos_embed.detach(), fixed_position_table(model))
+    dinov2 = _vit()
+    assert (
+        float(dinov2.blocks[0].mlp.fc1.weight.detach().std())
+        < 0.03
+        < float(model.blocks[0].mlp.fc1.weight.detach().std())
+    )
