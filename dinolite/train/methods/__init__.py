@@ -12,6 +12,7 @@ from dinolite.train.methods import (
     directclr,  # noqa: E402,F401  (registers "directclr")
     distillation,  # noqa: E402,F401  (registers "distillation")
     ijepa,  # noqa: E402,F401  (registers "ijepa")
+    lejepa,  # noqa: E402,F401  (registers "lejepa")
     msn,  # noqa: E402,F401  (registers "msn")
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")
     simclr,  # noqa: E402,F401  (registers "simclr")
