@@ -114,3 +114,14 @@ def test_the_gradient_pushes_a_shrunk_batch_outwards():
 def test_shape_errors_name_both_shapes():
     with pytest.raises(ValueError, match=r"\(8, 3\) and \(4, 2\)"):
         SIGRegLoss()(torch.zeros(8, 3), torch.zeros(4, 2))
+
+
+def test_bf16_embeddings_are_tested_in_fp32():
+    """Under bf16 autocast the projections arrive in bf16; the characteristic function is computed in fp32
+    (cos and sin of bf16 products are coarse): the value equals the fp32 one of the same rounded rows."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(32, 8, generator=g).bfloat16()
+    directions = slice_directions(8, 16, seed=0)
+    value = SIGRegLoss()(z, directions)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, SIGRegLoss()(z.float(), directions))

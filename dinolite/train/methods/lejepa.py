@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolite.config import Config, ConfigError, ConfigSection, check_ranges
+from dinolite.config import Config, ConfigSection, check_ranges
 from dinolite.losses.lejepa_loss import TERMS, LeJEPALoss
 from dinolite.losses.sigreg_loss import slice_directions
 from dinolite.train.methods.joint_embedding import (
@@ -30,6 +30,8 @@ from dinolite.train.methods.joint_embedding import (
     JointEmbeddingObjective,
     build_projector,
     method_spec,
+    require_no_predictor,
+    require_symmetric_loss,
 )
 from dinolite.train.methods.joint_embedding_config import JointEmbeddingConfig
 from dinolite.train.methods.registry import register_method
@@ -64,16 +66,8 @@ def validate_lejepa(section: LeJEPAConfig, cfg: Config) -> None:
 
 def validate_projector(section: JointEmbeddingConfig, cfg: Config) -> None:
     """LeJEPA's rules for the family section: no predictor, no source/target sides."""
-    if section.predictor_layers:
-        raise ConfigError(
-            f"invalid value for 'joint_embedding.predictor_layers': {section.predictor_layers}; train.method=lejepa "
-            "has no predictor (set it to 0)"
-        )
-    if not section.symmetric_loss:
-        raise ConfigError(
-            "invalid value for 'joint_embedding.symmetric_loss': false; LeJEPA's loss has no source and target "
-            "sides (only simsiam and byol take it)"
-        )
+    require_no_predictor(cfg)
+    require_symmetric_loss(cfg)
 
 
 class LeJEPAObjective(JointEmbeddingObjective):

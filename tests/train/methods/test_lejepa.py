@@ -102,7 +102,7 @@ def test_the_release_projector_and_values_at_vit_b16_scale():
         ("lejepa.t_max=0", "'lejepa.t_max': 0"),
         ("lejepa.n_points=1", "'lejepa.n_points': 1"),
         ("joint_embedding.predictor_layers=2", "train.method=lejepa has no predictor"),
-        ("joint_embedding.symmetric_loss=false", "LeJEPA's loss has no source and target sides"),
+        ("joint_embedding.symmetric_loss=false", "train.method=lejepa has no asymmetric"),
     ],
 )
 def test_config_rules_name_the_key(override, message):
