@@ -1,6 +1,8 @@
 """2 gloo processes with B rows each train exactly as 1 process with 2B rows, for every cross-rank
 statistic of the joint-embedding methods: InfoNCE's global negatives (SimCLR, DirectCLR, both and
-cross-view; MoCo v3's gathered momentum keys), Barlow Twins' global cross-correlation (exact and BatchNorm-normalised), and the projector's global BatchNorm (outputs, gradients, running statistics).
+cross-view; MoCo v3's gathered momentum keys), Barlow Twins' global cross-correlation (exact and
+BatchNorm-normalised), SIGReg's global characteristic function (LeJEPA, whose prediction term is a per-rank
+mean), and the projector's global BatchNorm (outputs, gradients, running statistics).
 
 Each rank back-propagates its own loss and the parameter gradients are then averaged over ranks, as the
 trainer's FSDP2 gradient reduction does; that average must equal the one-process gradient.
@@ -17,6 +19,8 @@ from torch import nn
 
 from dinolite.distributed.autograd import all_gather_with_grad, all_reduce_sum_with_grad
 from dinolite.losses import BarlowTwinsLoss, DirectCLRLoss, InfoNCELoss, MoCoV3Loss
+from dinolite.losses.lejepa_loss import LeJEPALoss
+from dinolite.losses.sigreg_loss import SIGRegLoss, slice_directions
 from dinolite.models import ProjectionMLP
 from tests.gloo_ranks import run_on_ranks
 
@@ -48,6 +52,9 @@ def _step(x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
         "barlow_twins_batchnorm": BarlowTwinsLoss(lambda_offdiag=0.1, normalization="batchnorm"),
         # queries = the projections, keys = gradient-free other rows (a momentum encoder's stand-in)
         "moco_v3": lambda a, b: MoCoV3Loss(temperature=0.3)(a, b, a.detach().roll(1, 1), b.detach().flip(1)),
+        # LeJEPA: SIGReg's characteristic function over the global batch (view 0 the global view)
+        "sigreg": lambda a, b: SIGRegLoss()(torch.stack([a, b]), slice_directions(5, 7, seed=3)),
+        "lejepa": lambda a, b: LeJEPALoss(0.3)(torch.stack([a, b]), 1, slice_directions(5, 7, seed=3)),
     }
     for name, loss_fn in losses.items():
         model = _model()
@@ -102,12 +109,12 @@ def test_two_processes_equal_one_process(tmp_path: Path):
     ranks = run_on_ranks(_on_rank, WORLD, tmp_path)
     reference = _step(*_data())
 
-    for name in ("info_nce", "directclr", "directclr_cross_view", "moco_v3"):
+    for name in ("info_nce", "directclr", "directclr_cross_view", "moco_v3", "lejepa"):
         # each rank averages over its own anchors: the mean of the rank losses is the global loss
         torch.testing.assert_close(sum(r[f"{name}/loss"] for r in ranks) / WORLD, reference[f"{name}/loss"])
     # Barlow Twins: every rank computes the same global loss
     for r in ranks:
-        for name in ("barlow_twins", "barlow_twins_batchnorm"):
+        for name in ("barlow_twins", "barlow_twins_batchnorm", "sigreg"):
             torch.testing.assert_close(r[f"{name}/loss"], reference[f"{name}/loss"])
     for key, value in reference.items():
         if "/grad/" in key or "/buffer/" in key:

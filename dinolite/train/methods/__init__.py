@@ -13,8 +13,8 @@ from dinolite.train.methods import (
     distillation,  # noqa: E402,F401  (registers "distillation")
     ijepa,  # noqa: E402,F401  (registers "ijepa")
     mocov3,  # noqa: E402,F401  (registers "mocov3")
-
     mae,  # noqa: E402,F401  (registers "mae")
+    lejepa,  # noqa: E402,F401  (registers "lejepa")
     msn,  # noqa: E402,F401  (registers "msn")
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")
     simclr,  # noqa: E402,F401  (registers "simclr")

@@ -314,6 +314,15 @@ def require_symmetric_loss(cfg: Config) -> None:
         )
 
 
+def require_no_predictor(cfg: Config) -> None:
+    """Refuse ``joint_embedding.predictor_layers`` > 0 for a method that has no predictor."""
+    if cfg.joint_embedding.predictor_layers:
+        raise ConfigError(
+            f"invalid value for 'joint_embedding.predictor_layers': {cfg.joint_embedding.predictor_layers}; "
+            f"train.method={cfg.train.method} has no predictor (set it to 0)"
+        )
+
+
 def target_momentum_schedule(cfg: Config) -> Schedule | None:
     """BYOL's ``tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2``: the shared ``ema`` section's schedule
     (cosine from ``ema.momentum`` to ``ema.final_momentum`` over the run by default); None when
