@@ -1,5 +1,6 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
-DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, Gram anchoring (DINOv3)."""
+DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, Gram anchoring (DINOv3),
+SwAV."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
 from dinolite.losses.centering import TeacherCentering, sinkhorn_knopp, softmax_centered
@@ -13,6 +14,7 @@ from dinolite.losses.koleo_loss import KoLeoLoss, koleo_loss
 from dinolite.losses.msn_loss import MSNLoss
 from dinolite.losses.negative_cosine_loss import NegativeCosineLoss, negative_cosine
 from dinolite.losses.simmim_loss import SimMIMLoss
+from dinolite.losses.swav_loss import SwAVLoss
 
 __all__ = [
     "BarlowTwinsLoss",
@@ -25,6 +27,7 @@ __all__ = [
     "MSNLoss",
     "NegativeCosineLoss",
     "SimMIMLoss",
+    "SwAVLoss",
     "TeacherCentering",
     "cross_correlation",
     "gram_matrix",
