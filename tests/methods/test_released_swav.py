@@ -79,7 +79,9 @@ def optimizer_for(objective: SwAVObjective, settings: dict[str, Any]) -> torch.o
     prototypes = objective.student["prototypes"].last_layer.weight
     others = [p for p in objective.student.parameters() if p is not prototypes]
     groups = [{"params": others}, {"params": [prototypes], "is_last_layer": True}]
-    return torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    return torch.optim.SGD(
+        groups, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,10 @@ def steps() -> dict[str, Any]:
     n_global, n_local = settings["nmb_crops"]
     for it in range(settings["iterations"]):
         crops = [tensors[f"inputs/{it}/crop{v}"] for v in range(n_global + n_local)]
-        batch = {"collated_global_crops": torch.cat(crops[:n_global]), "collated_local_crops": torch.cat(crops[n_global:])}
+        batch = {
+            "collated_global_crops": torch.cat(crops[:n_global]),
+            "collated_local_crops": torch.cat(crops[n_global:]),
+        }
         for group in optimizer.param_groups:
             group["lr"] = settings["lr"]
         out = objective(batch, it)
@@ -116,12 +121,16 @@ def steps() -> dict[str, Any]:
 
 def test_the_loss_of_every_iteration_equals_the_release(steps):
     for it in range(steps["settings"]["iterations"]):
-        torch.testing.assert_close(steps["ours"][f"{it}/loss"].double(), steps["released"][f"{it}/loss"], rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            steps["ours"][f"{it}/loss"].double(), steps["released"][f"{it}/loss"], rtol=1e-5, atol=0
+        )
 
 
 def test_the_codes_equal_the_releases_sinkhorn_with_and_without_the_queue(steps):
     for it in range(steps["settings"]["iterations"]):
-        torch.testing.assert_close(steps["ours"][f"{it}/codes0"], steps["released"][f"{it}/codes"][0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            steps["ours"][f"{it}/codes0"], steps["released"][f"{it}/codes"][0], rtol=1e-4, atol=1e-6
+        )
 
 
 def test_every_gradient_equals_the_release_and_the_prototypes_are_frozen_first(steps):

@@ -40,9 +40,9 @@ def gather_rows(x: Tensor) -> Tensor:
     x = x.detach().contiguous()
     if get_world_size() == 1:
         return x.unsqueeze(0)
-    out = x.new_empty((get_world_size(), *x.shape))
-    dist.all_gather_into_tensor(out, x)
-    return out
+    parts = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.stack(parts)
 
 
 class FeatureQueue(nn.Module):
