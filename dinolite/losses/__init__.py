@@ -1,6 +1,6 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
 DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, MAE, Gram anchoring (DINOv3),
-MoCo v3."""
+MoCo v3, SwAV."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
 from dinolite.losses.centering import TeacherCentering, sinkhorn_knopp, softmax_centered
@@ -16,6 +16,7 @@ from dinolite.losses.moco_v3_loss import MoCoV3Loss, moco_v3_loss
 from dinolite.losses.msn_loss import MSNLoss
 from dinolite.losses.negative_cosine_loss import NegativeCosineLoss, negative_cosine
 from dinolite.losses.simmim_loss import SimMIMLoss
+from dinolite.losses.swav_loss import SwAVLoss
 
 __all__ = [
     "BarlowTwinsLoss",
@@ -30,6 +31,7 @@ __all__ = [
     "MoCoV3Loss",
     "NegativeCosineLoss",
     "SimMIMLoss",
+    "SwAVLoss",
     "TeacherCentering",
     "cross_correlation",
     "gram_matrix",

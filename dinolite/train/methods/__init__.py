@@ -19,6 +19,7 @@ from dinolite.train.methods import (
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")
     simclr,  # noqa: E402,F401  (registers "simclr")
     simmim,  # noqa: E402,F401  (registers "simmim")
+    swav,  # noqa: E402,F401  (registers "swav")
     vicreg,  # noqa: E402,F401  (registers "vicreg")
 )
 from dinolite.train.methods.registry import MethodSpec, get_method, list_methods, register_method

@@ -268,10 +268,7 @@ class DINOv2Objective(SSLObjective):
     def after_backward(self, iteration: int, optimizer: torch.optim.Optimizer) -> None:
         """The prototype freeze: no gradient and lr 0 for the last layers before ``freeze_last_layer_iters``."""
         if iteration < self._schedules().freeze_last_layer_iters:
-            zero_last_layer_gradients(self.student)
-            for group in optimizer.param_groups:
-                if group.get("is_last_layer", False):
-                    group["lr"] = 0.0
+            freeze_last_layers(self.student, optimizer)
 
     def after_optimizer_step(self, iteration: int) -> None:
         self.update_teacher(self._schedules().momentum(iteration))
@@ -316,3 +313,12 @@ def zero_last_layer_gradients(student: nn.Module) -> None:
     for param in last_layer_parameters(student):
         if param.grad is not None:
             param.grad.zero_()
+
+
+def freeze_last_layers(student: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """This step leaves the prototype layers (``*.last_layer.*``) as they are: zero gradients and lr 0 for the
+    optimizer groups flagged ``is_last_layer`` (DINO's and SwAV's prototype freeze)."""
+    zero_last_layer_gradients(student)
+    for group in optimizer.param_groups:
+        if group.get("is_last_layer", False):
+            group["lr"] = 0.0
