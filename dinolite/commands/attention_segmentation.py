@@ -151,11 +151,14 @@ def _print(scores: dict[str, HeadJaccards]) -> None:
     print(format_table(("head", *(f"{n} J %" for n in names)), rows))
     for name, s in scores.items():
         print(
-            f"{name}: best head {s.best_head} J {s.best:.2f}%, mean over heads {s.mean:.2f}%, every-patch mask "
-            f"{s.every_patch:.2f}% ({s.num_images} images"
+            f"{name}: best head {s.best_head} J {s.best:.2f}%, mean over heads {s.mean:.2f}% ({s.num_images} images"
             + (f", {s.skipped_without_object} without object skipped" if s.skipped_without_object else "")
             + ")"
         )
+    s = next(iter(scores.values()))
+    print(
+        f"references without a network: every patch {s.every_patch:.2f}%, brightest patches {s.brightest_patches:.2f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,13 @@ ascending and keeps the patches whose ascending cumulative mass exceeds ``1 - ma
 
 Per head, the Jaccard index is averaged over images; the best head is the one with the highest mean (chosen
 on the evaluated images themselves, as the paper's figure shows its best head), and the mean over heads is
-reported beside it, with the Jaccard index of the trivial mask that keeps every patch as a floor.
+reported beside it, with two references that need no network:
+
+- ``every_patch``: the mask that keeps every patch (the object's share of the image);
+- ``brightest_patches``: the same 60 % rule applied to each patch's mean grey value instead of attention.
+  On black-background images the object *is* the bright pixels, so a map that merely follows intensity
+  (which a random-init ViT's attention partly does: token norms grow with brightness) scores this much;
+  attention that beats it knows more about the object than its pixels' brightness.
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ class HeadJaccards:
 
     per_head: list[float]
     every_patch: float  # the floor: the mask that keeps every patch
+    brightest_patches: float  # the 60 % rule on patch brightness instead of attention
     num_images: int
     skipped_without_object: int = 0  # images whose object mask is empty at the patch grid
 
@@ -134,6 +141,7 @@ class HeadJaccards:
             "mean_jaccard": self.mean,
             "per_head_jaccard": list(self.per_head),
             "every_patch_jaccard": self.every_patch,
+            "brightest_patches_jaccard": self.brightest_patches,
             "num_images": self.num_images,
             "skipped_without_object": self.skipped_without_object,
         }
@@ -214,7 +222,7 @@ def measure_attention_jaccard(
     require_cls_token(model, type(model).__name__)
     patch = int(model.patch_size)
     totals: Optional[Tensor] = None
-    every_total, counted, skipped = 0.0, 0, 0
+    every_total, bright_total, counted, skipped = 0.0, 0.0, 0, 0
     shown = Examples()
     for pixels in batches:
         objects = object_patch_masks(pixels, patch, protocol.ink_threshold, protocol.min_object_fraction)
@@ -226,6 +234,8 @@ def measure_attention_jaccard(
         batch_total = scores[has_object].sum(dim=0)
         totals = batch_total if totals is None else totals + batch_total
         every_total += float(jaccard(torch.ones_like(objects), objects)[has_object].sum())
+        brightness = nn.functional.avg_pool2d(pixels.float().mean(dim=1, keepdim=True), kernel_size=patch)[:, 0]
+        bright_total += float(jaccard(keep_top_mass(brightness, protocol.mass), objects)[has_object].sum())
         counted += int(has_object.sum())
         shown.add(examples, pixels=pixels, attention=attention, kept=kept, objects=objects, jaccard=scores)
     if totals is None or counted == 0:
@@ -234,4 +244,5 @@ def measure_attention_jaccard(
             f"{protocol.ink_threshold} (pixels in [0, 1]); check the data or lower --ink-threshold"
         )
     per_head = (100.0 * totals / counted).tolist()
-    return HeadJaccards(per_head, 100.0 * every_total / counted, counted, skipped), shown
+    scores = HeadJaccards(per_head, 100.0 * every_total / counted, 100.0 * bright_total / counted, counted, skipped)
+    return scores, shown

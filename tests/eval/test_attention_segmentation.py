@@ -101,6 +101,7 @@ def test_per_head_jaccard_best_head_and_mean_over_images_by_hand():
     assert scores.per_head == pytest.approx([100.0, 100 / 3])
     assert (scores.best_head, scores.best, scores.mean) == (0, pytest.approx(100.0), pytest.approx(200 / 3))
     assert scores.every_patch == pytest.approx(25.0)
+    assert scores.brightest_patches == pytest.approx(100.0)  # all the light is in the object patch
     assert (scores.num_images, scores.skipped_without_object) == (3, 1)
     assert scores.to_dict()["per_head_jaccard"] == scores.per_head
     assert len(shown.pixels) == 2 and shown.kept[0].shape == (2, 2, 2)
