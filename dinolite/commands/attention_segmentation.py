@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-init-seed", type=seed_int, default=0, help="seed of the random-init baseline")
     parser.add_argument("--no-random-init", action="store_true", help="skip the random-init baseline")
     parser.add_argument("--grid-images", type=non_negative_int, default=8, help="images drawn in each figure (0: none)")
+    parser.add_argument(
+        "--grid-stride",
+        type=positive_int,
+        default=37,
+        help="draw every N-th image (a class-sorted folder shows several classes)",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     add_normalisation_args(parser, "the backbone's")
@@ -119,7 +125,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     for name, network in networks.items():
         batches = image_batches(args.data, size, args.batch_size, args.max_images)
         scores, shown = measure_attention_jaccard(
-            network, batches, mean, std, protocol, device=device, examples=args.grid_images
+            network,
+            batches,
+            mean,
+            std,
+            protocol,
+            device=device,
+            examples=args.grid_images,
+            example_stride=args.grid_stride,
         )
         results[name], measured[name] = scores.to_dict(), scores
         if shown.pixels:

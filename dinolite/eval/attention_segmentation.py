@@ -149,7 +149,7 @@ class HeadJaccards:
 
 @dataclass
 class Examples:
-    """The first images of a measurement, with what the figures draw."""
+    """Images of a measurement (every ``stride``-th, up to a limit), with what the figures draw."""
 
     pixels: list[Tensor] = field(default_factory=list)  # (C, H, W) in [0, 1]
     attention: list[Tensor] = field(default_factory=list)  # (heads, h, w)
@@ -157,10 +157,12 @@ class Examples:
     objects: list[Tensor] = field(default_factory=list)  # (h, w) bool
     jaccard: list[Tensor] = field(default_factory=list)  # (heads,)
 
-    def add(self, limit: int, **batch: Tensor) -> None:
-        room = limit - len(self.pixels)
+    def add(self, limit: int, first_index: int, stride: int = 1, **batch: Tensor) -> None:
+        """Keep the batch's images whose index (``first_index`` + position) is a multiple of ``stride``."""
+        positions = [i for i in range(len(batch["pixels"])) if (first_index + i) % stride == 0]
+        positions = positions[: max(limit - len(self.pixels), 0)]
         for name, values in batch.items():
-            getattr(self, name).extend(values[:room].cpu())
+            getattr(self, name).extend(values[positions].cpu())
 
 
 def require_cls_token(model: nn.Module, name: str) -> None:
@@ -216,13 +218,15 @@ def measure_attention_jaccard(
     protocol: MaskProtocol = MaskProtocol(),
     device: torch.device | str = "cpu",
     examples: int = 0,
+    example_stride: int = 1,
 ) -> tuple[HeadJaccards, Examples]:
     """Each head's mean Jaccard index (%) over the images of ``batches`` (``(B, 3, H, W)`` in [0, 1]), and
-    the first ``examples`` images with their maps and masks for the figures."""
+    ``examples`` images (every ``example_stride``-th: a class-sorted folder then shows several classes)
+    with their maps and masks for the figures."""
     require_cls_token(model, type(model).__name__)
     patch = int(model.patch_size)
     totals: Optional[Tensor] = None
-    every_total, bright_total, counted, skipped = 0.0, 0.0, 0, 0
+    every_total, bright_total, counted, skipped, seen = 0.0, 0.0, 0, 0, 0
     shown = Examples()
     for pixels in batches:
         objects = object_patch_masks(pixels, patch, protocol.ink_threshold, protocol.min_object_fraction)
@@ -237,7 +241,17 @@ def measure_attention_jaccard(
         brightness = nn.functional.avg_pool2d(pixels.float().mean(dim=1, keepdim=True), kernel_size=patch)[:, 0]
         bright_total += float(jaccard(keep_top_mass(brightness, protocol.mass), objects)[has_object].sum())
         counted += int(has_object.sum())
-        shown.add(examples, pixels=pixels, attention=attention, kept=kept, objects=objects, jaccard=scores)
+        shown.add(
+            examples,
+            seen,
+            example_stride,
+            pixels=pixels,
+            attention=attention,
+            kept=kept,
+            objects=objects,
+            jaccard=scores,
+        )
+        seen += len(pixels)
     if totals is None or counted == 0:
         raise ValueError(
             f"no image with an object patch ({skipped} read): every image is background at ink threshold "

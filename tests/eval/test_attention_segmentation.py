@@ -105,6 +105,10 @@ def test_per_head_jaccard_best_head_and_mean_over_images_by_hand():
     assert (scores.num_images, scores.skipped_without_object) == (3, 1)
     assert scores.to_dict()["per_head_jaccard"] == scores.per_head
     assert len(shown.pixels) == 2 and shown.kept[0].shape == (2, 2, 2)
+    _, strided = attnseg.measure_attention_jaccard(
+        _ConstructedAttention(), batches, (0.0,) * 3, (1.0,) * 3, examples=5, example_stride=3
+    )
+    assert [bool(p.any()) for p in strided.pixels] == [True, False]  # images 0 and 3 of 0..3 (3 is the blank)
     assert shown.objects[0].tolist() == [[True, False], [False, False]]
     assert shown.jaccard[0].tolist() == pytest.approx([1.0, 1 / 3])
 
