@@ -157,11 +157,16 @@ def _draw(output: Path, name: str, shown: Examples, scores: HeadJaccards) -> Non
     save_attention_grid(pixels, torch.stack(shown.attention), output / f"{name}_attention.png")
 
 
+def _head_row(scores: HeadJaccards, head: int) -> tuple[float, float, float]:
+    return scores.per_head[head], scores.per_head_kept_share[head], scores.per_head_precision[head]
+
+
 def _print(scores: dict[str, HeadJaccards]) -> None:
     names = list(scores)
     heads = len(next(iter(scores.values())).per_head)
-    rows = [(head, *(scores[n].per_head[head] for n in names)) for head in range(heads)]
-    print(format_table(("head", *(f"{n} J %" for n in names)), rows))
+    columns = [f"{n} {what} %" for n in names for what in ("J", "kept", "precision")]
+    rows = [(head, *(v for n in names for v in _head_row(scores[n], head))) for head in range(heads)]
+    print(format_table(("head", *columns), rows))
     for name, s in scores.items():
         print(
             f"{name}: best head {s.best_head} J {s.best:.2f}%, mean over heads {s.mean:.2f}% ({s.num_images} images"

@@ -117,6 +117,10 @@ class HeadJaccards:
     """Mean Jaccard index (%) of each head's kept patches against the object mask, over ``num_images``."""
 
     per_head: list[float]
+    # Why a head scores what it does: the share of the patches it keeps, and how much of what it keeps is
+    # object (a peaked head keeps few patches, all on the object: high precision, low Jaccard).
+    per_head_kept_share: list[float]
+    per_head_precision: list[float]
     every_patch: float  # the floor: the mask that keeps every patch
     brightest_patches: float  # the 60 % rule on patch brightness instead of attention
     num_images: int
@@ -140,6 +144,8 @@ class HeadJaccards:
             "best_jaccard": self.best,
             "mean_jaccard": self.mean,
             "per_head_jaccard": list(self.per_head),
+            "per_head_kept_share": list(self.per_head_kept_share),
+            "per_head_precision": list(self.per_head_precision),
             "every_patch_jaccard": self.every_patch,
             "brightest_patches_jaccard": self.brightest_patches,
             "num_images": self.num_images,
@@ -225,7 +231,7 @@ def measure_attention_jaccard(
     with their maps and masks for the figures."""
     require_cls_token(model, type(model).__name__)
     patch = int(model.patch_size)
-    totals: Optional[Tensor] = None
+    totals: Optional[Tensor] = None  # per head: summed Jaccard, kept share and precision
     every_total, bright_total, counted, skipped, seen = 0.0, 0.0, 0, 0, 0
     shown = Examples()
     for pixels in batches:
@@ -235,7 +241,9 @@ def measure_attention_jaccard(
         scores = jaccard(kept, objects[:, None])  # (B, heads)
         has_object = objects.flatten(1).any(dim=1)
         skipped += int((~has_object).sum())
-        batch_total = scores[has_object].sum(dim=0)
+        kept_share = kept.flatten(2).double().mean(dim=-1)
+        precision = (kept & objects[:, None]).flatten(2).sum(-1) / kept.flatten(2).sum(-1).clamp_min(1)
+        batch_total = torch.stack([scores, kept_share, precision.double()])[:, has_object].sum(dim=1)
         totals = batch_total if totals is None else totals + batch_total
         every_total += float(jaccard(torch.ones_like(objects), objects)[has_object].sum())
         brightness = nn.functional.avg_pool2d(pixels.float().mean(dim=1, keepdim=True), kernel_size=patch)[:, 0]
@@ -257,6 +265,7 @@ def measure_attention_jaccard(
             f"no image with an object patch ({skipped} read): every image is background at ink threshold "
             f"{protocol.ink_threshold} (pixels in [0, 1]); check the data or lower --ink-threshold"
         )
-    per_head = (100.0 * totals / counted).tolist()
-    scores = HeadJaccards(per_head, 100.0 * every_total / counted, 100.0 * bright_total / counted, counted, skipped)
+    per_head, kept_share, precision = (100.0 * totals / counted).tolist()
+    every, bright = 100.0 * every_total / counted, 100.0 * bright_total / counted
+    scores = HeadJaccards(per_head, kept_share, precision, every, bright, counted, skipped)
     return scores, shown

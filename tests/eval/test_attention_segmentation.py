@@ -100,6 +100,8 @@ def test_per_head_jaccard_best_head_and_mean_over_images_by_hand():
     )
     assert scores.per_head == pytest.approx([100.0, 100 / 3])
     assert (scores.best_head, scores.best, scores.mean) == (0, pytest.approx(100.0), pytest.approx(200 / 3))
+    assert scores.per_head_kept_share == pytest.approx([25.0, 75.0])  # 1 and 3 of the 4 patches
+    assert scores.per_head_precision == pytest.approx([100.0, 100 / 3])  # the object is 1 of the 3 kept
     assert scores.every_patch == pytest.approx(25.0)
     assert scores.brightest_patches == pytest.approx(100.0)  # all the light is in the object patch
     assert (scores.num_images, scores.skipped_without_object) == (3, 1)
