@@ -21,6 +21,10 @@ CLIS: dict[str, tuple[str, list[str]]] = {
     "linear": ("dinolite.commands.linear", ["--backbone", "b", "--train", "t", "--val", "v"]),
     "segmentation": ("dinolite.commands.segmentation", ["--backbone", "b", "--data", "d", "--num-classes", "3"]),
     "visualize": ("dinolite.commands.visualize", ["--backbone", "b", "--images", "i", "--output", "o"]),
+    "attention_segmentation": (
+        "dinolite.commands.attention_segmentation",
+        ["--backbone", "b", "--data", "d", "--output", "o"],
+    ),
     "train": ("dinolite.commands.train", []),
     "slurm": ("dinolite.commands.slurm", ["--config", "demo"]),
     "lab": ("dinolite.commands.lab", ["--matrix", "seeds"]),
@@ -80,6 +84,14 @@ REFUSED: list[tuple[str, str, str]] = [
     ("visualize", "--foreground-threshold", "nan"),
     ("visualize", "--batch-size", "0"),
     ("visualize", "--mean", "inf"),
+    # attention segmentation
+    ("attention_segmentation", "--mass", "0"),
+    ("attention_segmentation", "--mass", "1.5"),
+    ("attention_segmentation", "--ink-threshold", "nan"),
+    ("attention_segmentation", "--min-object-fraction", "0"),
+    ("attention_segmentation", "--max-images", "0"),
+    ("attention_segmentation", "--grid-images", "-1"),
+    ("attention_segmentation", "--random-init-seed", "-1"),
     # training launchers and tools
     ("slurm", "--nodes", "0"),
     ("slurm", "--gpus-per-node", "-1"),
@@ -107,6 +119,9 @@ ACCEPTED: list[tuple[str, str, str]] = [
     ("knn", "--temperature", "1e-4"),
     ("knn", "--mean", "-2.5"),
     ("visualize", "--foreground-threshold", "1"),
+    ("attention_segmentation", "--mass", "1"),
+    ("attention_segmentation", "--ink-threshold", "0"),
+    ("attention_segmentation", "--grid-images", "0"),
 ]
 
 

@@ -27,6 +27,7 @@ ENTRYPOINTS = {
     "eval/linear.py": lambda: _script("eval/linear.py"),
     "eval/segmentation.py": lambda: _script("eval/segmentation.py"),
     "eval/visualize.py": lambda: _script("eval/visualize.py"),
+    "eval/attention_segmentation.py": lambda: _script("eval/attention_segmentation.py"),
     "launch/local.py": lambda: importlib.import_module("dinolite.commands.train"),
     "launch/slurm.py": lambda: _script("launch/slurm.py"),
     "launch/lab.py": lambda: _script("launch/lab.py"),
@@ -72,6 +73,10 @@ def _bad(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "eval/visualize.py": (
             ["--backbone", missing, "--images", missing, "--output", str(tmp_path / "v")],
             "--images",
+        ),
+        "eval/attention_segmentation.py": (
+            ["--backbone", missing, "--data", missing, "--output", str(tmp_path / "a")],
+            "--data: ",
         ),
         "launch/local.py": (["--config", "no_such_preset"], "unknown config preset 'no_such_preset'"),
         "launch/slurm.py": (

@@ -1,5 +1,6 @@
 """The figures of ``dinolite-visualize`` (matplotlib, Agg: no display needed): the attention grid, the
-PCA grid and the spectrum plot, each written atomically. matplotlib is the ``viz`` extra.
+PCA grid and the spectrum plot, each written atomically; and the kept-patch grid of
+``dinolite-attention-segmentation``. matplotlib is the ``viz`` extra.
 """
 
 from __future__ import annotations
@@ -63,6 +64,47 @@ def save_attention_grid(images: Tensor, attention: Tensor, path: Path, names: Se
                 ax.set_title(_short_name(names[i]) if names else "image", fontsize=7)
             elif i == 0:  # head labels once, over the first row
                 ax.set_title("mean" if panel == "mean" else f"head {panel}", fontsize=7)
+            ax.axis("off")
+    return _save_figure(fig, path)
+
+
+# Colours of the mask figure: kept and object (hit), kept only (false alarm), object only (missed).
+MASK_COLOURS = {"hit": (0.1, 0.8, 0.2), "kept only": (0.9, 0.15, 0.1), "object only": (0.2, 0.4, 1.0)}
+
+
+def _mask_overlay(kept: Tensor, objects: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """RGBA ``(H, W, 4)``: each patch coloured by :data:`MASK_COLOURS` (transparent where neither)."""
+    rgba = torch.zeros(*kept.shape, 4)
+    for colour, where in zip(MASK_COLOURS.values(), (kept & objects, kept & ~objects, ~kept & objects)):
+        rgba[where] = torch.tensor([*colour, 0.55])
+    return _upsample(rgba.permute(2, 0, 1), size).transpose(1, 2, 0)
+
+
+def save_attention_mask_grid(
+    pixels: Tensor, objects: Tensor, kept: Tensor, jaccard: Tensor, path: Path, title: str = ""
+) -> Path:
+    """One row per image: the image, its object mask at the patch grid, then each head's kept patches over
+    the image coloured against the object (green hit, red kept only, blue missed) with its Jaccard index."""
+    plt = _pyplot()
+    b, heads = kept.shape[:2]
+    size = tuple(pixels.shape[-2:])
+    cols = heads + 2
+    fig, axes = plt.subplots(b, cols, figsize=(1.6 * cols, 1.8 * b), squeeze=False, layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    for i in range(b):
+        picture = pixels[i].permute(1, 2, 0).clamp(0, 1).numpy()
+        axes[i, 0].imshow(picture)
+        axes[i, 1].imshow(_upsample(objects[i].float(), size), cmap="gray", vmin=0, vmax=1)
+        for head in range(heads):
+            ax = axes[i, head + 2]
+            ax.imshow(picture)
+            ax.imshow(_mask_overlay(kept[i, head], objects[i], size))
+            ax.set_title(f"head {head}: J {100 * float(jaccard[i, head]):.0f}", fontsize=6)
+        if i == 0:
+            axes[i, 0].set_title("image", fontsize=7)
+            axes[i, 1].set_title("object mask", fontsize=7)
+        for ax in axes[i]:
             ax.axis("off")
     return _save_figure(fig, path)
 

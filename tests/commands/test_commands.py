@@ -28,6 +28,7 @@ def test_the_commands_are_the_documented_ones():
             "linear",
             "segmentation",
             "visualize",
+            "attention_segmentation",
             "export",
             "shards",
             "info",
@@ -50,6 +51,9 @@ def test_each_command_has_a_parser_a_main_and_runs_under_python_dash_m(name):
 def test_console_scripts_call_the_command_modules():
     scripts = console_scripts()
     expected = {
-        f"dinolite-{name}": f"dinolite.commands.{name}:main" for name in COMMANDS if name not in WITHOUT_CONSOLE_SCRIPT
+        # a module's underscores are hyphens in its script: attention_segmentation -> dinolite-attention-segmentation
+        f"dinolite-{name.replace('_', '-')}": f"dinolite.commands.{name}:main"
+        for name in COMMANDS
+        if name not in WITHOUT_CONSOLE_SCRIPT
     }
     assert scripts == expected

@@ -61,3 +61,17 @@ def test_a_figure_is_written_as_a_png_with_no_temp_file_left(tmp_path):
     assert path == tmp_path / "spectrum.png" and [p.name for p in tmp_path.iterdir()] == ["spectrum.png"]
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 100
+
+
+def test_attention_mask_grid_colours_each_patch_against_the_object(figures, tmp_path):
+    kept = torch.tensor([[[[True, True], [False, False]]]])  # 1 image, 1 head
+    objects = torch.tensor([[[True, False], [True, False]]])
+    visualize_figures.save_attention_mask_grid(
+        torch.rand(1, 3, 4, 4), objects, kept, torch.tensor([[1 / 3]]), tmp_path / "m.png", title="t"
+    )
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["image", "object mask", "head 0: J 33"]
+    overlay = axes[2].get_images()[1].get_array()  # (4, 4, 4) RGBA over the image, 2 px per patch
+    hit, kept_only, missed = (visualize_figures.MASK_COLOURS[k] for k in ("hit", "kept only", "object only"))
+    assert tuple(overlay[0, 0, :3]) == pytest.approx(hit) and tuple(overlay[0, 3, :3]) == pytest.approx(kept_only)
+    assert tuple(overlay[3, 0, :3]) == pytest.approx(missed) and overlay[3, 3, 3] == 0  # neither: transparent

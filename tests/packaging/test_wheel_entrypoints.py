@@ -26,6 +26,7 @@ EXPECTED_SCRIPTS = {
     "dinolite-linear",
     "dinolite-segmentation",
     "dinolite-visualize",
+    "dinolite-attention-segmentation",
     "dinolite-export",
     "dinolite-shards",
     "dinolite-info",
@@ -112,6 +113,7 @@ DASH_M = {
     "dinolite-linear": "dinolite.commands.linear",
     "dinolite-segmentation": "dinolite.commands.segmentation",
     "dinolite-visualize": "dinolite.commands.visualize",
+    "dinolite-attention-segmentation": "dinolite.commands.attention_segmentation",
     "dinolite-export": "dinolite.commands.export",
     "dinolite-shards": "dinolite.commands.shards",
     "dinolite-info": "dinolite.commands.info",
@@ -144,6 +146,7 @@ def test_clone_wrappers_run_the_package_functions():
         "eval/linear.py": "dinolite.commands.linear",
         "eval/segmentation.py": "dinolite.commands.segmentation",
         "eval/visualize.py": "dinolite.commands.visualize",
+        "eval/attention_segmentation.py": "dinolite.commands.attention_segmentation",
     }
     for path, module_name in wrappers.items():
         namespace = runpy.run_path(str(ROOT / path), run_name="wrapper")
