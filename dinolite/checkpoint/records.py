@@ -44,7 +44,8 @@ def check_state_info(info: Any, file: Path) -> dict[str, Any]:
 
 
 def check_method_record(record: Any, file: Path) -> dict[str, Any]:
-    """The ``method`` record: ``name`` (text), ``eval_network`` (teacher|student), ``heads`` (names)."""
+    """The ``method`` record: ``name`` (text), ``eval_network`` (teacher|student), ``heads`` (names), and for a
+    multi-student run ``students`` (each student's architecture by name)."""
     where = "method"
     if not isinstance(record, Mapping):
         raise _refuse(file, where, record, "a JSON object")
@@ -57,4 +58,18 @@ def check_method_record(record: Any, file: Path) -> dict[str, Any]:
     heads = record.get("heads", [])
     if not isinstance(heads, list) or not all(isinstance(h, str) and h.isidentifier() for h in heads):
         raise _refuse(file, f"{where}.heads", heads, "a list of module names")
+    if "students" in record:
+        _check_students(record["students"], file, f"{where}.students")
     return dict(record)
+
+
+def _check_students(students: Any, file: Path, where: str) -> None:
+    """Multi-student distillation's ``students``: ``{name: {student field: value}}``, at least one, each name
+    an identifier (it is a module name in the checkpoint), each architecture a JSON object of fields."""
+    if not isinstance(students, Mapping) or not students:
+        raise _refuse(file, where, students, "a non-empty JSON object of students by name")
+    for name, fields in students.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise _refuse(file, where, name, "student names that are identifiers")
+        if not isinstance(fields, Mapping) or not all(isinstance(k, str) for k in fields):
+            raise _refuse(file, f"{where}.{name}", fields, "a JSON object of student.* fields")

@@ -75,6 +75,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
     )
+    group.add_argument(
+        "--student",
+        metavar="NAME",
+        default=None,
+        help="for a multi-student distillation run: which student (its EMA by default; --network student for the raw one)",
+    )
     group.add_argument("--output", default=None, help="write results JSON here (atomically)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (per rank)")
@@ -147,7 +153,7 @@ def setup(args: argparse.Namespace) -> EvalContext:
     env = init_distributed(backend="auto", device=args.device)
     device = _resolve_device(args.device, env.local_rank)
     torch.manual_seed(args.seed)
-    backbone = load_any_backbone(args.backbone, map_location=device, network=args.network)
+    backbone = load_any_backbone(args.backbone, map_location=device, network=args.network, student=args.student)
     spec = getattr(backbone, "spec", None)
     patch_size = int(getattr(backbone, "patch_size", getattr(spec, "patch_size", 16)))
     crop_default = (getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224) if spec else 224
@@ -181,6 +187,8 @@ def features_for(
         key = cache_key(
             backbone=backbone_fingerprint(ctx.backbone_path),
             network=getattr(getattr(ctx.backbone, "spec", None), "source", None),  # a checkpoint holds two
+            # a multi-student run holds several students (not in the key otherwise: earlier caches stay valid)
+            **({"student": args.student} if getattr(args, "student", None) else {}),
             source=list(source),
             transform=transform_desc,
             kind=kind,

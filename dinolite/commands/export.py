@@ -49,6 +49,8 @@ from dinolite.export.writers import (
 )
 from dinolite.extras import MissingExtraError, optional_import
 
+STUDENT_NETWORK = ""  # --student without a name: the raw student network (its meaning before multi-student runs)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
@@ -82,7 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--network", choices=NETWORKS, default=None, help="which network (default: the method's evaluated one)"
     )
-    parser.add_argument("--student", action="store_true", help="same as --network student")
+    parser.add_argument(
+        "--student",
+        metavar="NAME",
+        nargs="?",
+        const=STUDENT_NETWORK,
+        default=None,
+        help="with NAME: that student of a multi-student distillation run (its EMA unless --network student); "
+        "alone: same as --network student",
+    )
     return parser
 
 
@@ -104,8 +114,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.with_heads and args.format != "safetensors":
         raise ValueError(f"--with-heads is only supported with the safetensors format, not {args.format}")
     _require_extras(args)  # before minutes of consolidation, not after
-    network = "student" if args.student else args.network
-    exported = consolidate_checkpoint(args.checkpoint, model=network, with_heads=args.with_heads)
+    network = "student" if args.student == STUDENT_NETWORK else args.network
+    student = None if args.student == STUDENT_NETWORK else args.student
+    exported = consolidate_checkpoint(args.checkpoint, model=network, with_heads=args.with_heads, student=student)
     output = Path(args.output)
     with staged_output(output) as staged:  # all files or none (a full disk leaves no half export)
         written = _write(args.format, exported, staged, str(args.checkpoint))

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
     )
+    parser.add_argument(
+        "--student", metavar="NAME", default=None, help="for a multi-student distillation run: which student"
+    )
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument(
@@ -84,7 +87,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError("--device cuda: no CUDA device is visible")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     image_groups = list_image_groups(args.images)
-    model = load_any_backbone(args.backbone, map_location=device, network=args.network)
+    model = load_any_backbone(args.backbone, map_location=device, network=args.network, student=args.student)
     spec = getattr(model, "spec", None)
     size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
     mean = tuple(args.mean if args.mean is not None else (spec.mean if spec else (0.485, 0.456, 0.406)))

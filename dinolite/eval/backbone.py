@@ -38,31 +38,43 @@ class BackboneError(ValueError):
 
 
 def load_any_backbone(
-    path: str | Path, map_location: str | torch.device = "cpu", network: Optional[str] = None
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    network: Optional[str] = None,
+    student: Optional[str] = None,
 ) -> nn.Module:
     """Frozen ViT backbone from a checkpoint directory, an exported file, a hub folder or ``hf-hub:``.
 
     ``network``: ``"teacher"`` or ``"student"`` for a checkpoint (default: the method's evaluated
-    network). An exported file holds one network; asking for another one is an error.
+    network). An exported file holds one network; asking for another one is an error. ``student``: which
+    student of a multi-student distillation checkpoint (required for one); for an export, the student it
+    must hold.
     """
     if network is not None and network not in NETWORKS:
         raise BackboneError(f"network {network!r}: expected one of {', '.join(NETWORKS)}")
     if is_hub_source(path):
-        return _checked(load_backbone(str(path), map_location="cpu"), path, network).to(map_location)
+        return _checked(load_backbone(str(path), map_location="cpu"), path, network, student).to(map_location)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--backbone {path}: no such file or directory")
     if path.is_dir() and not is_backbone_folder(path):
-        model = _from_checkpoint(path, network)
+        model = _from_checkpoint(path, network, student)
     else:
         model = load_backbone(path, map_location="cpu")
-    return _checked(model, path, network).to(map_location)
+    return _checked(model, path, network, student).to(map_location)
 
 
-def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) -> nn.Module:
-    source = getattr(getattr(model, "spec", None), "source", None)
+def _checked(
+    model: nn.Module, path: str | Path, network: Optional[str] = None, student: Optional[str] = None
+) -> nn.Module:
+    spec = getattr(model, "spec", None)
+    source = getattr(spec, "source", None)
     if network is not None and source in NETWORKS and source != network:
         raise BackboneError(f"{path} holds the {source} backbone, not the {network} (re-export it with --network)")
+    held = (getattr(spec, "extra", None) or {}).get("student")
+    if student is not None and held != student:
+        holds = f"student {held!r}" if held else "no student of a multi-student run"
+        raise BackboneError(f"--student {student}: {path} holds {holds} (export that student with --student)")
     missing = [m for m in REQUIRED_METHODS if not hasattr(model, m)]
     if missing:
         raise BackboneError(f"{path}: loaded a {type(model).__name__}, which lacks {missing}; not a ViT backbone")
@@ -71,8 +83,13 @@ def _checked(model: nn.Module, path: str | Path, network: Optional[str] = None) 
     return model.eval()
 
 
-def _from_checkpoint(checkpoint: Path, network: Optional[str]) -> nn.Module:
-    exported = consolidate_checkpoint(checkpoint, model=network)
+def _from_checkpoint(checkpoint: Path, network: Optional[str], student: Optional[str] = None) -> nn.Module:
+    try:
+        exported = consolidate_checkpoint(checkpoint, model=network, student=student)
+    except ValueError as exc:
+        if "--student" not in str(exc):
+            raise
+        raise BackboneError(str(exc)) from exc
     model = build_from_spec(exported.spec)
     load_state_dict_strict(model, exported.backbone, origin=str(checkpoint))
     model.spec = exported.spec

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dinolite.checkpoint import method_record
 from dinolite.config import Config
 from dinolite.data.builtin_sets import builtin_set, prepare_builtin_set
 from dinolite.data.eval_dataset import build_eval_dataset
@@ -105,15 +106,18 @@ def knn_report(
     budgets = {"max_image_pixels": cfg.data.max_image_pixels, "max_sample_bytes": cfg.data.max_sample_bytes}
     train_set = build_eval_dataset(train_source, transform, **budgets)
     val_set = build_eval_dataset(val_source, transform, **budgets)
-    # The method's evaluated network (DINOv2: the EMA teacher; the student of a method without one).
-    trained = load_any_backbone(checkpoint_dir, map_location=device)
     random_net = random_init_backbone(cfg).to(device)
     # One forward per network: CLS and avgpool are the first and last D columns of [CLS, avgpool].
     feature_fns: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]] = {
         "raw_pixels": (lambda images: images.flatten(1), 0),
         "random_init": (backbone_features(random_net, with_avgpool=True), random_net.embed_dim),
-        trained.spec.source: (backbone_features(trained, with_avgpool=True), trained.embed_dim),
     }
+    # The method's evaluated network (DINOv2: the EMA teacher; the student of a method without one); each
+    # student's, named "<student>.<network>", for a multi-student distillation run.
+    for student in method_record(checkpoint_dir).get("students") or [None]:
+        trained = load_any_backbone(checkpoint_dir, map_location=device, student=student)
+        name = trained.spec.source if student is None else f"{student}.{trained.spec.source}"
+        feature_fns[name] = (backbone_features(trained, with_avgpool=True), trained.embed_dim)
     k = cfg.evaluation.knn_k
     results: dict[str, float] = {}
     for name, (fn, cls_dim) in feature_fns.items():

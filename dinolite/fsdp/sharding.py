@@ -240,6 +240,9 @@ def _shard_module_dict(modules: nn.ModuleDict, plan: ShardingPlan, mesh: DeviceM
     if plan.mixed_precision:
         fsdp_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=plan.param_dtype, reduce_dtype=torch.float32)
     for name, module in _unique_named(modules):
+        if is_student_set_member(module):  # multi-student distillation: each student its own FSDP units
+            _shard_module_dict(module, plan, mesh, train)
+            continue
         is_backbone = name == "backbone"
         if is_backbone:
             for block in _blocks_of(module):
@@ -257,6 +260,23 @@ def _shard_module_dict(modules: nn.ModuleDict, plan: ShardingPlan, mesh: DeviceM
             for method in BACKBONE_FORWARD_METHODS:
                 if callable(getattr(module, method, None)):
                     register_fsdp_forward_method(module, method)
+
+
+def is_student_set_member(module: nn.Module) -> bool:
+    """Whether ``module`` is one student of a set of students (``nn.ModuleDict`` with its own ``backbone``):
+    multi-student distillation's ``objective.student`` maps names to such dicts
+    (:mod:`dinolite.train.methods.distillation_multi`)."""
+    return isinstance(module, nn.ModuleDict) and "backbone" in module
+
+
+def is_student_set(modules: nn.Module) -> bool:
+    """Whether ``modules`` holds several students by name rather than one student's backbone and heads."""
+    return (
+        isinstance(modules, nn.ModuleDict)
+        and "backbone" not in modules
+        and len(modules) > 0
+        and all(is_student_set_member(m) for m in modules.values())
+    )
 
 
 def _unique_named(modules: nn.ModuleDict) -> list[tuple[str, nn.Module]]:

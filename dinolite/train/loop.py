@@ -157,7 +157,7 @@ class _Loop:
             logger.log_histograms(iteration, self.monitor.last_spectra)
             self.watchdog.check(iteration, collapse_metrics)
         if self.online_eval is not None and self.online_eval.due(iteration):
-            evaluated = getattr(run.objective, run.method.eval_network)["backbone"]  # the method's evaluated network
+            evaluated = run.objective.evaluated_backbone(run.method.eval_network)  # the method's evaluated network
             eval_metrics = self.online_eval.evaluate(evaluated, run.device)
             logger.log_summary(iteration, eval_metrics, "eval")
             self.watchdog.check(iteration, eval_metrics)  # e.g. eval/knn_top1 thresholds

@@ -96,6 +96,10 @@ class SSLObjective(nn.Module, abc.ABC):
         if state:
             raise ValueError(f"{type(self).__name__} has no extra state but got keys {sorted(state)}")
 
+    def evaluated_backbone(self, network: str) -> nn.Module:
+        """The backbone of ``network`` (``"teacher"``/``"student"``) that the online kNN evaluates."""
+        return getattr(self, network)["backbone"]
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """The student modules the optimizer trains, by name (gradient clipping is per module)."""
         return dict(self.student.items())

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from dinolite.config import ConfigError
+from dinolite.fsdp.sharding import is_student_set
 from dinolite.train.lars import LARS
 
 _EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed", "register_tokens", "mask_token")
@@ -150,8 +151,17 @@ def get_param_groups(
     sub-modules (``ibot_head`` is ``dino_head``) appears once; parameters with ``requires_grad=False`` are
     left out. ``rules``: the released-recipe options (module docstring; default: dinolite's); a
     ``fixed_lr_modules`` entry that names no student module is an error.
+
+    A set of students (multi-student distillation: ``student`` maps names to such dicts) gets each student's
+    groups, by its own depth, never fused across students: ``names`` prefixed ``<student>.``, and ``student``.
     """
     rules = rules or GroupRules()
+    if is_student_set(student):  # several students (multi-student distillation): each its own groups
+        return [
+            {**group, "names": [f"{name}.{n}" for n in group["names"]], "student": name}
+            for name, member in student.items()
+            for group in get_param_groups(member, layerwise_decay, patch_embed_lr_mult, backbone_key, rules)
+        ]
     children = sorted(name for name, _ in student.named_children())
     unknown = sorted(set(rules.fixed_lr_modules) - set(children))
     if unknown:

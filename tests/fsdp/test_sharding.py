@@ -210,3 +210,15 @@ def test_hsdp_on_two_torchrun_nodes_matches_one_process(single_process_reference
     assert _max_diff(hsdp["student"], ref["student"]) < 1e-5
     assert _max_diff(hsdp["teacher"], ref["teacher"]) < 1e-5
     assert ref["losses"][-1] < ref["losses"][0]
+
+
+def test_a_set_of_students_is_told_apart_from_one_students_modules():
+    def one() -> nn.ModuleDict:
+        return nn.ModuleDict({"backbone": nn.Linear(2, 2), "dino_head": nn.Linear(2, 2)})
+
+    students = nn.ModuleDict({"narrow": one(), "wide": one()})
+    assert sharding.is_student_set(students)  # each student gets its own FSDP units (and parameter groups)
+    assert all(sharding.is_student_set_member(m) for m in students.values())
+    assert not sharding.is_student_set(one())  # one student: its backbone and heads
+    assert not sharding.is_student_set(nn.ModuleDict())
+    assert not sharding.is_student_set(nn.ModuleDict({"narrow": one(), "head": nn.Linear(2, 2)}))

@@ -193,8 +193,13 @@ class DINOv2Objective(SSLObjective):
         """DINOv2 loss at ``iteration`` (the teacher temperature follows the schedule)."""
         return self.loss_at_temperature(batch, self._schedules().teacher_temp(iteration))
 
-    def loss_at_temperature(self, batch: dict[str, Any], teacher_temp: float) -> ObjectiveOutput:
-        """DINOv2 loss on a batch from ``collate_data_and_cast`` (keys in docs/interfaces.md)."""
+    def loss_at_temperature(
+        self, batch: dict[str, Any], teacher_temp: float, teacher_targets: Optional[dict[str, torch.Tensor]] = None
+    ) -> ObjectiveOutput:
+        """DINOv2 loss on a batch from ``collate_data_and_cast`` (keys in docs/interfaces.md).
+
+        ``teacher_targets``: what :meth:`_teacher_targets` returns for this batch, computed once by a caller that
+        trains several students on one teacher's forward (multi-student distillation); default: computed here."""
         global_crops: torch.Tensor = batch["collated_global_crops"]
         local_crops: Optional[torch.Tensor] = batch.get("collated_local_crops")
         masks: torch.Tensor = batch["collated_masks"]
@@ -209,7 +214,9 @@ class DINOv2Objective(SSLObjective):
         # Not conditional on this rank having masked patches: centering all-reduces on every rank.
         do_ibot = self.ibot_weight > 0
 
-        teacher = self._teacher_targets(global_crops, mask_indices, teacher_temp, do_ibot)
+        teacher = teacher_targets
+        if teacher is None:
+            teacher = self._teacher_targets(global_crops, mask_indices, teacher_temp, do_ibot)
 
         if not self.mask_student_crops:  # distillation: the student sees whole crops (DINOv2 Sec. 5)
             masks = None

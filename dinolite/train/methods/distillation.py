@@ -11,16 +11,23 @@ a checkpoint's layout, as for DINOv2); the frozen teacher is not saved with the 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from dinolite.config import Config, ConfigSection, check_choices
+from dinolite.config import Config, ConfigError, ConfigSection, check_choices
 from dinolite.models import build_heads
 from dinolite.models.info import backbone_forward_macs, model_summary
 from dinolite.train.methods import dinov2, dinov2_config
+from dinolite.train.methods.distillation_multi import MultiStudentDistillationObjective
 from dinolite.train.methods.distillation_objective import DistillationObjective
+from dinolite.train.methods.distillation_students import (
+    DistilledStudent,
+    check_students,
+    student_configs,
+    students_record,
+)
 from dinolite.train.methods.distillation_teacher import (
     MISSING_HEADS_CHOICES,
     RANDOM_TEACHER,
@@ -46,6 +53,9 @@ class DistillationConfig:
     # where the iBOT loss is read on the student's unmasked global crops: sampled (the positions iBOT's
     # mask sampler draws, ibot.mask_*: DINOv3's code) | all (every patch of both global crops)
     ibot_positions: str = "sampled"
+    # several students of one teacher forward (DINOv3's multi-student distillation): [{name: small, embed_dim:
+    # 48}, ...], each a name and the student.* fields it changes; empty: the student section is the one student
+    students: list[DistilledStudent] = field(default_factory=list)  # type: ignore[valid-type]
 
 
 def validate_distillation(section: DistillationConfig, cfg: Config) -> None:
@@ -57,27 +67,50 @@ def validate_distillation(section: DistillationConfig, cfg: Config) -> None:
             "distillation.ibot_positions": IBOT_POSITIONS,
         },
     )
+    check_students(cfg)
 
 
 SECTION = ConfigSection("distillation", DistillationConfig, validate_distillation)
 
 
 # ------------------------------------------------------------------------------------------ objective
-def build_objective(cfg: Config) -> DistillationObjective:
-    """The frozen teacher (``distillation.teacher_weights``) and the student of ``student.*`` with fresh
-    heads (or ``student.pretrained_weights``' backbone), DINOv2's losses and schedules."""
-    dinov2.check_koleo_batch(cfg)
+def _student_parts(cfg: Config) -> dict[str, Any]:
+    """The student of ``cfg.student`` with fresh heads (or ``student.pretrained_weights``' backbone)."""
     path = cfg.student.pretrained_weights
     backbone = build_student_backbone(cfg, load_pretrained(path) if path else None)
     heads = build_heads(cfg.dino, cfg.ibot, backbone.embed_dim)
+    ibot_head = heads["ibot_head"] if cfg.ibot.separate_head else None
+    return {"backbone": backbone, "dino_head": heads["dino_head"], "ibot_head": ibot_head}
+
+
+def build_objective(cfg: Config) -> DistillationObjective:
+    """The frozen teacher (``distillation.teacher_weights``) and the student of ``student.*`` (or each student
+    of ``distillation.students``), DINOv2's losses and schedules."""
+    dinov2.check_koleo_batch(cfg)
+    if cfg.distillation.students:
+        return _build_multi_student(cfg)
+    parts = _student_parts(cfg)
     teacher = build_frozen_teacher(cfg)  # after the student: its random parts use their own seed
-    return DistillationObjective(
-        distillation_teacher=teacher,
-        backbone=backbone,
-        dino_head=heads["dino_head"],
-        ibot_head=heads["ibot_head"] if cfg.ibot.separate_head else None,
-        **dinov2.loss_arguments(cfg),
-    )
+    return DistillationObjective(distillation_teacher=teacher, **parts, **dinov2.loss_arguments(cfg))
+
+
+def _build_multi_student(cfg: Config) -> MultiStudentDistillationObjective:
+    """Each student drawn from ``train.seed`` as if it were trained alone (its weights equal a single-student
+    run's with its fields), then the one teacher."""
+    students = {}
+    for name, student_cfg in student_configs(cfg).items():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            students[name] = _student_parts(student_cfg)
+    teacher = build_frozen_teacher(cfg)
+    for name, parts in students.items():
+        ours, theirs = parts["backbone"].patch_size, teacher["backbone"].patch_size
+        if ours != theirs:
+            raise ConfigError(
+                f"distillation.students: student {name!r} has patch size {ours}, the teacher "
+                f"{cfg.distillation.teacher_weights!r} {theirs}; iBOT compares patch tokens position by position"
+            )
+    return MultiStudentDistillationObjective(teacher, students, **dinov2.loss_arguments(cfg))
 
 
 # ------------------------------------------------------------------------------------------ views
@@ -118,6 +151,23 @@ def _teacher_backbone_kwargs(cfg: Config) -> dict[str, Any] | None:
 
 
 def training_flops(cfg: Config) -> dict[str, Any]:
+    """One student's count (:func:`_single_student_flops`); with several students, the sum of each student's
+    training and one teacher forward (``flops_students``: each student's share, its backward included)."""
+    if not cfg.distillation.students:
+        return _single_student_flops(cfg)
+    each = {name: _single_student_flops(c) for name, c in student_configs(cfg).items()}
+    teacher = next(iter(each.values()))["flops_teacher_per_image"]
+    students = {name: flops["flops_per_image"] - flops["flops_teacher_per_image"] for name, flops in each.items()}
+    per_image = teacher + sum(students.values())
+    return {
+        **next(iter(each.values())),
+        "flops_students": students,
+        "flops_per_image": int(round(per_image)),
+        "flops_per_batch": int(round(per_image * cfg.train.batch_size_per_gpu)),
+    }
+
+
+def _single_student_flops(cfg: Config) -> dict[str, Any]:
     """DINOv2's count (:func:`dinolite.train.methods.dinov2.training_flops`) with the forward of the frozen
     teacher's backbone in place of the EMA teacher's (the EMA network is never run in training); the
     teacher's heads are counted at the student's head sizes."""
@@ -158,5 +208,6 @@ METHOD = register_method(
         monitor_embeddings={"student_cls": "student_backbone", "teacher_head_logits": "head"},
         config_sections=(*dinov2_config.SECTIONS, SECTION),
         student_temp=_student_temp,
+        extra_record=students_record,
     )
 )

@@ -66,6 +66,8 @@ class MethodSpec:
         student_temp: ``cfg -> float``, the temperature of the student softmax whose logits the objective's
             ``diagnostics`` hold as ``student_head_logits`` (the monitor's student-teacher cross-entropy);
             None for a method without one.
+        extra_record: ``cfg -> dict``, more of what eval and export must know from ``state.json``'s method
+            record (multi-student distillation: each student's architecture, ``students``); None: nothing more.
     """
 
     name: str
@@ -85,6 +87,7 @@ class MethodSpec:
     student_temp: Callable[[Config], float] | None = None
     reads_cls_token: bool = True
     recipe_presets: tuple[str, ...] = ()
+    extra_record: Callable[[Config], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.eval_network not in NETWORKS:
@@ -101,7 +104,8 @@ class MethodSpec:
 
     def record(self, cfg: Config) -> dict[str, Any]:
         """What a checkpoint stores about the method (``state.json``'s ``method``), for eval and export."""
-        return {"name": self.name, "eval_network": self.eval_network, "heads": list(self.head_names(cfg))}
+        record = {"name": self.name, "eval_network": self.eval_network, "heads": list(self.head_names(cfg))}
+        return {**record, **self.extra_record(cfg)} if self.extra_record is not None else record
 
 
 _METHODS: dict[str, MethodSpec] = {}

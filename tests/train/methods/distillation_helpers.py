@@ -93,7 +93,8 @@ def slow_steps(pause: float):
 
 
 def main() -> None:
-    """``python distillation_helpers.py OUT TEACHER PAUSE``: distil for 8 iterations, a checkpoint every 2."""
+    """``python distillation_helpers.py OUT TEACHER PAUSE [OVERRIDE ...]``: distil for 8 iterations, a checkpoint
+    every 2."""
     import logging
     import sys
 
@@ -104,7 +105,8 @@ def main() -> None:
     out, teacher, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)  # "resumed from ..." reaches the test
-    cfg = distil_config(teacher, f"train.output_dir={out}", "optim.epochs=4", "train.checkpoint_every=2")
+    extra = sys.argv[4:]
+    cfg = distil_config(teacher, f"train.output_dir={out}", "optim.epochs=4", "train.checkpoint_every=2", *extra)
     train(cfg, batches=random_image_stream, hooks=RunHooks(stop_requested=slow_steps(pause)))
 
 
