@@ -50,6 +50,18 @@ def _dinov2_spec(arch: str, registers: int) -> BackboneSpec:
     )
 
 
+def _check_depth_heads_ffn(path, name: str, got: BackboneSpec, wanted: BackboneSpec, release: str) -> None:
+    """The file is the entry's network: depth, head count and FFN kind as released (width, patch size and
+    registers are checked by the caller)."""
+    differences = [
+        f"{field} {getattr(got, field)!r} (the entry: {getattr(wanted, field)!r})"
+        for field in ("depth", "num_heads", "ffn_layer")
+        if getattr(got, field) != getattr(wanted, field)
+    ]
+    if differences:
+        raise ValueError(f"{path} is not {release}'s {name}: {', '.join(differences)}; load it with 'backbone' instead")
+
+
 def _dinov2(name: str, arch: str, registers: int, path, pretrained: bool, map_location: str, weights: str):
     if str(weights).upper() != "LVD142M":  # DINOv2's only weight set; the weights themselves come from path
         raise ValueError(f"{name}: weights={weights!r}; DINOv2 released LVD142M only (pass the file as path=)")
@@ -73,13 +85,7 @@ def _dinov2(name: str, arch: str, registers: int, path, pretrained: bool, map_lo
             f"{path} has {got.num_register_tokens} registers but {name} has {registers}: "
             f"use {name.removesuffix('_reg')}{'_reg' if got.num_register_tokens else ''}"
         )
-    differences = [
-        f"{field} {getattr(got, field)!r} (the entry: {getattr(wanted, field)!r})"
-        for field in ("depth", "num_heads", "ffn_layer")
-        if getattr(got, field) != getattr(wanted, field)
-    ]
-    if differences:
-        raise ValueError(f"{path} is not DINOv2's {name}: {', '.join(differences)}; load it with 'backbone' instead")
+    _check_depth_heads_ffn(path, name, got, wanted, "DINOv2")
     # DINOv2's position-embedding resampling for this entry (only matters at other image sizes)
     model.interpolate_antialias, model.interpolate_offset = wanted.interpolate_antialias, wanted.interpolate_offset
     model.spec = dataclasses.replace(
@@ -175,6 +181,7 @@ def _dinov3(name: str, arch: str, path, pretrained: bool, map_location: str, wei
             f"{path} holds a {got.arch}/{got.patch_size} with position={got.position} and {got.num_register_tokens} "
             f"registers, not DINOv3's {arch}/16 with RoPE and 4 storage tokens ({name})"
         )
+    _check_depth_heads_ffn(path, name, got, wanted, "DINOv3")
     return model
 
 

@@ -5,6 +5,7 @@ DINOv2 checkpoints (with and without registers) load into dinolite with identica
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -126,10 +127,10 @@ def test_transformers_folder_from_pretrained_gives_the_same_features(tmp_path, n
 # --------------------------------------------------------------------------------------------------
 
 
-def _timm_dinov2(registers: bool):
+def _timm_dinov2(registers: bool, depth: int = 2):
     name = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
     torch.manual_seed(1)
-    model = timm.create_model(name, pretrained=False, img_size=42, depth=2, num_classes=0).eval()
+    model = timm.create_model(name, pretrained=False, img_size=42, depth=depth, num_classes=0).eval()
     with torch.no_grad():
         for pname, param in model.named_parameters():
             if pname.endswith("gamma"):
@@ -255,7 +256,7 @@ def test_push_to_hub_creates_the_repository_and_uploads_the_folder(tmp_path, mon
 
 def test_torch_hub_dinov2_names_take_local_files_folders_and_registers(tmp_path):
     repo = Path(__file__).resolve().parents[2]
-    theirs = _timm_dinov2(registers=True)
+    theirs = _timm_dinov2(registers=True, depth=12)  # the entries take only their own depth
     timm.models.save_for_hf(theirs, str(tmp_path / "timm"), safe_serialization=True)
     reg = torch.hub.load(str(repo), "dinov2_vits14_reg", path=str(tmp_path / "timm"), source="local")
     assert reg.spec.num_register_tokens == 4
@@ -294,3 +295,9 @@ def test_torch_hub_dinov3_names_build_its_rope_vits_and_take_its_pth(tmp_path):
         )
     with pytest.raises(ValueError, match="SAT493M"):
         torch.hub.load(str(repo), "dinov3_vits16", weights="LVD142M", pretrained=False, source="local")
+    # a ViT-S-wide RoPE file of another depth is not DINOv3's ViT-S/16: the error names both values
+    shallow_spec = dataclasses.replace(spec, depth=2)
+    shallow = DinoVisionTransformer(**shallow_spec.backbone_kwargs())
+    torch.save(to_dinov3_state_dict(shallow.state_dict(), shallow_spec), tmp_path / "shallow.pth")
+    with pytest.raises(ValueError, match=r"not DINOv3's dinov3_vits16: depth 2 \(the entry: 12\)"):
+        torch.hub.load(str(repo), "dinov3_vits16", path=str(tmp_path / "shallow.pth"), source="local")
