@@ -72,6 +72,7 @@ class DinoVisionTransformer(nn.Module):
         sincos_order: str = "row_first",
         cls_token: bool = True,
         mask_token_init: str = "zeros",
+        crop_packing: bool = False,
     ) -> None:
         super().__init__()
         if pos_embed_type not in POS_EMBED_TYPES:
@@ -131,7 +132,15 @@ class DinoVisionTransformer(nn.Module):
             for rate in drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         )
         self.norm = LayerNorm(embed_dim)
+        self.set_crop_packing(crop_packing)
         self.init_weights()
+
+    def set_crop_packing(self, enabled: bool) -> None:
+        """Pack the tokens of all crops through each block's layers in :meth:`forward_features_list`
+        (:mod:`dinolite.models.crop_packing`); no parameter or state changes."""
+        self.crop_packing = bool(enabled)
+        for block in self.blocks:
+            block.crop_packing = self.crop_packing
 
     # ----------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -386,6 +395,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         sincos_order=student_cfg.sincos_order,
         cls_token=student_cfg.cls_token,
         mask_token_init=student_cfg.mask_token_init,
+        crop_packing=student_cfg.crop_packing,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(
