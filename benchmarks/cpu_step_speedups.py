@@ -94,13 +94,13 @@ def timed_step(run: Run) -> float:
     return time.perf_counter() - start
 
 
-def step_flops(run: Run, packing: bool) -> int:
-    """FLOPs of one training step (forward, backward, optimizer) counted by ``torch.utils.flop_counter``."""
+def step_flops(run: Run, packing: bool, batch: dict[str, Any]) -> int:
+    """FLOPs of one training step (forward, backward, optimizer) on ``batch`` counted by
+    ``torch.utils.flop_counter`` (the same batch for both counts: the iBOT head's FLOPs follow its masks)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     apply_variant(run, {"packing": packing, "kernel": "auto", "compile": False}, {})
     counter = FlopCounterMode(display=False)
-    batch = run.next_batch()
     with counter:
         run.step(batch)
     return counter.get_total_flops()
@@ -136,8 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compiled: dict[int, Callable] = {}
     if args.profile:
         print(profile_step(run))
-    flops = {packing: step_flops(run, packing) for packing in (False, True)}
-    print(f"# step FLOPs: per crop {flops[False] / 1e9:.2f} G, packed {flops[True] / 1e9:.2f} G")
+    flops = {packing: step_flops(run, packing, batches[0]) for packing in (False, True)}
+    print(f"# step FLOPs (one batch): per crop {flops[False]} , packed {flops[True]}")
     for name in variants:  # warm-up (and compile) outside the timed rounds
         apply_variant(run, VARIANTS[name], compiled)
         start = time.perf_counter()
