@@ -64,6 +64,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant (round-robin)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--profile", action="store_true", help="print the top operators of one baseline step")
+    parser.add_argument("--skip-flops", action="store_true", help="do not count the step's FLOPs (two more steps)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. crops.local_crops_number=8")
     return parser.parse_args(argv)
 
@@ -136,8 +137,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compiled: dict[int, Callable] = {}
     if args.profile:
         print(profile_step(run))
-    flops = {packing: step_flops(run, packing, batches[0]) for packing in (False, True)}
-    print(f"# step FLOPs (one batch): per crop {flops[False]} , packed {flops[True]}")
+    if not args.skip_flops:
+        flops = {packing: step_flops(run, packing, batches[0]) for packing in (False, True)}
+        print(f"# step FLOPs (one batch): per crop {flops[False]} , packed {flops[True]}")
     for name in variants:  # warm-up (and compile) outside the timed rounds
         apply_variant(run, VARIANTS[name], compiled)
         start = time.perf_counter()
