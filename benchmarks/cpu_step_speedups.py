@@ -9,7 +9,8 @@ shares the machine's load:
 * ``packing``: ``student.crop_packing`` (:mod:`dinolite.models.crop_packing`);
 * ``foreach`` / ``fused``: ``optim.adamw_kernel`` (read by AdamW from its param groups at every step);
 * ``compile``: ``distributed.compile`` (each block ``nn.Module.compile``-d; needs a C++ compiler on CPU);
-* ``all``: packing + fused + compile.
+* ``all``: packing + fused + compile;
+* ``bf16``: ``train.compute_precision=bf16`` (CPU autocast): a change of numerics, reported beside the others.
 
 Reported: median step seconds per variant and its speed-up over ``baseline`` (same rounds), the FLOPs of one
 step with and without packing (``torch.utils.flop_counter``: packing must not change them), and optionally
@@ -47,6 +48,8 @@ from dinolite.train.run import Run, build_run  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"packing": False, "kernel": "auto", "compile": False},
+    # not the same numerics: bf16 autocast (train.compute_precision=bf16), the CPU's bf16 matrix units
+    "bf16": {"packing": False, "kernel": "auto", "compile": False, "precision": torch.bfloat16},
     "packing": {"packing": True, "kernel": "auto", "compile": False},
     "foreach": {"packing": False, "kernel": "foreach", "compile": False},
     "fused": {"packing": False, "kernel": "fused", "compile": False},
@@ -74,7 +77,8 @@ def _blocks(run: Run) -> list[torch.nn.Module]:
 
 
 def apply_variant(run: Run, variant: dict[str, Any], compiled: dict[int, Callable]) -> None:
-    """Switch packing, the AdamW kernel and compiled blocks on the live run (no state changes)."""
+    """Switch packing, the AdamW kernel, compiled blocks and the autocast dtype on the live run (no state changes)."""
+    run.training_step.precision = variant.get("precision")
     for net in (run.objective.student, run.objective.teacher):
         net["backbone"].set_crop_packing(variant["packing"])
     foreach, fused = KERNEL_FLAGS[variant["kernel"]]

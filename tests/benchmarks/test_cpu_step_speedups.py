@@ -39,11 +39,12 @@ def test_apply_variant_switches_packing_and_the_adamw_kernel_in_place_and_back()
     batches = script.synthetic_batches(cfg, 1, torch.device("cpu"), seed=0)
     run = script.build_run(cfg, script.init_distributed("gloo", "cpu"), batches=lambda _: itertools.cycle(batches))
     compiled: dict = {}
-    script.apply_variant(run, {"packing": True, "kernel": "fused", "compile": False}, compiled)
+    script.apply_variant(run, {**script.VARIANTS["bf16"], "packing": True, "kernel": "fused"}, compiled)
+    assert run.training_step.precision is torch.bfloat16
     assert all(block.crop_packing for block in run.objective.student["backbone"].blocks)
     assert all(group["fused"] and not group["foreach"] for group in run.optimizer.param_groups)
     assert run.step(run.next_batch()).output.loss.isfinite()
     script.apply_variant(run, script.VARIANTS["baseline"], compiled)
     assert not any(block.crop_packing for block in run.objective.teacher["backbone"].blocks)
     assert all(group["fused"] is None and group["foreach"] is None for group in run.optimizer.param_groups)
-    assert not compiled
+    assert run.training_step.precision is None and not compiled
