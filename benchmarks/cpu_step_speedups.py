@@ -12,7 +12,7 @@ shares the machine's load:
 * ``all``: packing + fused + compile;
 * ``bf16``: ``train.compute_precision=bf16`` (CPU autocast): a change of numerics, reported beside the others.
 
-Reported: median step seconds per variant and its speed-up over ``baseline`` (same rounds), the FLOPs of one
+Reported: median process CPU seconds of a step per variant (one thread: robust to the neighbours' load) and its speed-up over ``baseline`` (same rounds), the FLOPs of one
 step with and without packing (``torch.utils.flop_counter``: packing must not change them), and optionally
 (``--profile``) the top operators of one baseline step (``torch.profiler``).
 
@@ -93,10 +93,12 @@ def apply_variant(run: Run, variant: dict[str, Any], compiled: dict[int, Callabl
 
 
 def timed_step(run: Run) -> float:
+    """Process CPU seconds of one step: with one thread they hardly move with the neighbours' load, which
+    wall seconds on a shared machine do (both are printed for the warm-up)."""
     batch = run.next_batch()
-    start = time.perf_counter()
+    start = time.process_time()
     float(run.step(batch).output.loss.detach())
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def step_flops(run: Run, packing: bool, batch: dict[str, Any]) -> int:
@@ -147,15 +149,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name in variants:  # warm-up (and compile) outside the timed rounds
         apply_variant(run, VARIANTS[name], compiled)
         start = time.perf_counter()
-        timed_step(run)
-        print(f"# warm-up {name}: {time.perf_counter() - start:.1f} s")
+        cpu = timed_step(run)
+        print(f"# warm-up {name}: {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU")
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name in variants:
             apply_variant(run, VARIANTS[name], compiled)
             times[name].append(timed_step(run))
     base = statistics.median(times["baseline"]) if "baseline" in times else None
-    print("| variant | median s/step | steps (s) | speed-up vs baseline |")
+    print("| variant | median CPU s/step | steps (CPU s) | speed-up vs baseline |")
     print("|---|---:|---|---:|")
     for name, values in times.items():
         median = statistics.median(values)
