@@ -85,6 +85,9 @@ class StudentConfig:
     # a dinolite export, DINOv2 .pth, timm/transformers DINOv2 weights (file or hub folder) or hf-hub:ORG/NAME:
     # initialises student and teacher (docs/interop.md)
     pretrained_weights: str = ""
+    # pack the tokens of all crop sizes through each block's norms / projections / MLP in one call, attention per
+    # crop size (DINOv3's layout; docs/models.md "Crop packing"); equal to the per-crop forward up to fp32 rounding
+    crop_packing: bool = False
 
 
 @dataclass
@@ -102,6 +105,9 @@ class OptimConfig:
     layerwise_decay: float = 0.9
     adamw_beta1: float = 0.9
     adamw_beta2: float = 0.999
+    # auto (PyTorch's choice: foreach on CUDA, a per-tensor loop on CPU) | for_loop | foreach | fused (one kernel
+    # per parameter group, CPU and CUDA); the same update up to float rounding (dinolite/train/optim.py)
+    adamw_kernel: str = "auto"
     # Released recipes (docs/faithfulness.md; dinolite/train/optim.py); the defaults are dinolite's recipe.
     optimizer: str = "adamw"  # adamw | sgd (SimSiam) | lars (Barlow Twins, DirectCLR; You et al. 2017)
     momentum: float = 0.9  # sgd and lars
@@ -303,6 +309,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "student.attention": ("auto", "sdpa", "xformers"),
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_1024", "none"),
     "optim.optimizer": ("adamw", "sgd", "lars"),
+    "optim.adamw_kernel": ("auto", "for_loop", "foreach", "fused"),
     "optim.decay_rule": ("dinolite", "all", "non_1d"),
     "optim.clip_grad_scope": ("per_module", "joint"),
     "train.compute_precision": ("auto", "bf16", "fp16", "fp32"),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from dinolite.models.attention import Attention, AttentionBackend, PositionSignal
+from dinolite.models.crop_packing import packed_block_forward
 from dinolite.models.ffn import FFN_LAYERS
 from dinolite.models.rope import RotaryAngles
 from dinolite.models.stochastic_depth import DropPath, drop_add_residual_stochastic_depth
@@ -77,6 +78,7 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
         self.sample_drop_ratio = drop_path
+        self.crop_packing = False  # list inputs: tokens packed through one call per layer (models/crop_packing.py)
 
     def attn_residual(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
         return self.ls1(self.attn(self.norm1(x), bias))
@@ -104,5 +106,7 @@ class Block(nn.Module):
         angles (RoPE), one per tensor when ``x`` is a list."""
         if isinstance(x, (list, tuple)):
             biases = bias if isinstance(bias, (list, tuple)) else [bias] * len(x)
+            if self.crop_packing and len(x) > 1:
+                return packed_block_forward(self, x, biases)
             return [self._forward_one(t, b) for t, b in zip(x, biases)]
         return self._forward_one(x, bias)

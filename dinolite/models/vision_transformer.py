@@ -79,6 +79,7 @@ class DinoVisionTransformer(nn.Module):
         rope: Mapping[str, Any] | None = None,
         layernorm_eps: float = 1e-6,
         mask_k_bias: bool = False,
+        crop_packing: bool = False,
     ) -> None:
         """``mask_k_bias``: the keys' ``qkv`` bias is not applied (DINOv3's option, :class:`Attention`). ``layernorm_eps``: every LayerNorm's (DINOv2's 1e-6; DINOv3's released ViTs 1e-5). ``rope``: keyword arguments of :class:`RopePositionEmbedding` for ``pos_embed_type="rope"`` (``base``,
         ``min_period``, ``max_period``, ``normalize_coords``, ``shift_coords``, ``jitter_coords``, ``rescale_coords``)."""
@@ -145,7 +146,15 @@ class DinoVisionTransformer(nn.Module):
             for rate in drop_path_rates(drop_path_rate, depth, drop_path_uniform)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=layernorm_eps)
+        self.set_crop_packing(crop_packing)
         self.init_weights()
+
+    def set_crop_packing(self, enabled: bool) -> None:
+        """Pack the tokens of all crops through each block's layers in :meth:`forward_features_list`
+        (:mod:`dinolite.models.crop_packing`); no parameter or state changes."""
+        self.crop_packing = bool(enabled)
+        for block in self.blocks:
+            block.crop_packing = self.crop_packing
 
     # ----------------------------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -418,6 +427,7 @@ def backbone_kwargs(student_cfg: Any, img_size: int = 224) -> dict[str, Any]:
         rope=rope_options(student_cfg) if student_cfg.pos_embed == "rope" else None,
         layernorm_eps=NORM_EPS[student_cfg.norm_layer],
         mask_k_bias=student_cfg.mask_k_bias,
+        crop_packing=student_cfg.crop_packing,
     )
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise ValueError(

@@ -211,14 +211,31 @@ def get_param_groups(
     return list(fused.values())
 
 
-def build_optimizer(groups: list[dict], beta1: float = 0.9, beta2: float = 0.999) -> torch.optim.AdamW:
+# optim.adamw_kernel -> torch.optim.AdamW's keywords ("auto": PyTorch's own choice, foreach on CUDA only)
+ADAMW_KERNELS: dict[str, dict[str, bool]] = {
+    "auto": {},
+    "for_loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+}
+
+
+def build_optimizer(
+    groups: list[dict], beta1: float = 0.9, beta2: float = 0.999, kernel: str = "auto"
+) -> torch.optim.AdamW:
     """AdamW over ``groups`` (from :func:`get_param_groups`); lr and weight decay start at 0 and are set
     every iteration by :func:`apply_schedules`. ``lr_multiplier``, ``wd_multiplier`` and ``is_last_layer``
-    ride along in ``optimizer.param_groups``; ``names`` is left out so checkpoints stay small."""
+    ride along in ``optimizer.param_groups``; ``names`` is left out so checkpoints stay small. ``kernel``
+    (``optim.adamw_kernel``, :data:`ADAMW_KERNELS`): how the update runs; on CPU the per-tensor loop
+    (``auto``) launches ~10 small ops per parameter, ``foreach`` / ``fused`` batch them."""
+    if kernel not in ADAMW_KERNELS:
+        raise ValueError(
+            f"invalid value for 'optim.adamw_kernel': {kernel!r}; expected one of {', '.join(ADAMW_KERNELS)}"
+        )
     prepared = [
         {**{k: v for k, v in group.items() if k != "names"}, "lr": 0.0, "weight_decay": 0.0} for group in groups
     ]
-    return torch.optim.AdamW(prepared, lr=0.0, betas=(beta1, beta2), weight_decay=0.0)
+    return torch.optim.AdamW(prepared, lr=0.0, betas=(beta1, beta2), weight_decay=0.0, **ADAMW_KERNELS[kernel])
 
 
 def build_configured_optimizer(groups: list[dict], optim_cfg: Any) -> torch.optim.Optimizer:  # noqa: ANN401
@@ -231,7 +248,7 @@ def build_configured_optimizer(groups: list[dict], optim_cfg: Any) -> torch.opti
     """
     name = optim_cfg.optimizer
     if name == "adamw":
-        return build_optimizer(groups, optim_cfg.adamw_beta1, optim_cfg.adamw_beta2)
+        return build_optimizer(groups, optim_cfg.adamw_beta1, optim_cfg.adamw_beta2, optim_cfg.adamw_kernel)
     prepared = [
         {**{k: v for k, v in group.items() if k != "names"}, "lr": 0.0, "weight_decay": 0.0} for group in groups
     ]

@@ -165,3 +165,9 @@ def test_gram_teacher_crops_need_a_patch_size_multiple_and_a_gram_teacher():
                 "crops.gram_teacher_crops_size=48",
             ],
         )
+
+
+def test_crop_packing_is_refused_with_rope_until_packed_attention_rotates_per_crop():
+    with pytest.raises(ConfigError, match="'student.crop_packing': true with student.pos_embed=rope"):
+        load_config("demo_rope", ["student.crop_packing=true"])
+    assert load_config("demo", ["student.crop_packing=true"]).student.crop_packing

@@ -171,7 +171,14 @@ def single_process_reference(tmp_path_factory):
 
 @pytest.mark.numerics
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, extra", [("full_shard", ["--activation-checkpointing"]), ("no_shard", [])])
+@pytest.mark.parametrize(
+    "strategy, extra",
+    [
+        ("full_shard", ["--activation-checkpointing"]),
+        ("no_shard", []),
+        ("full_shard", ["--activation-checkpointing", "--crop-packing"]),  # packed 2 ranks == per-crop 1 process
+    ],
+)
 def test_two_ranks_match_one_process(single_process_reference, tmp_path, strategy, extra):
     """Same global batch of 8 split 4+4: losses and final weights equal one process on all 8."""
     sharded = scale_launch.run(2, ["--out", str(tmp_path), "--steps", "3", "--strategy", strategy, *extra])

@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--crop-packing", action="store_true", help="student.crop_packing (models/crop_packing.py)")
     parser.add_argument("--sleep", type=float, default=0.0, help="pause after each step (kill tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=tuple(CROP_SIZES), default="tiny")
@@ -201,6 +202,7 @@ def main() -> None:
     make_config = demo_config if args.size == "demo" else tiny_config
     cfg = make_config(args.separate_head, koleo=0.0 if args.batch_mode == "global" else 0.1)
     objective = build_objective(cfg)
+    objective.student["backbone"].set_crop_packing(args.crop_packing)
     gram = _attach_gram(objective, cfg) if args.gram else None
     precision = torch.bfloat16 if args.precision == "bf16" else None
     shard_objective(objective, args.strategy, precision or False, args.activation_checkpointing, False)

@@ -256,3 +256,38 @@ def test_lars_groups_follow_lars_exclude_1d():
     cfg.optim.optimizer = "rmsprop"
     with pytest.raises(ValueError, match="'optim.optimizer': 'rmsprop'"):
         build_configured_optimizer(get_param_groups(_student()), cfg.optim)
+
+
+def _three_adamw_steps(kernel: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    student = _student()
+    cfg = load_config("demo", [f"optim.adamw_kernel={kernel}"])
+    optimizer = optimizer_for(student, cfg.optim)
+    for group in optimizer.param_groups:
+        group.update(lr=1e-2 * group["lr_multiplier"], weight_decay=0.04 * group["wd_multiplier"])
+    for step in range(3):
+        torch.manual_seed(step)
+        for p in student.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    return {name: p.detach().clone() for name, p in student.named_parameters()}
+
+
+@pytest.mark.parametrize("kernel", ["foreach", "fused"])
+def test_adamw_kernels_make_the_same_update_as_the_per_tensor_loop(kernel):
+    """optim.adamw_kernel changes how the update runs, not what it computes (fp32 rounding: rtol 1e-5)."""
+    reference, batched = _three_adamw_steps("for_loop"), _three_adamw_steps(kernel)
+    initial = {name: p.detach() for name, p in (torch.manual_seed(0), _student())[1].named_parameters()}
+    assert any(not torch.equal(reference[n], initial[n]) for n in reference)  # the steps moved the weights
+    for name in reference:
+        torch.testing.assert_close(batched[name], reference[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_adamw_kernel_reaches_torch_and_a_bad_one_is_named():
+    optimizer = optimizer_for(_student(), load_config("demo", ["optim.adamw_kernel=fused"]).optim)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert not optimizer_for(_student(), load_config("demo").optim).param_groups[0]["foreach"]  # auto: CPU loop
+    with pytest.raises(ValueError, match="optim.adamw_kernel"):
+        build_optimizer(get_param_groups(_student(), DECAY, PATCH_MULT), kernel="fast")
+    with pytest.raises(Exception, match="adamw_kernel"):
+        load_config("demo", ["optim.adamw_kernel=fast"])
