@@ -105,14 +105,18 @@ class Attention(nn.Module):
         self.backend = backend if backend is not None else AttentionBackend("auto")
         self.mask_k_bias = mask_k_bias and qkv_bias
 
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """``(B, T, dim)`` -> ``(3, B, T, heads, d_head)`` for q, k, v."""
-        B, T, C = x.shape
+    def project_qkv(self, x: Tensor) -> Tensor:
+        """``(..., dim)`` -> ``(..., 3 dim)``: the ``qkv`` projection, without the keys' bias when ``mask_k_bias``."""
         bias = self.qkv.bias
         if self.mask_k_bias:  # no gradient reaches the keys' bias either
+            C = x.shape[-1]
             bias = torch.cat((bias[:C], torch.zeros_like(bias[C : 2 * C]), bias[2 * C :]))
-        qkv = F.linear(x, self.qkv.weight, bias)
-        return qkv.reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(B, T, dim)`` -> ``(3, B, T, heads, d_head)`` for q, k, v."""
+        B, T, _ = x.shape
+        return self.project_qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 1, 3, 4)
 
     def _queries_keys_values(self, x: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(B, T, heads, d)`` q, k, v with rotary angles applied to q and k, and the logit bias left (or None)."""

@@ -123,7 +123,7 @@ def packed_block_forward(block: Block, xs: Sequence[Tensor], biases: Sequence[Te
 
     def attn_branch(inputs: Sequence[Tensor]) -> list[Tensor]:
         shapes = [t.shape for t in inputs]
-        qkv = block.attn.qkv(block.norm1(pack(inputs)))
+        qkv = block.attn.project_qkv(block.norm1(pack(inputs)))
         attended = grouped_attention(block.attn, unpack(qkv, [(*s[:2], qkv.shape[-1]) for s in shapes]), biases)
         return unpack(block.ls1(block.attn.proj(pack(attended))), shapes)
 

@@ -73,6 +73,16 @@ def test_packed_forward_and_gradients_equal_the_per_crop_forward(drop_path_rate,
     assert model.blocks[0].crop_packing
 
 
+def test_packing_keeps_the_keys_bias_masked():
+    """DINOv3's mask_k_bias: the packed projection leaves the keys' bias out as the per-crop one does."""
+    model = demo_backbone(mask_k_bias=True)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.bias.normal_(0, 1.0)  # a key bias that would change the logits if applied
+    images, masks = crops()
+    assert_same(features_and_grads(model, False, images, masks), features_and_grads(model, True, images, masks))
+
+
 def test_stochastic_depth_drops_the_same_samples_as_the_per_crop_forward():
     """A different seed drops other samples: the equality above is not an accident of nothing dropped."""
     model = demo_backbone(drop_path_rate=0.5, drop_path_uniform=True).train()
@@ -88,7 +98,14 @@ def test_each_layer_runs_once_per_block_and_attention_once_per_crop_size(monkeyp
     images, masks = crops()
     local_a, local_b = images[1].chunk(2)
     calls = {"qkv": 0, "sdpa": 0}
-    model.blocks[0].attn.qkv.register_forward_hook(lambda *_: calls.__setitem__("qkv", calls["qkv"] + 1))
+    attn = model.blocks[0].attn
+    project = attn.project_qkv
+
+    def counting_projection(x):
+        calls["qkv"] += 1
+        return project(x)
+
+    monkeypatch.setattr(attn, "project_qkv", counting_projection)  # the one qkv projection both paths call
     sdpa = F.scaled_dot_product_attention
 
     def counting_sdpa(*args, **kwargs):
