@@ -22,7 +22,15 @@ from typing import Optional, Sequence
 import torch
 
 from dinolite.cli import bounded, make_parser, non_negative_int, positive_int, probability, seed_int
-from dinolite.commands.eval_common import add_normalisation_args, check_outputs, format_table, run_eval_main
+from dinolite.commands.eval_common import (
+    add_backbone_args,
+    add_normalisation_args,
+    backbone_inputs,
+    check_outputs,
+    format_table,
+    run_eval_main,
+    single_process_device,
+)
 from dinolite.eval.attention_segmentation import (
     INK_THRESHOLD,
     MASS_KEPT,
@@ -46,19 +54,7 @@ fraction = bounded(float, 0.0, 1.0, exclusive_minimum=True, name="fraction")  # 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument(
-        "--backbone",
-        "--checkpoint",
-        dest="backbone",
-        required=True,
-        help="training run / checkpoint directory, or exported file",
-    )
-    parser.add_argument(
-        "--network",
-        choices=("teacher", "student"),
-        default=None,
-        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
-    )
+    add_backbone_args(parser)
     parser.add_argument("--data", nargs="+", required=True, help="image folder or shards (black background)")
     parser.add_argument("--output", required=True, help="directory for the JSON results and the figures")
     parser.add_argument("--size", type=positive_int, default=None, help="square input size (default: training crop)")
@@ -100,17 +96,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     check_outputs(args, output_is_directory=True)
     check_source(args.data, "--data")
     protocol = MaskProtocol(args.mass, args.ink_threshold, args.min_object_fraction)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model = load_any_backbone(args.backbone, map_location=device, network=args.network)
+    device = single_process_device(args.device)
+    model = load_any_backbone(args.backbone, map_location=device, network=args.network, student=args.student)
     require_cls_token(model, f"--backbone {args.backbone}")
-    spec = getattr(model, "spec", None)
-    size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
+    size, mean, std = backbone_inputs(model, args.size, args.mean, args.std)
     if size % int(model.patch_size):
         raise ValueError(f"--size {size} is not a multiple of the backbone's patch size {model.patch_size}")
-    mean = tuple(args.mean if args.mean is not None else (spec.mean if spec else (0.485, 0.456, 0.406)))
-    std = tuple(args.std if args.std is not None else (spec.std if spec else (0.229, 0.224, 0.225)))
     networks = {"trained": model}
     if not args.no_random_init:
         networks["random_init"] = random_init_like(model, args.random_init_seed).to(device)

@@ -60,8 +60,8 @@ def check_outputs(args: argparse.Namespace, output_is_directory: bool = False) -
         check_output_path(args.cache_dir, "--cache-dir", directory=True)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("backbone and run")
+def add_backbone_args(group: argparse._ActionsContainer) -> None:
+    """``--backbone`` (also ``--checkpoint``) and ``--network``: the weights every eval command reads."""
     group.add_argument(
         "--backbone",
         "--checkpoint",
@@ -81,6 +81,29 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="for a multi-student distillation run: which student (its EMA by default; --network student for the raw one)",
     )
+
+
+def single_process_device(choice: str) -> torch.device:
+    """``--device auto|cpu|cuda`` of the one-process commands (visualize, attention segmentation)."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def backbone_inputs(
+    model: nn.Module, size: Optional[int], mean: Optional[Sequence[float]], std: Optional[Sequence[float]]
+) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Input size and normalisation: the options when given, else the backbone's training recipe (its spec)."""
+    spec = getattr(model, "spec", None)
+    size = size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
+    mean = tuple(mean if mean is not None else (spec.mean if spec else (0.485, 0.456, 0.406)))
+    std = tuple(std if std is not None else (spec.std if spec else (0.229, 0.224, 0.225)))
+    return size, mean, std
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone and run")
+    add_backbone_args(group)
     group.add_argument("--output", default=None, help="write results JSON here (atomically)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (per rank)")

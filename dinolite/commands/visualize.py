@@ -19,10 +19,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from dinolite.cli import make_parser, non_negative_int, positive_int, probability
-from dinolite.commands.eval_common import add_normalisation_args, check_outputs, run_eval_main
+from dinolite.commands.eval_common import (
+    add_backbone_args,
+    add_normalisation_args,
+    backbone_inputs,
+    check_outputs,
+    run_eval_main,
+    single_process_device,
+)
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.collapse_verdict import MIN_VERDICT_SAMPLES, NOT_ENOUGH_SAMPLES
 from dinolite.eval.transforms import build_eval_transform
@@ -31,22 +36,7 @@ from dinolite.eval.visualize import dataset_cls_features, list_image_groups, vis
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(description=__doc__)
-    parser.add_argument(
-        "--backbone",
-        "--checkpoint",
-        dest="backbone",
-        required=True,
-        help="training run / checkpoint directory, or exported file",
-    )
-    parser.add_argument(
-        "--network",
-        choices=("teacher", "student"),
-        default=None,
-        help="for a checkpoint: which network (default: the method's evaluated one, e.g. DINOv2's teacher)",
-    )
-    parser.add_argument(
-        "--student", metavar="NAME", default=None, help="for a multi-student distillation run: which student"
-    )
+    add_backbone_args(parser)
     parser.add_argument("--images", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="directory for the PNGs and the JSON report")
     parser.add_argument(
@@ -83,15 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_outputs(args, output_is_directory=True)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = single_process_device(args.device)
     image_groups = list_image_groups(args.images)
     model = load_any_backbone(args.backbone, map_location=device, network=args.network, student=args.student)
-    spec = getattr(model, "spec", None)
-    size = args.size or int(getattr(spec, "train_img_size", None) or getattr(spec, "img_size", None) or 224)
-    mean = tuple(args.mean if args.mean is not None else (spec.mean if spec else (0.485, 0.456, 0.406)))
-    std = tuple(args.std if args.std is not None else (spec.std if spec else (0.229, 0.224, 0.225)))
+    size, mean, std = backbone_inputs(model, args.size, args.mean, args.std)
     spectrum_features = None
     if args.dataset:
         transform = build_eval_transform(size, size, mean, std, patch_size=int(model.patch_size))
