@@ -32,6 +32,14 @@ def backbone(path: str, map_location: str = "cpu"):
     return load_backbone(path, map_location=map_location)
 
 
+def _random_init(spec: BackboneSpec, map_location: str):
+    """The architecture of ``spec`` at its initialisation (``pretrained=False``), eval mode."""
+    model = DinoVisionTransformer(**spec.backbone_kwargs())
+    model.init_weights()
+    model.spec = spec
+    return model.eval().to(map_location)
+
+
 def _dinov2_spec(arch: str, registers: int) -> BackboneSpec:
     dims = ARCHITECTURES[arch]
     return BackboneSpec(
@@ -72,10 +80,7 @@ def _dinov2(name: str, arch: str, registers: int, path, pretrained: bool, map_lo
                 f"{name}: dinolite's hub entries download nothing; pass path= a local {name}_pretrain.pth "
                 "(or a dinolite export, a timm/transformers folder, hf-hub:ORG/NAME), or pretrained=False"
             )
-        model = DinoVisionTransformer(**wanted.backbone_kwargs())
-        model.init_weights()
-        model.spec = wanted
-        return model.eval().to(map_location)
+        return _random_init(wanted, map_location)
     model = backbone(path, map_location=map_location)
     got = model.spec
     if (got.arch, got.patch_size) != (arch, 14):
@@ -170,10 +175,7 @@ def _dinov3(name: str, arch: str, path, pretrained: bool, map_location: str, wei
                 f"{name}: dinolite's hub entries download nothing; pass path= a local {name}_pretrain_*.pth (DINOv3's "
                 "layout, or the same weights in timm's / transformers' keys), or pretrained=False"
             )
-        model = DinoVisionTransformer(**wanted.backbone_kwargs())
-        model.init_weights()
-        model.spec = wanted
-        return model.eval().to(map_location)
+        return _random_init(wanted, map_location)
     model = backbone(path, map_location=map_location)
     got = model.spec
     if (got.arch, got.patch_size, got.position, got.num_register_tokens) != (arch, 16, "rope", 4):
