@@ -148,12 +148,12 @@ def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _record_forward_weight_dtype(objective: torch.nn.Module) -> set[str]:
-    """The dtypes the first linear layer of the student's first block computes with, as seen inside its
-    forward (FSDP's mixed-precision policy casts the gathered weights to ``param_dtype`` before it)."""
-    block = objective.student["backbone"].blocks[0]
-    linear = next(m for m in block.modules() if isinstance(m, torch.nn.Linear))
+    """The dtypes of the ``qkv`` weight the student's first block computes with, as seen when its attention
+    runs (FSDP's mixed-precision policy casts the gathered weights to ``param_dtype`` before the block; the
+    attention projects through ``Attention.project_qkv``, not through the ``qkv`` module's own forward)."""
+    attention = objective.student["backbone"].blocks[0].attn
     seen: set[str] = set()
-    linear.register_forward_pre_hook(lambda module, _: seen.add(str(module.weight.dtype)))
+    attention.register_forward_pre_hook(lambda module, _: seen.add(str(module.qkv.weight.dtype)))
     return seen
 
 
