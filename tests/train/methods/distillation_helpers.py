@@ -92,6 +92,46 @@ def slow_steps(pause: float):
     return poll
 
 
+def kill_at_iteration_4_and_resume(root: Path, teacher: Path, *overrides: str) -> None:
+    """Distil 8 iterations into ``root/ref`` uninterrupted; into ``root/run`` SIGKILL the run once its checkpoint
+    of iteration 4 is the latest, then resume it to the end. Asserts that each process did what it should."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[3]
+
+    def start(out: Path, pause: float) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, __file__, str(out), str(teacher), str(pause), *overrides],
+            env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    reference = start(root / "ref", 0.0)
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out[-3000:]
+    killed = start(root / "run", 0.3)
+    pointer = root / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not (pointer.is_file() and pointer.read_text().strip() == "iter_00000004"):
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint at iteration 4"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (root / "run" / "checkpoints" / "iter_00000008").exists()  # it died before the end
+    resumed = start(root / "run", 0.0)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resumed from" in out and "at iteration 4" in out, out[-3000:]
+
+
 def main() -> None:
     """``python distillation_helpers.py OUT TEACHER PAUSE [OVERRIDE ...]``: distil for 8 iterations, a checkpoint
     every 2."""

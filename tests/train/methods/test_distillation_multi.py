@@ -8,11 +8,6 @@ tests/export/test_consolidate_students.py."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +24,7 @@ from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
 from dinolite.train.optim import get_param_groups
 from dinolite.train.run import build_run
 from tests.methods.test_every_method import random_image_stream
-from tests.train.methods.distillation_helpers import distil_config, write_teacher
+from tests.train.methods.distillation_helpers import distil_config, kill_at_iteration_4_and_resume, write_teacher
 from tests.train.scale_worker import full_state, global_batch_slice
 
 REPO = Path(__file__).resolve().parents[3]
@@ -206,40 +201,11 @@ def test_two_processes_equal_one_process_with_each_student_sharded_on_its_own(tm
 
 
 # ------------------------------------------------------------------------------------------ kill and resume
-def _distil_process(out: Path, teacher: Path, pause: float) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    helper = REPO / "tests" / "train" / "methods" / "distillation_helpers.py"
-    return subprocess.Popen(
-        [sys.executable, str(helper), str(out), str(teacher), str(pause), TWO_STUDENTS],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run_bitwise_for_every_student(tmp_path: Path):
     teacher = tmp_path / "teacher.safetensors"
     write_teacher(teacher, width=48, depth=3)
-    reference = _distil_process(tmp_path / "ref", teacher, 0.0)
-    out, _ = reference.communicate(timeout=300)
-    assert reference.returncode == 0, out[-3000:]
-    killed = _distil_process(tmp_path / "run", teacher, 0.3)
-    pointer = tmp_path / "run" / "checkpoints" / "latest"
-    deadline = time.monotonic() + 300
-    while not (pointer.is_file() and pointer.read_text().strip() == "iter_00000004"):
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint at iteration 4"
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "run" / "checkpoints" / "iter_00000008").exists()
-    resumed = _distil_process(tmp_path / "run", teacher, 0.0)
-    out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0 and "resumed from" in out and "at iteration 4" in out, out[-3000:]
+    kill_at_iteration_4_and_resume(tmp_path, teacher, TWO_STUDENTS)
     for network in ("student", "teacher"):
         expected = load_consolidated_state_dict(tmp_path / "ref", network, None)
         got = load_consolidated_state_dict(tmp_path / "run", network, None)
