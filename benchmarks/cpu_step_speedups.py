@@ -14,7 +14,11 @@ shares the machine's load:
 
 Reported: median process CPU seconds of a step per variant (one thread: robust to the neighbours' load) and its speed-up over ``baseline`` (same rounds), the FLOPs of one
 step with and without packing (``torch.utils.flop_counter``: packing must not change them), and optionally
-(``--profile``) the top operators of one baseline step (``torch.profiler``).
+(``--profile``) the top operators of one baseline step (``torch.profiler``). ``--ceiling`` bounds what any
+fp32 change that leaves the matrix products as they are can gain: one profiled baseline step splits into matrix
+products (``aten::mm``/``addmm``/``bmm``, their FLOPs counted by the profiler) and the rest, and a large square
+GEMM measures the core's fp32 matrix rate (CPU seconds); the step takes at least ``product FLOPs / GEMM rate``,
+so no such change can make it more than ``baseline / that`` faster.
 
 Usage::
 
@@ -67,6 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant (round-robin)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--profile", action="store_true", help="print the top operators of one baseline step")
+    parser.add_argument("--ceiling", action="store_true", help="bound the fp32 speed-up (matrix products vs the rest)")
     parser.add_argument("--skip-flops", action="store_true", help="do not count the step's FLOPs (two more steps)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. crops.local_crops_number=8")
     return parser.parse_args(argv)
@@ -121,6 +126,41 @@ def profile_step(run: Run, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP per CPU second of a ``size``-cubed fp32 GEMM on this thread: the core's practical matrix rate."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    start = time.process_time()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * size**3 * repeats / (time.process_time() - start)
+
+
+def product_flops(run: Run) -> float:
+    """FLOPs of the matrix products (``MATRIX_PRODUCTS``, counted by the profiler) in one baseline step. Only
+    FLOPs are taken from the profiler: its operator times are wall times, inflated by the neighbours' load."""
+    apply_variant(run, VARIANTS["baseline"], {})
+    batch = run.next_batch()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+        run.step(batch)
+    return float(sum(e.flops for e in prof.key_averages() if e.key in MATRIX_PRODUCTS))
+
+
+def fp32_ceiling(step_seconds: float, flops: float) -> str:
+    """The bound of ``--ceiling``: the step can take no less than its matrix products at the GEMM rate."""
+    rate = gemm_rate()
+    floor = flops / rate
+    return (
+        f"# fp32 ceiling: matrix products {flops / 1e9:.1f} GFLOP per step; a 2048^3 GEMM runs at {rate / 1e9:.1f} "
+        f"GFLOP per CPU second, so the products alone take at least {floor:.2f} CPU s of the baseline's "
+        f"{step_seconds:.2f} ({100 * floor / step_seconds:.0f} %): with everything else free, at most "
+        f"{step_seconds / floor:.2f}x"
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,6 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     compiled: dict[int, Callable] = {}
     if args.profile:
         print(profile_step(run))
+    flops_in_products = product_flops(run) if args.ceiling else None
     if not args.skip_flops:
         flops = {packing: step_flops(run, packing, batches[0]) for packing in (False, True)}
         print(f"# step FLOPs (one batch): per crop {flops[False]} , packed {flops[True]}")
@@ -163,6 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         median = statistics.median(values)
         ratio = f"{base / median:.2f}x" if base else "-"
         print(f"| {name} | {median:.2f} | {', '.join(f'{v:.2f}' for v in values)} | {ratio} |")
+    if flops_in_products is not None and base:
+        print(fp32_ceiling(base, flops_in_products))
     print(f"# load average after: {os.getloadavg()}")
     return 0
 

@@ -1,9 +1,10 @@
-"""Real Slurm jobs through launch/slurm.py: the demo config as a 2-task gloo job, and a running job
-interrupted with `scancel --signal=USR2` that must checkpoint, be requeued, resume and end exactly where
-the uninterrupted run ends (same iteration count, same weights).
+"""Real Slurm jobs through launch/slurm.py: the demo config as a 2-task gloo job, the same job on 2 nodes of
+1 task each (bitwise the same weights), and a running job interrupted with `scancel --signal=USR2` that must
+checkpoint, be requeued, resume and end exactly where the uninterrupted run ends (same iteration count, same
+weights).
 
-Needs a reachable Slurm with a free node of >= 2 CPUs (CI: `eval "$(.ci/slurm/start.sh)"`); skipped
-otherwise. Jobs are polled through `scontrol` with deadlines: there is no accounting database (sacct).
+Needs a reachable Slurm with a free node of >= 2 CPUs (CI: `eval "$(.ci/slurm/start.sh)"`, which starts two
+nodes on the one machine, each its own slurmd); skipped otherwise, and the 2-node test also without 2 nodes. Jobs are polled through `scontrol` with deadlines: there is no accounting database (sacct).
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ _REASON = _slurm_unreachable_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 
-def submit(output_dir: Path, job_name: str) -> str:
+def _usable_nodes() -> int:
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=20)
+    rows = {tuple(line.split()) for line in nodes.stdout.splitlines() if line.strip()}
+    return sum(state in ("idle", "mix", "alloc", "comp") for _, state in rows)
+
+
+def submit(output_dir: Path, job_name: str, nodes: int = 1, tasks_per_node: int = 2) -> str:
     proc = subprocess.run(
         [
             sys.executable,
@@ -69,8 +76,10 @@ def submit(output_dir: Path, job_name: str) -> str:
             "demo",
             "--gpus-per-node",
             "0",
+            "--nodes",
+            str(nodes),
             "--tasks-per-node",
-            "2",
+            str(tasks_per_node),
             "--cpus-per-task",
             "1",
             "--time",
@@ -89,7 +98,7 @@ def submit(output_dir: Path, job_name: str) -> str:
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    match = re.search(r"submitted job (\d+) \(2 tasks\)", proc.stdout)
+    match = re.search(rf"submitted job (\d+) \({nodes * tasks_per_node} tasks\)", proc.stdout)
     assert match, proc.stdout
     assert f"checkpoints:     {output_dir / 'checkpoints'}" in proc.stdout
     return match.group(1)
@@ -153,6 +162,24 @@ def test_demo_two_task_job_trains_to_a_checkpoint(uninterrupted):
         .joinpath(next(p.name for p in (uninterrupted / slurm_submit.LOG_DIR_NAME).glob("*_0_log.out")))
         .read_text()
     )
+
+
+@pytest.mark.skipif(_REASON is None and _usable_nodes() < 2, reason="the Slurm here has fewer than 2 usable nodes")
+def test_two_nodes_of_one_task_train_the_weights_of_one_node_of_two_tasks(uninterrupted, tmp_path):
+    """The rendezvous across nodes (the master is the first host of the job's node list, every rank derives the
+    port from the job id) gives the same 2-rank run: the same ranks, the same data, the same collectives."""
+    output_dir = tmp_path / "two_nodes"
+    job_id = submit(output_dir, "dinolite-ci-2nodes", nodes=2, tasks_per_node=1)
+    info = wait_finished(job_id, output_dir)
+    assert info.state == "COMPLETED", f"job {job_id} ended {info.state} ({info.exit_code})\n{logs(output_dir, job_id)}"
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    fields = dict(item.split("=", 1) for item in shown.stdout.split() if "=" in item)
+    assert fields["NumNodes"] == "2" and "," in fields["NodeList"], shown.stdout  # two slurmd, one task each
+    assert logged_iterations(output_dir) == list(range(1, ITERATIONS + 1))
+    reference = teacher_backbone(attempts(uninterrupted)[0]["checkpoint"])
+    two_nodes = teacher_backbone(attempts(output_dir)[0]["checkpoint"])
+    assert reference.keys() == two_nodes.keys()
+    assert all(torch.equal(two_nodes[key], reference[key]) for key in reference)
 
 
 def test_usr2_checkpoints_requeues_and_resumes_without_loss(uninterrupted, tmp_path):
