@@ -227,3 +227,23 @@ def test_dino_fig7_runs_dino_alone_with_each_of_its_anti_collapse_parts_removed(
     assert centering.teacher_temp == centering.warmup_teacher_temp == centering.student_temp
     assert runs["dino-no-ema"].config.ema.momentum == runs["dino-no-ema"].config.ema.final_momentum == 0.0
     assert all(runs[label].spec.expect == "complete collapse" for label in set(runs) - {"dino-both"})
+
+
+def test_jepa_removes_each_predictive_methods_anti_collapse_part_beside_its_healthy_preset(tmp_path):
+    """I-JEPA with momentum 0 (the target encoder is the context encoder) and LeJEPA with SIGReg's weight 0
+    (the prediction term alone), each beside its preset unchanged: only the named part differs."""
+    plan = plan_matrix("jepa", tmp_path, prepare=False)
+    runs = {r.label: r for r in plan.runs}
+    assert set(runs) == {"ijepa", "ijepa-no-ema", "lejepa", "lejepa-no-sigreg"}
+    assert runs["ijepa"].config.ema.momentum > 0 and runs["ijepa"].config.train.method == "ijepa"
+    no_ema = runs["ijepa-no-ema"].config
+    assert no_ema.ema.momentum == no_ema.ema.final_momentum == 0.0
+    assert runs["lejepa"].config.lejepa.sigreg_weight > 0 and runs["lejepa"].config.train.method == "lejepa"
+    assert runs["lejepa-no-sigreg"].config.lejepa.sigreg_weight == 0.0
+    assert {label: r.spec.expect for label, r in runs.items()} == {
+        "ijepa": "healthy",
+        "ijepa-no-ema": "complete collapse",
+        "lejepa": "healthy",
+        "lejepa-no-sigreg": "complete collapse",
+    }
+    assert runs["ijepa"].spec.features == runs["ijepa-no-ema"].spec.features == "avgpool"  # no CLS objective
