@@ -247,3 +247,16 @@ def test_jepa_removes_each_predictive_methods_anti_collapse_part_beside_its_heal
         "lejepa-no-sigreg": "complete collapse",
     }
     assert runs["ijepa"].spec.features == runs["ijepa-no-ema"].spec.features == "avgpool"  # no CLS objective
+
+
+def test_prototypes_varies_only_the_number_of_prototypes_of_the_healthy_dinov2_demo(tmp_path):
+    """Partial prototype collapse against K (Govindarajan et al. 2024): the same demo run, K = 8, 32, 128."""
+    plan = plan_matrix("prototypes", tmp_path, prepare=False)
+    runs = {r.label: r.config for r in plan.runs}
+    assert {label: (cfg.dino.head_n_prototypes, cfg.ibot.head_n_prototypes) for label, cfg in runs.items()} == {
+        "k8": (8, 8),
+        "k32": (32, 32),
+        "k128": (128, 128),
+    }
+    assert all(cfg.train.method == "dinov2" and cfg.teacher.center_momentum < 1 for cfg in runs.values())
+    assert all(r.spec.expect == "healthy" for r in plan.runs)
