@@ -260,3 +260,19 @@ def test_prototypes_varies_only_the_number_of_prototypes_of_the_healthy_dinov2_d
     }
     assert all(cfg.train.method == "dinov2" and cfg.teacher.center_momentum < 1 for cfg in runs.values())
     assert all(r.spec.expect == "healthy" for r in plan.runs)
+
+
+def test_rankme_hparams_is_a_three_by_three_simclr_temperature_and_learning_rate_grid(tmp_path):
+    """Garrido et al. 2023 Fig. 4: every (temperature, learning rate) pair once, nothing else changed."""
+    plan = plan_matrix("rankme_hparams", tmp_path, prepare=False)
+    grid = {(r.config.joint_embedding.temperature, r.config.optim.base_lr) for r in plan.runs}
+    assert grid == {(t, lr) for t in (0.1, 0.2, 0.5) for lr in (0.001, 0.004, 0.016)} and len(plan.runs) == 9
+    assert all(r.config.train.method == "simclr" for r in plan.runs)
+
+
+def test_registers_runs_the_dinov2_demo_with_0_and_4_registers(tmp_path):
+    """Darcet et al. 2024: the same demo run with and without 4 register tokens."""
+    plan = plan_matrix("registers", tmp_path, prepare=False)
+    registers = {r.label: r.config.student.num_register_tokens for r in plan.runs}
+    assert registers == {"no-registers": 0, "registers4": 4}
+    assert all(r.config.train.method == "dinov2" for r in plan.runs)
