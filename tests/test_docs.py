@@ -17,8 +17,8 @@ PAGES = [
     *sorted((ROOT / "benchmarks").glob("*.md")),
     *sorted(DOCS.rglob("*.md")),
 ]
-# Pages written by a program (the lab's committed report) are examples of its output, not topic pages.
-GENERATED = {DOCS / "lab" / "seeds" / "README.md"}
+# Pages written by a program (the lab's committed reports) are examples of its output, not topic pages.
+GENERATED = set((DOCS / "lab").glob("*/README.md"))
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 

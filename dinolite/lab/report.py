@@ -64,6 +64,7 @@ def _evidence_text(r: RunReport) -> str:
         ("backbone_alpha_req", "backbone alpha-ReQ"),
         ("teacher_mean_entropy_norm", "H(mean)/lnK"),
         ("teacher_entropy_norm", "H/lnK"),
+        ("teacher_prototypes_used", "prototypes used"),
     ):
         if key in ev:
             parts.append(f"{label} {ev[key]:.3g}")

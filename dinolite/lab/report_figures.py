@@ -150,11 +150,12 @@ def plot_teacher(reports: list[RunReport], path: Path) -> bool:
         ("teacher_entropy_norm", "H(teacher) / ln K (per image)"),
         ("teacher_mean_entropy_norm", "H(batch-mean teacher) / ln K"),
         ("student_teacher_kl", "KL(teacher || student) (nats)"),
+        ("teacher_prototypes_used", "prototypes some image is assigned to"),
     ]
     if not any(r.trace.teacher(name) for r in reports for name, _ in panels):
         return False
-    fig = Figure(figsize=(13, 3.4))
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(17, 3.4))
+    axes = fig.subplots(1, len(panels))
     for ax, (name, title) in zip(axes, panels):
         for color, r in zip(_colors(len(reports)), reports):
             s = r.trace.teacher(name)

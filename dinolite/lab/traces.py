@@ -50,6 +50,7 @@ TEACHER_METRICS = {
     "teacher_entropy_norm": "collapse/teacher_entropy_norm",
     "teacher_mean_entropy_norm": "collapse/teacher_mean_entropy_norm",
     "student_teacher_kl": "collapse/student_teacher_kl",
+    "teacher_prototypes_used": "collapse/teacher_prototypes_used",  # partial prototype collapse
 }
 COLLAPSE_RECORD_KEY = "collapse/num_samples"  # present in every collapse-monitor record
 

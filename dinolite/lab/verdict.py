@@ -261,7 +261,7 @@ def _evidence(trace: RunTrace) -> dict[str, float]:
             series = trace.channel(channel, stat)
             if series:
                 out[f"{channel}_{stat}"] = series.last
-    for name in ("teacher_entropy_norm", "teacher_mean_entropy_norm", "student_teacher_kl"):
+    for name in ("teacher_entropy_norm", "teacher_mean_entropy_norm", "student_teacher_kl", "teacher_prototypes_used"):
         series = trace.teacher(name)
         if series:
             out[name] = series.last

@@ -57,6 +57,8 @@ _HEAD_METRICS = (
     "collapse/teacher_entropy_norm",
     "collapse/teacher_mean_entropy",
     "collapse/teacher_mean_entropy_norm",
+    "collapse/teacher_prototypes_used",
+    "collapse/teacher_prototypes_used_ratio",
     "collapse/student_teacher_ce",
     "collapse/student_teacher_kl",
 )
@@ -251,6 +253,11 @@ class CollapseMonitor:
             results["collapse/teacher_entropy_norm"] = metrics.normalized_entropy(h, k)
             results["collapse/teacher_mean_entropy"] = h_mean
             results["collapse/teacher_mean_entropy_norm"] = metrics.normalized_entropy(h_mean, k)
+            # partial prototype collapse (Govindarajan et al. 2024): the prototypes some image is assigned
+            # to, of min(N, K) it could be (a batch of N images cannot use more than N)
+            used = metrics.prototypes_used(probs)
+            results["collapse/teacher_prototypes_used"] = float(used)
+            results["collapse/teacher_prototypes_used_ratio"] = used / min(k, probs.shape[0])
             student_logits = gathered.get("student_head_logits")
             if student_logits is not None:
                 ce, kl = metrics.cross_entropy_kl(student_logits, probs, self.student_temp)

@@ -23,6 +23,9 @@ References
 - Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers" (DINO), Sec. 5.3:
   sharpening alone collapses to one dimension (teacher entropy -> 0), centering alone to the uniform
   distribution (entropy -> ln K); they watch the teacher entropy and the student-teacher KL.
+- Govindarajan, Sidén, Roll & Lindsten 2024, "On Partial Prototype Collapse in the DINO Family of
+  Self-Supervised Methods" (BMVC 2024): many of the K prototypes become duplicates of each other, so
+  far fewer than K are used, while the batch-mean entropy still looks healthy.
 """
 
 from __future__ import annotations
@@ -162,6 +165,37 @@ def cross_entropy_kl(student_logits: Tensor, teacher_probs: Tensor, student_temp
     ce = -(q * log_s).sum(dim=1).mean()
     h = -torch.special.xlogy(q, q).sum(dim=1).mean()
     return float(ce), float(ce - h)
+
+
+def prototypes_used(probs: Tensor) -> int:
+    """How many distinct prototypes are the argmax of at least one sample's distribution (``(N, K)`` probs).
+
+    At most ``min(N, K)``: over a batch of N samples it reads "used" as "some sample's assignment"
+    (Govindarajan et al. 2024's partial prototype collapse: duplicated prototypes are never anyone's
+    argmax alone). 1 under one-prototype collapse; ties go to the lowest index (``torch.argmax``).
+    """
+    _check_probs(probs, "probs")
+    return int(torch.unique(probs.argmax(dim=1)).numel())
+
+
+def unique_prototypes(prototypes: Tensor, max_cosine: float = 0.99) -> int:
+    """How many of the ``(K, D)`` prototype vectors are not duplicates (Govindarajan et al. 2024).
+
+    The vectors are L2-normalised; prototype ``k`` is a duplicate when its cosine similarity with an
+    earlier unique prototype is above ``max_cosine``. K for K distinct directions, 1 when every row
+    points the same way. Greedy in row order: a chain of near neighbours a~b~c with a not ~ c counts a
+    and c.
+    """
+    _check_matrix(prototypes, "prototypes")
+    if not -1.0 < max_cosine < 1.0:
+        raise ValueError(f"max_cosine must be in (-1, 1), got {max_cosine}")
+    unit = F.normalize(prototypes.to(torch.float64), dim=1)
+    similar = (unit @ unit.T) > max_cosine
+    kept: list[int] = []
+    for k in range(unit.shape[0]):
+        if not kept or not bool(similar[k, kept].any()):
+            kept.append(k)
+    return len(kept)
 
 
 def normalized_entropy(value: float, num_classes: int) -> float:

@@ -227,3 +227,52 @@ def test_dino_fig7_runs_dino_alone_with_each_of_its_anti_collapse_parts_removed(
     assert centering.teacher_temp == centering.warmup_teacher_temp == centering.student_temp
     assert runs["dino-no-ema"].config.ema.momentum == runs["dino-no-ema"].config.ema.final_momentum == 0.0
     assert all(runs[label].spec.expect == "complete collapse" for label in set(runs) - {"dino-both"})
+
+
+def test_jepa_removes_each_predictive_methods_anti_collapse_part_beside_its_healthy_preset(tmp_path):
+    """I-JEPA with momentum 0 (the target encoder is the context encoder) and LeJEPA with SIGReg's weight 0
+    (the prediction term alone), each beside its preset unchanged: only the named part differs."""
+    plan = plan_matrix("jepa", tmp_path, prepare=False)
+    runs = {r.label: r for r in plan.runs}
+    assert set(runs) == {"ijepa", "ijepa-no-ema", "lejepa", "lejepa-no-sigreg"}
+    assert runs["ijepa"].config.ema.momentum > 0 and runs["ijepa"].config.train.method == "ijepa"
+    no_ema = runs["ijepa-no-ema"].config
+    assert no_ema.ema.momentum == no_ema.ema.final_momentum == 0.0
+    assert runs["lejepa"].config.lejepa.sigreg_weight > 0 and runs["lejepa"].config.train.method == "lejepa"
+    assert runs["lejepa-no-sigreg"].config.lejepa.sigreg_weight == 0.0
+    assert {label: r.spec.expect for label, r in runs.items()} == {
+        "ijepa": "healthy",
+        "ijepa-no-ema": "complete collapse",
+        "lejepa": "healthy",
+        "lejepa-no-sigreg": "complete collapse",
+    }
+    assert runs["ijepa"].spec.features == runs["ijepa-no-ema"].spec.features == "avgpool"  # no CLS objective
+
+
+def test_prototypes_varies_only_the_number_of_prototypes_of_the_healthy_dinov2_demo(tmp_path):
+    """Partial prototype collapse against K (Govindarajan et al. 2024): the same demo run, K = 8, 32, 128."""
+    plan = plan_matrix("prototypes", tmp_path, prepare=False)
+    runs = {r.label: r.config for r in plan.runs}
+    assert {label: (cfg.dino.head_n_prototypes, cfg.ibot.head_n_prototypes) for label, cfg in runs.items()} == {
+        "k8": (8, 8),
+        "k32": (32, 32),
+        "k128": (128, 128),
+    }
+    assert all(cfg.train.method == "dinov2" and cfg.teacher.center_momentum < 1 for cfg in runs.values())
+    assert all(r.spec.expect == "healthy" for r in plan.runs)
+
+
+def test_rankme_hparams_is_a_three_by_three_simclr_temperature_and_learning_rate_grid(tmp_path):
+    """Garrido et al. 2023 Fig. 4: every (temperature, learning rate) pair once, nothing else changed."""
+    plan = plan_matrix("rankme_hparams", tmp_path, prepare=False)
+    grid = {(r.config.joint_embedding.temperature, r.config.optim.base_lr) for r in plan.runs}
+    assert grid == {(t, lr) for t in (0.1, 0.2, 0.5) for lr in (0.001, 0.004, 0.016)} and len(plan.runs) == 9
+    assert all(r.config.train.method == "simclr" for r in plan.runs)
+
+
+def test_registers_runs_the_dinov2_demo_with_0_and_4_registers(tmp_path):
+    """Darcet et al. 2024: the same demo run with and without 4 register tokens."""
+    plan = plan_matrix("registers", tmp_path, prepare=False)
+    registers = {r.label: r.config.student.num_register_tokens for r in plan.runs}
+    assert registers == {"no-registers": 0, "registers4": 4}
+    assert all(r.config.train.method == "dinov2" for r in plan.runs)

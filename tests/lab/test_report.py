@@ -146,3 +146,16 @@ def test_lidar_and_alpha_req_are_drawn_and_quoted_when_a_run_logged_them(tmp_pat
     assert "backbone LiDAR 7.5" in row and "backbone alpha-ReQ 1.25" in row
     for figure in ("lidar.png", "alpha_req.png"):
         assert (plan.report_dir / figure).read_bytes()[:4] == b"\x89PNG" and f"]({figure})" in page
+
+
+def test_prototypes_used_is_quoted_only_for_runs_that_logged_it(tmp_path):
+    """Partial prototype collapse (Govindarajan et al. 2024): the last count of prototypes some image is
+    assigned to is in the run's numbers; runs logged before the measurement existed show nothing."""
+    plan, runs = handmade_plan(tmp_path)
+    write_run(runs["base"].run_dir, runs["base"].config, 3.0, [12.0, 14.0])
+    used = {"collapse/teacher_prototypes_used": 23.0}
+    write_run(runs["few-dims"].run_dir, runs["few-dims"].config, 3.0, [12.0, 14.0], extra=used)
+    page = write_report(plan).read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in page.splitlines() if line.startswith("| `")}
+    assert "prototypes used 23" in rows["few-dims"] and "prototypes used" not in rows["base"]
+    assert (plan.report_dir / "teacher.png").read_bytes()[:4] == b"\x89PNG"

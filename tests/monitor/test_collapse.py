@@ -54,6 +54,9 @@ def test_measure_reports_every_metric_with_the_metric_functions_values():
     assert out["collapse/teacher_entropy_norm"] == pytest.approx(
         metrics.entropy(diag["teacher_head_probs"]) / math.log(64)
     )
+    used = metrics.prototypes_used(diag["teacher_head_probs"])
+    assert out["collapse/teacher_prototypes_used"] == used > 30  # random logits: most of the 64 are used
+    assert out["collapse/teacher_prototypes_used_ratio"] == pytest.approx(used / 64)
     ce, kl = metrics.cross_entropy_kl(diag["student_head_logits"], diag["teacher_head_probs"], 0.1)
     assert out["collapse/student_teacher_ce"] == pytest.approx(ce)
     assert out["collapse/student_teacher_kl"] == pytest.approx(kl)
@@ -78,6 +81,7 @@ def test_healthy_and_collapsed_diagnostics_are_told_apart():
     # a covariance of one direction has no power law to fit: alpha-ReQ is not logged
     assert "collapse/backbone_alpha_req" in healthy and "collapse/backbone_alpha_req" not in collapsed
     assert collapsed["collapse/teacher_mean_entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert collapsed["collapse/teacher_prototypes_used"] == 1.0 < healthy["collapse/teacher_prototypes_used"]
     assert healthy["collapse/teacher_mean_entropy_norm"] > 0.9
 
 

@@ -273,3 +273,35 @@ def test_lidar_of_degenerate_views():
         metrics.lidar(torch.ones(1, 3, 8))
     with pytest.raises(ValueError, match="delta"):
         metrics.lidar(torch.ones(4, 2, 8), delta=0.0)
+
+
+def test_prototypes_used_counts_the_distinct_argmax_prototypes():
+    """Partial prototype collapse (Govindarajan et al. 2024): 64 samples spread over prototypes 0, 3, 5 of
+    K = 16 use 3; one-prototype collapse uses 1; a batch smaller than K uses at most N."""
+    k = 16
+    assignment = torch.tensor([0, 3, 5, 3] * 16)
+    probs = torch.full((64, k), 0.01)
+    probs[torch.arange(64), assignment] = 1.0 - 0.01 * (k - 1)
+    assert metrics.prototypes_used(probs) == 3
+    assert metrics.prototypes_used(torch.softmax(torch.randn(1, k).expand(64, k), dim=1)) == 1
+    assert metrics.prototypes_used(torch.eye(k)[:5]) == 5
+    assert metrics.prototypes_used(torch.eye(k)) == k
+
+
+def test_unique_prototypes_counts_directions_not_rows():
+    """K = 12 prototypes built from 4 directions, each repeated 3 times with a small perturbation and a
+    different length: 4 unique. Orthogonal prototypes are all unique; one direction repeated is 1."""
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.linalg.qr(torch.randn(32, 4, generator=generator, dtype=torch.float64))[0].T  # 4 x 32
+    scales = torch.tensor([1.0, 2.5, 0.3], dtype=torch.float64)
+    copies = directions.repeat_interleave(3, dim=0) * scales.repeat(4)[:, None]
+    noisy = copies + 1e-3 * torch.randn(copies.shape, generator=generator, dtype=torch.float64)
+    assert metrics.unique_prototypes(noisy) == 4
+    assert metrics.unique_prototypes(torch.eye(8)) == 8
+    assert metrics.unique_prototypes(torch.ones(5, 3) * torch.arange(1.0, 6.0)[:, None]) == 1
+    # a looser threshold merges directions 45 degrees apart (cosine 0.707), a tighter one keeps them apart
+    pair = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert metrics.unique_prototypes(pair, max_cosine=0.7) == 1
+    assert metrics.unique_prototypes(pair, max_cosine=0.8) == 2
+    with pytest.raises(ValueError, match="max_cosine must be in"):
+        metrics.unique_prototypes(pair, max_cosine=1.0)
