@@ -11,6 +11,7 @@ Reads ``beit.vocab_size`` / ``beit.tokenizer_*``, ``student.patch_size``, ``crop
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Iterable, Optional
 
 from dinolite.cli import check_output_path, make_parser, run_main
@@ -43,3 +44,7 @@ def _main(argv: Optional[list[str]]) -> int:
     check_output_path(output, "--output")
     train_tokenizer(cfg, output)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
