@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from dinolite.config import Config, ConfigError, ConfigSection, check_ranges
-from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_beit
 from dinolite.data.masking import MaskingGenerator
 from dinolite.losses import BEiTLoss
 from dinolite.models.vq_tokenizer import VQTokenizer, file_sha256, freeze, load_tokenizer
 from dinolite.monitor.collapse_rules import one_direction
+from dinolite.train.methods import simmim
 from dinolite.train.methods.masked_common import checked, embed_dim, flops_record, vit_macs
 from dinolite.train.methods.registry import MethodSpec, register_method
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
@@ -164,18 +164,9 @@ def build_objective(cfg: Config) -> BEiTObjective:
 
 
 def build_transform(cfg: Config) -> SingleViewAugmentation:
-    """RandomResizedCrop (``crops.global_crops_*``) + flip (``crops.horizontal_flip_p``); the tokenizer
-    reads the same crop."""
-    recipe = CropRecipe(
-        cfg.crops.global_crops_size,
-        tuple(cfg.crops.global_crops_scale),
-        blur_p=0.0,
-        solarize_p=0.0,
-        horizontal_flip_p=cfg.crops.horizontal_flip_p,
-        color_jitter_p=0.0,
-        grayscale_p=0.0,
-    )
-    return SingleViewAugmentation(recipe, cfg.crops.mean, cfg.crops.std)
+    """SimMIM's view (one RandomResizedCrop of ``crops.global_crops_*`` + flip, no colour ops); the tokenizer reads
+    the same crop."""
+    return simmim.build_transform(cfg)
 
 
 def mask_generator(cfg: Config) -> MaskingGenerator:
