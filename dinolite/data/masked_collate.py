@@ -1,4 +1,4 @@
-"""Views and collates of the masked-prediction methods (I-JEPA, SimMIM, MSN, MAE).
+"""Views and collates of the masked-prediction methods (I-JEPA, SimMIM, MSN, MAE, BEiT).
 
 * :class:`SingleViewAugmentation`: one crop per image (I-JEPA: RandomResizedCrop scale (0.3, 1.0), no
   other augmentation, Assran et al. 2023 Sec. 4; SimMIM: RandomResizedCrop scale (0.67, 1.0), ratio
@@ -6,6 +6,7 @@
 * :func:`collate_ijepa`: images + I-JEPA multi-block masks (:class:`MultiBlockMaskGenerator`).
 * :func:`collate_simmim`: images + SimMIM random masks (:class:`SimMIMMaskGenerator`).
 * :func:`collate_mae`: images + MAE's random masking (:func:`mae_noise`, :func:`mae_shuffle`).
+* :func:`collate_beit`: images + BEiT's block-wise masks (:class:`dinolite.data.masking.MaskingGenerator`).
 * :func:`collate_msn`: MSN's views from :class:`dinolite.data.views.MultiViewAugmentation` (global view 0
   = the target view, view 1 = the anchor, local views = focal anchors) + patch-drop indices for every
   anchor (Assran et al. 2022, Sec. 3; ``patch_drop`` in the released configs).
@@ -33,8 +34,10 @@ from dinolite.data.masked_views import (
     SimMIMMaskGenerator,
     mae_noise,
     mae_shuffle,
+    per_sample_generators,
     random_keep_indices,
 )
+from dinolite.data.masking import MaskingGenerator
 
 
 class SingleViewAugmentation:
@@ -91,6 +94,22 @@ def collate_mae(
     noise = mae_noise(images.shape[0], (height // patch_size) * (width // patch_size), generator)
     ids_keep, ids_restore = mae_shuffle(noise, mask_ratio)
     return {"images": images, "ids_keep": ids_keep, "ids_restore": ids_restore}
+
+
+def collate_beit(
+    samples: Sequence[Mapping[str, Any]],
+    mask_generator: MaskingGenerator,
+    num_masking_patches: int,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """``{"images": (B,3,H,W), "masks": (B, h*w) bool}``: one block-wise mask (BEiT's rule) per image, from
+    per-image generators drawn in order from ``generator`` (resume-exact)."""
+    images = _stack_images(samples)
+    grid = mask_generator.get_shape()
+    if images.shape[-2] % grid[0] or images.shape[-1] % grid[1]:
+        raise ValueError(f"images of {tuple(images.shape[-2:])} px do not split into the {grid} mask grid")
+    masks = [mask_generator(num_masking_patches, g).flatten() for g in per_sample_generators(generator, len(samples))]
+    return {"images": images, "masks": torch.stack(masks)}
 
 
 def collate_msn(

@@ -7,6 +7,12 @@ left to mask capped at ``max_num_patches``, and has aspect ratio ``r`` log-unifo
 ``[min_aspect, max_aspect]`` (h = round(sqrt(s r)), w = round(sqrt(s / r))). A rectangle is accepted
 only when it adds between 1 and ``budget`` new patches; after ``attempts`` rejected draws the generator
 stops, so it may mask slightly fewer patches than asked (never more).
+
+Where the two releases differ: dinolite's generator stops as soon as what is left to mask is below
+``min_num_patches`` (``stop_below_min_block=True``, the default: iBOT/DINOv2 as dinolite has always run
+them). BEiT's released ``masking_generator.py`` keeps drawing there, with ``s ~ U(budget, min_num_patches)``
+(Python's ``random.uniform`` accepts a reversed range), so it fills the remainder with small blocks and
+reaches the requested count more often; ``stop_below_min_block=False`` is that rule (``train.method: beit``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class MaskingGenerator:
         min_aspect: float = 0.3,
         max_aspect: Optional[float] = None,
         attempts: int = 10,
+        stop_below_min_block: bool = True,
     ) -> None:
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
@@ -47,6 +54,7 @@ class MaskingGenerator:
         max_aspect = max_aspect if max_aspect is not None else 1.0 / min_aspect
         self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
         self.attempts = int(attempts)
+        self.stop_below_min_block = bool(stop_below_min_block)
 
     def __repr__(self) -> str:
         return (
@@ -82,7 +90,7 @@ class MaskingGenerator:
         count = 0
         while count < num_masking_patches:
             budget = min(num_masking_patches - count, self.max_num_patches)
-            if budget < self.min_num_patches:
+            if budget < self.min_num_patches and self.stop_below_min_block:
                 break  # a block smaller than the minimum cannot be placed
             added = self._add_block(mask, budget, generator)
             if added == 0:

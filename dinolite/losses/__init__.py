@@ -1,8 +1,9 @@
 """Self-supervised losses (pure modules, fp32 inside): DINO CLS, iBOT masked-patch, KoLeo, InfoNCE (SimCLR),
 DirectCLR, Barlow Twins, negative cosine (SimSiam / BYOL), I-JEPA, MSN, SimMIM, MAE, Gram anchoring (DINOv3),
-MoCo v3, SwAV."""
+MoCo v3, SwAV, BEiT."""
 
 from dinolite.losses.barlow_twins_loss import BarlowTwinsLoss, cross_correlation
+from dinolite.losses.beit_loss import BEiTLoss
 from dinolite.losses.centering import TeacherCentering, sinkhorn_knopp, softmax_centered
 from dinolite.losses.dino_clstoken_loss import DINOLoss
 from dinolite.losses.directclr_loss import DirectCLRLoss
@@ -19,6 +20,7 @@ from dinolite.losses.simmim_loss import SimMIMLoss
 from dinolite.losses.swav_loss import SwAVLoss
 
 __all__ = [
+    "BEiTLoss",
     "BarlowTwinsLoss",
     "DINOLoss",
     "DirectCLRLoss",

@@ -43,3 +43,18 @@ def test_deterministic_given_a_generator_and_validates():
     assert torch.equal(a, b)
     with pytest.raises(ValueError):
         MaskingGenerator((8, 8), max_num_patches=2)
+
+
+def test_beits_released_rule_keeps_filling_below_the_smallest_block():
+    """BEiT's masking_generator.py (75 of 196 patches, blocks >= 16): when less than 16 patches are left it
+    still draws blocks of U(left, 16) patches, accepted when they add at most what is left; dinolite's
+    default stops there. Over the same draws the release's rule reaches the count exactly more often."""
+    released = MaskingGenerator((14, 14), max_num_patches=75, min_num_patches=16, stop_below_min_block=False)
+    stopping = MaskingGenerator((14, 14), max_num_patches=75, min_num_patches=16)
+    exact = {"released": 0, "stopping": 0}
+    for seed in range(60):
+        for name, gen in (("released", released), ("stopping", stopping)):
+            count = int(gen(75, torch.Generator().manual_seed(seed)).sum())
+            assert count <= 75
+            exact[name] += count == 75
+    assert exact["released"] > exact["stopping"] + 10

@@ -76,7 +76,16 @@ def random_image_stream(request: StreamRequest):
 # What a demo preset reads from another run, which this suite does not train: distillation's demo distils
 # the trained demo run; here its teacher is a random one (tests/train/methods/test_distillation*.py
 # distil from trained runs and exports).
-PRESET_INPUTS = {"distillation": ["distillation.teacher_weights=random"]}
+# BEiT's demo reads the tokenizer dinolite-train-tokenizer writes; here a random one (tests/train/test_tokenizer.py
+# trains one).
+PRESET_INPUTS = {
+    "distillation": ["distillation.teacher_weights=random"],
+    "beit": [
+        "beit.tokenizer=random",
+        "beit.num_mask_patches=6",  # of the 4x4 grid of 16 px crops
+        "beit.min_mask_patches=2",
+    ],
+}
 
 
 def method_config(name: str, run_dir: Path, *extra: str, preset: str | None = None):
@@ -288,7 +297,8 @@ def _truncated(tmp_path: Path, cfg) -> Path:
 
 def _another_architecture(tmp_path: Path, cfg) -> Path:
     path = tmp_path / "deeper.safetensors"
-    deeper = load_config(get_method(cfg.train.method).demo_preset, [*SMALL, "student.depth=3"])
+    inputs = PRESET_INPUTS.get(cfg.train.method, [])
+    deeper = load_config(get_method(cfg.train.method).demo_preset, [*SMALL, *inputs, "student.depth=3"])
     _perturbed_export(deeper, path)
     return path
 

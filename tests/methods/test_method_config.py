@@ -133,7 +133,7 @@ def test_a_cls_free_encoder_is_refused_for_every_method_that_reads_the_cls_token
     """student.cls_token=false (the released I-JEPA encoder's layout) only where no objective term reads the CLS
     token; elsewhere the error names the key, the method and the methods that accept it."""
     free = [name for name in list_methods() if not get_method(name).reads_cls_token]
-    assert free == ["ijepa", "simmim"]
+    assert free == ["beit", "ijepa", "simmim"]
     for name in list_methods():
         preset = get_method(name).demo_preset
         if name in free:
@@ -141,7 +141,7 @@ def test_a_cls_free_encoder_is_refused_for_every_method_that_reads_the_cls_token
             continue
         message = (
             rf"'student.cls_token': false, but train.method='{name}' reads the backbone's CLS token; "
-            "a CLS-free encoder is for ijepa, simmim"
+            "a CLS-free encoder is for beit, ijepa, simmim"
         )
         with pytest.raises(ConfigError, match=message):
             load_config(preset, ["student.cls_token=false"])

@@ -32,6 +32,7 @@ EXPECTED_SCRIPTS = {
     "dinolite-info",
     "dinolite-lab",
     "dinolite-plan",
+    "dinolite-train-tokenizer",
 }
 
 
@@ -119,6 +120,7 @@ DASH_M = {
     "dinolite-info": "dinolite.commands.info",
     "dinolite-lab": "dinolite.commands.lab",
     "dinolite-plan": "dinolite.commands.plan",
+    "dinolite-train-tokenizer": "dinolite.commands.train_tokenizer",
 }
 
 

@@ -8,6 +8,7 @@ line below.
 # One line per method: importing the module registers it.
 from dinolite.train.methods import (
     barlow_twins,  # noqa: E402,F401  (registers "barlow_twins")
+    beit,  # noqa: E402,F401  (registers "beit")
     dinov2,  # noqa: E402,F401  (registers "dinov2")
     directclr,  # noqa: E402,F401  (registers "directclr")
     distillation,  # noqa: E402,F401  (registers "distillation")
