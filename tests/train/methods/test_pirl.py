@@ -132,3 +132,15 @@ def test_two_processes_with_the_bank_equal_one_process(tmp_path: Path):
     for result in run_on_ranks(_rank, 2, tmp_path):
         for key, value in reference.items():
             torch.testing.assert_close(result[key], value, rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_vitb16_preset_carries_the_releases_pirl_values_and_counts_the_tiles():
+    cfg = load_config("vitb16_pirl")
+    c = cfg.pirl
+    assert (c.temperature, c.jigsaw_weight, c.memory_momentum, c.num_negatives) == (0.1, 0.5, 0.5, 32000)
+    assert (c.memory_bank_size, c.grid, c.jigsaw_crop_size, c.tile_size, c.out_dim) == (1281167, 3, 255, 64, 128)
+    assert (c.head_hidden_dim, c.head_batch_norm) == (2048, False)
+    assert cfg.train.batch_size_per_gpu * 32 == 1024 and cfg.crops.global_crops_scale == [0.08, 1.0]
+    flops = get_method("pirl").training_flops(cfg)
+    # 9 tiles of 4 x 4 patches cost less than the 14 x 14-patch view but are counted
+    assert flops["flops_per_image"] > 3 * (flops["flops_global_crop"] + 9 * flops["flops_local_crop"])
