@@ -16,6 +16,7 @@ from dinolite.losses.mae_loss import MAELoss
 from dinolite.losses.moco_v3_loss import MoCoV3Loss, moco_v3_loss
 from dinolite.losses.msn_loss import MSNLoss
 from dinolite.losses.negative_cosine_loss import NegativeCosineLoss, negative_cosine
+from dinolite.losses.pirl_loss import PIRLLoss
 from dinolite.losses.simmim_loss import SimMIMLoss
 from dinolite.losses.swav_loss import SwAVLoss
 
@@ -33,6 +34,7 @@ __all__ = [
     "MoCoV3Loss",
     "NegativeCosineLoss",
     "SimMIMLoss",
+    "PIRLLoss",
     "SwAVLoss",
     "TeacherCentering",
     "cross_correlation",

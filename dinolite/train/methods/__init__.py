@@ -17,6 +17,7 @@ from dinolite.train.methods import (
     mae,  # noqa: E402,F401  (registers "mae")
     mocov3,  # noqa: E402,F401  (registers "mocov3")
     msn,  # noqa: E402,F401  (registers "msn")
+    pirl,  # noqa: E402,F401  (registers "pirl")
     siamese,  # noqa: E402,F401  (registers "simsiam" and "byol")
     simclr,  # noqa: E402,F401  (registers "simclr")
     simmim,  # noqa: E402,F401  (registers "simmim")

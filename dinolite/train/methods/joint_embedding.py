@@ -65,7 +65,7 @@ def watchdog_thresholds(embeddings: tuple[str, ...], warmup_iterations: int = 10
 # ---------------------------------------------------------------------------------------------------- views
 
 
-def _recipe(view: ViewConfig, size: int, scale: Any, key: str) -> CropRecipe:
+def view_recipe(view: ViewConfig, size: int, scale: Any, key: str) -> CropRecipe:
     try:
         return CropRecipe(
             size=size,
@@ -87,12 +87,12 @@ def build_views(cfg: Config) -> MultiViewAugmentation:
     ``crops.local_crops_number`` small views (``joint_embedding.local_view``)."""
     je, crops = cfg.joint_embedding, cfg.crops
     views = [
-        _recipe(je.view1, crops.global_crops_size, crops.global_crops_scale, "view1"),
-        _recipe(je.view2, crops.global_crops_size, crops.global_crops_scale, "view2"),
+        view_recipe(je.view1, crops.global_crops_size, crops.global_crops_scale, "view1"),
+        view_recipe(je.view2, crops.global_crops_size, crops.global_crops_scale, "view2"),
     ]
     local = None
     if crops.local_crops_number > 0:
-        local = _recipe(je.local_view, crops.local_crops_size, crops.local_crops_scale, "local_view")
+        local = view_recipe(je.local_view, crops.local_crops_size, crops.local_crops_scale, "local_view")
     return MultiViewAugmentation(views, local, crops.local_crops_number, mean=crops.mean, std=crops.std)
 
 
