@@ -79,6 +79,9 @@ class Measurements:
     knn_k: int = 20
     linear: bool = True  # linear probe (DINOv2's grid) at the end (and at random init)
     linear_epochs: int = 10
+    # the Spearman rank correlation of the final eval-set RankMe with the kNN top-1 over the finished runs,
+    # in the report (Garrido et al. 2023, Fig. 4: RankMe choosing hyper-parameters without labels)
+    rank_correlation: bool = False
 
 
 @dataclass

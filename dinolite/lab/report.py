@@ -106,6 +106,48 @@ def summary_table(reports: list[RunReport]) -> str:
     return "\n".join(lines)
 
 
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the ranks (ties get their average rank);
+    nan when either list is constant."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"spearman needs two lists of the same length >= 2, got {len(xs)} and {len(ys)}")
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var > 0 else float("nan")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def rank_correlation_text(reports: list[RunReport]) -> str:
+    """RankMe against kNN over the finished runs (Garrido et al. 2023, Fig. 4), or why it is missing."""
+    pairs = [
+        (r.result["spectra"][-1]["rankme"], r.result["knn"]["top1"])
+        for r in reports
+        if r.result and r.result.get("spectra") and (r.result.get("knn") or {}).get("top1") is not None
+    ]
+    if len(pairs) < 3:
+        return f"RankMe against kNN: {len(pairs)} finished run(s) with both, 3 needed for a rank correlation."
+    rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return (
+        f"RankMe against kNN (Garrido et al. 2023, Fig. 4): Spearman rank correlation of the final eval-set "
+        f"RankMe with the kNN top-1 over {len(pairs)} runs: **{rho:.2f}**."
+    )
+
+
 def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]]) -> str:
     m = plan.matrix
     done = sum(1 for r in reports if r.result)
@@ -140,6 +182,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
         "## Runs",
         "",
     ]
+    if m.measurements.rank_correlation:
+        lines[-3:-3] = [rank_correlation_text(reports), ""]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
         thresholds = ", ".join(f"{key} {value:g}" for key, value in r.run.spec.verdict.items())

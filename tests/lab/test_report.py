@@ -4,11 +4,14 @@ the reference comparison, the replayed watchdog, and the figures."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import pytest
 
 from dinolite.config import save_config
 from dinolite.lab.matrix import plan_matrix
-from dinolite.lab.report import write_report
+from dinolite.lab.report import spearman, write_report
 from dinolite.lab.run_reports import collect
 
 MATRIX = """\
@@ -159,3 +162,27 @@ def test_prototypes_used_is_quoted_only_for_runs_that_logged_it(tmp_path):
     rows = {line.split("|")[1].strip().strip("`"): line for line in page.splitlines() if line.startswith("| `")}
     assert "prototypes used 23" in rows["few-dims"] and "prototypes used" not in rows["base"]
     assert (plan.report_dir / "teacher.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spearman_by_hand_with_ties():
+    assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # ranks x: 1, 2.5, 2.5, 4 (a tie: the average rank); y: 1, 2, 4, 3. Centred: x -1.5, 0, 0, 1.5 and
+    # y -1.5, -0.5, 1.5, 0.5; sum of products 3, sums of squares 4.5 and 5
+    assert spearman([1.0, 5.0, 5.0, 9.0], [1.0, 2.0, 8.0, 3.0]) == pytest.approx(3 / (4.5 * 5) ** 0.5)
+    assert math.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1.0, 2.0], [1.0])
+
+
+def test_rank_correlation_of_rankme_and_knn_is_in_the_report_when_the_matrix_asks(tmp_path):
+    """Garrido et al. 2023 Fig. 4: the final eval-set RankMe of each run against its kNN top-1."""
+    plan, runs = handmade_plan(tmp_path)
+    ranked = {"base": (14.0, 61.0), "one-prototype": (3.0, 40.0), "few-dims": (8.0, 52.0), "weak-target": (11.0, 50.0)}
+    for label, (rank, knn) in ranked.items():
+        write_run(runs[label].run_dir, runs[label].config, 3.0, [rank, rank], knn=knn)
+    assert "Spearman" not in write_report(plan).read_text()  # off unless the matrix asks for it
+    plan.matrix.measurements.rank_correlation = True
+    expected = spearman([14.0, 3.0, 8.0, 11.0], [61.0, 40.0, 52.0, 50.0])  # ranks 4,1,2,3 vs 4,1,3,2: 0.8
+    assert expected == pytest.approx(0.8)
+    assert "over 4 runs: **0.80**" in write_report(plan).read_text()
