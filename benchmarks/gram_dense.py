@@ -135,8 +135,10 @@ def checkpoint_iteration(checkpoint: Path) -> int:
     return int(checkpoint.name.split("_")[-1])
 
 
-def measure_run(run: Path, seg_iterations: int = SEG_ITERATIONS, since: int = 0) -> list[dict]:
-    """One row per kept checkpoint of ``run`` (at iterations >= ``since``): kNN, mIoU, locality."""
+def measure_run(
+    run: Path, seg_iterations: int = SEG_ITERATIONS, since: int = 0, until: float = float("inf")
+) -> list[dict]:
+    """One row per kept checkpoint of ``run`` (at iterations in [``since``, ``until``]): kNN, mIoU, locality."""
     cfg = load_config(str(run / "config.yaml"), unknown_sections="keep")
     mean, std = list(cfg.crops.mean), list(cfg.crops.std)
     size = cfg.crops.global_crops_size
@@ -145,7 +147,7 @@ def measure_run(run: Path, seg_iterations: int = SEG_ITERATIONS, since: int = 0)
     rows = []
     checkpoints = sorted(p for p in (run / "checkpoints").glob("iter_*") if p.is_dir() and "." not in p.name)
     for checkpoint in checkpoints:
-        if checkpoint_iteration(checkpoint) < since:
+        if not since <= checkpoint_iteration(checkpoint) <= until:
             continue
         backbone = load_any_backbone(checkpoint, network="teacher").eval()
         train_cls, _ = gram_anchoring.features(backbone, train_x)
@@ -250,6 +252,10 @@ def plot(rows: list[dict], output: Path, branch: int | None = None) -> list[Path
     for ax, (key, label) in zip(axes, MEASURES):
         for run, style in (("base", "o-"), ("gram", "s--")):
             points = sorted((r["iteration"], r[key]) for r in rows if r["run"] == run)
+            if run == "gram" and points:  # the Gram arm starts from base's checkpoint at the branch
+                points = [
+                    (r["iteration"], r[key]) for r in rows if r["run"] == "base" and r["iteration"] == branch
+                ] + points
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, style, label="no Gram" if run == "base" else "Gram anchoring", ms=4)
@@ -287,6 +293,7 @@ def main() -> None:
     p_measure.add_argument("runs", nargs="+", type=Path)
     p_measure.add_argument("--output", type=Path, required=True)
     p_measure.add_argument("--since", type=int, default=0, help="skip checkpoints before this iteration")
+    p_measure.add_argument("--until", type=float, default=float("inf"), help="skip checkpoints after this iteration")
     p_measure.add_argument("--seg-iterations", type=int, default=SEG_ITERATIONS)
     p_plot = sub.add_parser("plot")
     p_plot.add_argument("rows", type=Path, nargs="+", help="JSON files of measure")
@@ -297,7 +304,7 @@ def main() -> None:
     if args.command == "branch":
         print(branch_run(args.base, args.target, args.branch, gram_overrides(args.branch)))
     elif args.command == "measure":
-        rows = [row for run in args.runs for row in measure_run(run, args.seg_iterations, args.since)]
+        rows = [row for run in args.runs for row in measure_run(run, args.seg_iterations, args.since, args.until)]
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(rows, indent=1) + "\n")
     elif args.command == "plot":
