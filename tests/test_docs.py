@@ -18,7 +18,7 @@ PAGES = [
     *sorted(DOCS.rglob("*.md")),
 ]
 # Pages written by a program (the lab's committed report) are examples of its output, not topic pages.
-GENERATED = {DOCS / "lab" / "seeds" / "README.md"}
+GENERATED = {DOCS / "lab" / "seeds" / "README.md", DOCS / "lab" / "dino_fig7" / "README.md"}
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 
