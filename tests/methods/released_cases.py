@@ -14,7 +14,7 @@ import torch
 
 from dinolite.config import Config
 from dinolite.train.methods import get_method
-from tests.methods.released_harness import Fixture, ReleasedOptimizer, ReleasedStep, backbone_overrides
+from tests.methods.released_harness import NO_LR_LAYERS, Fixture, ReleasedOptimizer, ReleasedStep, backbone_overrides
 
 
 def simsiam_overrides(settings: Mapping[str, Any]) -> list[str]:
@@ -154,7 +154,6 @@ def msn_collate(cfg: Config, fixture: Fixture, inputs: dict[str, torch.Tensor]) 
 
 # The releases' optimizer steps as optim options (docs/faithfulness.md). Every recipe runs without layer-wise lr
 # decay or a patch-embedding lr multiplier (no release has them); dinolite's schedules are tested on their own.
-NO_LR_LAYERS = {"layerwise_decay": "1.0", "patch_embed_lr_mult": "1.0"}
 
 
 def simsiam_optimizer(settings: Mapping[str, Any]) -> dict[str, str]:

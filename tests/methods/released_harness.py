@@ -26,6 +26,8 @@ from dinolite.train.schedules import TrainingSchedules
 from dinolite.train.step import TrainingStep
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "released"
+# The optimizer options that turn dinolite's per-layer learning rates off (the releases have none).
+NO_LR_LAYERS = {"layerwise_decay": "1.0", "patch_embed_lr_mult": "1.0"}
 TINY_VIT = re.compile(r"img (\d+), patch (\d+), width (\d+), depth (\d+), heads (\d+)")
 
 

@@ -24,7 +24,7 @@ from dinolite.data.masked_views import mae_shuffle
 from dinolite.losses import MAELoss
 from dinolite.train.methods import get_method
 from dinolite.train.schedules import build_schedules
-from tests.methods.test_released_steps import (
+from tests.methods.released_harness import (
     NO_LR_LAYERS,
     Fixture,
     ReleasedOptimizer,

@@ -23,7 +23,7 @@ from dinolite.train.methods import get_method
 from dinolite.train.optim import optimizer_for
 from dinolite.train.schedules import TrainingSchedules, build_schedules
 from dinolite.train.step import TrainingStep
-from tests.methods.test_released_steps import (
+from tests.methods.released_harness import (
     NO_LR_LAYERS,
     ReleasedOptimizer,
     ReleasedStep,
