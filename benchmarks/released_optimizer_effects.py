@@ -2,7 +2,7 @@
 
 For every fixture whose release step ends with an optimizer step (``tests/fixtures/released/*.safetensors``,
 ``released/after/*``), run dinolite's step with the release's optimizer options (the cases of
-``tests/methods/test_released_steps.py``), then again with dinolite's value of one option at a time, and
+``tests/methods/released_cases.py``), then again with dinolite's value of one option at a time, and
 print the largest difference of any parameter after the step from the release's (elements whose released
 gradient is below the case's noise floor left out, as in the test), the tensor it is in, and how many
 tensors the test's tolerance refuses.
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.methods.test_released_steps import (
-    CASES,
-    OPTIMIZER_CASES,
+from tests.methods.released_cases import CASES, OPTIMIZER_CASES
+from tests.methods.released_harness import (
     Fixture,
     ReleasedStep,
     after_step_mismatches,

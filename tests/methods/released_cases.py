@@ -382,3 +382,6 @@ CASES: dict[str, ReleasedStep] = {
         ),
     ),
 }
+
+# The cases whose fixture also holds the parameters after the release's optimizer step.
+OPTIMIZER_CASES = sorted(name for name, case in CASES.items() if case.optimizer is not None)

@@ -25,7 +25,15 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.train.methods import get_method
-from tests.methods.released_cases import CASES, IJEPA_CASE, SIMMIM_TABLE, VICREG_CASE, ijepa_overrides, simmim_overrides
+from tests.methods.released_cases import (
+    CASES,
+    IJEPA_CASE,
+    OPTIMIZER_CASES,
+    SIMMIM_TABLE,
+    VICREG_CASE,
+    ijepa_overrides,
+    simmim_overrides,
+)
 from tests.methods.released_harness import (
     Fixture,
     ReleasedStep,
@@ -142,9 +150,6 @@ def test_column_first_sincos_tables_are_the_released_ijepa_tables() -> None:
 
 
 # -- the parameters after the release's optimizer step ----------------------------------------------------------
-
-
-OPTIMIZER_CASES = sorted(name for name, case in CASES.items() if case.optimizer is not None)
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_CASES)
