@@ -138,11 +138,6 @@ def _validate_shared(cfg: Config) -> None:
     _validate_cls_token(cfg)
     if cfg.student.pos_embed == "rope":
         _validate_rope(cfg.student)
-        if cfg.student.crop_packing:
-            raise ConfigError(
-                "invalid value for 'student.crop_packing': true with student.pos_embed=rope; packed attention does "
-                "not rotate each crop's queries and keys yet (docs/models.md, crop packing): set one of them off"
-            )
 
 
 def _validate_cls_token(cfg: Config) -> None:

@@ -81,6 +81,15 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = No
     return (weights @ v.float()).to(v.dtype), weights
 
 
+def position_queries_keys(q: Tensor, k: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Queries and keys ``(B, T, heads, d)`` with rotary angles applied to the patch tokens (RoPE), and the logit
+    bias left for attention (None with RoPE or without a position signal). Crop packing calls it per crop."""
+    if not isinstance(position, RotaryAngles):
+        return q, k, position
+    q, k = (apply_rotary(t.transpose(1, 2), position).transpose(1, 2) for t in (q, k))
+    return q, k, None
+
+
 class Attention(nn.Module):
     """Self-attention over ``(B, T, dim)`` tokens; keys ``qkv.{weight,bias}``, ``proj.{weight,bias}``."""
 
@@ -121,10 +130,8 @@ class Attention(nn.Module):
     def _queries_keys_values(self, x: Tensor, position: PositionSignal) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``(B, T, heads, d)`` q, k, v with rotary angles applied to q and k, and the logit bias left (or None)."""
         q, k, v = self._split_heads(x).unbind(0)
-        if not isinstance(position, RotaryAngles):
-            return q, k, v, position
-        q, k = (apply_rotary(t.transpose(1, 2), position).transpose(1, 2) for t in (q, k))
-        return q, k, v, None
+        q, k, bias = position_queries_keys(q, k, position)
+        return q, k, v, bias
 
     def forward(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
         """Attention over ``x``; ``bias (heads, T, T)`` is added to the logits (a relative position bias), or

@@ -29,6 +29,15 @@ NORM_EPS = {"layernorm": 1e-6, "layernormbf16": 1e-5}
 SUBSET_DROP_THRESHOLD = 0.1
 
 
+def check_subset_position(position: PositionSignal, drop_path_rate: float) -> None:
+    """Refuse per-image rotary angles where stochastic depth computes a branch on a subset of the batch."""
+    if isinstance(position, RotaryAngles) and position.sin.ndim == 4:
+        raise ValueError(
+            "per-image rotary angles (pos_embed=rope with keep_indices) cannot follow the batch subset of "
+            f"stochastic depth at drop_path_rate={drop_path_rate} > {SUBSET_DROP_THRESHOLD}"
+        )
+
+
 class LayerScale(nn.Module):
     """Per-channel learnable scale ``gamma`` initialised to ``init_values`` (key ``gamma``)."""
 
@@ -88,11 +97,7 @@ class Block(nn.Module):
 
     def _forward_one(self, x: Tensor, bias: PositionSignal = None) -> Tensor:
         if self.training and self.sample_drop_ratio > SUBSET_DROP_THRESHOLD:
-            if isinstance(bias, RotaryAngles) and bias.sin.ndim == 4:
-                raise ValueError(
-                    "per-image rotary angles (pos_embed=rope with keep_indices) cannot follow the batch subset of "
-                    f"stochastic depth at drop_path_rate={self.sample_drop_ratio} > {SUBSET_DROP_THRESHOLD}"
-                )
+            check_subset_position(bias, self.sample_drop_ratio)
             attn_residual = partial(self.attn_residual, bias=bias)  # the bias is per token pair, not per sample
             x = drop_add_residual_stochastic_depth(x, attn_residual, self.sample_drop_ratio)
             return drop_add_residual_stochastic_depth(x, self.ffn_residual, self.sample_drop_ratio)

@@ -4,9 +4,12 @@
 The tokens of every crop batch ``(B_i, T_i, D)`` are flattened into one ``(sum_i B_i T_i, D)`` matrix, so
 the norms, the ``qkv`` / ``proj`` projections, LayerScale and the MLP each run once per block instead of
 once per crop size. Only attention needs the crop structure: it runs per group of crops with the same
-token count (and the same logit bias), one SDPA call per group. Every operation outside attention is per
-token, so the result equals :meth:`Block.forward` on the crops one by one up to the float rounding of a
-matrix product of another shape (the tolerance is stated in tests/models/test_crop_packing.py).
+token count (and the same logit bias), one SDPA call per group. With RoPE each crop's queries and keys are
+rotated first by the angles of its own patch grid (the backbone draws them per crop and per block, as the
+per-crop forward does, including the training-time coordinate augmentation; prefix tokens stay unrotated), so
+the crops of one size then share a group. Every operation outside attention is per token, so the result
+equals :meth:`Block.forward` on the crops one by one up to the float rounding of a matrix product of another
+shape (the tolerance is stated in tests/models/test_crop_packing.py).
 
 Stochastic depth draws exactly what the per-crop forward draws, in the same order (for each crop: the
 attention branch's draw, then the MLP branch's), so a packed training step sees the same dropped samples.
@@ -21,6 +24,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from dinolite.models.attention import PositionSignal, position_queries_keys
+from dinolite.models.rope import RotaryAngles
 
 if TYPE_CHECKING:  # block.py imports this module: a runtime import here would be circular
     from dinolite.models.block import Block
@@ -49,12 +55,11 @@ def unpack(flat: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
     return [part.view(shape[0], shape[1], flat.shape[-1]) for part, shape in zip(flat.split(sizes), shapes)]
 
 
-def _attend(attn: torch.nn.Module, qkv: Tensor, bias: Tensor | None) -> Tensor:
-    """Attention of :class:`~dinolite.models.attention.Attention` on projected ``qkv (B, T, 3 D)`` ->
-    ``(B, T, D)`` before the output projection (the same kernels as ``Attention.forward``)."""
-    B, T, _ = qkv.shape
-    q, k, v = qkv.reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 1, 3, 4).unbind(0)
-    if bias is None and attn.backend.select(qkv) == "xformers":
+def _attend(attn: torch.nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Attention of :class:`~dinolite.models.attention.Attention` on ``q, k, v (B, T, heads, d)`` -> ``(B, T, D)``
+    before the output projection (the same kernels as ``Attention.forward``)."""
+    B, T = q.shape[:2]
+    if bias is None and attn.backend.select(q) == "xformers":
         from xformers.ops import memory_efficient_attention  # CUDA-only path, imported on use
 
         return memory_efficient_attention(q, k, v).reshape(B, T, -1)
@@ -63,21 +68,40 @@ def _attend(attn: torch.nn.Module, qkv: Tensor, bias: Tensor | None) -> Tensor:
     return out.transpose(1, 2).reshape(B, T, -1)
 
 
-def grouped_attention(attn: torch.nn.Module, qkvs: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor]:
-    """Attention per crop batch, batched over the crops that share a token count and a bias (one call each)."""
+def _crop_queries_keys_values(
+    attn: torch.nn.Module, qkv: Tensor, position: PositionSignal
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One crop's projected ``qkv (B, T, 3 D)`` -> ``q, k, v (B, T, heads, d)`` with its own rotary angles applied
+    (RoPE of its patch grid and coordinate draw), and its logit bias left (or None)."""
+    if position is not None and not isinstance(position, (Tensor, RotaryAngles)):
+        raise TypeError(
+            f"student.crop_packing supports a logit bias tensor, rotary angles or no position signal inside "
+            f"attention, not {type(position).__name__}; set student.crop_packing=false"
+        )
+    B, T, _ = qkv.shape
+    q, k, v = qkv.reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 1, 3, 4).unbind(0)
+    q, k, bias = position_queries_keys(q, k, position)
+    return q, k, v, bias
+
+
+def _batched(tensors: list[Tensor]) -> Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def grouped_attention(
+    attn: torch.nn.Module, qkvs: Sequence[Tensor], positions: Sequence[PositionSignal]
+) -> list[Tensor]:
+    """Attention per crop batch: each crop's queries and keys rotated by its own angles (RoPE), then one call per
+    group of crops with the same token count and logit bias (rotated crops have none: one group per size)."""
+    crops = [_crop_queries_keys_values(attn, qkv, position) for qkv, position in zip(qkvs, positions)]
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, (qkv, bias) in enumerate(zip(qkvs, biases)):
-        if bias is not None and not isinstance(bias, Tensor):
-            raise TypeError(
-                f"student.crop_packing supports a logit bias tensor or no position signal inside attention, "
-                f"not {type(bias).__name__}; set student.crop_packing=false"
-            )
-        groups.setdefault((qkv.shape[1], id(bias)), []).append(index)
-    outs: list[Tensor | None] = [None] * len(qkvs)
+    for index, (q, _, _, bias) in enumerate(crops):
+        groups.setdefault((q.shape[1], id(bias)), []).append(index)
+    outs: list[Tensor | None] = [None] * len(crops)
     for members in groups.values():
-        batch = qkvs[members[0]] if len(members) == 1 else torch.cat([qkvs[i] for i in members])
-        attended = _attend(attn, batch, biases[members[0]])
-        for index, part in zip(members, attended.split([qkvs[i].shape[0] for i in members])):
+        q, k, v = (_batched([crops[i][part] for i in members]) for part in range(3))
+        attended = _attend(attn, q, k, v, crops[members[0]][3])
+        for index, part in zip(members, attended.split([crops[i][0].shape[0] for i in members])):
             outs[index] = part
     return outs  # type: ignore[return-value]
 
@@ -111,14 +135,17 @@ def _packed_branch(xs: Sequence[Tensor], drops: Sequence[BranchDrop], branch) ->
     return branch(inputs)
 
 
-def packed_block_forward(block: Block, xs: Sequence[Tensor], biases: Sequence[Tensor | None]) -> list[Tensor]:
-    """:meth:`Block.forward` on the crop batches ``xs`` with their tokens packed (module docstring)."""
-    from dinolite.models.block import SUBSET_DROP_THRESHOLD  # loaded by now: block.py calls this function
+def packed_block_forward(block: Block, xs: Sequence[Tensor], biases: Sequence[PositionSignal]) -> list[Tensor]:
+    """:meth:`Block.forward` on the crop batches ``xs`` with their tokens packed (module docstring); ``biases``: each
+    crop's position signal (a logit bias, RoPE's angles of its own grid, or None)."""
+    from dinolite.models.block import SUBSET_DROP_THRESHOLD, check_subset_position  # loaded by now: block.py calls us
 
     rate = block.sample_drop_ratio
     subset = block.training and rate > SUBSET_DROP_THRESHOLD
     drops: list[tuple[BranchDrop, BranchDrop]] = []
     if subset:
+        for position in biases:
+            check_subset_position(position, rate)
         drops = [(_draw_rows(x, rate), _draw_rows(x, rate)) for x in xs]
 
     def attn_branch(inputs: Sequence[Tensor]) -> list[Tensor]:

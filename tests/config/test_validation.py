@@ -167,7 +167,9 @@ def test_gram_teacher_crops_need_a_patch_size_multiple_and_a_gram_teacher():
         )
 
 
-def test_crop_packing_is_refused_with_rope_until_packed_attention_rotates_per_crop():
-    with pytest.raises(ConfigError, match="'student.crop_packing': true with student.pos_embed=rope"):
-        load_config("demo_rope", ["student.crop_packing=true"])
+def test_crop_packing_is_accepted_with_rope_and_its_coordinate_augmentation():
+    """Packed attention rotates each crop by its own RoPE angles (tests/models/test_crop_packing.py)."""
+    overrides = ["student.crop_packing=true", "student.pos_embed_rope_shift_coords=0.1"]
+    student = load_config("demo_rope", overrides).student
+    assert student.crop_packing and student.pos_embed == "rope" and student.pos_embed_rope_rescale_coords == 2.0
     assert load_config("demo", ["student.crop_packing=true"]).student.crop_packing

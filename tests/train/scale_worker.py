@@ -54,7 +54,7 @@ CROP_SIZES = {"tiny": (16, 8), "demo": (32, 16)}
 GLOBAL_SIZE, LOCAL_SIZE = CROP_SIZES["tiny"]
 
 
-def tiny_config(separate_head: bool, koleo: float):
+def tiny_config(separate_head: bool, koleo: float, overrides: tuple[str, ...] = ()):
     return load_config(
         "demo",
         [
@@ -74,6 +74,7 @@ def tiny_config(separate_head: bool, koleo: float):
             f"crops.global_crops_size={GLOBAL_SIZE}",
             f"crops.local_crops_size={LOCAL_SIZE}",
             f"crops.local_crops_number={N_LOCAL}",
+            *overrides,
         ],
     )
 
