@@ -10,8 +10,10 @@ For every data set (the digits, Fashion-MNIST) and every method lightly implemen
   cosine, T = 0.07) on the evaluated network's CLS, and DINOv2's linear-probe grid (the collapse lab's
   :func:`~dinolite.lab.evaluate.measure_network`), on the data set's own evaluation split.
 
-A method is one row of :data:`METHODS` (its dinolite preset and its lightly recipe); a row whose preset
-is not shipped yet is skipped with a note. Results go to ``--output`` (JSON, written after each entry;
+A method is one row of :data:`METHODS` (its dinolite presets and its lightly recipe); a row whose preset
+is not shipped yet is skipped with a note. ``--presets demo`` (the default) trains the digits-tuned
+``demo_<method>`` presets, ``--presets small`` the generic small-image ``small_<method>`` ones
+(benchmarks/methods_vs_lightly_presets.py). Results go to ``--output`` (JSON, written after each entry;
 ``--resume`` skips the entries it holds) and, with ``--write-results``, replace the marked table in
 benchmarks/RESULTS.md. Needs lightly (benchmarks/README.md gives the pip line).
 
@@ -20,6 +22,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/methods_vs_lightly.py --output-dir /tmp/vs_lightly \
         --output vs_lightly.json --write-results benchmarks/RESULTS.md
     python benchmarks/methods_vs_lightly.py --quick --datasets digits --methods simclr
+    OMP_NUM_THREADS=1 python benchmarks/methods_vs_lightly.py --presets small --output vs_lightly_small.json
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +50,15 @@ try:
     from benchmarks.lightly_recipes import RECIPES, train_lightly
 except ImportError as missing:  # lightly is an optional benchmark dependency, never the package's
     raise SystemExit(f"{missing}: this benchmark needs lightly; {PIP_LINE}") from None
+from benchmarks.methods_vs_lightly_presets import (  # noqa: E402
+    METHODS,
+    add_preset_arguments,
+    check_resumed_presets,
+    label_of,
+    output_dir,
+    preset_of,
+    result_markers,
+)
 from dinolite.commands.train import main as train_main  # noqa: E402
 from dinolite.config import Config, available_presets, load_config  # noqa: E402
 from dinolite.data.builtin_sets import BUILTIN_SETS, prepare_builtin_set  # noqa: E402
@@ -64,26 +75,7 @@ from dinolite.lab.matrix import Measurements  # noqa: E402
 logger = logging.getLogger("methods_vs_lightly")
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
-BEGIN, END = "<!-- methods_vs_lightly: begin -->", "<!-- methods_vs_lightly: end -->"
-
-
-@dataclass(frozen=True)
-class Method:
-    label: str  # the table's row
-    preset: str  # dinolite's preset
-    network: str  # the network both sides evaluate, when the method trains two
-
-
-# Adding a method: its row here and its recipe in benchmarks/lightly_recipes.py (same key).
-METHODS: dict[str, Method] = {
-    "simclr": Method("SimCLR", "demo_simclr", ""),
-    "barlow_twins": Method("Barlow Twins", "demo_barlow_twins", ""),
-    "byol": Method("BYOL", "demo_byol", "online"),
-    "simsiam": Method("SimSiam", "demo_simsiam", ""),
-    "msn": Method("MSN", "demo_msn", "EMA target"),
-    "dino": Method("DINO (dinolite: DINOv2 `demo`)", "demo", "EMA teacher"),
-    "vicreg": Method("VICReg", "demo_vicreg", ""),
-}
+BEGIN, END = result_markers("demo")
 
 
 def _budget(quick: bool) -> dict:
@@ -160,7 +152,7 @@ def raw_pixels(cfg: Config, data: CachedEvalData, linear_epochs: int) -> dict:
     return {"knn": knn["top1"], "linear": probe.to_json("heldout")["top1"]}
 
 
-def _train_dinolite(method: Method, run_dir: Path, train_source: list[str], budget: dict, workers: int) -> float:
+def _train_dinolite(preset: str, run_dir: Path, train_source: list[str], budget: dict, workers: int) -> float:
     overrides = [
         f"data.source=[{','.join(train_source)}]",
         f"data.num_workers={workers}",
@@ -170,18 +162,18 @@ def _train_dinolite(method: Method, run_dir: Path, train_source: list[str], budg
         "evaluation.online_every=0",
     ]
     start = time.perf_counter()
-    if train_main(["--config", method.preset, "--output-dir", str(run_dir), *overrides]) != 0:
-        raise RuntimeError(f"dinolite {method.preset} failed in {run_dir}")
+    if train_main(["--config", preset, "--output-dir", str(run_dir), *overrides]) != 0:
+        raise RuntimeError(f"dinolite {preset} failed in {run_dir}")
     return time.perf_counter() - start
 
 
 def run_entry(name: str, side: str, dataset: dict, budget: dict, args: argparse.Namespace) -> dict:
     """Train one side of one method on one data set and evaluate it."""
-    method = METHODS[name]
-    cfg = load_config(method.preset)
+    preset = preset_of(name, args.presets)
+    cfg = load_config(preset)
     run_dir = args.output_dir / dataset["name"] / name / side
     if side == "dinolite":
-        seconds = _train_dinolite(method, run_dir, dataset["train"], budget, args.workers)
+        seconds = _train_dinolite(preset, run_dir, dataset["train"], budget, args.workers)
         backbone = load_any_backbone(kept_checkpoints(run_dir)[-1][1])
     else:
         vit = random_init_backbone(cfg).requires_grad_(True).train()
@@ -203,16 +195,16 @@ def _prepare(name: str, root: Path, budget: dict) -> dict:
     }
 
 
-def selected_methods(requested: Optional[list[str]]) -> tuple[list[str], list[str]]:
-    """(methods to run, notes on rows skipped because their preset is not shipped)."""
+def selected_methods(requested: Optional[list[str]], preset_set: str = "demo") -> tuple[list[str], list[str]]:
+    """(methods to run, notes on rows skipped because their preset in ``preset_set`` is not shipped)."""
     presets = set(available_presets())
     names = requested or list(METHODS)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
-    run = [n for n in names if METHODS[n].preset in presets and n in RECIPES]
+    run = [n for n in names if preset_of(n, preset_set) in presets and n in RECIPES]
     notes = [
-        f"{n}: " + (f"preset {METHODS[n].preset!r} is not shipped yet" if n in RECIPES else "no lightly recipe")
+        f"{n}: " + (f"preset {preset_of(n, preset_set)!r} is not shipped yet" if n in RECIPES else "no lightly recipe")
         for n in names
         if n not in run
     ]
@@ -222,6 +214,7 @@ def selected_methods(requested: Optional[list[str]]) -> tuple[list[str], list[st
 def markdown(results: dict) -> str:
     """The table of every data set in ``results``: kNN / linear top-1 of each side and the baselines."""
     lines = []
+    presets = results.get("presets", "demo")  # files written before --presets existed: the demos
     for dataset, entry in results["datasets"].items():
         lines += [
             f"**{dataset}** (kNN k={KNN_K} on the evaluated network's CLS / DINOv2 linear grid, top-1 %; train wall s)",
@@ -234,8 +227,7 @@ def markdown(results: dict) -> str:
             d, li = sides.get("dinolite", {}), sides.get("lightly", {})
             cells = [f"{s[k]:.1f}" if k in s else "-" for k in ("knn", "linear") for s in (d, li)]
             times = [f"{s['train_seconds']:.0f}" if "train_seconds" in s else "-" for s in (d, li)]
-            label = METHODS[name].label + (f", {METHODS[name].network}" if METHODS[name].network else "")
-            lines.append(f"| {label} | " + " | ".join(cells + times) + " |")
+            lines.append(f"| {label_of(name, presets)} | " + " | ".join(cells + times) + " |")
         for base in ("random_init", "raw_pixels"):
             if base in entry:
                 b = entry[base]
@@ -244,12 +236,14 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, table: str, header: str) -> None:
-    """Replace the text between the markers in ``path`` (append a marked block when there is none)."""
+def write_results(path: Path, table: str, header: str, presets: str = "demo") -> None:
+    """Replace the text between the preset set's markers in ``path`` (append a marked block when there is none):
+    the demo and the generic presets' tables are two blocks."""
+    begin, end = result_markers(presets)
     text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{header}\n\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    block = f"{begin}\n{header}\n\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
@@ -260,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", nargs="+", choices=sorted(BUILTIN_SETS), default=["digits", "fashion_mnist"])
     parser.add_argument("--methods", nargs="+", default=None, help=f"default: all of {sorted(METHODS)}")
     parser.add_argument("--sides", nargs="+", choices=["dinolite", "lightly"], default=["dinolite", "lightly"])
-    parser.add_argument("--output-dir", type=Path, default=Path("output/methods_vs_lightly"))
+    add_preset_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="results JSON (default: OUTPUT_DIR/results.json)")
     parser.add_argument("--resume", action="store_true", help="keep the entries --output already holds")
     parser.add_argument("--write-results", type=Path, default=None, help="RESULTS.md whose marked table to replace")
@@ -274,9 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run_all(args: argparse.Namespace, output: Path, command: str) -> dict:
     """Train and evaluate every selected entry not in ``output`` yet (with ``--resume``); returns the results."""
     budget = _budget(args.quick)
-    names, notes = selected_methods(args.methods)
+    names, notes = selected_methods(args.methods, args.presets)
     results = json.loads(output.read_text()) if args.resume and output.exists() else {"datasets": {}}
+    if args.resume and output.exists():
+        check_resumed_presets(results, args.presets, output)
     results.update(
+        presets=args.presets,
         budget=budget,
         skipped=notes,
         machine=f"{platform.node()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} thread(s), torch "
@@ -289,7 +286,7 @@ def run_all(args: argparse.Namespace, output: Path, command: str) -> dict:
     for dataset_name in args.datasets:
         dataset = _prepare(dataset_name, args.output_dir, budget)
         entry = results["datasets"].setdefault(dataset_name, {"methods": {}})
-        base_cfg = load_config(METHODS[names[0]].preset)
+        base_cfg = load_config(preset_of(names[0], args.presets))
         if "random_init" not in entry:
             entry["random_init"] = _evaluate(random_init_backbone(base_cfg), base_cfg, dataset["eval"], 0)
             entry["raw_pixels"] = raw_pixels(base_cfg, dataset["eval"], budget["linear_epochs"])
@@ -310,6 +307,7 @@ def run_all(args: argparse.Namespace, output: Path, command: str) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.output_dir = output_dir(args.output_dir, args.presets)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     output = args.output or args.output_dir / "results.json"
@@ -325,9 +323,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         command = results["command"] if isinstance(results["command"], str) else " ".join(results["command"])
         header = (
             f"Command: `{command}` ({results.get('started', '?')} to {results.get('finished', '?')}); "
-            f"machine: {results['machine']}; budget: {results['budget']}."
+            f"machine: {results['machine']}; budget: {results['budget']}; dinolite presets: "
+            f"{results.get('presets', 'demo')}."
         )
-        write_results(args.write_results, table, header)
+        write_results(args.write_results, table, header, results.get("presets", "demo"))
     return 0
 
 

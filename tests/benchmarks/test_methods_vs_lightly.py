@@ -108,3 +108,10 @@ def test_every_method_row_has_a_lightly_recipe_and_a_label(bench):
     assert {"simclr", "barlow_twins", "byol", "simsiam", "msn", "dino", "vicreg"} <= set(bench.METHODS)
     with pytest.raises(SystemExit, match="unknown method"):
         bench.selected_methods(["simclr", "mocov9"])
+
+
+def test_presets_small_runs_every_row_from_the_generic_presets(bench):
+    assert bench.build_parser().parse_args([]).presets == "demo"
+    assert bench.build_parser().parse_args(["--presets", "small"]).presets == "small"
+    names, notes = bench.selected_methods(None, "small")
+    assert set(names) == set(bench.METHODS) and notes == []
