@@ -34,6 +34,7 @@ def test_the_commands_are_the_documented_ones():
             "info",
             "summary",
             "plan",
+            "train_tokenizer",
         ]
     )
 

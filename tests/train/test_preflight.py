@@ -10,9 +10,10 @@ from dinolite.models import build_backbone
 from dinolite.train.methods import get_method, list_methods
 from dinolite.train.preflight import check_startup
 
-# A demo preset that reads another run (distillation's teacher, ./output/demo) gets a stand-in here; the
-# dry run of a missing teacher is refused (tests/train/methods/test_distillation.py).
-PRESET_INPUTS = {"distillation": ["distillation.teacher_weights=random"]}
+# A demo preset that reads another run's output (distillation's teacher, ./output/demo; BEiT's tokenizer, written by
+# dinolite-train-tokenizer) gets a stand-in here; a missing teacher or tokenizer is refused
+# (tests/train/methods/test_distillation.py, tests/train/methods/test_beit.py).
+PRESET_INPUTS = {"distillation": ["distillation.teacher_weights=random"], "beit": ["beit.tokenizer=random"]}
 
 
 @pytest.mark.parametrize("method", list_methods())
