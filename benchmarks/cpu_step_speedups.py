@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"packing": False, "kernel": "fused", "compile": False},
     "compile": {"packing": False, "kernel": "auto", "compile": True},
     "all": {"packing": True, "kernel": "fused", "compile": True},
+    # bf16 autocast with the fp32 changes that cost nothing: fused AdamW on the fp32 master weights, compiled blocks
+    "bf16_all": {"packing": False, "kernel": "fused", "compile": True, "precision": torch.bfloat16},
 }
 KERNEL_FLAGS = {"auto": (None, None), "foreach": (True, None), "fused": (None, True)}
 
