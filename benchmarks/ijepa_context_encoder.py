@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout without `p
 
 from dinolite.data.masked_views import MultiBlockMaskGenerator
 from dinolite.io import write_json_atomic
-from dinolite.models import vision_transformer
+from dinolite.models import backbone_factory
 from dinolite.models.predictor import IJEPAPredictor
 from dinolite.train.methods.masked_common import transformer_macs
 
@@ -64,7 +64,7 @@ def median_time(fn: Callable[[], Any], device: torch.device, repeats: int, warmu
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="vit_small", choices=sorted(vision_transformer.ARCHITECTURES))
+    parser.add_argument("--arch", default="vit_small", choices=sorted(backbone_factory.ARCHITECTURES))
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     use_bf16 = args.dtype == "bfloat16" or (args.dtype == "auto" and device.type == "cuda")
     torch.manual_seed(args.seed)
-    encoder = vision_transformer.FACTORIES[args.arch](patch_size=args.patch_size, img_size=args.img_size).to(device)
+    encoder = backbone_factory.FACTORIES[args.arch](patch_size=args.patch_size, img_size=args.img_size).to(device)
     grid = args.img_size // args.patch_size
     predictor = IJEPAPredictor(
         grid, encoder.embed_dim, args.predictor_dim, args.predictor_depth, num_heads=max(1, args.predictor_dim // 64)

@@ -149,7 +149,7 @@ def benchmark_overrides(args: argparse.Namespace, preset_depth: int) -> list[str
 
 
 def preset_depth(cfg: Config) -> int:
-    from dinolite.models.vision_transformer import backbone_kwargs
+    from dinolite.models.backbone_factory import backbone_kwargs
 
     return int(backbone_kwargs(cfg.student, cfg.crops.global_crops_size)["depth"])
 

@@ -20,8 +20,8 @@ import torch
 from dinolite import __version__
 from dinolite.export.errors import ExportFormatError
 from dinolite.export.spec_checks import RECORD_FORMAT_VERSION, check_record_fields
+from dinolite.models.backbone_factory import ARCHITECTURES
 from dinolite.models.pos_embed import pos_embed_layout
-from dinolite.models.vision_transformer import ARCHITECTURES
 
 FORMAT_NAME = "dinolite-backbone"
 FORMAT_VERSION = RECORD_FORMAT_VERSION

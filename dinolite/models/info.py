@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from dinolite.extras import optional_import
+from dinolite.models.backbone_factory import backbone_kwargs
 from dinolite.models.heads import DINOHead
-from dinolite.models.vision_transformer import DinoVisionTransformer, backbone_kwargs
+from dinolite.models.vision_transformer import DinoVisionTransformer
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

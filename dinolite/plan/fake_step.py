@@ -32,7 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from dinolite.config import Config
 from dinolite.distributed import DistributedEnv
 from dinolite.fsdp.sharding import ShardingPlan
-from dinolite.models.vision_transformer import backbone_kwargs
+from dinolite.models.backbone_factory import backbone_kwargs
 from dinolite.plan.fake_values import FiniteValues, HostValues, fake_mode
 from dinolite.plan.measure import Collective, StepAccount
 from dinolite.train.run import Run, build_run

@@ -22,8 +22,8 @@ import torch
 
 from dinolite.config import Config, ConfigError, validate
 from dinolite.export.spec import BackboneSpec
+from dinolite.models.backbone_factory import ARCHITECTURES
 from dinolite.models.pos_embed import interpolate_pos_embed
-from dinolite.models.vision_transformer import ARCHITECTURES
 
 SIZE_FIELDS = ("embed_dim", "depth", "num_heads")
 # student.<field> -> the weights' value of it (BackboneSpec -> comparable value)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from dinolite.config import CONFIG_DIR, Config, load_config
-from dinolite.models.vision_transformer import ARCHITECTURES
+from dinolite.models.backbone_factory import ARCHITECTURES
 
 # The fields of student.arch that a config may set explicitly (null takes the arch's value).
 ARCH_FIELDS = ("embed_dim", "depth", "num_heads")

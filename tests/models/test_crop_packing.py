@@ -17,8 +17,9 @@ from torch.nn import functional as F
 
 from dinolite.config import load_config
 from dinolite.fsdp.sharding import enable_activation_checkpointing, shard_objective
+from dinolite.models.backbone_factory import build_backbone
 from dinolite.models.crop_packing import grouped_attention, pack, unpack
-from dinolite.models.vision_transformer import DinoVisionTransformer, build_backbone
+from dinolite.models.vision_transformer import DinoVisionTransformer
 from tests.train.scale_worker import build_objective, global_batch_slice, tiny_config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dinolite.config import load_config
-from dinolite.models.vision_transformer import ARCHITECTURES
+from dinolite.models.backbone_factory import ARCHITECTURES
 from dinolite.train.startup_notices import stale_arch_fields, user_set_keys
 
 

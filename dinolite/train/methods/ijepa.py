@@ -30,8 +30,8 @@ from dinolite.data.augment import CropRecipe
 from dinolite.data.masked_collate import SingleViewAugmentation, collate_ijepa
 from dinolite.data.masked_views import MASK_SAMPLERS, MultiBlockMaskGenerator
 from dinolite.losses import IJEPALoss
+from dinolite.models.backbone_factory import backbone_kwargs
 from dinolite.models.predictor import IJEPAPredictor
-from dinolite.models.vision_transformer import backbone_kwargs
 from dinolite.monitor.collapse_rules import predictable_target
 from dinolite.train.ema import ema_update, run_momentum_schedule
 from dinolite.train.methods.masked_common import (

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dinolite.config import Config, ConfigError
-from dinolite.models.vision_transformer import backbone_kwargs
+from dinolite.models.backbone_factory import backbone_kwargs
 
 
 def transformer_macs(num_tokens: float, dim: int, depth: int, mlp_ratio: float = 4.0) -> float:

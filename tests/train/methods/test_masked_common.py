@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dinolite.config import ConfigError, load_config
-from dinolite.models.vision_transformer import backbone_kwargs
+from dinolite.models.backbone_factory import backbone_kwargs
 from dinolite.train.methods.masked_common import checked, embed_dim, flops_record, transformer_macs, vit_macs
 
 TINY = ["student.depth=2", "student.embed_dim=24", "student.num_heads=2", "train.batch_size_per_gpu=4"]
