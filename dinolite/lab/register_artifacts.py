@@ -4,7 +4,7 @@ checkpoint for the lab's report when the matrix asks (``measurements.register_ar
 - ``token_norms.png`` (the paper's Fig. 3): the histogram of the patch-token norms at the last block's
   output (before the final LayerNorm: :func:`dinolite.eval.feature_maps.patch_token_norms`) over the
   evaluation images, log count against norm, one panel per run, with the high-norm threshold drawn;
-- ``attention_maps.png`` (the paper's Fig. 1/7 form): for the first few evaluation images, each run's
+- ``attention_maps.png`` (the paper's Fig. 1/7 form): for four evenly spaced evaluation images, each run's
   patch-norm map and the last block's CLS attention of every head
   (:func:`dinolite.eval.feature_maps.cls_attention_maps`), the runs side by side;
 - a table: median patch-token norm, 99th percentile and maximum over the median, the share of patch tokens
@@ -37,7 +37,7 @@ from dinolite.lab.matrix import LabPlan, PlannedRun
 from dinolite.lab.report_figures import Figure, save_figure
 
 HIGH_NORM_FACTOR = 3.0  # a patch token is high-norm above this x the median patch-token norm
-ATTENTION_IMAGES = 4  # evaluation images shown in the attention figure (the first ones: fixed across runs)
+ATTENTION_IMAGES = 4  # evaluation images shown in the attention figure (evenly spaced: fixed across runs)
 MAX_IMAGES = 1024  # evaluation images the norms and attention shares are measured on
 _SHARES = ("CLS", "registers", "patches")
 
@@ -86,7 +86,13 @@ class TokenMeasurement:
     norms: Tensor  # (N, h, w) patch-token norms
     outliers: NormOutliers
     shares: Tensor  # (heads, 3): mean share of the CLS attention on CLS, registers, patches
-    attention: Tensor  # (ATTENTION_IMAGES, heads, h, w) CLS attention maps of the first images
+    attention: Tensor  # (ATTENTION_IMAGES, heads, h, w) CLS attention maps of the images at shown_indices
+
+
+def shown_indices(n_images: int, shown: int = ATTENTION_IMAGES) -> Tensor:
+    """The images the attention figure shows: ``shown`` evenly spaced from the first to the last (an
+    evaluation split sorted by class shows several classes)."""
+    return torch.linspace(0, n_images - 1, min(shown, n_images)).round().long()
 
 
 def evaluation_images(cfg: Config, source: list[str], limit: int = MAX_IMAGES) -> Tensor:
@@ -122,7 +128,7 @@ def measure_tokens(model: nn.Module, images: Tensor, label: str, batch_size: int
         norms=all_norms,
         outliers=norm_outliers(all_norms),
         shares=torch.cat(shares).mean(dim=0),
-        attention=cls_attention_maps(model, images[:ATTENTION_IMAGES]),
+        attention=cls_attention_maps(model, images[shown_indices(images.shape[0])]),
     )
 
 
@@ -165,20 +171,21 @@ def plot_token_norms(measured: list[TokenMeasurement], path: Path) -> None:
 
 def plot_attention_maps(measured: list[TokenMeasurement], images: Tensor, cfg: Config, path: Path) -> None:
     """The paper's Fig. 1/7 form: per image, each network's patch-norm map and CLS attention per head."""
-    n_images = min(ATTENTION_IMAGES, images.shape[0])
+    shown = shown_indices(images.shape[0]).tolist()
+    n_images = len(shown)
     columns = 1 + sum(1 + m.attention.shape[1] for m in measured)
     fig = Figure(figsize=(1.25 * columns, 1.35 * n_images + 0.6))
     axes = fig.subplots(n_images, columns, squeeze=False)
     for row in range(n_images):
-        panels = [("image", _image_for_display(images[row], cfg), "gray")]
+        panels = [(f"image {shown[row]}", _image_for_display(images[shown[row]], cfg), "gray")]
         for m in measured:
-            panels.append((f"{m.label}\nnorm", m.norms[row], "magma"))
+            panels.append((f"{m.label}\nnorm", m.norms[shown[row]], "magma"))
             panels += [(f"{m.label}\nhead {h}", m.attention[row, h], "viridis") for h in range(m.attention.shape[1])]
         for ax, (title, picture, cmap) in zip(axes[row], panels):
             ax.imshow(picture.numpy(), cmap=cmap, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if row == 0:
+            if row == 0 or title.startswith("image"):
                 ax.set_title(title, fontsize=6)
     save_figure(fig, path)
 

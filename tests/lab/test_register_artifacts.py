@@ -56,6 +56,13 @@ def test_measure_tokens_gives_norms_shares_and_attention_of_the_first_images():
     torch.testing.assert_close(m.shares.sum(dim=-1), torch.ones(4))
     assert m.attention.shape == (ra.ATTENTION_IMAGES, 4, 4, 4)
     torch.testing.assert_close(m.attention.sum(dim=(-2, -1)), torch.ones(ra.ATTENTION_IMAGES, 4))
+    last = ra.cls_attention_maps(_tiny_vit(2), images[5:6])[0]  # images 0, 2, 3, 5 are shown
+    torch.testing.assert_close(m.attention[-1], last)
+
+
+def test_the_attention_figure_shows_evenly_spaced_images_from_first_to_last():
+    assert ra.shown_indices(297).tolist() == [0, 99, 197, 296]
+    assert ra.shown_indices(2).tolist() == [0, 1]
 
 
 def _plan_with_checkpoints(tmp_path: Path):
