@@ -65,6 +65,30 @@ def test_the_attention_figure_shows_evenly_spaced_images_from_first_to_last():
     assert ra.shown_indices(2).tolist() == [0, 1]
 
 
+def _measured(registers: int, high: int) -> ra.TokenMeasurement:
+    norms = torch.ones(10, 2, 5)
+    norms.view(-1)[:high] = 5.0  # `high` of 100 tokens above 3 x median
+    return ra.TokenMeasurement(
+        "run", registers, norms, ra.norm_outliers(norms), torch.zeros(1, 3), torch.zeros(1, 1, 2, 5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("without", "with_registers", "verdict"),
+    [(4, 0, "**reproduced**"), (4, 2, "**not reproduced**"), (0, 0, "**not reproduced**")],
+)
+def test_the_finding_needs_outliers_without_registers_and_a_tenth_of_them_at_most_with(
+    without, with_registers, verdict
+):
+    text = ra.finding_text([_measured(0, without), _measured(4, with_registers)])
+    assert verdict in text
+    assert f"without registers {without:.2f}%" in text and f"with registers {with_registers:.2f}%" in text
+
+
+def test_the_finding_is_not_judged_without_both_kinds_of_run():
+    assert "needs a trained run with and one without" in ra.finding_text([_measured(0, 3)])
+
+
 def _plan_with_checkpoints(tmp_path: Path):
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX.format(out=tmp_path / "lab"))
