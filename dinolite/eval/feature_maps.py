@@ -4,6 +4,9 @@ patch features (no files, no figures; :mod:`dinolite.eval.visualize_figures` dra
 - Attention (Caron et al. 2021, DINO, Fig. 1/3): the last block's softmax attention of the CLS token
   over the patch tokens, one map per head. CLS->CLS and CLS->register weights are dropped and the rest
   renormalised, so each head's map is a distribution over patches (sums to 1).
+- Token norms (Darcet et al. 2024, "Vision Transformers Need Registers", Fig. 3): the L2 norm of each patch
+  token at the last block's output, before the final LayerNorm (the LayerNorm divides each token by its
+  own scale, which would erase the high-norm outliers the paper counts).
 - PCA (Oquab et al. 2023, DINOv2, Fig. 1/10): PCA over the patch features of all images together; the
   first three components are mapped to RGB. With a foreground threshold, patches whose first component
   (scaled to [0, 1]) is above it are kept and a second PCA over those alone gives the colours; the
@@ -45,6 +48,35 @@ def cls_attention_maps(model: nn.Module, images: Tensor) -> Tensor:
         raise ValueError(f"attention covers {cls_to_patches.shape[-1]} patch tokens, expected {h}x{w}")
     cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
     return cls_to_patches.reshape(*cls_to_patches.shape[:2], h, w)
+
+
+@torch.no_grad()
+def cls_attention_shares(model: nn.Module, images: Tensor) -> Tensor:
+    """``(B, heads, 3)``: the share of the last block's CLS attention on the CLS token itself, on the register
+    tokens and on the patch tokens (each row sums to 1; the register share is 0 without registers).
+
+    With registers a ViT can send its CLS attention to them instead of to a few patch tokens (Darcet et
+    al. 2024, Sec. 3); :func:`cls_attention_maps` renormalises over the patches, so it cannot show that.
+    """
+    _patch_grid(model, images)
+    if getattr(model, "cls_token", True) is None:
+        raise ValueError("the backbone has no CLS token (cls_token=false), so its attention has no CLS row")
+    cls_row = model.get_last_selfattention(images).float()[:, :, 0]  # (B, heads, T)
+    first_patch = 1 + int(getattr(model, "num_register_tokens", 0))
+    parts = (cls_row[..., :1], cls_row[..., 1:first_patch], cls_row[..., first_patch:])
+    return torch.stack([part.sum(dim=-1) for part in parts], dim=-1)
+
+
+@torch.no_grad()
+def patch_token_norms(model: nn.Module, images: Tensor) -> Tensor:
+    """``(B, h, w)`` L2 norms of the patch tokens at the last block's output, before the final LayerNorm."""
+    h, w = _patch_grid(model, images)
+    tokens = model.forward_features(images)["x_prenorm"].float()
+    first_patch = int(getattr(model, "num_cls_tokens", 1)) + int(getattr(model, "num_register_tokens", 0))
+    patches = tokens[:, first_patch:]
+    if patches.shape[1] != h * w:
+        raise ValueError(f"the backbone returned {patches.shape[1]} patch tokens, expected {h}x{w}")
+    return patches.norm(dim=-1).reshape(-1, h, w)
 
 
 @torch.no_grad()

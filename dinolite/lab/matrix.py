@@ -82,6 +82,9 @@ class Measurements:
     # the Spearman rank correlation of the final eval-set RankMe with the kNN top-1 over the finished runs,
     # in the report (Garrido et al. 2023, Fig. 4: RankMe choosing hyper-parameters without labels)
     rank_correlation: bool = False
+    # the patch-token norm histogram, high-norm share and per-head CLS attention maps of each run's final
+    # checkpoint, in the report (Darcet et al. 2024: dinolite/lab/register_artifacts.py)
+    register_artifacts: bool = False
 
 
 @dataclass

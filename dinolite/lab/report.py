@@ -16,6 +16,9 @@
 - ``loss.png``: the training loss of every run.
 - ``comparison.png`` (runs expected to be better / worse than / on par with their reference, Wang et al.
   2022's asymmetry study): each run's final top-1 minus its reference's, with the "on par" band shaded.
+- ``token_norms.png`` and ``attention_maps.png`` with a "Register artifacts" section (when the matrix sets
+  ``measurements.register_artifacts``; Darcet et al. 2024, Fig. 3 and Fig. 1/7): drawn by
+  :mod:`dinolite.lab.register_artifacts` from each run's final checkpoint.
 - a table: expected finding, verdict (which kind, since when), the watchdog's first alert, kNN and
   linear top-1 of the evaluated network against random init, and whether the finding is reproduced,
   with the numbers behind it.
@@ -26,11 +29,13 @@ The runs are read back and judged by :mod:`dinolite.lab.run_reports` and the fig
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from dinolite.io import write_text_atomic
 from dinolite.lab.matrix import COMPARISONS, LabPlan
+from dinolite.lab.register_artifacts import register_artifacts_section
 from dinolite.lab.report_figures import (
     plot_alpha_req,
     plot_comparison,
@@ -148,7 +153,10 @@ def rank_correlation_text(reports: list[RunReport]) -> str:
     )
 
 
-def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]]) -> str:
+def render(
+    plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]], sections: Sequence[str] = ()
+) -> str:
+    """The page; ``sections`` (Markdown, each with its own heading) go between the runs and the figures."""
     m = plan.matrix
     done = sum(1 for r in reports if r.result)
     seconds = [(r.result or {}).get(k) or 0.0 for r in reports for k in ("train_seconds", "eval_seconds")]
@@ -192,6 +200,8 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
             f"- `{r.run.label}`: `{r.run.spec.preset}` {overrides}. Expected: {r.run.spec.expect}. "
             f"{r.run.spec.why.strip()}{own_rules} Watchdog: {r.watchdog.message}."
         )
+    for section in sections:
+        lines += ["", section.rstrip()]
     lines += ["", "## Figures", ""]
     for filename, caption in figures:
         lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]
@@ -220,6 +230,11 @@ def write_report(plan: LabPlan) -> Path:
     figures.append(("loss.png", "Training loss"))
     if plot_comparison(reports, out / "comparison.png"):
         figures.append(("comparison.png", "Accuracy against the reference (Wang et al. 2022's asymmetries)"))
+    sections = []
+    if plan.matrix.measurements.register_artifacts:
+        section, artifact_figures = register_artifacts_section(plan, out)
+        sections.append(section)
+        figures += artifact_figures
     page = out / REPORT_FILE
-    write_text_atomic(page, render(plan, reports, figures))
+    write_text_atomic(page, render(plan, reports, figures, sections))
     return page

@@ -74,7 +74,7 @@ def plot_std(reports: list[RunReport], path: Path) -> None:
         ax.set_ylim(bottom=0)
     axes[0].set_ylabel("std x sqrt(d)")
     _figure_legend(fig, axes)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rankme(reports: list[RunReport], path: Path) -> None:
@@ -83,7 +83,7 @@ def plot_rankme(reports: list[RunReport], path: Path) -> None:
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("effective rank ratio")
     _figure_legend(fig, axes)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_if_logged(reports: list[RunReport], stat: str, title: str, path: Path) -> bool:
@@ -93,7 +93,7 @@ def _plot_if_logged(reports: list[RunReport], stat: str, title: str, path: Path)
     fig, axes = _channel_panels(reports, stat, title)
     axes[0].set_ylabel(title)
     _figure_legend(fig, axes)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -141,7 +141,7 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
         "(evaluation images)",
         fontsize=9,
     )
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -164,7 +164,7 @@ def plot_teacher(reports: list[RunReport], path: Path) -> bool:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration")
     _figure_legend(fig, axes)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -178,7 +178,7 @@ def plot_loss(reports: list[RunReport], path: Path) -> None:
     ax.set_title("training loss (each method its own objective)", fontsize=9)
     ax.set_xlabel("iteration")
     _legend(ax)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_comparison(reports: list[RunReport], path: Path) -> bool:
@@ -206,11 +206,12 @@ def plot_comparison(reports: list[RunReport], path: Path) -> bool:
     ax.set_xlabel(f"{compared[0].comparison.metric} top-1 minus the reference's (points)")
     ax.set_title("Against the reference (green: as expected, red: not)", fontsize=9)
     _legend(ax)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG, atomically (also for the figures of :mod:`dinolite.lab.register_artifacts`)."""
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")  # keeps a legend placed outside the axes

@@ -57,3 +57,30 @@ def test_pca_without_threshold_colours_every_patch_in_unit_range():
     assert rgb.min() == pytest.approx(0.0) and rgb.max() == pytest.approx(1.0)
     # The first component separates object from background: the red channel differs between them.
     assert abs(rgb[:, inside, 0].mean() - rgb[:, ~inside, 0].mean()) > 0.8
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_cls_attention_shares_split_the_cls_row_between_cls_registers_and_patches(registers):
+    model = _tiny_vit(registers)
+    images = torch.randn(3, 3, 32, 32)
+    shares = feature_maps.cls_attention_shares(model, images)
+    assert shares.shape == (3, 4, 3)
+    torch.testing.assert_close(shares.sum(dim=-1), torch.ones(3, 4))
+    raw = model.get_last_selfattention(images)[:, :, 0]
+    torch.testing.assert_close(shares[..., 0], raw[..., 0])
+    torch.testing.assert_close(shares[..., 1], raw[..., 1 : 1 + registers].sum(-1))
+    if registers == 0:
+        assert (shares[..., 1] == 0).all()
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_patch_token_norms_are_the_prenorm_patch_tokens_norms_on_the_patch_grid(registers):
+    model = _tiny_vit(registers)
+    images = torch.randn(2, 3, 32, 48)
+    norms = feature_maps.patch_token_norms(model, images)
+    assert norms.shape == (2, 4, 6)
+    prenorm = model.forward_features(images)["x_prenorm"]
+    assert prenorm.shape[1] == 1 + registers + 24  # CLS and registers are left out of the map
+    torch.testing.assert_close(norms.reshape(2, -1), prenorm[:, 1 + registers :].norm(dim=-1))
+    # before the final LayerNorm: the normalised tokens would all have about the same norm
+    assert norms.std() > model.forward_features(images)["x_norm_patchtokens"].norm(dim=-1).std()
