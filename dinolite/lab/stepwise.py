@@ -139,6 +139,11 @@ def plot_stepwise(reports: list[RunReport], path: Path) -> bool:
                 its, vals = zip(*positive)
                 eig_ax.plot(its, vals, color=cmap((k - 1) / max(len(eig) - 1, 1)), lw=1.0, label=f"eig {k}")
         eig_ax.set_yscale("log")
+        # five decades under the largest value: the first measurements (all directions near 0 together) would
+        # otherwise squeeze the staircase into the top of the panel
+        largest = max((max(s.values) for s in eig.values() if s.values), default=0.0)
+        if largest > 0:
+            eig_ax.set_ylim(bottom=largest * 1e-5)
         eig_ax.set_title(f"{r.run.label}: embedding eigenvalues", fontsize=9)
         eig_ax.set_xlabel("iteration")
         if column == 0:
