@@ -186,7 +186,7 @@ def render(plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str
     if m.measurements.rank_correlation:
         lines[-3:-3] = [rank_correlation_text(reports), ""]
     if m.measurements.eigenvalues:
-        lines[-3:-3] = [stepwise_text(reports), ""]
+        lines[-3:-3] = ["", stepwise_text(reports)]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
         thresholds = ", ".join(f"{key} {value:g}" for key, value in r.run.spec.verdict.items())
