@@ -8,7 +8,9 @@ The trace is what the collapse monitor logs with ``monitor.eigenvalues`` = N (th
 of the raw projector output (the embedding the loss sees) on the measured training batch.
 
 The measurement: eigenvalue k has *risen* at the first measured iteration where it reaches ``fraction`` of
-the run's final largest eigenvalue (the mean of the last ``settle`` measurements of ``eig_1``). Rises closer
+the run's final largest eigenvalue (the mean of the last ``settle`` measurements of ``eig_1``), provided it
+started from near zero: at its first measurement at least ``depth`` decades below that threshold. One that
+started closer was there from the start (an ordinary initialisation), not learned in a step. Rises closer
 than ``min_gap`` iterations are one step (they happened together); the run is stepwise when its risen
 eigenvalues rose in at least ``MIN_STEPS`` separate steps. Eigenvalues are sorted, so they always rise in
 index order: what the paper's picture adds is the separation in time, which is what is counted.
@@ -26,6 +28,7 @@ from dinolite.lab.traces import RunTrace, Series
 FRACTION = 0.1  # risen: at 10% of the final largest eigenvalue (the paper's plateaus are of one order)
 MIN_STEPS = 3  # a staircase: at least three separate rises
 SETTLE = 5  # measurements averaged for the final largest eigenvalue
+DEPTH = 2.0  # decades under the threshold an eigenvalue must start from for its crossing to count as a rise
 CHANNEL_PREFIXES = ("collapse/projector", "collapse/head", "collapse/backbone")  # the embedding the loss sees first
 
 
@@ -36,6 +39,7 @@ class Stepwise:
     tracked: int  # eigenvalues in the trace
     threshold: float  # fraction x the final largest eigenvalue
     rises: tuple[tuple[int, int], ...]  # (k, iteration) of each eigenvalue that rose, k ascending
+    present: tuple[int, ...]  # the k that started within DEPTH decades of the threshold (no rise to count)
     steps: tuple[tuple[int, ...], ...]  # the k of each step, in time order
     min_gap: int
 
@@ -44,13 +48,18 @@ class Stepwise:
         return len(self.steps) >= MIN_STEPS
 
     def describe(self) -> str:
+        present = (
+            f"eig {', '.join(str(k) for k in self.present)} near the threshold from the start (no rise); "
+            if self.present
+            else ""
+        )
         if not self.rises:
-            return f"no eigenvalue of {self.tracked} reached {self.threshold:.3g}"
+            return f"{present}no eigenvalue of {self.tracked} rose from near zero to {self.threshold:.3g}: **not stepwise**"
         at = ", ".join(f"eig {k} at {it}" for k, it in self.rises)
         groups = " | ".join(",".join(str(k) for k in step) for step in self.steps)
         verdict = "stepwise" if self.stepwise else "not stepwise"
         return (
-            f"{len(self.rises)} of {self.tracked} eigenvalues reached {self.threshold:.3g} ({at}); "
+            f"{present}{len(self.rises)} of {self.tracked} eigenvalues rose from near zero to {self.threshold:.3g} ({at}); "
             f"{len(self.steps)} separate step(s) (rises {self.min_gap}+ iterations apart): {groups}: **{verdict}**"
         )
 
@@ -69,7 +78,11 @@ def eigenvalue_series(trace: RunTrace) -> dict[int, Series]:
 
 
 def measure_stepwise(
-    eigenvalues: dict[int, Series], fraction: float = FRACTION, min_gap: int | None = None, settle: int = SETTLE
+    eigenvalues: dict[int, Series],
+    fraction: float = FRACTION,
+    min_gap: int | None = None,
+    settle: int = SETTLE,
+    depth: float = DEPTH,
 ) -> Stepwise | None:
     """The rises and steps of ``eigenvalues`` (``{k: Series}``, k from 1); None without a trace.
 
@@ -84,9 +97,12 @@ def measure_stepwise(
         span = top.iterations[-1] - top.iterations[0]
         interval = top.iterations[1] - top.iterations[0] if len(top.iterations) > 1 else 1
         min_gap = max(2 * interval, round(0.05 * span))
-    rises = []
+    rises, present = [], []
     for k in sorted(eigenvalues):
         s = eigenvalues[k]
+        if s.values and s.values[0] >= threshold * 10.0 ** (-depth):
+            present.append(k)
+            continue
         first = next((it for it, v in zip(s.iterations, s.values) if v >= threshold), None)
         if first is not None:
             rises.append((k, first))
@@ -98,7 +114,7 @@ def measure_stepwise(
         else:
             steps[-1].append(k)
         last = it
-    return Stepwise(len(eigenvalues), threshold, tuple(rises), tuple(tuple(s) for s in steps), min_gap)
+    return Stepwise(len(eigenvalues), threshold, tuple(rises), tuple(present), tuple(tuple(s) for s in steps), min_gap)
 
 
 def stepwise_text(reports: list[RunReport]) -> str:
@@ -107,7 +123,8 @@ def stepwise_text(reports: list[RunReport]) -> str:
         "## Stepwise learning (Simon et al. 2023, Fig. 1)",
         "",
         f"An eigenvalue has risen at the first measurement where it reaches {FRACTION:g} x the run's final largest "
-        f"eigenvalue (mean of its last {SETTLE} measurements); rises closer than the gap are one step; a run is "
+        f"eigenvalue (mean of its last {SETTLE} measurements), if its first measurement was at least {DEPTH:g} "
+        "decades below that (else it was there from the start); rises closer than the gap are one step; a run is "
         f"stepwise with at least {MIN_STEPS} separate steps (dinolite/lab/stepwise.py).",
         "",
     ]

@@ -284,7 +284,14 @@ def test_stepwise_runs_barlow_twins_simclr_and_vicreg_from_a_small_projector_ini
     plan = plan_matrix("stepwise", tmp_path, prepare=False)
     assert {r.config.train.method for r in plan.runs} == {"barlow_twins", "simclr", "vicreg"}
     assert all(r.spec.preset == f"demo_{r.config.train.method}" for r in plan.runs)
+    scales = {r.label: r.config.student.init_scale for r in plan.runs}
+    assert scales == {
+        "barlow-twins-small-init": 0.001,
+        "simclr-small-init": 0.001,
+        "vicreg-small-init": 0.001,
+        "barlow-twins-default-init": 1.0,  # the control: the preset's own initialisation
+    }
     for run in plan.runs:
-        assert run.config.student.init_scale == 0.001 and run.config.student.init_scale_modules == ["projector"]
+        assert run.config.student.init_scale_modules == ["projector"]
         assert run.config.monitor.eigenvalues == 8 and run.config.monitor.every == 2
     assert plan_matrix("seeds", tmp_path / "seeds", prepare=False).runs[0].config.monitor.eigenvalues == 0

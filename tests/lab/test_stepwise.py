@@ -21,15 +21,29 @@ def sigmoid_rise(t0: float, plateau: float = 1.0, floor: float = 1e-6, width: fl
 
 
 def test_a_staircase_is_three_steps_at_the_known_iterations():
-    # eigenvalues 1-3 rise at 20, 60, 100; 4 never rises (stays at 1e-6)
-    traces = {1: sigmoid_rise(20), 2: sigmoid_rise(60), 3: sigmoid_rise(100), 4: sigmoid_rise(1e9)}
+    # eigenvalues 1-3 rise at 30, 60, 100; 4 never rises (stays at 1e-6)
+    traces = {1: sigmoid_rise(30), 2: sigmoid_rise(60), 3: sigmoid_rise(100), 4: sigmoid_rise(1e9)}
     result = measure_stepwise(traces)
     assert result.threshold == pytest.approx(0.1, rel=1e-4)  # 0.1 x the final largest eigenvalue (1.0)
     # a sigmoid of width 3 reaches 0.1 at t0 - 3 ln 9 = t0 - 6.6: the first even iteration after it
-    assert result.rises == ((1, 14), (2, 54), (3, 94))
+    assert result.rises == ((1, 24), (2, 54), (3, 94))
     assert result.steps == ((1,), (2,), (3,))
     assert result.stepwise
-    assert "3 of 4 eigenvalues" in result.describe() and "**stepwise**" in result.describe()
+    assert result.present == ()
+    assert "3 of 4 eigenvalues rose from near zero" in result.describe() and "**stepwise**" in result.describe()
+
+
+def test_eigenvalues_there_from_the_start_are_not_rises():
+    """An ordinary initialisation: the embedding spans its directions from iteration 0 (within 2 decades of
+    the threshold), so crossing the threshold later is no step."""
+    traces = {1: sigmoid_rise(20, floor=0.5), 2: sigmoid_rise(60, floor=0.01), 3: sigmoid_rise(100, floor=1e-4)}
+    result = measure_stepwise(traces)  # threshold 0.1 x 1.5: eig 1 and 2 start above 1.5e-3, eig 3 below
+    assert result.present == (1, 2)
+    assert result.rises == ((3, 96),) and result.steps == ((3,),)  # 1e-4 + sigmoid >= 0.15 from 94.8
+    assert not result.stepwise
+    assert result.describe().startswith("eig 1, 2 near the threshold from the start (no rise); 1 of 3")
+    flat = measure_stepwise({1: Series(ITERATIONS, [1.0] * len(ITERATIONS))})
+    assert flat.rises == () and "no eigenvalue of 1 rose from near zero" in flat.describe()
 
 
 def test_eigenvalues_rising_together_are_one_step():
@@ -42,18 +56,15 @@ def test_eigenvalues_rising_together_are_one_step():
 
 
 def test_the_gap_defaults_to_five_percent_of_the_trace():
-    traces = {1: sigmoid_rise(20), 2: sigmoid_rise(28), 3: sigmoid_rise(60)}  # rises at 14, 22, 54
+    traces = {1: sigmoid_rise(30), 2: sigmoid_rise(38), 3: sigmoid_rise(70)}  # rises at 24, 32, 64
     result = measure_stepwise(traces)
     assert result.min_gap == 10  # 5% of 200 iterations
     assert result.steps == ((1, 2), (3,))
     assert measure_stepwise(traces, min_gap=5).steps == ((1,), (2,), (3,))
 
 
-def test_no_trace_no_measurement_and_nothing_risen_is_said():
+def test_no_trace_no_measurement():
     assert measure_stepwise({}) is None
-    flat = {1: Series(ITERATIONS, [1.0] * len(ITERATIONS)), 2: Series(ITERATIONS, [1e-9] * len(ITERATIONS))}
-    result = measure_stepwise(flat, fraction=0.5)
-    assert result.rises == ((1, 0),) and len(result.steps) == 1
 
 
 def test_the_trace_is_read_from_the_projector_eigenvalues_the_monitor_logs():
@@ -86,7 +97,7 @@ def test_the_report_draws_the_figure_and_counts_the_steps_when_the_matrix_logs_e
     plan.matrix.measurements.eigenvalues = 3
     page = write_report(plan)
     text = page.read_text()
-    assert "`base`: 3 of 3 eigenvalues reached 0.1 (eig 1 at 20, eig 2 at 50, eig 3 at 80)" in text
+    assert "`base`: 3 of 3 eigenvalues rose from near zero to 0.1 (eig 1 at 20, eig 2 at 50, eig 3 at 80)" in text
     assert "**stepwise**" in text
     assert "`one-prototype`: no eigenvalue trace logged" in text
     assert (page.parent / "stepwise.png").stat().st_size > 0
