@@ -88,6 +88,11 @@ class StudentConfig:
     # pack the tokens of all crop sizes through each block's norms / projections / MLP in one call, attention per
     # crop size (DINOv3's layout; docs/models.md "Crop packing"); equal to the per-crop forward up to fp32 rounding
     crop_packing: bool = False
+    # small initialisation (Simon et al. 2023, stepwise learning): every weight matrix / kernel (parameters named
+    # "weight" with 2+ dims: Linear, Conv; not biases, norms, tokens) of these modules of the objective's student
+    # (and of its EMA copy) is multiplied by init_scale after the seeded build; 1.0 leaves the build untouched
+    init_scale: float = 1.0
+    init_scale_modules: list[str] = field(default_factory=lambda: ["projector"])
 
 
 @dataclass
@@ -239,6 +244,9 @@ class MonitorConfig:
     every: int = 100  # compute collapse metrics every N iterations (0 disables)
     max_samples: int = 4096  # embeddings gathered across ranks per measurement, bounds the cost
     spectrum_every: int = 1000  # save the singular value spectrum every N iterations
+    # log the top N eigenvalues of the raw (not L2-normalised) covariance of each monitored embedding at every
+    # measurement, as collapse/<prefix>_eig_<k> (k = 1..N): the stepwise-learning trace (Simon et al. 2023); 0: off
+    eigenvalues: int = 0
     action: str = "warn"  # warn | stop
     # apply the method's default collapse rules (MethodSpec.watchdog_thresholds, docs/methods.md)
     method_thresholds: bool = True

@@ -225,6 +225,8 @@ RANGES: tuple[Range, ...] = (
     ("monitor.every", 0, math.inf, True, False),
     ("monitor.spectrum_every", 0, math.inf, True, False),
     ("monitor.max_samples", 1, math.inf, True, False),
+    ("monitor.eigenvalues", 0, math.inf, True, False),
+    ("student.init_scale", 0.0, math.inf, False, False),
     ("crops.horizontal_flip_p", 0.0, 1.0, True, True),
     ("crops.color_jitter_p", 0.0, 1.0, True, True),
     ("crops.grayscale_p", 0.0, 1.0, True, True),

@@ -85,6 +85,9 @@ class Measurements:
     # the patch-token norm histogram, high-norm share and per-head CLS attention maps of each run's final
     # checkpoint, in the report (Darcet et al. 2024: dinolite/lab/register_artifacts.py)
     register_artifacts: bool = False
+    # the top N eigenvalues of the raw projector-output covariance at every measurement (monitor.eigenvalues),
+    # their figure and the stepwise-learning measurement in the report (Simon et al. 2023, Fig. 1); 0: off
+    eigenvalues: int = 0
 
 
 @dataclass
@@ -153,6 +156,7 @@ LAB_KEYS: dict[str, str] = {
     "monitor.every": "measurements.every",
     "monitor.max_samples": "measurements.max_samples",
     "monitor.spectrum_every": "measurements.spectra",
+    "monitor.eigenvalues": "measurements.eigenvalues",
     "monitor.action": "(the lab always warns: collapsed runs keep training)",
     "data.source": "data",
     "evaluation.knn_at_end": "measurements.knn",
@@ -232,6 +236,8 @@ def load_matrix(path: str | Path) -> LabMatrix:
     for key in ("every", "max_samples", "spectrum_samples", "knn_k", "linear_epochs"):
         if getattr(m, key) < 1:
             raise ConfigError(f"{src}: invalid value for 'measurements.{key}': {getattr(m, key)}; must be >= 1")
+    if m.eigenvalues < 0:
+        raise ConfigError(f"{src}: invalid value for 'measurements.eigenvalues': {m.eigenvalues}; must be >= 0")
     if m.max_samples < 2:
         raise ConfigError(f"{src}: invalid value for 'measurements.max_samples': {m.max_samples}; must be >= 2")
     if not 0 <= m.spectra <= matrix.iterations:
@@ -342,7 +348,7 @@ def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]
         "data.source=[" + ",".join(data) + "]",
         "evaluation.knn_at_end=false",
         "evaluation.online_every=0",  # the lab measures kNN itself, on the kept checkpoints
-    ]
+    ] + ([f"monitor.eigenvalues={m.eigenvalues}"] if m.eigenvalues else [])
 
 
 def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True) -> LabPlan:

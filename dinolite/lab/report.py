@@ -47,6 +47,7 @@ from dinolite.lab.report_figures import (
     plot_teacher,
 )
 from dinolite.lab.run_reports import RunReport, collect
+from dinolite.lab.stepwise import plot_stepwise, stepwise_text
 
 REPORT_FILE = "README.md"
 
@@ -192,6 +193,8 @@ def render(
     ]
     if m.measurements.rank_correlation:
         lines[-3:-3] = [rank_correlation_text(reports), ""]
+    if m.measurements.eigenvalues:
+        lines[-3:-3] = ["", stepwise_text(reports)]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
         thresholds = ", ".join(f"{key} {value:g}" for key, value in r.run.spec.verdict.items())
@@ -226,6 +229,8 @@ def write_report(plan: LabPlan) -> Path:
         figures.append(("alpha_req.png", "alpha-ReQ over training (Agrawal et al. 2022)"))
     if plot_teacher(reports, out / "teacher.png"):
         figures.append(("teacher.png", "Teacher entropy and KL (DINO's centering / sharpening)"))
+    if plot_stepwise(reports, out / "stepwise.png"):
+        figures.append(("stepwise.png", "Loss and embedding eigenvalues over training (Simon et al. 2023, Fig. 1)"))
     plot_loss(reports, out / "loss.png")
     figures.append(("loss.png", "Training loss"))
     if plot_comparison(reports, out / "comparison.png"):

@@ -22,6 +22,9 @@ Metric names (all plain floats, logged by the trainer):
   per-image scalar over the gathered rows (I-JEPA's ``target_prediction_error``: its loss per image,
   which falls to ~0 when the targets become predictable from their positions alone).
 - ``collapse/num_samples``: rows the metrics were computed on (all ranks, at most ``max_samples``).
+- ``collapse/<prefix>_eig_<k>`` (k = 1..``eigenvalues``, only when ``eigenvalues`` > 0): the k-th largest
+  eigenvalue of the covariance of the raw embedding (not L2-normalised: its scale is the point), the trace
+  of stepwise learning (Simon et al. 2023, Fig. 1). Not in the watchdog's vocabulary: nothing alarms on it.
 
 The covariance spectra (Jing et al. 2021) of the last measurement are in :attr:`last_spectra` as
 ``log10`` values for a TensorBoard histogram, and are written to
@@ -129,6 +132,15 @@ def _embedding_metrics(prefix: str, x: Tensor) -> dict[str, float]:
     return out
 
 
+def top_eigenvalues(prefix: str, x: Tensor, count: int) -> dict[str, float]:
+    """``collapse/<prefix>_eig_<k>``: the ``count`` largest eigenvalues of the covariance of the raw ``(N, D)``
+    embedding ``x`` (k = 1 is the largest; fewer when ``min(N, D) < count``)."""
+    if count <= 0:
+        return {}
+    values = metrics.covariance_spectrum(x, normalize=False)[:count]
+    return {f"collapse/{prefix}_eig_{k}": float(v) for k, v in enumerate(values.tolist(), 1)}
+
+
 def _lidar_of_views(key: str, views: Tensor) -> float:
     if views.dim() != 3 or views.shape[1] < 2:
         raise ValueError(f"diagnostics {key!r} must be (images, views >= 2, dims), got shape {tuple(views.shape)}")
@@ -150,6 +162,7 @@ class CollapseMonitor:
             DINOv2's :data:`EMBEDDING_SOURCES`; the trainer passes the method's).
         mean_sources: diagnostics key -> metric name of per-image scalars ``(B,)`` whose
             mean over the gathered rows is reported as ``collapse/<name>`` (the method's ``monitor_means``).
+        eigenvalues: log the top this many raw-covariance eigenvalues of each embedding (0: none).
     """
 
     def __init__(
@@ -161,7 +174,10 @@ class CollapseMonitor:
         student_temp: float = 0.1,
         embedding_sources: Optional[Mapping[str, str]] = None,
         mean_sources: Optional[Mapping[str, str]] = None,
+        eigenvalues: int = 0,
     ) -> None:
+        if eigenvalues < 0:
+            raise ValueError(f"monitor.eigenvalues must be >= 0, got {eigenvalues}")
         if every < 0:
             raise ValueError(f"monitor.every must be >= 0, got {every}")
         if max_samples < 2:
@@ -175,6 +191,7 @@ class CollapseMonitor:
         self.student_temp = student_temp
         self.embedding_sources = dict(EMBEDDING_SOURCES if embedding_sources is None else embedding_sources)
         self.mean_sources = dict(mean_sources or {})
+        self.eigenvalues = eigenvalues
         self.metric_names = metric_names(self.embedding_sources, self.mean_sources)
         self.last_spectra: dict[str, np.ndarray] = {}
         self._last_spectrum_window = -1
@@ -198,6 +215,7 @@ class CollapseMonitor:
             student_temp=student_temp,
             embedding_sources=embedding_sources,
             mean_sources=mean_sources,
+            eigenvalues=monitor_cfg.eigenvalues,
         )
 
     def due(self, iteration: int) -> bool:
@@ -238,6 +256,7 @@ class CollapseMonitor:
             if key in gathered:
                 results.update(_embedding_metrics(prefix, gathered[key]))
                 spectra[prefix] = metrics.covariance_spectrum(gathered[key]).numpy()
+                results.update(top_eigenvalues(prefix, gathered[key], self.eigenvalues))
             views = gathered.get(key + VIEWS_SUFFIX)
             if views is not None and views.shape[0] >= 2:  # one image is one class: nothing to separate
                 results[f"collapse/{prefix}_lidar"] = _lidar_of_views(key + VIEWS_SUFFIX, views)

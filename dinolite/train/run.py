@@ -44,6 +44,7 @@ from dinolite.train.batches import (
     resolve_train_source,
 )
 from dinolite.train.gram import attach_gram_anchoring
+from dinolite.train.init_scale import scale_initial_weights
 from dinolite.train.logging import MetricLogger, MetricSink, console_logger
 from dinolite.train.loss_scaling import LossScaler
 from dinolite.train.methods import MethodSpec, get_method
@@ -372,6 +373,7 @@ def build_run(
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     objective = objective if objective is not None else method.build_objective(cfg)
+    scale_initial_weights(objective, cfg.student.init_scale, cfg.student.init_scale_modules)
     attach_gram_anchoring(
         objective, cfg, method.name, offers_gram=any(s.name == "gram" for s in method.config_sections)
     )

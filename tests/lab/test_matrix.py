@@ -276,3 +276,22 @@ def test_registers_runs_the_dinov2_demo_with_0_and_4_registers(tmp_path):
     registers = {r.label: r.config.student.num_register_tokens for r in plan.runs}
     assert registers == {"no-registers": 0, "registers4": 4}
     assert all(r.config.train.method == "dinov2" for r in plan.runs)
+
+
+def test_stepwise_runs_barlow_twins_simclr_and_vicreg_from_a_small_projector_init_with_eigenvalue_traces(tmp_path):
+    """Simon et al. 2023, Fig. 1: each joint-embedding demo from a small projector initialisation, its top
+    eigenvalues logged at every measurement."""
+    plan = plan_matrix("stepwise", tmp_path, prepare=False)
+    assert {r.config.train.method for r in plan.runs} == {"barlow_twins", "simclr", "vicreg"}
+    assert all(r.spec.preset == f"demo_{r.config.train.method}" for r in plan.runs)
+    scales = {r.label: r.config.student.init_scale for r in plan.runs}
+    assert scales == {
+        "barlow-twins-small-init": 0.001,
+        "simclr-small-init": 0.001,
+        "vicreg-small-init": 0.001,
+        "barlow-twins-default-init": 1.0,  # the control: the preset's own initialisation
+    }
+    for run in plan.runs:
+        assert run.config.student.init_scale_modules == ["projector"]
+        assert run.config.monitor.eigenvalues == 8 and run.config.monitor.every == 2
+    assert plan_matrix("seeds", tmp_path / "seeds", prepare=False).runs[0].config.monitor.eigenvalues == 0

@@ -163,3 +163,18 @@ def test_two_rank_gather_matches_single_process(tmp_path):
         assert result["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
     # max_rows=10 over 2 ranks: 5 rows from each, in rank order.
     assert result["bounded"].squeeze(1).tolist() == [0, 1, 2, 3, 4, 24, 25, 26, 27, 28]
+
+
+def test_the_top_eigenvalues_of_the_raw_covariance_are_logged_when_asked():
+    """Stepwise learning's trace (Simon et al. 2023): eigenvalues of the raw embedding covariance, by hand."""
+    # rows (+-a, 0), (0, +-b): mean 0, covariance diag(a^2 / 2, b^2 / 2) = diag(2.0, 0.5) for a = 2, b = 1
+    z = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * 1e-3  # small: not normalised away
+    monitor = CollapseMonitor(every=1, max_samples=64, eigenvalues=3, embedding_sources={"projector": "projector"})
+    out = monitor.measure(0, {"projector": z})
+    assert out["collapse/projector_eig_1"] == pytest.approx(2.0e-6)
+    assert out["collapse/projector_eig_2"] == pytest.approx(0.5e-6)
+    assert "collapse/projector_eig_3" not in out  # min(N, D) = 2 eigenvalues
+    silent = CollapseMonitor(every=1, max_samples=64, embedding_sources={"projector": "projector"})
+    assert not any("_eig_" in key for key in silent.measure(0, {"projector": z}))
+    with pytest.raises(ValueError, match="monitor.eigenvalues must be >= 0"):
+        CollapseMonitor(every=1, max_samples=64, eigenvalues=-1)
