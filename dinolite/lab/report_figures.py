@@ -28,12 +28,12 @@ def Figure(**kwargs):  # noqa: N802 - stands for matplotlib's class
     return optional_import("matplotlib.figure", extra="viz", purpose=_PURPOSE).Figure(**kwargs)
 
 
-def _colormap(name: str):
+def colormap(name: str):
     return optional_import("matplotlib", extra="viz", purpose=_PURPOSE).colormaps[name]
 
 
 def _colors(n: int) -> list:
-    cmap = _colormap("tab10" if n <= 10 else "tab20")
+    cmap = colormap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
@@ -119,7 +119,7 @@ def plot_spectra(reports: list[RunReport], path: Path) -> bool:
     for ax in axes.flat[len(with_spectra) :]:
         ax.axis("off")
     for ax, (r, spectra) in zip(axes.flat, with_spectra):
-        cmap = _colormap("viridis")
+        cmap = colormap("viridis")
         for i, entry in enumerate(spectra):
             values = [max(v, 1e-12) for v in entry["eigenvalues"]]
             shade = cmap(i / max(len(spectra) - 1, 1))
@@ -211,7 +211,7 @@ def plot_comparison(reports: list[RunReport], path: Path) -> bool:
 
 
 def save_figure(fig, path: Path) -> None:
-    """Write ``fig`` to ``path`` as a PNG, atomically (also for the figures of :mod:`dinolite.lab.register_artifacts`)."""
+    """Write ``fig`` to ``path`` as a PNG, atomically (also for the figures of :mod:`dinolite.lab.register_artifacts` and :mod:`dinolite.lab.stepwise`)."""
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight")  # keeps a legend placed outside the axes

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinolite.lab.report_figures import Figure, _colormap, _save  # the report's one figure toolkit
+from dinolite.lab.report_figures import Figure, colormap, save_figure  # the report's one figure toolkit
 from dinolite.lab.run_reports import RunReport
 from dinolite.lab.traces import RunTrace, Series
 
@@ -149,7 +149,7 @@ def plot_stepwise(reports: list[RunReport], path: Path) -> bool:
         if loss:
             loss_ax.plot(loss.iterations, loss.values, color="black", lw=1.2)
         loss_ax.set_title(f"{r.run.label}: loss", fontsize=9)
-        cmap = _colormap("viridis")
+        cmap = colormap("viridis")
         for k, s in eig.items():
             positive = [(it, v) for it, v in zip(s.iterations, s.values) if v > 0]
             if positive:
@@ -165,5 +165,5 @@ def plot_stepwise(reports: list[RunReport], path: Path) -> bool:
         eig_ax.set_xlabel("iteration")
         if column == 0:
             eig_ax.legend(fontsize=6, loc="lower right", ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
