@@ -108,7 +108,8 @@ def render_choice(choice: Choice) -> str:
     lines += [
         "",
         f"Random init kNN: {random_init}. Rule: the largest worst gain (the smallest gain over random init "
-        f"across the sets); worst gains within {choice.tie_margin:g} points of the best are tied and go to the "
+        f"across the sets); worst gains within {choice.tie_margin:g} kNN point{'' if choice.tie_margin == 1 else 's'} "
+        "of the best are tied and go to the "
         f"point listed first in the matrix.",
         f"Chosen: {choice.chosen} (worst gain {_num(choice.worst_gain(choice.chosen), signed=True)}).",
     ]
