@@ -29,7 +29,7 @@ from omegaconf import MISSING
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.config.opt_ins import check_pipe_sources
-from dinolite.data.builtin_sets import builtin_set, builtin_sets_text, prepare_builtin_set
+from dinolite.data.builtin_sets import BUILTIN_SETS, builtin_set, builtin_sets_text, prepare_builtin_set
 from dinolite.eval.online import FEATURES
 from dinolite.monitor import collapse_rules
 from dinolite.monitor.collapse_rules import COMPLETE, DIMENSIONAL, HEALTHY
@@ -185,6 +185,7 @@ class LabPlan:
     runs: list[PlannedRun]
     eval_train: list[str]
     eval_val: list[str]
+    replaced_data: list[str] = field(default_factory=list)  # the matrix's own data, when --data replaced it
 
     @property
     def report_dir(self) -> Path:
@@ -351,17 +352,45 @@ def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]
     ] + ([f"monitor.eigenvalues={m.eigenvalues}"] if m.eigenvalues else [])
 
 
-def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True) -> LabPlan:
+def with_data(matrix: LabMatrix, data: str) -> LabMatrix:
+    """The matrix on the built-in set ``data`` (``--data``) instead of its own ``data``: every run trains on
+    it and is evaluated on its own splits (the matrix's ``eval_train`` / ``eval_val`` belong to its data)."""
+    if data not in BUILTIN_SETS:
+        near = difflib.get_close_matches(data.lower().replace("-", "_"), list(BUILTIN_SETS), n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(
+            f"--data {data!r} is not a built-in data set{hint} (the built-in sets: {', '.join(BUILTIN_SETS)}; "
+            "for your own shards write a matrix file with 'data', 'eval_train' and 'eval_val')"
+        )
+    return replace(matrix, data=[data], eval_train=[], eval_val=[])
+
+
+def default_output_dir(matrix: LabMatrix, data: Optional[str]) -> str:
+    """The matrix's ``output_dir``, or ``<output_dir>-<data>`` when ``--data`` names another set: runs of one
+    matrix on two sets never share a folder (the lab would resume one set's run on the other)."""
+    if data is None or [data] == list(matrix.data):
+        return matrix.output_dir
+    return f"{matrix.output_dir.rstrip('/')}-{data}"
+
+
+def plan_matrix(
+    path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True, data: Optional[str] = None
+) -> LabPlan:
     """Load the matrix at ``path`` and resolve every run's training config (errors name file, run, key).
 
-    ``output_dir`` replaces the matrix's ``output_dir``. With ``prepare``, a built-in ``data`` (``[digits]``,
+    ``output_dir`` replaces the matrix's ``output_dir``. ``data`` (a built-in set's name, ``--data``)
+    replaces the matrix's ``data`` for every run (:func:`with_data`; default folder:
+    :func:`default_output_dir`). With ``prepare``, a built-in ``data`` (``[digits]``,
     ``[fashion_mnist]``) is written once under ``<output_dir>/data`` (idempotent) and shared by every run:
     its train shards for training, its train/val folders for evaluation. ``prepare=False`` (dry runs)
     writes nothing and leaves the set's name to each run.
     """
     path = resolve_matrix(path)
     matrix = load_matrix(path)
-    out = Path(output_dir or matrix.output_dir).expanduser().absolute()
+    replaced = [] if data is None or [data] == list(matrix.data) else list(matrix.data)
+    out = Path(output_dir or default_output_dir(matrix, data)).expanduser().absolute()
+    if data is not None:
+        matrix = with_data(matrix, data)
     data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)
     name = builtin_set(matrix.data)
     if name is not None and prepare:
@@ -382,4 +411,4 @@ def plan_matrix(path: str | Path, output_dir: Optional[str | Path] = None, prepa
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         runs.append(PlannedRun(i, spec, cfg, run_dir))
-    return LabPlan(matrix, path, out, runs, eval_train, eval_val)
+    return LabPlan(matrix, path, out, runs, eval_train, eval_val, replaced)

@@ -154,6 +154,11 @@ def rank_correlation_text(reports: list[RunReport]) -> str:
     )
 
 
+def _replaced_note(plan: LabPlan) -> str:
+    """Says when ``--data`` replaced the matrix's own data (the report names the set its runs saw)."""
+    return f", given with --data in place of the matrix's {', '.join(plan.replaced_data)}" if plan.replaced_data else ""
+
+
 def render(
     plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]], sections: Sequence[str] = ()
 ) -> str:
@@ -168,7 +173,7 @@ def render(
         m.description.strip(),
         "",
         f"Matrix `{plan.source.name}`: {len(reports)} runs of {m.iterations} iterations each "
-        f"(data {', '.join(m.data)}; measurements every {m.measurements.every} iterations). "
+        f"(data {', '.join(m.data)}{_replaced_note(plan)}; measurements every {m.measurements.every} iterations). "
         f"{done} of {len(reports)} runs done; **{reproduced} of {done} expected findings reproduced**. "
         f"Training and evaluation took {sum(seconds) / 60:.0f} minutes in total (sum over the runs done here).",
         "",

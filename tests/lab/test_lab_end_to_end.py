@@ -156,3 +156,25 @@ def test_options_are_checked(tmp_path, capsys):
     assert "matrix file not found" in capsys.readouterr().err
     assert main(["--matrix", str(tiny_matrix(tmp_path)), "--only", "dino-no-centring", "--report"]) == 2
     assert "did you mean 'dino-no-centering'?" in capsys.readouterr().err
+
+
+def test_data_reaches_the_report_and_the_slurm_array_and_a_bad_set_is_named(tmp_path, monkeypatch, capsys):
+    from dinolite.data.fashion_mnist import DIR_ENV
+    from tests.data.fashion_idx import synthetic_splits, write_idx_set
+
+    monkeypatch.setenv(DIR_ENV, str(write_idx_set(tmp_path / "idx", synthetic_splits(train=8, val=4))))
+    matrix = str(tiny_matrix(tmp_path))
+    assert main(["--matrix", matrix, "--data", "fashion-mnst"]) == 2
+    err = capsys.readouterr().err
+    assert "--data 'fashion-mnst' is not a built-in data set; did you mean 'fashion_mnist'?" in err
+    assert "digits, fashion_mnist" in err and not list(tmp_path.glob("lab*"))
+    assert main(["--matrix", matrix, "--data", "fashion_mnist", "--report"]) == 0
+    page = (tmp_path / "lab-fashion_mnist" / "report" / "README.md").read_text()
+    assert "(data fashion_mnist, given with --data in place of the matrix's digits;" in page
+    assert not (tmp_path / "lab").exists()  # the matrix's own (digits) folder is untouched
+    pytest.importorskip("submitit")
+    argv = ["--slurm", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "15", "--dry-run"]
+    assert main(["--matrix", matrix, "--data", "fashion_mnist", *argv]) == 0
+    out = capsys.readouterr().out
+    for label in ("dino", "dino-no-centering"):
+        assert f"-> {tmp_path / 'lab-fashion_mnist' / label}" in out

@@ -295,3 +295,57 @@ def test_stepwise_runs_barlow_twins_simclr_and_vicreg_from_a_small_projector_ini
         assert run.config.student.init_scale_modules == ["projector"]
         assert run.config.monitor.eigenvalues == 8 and run.config.monitor.every == 2
     assert plan_matrix("seeds", tmp_path / "seeds", prepare=False).runs[0].config.monitor.eigenvalues == 0
+
+
+def test_data_replaces_the_matrixs_data_for_every_run_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    from dinolite.data.fashion_mnist import DIR_ENV
+    from tests.data.fashion_idx import synthetic_splits, write_idx_set
+
+    monkeypatch.setenv(DIR_ENV, str(write_idx_set(tmp_path / "idx", synthetic_splits(train=8, val=4))))
+    path = write(tmp_path, VALID)
+    dry = plan_matrix(path, prepare=False, data="fashion_mnist")
+    assert all(list(r.config.data.source) == ["fashion_mnist"] for r in dry.runs)
+    assert dry.output_dir == tmp_path / "out-fashion_mnist"  # never the digits runs' folder
+    assert not dry.output_dir.exists()  # a dry plan prepares no data
+    plan = plan_matrix(path, data="fashion_mnist")
+    data = tmp_path / "out-fashion_mnist" / "data" / "fashion_mnist"
+    assert all(list(r.config.data.source) == [str(data / "train" / "train-*.tar.gz")] for r in plan.runs)
+    assert (plan.eval_train, plan.eval_val) == ([str(data / "train")], [str(data / "val")])
+    assert (plan.matrix.data, plan.replaced_data) == (["fashion_mnist"], ["digits"])
+    assert plan.runs[1].run_dir == tmp_path / "out-fashion_mnist" / "no-centering"
+    # the matrix's own set: its own folder, nothing replaced; an explicit folder is used as given
+    assert plan_matrix(path, prepare=False, data="digits").output_dir == tmp_path / "out"
+    assert plan_matrix(path, tmp_path / "mine", prepare=False, data="fashion_mnist").output_dir == tmp_path / "mine"
+
+
+def test_data_replaces_the_matrixs_own_evaluation_split(tmp_path):
+    """A matrix's eval_train/eval_val belong to its data: with --data the set's own splits are used."""
+    text = VALID + "data: [/data/shards]\neval_train: [/data/train]\neval_val: [/data/val]\n"
+    plan = plan_matrix(write(tmp_path, text), prepare=False, data="digits")
+    assert (plan.matrix.eval_train, plan.matrix.eval_val) == ([], [])
+    assert (plan.eval_train, plan.eval_val) == ([], [])
+    assert plan.output_dir == tmp_path / "out-digits" and plan.replaced_data == ["/data/shards"]
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("fashion-mnist", r"--data 'fashion-mnist' is not a built-in data set; did you mean 'fashion_mnist'\?"),
+        ("cifar10", r"--data 'cifar10' is not a built-in data set \(the built-in sets: digits, fashion_mnist;"),
+    ],
+)
+def test_data_must_be_a_built_in_set(tmp_path, name, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_matrix(write(tmp_path, VALID), prepare=False, data=name)
+    assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_recipes_simclr_is_small_simclr_over_crop_scale_and_temperature_papers_point_first(tmp_path):
+    """Issue 26 item 4: the generic preset (flips on) over crop minimum scale x temperature, nothing else."""
+    plan = plan_matrix("recipes_simclr", tmp_path, prepare=False)
+    grid = [(r.config.crops.global_crops_scale[0], r.config.joint_embedding.temperature) for r in plan.runs]
+    assert sorted(grid) == sorted((s, t) for s in (0.08, 0.25, 0.6) for t in (0.2, 0.5))
+    assert grid[0] == (0.08, 0.5)  # SimCLR's published values first: the choice's ties go to them
+    assert all(r.spec.preset == "small_simclr" and r.spec.expect == "healthy" for r in plan.runs)
+    assert all(r.config.joint_embedding.view1.horizontal_flip_p == 0.5 for r in plan.runs)
+    assert all(r.config.train.max_iterations == 300 for r in plan.runs)
