@@ -29,6 +29,18 @@ def _patch_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
     return height // patch, width // patch
 
 
+def _last_cls_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, int]:
+    """The last block's CLS attention row ``(B, heads, T)`` and the index of the first patch token in it
+    (after CLS and the registers)."""
+    if getattr(model, "cls_token", True) is None:
+        raise ValueError(
+            "the backbone has no CLS token (cls_token=false, the released I-JEPA encoder's layout), so its attention "
+            "has no CLS row to map; its patch features (patch_features) still apply"
+        )
+    cls_row = model.get_last_selfattention(images).float()[:, :, 0]
+    return cls_row, 1 + int(getattr(model, "num_register_tokens", 0))
+
+
 @torch.no_grad()
 def cls_attention_maps(model: nn.Module, images: Tensor) -> Tensor:
     """``(B, heads, h, w)`` CLS->patch attention of the last block, each map renormalised to sum to 1.
@@ -36,14 +48,8 @@ def cls_attention_maps(model: nn.Module, images: Tensor) -> Tensor:
     ``images`` are normalised float ``(B, 3, H, W)`` with H, W multiples of the patch size.
     """
     h, w = _patch_grid(model, images)
-    if getattr(model, "cls_token", True) is None:
-        raise ValueError(
-            "the backbone has no CLS token (cls_token=false, the released I-JEPA encoder's layout), so its attention "
-            "has no CLS row to map; its patch features (patch_features) still apply"
-        )
-    attention = model.get_last_selfattention(images).float()  # (B, heads, T, T)
-    first_patch = 1 + int(getattr(model, "num_register_tokens", 0))
-    cls_to_patches = attention[:, :, 0, first_patch:]
+    cls_row, first_patch = _last_cls_attention(model, images)
+    cls_to_patches = cls_row[..., first_patch:]
     if cls_to_patches.shape[-1] != h * w:
         raise ValueError(f"attention covers {cls_to_patches.shape[-1]} patch tokens, expected {h}x{w}")
     cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
@@ -59,10 +65,7 @@ def cls_attention_shares(model: nn.Module, images: Tensor) -> Tensor:
     al. 2024, Sec. 3); :func:`cls_attention_maps` renormalises over the patches, so it cannot show that.
     """
     _patch_grid(model, images)
-    if getattr(model, "cls_token", True) is None:
-        raise ValueError("the backbone has no CLS token (cls_token=false), so its attention has no CLS row")
-    cls_row = model.get_last_selfattention(images).float()[:, :, 0]  # (B, heads, T)
-    first_patch = 1 + int(getattr(model, "num_register_tokens", 0))
+    cls_row, first_patch = _last_cls_attention(model, images)
     parts = (cls_row[..., :1], cls_row[..., 1:first_patch], cls_row[..., first_patch:])
     return torch.stack([part.sum(dim=-1) for part in parts], dim=-1)
 

@@ -50,6 +50,17 @@ KNN_TEMPERATURE = 0.07
 _CHECKPOINT_DIR = re.compile(r"iter_(\d{8})")  # CheckpointManager's complete checkpoints (no .tmp)
 
 
+def lab_eval_transform(cfg: Config) -> Callable:
+    """How the lab prepares an evaluation image for a run: its global-crop size, its normalisation, at a
+    multiple of its patch size."""
+    return build_eval_transform(
+        cfg.crops.global_crops_size,
+        mean=list(cfg.crops.mean),
+        std=list(cfg.crops.std),
+        patch_size=cfg.student.patch_size,
+    )
+
+
 def kept_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """``(iteration, directory)`` of every complete checkpoint under ``run_dir/checkpoints``."""
     root = Path(run_dir) / "checkpoints"
@@ -80,12 +91,7 @@ class EvalData:
 
         ``spectrum_only``: the first ``spectrum_samples`` training images and no val (intermediate
         checkpoints need only their spectrum)."""
-        transform = build_eval_transform(
-            cfg.crops.global_crops_size,
-            mean=list(cfg.crops.mean),
-            std=list(cfg.crops.std),
-            patch_size=cfg.student.patch_size,
-        )
+        transform = lab_eval_transform(cfg)
         n_blocks = min(4, backbone.n_blocks)
 
         @torch.no_grad()

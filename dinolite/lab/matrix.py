@@ -29,7 +29,13 @@ from omegaconf import MISSING
 import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
 from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
 from dinolite.config.opt_ins import check_pipe_sources
-from dinolite.data.builtin_sets import BUILTIN_SETS, builtin_set, builtin_sets_text, prepare_builtin_set
+from dinolite.data.builtin_sets import (
+    BUILTIN_SETS,
+    builtin_set,
+    builtin_sets_text,
+    misspelt_builtin_set,
+    prepare_builtin_set,
+)
 from dinolite.eval.online import FEATURES
 from dinolite.monitor import collapse_rules
 from dinolite.monitor.collapse_rules import COMPLETE, DIMENSIONAL, HEALTHY
@@ -356,8 +362,8 @@ def with_data(matrix: LabMatrix, data: str) -> LabMatrix:
     """The matrix on the built-in set ``data`` (``--data``) instead of its own ``data``: every run trains on
     it and is evaluated on its own splits (the matrix's ``eval_train`` / ``eval_val`` belong to its data)."""
     if data not in BUILTIN_SETS:
-        near = difflib.get_close_matches(data.lower().replace("-", "_"), list(BUILTIN_SETS), n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
+        near = misspelt_builtin_set([data])
+        hint = f"; did you mean {near!r}?" if near else ""
         raise ConfigError(
             f"--data {data!r} is not a built-in data set{hint} (the built-in sets: {', '.join(BUILTIN_SETS)}; "
             "for your own shards write a matrix file with 'data', 'eval_train' and 'eval_val')"

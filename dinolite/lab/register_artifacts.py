@@ -31,8 +31,7 @@ from dinolite.config import Config
 from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.feature_maps import cls_attention_maps, cls_attention_shares, patch_token_norms
-from dinolite.eval.transforms import build_eval_transform
-from dinolite.lab.evaluate import kept_checkpoints, random_init_backbone
+from dinolite.lab.evaluate import kept_checkpoints, lab_eval_transform, random_init_backbone
 from dinolite.lab.matrix import LabPlan, PlannedRun
 from dinolite.lab.report_figures import Figure, save_figure
 
@@ -97,14 +96,8 @@ def shown_indices(n_images: int, shown: int = ATTENTION_IMAGES) -> Tensor:
 
 def evaluation_images(cfg: Config, source: list[str], limit: int = MAX_IMAGES) -> Tensor:
     """The first ``limit`` evaluation images of ``source``, normalised as the lab evaluates them ``(N, 3, H, W)``."""
-    transform = build_eval_transform(
-        cfg.crops.global_crops_size,
-        mean=list(cfg.crops.mean),
-        std=list(cfg.crops.std),
-        patch_size=cfg.student.patch_size,
-    )
     images = []
-    for image, *_ in build_eval_dataset(source, transform):
+    for image, *_ in build_eval_dataset(source, lab_eval_transform(cfg)):
         images.append(image)
         if len(images) == limit:
             break

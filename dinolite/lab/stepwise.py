@@ -69,8 +69,8 @@ def eigenvalue_series(trace: RunTrace) -> dict[int, Series]:
     for prefix in CHANNEL_PREFIXES:
         out: dict[int, Series] = {}
         k = 1
-        while trace.series(f"{prefix}_eig_{k}"):
-            out[k] = trace.series(f"{prefix}_eig_{k}")
+        while series := trace.series(f"{prefix}_eig_{k}"):
+            out[k] = series
             k += 1
         if out:
             return out

@@ -23,9 +23,13 @@ from torch import nn
 from dinolite.config import ConfigError
 
 
+def _scaled_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "weight" and p.dim() >= 2]
+
+
 def scaled_parameter_names(module: nn.Module) -> list[str]:
     """The parameters :func:`scale_initial_weights` multiplies: named ``weight`` with 2+ dimensions."""
-    return [name for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "weight" and p.dim() >= 2]
+    return [name for name, _ in _scaled_parameters(module)]
 
 
 def scale_initial_weights(objective: nn.Module, factor: float, modules: Sequence[str]) -> None:
@@ -54,6 +58,5 @@ def scale_initial_weights(objective: nn.Module, factor: float, modules: Sequence
             targets.append(teacher[name])
         with torch.no_grad():
             for module in targets:
-                parameters = dict(module.named_parameters())
-                for key in scaled_parameter_names(module):
-                    parameters[key].mul_(factor)
+                for _, parameter in _scaled_parameters(module):
+                    parameter.mul_(factor)
