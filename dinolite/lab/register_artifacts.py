@@ -32,7 +32,7 @@ from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.feature_maps import cls_attention_maps, cls_attention_shares, patch_token_norms
 from dinolite.lab.evaluate import kept_checkpoints, lab_eval_transform, random_init_backbone
-from dinolite.lab.matrix import LabPlan, PlannedRun
+from dinolite.lab.matrix_plan import LabPlan, PlannedRun
 from dinolite.lab.report_figures import Figure, save_figure
 
 HIGH_NORM_FACTOR = 3.0  # a patch token is high-norm above this x the median patch-token norm

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Optional
 
 from dinolite.io import write_text_atomic
-from dinolite.lab.matrix import COMPARISONS, LabPlan
+from dinolite.lab.matrix import COMPARISONS
+from dinolite.lab.matrix_plan import LabPlan
 from dinolite.lab.register_artifacts import register_artifacts_section
 from dinolite.lab.report_figures import (
     plot_alpha_req,

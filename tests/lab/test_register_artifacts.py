@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dinolite.lab import register_artifacts as ra
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.report import write_report
 from tests.eval.test_visualize import _tiny_vit
 
