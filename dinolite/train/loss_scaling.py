@@ -33,7 +33,8 @@ import math
 from typing import Iterable, Mapping
 
 import torch
-from torch.distributed.tensor import DTensor
+
+from dinolite.fsdp.sharding import local_shard
 
 
 class LossScaler:
@@ -71,7 +72,7 @@ class LossScaler:
         with torch.no_grad():
             for param in parameters:
                 if param.grad is not None:
-                    grad = param.grad.to_local() if isinstance(param.grad, DTensor) else param.grad
+                    grad = local_shard(param.grad)
                     grad.mul_(inverse)
 
     def update(self, grad_norms: Mapping[str, float]) -> bool:
