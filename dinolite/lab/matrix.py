@@ -182,6 +182,21 @@ def load_matrix(path: str | Path) -> LabMatrix:
     path = resolve_matrix(path)
     matrix: LabMatrix = load_yaml_as(path, LabMatrix, what="matrix file")
     src = str(path)
+    _check_budget_and_measurements(matrix, src)
+    _check_verdict_rules(matrix.verdict, src)
+    _check_data(matrix, src)
+    seen: dict[str, int] = {}
+    for i, run in enumerate(matrix.runs):
+        _check_run(matrix, run, f"{src}: runs[{i}]", seen)
+        seen[run.label] = i
+    for item in matrix.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in LAB_KEYS:
+            raise ConfigError(f"{src}: overrides: {key!r} is set by the lab from {LAB_KEYS[key]}; use that key")
+    return matrix
+
+
+def _check_budget_and_measurements(matrix: LabMatrix, src: str) -> None:
     if matrix.iterations < 1:
         raise ConfigError(f"{src}: invalid value for 'iterations': {matrix.iterations}; must be >= 1")
     m = matrix.measurements
@@ -199,11 +214,13 @@ def load_matrix(path: str | Path) -> LabMatrix:
             f"{src}: 'measurements.every' = {m.every} exceeds 'iterations' = {matrix.iterations}: "
             "no measurement would be taken"
         )
-    if not 0 < matrix.verdict.settle_fraction <= 1:
+
+
+def _check_verdict_rules(rules: VerdictRules, src: str) -> None:
+    if not 0 < rules.settle_fraction <= 1:
         raise ConfigError(
-            f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; must be in (0, 1]"
+            f"{src}: invalid value for 'verdict.settle_fraction': {rules.settle_fraction}; must be in (0, 1]"
         )
-    rules = matrix.verdict
     if rules.comparison_metric not in COMPARISON_METRICS:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.comparison_metric': {rules.comparison_metric!r}"
@@ -213,69 +230,74 @@ def load_matrix(path: str | Path) -> LabMatrix:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.comparison_margin': {rules.comparison_margin}; must be >= 0"
         )
+
+
+def _check_data(matrix: LabMatrix, src: str) -> None:
+    """The runs and their data: sources, evaluation splits (a built-in set brings its own)."""
     for key in ("data", "eval_train", "eval_val"):  # shell commands only with the user's grant, never the file's
         check_pipe_sources(getattr(matrix, key), key, src)
     if not matrix.runs:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
         raise ConfigError(f"{src}: set both 'eval_train' and 'eval_val', or neither")
+    m = matrix.measurements
     if not matrix.eval_train and builtin_set(matrix.data) is None and (m.knn or m.linear or m.spectra):
         raise ConfigError(
             f"{src}: 'data' is {matrix.data}, not {builtin_sets_text()}: give the labelled 'eval_train' and "
             "'eval_val' sources the kNN, linear probe and spectra are computed on"
         )
-    seen: dict[str, int] = {}
-    for i, run in enumerate(matrix.runs):
-        where = f"{src}: runs[{i}]"
-        if not _LABEL.fullmatch(run.label):
-            raise ConfigError(f"{where}.label {run.label!r}: use letters, digits and _.+- (it names a folder)")
-        if run.label.lower() in SHARED_FOLDERS:  # lower: "Data" is "data" on a case-insensitive filesystem
+
+
+def _check_run(matrix: LabMatrix, run: LabRun, where: str, seen: dict[str, int]) -> None:
+    """One run of the matrix (``where``: ``<file>: runs[i]``; ``seen``: the labels of the runs before it)."""
+    _check_label(run.label, where, seen)
+    rules = matrix.verdict
+    if run.expect not in EXPECTED_FINDINGS:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} is not a finding{choice_hint(run.expect, EXPECTED_FINDINGS)}"
+        )
+    if run.features not in FEATURES:
+        raise ConfigError(
+            f"{where}.features ({run.label}): {run.features!r} is not a feature set{choice_hint(run.features, FEATURES)}"
+        )
+    if run.expect in COMPARISONS and not run.reference:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} compares with another run; name it in 'reference'"
+        )
+    if run.expect in COMPARISONS and getattr(matrix.measurements, rules.comparison_metric) is False:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} reads the {rules.comparison_metric} top-1, but "
+            f"'measurements.{rules.comparison_metric}' is false"
+        )
+    if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
+        others = [r.label for r in matrix.runs if r.label != run.label]
+        raise ConfigError(
+            f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
+            f"{choice_hint(run.reference, others)}"
+        )
+    for key, value in run.verdict.items():
+        if key not in RUN_VERDICT_KEYS:
             raise ConfigError(
-                f"{where}.label {run.label!r}: <output_dir>/{run.label} would be the lab's own folder, shared by "
-                f"every run ({', '.join(SHARED_FOLDERS)} are reserved); choose another label"
+                f"{where}.verdict ({run.label}): {key!r} is not a threshold a run may set{choice_hint(key, RUN_VERDICT_KEYS)}"
             )
-        if run.label in seen:
-            raise ConfigError(f"{where}.label {run.label!r} is already the label of runs[{seen[run.label]}]")
-        seen[run.label] = i
-        if run.expect not in EXPECTED_FINDINGS:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} is not a finding{choice_hint(run.expect, EXPECTED_FINDINGS)}"
-            )
-        if run.features not in FEATURES:
-            raise ConfigError(
-                f"{where}.features ({run.label}): {run.features!r} is not a feature set{choice_hint(run.features, FEATURES)}"
-            )
-        if run.expect in COMPARISONS and not run.reference:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} compares with another run; name it in 'reference'"
-            )
-        if run.expect in COMPARISONS and getattr(m, rules.comparison_metric) is False:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} reads the {rules.comparison_metric} top-1, but "
-                f"'measurements.{rules.comparison_metric}' is false"
-            )
-        if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
-            others = [r.label for r in matrix.runs if r.label != run.label]
-            raise ConfigError(
-                f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
-                f"{choice_hint(run.reference, others)}"
-            )
-        for key, value in run.verdict.items():
-            if key not in RUN_VERDICT_KEYS:
-                raise ConfigError(
-                    f"{where}.verdict ({run.label}): {key!r} is not a threshold a run may set{choice_hint(key, RUN_VERDICT_KEYS)}"
-                )
-            if key == "settle_fraction" and not 0 < value <= 1:
-                raise ConfigError(f"{where}.verdict.settle_fraction ({run.label}): {value}; must be in (0, 1]")
-        for item in run.overrides:
-            key = item.split("=", 1)[0].strip()
-            if key in LAB_KEYS:
-                raise ConfigError(
-                    f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
-                    f"{LAB_KEYS[key]}; remove it from the run"
-                )
-    for item in matrix.overrides:
+        if key == "settle_fraction" and not 0 < value <= 1:
+            raise ConfigError(f"{where}.verdict.settle_fraction ({run.label}): {value}; must be in (0, 1]")
+    for item in run.overrides:
         key = item.split("=", 1)[0].strip()
         if key in LAB_KEYS:
-            raise ConfigError(f"{src}: overrides: {key!r} is set by the lab from {LAB_KEYS[key]}; use that key")
-    return matrix
+            raise ConfigError(
+                f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
+                f"{LAB_KEYS[key]}; remove it from the run"
+            )
+
+
+def _check_label(label: str, where: str, seen: dict[str, int]) -> None:
+    if not _LABEL.fullmatch(label):
+        raise ConfigError(f"{where}.label {label!r}: use letters, digits and _.+- (it names a folder)")
+    if label.lower() in SHARED_FOLDERS:  # lower: "Data" is "data" on a case-insensitive filesystem
+        raise ConfigError(
+            f"{where}.label {label!r}: <output_dir>/{label} would be the lab's own folder, shared by "
+            f"every run ({', '.join(SHARED_FOLDERS)} are reserved); choose another label"
+        )
+    if label in seen:
+        raise ConfigError(f"{where}.label {label!r} is already the label of runs[{seen[label]}]")
