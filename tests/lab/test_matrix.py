@@ -279,3 +279,19 @@ def test_recipes_simclr_is_small_simclr_over_crop_scale_and_temperature_papers_p
     assert all(r.spec.preset == "small_simclr" and r.spec.expect == "healthy" for r in plan.runs)
     assert all(r.config.joint_embedding.view1.horizontal_flip_p == 0.5 for r in plan.runs)
     assert all(r.config.train.max_iterations == 300 for r in plan.runs)
+
+
+@pytest.mark.parametrize("method", ["barlow_twins", "byol"])
+def test_recipe_grid_varies_only_the_generic_presets_crop_scale_papers_point_first(method, tmp_path):
+    """Issue 26 item 4: small_<method> as shipped (flips on) over crop minimum scale, every other value kept."""
+    plan = plan_matrix(f"recipes_{method}", tmp_path, prepare=False)
+    preset = load_config(f"small_{method}")
+    scales = [r.config.crops.global_crops_scale for r in plan.runs]
+    assert scales[0] == [0.08, 1.0]  # the paper's crop first: the choice's ties go to it
+    assert sorted(s[0] for s in scales) == [0.08, 0.25, 0.6] and all(s[1] == 1.0 for s in scales)
+    for run in plan.runs:
+        assert run.spec.preset == f"small_{method}" and run.spec.expect == "healthy"
+        assert run.config.joint_embedding == preset.joint_embedding  # views (flips 0.5), projector, loss
+        assert run.config.ema == preset.ema and run.config.optim == preset.optim
+        assert run.config.train.max_iterations == 300
+    assert plan.matrix.measurements.spectra == 0 and not plan.matrix.measurements.linear
