@@ -349,3 +349,36 @@ def test_recipes_simclr_is_small_simclr_over_crop_scale_and_temperature_papers_p
     assert all(r.spec.preset == "small_simclr" and r.spec.expect == "healthy" for r in plan.runs)
     assert all(r.config.joint_embedding.view1.horizontal_flip_p == 0.5 for r in plan.runs)
     assert all(r.config.train.max_iterations == 300 for r in plan.runs)
+
+
+@pytest.mark.parametrize(
+    ("matrix", "preset", "grid", "paper"),
+    [
+        ("recipes_simsiam", "small_simsiam", {(0.2, None), (0.4, None), (0.6, None)}, (0.2, None)),
+        (
+            "recipes_msn",
+            "small_msn",
+            {(g, f) for g in (0.3, 0.6) for f in ((0.05, 0.3), (0.3, 0.6))},
+            (0.3, (0.05, 0.3)),
+        ),
+    ],
+)
+def test_recipes_vary_only_the_crop_scales_of_the_generic_preset_papers_point_first(
+    tmp_path, matrix, preset, grid, paper
+):
+    """Issue 26 item 4: SimSiam's and MSN's grids change the generic preset's crop scales and nothing else."""
+    plan = plan_matrix(matrix, tmp_path, prepare=False)
+    shipped = load_config(preset)
+    focal = preset == "small_msn"
+    points = [
+        (r.config.crops.global_crops_scale[0], tuple(r.config.crops.local_crops_scale) if focal else None)
+        for r in plan.runs
+    ]
+    assert len(points) == len(set(points)) and set(points) == grid
+    assert points[0] == paper  # the paper's values first: the choice's ties go to them
+    for run in plan.runs:
+        assert run.spec.preset == preset and run.spec.expect == "healthy"
+        own = load_config(preset, list(run.spec.overrides))
+        for key in ("global_crops_scale", "local_crops_scale"):
+            setattr(own.crops, key, getattr(shipped.crops, key))
+        assert own == shipped  # flips, jitter, blur, method, budget: all the preset's own
