@@ -281,17 +281,39 @@ def test_recipes_simclr_is_small_simclr_over_crop_scale_and_temperature_papers_p
     assert all(r.config.train.max_iterations == 300 for r in plan.runs)
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "byol"])
-def test_recipe_grid_varies_only_the_generic_presets_crop_scale_papers_point_first(method, tmp_path):
-    """Issue 26 item 4: small_<method> as shipped (flips on) over crop minimum scale, every other value kept."""
-    plan = plan_matrix(f"recipes_{method}", tmp_path, prepare=False)
-    preset = load_config(f"small_{method}")
-    scales = [r.config.crops.global_crops_scale for r in plan.runs]
-    assert scales[0] == [0.08, 1.0]  # the paper's crop first: the choice's ties go to it
-    assert sorted(s[0] for s in scales) == [0.08, 0.25, 0.6] and all(s[1] == 1.0 for s in scales)
+@pytest.mark.parametrize(
+    ("matrix", "preset", "grid", "paper"),
+    [
+        ("recipes_barlow_twins", "small_barlow_twins", {(0.08, None), (0.25, None), (0.6, None)}, (0.08, None)),
+        ("recipes_byol", "small_byol", {(0.08, None), (0.25, None), (0.6, None)}, (0.08, None)),
+        ("recipes_simsiam", "small_simsiam", {(0.2, None), (0.4, None), (0.6, None)}, (0.2, None)),
+        (
+            "recipes_msn",
+            "small_msn",
+            {(g, f) for g in (0.3, 0.6) for f in ((0.05, 0.3), (0.3, 0.6))},
+            (0.3, (0.05, 0.3)),
+        ),
+    ],
+)
+def test_recipes_vary_only_the_crop_scales_of_the_generic_preset_papers_point_first(
+    tmp_path, matrix, preset, grid, paper
+):
+    """Issue 26 item 4: the crop-scale grids (Barlow Twins, BYOL, SimSiam, MSN) change the generic preset's crop
+    scales and nothing else (flips stay on), at the preset's budget, measuring only the end kNN."""
+    plan = plan_matrix(matrix, tmp_path, prepare=False)
+    shipped = load_config(preset)
+    focal = preset == "small_msn"
+    points = [
+        (r.config.crops.global_crops_scale[0], tuple(r.config.crops.local_crops_scale) if focal else None)
+        for r in plan.runs
+    ]
+    assert len(points) == len(set(points)) and set(points) == grid
+    assert points[0] == paper  # the paper's values first: the choice's ties go to them
     for run in plan.runs:
-        assert run.spec.preset == f"small_{method}" and run.spec.expect == "healthy"
-        assert run.config.joint_embedding == preset.joint_embedding  # views (flips 0.5), projector, loss
-        assert run.config.ema == preset.ema and run.config.optim == preset.optim
+        assert run.spec.preset == preset and run.spec.expect == "healthy"
+        own = load_config(preset, list(run.spec.overrides))
+        for key in ("global_crops_scale", "local_crops_scale"):
+            setattr(own.crops, key, getattr(shipped.crops, key))
+        assert own == shipped  # flips, jitter, blur, method, budget: all the preset's own
         assert run.config.train.max_iterations == 300
     assert plan.matrix.measurements.spectra == 0 and not plan.matrix.measurements.linear
