@@ -48,7 +48,8 @@ from benchmarks.train_throughput import synthetic_batches  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import init_distributed  # noqa: E402
 from dinolite.fsdp.sharding import find_cpu_compiler  # noqa: E402
-from dinolite.train.run import Run, build_run  # noqa: E402
+from dinolite.train.build import build_run  # noqa: E402
+from dinolite.train.run import Run  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {"packing": False, "kernel": "auto", "compile": False},

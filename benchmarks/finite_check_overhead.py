@@ -1,6 +1,6 @@
 """What the post-step NaN/inf check costs next to the AdamW step it guards (issue 16, item 2).
 
-Builds a preset's run as the trainer does (:func:`dinolite.train.run.build_run` on one CPU process: the
+Builds a preset's run as the trainer does (:func:`dinolite.train.build.build_run` on one CPU process: the
 method's student, its parameter groups, AdamW), gives every student parameter a random gradient, then
 times (median over ``--repeats`` after a warm-up):
 
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import DistributedEnv  # noqa: E402
+from dinolite.train.build import build_run  # noqa: E402
 from dinolite.train.finite_check import check_finite_parameters  # noqa: E402
 from dinolite.train.optim import apply_schedules  # noqa: E402
-from dinolite.train.run import build_run  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.distributed import destroy_distributed, init_distributed
-from dinolite.train.run import build_run
+from dinolite.train.build import build_run
 
 # bf16 keeps 8 significant bits (unit roundoff 2^-9 ~ 2e-3) and autocast rounds every matmul input. The
 # DINOv2 loss is a cross-entropy through softmaxes at temperature 0.1 (student) and 0.04 (teacher), which

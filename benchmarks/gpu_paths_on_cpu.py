@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installation
 
 from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import DistributedEnv  # noqa: E402
-from dinolite.train.run import build_run  # noqa: E402
+from dinolite.train.build import build_run  # noqa: E402
 from tests.train import scale_launch  # noqa: E402
 from tests.train.test_loop import TINY, fake_stream  # noqa: E402
 

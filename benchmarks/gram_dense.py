@@ -193,8 +193,8 @@ def branch_run(base: Path, target: Path, iteration: int, overrides: list[str]) -
     from dinolite.checkpoint.reader import load_checkpoint
     from dinolite.monitor.collapse import CollapseMonitor
     from dinolite.monitor.watchdog import Watchdog
+    from dinolite.train.build import build_run
     from dinolite.train.logging import console_logger
-    from dinolite.train.run import build_run
 
     cfg = load_config(str(base / "config.yaml"), [*overrides, f"train.output_dir={target}"], unknown_sections="keep")
     source = base / "checkpoints" / f"iter_{iteration:08d}"

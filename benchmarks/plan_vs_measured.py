@@ -31,8 +31,8 @@ from dinolite.config import load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.plan.fake_step import measure_step, prime_optimizer
 from dinolite.plan.report import planned_config, synthetic_batch
+from dinolite.train.build import build_run
 from dinolite.train.methods import get_method
-from dinolite.train.run import build_run
 
 CASES = {
     "demo b8": ("demo", ["train.batch_size_per_gpu=8"]),

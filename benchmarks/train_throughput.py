@@ -1,7 +1,7 @@
 """Training-step throughput, peak memory and MFU of a configured method (``train.method``, DINOv2 by default).
 
 What is measured: full optimizer steps of the trainer's own :class:`~dinolite.train.run.Run` (built by
-:func:`dinolite.train.run.build_run` as training builds it; :meth:`Run.step`: schedules applied, the
+:func:`dinolite.train.build.build_run` as training builds it; :meth:`Run.step`: schedules applied, the
 objective's forward under the trainer's autocast, NaN check, backward, the method's hooks (DINOv2:
 prototype freeze, EMA teacher update), per-module gradient clipping, AdamW step), on synthetic batches
 that are built before timing (random images through the method's own view transform and collate, so e.g.
@@ -60,8 +60,9 @@ from benchmarks.device_peaks import (  # noqa: E402
 from dinolite.config import Config, ConfigError, load_config  # noqa: E402
 from dinolite.distributed import all_reduce_max, destroy_distributed, init_distributed  # noqa: E402
 from dinolite.io import write_json_atomic  # noqa: E402
+from dinolite.train.build import build_run  # noqa: E402
 from dinolite.train.methods import get_method  # noqa: E402
-from dinolite.train.run import Run, build_run  # noqa: E402
+from dinolite.train.run import Run  # noqa: E402
 from dinolite.train.step import memory_gb  # noqa: E402
 
 QUICK_DEFAULTS = {"iterations": 3, "warmup": 1, "batch_size": 4, "depth": 2, "matmul_size": 512, "distinct_batches": 2}

@@ -29,7 +29,7 @@ from dinolite.jobs.run_lock import RunLockError
 from dinolite.jobs.slurm_options import SLURM_OPTIONS, add_slurm_arguments
 from dinolite.jobs.stop_signals import StopFlag
 from dinolite.lab.choose import choose, read_set, render_choice
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.report import write_report
 from dinolite.lab.report_figures import require_matplotlib
 from dinolite.lab.runner import run_local

@@ -1,4 +1,4 @@
-"""FSDP2 sharding of an SSL objective, activation checkpointing, per-block compilation, global-norm clipping.
+"""FSDP2 sharding of an SSL objective, activation checkpointing, per-block compilation.
 
 ``shard_objective`` applies, to the student and to the teacher alike:
 
@@ -34,7 +34,8 @@ Strategies (``distributed.sharding_strategy``):
   ``forward_features_list`` on the backbone directly.
 
 With one process and no process group, no FSDP is applied (there is nothing to shard); mixed precision is
-then the trainer's autocast.
+then the trainer's autocast. Clipping by the global gradient norm over the shards:
+:func:`dinolite.fsdp.clipping.clip_grad_norm_`.
 """
 
 from __future__ import annotations
@@ -42,15 +43,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import math
 import os
 import shutil
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 try:  # torch >= 2.6 exports FSDP2 here
@@ -72,7 +71,6 @@ except ImportError:  # pragma: no cover
     from contextlib import nullcontext as _real_tensors  # type: ignore[assignment]
 
 from dinolite.distributed import get_world_size
-from dinolite.dtypes import at_least_float32, at_least_float32_dtype
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +334,8 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP2's parameters and gradients); any other tensor as it is."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
@@ -353,51 +352,13 @@ def check_aligned_shards(student: nn.Module, teacher: nn.Module) -> None:
             continue
         s_place = getattr(s_param, "placements", None)
         t_place = getattr(t_param, "placements", None)
-        if s_param.shape != t_param.shape or s_place != t_place or _local(s_param).shape != _local(t_param).shape:
+        if (
+            s_param.shape != t_param.shape
+            or s_place != t_place
+            or local_shard(s_param).shape != local_shard(t_param).shape
+        ):
             raise RuntimeError(
                 f"student and teacher parameter {name!r} are sharded differently "
                 f"(shapes {tuple(s_param.shape)} vs {tuple(t_param.shape)}, placements {s_place} vs {t_place}); "
                 "the EMA update on local shards would mix unrelated elements"
             )
-
-
-@torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale gradients in place so that their global L2 norm is at most ``max_norm``; returns that norm.
-
-    ``norm = sqrt(sum_p ||g_p||^2)`` over the *full* gradients: for a DTensor gradient the squared norm
-    of the local shard is summed over every mesh dimension it is sharded on (one all-reduce per distinct
-    (mesh, dims)), replicated dimensions are counted once. Plain tensors are taken as they are.
-    Scale = ``min(1, max_norm / (norm + 1e-6))`` as in ``torch.nn.utils.clip_grad_norm_``. Returns the
-    norm before clipping as a 0-dim fp32 tensor (fp64 for fp64 gradients) on the gradients' device;
-    ``max_norm <= 0`` only measures.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    local_grads = [_local(g) for g in grads]
-    device = local_grads[0].device
-    buckets: dict[tuple, list[torch.Tensor]] = {}
-    meshes: dict[tuple, tuple[DeviceMesh, tuple[int, ...]]] = {}
-    for grad, local in zip(grads, local_grads):
-        if isinstance(grad, DTensor):
-            dims = tuple(i for i, p in enumerate(grad.placements) if p.is_shard())
-            key = (id(grad.device_mesh), dims)
-            meshes[key] = (grad.device_mesh, dims)
-        else:
-            key = ("plain",)
-        buckets.setdefault(key, []).append(local)
-    total_sq = torch.zeros((), dtype=at_least_float32_dtype(local_grads[0].dtype), device=device)
-    for key, tensors in buckets.items():
-        norms = torch._foreach_norm([at_least_float32(t) for t in tensors]) if tensors else []
-        bucket_sq = torch.stack([n * n for n in norms]).sum()
-        if key != ("plain",):
-            mesh, dims = meshes[key]
-            for dim in dims:
-                dist.all_reduce(bucket_sq, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
-        total_sq = total_sq + bucket_sq
-    total_norm = total_sq.sqrt()
-    if max_norm > 0 and math.isfinite(float(total_norm)):
-        scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-        torch._foreach_mul_(local_grads, scale.to(local_grads[0].dtype))
-    return total_norm

@@ -16,7 +16,8 @@ from typing import Optional
 
 from dinolite.config import ConfigError
 from dinolite.lab.evaluate import random_init_baseline_path
-from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan
+from dinolite.lab.matrix import BASELINES_FOLDER
+from dinolite.lab.matrix_plan import LabPlan
 from dinolite.lab.traces import read_result
 
 TIE_MARGIN = 1.0  # kNN points: about 3 of the digits' 297 validation images

@@ -1,41 +1,24 @@
 """The collapse lab's matrix file: which runs, on what data, for how long, measured how, expecting what.
 
-A matrix file (``dinolite/configs/lab/*.yaml``, or any path) is read into :class:`LabMatrix` with the config module's checks
-(unknown keys name the nearest valid one, wrong types name the expected type, every message starts
-with the file), then :func:`plan_matrix` resolves every run to a full training :class:`Config`:
-
-    preset  <-  matrix ``overrides``  <-  the run's ``overrides``  <-  what the lab sets
-
-The lab sets the budget and the measurement cadence, so that every run of a matrix is measured the
-same way whatever its method: ``train.max_iterations = iterations`` and ``train.iterations_per_epoch =
-ceil(iterations / optim.epochs)`` (the preset's schedules, warm-ups included, are compressed into the
-budget rather than cut off), ``monitor.every`` / ``train.log_every`` = ``measurements.every``, one
-checkpoint per spectrum (all kept: the spectra are computed from them after training), the watchdog on
-``warn`` (a collapsed run keeps training, so its whole trace and its final kNN are in the report), and
-the shared data. A run's own overrides may not set those keys (the error says which matrix key does).
+A matrix file (``dinolite/configs/lab/*.yaml``, or any path) is read into :class:`LabMatrix` by
+:func:`load_matrix` with the config module's checks (unknown keys name the nearest valid one, wrong types
+name the expected type, every message starts with the file). :func:`dinolite.lab.matrix_plan.plan_matrix`
+then resolves every run to a full training config; the keys the lab sets itself (:data:`LAB_KEYS`) may not
+be set by a run's own overrides (the error says which matrix key does).
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import MISSING
 
-import dinolite.train.methods  # noqa: F401  (registers the methods' config sections before a config is read)
-from dinolite.config import CONFIG_DIR, Config, ConfigError, load_config, load_yaml_as
+from dinolite.config import CONFIG_DIR, ConfigError, load_yaml_as
 from dinolite.config.opt_ins import check_pipe_sources
-from dinolite.data.builtin_sets import (
-    BUILTIN_SETS,
-    builtin_set,
-    builtin_sets_text,
-    misspelt_builtin_set,
-    prepare_builtin_set,
-)
+from dinolite.data.builtin_sets import builtin_set, builtin_sets_text
 from dinolite.eval.online import FEATURES
 from dinolite.monitor import collapse_rules
 from dinolite.monitor.collapse_rules import COMPLETE, DIMENSIONAL, HEALTHY
@@ -169,46 +152,8 @@ LAB_KEYS: dict[str, str] = {
 }
 
 
-@dataclass
-class PlannedRun:
-    """One run of the matrix, resolved: its training config and where it lives."""
-
-    index: int
-    spec: LabRun
-    config: Config
-    run_dir: Path
-
-    @property
-    def label(self) -> str:
-        return self.spec.label
-
-
-@dataclass
-class LabPlan:
-    matrix: LabMatrix
-    source: Path  # the matrix file
-    output_dir: Path
-    runs: list[PlannedRun]
-    eval_train: list[str]
-    eval_val: list[str]
-    replaced_data: list[str] = field(default_factory=list)  # the matrix's own data, when --data replaced it
-
-    @property
-    def report_dir(self) -> Path:
-        return self.output_dir / REPORT_FOLDER
-
-    def select(self, labels: Optional[list[str]]) -> list[PlannedRun]:
-        """The runs named in ``labels`` (all when None); unknown labels are an error with a hint."""
-        if not labels:
-            return list(self.runs)
-        known = [r.label for r in self.runs]
-        for label in labels:
-            if label not in known:
-                raise ConfigError(f"{self.source}: no run labelled {label!r}{_hint(label, known)}")
-        return [r for r in self.runs if r.label in labels]
-
-
-def _hint(value: str, choices: list[str] | tuple[str, ...]) -> str:
+def choice_hint(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``; did you mean 'x'?`` for a near choice, else the list of choices: the tail of an error message."""
     near = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
     return f"; did you mean {near[0]!r}?" if near else f"; expected one of: {', '.join(choices)}"
 
@@ -226,7 +171,7 @@ def resolve_matrix(name_or_path: str | Path) -> Path:
     candidate = MATRIX_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         raise ConfigError(
-            f"unknown matrix {str(name_or_path)!r}{_hint(str(name_or_path), available_matrices())} "
+            f"unknown matrix {str(name_or_path)!r}{choice_hint(str(name_or_path), available_matrices())} "
             "(or pass the path to a .yaml file)"
         )
     return candidate
@@ -237,6 +182,21 @@ def load_matrix(path: str | Path) -> LabMatrix:
     path = resolve_matrix(path)
     matrix: LabMatrix = load_yaml_as(path, LabMatrix, what="matrix file")
     src = str(path)
+    _check_budget_and_measurements(matrix, src)
+    _check_verdict_rules(matrix.verdict, src)
+    _check_data(matrix, src)
+    seen: dict[str, int] = {}
+    for i, run in enumerate(matrix.runs):
+        _check_run(matrix, run, f"{src}: runs[{i}]", seen)
+        seen[run.label] = i
+    for item in matrix.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in LAB_KEYS:
+            raise ConfigError(f"{src}: overrides: {key!r} is set by the lab from {LAB_KEYS[key]}; use that key")
+    return matrix
+
+
+def _check_budget_and_measurements(matrix: LabMatrix, src: str) -> None:
     if matrix.iterations < 1:
         raise ConfigError(f"{src}: invalid value for 'iterations': {matrix.iterations}; must be >= 1")
     m = matrix.measurements
@@ -254,167 +214,90 @@ def load_matrix(path: str | Path) -> LabMatrix:
             f"{src}: 'measurements.every' = {m.every} exceeds 'iterations' = {matrix.iterations}: "
             "no measurement would be taken"
         )
-    if not 0 < matrix.verdict.settle_fraction <= 1:
+
+
+def _check_verdict_rules(rules: VerdictRules, src: str) -> None:
+    if not 0 < rules.settle_fraction <= 1:
         raise ConfigError(
-            f"{src}: invalid value for 'verdict.settle_fraction': {matrix.verdict.settle_fraction}; must be in (0, 1]"
+            f"{src}: invalid value for 'verdict.settle_fraction': {rules.settle_fraction}; must be in (0, 1]"
         )
-    rules = matrix.verdict
     if rules.comparison_metric not in COMPARISON_METRICS:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.comparison_metric': {rules.comparison_metric!r}"
-            f"{_hint(rules.comparison_metric, COMPARISON_METRICS)}"
+            f"{choice_hint(rules.comparison_metric, COMPARISON_METRICS)}"
         )
     if rules.comparison_margin < 0:
         raise ConfigError(
             f"{src}: invalid value for 'verdict.comparison_margin': {rules.comparison_margin}; must be >= 0"
         )
+
+
+def _check_data(matrix: LabMatrix, src: str) -> None:
+    """The runs and their data: sources, evaluation splits (a built-in set brings its own)."""
     for key in ("data", "eval_train", "eval_val"):  # shell commands only with the user's grant, never the file's
         check_pipe_sources(getattr(matrix, key), key, src)
     if not matrix.runs:
         raise ConfigError(f"{src}: 'runs' is empty; list at least one run (label, preset, expect)")
     if bool(matrix.eval_train) != bool(matrix.eval_val):
         raise ConfigError(f"{src}: set both 'eval_train' and 'eval_val', or neither")
+    m = matrix.measurements
     if not matrix.eval_train and builtin_set(matrix.data) is None and (m.knn or m.linear or m.spectra):
         raise ConfigError(
             f"{src}: 'data' is {matrix.data}, not {builtin_sets_text()}: give the labelled 'eval_train' and "
             "'eval_val' sources the kNN, linear probe and spectra are computed on"
         )
-    seen: dict[str, int] = {}
-    for i, run in enumerate(matrix.runs):
-        where = f"{src}: runs[{i}]"
-        if not _LABEL.fullmatch(run.label):
-            raise ConfigError(f"{where}.label {run.label!r}: use letters, digits and _.+- (it names a folder)")
-        if run.label.lower() in SHARED_FOLDERS:  # lower: "Data" is "data" on a case-insensitive filesystem
+
+
+def _check_run(matrix: LabMatrix, run: LabRun, where: str, seen: dict[str, int]) -> None:
+    """One run of the matrix (``where``: ``<file>: runs[i]``; ``seen``: the labels of the runs before it)."""
+    _check_label(run.label, where, seen)
+    rules = matrix.verdict
+    if run.expect not in EXPECTED_FINDINGS:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} is not a finding{choice_hint(run.expect, EXPECTED_FINDINGS)}"
+        )
+    if run.features not in FEATURES:
+        raise ConfigError(
+            f"{where}.features ({run.label}): {run.features!r} is not a feature set{choice_hint(run.features, FEATURES)}"
+        )
+    if run.expect in COMPARISONS and not run.reference:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} compares with another run; name it in 'reference'"
+        )
+    if run.expect in COMPARISONS and getattr(matrix.measurements, rules.comparison_metric) is False:
+        raise ConfigError(
+            f"{where}.expect ({run.label}): {run.expect!r} reads the {rules.comparison_metric} top-1, but "
+            f"'measurements.{rules.comparison_metric}' is false"
+        )
+    if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
+        others = [r.label for r in matrix.runs if r.label != run.label]
+        raise ConfigError(
+            f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
+            f"{choice_hint(run.reference, others)}"
+        )
+    for key, value in run.verdict.items():
+        if key not in RUN_VERDICT_KEYS:
             raise ConfigError(
-                f"{where}.label {run.label!r}: <output_dir>/{run.label} would be the lab's own folder, shared by "
-                f"every run ({', '.join(SHARED_FOLDERS)} are reserved); choose another label"
+                f"{where}.verdict ({run.label}): {key!r} is not a threshold a run may set{choice_hint(key, RUN_VERDICT_KEYS)}"
             )
-        if run.label in seen:
-            raise ConfigError(f"{where}.label {run.label!r} is already the label of runs[{seen[run.label]}]")
-        seen[run.label] = i
-        if run.expect not in EXPECTED_FINDINGS:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} is not a finding{_hint(run.expect, EXPECTED_FINDINGS)}"
-            )
-        if run.features not in FEATURES:
-            raise ConfigError(
-                f"{where}.features ({run.label}): {run.features!r} is not a feature set{_hint(run.features, FEATURES)}"
-            )
-        if run.expect in COMPARISONS and not run.reference:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} compares with another run; name it in 'reference'"
-            )
-        if run.expect in COMPARISONS and getattr(m, rules.comparison_metric) is False:
-            raise ConfigError(
-                f"{where}.expect ({run.label}): {run.expect!r} reads the {rules.comparison_metric} top-1, but "
-                f"'measurements.{rules.comparison_metric}' is false"
-            )
-        if run.reference and run.reference not in {r.label for r in matrix.runs} - {run.label}:
-            others = [r.label for r in matrix.runs if r.label != run.label]
-            raise ConfigError(
-                f"{where}.reference ({run.label}): {run.reference!r} is not another run's label"
-                f"{_hint(run.reference, others)}"
-            )
-        for key, value in run.verdict.items():
-            if key not in RUN_VERDICT_KEYS:
-                raise ConfigError(
-                    f"{where}.verdict ({run.label}): {key!r} is not a threshold a run may set{_hint(key, RUN_VERDICT_KEYS)}"
-                )
-            if key == "settle_fraction" and not 0 < value <= 1:
-                raise ConfigError(f"{where}.verdict.settle_fraction ({run.label}): {value}; must be in (0, 1]")
-        for item in run.overrides:
-            key = item.split("=", 1)[0].strip()
-            if key in LAB_KEYS:
-                raise ConfigError(
-                    f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
-                    f"{LAB_KEYS[key]}; remove it from the run"
-                )
-    for item in matrix.overrides:
+        if key == "settle_fraction" and not 0 < value <= 1:
+            raise ConfigError(f"{where}.verdict.settle_fraction ({run.label}): {value}; must be in (0, 1]")
+    for item in run.overrides:
         key = item.split("=", 1)[0].strip()
         if key in LAB_KEYS:
-            raise ConfigError(f"{src}: overrides: {key!r} is set by the lab from {LAB_KEYS[key]}; use that key")
-    return matrix
-
-
-def lab_overrides(matrix: LabMatrix, epochs: int, run_dir: Path, data: list[str]) -> list[str]:
-    """The ``key=value`` overrides the lab applies to every run (see the module docstring)."""
-    m = matrix.measurements
-    spectra = max(m.spectra, 1)
-    checkpoint_every = math.ceil(matrix.iterations / spectra)
-    return [
-        f"train.max_iterations={matrix.iterations}",
-        f"train.iterations_per_epoch={math.ceil(matrix.iterations / epochs)}",
-        f"train.output_dir={run_dir}",
-        f"train.log_every={m.every}",
-        f"train.checkpoint_every={checkpoint_every}",
-        f"train.keep_last_checkpoints={spectra + 1}",
-        f"monitor.every={m.every}",
-        f"monitor.max_samples={m.max_samples}",
-        f"monitor.spectrum_every={checkpoint_every}",
-        "monitor.action=warn",
-        "data.source=[" + ",".join(data) + "]",
-        "evaluation.knn_at_end=false",
-        "evaluation.online_every=0",  # the lab measures kNN itself, on the kept checkpoints
-    ] + ([f"monitor.eigenvalues={m.eigenvalues}"] if m.eigenvalues else [])
-
-
-def with_data(matrix: LabMatrix, data: str) -> LabMatrix:
-    """The matrix on the built-in set ``data`` (``--data``) instead of its own ``data``: every run trains on
-    it and is evaluated on its own splits (the matrix's ``eval_train`` / ``eval_val`` belong to its data)."""
-    if data not in BUILTIN_SETS:
-        near = misspelt_builtin_set([data])
-        hint = f"; did you mean {near!r}?" if near else ""
-        raise ConfigError(
-            f"--data {data!r} is not a built-in data set{hint} (the built-in sets: {', '.join(BUILTIN_SETS)}; "
-            "for your own shards write a matrix file with 'data', 'eval_train' and 'eval_val')"
-        )
-    return replace(matrix, data=[data], eval_train=[], eval_val=[])
-
-
-def default_output_dir(matrix: LabMatrix, data: Optional[str]) -> str:
-    """The matrix's ``output_dir``, or ``<output_dir>-<data>`` when ``--data`` names another set: runs of one
-    matrix on two sets never share a folder (the lab would resume one set's run on the other)."""
-    if data is None or [data] == list(matrix.data):
-        return matrix.output_dir
-    return f"{matrix.output_dir.rstrip('/')}-{data}"
-
-
-def plan_matrix(
-    path: str | Path, output_dir: Optional[str | Path] = None, prepare: bool = True, data: Optional[str] = None
-) -> LabPlan:
-    """Load the matrix at ``path`` and resolve every run's training config (errors name file, run, key).
-
-    ``output_dir`` replaces the matrix's ``output_dir``. ``data`` (a built-in set's name, ``--data``)
-    replaces the matrix's ``data`` for every run (:func:`with_data`; default folder:
-    :func:`default_output_dir`). With ``prepare``, a built-in ``data`` (``[digits]``,
-    ``[fashion_mnist]``) is written once under ``<output_dir>/data`` (idempotent) and shared by every run:
-    its train shards for training, its train/val folders for evaluation. ``prepare=False`` (dry runs)
-    writes nothing and leaves the set's name to each run.
-    """
-    path = resolve_matrix(path)
-    matrix = load_matrix(path)
-    replaced = [] if data is None or [data] == list(matrix.data) else list(matrix.data)
-    out = Path(output_dir or default_output_dir(matrix, data)).expanduser().absolute()
-    if data is not None:
-        matrix = with_data(matrix, data)
-    data, eval_train, eval_val = list(matrix.data), list(matrix.eval_train), list(matrix.eval_val)
-    name = builtin_set(matrix.data)
-    if name is not None and prepare:
-        prepared = prepare_builtin_set(name, out / DATA_FOLDER)
-        data = list(prepared["train"])
-        if not eval_train:
-            eval_train, eval_val = [prepared["train_folder"]], [prepared["val_folder"]]
-    runs = []
-    for i, spec in enumerate(matrix.runs):
-        run_dir = out / spec.label
-        where = f"{path}: runs[{i}] ({spec.label}), preset {spec.preset!r}"
-        try:
-            own = load_config(spec.preset, [*matrix.overrides, *spec.overrides])
-            cfg = load_config(
-                spec.preset,
-                [*matrix.overrides, *spec.overrides, *lab_overrides(matrix, own.optim.epochs, run_dir, data)],
+            raise ConfigError(
+                f"{where}.overrides ({run.label}): {key!r} is set by the lab from the matrix's "
+                f"{LAB_KEYS[key]}; remove it from the run"
             )
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        runs.append(PlannedRun(i, spec, cfg, run_dir))
-    return LabPlan(matrix, path, out, runs, eval_train, eval_val, replaced)
+
+
+def _check_label(label: str, where: str, seen: dict[str, int]) -> None:
+    if not _LABEL.fullmatch(label):
+        raise ConfigError(f"{where}.label {label!r}: use letters, digits and _.+- (it names a folder)")
+    if label.lower() in SHARED_FOLDERS:  # lower: "Data" is "data" on a case-insensitive filesystem
+        raise ConfigError(
+            f"{where}.label {label!r}: <output_dir>/{label} would be the lab's own folder, shared by "
+            f"every run ({', '.join(SHARED_FOLDERS)} are reserved); choose another label"
+        )
+    if label in seen:
+        raise ConfigError(f"{where}.label {label!r} is already the label of runs[{seen[label]}]")

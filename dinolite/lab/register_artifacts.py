@@ -32,8 +32,10 @@ from dinolite.data.eval_dataset import build_eval_dataset
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.eval.feature_maps import cls_attention_maps, cls_attention_shares, patch_token_norms
 from dinolite.lab.evaluate import kept_checkpoints, lab_eval_transform, random_init_backbone
-from dinolite.lab.matrix import LabPlan, PlannedRun
+from dinolite.lab.matrix_plan import LabPlan, PlannedRun
 from dinolite.lab.report_figures import Figure, save_figure
+from dinolite.lab.report_sections import ReportSection
+from dinolite.lab.run_reports import RunReport
 
 HIGH_NORM_FACTOR = 3.0  # a patch token is high-norm above this x the median patch-token norm
 ATTENTION_IMAGES = 4  # evaluation images shown in the attention figure (evenly spaced: fixed across runs)
@@ -219,12 +221,17 @@ def finding_text(measured: list[TokenMeasurement]) -> str:
 
 def register_artifacts_section(
     plan: LabPlan,
+    reports: list[RunReport],
     out_dir: Path,
     load: Optional[Callable[[Path], nn.Module]] = None,
     images: Optional[Tensor] = None,
-) -> tuple[str, list[tuple[str, str]]]:
-    """The report's "Register artifacts" section and its figures ``(filename, caption)``, drawn into ``out_dir``
-    (``images``: normalised evaluation images; default: :func:`evaluation_images` of the plan's val split)."""
+) -> Optional[ReportSection]:
+    """The report's "Register artifacts" section and its figures, drawn into ``out_dir``, when the matrix asks
+    (``measurements.register_artifacts``; ``None`` otherwise). Measured on each run's final checkpoint, not
+    on ``reports`` (the traces carry no token norms). ``images``: normalised evaluation images; default:
+    :func:`evaluation_images` of the plan's val split."""
+    if not plan.matrix.measurements.register_artifacts:
+        return None
     if images is None:
         images = evaluation_images(plan.runs[0].config, plan.eval_val)
     trained = [m for m in (measure_run(run, images, load) for run in plan.runs) if m is not None]
@@ -245,11 +252,11 @@ def register_artifacts_section(
         finding_text(trained),
     ]
     if not trained:
-        return "\n".join(lines + ["", "No run has a checkpoint yet."]), []
+        return ReportSection("\n".join(lines + ["", "No run has a checkpoint yet."]))
     plot_token_norms(trained, out_dir / "token_norms.png")
     plot_attention_maps(trained, images, plan.runs[0].config, out_dir / "attention_maps.png")
-    figures = [
+    figures = (
         ("token_norms.png", "Patch-token norms of the final checkpoints (Darcet et al. 2024, Fig. 3)"),
         ("attention_maps.png", "Patch-norm maps and last-block CLS attention per head (Darcet et al. 2024, Fig. 1/7)"),
-    ]
-    return "\n".join(lines), figures
+    )
+    return ReportSection("\n".join(lines), figures)

@@ -16,12 +16,20 @@
 - ``loss.png``: the training loss of every run.
 - ``comparison.png`` (runs expected to be better / worse than / on par with their reference, Wang et al.
   2022's asymmetry study): each run's final top-1 minus its reference's, with the "on par" band shaded.
-- ``token_norms.png`` and ``attention_maps.png`` with a "Register artifacts" section (when the matrix sets
-  ``measurements.register_artifacts``; Darcet et al. 2024, Fig. 3 and Fig. 1/7): drawn by
-  :mod:`dinolite.lab.register_artifacts` from each run's final checkpoint.
 - a table: expected finding, verdict (which kind, since when), the watchdog's first alert, kNN and
   linear top-1 of the evaluated network against random init, and whether the finding is reproduced,
   with the numbers behind it.
+
+The optional sections (:data:`OPTIONAL_SECTIONS`, each only when the matrix measured its data; text before
+the runs, figures after the report's own), in page order:
+
+- RankMe against kNN (``measurements.rank_correlation``; Garrido et al. 2023, Fig. 4): a Spearman rank
+  correlation over the finished runs.
+- "Stepwise learning" with ``stepwise.png`` (``measurements.eigenvalues``; Simon et al. 2023, Fig. 1):
+  :mod:`dinolite.lab.stepwise`.
+- "Register artifacts" with ``token_norms.png`` and ``attention_maps.png`` (``measurements.register_artifacts``;
+  Darcet et al. 2024, Fig. 3 and Fig. 1/7): drawn by :mod:`dinolite.lab.register_artifacts` from each run's
+  final checkpoint.
 
 The runs are read back and judged by :mod:`dinolite.lab.run_reports` and the figures drawn by
 :mod:`dinolite.lab.report_figures`; this module writes the page around them.
@@ -34,7 +42,8 @@ from pathlib import Path
 from typing import Optional
 
 from dinolite.io import write_text_atomic
-from dinolite.lab.matrix import COMPARISONS, LabPlan
+from dinolite.lab.matrix import COMPARISONS
+from dinolite.lab.matrix_plan import LabPlan
 from dinolite.lab.register_artifacts import register_artifacts_section
 from dinolite.lab.report_figures import (
     plot_alpha_req,
@@ -46,8 +55,9 @@ from dinolite.lab.report_figures import (
     plot_std,
     plot_teacher,
 )
+from dinolite.lab.report_sections import ReportSection, SectionBuilder, build_sections
 from dinolite.lab.run_reports import RunReport, collect
-from dinolite.lab.stepwise import plot_stepwise, stepwise_text
+from dinolite.lab.stepwise import stepwise_section
 
 REPORT_FILE = "README.md"
 
@@ -154,15 +164,25 @@ def rank_correlation_text(reports: list[RunReport]) -> str:
     )
 
 
+def rank_correlation_section(plan: LabPlan, reports: list[RunReport], out_dir: Path) -> Optional[ReportSection]:
+    """:func:`rank_correlation_text` when the matrix asks (``measurements.rank_correlation``); no figure."""
+    return ReportSection(rank_correlation_text(reports)) if plan.matrix.measurements.rank_correlation else None
+
+
+# The report's optional sections, in page order (see the module docstring).
+OPTIONAL_SECTIONS: tuple[SectionBuilder, ...] = (rank_correlation_section, stepwise_section, register_artifacts_section)
+
+
 def _replaced_note(plan: LabPlan) -> str:
     """Says when ``--data`` replaced the matrix's own data (the report names the set its runs saw)."""
     return f", given with --data in place of the matrix's {', '.join(plan.replaced_data)}" if plan.replaced_data else ""
 
 
 def render(
-    plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]], sections: Sequence[str] = ()
+    plan: LabPlan, reports: list[RunReport], figures: list[tuple[str, str]], sections: Sequence[ReportSection] = ()
 ) -> str:
-    """The page; ``sections`` (Markdown, each with its own heading) go between the runs and the figures."""
+    """The page; each of ``sections`` puts its text between the summary and the runs, and its figures after
+    ``figures``."""
     m = plan.matrix
     done = sum(1 for r in reports if r.result)
     seconds = [(r.result or {}).get(k) or 0.0 for r in reports for k in ("train_seconds", "eval_seconds")]
@@ -192,14 +212,10 @@ def render(
         "top-1 against the reference's, with a margin of {margin:g} points.".format(
             k=m.measurements.knn_k, metric=m.verdict.comparison_metric, margin=m.verdict.comparison_margin
         ),
-        "",
-        "## Runs",
-        "",
     ]
-    if m.measurements.rank_correlation:
-        lines[-3:-3] = [rank_correlation_text(reports), ""]
-    if m.measurements.eigenvalues:
-        lines[-3:-3] = ["", stepwise_text(reports)]
+    for section in sections:
+        lines += ["", section.text.rstrip()]
+    lines += ["", "## Runs", ""]
     for r in reports:
         overrides = " ".join(r.run.spec.overrides) or "(preset as is)"
         thresholds = ", ".join(f"{key} {value:g}" for key, value in r.run.spec.verdict.items())
@@ -208,10 +224,8 @@ def render(
             f"- `{r.run.label}`: `{r.run.spec.preset}` {overrides}. Expected: {r.run.spec.expect}. "
             f"{r.run.spec.why.strip()}{own_rules} Watchdog: {r.watchdog.message}."
         )
-    for section in sections:
-        lines += ["", section.rstrip()]
     lines += ["", "## Figures", ""]
-    for filename, caption in figures:
+    for filename, caption in [*figures, *(figure for section in sections for figure in section.figures)]:
         lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -234,17 +248,11 @@ def write_report(plan: LabPlan) -> Path:
         figures.append(("alpha_req.png", "alpha-ReQ over training (Agrawal et al. 2022)"))
     if plot_teacher(reports, out / "teacher.png"):
         figures.append(("teacher.png", "Teacher entropy and KL (DINO's centering / sharpening)"))
-    if plot_stepwise(reports, out / "stepwise.png"):
-        figures.append(("stepwise.png", "Loss and embedding eigenvalues over training (Simon et al. 2023, Fig. 1)"))
     plot_loss(reports, out / "loss.png")
     figures.append(("loss.png", "Training loss"))
     if plot_comparison(reports, out / "comparison.png"):
         figures.append(("comparison.png", "Accuracy against the reference (Wang et al. 2022's asymmetries)"))
-    sections = []
-    if plan.matrix.measurements.register_artifacts:
-        section, artifact_figures = register_artifacts_section(plan, out)
-        sections.append(section)
-        figures += artifact_figures
+    sections = build_sections(OPTIONAL_SECTIONS, plan, reports, out)
     page = out / REPORT_FILE
     write_text_atomic(page, render(plan, reports, figures, sections))
     return page

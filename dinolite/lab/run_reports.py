@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from dinolite.lab.evaluate import random_init_baseline_path
-from dinolite.lab.matrix import COMPARISONS, LabPlan, PlannedRun, run_rules
+from dinolite.lab.matrix import COMPARISONS, run_rules
+from dinolite.lab.matrix_plan import LabPlan, PlannedRun
 from dinolite.lab.traces import RunTrace, Series, WatchdogReplay, read_result, read_trace, replay_watchdog
 from dinolite.lab.verdict import Comparison, Verdict, compare, judge
 

@@ -27,7 +27,8 @@ from dinolite.jobs.console import configure_console
 from dinolite.jobs.stop_signals import STOP_SIGNALS, StopFlag
 from dinolite.jobs.training import train_in_job, training_process
 from dinolite.lab.evaluate import EvalData, evaluate_run, random_init_baseline
-from dinolite.lab.matrix import BASELINES_FOLDER, LabPlan, PlannedRun
+from dinolite.lab.matrix import BASELINES_FOLDER
+from dinolite.lab.matrix_plan import LabPlan, PlannedRun
 from dinolite.lab.report import write_report
 from dinolite.lab.traces import read_result, read_run_config, write_result
 from dinolite.train.loop import TrainResult

@@ -18,7 +18,7 @@ from typing import Any
 from dinolite.config import OptIns, to_dict
 from dinolite.jobs import slurm, slurm_submit
 from dinolite.jobs.slurm_options import check_training_fits, resources_from_args
-from dinolite.lab.matrix import LabPlan
+from dinolite.lab.matrix_plan import LabPlan
 from dinolite.lab.report import write_report
 from dinolite.lab.runner import check_run_dir, finish_run, is_done, iteration_of
 from dinolite.lab.traces import write_result

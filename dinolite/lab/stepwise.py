@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from dinolite.lab.matrix_plan import LabPlan
 from dinolite.lab.report_figures import Figure, colormap, save_figure  # the report's one figure toolkit
+from dinolite.lab.report_sections import ReportSection
 from dinolite.lab.run_reports import RunReport
 from dinolite.lab.traces import RunTrace, Series
 
@@ -167,3 +170,15 @@ def plot_stepwise(reports: list[RunReport], path: Path) -> bool:
             eig_ax.legend(fontsize=6, loc="lower right", ncol=2)
     save_figure(fig, path)
     return True
+
+
+STEPWISE_FIGURE = ("stepwise.png", "Loss and embedding eigenvalues over training (Simon et al. 2023, Fig. 1)")
+
+
+def stepwise_section(plan: LabPlan, reports: list[RunReport], out_dir: Path) -> Optional[ReportSection]:
+    """The report's section (:func:`stepwise_text`, and the figure when a run logged eigenvalues) when the
+    matrix measures eigenvalues (``measurements.eigenvalues``); ``None`` otherwise."""
+    if not plan.matrix.measurements.eigenvalues:
+        return None
+    drawn = plot_stepwise(reports, out_dir / STEPWISE_FIGURE[0])
+    return ReportSection(stepwise_text(reports), (STEPWISE_FIGURE,) if drawn else ())

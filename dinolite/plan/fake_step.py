@@ -1,6 +1,6 @@
 """One training step of the real code at any world size, on fake tensors and a fake process group.
 
-:func:`measure_step` builds the run exactly as ``dinolite-train`` does (:func:`dinolite.train.run.build_run`:
+:func:`measure_step` builds the run exactly as ``dinolite-train`` does (:func:`dinolite.train.build.build_run`:
 the method's objective, FSDP2 / HSDP with the configured strategy, activation checkpointing, the mixed
 precision policy, AdamW and its parameter groups, the schedules) inside ``FakeTensorMode`` with
 ``torch.testing._internal.distributed.fake_pg`` as the process group, as rank 0 of ``world_size``.
@@ -35,7 +35,8 @@ from dinolite.fsdp.sharding import ShardingPlan
 from dinolite.models.backbone_factory import backbone_kwargs
 from dinolite.plan.fake_values import FiniteValues, HostValues, fake_mode
 from dinolite.plan.measure import Collective, StepAccount
-from dinolite.train.run import Run, build_run
+from dinolite.train.build import build_run
+from dinolite.train.run import Run
 
 try:
     from torch.testing._internal.distributed.fake_pg import FakeStore

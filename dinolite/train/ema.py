@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from dinolite.config import Config, EMAConfig
+from dinolite.fsdp.sharding import local_shard
 from dinolite.train.schedules import CosineSchedule, LinearSchedule, Schedule, constant_after_warmup, stretched_iters
 
 
@@ -36,11 +36,6 @@ def run_momentum_schedule(cfg: Config) -> Schedule:
     return momentum_schedule(cfg.ema, cfg.optim.epochs * cfg.train.iterations_per_epoch)
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """The shard this rank holds: a DTensor's local tensor (FSDP2), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """Move every parameter the teacher has towards the student parameter of the same name.
@@ -58,7 +53,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         s_param = student_params.get(name)
         if s_param is None:
             raise KeyError(f"EMA update: the teacher has parameter {name!r} but the student does not")
-        t_local, s_local = _local(t_param.detach()), _local(s_param.detach())
+        t_local, s_local = local_shard(t_param.detach()), local_shard(s_param.detach())
         if t_local.shape != s_local.shape:
             raise RuntimeError(
                 f"EMA update: {name!r} has local shape {tuple(t_local.shape)} in the teacher and "

@@ -23,18 +23,13 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from dinolite.distributed import is_distributed
+from dinolite.fsdp.sharding import local_shard
 
 
 class NonFiniteStateError(FloatingPointError):
     """Weights or gradients became NaN/inf in an optimizer step; no checkpoint of them was written."""
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP2 parameter (a plain tensor unchanged)."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _sum(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -59,8 +54,8 @@ def _named_state(modules: Mapping[str, nn.Module]) -> dict[str, list[tuple[str, 
             if id(param) in seen:  # a head shared by two names (ibot_head is dino_head) is checked once
                 continue
             seen.add(id(param))
-            grad = _local(param.grad.detach()) if param.grad is not None else None
-            entries.append((f"{module_name}.{name}", _local(param.detach()), grad))
+            grad = local_shard(param.grad.detach()) if param.grad is not None else None
+            entries.append((f"{module_name}.{name}", local_shard(param.detach()), grad))
     return state
 
 

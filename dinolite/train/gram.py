@@ -34,9 +34,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from dinolite.config import Config, ConfigError
+from dinolite.fsdp.sharding import local_shard
 from dinolite.losses.gram_loss import GramLoss
 from dinolite.train.gram_config import GramConfig
 from dinolite.train.objective import ObjectiveOutput, PatchTokens, SSLObjective
@@ -100,10 +100,6 @@ def resize_patch_grid(
     return out.flatten(2).transpose(1, 2)
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
 @torch.no_grad()
 def copy_backbone(target: nn.Module, source: nn.Module) -> None:
     """``target``'s parameters and buffers := ``source``'s of the same name (local shards; no communication)."""
@@ -111,7 +107,7 @@ def copy_backbone(target: nn.Module, source: nn.Module) -> None:
     for name, tensor in list(target.named_parameters()) + list(target.named_buffers()):
         if name not in sources:
             raise KeyError(f"Gram teacher: the EMA teacher has no {name!r}")
-        _local(tensor).copy_(_local(sources[name].detach()))
+        local_shard(tensor).copy_(local_shard(sources[name].detach()))
 
 
 class GramAnchoring(nn.Module):

@@ -28,10 +28,11 @@ from dinolite.eval.online import OnlineEvaluator
 from dinolite.monitor.collapse import CollapseMonitor
 from dinolite.monitor.watchdog import CollapseDetected, Watchdog
 from dinolite.train.batches import BatchStreamFactory, validate_training_config
+from dinolite.train.build import build_run
 from dinolite.train.logging import console_logger, log_due
 from dinolite.train.methods import MethodSpec
 from dinolite.train.objective import ObjectiveOutput, SSLObjective
-from dinolite.train.run import Run, RunHooks, build_run
+from dinolite.train.run import Run, RunHooks
 from dinolite.train.step import StepResult, memory_gb
 
 TRAIN_STATUSES = ("finished", "preempted", "stopped")
@@ -66,7 +67,7 @@ def train(
 
     ``env``, ``objective``, ``batches`` and ``hooks`` (the stop request, the experiment trackers, the
     data workers' init: what :mod:`dinolite.jobs` supplies, as values) go to
-    :func:`~dinolite.train.run.build_run`; ``dinolite.jobs.training.train_in_job`` passes the hooks.
+    :func:`~dinolite.train.build.build_run`; ``dinolite.jobs.training.train_in_job`` passes the hooks.
     """
     validate_training_config(cfg)
     output_dir = Path(output_dir if output_dir is not None else cfg.train.output_dir)

@@ -9,7 +9,7 @@ skipped and ``S <- S * backoff_factor``; after ``growth_interval`` steps without
 Why not ``torch.amp.GradScaler`` as is: with FSDP2 each rank holds a shard of every gradient, and
 GradScaler decides "overflow" from the local shard only, so ranks could disagree on skipping a step and
 drift apart. Here the decision comes from the global gradient norms the loop already computes for
-clipping (:func:`dinolite.fsdp.sharding.clip_grad_norm_` all-reduces over the shards): any inf/NaN in
+clipping (:func:`dinolite.fsdp.clipping.clip_grad_norm_` all-reduces over the shards): any inf/NaN in
 any shard makes that norm non-finite on every rank, so every rank skips together, with no extra
 communication. Unscaling multiplies each rank's local shard in place.
 
@@ -33,7 +33,8 @@ import math
 from typing import Iterable, Mapping
 
 import torch
-from torch.distributed.tensor import DTensor
+
+from dinolite.fsdp.sharding import local_shard
 
 
 class LossScaler:
@@ -71,7 +72,7 @@ class LossScaler:
         with torch.no_grad():
             for param in parameters:
                 if param.grad is not None:
-                    grad = param.grad.to_local() if isinstance(param.grad, DTensor) else param.grad
+                    grad = local_shard(param.grad)
                     grad.mul_(inverse)
 
     def update(self, grad_norms: Mapping[str, float]) -> bool:

@@ -28,7 +28,7 @@ from torch import nn
 
 from dinolite.config import ConfigError
 from dinolite.distributed import any_rank
-from dinolite.fsdp.sharding import clip_grad_norm_
+from dinolite.fsdp.clipping import clip_grad_norm_
 from dinolite.train.finite_check import check_finite_parameters
 from dinolite.train.gram import GramAnchoring
 from dinolite.train.loss_scaling import LossScaler
@@ -79,7 +79,7 @@ def clip_gradients(
     backbone, heads), or one norm over every module together (``joint``, as MSN's release does over its
     encoder and head, SimMIM's over the model). Modules in ``unclipped`` are only measured (MSN's prototypes).
 
-    The norm is global across FSDP shards (:func:`dinolite.fsdp.sharding.clip_grad_norm_`). Returns the
+    The norm is global across FSDP shards (:func:`dinolite.fsdp.clipping.clip_grad_norm_`). Returns the
     pre-clipping norms for the log (``grad_norm/<module>``; ``grad_norm/joint`` for the joint one); ``max_norm
     <= 0`` (``optim.clip_grad=0``) disables clipping.
     """

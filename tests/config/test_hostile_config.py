@@ -28,7 +28,7 @@ from dinolite.config import (
     to_yaml,
 )
 from dinolite.config.opt_ins import ENV_INTERPOLATION_VARIABLE, PIPE_SOURCES_VARIABLE
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.traces import read_run_config
 
 SECRET = "DINOLITE_TEST_SECRET"

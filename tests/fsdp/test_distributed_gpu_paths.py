@@ -18,7 +18,8 @@ import torch
 
 from dinolite.config import load_config
 from dinolite.distributed import DistributedEnv
-from dinolite.train.run import Run, build_run
+from dinolite.train.build import build_run
+from dinolite.train.run import Run
 from tests.train import scale_launch
 from tests.train.test_loop import TINY, fake_stream, one_thread  # noqa: F401 (one_thread: autouse)
 from tests.train.test_run import assert_bitwise_equal, state, steps

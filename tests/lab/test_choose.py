@@ -11,7 +11,8 @@ from dinolite.config import ConfigError
 from dinolite.io import write_json_atomic
 from dinolite.lab.choose import SetResult, choose, read_set, render_choice
 from dinolite.lab.evaluate import random_init_baseline_path
-from dinolite.lab.matrix import BASELINES_FOLDER, plan_matrix
+from dinolite.lab.matrix import BASELINES_FOLDER
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.traces import write_result
 
 GRID = """\

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dinolite.commands.lab import main
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.runner import run_local
 from dinolite.lab.traces import read_result, read_trace
 from dinolite.train.loop import train

@@ -18,7 +18,7 @@ from dinolite.checkpoint import CheckpointManager
 from dinolite.jobs.console import configure_console
 from dinolite.jobs.stop_signals import StopFlag
 from dinolite.lab import runner
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.traces import read_result
 from dinolite.train.loop import TrainResult
 

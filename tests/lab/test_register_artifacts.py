@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dinolite.lab import register_artifacts as ra
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.report import write_report
 from tests.eval.test_visualize import _tiny_vit
 
@@ -106,10 +106,10 @@ def test_the_report_section_has_a_row_per_network_and_both_figures(tmp_path):
     plan = _plan_with_checkpoints(tmp_path)
     out = tmp_path / "report"
     out.mkdir()
-    section, figures = ra.register_artifacts_section(plan, out, load=_load_tiny, images=torch.randn(5, 3, 32, 32))
-    assert [f for f, _ in figures] == ["token_norms.png", "attention_maps.png"]
-    assert all((out / f).stat().st_size > 0 for f, _ in figures)
-    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    section = ra.register_artifacts_section(plan, [], out, load=_load_tiny, images=torch.randn(5, 3, 32, 32))
+    assert [f for f, _ in section.figures] == ["token_norms.png", "attention_maps.png"]
+    assert all((out / f).stat().st_size > 0 for f, _ in section.figures)
+    rows = [line for line in section.text.splitlines() if line.startswith("| ")][1:]
     labels = [row.split(" | ")[0] for row in rows]
     assert labels == ["| plain (it 100)", "| regs (it 100)", "| plain (random init)", "| regs (random init)"]
     assert [row.split(" | ")[1] for row in rows] == ["0", "2", "0", "2"]
@@ -121,10 +121,12 @@ def test_a_plan_without_checkpoints_gets_the_random_init_rows_and_no_figures(tmp
     path = tmp_path / "m.yaml"
     path.write_text(MATRIX.format(out=tmp_path / "lab"))
     plan = plan_matrix(path, prepare=False)
-    section, figures = ra.register_artifacts_section(plan, tmp_path, images=torch.randn(2, 3, 32, 32))
-    assert figures == []
-    assert "No run has a checkpoint yet." in section
-    assert "plain (random init)" in section
+    section = ra.register_artifacts_section(plan, [], tmp_path, images=torch.randn(2, 3, 32, 32))
+    assert section.figures == ()
+    assert "No run has a checkpoint yet." in section.text
+    assert "plain (random init)" in section.text
+    plan.matrix.measurements.register_artifacts = False
+    assert ra.register_artifacts_section(plan, [], tmp_path, images=torch.randn(2, 3, 32, 32)) is None
 
 
 def test_the_lab_report_carries_the_section_only_when_the_matrix_asks(tmp_path, monkeypatch):

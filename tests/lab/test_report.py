@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dinolite.config import save_config
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.report import spearman, write_report
 from dinolite.lab.run_reports import collect
 

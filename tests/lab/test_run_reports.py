@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.report import summary_table
 from dinolite.lab.run_reports import collect
 from tests.lab.seeds_traces import FIXTURES

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dinolite.config import ConfigError, save_config
-from dinolite.lab.matrix import plan_matrix
+from dinolite.lab.matrix_plan import plan_matrix
 from dinolite.lab.runner import check_run_dir, config_differences, is_done, iteration_of
 from dinolite.lab.traces import write_result
 from tests.lab.test_lab_end_to_end import tiny_matrix

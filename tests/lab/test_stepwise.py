@@ -8,7 +8,8 @@ import math
 import pytest
 
 from dinolite.lab.report import write_report
-from dinolite.lab.stepwise import eigenvalue_series, measure_stepwise, plot_stepwise
+from dinolite.lab.run_reports import collect
+from dinolite.lab.stepwise import STEPWISE_FIGURE, eigenvalue_series, measure_stepwise, plot_stepwise, stepwise_section
 from dinolite.lab.traces import RunTrace, Series
 from tests.lab.test_report import handmade_plan, write_run
 
@@ -78,22 +79,25 @@ def test_the_trace_is_read_from_the_projector_eigenvalues_the_monitor_logs():
     assert eigenvalue_series(RunTrace.from_records([{"iteration": 2, "loss": 1.0}])) == {}
 
 
+def _write_staircase(run) -> None:
+    """The handmade run's log with three eigenvalues rising at iterations 20, 50 and 80."""
+    write_run(run.run_dir, run.config, 3.0, [14.0, 14.0])
+    rises = {1: 20, 2: 50, 3: 80}  # ITERS of the handmade runs: 10, 20, ..., 100
+    lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record.update(
+            {f"collapse/projector_eig_{k}": (1.0 if record["iteration"] >= t else 1e-5) for k, t in rises.items()}
+        )
+    (run.run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
 def test_the_report_draws_the_figure_and_counts_the_steps_when_the_matrix_logs_eigenvalues(tmp_path):
     pytest.importorskip("matplotlib")
     plan, runs = handmade_plan(tmp_path)
-    rises = {1: 20, 2: 50, 3: 80}  # ITERS of the handmade runs: 10, 20, ..., 100
-    extra_by_iteration = {
-        it: {f"collapse/projector_eig_{k}": (1.0 if it >= t else 1e-5) for k, t in rises.items()}
-        for it in range(10, 110, 10)
-    }
-    write_run(runs["base"].run_dir, runs["base"].config, 3.0, [14.0, 14.0])
-    # rewrite the base run's log with the eigenvalue staircase
-    lines = (runs["base"].run_dir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    for record in records:
-        record.update(extra_by_iteration[record["iteration"]])
-    (runs["base"].run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    assert "Stepwise learning" not in write_report(plan).read_text()  # off unless the matrix asks for it
+    _write_staircase(runs["base"])
+    page = write_report(plan).read_text()
+    assert "Stepwise learning" not in page and "stepwise.png" not in page  # off unless the matrix asks for it
     plan.matrix.measurements.eigenvalues = 3
     page = write_report(plan)
     text = page.read_text()
@@ -101,6 +105,25 @@ def test_the_report_draws_the_figure_and_counts_the_steps_when_the_matrix_logs_e
     assert "**stepwise**" in text
     assert "`one-prototype`: no eigenvalue trace logged" in text
     assert (page.parent / "stepwise.png").stat().st_size > 0
+    # one way in for every optional section: the text before the runs, the figure after the report's own
+    assert text.index("## Stepwise learning") < text.index("## Runs")
+    assert text.index("### Training loss") < text.index(f"### {STEPWISE_FIGURE[1]}")
+
+
+def test_the_section_is_there_only_with_the_matrixs_eigenvalues_and_its_figure_only_with_a_trace(tmp_path):
+    pytest.importorskip("matplotlib")
+    plan, runs = handmade_plan(tmp_path)
+    out = tmp_path / "figures"
+    out.mkdir()
+    assert stepwise_section(plan, collect(plan), out) is None  # the matrix measured no eigenvalues
+    plan.matrix.measurements.eigenvalues = 3
+    untraced = stepwise_section(plan, collect(plan), out)
+    assert untraced is not None and untraced.figures == () and not (out / "stepwise.png").exists()
+    assert "`base`: no eigenvalue trace logged" in untraced.text
+    _write_staircase(runs["base"])
+    traced = stepwise_section(plan, collect(plan), out)
+    assert traced.figures == (STEPWISE_FIGURE,) and (out / "stepwise.png").stat().st_size > 0
+    assert "`base`: 3 of 3 eigenvalues rose" in traced.text
 
 
 def test_no_figure_without_an_eigenvalue_trace(tmp_path):

@@ -17,7 +17,7 @@ from dinolite.config import load_config
 from dinolite.distributed import init_distributed
 from dinolite.plan.fake_step import account_step, prime_optimizer
 from dinolite.plan.report import planned_config, synthetic_batch
-from dinolite.train.run import build_run
+from dinolite.train.build import build_run
 
 
 def main() -> None:

@@ -59,8 +59,8 @@ from safetensors.torch import load_file, save_file
 from dinolite.config import load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.train.batches import BatchStreamFactory, StreamRequest
+from dinolite.train.build import build_run
 from dinolite.train.objective import SSLObjective
-from dinolite.train.run import build_run
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "golden"
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -213,7 +213,7 @@ def compute_record(
 ) -> dict[str, torch.Tensor]:
     """Run the two golden steps of case ``name`` in ``precision`` and return what its fixture holds.
 
-    The run is built by :func:`dinolite.train.run.build_run`, as training builds it, and steps through
+    The run is built by :func:`dinolite.train.build.build_run`, as training builds it, and steps through
     :meth:`~dinolite.train.run.Run.next_batch` / :meth:`~dinolite.train.run.Run.step`. ``threads`` other
     than 1 and ``change`` (applied to the built run's objective) are for measuring the float64 tolerance
     and the comparison's power; the fixtures are recorded without them.

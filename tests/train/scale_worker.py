@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from dinolite.checkpoint import CheckpointManager  # noqa: E402
 from dinolite.config import load_config  # noqa: E402
 from dinolite.distributed import all_reduce_sum, destroy_distributed, init_distributed  # noqa: E402
-from dinolite.fsdp.sharding import clip_grad_norm_, shard_objective  # noqa: E402
+from dinolite.fsdp.clipping import clip_grad_norm_  # noqa: E402
+from dinolite.fsdp.sharding import shard_objective  # noqa: E402
 from dinolite.train.gram import attach_gram_anchoring  # noqa: E402
 from dinolite.train.methods.dinov2 import build_objective  # noqa: E402
 from dinolite.train.precision import autocast_context  # noqa: E402

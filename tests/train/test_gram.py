@@ -17,11 +17,12 @@ from dinolite.commands.export import main as export_main
 from dinolite.config import ConfigError, load_config
 from dinolite.eval.backbone import load_any_backbone
 from dinolite.losses.gram_loss import GramLoss
+from dinolite.train.build import build_run
 from dinolite.train.gram import GramAnchoring, GramRefreshPlan, attach_gram_anchoring, resize_patch_grid
 from dinolite.train.gram_config import GramConfig
 from dinolite.train.loop import train
 from dinolite.train.methods import get_method
-from dinolite.train.run import RunHooks, build_run
+from dinolite.train.run import RunHooks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -7,8 +7,8 @@ import torch
 
 from dinolite.config import ConfigError, load_config
 from dinolite.distributed import DistributedEnv
+from dinolite.train.build import build_run
 from dinolite.train.init_scale import scale_initial_weights, scaled_parameter_names
-from dinolite.train.run import build_run
 from tests.train.test_loop import TINY
 
 CPU = DistributedEnv()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinolite.fsdp.sharding import clip_grad_norm_
+from dinolite.fsdp.clipping import clip_grad_norm_
 from dinolite.train.loss_scaling import LossScaler
 from tests.gloo_ranks import run_on_ranks
 

@@ -16,8 +16,9 @@ import torch
 from dinolite.config import ConfigError, load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.train.batches import StreamRequest
+from dinolite.train.build import build_run
 from dinolite.train.logging import LOGGER_NAME
-from dinolite.train.run import Run, RunHooks, build_run
+from dinolite.train.run import Run, RunHooks
 from tests.train.test_loop import TINY, fake_stream, one_thread, records, tiny_config, train  # noqa: F401 (one_thread: autouse)
 
 CPU = DistributedEnv()
@@ -104,50 +105,6 @@ def test_save_and_resume_through_the_run_equal_the_uninterrupted_run_bitwise(tmp
         second.save()
     assert_bitwise_equal(state(straight), state(second))
     assert [r["iteration"] for r in records(tmp_path / "split")] == []  # the loop logs, not the Run
-
-
-@pytest.mark.numerics
-@pytest.mark.parametrize(
-    "recipe",
-    [
-        # Barlow Twins' / DirectCLR's LARS with its 1-D exclusions
-        ["optim.optimizer=lars", "optim.decay_rule=non_1d", "optim.lr_1d_mult=0.024", "optim.clip_grad=0"],
-        # SimSiam's SGD on every parameter, a fixed-lr head; MSN's joint clipping with an unclipped module
-        [
-            "optim.optimizer=sgd",
-            "optim.decay_rule=all",
-            "optim.fixed_lr_modules=[dino_head]",
-            "optim.clip_grad_scope=joint",
-            "optim.unclipped_modules=[ibot_head]",
-            "optim.warmup_start_lr=1e-4",
-            "ibot.separate_head=true",
-        ],
-    ],
-    ids=["lars", "sgd_joint_clip"],
-)
-def test_the_released_optimizers_are_built_from_the_config_and_resume_bitwise(tmp_path, recipe):
-    """The optim section's optimizer and clipping reach the Run's step; their state (momentum buffers) is
-    checkpointed, so a resumed run equals the uninterrupted one."""
-    cfg = load_config("demo", [*TINY, *recipe])
-    with build_run(cfg, CPU, tmp_path / "straight", batches=fake_stream) as straight:
-        assert type(straight.optimizer).__name__ == ("LARS" if "lars" in recipe[0] else "SGD")
-        straight.resume()
-        results = [straight.step(straight.next_batch()) for _ in range(4)]
-        straight.save()
-    if "optim.clip_grad_scope=joint" in recipe:
-        assert sorted(results[0].grad_norms) == ["grad_norm/ibot_head", "grad_norm/joint"]
-        # (the prototypes, is_last_layer, stay frozen for the first epoch: DINO's freeze comes after)
-        fixed = [g for g in straight.optimizer.param_groups if g.get("fixed_lr") and not g["is_last_layer"]]
-        peak = straight.training_step.schedules.peak_lr
-        assert fixed and all(g["lr"] == peak * g["lr_multiplier"] for g in fixed)
-    with build_run(cfg, CPU, tmp_path / "split", batches=fake_stream) as first:
-        first.resume()
-        steps(first, 2)
-        first.save()
-    with build_run(cfg, CPU, tmp_path / "split", batches=fake_stream) as second:
-        second.resume()
-        steps(second, 2)
-    assert_bitwise_equal(state(straight), state(second))
 
 
 def test_the_stream_opens_at_the_resumed_iteration(tmp_path):

@@ -16,11 +16,11 @@ from dinolite.checkpoint import load_consolidated_state_dict
 from dinolite.config import ConfigError, load_config
 from dinolite.distributed import DistributedEnv
 from dinolite.eval.backbone import load_any_backbone
+from dinolite.train.build import build_run
 from dinolite.train.loop import train
 from dinolite.train.methods import distillation, get_method
 from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
 from dinolite.train.preflight import check_startup
-from dinolite.train.run import build_run
 from tests.gloo_ranks import run_on_ranks
 from tests.methods.test_every_method import random_image_stream
 from tests.train.methods.distillation_helpers import distil_config, kill_at_iteration_4_and_resume, write_teacher

@@ -18,11 +18,11 @@ import torch.multiprocessing as mp
 from dinolite.checkpoint import load_consolidated_state_dict, method_record
 from dinolite.distributed import DistributedEnv
 from dinolite.fsdp.sharding import is_sharded
+from dinolite.train.build import build_run
 from dinolite.train.loop import train
 from dinolite.train.methods.distillation_multi import MultiStudentDistillationObjective
 from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
 from dinolite.train.optim import get_param_groups
-from dinolite.train.run import build_run
 from tests.methods.test_every_method import random_image_stream
 from tests.train.methods.distillation_helpers import distil_config, kill_at_iteration_4_and_resume, write_teacher
 from tests.train.scale_worker import full_state, global_batch_slice

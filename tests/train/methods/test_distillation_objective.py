@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dinolite.train.build import build_run
 from dinolite.train.methods import distillation
 from dinolite.train.methods.distillation_objective import FINGERPRINT_KEY
-from dinolite.train.run import build_run
 from tests.train.methods.distillation_helpers import distil_config, write_teacher
 from tests.train.scale_worker import global_batch_slice
 
