@@ -58,6 +58,7 @@ from benchmarks.methods_vs_lightly_presets import (  # noqa: E402
     output_dir,
     preset_of,
     result_markers,
+    reuse_lightly_side,
 )
 from dinolite.commands.train import main as train_main  # noqa: E402
 from dinolite.config import Config, available_presets, load_config  # noqa: E402
@@ -211,6 +212,12 @@ def selected_methods(requested: Optional[list[str]], preset_set: str = "demo") -
     return run, notes
 
 
+def _entries(entry: dict) -> list[dict]:
+    """Every side's and baseline's result of one data set's entry."""
+    sides = [side for method in entry["methods"].values() for side in method.values()]
+    return sides + [entry[base] for base in ("random_init", "raw_pixels") if base in entry]
+
+
 def markdown(results: dict) -> str:
     """The table of every data set in ``results``: kNN / linear top-1 of each side and the baselines."""
     lines = []
@@ -232,6 +239,9 @@ def markdown(results: dict) -> str:
             if base in entry:
                 b = entry[base]
                 lines.append(f"| {base.replace('_', ' ')} | {b['knn']:.1f} | | {b['linear']:.1f} | | | |")
+        donors = sorted({s["copied_from"] for s in _entries(entry) if "copied_from" in s})
+        if donors:
+            lines += ["", f"lightly's side and the baselines taken from {', '.join(donors)} (`--lightly-from`)."]
         lines.append("")
     return "\n".join(lines)
 
@@ -262,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 iterations of batch 16, 2 probe epochs: a smoke test")
     parser.add_argument("--report-only", action="store_true", help="only write the table of the --output results")
+    parser.add_argument(
+        "--lightly-from",
+        type=Path,
+        default=None,
+        help="a results file of the other --presets set: take lightly's entries and the baselines from it instead "
+        "of training them again (refused where the two presets give lightly's side different inputs)",
+    )
     return parser
 
 
@@ -283,6 +300,10 @@ def run_all(args: argparse.Namespace, output: Path, command: str) -> dict:
     results.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
     for note in notes:
         logger.info("skipped %s", note)
+    if args.lightly_from is not None:
+        donor = json.loads(args.lightly_from.read_text())
+        for copied in reuse_lightly_side(results, donor, args.lightly_from, names, args.presets):
+            logger.info("lightly's side of %s copied from %s", copied, args.lightly_from)
     for dataset_name in args.datasets:
         dataset = _prepare(dataset_name, args.output_dir, budget)
         entry = results["datasets"].setdefault(dataset_name, {"methods": {}})

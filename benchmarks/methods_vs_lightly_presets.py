@@ -95,3 +95,60 @@ def result_markers(presets: str) -> tuple[str, str]:
     """The markers around the preset set's table in RESULTS.md: one table per set, neither replacing the other."""
     name = "methods_vs_lightly" + ("" if presets == DEFAULT_PRESETS else f" {presets}")
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def lightly_inputs(preset: str) -> dict:
+    """What lightly's side of a method reads from dinolite's preset: the ViT it trains (the ``student``
+    section, built with ``train.seed``) and how the evaluation prepares an image (global-crop size,
+    normalisation). Two presets with equal inputs give lightly's side the same run, and the random-init and
+    raw-pixel baselines the same numbers."""
+    from dataclasses import asdict
+
+    from dinolite.config import load_config
+
+    cfg = load_config(preset)
+    return {
+        "student": asdict(cfg.student),
+        "train.seed": cfg.train.seed,
+        "crops.global_crops_size": cfg.crops.global_crops_size,
+        "crops.mean": list(cfg.crops.mean),
+        "crops.std": list(cfg.crops.std),
+    }
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    return next(key for key in a if a[key] != b.get(key))
+
+
+def reuse_lightly_side(results: dict, donor: dict, donor_path: Path, names: list[str], presets: str) -> list[str]:
+    """Copy lightly's entries and the two baselines of ``donor`` (a results file of the other preset set) into
+    ``results`` where they are missing: lightly's side does not depend on which dinolite presets run, as long
+    as both presets give it the same inputs (:func:`lightly_inputs`) and the budget is the same. Each copied
+    entry says where it came from; returns ``"<set>/<method>"`` of each one copied. Refuses (naming the method
+    and the first setting that differs) where the inputs differ, and a donor of another budget."""
+    donor_presets = donor.get("presets", DEFAULT_PRESETS)
+    if donor.get("budget") != results.get("budget"):
+        raise SystemExit(
+            f"--lightly-from: {str(donor_path)!r} ran budget {donor.get('budget')}, this run {results.get('budget')}"
+        )
+    for name in names:
+        ours, theirs = lightly_inputs(preset_of(name, presets)), lightly_inputs(preset_of(name, donor_presets))
+        if ours != theirs:
+            key = _first_difference(ours, theirs)
+            raise SystemExit(
+                f"--lightly-from: {name}: {preset_of(name, presets)} and {preset_of(name, donor_presets)} differ in "
+                f"{key} ({ours[key]!r} against {theirs[key]!r}): lightly's side of one is not the other's"
+            )
+    copied = []
+    for dataset, entry in donor.get("datasets", {}).items():
+        target = results.setdefault("datasets", {}).setdefault(dataset, {"methods": {}})
+        for base in ("random_init", "raw_pixels"):
+            if base in entry and base not in target:
+                target[base] = {**entry[base], "copied_from": str(donor_path)}
+        for name in names:
+            lightly = entry.get("methods", {}).get(name, {}).get("lightly")
+            sides = target["methods"].setdefault(name, {})
+            if lightly is not None and "lightly" not in sides:
+                sides["lightly"] = {**lightly, "copied_from": str(donor_path)}
+                copied.append(f"{dataset}/{name}")
+    return copied

@@ -74,3 +74,82 @@ def test_the_two_sets_tables_have_their_own_markers():
     demo, small = presets.result_markers("demo"), presets.result_markers("small")
     assert demo == ("<!-- methods_vs_lightly: begin -->", "<!-- methods_vs_lightly: end -->")  # RESULTS.md's today
     assert small[0] not in demo[0] and demo[0] not in small[0] and small[1] != demo[1]
+
+
+# --lightly-from: lightly's side of the generic presets' table taken from the demos' run
+
+
+@pytest.mark.parametrize("name", sorted(presets.METHODS))
+def test_demo_and_generic_presets_give_lightlys_side_the_same_inputs(name):
+    """What makes --lightly-from valid: lightly's ViT, its seed and the evaluation's images do not depend on
+    which of the two preset sets dinolite runs."""
+    assert presets.lightly_inputs(presets.preset_of(name, "small")) == presets.lightly_inputs(
+        presets.preset_of(name, "demo")
+    )
+
+
+BUDGET = {"iterations": 300, "batch_size": 64, "linear_epochs": 10}
+
+
+def demo_results() -> dict:
+    return {
+        "budget": BUDGET,
+        "datasets": {
+            "fashion_mnist": {
+                "methods": {
+                    "simclr": {"dinolite": {"knn": 71.8}, "lightly": {"knn": 69.0}},
+                    "vicreg": {"lightly": {"knn": 72.0}},
+                },
+                "random_init": {"knn": 57.9, "linear": 59.6},
+                "raw_pixels": {"knn": 84.0, "linear": 83.3},
+            }
+        },
+    }
+
+
+def test_lightly_from_copies_lightlys_side_and_the_baselines_never_dinolites(tmp_path):
+    donor = tmp_path / "demo.json"
+    results = {"presets": "small", "budget": BUDGET, "datasets": {}}
+    copied = presets.reuse_lightly_side(results, demo_results(), donor, ["simclr", "vicreg", "byol"], "small")
+    assert copied == ["fashion_mnist/simclr", "fashion_mnist/vicreg"]
+    entry = results["datasets"]["fashion_mnist"]
+    assert entry["methods"]["simclr"] == {
+        "lightly": {"knn": 69.0, "copied_from": str(donor)}
+    }  # not the demo's dinolite
+    assert entry["methods"]["vicreg"]["lightly"]["knn"] == 72.0
+    assert entry["methods"]["byol"] == {}  # the donor has none: trained by this run
+    assert entry["random_init"] == {"knn": 57.9, "linear": 59.6, "copied_from": str(donor)}
+    assert entry["raw_pixels"]["knn"] == 84.0
+
+
+def test_lightly_from_keeps_what_the_results_already_hold(tmp_path):
+    results = {
+        "budget": BUDGET,
+        "datasets": {
+            "fashion_mnist": {"methods": {"simclr": {"lightly": {"knn": 70.5}}}, "random_init": {"knn": 58.0}}
+        },
+    }
+    copied = presets.reuse_lightly_side(results, demo_results(), tmp_path / "d.json", ["simclr"], "small")
+    assert copied == []
+    assert results["datasets"]["fashion_mnist"]["methods"]["simclr"]["lightly"] == {"knn": 70.5}
+    assert results["datasets"]["fashion_mnist"]["random_init"] == {"knn": 58.0}
+
+
+def test_lightly_from_refuses_another_budget(tmp_path):
+    results = {"budget": {**BUDGET, "iterations": 3}, "datasets": {}}
+    with pytest.raises(SystemExit, match=r"d\.json'? ran budget .*'iterations': 300.*this run .*'iterations': 3"):
+        presets.reuse_lightly_side(results, demo_results(), tmp_path / "d.json", ["simclr"], "small")
+    assert results["datasets"] == {}
+
+
+def test_lightly_from_refuses_presets_that_give_lightly_other_inputs(tmp_path, monkeypatch):
+    real = presets.lightly_inputs
+
+    def inputs(preset: str) -> dict:
+        return real(preset) | ({"train.seed": 1} if preset == "small_simclr" else {})
+
+    monkeypatch.setattr(presets, "lightly_inputs", inputs)
+    results = {"budget": BUDGET, "datasets": {}}
+    with pytest.raises(SystemExit, match="simclr: small_simclr and demo_simclr differ in train.seed"):
+        presets.reuse_lightly_side(results, demo_results(), tmp_path / "d.json", ["simclr"], "small")
+    assert results["datasets"] == {}
