@@ -317,3 +317,24 @@ def test_recipes_vary_only_the_crop_scales_of_the_generic_preset_papers_point_fi
         assert own == shipped  # flips, jitter, blur, method, budget: all the preset's own
         assert run.config.train.max_iterations == 300
     assert plan.matrix.measurements.spectra == 0 and not plan.matrix.measurements.linear
+
+
+def test_recipes_vicreg_varies_the_crop_scale_then_the_expanders_width_papers_point_first(tmp_path):
+    """Issue 26 item 4: VICReg's grid is small_vicreg over the crop minimum scale, then the expander's width at
+    the paper's crop scale and at 0.6; every other value is the shipped preset's (flips on)."""
+    plan = plan_matrix("recipes_vicreg", tmp_path, prepare=False)
+    shipped = load_config("small_vicreg")
+    points = []
+    for run in plan.runs:
+        cfg = load_config("small_vicreg", list(run.spec.overrides))
+        head = cfg.joint_embedding
+        points.append((cfg.crops.global_crops_scale[0], head.projector_hidden_dim, head.projector_out_dim))
+        cfg.crops.global_crops_scale = shipped.crops.global_crops_scale
+        head.projector_hidden_dim = shipped.joint_embedding.projector_hidden_dim
+        head.projector_out_dim = shipped.joint_embedding.projector_out_dim
+        assert cfg == shipped and run.spec.expect == "healthy"
+        assert run.config.train.max_iterations == 300
+    assert points[0] == (0.08, 512, 256)  # VICReg's release's crops and small_vicreg's expander before the grid
+    assert set(points) == {(0.08, 512, 256), (0.6, 512, 256), (0.25, 512, 256), (0.08, 2048, 2048), (0.6, 2048, 2048)}
+    assert len(points) == len(set(points))
+    assert plan.matrix.measurements.spectra == 0 and not plan.matrix.measurements.linear

@@ -46,6 +46,7 @@ CHOSEN_ON_TWO_SETS: dict[str, dict[str, float]] = {
     "small_barlow_twins": {"crops.global_crops_scale": 0.6},  # configs/lab/recipes_barlow_twins.yaml
     "small_simsiam": {"crops.global_crops_scale": 0.6},  # configs/lab/recipes_simsiam.yaml
     "small_msn": {"crops.global_crops_scale": 0.6},  # configs/lab/recipes_msn.yaml
+    "small_vicreg": {"crops.global_crops_scale": 0.6},  # configs/lab/recipes_vicreg.yaml
 }
 # Masked-image methods: (flip probability, lower crop scale) of their paper's only augmentations; None: the
 # method's transform has no flip to set (I-JEPA hard-codes none). No colour jitter or grayscale is required:
