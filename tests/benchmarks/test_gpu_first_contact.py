@@ -121,7 +121,7 @@ def test_an_interrupted_run_still_writes_what_it_measured(tmp_path):
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         # a guard against a hang, not a timing: on a loaded CI machine the stage under way when SIGINT arrives
-        # (a compiled ladder rung) can take minutes to return to Python, where the interrupt is raised
+        # has taken over 120 s to return to Python, where the interrupt is raised
         process.communicate(timeout=600)
     finally:
         if process.poll() is None:
