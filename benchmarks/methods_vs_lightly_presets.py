@@ -9,9 +9,11 @@ tested without lightly installed (tests/benchmarks/test_methods_vs_lightly_prese
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+
+from dinolite.config import load_config
 
 PRESET_SETS = {
     "demo": "the digits-tuned presets demo_<method>",
@@ -102,10 +104,6 @@ def lightly_inputs(preset: str) -> dict:
     section, built with ``train.seed``) and how the evaluation prepares an image (global-crop size,
     normalisation). Two presets with equal inputs give lightly's side the same run, and the random-init and
     raw-pixel baselines the same numbers."""
-    from dataclasses import asdict
-
-    from dinolite.config import load_config
-
     cfg = load_config(preset)
     return {
         "student": asdict(cfg.student),
